@@ -1,0 +1,49 @@
+"""The functional API: the same signatures as torch.nn.functional.
+
+These wrappers only resolve what the aten schema cannot express ('same' /
+'valid' padding strings, an asymmetric 'same'), then call the registered ops,
+so autograd, torch.compile and torch.export see ``torch.ops.tritonconv.*``.
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Union
+
+import torch
+import torch.nn.functional as F
+
+from . import ops as _ops  # noqa: F401  (registers torch.ops.tritonconv)
+from . import spec
+
+__all__ = ["conv2d"]
+
+
+def conv2d(
+    input: torch.Tensor,
+    weight: torch.Tensor,
+    bias: Optional[torch.Tensor] = None,
+    stride: spec.IntPair = 1,
+    padding: Union[str, spec.IntPair] = 0,
+    dilation: spec.IntPair = 1,
+    groups: int = 1,
+) -> torch.Tensor:
+    """2-D convolution, a drop-in for ``torch.nn.functional.conv2d``.
+
+    Accepts everything F.conv2d does: int or pair stride/padding/dilation,
+    padding='same' or 'valid', groups, optional bias, unbatched (C, H, W) input.
+    """
+    stride_p, dilation_p = spec.pair(stride, "stride"), spec.pair(dilation, "dilation")
+    if isinstance(padding, str):
+        # validate the string form here: the op below only sees the resolved ints
+        spec.conv2d_problem(spec.as_batched(input), weight, bias, stride, padding, dilation, groups)
+        before, after = spec.resolve_padding(padding, tuple(weight.shape[2:]), stride_p, dilation_p)
+        if before != after:
+            # 'same' with an even effective kernel: F.conv2d pads one extra row /
+            # column at the bottom / right; the aten schema only has symmetric
+            # padding, so add that extra row / column first.
+            extra_h, extra_w = after[0] - before[0], after[1] - before[1]
+            input = F.pad(input, (0, extra_w, 0, extra_h))
+        padding = before
+    return torch.ops.tritonconv.conv2d(
+        input, weight, bias, list(stride_p), list(spec.pair(padding, "padding")), list(dilation_p), groups
+    )

@@ -1,0 +1,174 @@
+"""Forward convolution (fprop) as an implicit GEMM.
+
+The conv-to-GEMM mapping, per group g (a program handles exactly one group):
+
+    ==========  ===========================  ==========================================
+    GEMM        conv                         index decomposition
+    ==========  ===========================  ==========================================
+    M           N * P * Q  output pixels     m -> (n, p, q),  q fastest
+    N_gemm      K / groups output channels   j -> k = g * K/groups + j
+    K_gemm      R * S * C/groups             (r, s) taps outer, c = C/groups inner
+    A[m, kk]    x[n, c, h, w]                h = p*stride_h - pad_h + r*dil_h  (0 outside)
+                                             w = q*stride_w - pad_w + s*dil_w
+    B[kk, j]    w[k, c, r, s]
+    C[m, j]     y[n, k, p, q]                (+ bias[k] in the epilogue)
+    ==========  ===========================  ==========================================
+
+Layouts: any strides are accepted and passed through, so NCHW, NHWC
+(channels_last) and sliced views run without a copy. NHWC input and KRSC
+weight (channels_last weight) are the fast layouts: the reduction's inner
+dimension c is then contiguous in both operands.
+
+Reduction loop order: one flat loop over (r, s, c-block), c-block fastest. A
+flat loop (rather than three nested ones) lets Triton software-pipeline the
+loads across tap boundaries; the (r, s) that an iteration belongs to is two
+scalar divisions away.
+
+The column matrix A is never materialised: each (BLOCK_M, BLOCK_K) tile is
+gathered from x through the index map above, with masks for padding and edges.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import triton
+import triton.language as tl
+
+from .. import configs
+from ..spec import Conv2dProblem, output_memory_format
+from ._common import acc_dtype_for, alloc_output, check_device, grouped_pid, input_precision_for
+
+__all__ = ["conv2d_fprop", "fprop_kernel"]
+
+
+@triton.jit
+def fprop_kernel(
+    # pointers
+    x_ptr,  # (N, C, H, W), any strides
+    w_ptr,  # (K, C/groups, R, S), any strides
+    b_ptr,  # (K,); unused unless HAS_BIAS
+    y_ptr,  # (N, K, P, Q), any strides
+    # problem sizes
+    M,  # N * P * Q
+    H, W, P, Q, R, S,
+    CG, KG,  # channels per group: input, output
+    GROUPS,
+    # conv parameters
+    stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
+    # strides, in elements
+    sxn, sxc, sxh, sxw,
+    swk, swc, swr, sws,
+    syn, syk, syp, syq,
+    # meta-parameters
+    HAS_BIAS: tl.constexpr,
+    ACC_DTYPE: tl.constexpr,
+    INPUT_PRECISION: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
+):
+    # -- program-id mapping: (group, M-tile, N-tile); every program has real work
+    pid = tl.program_id(0)
+    num_pid_m = tl.cdiv(M, BLOCK_M)
+    num_pid_n = tl.cdiv(KG, BLOCK_N)
+    tiles = num_pid_m * num_pid_n
+    g = pid // tiles
+    pid_m, pid_n = grouped_pid(pid % tiles, num_pid_m, num_pid_n, GROUP_M)
+
+    # -- pointer setup. Row (pixel) offsets are int64: n * sxn alone can pass
+    #    2**31 for large batches, and pointers are 64-bit anyway.
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_k = tl.arange(0, BLOCK_K)
+    mask_m = offs_m < M
+    mask_n = offs_n < KG
+    q = offs_m % Q
+    p = (offs_m // Q) % P
+    n = offs_m // (P * Q)
+    h0 = p * stride_h - pad_h
+    w0 = q * stride_w - pad_w
+    x_rows = x_ptr + n.to(tl.int64) * sxn + (g * CG).to(tl.int64) * sxc
+    k_out = g * KG + offs_n
+    w_cols = w_ptr + k_out.to(tl.int64) * swk
+
+    # -- reduction loop over (r, s, c-block)
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC_DTYPE)
+    c_blocks = tl.cdiv(CG, BLOCK_K)
+    for it in range(0, R * S * c_blocks):
+        rs = it // c_blocks
+        c = (it - rs * c_blocks) * BLOCK_K + offs_k
+        r = rs // S
+        s = rs - r * S
+        h = h0 + r * dil_h
+        w = w0 + s * dil_w
+        row_ok = mask_m & (h >= 0) & (h < H) & (w >= 0) & (w < W)
+        c_ok = c < CG
+        a_ptrs = (x_rows + h.to(tl.int64) * sxh + w.to(tl.int64) * sxw)[:, None] + c.to(tl.int64)[None, :] * sxc
+        a = tl.load(a_ptrs, mask=row_ok[:, None] & c_ok[None, :], other=0.0)
+        b_ptrs = (w_cols + r.to(tl.int64) * swr + s.to(tl.int64) * sws)[None, :] + c.to(tl.int64)[:, None] * swc
+        b = tl.load(b_ptrs, mask=c_ok[:, None] & mask_n[None, :], other=0.0)
+        acc = tl.dot(a, b, acc, input_precision=INPUT_PRECISION)
+
+    # -- epilogue: bias, cast, one store in the output's own layout
+    if HAS_BIAS:
+        bias = tl.load(b_ptr + k_out, mask=mask_n, other=0.0)
+        acc += bias.to(ACC_DTYPE)[None, :]
+    y_rows = y_ptr + n.to(tl.int64) * syn + p.to(tl.int64) * syp + q.to(tl.int64) * syq
+    y_ptrs = y_rows[:, None] + k_out.to(tl.int64)[None, :] * syk
+    tl.store(y_ptrs, acc.to(y_ptr.dtype.element_ty), mask=mask_m[:, None] & mask_n[None, :])
+
+
+_fprop_tuned = triton.autotune(
+    configs=configs.gemm_configs(),
+    key=["M", "H", "W", "CG", "KG", "GROUPS", "R", "S", "stride_h", "stride_w", "dil_h", "dil_w", "sxc", "syk"],
+    prune_configs_by={
+        "early_config_prune": configs.gemm_prune_hook(
+            m_fn=lambda a: a["M"], n_fn=lambda a: a["KG"], k_fn=lambda a: a["CG"], tensor_arg="x_ptr"
+        )
+    },
+)(fprop_kernel)
+
+
+def conv2d_fprop(
+    x: torch.Tensor,
+    w: torch.Tensor,
+    bias: Optional[torch.Tensor],
+    problem: Conv2dProblem,
+    out: Optional[torch.Tensor] = None,
+) -> torch.Tensor:
+    """Launch the forward implicit-GEMM conv.
+
+    Args:
+        x: input (N, C, H, W), any strides, validated by ``spec.conv2d_problem``.
+        w: weight (K, C/groups, R, S), any strides.
+        bias: (K,) or None.
+        problem: the validated problem description.
+        out: optional preallocated output (N, K, P, Q); any strides.
+
+    Returns:
+        y (N, K, P, Q) in x's dtype, channels_last exactly when F.conv2d's would be.
+    """
+    check_device(x, w, bias)
+    pb = problem
+    if out is None:
+        out = alloc_output(pb.output_shape, x.dtype, x.device, output_memory_format(x, w))
+    if out.numel() == 0:
+        return out
+    M = pb.N * pb.P * pb.Q
+    if M >= 2**31 - 2**16:
+        raise ValueError(f"conv2d output has {M} pixels (N*P*Q); tritonconv supports fewer than 2**31")
+    KG, CG = pb.K_per_group, pb.C_per_group
+
+    def grid(meta):
+        return (pb.groups * triton.cdiv(M, meta["BLOCK_M"]) * triton.cdiv(KG, meta["BLOCK_N"]),)
+
+    _fprop_tuned[grid](
+        x, w, bias if bias is not None else w, out,
+        M, pb.H, pb.W, pb.P, pb.Q, pb.R, pb.S, CG, KG, pb.groups,
+        pb.stride_h, pb.stride_w, pb.pad_h, pb.pad_w, pb.dil_h, pb.dil_w,
+        *x.stride(), *w.stride(), *out.stride(),
+        HAS_BIAS=bias is not None,
+        ACC_DTYPE=acc_dtype_for(x.dtype),
+        INPUT_PRECISION=input_precision_for(x),
+    )
+    return out
