@@ -6,9 +6,9 @@ through Triton's interpreter when ``TRITON_INTERPRET=1`` is set before import.
 
 from . import ops  # noqa: F401  (registers torch.ops.tritonconv.*)
 from . import reference
-from .functional import conv2d
+from .functional import conv2d, conv_transpose2d
 from .kernels._common import INTERPRETER
 
 __version__ = "0.1.0"
 
-__all__ = ["conv2d", "reference", "INTERPRETER", "__version__"]
+__all__ = ["conv2d", "conv_transpose2d", "reference", "INTERPRETER", "__version__"]

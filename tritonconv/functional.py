@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from . import ops as _ops  # noqa: F401  (registers torch.ops.tritonconv)
 from . import spec
 
-__all__ = ["conv2d"]
+__all__ = ["conv2d", "conv_transpose2d"]
 
 
 def conv2d(
@@ -46,4 +46,22 @@ def conv2d(
         padding = before
     return torch.ops.tritonconv.conv2d(
         input, weight, bias, list(stride_p), list(spec.pair(padding, "padding")), list(dilation_p), groups
+    )
+
+
+def conv_transpose2d(
+    input: torch.Tensor,
+    weight: torch.Tensor,
+    bias: Optional[torch.Tensor] = None,
+    stride: spec.IntPair = 1,
+    padding: spec.IntPair = 0,
+    output_padding: spec.IntPair = 0,
+    groups: int = 1,
+    dilation: spec.IntPair = 1,
+) -> torch.Tensor:
+    """Transposed 2-D convolution, a drop-in for ``torch.nn.functional.conv_transpose2d``."""
+    return torch.ops.tritonconv.conv_transpose2d(
+        input, weight, bias,
+        list(spec.pair(stride, "stride")), list(spec.pair(padding, "padding")),
+        list(spec.pair(output_padding, "output_padding")), groups, list(spec.pair(dilation, "dilation")),
     )

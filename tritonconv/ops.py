@@ -1,32 +1,79 @@
 """torch.library registration: schemas, fake implementations, autograd.
 
 This module knows nothing of tile sizes: it validates once (``spec``), then
-calls the launchers in ``kernels``. The schemas are aten's own, so
-``torch.ops.tritonconv.conv2d`` is a drop-in for ``torch.ops.aten.conv2d``.
+calls the launchers in ``kernels``. The forward schemas are aten's own, so
+``torch.ops.tritonconv.conv2d`` is a drop-in for ``aten::conv2d`` and
+``torch.ops.tritonconv.conv_transpose2d`` for ``aten::conv_transpose2d.input``.
+
+Autograd is expressed with tritonconv ops only:
+
+    ===================  ====================================================
+    op                   gradients
+    ===================  ====================================================
+    conv2d               grad_input (dgrad), grad_weight (wgrad), grad_bias
+    conv2d_grad_input    w.r.t. dy: conv2d;         w.r.t. w: grad_weight
+    conv2d_grad_weight   w.r.t. dy: conv2d;         w.r.t. x: grad_input
+    conv2d_grad_bias     w.r.t. dy: broadcast (no conv)
+    conv_transpose2d     w.r.t. x: conv2d; w.r.t. w: grad_weight; bias: grad_bias
+    ===================  ====================================================
+
+so a training step runs no aten convolution, and double backward works
+because every gradient op is itself differentiable.
 """
 
 from __future__ import annotations
 
-from typing import List, Optional, Sequence
+import dataclasses
+from typing import Optional, Sequence
 
 import torch
 
 from . import spec
+from .kernels.dgrad import conv2d_dgrad
 from .kernels.fprop import conv2d_fprop
+from .kernels.wgrad import conv2d_bias_grad, conv2d_wgrad
 
-__all__ = ["conv2d"]
+__all__ = ["conv2d", "conv_transpose2d", "conv2d_grad_input", "conv2d_grad_weight", "conv2d_grad_bias"]
 
-_CONV2D_SCHEMA = (
-    "(Tensor input, Tensor weight, Tensor? bias=None, SymInt[2] stride=1, SymInt[2] padding=0, "
-    "SymInt[2] dilation=1, SymInt groups=1) -> Tensor"
-)
+_CONV_ARGS = "SymInt[2] stride, SymInt[2] padding, SymInt[2] dilation, SymInt groups"
 
 
 def _problem(input, weight, bias, stride, padding, dilation, groups) -> spec.Conv2dProblem:
     return spec.conv2d_problem(spec.as_batched(input), weight, bias, stride, padding, dilation, groups)
 
 
-@torch.library.custom_op("tritonconv::conv2d", mutates_args=(), schema=_CONV2D_SCHEMA)
+def _unbatch_like(out: torch.Tensor, input: torch.Tensor) -> torch.Tensor:
+    return out.squeeze(0) if input.dim() == 3 else out
+
+
+def _check_grad_output(
+    grad_output: torch.Tensor, problem: spec.Conv2dProblem, allow_cropped: bool = False
+) -> spec.Conv2dProblem:
+    """Check grad_output against the conv's output size; return the problem to launch.
+
+    With ``allow_cropped``, grad_output may lack trailing rows / columns, which
+    then count as zero: conv_transpose2d's output_padding can leave the forward
+    view one position short, and wgrad must reduce over what is there only.
+    """
+    shape = tuple(grad_output.shape)
+    N, K, P, Q = problem.output_shape
+    cropped_ok = allow_cropped and len(shape) == 4 and shape[:2] == (N, K) and shape[2] <= P and shape[3] <= Q
+    if shape != problem.output_shape and not cropped_ok:
+        raise spec.ConvValueError(
+            f"grad_output has size {list(shape)}, but the convolution's output has size {[N, K, P, Q]}"
+        )
+    return dataclasses.replace(problem, P=shape[2], Q=shape[3])
+
+
+# --------------------------------------------------------------------------- conv2d
+
+
+@torch.library.custom_op(
+    "tritonconv::conv2d",
+    mutates_args=(),
+    schema="(Tensor input, Tensor weight, Tensor? bias=None, SymInt[2] stride=1, SymInt[2] padding=0, "
+    "SymInt[2] dilation=1, SymInt groups=1) -> Tensor",
+)
 def conv2d(
     input: torch.Tensor,
     weight: torch.Tensor,
@@ -37,16 +84,15 @@ def conv2d(
     groups: int = 1,
 ) -> torch.Tensor:
     problem = _problem(input, weight, bias, stride, padding, dilation, groups)
-    out = conv2d_fprop(spec.as_batched(input), weight, bias, problem)
-    return out.squeeze(0) if input.dim() == 3 else out
+    return _unbatch_like(conv2d_fprop(spec.as_batched(input), weight, bias, problem), input)
 
 
 @conv2d.register_fake
-def _conv2d_fake(input, weight, bias=None, stride=(1, 1), padding=(0, 0), dilation=(1, 1), groups=1):
+def _(input, weight, bias=None, stride=(1, 1), padding=(0, 0), dilation=(1, 1), groups=1):
     problem = _problem(input, weight, bias, stride, padding, dilation, groups)
     fmt = spec.output_memory_format(spec.as_batched(input), weight)
     out = torch.empty(problem.output_shape, dtype=input.dtype, device=input.device, memory_format=fmt)
-    return out.squeeze(0) if input.dim() == 3 else out
+    return _unbatch_like(out, input)
 
 
 def _conv2d_setup_context(ctx, inputs, output):
@@ -58,19 +104,202 @@ def _conv2d_setup_context(ctx, inputs, output):
 
 def _conv2d_backward(ctx, grad_output):
     input, weight = ctx.saved_tensors
-    stride, padding, dilation, groups = ctx.conv_args
+    args = ctx.conv_args
     need_input, need_weight, need_bias = ctx.needs_input_grad[:3]
-    unbatched = input.dim() == 3
-    x = spec.as_batched(input)
-    gy = spec.as_batched(grad_output)
-    grad_input, grad_weight, grad_bias = torch.ops.aten.convolution_backward(
-        gy, x, weight, [weight.shape[0]] if ctx.has_bias else None,
-        stride, padding, dilation, False, [0, 0], groups,
-        [need_input, need_weight, need_bias and ctx.has_bias],
-    )
-    if unbatched and grad_input is not None:
-        grad_input = grad_input.squeeze(0)
+    x, gy = spec.as_batched(input), spec.as_batched(grad_output)
+    grad_input = grad_weight = grad_bias = None
+    if need_input:
+        grad_input = _unbatch_like(torch.ops.tritonconv.conv2d_grad_input(gy, weight, list(x.shape), *args), input)
+    if need_weight:
+        grad_weight = torch.ops.tritonconv.conv2d_grad_weight(gy, x, list(weight.shape), *args)
+    if need_bias and ctx.has_bias:
+        grad_bias = torch.ops.tritonconv.conv2d_grad_bias(gy)
     return grad_input, grad_weight, grad_bias, None, None, None, None
 
 
 conv2d.register_autograd(_conv2d_backward, setup_context=_conv2d_setup_context)
+
+
+# --------------------------------------------------------------------------- grad_input (dgrad)
+
+
+def _grad_input_format(grad_output, weight):
+    return spec.output_memory_format(grad_output, weight)
+
+
+@torch.library.custom_op(
+    "tritonconv::conv2d_grad_input",
+    mutates_args=(),
+    schema=f"(Tensor grad_output, Tensor weight, SymInt[4] input_size, {_CONV_ARGS}) -> Tensor",
+)
+def conv2d_grad_input(grad_output, weight, input_size, stride, padding, dilation, groups):
+    """The gradient of conv2d w.r.t. its (batched) input of size ``input_size``."""
+    problem = spec.problem_from_shapes(input_size, tuple(weight.shape), stride, padding, dilation, groups)
+    _check_grad_output(grad_output, problem)
+    return conv2d_dgrad(grad_output, weight, problem, memory_format=_grad_input_format(grad_output, weight))
+
+
+@conv2d_grad_input.register_fake
+def _(grad_output, weight, input_size, stride, padding, dilation, groups):
+    problem = spec.problem_from_shapes(input_size, tuple(weight.shape), stride, padding, dilation, groups)
+    _check_grad_output(grad_output, problem)
+    return grad_output.new_empty(problem.input_shape).contiguous(
+        memory_format=_grad_input_format(grad_output, weight)
+    )
+
+
+def _grad_input_setup_context(ctx, inputs, output):
+    grad_output, weight, input_size, stride, padding, dilation, groups = inputs
+    ctx.save_for_backward(grad_output, weight)
+    ctx.conv_args = (list(stride), list(padding), list(dilation), groups)
+
+
+def _grad_input_backward(ctx, ggx):
+    grad_output, weight = ctx.saved_tensors
+    args = ctx.conv_args
+    d_gy = d_w = None
+    if ctx.needs_input_grad[0]:
+        d_gy = torch.ops.tritonconv.conv2d(ggx, weight, None, *args)
+    if ctx.needs_input_grad[1]:
+        d_w = torch.ops.tritonconv.conv2d_grad_weight(grad_output, ggx, list(weight.shape), *args)
+    return d_gy, d_w, None, None, None, None, None
+
+
+conv2d_grad_input.register_autograd(_grad_input_backward, setup_context=_grad_input_setup_context)
+
+
+# --------------------------------------------------------------------------- grad_weight (wgrad)
+
+
+def _grad_weight_format(grad_output, input):
+    return spec.output_memory_format(input, grad_output)
+
+
+@torch.library.custom_op(
+    "tritonconv::conv2d_grad_weight",
+    mutates_args=(),
+    schema=f"(Tensor grad_output, Tensor input, SymInt[4] weight_size, {_CONV_ARGS}) -> Tensor",
+)
+def conv2d_grad_weight(grad_output, input, weight_size, stride, padding, dilation, groups):
+    """The gradient of conv2d w.r.t. its weight of size ``weight_size`` (deterministic).
+
+    grad_output may lack trailing output rows / columns (they count as zero).
+    """
+    problem = spec.problem_from_shapes(tuple(input.shape), weight_size, stride, padding, dilation, groups)
+    problem = _check_grad_output(grad_output, problem, allow_cropped=True)
+    return conv2d_wgrad(grad_output, input, problem, memory_format=_grad_weight_format(grad_output, input))
+
+
+@conv2d_grad_weight.register_fake
+def _(grad_output, input, weight_size, stride, padding, dilation, groups):
+    problem = spec.problem_from_shapes(tuple(input.shape), weight_size, stride, padding, dilation, groups)
+    _check_grad_output(grad_output, problem, allow_cropped=True)
+    return grad_output.new_empty(problem.weight_shape).contiguous(
+        memory_format=_grad_weight_format(grad_output, input)
+    )
+
+
+def _grad_weight_setup_context(ctx, inputs, output):
+    grad_output, input, weight_size, stride, padding, dilation, groups = inputs
+    ctx.save_for_backward(grad_output, input)
+    ctx.conv_args = (list(stride), list(padding), list(dilation), groups)
+
+
+def _grad_weight_backward(ctx, ggw):
+    grad_output, input = ctx.saved_tensors
+    args = ctx.conv_args
+    d_gy = d_x = None
+    if ctx.needs_input_grad[0]:
+        d_gy = torch.ops.tritonconv.conv2d(input, ggw, None, *args)
+    if ctx.needs_input_grad[1]:
+        d_x = torch.ops.tritonconv.conv2d_grad_input(grad_output, ggw, list(input.shape), *args)
+    return d_gy, d_x, None, None, None, None, None
+
+
+conv2d_grad_weight.register_autograd(_grad_weight_backward, setup_context=_grad_weight_setup_context)
+
+
+# --------------------------------------------------------------------------- grad_bias
+
+
+@torch.library.custom_op("tritonconv::conv2d_grad_bias", mutates_args=(), schema="(Tensor grad_output) -> Tensor")
+def conv2d_grad_bias(grad_output):
+    """The gradient of conv2d w.r.t. its bias: dy summed over (n, p, q)."""
+    return conv2d_bias_grad(grad_output)
+
+
+@conv2d_grad_bias.register_fake
+def _(grad_output):
+    return grad_output.new_empty((grad_output.shape[1],))
+
+
+def _grad_bias_setup_context(ctx, inputs, output):
+    ctx.grad_output_shape = inputs[0].shape
+
+
+def _grad_bias_backward(ctx, ggb):
+    return ggb.view(1, -1, 1, 1).expand(ctx.grad_output_shape)
+
+
+conv2d_grad_bias.register_autograd(_grad_bias_backward, setup_context=_grad_bias_setup_context)
+
+
+# --------------------------------------------------------------------------- conv_transpose2d
+
+
+def _transpose_problem(input, weight, bias, stride, padding, output_padding, groups, dilation):
+    return spec.conv_transpose2d_problem(
+        spec.as_batched(input), weight, bias, stride, padding, output_padding, groups, dilation
+    )
+
+
+@torch.library.custom_op(
+    "tritonconv::conv_transpose2d",
+    mutates_args=(),
+    schema="(Tensor input, Tensor weight, Tensor? bias=None, SymInt[2] stride=1, SymInt[2] padding=0, "
+    "SymInt[2] output_padding=0, SymInt groups=1, SymInt[2] dilation=1) -> Tensor",
+)
+def conv_transpose2d(input, weight, bias=None, stride=(1, 1), padding=(0, 0), output_padding=(0, 0),
+                     groups=1, dilation=(1, 1)):
+    problem = _transpose_problem(input, weight, bias, stride, padding, output_padding, groups, dilation)
+    x = spec.as_batched(input)
+    out = conv2d_dgrad(x, weight, problem, bias=bias, memory_format=spec.output_memory_format(x, weight))
+    return _unbatch_like(out, input)
+
+
+@conv_transpose2d.register_fake
+def _(input, weight, bias=None, stride=(1, 1), padding=(0, 0), output_padding=(0, 0), groups=1, dilation=(1, 1)):
+    problem = _transpose_problem(input, weight, bias, stride, padding, output_padding, groups, dilation)
+    x = spec.as_batched(input)
+    out = torch.empty(problem.input_shape, dtype=input.dtype, device=input.device,
+                      memory_format=spec.output_memory_format(x, weight))
+    return _unbatch_like(out, input)
+
+
+def _transpose_setup_context(ctx, inputs, output):
+    input, weight, bias, stride, padding, output_padding, groups, dilation = inputs
+    ctx.save_for_backward(input, weight)
+    ctx.has_bias = bias is not None
+    ctx.conv_args = (list(stride), list(padding), list(dilation), groups)
+
+
+def _transpose_backward(ctx, grad_output):
+    input, weight = ctx.saved_tensors
+    args = ctx.conv_args
+    need_input, need_weight, need_bias = ctx.needs_input_grad[:3]
+    x, gy = spec.as_batched(input), spec.as_batched(grad_output)
+    grad_input = grad_weight = grad_bias = None
+    if need_input:
+        # the forward conv of gy; output_padding can add one row/column of
+        # positions that no input pixel reached, which are cut off here
+        gx = torch.ops.tritonconv.conv2d(gy, weight, None, *args)
+        grad_input = _unbatch_like(gx[:, :, : x.shape[2], : x.shape[3]], input)
+    if need_weight:
+        # in the forward view, x is the conv's output gradient and gy its input
+        grad_weight = torch.ops.tritonconv.conv2d_grad_weight(x, gy, list(weight.shape), *args)
+    if need_bias and ctx.has_bias:
+        grad_bias = torch.ops.tritonconv.conv2d_grad_bias(gy)
+    return grad_input, grad_weight, grad_bias, None, None, None, None, None
+
+
+conv_transpose2d.register_autograd(_transpose_backward, setup_context=_transpose_setup_context)

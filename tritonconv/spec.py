@@ -26,6 +26,7 @@ __all__ = [
     "pair",
     "resolve_padding",
     "conv2d_problem",
+    "problem_from_shapes",
     "conv_transpose2d_problem",
     "output_memory_format",
     "as_batched",
@@ -173,12 +174,6 @@ def _check_common(
     _check_tensor(weight, "weight")
     if bias is not None:
         _check_tensor(bias, "bias")
-    if input.dim() != 4:
-        raise ConvValueError(
-            f"expected 3-D (unbatched) or 4-D (batched) input to conv2d, but got input of size {list(input.shape)}"
-        )
-    if weight.dim() != 4:
-        raise ConvValueError(f"expected a 4-D weight (out_channels, in_channels/groups, kH, kW), got size {list(weight.shape)}")
     if input.dtype != weight.dtype:
         raise ConvTypeError(f"input dtype ({input.dtype}) and weight dtype ({weight.dtype}) should be the same")
     if input.device != weight.device:
@@ -188,6 +183,15 @@ def _check_common(
             raise ConvTypeError(f"input dtype ({input.dtype}) and bias dtype ({bias.dtype}) should be the same")
         if bias.device != input.device:
             raise ConvTypeError(f"input ({input.device}) and bias ({bias.device}) should be on the same device")
+
+
+def _check_ndim(input_shape: Sequence[int], weight_shape: Sequence[int], op: str) -> None:
+    if len(input_shape) != 4:
+        raise ConvValueError(
+            f"expected 3-D (unbatched) or 4-D (batched) input to {op}, but got input of size {list(input_shape)}"
+        )
+    if len(weight_shape) != 4:
+        raise ConvValueError(f"expected a 4-D weight for {op}, but got weight of size {list(weight_shape)}")
 
 
 def _check_params(stride, pad_before, pad_after, dilation, groups) -> None:
@@ -218,29 +222,43 @@ def conv2d_problem(
 ) -> Conv2dProblem:
     """Validate conv2d arguments and describe the problem.
 
-    ``input`` must already be 4-D (callers unsqueeze unbatched input). Only
-    shapes, dtypes and devices are read, so fake tensors work too.
+    ``input`` must already be 4-D (callers use ``as_batched``). Only shapes,
+    dtypes and devices are read, so fake and meta tensors work too.
     """
     _check_common(input, weight, bias)
+    problem = problem_from_shapes(tuple(input.shape), tuple(weight.shape), stride, padding, dilation, groups)
+    if bias is not None and (bias.dim() != 1 or bias.shape[0] != problem.K):
+        raise ConvValueError(
+            f"Given weight of size {list(weight.shape)}, expected bias to be 1-dimensional with {problem.K} "
+            f"elements, but got bias of size {list(bias.shape)} instead"
+        )
+    return problem
+
+
+def problem_from_shapes(
+    input_shape: Sequence[int],
+    weight_shape: Sequence[int],
+    stride: IntPair = 1,
+    padding: Union[str, IntPair] = 0,
+    dilation: IntPair = 1,
+    groups: int = 1,
+) -> Conv2dProblem:
+    """The shape half of ``conv2d_problem``: sizes and conv parameters only."""
+    _check_ndim(input_shape, weight_shape, "conv2d")
     stride, dilation = pair(stride, "stride"), pair(dilation, "dilation")
-    K, Cg, R, S = weight.shape
+    K, Cg, R, S = weight_shape
     (pad_h, pad_w), (pad_b, pad_r) = resolve_padding(padding, (R, S), stride, dilation)
     _check_params(stride, (pad_h, pad_w), (pad_b, pad_r), dilation, groups)
-    N, C, H, W = input.shape
+    N, C, H, W = input_shape
     if K < 1 or K % groups != 0:
         raise ConvValueError(
             f"Given groups={groups}, expected weight to be at least {groups} at dimension 0 and divisible "
-            f"by groups, but got weight of size {list(weight.shape)}"
+            f"by groups, but got weight of size {list(weight_shape)}"
         )
     if C != Cg * groups:
         raise ConvValueError(
-            f"Given groups={groups}, weight of size {list(weight.shape)}, expected input{list(input.shape)} "
+            f"Given groups={groups}, weight of size {list(weight_shape)}, expected input{list(input_shape)} "
             f"to have {Cg * groups} channels, but got {C} channels instead"
-        )
-    if bias is not None and (bias.dim() != 1 or bias.shape[0] != K):
-        raise ConvValueError(
-            f"Given weight of size {list(weight.shape)}, expected bias to be 1-dimensional with {K} "
-            f"elements, but got bias of size {list(bias.shape)} instead"
         )
     eff_r, eff_s = dilation[0] * (R - 1) + 1, dilation[1] * (S - 1) + 1
     if H + pad_h + pad_b < eff_r or W + pad_w + pad_r < eff_s:
@@ -276,6 +294,7 @@ def conv_transpose2d_problem(
     The returned problem's input size (H, W) is the transposed conv's output size.
     """
     _check_common(input, weight, bias)
+    _check_ndim(tuple(input.shape), tuple(weight.shape), "conv_transpose2d")
     stride, dilation = pair(stride, "stride"), pair(dilation, "dilation")
     pad, out_pad = pair(padding, "padding"), pair(output_padding, "output_padding")
     _check_params(stride, pad, pad, dilation, groups)

@@ -1,0 +1,199 @@
+"""Gradient w.r.t. the input (dgrad) as an implicit GEMM; also conv_transpose2d's forward.
+
+The mapping, per group g and per stride phase (a, b) = (h mod stride_h, w mod stride_w):
+
+    ==========  ==================================  =====================================
+    GEMM        conv                                index decomposition
+    ==========  ==================================  =====================================
+    M           N * H/stride_h * W/stride_w pixels  m -> (n, i, j),  h = a + i*stride_h
+                of one phase                                         w = b + j*stride_w
+    N_gemm      C / groups input channels           col -> c = g * C/groups + col
+    K_gemm      K/groups * (valid taps of phase)    (r, s) taps outer, k inner
+    A[m, kk]    dy[n, k, p, q]                      p = i + (a + pad_h - r*dil_h) / stride_h
+                                                    q = j + (b + pad_w - s*dil_w) / stride_w
+    B[kk, col]  w[k, c, r, s]
+    C[m, col]   dx[n, c, h, w]                      (+ bias[c] for conv_transpose2d)
+    ==========  ==================================  =====================================
+
+Why phases: dx[h] receives dy[p] from tap r only when h + pad_h - r*dil_h is a
+multiple of stride_h. All pixels of one phase a share the same set of valid
+taps, r = r0, r0 + r_step, ... with r_step = stride_h / gcd(stride_h, dil_h).
+A program handles one phase and loops over exactly those taps, so no work is
+spent on taps that land between output positions: no zero-inserted
+(upsampled) dy, no materialised matrix and no atomics.
+
+Layouts: any strides; NHWC dy and KRSC-contiguous-in-k weight are the fast
+layouts (k contiguous in both operands).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import torch
+import triton
+import triton.language as tl
+
+from .. import configs
+from ..spec import Conv2dProblem
+from ._common import acc_dtype_for, alloc_output, check_device, grouped_pid, input_precision_for
+
+__all__ = ["conv2d_dgrad", "dgrad_kernel"]
+
+
+@triton.jit
+def _first_tap(phase, pad, dil, stride, step, taps):
+    """Smallest tap t < step with (phase + pad - t*dil) % stride == 0, or `taps` if none is < taps."""
+    first = taps
+    for t in range(0, step):
+        hit = ((phase + pad - t * dil) % stride == 0) & (first == taps) & (t < taps)
+        first = tl.where(hit, t, first)
+    return first
+
+
+@triton.jit
+def dgrad_kernel(
+    # pointers
+    dy_ptr,  # (N, K, P, Q), any strides
+    w_ptr,  # (K, C/groups, R, S), any strides
+    b_ptr,  # (C,); unused unless HAS_BIAS (conv_transpose2d)
+    dx_ptr,  # (N, C, H, W), any strides
+    # problem sizes
+    N, H, W, P, Q, R, S,
+    CG, KG,  # channels per group: input (GEMM N), output (reduced over)
+    GROUPS,
+    HP, WP,  # pixels per phase along h and w: cdiv(H, stride_h), cdiv(W, stride_w)
+    # conv parameters
+    stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
+    step_r, step_s,  # tap steps within a phase: stride / gcd(stride, dil)
+    # strides, in elements
+    sdyn, sdyk, sdyp, sdyq,
+    swk, swc, swr, sws,
+    sdxn, sdxc, sdxh, sdxw,
+    # meta-parameters
+    HAS_BIAS: tl.constexpr,
+    ACC_DTYPE: tl.constexpr,
+    INPUT_PRECISION: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
+):
+    # -- program-id mapping: (group, phase, M-tile, N-tile)
+    pid = tl.program_id(0)
+    M = N * HP * WP
+    num_pid_m = tl.cdiv(M, BLOCK_M)
+    num_pid_n = tl.cdiv(CG, BLOCK_N)
+    tiles = num_pid_m * num_pid_n
+    phases = stride_h * stride_w
+    g = pid // (tiles * phases)
+    phase = (pid // tiles) % phases
+    pid_m, pid_n = grouped_pid(pid % tiles, num_pid_m, num_pid_n, GROUP_M)
+    a_h = phase // stride_w
+    a_w = phase % stride_w
+
+    # -- the taps this phase receives from: r = r0 + i*step_r < R (likewise s)
+    r0 = _first_tap(a_h, pad_h, dil_h, stride_h, step_r, R)
+    s0 = _first_tap(a_w, pad_w, dil_w, stride_w, step_s, S)
+    num_r = tl.cdiv(R - r0, step_r)
+    num_s = tl.cdiv(S - s0, step_s)
+
+    # -- pointer setup (int64 pixel offsets: n * sdyn can pass 2**31)
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_k = tl.arange(0, BLOCK_K)
+    j = offs_m % WP
+    i = (offs_m // WP) % HP
+    n = offs_m // (HP * WP)
+    h = a_h + i * stride_h
+    w = a_w + j * stride_w
+    mask_m = (offs_m < M) & (h < H) & (w < W)
+    mask_n = offs_n < CG
+    dy_rows = dy_ptr + n.to(tl.int64) * sdyn + (g * KG).to(tl.int64) * sdyk
+    c_in = g * CG + offs_n
+    w_cols = w_ptr + (g * KG).to(tl.int64) * swk + offs_n.to(tl.int64) * swc  # c within the group
+
+    # -- reduction loop over (valid r, valid s, k-block)
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC_DTYPE)
+    k_blocks = tl.cdiv(KG, BLOCK_K)
+    for it in range(0, num_r * num_s * k_blocks):
+        rs = it // k_blocks
+        k = (it - rs * k_blocks) * BLOCK_K + offs_k
+        r = r0 + (rs // num_s) * step_r
+        s = s0 + (rs % num_s) * step_s
+        # exact divisions: r and s were chosen so that these are multiples
+        p = i + (a_h + pad_h - r * dil_h) // stride_h
+        q = j + (a_w + pad_w - s * dil_w) // stride_w
+        row_ok = mask_m & (p >= 0) & (p < P) & (q >= 0) & (q < Q)
+        k_ok = k < KG
+        a_ptrs = (dy_rows + p.to(tl.int64) * sdyp + q.to(tl.int64) * sdyq)[:, None] + k.to(tl.int64)[None, :] * sdyk
+        a = tl.load(a_ptrs, mask=row_ok[:, None] & k_ok[None, :], other=0.0)
+        b_ptrs = (w_cols + r.to(tl.int64) * swr + s.to(tl.int64) * sws)[None, :] + k.to(tl.int64)[:, None] * swk
+        b = tl.load(b_ptrs, mask=k_ok[:, None] & mask_n[None, :], other=0.0)
+        acc = tl.dot(a, b, acc, input_precision=INPUT_PRECISION)
+
+    # -- epilogue: every pixel of the phase is written, zeros where no tap lands
+    if HAS_BIAS:
+        bias = tl.load(b_ptr + c_in, mask=mask_n, other=0.0)
+        acc += bias.to(ACC_DTYPE)[None, :]
+    dx_rows = dx_ptr + n.to(tl.int64) * sdxn + h.to(tl.int64) * sdxh + w.to(tl.int64) * sdxw
+    dx_ptrs = dx_rows[:, None] + c_in.to(tl.int64)[None, :] * sdxc
+    tl.store(dx_ptrs, acc.to(dx_ptr.dtype.element_ty), mask=mask_m[:, None] & mask_n[None, :])
+
+
+_dgrad_tuned = triton.autotune(
+    configs=configs.gemm_configs(),
+    key=["N", "H", "W", "CG", "KG", "GROUPS", "R", "S", "stride_h", "stride_w", "dil_h", "dil_w", "sdyk", "sdxc"],
+    prune_configs_by={
+        "early_config_prune": configs.gemm_prune_hook(
+            m_fn=lambda a: a["N"] * a["HP"] * a["WP"], n_fn=lambda a: a["CG"], k_fn=lambda a: a["KG"],
+            tensor_arg="dy_ptr",
+        )
+    },
+)(dgrad_kernel)
+
+
+def conv2d_dgrad(
+    dy: torch.Tensor,
+    w: torch.Tensor,
+    problem: Conv2dProblem,
+    bias: Optional[torch.Tensor] = None,
+    memory_format: torch.memory_format = torch.contiguous_format,
+) -> torch.Tensor:
+    """Launch dgrad: dx = conv2d's input gradient (or conv_transpose2d of dy).
+
+    Args:
+        dy: (N, K, P, Q), the forward conv's output gradient; any strides.
+        w: (K, C/groups, R, S), any strides.
+        problem: the forward conv this is the gradient of.
+        bias: optional (C,), added to every pixel (conv_transpose2d's bias).
+        memory_format: layout of the returned tensor.
+
+    Returns:
+        dx (N, C, H, W) in dy's dtype.
+    """
+    check_device(dy, w, bias)
+    pb = problem
+    dx = alloc_output(pb.input_shape, dy.dtype, dy.device, memory_format)
+    if dx.numel() == 0:
+        return dx
+    HP, WP = triton.cdiv(pb.H, pb.stride_h), triton.cdiv(pb.W, pb.stride_w)
+    M = pb.N * HP * WP
+    if M >= 2**31 - 2**16:
+        raise ValueError(f"conv2d input has {M} pixels per stride phase; tritonconv supports fewer than 2**31")
+    step_r = pb.stride_h // math.gcd(pb.stride_h, pb.dil_h)
+    step_s = pb.stride_w // math.gcd(pb.stride_w, pb.dil_w)
+    CG, KG = pb.C_per_group, pb.K_per_group
+
+    def grid(meta):
+        tiles = triton.cdiv(M, meta["BLOCK_M"]) * triton.cdiv(CG, meta["BLOCK_N"])
+        return (pb.groups * pb.stride_h * pb.stride_w * tiles,)
+
+    _dgrad_tuned[grid](
+        dy, w, bias if bias is not None else w, dx,
+        pb.N, pb.H, pb.W, pb.P, pb.Q, pb.R, pb.S, CG, KG, pb.groups, HP, WP,
+        pb.stride_h, pb.stride_w, pb.pad_h, pb.pad_w, pb.dil_h, pb.dil_w, step_r, step_s,
+        *dy.stride(), *w.stride(), *dx.stride(),
+        HAS_BIAS=bias is not None,
+        ACC_DTYPE=acc_dtype_for(dy.dtype),
+        INPUT_PRECISION=input_precision_for(dy),
+    )
+    return dx

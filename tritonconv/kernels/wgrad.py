@@ -1,0 +1,247 @@
+"""Gradient w.r.t. the weight (wgrad) and the bias, as implicit GEMMs with split-K.
+
+The wgrad mapping, per group g and per tap (r, s) (a program handles one of each):
+
+    ==========  ==========================  ===========================================
+    GEMM        conv                        index decomposition
+    ==========  ==========================  ===========================================
+    M           K / groups output channels  row -> k = g * K/groups + row
+    N_gemm      C / groups input channels   col -> c = g * C/groups + col
+    K_gemm      N * P * Q output pixels     kk -> (n, p, q), q fastest; split in
+                                            SPLIT_K contiguous chunks
+    A[row, kk]  dy[n, k, p, q]
+    B[kk, col]  x[n, c, h, w]               h = p*stride_h - pad_h + r*dil_h  (0 outside)
+                                            w = q*stride_w - pad_w + s*dil_w
+    C[row, col] dw[k, c, r, s]
+    ==========  ==========================  ===========================================
+
+Split-K: the reduction over N*P*Q is long when the weight is small and the image
+large, so it is cut into SPLIT_K chunks that run as separate programs. Each
+chunk writes its own fp32 partial (no atomics), and the partials are summed in
+a fixed order afterwards, so the gradient is bitwise reproducible run to run.
+
+grad_bias is a plain column sum of dy over (n, p, q), in a kernel of its own
+with the same fixed-order guarantee.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import triton
+import triton.language as tl
+
+from .. import configs
+from ..spec import Conv2dProblem
+from ._common import INTERPRETER, acc_dtype_for, alloc_output, check_device, grouped_pid, input_precision_for
+
+__all__ = ["conv2d_wgrad", "conv2d_bias_grad", "wgrad_kernel", "bias_grad_kernel", "choose_split_k"]
+
+
+@triton.jit
+def wgrad_kernel(
+    # pointers
+    dy_ptr,  # (N, K, P, Q), any strides
+    x_ptr,  # (N, C, H, W), any strides
+    out_ptr,  # (SPLIT_K, K, C/groups, R, S): fp32 partials, or dw itself when SPLIT_K == 1
+    # problem sizes
+    N, H, W, P, Q, R, S,
+    CG, KG,
+    GROUPS,
+    SPLIT_K,
+    # conv parameters
+    stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
+    # strides, in elements
+    sdyn, sdyk, sdyp, sdyq,
+    sxn, sxc, sxh, sxw,
+    sos, sok, soc, sor, sos_,  # out: split, k, c, r, s
+    # meta-parameters
+    ACC_DTYPE: tl.constexpr,
+    INPUT_PRECISION: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
+):
+    # -- program-id mapping: (split, group, tap, M-tile, N-tile)
+    pid = tl.program_id(0)
+    num_pid_m = tl.cdiv(KG, BLOCK_M)
+    num_pid_n = tl.cdiv(CG, BLOCK_N)
+    tiles = num_pid_m * num_pid_n
+    taps = R * S
+    split = pid // (tiles * taps * GROUPS)
+    g = (pid // (tiles * taps)) % GROUPS
+    rs = (pid // tiles) % taps
+    r = rs // S
+    s = rs % S
+    pid_m, pid_n = grouped_pid(pid % tiles, num_pid_m, num_pid_n, GROUP_M)
+
+    # -- this split's share of the reduction, in whole BLOCK_K steps
+    NPQ = N * P * Q
+    chunk = tl.cdiv(tl.cdiv(NPQ, SPLIT_K), BLOCK_K) * BLOCK_K
+    start = split * chunk
+    stop = tl.minimum(start + chunk, NPQ)
+
+    # -- pointer setup
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_k = tl.arange(0, BLOCK_K)
+    mask_m = offs_m < KG
+    mask_n = offs_n < CG
+    k_out = g * KG + offs_m
+    c_in = g * CG + offs_n
+    dy_cols = dy_ptr + k_out.to(tl.int64) * sdyk
+    x_cols = x_ptr + c_in.to(tl.int64) * sxc
+
+    # -- reduction loop over output pixels (n, p, q)
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC_DTYPE)
+    for k0 in range(start, stop, BLOCK_K):
+        kk = k0 + offs_k
+        q = kk % Q
+        p = (kk // Q) % P
+        n = kk // (P * Q)
+        k_ok = kk < stop
+        h = p * stride_h - pad_h + r * dil_h
+        w = q * stride_w - pad_w + s * dil_w
+        pix_ok = k_ok & (h >= 0) & (h < H) & (w >= 0) & (w < W)
+        dy_off = n.to(tl.int64) * sdyn + p.to(tl.int64) * sdyp + q.to(tl.int64) * sdyq
+        a = tl.load(dy_cols[:, None] + dy_off[None, :], mask=mask_m[:, None] & k_ok[None, :], other=0.0)
+        x_off = n.to(tl.int64) * sxn + h.to(tl.int64) * sxh + w.to(tl.int64) * sxw
+        b = tl.load(x_off[:, None] + x_cols[None, :], mask=pix_ok[:, None] & mask_n[None, :], other=0.0)
+        acc = tl.dot(a, b, acc, input_precision=INPUT_PRECISION)
+
+    # -- epilogue: this split's partial (or the gradient itself) for tap (r, s)
+    out = out_ptr + split.to(tl.int64) * sos + r * sor + s * sos_
+    out_ptrs = out + k_out.to(tl.int64)[:, None] * sok + offs_n.to(tl.int64)[None, :] * soc
+    tl.store(out_ptrs, acc.to(out_ptr.dtype.element_ty), mask=mask_m[:, None] & mask_n[None, :])
+
+
+_wgrad_tuned = triton.autotune(
+    configs=configs.gemm_configs(),
+    key=["N", "H", "W", "P", "Q", "CG", "KG", "GROUPS", "R", "S", "SPLIT_K", "stride_h", "stride_w", "sdyk", "sxc"],
+    prune_configs_by={
+        "early_config_prune": configs.gemm_prune_hook(
+            m_fn=lambda a: a["KG"], n_fn=lambda a: a["CG"],
+            k_fn=lambda a: triton.cdiv(a["N"] * a["P"] * a["Q"], a["SPLIT_K"]), tensor_arg="dy_ptr",
+        )
+    },
+)(wgrad_kernel)
+
+
+@triton.jit
+def bias_grad_kernel(
+    dy_ptr,  # (N, K, P, Q), any strides
+    db_ptr,  # (K,)
+    N, K, P, Q,
+    sdyn, sdyk, sdyp, sdyq,
+    ACC_DTYPE: tl.constexpr,
+    BLOCK_PIX: tl.constexpr, BLOCK_CH: tl.constexpr,
+):
+    # one program per channel block, summing all pixels in a fixed order
+    offs_ch = tl.program_id(0) * BLOCK_CH + tl.arange(0, BLOCK_CH)
+    ch_ok = offs_ch < K
+    acc = tl.zeros((BLOCK_PIX, BLOCK_CH), dtype=ACC_DTYPE)
+    for k0 in range(0, N * P * Q, BLOCK_PIX):
+        kk = k0 + tl.arange(0, BLOCK_PIX)
+        q = kk % Q
+        p = (kk // Q) % P
+        n = kk // (P * Q)
+        off = n.to(tl.int64) * sdyn + p.to(tl.int64) * sdyp + q.to(tl.int64) * sdyq
+        ptrs = dy_ptr + off[:, None] + offs_ch.to(tl.int64)[None, :] * sdyk
+        acc += tl.load(ptrs, mask=(kk < N * P * Q)[:, None] & ch_ok[None, :], other=0.0).to(ACC_DTYPE)
+    tl.store(db_ptr + offs_ch, tl.sum(acc, axis=0).to(db_ptr.dtype.element_ty), mask=ch_ok)
+
+
+def _sm_count(device: torch.device) -> int:
+    if device.type != "cuda":
+        return 1
+    return torch.cuda.get_device_properties(device).multi_processor_count
+
+
+def choose_split_k(problem: Conv2dProblem, device: torch.device) -> int:
+    """How many chunks to cut wgrad's N*P*Q reduction into.
+
+    Enough programs to fill the GPU about twice (counting 64x64 output tiles),
+    but never chunks shorter than 1024 pixels (each chunk's partial costs a
+    write and a read of the weight-sized workspace) and at most 32 chunks.
+    """
+    pb = problem
+    npq = pb.N * pb.P * pb.Q
+    tiles = pb.groups * pb.R * pb.S * triton.cdiv(pb.K_per_group, 64) * triton.cdiv(pb.C_per_group, 64)
+    want = triton.cdiv(2 * _sm_count(device), tiles)
+    return max(1, min(want, 32, npq // 1024))
+
+
+def conv2d_wgrad(
+    dy: torch.Tensor,
+    x: torch.Tensor,
+    problem: Conv2dProblem,
+    memory_format: torch.memory_format = torch.contiguous_format,
+    split_k: Optional[int] = None,
+) -> torch.Tensor:
+    """Launch wgrad: dw = conv2d's weight gradient.
+
+    Args:
+        dy: (N, K, P, Q), the output gradient; any strides.
+        x: (N, C, H, W), the forward input; any strides.
+        problem: the forward conv.
+        memory_format: layout of the returned gradient (follow the weight's).
+        split_k: number of reduction chunks; None picks one (``choose_split_k``).
+
+    Returns:
+        dw (K, C/groups, R, S) in dy's dtype, bitwise deterministic.
+    """
+    check_device(dy, x)
+    pb = problem
+    dw = alloc_output(pb.weight_shape, dy.dtype, dy.device, memory_format)
+    if dw.numel() == 0:
+        return dw
+    npq = pb.N * pb.P * pb.Q
+    if npq == 0:
+        return dw.zero_()
+    split = max(1, int(split_k)) if split_k is not None else choose_split_k(pb, dy.device)
+    split = min(split, max(1, npq))
+    if split == 1:
+        out, out_strides = dw, (0, *dw.stride())
+    else:
+        acc_dtype = torch.float64 if dy.dtype == torch.float64 else torch.float32
+        out = torch.empty((split, *pb.weight_shape), dtype=acc_dtype, device=dy.device)
+        out_strides = out.stride()
+    CG, KG = pb.C_per_group, pb.K_per_group
+
+    def grid(meta):
+        tiles = triton.cdiv(KG, meta["BLOCK_M"]) * triton.cdiv(CG, meta["BLOCK_N"])
+        return (split * pb.groups * pb.R * pb.S * tiles,)
+
+    _wgrad_tuned[grid](
+        dy, x, out,
+        pb.N, pb.H, pb.W, pb.P, pb.Q, pb.R, pb.S, CG, KG, pb.groups, split,
+        pb.stride_h, pb.stride_w, pb.pad_h, pb.pad_w, pb.dil_h, pb.dil_w,
+        *dy.stride(), *x.stride(), *out_strides,
+        ACC_DTYPE=acc_dtype_for(dy.dtype),
+        INPUT_PRECISION=input_precision_for(dy),
+    )
+    if split > 1:
+        # fixed-order sum of the partials: deterministic, unlike float atomics
+        dw.copy_(out.sum(dim=0))
+    return dw
+
+
+def conv2d_bias_grad(dy: torch.Tensor) -> torch.Tensor:
+    """Launch the bias gradient: db[k] = sum of dy[:, k] over (n, p, q).
+
+    Args:
+        dy: (N, K, P, Q), any strides.
+
+    Returns:
+        db (K,) in dy's dtype.
+    """
+    check_device(dy)
+    N, K, P, Q = dy.shape
+    db = alloc_output((K,), dy.dtype, dy.device)
+    if K == 0:
+        return db
+    block_ch = 16 if INTERPRETER else 32
+    bias_grad_kernel[(triton.cdiv(K, block_ch),)](
+        dy, db, N, K, P, Q, *dy.stride(),
+        ACC_DTYPE=acc_dtype_for(dy.dtype), BLOCK_PIX=64, BLOCK_CH=block_ch,
+    )
+    return db
