@@ -65,6 +65,12 @@ def _check_grad_output(
     return dataclasses.replace(problem, P=shape[2], Q=shape[3])
 
 
+def _needs_grad(ctx, count: int):
+    """The first ``count`` of ctx.needs_input_grad; arguments left at their default may be missing."""
+    flags = tuple(ctx.needs_input_grad)[:count]
+    return flags + (False,) * (count - len(flags))
+
+
 # --------------------------------------------------------------------------- conv2d
 
 
@@ -105,7 +111,7 @@ def _conv2d_setup_context(ctx, inputs, output):
 def _conv2d_backward(ctx, grad_output):
     input, weight = ctx.saved_tensors
     args = ctx.conv_args
-    need_input, need_weight, need_bias = ctx.needs_input_grad[:3]
+    need_input, need_weight, need_bias = _needs_grad(ctx, 3)
     x, gy = spec.as_batched(input), spec.as_batched(grad_output)
     grad_input = grad_weight = grad_bias = None
     if need_input:
@@ -158,9 +164,10 @@ def _grad_input_backward(ctx, ggx):
     grad_output, weight = ctx.saved_tensors
     args = ctx.conv_args
     d_gy = d_w = None
-    if ctx.needs_input_grad[0]:
+    need_gy, need_w = _needs_grad(ctx, 2)
+    if need_gy:
         d_gy = torch.ops.tritonconv.conv2d(ggx, weight, None, *args)
-    if ctx.needs_input_grad[1]:
+    if need_w:
         d_w = torch.ops.tritonconv.conv2d_grad_weight(grad_output, ggx, list(weight.shape), *args)
     return d_gy, d_w, None, None, None, None, None
 
@@ -209,9 +216,10 @@ def _grad_weight_backward(ctx, ggw):
     grad_output, input = ctx.saved_tensors
     args = ctx.conv_args
     d_gy = d_x = None
-    if ctx.needs_input_grad[0]:
+    need_gy, need_x = _needs_grad(ctx, 2)
+    if need_gy:
         d_gy = torch.ops.tritonconv.conv2d(input, ggw, None, *args)
-    if ctx.needs_input_grad[1]:
+    if need_x:
         d_x = torch.ops.tritonconv.conv2d_grad_input(grad_output, ggw, list(input.shape), *args)
     return d_gy, d_x, None, None, None, None, None
 
@@ -286,7 +294,7 @@ def _transpose_setup_context(ctx, inputs, output):
 def _transpose_backward(ctx, grad_output):
     input, weight = ctx.saved_tensors
     args = ctx.conv_args
-    need_input, need_weight, need_bias = ctx.needs_input_grad[:3]
+    need_input, need_weight, need_bias = _needs_grad(ctx, 3)
     x, gy = spec.as_batched(input), spec.as_batched(grad_output)
     grad_input = grad_weight = grad_bias = None
     if need_input:
