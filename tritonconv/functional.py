@@ -26,11 +26,21 @@ def conv2d(
     padding: Union[str, spec.IntPair] = 0,
     dilation: spec.IntPair = 1,
     groups: int = 1,
+    *,
+    activation: Optional[str] = None,
+    residual: Optional[torch.Tensor] = None,
+    negative_slope: float = 0.01,
 ) -> torch.Tensor:
-    """2-D convolution, a drop-in for ``torch.nn.functional.conv2d``.
+    """2-D convolution, a drop-in for ``torch.nn.functional.conv2d``, with an optional fused epilogue.
 
     Accepts everything F.conv2d does: int or pair stride/padding/dilation,
     padding='same' or 'valid', groups, optional bias, unbatched (C, H, W) input.
+
+    With ``activation`` and/or ``residual`` it computes
+    ``act(conv2d(input, weight) + bias + residual)`` in one kernel (the add and
+    the activation happen before the single store). Activations: "relu",
+    "silu", "gelu" (erf), "gelu_tanh", "leaky_relu" (``negative_slope``),
+    "hardswish", "sigmoid".
     """
     stride_p, dilation_p = spec.pair(stride, "stride"), spec.pair(dilation, "dilation")
     if isinstance(padding, str):
@@ -44,8 +54,11 @@ def conv2d(
             extra_h, extra_w = after[0] - before[0], after[1] - before[1]
             input = F.pad(input, (0, extra_w, 0, extra_h))
         padding = before
-    return torch.ops.tritonconv.conv2d(
-        input, weight, bias, list(stride_p), list(spec.pair(padding, "padding")), list(dilation_p), groups
+    conv_args = (list(stride_p), list(spec.pair(padding, "padding")), list(dilation_p), groups)
+    if activation is None and residual is None:
+        return torch.ops.tritonconv.conv2d(input, weight, bias, *conv_args)
+    return torch.ops.tritonconv.conv2d_fused(
+        input, weight, bias, *conv_args, activation or "none", float(negative_slope), residual
     )
 
 

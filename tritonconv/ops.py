@@ -15,6 +15,8 @@ Autograd is expressed with tritonconv ops only:
     conv2d_grad_weight   w.r.t. dy: conv2d;         w.r.t. x: grad_input
     conv2d_grad_bias     w.r.t. dy: broadcast (no conv)
     conv_transpose2d     w.r.t. x: conv2d; w.r.t. w: grad_weight; bias: grad_bias
+    conv2d_fused         act'(z) * dy, then as conv2d (z from the output where
+                         the activation allows, else recomputed by conv2d)
     ===================  ====================================================
 
 so a training step runs no aten convolution, and double backward works
@@ -29,11 +31,19 @@ from typing import Optional, Sequence
 import torch
 
 from . import spec
+from .kernels._common import activation_code
 from .kernels.dgrad import conv2d_dgrad
 from .kernels.fprop import conv2d_fprop
 from .kernels.wgrad import conv2d_bias_grad, conv2d_wgrad
 
-__all__ = ["conv2d", "conv_transpose2d", "conv2d_grad_input", "conv2d_grad_weight", "conv2d_grad_bias"]
+__all__ = [
+    "conv2d",
+    "conv2d_fused",
+    "conv_transpose2d",
+    "conv2d_grad_input",
+    "conv2d_grad_weight",
+    "conv2d_grad_bias",
+]
 
 _CONV_ARGS = "SymInt[2] stride, SymInt[2] padding, SymInt[2] dilation, SymInt groups"
 
@@ -311,3 +321,122 @@ def _transpose_backward(ctx, grad_output):
 
 
 conv_transpose2d.register_autograd(_transpose_backward, setup_context=_transpose_setup_context)
+
+
+# --------------------------------------------------------------------------- conv2d_fused
+
+
+def _activation_grad(z: torch.Tensor, activation: str, alpha: float) -> torch.Tensor:
+    """d act(z) / dz with PyTorch's own conventions at the kinks; differentiable (double backward)."""
+    if activation == "relu":
+        return (z > 0).to(z.dtype)
+    if activation == "leaky_relu":
+        return torch.where(z > 0, torch.ones_like(z), torch.full_like(z, alpha))
+    if activation == "sigmoid":
+        s = torch.sigmoid(z)
+        return s * (1 - s)
+    if activation == "silu":
+        s = torch.sigmoid(z)
+        return s * (1 + z * (1 - s))
+    if activation == "gelu":
+        cdf = 0.5 * (1 + torch.erf(z * 0.7071067811865476))
+        pdf = torch.exp(-0.5 * z * z) * 0.3989422804014327
+        return cdf + z * pdf
+    if activation == "gelu_tanh":
+        k = 0.7978845608028654
+        t = torch.tanh(k * (z + 0.044715 * z * z * z))
+        return 0.5 * (1 + t) + 0.5 * z * (1 - t * t) * k * (1 + 3 * 0.044715 * z * z)
+    if activation == "hardswish":
+        mid = z / 3 + 0.5
+        return torch.where(z < -3, torch.zeros_like(z), torch.where(z <= 3, mid, torch.ones_like(z)))
+    return torch.ones_like(z)
+
+
+def _check_fused(input, problem, activation, residual):
+    activation_code(activation)
+    if residual is not None:
+        expected = problem.output_shape if input.dim() == 4 else problem.output_shape[1:]
+        if tuple(residual.shape) != tuple(expected):
+            raise spec.ConvValueError(
+                f"residual has size {list(residual.shape)}, but the convolution's output has size {list(expected)}"
+            )
+        if residual.dtype != input.dtype or residual.device != input.device:
+            raise spec.ConvTypeError(
+                f"residual ({residual.dtype}, {residual.device}) must match input ({input.dtype}, {input.device})"
+            )
+
+
+@torch.library.custom_op(
+    "tritonconv::conv2d_fused",
+    mutates_args=(),
+    schema="(Tensor input, Tensor weight, Tensor? bias=None, SymInt[2] stride=1, SymInt[2] padding=0, "
+    "SymInt[2] dilation=1, SymInt groups=1, str activation='none', float alpha=0.01, Tensor? residual=None) "
+    "-> Tensor",
+)
+def conv2d_fused(input, weight, bias=None, stride=(1, 1), padding=(0, 0), dilation=(1, 1), groups=1,
+                 activation="none", alpha=0.01, residual=None):
+    """act(conv2d(input, weight) + bias + residual) in one kernel."""
+    problem = _problem(input, weight, bias, stride, padding, dilation, groups)
+    _check_fused(input, problem, activation, residual)
+    out = conv2d_fprop(spec.as_batched(input), weight, bias, problem, activation=activation, alpha=alpha,
+                       residual=spec.as_batched(residual) if residual is not None else None)
+    return _unbatch_like(out, input)
+
+
+@conv2d_fused.register_fake
+def _(input, weight, bias=None, stride=(1, 1), padding=(0, 0), dilation=(1, 1), groups=1,
+      activation="none", alpha=0.01, residual=None):
+    problem = _problem(input, weight, bias, stride, padding, dilation, groups)
+    _check_fused(input, problem, activation, residual)
+    fmt = spec.output_memory_format(spec.as_batched(input), weight)
+    out = torch.empty(problem.output_shape, dtype=input.dtype, device=input.device, memory_format=fmt)
+    return _unbatch_like(out, input)
+
+
+# activations whose derivative can be read off the output, so backward needs no recompute
+_GRAD_FROM_OUTPUT = {"none", "relu", "sigmoid"}
+
+
+def _fused_setup_context(ctx, inputs, output):
+    input, weight, bias, stride, padding, dilation, groups, activation, alpha, residual = inputs
+    ctx.conv_args = (list(stride), list(padding), list(dilation), groups)
+    ctx.activation, ctx.alpha = activation, alpha
+    from_output = activation in _GRAD_FROM_OUTPUT or (activation == "leaky_relu" and alpha > 0)
+    ctx.from_output = from_output
+    ctx.has_bias, ctx.has_residual = bias is not None, residual is not None
+    ctx.save_for_backward(input, weight, bias, residual, output if from_output else None)
+
+
+def _fused_backward(ctx, grad_output):
+    input, weight, bias, residual, output = ctx.saved_tensors
+    args = ctx.conv_args
+    act = ctx.activation
+    if act == "none":
+        gz = grad_output
+    elif ctx.from_output:
+        if act == "sigmoid":
+            gz = grad_output * output * (1 - output)
+        else:  # relu, leaky_relu with a positive slope: sign(output) == sign(z)
+            gz = grad_output * _activation_grad(output, act, ctx.alpha)
+    else:
+        # recompute the pre-activation with tritonconv's own (differentiable) conv
+        z = torch.ops.tritonconv.conv2d(input, weight, bias, *args)
+        if residual is not None:
+            z = z + residual
+        gz = grad_output * _activation_grad(z, act, ctx.alpha)
+    need_input, need_weight, need_bias = _needs_grad(ctx, 3)
+    need_residual = _needs_grad(ctx, 10)[9]
+    x, g4 = spec.as_batched(input), spec.as_batched(gz)
+    grad_input = grad_weight = grad_bias = grad_residual = None
+    if need_input:
+        grad_input = _unbatch_like(torch.ops.tritonconv.conv2d_grad_input(g4, weight, list(x.shape), *args), input)
+    if need_weight:
+        grad_weight = torch.ops.tritonconv.conv2d_grad_weight(g4, x, list(weight.shape), *args)
+    if need_bias and ctx.has_bias:
+        grad_bias = torch.ops.tritonconv.conv2d_grad_bias(g4)
+    if need_residual and ctx.has_residual:
+        grad_residual = gz
+    return grad_input, grad_weight, grad_bias, None, None, None, None, None, None, grad_residual
+
+
+conv2d_fused.register_autograd(_fused_backward, setup_context=_fused_setup_context)

@@ -17,6 +17,9 @@ __all__ = [
     "input_precision_for",
     "check_device",
     "set_poison_outputs",
+    "ACTIVATIONS",
+    "activation_code",
+    "apply_activation",
 ]
 
 
@@ -88,3 +91,46 @@ def check_device(*tensors: torch.Tensor) -> None:
                 "through Triton's interpreter, set TRITON_INTERPRET=1 in the environment before "
                 "tritonconv (or triton) is imported."
             )
+
+
+# Epilogue activations: name -> the ACTIVATION constexpr the kernels branch on.
+ACTIVATIONS = {
+    "none": 0,
+    "relu": 1,
+    "silu": 2,
+    "gelu": 3,  # erf form, F.gelu's default
+    "gelu_tanh": 4,  # F.gelu(approximate="tanh")
+    "leaky_relu": 5,  # slope = alpha
+    "hardswish": 6,
+    "sigmoid": 7,
+}
+
+
+def activation_code(name: str) -> int:
+    """The ACTIVATION constexpr for an activation name, with a clear error for unknown names."""
+    try:
+        return ACTIVATIONS[name]
+    except KeyError:
+        raise ValueError(f"unknown activation {name!r}; expected one of {sorted(ACTIVATIONS)}") from None
+
+
+@triton.jit
+def apply_activation(z, ACTIVATION: tl.constexpr, alpha):
+    """act(z) for the fused epilogue; z is the fp32 (fp64) accumulator, so no precision is lost."""
+    if ACTIVATION == 1:
+        z = tl.maximum(z, 0.0)
+    elif ACTIVATION == 2:
+        z = z / (1.0 + tl.exp(-z))
+    elif ACTIVATION == 3:
+        z = 0.5 * z * (1.0 + tl.math.erf(z * 0.7071067811865476))
+    elif ACTIVATION == 4:
+        # tanh(u) = 2 * sigmoid(2u) - 1, which needs no libdevice tanh
+        u = 0.7978845608028654 * (z + 0.044715 * z * z * z)
+        z = 0.5 * z * (1.0 + (2.0 / (1.0 + tl.exp(-2.0 * u)) - 1.0))
+    elif ACTIVATION == 5:
+        z = tl.where(z >= 0.0, z, z * alpha)
+    elif ACTIVATION == 6:
+        z = z * tl.minimum(tl.maximum(z + 3.0, 0.0), 6.0) / 6.0
+    elif ACTIVATION == 7:
+        z = 1.0 / (1.0 + tl.exp(-z))
+    return z

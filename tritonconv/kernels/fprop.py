@@ -38,7 +38,15 @@ import triton.language as tl
 
 from .. import configs
 from ..spec import Conv2dProblem, output_memory_format
-from ._common import acc_dtype_for, alloc_output, check_device, grouped_pid, input_precision_for
+from ._common import (
+    acc_dtype_for,
+    activation_code,
+    alloc_output,
+    apply_activation,
+    check_device,
+    grouped_pid,
+    input_precision_for,
+)
 
 __all__ = ["conv2d_fprop", "fprop_kernel"]
 
@@ -49,6 +57,7 @@ def fprop_kernel(
     x_ptr,  # (N, C, H, W), any strides
     w_ptr,  # (K, C/groups, R, S), any strides
     b_ptr,  # (K,); unused unless HAS_BIAS
+    res_ptr,  # (N, K, P, Q), any strides; unused unless HAS_RESIDUAL
     y_ptr,  # (N, K, P, Q), any strides
     # problem sizes
     M,  # N * P * Q
@@ -61,8 +70,13 @@ def fprop_kernel(
     sxn, sxc, sxh, sxw,
     swk, swc, swr, sws,
     syn, syk, syp, syq,
+    srn, srk, srp, srq,
+    # epilogue
+    alpha,  # leaky_relu slope
     # meta-parameters
     HAS_BIAS: tl.constexpr,
+    HAS_RESIDUAL: tl.constexpr,
+    ACTIVATION: tl.constexpr,
     ACC_DTYPE: tl.constexpr,
     INPUT_PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
@@ -109,13 +123,19 @@ def fprop_kernel(
         b = tl.load(b_ptrs, mask=c_ok[:, None] & mask_n[None, :], other=0.0)
         acc = tl.dot(a, b, acc, input_precision=INPUT_PRECISION)
 
-    # -- epilogue: bias, cast, one store in the output's own layout
+    # -- epilogue: act(acc + bias + residual), cast, one store in the output's own layout
+    mask_out = mask_m[:, None] & mask_n[None, :]
     if HAS_BIAS:
         bias = tl.load(b_ptr + k_out, mask=mask_n, other=0.0)
         acc += bias.to(ACC_DTYPE)[None, :]
+    if HAS_RESIDUAL:
+        r_rows = res_ptr + n.to(tl.int64) * srn + p.to(tl.int64) * srp + q.to(tl.int64) * srq
+        res = tl.load(r_rows[:, None] + k_out.to(tl.int64)[None, :] * srk, mask=mask_out, other=0.0)
+        acc += res.to(ACC_DTYPE)
+    acc = apply_activation(acc, ACTIVATION, alpha)
     y_rows = y_ptr + n.to(tl.int64) * syn + p.to(tl.int64) * syp + q.to(tl.int64) * syq
     y_ptrs = y_rows[:, None] + k_out.to(tl.int64)[None, :] * syk
-    tl.store(y_ptrs, acc.to(y_ptr.dtype.element_ty), mask=mask_m[:, None] & mask_n[None, :])
+    tl.store(y_ptrs, acc.to(y_ptr.dtype.element_ty), mask=mask_out)
 
 
 _fprop_tuned = triton.autotune(
@@ -135,8 +155,13 @@ def conv2d_fprop(
     bias: Optional[torch.Tensor],
     problem: Conv2dProblem,
     out: Optional[torch.Tensor] = None,
+    activation: str = "none",
+    alpha: float = 0.01,
+    residual: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
-    """Launch the forward implicit-GEMM conv.
+    """Launch the forward implicit-GEMM conv, with an optional fused epilogue.
+
+    Computes ``act(conv(x, w) + bias + residual)`` with one store per element.
 
     Args:
         x: input (N, C, H, W), any strides, validated by ``spec.conv2d_problem``.
@@ -144,11 +169,14 @@ def conv2d_fprop(
         bias: (K,) or None.
         problem: the validated problem description.
         out: optional preallocated output (N, K, P, Q); any strides.
+        activation: a name from ``_common.ACTIVATIONS`` ("none" by default).
+        alpha: the leaky_relu slope.
+        residual: optional (N, K, P, Q) tensor added before the activation; any strides.
 
     Returns:
         y (N, K, P, Q) in x's dtype, channels_last exactly when F.conv2d's would be.
     """
-    check_device(x, w, bias)
+    check_device(x, w, bias, residual)
     pb = problem
     if out is None:
         out = alloc_output(pb.output_shape, x.dtype, x.device, output_memory_format(x, w))
@@ -163,11 +191,14 @@ def conv2d_fprop(
         return (pb.groups * triton.cdiv(M, meta["BLOCK_M"]) * triton.cdiv(KG, meta["BLOCK_N"]),)
 
     _fprop_tuned[grid](
-        x, w, bias if bias is not None else w, out,
+        x, w, bias if bias is not None else w, residual if residual is not None else x, out,
         M, pb.H, pb.W, pb.P, pb.Q, pb.R, pb.S, CG, KG, pb.groups,
         pb.stride_h, pb.stride_w, pb.pad_h, pb.pad_w, pb.dil_h, pb.dil_w,
-        *x.stride(), *w.stride(), *out.stride(),
+        *x.stride(), *w.stride(), *out.stride(), *(residual.stride() if residual is not None else (0, 0, 0, 0)),
+        float(alpha),
         HAS_BIAS=bias is not None,
+        HAS_RESIDUAL=residual is not None,
+        ACTIVATION=activation_code(activation),
         ACC_DTYPE=acc_dtype_for(x.dtype),
         INPUT_PRECISION=input_precision_for(x),
     )
