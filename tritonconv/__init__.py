@@ -5,10 +5,11 @@ through Triton's interpreter when ``TRITON_INTERPRET=1`` is set before import.
 """
 
 from . import ops  # noqa: F401  (registers torch.ops.tritonconv.*)
-from . import reference
+from . import nn, reference
 from .functional import conv2d, conv_transpose2d
+from .nn import convert
 from .kernels._common import INTERPRETER
 
 __version__ = "0.1.0"
 
-__all__ = ["conv2d", "conv_transpose2d", "reference", "INTERPRETER", "__version__"]
+__all__ = ["conv2d", "conv_transpose2d", "nn", "convert", "reference", "INTERPRETER", "__version__"]

@@ -1,0 +1,269 @@
+"""tritonconv.nn modules, convert() with and without fusion, and the fused epilogue op."""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+import tritonconv
+import tritonconv.nn as tnn
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+TOL = {torch.float64: 1e-11, torch.float32: 1e-5 if DEVICE == "cpu" else 5e-3}
+
+
+def rel_err(out, ref):
+    out, ref = out.detach().double().cpu(), ref.detach().double().cpu()
+    assert out.shape == ref.shape
+    assert torch.isfinite(out).all()
+    return ((out - ref).norm() / ref.norm().clamp_min(1e-30)).item()
+
+
+# ----------------------------------------------------------------------------- test networks
+
+
+class Bottleneck(nn.Module):
+    def __init__(self, cin, mid, cout, stride):
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, mid, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(mid)
+        self.conv2 = nn.Conv2d(mid, mid, 3, stride=stride, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(mid)
+        self.conv3 = nn.Conv2d(mid, cout, 1, bias=False)
+        self.bn3 = nn.BatchNorm2d(cout)
+        self.relu = nn.ReLU(inplace=True)
+        self.downsample = None
+        if stride != 1 or cin != cout:
+            self.downsample = nn.Sequential(nn.Conv2d(cin, cout, 1, stride=stride, bias=False), nn.BatchNorm2d(cout))
+
+    def forward(self, x):
+        identity = x if self.downsample is None else self.downsample(x)
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.relu(self.bn2(self.conv2(out)))
+        out = self.bn3(self.conv3(out))
+        out += identity
+        return self.relu(out)
+
+
+class TinyResNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 8, 7, stride=2, padding=3, bias=False), nn.BatchNorm2d(8), nn.ReLU())
+        self.layer1 = Bottleneck(8, 4, 16, 1)
+        self.layer2 = Bottleneck(16, 8, 16, 2)
+        self.fc = nn.Linear(16, 5)
+
+    def forward(self, x):
+        x = self.layer2(self.layer1(self.stem(x)))
+        return self.fc(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
+
+
+class TinyUNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.enc1 = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.SiLU())
+        self.down = nn.Conv2d(8, 12, 3, stride=2, padding=1)
+        self.mid = nn.Sequential(nn.Conv2d(12, 12, 3, padding=1, padding_mode="reflect"), nn.GELU())
+        self.up = nn.ConvTranspose2d(12, 8, 2, stride=2)
+        self.dec = nn.Sequential(nn.Conv2d(16, 8, 3, padding=1), nn.BatchNorm2d(8), nn.LeakyReLU(0.1))
+        self.out = nn.Conv2d(8, 2, 1)
+
+    def forward(self, x):
+        e = self.enc1(x)
+        m = self.mid(F.hardswish(self.down(e)))
+        d = self.dec(torch.cat([self.up(m), e], dim=1))
+        return torch.sigmoid(self.out(d))
+
+
+def _randomize_bn(model):
+    g = torch.Generator().manual_seed(0)
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.copy_(torch.randn(m.num_features, generator=g) * 0.1)
+            m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+            m.weight.data.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+            m.bias.data.copy_(torch.randn(m.num_features, generator=g) * 0.1)
+
+
+def _pair(model_cls, dtype):
+    torch.manual_seed(0)
+    ref = model_cls().to(DEVICE, dtype).eval()
+    _randomize_bn(ref)
+    ours = model_cls().to(DEVICE, dtype).eval()
+    ours.load_state_dict(ref.state_dict())
+    return ref, ours
+
+
+def _count(model, cls):
+    return sum(type(m) is cls for m in model.modules())
+
+
+@pytest.mark.parametrize("model_cls", [TinyResNet, TinyUNet])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("fuse", [False, True])
+def test_converted_model_matches_original(model_cls, dtype, fuse):
+    ref, ours = _pair(model_cls, dtype)
+    n_convs = _count(ref, nn.Conv2d) + _count(ref, nn.ConvTranspose2d)
+    converted = tritonconv.convert(ours, fuse=fuse)
+    assert _count(converted, nn.Conv2d) == 0 and _count(converted, nn.ConvTranspose2d) == 0
+    n_ours = _count(converted, tnn.Conv2d) + _count(converted, tnn.ConvTranspose2d)
+    if fuse:
+        assert 0 < n_ours <= n_convs
+        assert _count(converted, nn.BatchNorm2d) == 0, "every eval BatchNorm after a conv should be folded"
+        assert any(m.activation is not None for m in converted.modules() if isinstance(m, tnn.Conv2d))
+    else:
+        assert converted is ours and n_ours == n_convs
+    x = torch.randn(2, 3, 16, 16, device=DEVICE, dtype=dtype)
+    with torch.no_grad():
+        assert rel_err(converted(x), ref(x)) < TOL[dtype]
+
+
+def test_fuse_resnet_folds_residual_and_relu_into_the_epilogue():
+    ref, ours = _pair(TinyResNet, torch.float64)
+    fused = tritonconv.convert(ours, fuse=True)
+    convs = [m for m in fused.modules() if isinstance(m, tnn.Conv2d)]
+    # stem, 3 per bottleneck, 2 downsample convs
+    assert len(convs) == 1 + 3 + 3 + 2
+    code = fused.code
+    assert "add" not in code, "the residual adds should be fused away:\n" + code
+    assert sum(m.activation == "relu" for m in convs) == 1 + 3 * 2
+
+
+def test_convert_shares_parameters_and_state_dict_round_trips():
+    torch.manual_seed(1)
+    model = TinyUNet().to(DEVICE)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    params = {id(p) for p in model.parameters()}
+    tritonconv.convert(model)
+    assert {id(p) for p in model.parameters()} == params
+    sd = model.state_dict()
+    assert sd.keys() == before.keys()
+    assert all(torch.equal(sd[k], before[k]) for k in sd)
+    plain = TinyUNet().to(DEVICE)
+    plain.load_state_dict(sd)  # tritonconv -> torch.nn
+    back = tritonconv.convert(TinyUNet().to(DEVICE))
+    back.load_state_dict(plain.state_dict())  # torch.nn -> tritonconv
+    x = torch.randn(1, 3, 8, 8, device=DEVICE)
+    with torch.no_grad():
+        assert rel_err(back(x), plain(x)) < TOL[torch.float32]
+
+
+def test_module_constructors_match_torch_nn():
+    a = tnn.Conv2d(4, 6, (3, 5), stride=2, padding=(1, 2), dilation=1, groups=2, bias=False, device=DEVICE)
+    b = nn.Conv2d(4, 6, (3, 5), stride=2, padding=(1, 2), dilation=1, groups=2, bias=False, device=DEVICE)
+    assert isinstance(a, nn.Conv2d) and a.state_dict().keys() == b.state_dict().keys()
+    b.load_state_dict(a.state_dict())
+    x = torch.randn(2, 4, 9, 9, device=DEVICE)
+    assert rel_err(a(x), b(x)) < TOL[torch.float32]
+    t = tnn.ConvTranspose2d(6, 4, 3, stride=2, padding=1, output_padding=1, device=DEVICE)
+    u = nn.ConvTranspose2d(6, 4, 3, stride=2, padding=1, output_padding=1, device=DEVICE)
+    u.load_state_dict(t.state_dict())
+    y = torch.randn(2, 6, 5, 5, device=DEVICE)
+    assert rel_err(t(y), u(y)) < TOL[torch.float32]
+    assert rel_err(t(y, output_size=[9, 10]), u(y, output_size=[9, 10])) < TOL[torch.float32]
+
+
+@pytest.mark.parametrize("padding_mode", ["zeros", "reflect", "replicate", "circular"])
+@pytest.mark.parametrize("padding", [1, "same"])
+def test_every_padding_mode(padding_mode, padding):
+    torch.manual_seed(2)
+    ref = nn.Conv2d(3, 5, 3, padding=padding, padding_mode=padding_mode, device=DEVICE, dtype=torch.float64)
+    ours = tnn.Conv2d(3, 5, 3, padding=padding, padding_mode=padding_mode, device=DEVICE, dtype=torch.float64)
+    ours.load_state_dict(ref.state_dict())
+    x = torch.randn(2, 3, 7, 6, device=DEVICE, dtype=torch.float64, requires_grad=True)
+    y, yr = ours(x), ref(x)
+    assert rel_err(y, yr) < 1e-12
+    gx, gw = torch.autograd.grad(y.sum(), (x, ours.weight))
+    gxr, gwr = torch.autograd.grad(yr.sum(), (x, ref.weight))
+    assert rel_err(gx, gxr) < 1e-12 and rel_err(gw, gwr) < 1e-12
+
+
+def test_convert_warns_and_skips_what_it_cannot_serve():
+    model = nn.Sequential(nn.Conv2d(3, 4, 3).to(DEVICE), nn.Conv2d(4, 4, 3).to(DEVICE))
+    model[1].to(torch.complex64)
+    with pytest.warns(UserWarning, match=r"1 \(dtype torch.complex64"):
+        tritonconv.convert(model)
+    assert type(model[0]) is tnn.Conv2d and type(model[1]) is nn.Conv2d
+
+
+def test_fuse_falls_back_to_sequential_order_when_untraceable():
+    class Dynamic(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.body = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU())
+
+        def forward(self, x):
+            if x.sum() > 0:  # data-dependent control flow: fx cannot trace this
+                return self.body(x)
+            return -self.body(x)
+
+    torch.manual_seed(3)
+    ref = Dynamic().to(DEVICE, torch.float64).eval()
+    _randomize_bn(ref)
+    ours = Dynamic().to(DEVICE, torch.float64).eval()
+    ours.load_state_dict(ref.state_dict())
+    with pytest.warns(UserWarning, match="could not trace"):
+        fused = tritonconv.convert(ours, fuse=True)
+    assert type(fused.body[0]) is tnn.Conv2d and fused.body[0].activation == "relu"
+    assert type(fused.body[1]) is nn.Identity and type(fused.body[2]) is nn.Identity
+    x = torch.randn(1, 3, 6, 6, device=DEVICE, dtype=torch.float64)
+    with torch.no_grad():
+        assert rel_err(fused(x), ref(x)) < 1e-11
+
+
+def test_fused_module_with_broadcast_residual():
+    torch.manual_seed(4)
+    conv = tnn.Conv2d(3, 4, 3, padding=1, device=DEVICE, dtype=torch.float64)
+    conv.activation = "silu"
+    x = torch.randn(2, 3, 5, 5, device=DEVICE, dtype=torch.float64)
+    r = torch.randn(1, 4, 1, 5, device=DEVICE, dtype=torch.float64)
+    ref = F.silu(F.conv2d(x, conv.weight, conv.bias, padding=1) + r)
+    assert rel_err(conv(x, r), ref) < 1e-12
+
+
+ACTIVATIONS = {
+    "relu": F.relu, "silu": F.silu, "gelu": F.gelu, "gelu_tanh": lambda z: F.gelu(z, approximate="tanh"),
+    "leaky_relu": lambda z: F.leaky_relu(z, 0.2), "hardswish": F.hardswish, "sigmoid": torch.sigmoid,
+}
+
+
+@pytest.mark.parametrize("activation", sorted(ACTIVATIONS))
+@pytest.mark.parametrize("with_residual", [False, True])
+def test_fused_epilogue_and_its_gradient(activation, with_residual):
+    torch.manual_seed(5)
+    kw = dict(dtype=torch.float64, device=DEVICE)
+    x = torch.randn(2, 4, 6, 5, **kw).to(memory_format=torch.channels_last).requires_grad_()
+    w = torch.randn(6, 2, 3, 3, **kw).requires_grad_()
+    b = torch.randn(6, **kw).requires_grad_()
+    r = torch.randn(2, 6, 3, 3, **kw).requires_grad_() if with_residual else None
+    y = tritonconv.conv2d(x, w, b, 2, 1, 1, 2, activation=activation, residual=r, negative_slope=0.2)
+    z = F.conv2d(x, w, b, 2, 1, 1, 2)
+    ref = ACTIVATIONS[activation](z + r if with_residual else z)
+    assert rel_err(y, ref) < 1e-12
+    inputs = (x, w, b) + ((r,) if with_residual else ())
+    gy = torch.randn_like(ref)
+    for got, want in zip(torch.autograd.grad(y, inputs, gy), torch.autograd.grad(ref, inputs, gy)):
+        assert rel_err(got, want) < 1e-11
+
+
+def test_fused_op_registration_and_errors():
+    x = torch.randn(1, 3, 5, 5, device=DEVICE)
+    w = torch.randn(4, 3, 3, 3, device=DEVICE)
+    torch.library.opcheck(torch.ops.tritonconv.conv2d_fused, (x, w, None, [1, 1], [1, 1], [1, 1], 1, "silu", 0.01,
+                                                              torch.randn(1, 4, 5, 5, device=DEVICE)))
+    with pytest.raises(ValueError, match="unknown activation"):
+        tritonconv.conv2d(x, w, activation="swish")
+    with pytest.raises(ValueError, match="residual has size"):
+        tritonconv.conv2d(x, w, residual=torch.randn(1, 4, 5, 5, device=DEVICE))
+
+
+def test_fused_double_backward():
+    torch.manual_seed(6)
+    x = torch.randn(1, 2, 4, 4, dtype=torch.float64, device=DEVICE, requires_grad=True)
+    w = torch.randn(2, 2, 2, 2, dtype=torch.float64, device=DEVICE, requires_grad=True)
+    fn = lambda x, w: tritonconv.conv2d(x, w, None, 1, 1, activation="silu")  # noqa: E731
+    assert torch.autograd.gradgradcheck(fn, (x, w), eps=1e-6, atol=1e-8, fast_mode=True)
