@@ -22,6 +22,7 @@ __all__ = [
     "prune_gemm_configs",
     "max_shared_memory",
     "INTERPRETER_CONFIG",
+    "capture_safe_bench",
 ]
 
 # (BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages)
@@ -147,3 +148,20 @@ def gemm_prune_hook(m_fn, n_fn, k_fn, tensor_arg: str):
         return prune_gemm_configs(configs, m_fn(args), n_fn(args), k_fn(args), t.element_size(), limit)
 
     return prune
+
+
+def capture_safe_bench(kernel_call, quantiles):
+    """The autotuner's benchmarker, refusing to run while a CUDA graph is being captured.
+
+    Timing a kernel synchronises the stream, which breaks a capture with an
+    obscure CUDA error; say what to do instead.
+    """
+    if torch.cuda.is_available() and torch.cuda.is_current_stream_capturing():
+        raise RuntimeError(
+            "tritonconv would autotune a new problem shape during CUDA graph capture. Run the model "
+            "once outside the capture for every input shape first (that tunes each layer), or fill "
+            "the tuning cache ahead of time with 'tritonconv tune'."
+        )
+    from triton.runtime import driver
+
+    return driver.active.get_benchmarker()(kernel_call, quantiles=quantiles)

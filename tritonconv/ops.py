@@ -440,3 +440,42 @@ def _fused_backward(ctx, grad_output):
 
 
 conv2d_fused.register_autograd(_fused_backward, setup_context=_fused_setup_context)
+
+
+# --------------------------------------------------------------------------- autocast
+
+_AUTOCAST_OPS = ("conv2d", "conv2d_fused", "conv_transpose2d")
+_autocast_lib = torch.library.Library("tritonconv", "FRAGMENT")
+
+
+def _register_autocast(opname: str, device_type: str) -> None:
+    """Cast floating inputs to the autocast dtype, as aten's conv does under autocast.
+
+    torch.library.register_autocast fixes one dtype at registration; aten's
+    convs follow whatever dtype the active ``torch.autocast`` asks for, so this
+    reads it at call time. Like aten, float64 tensors are left alone.
+    """
+    key = "Autocast" + torch._C._dispatch_key_for_device(device_type)
+    dispatch_key = getattr(torch._C.DispatchKey, key)
+    op = getattr(torch.ops.tritonconv, opname).default
+
+    def cast(value, dtype):
+        if (isinstance(value, torch.Tensor) and value.is_floating_point() and value.dtype != torch.float64
+                and value.device.type == device_type):
+            return value.to(dtype)
+        return value
+
+    def autocast_impl(*args):
+        dtype = torch.get_autocast_dtype(device_type)
+        with torch._C._ExcludeDispatchKeyGuard(torch._C.DispatchKeySet(dispatch_key)):
+            return op(*(cast(a, dtype) for a in args))
+
+    if op.has_kernel_for_dispatch_key(dispatch_key):
+        op.py_kernels.pop(dispatch_key, None)
+    op.py_impl(dispatch_key)(autocast_impl)  # seen by torch.compile's Python dispatcher
+    _autocast_lib.impl(opname, lambda _keyset, *args: autocast_impl(*args), key, with_keyset=True)
+
+
+for _name in _AUTOCAST_OPS:
+    for _device in ("cuda", "cpu"):
+        _register_autocast(_name, _device)

@@ -142,6 +142,7 @@ def dgrad_kernel(
 _dgrad_tuned = triton.autotune(
     configs=configs.gemm_configs(),
     key=["N", "H", "W", "CG", "KG", "GROUPS", "R", "S", "stride_h", "stride_w", "dil_h", "dil_w", "sdyk", "sdxc"],
+    do_bench=configs.capture_safe_bench,
     prune_configs_by={
         "early_config_prune": configs.gemm_prune_hook(
             m_fn=lambda a: a["N"] * a["HP"] * a["WP"], n_fn=lambda a: a["CG"], k_fn=lambda a: a["KG"],

@@ -141,6 +141,7 @@ def fprop_kernel(
 _fprop_tuned = triton.autotune(
     configs=configs.gemm_configs(),
     key=["M", "H", "W", "CG", "KG", "GROUPS", "R", "S", "stride_h", "stride_w", "dil_h", "dil_w", "sxc", "syk"],
+    do_bench=configs.capture_safe_bench,
     prune_configs_by={
         "early_config_prune": configs.gemm_prune_hook(
             m_fn=lambda a: a["M"], n_fn=lambda a: a["KG"], k_fn=lambda a: a["CG"], tensor_arg="x_ptr"

@@ -117,6 +117,7 @@ def wgrad_kernel(
 _wgrad_tuned = triton.autotune(
     configs=configs.gemm_configs(),
     key=["N", "H", "W", "P", "Q", "CG", "KG", "GROUPS", "R", "S", "SPLIT_K", "stride_h", "stride_w", "sdyk", "sxc"],
+    do_bench=configs.capture_safe_bench,
     prune_configs_by={
         "early_config_prune": configs.gemm_prune_hook(
             m_fn=lambda a: a["KG"], n_fn=lambda a: a["CG"],
