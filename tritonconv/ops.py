@@ -32,9 +32,8 @@ import torch
 
 from . import spec
 from .kernels._common import activation_code
-from .kernels.dgrad import conv2d_dgrad
-from .kernels.fprop import conv2d_fprop
-from .kernels.wgrad import conv2d_bias_grad, conv2d_wgrad
+from .kernels import router
+from .kernels.wgrad import conv2d_bias_grad
 
 __all__ = [
     "conv2d",
@@ -100,7 +99,7 @@ def conv2d(
     groups: int = 1,
 ) -> torch.Tensor:
     problem = _problem(input, weight, bias, stride, padding, dilation, groups)
-    return _unbatch_like(conv2d_fprop(spec.as_batched(input), weight, bias, problem), input)
+    return _unbatch_like(router.forward(spec.as_batched(input), weight, bias, problem), input)
 
 
 @conv2d.register_fake
@@ -152,7 +151,7 @@ def conv2d_grad_input(grad_output, weight, input_size, stride, padding, dilation
     """The gradient of conv2d w.r.t. its (batched) input of size ``input_size``."""
     problem = spec.problem_from_shapes(input_size, tuple(weight.shape), stride, padding, dilation, groups)
     _check_grad_output(grad_output, problem)
-    return conv2d_dgrad(grad_output, weight, problem, memory_format=_grad_input_format(grad_output, weight))
+    return router.input_grad(grad_output, weight, problem, memory_format=_grad_input_format(grad_output, weight))
 
 
 @conv2d_grad_input.register_fake
@@ -204,7 +203,7 @@ def conv2d_grad_weight(grad_output, input, weight_size, stride, padding, dilatio
     """
     problem = spec.problem_from_shapes(tuple(input.shape), weight_size, stride, padding, dilation, groups)
     problem = _check_grad_output(grad_output, problem, allow_cropped=True)
-    return conv2d_wgrad(grad_output, input, problem, memory_format=_grad_weight_format(grad_output, input))
+    return router.weight_grad(grad_output, input, problem, memory_format=_grad_weight_format(grad_output, input))
 
 
 @conv2d_grad_weight.register_fake
@@ -281,7 +280,7 @@ def conv_transpose2d(input, weight, bias=None, stride=(1, 1), padding=(0, 0), ou
                      groups=1, dilation=(1, 1)):
     problem = _transpose_problem(input, weight, bias, stride, padding, output_padding, groups, dilation)
     x = spec.as_batched(input)
-    out = conv2d_dgrad(x, weight, problem, bias=bias, memory_format=spec.output_memory_format(x, weight))
+    out = router.input_grad(x, weight, problem, bias=bias, memory_format=spec.output_memory_format(x, weight))
     return _unbatch_like(out, input)
 
 
@@ -378,7 +377,7 @@ def conv2d_fused(input, weight, bias=None, stride=(1, 1), padding=(0, 0), dilati
     """act(conv2d(input, weight) + bias + residual) in one kernel."""
     problem = _problem(input, weight, bias, stride, padding, dilation, groups)
     _check_fused(input, problem, activation, residual)
-    out = conv2d_fprop(spec.as_batched(input), weight, bias, problem, activation=activation, alpha=alpha,
+    out = router.forward(spec.as_batched(input), weight, bias, problem, activation=activation, alpha=alpha,
                        residual=spec.as_batched(residual) if residual is not None else None)
     return _unbatch_like(out, input)
 

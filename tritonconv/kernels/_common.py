@@ -134,3 +134,26 @@ def apply_activation(z, ACTIVATION: tl.constexpr, alpha):
     elif ACTIVATION == 7:
         z = 1.0 / (1.0 + tl.exp(-z))
     return z
+
+
+@triton.jit
+def conv_epilogue(
+    acc,  # (BLOCK_M, BLOCK_N) accumulator, ACC dtype
+    b_ptr, res_ptr, y_ptr,
+    y_rows, res_rows,  # (BLOCK_M,) int64 element offsets of each output pixel in y / residual
+    k_out,  # (BLOCK_N,) output channels
+    syk, srk,  # channel strides of y / residual
+    mask_m, mask_n,
+    alpha,
+    HAS_BIAS: tl.constexpr, HAS_RESIDUAL: tl.constexpr, ACTIVATION: tl.constexpr,
+):
+    """act(acc + bias + residual), cast and stored once; shared by every forward family."""
+    mask = mask_m[:, None] & mask_n[None, :]
+    if HAS_BIAS:
+        bias = tl.load(b_ptr + k_out, mask=mask_n, other=0.0)
+        acc += bias.to(acc.dtype)[None, :]
+    if HAS_RESIDUAL:
+        res = tl.load(res_ptr + res_rows[:, None] + k_out.to(tl.int64)[None, :] * srk, mask=mask, other=0.0)
+        acc += res.to(acc.dtype)
+    acc = apply_activation(acc, ACTIVATION, alpha)
+    tl.store(y_ptr + y_rows[:, None] + k_out.to(tl.int64)[None, :] * syk, acc.to(y_ptr.dtype.element_ty), mask=mask)

@@ -1,0 +1,138 @@
+"""Every kernel family, forced in turn, on the problems it accepts, against float64 PyTorch."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import tritonconv
+from tritonconv import spec
+from tritonconv.kernels import depthwise, router
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+TOL = {torch.float64: 1e-12, torch.float32: 1e-5 if DEVICE == "cpu" else 5e-3, torch.float16: 5e-3}
+
+
+def rel_err(out, ref):
+    out, ref = out.detach().double().cpu(), ref.detach().double().cpu()
+    assert out.shape == ref.shape
+    assert torch.isfinite(out).all(), "unwritten (NaN-poisoned) output"
+    n = ref.norm().item()
+    return (out - ref).norm().item() / (n if n > 0 else 1.0)
+
+
+# (N, C, H, W, K, R, S, stride, padding, dilation, groups)
+PROBLEMS = {
+    "depthwise": [
+        (2, 8, 9, 9, 8, 3, 3, 1, 1, 1, 8),
+        (1, 6, 11, 10, 12, 5, 5, 2, 2, 1, 6),  # channel multiplier 2
+        (1, 3, 9, 9, 3, 7, 7, 1, 3, 1, 3),  # ConvNeXt's 7x7
+        (1, 4, 9, 7, 4, 3, 3, (2, 1), (1, 2), (2, 1), 4),
+        (1, 3, 6, 6, 3, 2, 2, 3, 0, 1, 3),  # stride > kernel
+    ],
+    "smallc": [
+        (2, 3, 15, 15, 8, 7, 7, 2, 3, 1, 1),  # the RGB stem
+        (1, 1, 9, 8, 5, 3, 3, 1, 1, 1, 1),
+        (2, 6, 7, 7, 9, 3, 3, 1, 1, 2, 3),  # grouped, 2 channels per group
+        (1, 8, 6, 9, 17, 2, 3, (1, 2), (0, 1), 1, 1),
+    ],
+    "gemm1x1": [
+        (2, 17, 7, 7, 33, 1, 1, 1, 0, 1, 1),
+        (1, 12, 5, 6, 9, 1, 1, 1, 0, 1, 3),
+        (3, 40, 4, 4, 20, 1, 1, 1, 0, 1, 1),
+    ],
+    "implicit": [
+        (2, 9, 7, 7, 10, 3, 3, 2, 1, 1, 1),
+        (1, 16, 6, 6, 8, 1, 1, 2, 0, 1, 1),
+    ],
+}
+
+
+def _problems_for(family):
+    return [pytest.param(family, *p, id=f"{family}-{i}") for i, p in enumerate(PROBLEMS[family])]
+
+
+ALL = [p for fam in PROBLEMS for p in _problems_for(fam)]
+
+
+@pytest.mark.parametrize("family,N,C,H,W,K,R,S,stride,padding,dilation,groups", ALL)
+@pytest.mark.parametrize("dtype,layout", [(torch.float64, "nchw"), (torch.float32, "channels_last"),
+                                          (torch.float16, "channels_last")])
+def test_forward_family(family, N, C, H, W, K, R, S, stride, padding, dilation, groups, dtype, layout):
+    torch.manual_seed(0)
+    x = torch.randn(N, C, H, W, dtype=dtype, device=DEVICE)
+    w = torch.randn(K, C // groups, R, S, dtype=dtype, device=DEVICE)
+    b = torch.randn(K, dtype=dtype, device=DEVICE)
+    if layout == "channels_last":
+        x, w = x.to(memory_format=torch.channels_last), w.to(memory_format=torch.channels_last)
+    args = (stride, padding, dilation, groups)
+    pb = spec.conv2d_problem(x, w, b, *args)
+    assert family in router.candidates(router.FORWARD, pb)
+    ref = F.conv2d(x.double(), w.double(), b.double(), *args)
+    residual = torch.randn(ref.shape, dtype=dtype, device=DEVICE)
+    with router.force(family):
+        y = tritonconv.conv2d(x, w, b, *args)
+        y_fused = tritonconv.conv2d(x, w, b, *args, activation="gelu", residual=residual)
+    assert y.dtype == dtype
+    assert y.is_contiguous(memory_format=torch.channels_last) == (layout == "channels_last")
+    assert rel_err(y, ref) < TOL[dtype]
+    assert rel_err(y_fused, F.gelu(ref + residual.double())) < TOL[dtype]
+
+
+@pytest.mark.parametrize("family", ["depthwise", "implicit"])
+@pytest.mark.parametrize("case", range(len(PROBLEMS["depthwise"])))
+def test_backward_families_on_depthwise_problems(family, case):
+    N, C, H, W, K, R, S, stride, padding, dilation, groups = PROBLEMS["depthwise"][case]
+    torch.manual_seed(1)
+    x = torch.randn(N, C, H, W, dtype=torch.float64, device=DEVICE, requires_grad=True)
+    w = torch.randn(K, 1, R, S, dtype=torch.float64, device=DEVICE, requires_grad=True)
+    args = (stride, padding, dilation, groups)
+    with router.force(family):
+        y = tritonconv.conv2d(x, w, None, *args)
+        gy = torch.randn_like(y)
+        gx, gw = torch.autograd.grad(y, (x, w), gy)
+    ref = F.conv2d(x, w, None, *args)
+    gxr, gwr = torch.autograd.grad(ref, (x, w), gy)
+    assert rel_err(gx, gxr) < 1e-12
+    assert rel_err(gw, gwr) < 1e-12
+
+
+def test_depthwise_conv_transpose2d_with_bias():
+    torch.manual_seed(2)
+    x = torch.randn(2, 6, 5, 5, dtype=torch.float64, device=DEVICE)
+    w = torch.randn(6, 1, 4, 4, dtype=torch.float64, device=DEVICE)
+    b = torch.randn(6, dtype=torch.float64, device=DEVICE)
+    with router.force("depthwise"):
+        y = tritonconv.conv_transpose2d(x, w, b, 2, 1, 0, 6)
+    assert rel_err(y, F.conv_transpose2d(x, w, b, 2, 1, 0, 6)) < 1e-12
+
+
+@pytest.mark.parametrize("split_k", [1, 3, 8])
+def test_depthwise_wgrad_split_is_deterministic(split_k):
+    torch.manual_seed(3)
+    x = torch.randn(2, 8, 10, 10, device=DEVICE)
+    w = torch.randn(8, 1, 3, 3, device=DEVICE)
+    pb = spec.conv2d_problem(x, w, None, 1, 1, 1, 8)
+    dy = torch.randn(pb.output_shape, device=DEVICE)
+    a = depthwise.conv2d_wgrad_depthwise(dy, x, pb, split_k=split_k)
+    b = depthwise.conv2d_wgrad_depthwise(dy, x, pb, split_k=split_k)
+    assert torch.equal(a, b)
+    xr, wr = x.double(), w.double().requires_grad_()
+    F.conv2d(xr, wr, None, 1, 1, 1, 8).backward(dy.double())
+    assert rel_err(a, wr.grad) < TOL[torch.float32]
+
+
+def test_router_prefers_the_specialised_family():
+    def first(shape_x, shape_w, *args):
+        pb = spec.problem_from_shapes(shape_x, shape_w, *args)
+        return router.candidates(router.FORWARD, pb)[0]
+
+    assert first((1, 32, 8, 8), (32, 1, 3, 3), 1, 1, 1, 32) == "depthwise"
+    assert first((1, 3, 32, 32), (16, 3, 7, 7), 2, 3, 1, 1) == "smallc"
+    assert first((1, 64, 8, 8), (128, 64, 1, 1), 1, 0, 1, 1) == "gemm1x1"
+    assert first((1, 64, 8, 8), (128, 64, 1, 1), 2, 0, 1, 1) == "implicit"
+    assert first((1, 64, 8, 8), (64, 64, 3, 3), 1, 1, 1, 1) == "implicit"
+    with pytest.raises(ValueError, match="unknown kernel family"):
+        with router.force("nope"):
+            pass

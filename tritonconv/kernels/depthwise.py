@@ -1,0 +1,325 @@
+"""Depthwise conv (groups == C, any channel multiplier): direct kernels, no tl.dot.
+
+A depthwise layer's GEMM view has K_gemm = R*S (9 for 3x3) and N_gemm = the
+channel multiplier (usually 1): far too thin for tensor cores, so these
+kernels compute the R*S taps directly, unrolled at compile time, on a
+(pixels x channels) tile. In NHWC the channel axis is contiguous, so every
+tap is one vectorised load per pixel row.
+
+    forward   y[n, k, p, q]  = sum_{r,s} x[n, k // mult, p*sh - ph + r*dh, q*sw - pw + s*dw] * w[k, 0, r, s]
+    dgrad     dx[n, c, h, w] = sum_{j < mult} sum_{r,s: tap lands} dy[n, c*mult + j, p, q] * w[c*mult + j, 0, r, s]
+                               with p = (h + ph - r*dh) / sh when that division is exact (likewise q)
+    wgrad     dw[k, 0, r, s] = sum_{n,p,q} dy[n, k, p, q] * x[n, k // mult, h, w], split over (n, p, q)
+              in SPLIT chunks with fixed-order partial sums (deterministic)
+
+mult = K / C is the channel multiplier. R*S is unrolled, so the family takes
+kernels up to MAX_TAPS taps (7x7 and 9x9 included); larger ones use the
+general implicit GEMM.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import triton
+import triton.language as tl
+
+from .. import configs
+from ..spec import Conv2dProblem, output_memory_format
+from ._common import INTERPRETER, acc_dtype_for, activation_code, alloc_output, check_device, conv_epilogue
+
+__all__ = ["accepts", "conv2d_fprop_depthwise", "conv2d_dgrad_depthwise", "conv2d_wgrad_depthwise", "MAX_TAPS"]
+
+MAX_TAPS = 81
+
+
+def accepts(problem: Conv2dProblem) -> bool:
+    return problem.groups == problem.C and problem.C > 1 and problem.R * problem.S <= MAX_TAPS
+
+
+def _direct_configs(**extra):
+    """(BLOCK_M pixels, BLOCK_N channels, warps): channel-wide tiles for NHWC vector loads."""
+    if INTERPRETER:
+        return [triton.Config({"BLOCK_M": 32, "BLOCK_N": 16, **extra}, num_warps=4, num_stages=1)]
+    tiles = [(32, 64, 4), (64, 32, 4), (16, 128, 4), (64, 64, 4), (128, 32, 4), (32, 128, 8), (8, 256, 4)]
+    return [triton.Config({"BLOCK_M": m, "BLOCK_N": c, **extra}, num_warps=w, num_stages=2) for m, c, w in tiles]
+
+
+@triton.jit
+def depthwise_fprop_kernel(
+    # pointers
+    x_ptr,  # (N, C, H, W), any strides
+    w_ptr,  # (K, 1, R, S), any strides; K = C * MULT
+    b_ptr,  # (K,); unused unless HAS_BIAS
+    res_ptr,  # (N, K, P, Q); unused unless HAS_RESIDUAL
+    y_ptr,  # (N, K, P, Q), any strides
+    # problem sizes
+    M, H, W, P, Q, K, MULT,
+    # conv parameters
+    stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
+    # strides, in elements
+    sxn, sxc, sxh, sxw,
+    swk, swr, sws,
+    syn, syk, syp, syq,
+    srn, srk, srp, srq,
+    alpha,
+    # meta-parameters
+    R: tl.constexpr, S: tl.constexpr,
+    HAS_BIAS: tl.constexpr, HAS_RESIDUAL: tl.constexpr, ACTIVATION: tl.constexpr, ACC_DTYPE: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+):
+    # -- program ids: (pixel tile, channel tile)
+    pid_m = tl.program_id(0)
+    pid_n = tl.program_id(1)
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    k_out = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    mask_m = offs_m < M
+    mask_n = k_out < K
+    q = offs_m % Q
+    p = (offs_m // Q) % P
+    n = (offs_m // (P * Q)).to(tl.int64)
+    h0 = p * stride_h - pad_h
+    w0 = q * stride_w - pad_w
+    x_cols = (k_out // MULT).to(tl.int64) * sxc
+    w_rows = w_ptr + k_out.to(tl.int64) * swk
+
+    # -- the taps, unrolled
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC_DTYPE)
+    for r in tl.static_range(R):
+        for s in tl.static_range(S):
+            h = h0 + r * dil_h
+            w = w0 + s * dil_w
+            ok = mask_m & (h >= 0) & (h < H) & (w >= 0) & (w < W)
+            rows = n * sxn + h.to(tl.int64) * sxh + w.to(tl.int64) * sxw
+            xv = tl.load(x_ptr + rows[:, None] + x_cols[None, :], mask=ok[:, None] & mask_n[None, :], other=0.0)
+            wv = tl.load(w_rows + r * swr + s * sws, mask=mask_n, other=0.0)
+            acc += xv.to(ACC_DTYPE) * wv.to(ACC_DTYPE)[None, :]
+
+    # -- epilogue
+    y_rows = n * syn + p.to(tl.int64) * syp + q.to(tl.int64) * syq
+    r_rows = n * srn + p.to(tl.int64) * srp + q.to(tl.int64) * srq
+    conv_epilogue(acc, b_ptr, res_ptr, y_ptr, y_rows, r_rows, k_out, syk, srk, mask_m, mask_n, alpha,
+                  HAS_BIAS, HAS_RESIDUAL, ACTIVATION)
+
+
+@triton.jit
+def depthwise_dgrad_kernel(
+    dy_ptr,  # (N, K, P, Q), any strides
+    w_ptr,  # (K, 1, R, S), any strides
+    b_ptr,  # (C,); unused unless HAS_BIAS (conv_transpose2d)
+    dx_ptr,  # (N, C, H, W), any strides
+    M, H, W, P, Q, C, MULT,
+    stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
+    sdyn, sdyk, sdyp, sdyq,
+    swk, swr, sws,
+    sdxn, sdxc, sdxh, sdxw,
+    R: tl.constexpr, S: tl.constexpr,
+    HAS_BIAS: tl.constexpr, ACC_DTYPE: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+):
+    pid_m = tl.program_id(0)
+    pid_n = tl.program_id(1)
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    c = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    mask_m = offs_m < M
+    mask_n = c < C
+    w_ = offs_m % W
+    h_ = (offs_m // W) % H
+    n = (offs_m // (H * W)).to(tl.int64)
+
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC_DTYPE)
+    for j in range(0, MULT):
+        k = c * MULT + j
+        dy_cols = k.to(tl.int64) * sdyk
+        w_rows = w_ptr + k.to(tl.int64) * swk
+        for r in tl.static_range(R):
+            for s in tl.static_range(S):
+                ph = h_ + pad_h - r * dil_h
+                pw = w_ + pad_w - s * dil_w
+                p = ph // stride_h
+                q = pw // stride_w
+                # the tap lands on an output position: in range and an exact multiple of the stride
+                ok = mask_m & (ph >= 0) & (pw >= 0) & (p * stride_h == ph) & (q * stride_w == pw) & (p < P) & (q < Q)
+                rows = n * sdyn + p.to(tl.int64) * sdyp + q.to(tl.int64) * sdyq
+                dyv = tl.load(dy_ptr + rows[:, None] + dy_cols[None, :], mask=ok[:, None] & mask_n[None, :], other=0.0)
+                wv = tl.load(w_rows + r * swr + s * sws, mask=mask_n, other=0.0)
+                acc += dyv.to(ACC_DTYPE) * wv.to(ACC_DTYPE)[None, :]
+
+    if HAS_BIAS:
+        acc += tl.load(b_ptr + c, mask=mask_n, other=0.0).to(ACC_DTYPE)[None, :]
+    rows = n * sdxn + h_.to(tl.int64) * sdxh + w_.to(tl.int64) * sdxw
+    tl.store(dx_ptr + rows[:, None] + c.to(tl.int64)[None, :] * sdxc, acc.to(dx_ptr.dtype.element_ty),
+             mask=mask_m[:, None] & mask_n[None, :])
+
+
+@triton.jit
+def depthwise_wgrad_kernel(
+    dy_ptr,  # (N, K, P, Q), any strides
+    x_ptr,  # (N, C, H, W), any strides
+    out_ptr,  # (SPLIT, K, R, S) partials (fp32 / fp64), or dw itself when SPLIT == 1
+    N, H, W, P, Q, K, MULT, SPLIT,
+    stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
+    sdyn, sdyk, sdyp, sdyq,
+    sxn, sxc, sxh, sxw,
+    sos, sok, sor, sos_,
+    S: tl.constexpr,
+    ACC_DTYPE: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+):
+    # -- program ids: (split * taps, channel tile)
+    pid = tl.program_id(0)
+    rs = pid % (tl.num_programs(0) // SPLIT)
+    split = pid // (tl.num_programs(0) // SPLIT)
+    r = rs // S
+    s = rs % S
+    k = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+    mask_n = k < K
+    dy_cols = k.to(tl.int64) * sdyk
+    x_cols = (k // MULT).to(tl.int64) * sxc
+
+    NPQ = N * P * Q
+    chunk = tl.cdiv(tl.cdiv(NPQ, SPLIT), BLOCK_M) * BLOCK_M
+    start = split * chunk
+    stop = tl.minimum(start + chunk, NPQ)
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC_DTYPE)
+    for m0 in range(start, stop, BLOCK_M):
+        m = m0 + tl.arange(0, BLOCK_M)
+        q = m % Q
+        p = (m // Q) % P
+        n = (m // (P * Q)).to(tl.int64)
+        h = p * stride_h - pad_h + r * dil_h
+        w = q * stride_w - pad_w + s * dil_w
+        m_ok = m < stop
+        ok = m_ok & (h >= 0) & (h < H) & (w >= 0) & (w < W)
+        dy_rows = n * sdyn + p.to(tl.int64) * sdyp + q.to(tl.int64) * sdyq
+        x_rows = n * sxn + h.to(tl.int64) * sxh + w.to(tl.int64) * sxw
+        dyv = tl.load(dy_ptr + dy_rows[:, None] + dy_cols[None, :], mask=m_ok[:, None] & mask_n[None, :], other=0.0)
+        xv = tl.load(x_ptr + x_rows[:, None] + x_cols[None, :], mask=ok[:, None] & mask_n[None, :], other=0.0)
+        acc += dyv.to(ACC_DTYPE) * xv.to(ACC_DTYPE)
+    total = tl.sum(acc, axis=0)
+    ptrs = out_ptr + split.to(tl.int64) * sos + r * sor + s * sos_ + k.to(tl.int64) * sok
+    tl.store(ptrs, total.to(out_ptr.dtype.element_ty), mask=mask_n)
+
+
+_KEY = ["M", "H", "W", "P", "Q", "MULT", "stride_h", "stride_w", "dil_h", "dil_w"]
+_fprop_tuned = triton.autotune(
+    configs=_direct_configs(), key=_KEY + ["K", "sxc", "syk"], do_bench=configs.capture_safe_bench,
+)(depthwise_fprop_kernel)
+_dgrad_tuned = triton.autotune(
+    configs=_direct_configs(), key=_KEY + ["C", "sdyk", "sdxc"], do_bench=configs.capture_safe_bench,
+)(depthwise_dgrad_kernel)
+_wgrad_tuned = triton.autotune(
+    configs=_direct_configs(),
+    key=["N", "H", "W", "P", "Q", "K", "MULT", "SPLIT", "stride_h", "stride_w", "sdyk", "sxc"],
+    do_bench=configs.capture_safe_bench,
+)(depthwise_wgrad_kernel)
+
+
+def _sm_count(device: torch.device) -> int:
+    return torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 1
+
+
+def _grid2(rows: int, cols: int):
+    return lambda meta: (triton.cdiv(rows, meta["BLOCK_M"]), triton.cdiv(cols, meta["BLOCK_N"]))
+
+
+def conv2d_fprop_depthwise(
+    x: torch.Tensor,
+    w: torch.Tensor,
+    bias: Optional[torch.Tensor],
+    problem: Conv2dProblem,
+    out: Optional[torch.Tensor] = None,
+    activation: str = "none",
+    alpha: float = 0.01,
+    residual: Optional[torch.Tensor] = None,
+) -> torch.Tensor:
+    """Launch the depthwise forward; the same contract as ``fprop.conv2d_fprop``.
+
+    Args:
+        x, w, bias, problem, out, activation, alpha, residual: as for ``conv2d_fprop``;
+            ``problem`` must satisfy ``accepts``.
+
+    Returns:
+        y (N, K, P, Q) in x's dtype.
+    """
+    check_device(x, w, bias, residual)
+    pb = problem
+    if out is None:
+        out = alloc_output(pb.output_shape, x.dtype, x.device, output_memory_format(x, w))
+    if out.numel() == 0:
+        return out
+    M = pb.N * pb.P * pb.Q
+    res_strides = residual.stride() if residual is not None else (0, 0, 0, 0)
+    _fprop_tuned[_grid2(M, pb.K)](
+        x, w, bias if bias is not None else w, residual if residual is not None else x, out,
+        M, pb.H, pb.W, pb.P, pb.Q, pb.K, pb.K // pb.C,
+        pb.stride_h, pb.stride_w, pb.pad_h, pb.pad_w, pb.dil_h, pb.dil_w,
+        *x.stride(), w.stride(0), w.stride(2), w.stride(3), *out.stride(), *res_strides, float(alpha),
+        R=pb.R, S=pb.S, HAS_BIAS=bias is not None, HAS_RESIDUAL=residual is not None,
+        ACTIVATION=activation_code(activation), ACC_DTYPE=acc_dtype_for(x.dtype),
+    )
+    return out
+
+
+def conv2d_dgrad_depthwise(
+    dy: torch.Tensor,
+    w: torch.Tensor,
+    problem: Conv2dProblem,
+    bias: Optional[torch.Tensor] = None,
+    memory_format: torch.memory_format = torch.contiguous_format,
+) -> torch.Tensor:
+    """Launch the depthwise input gradient; the same contract as ``dgrad.conv2d_dgrad``."""
+    check_device(dy, w, bias)
+    pb = problem
+    dx = alloc_output(pb.input_shape, dy.dtype, dy.device, memory_format)
+    if dx.numel() == 0:
+        return dx
+    M = pb.N * pb.H * pb.W
+    _dgrad_tuned[_grid2(M, pb.C)](
+        dy, w, bias if bias is not None else w, dx,
+        M, pb.H, pb.W, pb.P, pb.Q, pb.C, pb.K // pb.C,
+        pb.stride_h, pb.stride_w, pb.pad_h, pb.pad_w, pb.dil_h, pb.dil_w,
+        *dy.stride(), w.stride(0), w.stride(2), w.stride(3), *dx.stride(),
+        R=pb.R, S=pb.S, HAS_BIAS=bias is not None, ACC_DTYPE=acc_dtype_for(dy.dtype),
+    )
+    return dx
+
+
+def conv2d_wgrad_depthwise(
+    dy: torch.Tensor,
+    x: torch.Tensor,
+    problem: Conv2dProblem,
+    memory_format: torch.memory_format = torch.contiguous_format,
+    split_k: Optional[int] = None,
+) -> torch.Tensor:
+    """Launch the depthwise weight gradient (deterministic); the contract of ``wgrad.conv2d_wgrad``."""
+    check_device(dy, x)
+    pb = problem
+    dw = alloc_output(pb.weight_shape, dy.dtype, dy.device, memory_format)
+    npq = pb.N * pb.P * pb.Q
+    if dw.numel() == 0:
+        return dw
+    if npq == 0:
+        return dw.zero_()
+    if split_k is None:
+        # R*S*K/64 programs without a split: thin layers need the reduction cut to fill the GPU
+        programs = pb.R * pb.S * triton.cdiv(pb.K, 64)
+        split_k = min(triton.cdiv(2 * _sm_count(dy.device), programs), 64, max(1, npq // 2048))
+    split = max(1, min(int(split_k), npq))
+    if split == 1:
+        out, strides = dw, (0, dw.stride(0), dw.stride(2), dw.stride(3))
+    else:
+        acc_dtype = torch.float64 if dy.dtype == torch.float64 else torch.float32
+        out = torch.empty((split, pb.K, pb.R, pb.S), dtype=acc_dtype, device=dy.device)
+        strides = out.stride()
+    _wgrad_tuned[lambda meta: (split * pb.R * pb.S, triton.cdiv(pb.K, meta["BLOCK_N"]))](
+        dy, x, out,
+        pb.N, pb.H, pb.W, pb.P, pb.Q, pb.K, pb.K // pb.C, split,
+        pb.stride_h, pb.stride_w, pb.pad_h, pb.pad_w, pb.dil_h, pb.dil_w,
+        *dy.stride(), *x.stride(), *strides,
+        S=pb.S, ACC_DTYPE=acc_dtype_for(dy.dtype),
+    )
+    if split > 1:
+        dw.copy_(out.sum(dim=0).view(pb.weight_shape))  # fixed-order sum: deterministic
+    return dw

@@ -1,0 +1,124 @@
+"""Routing each conv problem to the kernel families built for its shape.
+
+    ==========  ===============================================  ==========================
+    direction   families, most specialised first                  accepts
+    ==========  ===============================================  ==========================
+    forward     depthwise  (direct, no tl.dot)                   groups == C, R*S <= 81
+                smallc     (flattened R*S*C reduction)           C/groups <= 8
+                gemm1x1    (plain GEMM)                          1x1, stride 1, no padding
+                implicit   (general implicit GEMM, fprop.py)     everything
+    grad_input  depthwise, implicit (phase-decomposed dgrad)
+    grad_weight depthwise, implicit (split-K wgrad)
+    ==========  ===============================================  ==========================
+
+Each family autotunes its own tiles. When more than one family accepts a
+problem on a GPU, the router times every candidate once per problem key (the
+shape, dtype and layouts) and remembers the fastest; under Triton's
+interpreter, which cannot time anything, the most specialised family runs.
+``force(name)`` pins a family, for tests and experiments.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from typing import Callable, Dict, List, Optional, Tuple
+
+import torch
+
+from .. import configs
+from ..spec import Conv2dProblem
+from . import depthwise, gemm1x1, smallc
+from ._common import INTERPRETER
+from .dgrad import conv2d_dgrad
+from .fprop import conv2d_fprop
+from .wgrad import conv2d_wgrad
+
+__all__ = ["forward", "input_grad", "weight_grad", "candidates", "force", "FORWARD", "INPUT_GRAD", "WEIGHT_GRAD"]
+
+# name -> (accepts(problem), launcher), most specialised first
+FORWARD: Dict[str, Tuple[Callable, Callable]] = {
+    "depthwise": (depthwise.accepts, depthwise.conv2d_fprop_depthwise),
+    "smallc": (smallc.accepts, smallc.conv2d_fprop_smallc),
+    "gemm1x1": (gemm1x1.accepts, gemm1x1.conv2d_fprop_1x1),
+    "implicit": (lambda pb: True, conv2d_fprop),
+}
+INPUT_GRAD: Dict[str, Tuple[Callable, Callable]] = {
+    "depthwise": (depthwise.accepts, depthwise.conv2d_dgrad_depthwise),
+    "implicit": (lambda pb: True, conv2d_dgrad),
+}
+WEIGHT_GRAD: Dict[str, Tuple[Callable, Callable]] = {
+    "depthwise": (depthwise.accepts, depthwise.conv2d_wgrad_depthwise),
+    "implicit": (lambda pb: True, conv2d_wgrad),
+}
+
+_forced = threading.local()
+_choice: Dict[tuple, str] = {}
+
+
+@contextlib.contextmanager
+def force(name: Optional[str]):
+    """Run every problem the family ``name`` accepts on it (None: route normally)."""
+    known = set(FORWARD) | set(INPUT_GRAD) | set(WEIGHT_GRAD)
+    if name is not None and name not in known:
+        raise ValueError(f"unknown kernel family {name!r}; expected one of {sorted(known)}")
+    old = getattr(_forced, "name", None)
+    _forced.name = name
+    try:
+        yield
+    finally:
+        _forced.name = old
+
+
+def candidates(table: Dict[str, Tuple[Callable, Callable]], problem: Conv2dProblem) -> List[str]:
+    """The families of ``table`` that accept ``problem``, most specialised first."""
+    forced = getattr(_forced, "name", None)
+    names = [name for name, (accepts, _) in table.items() if accepts(problem)]
+    if forced in names:
+        return [forced]
+    return names
+
+
+def _layout_key(*tensors) -> tuple:
+    return tuple((t.dtype, t.stride()) if t is not None else None for t in tensors)
+
+
+def _route(table, direction: str, problem: Conv2dProblem, tensors: tuple, run: Callable[[Callable], torch.Tensor]):
+    names = candidates(table, problem)
+    if len(names) == 1 or INTERPRETER or not tensors[0].is_cuda:
+        return run(table[names[0]][1])
+    key = (direction, problem, _layout_key(*tensors), torch.cuda.get_device_name(tensors[0].device))
+    name = _choice.get(key)
+    if name is None:
+        timings = {}
+        for cand in names:
+            launcher = table[cand][1]
+            run(launcher)  # the family's own autotuning happens here, once
+            timings[cand] = configs.capture_safe_bench(lambda: run(launcher), quantiles=None)
+        name = min(timings, key=timings.get)
+        _choice[key] = name
+    return run(table[name][1])
+
+
+def forward(x, w, bias, problem: Conv2dProblem, activation="none", alpha=0.01, residual=None) -> torch.Tensor:
+    """conv2d forward (with the fused epilogue) on the best family for ``problem``."""
+    return _route(
+        FORWARD, "forward", problem, (x, w, bias, residual),
+        lambda launch: launch(x, w, bias, problem, activation=activation, alpha=alpha, residual=residual),
+    )
+
+
+def input_grad(dy, w, problem: Conv2dProblem, bias=None, memory_format=torch.contiguous_format) -> torch.Tensor:
+    """dgrad (and conv_transpose2d's forward) on the best family for ``problem``."""
+    return _route(
+        INPUT_GRAD, "input_grad", problem, (dy, w, bias),
+        lambda launch: launch(dy, w, problem, bias=bias, memory_format=memory_format),
+    )
+
+
+def weight_grad(dy, x, problem: Conv2dProblem, memory_format=torch.contiguous_format) -> torch.Tensor:
+    """wgrad on the best family for ``problem`` (every family is deterministic)."""
+    return _route(
+        WEIGHT_GRAD, "weight_grad", problem, (dy, x),
+        lambda launch: launch(dy, x, problem, memory_format=memory_format),
+    )

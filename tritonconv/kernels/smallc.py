@@ -1,0 +1,171 @@
+"""Forward conv for few input channels per group (the RGB stem, C/groups <= 8).
+
+    ==========  ===========================  ==========================================
+    GEMM        conv                         index decomposition
+    ==========  ===========================  ==========================================
+    M           N * P * Q  output pixels     m -> (n, p, q), once per tile
+    N_gemm      K / groups                   j -> k = g * K/groups + j
+    K_gemm      R * S * C/groups, flattened  kk -> (r, s, c), c fastest, per element
+    A[m, kk]    x[n, c, h, w]                h = p*stride_h - pad_h + r*dil_h  (0 outside)
+    B[kk, j]    w[k, c, r, s]
+    ==========  ===========================  ==========================================
+
+The general kernel walks (tap, channel block): with C = 3 and BLOCK_K = 16 each
+tile would be 13/16 padding. Flattening the reduction over (r, s, c) fills
+every BLOCK_K column with real work, at the price of decomposing kk per element.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import triton
+import triton.language as tl
+
+from .. import configs
+from ..spec import Conv2dProblem, output_memory_format
+from ._common import (
+    acc_dtype_for,
+    activation_code,
+    alloc_output,
+    check_device,
+    conv_epilogue,
+    grouped_pid,
+    input_precision_for,
+)
+
+__all__ = ["conv2d_fprop_smallc", "smallc_fprop_kernel", "accepts", "MAX_C"]
+
+MAX_C = 8
+
+
+def accepts(problem: Conv2dProblem) -> bool:
+    return problem.C_per_group <= MAX_C
+
+
+@triton.jit
+def smallc_fprop_kernel(
+    # pointers
+    x_ptr,  # (N, C, H, W), any strides
+    w_ptr,  # (K, C/groups, R, S), any strides
+    b_ptr,  # (K,); unused unless HAS_BIAS
+    res_ptr,  # (N, K, P, Q); unused unless HAS_RESIDUAL
+    y_ptr,  # (N, K, P, Q), any strides
+    # problem sizes
+    M, H, W, P, Q, R, S, CG, KG, GROUPS,
+    # conv parameters
+    stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
+    # strides, in elements
+    sxn, sxc, sxh, sxw,
+    swk, swc, swr, sws,
+    syn, syk, syp, syq,
+    srn, srk, srp, srq,
+    alpha,
+    # meta-parameters
+    HAS_BIAS: tl.constexpr, HAS_RESIDUAL: tl.constexpr, ACTIVATION: tl.constexpr,
+    ACC_DTYPE: tl.constexpr, INPUT_PRECISION: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
+):
+    # -- program-id mapping: (group, M-tile, N-tile)
+    pid = tl.program_id(0)
+    num_pid_m = tl.cdiv(M, BLOCK_M)
+    num_pid_n = tl.cdiv(KG, BLOCK_N)
+    tiles = num_pid_m * num_pid_n
+    g = pid // tiles
+    pid_m, pid_n = grouped_pid(pid % tiles, num_pid_m, num_pid_n, GROUP_M)
+
+    # -- pixel setup, once per tile
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_k = tl.arange(0, BLOCK_K)
+    mask_m = offs_m < M
+    mask_n = offs_n < KG
+    q = offs_m % Q
+    p = (offs_m // Q) % P
+    n = (offs_m // (P * Q)).to(tl.int64)
+    h0 = p * stride_h - pad_h
+    w0 = q * stride_w - pad_w
+    x_rows = x_ptr + n * sxn + (g * CG).to(tl.int64) * sxc
+    k_out = g * KG + offs_n
+    w_cols = w_ptr + k_out.to(tl.int64) * swk
+
+    # -- reduction over the flattened (r, s, c)
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC_DTYPE)
+    RSC = R * S * CG
+    for k0 in range(0, RSC, BLOCK_K):
+        kk = k0 + offs_k
+        c = kk % CG
+        rs = kk // CG
+        r = rs // S
+        s = rs % S
+        kk_ok = kk < RSC
+        h = h0[:, None] + (r * dil_h)[None, :]
+        w = w0[:, None] + (s * dil_w)[None, :]
+        ok = mask_m[:, None] & kk_ok[None, :] & (h >= 0) & (h < H) & (w >= 0) & (w < W)
+        a_off = h.to(tl.int64) * sxh + w.to(tl.int64) * sxw + c.to(tl.int64)[None, :] * sxc
+        a = tl.load(x_rows[:, None] + a_off, mask=ok, other=0.0)
+        b_off = c.to(tl.int64) * swc + r.to(tl.int64) * swr + s.to(tl.int64) * sws
+        b = tl.load(w_cols[None, :] + b_off[:, None], mask=kk_ok[:, None] & mask_n[None, :], other=0.0)
+        acc = tl.dot(a, b, acc, input_precision=INPUT_PRECISION)
+
+    # -- epilogue
+    y_rows = n * syn + p.to(tl.int64) * syp + q.to(tl.int64) * syq
+    r_rows = n * srn + p.to(tl.int64) * srp + q.to(tl.int64) * srq
+    conv_epilogue(acc, b_ptr, res_ptr, y_ptr, y_rows, r_rows, k_out, syk, srk, mask_m, mask_n, alpha,
+                  HAS_BIAS, HAS_RESIDUAL, ACTIVATION)
+
+
+_smallc_tuned = triton.autotune(
+    configs=configs.gemm_configs(),
+    key=["M", "H", "W", "CG", "KG", "GROUPS", "R", "S", "stride_h", "stride_w", "dil_h", "dil_w", "sxc", "syk"],
+    do_bench=configs.capture_safe_bench,
+    prune_configs_by={
+        "early_config_prune": configs.gemm_prune_hook(
+            m_fn=lambda a: a["M"], n_fn=lambda a: a["KG"], k_fn=lambda a: a["R"] * a["S"] * a["CG"],
+            tensor_arg="x_ptr",
+        )
+    },
+)(smallc_fprop_kernel)
+
+
+def conv2d_fprop_smallc(
+    x: torch.Tensor,
+    w: torch.Tensor,
+    bias: Optional[torch.Tensor],
+    problem: Conv2dProblem,
+    out: Optional[torch.Tensor] = None,
+    activation: str = "none",
+    alpha: float = 0.01,
+    residual: Optional[torch.Tensor] = None,
+) -> torch.Tensor:
+    """Launch the small-C forward; the same contract as ``fprop.conv2d_fprop``.
+
+    Args:
+        x, w, bias, problem, out, activation, alpha, residual: as for ``conv2d_fprop``.
+
+    Returns:
+        y (N, K, P, Q) in x's dtype.
+    """
+    check_device(x, w, bias, residual)
+    pb = problem
+    if out is None:
+        out = alloc_output(pb.output_shape, x.dtype, x.device, output_memory_format(x, w))
+    if out.numel() == 0:
+        return out
+    M = pb.N * pb.P * pb.Q
+    KG, CG = pb.K_per_group, pb.C_per_group
+    res_strides = residual.stride() if residual is not None else (0, 0, 0, 0)
+
+    def grid(meta):
+        return (pb.groups * triton.cdiv(M, meta["BLOCK_M"]) * triton.cdiv(KG, meta["BLOCK_N"]),)
+
+    _smallc_tuned[grid](
+        x, w, bias if bias is not None else w, residual if residual is not None else x, out,
+        M, pb.H, pb.W, pb.P, pb.Q, pb.R, pb.S, CG, KG, pb.groups,
+        pb.stride_h, pb.stride_w, pb.pad_h, pb.pad_w, pb.dil_h, pb.dil_w,
+        *x.stride(), *w.stride(), *out.stride(), *res_strides, float(alpha),
+        HAS_BIAS=bias is not None, HAS_RESIDUAL=residual is not None, ACTIVATION=activation_code(activation),
+        ACC_DTYPE=acc_dtype_for(x.dtype), INPUT_PRECISION=input_precision_for(x),
+    )
+    return out
