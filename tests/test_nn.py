@@ -267,3 +267,28 @@ def test_fused_double_backward():
     w = torch.randn(2, 2, 2, 2, dtype=torch.float64, device=DEVICE, requires_grad=True)
     fn = lambda x, w: tritonconv.conv2d(x, w, None, 1, 1, activation="silu")  # noqa: E731
     assert torch.autograd.gradgradcheck(fn, (x, w), eps=1e-6, atol=1e-8, fast_mode=True)
+
+
+def test_packed_weight_is_cached_until_the_parameter_changes():
+    torch.manual_seed(7)
+    conv = tnn.Conv2d(4, 6, 3, padding=1, device=DEVICE)
+    x = torch.randn(2, 4, 5, 5, device=DEVICE).to(memory_format=torch.channels_last)
+    with torch.no_grad():
+        y1 = conv(x)
+        packed = conv._packed_weight[2]
+        assert packed.is_contiguous(memory_format=torch.channels_last)
+        conv(x)
+        assert conv._packed_weight[2] is packed, "inference must reuse the pack"
+        conv.weight.mul_(2)  # an in-place update bumps the version: repack
+        y2 = conv(x)
+        assert conv._packed_weight[2] is not packed
+    ref = F.conv2d(x, conv.weight, conv.bias, 1, 1)
+    assert rel_err(y2, ref) < TOL[torch.float32]
+    assert rel_err(y1 * 1, F.conv2d(x, conv.weight / 2, conv.bias, 1, 1)) < TOL[torch.float32]
+    assert y2.is_contiguous(memory_format=torch.channels_last)
+    # NCHW input: no pack, so the output's layout is exactly torch.nn.Conv2d's
+    y3 = conv(x.contiguous())
+    assert y3.is_contiguous() and rel_err(y3, ref) < TOL[torch.float32]
+    # training: gradients flow to the parameter through the pack
+    conv(x).sum().backward()
+    assert conv.weight.grad is not None and torch.isfinite(conv.weight.grad).all()

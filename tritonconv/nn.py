@@ -39,18 +39,41 @@ class Conv2d(torch.nn.Conv2d):
             input = F.pad(input, self._reversed_padding_repeated_twice, mode=self.padding_mode)
             padding = 0
         args = (self.stride, padding, self.dilation, self.groups)
+        weight = self._kernel_weight(input)
         if residual is not None:
             out_shape = _output_shape(input, self.weight, args)
             if tuple(residual.shape) != out_shape:
                 if torch.broadcast_shapes(residual.shape, out_shape) != out_shape:
                     # the add would broadcast the conv's output itself: not an epilogue
-                    y = functional.conv2d(input, self.weight, self.bias, *args) + residual
+                    y = functional.conv2d(input, weight, self.bias, *args) + residual
                     return _torch_activation(y, self.activation, self.negative_slope)
                 residual = residual.expand(out_shape)  # stride-0 dims; the kernel reads them as they are
         return functional.conv2d(
-            input, self.weight, self.bias, *args,
+            input, weight, self.bias, *args,
             activation=self.activation, residual=residual, negative_slope=self.negative_slope,
         )
+
+    def _kernel_weight(self, input: torch.Tensor) -> torch.Tensor:
+        """The weight as the kernels like it: KRSC (channels_last), packed once per parameter version.
+
+        Only for channels_last input, whose output is channels_last anyway, so
+        packing never changes the output's memory format. In training (the
+        weight needs a gradient) the pack is part of the graph and happens once
+        per forward, i.e. once per step; otherwise it is cached until the
+        parameter changes (its version counter moves) or is replaced.
+        """
+        w = self.weight
+        if (input.dim() != 4 or not input.is_contiguous(memory_format=torch.channels_last)
+                or w.is_contiguous(memory_format=torch.channels_last)):
+            return w
+        if torch.compiler.is_compiling() or (torch.is_grad_enabled() and w.requires_grad):
+            return w.contiguous(memory_format=torch.channels_last)
+        cached = self.__dict__.get("_packed_weight")
+        if cached is not None and cached[0] is w and cached[1] == w._version:
+            return cached[2]
+        packed = w.detach().contiguous(memory_format=torch.channels_last)
+        self.__dict__["_packed_weight"] = (w, w._version, packed)
+        return packed
 
     def extra_repr(self) -> str:
         s = super().extra_repr()
