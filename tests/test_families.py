@@ -42,6 +42,11 @@ PROBLEMS = {
         (1, 12, 5, 6, 9, 1, 1, 1, 0, 1, 3),
         (3, 40, 4, 4, 20, 1, 1, 1, 0, 1, 1),
     ],
+    "splitk": [
+        (2, 64, 5, 5, 20, 3, 3, 1, 1, 1, 1),
+        (1, 72, 6, 5, 16, 3, 3, 2, 1, 1, 1),
+        (1, 128, 3, 3, 8, 3, 3, 1, 1, 1, 2),
+    ],
     "implicit": [
         (2, 9, 7, 7, 10, 3, 3, 2, 1, 1, 1),
         (1, 16, 6, 6, 8, 1, 1, 2, 0, 1, 1),
@@ -132,7 +137,8 @@ def test_router_prefers_the_specialised_family():
     assert first((1, 3, 32, 32), (16, 3, 7, 7), 2, 3, 1, 1) == "smallc"
     assert first((1, 64, 8, 8), (128, 64, 1, 1), 1, 0, 1, 1) == "gemm1x1"
     assert first((1, 64, 8, 8), (128, 64, 1, 1), 2, 0, 1, 1) == "implicit"
-    assert first((1, 64, 8, 8), (64, 64, 3, 3), 1, 1, 1, 1) == "implicit"
+    assert first((1, 512, 7, 7), (512, 512, 3, 3), 1, 1, 1, 1) == "splitk"
+    assert first((4, 64, 56, 56), (64, 64, 3, 3), 1, 1, 1, 1) == "implicit"
     with pytest.raises(ValueError, match="unknown kernel family"):
         with router.force("nope"):
             pass

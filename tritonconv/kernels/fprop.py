@@ -48,7 +48,7 @@ from ._common import (
     input_precision_for,
 )
 
-__all__ = ["conv2d_fprop", "fprop_kernel"]
+__all__ = ["conv2d_fprop", "conv2d_fprop_splitk", "fprop_kernel", "splitk_reduce_kernel", "accepts_splitk"]
 
 
 @triton.jit
@@ -59,11 +59,13 @@ def fprop_kernel(
     b_ptr,  # (K,); unused unless HAS_BIAS
     res_ptr,  # (N, K, P, Q), any strides; unused unless HAS_RESIDUAL
     y_ptr,  # (N, K, P, Q), any strides
+    ws_ptr,  # (SPLIT_K, M, K) fp32 / fp64 partial sums; unused unless PARTIAL
     # problem sizes
     M,  # N * P * Q
     H, W, P, Q, R, S,
     CG, KG,  # channels per group: input, output
     GROUPS,
+    SPLIT_K,  # the reduction is cut into SPLIT_K chunks (1: no split)
     # conv parameters
     stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
     # strides, in elements
@@ -79,14 +81,16 @@ def fprop_kernel(
     ACTIVATION: tl.constexpr,
     ACC_DTYPE: tl.constexpr,
     INPUT_PRECISION: tl.constexpr,
+    PARTIAL: tl.constexpr,  # store raw partial sums to ws_ptr (split-K) instead of the epilogue
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
 ):
-    # -- program-id mapping: (group, M-tile, N-tile); every program has real work
+    # -- program-id mapping: (split, group, M-tile, N-tile); every program has real work
     pid = tl.program_id(0)
     num_pid_m = tl.cdiv(M, BLOCK_M)
     num_pid_n = tl.cdiv(KG, BLOCK_N)
     tiles = num_pid_m * num_pid_n
-    g = pid // tiles
+    split = pid // (tiles * GROUPS)
+    g = (pid // tiles) % GROUPS
     pid_m, pid_n = grouped_pid(pid % tiles, num_pid_m, num_pid_n, GROUP_M)
 
     # -- pointer setup. Row (pixel) offsets are int64: n * sxn alone can pass
@@ -105,10 +109,12 @@ def fprop_kernel(
     k_out = g * KG + offs_n
     w_cols = w_ptr + k_out.to(tl.int64) * swk
 
-    # -- reduction loop over (r, s, c-block)
+    # -- reduction loop over (r, s, c-block): this split's contiguous share of it
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC_DTYPE)
     c_blocks = tl.cdiv(CG, BLOCK_K)
-    for it in range(0, R * S * c_blocks):
+    total = R * S * c_blocks
+    chunk = tl.cdiv(total, SPLIT_K)
+    for it in range(split * chunk, tl.minimum(total, split * chunk + chunk)):
         rs = it // c_blocks
         c = (it - rs * c_blocks) * BLOCK_K + offs_k
         r = rs // S
@@ -123,6 +129,13 @@ def fprop_kernel(
         b = tl.load(b_ptrs, mask=c_ok[:, None] & mask_n[None, :], other=0.0)
         acc = tl.dot(a, b, acc, input_precision=INPUT_PRECISION)
 
+    if PARTIAL:
+        # split-K: raw partial sums; splitk_reduce_kernel sums them in order and runs the epilogue
+        K = GROUPS * KG
+        ws = ws_ptr + (split * M).to(tl.int64) * K + offs_m.to(tl.int64)[:, None] * K + k_out[None, :]
+        tl.store(ws, acc, mask=mask_m[:, None] & mask_n[None, :])
+        return
+
     # -- epilogue: act(acc + bias + residual), cast, one store in the output's own layout
     n64, p64, q64 = n.to(tl.int64), p.to(tl.int64), q.to(tl.int64)
     y_rows = n64 * syn + p64 * syp + q64 * syq
@@ -131,9 +144,37 @@ def fprop_kernel(
                   HAS_BIAS, HAS_RESIDUAL, ACTIVATION)
 
 
+@triton.jit
+def splitk_reduce_kernel(
+    ws_ptr,  # (SPLIT_K, M, K) partial sums
+    b_ptr, res_ptr, y_ptr,
+    M, P, Q, K, SPLIT_K,
+    syn, syk, syp, syq,
+    srn, srk, srp, srq,
+    alpha,
+    HAS_BIAS: tl.constexpr, HAS_RESIDUAL: tl.constexpr, ACTIVATION: tl.constexpr, ACC_DTYPE: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+):
+    """Sum split-K partials in a fixed order (deterministic), then the usual epilogue."""
+    offs_m = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    k_out = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+    mask_m = offs_m < M
+    mask_n = k_out < K
+    ptrs = ws_ptr + offs_m.to(tl.int64)[:, None] * K + k_out[None, :]
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC_DTYPE)
+    for split in range(0, SPLIT_K):
+        acc += tl.load(ptrs + (split * M).to(tl.int64) * K, mask=mask_m[:, None] & mask_n[None, :], other=0.0)
+    q = (offs_m % Q).to(tl.int64)
+    p = ((offs_m // Q) % P).to(tl.int64)
+    n = (offs_m // (P * Q)).to(tl.int64)
+    conv_epilogue(acc, b_ptr, res_ptr, y_ptr, n * syn + p * syp + q * syq, n * srn + p * srp + q * srq, k_out,
+                  syk, srk, mask_m, mask_n, alpha, HAS_BIAS, HAS_RESIDUAL, ACTIVATION)
+
+
 _fprop_tuned = triton.autotune(
     configs=configs.gemm_configs(),
-    key=["M", "H", "W", "CG", "KG", "GROUPS", "R", "S", "stride_h", "stride_w", "dil_h", "dil_w", "sxc", "syk"],
+    key=["M", "H", "W", "CG", "KG", "GROUPS", "SPLIT_K", "R", "S", "stride_h", "stride_w", "dil_h", "dil_w",
+         "sxc", "syk"],
     do_bench=configs.capture_safe_bench,
     prune_configs_by={
         "early_config_prune": configs.gemm_prune_hook(
@@ -141,6 +182,22 @@ _fprop_tuned = triton.autotune(
         )
     },
 )(fprop_kernel)
+
+
+def accepts_splitk(problem: Conv2dProblem) -> bool:
+    """Split-K pays off when the output is small (late layers at small batch) and the reduction long."""
+    pb = problem
+    return pb.N * pb.P * pb.Q <= 4096 and pb.R * pb.S * pb.C_per_group >= 512
+
+
+def choose_split_k(problem: Conv2dProblem, device: torch.device) -> int:
+    """Chunks of the forward reduction: enough programs to fill the GPU twice, at least 2, at most 16,
+    and no chunk shorter than 4 reduction steps of 64 channels."""
+    pb = problem
+    sms = torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 1
+    tiles = pb.groups * triton.cdiv(pb.N * pb.P * pb.Q, 64) * triton.cdiv(pb.K_per_group, 64)
+    steps = pb.R * pb.S * triton.cdiv(pb.C_per_group, 64)
+    return max(2, min(triton.cdiv(2 * sms, tiles), 16, steps // 4))
 
 
 def conv2d_fprop(
@@ -152,6 +209,7 @@ def conv2d_fprop(
     activation: str = "none",
     alpha: float = 0.01,
     residual: Optional[torch.Tensor] = None,
+    split_k: int = 1,
 ) -> torch.Tensor:
     """Launch the forward implicit-GEMM conv, with an optional fused epilogue.
 
@@ -166,6 +224,8 @@ def conv2d_fprop(
         activation: a name from ``_common.ACTIVATIONS`` ("none" by default).
         alpha: the leaky_relu slope.
         residual: optional (N, K, P, Q) tensor added before the activation; any strides.
+        split_k: cut the reduction into this many chunks, summed afterwards in a fixed
+            order (deterministic); for small outputs with long reductions.
 
     Returns:
         y (N, K, P, Q) in x's dtype, channels_last exactly when F.conv2d's would be.
@@ -180,22 +240,43 @@ def conv2d_fprop(
     if M >= 2**31 - 2**16:
         raise ValueError(f"conv2d output has {M} pixels (N*P*Q); tritonconv supports fewer than 2**31")
     KG, CG = pb.K_per_group, pb.C_per_group
+    split = max(1, int(split_k))
+    res_strides = residual.stride() if residual is not None else (0, 0, 0, 0)
+    epilogue = dict(HAS_BIAS=bias is not None, HAS_RESIDUAL=residual is not None,
+                    ACTIVATION=activation_code(activation), ACC_DTYPE=acc_dtype_for(x.dtype))
+    ws = None
+    if split > 1:
+        ws = torch.empty((split, M, pb.K), dtype=torch.float64 if x.dtype == torch.float64 else torch.float32,
+                         device=x.device)
 
     def grid(meta):
-        return (pb.groups * triton.cdiv(M, meta["BLOCK_M"]) * triton.cdiv(KG, meta["BLOCK_N"]),)
+        return (split * pb.groups * triton.cdiv(M, meta["BLOCK_M"]) * triton.cdiv(KG, meta["BLOCK_N"]),)
 
     cached = tuning.before_launch(_fprop_tuned, "fprop", x.device)  # load saved choices once
     _fprop_tuned[grid](
         x, w, bias if bias is not None else w, residual if residual is not None else x, out,
-        M, pb.H, pb.W, pb.P, pb.Q, pb.R, pb.S, CG, KG, pb.groups,
+        ws if ws is not None else out,
+        M, pb.H, pb.W, pb.P, pb.Q, pb.R, pb.S, CG, KG, pb.groups, split,
         pb.stride_h, pb.stride_w, pb.pad_h, pb.pad_w, pb.dil_h, pb.dil_w,
-        *x.stride(), *w.stride(), *out.stride(), *(residual.stride() if residual is not None else (0, 0, 0, 0)),
+        *x.stride(), *w.stride(), *out.stride(), *res_strides,
         float(alpha),
-        HAS_BIAS=bias is not None,
-        HAS_RESIDUAL=residual is not None,
-        ACTIVATION=activation_code(activation),
-        ACC_DTYPE=acc_dtype_for(x.dtype),
+        **epilogue,
         INPUT_PRECISION=input_precision_for(x),
+        PARTIAL=ws is not None,
     )
     tuning.after_launch(_fprop_tuned, "fprop", x.device, cached)  # save what this launch tuned
+    if ws is not None:
+        block_m, block_n = 64, 32
+        splitk_reduce_kernel[(triton.cdiv(M, block_m), triton.cdiv(pb.K, block_n))](
+            ws, bias if bias is not None else w, residual if residual is not None else x, out,
+            M, pb.P, pb.Q, pb.K, split, *out.stride(), *res_strides, float(alpha),
+            **epilogue, BLOCK_M=block_m, BLOCK_N=block_n,
+        )
     return out
+
+
+def conv2d_fprop_splitk(x, w, bias, problem: Conv2dProblem, out=None, activation="none", alpha=0.01,
+                        residual=None) -> torch.Tensor:
+    """The split-K forward family: ``conv2d_fprop`` with ``choose_split_k`` chunks."""
+    return conv2d_fprop(x, w, bias, problem, out, activation, alpha, residual,
+                        split_k=choose_split_k(problem, x.device))

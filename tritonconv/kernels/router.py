@@ -6,6 +6,7 @@
     forward     depthwise  (direct, no tl.dot)                   groups == C, R*S <= 81
                 smallc     (flattened R*S*C reduction)           C/groups <= 8
                 gemm1x1    (plain GEMM)                          1x1, stride 1, no padding
+                splitk     (implicit GEMM, reduction split)      N*P*Q <= 4096, R*S*C/g >= 512
                 implicit   (general implicit GEMM, fprop.py)     everything
     grad_input  depthwise, implicit (phase-decomposed dgrad)
     grad_weight depthwise, implicit (split-K wgrad)
@@ -31,7 +32,7 @@ from ..spec import Conv2dProblem
 from . import depthwise, gemm1x1, smallc
 from ._common import INTERPRETER
 from .dgrad import conv2d_dgrad
-from .fprop import conv2d_fprop
+from .fprop import accepts_splitk, conv2d_fprop, conv2d_fprop_splitk
 from .wgrad import conv2d_wgrad
 
 __all__ = ["forward", "input_grad", "weight_grad", "candidates", "force", "FORWARD", "INPUT_GRAD", "WEIGHT_GRAD"]
@@ -41,6 +42,7 @@ FORWARD: Dict[str, Tuple[Callable, Callable]] = {
     "depthwise": (depthwise.accepts, depthwise.conv2d_fprop_depthwise),
     "smallc": (smallc.accepts, smallc.conv2d_fprop_smallc),
     "gemm1x1": (gemm1x1.accepts, gemm1x1.conv2d_fprop_1x1),
+    "splitk": (accepts_splitk, conv2d_fprop_splitk),
     "implicit": (lambda pb: True, conv2d_fprop),
 }
 INPUT_GRAD: Dict[str, Tuple[Callable, Callable]] = {
