@@ -42,6 +42,11 @@ PROBLEMS = {
         (1, 12, 5, 6, 9, 1, 1, 1, 0, 1, 3),
         (3, 40, 4, 4, 20, 1, 1, 1, 0, 1, 1),
     ],
+    "gemm1x1_tma": [  # TMA where the layout allows (channels_last, 16-byte rows), pointer loads otherwise
+        (2, 16, 7, 7, 24, 1, 1, 1, 0, 1, 1),
+        (1, 48, 5, 6, 36, 1, 1, 1, 0, 1, 3),  # grouped: 16 channels per group
+        (2, 12, 3, 5, 20, 1, 1, 1, 0, 1, 1),  # fp16 rows of 24 bytes: falls back
+    ],
     "splitk": [
         (2, 64, 5, 5, 20, 3, 3, 1, 1, 1, 1),
         (1, 72, 6, 5, 16, 3, 3, 2, 1, 1, 1),
@@ -128,6 +133,20 @@ def test_depthwise_wgrad_split_is_deterministic(split_k):
     assert rel_err(a, wr.grad) < TOL[torch.float32]
 
 
+def test_tma_path_is_taken_where_the_layout_allows():
+    from tritonconv.kernels import gemm1x1
+
+    x = torch.randn(2, 16, 5, 5, device=DEVICE).to(memory_format=torch.channels_last)
+    w = torch.randn(24, 16, 1, 1, device=DEVICE)
+    pb = spec.conv2d_problem(x, w, None)
+    if DEVICE == "cuda" and torch.cuda.get_device_capability()[0] < 9:
+        assert not gemm1x1.tma_usable(x, w, pb)
+        pytest.skip("TMA needs sm_90 or newer")
+    assert gemm1x1.tma_usable(x, w, pb)
+    assert not gemm1x1.tma_usable(x.contiguous(), w, pb), "NCHW input has no row-major (N*H*W, C) view"
+    assert not gemm1x1.tma_usable(x[:, :, :, :].double(), w.double(), pb), "fp64 has no TMA path"
+
+
 def test_router_prefers_the_specialised_family():
     def first(shape_x, shape_w, *args):
         pb = spec.problem_from_shapes(shape_x, shape_w, *args)
@@ -135,7 +154,7 @@ def test_router_prefers_the_specialised_family():
 
     assert first((1, 32, 8, 8), (32, 1, 3, 3), 1, 1, 1, 32) == "depthwise"
     assert first((1, 3, 32, 32), (16, 3, 7, 7), 2, 3, 1, 1) == "smallc"
-    assert first((1, 64, 8, 8), (128, 64, 1, 1), 1, 0, 1, 1) == "gemm1x1"
+    assert first((1, 64, 8, 8), (128, 64, 1, 1), 1, 0, 1, 1) == "gemm1x1_tma"
     assert first((1, 64, 8, 8), (128, 64, 1, 1), 2, 0, 1, 1) == "implicit"
     assert first((1, 512, 7, 7), (512, 512, 3, 3), 1, 1, 1, 1) == "splitk"
     assert first((4, 64, 56, 56), (64, 64, 3, 3), 1, 1, 1, 1) == "implicit"

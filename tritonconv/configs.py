@@ -120,13 +120,14 @@ def prune_gemm_configs(
             continue
         seen.add(sig)
         kwargs = dict(cfg.kwargs, BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk)
-        kept.append(triton.Config(kwargs, num_warps=cfg.num_warps, num_stages=cfg.num_stages))
+        kept.append(triton.Config(kwargs, num_warps=cfg.num_warps, num_stages=cfg.num_stages, pre_hook=cfg.pre_hook))
     if not kept:
         smallest = min(
             configs,
             key=lambda c: shared_bytes(c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.kwargs["BLOCK_K"], 1, elem_bytes),
         )
-        kept = [triton.Config(dict(smallest.kwargs, BLOCK_M=32, BLOCK_N=32, BLOCK_K=16), num_warps=4, num_stages=2)]
+        kept = [triton.Config(dict(smallest.kwargs, BLOCK_M=32, BLOCK_N=32, BLOCK_K=16), num_warps=4, num_stages=2,
+                              pre_hook=smallest.pre_hook)]
     return kept
 
 

@@ -5,6 +5,7 @@
     ==========  ===============================================  ==========================
     forward     depthwise  (direct, no tl.dot)                   groups == C, R*S <= 81
                 smallc     (flattened R*S*C reduction)           C/groups <= 8
+                gemm1x1_tma  (plain GEMM, TMA loads, sm_90)      1x1, stride 1, no padding, NHWC
                 gemm1x1    (plain GEMM)                          1x1, stride 1, no padding
                 splitk     (implicit GEMM, reduction split)      N*P*Q <= 4096, R*S*C/g >= 512
                 implicit   (general implicit GEMM, fprop.py)     everything
@@ -41,6 +42,7 @@ __all__ = ["forward", "input_grad", "weight_grad", "candidates", "force", "FORWA
 FORWARD: Dict[str, Tuple[Callable, Callable]] = {
     "depthwise": (depthwise.accepts, depthwise.conv2d_fprop_depthwise),
     "smallc": (smallc.accepts, smallc.conv2d_fprop_smallc),
+    "gemm1x1_tma": (gemm1x1.accepts, gemm1x1.conv2d_fprop_1x1_tma),
     "gemm1x1": (gemm1x1.accepts, gemm1x1.conv2d_fprop_1x1),
     "splitk": (accepts_splitk, conv2d_fprop_splitk),
     "implicit": (lambda pb: True, conv2d_fprop),
