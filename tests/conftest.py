@@ -1,0 +1,112 @@
+"""Shared test setup: device, interpreter, output poisoning, tolerances.
+
+Without a GPU the real kernels run on CPU tensors through Triton's interpreter,
+which Triton only enables if TRITON_INTERPRET=1 is set before it is imported;
+that is why this file sets it before anything imports triton or tritonconv.
+With CUDA the kernels are compiled and the tests run on CUDA tensors.
+
+Helpers (import them with ``from conftest import ...``):
+  DEVICE, CUDA            where the tests run
+  TOL, tol(dtype)         relative-error tolerance per dtype
+  DTYPES                  dtypes to parametrize over; ``skip_unsupported(dtype)``
+  rel_err(out, ref)       ||out - ref|| / ||ref|| in float64
+  assert_matches(out, ref, dtype)
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import zlib
+
+import pytest
+import torch
+
+CUDA = torch.cuda.is_available()
+if not CUDA:
+    if "triton" in sys.modules and os.environ.get("TRITON_INTERPRET") != "1":
+        raise pytest.UsageError("triton was imported before tests/conftest.py could set TRITON_INTERPRET=1")
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import tritonconv  # noqa: E402  (after TRITON_INTERPRET is set)
+from tritonconv.kernels._common import set_poison_outputs  # noqa: E402
+
+if not CUDA and not tritonconv.INTERPRETER:
+    raise pytest.UsageError(
+        "no CUDA device and Triton's interpreter is off (TRITON_INTERPRET="
+        f"{os.environ.get('TRITON_INTERPRET')!r}); unset it or set it to 1 to run the tests on CPU"
+    )
+
+DEVICE = torch.device("cuda" if CUDA else "cpu")
+
+# The kernel computes fp32 in TF32 exactly when F.conv2d does (cuDNN's flag, on CUDA).
+FP32_TF32 = CUDA and torch.backends.cudnn.allow_tf32
+
+# Relative error (Frobenius norm) allowed against float64 F.conv2d on the same
+# (already rounded) inputs: output rounding plus accumulation order. The largest
+# errors the suite sees under the interpreter are fp64 6e-16, fp32 2e-7 and fp16
+# 2.3e-4 (20x margin or more). TF32 rounds the fp32 operands to a 10-bit mantissa
+# inside the product, which the reference (on the unrounded operands) sees as
+# ~5e-4 error; bf16 outputs carry an 8-bit mantissa. Hence their wider bounds.
+TOL = {
+    torch.float64: 1e-12,
+    torch.float32: 5e-3 if FP32_TF32 else 1e-5,
+    torch.float16: 5e-3,
+    torch.bfloat16: 3e-2,
+}
+
+DTYPES = [torch.float16, torch.bfloat16, torch.float32, torch.float64]
+
+
+def tol(dtype: torch.dtype) -> float:
+    return TOL[dtype]
+
+
+def skip_unsupported(dtype: torch.dtype) -> None:
+    """Skip dtypes the current backend cannot run (bf16 under the interpreter)."""
+    if dtype == torch.bfloat16 and not CUDA:
+        pytest.skip("bf16 tl.dot is broken in Triton's CPU interpreter (upstream); bf16 is tested on CUDA only")
+
+
+def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
+    """||out - ref|| / ||ref|| in float64; the absolute error when ref is all zeros."""
+    out64, ref64 = out.detach().to(torch.float64), ref.detach().to(torch.float64)
+    diff = torch.linalg.vector_norm(out64 - ref64).item()
+    denom = torch.linalg.vector_norm(ref64).item()
+    return diff / denom if denom > 0 else diff
+
+
+def assert_matches(out: torch.Tensor, ref: torch.Tensor, dtype: torch.dtype) -> None:
+    """Same shape, every element written (finite), and within dtype's tolerance."""
+    assert out.shape == ref.shape, f"shape {tuple(out.shape)} != reference {tuple(ref.shape)}"
+    assert out.dtype == dtype, f"output dtype {out.dtype}, expected {dtype}"
+    assert out.device.type == ref.device.type
+    assert torch.isfinite(out).all(), f"{(~torch.isfinite(out)).sum().item()} non-finite (unwritten?) elements"
+    err = rel_err(out, ref)
+    assert err <= tol(dtype), f"relative error {err:.3e} > {tol(dtype):.0e} for {dtype}"
+
+
+def pytest_configure(config):
+    # F.conv2d (the reference) warns that it copies the input for an even 'same'; expected here.
+    config.addinivalue_line(
+        "filterwarnings", "ignore:Using padding='same' with even kernel lengths:UserWarning"
+    )
+
+
+@pytest.fixture
+def device() -> torch.device:
+    return DEVICE
+
+
+@pytest.fixture(autouse=True)
+def poison_outputs():
+    """Every kernel output starts as NaN, so an element the kernel skips fails the test."""
+    old = set_poison_outputs(True)
+    yield
+    set_poison_outputs(old)
+
+
+@pytest.fixture(autouse=True)
+def seed(request):
+    """Fresh random data per test, reproducible per test id."""
+    torch.manual_seed(zlib.crc32(request.node.nodeid.encode()))
