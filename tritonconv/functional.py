@@ -42,6 +42,7 @@ def conv2d(
     "silu", "gelu" (erf), "gelu_tanh", "leaky_relu" (``negative_slope``),
     "hardswish", "sigmoid".
     """
+    spec.check_argument_types(input, weight, bias, groups)
     stride_p, dilation_p = spec.pair(stride, "stride"), spec.pair(dilation, "dilation")
     if isinstance(padding, str):
         # validate the string form here: the op below only sees the resolved ints
@@ -73,6 +74,7 @@ def conv_transpose2d(
     dilation: spec.IntPair = 1,
 ) -> torch.Tensor:
     """Transposed 2-D convolution, a drop-in for ``torch.nn.functional.conv_transpose2d``."""
+    spec.check_argument_types(input, weight, bias, groups)
     return torch.ops.tritonconv.conv_transpose2d(
         input, weight, bias,
         list(spec.pair(stride, "stride")), list(spec.pair(padding, "padding")),

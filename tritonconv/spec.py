@@ -30,6 +30,7 @@ __all__ = [
     "conv_transpose2d_problem",
     "output_memory_format",
     "as_batched",
+    "check_argument_types",
 ]
 
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
@@ -165,6 +166,17 @@ def _check_tensor(t: torch.Tensor, name: str) -> None:
         )
     if t.layout != torch.strided:
         raise ConvTypeError(f"{name} must be a dense (strided) tensor, got layout {t.layout}")
+
+
+def check_argument_types(input, weight, bias, groups) -> None:
+    """The Python-level type checks F.conv2d makes before anything else (TypeError, not a schema error)."""
+    for name, t in (("input", input), ("weight", weight)):
+        if not isinstance(t, torch.Tensor):
+            raise ConvTypeError(f"{name} must be a Tensor, got {type(t).__name__}")
+    if bias is not None and not isinstance(bias, torch.Tensor):
+        raise ConvTypeError(f"bias must be a Tensor or None, got {type(bias).__name__}")
+    if isinstance(groups, bool) or not isinstance(groups, (int, torch.SymInt)):
+        raise ConvTypeError(f"groups must be an int, got {type(groups).__name__} {groups!r}")
 
 
 def _check_common(

@@ -104,8 +104,14 @@ def _route(table, direction: str, problem: Conv2dProblem, tensors: tuple, run: C
     return run(table[name][1])
 
 
+def _dense(bias: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+    """The epilogues read bias[k] at b_ptr + k: a strided or expanded bias is made dense (K elements)."""
+    return bias if bias is None or bias.stride() == (1,) else bias.contiguous()
+
+
 def forward(x, w, bias, problem: Conv2dProblem, activation="none", alpha=0.01, residual=None) -> torch.Tensor:
     """conv2d forward (with the fused epilogue) on the best family for ``problem``."""
+    bias = _dense(bias)
     return _route(
         FORWARD, "forward", problem, (x, w, bias, residual),
         lambda launch: launch(x, w, bias, problem, activation=activation, alpha=alpha, residual=residual),
@@ -114,6 +120,7 @@ def forward(x, w, bias, problem: Conv2dProblem, activation="none", alpha=0.01, r
 
 def input_grad(dy, w, problem: Conv2dProblem, bias=None, memory_format=torch.contiguous_format) -> torch.Tensor:
     """dgrad (and conv_transpose2d's forward) on the best family for ``problem``."""
+    bias = _dense(bias)
     return _route(
         INPUT_GRAD, "input_grad", problem, (dy, w, bias),
         lambda launch: launch(dy, w, problem, bias=bias, memory_format=memory_format),
