@@ -35,7 +35,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .. import configs
+from .. import configs, tuning
 from ..spec import Conv2dProblem
 from ._common import acc_dtype_for, alloc_output, check_device, grouped_pid, input_precision_for
 
@@ -188,6 +188,7 @@ def conv2d_dgrad(
         tiles = triton.cdiv(M, meta["BLOCK_M"]) * triton.cdiv(CG, meta["BLOCK_N"])
         return (pb.groups * pb.stride_h * pb.stride_w * tiles,)
 
+    cached = tuning.before_launch(_dgrad_tuned, "dgrad", dy.device)  # load saved choices once
     _dgrad_tuned[grid](
         dy, w, bias if bias is not None else w, dx,
         pb.N, pb.H, pb.W, pb.P, pb.Q, pb.R, pb.S, CG, KG, pb.groups, HP, WP,
@@ -197,4 +198,5 @@ def conv2d_dgrad(
         ACC_DTYPE=acc_dtype_for(dy.dtype),
         INPUT_PRECISION=input_precision_for(dy),
     )
+    tuning.after_launch(_dgrad_tuned, "dgrad", dy.device, cached)  # save what this launch tuned
     return dx

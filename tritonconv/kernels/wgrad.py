@@ -32,7 +32,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .. import configs
+from .. import configs, tuning
 from ..spec import Conv2dProblem
 from ._common import INTERPRETER, acc_dtype_for, alloc_output, check_device, grouped_pid, input_precision_for
 
@@ -212,6 +212,7 @@ def conv2d_wgrad(
         tiles = triton.cdiv(KG, meta["BLOCK_M"]) * triton.cdiv(CG, meta["BLOCK_N"])
         return (split * pb.groups * pb.R * pb.S * tiles,)
 
+    cached = tuning.before_launch(_wgrad_tuned, "wgrad", dy.device)  # load saved choices once
     _wgrad_tuned[grid](
         dy, x, out,
         pb.N, pb.H, pb.W, pb.P, pb.Q, pb.R, pb.S, CG, KG, pb.groups, split,
@@ -220,6 +221,7 @@ def conv2d_wgrad(
         ACC_DTYPE=acc_dtype_for(dy.dtype),
         INPUT_PRECISION=input_precision_for(dy),
     )
+    tuning.after_launch(_wgrad_tuned, "wgrad", dy.device, cached)  # save what this launch tuned
     if split > 1:
         # fixed-order sum of the partials: deterministic, unlike float atomics
         dw.copy_(out.sum(dim=0))

@@ -1,0 +1,206 @@
+#!/usr/bin/env bash
+# The GPU check: one command, run from the source tree (no pip install), that stops itself
+# within a time budget and leaves whatever it measured in OUTDIR.
+#
+#   perf/gpu_check.sh OUTDIR [BUDGET_S=480]
+#
+# Stages, in order; each gets a share of the time still left (and a cap), runs under
+# `timeout`, and a stage that runs out of time is cut off without stopping the rest:
+#   1. environment         -> OUTDIR/env.txt        (card, driver, torch, triton, commit)
+#   2. CUDA tests, quick   -> OUTDIR/tests.log      (pytest -x -k "not hypothesis")
+#   3. forward sweep       ResNet-50 batch 32, fp16 then bf16, channels_last, every provider
+#   4. backward sweep      grad_input, grad_weight, forward_backward on six ResNet-50 layers, fp16
+#   5. end to end          perf/resnet50.py: training step, all convs tritonconv vs cuDNN, fp16
+#   6. report              OUTDIR/summary.md, details.md, plot.png from OUTDIR/results.csv
+# plus OUTDIR/gpu_check.log (every stage's output) and OUTDIR/tuning-cache.tar.gz (the
+# tuning choices made, reusable with TRITONCONV_CACHE_DIR). That is 8 files.
+# The summary is printed last.
+#
+# Environment: PYTHON (default python3); TRITONCONV_COMMIT (the device copy of the tree may
+# have no .git: pass the commit from where it was sent); TRITONCONV_RUN_ID; TRITONCONV_CACHE_DIR.
+# TUNING_CACHE_TAR=path/to/tuning-cache.tar.gz starts from an earlier run's tuning choices (same
+# card, same versions; entries for other code are ignored with a warning), which saves most of
+# the tuning time on a fresh machine.
+# GPU_CHECK_DRY_RUN=1 swaps in the smoke preset and a tiny network: a check of this script's
+# plumbing on a machine without a GPU (everything then runs through Triton's interpreter).
+# Copy the results into the repository with: python perf/save_results.py OUTDIR
+set -u -o pipefail
+
+if [ $# -lt 1 ]; then
+    echo "usage: perf/gpu_check.sh OUTDIR [BUDGET_S=480]" >&2
+    exit 2
+fi
+OUTDIR=$1
+BUDGET=${2:-480}
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$ROOT" || exit 2
+mkdir -p "$OUTDIR" && OUTDIR=$(cd "$OUTDIR" && pwd) || exit 2
+
+PY=${PYTHON:-python3}
+export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
+export PYTHONUNBUFFERED=1
+export TRITONCONV_RUN_ID=${TRITONCONV_RUN_ID:-gpucheck-$(date -u +%Y%m%dT%H%M%SZ)}
+if [ -z "${TRITONCONV_COMMIT:-}" ]; then
+    if sha=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null); then
+        [ -n "$(git -C "$ROOT" status --porcelain 2>/dev/null)" ] && sha="$sha-dirty"
+        TRITONCONV_COMMIT=$sha
+    else
+        TRITONCONV_COMMIT=unknown
+    fi
+fi
+export TRITONCONV_COMMIT
+CACHE_DIR=${TRITONCONV_CACHE_DIR:-$HOME/.cache/tritonconv}
+export TRITONCONV_CACHE_DIR=$CACHE_DIR
+
+if [ -n "${TUNING_CACHE_TAR:-}" ]; then
+    mkdir -p "$CACHE_DIR" && tar -xzf "$TUNING_CACHE_TAR" -C "$CACHE_DIR" ||
+        echo "could not extract $TUNING_CACHE_TAR into $CACHE_DIR" >&2
+fi
+
+LOG="$OUTDIR/gpu_check.log"
+CSV="$OUTDIR/results.csv"
+: >"$LOG"
+START=$(date +%s)
+END=$((START + BUDGET))
+RESERVE=30 # seconds kept for the report at the end
+STAGES=()
+
+log() { echo "$*" | tee -a "$LOG" >&2; }
+
+# seconds left for stages
+left() { echo $((END - RESERVE - $(date +%s))); }
+
+# stage NAME SHARE_PERCENT CAP_S COMMAND...: run COMMAND with SHARE_PERCENT of the time left
+# (at most CAP_S); the command may read its own budget from $STAGE_S.
+stage() {
+    local name=$1 share=$2 cap=$3
+    shift 3
+    local l t s rc
+    l=$(left)
+    if [ "$l" -lt 20 ]; then
+        log "== [$name] skipped: out of time"
+        STAGES+=("$name | skipped (out of time) | 0")
+        return 0
+    fi
+    t=$((l * share / 100))
+    [ "$t" -gt "$cap" ] && t=$cap
+    [ "$t" -lt 20 ] && t=20
+    [ "$t" -gt "$l" ] && t=$l
+    export STAGE_S=$t
+    log "== [$name] up to ${t}s: $*"
+    s=$(date +%s)
+    # a new bash runs the (exported) function or command, so that timeout can stop it
+    timeout -k 10 "$t" bash -c '"$@"' "$name" "$@" >>"$LOG" 2>&1
+    rc=$?
+    local took=$(($(date +%s) - s))
+    case $rc in
+        0) STAGES+=("$name | ok | $took") ;;
+        124 | 137) STAGES+=("$name | stopped at its time limit (${t}s) | $took") ;;
+        *) STAGES+=("$name | exit $rc | $took") ;;
+    esac
+    log "== [$name] exit $rc after ${took}s"
+}
+
+# a sweep stage: the sweep stops starting measurements 15 s before the stage's limit
+sweep() {
+    $PY -m tritonconv.bench --out "$OUTDIR" --csv "$CSV" --run-id "$TRITONCONV_RUN_ID" --no-report \
+        --warmup-ms 10 --rep-ms 50 \
+        --time-budget $((STAGE_S > 30 ? STAGE_S - 15 : STAGE_S * 2 / 3)) "$@"
+}
+
+env_info() {
+    {
+        echo "date: $(date -u +%Y-%m-%dT%H:%M:%SZ)"
+        echo "host: $(hostname)"
+        echo "commit: $TRITONCONV_COMMIT"
+        echo "run id: $TRITONCONV_RUN_ID"
+        echo "budget: ${BUDGET}s"
+        echo "PYTHONPATH: $PYTHONPATH"
+        echo "tuning cache: $TRITONCONV_CACHE_DIR"
+        echo
+        nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm,power.limit,temperature.gpu \
+            --format=csv 2>&1 || echo "nvidia-smi failed"
+        echo
+        $PY - <<'EOF'
+import os, platform, sys
+import torch, triton
+print("python", sys.version.split()[0], platform.platform())
+print("torch", torch.__version__, "cuda", torch.version.cuda, "cudnn", torch.backends.cudnn.version())
+print("triton", triton.__version__)
+if torch.cuda.is_available():
+    p = torch.cuda.get_device_properties(0)
+    print("device", p.name, f"sm_{p.major}{p.minor}", p.multi_processor_count, "SMs",
+          f"{p.total_memory / 2**30:.1f} GiB", f"L2 {getattr(p, 'L2_cache_size', 0) / 2**20:.0f} MiB")
+else:
+    print("CUDA: not available")
+import tritonconv
+print("tritonconv", tritonconv.__version__, "from", os.path.dirname(tritonconv.__file__))
+import torch._inductor.config as c
+print("inductor max_autotune_conv_backends:", getattr(c, "max_autotune_conv_backends", "(no such setting)"))
+EOF
+    } >"$OUTDIR/env.txt" 2>&1
+}
+
+quick_tests() {
+    local extra=()
+    $PY -c "import pytest_timeout" 2>/dev/null && extra=(--timeout 120)
+    $PY -m pytest "$TESTS" -x -q -k "not hypothesis" -p no:cacheprovider "${extra[@]}" >"$OUTDIR/tests.log" 2>&1
+    local rc=$?
+    tail -n 3 "$OUTDIR/tests.log"
+    return $rc
+}
+
+e2e() {
+    # shellcheck disable=SC2086  # E2E_ARGS is a list of words
+    $PY perf/resnet50.py --batch "$BATCH" --dtype "$FP16" --layout channels_last --csv "$CSV" \
+        --run-id "$TRITONCONV_RUN_ID" --time-budget $((STAGE_S > 40 ? STAGE_S - 20 : STAGE_S * 2 / 3)) $E2E_ARGS
+}
+
+export PY OUTDIR CSV BUDGET TRITONCONV_CACHE_DIR
+export -f sweep env_info quick_tests e2e
+
+PRESET=resnet50 BATCH=32 FP16=fp16 BF16=bf16 TESTS=tests E2E_ARGS=""
+BACKWARD_LAYERS="conv1,layer1.0.conv2,layer2.0.conv2,layer2.0.downsample.0,layer3.1.conv1,layer4.1.conv2"
+if [ "${GPU_CHECK_DRY_RUN:-0}" = 1 ]; then
+    PRESET=smoke BATCH=2 FP16=fp32 TESTS=tests/test_bench.py BACKWARD_LAYERS="3x3,1x1/2"
+    E2E_ARGS="--tiny --image 32 --reps 1"
+    torch_cuda=$($PY -c "import torch; print(int(torch.cuda.is_available()))" 2>/dev/null || echo 0)
+    [ "$torch_cuda" = 1 ] || export TRITON_INTERPRET=1
+fi
+export PRESET BATCH FP16 BF16 TESTS E2E_ARGS
+
+log "tritonconv GPU check: budget ${BUDGET}s, output $OUTDIR, run $TRITONCONV_RUN_ID, commit $TRITONCONV_COMMIT"
+stage environment 100 60 env_info
+stage "tests (quick)" 18 110 quick_tests
+stage "forward fp16" 50 600 sweep --preset "$PRESET" --batch "$BATCH" --dtype "$FP16" --layout channels_last \
+    --modes forward
+stage "forward bf16" 30 600 sweep --preset "$PRESET" --batch "$BATCH" --dtype "$BF16" --layout channels_last \
+    --modes forward
+stage "backward fp16" 45 600 sweep --preset "$PRESET" --batch "$BATCH" --dtype "$FP16" --layout channels_last \
+    --modes grad_input,grad_weight,forward_backward --layers "$BACKWARD_LAYERS"
+stage "end to end fp16" 100 600 e2e
+
+# report: rendered from the CSV; then the stage table; the summary is printed last
+if [ -s "$CSV" ]; then
+    timeout -k 5 $((RESERVE - 5)) $PY -m tritonconv.bench.report "$CSV" --out "$OUTDIR" \
+        --run-id "$TRITONCONV_RUN_ID" >>"$LOG" 2>&1 || log "report failed (see $LOG)"
+else
+    echo "# tritonconv GPU check" >"$OUTDIR/summary.md"
+    echo >>"$OUTDIR/summary.md"
+    echo "No benchmark rows were written (see gpu_check.log)." >>"$OUTDIR/summary.md"
+fi
+if [ -d "$CACHE_DIR" ]; then
+    tar -czf "$OUTDIR/tuning-cache.tar.gz" -C "$CACHE_DIR" . 2>>"$LOG" || true
+fi
+{
+    echo
+    echo "## GPU check stages"
+    echo
+    echo "| stage | result | seconds |"
+    echo "| --- | --- | --- |"
+    for s in "${STAGES[@]}"; do echo "| $s |"; done
+    echo
+    echo "Tests: $(tail -n 1 "$OUTDIR/tests.log" 2>/dev/null || echo 'not run')"
+    echo "Total: $(($(date +%s) - START)) s of a ${BUDGET} s budget. Files: $(cd "$OUTDIR" && ls | tr '\n' ' ')"
+} >>"$OUTDIR/summary.md"
+cat "$OUTDIR/summary.md"

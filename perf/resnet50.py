@@ -1,0 +1,316 @@
+"""End to end: a ResNet-50 training step (forward + backward) with every conv from tritonconv vs cuDNN.
+
+The network is torchvision's ResNet-50 (v1.5: stride on the 3x3), written out
+here so that no torchvision is needed. Both variants share one set of weights:
+the cuDNN one is the plain model, the tritonconv one is a deep copy passed
+through ``tritonconv.convert`` (every nn.Conv2d becomes tritonconv's, which
+runs forward, grad_input and grad_weight on Triton kernels). BatchNorm, ReLU,
+pooling, the classifier and the loss are PyTorch's in both.
+
+A step is ``loss = cross_entropy(model(x)); grads = autograd.grad(loss,
+params)``, timed with ``triton.testing.do_bench``. Before timing, the
+tritonconv step runs once under a dispatch mode that counts aten
+convolutions (it must see none), and every provider's loss and gradients are
+compared with the same step in float64 (rel_err). Rows go to the sweep's CSV (kernel "resnet50_e2e",
+layer "network"), so ``tritonconv.bench.report`` shows them in the summary.
+
+    PYTHONPATH=. python perf/resnet50.py --batch 32 --dtype fp16 --out perf/out
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import sys
+import time
+from pathlib import Path
+from typing import List, Optional, Sequence, Tuple
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.utils._python_dispatch import TorchDispatchMode
+
+
+# --------------------------------------------------------------------------- the network
+
+
+class Bottleneck(nn.Module):
+    expansion = 4
+
+    def __init__(self, in_ch: int, width: int, stride: int = 1):
+        super().__init__()
+        out_ch = width * self.expansion
+        self.conv1 = nn.Conv2d(in_ch, width, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(width)
+        self.conv2 = nn.Conv2d(width, width, 3, stride=stride, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(width)
+        self.conv3 = nn.Conv2d(width, out_ch, 1, bias=False)
+        self.bn3 = nn.BatchNorm2d(out_ch)
+        self.relu = nn.ReLU(inplace=True)
+        self.downsample = None
+        if stride != 1 or in_ch != out_ch:
+            self.downsample = nn.Sequential(nn.Conv2d(in_ch, out_ch, 1, stride=stride, bias=False),
+                                            nn.BatchNorm2d(out_ch))
+
+    def forward(self, x):
+        identity = x if self.downsample is None else self.downsample(x)
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.relu(self.bn2(self.conv2(out)))
+        out = self.bn3(self.conv3(out))
+        return self.relu(out + identity)
+
+
+class ResNet(nn.Module):
+    def __init__(self, blocks: Sequence[int] = (3, 4, 6, 3), width: int = 64, num_classes: int = 1000):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, width, 7, stride=2, padding=3, bias=False)
+        self.bn1 = nn.BatchNorm2d(width)
+        self.relu = nn.ReLU(inplace=True)
+        self.maxpool = nn.MaxPool2d(3, stride=2, padding=1)
+        in_ch = width
+        for i, n in enumerate(blocks):
+            w = width * 2**i
+            stage = []
+            for b in range(n):
+                stage.append(Bottleneck(in_ch, w, stride=2 if (b == 0 and i > 0) else 1))
+                in_ch = w * Bottleneck.expansion
+            setattr(self, f"layer{i + 1}", nn.Sequential(*stage))
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(in_ch, num_classes)
+
+    def forward(self, x):
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
+        return self.fc(torch.flatten(self.avgpool(x), 1))
+
+
+def resnet50(num_classes: int = 1000) -> ResNet:
+    return ResNet((3, 4, 6, 3), 64, num_classes)
+
+
+def conv_layers(model: nn.Module, image: int = 224) -> List[Tuple[str, Tuple]]:
+    """(module name, (C, H, W, K, R, S, stride, padding, dilation, groups)) for every conv a
+    forward pass runs, in order; computed on the meta device (no memory, no time)."""
+    model = copy.deepcopy(model).to("meta").eval()
+    found: List[Tuple[str, Tuple]] = []
+    hooks = []
+    for name, mod in model.named_modules():
+        if isinstance(mod, nn.Conv2d):
+            def hook(m, inputs, output, name=name):
+                _, C, H, W = inputs[0].shape
+                found.append((name, (C, H, W, m.out_channels, *m.kernel_size, tuple(m.stride), tuple(m.padding),
+                                     tuple(m.dilation), m.groups)))
+            hooks.append(mod.register_forward_hook(hook))
+    with torch.no_grad():
+        model(torch.empty(1, 3, image, image, device="meta"))
+    for h in hooks:
+        h.remove()
+    return found
+
+
+class AtenConvCounter(TorchDispatchMode):
+    """Counts aten convolution calls (forward and backward) made while active."""
+
+    NAMES = ("convolution", "convolution_backward", "cudnn_convolution", "_convolution", "conv2d")
+
+    def __init__(self):
+        super().__init__()
+        self.count = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func.namespace == "aten" and func.__name__.split(".")[0] in self.NAMES:
+            self.count += 1
+        return func(*args, **(kwargs or {}))
+
+
+# --------------------------------------------------------------------------- the measurement
+
+
+def _step_fn(model: nn.Module, x: torch.Tensor, target: torch.Tensor):
+    params = [p for p in model.parameters() if p.requires_grad]
+
+    def step():
+        loss = F.cross_entropy(model(x).float(), target)
+        return (loss, *torch.autograd.grad(loss, params))
+
+    return step
+
+
+def _reference_step(model: nn.Module, x: torch.Tensor, target: torch.Tensor):
+    """The step in float64 on aten convolutions (the model's own weights, upcast)."""
+    ref_model = copy.deepcopy(model).double()
+    with torch.backends.cudnn.flags(enabled=True, benchmark=False, deterministic=False, allow_tf32=False):
+        out = _step_fn(ref_model, x.double(), target)()
+    return [t.detach() for t in out]
+
+
+def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    a, b = a.detach().double(), b.detach().double()
+    if not torch.isfinite(a).all():
+        return float("inf")
+    d = torch.linalg.vector_norm(b).item()
+    return torch.linalg.vector_norm(a - b).item() / (d if d > 0 else 1.0)
+
+
+def _time(fn, device: str, warmup_ms: float, rep_ms: float, reps: int) -> Tuple[float, float, float]:
+    if device == "cuda":
+        from triton.testing import do_bench
+
+        res = do_bench(fn, warmup=warmup_ms, rep=rep_ms, quantiles=[0.5, 0.2, 0.8])
+        return float(res[0]), float(res[1]), float(res[2])
+    times = []
+    for _ in range(max(1, reps)):
+        t0 = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - t0) * 1e3)
+    times.sort()
+    mid = times[len(times) // 2]
+    return mid, times[0], times[-1]
+
+
+def _precompile(args, device: str) -> None:
+    """Compile (in parallel) and so speed up tuning of every tritonconv kernel the step runs,
+    through the ResNet-50 preset, whose layers are exactly this network's convs."""
+    if device != "cuda" or args.no_precompile:
+        return
+    from tritonconv.bench import presets, providers
+    from tritonconv.bench.precompile import precompile
+
+    cases = [providers.Case("resnet50", layer, args.batch, "forward_backward", args.dtype, args.layout, device)
+             for layer in presets.get_preset("resnet50").layers]
+    stats = precompile([lambda c=c: providers.tritonconv_calls(c, providers.make_inputs(c, 0), each_family=True)
+                        for c in cases], workers=args.workers)
+    print(f"resnet50: precompile: {stats}", file=sys.stderr)
+    torch.cuda.empty_cache()
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--dtype", default="fp16", choices=("fp16", "bf16", "fp32"))
+    p.add_argument("--layout", default="channels_last", choices=("channels_last", "nchw"))
+    p.add_argument("--image", type=int, default=224)
+    p.add_argument("--providers", default="cudnn,tritonconv", help="comma-separated: cudnn,tritonconv")
+    p.add_argument("--out", default="perf/out")
+    p.add_argument("--csv", default="", help="CSV to append to (default OUT/results.csv)")
+    p.add_argument("--run-id", default="")
+    p.add_argument("--time-budget", type=float, default=0, help="seconds; measure nothing new after that")
+    p.add_argument("--warmup-ms", type=float, default=50)
+    p.add_argument("--rep-ms", type=float, default=500)
+    p.add_argument("--reps", type=int, default=2, help="timed steps without CUDA")
+    p.add_argument("--workers", type=int, default=0)
+    p.add_argument("--no-precompile", action="store_true")
+    p.add_argument("--tiny", action="store_true", help="a tiny ResNet (for the CPU interpreter): blocks 1,1,1,1, "
+                   "width 8, 10 classes; use with --image 32 --batch 2")
+    args = p.parse_args(list(argv) if argv is not None else None)
+
+    import tritonconv
+    from tritonconv.bench import presets, sweep
+    from tritonconv.bench.providers import DTYPES
+
+    device = "cuda" if torch.cuda.is_available() and not tritonconv.INTERPRETER else "cpu"
+    if device == "cpu" and not tritonconv.INTERPRETER:
+        print("resnet50: no CUDA device; run with TRITON_INTERPRET=1 (and --tiny) for the CPU", file=sys.stderr)
+        return 2
+    deadline = time.monotonic() + args.time_budget if args.time_budget > 0 else None
+    dtype, fmt = DTYPES[args.dtype], (torch.channels_last if args.layout == "channels_last" else
+                                      torch.contiguous_format)
+    torch.manual_seed(0)
+    model = (ResNet((1, 1, 1, 1), 8, 10) if args.tiny else resnet50())
+    model = model.to(device=device, dtype=dtype, memory_format=fmt).train()
+    num_classes = model.fc.out_features
+    x = torch.randn(args.batch, 3, args.image, args.image, device=device, dtype=dtype).contiguous(memory_format=fmt)
+    target = torch.randint(0, num_classes, (args.batch,), device=device)
+
+    convs = conv_layers(model, args.image)
+    if not args.tiny and args.image == 224:
+        shapes = {layer.shape_key: layer for layer in presets.get_preset("resnet50").layers}
+        flops = sum(shapes[(C, H, W, K, R, S, st, pad, dil, g)].problem(args.batch).flops
+                    for _, (C, H, W, K, R, S, st, pad, dil, g) in convs)
+    else:
+        from tritonconv.spec import problem_from_shapes
+
+        flops = sum(problem_from_shapes((args.batch, C, H, W), (K, C // g, R, S), st, pad, dil, g).flops
+                    for _, (C, H, W, K, R, S, st, pad, dil, g) in convs)
+    flops *= 3  # forward, grad_input, grad_weight of every conv
+
+    info = sweep.run_info(args.run_id or None)
+    sink = sweep.CsvSink(Path(args.csv) if args.csv else Path(args.out) / "results.csv")
+    providers = [s.strip() for s in args.providers.split(",") if s.strip()]
+    if device == "cpu":
+        providers = ["aten-cpu" if pr == "cudnn" else pr for pr in providers]
+    reference = None  # the step in float64 on aten, for every provider's rel_err
+    baseline_err = 0.0
+    rows = []
+    for provider in providers:
+        row = info.base_row()
+        row.update(kernel="resnet_tiny_e2e" if args.tiny else "resnet50_e2e", provider=provider,
+                   mode="forward_backward", preset="resnet50", layer="network", count=1, N=args.batch, C=3,
+                   H=args.image, W=args.image, K=num_classes,
+                   dtype=args.dtype, layout=args.layout, flops=flops, timestamp=sweep._now(),
+                   note=f"{len(convs)} convs; BN, ReLU, pooling, fc, loss from PyTorch")
+        if info.interpreter:
+            row["note"] += f"; {sweep.INTERPRETER_LABEL}"
+        if deadline is not None and time.monotonic() > deadline:
+            row["status"] = "skipped: time budget"
+            sink.write(row)
+            rows.append(row)
+            continue
+        try:
+            net = model
+            if provider == "tritonconv":
+                net = tritonconv.convert(copy.deepcopy(model))
+                _precompile(args, device)
+            step = _step_fn(net, x, target)
+            old_bench = torch.backends.cudnn.benchmark
+            torch.backends.cudnn.benchmark = provider == "cudnn"
+            try:
+                first = step()  # tunes / picks algorithms
+                if provider == "tritonconv":
+                    with AtenConvCounter() as counter:
+                        first = step()
+                    row["note"] += f"; aten convolutions in a tritonconv step: {counter.count}"
+                if reference is None:
+                    reference = _reference_step(model, x, target)
+                # the loss, and all parameter gradients as one vector (per-tensor errors of
+                # BatchNorm's tiny gradients say more about conditioning than about convs)
+                flat = [torch.cat([g.detach().double().flatten() for g in grads]) for grads in
+                        (first[1:], reference[1:])]
+                row["rel_err"] = max(_rel(first[0], reference[0]), _rel(*flat))
+                del first
+                median, p20, p80 = _time(step, device, args.warmup_ms, args.rep_ms, args.reps)
+            finally:
+                torch.backends.cudnn.benchmark = old_bench
+            # a mismatch: farther from float64 than the dtype's tolerance and than twice the
+            # baseline's own error (a BatchNorm network in pure fp16 can be far from fp64 for both)
+            tol = max({"fp16": 0.05, "bf16": 0.1, "fp32": 0.02}[args.dtype], 2 * baseline_err)
+            if provider != "tritonconv":
+                baseline_err = max(baseline_err, row["rel_err"])
+            aten_free = provider != "tritonconv" or row["note"].endswith("step: 0")
+            if provider == "tritonconv" and row["rel_err"] > tol:
+                row["status"] = f"mismatch: rel_err vs float64 {row['rel_err']:.2e} > {tol:.1e}"
+            elif not aten_free:
+                row["status"] = "error: aten convolutions ran in the tritonconv step"
+            else:
+                row["status"] = "ok"
+            row.update(median_ms=median, p20_ms=p20, p80_ms=p80, tflops=flops / (median * 1e-3) / 1e12)
+        except Exception as err:
+            row["status"] = sweep._status_of(err)
+        sink.write(row)
+        rows.append(row)
+        if device == "cuda":
+            torch.cuda.empty_cache()
+        print(f"resnet50 {provider}: {row.get('status')} {row.get('median_ms', float('nan')):.3f} ms "
+              f"rel_err {row.get('rel_err', float('nan')):.2e}", file=sys.stderr)
+    by = {r["provider"]: r for r in rows if r.get("status") == "ok"}
+    if "tritonconv" in by and len(by) > 1:
+        for name, r in by.items():
+            if name != "tritonconv":
+                print(f"resnet50 e2e: tritonconv {by['tritonconv']['median_ms']:.2f} ms vs {name} "
+                      f"{r['median_ms']:.2f} ms: speedup {r['median_ms'] / by['tritonconv']['median_ms']:.2f}x")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

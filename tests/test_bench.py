@@ -1,0 +1,379 @@
+"""The performance harness: the smoke sweep end to end, the report, the presets, the tuning cache.
+
+On a CPU machine the sweep runs through Triton's interpreter (conftest sets it
+up), so these tests check plumbing and formats, never speed.
+"""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import json
+import math
+import warnings
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+import triton
+
+from conftest import CUDA
+
+from tritonconv import tuning
+from tritonconv.bench import precompile, presets, report, sweep
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True)
+def tuning_cache_dir(tmp_path, monkeypatch):
+    """Every test gets its own tuning-cache directory (on a GPU the sweeps tune and save)."""
+    monkeypatch.setenv(tuning.ENV_DIR, str(tmp_path / "tuning-cache"))
+    tuning.reset_state()
+    yield tmp_path / "tuning-cache"
+    tuning.reset_state()
+
+
+def _read_csv(path):
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        return reader.fieldnames, list(reader)
+
+
+# --------------------------------------------------------------------------- the smoke sweep
+
+
+def test_smoke_sweep_writes_csv_markdown_and_plot(tmp_path):
+    # every provider that runs here, plus one that cannot (a row with its reason, not a gap)
+    runnable = ["tritonconv", "cudnn", "im2col", "unfold"] if CUDA else ["tritonconv", "im2col", "unfold", "aten-cpu"]
+    cannot = "aten-cpu" if CUDA else "cudnn"
+    out = tmp_path / "out"
+    argv = ["--preset", "smoke", "--out", str(out), "--quiet", "--reps", "1", "--run-id", "smoke-test",
+            "--providers", ",".join(runnable + [cannot]), "--dtype", "fp16" if CUDA else "fp32"]
+    assert sweep.main(argv) == 0
+
+    header, rows = _read_csv(out / "results.csv")
+    assert header == sweep.COLUMNS
+    layers = [layer.name for layer in presets.get_preset("smoke").layers]
+    for name in runnable + [cannot]:
+        got = {r["layer"]: r for r in rows if r["provider"] == name}
+        assert sorted(got) == sorted(layers), f"{name}: rows for {sorted(got)}"
+    for r in rows:
+        assert r["run_id"] == "smoke-test" and r["kernel"] == "conv2d" and r["mode"] == "forward"
+        assert r["gpu"] and r["torch"] == torch.__version__ and r["triton"] == triton.__version__
+        assert r["tritonconv"] and r["commit"] and r["timestamp"]
+        assert int(r["N"]) == 2 and int(r["C"]) > 0 and r["layout"] == "channels_last"
+        if r["provider"] == cannot:
+            assert r["status"].startswith("unsupported"), r["status"]
+            continue
+        assert r["status"] == "ok", (r["provider"], r["layer"], r["status"])
+        median, p20, p80 = float(r["median_ms"]), float(r["p20_ms"]), float(r["p80_ms"])
+        assert median > 0 and p20 <= median <= p80
+        assert float(r["tflops"]) > 0 and float(r["rel_err"]) < 1e-2
+        assert int(r["flops"]) == presets.get_preset("smoke").select([r["layer"]])[0].problem(2).flops
+        if r["provider"] != "tritonconv":
+            ratio = float(r["speedup_tritonconv"])
+            tc = next(t for t in rows if t["provider"] == "tritonconv" and t["layer"] == r["layer"])
+            assert math.isclose(ratio, median / float(tc["median_ms"]), rel_tol=1e-3)
+
+    summary = (out / "summary.md").read_text()
+    assert "Geometric-mean speedup" in summary and "vs im2col" in summary and "| smoke |" in summary
+    assert (out / "details.md").read_text().count("| 3x3 |") == 1
+    if not CUDA:
+        assert "interpreter timings, not performance" in summary
+        assert "interpreter timings, not performance" in rows[0]["timer"]
+    if importlib.util.find_spec("matplotlib") is not None:
+        png = (out / "plot.png").read_bytes()
+        assert png[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_smoke_sweep_backward_modes_and_time_budget(tmp_path):
+    out = tmp_path / "out"
+    argv = ["--preset", "smoke", "--layers", "3x3", "--modes", "grad_input,grad_weight,forward_backward",
+            "--providers", "tritonconv,unfold", "--out", str(out), "--quiet", "--reps", "1", "--no-report",
+            "--dtype", "fp16" if CUDA else "fp32"]
+    assert sweep.main(argv) == 0
+    _, rows = _read_csv(out / "results.csv")
+    assert sorted((r["provider"], r["mode"]) for r in rows) == sorted(
+        (p, m) for p in ("tritonconv", "unfold") for m in ("grad_input", "grad_weight", "forward_backward"))
+    assert all(r["status"] == "ok" for r in rows), [r["status"] for r in rows]
+    fb = next(r for r in rows if r["provider"] == "tritonconv" and r["mode"] == "forward_backward")
+    fwd_flops = presets.get_preset("smoke").select(["3x3"])[0].problem(2).flops
+    assert int(fb["flops"]) == 3 * fwd_flops
+    assert not (out / "summary.md").exists()
+
+    # a spent time budget: every measurement becomes a 'skipped' row, none is dropped
+    argv = ["--preset", "smoke", "--providers", "tritonconv,unfold", "--out", str(out), "--quiet",
+            "--time-budget", "1e-9", "--run-id", "late"]
+    assert sweep.main(argv) == 0
+    _, rows = _read_csv(out / "results.csv")
+    late = [r for r in rows if r["run_id"] == "late"]
+    assert len(late) == 2 * len(presets.get_preset("smoke").layers)
+    assert all(r["status"] == "skipped: time budget" for r in late)
+    assert "not measured" in (out / "summary.md").read_text() or "(0/4)" in (out / "summary.md").read_text()
+
+
+# --------------------------------------------------------------------------- the report
+
+
+def _row(provider, layer, median, **kw):
+    row = {k: "" for k in sweep.COLUMNS}
+    row.update(kernel="conv2d", provider=provider, mode="forward", preset="resnet50", layer=layer, count=1,
+               N=32, C=64, H=56, W=56, K=64, R=3, S=3, P=56, Q=56, stride_h=1, stride_w=1, pad_h=1, pad_w=1,
+               dil_h=1, dil_w=1, groups=1, dtype="fp16", layout="channels_last", status="ok", median_ms=median,
+               p20_ms=median, p80_ms=median, gpu="Fake GPU", timer="do_bench", run_id="r2",
+               timestamp="2026-01-01T00:00:00Z", commit="abc1234")
+    row.update(kw)
+    return row
+
+
+def test_report_geomeans_targets_and_run_selection(tmp_path):
+    rows = [
+        _row("tritonconv", "a", 1.0, run_id="r1"),  # an older run: ignored
+        _row("cudnn", "a", 9.0, run_id="r1"),
+        _row("tritonconv", "a", 1.0), _row("tritonconv", "b", 2.0),
+        _row("cudnn", "a", 1.0), _row("cudnn", "b", 2.0 * 1.44),  # geomean sqrt(1 * 1.44) = 1.2
+        _row("inductor", "a", 1.1), _row("inductor", "b", 5.0, status="error: boom"),
+        _row("im2col", "a", 3.0), _row("im2col", "b", 3.0),
+        _row("im2col", "b", 8.0),  # the same measurement again: the later row wins
+    ]
+    path = tmp_path / "results.csv"
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=sweep.COLUMNS)
+        writer.writeheader()
+        writer.writerows(rows)
+    paths = report.render(path, tmp_path)
+    selected = report.select_rows(report.load_rows(path))
+    groups = report.speedups(selected)
+    entry = groups[("resnet50", 32, "forward", "fp16", "channels_last")]
+    assert math.isclose(report.geomean(entry["cudnn"]["ratios"].values()), 1.2, rel_tol=1e-9)
+    assert entry["inductor"]["ratios"] == {"a": pytest.approx(1.1)}
+    assert entry["im2col"]["ratios"] == {"a": pytest.approx(3.0), "b": pytest.approx(4.0)}
+    summary = paths["summary"].read_text()
+    target_lines = [line for line in summary.splitlines() if line.startswith("| ResNet-50 forward")]
+    assert "1.20x" in target_lines[0] and "| met" in target_lines[0]
+    assert "1.10x" in target_lines[1] and "not met (on 1 of 2 layers)" in target_lines[1]
+    assert "1.20x (2/2)" in summary and "1.10x (1/2)" in summary
+    assert "error" in summary  # the failed row is listed under Status
+    assert "interpreter" not in summary
+
+
+# --------------------------------------------------------------------------- presets
+
+
+def test_resnet50_preset_is_every_conv_of_the_e2e_model():
+    spec = importlib.util.spec_from_file_location("perf_resnet50", ROOT / "perf" / "resnet50.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    convs = module.conv_layers(module.resnet50())
+    assert len(convs) == 53
+    counts = {}
+    for _, key in convs:
+        counts[key] = counts.get(key, 0) + 1
+    preset = presets.get_preset("resnet50")
+    assert {layer.shape_key: layer.count for layer in preset.layers} == counts
+    assert preset.select(["conv1"])[0].shape_key == (3, 224, 224, 64, 7, 7, (2, 2), (3, 3), (1, 1), 1)
+
+
+@pytest.mark.parametrize("name", sorted(presets.PRESETS))
+def test_presets_are_valid_distinct_convs(name):
+    preset = presets.get_preset(name)
+    keys = [layer.shape_key for layer in preset.layers]
+    assert len(keys) == len(set(keys)) and len({layer.name for layer in preset.layers}) == len(keys)
+    for layer in preset.layers:
+        pb = layer.problem(preset.batch)
+        assert pb.P > 0 and pb.Q > 0 and pb.flops > 0 and layer.count >= 1
+
+
+def test_preset_contents():
+    mobilenet = presets.get_preset("mobilenetv2").layers
+    assert any(layer.groups == layer.C == layer.K and layer.R == 3 for layer in mobilenet)  # depthwise
+    convnext = presets.get_preset("convnext_t").layers
+    assert any(layer.R == 4 and layer.stride == (4, 4) for layer in convnext)
+    assert any(layer.R == 2 and layer.stride == (2, 2) for layer in convnext)
+    assert any(layer.R == 7 and layer.groups == layer.C for layer in convnext)
+    vae = presets.get_preset("vae_decoder").layers
+    assert max(layer.H for layer in vae) >= 256 and {128, 256, 512} <= {layer.C for layer in vae}
+    assert sum(layer.count for layer in presets.get_preset("resnet18").layers) == 20
+    assert sum(layer.count for layer in presets.get_preset("vgg16").layers) == 13
+
+
+# --------------------------------------------------------------------------- tuning cache
+
+
+class FakeAutotuner:
+    """What the tuning cache reads of triton's Autotuner: cache, configs, keys, arg_names, fn."""
+
+    def __init__(self, keys=("M", "N"), block_names=("BLOCK_M", "BLOCK_N"), source="kernel v1"):
+        self.keys = list(keys)
+        self.arg_names = ["x_ptr", "y_ptr", *self.keys]
+        self.configs = [triton.Config({n: 16 for n in block_names}, num_warps=4, num_stages=2),
+                        triton.Config({n: 32 for n in block_names}, num_warps=8, num_stages=3)]
+        self.fn = SimpleNamespace(cache_key=source)
+        self.cache = {}
+
+
+KEY_A = (4096, 64, "torch.float16", "torch.float16")
+KEY_B = (128, 7, "torch.bfloat16", "torch.bfloat16")
+
+
+def _same(a, b):
+    return a.all_kwargs() == b.all_kwargs()
+
+
+def test_tuning_cache_round_trip(tuning_cache_dir):
+    tuner = FakeAutotuner()
+    tuner.cache[KEY_A] = triton.Config({"BLOCK_M": 128, "BLOCK_N": 64}, num_warps=8, num_stages=4)
+    tuner.cache[KEY_B] = triton.Config({"BLOCK_M": 32, "BLOCK_N": 16}, num_warps=2, num_stages=5)
+    assert tuning.save_entries(tuner, "fprop", "Fake GPU 80GB") == 2
+    path = tuning.cache_path("fprop", "Fake GPU 80GB")
+    assert path.parent == tuning_cache_dir and path.exists()
+    data = json.loads(path.read_text())
+    assert data["device_name"] == "Fake GPU 80GB" and len(data["entries"]) == 2
+
+    fresh = FakeAutotuner()  # a later process
+    fresh.cache[KEY_B] = triton.Config({"BLOCK_M": 64, "BLOCK_N": 64})  # tuned here: kept
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        keys = tuning.load_into(fresh, "fprop", "Fake GPU 80GB")
+    assert keys == {KEY_A, KEY_B}
+    assert _same(fresh.cache[KEY_A], tuner.cache[KEY_A])
+    assert fresh.cache[KEY_B].kwargs == {"BLOCK_M": 64, "BLOCK_N": 64}
+    # another GPU model, another file
+    assert tuning.load_into(FakeAutotuner(), "fprop", "Other GPU") == set()
+
+    # merging: a second save keeps the first's entries
+    other = FakeAutotuner()
+    other.cache[(1, 2, "torch.float32")] = triton.Config({"BLOCK_M": 16, "BLOCK_N": 16})
+    tuning.save_entries(other, "fprop", "Fake GPU 80GB")
+    assert len(json.loads(path.read_text())["entries"]) == 3
+
+
+@pytest.mark.parametrize("content", ["{not json", json.dumps({"entries": "x"}), "\x00\x01",
+                                     "BAD_ENTRY", "BAD_CONFIG"])
+def test_tuning_cache_corrupt_file_warns_and_is_retuned(content):
+    tuner = FakeAutotuner()
+    tuner.cache[KEY_A] = triton.Config({"BLOCK_M": 128, "BLOCK_N": 64})
+    tuning.save_entries(tuner, "dgrad", "Fake GPU")
+    path = tuning.cache_path("dgrad", "Fake GPU")
+    if content in ("BAD_ENTRY", "BAD_CONFIG"):
+        data = json.loads(path.read_text())
+        if content == "BAD_ENTRY":
+            data["entries"].append({"key": [[1, 2]], "config": data["entries"][0]["config"]})
+        else:
+            data["entries"][0]["config"]["num_warps"] = "eight"
+        content = json.dumps(data)
+    path.write_text(content)
+    fresh = FakeAutotuner()
+    with pytest.warns(tuning.StaleCacheWarning, match="corrupt"):
+        assert tuning.load_into(fresh, "dgrad", "Fake GPU") == set()
+    assert fresh.cache == {}
+    # the next save replaces the bad file
+    fresh.cache[KEY_B] = triton.Config({"BLOCK_M": 32, "BLOCK_N": 32})
+    assert tuning.save_entries(fresh, "dgrad", "Fake GPU") == 1
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert tuning.load_into(FakeAutotuner(), "dgrad", "Fake GPU") == {KEY_B}
+
+
+@pytest.mark.parametrize("change", ["keys", "source", "meta-parameters"])
+def test_tuning_cache_stale_file_warns(change):
+    tuner = FakeAutotuner()
+    tuner.cache[KEY_A] = triton.Config({"BLOCK_M": 128, "BLOCK_N": 64})
+    tuning.save_entries(tuner, "wgrad", "Fake GPU")
+    newer = {"keys": FakeAutotuner(keys=("M", "N", "K")), "source": FakeAutotuner(source="kernel v2"),
+             "meta-parameters": FakeAutotuner(block_names=("BLOCK_M", "BLOCK_N", "BLOCK_K"))}[change]
+    with pytest.warns(tuning.StaleCacheWarning, match="stale"):
+        assert tuning.load_into(newer, "wgrad", "Fake GPU") == set()
+    assert newer.cache == {}
+
+
+def test_tuning_launch_hooks_persist_across_processes(monkeypatch):
+    monkeypatch.setattr(tuning, "INTERPRETER", False)
+    monkeypatch.setattr(tuning, "device_name", lambda index: f"Fake GPU {index}")
+    device = SimpleNamespace(index=0)
+
+    tuner = FakeAutotuner()
+    before = tuning.before_launch(tuner, "fprop", device)  # nothing on disk yet
+    assert before == 0
+    tuner.cache[KEY_A] = triton.Config({"BLOCK_M": 64, "BLOCK_N": 32}, num_warps=4, num_stages=3)  # "tuned"
+    tuning.after_launch(tuner, "fprop", device, before)
+    assert tuning.cache_path("fprop", "Fake GPU 0").exists()
+    # a launch that tuned nothing writes nothing
+    path = tuning.cache_path("fprop", "Fake GPU 0")
+    mtime = path.stat().st_mtime_ns
+    tuning.after_launch(tuner, "fprop", device, tuning.before_launch(tuner, "fprop", device))
+    assert path.stat().st_mtime_ns == mtime
+
+    tuning.reset_state()  # a new process
+    fresh = FakeAutotuner()
+    assert tuning.before_launch(fresh, "fprop", device) == 1
+    assert _same(fresh.cache[KEY_A], tuner.cache[KEY_A])
+    fresh.cache.clear()
+    assert tuning.before_launch(fresh, "fprop", device) == 0  # loaded once per device, not per launch
+    assert tuning.before_launch(fresh, "fprop", SimpleNamespace(index=1)) == 0  # other device: its own file
+
+
+def test_tuning_hooks_are_inert_under_the_interpreter(monkeypatch):
+    monkeypatch.setattr(tuning, "INTERPRETER", True)
+    tuner = FakeAutotuner()
+    assert tuning.before_launch(tuner, "fprop", SimpleNamespace(index=0)) == -1
+    tuner.cache[KEY_A] = triton.Config({"BLOCK_M": 64, "BLOCK_N": 32})
+    tuning.after_launch(tuner, "fprop", SimpleNamespace(index=0), -1)
+    assert not tuning.cache_dir().exists()
+
+
+def test_tuning_cache_with_a_real_autotuner_and_env_dir(tmp_path, monkeypatch):
+    from tritonconv.kernels.fprop import _fprop_tuned
+
+    moved = tmp_path / "elsewhere"
+    monkeypatch.setenv(tuning.ENV_DIR, str(moved))
+    assert tuning.cache_dir() == moved
+    key = (123456789, 1, 1, 8, 8, 1, 3, 3, 1, 1, 1, 1, 1, 1, "torch.float16")
+    chosen = triton.Config(dict(_fprop_tuned.configs[0].kwargs), num_warps=2, num_stages=2)
+    _fprop_tuned.cache[key] = chosen
+    try:
+        tuning.save_entries(_fprop_tuned, "fprop", "Fake GPU", keys=[key])
+        del _fprop_tuned.cache[key]
+        assert tuning.load_into(_fprop_tuned, "fprop", "Fake GPU") == {key}
+        assert _same(_fprop_tuned.cache[key], chosen)
+    finally:
+        _fprop_tuned.cache.pop(key, None)
+    assert list(moved.glob("fprop__Fake-GPU__*.json"))
+    assert tuning.main(["--list"]) == 0
+
+
+# --------------------------------------------------------------------------- precompile plumbing
+
+
+def test_intercepted_launches_record_arguments_and_run_nothing(device):
+    from tritonconv.kernels.fprop import _fprop_tuned, conv2d_fprop
+    from tritonconv.spec import conv2d_problem
+
+    x = torch.randn(2, 8, 10, 10, device=device).to(memory_format=torch.channels_last)
+    w = torch.randn(16, 8, 3, 3, device=device)
+    problem = conv2d_problem(x, w, None, 1, 1, 1, 1)
+    seen = []
+    with precompile.intercept_launches(lambda tuner, args, kwargs: seen.append((tuner, args, kwargs))):
+        y = conv2d_fprop(x, w, None, problem)
+    assert "run" not in vars(_fprop_tuned)  # restored
+    assert len(seen) == 1 and seen[0][0] is _fprop_tuned and callable(seen[0][2]["grid"])
+    assert torch.isnan(y).all()  # conftest poisons outputs: nothing was computed
+    key = precompile.autotune_key(*seen[0])
+    names = _fprop_tuned.keys
+    expected = {"M": 2 * 10 * 10, "H": 10, "W": 10, "CG": 8, "KG": 16, "R": 3, "S": 3, "syk": y.stride(1)}
+    assert {k: key[names.index(k)] for k in expected if k in names} == {k: v for k, v in expected.items() if k in names}
+    assert len(key) > len(names) and all(k == "torch.float32" for k in key[len(names):])
+    assert "fprop._fprop_tuned" in precompile.autotuners()
+    if not CUDA:
+        assert precompile.precompile([lambda: None]).mode.startswith("interpreter")
+
+
+def test_tune_command_runs_each_layer_once(capsys):
+    args = SimpleNamespace(preset="smoke", batch=0, dtype="fp16" if CUDA else "fp32", layout="channels_last",
+                           modes="forward", layers="3x3", workers=0, no_precompile=False)
+    assert sweep.tune_presets(args) == 0
+    assert "tuning cache:" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="no layer"):
+        sweep.tune_presets(SimpleNamespace(**{**vars(args), "layers": "nope"}))

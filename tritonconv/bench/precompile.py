@@ -1,0 +1,209 @@
+"""Compile every autotune candidate in parallel before anything is timed.
+
+Autotuning a shape compiles each surviving config (one to two seconds each)
+and then times it; a ResNet-50 sweep is hundreds of compiles, serial by
+default. Here the compiles run first, on a thread pool, so that tuning and
+timing later find every kernel already built.
+
+How, without a second copy of any launcher's argument list:
+
+1. ``intercept_launches`` temporarily replaces the ``run`` method of every
+   autotuned kernel in ``tritonconv.kernels`` on the instance, so calling the
+   ordinary ops records each launch's exact arguments instead of launching.
+   The ops allocate their outputs as usual; nothing is computed. Where the
+   ops route a problem among several kernel families, the thunks pin each
+   family in turn (``providers.tritonconv_calls(each_family=True)``), so
+   every family that would be timed is compiled and no timing runs on the
+   intercepted, empty launches.
+2. For each recorded launch: the config already chosen (the autotuner's
+   cache, filled from the persistent tuning cache) or else every config the
+   autotuner's own pruning keeps, is handed to ``JITFunction.warmup``, which
+   specialises exactly like a launch and compiles without running.
+3. Those warmups run inside ``triton.AsyncCompileMode`` with a
+   ``ThreadPoolExecutor`` (Triton's API for exactly this: ``warmup`` then
+   submits the compile to the pool and returns at once; leaving the mode
+   waits for all of them and installs the kernels in the JIT function's
+   cache). How much the threads overlap is for the GPU check's log to show:
+   it prints the precompile's wall time.
+   ``AsyncCompileMode(executor, ignore_errors=...)`` is the same in triton
+   3.6 and 3.9 (its internals differ). Where it is missing or fails, the
+   warmups run serially, which costs nothing extra: tuning would have
+   compiled the same kernels.
+
+A config that fails to compile here fails again, the same way, when the
+autotuner times it, and is skipped there as usual. Under Triton's interpreter
+there is nothing to compile and ``precompile`` returns at once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import os
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
+
+from ..kernels._common import INTERPRETER
+
+__all__ = ["PrecompileStats", "autotuners", "intercept_launches", "autotune_key", "precompile"]
+
+
+@dataclass
+class PrecompileStats:
+    launches: int = 0  # launches recorded
+    compiles: int = 0  # (launch, config) warmups issued
+    errors: int = 0  # warmups that raised while being issued (serial mode: compile errors)
+    seconds: float = 0.0
+    mode: str = "none"
+
+    def __str__(self) -> str:
+        return (f"{self.compiles} kernel compiles for {self.launches} launches in {self.seconds:.1f} s "
+                f"({self.mode}{f', {self.errors} errors' if self.errors else ''})")
+
+
+def autotuners() -> Dict[str, Any]:
+    """Every ``triton.autotune`` kernel defined at module level in ``tritonconv.kernels``,
+    by "module.attribute" (found, not listed, so new kernel families are covered)."""
+    import importlib
+    import pkgutil
+
+    from triton.runtime.autotuner import Autotuner
+
+    from .. import kernels
+
+    found: Dict[str, Any] = {}
+    for info in pkgutil.iter_modules(kernels.__path__):
+        try:
+            module = importlib.import_module(f"{kernels.__name__}.{info.name}")
+        except Exception:  # a module that does not import is not ours to compile
+            continue
+        for attr, value in vars(module).items():
+            if isinstance(value, Autotuner) and all(value is not v for v in found.values()):
+                found[f"{info.name}.{attr}"] = value
+    return found
+
+
+def autotune_key(autotuner: Any, args: Sequence[Any], kwargs: Dict[str, Any]) -> Tuple:
+    """The key ``Autotuner.run`` would compute for this launch (triton 3.2 to 3.9).
+
+    The ``key=`` argument values in order, then ``str(dtype)`` of every
+    argument that has a dtype (the tensors), in argument order.
+    """
+    named = {**dict(zip(autotuner.arg_names, args)), **kwargs}
+    named = {k: v for k, v in named.items() if k in autotuner.arg_names}
+    key = [named[k] for k in autotuner.keys if k in named]
+    key += [str(v.dtype) for v in named.values() if hasattr(v, "dtype")]
+    return tuple(key)
+
+
+def _fake_run(on_launch, autotuner, *args, grid=None, warmup=False, **kwargs):
+    on_launch(autotuner, args, dict(kwargs, grid=grid))
+    return None
+
+
+@contextlib.contextmanager
+def intercept_launches(on_launch: Callable[[Any, Tuple, Dict], None], tuners: Optional[Iterable[Any]] = None):
+    """Within the block, launches of the autotuned kernels call ``on_launch(autotuner, args, kwargs)``
+    (``kwargs`` includes ``grid``) instead of running. The ops still allocate their outputs."""
+    tuners = list(tuners) if tuners is not None else list(autotuners().values())
+    for tuner in tuners:
+        # kernel[grid](...) calls self.run(...): an instance attribute shadows the method
+        tuner.run = functools.partial(_fake_run, on_launch, tuner)
+    try:
+        yield
+    finally:
+        for tuner in tuners:
+            tuner.__dict__.pop("run", None)
+
+
+def _configs_for(tuner: Any, args: Tuple, kwargs: Dict) -> List[Any]:
+    """The configs a launch would compile: the cached choice, else what pruning keeps."""
+    if len(tuner.configs) <= 1:
+        return list(tuner.configs)
+    cached = tuner.cache.get(autotune_key(tuner, args, kwargs))
+    if cached is not None:
+        return [cached]
+    launch_kwargs = {k: v for k, v in kwargs.items() if k != "grid"}
+    tuner.nargs = dict(zip(tuner.arg_names, args))
+    try:
+        return list(tuner.prune_configs(launch_kwargs))
+    finally:
+        tuner.nargs = None
+
+
+def _async_mode(workers: int):
+    """(executor, AsyncCompileMode) or None where this triton has no async compile."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import triton
+
+    AsyncCompileMode = getattr(triton, "AsyncCompileMode", None)  # exported by triton 3.6 and 3.9
+    if AsyncCompileMode is None:
+        return None
+    executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="tritonconv-compile")
+    try:
+        mode = AsyncCompileMode(executor, ignore_errors=True)
+    except Exception:
+        executor.shutdown(wait=False)
+        return None
+    return executor, mode
+
+
+def precompile(thunks: Iterable[Callable[[], Any]], workers: int = 0, parallel: bool = True,
+               progress: Optional[Callable[[int], None]] = None) -> PrecompileStats:
+    """Compile the kernels (and candidate configs) that ``thunks`` would launch.
+
+    Args:
+        thunks: callables that call tritonconv ops on tensors of the shapes to
+            tune (they may allocate; nothing is launched while they run).
+        workers: compile threads (0: os.cpu_count()).
+        parallel: False compiles serially (what tuning would do anyway).
+        progress: called with 1 after each thunk.
+
+    Returns:
+        counts and the wall time; never raises for a kernel that fails to compile.
+    """
+    stats = PrecompileStats()
+    thunks = list(thunks)
+    if INTERPRETER:
+        stats.mode = "interpreter: nothing to compile"
+        return stats
+    start = time.perf_counter()
+    workers = workers or os.cpu_count() or 1
+    pool = _async_mode(workers) if parallel and workers > 1 else None
+    stats.mode = f"parallel, {workers} threads" if pool else "serial"
+
+    def on_launch(tuner, args, kwargs):
+        stats.launches += 1
+        for config in _configs_for(tuner, args, kwargs):
+            try:
+                tuner.fn.warmup(*args, **kwargs, **config.all_kwargs())
+                stats.compiles += 1
+            except Exception:
+                stats.errors += 1
+
+    def run_thunks():
+        with intercept_launches(on_launch):
+            for thunk in thunks:
+                try:
+                    thunk()
+                except Exception:  # e.g. out of memory for the inputs: the sweep reports it
+                    stats.errors += 1
+                if progress is not None:
+                    progress(1)
+
+    if pool is None:
+        run_thunks()
+    else:
+        executor, mode = pool
+        try:
+            with executor:
+                with mode:  # leaving it waits for every compile and installs the kernels
+                    run_thunks()
+        except Exception as err:  # the async path broke: fall back, tuning will compile the rest
+            stats.mode = f"serial after parallel failed ({type(err).__name__}: {err})"
+            stats.launches = stats.compiles = stats.errors = 0
+            run_thunks()
+    stats.seconds = time.perf_counter() - start
+    return stats

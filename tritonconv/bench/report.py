@@ -1,0 +1,473 @@
+"""Tables and plots, rendered from the sweep's CSV and nothing else.
+
+    python -m tritonconv.bench.report perf/out/results.csv --out perf/out [--run-id ID | --all-runs]
+
+writes ``summary.md`` (targets, geometric-mean speedups per preset and per
+mode, the end-to-end network, problems), ``details.md`` (every layer) and
+``plot.png`` (tritonconv's speedup over each provider, per layer).
+
+Which rows: by default those of the CSV's latest run id (the last row's), so
+a CSV that several sweeps appended to reports the newest; a sweep split over
+several processes shares one run id (``--run-id`` / $TRITONCONV_RUN_ID).
+Where the same measurement appears twice, the later row wins.
+
+Speedup of tritonconv over a provider = provider median / tritonconv median,
+for the same layer, mode, dtype, layout and batch, both with status ok;
+the geometric mean is over the layers where both are ok, and every table
+says over how many of the preset's layers that is.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import math
+import sys
+from collections import OrderedDict, defaultdict
+from pathlib import Path
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
+
+__all__ = ["load_rows", "select_rows", "speedups", "geomean", "render", "render_markdown", "render_plot",
+           "TARGETS", "main"]
+
+INTERPRETER_LABEL = "interpreter timings, not performance"
+
+# (what, preset, mode, dtype, layout, N) -> {provider: target geomean speedup of tritonconv}
+TARGETS = [
+    ("ResNet-50 forward, fp16, channels_last, batch 32", "resnet50", "forward", "fp16", "channels_last", 32,
+     {"cudnn": 1.0, "inductor": 1.3}),
+]
+
+SHAPE_FIELDS = ("N", "C", "H", "W", "K", "R", "S", "stride_h", "stride_w", "pad_h", "pad_w", "dil_h", "dil_w",
+                "groups")
+NUMERIC = ("count", "median_ms", "p20_ms", "p80_ms", "flops", "tflops", "peak_tflops", "pct_peak",
+           "extra_mem_bytes", "speedup_tritonconv", "rel_err", "input_sets") + SHAPE_FIELDS + ("P", "Q")
+
+
+# --------------------------------------------------------------------------- rows
+
+
+def _num(value: str) -> Optional[float]:
+    if value is None or value == "":
+        return None
+    try:
+        return float(value)
+    except ValueError:
+        return None
+
+
+def load_rows(path) -> List[Dict[str, Any]]:
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    for row in rows:
+        for key in NUMERIC:
+            if key in row:
+                row[key] = _num(row[key])
+    return rows
+
+
+def _identity(row) -> Tuple:
+    return (row.get("kernel"), row.get("provider"), row.get("mode"), row.get("preset"), row.get("layer"),
+            row.get("dtype"), row.get("layout")) + tuple(row.get(k) for k in SHAPE_FIELDS)
+
+
+def select_rows(rows: List[Dict[str, Any]], run_id: Optional[str] = None, all_runs: bool = False):
+    """The rows of one run (the given id, else the last row's), later duplicates winning."""
+    if not rows:
+        return []
+    if not all_runs:
+        run_id = run_id or rows[-1].get("run_id")
+        rows = [r for r in rows if r.get("run_id") == run_id]
+    latest: "OrderedDict[Tuple, Dict]" = OrderedDict()
+    for row in rows:
+        key = _identity(row)
+        latest.pop(key, None)
+        latest[key] = row
+    return list(latest.values())
+
+
+def _ok(row) -> bool:
+    return row.get("status") == "ok" and (row.get("median_ms") or 0) > 0
+
+
+def geomean(values: Iterable[float]) -> Optional[float]:
+    values = [v for v in values if v and v > 0]
+    if not values:
+        return None
+    return math.exp(sum(math.log(v) for v in values) / len(values))
+
+
+def _group_key(row) -> Tuple:
+    n = row.get("N")
+    return (row.get("preset"), int(n) if n is not None else None, row.get("mode"), row.get("dtype"),
+            row.get("layout"))
+
+
+def _conv_rows(rows):
+    return [r for r in rows if r.get("kernel") == "conv2d"]
+
+
+def speedups(rows) -> Dict[Tuple, Dict[str, Dict[str, Any]]]:
+    """group (preset, N, mode, dtype, layout) -> provider -> {"ratios": {layer: ratio}, "layers": n}."""
+    by_group: Dict[Tuple, Dict[str, Dict[str, Dict]]] = defaultdict(lambda: defaultdict(dict))
+    for row in _conv_rows(rows):
+        by_group[_group_key(row)][row["provider"]][row["layer"]] = row
+    out: Dict[Tuple, Dict[str, Dict[str, Any]]] = {}
+    for group, provs in by_group.items():
+        layers = set()
+        for per_layer in provs.values():
+            layers.update(per_layer)
+        tc = provs.get("tritonconv", {})
+        out[group] = {}
+        for name, per_layer in provs.items():
+            if name == "tritonconv":
+                continue
+            ratios = {
+                layer: row["median_ms"] / tc[layer]["median_ms"]
+                for layer, row in per_layer.items()
+                if _ok(row) and layer in tc and _ok(tc[layer])
+            }
+            out[group][name] = {"ratios": ratios, "layers": len(layers)}
+    return out
+
+
+def _providers_in(rows) -> List[str]:
+    seen = []
+    for row in rows:
+        if row.get("provider") not in seen and row.get("provider") != "tritonconv":
+            seen.append(row.get("provider"))
+    return seen
+
+
+# --------------------------------------------------------------------------- markdown
+
+
+def _fmt_x(value: Optional[float]) -> str:
+    return f"{value:.2f}x" if value is not None else "n/a"
+
+
+def _fmt_ms(value: Optional[float]) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.3f}" if value < 100 else f"{value:.1f}"
+
+
+def _cell(entry: Optional[Dict[str, Any]]) -> str:
+    if not entry:
+        return "-"
+    g = geomean(entry["ratios"].values())
+    return f"{_fmt_x(g)} ({len(entry['ratios'])}/{entry['layers']})"
+
+
+def _table(header: Sequence[str], body: List[Sequence[str]]) -> List[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(" --- " for _ in header) + "|"]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in body]
+    return lines
+
+
+def _is_interpreter(rows) -> bool:
+    return any("interpreter" in str(r.get("timer", "")) or "interpreter" in str(r.get("gpu", "")) for r in rows)
+
+
+def _environment(rows) -> List[str]:
+    first = rows[0]
+    stamps = sorted(r.get("timestamp", "") for r in rows if r.get("timestamp"))
+    span = f"{stamps[0]} to {stamps[-1]}" if stamps else "?"
+    return [f"- device: **{first.get('gpu')}**; torch {first.get('torch')}, triton {first.get('triton')}, "
+            f"tritonconv {first.get('tritonconv')}, commit `{first.get('commit')}`",
+            f"- run `{first.get('run_id')}`, {span}; timer: {first.get('timer')}"]
+
+
+def _targets(groups) -> List[str]:
+    lines = ["## Targets", ""]
+    body = []
+    for what, preset, mode, dtype, layout, N, goals in TARGETS:
+        entry = groups.get((preset, N, mode, dtype, layout), {})
+        for provider, goal in goals.items():
+            e = entry.get(provider)
+            g = geomean(e["ratios"].values()) if e else None
+            if g is None:
+                verdict = "not measured"
+            else:
+                verdict = "met" if g >= goal else "not met"
+                if e["ratios"] and len(e["ratios"]) < e["layers"]:
+                    verdict += f" (on {len(e['ratios'])} of {e['layers']} layers)"
+            body.append((what, f"vs {provider}", _fmt_x(g), f"{goal:.1f}x", verdict))
+    lines += _table(("case", "speedup of tritonconv", "geomean", "target", "verdict"), body)
+    return lines + [""]
+
+
+def _per_group(groups, providers) -> List[str]:
+    lines = ["## Geometric-mean speedup of tritonconv, per preset", "",
+             "provider median / tritonconv median, geometric mean over layers where both ran "
+             "(in parentheses: layers in the mean / layers in the preset).", ""]
+    body = []
+    for (preset, N, mode, dtype, layout), entry in sorted(groups.items(), key=lambda kv: tuple(map(str, kv[0]))):
+        body.append((preset, N, mode, dtype, layout, *(_cell(entry.get(p)) for p in providers)))
+    lines += _table(("preset", "N", "mode", "dtype", "layout", *(f"vs {p}" for p in providers)), body)
+    return lines + [""]
+
+
+def _per_mode(groups, providers) -> List[str]:
+    pooled: Dict[Tuple, Dict[str, Dict[str, Any]]] = defaultdict(dict)
+    for (preset, N, mode, dtype, layout), entry in groups.items():
+        for p, e in entry.items():
+            slot = pooled[(mode, dtype, layout)].setdefault(p, {"ratios": {}, "layers": 0})
+            slot["ratios"].update({(preset, N, k): v for k, v in e["ratios"].items()})
+            slot["layers"] += e["layers"]
+    lines = ["## Geometric-mean speedup of tritonconv, per mode (all presets pooled)", ""]
+    body = [(mode, dtype, layout, *(_cell(entry.get(p)) for p in providers))
+            for (mode, dtype, layout), entry in sorted(pooled.items())]
+    lines += _table(("mode", "dtype", "layout", *(f"vs {p}" for p in providers)), body)
+    return lines + [""]
+
+
+def _network_time(rows) -> List[str]:
+    """Count-weighted sum of layer medians: the network's conv time per provider, where complete."""
+    per: Dict[Tuple, Dict[str, List]] = defaultdict(lambda: defaultdict(list))
+    layers: Dict[Tuple, set] = defaultdict(set)
+    for row in _conv_rows(rows):
+        g = _group_key(row)
+        layers[g].add(row["layer"])
+        if _ok(row):
+            per[g][row["provider"]].append(row["median_ms"] * (row.get("count") or 1))
+    if not per:
+        return []
+    providers = ["tritonconv"] + _providers_in(rows)
+    lines = ["## Whole-network conv time (sum of count x layer median, ms)", "",
+             "Only where a provider ran every layer of the preset; otherwise the number of layers it ran.", ""]
+    body = []
+    for g in sorted(per, key=lambda k: tuple(map(str, k))):
+        cells = []
+        for p in providers:
+            times = per[g].get(p, [])
+            cells.append(_fmt_ms(sum(times)) if len(times) == len(layers[g]) else f"({len(times)}/{len(layers[g])})")
+        body.append((*map(str, g), *cells))
+    lines += _table(("preset", "N", "mode", "dtype", "layout", *providers), body)
+    return lines + [""]
+
+
+def _e2e(rows) -> List[str]:
+    e2e = [r for r in rows if r.get("kernel") != "conv2d"]
+    if not e2e:
+        return []
+    lines = ["## End to end", "", "A whole network, forward + backward, every conv from the provider.", ""]
+    by_case: Dict[Tuple, Dict[str, Dict]] = defaultdict(dict)
+    for r in e2e:
+        by_case[(r.get("kernel"), r.get("mode"), r.get("dtype"), r.get("layout"), r.get("N"))][r["provider"]] = r
+    body = []
+    for (kernel, mode, dtype, layout, N), provs in by_case.items():
+        tc = provs.get("tritonconv")
+        for p, r in provs.items():
+            speed = None
+            if p != "tritonconv" and tc and _ok(tc) and _ok(r):
+                speed = r["median_ms"] / tc["median_ms"]
+            body.append((kernel, mode, dtype, layout, int(N) if N else "", p, r.get("status"),
+                         _fmt_ms(r.get("median_ms")), _fmt_x(speed) if p != "tritonconv" else "", r.get("note", "")))
+    lines += _table(("network", "mode", "dtype", "layout", "N", "provider", "status", "median ms",
+                     "tritonconv speedup", "note"), body)
+    return lines + [""]
+
+
+def _peaks(rows) -> List[str]:
+    peaks = {}
+    for r in rows:
+        if r.get("peak_tflops"):
+            peaks[r.get("dtype")] = r["peak_tflops"]
+    if not peaks:
+        return []
+    text = ", ".join(f"{d} {v:.4g}" for d, v in sorted(peaks.items()))
+    return [f"- measured matmul peak, TFLOP/s (the basis of % of peak): {text}", ""]
+
+
+def _problems(rows) -> List[str]:
+    bad = [r for r in rows if r.get("status") != "ok"]
+    if not bad:
+        return ["## Status", "", "Every measurement ran (status ok).", ""]
+    counts: Dict[Tuple[str, str], int] = defaultdict(int)
+    examples: Dict[Tuple[str, str], str] = {}
+    for r in bad:
+        status = str(r.get("status"))
+        kind = status.split(":")[0]
+        counts[(r.get("provider"), kind)] += 1
+        examples.setdefault((r.get("provider"), kind), f"{r.get('layer')} {r.get('mode')} {r.get('dtype')}: {status}")
+    lines = ["## Status", "", f"{len(bad)} of {len(rows)} rows are not ok (they are in the CSV, not in the means).",
+             ""]
+    body = [(p, k, n, examples[(p, k)][:160].replace("|", "/")) for (p, k), n in sorted(counts.items())]
+    lines += _table(("provider", "status", "rows", "example"), body)
+    return lines + [""]
+
+
+def render_markdown(rows) -> str:
+    rows = list(rows)
+    if not rows:
+        return "# tritonconv benchmark\n\nNo rows.\n"
+    interp = _is_interpreter(rows)
+    title = "# tritonconv benchmark" + (f" ({INTERPRETER_LABEL})" if interp else "")
+    lines = [title, ""]
+    if interp:
+        lines += [f"> **{INTERPRETER_LABEL}.** These numbers come from Triton's CPU interpreter and measure "
+                  "nothing about GPU speed; they show that the harness runs end to end.", ""]
+    lines += _environment(rows) + _peaks(rows)
+    groups = speedups(rows)
+    providers = _providers_in(_conv_rows(rows))
+    lines += _targets(groups)
+    lines += _per_group(groups, providers)
+    lines += _per_mode(groups, providers)
+    lines += _network_time(rows)
+    lines += _e2e(rows)
+    lines += _problems(rows)
+    lines += ["Per-layer numbers: `details.md`; plot: `plot.png`; raw rows: the CSV."]
+    if interp:
+        lines += ["", f"_{INTERPRETER_LABEL}_"]
+    return "\n".join(lines) + "\n"
+
+
+def render_details(rows) -> str:
+    rows = _conv_rows(rows)
+    interp = _is_interpreter(rows)
+    lines = ["# tritonconv benchmark: every layer" + (f" ({INTERPRETER_LABEL})" if interp else ""), ""]
+    providers = _providers_in(rows)
+    by_group: Dict[Tuple, Dict[str, Dict[str, Dict]]] = defaultdict(lambda: defaultdict(dict))
+    order: Dict[Tuple, List[str]] = defaultdict(list)
+    for r in rows:
+        g = _group_key(r)
+        by_group[g][r["layer"]][r["provider"]] = r
+        if r["layer"] not in order[g]:
+            order[g].append(r["layer"])
+    for g in sorted(by_group, key=lambda k: tuple(map(str, k))):
+        preset, N, mode, dtype, layout = g
+        lines += [f"## {preset}, N={N}, {mode}, {dtype}, {layout}", ""]
+        header = ("layer", "shape", "x", "tritonconv ms", "TFLOP/s", "% peak", "extra MB",
+                  *(f"{p} ms (speedup)" for p in providers))
+        body = []
+        for layer in order[g]:
+            per = by_group[g][layer]
+            any_row = next(iter(per.values()))
+            shape = (f"C{int(any_row['C'])} {int(any_row['H'])}x{int(any_row['W'])} -> K{int(any_row['K'])} "
+                     f"{int(any_row['R'])}x{int(any_row['S'])}/{int(any_row['stride_h'])}"
+                     + (f" g{int(any_row['groups'])}" if any_row.get("groups", 1) != 1 else ""))
+            tc = per.get("tritonconv")
+
+            def ms(r):
+                if r is None:
+                    return "-"
+                return _fmt_ms(r.get("median_ms")) if _ok(r) else str(r.get("status"))[:40].replace("|", "/")
+
+            cells = []
+            for p in providers:
+                r = per.get(p)
+                cell = ms(r)
+                if r is not None and _ok(r) and tc is not None and _ok(tc):
+                    cell += f" ({r['median_ms'] / tc['median_ms']:.2f}x)"
+                cells.append(cell)
+            extra = tc.get("extra_mem_bytes") if tc else None
+            body.append((layer, shape, int(any_row.get("count") or 1), ms(tc),
+                         f"{tc['tflops']:.3g}" if tc and _ok(tc) and tc.get("tflops") else "-",
+                         f"{tc['pct_peak']:.3g}" if tc and _ok(tc) and tc.get("pct_peak") else "-",
+                         f"{extra / 2**20:.1f}" if extra is not None else "-", *cells))
+        lines += _table(header, body) + [""]
+    if interp:
+        lines += [f"_{INTERPRETER_LABEL}_"]
+    return "\n".join(lines) + "\n"
+
+
+# --------------------------------------------------------------------------- plot
+
+
+def render_plot(rows, path) -> Optional[Path]:
+    """One panel per (preset, N, mode, dtype, layout): tritonconv's speedup per layer over
+    each provider (log scale; above 1 = tritonconv faster). None if matplotlib is missing."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+        import matplotlib.ticker
+    except Exception:
+        return None
+    rows = list(rows)
+    interp = _is_interpreter(rows)
+    groups = speedups(rows)
+    targets = [(t[1], t[5], t[2], t[3], t[4]) for t in TARGETS]
+    keys = sorted(groups, key=lambda k: (k not in targets, tuple(map(str, k))))[:8]
+    keys = [k for k in keys if any(e["ratios"] for e in groups[k].values())] or keys[:1]
+    panels = max(1, len(keys))
+    fig, axes = plt.subplots(panels, 1, figsize=(12, 3.6 * panels), squeeze=False)
+    for ax, key in zip(axes[:, 0], keys or [None]):
+        if key is None:
+            ax.text(0.5, 0.5, "no measurements", ha="center", va="center")
+            ax.axis("off")
+            continue
+        entry = groups[key]
+        providers = [p for p in entry if entry[p]["ratios"]]
+        layers: List[str] = []
+        for r in _conv_rows(rows):
+            if _group_key(r) == key and r["layer"] not in layers:
+                layers.append(r["layer"])
+        width = 0.8 / max(1, len(providers))
+        for i, p in enumerate(providers):
+            xs = [j + i * width for j, layer in enumerate(layers) if layer in entry[p]["ratios"]]
+            ys = [entry[p]["ratios"][layer] for layer in layers if layer in entry[p]["ratios"]]
+            g = geomean(ys)
+            ax.bar(xs, ys, width=width, label=f"vs {p} (geomean {_fmt_x(g)})")
+        ax.axhline(1.0, color="black", linewidth=0.8)
+        ax.set_yscale("log")
+        ax.yaxis.set_major_locator(matplotlib.ticker.LogLocator(base=10, subs=(1.0, 1.5, 2.0, 3.0, 5.0, 7.0)))
+        ax.yaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%gx"))
+        ax.yaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+        ax.set_xticks([j + 0.4 - width / 2 for j in range(len(layers))])
+        ax.set_xticklabels(layers, rotation=60, ha="right", fontsize=7)
+        preset, N, mode, dtype, layout = key
+        ax.set_title(f"{preset} N={N} {mode} {dtype} {layout}: tritonconv speedup (>1: faster)"
+                     + (f"  [{INTERPRETER_LABEL}]" if interp else ""), fontsize=9)
+        if providers:
+            ax.legend(fontsize=7, loc="best")
+        else:
+            ax.text(0.5, 0.5, "no speedups to show (no provider ran beside tritonconv)", ha="center",
+                    va="center", transform=ax.transAxes)
+        ax.grid(axis="y", which="both", alpha=0.3)
+    if interp:
+        fig.suptitle(INTERPRETER_LABEL.upper(), color="red")
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+# --------------------------------------------------------------------------- entry points
+
+
+def render(csv_path, out_dir, run_id: Optional[str] = None, all_runs: bool = False) -> Dict[str, Path]:
+    """Write summary.md, details.md and plot.png for one run of the CSV; return their paths."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rows = select_rows(load_rows(csv_path), run_id, all_runs)
+    paths = {"summary": out_dir / "summary.md", "details": out_dir / "details.md"}
+    paths["summary"].write_text(render_markdown(rows))
+    paths["details"].write_text(render_details(rows))
+    plot = render_plot(rows, out_dir / "plot.png")
+    if plot is None:
+        print("tritonconv bench: matplotlib is not installed; no plot (pip install matplotlib)", file=sys.stderr)
+    else:
+        paths["plot"] = plot
+    return paths
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m tritonconv.bench.report",
+                                description="Render summary.md, details.md and plot.png from a sweep CSV.")
+    p.add_argument("csv", help="the sweep's CSV")
+    p.add_argument("--out", default="", help="output directory (default: the CSV's)")
+    p.add_argument("--run-id", default="", help="report this run id (default: the last row's)")
+    p.add_argument("--all-runs", action="store_true", help="report every run in the CSV (later rows win)")
+    args = p.parse_args(list(argv) if argv is not None else None)
+    out = Path(args.out) if args.out else Path(args.csv).parent
+    paths = render(args.csv, out, args.run_id or None, args.all_runs)
+    print(paths["summary"].read_text())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

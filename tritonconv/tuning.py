@@ -1,0 +1,465 @@
+"""Persistent tuning cache: the autotuner's choices, kept on disk across processes.
+
+Triton's ``Autotuner`` keeps its choices in ``autotuner.cache``, a dict from a
+key tuple (the ``key=`` argument values, then ``str(dtype)`` of every tensor
+argument) to a ``triton.Config``, and forgets them when the process exits.
+This module saves each newly tuned entry to a JSON file and loads the file's
+entries into that dict before a kernel's first launch in a later process, so a
+model is tuned once per GPU and not once per run.
+
+    ===================  ==================================================
+    what                 where
+    ===================  ==================================================
+    directory            $TRITONCONV_CACHE_DIR, else ~/.cache/tritonconv
+                         ($XDG_CACHE_HOME/tritonconv when that is set)
+    one file per         kernel family x GPU name x tritonconv version x
+                         triton version
+    an entry             key tuple (shape, strides = layout, dtypes) ->
+                         config (meta-parameters, warps, stages, ctas)
+    ===================  ==================================================
+
+Each file records a signature of what its keys and configs mean (the key
+argument names, the kernel's source hash, the config space). A file whose
+signature or versions do not match the running code is stale: it is ignored
+with a warning, the shapes are tuned again, and the next save replaces it. A
+file that cannot be read or parsed is ignored the same way; nothing here ever
+raises into a launch.
+
+The launchers call two hooks around each launch (``before_launch`` /
+``after_launch``). Once a kernel's file is loaded for a device, the hooks cost
+a set lookup and a ``len()``; a save happens only after a launch that added
+an entry to the autotuner's cache. Under Triton's interpreter they do nothing
+(there is one config and nothing to tune).
+
+Command line (``tritonconv tune``, or ``python -m tritonconv.tuning``)::
+
+    tritonconv tune --preset resnet50 --batch 32 --dtype fp16 --layout channels_last
+    tritonconv tune --preset resnet50 --modes forward,forward_backward
+    tritonconv tune --list            # what the cache holds
+    tritonconv tune --clear           # delete it
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import hashlib
+import inspect
+import json
+import os
+import re
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Set, Tuple
+
+from .kernels._common import INTERPRETER
+
+__all__ = [
+    "ENV_DIR",
+    "FORMAT",
+    "cache_dir",
+    "cache_path",
+    "before_launch",
+    "after_launch",
+    "load_into",
+    "save_entries",
+    "kernel_signature",
+    "encode_config",
+    "decode_config",
+    "reset_state",
+    "main",
+]
+
+ENV_DIR = "TRITONCONV_CACHE_DIR"
+FORMAT = 1  # bump when the file layout changes
+
+
+class StaleCacheWarning(UserWarning):
+    """A tuning-cache file was ignored (corrupt, or written for other code)."""
+
+
+# --------------------------------------------------------------------------- locations
+
+
+def cache_dir() -> Path:
+    """The cache directory: $TRITONCONV_CACHE_DIR, else ~/.cache/tritonconv."""
+    env = os.environ.get(ENV_DIR)
+    if env:
+        return Path(env).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "tritonconv"
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9.]+", "-", text).strip("-") or "unknown"
+
+
+def _versions() -> Tuple[str, str]:
+    import triton
+
+    from . import __version__ as tc_version
+
+    return tc_version, triton.__version__
+
+
+def cache_path(kernel: str, device_name: str, directory: Optional[Path] = None) -> Path:
+    """The file for one kernel family on one GPU model, for the running versions."""
+    tc_version, triton_version = _versions()
+    directory = Path(directory) if directory is not None else cache_dir()
+    name = f"{_slug(kernel)}__{_slug(device_name)}__tritonconv-{_slug(tc_version)}__triton-{_slug(triton_version)}.json"
+    return directory / name
+
+
+# --------------------------------------------------------------------------- (de)serialisation
+
+
+def kernel_signature(autotuner: Any) -> str:
+    """A hash of what an entry means: key names, argument names, kernel source, config space.
+
+    Uses the JIT function's ``cache_key`` (source plus the @jit helpers it
+    calls) when there is one, else its source text.
+    """
+    fn = getattr(autotuner, "fn", None)
+    src = None
+    with contextlib.suppress(Exception):
+        src = fn.cache_key  # type: ignore[union-attr]
+    if src is None:
+        with contextlib.suppress(Exception):
+            src = getattr(fn, "src", None) or inspect.getsource(getattr(fn, "fn", fn))
+    configs = [str(c) for c in getattr(autotuner, "configs", [])]
+    payload = json.dumps(
+        {
+            "keys": list(getattr(autotuner, "keys", [])),
+            "args": list(getattr(autotuner, "arg_names", [])),
+            "src": str(src),
+            "configs": configs,
+        },
+        sort_keys=True,
+    )
+    return hashlib.sha256(payload.encode()).hexdigest()[:32]
+
+
+_SCALARS = (bool, int, float, str, type(None))
+
+
+def _encode_key(key: Tuple) -> Optional[List]:
+    if not isinstance(key, tuple) or not all(isinstance(k, _SCALARS) for k in key):
+        return None
+    return list(key)
+
+
+def _decode_key(raw: Any) -> Tuple:
+    if not isinstance(raw, list) or not all(isinstance(k, _SCALARS) for k in raw):
+        raise ValueError(f"bad key {raw!r}")
+    return tuple(raw)
+
+
+def encode_config(config: Any) -> Optional[Dict]:
+    """A triton.Config as plain JSON data, or None if it cannot be (a pre_hook, odd values)."""
+    if getattr(config, "pre_hook", None) is not None:
+        return None
+    kwargs = dict(getattr(config, "kwargs", {}))
+    if not all(isinstance(k, str) and isinstance(v, _SCALARS) for k, v in kwargs.items()):
+        return None
+    out = {"kwargs": kwargs}
+    for field in ("num_warps", "num_stages", "num_ctas", "maxnreg"):
+        value = getattr(config, field, None)
+        if value is not None:
+            if not isinstance(value, int):
+                return None
+            out[field] = value
+    return out
+
+
+def decode_config(raw: Any):
+    """Rebuild a triton.Config; raises ValueError on anything unexpected."""
+    import triton
+
+    if not isinstance(raw, dict) or not isinstance(raw.get("kwargs"), dict):
+        raise ValueError(f"bad config {raw!r}")
+    kwargs = raw["kwargs"]
+    if not all(isinstance(k, str) and isinstance(v, _SCALARS) for k, v in kwargs.items()):
+        raise ValueError(f"bad config kwargs {kwargs!r}")
+    accepted = inspect.signature(triton.Config.__init__).parameters
+    options = {}
+    for field in ("num_warps", "num_stages", "num_ctas", "maxnreg"):
+        if field in raw:
+            if not isinstance(raw[field], int) or isinstance(raw[field], bool):
+                raise ValueError(f"bad {field} {raw[field]!r}")
+            if field in accepted:
+                options[field] = raw[field]
+            elif field == "maxnreg":
+                continue  # an older triton without maxnreg: the entry still means the same tile
+            else:
+                raise ValueError(f"this triton's Config has no {field}")
+    return triton.Config(dict(kwargs), **options)
+
+
+def _read_file(path: Path, autotuner: Any, kernel: str, device_name: str) -> Dict[Tuple, Any]:
+    """The entries of a cache file; raises ValueError (corrupt) or LookupError (stale)."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError) as err:
+        raise ValueError(f"cannot read it ({err})") from err
+    except json.JSONDecodeError as err:
+        raise ValueError(f"it is not valid JSON ({err})") from err
+    if not isinstance(data, dict) or not isinstance(data.get("entries"), list):
+        raise ValueError("it has no entry list")
+    tc_version, triton_version = _versions()
+    expected = {
+        "format": FORMAT,
+        "kernel": kernel,
+        "device_name": device_name,
+        "tritonconv": tc_version,
+        "triton": triton_version,
+        "signature": kernel_signature(autotuner),
+    }
+    for field, want in expected.items():
+        if data.get(field) != want:
+            raise LookupError(f"it was written for {field}={data.get(field)!r}, not {want!r}")
+    names = None
+    if getattr(autotuner, "configs", None):
+        names = set(autotuner.configs[0].kwargs)
+    entries: Dict[Tuple, Any] = {}
+    for item in data["entries"]:
+        if not isinstance(item, dict):
+            raise ValueError(f"bad entry {item!r}")
+        key = _decode_key(item.get("key"))
+        config = decode_config(item.get("config"))
+        if names is not None and set(config.kwargs) != names:
+            raise LookupError(f"an entry has meta-parameters {sorted(config.kwargs)}, the kernel {sorted(names)}")
+        entries[key] = config
+    return entries
+
+
+def _warn(message: str) -> None:
+    warnings.warn(f"tritonconv tuning cache: {message}", StaleCacheWarning, stacklevel=3)
+
+
+def load_into(autotuner: Any, kernel: str, device_name: str, directory: Optional[Path] = None) -> Set[Tuple]:
+    """Load a kernel's saved entries into ``autotuner.cache``; return the keys the file holds.
+
+    Entries already in the in-memory cache win (they were tuned in this
+    process). A missing file is normal; a corrupt or stale one warns and
+    loads nothing.
+    """
+    path = cache_path(kernel, device_name, directory)
+    if not path.exists():
+        return set()
+    try:
+        entries = _read_file(path, autotuner, kernel, device_name)
+    except LookupError as err:
+        _warn(f"ignoring stale {path} ({err}); those shapes will be tuned again")
+        return set()
+    except Exception as err:  # corrupt: anything from JSON to a bad Config
+        _warn(f"ignoring corrupt {path} ({type(err).__name__}: {err}); those shapes will be tuned again")
+        return set()
+    for key, config in entries.items():
+        autotuner.cache.setdefault(key, config)
+    return set(entries)
+
+
+@contextlib.contextmanager
+def _locked(path: Path):
+    """Best-effort exclusive lock beside ``path`` (POSIX); a no-op where flock is missing."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows
+        yield
+        return
+    lock = open(str(path) + ".lock", "a+")
+    try:
+        fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
+        yield
+    finally:
+        with contextlib.suppress(Exception):
+            fcntl.flock(lock.fileno(), fcntl.LOCK_UN)
+        lock.close()
+
+
+def save_entries(
+    autotuner: Any,
+    kernel: str,
+    device_name: str,
+    keys: Optional[Iterable[Tuple]] = None,
+    directory: Optional[Path] = None,
+) -> int:
+    """Merge entries of ``autotuner.cache`` (``keys``, or all) into the kernel's file.
+
+    Entries already on disk are kept unless this process tuned the same key.
+    The file is replaced atomically, under a lock, so concurrent processes do
+    not corrupt it. Returns the number of entries written from this process.
+    """
+    path = cache_path(kernel, device_name, directory)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    keys = list(autotuner.cache) if keys is None else list(keys)
+    with _locked(path):
+        merged: Dict[Tuple, Dict] = {}
+        if path.exists():
+            try:
+                for key, config in _read_file(path, autotuner, kernel, device_name).items():
+                    merged[key] = encode_config(config)
+            except Exception:
+                pass  # stale or corrupt: replaced by this write (load_into already warned)
+        written = 0
+        for key in keys:
+            config = autotuner.cache.get(key)
+            enc_key, enc_cfg = _encode_key(key), encode_config(config) if config is not None else None
+            if enc_key is None or enc_cfg is None:
+                continue
+            merged[tuple(enc_key)] = enc_cfg
+            written += 1
+        tc_version, triton_version = _versions()
+        data = {
+            "format": FORMAT,
+            "kernel": kernel,
+            "device_name": device_name,
+            "tritonconv": tc_version,
+            "triton": triton_version,
+            "signature": kernel_signature(autotuner),
+            "saved": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "entries": [{"key": list(k), "config": c} for k, c in merged.items() if c is not None],
+        }
+        fd, tmp = tempfile.mkstemp(prefix=path.name, suffix=".tmp", dir=str(path.parent))
+        try:
+            with os.fdopen(fd, "w") as f:
+                json.dump(data, f, indent=1)
+            os.replace(tmp, path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+    return written
+
+
+# --------------------------------------------------------------------------- launch hooks
+
+# Per kernel family: devices whose file is loaded, keys known to be on disk,
+# and whether saving failed (then it is not retried in this process).
+_loaded: Set[Tuple[str, int]] = set()
+_persisted: Dict[str, Set[Tuple]] = {}
+_save_failed: Set[str] = set()
+_device_names: Dict[int, str] = {}
+
+
+def reset_state() -> None:
+    """Forget what was loaded and saved (tests; a changed TRITONCONV_CACHE_DIR)."""
+    _loaded.clear()
+    _persisted.clear()
+    _save_failed.clear()
+    _device_names.clear()
+
+
+def device_name(index: int) -> str:
+    name = _device_names.get(index)
+    if name is None:
+        import torch
+
+        name = _device_names[index] = torch.cuda.get_device_name(index)
+    return name
+
+
+def before_launch(autotuner: Any, kernel: str, device: Any) -> int:
+    """Call before launching ``autotuner``: loads the saved entries once per device.
+
+    Returns the cache size to hand to ``after_launch`` (-1: nothing to do).
+    """
+    if INTERPRETER:
+        return -1
+    index = device.index if device.index is not None else 0
+    if (kernel, index) not in _loaded:
+        _loaded.add((kernel, index))
+        try:
+            keys = load_into(autotuner, kernel, device_name(index))
+            _persisted.setdefault(kernel, set()).update(keys)
+        except Exception as err:  # never let the cache break a launch
+            _warn(f"could not load entries for {kernel} ({type(err).__name__}: {err})")
+    return len(autotuner.cache)
+
+
+def after_launch(autotuner: Any, kernel: str, device: Any, size_before: int) -> None:
+    """Call after the launch: saves the entries the launch tuned, if any."""
+    if size_before < 0 or len(autotuner.cache) == size_before or kernel in _save_failed:
+        return
+    persisted = _persisted.setdefault(kernel, set())
+    new = [key for key in autotuner.cache if key not in persisted]
+    if not new:
+        return
+    index = device.index if device.index is not None else 0
+    try:
+        save_entries(autotuner, kernel, device_name(index), new)
+        persisted.update(new)
+    except Exception as err:
+        _save_failed.add(kernel)
+        _warn(f"could not save tuned configs for {kernel} to {cache_dir()} ({type(err).__name__}: {err}); "
+              "tuning results stay in memory for this process")
+
+
+# --------------------------------------------------------------------------- command line
+
+
+def _list(directory: Path) -> int:
+    files = sorted(directory.glob("*.json")) if directory.exists() else []
+    print(f"tuning cache: {directory}")
+    if not files:
+        print("  (empty)")
+    for path in files:
+        try:
+            data = json.loads(path.read_text())
+            n = len(data.get("entries", []))
+            print(f"  {path.name}: {n} entries, saved {data.get('saved', '?')}")
+        except Exception as err:
+            print(f"  {path.name}: unreadable ({type(err).__name__})")
+    return 0
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """``tritonconv tune``: tune a preset's layers now, so later runs load the choices."""
+    parser = argparse.ArgumentParser(
+        prog="tritonconv tune",
+        description="Fill the persistent tuning cache for a preset's layers (see tritonconv.tuning).",
+    )
+    parser.add_argument("--preset", default="resnet50", help="comma-separated preset names (default resnet50)")
+    parser.add_argument("--batch", type=int, default=0, help="N (default: the preset's)")
+    parser.add_argument("--dtype", default="fp16", help="comma-separated: fp16,bf16,fp32 (default fp16)")
+    parser.add_argument("--layout", default="channels_last", help="comma-separated: channels_last,nchw")
+    parser.add_argument("--modes", default="forward,forward_backward",
+                        help="comma-separated: forward,grad_input,grad_weight,forward_backward")
+    parser.add_argument("--layers", default="", help="comma-separated layer names (default: all)")
+    parser.add_argument("--cache-dir", default="", help=f"cache directory (default ${ENV_DIR} or ~/.cache/tritonconv)")
+    parser.add_argument("--workers", type=int, default=0, help="parallel compile threads (default: CPU count)")
+    parser.add_argument("--no-precompile", action="store_true", help="compile serially while tuning")
+    parser.add_argument("--list", action="store_true", help="list the cache's files and exit")
+    parser.add_argument("--clear", action="store_true", help="delete the cache's files and exit")
+    args = parser.parse_args(list(argv) if argv is not None else None)
+    if args.cache_dir:
+        os.environ[ENV_DIR] = args.cache_dir
+        reset_state()
+    directory = cache_dir()
+    if args.list:
+        return _list(directory)
+    if args.clear:
+        removed = 0
+        for path in list(directory.glob("*.json")) + list(directory.glob("*.json.lock")) if directory.exists() else []:
+            path.unlink()
+            removed += 1
+        print(f"removed {removed} files from {directory}")
+        return 0
+
+    import torch
+
+    if INTERPRETER or not torch.cuda.is_available():
+        print("tritonconv tune: no CUDA device (Triton's interpreter has one config and nothing to tune); "
+              "nothing to do", file=sys.stderr)
+        return 0
+
+    from .bench import sweep
+
+    return sweep.tune_presets(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
