@@ -401,6 +401,13 @@ def after_launch(autotuner: Any, kernel: str, device: Any, size_before: int) -> 
 # --------------------------------------------------------------------------- command line
 
 
+def launch(autotuner: Any, kernel: str, device: Any, grid: Any, *args: Any, **kwargs: Any) -> None:
+    """Launch an autotuned kernel with the persistent cache around it (load once, save new choices)."""
+    size_before = before_launch(autotuner, kernel, device)
+    autotuner[grid](*args, **kwargs)
+    after_launch(autotuner, kernel, device, size_before)
+
+
 def _list(directory: Path) -> int:
     files = sorted(directory.glob("*.json")) if directory.exists() else []
     print(f"tuning cache: {directory}")

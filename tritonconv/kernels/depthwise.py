@@ -25,7 +25,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .. import configs
+from .. import configs, tuning
 from ..spec import Conv2dProblem, output_memory_format
 from ._common import INTERPRETER, acc_dtype_for, activation_code, alloc_output, check_device, conv_epilogue
 
@@ -251,7 +251,7 @@ def conv2d_fprop_depthwise(
         return out
     M = pb.N * pb.P * pb.Q
     res_strides = residual.stride() if residual is not None else (0, 0, 0, 0)
-    _fprop_tuned[_grid2(M, pb.K)](
+    tuning.launch(_fprop_tuned, "depthwise_fprop", x.device, _grid2(M, pb.K),
         x, w, bias if bias is not None else w, residual if residual is not None else x, out,
         M, pb.H, pb.W, pb.P, pb.Q, pb.K, pb.K // pb.C,
         pb.stride_h, pb.stride_w, pb.pad_h, pb.pad_w, pb.dil_h, pb.dil_w,
@@ -276,7 +276,7 @@ def conv2d_dgrad_depthwise(
     if dx.numel() == 0:
         return dx
     M = pb.N * pb.H * pb.W
-    _dgrad_tuned[_grid2(M, pb.C)](
+    tuning.launch(_dgrad_tuned, "depthwise_dgrad", dy.device, _grid2(M, pb.C),
         dy, w, bias if bias is not None else w, dx,
         M, pb.H, pb.W, pb.P, pb.Q, pb.C, pb.K // pb.C,
         pb.stride_h, pb.stride_w, pb.pad_h, pb.pad_w, pb.dil_h, pb.dil_w,
@@ -313,7 +313,10 @@ def conv2d_wgrad_depthwise(
         acc_dtype = torch.float64 if dy.dtype == torch.float64 else torch.float32
         out = torch.empty((split, pb.K, pb.R, pb.S), dtype=acc_dtype, device=dy.device)
         strides = out.stride()
-    _wgrad_tuned[lambda meta: (split * pb.R * pb.S, triton.cdiv(pb.K, meta["BLOCK_N"]))](
+    def grid(meta):
+        return (split * pb.R * pb.S, triton.cdiv(pb.K, meta["BLOCK_N"]))
+
+    tuning.launch(_wgrad_tuned, "depthwise_wgrad", dy.device, grid,
         dy, x, out,
         pb.N, pb.H, pb.W, pb.P, pb.Q, pb.K, pb.K // pb.C, split,
         pb.stride_h, pb.stride_w, pb.pad_h, pb.pad_w, pb.dil_h, pb.dil_w,

@@ -188,8 +188,7 @@ def conv2d_dgrad(
         tiles = triton.cdiv(M, meta["BLOCK_M"]) * triton.cdiv(CG, meta["BLOCK_N"])
         return (pb.groups * pb.stride_h * pb.stride_w * tiles,)
 
-    cached = tuning.before_launch(_dgrad_tuned, "dgrad", dy.device)  # load saved choices once
-    _dgrad_tuned[grid](
+    tuning.launch(_dgrad_tuned, "dgrad", dy.device, grid,
         dy, w, bias if bias is not None else w, dx,
         pb.N, pb.H, pb.W, pb.P, pb.Q, pb.R, pb.S, CG, KG, pb.groups, HP, WP,
         pb.stride_h, pb.stride_w, pb.pad_h, pb.pad_w, pb.dil_h, pb.dil_w, step_r, step_s,
@@ -198,5 +197,4 @@ def conv2d_dgrad(
         ACC_DTYPE=acc_dtype_for(dy.dtype),
         INPUT_PRECISION=input_precision_for(dy),
     )
-    tuning.after_launch(_dgrad_tuned, "dgrad", dy.device, cached)  # save what this launch tuned
     return dx

@@ -252,8 +252,7 @@ def conv2d_fprop(
     def grid(meta):
         return (split * pb.groups * triton.cdiv(M, meta["BLOCK_M"]) * triton.cdiv(KG, meta["BLOCK_N"]),)
 
-    cached = tuning.before_launch(_fprop_tuned, "fprop", x.device)  # load saved choices once
-    _fprop_tuned[grid](
+    tuning.launch(_fprop_tuned, "fprop", x.device, grid,
         x, w, bias if bias is not None else w, residual if residual is not None else x, out,
         ws if ws is not None else out,
         M, pb.H, pb.W, pb.P, pb.Q, pb.R, pb.S, CG, KG, pb.groups, split,
@@ -264,7 +263,6 @@ def conv2d_fprop(
         INPUT_PRECISION=input_precision_for(x),
         PARTIAL=ws is not None,
     )
-    tuning.after_launch(_fprop_tuned, "fprop", x.device, cached)  # save what this launch tuned
     if ws is not None:
         block_m, block_n = 64, 32
         splitk_reduce_kernel[(triton.cdiv(M, block_m), triton.cdiv(pb.K, block_n))](

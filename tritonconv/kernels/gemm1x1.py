@@ -25,7 +25,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .. import configs
+from .. import configs, tuning
 from ..spec import Conv2dProblem, output_memory_format
 from ._common import (
     acc_dtype_for,
@@ -153,7 +153,7 @@ def conv2d_fprop_1x1(
     def grid(meta):
         return (pb.groups * triton.cdiv(M, meta["BLOCK_M"]) * triton.cdiv(KG, meta["BLOCK_N"]),)
 
-    _gemm1x1_tuned[grid](
+    tuning.launch(_gemm1x1_tuned, "gemm1x1", x.device, grid,
         x, w, bias if bias is not None else w, residual if residual is not None else x, out,
         M, pb.H, pb.W, CG, KG, pb.groups,
         *x.stride(), w.stride(0), w.stride(1), *out.stride(), *res_strides, float(alpha),
@@ -281,7 +281,7 @@ def conv2d_fprop_1x1_tma(x, w, bias, problem: Conv2dProblem, out=None, activatio
     def grid(meta):
         return (pb.groups * triton.cdiv(M, meta["BLOCK_M"]) * triton.cdiv(KG, meta["BLOCK_N"]),)
 
-    _gemm1x1_tma_tuned[grid](
+    tuning.launch(_gemm1x1_tma_tuned, "gemm1x1_tma", x.device, grid,
         a_desc, b_desc, bias if bias is not None else w, residual if residual is not None else x, out,
         M, pb.H, pb.W, CG, KG, pb.groups, *out.stride(), *res_strides, float(alpha),
         HAS_BIAS=bias is not None, HAS_RESIDUAL=residual is not None, ACTIVATION=activation_code(activation),

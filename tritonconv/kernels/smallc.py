@@ -23,7 +23,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .. import configs
+from .. import configs, tuning
 from ..spec import Conv2dProblem, output_memory_format
 from ._common import (
     acc_dtype_for,
@@ -160,7 +160,7 @@ def conv2d_fprop_smallc(
     def grid(meta):
         return (pb.groups * triton.cdiv(M, meta["BLOCK_M"]) * triton.cdiv(KG, meta["BLOCK_N"]),)
 
-    _smallc_tuned[grid](
+    tuning.launch(_smallc_tuned, "smallc", x.device, grid,
         x, w, bias if bias is not None else w, residual if residual is not None else x, out,
         M, pb.H, pb.W, pb.P, pb.Q, pb.R, pb.S, CG, KG, pb.groups,
         pb.stride_h, pb.stride_w, pb.pad_h, pb.pad_w, pb.dil_h, pb.dil_w,

@@ -212,8 +212,7 @@ def conv2d_wgrad(
         tiles = triton.cdiv(KG, meta["BLOCK_M"]) * triton.cdiv(CG, meta["BLOCK_N"])
         return (split * pb.groups * pb.R * pb.S * tiles,)
 
-    cached = tuning.before_launch(_wgrad_tuned, "wgrad", dy.device)  # load saved choices once
-    _wgrad_tuned[grid](
+    tuning.launch(_wgrad_tuned, "wgrad", dy.device, grid,
         dy, x, out,
         pb.N, pb.H, pb.W, pb.P, pb.Q, pb.R, pb.S, CG, KG, pb.groups, split,
         pb.stride_h, pb.stride_w, pb.pad_h, pb.pad_w, pb.dil_h, pb.dil_w,
@@ -221,7 +220,6 @@ def conv2d_wgrad(
         ACC_DTYPE=acc_dtype_for(dy.dtype),
         INPUT_PRECISION=input_precision_for(dy),
     )
-    tuning.after_launch(_wgrad_tuned, "wgrad", dy.device, cached)  # save what this launch tuned
     if split > 1:
         # fixed-order sum of the partials: deterministic, unlike float atomics
         dw.copy_(out.sum(dim=0))
