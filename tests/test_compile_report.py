@@ -15,8 +15,11 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
+import triton
 
 from tritonconv import compile_report as cr
+from tritonconv import configs as tc
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -99,7 +102,7 @@ def test_representative_launch_is_specialized_like_triton():
     """Channels_last strides of 1 become constexprs and 16-divisible ints get hints,
     as JITFunction does at launch (this is what makes the loads vectorize)."""
     fam = next(f for f in cr.FAMILIES if f.name == "fprop")
-    signature, constexprs, attrs = fam.signature_fn(cr.DTYPES["bf16"], fam.configs_fn()[0])
+    signature, constexprs, attrs = fam.signature(cr.DTYPES["bf16"], fam.configs_fn()[0])
     assert signature["x_ptr"] == "*bf16" and "x_ptr" in attrs
     for unit_stride in ("sxc", "swc", "syk"):
         assert signature[unit_stride] == "constexpr" and constexprs[unit_stride] == 1
@@ -116,3 +119,126 @@ def test_subset_brackets_the_config_space():
     assert subset[0] == cr.config_name(configs[0])
     smallest = min(configs, key=lambda c: c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"] * c.kwargs["BLOCK_K"])
     assert cr.config_name(smallest) in subset
+
+
+def test_tma_descriptor_types_follow_the_config():
+    """The TMA family's descriptors are typed by the block shapes its pre-hook sets."""
+    fam = next(f for f in cr.FAMILIES if f.name == "gemm1x1_tma")
+    cfg = next(c for c in fam.configs_fn() if cr.config_name(c) == "128x64x32 w8 s4")
+    signature, _, attrs = fam.signature(cr.DTYPES["fp16"], cfg)
+    assert signature["a_desc"] == "tensordesc<fp16[128, 32]>" and signature["b_desc"] == "tensordesc<fp16[64, 32]>"
+    assert "a_desc" not in attrs
+    assert fam.runs("fp16", "sm_90") and not fam.runs("fp16", "sm_80") and not fam.runs("fp64", "sm_90")
+
+
+# One config of every family, fp16 on sm_90: a GEMM tile and a depthwise tile.
+EVERY_FAMILY = ("64x64x64 w4 s4", "32x64 w4 s2")
+
+
+@pytest.fixture(scope="module")
+def every_family_report():
+    only = [arg for name in EVERY_FAMILY for arg in ("--only", name)]
+    return run_report("--arch", "sm_90", "--dtype", "fp16", *only)
+
+
+def test_every_family_builds(every_family_report):
+    rc, records = every_family_report
+    assert sorted(r["kernel"] for r in records) == sorted(f.name for f in cr.FAMILIES)
+    for r in records:
+        fam = cr._family(r["kernel"])
+        assert r["error"] is None, (r["kernel"], r["error"])
+        assert r["spills"] == 0, f"{r['kernel']}: {r['spills']} bytes spilled"
+        assert r["tensor_core"] == ("wgmma" if fam.uses_dot else "none"), (r["kernel"], r["mma_instr"])
+        assert r["status"] == "ok", (r["kernel"], r["reason"])
+    assert rc == 0
+
+
+def test_subset_covers_every_family_within_a_ci_budget():
+    """``--subset --arch sm_90`` compiles a few configs of every family: about a second each on one
+    core, so the task count bounds a 2-core CI run to a few minutes."""
+    tasks = cr._tasks(["sm_90"], list(cr.SUBSET_DTYPES), cr.FAMILIES, True, [])
+    assert {t[0] for t in tasks} == {f.name for f in cr.FAMILIES}
+    assert len(tasks) <= 160
+
+
+# The runtime pruner (configs.prune_gemm_configs), whose rules come from the report's numbers.
+
+def _names(configs):
+    return {cr.config_name(c) for c in configs}
+
+
+BIG = 1 << 20
+
+
+def test_heavy_epilogue_drops_tiles_with_128_accumulators_per_thread():
+    configs = cr.gemm_tile_configs()
+    plain = tc.prune_gemm_configs(configs, BIG, BIG, BIG, 2, 227 * 1024, capability=90)
+    heavy = tc.prune_gemm_configs(configs, BIG, BIG, BIG, 2, 227 * 1024, capability=90, heavy_epilogue=True)
+    assert {"128x256x64 w8 s3", "256x128x64 w8 s3"} <= _names(plain)
+    assert _names(plain) - _names(heavy) == {"128x256x64 w8 s3", "256x128x64 w8 s3"}
+    assert all(tc.acc_per_thread(c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.num_warps) <= 64 for c in heavy)
+
+
+def test_sm_80_keeps_128_accumulators_per_thread_for_plain_gemms_only():
+    configs = cr.gemm_tile_configs()
+    big = {"128x256x64 w8 s3", "256x128x64 w8 s3"}
+    implicit = tc.prune_gemm_configs(configs, BIG, BIG, BIG, 2, 163 * 1024, capability=80)
+    plain = tc.prune_gemm_configs(configs, BIG, BIG, BIG, 2, 163 * 1024, capability=80, gathered=False)
+    assert not big & _names(implicit) and big <= _names(plain)
+
+
+def test_wgmma_rule_for_16_bit_types_on_sm_90():
+    configs = tc.gemm_configs([(32, 64, 32, 4, 4), (64, 32, 32, 2, 4), (64, 64, 32, 4, 4)], interpreter=False)
+    kept = tc.prune_gemm_configs(configs, BIG, BIG, BIG, 2, 227 * 1024, capability=90)
+    assert _names(kept) == {"64x64x32 w4 s4"}
+    # fp32, or sm_80, keeps them all
+    assert len(tc.prune_gemm_configs(configs, BIG, BIG, BIG, 4, 227 * 1024, capability=90)) == 3
+    assert len(tc.prune_gemm_configs(configs, BIG, BIG, BIG, 2, 163 * 1024, capability=80)) == 3
+    # M below 64 clamps BLOCK_M anyway: nothing is dropped for it
+    small_m = tc.prune_gemm_configs(configs, 20, BIG, BIG, 2, 227 * 1024, capability=90)
+    assert {c.kwargs["BLOCK_M"] for c in small_m} == {32}
+
+
+def test_fp64_keeps_small_accumulators_only():
+    kept = tc.prune_gemm_configs(cr.gemm_tile_configs(), BIG, BIG, BIG, 8, 163 * 1024, capability=80)
+    assert kept and all(tc.acc_per_thread(c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.num_warps) <= tc.MAX_ACC_FP64
+                        for c in kept)
+
+
+def test_shared_estimate_counts_the_buffers_triton_allocates():
+    # fp16 128x256x64 with 3 stages: 2 buffers (98304 B) below sm_90, 3 on sm_90 (the report's figures)
+    assert tc.shared_bytes(128, 256, 64, 3, 2, capability=80) == 98304
+    assert tc.shared_bytes(128, 256, 64, 3, 2, capability=90) == 147456
+    assert tc.shared_bytes(128, 256, 64, 3, 2) == 147456  # no device: the larger figure
+    assert tc.shared_bytes(64, 32, 32, 5, 8, capability=90) == 98304  # fp64 runs mma.sync on sm_90: 4 buffers
+
+
+def test_pruning_keeps_pre_hooks_and_never_returns_nothing():
+    def hook(nargs):
+        pass
+
+    configs = [triton.Config(c.kwargs, num_warps=c.num_warps, num_stages=c.num_stages, pre_hook=hook)
+               for c in cr.gemm_tile_configs()]
+    kept = tc.prune_gemm_configs(configs, BIG, BIG, BIG, 2, 227 * 1024, capability=90)
+    assert kept and all(c.pre_hook is hook for c in kept)
+    nothing_fits = tc.prune_gemm_configs(configs, BIG, BIG, BIG, 8, 1024, capability=80, heavy_epilogue=True)
+    assert len(nothing_fits) == 1 and nothing_fits[0].pre_hook is hook
+
+
+def test_prune_hook_reads_the_epilogue_from_launch_kwargs():
+    hook = tc.gemm_prune_hook(m_fn=lambda a: a["M"], n_fn=lambda a: a["KG"], k_fn=lambda a: a["CG"], tensor_arg="x_ptr")
+    x = torch.empty(1, dtype=torch.float16)  # off CUDA: no capability, no shared-memory limit
+    args = dict(x_ptr=x, M=BIG, KG=BIG, CG=BIG)
+    configs = cr.gemm_tile_configs()
+    assert hook.gemm_sizes(args) == (BIG, BIG, BIG)
+    assert len(hook(configs, args, HAS_RESIDUAL=False, ACTIVATION=0)) == len(configs)
+    assert len(hook(configs, args, HAS_RESIDUAL=False, ACTIVATION=1)) == len(configs) - 2
+    assert len(hook(configs, args, HAS_RESIDUAL=True, ACTIVATION=0, PARTIAL=True)) == len(configs)
+    assert hook(configs[:1], args, HAS_RESIDUAL=True) == configs[:1]  # one config (the interpreter's): untouched
+
+
+def test_depthwise_fp64_keeps_tiles_that_fit():
+    configs = cr.depthwise_tile_configs()
+    assert tc.prune_direct_configs(configs, 4) == configs
+    kept = tc.prune_direct_configs(configs, 8)
+    assert kept and all(tc.acc_per_thread(c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.num_warps) <= 8 for c in kept)

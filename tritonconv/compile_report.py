@@ -8,41 +8,57 @@ config passes when it
     * compiles (Triton to PTX to cubin),
     * does not spill (0 bytes spill stores and loads),
     * fits the arch's shared memory (Triton's own figure, ``metadata.shared``),
-    * uses the tensor-core instruction its dtype should use on that arch:
-      fp16/bf16 need wgmma on sm_90 (mma.sync on sm_80/86/89); fp32, which runs
-      as TF32 by default (torch.backends.cudnn.allow_tf32), needs a tensor-core
-      instruction of either kind; fp64 and fp32-ieee need none (the report
-      still says whether the f64 mma.sync is used).
+    * for a tl.dot kernel, uses the tensor-core instruction its dtype should
+      use on that arch: fp16/bf16 need wgmma on sm_90 (mma.sync on
+      sm_80/86/89); fp32, which runs as TF32 by default
+      (torch.backends.cudnn.allow_tf32), needs a tensor-core instruction of
+      either kind; fp64 and fp32-ieee need none (the report still says whether
+      the f64 mma.sync is used). The depthwise kernels have no tl.dot and need none.
 
-Configs the runtime pruner (``configs.prune_gemm_configs``) removes for a large
-problem on that arch can never be launched there. They are still compiled and
+Configs a family's runtime pruner (``configs.prune_gemm_configs``,
+``configs.prune_direct_configs``) removes on that arch, for that dtype and
+that epilogue, can never be launched there. They are still compiled and
 reported, with status "pruned" instead of "FAIL", and they do not affect the
 exit status: the goal is that every config that can actually run builds, does
 not spill and uses tensor cores. ``ok`` is the strict result of the checks for
 every row; ``status`` is "ok", "FAIL" (a launchable config failed) or "pruned".
+The pruner is asked about each config as listed (``runtime_configs``).
 
 Representative problem. A kernel's code depends on how Triton specializes its
 integer arguments at launch: an int equal to 1 becomes the constexpr 1 and an
 int divisible by 16 gets a divisibility hint, which is what lets loads along a
 stride-1 axis become 16-byte vectors. Rather than compiling a general "every
 int is i32" kernel that no launch would ever produce, each family describes
-one representative launch (for fprop: a ResNet-50 3x3 layer, channels_last)
-and the report applies Triton's launch-time rules to it (``specialize``).
-Other launches specialize differently (stride 2, odd channel counts, NCHW);
-the accumulator, the pipelined tiles and the MMA instruction stay the same,
-the address arithmetic and load vectorization do not, so the numbers are
-those of the fast layout. What follows the reduction changes register
-pressure as much as the tile does, which is why fprop_kernel is registered
-three times (see FAMILIES).
+one representative launch (ResNet-50, MobileNetV2 and ConvNeXt layers,
+channels_last) and the report applies Triton's launch-time rules to it
+(``specialize``). Other launches specialize differently (odd channel counts,
+NCHW); the accumulator, the pipelined tiles and the MMA instruction stay the
+same, the address arithmetic and load vectorization do not, so the numbers
+are those of the fast layout. What follows the reduction changes register
+pressure as much as the tile does, which is why a kernel with a fused
+epilogue is registered twice (see FAMILIES).
+
+Families: fprop, fprop_fused, fprop_splitk (fprop.py); dgrad, dgrad_s2
+(dgrad.py); wgrad, wgrad_splitk (wgrad.py); gemm1x1, gemm1x1_fused,
+gemm1x1_tma (gemm1x1.py; TMA on sm_90 only); smallc, smallc_fused
+(smallc.py); depthwise_{fprop,dgrad,wgrad} and their _7x7 variants
+(depthwise.py).
 
 Usage::
 
-    python -m tritonconv.compile_report --arch sm_90 --arch sm_80
-    python -m tritonconv.compile_report --arch sm_90 --subset --json
+    python -m tritonconv.compile_report --arch sm_90 --arch sm_80     # everything
+    python -m tritonconv.compile_report --arch sm_90 --subset --json  # CI
+
+The full report for sm_90 and sm_80 is about 1,500 compiles: some 12 minutes
+on 2 cores with an empty Triton cache (TRITON_CACHE_DIR), 4 with a warm one.
+``--subset`` compiles the first, largest, smallest and median config of every
+family in fp16 and fp32, about 110 compiles per arch: under a minute on 2
+cores, which is what CI should run (tests/test_compile_report.py bounds its
+size).
 
 Adding a kernel family is one ``KernelFamily`` entry in ``FAMILIES``: the jit
-function, its config list, and a function that returns the representative
-launch's arguments through ``specialize``.
+function, its config list, a function that returns a representative launch's
+arguments, and the launcher's prune hook.
 """
 
 from __future__ import annotations
@@ -54,6 +70,7 @@ import functools
 import glob
 import io
 import json as _json
+import math
 import os
 import re
 import shutil
@@ -70,7 +87,7 @@ import triton
 import triton.language as tl
 
 from . import configs as tc_configs
-from .kernels import _common, fprop
+from .kernels import _common, depthwise, dgrad, fprop, gemm1x1, smallc, wgrad
 from .spec import problem_from_shapes
 
 __all__ = [
@@ -133,58 +150,64 @@ SUBSET_DTYPES = ("fp16", "fp32")
 # Kernel families (the registry)
 # ----------------------------------------------------------------------------
 
-SignatureFn = Callable[[Dtype, triton.Config], Tuple[Dict[str, str], Dict[str, Any], Dict[str, list]]]
-
-
-def _gemm_runtime_configs(configs: List[triton.Config], elem_bytes: int, shared_limit: int) -> List[triton.Config]:
-    """What the GEMM families' runtime pruner keeps for a problem large in M, N and K.
-
-    A large problem means no tile is clamped, so a config removed here is never
-    launched as listed on that arch (shared memory, the fp64 size cap); narrow
-    problems may still launch a variant the pruner clamps to the problem size
-    (e.g. BLOCK_K = 16 for C = 3), which the report does not compile.
-    """
-    big = 1 << 20
-    return tc_configs.prune_gemm_configs(list(configs), big, big, big, elem_bytes, shared_limit)
+LaunchFn = Callable[[Dtype, triton.Config], Tuple[Dict[str, Any], Dict[str, Any]]]
 
 
 @dataclasses.dataclass(frozen=True)
 class KernelFamily:
-    """One @triton.jit kernel and how to compile it for the report.
-
-    The report assumes a tl.dot GEMM kernel whose configs carry BLOCK_M,
-    BLOCK_N and BLOCK_K (all of fprop, dgrad and wgrad do).
+    """One @triton.jit kernel, one representative launch of it, and its configs.
 
     Attributes:
         name: the family's name in the report ("fprop").
         fn: the @triton.jit function (not the autotuned wrapper).
-        configs_fn: () -> the autotune configs the launcher can choose from.
-        signature_fn: (dtype, config) -> (signature, constexprs) or
-            (signature, constexprs, attrs), all keyed by argument name, for a
-            representative launch; build them with ``specialize``. The config's
+        configs_fn: () -> the configs the launcher's autotuner chooses from, as
+            compiled for a GPU (never the interpreter's single config).
+        launch_fn: (dtype, config) -> (args, constexprs) of a representative
+            launch, by argument name: each runtime argument as ``specialize``
+            takes it (a pointer or descriptor as its Triton type string, an int
+            or float as its value) and the launcher's constexprs. The config's
             meta-parameters (BLOCK_M, ...) are added by the report.
-        runtime_configs_fn: (configs, elem_bytes, shared_limit) -> the configs
-            the runtime pruner keeps on an arch with that shared memory.
+        prune: the ``early_config_prune`` the launcher's autotuner applies (a
+            ``configs.GemmPruneHook`` or ``configs.DirectPruneHook``), or None
+            when the family launches every config. The report applies its rules
+            to the representative launch (``runtime_configs``).
+        uses_dot: the kernel's reduction is a tl.dot, so the dtype's tensor-core
+            instruction is required; False for direct kernels (depthwise).
+        dtypes, archs: the DTYPES / ARCHS keys the family runs with (None: all);
+            e.g. TMA descriptors exist only on sm_90 and for 16/32-bit types.
     """
 
     name: str
     fn: Any
     configs_fn: Callable[[], List[triton.Config]]
-    signature_fn: SignatureFn
-    runtime_configs_fn: Callable[[List[triton.Config], int, int], List[triton.Config]] = _gemm_runtime_configs
+    launch_fn: LaunchFn
+    prune: Optional[Any] = None
+    uses_dot: bool = True
+    dtypes: Optional[Tuple[str, ...]] = None
+    archs: Optional[Tuple[str, ...]] = None
+
+    def signature(self, dtype: Dtype, config: triton.Config):
+        """(signature, constexprs, attrs) of the representative launch with ``config``, as ``specialize`` gives."""
+        args, constexprs = self.launch_fn(dtype, config)
+        return specialize(self.fn, args, {**constexprs, **config.kwargs})
+
+    def runs(self, dtype: str, arch: str) -> bool:
+        return (self.dtypes is None or dtype in self.dtypes) and (self.archs is None or arch in self.archs)
 
 
 def gemm_tile_configs() -> List[triton.Config]:
-    """The compiled-kernel config list built from configs.GEMM_TILES.
+    """The GEMM families' compiled config list (configs.GEMM_TILES), whatever TRITON_INTERPRET says."""
+    return tc_configs.gemm_configs(interpreter=False)
 
-    ``configs.gemm_configs()`` returns the interpreter's single config when
-    TRITON_INTERPRET=1 is set in this process, so the list is rebuilt here
-    from the same table with the same fixed GROUP_M.
-    """
-    return [
-        triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": 8}, num_warps=w, num_stages=s)
-        for bm, bn, bk, w, s in tc_configs.GEMM_TILES
-    ]
+
+def smallc_tile_configs() -> List[triton.Config]:
+    """The small-C family's compiled config list (configs.SMALLC_TILES)."""
+    return tc_configs.gemm_configs(tc_configs.SMALLC_TILES, interpreter=False)
+
+
+def depthwise_tile_configs() -> List[triton.Config]:
+    """The depthwise family's compiled config list (configs.DEPTHWISE_TILES)."""
+    return tc_configs.depthwise_configs(interpreter=False)
 
 
 def specialize(fn, args: Dict[str, Any], constexprs: Dict[str, Any]):
@@ -193,7 +216,8 @@ def specialize(fn, args: Dict[str, Any], constexprs: Dict[str, Any]):
     Args:
         fn: the @triton.jit function.
         args: every runtime argument by name: a pointer as its Triton type
-            ("*fp16"), an int or a float as its value.
+            ("*fp16"), a host tensor descriptor as its type
+            ("tensordesc<fp16[64, 32]>"), an int or a float as its value.
         constexprs: the tl.constexpr arguments by name.
 
     Returns:
@@ -201,7 +225,7 @@ def specialize(fn, args: Dict[str, Any], constexprs: Dict[str, Any]):
         JITFunction applies when it is called: an int equal to 1 is compiled as
         the constexpr 1; other ints are i32 (i64 past 2**31); an int divisible
         by 16 gets tt.divisibility = 16, and so does every pointer (PyTorch's
-        allocations are at least 16-byte aligned).
+        allocations are at least 16-byte aligned); a descriptor gets none.
     """
     signature: Dict[str, str] = {}
     consts: Dict[str, Any] = {}
@@ -214,12 +238,14 @@ def specialize(fn, args: Dict[str, Any], constexprs: Dict[str, Any]):
         if name not in args:
             raise KeyError(f"{fn.__name__}: no value for argument {name!r} in the representative launch")
         value = args[name]
-        if isinstance(value, str):
+        if isinstance(value, str) and value.startswith("tensordesc<"):
+            signature[name] = value
+        elif isinstance(value, str):
             signature[name], attrs[name] = value, divisible
         elif isinstance(value, float):
             signature[name] = "fp32"  # Triton never specializes a float argument
         elif isinstance(value, bool) or not isinstance(value, int):
-            raise TypeError(f"{fn.__name__}: argument {name!r}: expected a pointer type string, an int or a float")
+            raise TypeError(f"{fn.__name__}: argument {name!r}: expected a type string, an int or a float")
         elif value == 1:
             signature[name], consts[name] = "constexpr", 1
         else:
@@ -237,59 +263,286 @@ def _channels_last_strides(shape: Sequence[int]) -> Tuple[int, ...]:
     return torch.empty(tuple(shape), device="meta").to(memory_format=torch.channels_last).stride()
 
 
-# Representative launches, channels_last (the fast layout).
-# ResNet-50's first 3x3 layer (conv2_x) at batch 32: stride-1 channels,
-# 16-divisible strides and channel counts.
+def _contiguous_strides(shape: Sequence[int]) -> Tuple[int, ...]:
+    return torch.empty(tuple(shape), device="meta").stride()
+
+
+def _named(names: str, values: Sequence[int]) -> Dict[str, int]:
+    return dict(zip(names.split(), values))
+
+
+def _ptr(dtype: Dtype) -> str:
+    return "*" + dtype.triton_ty
+
+
+def _partials_ptr(dtype: Dtype) -> str:
+    """Split-K partial sums are fp32, fp64 for fp64 (as the launchers allocate them)."""
+    return "*fp64" if dtype.elem_bytes == 8 else "*fp32"
+
+
+# Representative launches, channels_last (the fast layout) throughout: the
+# activations NHWC, the weights KRSC, as a model converted to channels_last
+# passes them. Sizes are ResNet-50's, MobileNetV2's and ConvNeXt-T's at batch 32.
+#
+# ResNet-50's first 3x3 layer (conv2_x): stride-1 channels, 16-divisible strides and channel counts.
 FPROP_PROBLEM = dict(input_shape=(32, 64, 56, 56), weight_shape=(64, 64, 3, 3), stride=1, padding=1)
 # ResNet-50's last 3x3 layer (conv5_x) at batch 8: the small output with a long
 # reduction that the split-K family is for (fprop.accepts_splitk), in 4 chunks.
 FPROP_SPLITK_PROBLEM = dict(input_shape=(8, 512, 7, 7), weight_shape=(512, 512, 3, 3), stride=1, padding=1)
 FPROP_SPLITK = 4
+# ResNet-50's first strided 3x3 (conv3_x, block 1, torchvision v1.5): dgrad runs 4 stride phases.
+STRIDE2_PROBLEM = dict(input_shape=(32, 128, 56, 56), weight_shape=(128, 128, 3, 3), stride=2, padding=1)
+WGRAD_SPLITK = 4
+# ResNet-50's bottleneck reduction 1x1, 256 -> 64 at 56x56 (conv2_x).
+GEMM1X1_PROBLEM = dict(input_shape=(32, 256, 56, 56), weight_shape=(64, 256, 1, 1), stride=1, padding=0)
+# The RGB stem: 3 -> 64, 7x7, stride 2, at 224x224.
+SMALLC_PROBLEM = dict(input_shape=(32, 3, 224, 224), weight_shape=(64, 3, 7, 7), stride=2, padding=3)
+# MobileNetV2's 3x3 depthwise at 144 channels, 56x56, and ConvNeXt-T's 7x7 depthwise at 96 channels.
+DEPTHWISE_PROBLEM = dict(input_shape=(32, 144, 56, 56), weight_shape=(144, 1, 3, 3), stride=1, padding=1,
+                         groups=144)
+DEPTHWISE_7X7_PROBLEM = dict(input_shape=(32, 96, 56, 56), weight_shape=(96, 1, 7, 7), stride=1, padding=3,
+                             groups=96)
+DEPTHWISE_SPLIT = 4
 
 
-def _fprop_signature(dtype: Dtype, config: triton.Config, *, problem: Dict[str, Any] = FPROP_PROBLEM,
-                     residual: bool = False, activation: str = "none", split_k: int = 1):
+def _epilogue(dtype: Dtype, residual: bool, activation: str) -> Dict[str, Any]:
+    return dict(HAS_BIAS=True, HAS_RESIDUAL=residual, ACTIVATION=_common.activation_code(activation),
+                ACC_DTYPE=dtype.acc)
+
+
+def _fprop_launch(dtype: Dtype, config: triton.Config, *, problem: Dict[str, Any] = FPROP_PROBLEM,
+                  residual: bool = False, activation: str = "none", split_k: int = 1):
     """fprop_kernel's arguments as conv2d_fprop passes them for ``problem``, with bias."""
     pb = problem_from_shapes(**problem)
-    ptr = "*" + dtype.triton_ty
-    x_s = _channels_last_strides(pb.input_shape)
-    w_s = _channels_last_strides(pb.weight_shape)
+    ptr = _ptr(dtype)
     y_s = _channels_last_strides(pb.output_shape)
-    r_s = y_s if residual else (0, 0, 0, 0)
-    # split-K partial sums go to an fp32 (fp64) workspace; without split-K the launcher passes y
-    ws_ptr = ("*fp64" if dtype.elem_bytes == 8 else "*fp32") if split_k > 1 else ptr
     args = dict(
-        x_ptr=ptr, w_ptr=ptr, b_ptr=ptr, res_ptr=ptr, y_ptr=ptr, ws_ptr=ws_ptr,
+        x_ptr=ptr, w_ptr=ptr, b_ptr=ptr, res_ptr=ptr, y_ptr=ptr,
+        # split-K partial sums go to an fp32 (fp64) workspace; without split-K the launcher passes y
+        ws_ptr=_partials_ptr(dtype) if split_k > 1 else ptr,
         M=pb.N * pb.P * pb.Q, H=pb.H, W=pb.W, P=pb.P, Q=pb.Q, R=pb.R, S=pb.S,
         CG=pb.C_per_group, KG=pb.K_per_group, GROUPS=pb.groups, SPLIT_K=split_k,
         stride_h=pb.stride_h, stride_w=pb.stride_w, pad_h=pb.pad_h, pad_w=pb.pad_w,
         dil_h=pb.dil_h, dil_w=pb.dil_w,
-        **dict(zip(("sxn", "sxc", "sxh", "sxw"), x_s)),
-        **dict(zip(("swk", "swc", "swr", "sws"), w_s)),
-        **dict(zip(("syn", "syk", "syp", "syq"), y_s)),
-        **dict(zip(("srn", "srk", "srp", "srq"), r_s)),
+        **_named("sxn sxc sxh sxw", _channels_last_strides(pb.input_shape)),
+        **_named("swk swc swr sws", _channels_last_strides(pb.weight_shape)),
+        **_named("syn syk syp syq", y_s),
+        **_named("srn srk srp srq", y_s if residual else (0, 0, 0, 0)),
         alpha=0.01,
     )
-    meta = dict(
-        HAS_BIAS=True, HAS_RESIDUAL=residual, ACTIVATION=_common.activation_code(activation),
-        ACC_DTYPE=dtype.acc, INPUT_PRECISION=dtype.input_precision, PARTIAL=split_k > 1,
+    meta = dict(_epilogue(dtype, residual, activation), INPUT_PRECISION=dtype.input_precision, PARTIAL=split_k > 1)
+    return args, meta
+
+
+def _dgrad_launch(dtype: Dtype, config: triton.Config, *, problem: Dict[str, Any] = FPROP_PROBLEM):
+    """dgrad_kernel's arguments as conv2d_dgrad passes them in a conv's backward (no bias)."""
+    pb = problem_from_shapes(**problem)
+    args = dict(
+        dy_ptr=_ptr(dtype), w_ptr=_ptr(dtype), b_ptr=_ptr(dtype), dx_ptr=_ptr(dtype),
+        N=pb.N, H=pb.H, W=pb.W, P=pb.P, Q=pb.Q, R=pb.R, S=pb.S,
+        CG=pb.C_per_group, KG=pb.K_per_group, GROUPS=pb.groups,
+        HP=triton.cdiv(pb.H, pb.stride_h), WP=triton.cdiv(pb.W, pb.stride_w),
+        stride_h=pb.stride_h, stride_w=pb.stride_w, pad_h=pb.pad_h, pad_w=pb.pad_w, dil_h=pb.dil_h, dil_w=pb.dil_w,
+        step_r=pb.stride_h // math.gcd(pb.stride_h, pb.dil_h), step_s=pb.stride_w // math.gcd(pb.stride_w, pb.dil_w),
+        **_named("sdyn sdyk sdyp sdyq", _channels_last_strides(pb.output_shape)),
+        **_named("swk swc swr sws", _channels_last_strides(pb.weight_shape)),
+        **_named("sdxn sdxc sdxh sdxw", _channels_last_strides(pb.input_shape)),
     )
-    return specialize(fprop.fprop_kernel, args, {**meta, **config.kwargs})
+    return args, dict(HAS_BIAS=False, ACC_DTYPE=dtype.acc, INPUT_PRECISION=dtype.input_precision)
 
 
-# One fprop_kernel, three families, because what follows the reduction changes
-# register pressure as much as the tile does:
-#   fprop         bias only, as F.conv2d and nn.Conv2d launch it;
-#   fprop_fused   bias + residual + erf GELU, the heaviest fused epilogue (a
-#                 residual tile is live next to the accumulator); a config
-#                 that fits it fits every epilogue;
-#   fprop_splitk  split-K partial sums stored raw (PARTIAL), no epilogue.
+def _wgrad_launch(dtype: Dtype, config: triton.Config, *, problem: Dict[str, Any] = FPROP_PROBLEM,
+                  split_k: int = 1):
+    """wgrad_kernel's arguments as conv2d_wgrad passes them: split-K partials in fp32 (fp64),
+    or with no split the channels_last weight gradient itself."""
+    pb = problem_from_shapes(**problem)
+    if split_k > 1:
+        out_ptr, out_s = _partials_ptr(dtype), _contiguous_strides((split_k, *pb.weight_shape))
+    else:
+        out_ptr, out_s = _ptr(dtype), (0, *_channels_last_strides(pb.weight_shape))
+    args = dict(
+        dy_ptr=_ptr(dtype), x_ptr=_ptr(dtype), out_ptr=out_ptr,
+        N=pb.N, H=pb.H, W=pb.W, P=pb.P, Q=pb.Q, R=pb.R, S=pb.S,
+        CG=pb.C_per_group, KG=pb.K_per_group, GROUPS=pb.groups, SPLIT_K=split_k,
+        stride_h=pb.stride_h, stride_w=pb.stride_w, pad_h=pb.pad_h, pad_w=pb.pad_w, dil_h=pb.dil_h, dil_w=pb.dil_w,
+        **_named("sdyn sdyk sdyp sdyq", _channels_last_strides(pb.output_shape)),
+        **_named("sxn sxc sxh sxw", _channels_last_strides(pb.input_shape)),
+        **_named("sos sok soc sor sos_", out_s),
+    )
+    return args, dict(ACC_DTYPE=dtype.acc, INPUT_PRECISION=dtype.input_precision)
+
+
+def _gemm1x1_launch(dtype: Dtype, config: triton.Config, *, problem: Dict[str, Any] = GEMM1X1_PROBLEM,
+                    residual: bool = False, activation: str = "none"):
+    """gemm1x1_fprop_kernel's arguments as conv2d_fprop_1x1 passes them, with bias."""
+    pb = problem_from_shapes(**problem)
+    ptr = _ptr(dtype)
+    y_s = _channels_last_strides(pb.output_shape)
+    w_s = _channels_last_strides(pb.weight_shape)
+    args = dict(
+        x_ptr=ptr, w_ptr=ptr, b_ptr=ptr, res_ptr=ptr, y_ptr=ptr,
+        M=pb.N * pb.H * pb.W, H=pb.H, W=pb.W, CG=pb.C_per_group, KG=pb.K_per_group, GROUPS=pb.groups,
+        **_named("sxn sxc sxh sxw", _channels_last_strides(pb.input_shape)),
+        swk=w_s[0], swc=w_s[1],
+        **_named("syn syk syh syw", y_s),
+        **_named("srn srk srh srw", y_s if residual else (0, 0, 0, 0)),
+        alpha=0.01,
+    )
+    return args, dict(_epilogue(dtype, residual, activation), INPUT_PRECISION=dtype.input_precision)
+
+
+def _gemm1x1_tma_launch(dtype: Dtype, config: triton.Config, *, problem: Dict[str, Any] = GEMM1X1_PROBLEM):
+    """gemm1x1_tma_kernel's arguments as conv2d_fprop_1x1_tma passes them, with bias.
+
+    The host TensorDescriptors' types carry the block shapes, which the
+    autotuner's pre-hook (gemm1x1._set_tma_blocks) sets from the config:
+    [BLOCK_M, BLOCK_K] for x as an (N*H*W, C) matrix, [BLOCK_N, BLOCK_K] for w as (K, C/groups).
+    """
+    pb = problem_from_shapes(**problem)
+    kw = config.kwargs
+    y_s = _channels_last_strides(pb.output_shape)
+    args = dict(
+        a_desc=f"tensordesc<{dtype.triton_ty}[{kw['BLOCK_M']}, {kw['BLOCK_K']}]>",
+        b_desc=f"tensordesc<{dtype.triton_ty}[{kw['BLOCK_N']}, {kw['BLOCK_K']}]>",
+        b_ptr=_ptr(dtype), res_ptr=_ptr(dtype), y_ptr=_ptr(dtype),
+        M=pb.N * pb.H * pb.W, H=pb.H, W=pb.W, CG=pb.C_per_group, KG=pb.K_per_group, GROUPS=pb.groups,
+        **_named("syn syk syh syw", y_s), srn=0, srk=0, srh=0, srw=0,
+        alpha=0.01,
+    )
+    return args, dict(_epilogue(dtype, False, "none"), INPUT_PRECISION=dtype.input_precision)
+
+
+def _smallc_launch(dtype: Dtype, config: triton.Config, *, problem: Dict[str, Any] = SMALLC_PROBLEM,
+                   residual: bool = False, activation: str = "none"):
+    """smallc_fprop_kernel's arguments as conv2d_fprop_smallc passes them, with bias."""
+    pb = problem_from_shapes(**problem)
+    ptr = _ptr(dtype)
+    y_s = _channels_last_strides(pb.output_shape)
+    args = dict(
+        x_ptr=ptr, w_ptr=ptr, b_ptr=ptr, res_ptr=ptr, y_ptr=ptr,
+        M=pb.N * pb.P * pb.Q, H=pb.H, W=pb.W, P=pb.P, Q=pb.Q, R=pb.R, S=pb.S,
+        CG=pb.C_per_group, KG=pb.K_per_group, GROUPS=pb.groups,
+        stride_h=pb.stride_h, stride_w=pb.stride_w, pad_h=pb.pad_h, pad_w=pb.pad_w, dil_h=pb.dil_h, dil_w=pb.dil_w,
+        **_named("sxn sxc sxh sxw", _channels_last_strides(pb.input_shape)),
+        **_named("swk swc swr sws", _channels_last_strides(pb.weight_shape)),
+        **_named("syn syk syp syq", y_s),
+        **_named("srn srk srp srq", y_s if residual else (0, 0, 0, 0)),
+        alpha=0.01,
+    )
+    return args, dict(_epilogue(dtype, residual, activation), INPUT_PRECISION=dtype.input_precision)
+
+
+def _depthwise_weight_strides(pb) -> Tuple[int, int, int]:
+    """(swk, swr, sws): the depthwise launchers pass w.stride(0), w.stride(2), w.stride(3)."""
+    s = _channels_last_strides(pb.weight_shape)
+    return s[0], s[2], s[3]
+
+
+def _depthwise_fprop_launch(dtype: Dtype, config: triton.Config, *, problem: Dict[str, Any] = DEPTHWISE_PROBLEM,
+                            residual: bool = False, activation: str = "none"):
+    """depthwise_fprop_kernel's arguments as conv2d_fprop_depthwise passes them, with bias."""
+    pb = problem_from_shapes(**problem)
+    ptr = _ptr(dtype)
+    y_s = _channels_last_strides(pb.output_shape)
+    args = dict(
+        x_ptr=ptr, w_ptr=ptr, b_ptr=ptr, res_ptr=ptr, y_ptr=ptr,
+        M=pb.N * pb.P * pb.Q, H=pb.H, W=pb.W, P=pb.P, Q=pb.Q, K=pb.K, MULT=pb.K // pb.C,
+        stride_h=pb.stride_h, stride_w=pb.stride_w, pad_h=pb.pad_h, pad_w=pb.pad_w, dil_h=pb.dil_h, dil_w=pb.dil_w,
+        **_named("sxn sxc sxh sxw", _channels_last_strides(pb.input_shape)),
+        **_named("swk swr sws", _depthwise_weight_strides(pb)),
+        **_named("syn syk syp syq", y_s),
+        **_named("srn srk srp srq", y_s if residual else (0, 0, 0, 0)),
+        alpha=0.01,
+    )
+    return args, dict(_epilogue(dtype, residual, activation), R=pb.R, S=pb.S)
+
+
+def _depthwise_dgrad_launch(dtype: Dtype, config: triton.Config, *, problem: Dict[str, Any] = DEPTHWISE_PROBLEM):
+    """depthwise_dgrad_kernel's arguments as conv2d_dgrad_depthwise passes them in a backward (no bias)."""
+    pb = problem_from_shapes(**problem)
+    args = dict(
+        dy_ptr=_ptr(dtype), w_ptr=_ptr(dtype), b_ptr=_ptr(dtype), dx_ptr=_ptr(dtype),
+        M=pb.N * pb.H * pb.W, H=pb.H, W=pb.W, P=pb.P, Q=pb.Q, C=pb.C, MULT=pb.K // pb.C,
+        stride_h=pb.stride_h, stride_w=pb.stride_w, pad_h=pb.pad_h, pad_w=pb.pad_w, dil_h=pb.dil_h, dil_w=pb.dil_w,
+        **_named("sdyn sdyk sdyp sdyq", _channels_last_strides(pb.output_shape)),
+        **_named("swk swr sws", _depthwise_weight_strides(pb)),
+        **_named("sdxn sdxc sdxh sdxw", _channels_last_strides(pb.input_shape)),
+    )
+    return args, dict(R=pb.R, S=pb.S, HAS_BIAS=False, ACC_DTYPE=dtype.acc)
+
+
+def _depthwise_wgrad_launch(dtype: Dtype, config: triton.Config, *, problem: Dict[str, Any] = DEPTHWISE_PROBLEM,
+                            split: int = DEPTHWISE_SPLIT):
+    """depthwise_wgrad_kernel's arguments as conv2d_wgrad_depthwise passes them: fp32 (fp64) partials."""
+    pb = problem_from_shapes(**problem)
+    args = dict(
+        dy_ptr=_ptr(dtype), x_ptr=_ptr(dtype), out_ptr=_partials_ptr(dtype),
+        N=pb.N, H=pb.H, W=pb.W, P=pb.P, Q=pb.Q, K=pb.K, MULT=pb.K // pb.C, SPLIT=split,
+        stride_h=pb.stride_h, stride_w=pb.stride_w, pad_h=pb.pad_h, pad_w=pb.pad_w, dil_h=pb.dil_h, dil_w=pb.dil_w,
+        **_named("sdyn sdyk sdyp sdyq", _channels_last_strides(pb.output_shape)),
+        **_named("sxn sxc sxh sxw", _channels_last_strides(pb.input_shape)),
+        **_named("sos sok sor sos_", _contiguous_strides((split, pb.K, pb.R, pb.S))),
+    )
+    return args, dict(S=pb.S, ACC_DTYPE=dtype.acc)
+
+
+def _prune_of(tuned) -> Any:
+    """The early_config_prune an autotuned launcher applies (configs.GemmPruneHook / DirectPruneHook)."""
+    return tuned.early_config_prune
+
+
+_p = functools.partial
+_GELU = dict(residual=True, activation="gelu")
+
+# The registry. What follows the reduction changes register pressure as much
+# as the tile does, so a kernel with a fused epilogue is registered twice:
+# bias only, as F.conv2d and nn.Conv2d launch it, and "_fused" with bias +
+# residual + erf GELU, the heaviest epilogue (a residual tile is live next to
+# the accumulator): a config that fits it fits every epilogue. The runtime
+# pruner treats the two differently (configs.heavy_epilogue).
 FAMILIES: List[KernelFamily] = [
-    KernelFamily("fprop", fprop.fprop_kernel, gemm_tile_configs, _fprop_signature),
-    KernelFamily("fprop_fused", fprop.fprop_kernel, gemm_tile_configs,
-                 functools.partial(_fprop_signature, residual=True, activation="gelu")),
+    # forward, general implicit GEMM (fprop.py)
+    KernelFamily("fprop", fprop.fprop_kernel, gemm_tile_configs, _fprop_launch, _prune_of(fprop._fprop_tuned)),
+    KernelFamily("fprop_fused", fprop.fprop_kernel, gemm_tile_configs, _p(_fprop_launch, **_GELU),
+                 _prune_of(fprop._fprop_tuned)),
+    # split-K partial sums stored raw (PARTIAL): no epilogue in this kernel
     KernelFamily("fprop_splitk", fprop.fprop_kernel, gemm_tile_configs,
-                 functools.partial(_fprop_signature, problem=FPROP_SPLITK_PROBLEM, split_k=FPROP_SPLITK)),
+                 _p(_fprop_launch, problem=FPROP_SPLITK_PROBLEM, split_k=FPROP_SPLITK), _prune_of(fprop._fprop_tuned)),
+    # input gradient (dgrad.py): stride 1, and stride 2 (4 phases, taps stepping by 2)
+    KernelFamily("dgrad", dgrad.dgrad_kernel, gemm_tile_configs, _dgrad_launch, _prune_of(dgrad._dgrad_tuned)),
+    KernelFamily("dgrad_s2", dgrad.dgrad_kernel, gemm_tile_configs, _p(_dgrad_launch, problem=STRIDE2_PROBLEM),
+                 _prune_of(dgrad._dgrad_tuned)),
+    # weight gradient (wgrad.py): no split (stores the weight dtype), and split-K fp32 partials
+    KernelFamily("wgrad", wgrad.wgrad_kernel, gemm_tile_configs, _wgrad_launch, _prune_of(wgrad._wgrad_tuned)),
+    KernelFamily("wgrad_splitk", wgrad.wgrad_kernel, gemm_tile_configs, _p(_wgrad_launch, split_k=WGRAD_SPLITK),
+                 _prune_of(wgrad._wgrad_tuned)),
+    # 1x1 forward as a plain GEMM (gemm1x1.py), pointer loads and (sm_90) TMA loads
+    KernelFamily("gemm1x1", gemm1x1.gemm1x1_fprop_kernel, gemm_tile_configs, _gemm1x1_launch,
+                 _prune_of(gemm1x1._gemm1x1_tuned)),
+    KernelFamily("gemm1x1_fused", gemm1x1.gemm1x1_fprop_kernel, gemm_tile_configs, _p(_gemm1x1_launch, **_GELU),
+                 _prune_of(gemm1x1._gemm1x1_tuned)),
+    KernelFamily("gemm1x1_tma", gemm1x1.gemm1x1_tma_kernel, gemm_tile_configs, _gemm1x1_tma_launch,
+                 _prune_of(gemm1x1._gemm1x1_tma_tuned), dtypes=("fp16", "bf16", "fp32"), archs=("sm_90",)),
+    # few input channels (smallc.py): the RGB stem
+    KernelFamily("smallc", smallc.smallc_fprop_kernel, smallc_tile_configs, _smallc_launch,
+                 _prune_of(smallc._smallc_tuned)),
+    KernelFamily("smallc_fused", smallc.smallc_fprop_kernel, smallc_tile_configs, _p(_smallc_launch, **_GELU),
+                 _prune_of(smallc._smallc_tuned)),
+    # depthwise direct kernels (depthwise.py): no tl.dot; fprop and dgrad prune fp64 tiles
+    KernelFamily("depthwise_fprop", depthwise.depthwise_fprop_kernel, depthwise_tile_configs,
+                 _depthwise_fprop_launch, _prune_of(depthwise._fprop_tuned), uses_dot=False),
+    KernelFamily("depthwise_fprop_7x7", depthwise.depthwise_fprop_kernel, depthwise_tile_configs,
+                 _p(_depthwise_fprop_launch, problem=DEPTHWISE_7X7_PROBLEM), _prune_of(depthwise._fprop_tuned),
+                 uses_dot=False),
+    KernelFamily("depthwise_dgrad", depthwise.depthwise_dgrad_kernel, depthwise_tile_configs,
+                 _depthwise_dgrad_launch, _prune_of(depthwise._dgrad_tuned), uses_dot=False),
+    KernelFamily("depthwise_dgrad_7x7", depthwise.depthwise_dgrad_kernel, depthwise_tile_configs,
+                 _p(_depthwise_dgrad_launch, problem=DEPTHWISE_7X7_PROBLEM), _prune_of(depthwise._dgrad_tuned),
+                 uses_dot=False),
+    KernelFamily("depthwise_wgrad", depthwise.depthwise_wgrad_kernel, depthwise_tile_configs,
+                 _depthwise_wgrad_launch, uses_dot=False),
+    KernelFamily("depthwise_wgrad_7x7", depthwise.depthwise_wgrad_kernel, depthwise_tile_configs,
+                 _p(_depthwise_wgrad_launch, problem=DEPTHWISE_7X7_PROBLEM), uses_dot=False),
 ]
 
 # ----------------------------------------------------------------------------
@@ -300,14 +553,19 @@ NO_PTXAS = "no usable ptxas"
 
 
 def config_name(config: triton.Config) -> str:
-    """'128x256x64 w8 s3' (BLOCK_M x BLOCK_N x BLOCK_K, warps, stages)."""
+    """'128x256x64 w8 s3' (BLOCK_M x BLOCK_N x BLOCK_K, warps, stages); '64x32 w4 s2' without a BLOCK_K."""
     kw = config.kwargs
-    return f"{kw['BLOCK_M']}x{kw['BLOCK_N']}x{kw['BLOCK_K']} w{config.num_warps} s{config.num_stages}"
+    dims = [kw["BLOCK_M"], kw["BLOCK_N"]] + ([kw["BLOCK_K"]] if "BLOCK_K" in kw else [])
+    return f"{'x'.join(map(str, dims))} w{config.num_warps} s{config.num_stages}"
 
 
 def _tile_key(config: triton.Config) -> Tuple:
     kw = config.kwargs
-    return (kw["BLOCK_M"], kw["BLOCK_N"], kw["BLOCK_K"], config.num_warps, config.num_stages)
+    return (kw["BLOCK_M"], kw["BLOCK_N"], kw.get("BLOCK_K"), config.num_warps, config.num_stages)
+
+
+def _tile_volume(tile: Tuple) -> int:
+    return tile[0] * tile[1] * (tile[2] or 1)
 
 
 def _compile_options(config: triton.Config) -> Dict[str, Any]:
@@ -431,7 +689,9 @@ def tensor_core_of(ptx: str) -> Tuple[str, Optional[str]]:
     return "none", None
 
 
-def _expected_tensor_core(dtype: Dtype, arch: Arch) -> Optional[Tuple[str, ...]]:
+def _expected_tensor_core(family: KernelFamily, dtype: Dtype, arch: Arch) -> Optional[Tuple[str, ...]]:
+    if not family.uses_dot:
+        return None
     if dtype.tensor_core == "fast":
         return ("wgmma",) if arch.has_wgmma else ("mma",)
     if dtype.tensor_core == "any":
@@ -448,16 +708,58 @@ def _family(name_or_family) -> KernelFamily:
     raise KeyError(f"unknown kernel family {name_or_family!r}; known: {[f.name for f in FAMILIES]}")
 
 
+def _shared_estimate(config: triton.Config, dtype: Dtype, arch: Arch) -> Optional[int]:
+    """The runtime pruner's shared-memory figure for a GEMM config (configs.shared_bytes); None for others."""
+    kw = config.kwargs
+    if "BLOCK_K" not in kw:
+        return None
+    return tc_configs.shared_bytes(kw["BLOCK_M"], kw["BLOCK_N"], kw["BLOCK_K"], config.num_stages, dtype.elem_bytes,
+                                   arch.capability)
+
+
+def runtime_configs(family: KernelFamily, dtype: Dtype, arch: Arch) -> List[triton.Config]:
+    """The configs the family's runtime pruner keeps for its representative launch on ``arch``.
+
+    The pruner is the launcher's own (``family.prune``), fed the launch's GEMM
+    sizes, epilogue flags, the dtype's element size and the arch's capability
+    and shared memory. Each GEMM size is first raised to the config list's
+    largest tile in that dimension: a launch narrower than a tile runs a clamped
+    copy of it (e.g. BLOCK_N = 64 for 64 output channels), which is another
+    kernel; with the sizes raised, the verdict is about each config as listed,
+    and a config is "pruned" only for reasons that hold however large the layer.
+    """
+    configs = family.configs_fn()
+    if family.prune is None:
+        return configs
+    if isinstance(family.prune, tc_configs.DirectPruneHook):
+        return tc_configs.prune_direct_configs(configs, dtype.elem_bytes)
+    first = configs[0]
+    args, constexprs = family.launch_fn(dtype, first)
+    m, n, k = family.prune.gemm_sizes({**args, **constexprs, **first.kwargs})
+    m = max(m, max(c.kwargs["BLOCK_M"] for c in configs))
+    n = max(n, max(c.kwargs["BLOCK_N"] for c in configs))
+    k = max(k, max(c.kwargs["BLOCK_K"] for c in configs))
+    return tc_configs.prune_gemm_configs(list(configs), m, n, k, dtype.elem_bytes, arch.shared_limit,
+                                         capability=arch.capability,
+                                         heavy_epilogue=tc_configs.heavy_epilogue(constexprs),
+                                         gathered=family.prune.gathered)
+
+
 def _runtime_pruned(family: KernelFamily, config: triton.Config, dtype: Dtype, arch: Arch) -> Optional[str]:
     """Why the runtime pruner drops ``config`` on ``arch``, or None when it can launch there."""
-    kept = family.runtime_configs_fn(family.configs_fn(), dtype.elem_bytes, arch.shared_limit)
-    if _tile_key(config) in {_tile_key(c) for c in kept}:
+    if family.prune is None:
+        return None
+    if _tile_key(config) in {_tile_key(c) for c in runtime_configs(family, dtype, arch)}:
         return None
     kw = config.kwargs
-    estimate = tc_configs.shared_bytes(kw["BLOCK_M"], kw["BLOCK_N"], kw["BLOCK_K"], config.num_stages, dtype.elem_bytes)
-    if estimate > arch.shared_limit:
-        return f"runtime pruner: estimated shared {estimate} > {arch.shared_limit}"
-    return "runtime pruner drops it (configs.prune_gemm_configs)"
+    if isinstance(family.prune, tc_configs.DirectPruneHook):
+        why = tc_configs.direct_pruned_because(kw["BLOCK_M"], kw["BLOCK_N"], config.num_warps, dtype.elem_bytes)
+        return f"runtime pruner: {why or 'drops it (configs.prune_direct_configs)'}"
+    _, constexprs = family.launch_fn(dtype, config)
+    why = tc_configs.pruned_because(kw["BLOCK_M"], kw["BLOCK_N"], kw["BLOCK_K"], config.num_warps, config.num_stages,
+                                    dtype.elem_bytes, arch.shared_limit, arch.capability,
+                                    tc_configs.heavy_epilogue(constexprs), family.prune.gathered)
+    return f"runtime pruner: {why or 'drops it (configs.prune_gemm_configs)'}"
 
 
 def compile_one(family, config: triton.Config, dtype: str, arch: str, ptxas: Optional[str] = None,
@@ -486,12 +788,11 @@ def compile_one(family, config: triton.Config, dtype: str, arch: str, ptxas: Opt
     kw = config.kwargs
     rec: Dict[str, Any] = dict(
         kernel=fam.name, config=config_name(config), arch=arch, dtype=dtype,
-        block_m=kw["BLOCK_M"], block_n=kw["BLOCK_N"], block_k=kw["BLOCK_K"],
+        block_m=kw["BLOCK_M"], block_n=kw["BLOCK_N"], block_k=kw.get("BLOCK_K"),
         num_warps=config.num_warps, num_stages=config.num_stages,
         registers=None, spill_stores=None, spill_loads=None, spills=None,
         shared_bytes=None,
-        shared_estimate=tc_configs.shared_bytes(kw["BLOCK_M"], kw["BLOCK_N"], kw["BLOCK_K"], config.num_stages,
-                                                dt.elem_bytes),
+        shared_estimate=_shared_estimate(config, dt, ar),
         shared_limit=ar.shared_limit, tensor_core=None, mma_instr=None,
         launchable=True, ok=False, status="FAIL", reason=None, error=None, compile_s=None,
     )
@@ -503,9 +804,7 @@ def compile_one(family, config: triton.Config, dtype: str, arch: str, ptxas: Opt
         if type(fam.fn).__name__ == "InterpretedFunction":
             raise RuntimeError("the kernel was imported under TRITON_INTERPRET=1 and cannot be compiled; "
                                "run the report in a process without it (run() does this for you)")
-        spec = fam.signature_fn(dt, config)
-        signature, constexprs = spec[0], spec[1]
-        attrs = spec[2] if len(spec) > 2 else {}
+        signature, constexprs, attrs = fam.signature(dt, config)
         compiled = _triton_compile(fam.fn, signature, constexprs, attrs, ar.capability, _compile_options(config))
         rec["compile_s"] = round(time.perf_counter() - t0, 2)
         ptx = compiled.asm["ptx"]
@@ -524,7 +823,7 @@ def compile_one(family, config: triton.Config, dtype: str, arch: str, ptxas: Opt
             problems.append(f"spills {rec['spills']} B ({rec['spill_stores']} stored, {rec['spill_loads']} loaded)")
         if rec["shared_bytes"] > ar.shared_limit:
             problems.append(f"shared {rec['shared_bytes']} > {ar.shared_limit}")
-        expected = _expected_tensor_core(dt, ar)
+        expected = _expected_tensor_core(fam, dt, ar)
         if expected and rec["tensor_core"] not in expected:
             problems.append(f"tensor cores: {rec['tensor_core']}, expected {' or '.join(expected)}")
     rec["ok"] = not problems
@@ -568,7 +867,7 @@ def representative_configs(configs: Sequence[triton.Config]) -> List[triton.Conf
     tile (BLOCK_M * BLOCK_N * BLOCK_K, first listed on ties), and the median one."""
     if len(configs) <= 3:
         return list(configs)
-    vol = lambda c: c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"] * c.kwargs["BLOCK_K"]  # noqa: E731
+    vol = lambda c: _tile_volume(_tile_key(c))  # noqa: E731
     by_size = sorted(range(len(configs)), key=lambda i: (vol(configs[i]), i))
     picks = [0, max(range(len(configs)), key=lambda i: (vol(configs[i]), -i)), by_size[0], by_size[len(by_size) // 2]]
     return [configs[i] for i in sorted(set(picks))]
@@ -595,6 +894,8 @@ def _tasks(archs, dtypes, families, subset, only):
             fam_configs = [c for c in fam_configs if any(o in config_name(c) for o in only)]
         for arch in archs:
             for dtype in dtypes:
+                if not fam.runs(dtype, arch):
+                    continue
                 for cfg in fam_configs:
                     tasks.append((fam.name, _tile_key(cfg), dict(cfg.kwargs), dtype, arch))
     return tasks
@@ -660,7 +961,7 @@ def run(
         pool = ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn"),
                                    initializer=_worker_init)
         # Biggest tiles first: they take longest, so the pool drains evenly.
-        order = sorted(range(len(tasks)), key=lambda i: -(tasks[i][1][0] * tasks[i][1][1] * tasks[i][1][2]))
+        order = sorted(range(len(tasks)), key=lambda i: -_tile_volume(tasks[i][1]))
         futures = {pool.submit(_compile_task, *tasks[i], ptxas, max_spill): i for i in order}
     with pool:
         for fut in as_completed(futures):

@@ -9,7 +9,7 @@ keep the number of interpreted programs small.
 from __future__ import annotations
 
 import functools
-from typing import Dict, List, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 import triton
@@ -18,35 +18,72 @@ from .kernels._common import INTERPRETER
 
 __all__ = [
     "GEMM_TILES",
+    "SMALLC_TILES",
+    "DEPTHWISE_TILES",
     "gemm_configs",
+    "depthwise_configs",
     "prune_gemm_configs",
+    "pruned_because",
+    "gemm_prune_hook",
+    "heavy_epilogue",
+    "prune_direct_configs",
+    "DirectPruneHook",
+    "shared_bytes",
+    "acc_per_thread",
     "max_shared_memory",
     "INTERPRETER_CONFIG",
     "capture_safe_bench",
 ]
 
 # (BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages)
+#
+# What each tile costs on sm_80 and sm_90 (registers, spills, shared memory,
+# wgmma) is measured by ``python -m tritonconv.compile_report``; what shaped
+# the list:
+#   * wgmma needs a warpgroup (4 warps) and BLOCK_M >= 64, so there are no
+#     2-warp or BLOCK_M = 32 tiles; the pruner clamps BLOCK_M for small M anyway;
+#   * the accumulator takes BLOCK_M*BLOCK_N / (32*num_warps) registers per
+#     thread. 128 of them fit beside wgmma, whose operands stay in shared
+#     memory, but spill beside mma.sync's register operands (sm_80) or a fused
+#     epilogue's residual tile, so the two 128-per-thread tiles run only on
+#     sm_90 without a heavy epilogue (prune_gemm_configs), and 128x128 tiles
+#     use 8 warps (64 per thread);
+#   * the implicit GEMM gathers its operands through per-element 64-bit
+#     addresses, which costs registers in proportion to the tile per thread:
+#     fp32 (TF32) 128x64, 64x128 and 128x32 tiles spilled at 4 warps, hence 8.
 GEMM_TILES: Tuple[Tuple[int, int, int, int, int], ...] = (
-    # Large tiles for big layers; these are the Triton matmul tutorial's fp16
-    # choices, which also suit the implicit GEMM's long reduction.
+    # Large tiles for big layers; the first three are the Triton matmul
+    # tutorial's fp16 choices, which also suit the implicit GEMM's long reduction.
     (128, 256, 64, 8, 3),
     (256, 128, 64, 8, 3),
     (128, 128, 64, 8, 3),
-    (128, 128, 32, 4, 4),
-    (128, 64, 64, 4, 4),
-    (64, 128, 64, 4, 4),
-    (128, 64, 32, 4, 4),
+    (128, 128, 32, 8, 4),
+    (128, 64, 64, 8, 4),
+    (64, 128, 64, 8, 4),
+    (128, 64, 32, 8, 4),
     (64, 64, 64, 4, 4),
     # Narrow N for layers with few output channels per group (stems, heads, grouped convs).
-    (128, 32, 64, 4, 4),
-    (64, 32, 32, 2, 5),
+    (128, 32, 64, 8, 4),
+    (64, 32, 32, 4, 5),
     (128, 16, 32, 4, 4),
-    # Narrow K for layers with few input channels per group (C = 3 stems, grouped convs).
+    # Narrow K for layers with few input channels per group (grouped convs).
     (128, 64, 16, 4, 4),
     (64, 64, 16, 4, 4),
-    # Small M for late layers at small batch (7x7 images).
-    (32, 128, 64, 4, 4),
-    (32, 64, 32, 2, 5),
+)
+
+# The small-C family (smallc.py) flattens its R*S*C reduction and decomposes
+# every (pixel, kk) element of the A tile, so the A tile's index tensors cost
+# registers in proportion to BLOCK_M*BLOCK_K per thread: 128x128x64 and larger
+# spill at 8 warps. The reduction is short (147 for the 7x7 RGB stem) and the
+# output narrow (64 channels), so BLOCK_K <= 64 and BLOCK_N <= 64.
+SMALLC_TILES: Tuple[Tuple[int, int, int, int, int], ...] = (
+    (128, 64, 32, 8, 4),
+    (128, 64, 16, 8, 4),
+    (64, 64, 64, 4, 4),
+    (64, 64, 32, 4, 4),
+    (64, 64, 16, 4, 4),
+    (128, 32, 64, 8, 4),
+    (64, 32, 32, 4, 5),
 )
 
 # The interpreter runs one numpy operation per Triton operation per program,
@@ -55,9 +92,15 @@ GEMM_TILES: Tuple[Tuple[int, int, int, int, int], ...] = (
 INTERPRETER_CONFIG = dict(BLOCK_M=64, BLOCK_N=32, BLOCK_K=16, GROUP_M=8)
 
 
-def gemm_configs(tiles: Sequence[Tuple[int, int, int, int, int]] = GEMM_TILES, **extra) -> List[triton.Config]:
-    """Configs for an implicit-GEMM kernel; ``extra`` adds fixed meta-parameters."""
-    if INTERPRETER:
+def gemm_configs(tiles: Sequence[Tuple[int, int, int, int, int]] = GEMM_TILES, *, interpreter: Optional[bool] = None,
+                 **extra) -> List[triton.Config]:
+    """Configs for an implicit-GEMM kernel; ``extra`` adds fixed meta-parameters.
+
+    ``interpreter`` (default: whether Triton's interpreter is on) gives the
+    interpreter's single config; the compile report passes False to get the
+    compiled list whatever the environment.
+    """
+    if INTERPRETER if interpreter is None else interpreter:
         return [triton.Config({**INTERPRETER_CONFIG, **extra}, num_warps=4, num_stages=1)]
     return [
         triton.Config(
@@ -67,6 +110,38 @@ def gemm_configs(tiles: Sequence[Tuple[int, int, int, int, int]] = GEMM_TILES, *
         )
         for bm, bn, bk, warps, stages in tiles
     ]
+
+
+# The depthwise family's direct kernels (no tl.dot), as (BLOCK_M pixels,
+# BLOCK_N channels, num_warps): channel-wide tiles, because in NHWC the channel
+# axis is contiguous and each tap is then one vector load per pixel row. Each
+# thread holds BLOCK_M*BLOCK_N / (32*num_warps) accumulator values, and the
+# compiler keeps one kernel row of tap loads (S of them) in flight next to
+# them: at 16 values per thread a 7x7 kernel builds without spilling in
+# 16/32-bit, at 32 it spills, hence 8 warps for the 64x64 and 128x32 tiles.
+# fp64 needs 8 values per thread: the last tile (prune_direct_configs).
+DEPTHWISE_TILES: Tuple[Tuple[int, int, int], ...] = (
+    (32, 64, 4),
+    (64, 32, 4),
+    (16, 128, 4),
+    (64, 64, 8),
+    (128, 32, 8),
+    (32, 128, 8),
+    (8, 256, 4),
+    (8, 256, 8),
+)
+DEPTHWISE_STAGES = 2
+# Under the interpreter: a narrow channel block, since the tests' depthwise layers have few channels.
+DEPTHWISE_INTERPRETER_CONFIG = dict(BLOCK_M=32, BLOCK_N=16)
+
+
+def depthwise_configs(tiles: Sequence[Tuple[int, int, int]] = DEPTHWISE_TILES, *,
+                      interpreter: Optional[bool] = None, **extra) -> List[triton.Config]:
+    """Configs for the depthwise direct kernels; ``extra`` adds fixed meta-parameters."""
+    if INTERPRETER if interpreter is None else interpreter:
+        return [triton.Config({**DEPTHWISE_INTERPRETER_CONFIG, **extra}, num_warps=4, num_stages=1)]
+    return [triton.Config({"BLOCK_M": m, "BLOCK_N": c, **extra}, num_warps=w, num_stages=DEPTHWISE_STAGES)
+            for m, c, w in tiles]
 
 
 @functools.lru_cache(maxsize=None)
@@ -84,23 +159,107 @@ def _pow2_at_least(n: int, floor: int = 16) -> int:
     return max(floor, triton.next_power_of_2(max(int(n), 1)))
 
 
-def shared_bytes(bm: int, bn: int, bk: int, stages: int, elem_bytes: int) -> int:
-    """Shared memory a pipelined GEMM tile loop needs: one A and one B tile per stage."""
-    return (bm * bk + bk * bn) * elem_bytes * max(stages, 1)
+def shared_bytes(bm: int, bn: int, bk: int, stages: int, elem_bytes: int, capability: Optional[int] = None) -> int:
+    """Shared memory a pipelined GEMM tile loop needs: one A and one B tile per buffer.
+
+    Triton's mma.sync pipeline (below sm_90, and fp64 everywhere) keeps
+    num_stages - 1 buffers in shared memory: the compile report reads e.g.
+    98304 B, not 147456 B, for fp16 128x256x64 with 3 stages on sm_80. The
+    wgmma pipeline (sm_90, 16/32-bit) keeps num_stages. Without a capability
+    the larger figure is returned. Not counted: the epilogue's layout-conversion
+    scratch, which reuses these buffers and exceeds them only for BLOCK_K = 16
+    tiles (by at most 8 KiB in the report), and TMA's barriers (8 B each).
+    """
+    wgmma_pipeline = capability is None or (capability >= 90 and elem_bytes <= 4)
+    buffers = max(stages, 1) if wgmma_pipeline else max(stages - 1, 1)
+    return (bm * bk + bk * bn) * elem_bytes * buffers
+
+
+def acc_per_thread(bm: int, bn: int, num_warps: int) -> int:
+    """Accumulator values each thread holds: the tile spread over 32 * num_warps threads."""
+    return bm * bn // (32 * num_warps)
+
+
+# Accumulator values per thread beyond which a tile spills (compile report, sm_80 and sm_90):
+# with a fused epilogue (the residual tile is live next to the accumulator) 128 spills, 64 does not;
+MAX_ACC_HEAVY_EPILOGUE = 64
+# below sm_90 mma.sync holds its A and B fragments in registers too: next to an implicit GEMM's gather
+# addressing, 128 sit at 255 registers and spill in dgrad, wgrad and split-K fprop (a plain GEMM, the
+# 1x1 family, has room: about 240 registers);
+MAX_ACC_MMA_SYNC = 64
+# fp64 takes two registers per value, and 32 values per thread already spill with 64-deep K tiles.
+MAX_ACC_FP64 = 16
+
+
+def pruned_because(bm: int, bn: int, bk: int, num_warps: int, num_stages: int, elem_bytes: int, shared_limit: int,
+                   capability: Optional[int] = None, heavy_epilogue: bool = False, gathered: bool = True,
+                   gemm_m: Optional[int] = None) -> Optional[str]:
+    """Why ``prune_gemm_configs`` drops a tile (already clamped to the problem), or None when it keeps it.
+
+    The arguments are those of ``prune_gemm_configs``; ``gemm_m`` None means
+    a problem large in M.
+    """
+    shared = shared_bytes(bm, bn, bk, num_stages, elem_bytes, capability)
+    if shared > shared_limit:
+        return f"estimated shared {shared} > {shared_limit}"
+    acc = acc_per_thread(bm, bn, num_warps)
+    if elem_bytes >= 8 and acc > MAX_ACC_FP64:
+        return f"fp64 accumulator {acc} values/thread > {MAX_ACC_FP64}"
+    if heavy_epilogue and acc > MAX_ACC_HEAVY_EPILOGUE:
+        return f"accumulator {acc} values/thread > {MAX_ACC_HEAVY_EPILOGUE} with a residual or activation epilogue"
+    if gathered and capability is not None and capability < 90 and acc > MAX_ACC_MMA_SYNC:
+        return f"accumulator {acc} values/thread > {MAX_ACC_MMA_SYNC} below sm_90 (mma.sync)"
+    wgmma_only = elem_bytes == 2 and capability is not None and capability >= 90 and (gemm_m is None or gemm_m >= 64)
+    if wgmma_only and (bm < 64 or num_warps < 4):
+        return "no wgmma (needs BLOCK_M >= 64 and 4 warps) for a 16-bit type on sm_90+"
+    return None
 
 
 def prune_gemm_configs(
-    configs: List[triton.Config], gemm_m: int, gemm_n: int, gemm_k: int, elem_bytes: int, shared_limit: int
+    configs: List[triton.Config],
+    gemm_m: int,
+    gemm_n: int,
+    gemm_k: int,
+    elem_bytes: int,
+    shared_limit: int,
+    capability: Optional[int] = None,
+    heavy_epilogue: bool = False,
+    gathered: bool = True,
 ) -> List[triton.Config]:
     """Drop configs that cannot pay off for a (gemm_m, gemm_n, gemm_k) problem.
 
+    Args:
+        configs: the autotune configs (BLOCK_M, BLOCK_N, BLOCK_K in kwargs).
+        gemm_m, gemm_n, gemm_k: the GEMM's sizes for this launch.
+        elem_bytes: the operands' element size (2, 4 or 8).
+        shared_limit: bytes of shared memory a block may use on the device.
+        capability: the device's compute capability as an int (80, 90, ...);
+            None (no GPU) applies no arch-specific rule.
+        heavy_epilogue: whether the accumulator is followed by a residual add
+            or an activation (HAS_RESIDUAL or ACTIVATION != 0).
+        gathered: whether the kernel gathers its operands through per-element
+            addresses (the implicit GEMMs); False for a plain GEMM (gemm1x1).
+
     Removes, in order of reasoning:
       * tiles wider than the problem in M, N or K (beyond the next power of two,
-        and at least 16 for tl.dot): they only compute masked-out zeros;
-      * configs whose pipelined tiles exceed the device's shared memory;
-      * for fp64 (8-byte elements), the largest tiles, which would spill.
-    If nothing survives, the config with the smallest shared-memory footprint
-    is kept so that every problem still runs.
+        and at least 16 for tl.dot): they only compute masked-out zeros, so
+        they are clamped to the problem and the duplicates this makes dropped;
+      * configs whose pipelined tiles exceed the device's shared memory
+        (``shared_bytes``, which counts the buffers Triton allocates on that arch);
+      * for fp64 (8-byte elements), tiles with more than MAX_ACC_FP64
+        accumulator values per thread, which spill;
+      * with a heavy epilogue, tiles with more than MAX_ACC_HEAVY_EPILOGUE
+        accumulator values per thread, which spill once the residual is live;
+      * below sm_90, for a gathering kernel, tiles with more than
+        MAX_ACC_MMA_SYNC accumulator values per thread, which spill beside
+        mma.sync's register operands and the gather's addresses;
+      * for 16-bit dtypes on sm_90+, tiles that cannot use wgmma (BLOCK_M < 64
+        or fewer than 4 warps), unless the problem's M is below 64 so that
+        clamping makes a small BLOCK_M unavoidable.
+    ``pruned_because`` says which rule drops a tile. If nothing survives, a
+    small 64x32x16 tile (clamped to the problem) is kept so that every problem
+    still runs. Each kept config keeps its pre_hook (the TMA family sets its
+    descriptors' block shapes there).
     """
     if len(configs) <= 1:
         return configs
@@ -108,47 +267,112 @@ def prune_gemm_configs(
     kept = []
     seen = set()
     for cfg in configs:
-        bm, bn, bk = cfg.kwargs["BLOCK_M"], cfg.kwargs["BLOCK_N"], cfg.kwargs["BLOCK_K"]
         # clamp tile sizes to the problem, then drop duplicates the clamping creates
-        bm, bn, bk = min(bm, m_cap), min(bn, n_cap), min(bk, k_cap)
-        if shared_bytes(bm, bn, bk, cfg.num_stages, elem_bytes) > shared_limit:
-            continue
-        if elem_bytes >= 8 and bm * bn > 64 * 64:
-            continue
+        bm = min(cfg.kwargs["BLOCK_M"], m_cap)
+        bn = min(cfg.kwargs["BLOCK_N"], n_cap)
+        bk = min(cfg.kwargs["BLOCK_K"], k_cap)
         sig = (bm, bn, bk, cfg.num_warps, cfg.num_stages)
-        if sig in seen:
+        if sig in seen or pruned_because(*sig, elem_bytes, shared_limit, capability, heavy_epilogue, gathered, gemm_m):
             continue
         seen.add(sig)
         kwargs = dict(cfg.kwargs, BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk)
         kept.append(triton.Config(kwargs, num_warps=cfg.num_warps, num_stages=cfg.num_stages, pre_hook=cfg.pre_hook))
     if not kept:
-        smallest = min(
-            configs,
-            key=lambda c: shared_bytes(c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.kwargs["BLOCK_K"], 1, elem_bytes),
-        )
-        kept = [triton.Config(dict(smallest.kwargs, BLOCK_M=32, BLOCK_N=32, BLOCK_K=16), num_warps=4, num_stages=2,
-                              pre_hook=smallest.pre_hook)]
+        first = configs[0]
+        kwargs = dict(first.kwargs, BLOCK_M=min(64, m_cap), BLOCK_N=min(32, n_cap), BLOCK_K=16)
+        kept = [triton.Config(kwargs, num_warps=4, num_stages=2, pre_hook=first.pre_hook)]
     return kept
+
+
+# fp64 tap loads and accumulators take two registers per value: at 16 values per thread a 7x7
+# depthwise kernel spills (compile report), at 8 it does not.
+MAX_DIRECT_ACC_FP64 = 8
+
+
+def direct_pruned_because(bm: int, bn: int, num_warps: int, elem_bytes: int) -> Optional[str]:
+    """Why ``prune_direct_configs`` drops a depthwise tile, or None when it keeps it."""
+    acc = acc_per_thread(bm, bn, num_warps)
+    if elem_bytes >= 8 and acc > MAX_DIRECT_ACC_FP64:
+        return f"fp64 accumulator {acc} values/thread > {MAX_DIRECT_ACC_FP64}"
+    return None
+
+
+def prune_direct_configs(configs: List[triton.Config], elem_bytes: int) -> List[triton.Config]:
+    """Drop the depthwise direct kernels' tiles that spill: for fp64, more than
+    MAX_DIRECT_ACC_FP64 accumulator values per thread. Keeps the first config if none survives."""
+    if len(configs) <= 1:
+        return configs
+    kept = [c for c in configs
+            if not direct_pruned_because(c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.num_warps, elem_bytes)]
+    return kept or configs[:1]
 
 
 def elem_bytes_of(t: torch.Tensor) -> int:
     return t.element_size()
 
 
-def gemm_prune_hook(m_fn, n_fn, k_fn, tensor_arg: str):
-    """Build an ``early_config_prune`` for @triton.autotune from GEMM-size functions.
+def heavy_epilogue(launch_args: Dict) -> bool:
+    """Whether a launch's epilogue keeps more than the accumulator live: a residual or an activation.
+
+    Reads the kernels' constexpr launch kwargs; a split-K partial (PARTIAL)
+    stores the raw accumulator whatever the epilogue flags say.
+    """
+    if launch_args.get("PARTIAL", False):
+        return False
+    return bool(launch_args.get("HAS_RESIDUAL", False)) or int(launch_args.get("ACTIVATION", 0) or 0) != 0
+
+
+def device_capability(t: torch.Tensor) -> Optional[int]:
+    """The compute capability of a CUDA tensor's device as an int (90 for sm_90); None off CUDA."""
+    if not t.is_cuda:
+        return None
+    major, minor = torch.cuda.get_device_capability(t.device)
+    return 10 * major + minor
+
+
+class GemmPruneHook:
+    """An ``early_config_prune`` for @triton.autotune, from GEMM-size functions.
 
     ``m_fn`` / ``n_fn`` / ``k_fn`` take the kernel's named arguments and return the
-    GEMM's M, N and K; ``tensor_arg`` names an input whose dtype sets element size.
+    GEMM's M, N and K; ``tensor_arg`` names an argument whose dtype sets the element
+    size and whose device sets the shared-memory limit and compute capability. The
+    epilogue flags come from the launch's constexpr kwargs (``heavy_epilogue``).
+    ``gathered`` is False for a plain GEMM kernel (see ``prune_gemm_configs``).
+    Under the interpreter (CPU tensors) there is a single config, returned untouched.
+    The compile report reuses ``gemm_sizes`` so that it prunes as the runtime does.
     """
 
-    def prune(configs: List[triton.Config], named_args: Dict, **kwargs) -> List[triton.Config]:
-        args = {**named_args, **kwargs}
-        t = args[tensor_arg]
-        limit = max_shared_memory(t.device.index or 0) if t.is_cuda else 1 << 30
-        return prune_gemm_configs(configs, m_fn(args), n_fn(args), k_fn(args), t.element_size(), limit)
+    def __init__(self, m_fn, n_fn, k_fn, tensor_arg: str, gathered: bool = True):
+        self.m_fn, self.n_fn, self.k_fn, self.tensor_arg = m_fn, n_fn, k_fn, tensor_arg
+        self.gathered = gathered
 
-    return prune
+    def gemm_sizes(self, args: Dict) -> Tuple[int, int, int]:
+        """(M, N, K) of the GEMM a launch with these named arguments computes."""
+        return int(self.m_fn(args)), int(self.n_fn(args)), int(self.k_fn(args))
+
+    def __call__(self, configs: List[triton.Config], named_args: Dict, **kwargs) -> List[triton.Config]:
+        args = {**named_args, **kwargs}
+        t = args[self.tensor_arg]
+        limit = max_shared_memory(t.device.index or 0) if t.is_cuda else 1 << 30
+        return prune_gemm_configs(configs, *self.gemm_sizes(args), t.element_size(), limit,
+                                  capability=device_capability(t), heavy_epilogue=heavy_epilogue(args),
+                                  gathered=self.gathered)
+
+
+class DirectPruneHook:
+    """An ``early_config_prune`` for the depthwise direct kernels: ``prune_direct_configs``
+    for the element size of the argument ``tensor_arg``."""
+
+    def __init__(self, tensor_arg: str):
+        self.tensor_arg = tensor_arg
+
+    def __call__(self, configs: List[triton.Config], named_args: Dict, **kwargs) -> List[triton.Config]:
+        return prune_direct_configs(configs, {**named_args, **kwargs}[self.tensor_arg].element_size())
+
+
+def gemm_prune_hook(m_fn, n_fn, k_fn, tensor_arg: str, gathered: bool = True) -> GemmPruneHook:
+    """Build an ``early_config_prune`` for @triton.autotune from GEMM-size functions (see GemmPruneHook)."""
+    return GemmPruneHook(m_fn, n_fn, k_fn, tensor_arg, gathered)
 
 
 def capture_safe_bench(kernel_call, quantiles):

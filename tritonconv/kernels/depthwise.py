@@ -2,9 +2,10 @@
 
 A depthwise layer's GEMM view has K_gemm = R*S (9 for 3x3) and N_gemm = the
 channel multiplier (usually 1): far too thin for tensor cores, so these
-kernels compute the R*S taps directly, unrolled at compile time, on a
-(pixels x channels) tile. In NHWC the channel axis is contiguous, so every
-tap is one vectorised load per pixel row.
+kernels compute the R*S taps directly, a loop over the kernel's rows with
+each row's S taps unrolled at compile time, on a (pixels x channels) tile.
+In NHWC the channel axis is contiguous, so every tap is one vectorised load
+per pixel row.
 
     forward   y[n, k, p, q]  = sum_{r,s} x[n, k // mult, p*sh - ph + r*dh, q*sw - pw + s*dw] * w[k, 0, r, s]
     dgrad     dx[n, c, h, w] = sum_{j < mult} sum_{r,s: tap lands} dy[n, c*mult + j, p, q] * w[c*mult + j, 0, r, s]
@@ -12,9 +13,11 @@ tap is one vectorised load per pixel row.
     wgrad     dw[k, 0, r, s] = sum_{n,p,q} dy[n, k, p, q] * x[n, k // mult, h, w], split over (n, p, q)
               in SPLIT chunks with fixed-order partial sums (deterministic)
 
-mult = K / C is the channel multiplier. R*S is unrolled, so the family takes
-kernels up to MAX_TAPS taps (7x7 and 9x9 included); larger ones use the
-general implicit GEMM.
+mult = K / C is the channel multiplier. Only a row of taps is unrolled: with
+all R*S unrolled the compiler hoists every tap's load ahead of the first
+multiply, and a 7x7 kernel then spills kilobytes per thread on sm_90 (the
+compile report). The family takes kernels up to MAX_TAPS taps (7x7 and 9x9
+included); larger ones use the general implicit GEMM.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ import triton.language as tl
 
 from .. import configs, tuning
 from ..spec import Conv2dProblem, output_memory_format
-from ._common import INTERPRETER, acc_dtype_for, activation_code, alloc_output, check_device, conv_epilogue
+from ._common import acc_dtype_for, activation_code, alloc_output, check_device, conv_epilogue
 
 __all__ = ["accepts", "conv2d_fprop_depthwise", "conv2d_dgrad_depthwise", "conv2d_wgrad_depthwise", "MAX_TAPS"]
 
@@ -36,14 +39,6 @@ MAX_TAPS = 81
 
 def accepts(problem: Conv2dProblem) -> bool:
     return problem.groups == problem.C and problem.C > 1 and problem.R * problem.S <= MAX_TAPS
-
-
-def _direct_configs(**extra):
-    """(BLOCK_M pixels, BLOCK_N channels, warps): channel-wide tiles for NHWC vector loads."""
-    if INTERPRETER:
-        return [triton.Config({"BLOCK_M": 32, "BLOCK_N": 16, **extra}, num_warps=4, num_stages=1)]
-    tiles = [(32, 64, 4), (64, 32, 4), (16, 128, 4), (64, 64, 4), (128, 32, 4), (32, 128, 8), (8, 256, 4)]
-    return [triton.Config({"BLOCK_M": m, "BLOCK_N": c, **extra}, num_warps=w, num_stages=2) for m, c, w in tiles]
 
 
 @triton.jit
@@ -84,9 +79,9 @@ def depthwise_fprop_kernel(
     x_cols = (k_out // MULT).to(tl.int64) * sxc
     w_rows = w_ptr + k_out.to(tl.int64) * swk
 
-    # -- the taps, unrolled
+    # -- the taps: kernel rows in a loop, each row's S taps unrolled
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC_DTYPE)
-    for r in tl.static_range(R):
+    for r in range(R):
         for s in tl.static_range(S):
             h = h0 + r * dil_h
             w = w0 + s * dil_w
@@ -133,7 +128,7 @@ def depthwise_dgrad_kernel(
         k = c * MULT + j
         dy_cols = k.to(tl.int64) * sdyk
         w_rows = w_ptr + k.to(tl.int64) * swk
-        for r in tl.static_range(R):
+        for r in range(R):
             for s in tl.static_range(S):
                 ph = h_ + pad_h - r * dil_h
                 pw = w_ + pad_w - s * dil_w
@@ -204,13 +199,15 @@ def depthwise_wgrad_kernel(
 
 _KEY = ["M", "H", "W", "P", "Q", "MULT", "stride_h", "stride_w", "dil_h", "dil_w"]
 _fprop_tuned = triton.autotune(
-    configs=_direct_configs(), key=_KEY + ["K", "sxc", "syk"], do_bench=configs.capture_safe_bench,
+    configs=configs.depthwise_configs(), key=_KEY + ["K", "sxc", "syk"], do_bench=configs.capture_safe_bench,
+    prune_configs_by={"early_config_prune": configs.DirectPruneHook("x_ptr")},
 )(depthwise_fprop_kernel)
 _dgrad_tuned = triton.autotune(
-    configs=_direct_configs(), key=_KEY + ["C", "sdyk", "sdxc"], do_bench=configs.capture_safe_bench,
+    configs=configs.depthwise_configs(), key=_KEY + ["C", "sdyk", "sdxc"], do_bench=configs.capture_safe_bench,
+    prune_configs_by={"early_config_prune": configs.DirectPruneHook("dy_ptr")},
 )(depthwise_dgrad_kernel)
 _wgrad_tuned = triton.autotune(
-    configs=_direct_configs(),
+    configs=configs.depthwise_configs(),
     key=["N", "H", "W", "P", "Q", "K", "MULT", "SPLIT", "stride_h", "stride_w", "sdyk", "sxc"],
     do_bench=configs.capture_safe_bench,
 )(depthwise_wgrad_kernel)

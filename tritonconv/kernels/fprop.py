@@ -174,7 +174,7 @@ def splitk_reduce_kernel(
 _fprop_tuned = triton.autotune(
     configs=configs.gemm_configs(),
     key=["M", "H", "W", "CG", "KG", "GROUPS", "SPLIT_K", "R", "S", "stride_h", "stride_w", "dil_h", "dil_w",
-         "sxc", "syk"],
+         "sxc", "syk", "HAS_RESIDUAL", "ACTIVATION"],  # the epilogue changes what the pruner keeps
     do_bench=configs.capture_safe_bench,
     prune_configs_by={
         "early_config_prune": configs.gemm_prune_hook(

@@ -109,11 +109,11 @@ def gemm1x1_fprop_kernel(
 
 _gemm1x1_tuned = triton.autotune(
     configs=configs.gemm_configs(),
-    key=["M", "H", "W", "CG", "KG", "GROUPS", "sxc", "syk"],
+    key=["M", "H", "W", "CG", "KG", "GROUPS", "sxc", "syk", "HAS_RESIDUAL", "ACTIVATION"],  # epilogue: see pruning
     do_bench=configs.capture_safe_bench,
     prune_configs_by={
         "early_config_prune": configs.gemm_prune_hook(
-            m_fn=lambda a: a["M"], n_fn=lambda a: a["KG"], k_fn=lambda a: a["CG"], tensor_arg="x_ptr"
+            m_fn=lambda a: a["M"], n_fn=lambda a: a["KG"], k_fn=lambda a: a["CG"], tensor_arg="x_ptr", gathered=False
         )
     },
 )(gemm1x1_fprop_kernel)
@@ -248,11 +248,11 @@ def gemm1x1_tma_kernel(
 _gemm1x1_tma_tuned = triton.autotune(
     configs=[triton.Config(c.kwargs, num_warps=c.num_warps, num_stages=c.num_stages, pre_hook=_set_tma_blocks)
              for c in configs.gemm_configs()],
-    key=["M", "H", "W", "CG", "KG", "GROUPS", "syk"],
+    key=["M", "H", "W", "CG", "KG", "GROUPS", "syk", "HAS_RESIDUAL", "ACTIVATION"],
     do_bench=configs.capture_safe_bench,
     prune_configs_by={
         "early_config_prune": configs.gemm_prune_hook(
-            m_fn=lambda a: a["M"], n_fn=lambda a: a["KG"], k_fn=lambda a: a["CG"], tensor_arg="y_ptr"
+            m_fn=lambda a: a["M"], n_fn=lambda a: a["KG"], k_fn=lambda a: a["CG"], tensor_arg="y_ptr", gathered=False
         )
     },
 )(gemm1x1_tma_kernel)

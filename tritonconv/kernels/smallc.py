@@ -117,8 +117,9 @@ def smallc_fprop_kernel(
 
 
 _smallc_tuned = triton.autotune(
-    configs=configs.gemm_configs(),
-    key=["M", "H", "W", "CG", "KG", "GROUPS", "R", "S", "stride_h", "stride_w", "dil_h", "dil_w", "sxc", "syk"],
+    configs=configs.gemm_configs(configs.SMALLC_TILES),
+    key=["M", "H", "W", "CG", "KG", "GROUPS", "R", "S", "stride_h", "stride_w", "dil_h", "dil_w", "sxc", "syk",
+         "HAS_RESIDUAL", "ACTIVATION"],  # the epilogue changes what the pruner keeps
     do_bench=configs.capture_safe_bench,
     prune_configs_by={
         "early_config_prune": configs.gemm_prune_hook(
