@@ -12,6 +12,7 @@ import triton.language as tl
 __all__ = [
     "INTERPRETER",
     "grouped_pid",
+    "tile_pid",
     "alloc_output",
     "acc_dtype_for",
     "input_precision_for",
@@ -48,6 +49,20 @@ def grouped_pid(pid, num_pid_m, num_pid_n, GROUP_M: tl.constexpr):
     pid_m = first_m + ((pid % width) % band_rows)
     pid_n = (pid % width) // band_rows
     return pid_m, pid_n
+
+
+@triton.jit
+def tile_pid(pid, M, N, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, GROUP_M: tl.constexpr):
+    """Split a linear program id into (outer, pid_m, pid_n) over an M x N tile grid.
+
+    ``outer`` counts whole tile grids (the conv group, or split * groups + group);
+    within one grid the tiles run in GROUP_M bands (``grouped_pid``).
+    """
+    num_pid_m = tl.cdiv(M, BLOCK_M)
+    num_pid_n = tl.cdiv(N, BLOCK_N)
+    tiles = num_pid_m * num_pid_n
+    pid_m, pid_n = grouped_pid(pid % tiles, num_pid_m, num_pid_n, GROUP_M)
+    return pid // tiles, pid_m, pid_n
 
 
 _POISON_OUTPUTS = False

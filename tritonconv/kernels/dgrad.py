@@ -37,7 +37,7 @@ import triton.language as tl
 
 from .. import configs, tuning
 from ..spec import Conv2dProblem
-from ._common import acc_dtype_for, alloc_output, check_device, grouped_pid, input_precision_for
+from ._common import acc_dtype_for, alloc_output, check_device, input_precision_for, tile_pid
 
 __all__ = ["conv2d_dgrad", "dgrad_kernel"]
 
@@ -78,15 +78,11 @@ def dgrad_kernel(
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
 ):
     # -- program-id mapping: (group, phase, M-tile, N-tile)
-    pid = tl.program_id(0)
     M = N * HP * WP
-    num_pid_m = tl.cdiv(M, BLOCK_M)
-    num_pid_n = tl.cdiv(CG, BLOCK_N)
-    tiles = num_pid_m * num_pid_n
+    outer, pid_m, pid_n = tile_pid(tl.program_id(0), M, CG, BLOCK_M, BLOCK_N, GROUP_M)
     phases = stride_h * stride_w
-    g = pid // (tiles * phases)
-    phase = (pid // tiles) % phases
-    pid_m, pid_n = grouped_pid(pid % tiles, num_pid_m, num_pid_n, GROUP_M)
+    g = outer // phases
+    phase = outer % phases
     a_h = phase // stride_w
     a_w = phase % stride_w
 

@@ -44,7 +44,7 @@ from ._common import (
     alloc_output,
     check_device,
     conv_epilogue,
-    grouped_pid,
+    tile_pid,
     input_precision_for,
 )
 
@@ -85,13 +85,9 @@ def fprop_kernel(
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
 ):
     # -- program-id mapping: (split, group, M-tile, N-tile); every program has real work
-    pid = tl.program_id(0)
-    num_pid_m = tl.cdiv(M, BLOCK_M)
-    num_pid_n = tl.cdiv(KG, BLOCK_N)
-    tiles = num_pid_m * num_pid_n
-    split = pid // (tiles * GROUPS)
-    g = (pid // tiles) % GROUPS
-    pid_m, pid_n = grouped_pid(pid % tiles, num_pid_m, num_pid_n, GROUP_M)
+    outer, pid_m, pid_n = tile_pid(tl.program_id(0), M, KG, BLOCK_M, BLOCK_N, GROUP_M)
+    split = outer // GROUPS
+    g = outer % GROUPS
 
     # -- pointer setup. Row (pixel) offsets are int64: n * sxn alone can pass
     #    2**31 for large batches, and pointers are 64-bit anyway.

@@ -33,7 +33,7 @@ from ._common import (
     alloc_output,
     check_device,
     conv_epilogue,
-    grouped_pid,
+    tile_pid,
     input_precision_for,
 )
 
@@ -69,12 +69,7 @@ def gemm1x1_fprop_kernel(
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
 ):
     # -- program-id mapping: (group, M-tile, N-tile)
-    pid = tl.program_id(0)
-    num_pid_m = tl.cdiv(M, BLOCK_M)
-    num_pid_n = tl.cdiv(KG, BLOCK_N)
-    tiles = num_pid_m * num_pid_n
-    g = pid // tiles
-    pid_m, pid_n = grouped_pid(pid % tiles, num_pid_m, num_pid_n, GROUP_M)
+    g, pid_m, pid_n = tile_pid(tl.program_id(0), M, KG, BLOCK_M, BLOCK_N, GROUP_M)
 
     # -- pixel offsets, once per tile (int64: n * sxn can pass 2**31)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -219,12 +214,7 @@ def gemm1x1_tma_kernel(
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
 ):
     # -- program-id mapping: (group, M-tile, N-tile)
-    pid = tl.program_id(0)
-    num_pid_m = tl.cdiv(M, BLOCK_M)
-    num_pid_n = tl.cdiv(KG, BLOCK_N)
-    tiles = num_pid_m * num_pid_n
-    g = pid // tiles
-    pid_m, pid_n = grouped_pid(pid % tiles, num_pid_m, num_pid_n, GROUP_M)
+    g, pid_m, pid_n = tile_pid(tl.program_id(0), M, KG, BLOCK_M, BLOCK_N, GROUP_M)
 
     # -- reduction: TMA tiles. Out-of-bounds reads are zero-filled; columns past
     #    this group's C/groups in A meet zero rows of B (B's width is C/groups),

@@ -34,7 +34,7 @@ import triton.language as tl
 
 from .. import configs, tuning
 from ..spec import Conv2dProblem
-from ._common import INTERPRETER, acc_dtype_for, alloc_output, check_device, grouped_pid, input_precision_for
+from ._common import INTERPRETER, acc_dtype_for, alloc_output, check_device, input_precision_for, tile_pid
 
 __all__ = ["conv2d_wgrad", "conv2d_bias_grad", "wgrad_kernel", "bias_grad_kernel", "choose_split_k"]
 
@@ -62,17 +62,13 @@ def wgrad_kernel(
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
 ):
     # -- program-id mapping: (split, group, tap, M-tile, N-tile)
-    pid = tl.program_id(0)
-    num_pid_m = tl.cdiv(KG, BLOCK_M)
-    num_pid_n = tl.cdiv(CG, BLOCK_N)
-    tiles = num_pid_m * num_pid_n
+    outer, pid_m, pid_n = tile_pid(tl.program_id(0), KG, CG, BLOCK_M, BLOCK_N, GROUP_M)
     taps = R * S
-    split = pid // (tiles * taps * GROUPS)
-    g = (pid // (tiles * taps)) % GROUPS
-    rs = (pid // tiles) % taps
+    split = outer // (taps * GROUPS)
+    g = (outer // taps) % GROUPS
+    rs = outer % taps
     r = rs // S
     s = rs % S
-    pid_m, pid_n = grouped_pid(pid % tiles, num_pid_m, num_pid_n, GROUP_M)
 
     # -- this split's share of the reduction, in whole BLOCK_K steps
     NPQ = N * P * Q
