@@ -49,7 +49,7 @@ Usage::
     python -m tritonconv.compile_report --arch sm_90 --arch sm_80     # everything
     python -m tritonconv.compile_report --arch sm_90 --subset --json  # CI
 
-The full report for sm_90 and sm_80 is about 1,500 compiles: some 12 minutes
+The full report for sm_90 and sm_80 is about 1,500 compiles: 12 to 20 minutes
 on 2 cores with an empty Triton cache (TRITON_CACHE_DIR), 4 with a warm one.
 ``--subset`` compiles the first, largest, smallest and median config of every
 family in fp16 and fp32, about 110 compiles per arch: under a minute on 2
