@@ -10,7 +10,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 import tritonconv
 from tritonconv import spec
-from tritonconv.kernels.wgrad import conv2d_wgrad
+from tritonconv.kernels.wgrad import conv2d_bias_grad, conv2d_wgrad
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
@@ -134,6 +134,21 @@ def test_wgrad_split_k_is_correct_and_bitwise_deterministic(split_k):
     wr = w.double().requires_grad_()
     F.conv2d(xr, wr, None, 1, 1).backward(dy.double())
     assert rel_err(first, wr.grad) < GRAD_TOL[torch.float32]
+
+
+@pytest.mark.parametrize("layout", ["nchw", "nhwc"])
+@pytest.mark.parametrize("split", [1, 2, 5, 64])
+def test_bias_grad_split_is_correct_and_bitwise_deterministic(split, layout):
+    """Pixel chunks that do not divide N*P*Q evenly (3*7*9 = 189 pixels, 64-pixel steps),
+    and more chunks than steps (64: the surplus programs must store zeros, not garbage)."""
+    torch.manual_seed(16)
+    dy = torch.randn(3, 21, 7, 9, dtype=torch.float32, device=DEVICE)
+    if layout == "nhwc":
+        dy = dy.contiguous(memory_format=torch.channels_last)
+    first = conv2d_bias_grad(dy, split=split)
+    second = conv2d_bias_grad(dy, split=split)
+    assert torch.equal(first, second), "bias grad must be bitwise reproducible"
+    assert rel_err(first, dy.double().sum(dim=(0, 2, 3))) < GRAD_TOL[torch.float32]
 
 
 def test_wgrad_default_split_is_deterministic_through_autograd():

@@ -20,8 +20,8 @@ large, so it is cut into SPLIT_K chunks that run as separate programs. Each
 chunk writes its own fp32 partial (no atomics), and the partials are summed in
 a fixed order afterwards, so the gradient is bitwise reproducible run to run.
 
-grad_bias is a plain column sum of dy over (n, p, q), in a kernel of its own
-with the same fixed-order guarantee.
+grad_bias is a plain column sum of dy over (n, p, q), in a kernel of its own,
+split over pixel chunks the same way and with the same fixed-order guarantee.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ from .. import configs, tuning
 from ..spec import Conv2dProblem
 from ._common import INTERPRETER, acc_dtype_for, alloc_output, check_device, input_precision_for, tile_pid
 
-__all__ = ["conv2d_wgrad", "conv2d_bias_grad", "wgrad_kernel", "bias_grad_kernel", "choose_split_k"]
+__all__ = ["conv2d_wgrad", "conv2d_bias_grad", "wgrad_kernel", "bias_grad_kernel", "choose_split_k", "bias_grad_splits"]
 
 
 @triton.jit
@@ -118,6 +118,7 @@ _wgrad_tuned = triton.autotune(
         "early_config_prune": configs.gemm_prune_hook(
             m_fn=lambda a: a["KG"], n_fn=lambda a: a["CG"],
             k_fn=lambda a: triton.cdiv(a["N"] * a["P"] * a["Q"], a["SPLIT_K"]), tensor_arg="dy_ptr",
+            max_block_n=configs.MAX_BLOCK_N_BOTH_GATHERED,
         )
     },
 )(wgrad_kernel)
@@ -126,25 +127,35 @@ _wgrad_tuned = triton.autotune(
 @triton.jit
 def bias_grad_kernel(
     dy_ptr,  # (N, K, P, Q), any strides
-    db_ptr,  # (K,)
+    out_ptr,  # (SPLIT_PIX, K): fp32 partials, or db itself when SPLIT_PIX == 1
     N, K, P, Q,
+    SPLIT_PIX,
     sdyn, sdyk, sdyp, sdyq,
+    sos, sok,  # out: split, k
     ACC_DTYPE: tl.constexpr,
     BLOCK_PIX: tl.constexpr, BLOCK_CH: tl.constexpr,
 ):
-    # one program per channel block, summing all pixels in a fixed order
+    # -- program-id mapping: (channel block, pixel chunk). Chunks are whole
+    #    BLOCK_PIX steps, so each pixel is summed by exactly one program.
     offs_ch = tl.program_id(0) * BLOCK_CH + tl.arange(0, BLOCK_CH)
+    split = tl.program_id(1)
     ch_ok = offs_ch < K
+    NPQ = N * P * Q
+    chunk = tl.cdiv(tl.cdiv(NPQ, SPLIT_PIX), BLOCK_PIX) * BLOCK_PIX
+    stop = tl.minimum(split * chunk + chunk, NPQ)
+
+    # -- this chunk's pixels, summed in a fixed order
     acc = tl.zeros((BLOCK_PIX, BLOCK_CH), dtype=ACC_DTYPE)
-    for k0 in range(0, N * P * Q, BLOCK_PIX):
+    for k0 in range(split * chunk, stop, BLOCK_PIX):
         kk = k0 + tl.arange(0, BLOCK_PIX)
         q = kk % Q
         p = (kk // Q) % P
         n = kk // (P * Q)
         off = n.to(tl.int64) * sdyn + p.to(tl.int64) * sdyp + q.to(tl.int64) * sdyq
         ptrs = dy_ptr + off[:, None] + offs_ch.to(tl.int64)[None, :] * sdyk
-        acc += tl.load(ptrs, mask=(kk < N * P * Q)[:, None] & ch_ok[None, :], other=0.0).to(ACC_DTYPE)
-    tl.store(db_ptr + offs_ch, tl.sum(acc, axis=0).to(db_ptr.dtype.element_ty), mask=ch_ok)
+        acc += tl.load(ptrs, mask=(kk < stop)[:, None] & ch_ok[None, :], other=0.0).to(ACC_DTYPE)
+    out = out_ptr + split.to(tl.int64) * sos + offs_ch.to(tl.int64) * sok
+    tl.store(out, tl.sum(acc, axis=0).to(out_ptr.dtype.element_ty), mask=ch_ok)
 
 
 def _sm_count(device: torch.device) -> int:
@@ -222,11 +233,26 @@ def conv2d_wgrad(
     return dw
 
 
-def conv2d_bias_grad(dy: torch.Tensor) -> torch.Tensor:
+def bias_grad_splits(npq: int, channel_blocks: int, device: torch.device) -> int:
+    """How many pixel chunks the bias gradient's sum is cut into.
+
+    One program per channel block alone leaves most of a GPU idle (a 64-channel
+    layer is 2 programs), so the pixels are split until the GPU is filled about
+    twice, keeping chunks of at least 2048 pixels so the partials stay small.
+    """
+    want = triton.cdiv(2 * _sm_count(device), channel_blocks)
+    return max(1, min(want, triton.cdiv(npq, 2048), 256))
+
+
+def conv2d_bias_grad(dy: torch.Tensor, split: Optional[int] = None) -> torch.Tensor:
     """Launch the bias gradient: db[k] = sum of dy[:, k] over (n, p, q).
+
+    The pixels are cut into chunks (``bias_grad_splits``) whose fp32 partial
+    sums are added in a fixed order afterwards: bitwise deterministic.
 
     Args:
         dy: (N, K, P, Q), any strides.
+        split: number of pixel chunks; None picks one (``bias_grad_splits``).
 
     Returns:
         db (K,) in dy's dtype.
@@ -236,9 +262,23 @@ def conv2d_bias_grad(dy: torch.Tensor) -> torch.Tensor:
     db = alloc_output((K,), dy.dtype, dy.device)
     if K == 0:
         return db
+    npq = N * P * Q
+    if npq == 0:
+        return db.zero_()
     block_ch = 16 if INTERPRETER else 32
-    bias_grad_kernel[(triton.cdiv(K, block_ch),)](
-        dy, db, N, K, P, Q, *dy.stride(),
+    if split is None:
+        split = bias_grad_splits(npq, triton.cdiv(K, block_ch), dy.device)
+    split = max(1, min(int(split), npq))
+    if split == 1:
+        out, out_strides = db, (0, 1)
+    else:
+        acc_dtype = torch.float64 if dy.dtype == torch.float64 else torch.float32
+        out = torch.empty((split, K), dtype=acc_dtype, device=dy.device)
+        out_strides = out.stride()
+    bias_grad_kernel[(triton.cdiv(K, block_ch), split)](
+        dy, out, N, K, P, Q, split, *dy.stride(), *out_strides,
         ACC_DTYPE=acc_dtype_for(dy.dtype), BLOCK_PIX=64, BLOCK_CH=block_ch,
     )
+    if split > 1:
+        db.copy_(out.sum(dim=0))  # fixed order: deterministic
     return db
