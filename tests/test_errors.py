@@ -207,7 +207,7 @@ def test_device_mismatch(entry, which, no_launch):
         w = w.cpu()
     else:
         b = b.cpu()
-    with pytest.raises(TypeError, match=rf"should be on the same device") as info:
+    with pytest.raises(TypeError, match=r"should be on the same device") as info:
         ENTRY_POINTS[entry](x, w, b)
     assert isinstance(info.value, RuntimeError)
 

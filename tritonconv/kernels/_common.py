@@ -5,9 +5,13 @@ Nothing here knows about torch.library; nothing here knows about tile sizes.
 
 from __future__ import annotations
 
+from typing import Dict, NamedTuple, Optional, Tuple
+
 import torch
 import triton
 import triton.language as tl
+
+from ..spec import Conv2dProblem, output_memory_format
 
 __all__ = [
     "INTERPRETER",
@@ -21,6 +25,9 @@ __all__ = [
     "ACTIVATIONS",
     "activation_code",
     "apply_activation",
+    "conv_epilogue",
+    "ForwardLaunch",
+    "prepare_forward",
 ]
 
 
@@ -172,3 +179,41 @@ def conv_epilogue(
         acc += res.to(acc.dtype)
     acc = apply_activation(acc, ACTIVATION, alpha)
     tl.store(y_ptr + y_rows[:, None] + k_out.to(tl.int64)[None, :] * syk, acc.to(y_ptr.dtype.element_ty), mask=mask)
+
+
+class ForwardLaunch(NamedTuple):
+    """What every forward launcher hands its kernel besides the problem's sizes (``prepare_forward``)."""
+
+    out: torch.Tensor  # y (N, K, P, Q) in F.conv2d's layout, or the caller's preallocated output
+    bias: torch.Tensor  # b_ptr: the bias, or any tensor when HAS_BIAS is False (never read)
+    residual: torch.Tensor  # res_ptr: the residual, or any tensor when HAS_RESIDUAL is False
+    res_strides: Tuple[int, int, int, int]  # the residual's strides, zeros without one
+    epilogue: Dict  # the constexprs HAS_BIAS, HAS_RESIDUAL, ACTIVATION, ACC_DTYPE
+
+
+def prepare_forward(x: torch.Tensor, w: torch.Tensor, bias: Optional[torch.Tensor],
+                    residual: Optional[torch.Tensor], problem: Conv2dProblem, out: Optional[torch.Tensor],
+                    activation: str) -> ForwardLaunch:
+    """The prologue every forward family shares: device check, output allocation, epilogue arguments.
+
+    Args:
+        x, w, bias, residual: the forward's tensors (bias and residual may be None).
+        problem: the validated problem.
+        out: a preallocated output, or None to allocate one in F.conv2d's memory format.
+        activation: the epilogue activation's name (``ACTIVATIONS``).
+
+    Returns:
+        A ``ForwardLaunch``; the caller returns ``.out`` untouched when it is empty.
+    """
+    check_device(x, w, bias, residual)
+    if out is None:
+        out = alloc_output(problem.output_shape, x.dtype, x.device, output_memory_format(x, w))
+    epilogue = dict(HAS_BIAS=bias is not None, HAS_RESIDUAL=residual is not None,
+                    ACTIVATION=activation_code(activation), ACC_DTYPE=acc_dtype_for(x.dtype))
+    return ForwardLaunch(
+        out=out,
+        bias=bias if bias is not None else w,
+        residual=residual if residual is not None else x,
+        res_strides=tuple(residual.stride()) if residual is not None else (0, 0, 0, 0),
+        epilogue=epilogue,
+    )

@@ -29,8 +29,8 @@ import triton
 import triton.language as tl
 
 from .. import configs, tuning
-from ..spec import Conv2dProblem, output_memory_format
-from ._common import acc_dtype_for, activation_code, alloc_output, check_device, conv_epilogue
+from ..spec import Conv2dProblem
+from ._common import acc_dtype_for, alloc_output, check_device, conv_epilogue, prepare_forward
 
 __all__ = ["accepts", "conv2d_fprop_depthwise", "conv2d_dgrad_depthwise", "conv2d_wgrad_depthwise", "MAX_TAPS"]
 
@@ -240,21 +240,18 @@ def conv2d_fprop_depthwise(
     Returns:
         y (N, K, P, Q) in x's dtype.
     """
-    check_device(x, w, bias, residual)
     pb = problem
-    if out is None:
-        out = alloc_output(pb.output_shape, x.dtype, x.device, output_memory_format(x, w))
+    fw = prepare_forward(x, w, bias, residual, pb, out, activation)
+    out = fw.out
     if out.numel() == 0:
         return out
     M = pb.N * pb.P * pb.Q
-    res_strides = residual.stride() if residual is not None else (0, 0, 0, 0)
     tuning.launch(_fprop_tuned, "depthwise_fprop", x.device, _grid2(M, pb.K),
-        x, w, bias if bias is not None else w, residual if residual is not None else x, out,
+        x, w, fw.bias, fw.residual, out,
         M, pb.H, pb.W, pb.P, pb.Q, pb.K, pb.K // pb.C,
         pb.stride_h, pb.stride_w, pb.pad_h, pb.pad_w, pb.dil_h, pb.dil_w,
-        *x.stride(), w.stride(0), w.stride(2), w.stride(3), *out.stride(), *res_strides, float(alpha),
-        R=pb.R, S=pb.S, HAS_BIAS=bias is not None, HAS_RESIDUAL=residual is not None,
-        ACTIVATION=activation_code(activation), ACC_DTYPE=acc_dtype_for(x.dtype),
+        *x.stride(), w.stride(0), w.stride(2), w.stride(3), *out.stride(), *fw.res_strides, float(alpha),
+        R=pb.R, S=pb.S, **fw.epilogue,
     )
     return out
 

@@ -37,16 +37,8 @@ import triton
 import triton.language as tl
 
 from .. import configs, tuning
-from ..spec import Conv2dProblem, output_memory_format
-from ._common import (
-    acc_dtype_for,
-    activation_code,
-    alloc_output,
-    check_device,
-    conv_epilogue,
-    tile_pid,
-    input_precision_for,
-)
+from ..spec import Conv2dProblem
+from ._common import conv_epilogue, input_precision_for, prepare_forward, tile_pid
 
 __all__ = ["conv2d_fprop", "conv2d_fprop_splitk", "fprop_kernel", "splitk_reduce_kernel", "accepts_splitk"]
 
@@ -226,10 +218,9 @@ def conv2d_fprop(
     Returns:
         y (N, K, P, Q) in x's dtype, channels_last exactly when F.conv2d's would be.
     """
-    check_device(x, w, bias, residual)
     pb = problem
-    if out is None:
-        out = alloc_output(pb.output_shape, x.dtype, x.device, output_memory_format(x, w))
+    fw = prepare_forward(x, w, bias, residual, pb, out, activation)
+    out = fw.out
     if out.numel() == 0:
         return out
     M = pb.N * pb.P * pb.Q
@@ -237,9 +228,6 @@ def conv2d_fprop(
         raise ValueError(f"conv2d output has {M} pixels (N*P*Q); tritonconv supports fewer than 2**31")
     KG, CG = pb.K_per_group, pb.C_per_group
     split = max(1, int(split_k))
-    res_strides = residual.stride() if residual is not None else (0, 0, 0, 0)
-    epilogue = dict(HAS_BIAS=bias is not None, HAS_RESIDUAL=residual is not None,
-                    ACTIVATION=activation_code(activation), ACC_DTYPE=acc_dtype_for(x.dtype))
     ws = None
     if split > 1:
         ws = torch.empty((split, M, pb.K), dtype=torch.float64 if x.dtype == torch.float64 else torch.float32,
@@ -249,22 +237,20 @@ def conv2d_fprop(
         return (split * pb.groups * triton.cdiv(M, meta["BLOCK_M"]) * triton.cdiv(KG, meta["BLOCK_N"]),)
 
     tuning.launch(_fprop_tuned, "fprop", x.device, grid,
-        x, w, bias if bias is not None else w, residual if residual is not None else x, out,
-        ws if ws is not None else out,
+        x, w, fw.bias, fw.residual, out, ws if ws is not None else out,
         M, pb.H, pb.W, pb.P, pb.Q, pb.R, pb.S, CG, KG, pb.groups, split,
         pb.stride_h, pb.stride_w, pb.pad_h, pb.pad_w, pb.dil_h, pb.dil_w,
-        *x.stride(), *w.stride(), *out.stride(), *res_strides,
+        *x.stride(), *w.stride(), *out.stride(), *fw.res_strides,
         float(alpha),
-        **epilogue,
+        **fw.epilogue,
         INPUT_PRECISION=input_precision_for(x),
         PARTIAL=ws is not None,
     )
     if ws is not None:
         block_m, block_n = 64, 32
         splitk_reduce_kernel[(triton.cdiv(M, block_m), triton.cdiv(pb.K, block_n))](
-            ws, bias if bias is not None else w, residual if residual is not None else x, out,
-            M, pb.P, pb.Q, pb.K, split, *out.stride(), *res_strides, float(alpha),
-            **epilogue, BLOCK_M=block_m, BLOCK_N=block_n,
+            ws, fw.bias, fw.residual, out, M, pb.P, pb.Q, pb.K, split, *out.stride(), *fw.res_strides,
+            float(alpha), **fw.epilogue, BLOCK_M=block_m, BLOCK_N=block_n,
         )
     return out
 

@@ -24,16 +24,8 @@ import triton
 import triton.language as tl
 
 from .. import configs, tuning
-from ..spec import Conv2dProblem, output_memory_format
-from ._common import (
-    acc_dtype_for,
-    activation_code,
-    alloc_output,
-    check_device,
-    conv_epilogue,
-    tile_pid,
-    input_precision_for,
-)
+from ..spec import Conv2dProblem
+from ._common import conv_epilogue, input_precision_for, prepare_forward, tile_pid
 
 __all__ = ["conv2d_fprop_smallc", "smallc_fprop_kernel", "accepts", "MAX_C"]
 
@@ -143,25 +135,22 @@ def conv2d_fprop_smallc(
     Returns:
         y (N, K, P, Q) in x's dtype.
     """
-    check_device(x, w, bias, residual)
     pb = problem
-    if out is None:
-        out = alloc_output(pb.output_shape, x.dtype, x.device, output_memory_format(x, w))
+    fw = prepare_forward(x, w, bias, residual, pb, out, activation)
+    out = fw.out
     if out.numel() == 0:
         return out
     M = pb.N * pb.P * pb.Q
     KG, CG = pb.K_per_group, pb.C_per_group
-    res_strides = residual.stride() if residual is not None else (0, 0, 0, 0)
 
     def grid(meta):
         return (pb.groups * triton.cdiv(M, meta["BLOCK_M"]) * triton.cdiv(KG, meta["BLOCK_N"]),)
 
     tuning.launch(_smallc_tuned, "smallc", x.device, grid,
-        x, w, bias if bias is not None else w, residual if residual is not None else x, out,
+        x, w, fw.bias, fw.residual, out,
         M, pb.H, pb.W, pb.P, pb.Q, pb.R, pb.S, CG, KG, pb.groups,
         pb.stride_h, pb.stride_w, pb.pad_h, pb.pad_w, pb.dil_h, pb.dil_w,
-        *x.stride(), *w.stride(), *out.stride(), *res_strides, float(alpha),
-        HAS_BIAS=bias is not None, HAS_RESIDUAL=residual is not None, ACTIVATION=activation_code(activation),
-        ACC_DTYPE=acc_dtype_for(x.dtype), INPUT_PRECISION=input_precision_for(x),
+        *x.stride(), *w.stride(), *out.stride(), *fw.res_strides, float(alpha),
+        **fw.epilogue, INPUT_PRECISION=input_precision_for(x),
     )
     return out
