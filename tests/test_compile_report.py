@@ -237,6 +237,27 @@ def test_prune_hook_reads_the_epilogue_from_launch_kwargs():
     assert hook(configs[:1], args, HAS_RESIDUAL=True) == configs[:1]  # one config (the interpreter's): untouched
 
 
+def test_wgrad_drops_tiles_wider_than_128_in_n():
+    """wgrad gathers its B operand (x) too: 128x256 spilled on sm_90, 256x128 did not."""
+    kept = _names(tc.prune_gemm_configs(cr.gemm_tile_configs(), BIG, BIG, BIG, 2, 227 * 1024, capability=90,
+                                        max_block_n=tc.MAX_BLOCK_N_BOTH_GATHERED))
+    assert "128x256x64 w8 s3" not in kept and "256x128x64 w8 s3" in kept
+    wgrad = next(f for f in cr.FAMILIES if f.name == "wgrad")
+    assert wgrad.prune.rules["max_block_n"] == tc.MAX_BLOCK_N_BOTH_GATHERED
+    why = cr._runtime_pruned(wgrad, cr.gemm_tile_configs()[0], cr.DTYPES["fp16"], cr.ARCHS["sm_90"])
+    assert why is not None and "BLOCK_N 256 > 128" in why
+
+
+def test_prune_hook_reads_a_tma_descriptor_tensor():
+    from triton.tools.tensor_descriptor import TensorDescriptor
+
+    hook = tc.gemm_prune_hook(m_fn=lambda a: a["M"], n_fn=lambda a: a["N"], k_fn=lambda a: a["K"], tensor_arg="a_desc")
+    desc = TensorDescriptor.from_tensor(torch.empty(64, 64, dtype=torch.float64), [16, 16])
+    kept = hook(cr.gemm_tile_configs(), dict(a_desc=desc, M=BIG, N=BIG, K=BIG))
+    assert kept and all(tc.acc_per_thread(c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.num_warps) <= tc.MAX_ACC_FP64
+                        for c in kept), "the descriptor's fp64 element size must reach the pruner"
+
+
 def test_depthwise_fp64_keeps_tiles_that_fit():
     configs = cr.depthwise_tile_configs()
     assert tc.prune_direct_configs(configs, 4) == configs

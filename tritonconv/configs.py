@@ -189,11 +189,15 @@ MAX_ACC_HEAVY_EPILOGUE = 64
 MAX_ACC_MMA_SYNC = 64
 # fp64 takes two registers per value, and 32 values per thread already spill with 64-deep K tiles.
 MAX_ACC_FP64 = 16
+# wgrad gathers both operands per element (dy and x along the pixel axis), so the x tile's BLOCK_K x
+# BLOCK_N int64 addresses sit beside the accumulator: fp16 128x256x64 at 8 warps spills 64 B on sm_90,
+# 256x128x64 does not (the compile report). Its hook passes this as max_block_n.
+MAX_BLOCK_N_BOTH_GATHERED = 128
 
 
 def pruned_because(bm: int, bn: int, bk: int, num_warps: int, num_stages: int, elem_bytes: int, shared_limit: int,
                    capability: Optional[int] = None, heavy_epilogue: bool = False, gathered: bool = True,
-                   gemm_m: Optional[int] = None) -> Optional[str]:
+                   gemm_m: Optional[int] = None, max_block_n: Optional[int] = None) -> Optional[str]:
     """Why ``prune_gemm_configs`` drops a tile (already clamped to the problem), or None when it keeps it.
 
     The arguments are those of ``prune_gemm_configs``; ``gemm_m`` None means
@@ -202,6 +206,8 @@ def pruned_because(bm: int, bn: int, bk: int, num_warps: int, num_stages: int, e
     shared = shared_bytes(bm, bn, bk, num_stages, elem_bytes, capability)
     if shared > shared_limit:
         return f"estimated shared {shared} > {shared_limit}"
+    if max_block_n is not None and bn > max_block_n:
+        return f"BLOCK_N {bn} > {max_block_n}: a gathered B tile's addresses spill beside the accumulator"
     acc = acc_per_thread(bm, bn, num_warps)
     if elem_bytes >= 8 and acc > MAX_ACC_FP64:
         return f"fp64 accumulator {acc} values/thread > {MAX_ACC_FP64}"
@@ -225,6 +231,7 @@ def prune_gemm_configs(
     capability: Optional[int] = None,
     heavy_epilogue: bool = False,
     gathered: bool = True,
+    max_block_n: Optional[int] = None,
 ) -> List[triton.Config]:
     """Drop configs that cannot pay off for a (gemm_m, gemm_n, gemm_k) problem.
 
@@ -239,6 +246,8 @@ def prune_gemm_configs(
             or an activation (HAS_RESIDUAL or ACTIVATION != 0).
         gathered: whether the kernel gathers its operands through per-element
             addresses (the implicit GEMMs); False for a plain GEMM (gemm1x1).
+        max_block_n: the widest BLOCK_N kept, for a kernel whose B operand is
+            gathered per element too (wgrad: MAX_BLOCK_N_BOTH_GATHERED).
 
     Removes, in order of reasoning:
       * tiles wider than the problem in M, N or K (beyond the next power of two,
@@ -246,6 +255,7 @@ def prune_gemm_configs(
         they are clamped to the problem and the duplicates this makes dropped;
       * configs whose pipelined tiles exceed the device's shared memory
         (``shared_bytes``, which counts the buffers Triton allocates on that arch);
+      * tiles wider than ``max_block_n``, when given;
       * for fp64 (8-byte elements), tiles with more than MAX_ACC_FP64
         accumulator values per thread, which spill;
       * with a heavy epilogue, tiles with more than MAX_ACC_HEAVY_EPILOGUE
@@ -272,7 +282,8 @@ def prune_gemm_configs(
         bn = min(cfg.kwargs["BLOCK_N"], n_cap)
         bk = min(cfg.kwargs["BLOCK_K"], k_cap)
         sig = (bm, bn, bk, cfg.num_warps, cfg.num_stages)
-        if sig in seen or pruned_because(*sig, elem_bytes, shared_limit, capability, heavy_epilogue, gathered, gemm_m):
+        if sig in seen or pruned_because(*sig, elem_bytes, shared_limit, capability, heavy_epilogue, gathered, gemm_m,
+                                         max_block_n):
             continue
         seen.add(sig)
         kwargs = dict(cfg.kwargs, BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk)
@@ -335,16 +346,17 @@ class GemmPruneHook:
 
     ``m_fn`` / ``n_fn`` / ``k_fn`` take the kernel's named arguments and return the
     GEMM's M, N and K; ``tensor_arg`` names an argument whose dtype sets the element
-    size and whose device sets the shared-memory limit and compute capability. The
-    epilogue flags come from the launch's constexpr kwargs (``heavy_epilogue``).
-    ``gathered`` is False for a plain GEMM kernel (see ``prune_gemm_configs``).
+    size and whose device sets the shared-memory limit and compute capability (for a
+    TMA descriptor, those of the tensor it describes). The epilogue flags come from the launch's constexpr kwargs (``heavy_epilogue``).
+    ``gathered`` and ``max_block_n`` describe the kernel's operands (see
+    ``prune_gemm_configs``); ``rules`` holds them as keyword arguments.
     Under the interpreter (CPU tensors) there is a single config, returned untouched.
-    The compile report reuses ``gemm_sizes`` so that it prunes as the runtime does.
+    The compile report reuses ``gemm_sizes`` and ``rules`` so that it prunes as the runtime does.
     """
 
-    def __init__(self, m_fn, n_fn, k_fn, tensor_arg: str, gathered: bool = True):
+    def __init__(self, m_fn, n_fn, k_fn, tensor_arg: str, gathered: bool = True, max_block_n: Optional[int] = None):
         self.m_fn, self.n_fn, self.k_fn, self.tensor_arg = m_fn, n_fn, k_fn, tensor_arg
-        self.gathered = gathered
+        self.rules = dict(gathered=gathered, max_block_n=max_block_n)
 
     def gemm_sizes(self, args: Dict) -> Tuple[int, int, int]:
         """(M, N, K) of the GEMM a launch with these named arguments computes."""
@@ -353,10 +365,11 @@ class GemmPruneHook:
     def __call__(self, configs: List[triton.Config], named_args: Dict, **kwargs) -> List[triton.Config]:
         args = {**named_args, **kwargs}
         t = args[self.tensor_arg]
+        t = getattr(t, "base", t)  # a TMA TensorDescriptor: the tensor it describes
         limit = max_shared_memory(t.device.index or 0) if t.is_cuda else 1 << 30
         return prune_gemm_configs(configs, *self.gemm_sizes(args), t.element_size(), limit,
                                   capability=device_capability(t), heavy_epilogue=heavy_epilogue(args),
-                                  gathered=self.gathered)
+                                  **self.rules)
 
 
 class DirectPruneHook:
@@ -370,9 +383,10 @@ class DirectPruneHook:
         return prune_direct_configs(configs, {**named_args, **kwargs}[self.tensor_arg].element_size())
 
 
-def gemm_prune_hook(m_fn, n_fn, k_fn, tensor_arg: str, gathered: bool = True) -> GemmPruneHook:
+def gemm_prune_hook(m_fn, n_fn, k_fn, tensor_arg: str, gathered: bool = True,
+                    max_block_n: Optional[int] = None) -> GemmPruneHook:
     """Build an ``early_config_prune`` for @triton.autotune from GEMM-size functions (see GemmPruneHook)."""
-    return GemmPruneHook(m_fn, n_fn, k_fn, tensor_arg, gathered)
+    return GemmPruneHook(m_fn, n_fn, k_fn, tensor_arg, gathered, max_block_n)
 
 
 def capture_safe_bench(kernel_call, quantiles):
