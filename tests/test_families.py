@@ -52,6 +52,12 @@ PROBLEMS = {
         (1, 72, 6, 5, 16, 3, 3, 2, 1, 1, 1),
         (1, 128, 3, 3, 8, 3, 3, 1, 1, 1, 2),
     ],
+    "implicit_tma": [  # TMA weight loads where the weight is KRSC with 16-byte rows, pointer loads otherwise
+        (2, 16, 7, 7, 24, 3, 3, 1, 1, 1, 1),
+        (1, 32, 6, 6, 24, 3, 3, 2, 1, 1, 2),  # grouped: tiles cross into the next group's rows
+        (1, 8, 9, 9, 12, 3, 3, 1, 2, 2, 1),  # 8 channels: BLOCK_K = 16 crosses into the next tap's weights
+        (2, 9, 7, 7, 10, 3, 3, 2, 1, 1, 1),  # rows of 81 elements: falls back
+    ],
     "implicit": [
         (2, 9, 7, 7, 10, 3, 3, 2, 1, 1, 1),
         (1, 16, 6, 6, 8, 1, 1, 2, 0, 1, 1),
@@ -155,9 +161,124 @@ def test_router_prefers_the_specialised_family():
     assert first((1, 32, 8, 8), (32, 1, 3, 3), 1, 1, 1, 32) == "depthwise"
     assert first((1, 3, 32, 32), (16, 3, 7, 7), 2, 3, 1, 1) == "smallc"
     assert first((1, 64, 8, 8), (128, 64, 1, 1), 1, 0, 1, 1) == "gemm1x1_tma"
-    assert first((1, 64, 8, 8), (128, 64, 1, 1), 2, 0, 1, 1) == "implicit"
+    assert first((1, 64, 8, 8), (128, 64, 1, 1), 2, 0, 1, 1) == "implicit_tma"  # falls back off sm_90
     assert first((1, 512, 7, 7), (512, 512, 3, 3), 1, 1, 1, 1) == "splitk"
-    assert first((4, 64, 56, 56), (64, 64, 3, 3), 1, 1, 1, 1) == "implicit"
+    assert first((4, 64, 56, 56), (64, 64, 3, 3), 1, 1, 1, 1) == "implicit_tma"
+    pb = spec.problem_from_shapes((4, 64, 56, 56), (64, 64, 3, 3), 1, 1, 1, 1)
+    assert router.candidates(router.FORWARD, pb) == ["implicit_tma", "implicit"]  # both timed on a GPU
+    pb = spec.problem_from_shapes((4, 64, 56, 56), (256, 64, 1, 1), 1, 0, 1, 1)
+    assert router.candidates(router.WEIGHT_GRAD, pb) == ["gemm1x1_tma", "gemm1x1", "implicit"]
     with pytest.raises(ValueError, match="unknown kernel family"):
         with router.force("nope"):
             pass
+
+
+@pytest.fixture
+def launched(monkeypatch):
+    """The names of the tuned kernels launched (``tuning.launch``), in order."""
+    from tritonconv import tuning
+
+    names = []
+    real = tuning.launch
+
+    def spy(autotuner, name, *args, **kwargs):
+        names.append(name)
+        return real(autotuner, name, *args, **kwargs)
+
+    monkeypatch.setattr(tuning, "launch", spy)
+    return names
+
+
+# wgrad of 1x1 convs: (problem, dtype, layout, the kernel expected to run)
+WGRAD_1X1 = [
+    pytest.param("gemm1x1", PROBLEMS["gemm1x1"][0], torch.float32, "channels_last", "gemm1x1_wgrad", id="nhwc"),
+    pytest.param("gemm1x1", PROBLEMS["gemm1x1"][1], torch.float64, "nchw", "gemm1x1_wgrad",
+                 id="nchw-batch1-grouped"),  # batch 1: NCHW pixels are linear too
+    pytest.param("gemm1x1", PROBLEMS["gemm1x1"][2], torch.float16, "nchw", "wgrad", id="nchw-falls-back"),
+    pytest.param("gemm1x1_tma", PROBLEMS["gemm1x1_tma"][0], torch.float16, "channels_last", "gemm1x1_wgrad_tma",
+                 id="tma"),
+    pytest.param("gemm1x1_tma", (1, 48, 5, 6, 48, 1, 1, 1, 0, 1, 3), torch.float16, "channels_last",
+                 "gemm1x1_wgrad_tma", id="tma-grouped"),
+    pytest.param("gemm1x1_tma", PROBLEMS["gemm1x1_tma"][2], torch.float16, "channels_last", "gemm1x1_wgrad",
+                 id="tma-unaligned-falls-back"),
+    pytest.param("gemm1x1_tma", PROBLEMS["gemm1x1_tma"][0], torch.float32, "channels_last", "gemm1x1_wgrad",
+                 id="tma-fp32-falls-back"),
+]
+
+
+@pytest.mark.parametrize("family,problem,dtype,layout,kernel", WGRAD_1X1)
+def test_weight_grad_1x1_family(family, problem, dtype, layout, kernel, launched):
+    N, C, H, W, K, R, S, stride, padding, dilation, groups = problem
+    torch.manual_seed(4)
+    x = torch.randn(N, C, H, W, dtype=dtype, device=DEVICE)
+    w = torch.randn(K, C // groups, R, S, dtype=dtype, device=DEVICE, requires_grad=True)
+    if layout == "channels_last":
+        x = x.to(memory_format=torch.channels_last)
+    args = (stride, padding, dilation, groups)
+    pb = spec.conv2d_problem(x, w, None, *args)
+    assert family in router.candidates(router.WEIGHT_GRAD, pb)
+    dy = torch.randn(pb.output_shape, dtype=dtype, device=DEVICE)
+    if layout == "channels_last":
+        dy = dy.to(memory_format=torch.channels_last)
+    with router.force(family):
+        gw = router.weight_grad(dy, x, pb)
+    assert kernel in launched, launched
+    wr = w.detach().double().requires_grad_()
+    F.conv2d(x.double(), wr, None, *args).backward(dy.double())
+    assert gw.dtype == dtype
+    assert rel_err(gw, wr.grad) < TOL[dtype]
+
+
+@pytest.mark.parametrize("launcher", ["conv2d_wgrad_1x1", "conv2d_wgrad_1x1_tma"])
+@pytest.mark.parametrize("split_k", [1, 3, 7])
+def test_weight_grad_1x1_split_is_correct_and_deterministic(launcher, split_k):
+    """98 pixels in 3 chunks of 48, 48 and 2 (16-pixel steps under the interpreter), or 7 chunks."""
+    from tritonconv.kernels import gemm1x1
+
+    torch.manual_seed(5)
+    x = torch.randn(2, 32, 7, 7, dtype=torch.float16, device=DEVICE).to(memory_format=torch.channels_last)
+    w = torch.randn(48, 16, 1, 1, dtype=torch.float16, device=DEVICE)
+    pb = spec.conv2d_problem(x, w, None, 1, 0, 1, 2)
+    dy = torch.randn(pb.output_shape, dtype=torch.float16, device=DEVICE).to(memory_format=torch.channels_last)
+    fn = getattr(gemm1x1, launcher)
+    a = fn(dy, x, pb, split_k=split_k)
+    b = fn(dy, x, pb, split_k=split_k)
+    assert torch.equal(a, b)
+    wr = w.double().requires_grad_()
+    F.conv2d(x.double(), wr, None, 1, 0, 1, 2).backward(dy.double())
+    assert rel_err(a, wr.grad) < TOL[torch.float16]
+
+
+def test_pixel_stride():
+    from tritonconv.kernels.gemm1x1 import pixel_stride
+
+    x = torch.empty(2, 3, 4, 5)
+    assert pixel_stride(x) is None  # NCHW: images are C*H*W apart, not H*W
+    assert pixel_stride(x[:1]) == 1
+    assert pixel_stride(x.to(memory_format=torch.channels_last)) == 3
+    assert pixel_stride(x[:, :, :, :3]) is None  # rows are 5 apart, 3 pixels wide
+    assert pixel_stride(x[:, :, :1, :1]) == 60  # one pixel per image: images are the pixels
+    assert pixel_stride(x[:1, :, :1, :]) == 1
+    assert pixel_stride(torch.empty(1, 3, 1, 1)) == 1
+    assert pixel_stride(torch.ones(1, 1, 1, 1).expand(2, 3, 4, 5)) == 0  # every pixel the same element
+
+
+@pytest.mark.parametrize("problem,dtype,kernel", [
+    pytest.param(PROBLEMS["implicit_tma"][0], torch.float16, "fprop_tma", id="tma"),
+    pytest.param(PROBLEMS["implicit_tma"][2], torch.float32, "fprop_tma", id="tma-next-tap"),
+    pytest.param(PROBLEMS["implicit_tma"][3], torch.float16, "fprop", id="unaligned-falls-back"),
+    pytest.param(PROBLEMS["implicit_tma"][0], torch.float64, "fprop", id="fp64-falls-back"),
+])
+def test_weight_tma_is_taken_where_the_weight_allows(problem, dtype, kernel, launched):
+    N, C, H, W, K, R, S, stride, padding, dilation, groups = problem
+    x = torch.randn(N, C, H, W, dtype=dtype, device=DEVICE).to(memory_format=torch.channels_last)
+    w = torch.randn(K, C // groups, R, S, dtype=dtype, device=DEVICE).to(memory_format=torch.channels_last)
+    with router.force("implicit_tma"):
+        y = tritonconv.conv2d(x, w, None, stride, padding, dilation, groups)
+    assert launched == [kernel]
+    assert rel_err(y, F.conv2d(x.double(), w.double(), None, stride, padding, dilation, groups)) < TOL[dtype]
+    if kernel == "fprop_tma":  # an NCHW-contiguous weight has no row-major (K, R*S*C) view
+        from tritonconv.kernels.fprop import weight_tma_usable
+
+        assert not weight_tma_usable(w.contiguous(), spec.conv2d_problem(x, w, None, stride, padding, dilation,
+                                                                         groups))

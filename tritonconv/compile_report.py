@@ -318,6 +318,8 @@ def _fprop_launch(dtype: Dtype, config: triton.Config, *, problem: Dict[str, Any
     y_s = _channels_last_strides(pb.output_shape)
     args = dict(
         x_ptr=ptr, w_ptr=ptr, b_ptr=ptr, res_ptr=ptr, y_ptr=ptr,
+        # the launcher passes w itself where it loads the weight by pointers; see _fprop_tma_launch
+        w_desc=ptr,
         # split-K partial sums go to an fp32 (fp64) workspace; without split-K the launcher passes y
         ws_ptr=_partials_ptr(dtype) if split_k > 1 else ptr,
         M=pb.N * pb.P * pb.Q, H=pb.H, W=pb.W, P=pb.P, Q=pb.Q, R=pb.R, S=pb.S,
@@ -330,8 +332,18 @@ def _fprop_launch(dtype: Dtype, config: triton.Config, *, problem: Dict[str, Any
         **_named("srn srk srp srq", y_s if residual else (0, 0, 0, 0)),
         alpha=0.01,
     )
-    meta = dict(_epilogue(dtype, residual, activation), INPUT_PRECISION=dtype.input_precision, PARTIAL=split_k > 1)
+    meta = dict(_epilogue(dtype, residual, activation), INPUT_PRECISION=dtype.input_precision, PARTIAL=split_k > 1,
+                W_DESC=False)
     return args, meta
+
+
+def _fprop_tma_launch(dtype: Dtype, config: triton.Config, **kw):
+    """fprop_kernel's arguments as conv2d_fprop_tma passes them: the weight through a descriptor
+    of (BLOCK_N, BLOCK_K) tiles (fprop._set_weight_tma_block)."""
+    args, meta = _fprop_launch(dtype, config, **kw)
+    cfg = config.kwargs
+    args["w_desc"] = f"tensordesc<{dtype.triton_ty}[{cfg['BLOCK_N']}, {cfg['BLOCK_K']}]>"
+    return args, dict(meta, W_DESC=True)
 
 
 def _dgrad_launch(dtype: Dtype, config: triton.Config, *, problem: Dict[str, Any] = FPROP_PROBLEM):
@@ -410,6 +422,46 @@ def _gemm1x1_tma_launch(dtype: Dtype, config: triton.Config, *, problem: Dict[st
         alpha=0.01,
     )
     return args, dict(_epilogue(dtype, False, "none"), INPUT_PRECISION=dtype.input_precision)
+
+
+def _wgrad_1x1_out(dtype: Dtype, pb, split_k: int) -> Tuple[str, Tuple[int, int, int]]:
+    """Where the 1x1 wgrad kernels store, as the launchers pass it: (split, K, C/groups) fp32 (fp64)
+    partials, or with no split the channels_last weight gradient itself."""
+    if split_k > 1:
+        return _partials_ptr(dtype), _contiguous_strides((split_k, pb.K, pb.C_per_group))
+    w_s = _channels_last_strides(pb.weight_shape)
+    return _ptr(dtype), (0, w_s[0], w_s[1])
+
+
+def _gemm1x1_wgrad_launch(dtype: Dtype, config: triton.Config, *, problem: Dict[str, Any] = GEMM1X1_PROBLEM,
+                          split_k: int = 1):
+    """gemm1x1_wgrad_kernel's arguments as conv2d_wgrad_1x1 passes them for NHWC dy and x."""
+    pb = problem_from_shapes(**problem)
+    out_ptr, out_s = _wgrad_1x1_out(dtype, pb, split_k)
+    args = dict(
+        dy_ptr=_ptr(dtype), x_ptr=_ptr(dtype), out_ptr=out_ptr,
+        M=pb.N * pb.H * pb.W, CG=pb.C_per_group, KG=pb.K_per_group, GROUPS=pb.groups, SPLIT_K=split_k,
+        sdym=pb.K, sdyk=1, sxm=pb.C, sxc=1,
+        **_named("sos sok soc", out_s),
+    )
+    return args, dict(ACC_DTYPE=dtype.acc, INPUT_PRECISION=dtype.input_precision)
+
+
+def _gemm1x1_wgrad_tma_launch(dtype: Dtype, config: triton.Config, *, problem: Dict[str, Any] = GEMM1X1_PROBLEM,
+                              split_k: int = WGRAD_SPLITK):
+    """gemm1x1_wgrad_tma_kernel's arguments as conv2d_wgrad_1x1_tma passes them: both descriptors
+    load [BLOCK_K, channels] tiles (gemm1x1._set_wgrad_tma_blocks)."""
+    pb = problem_from_shapes(**problem)
+    kw = config.kwargs
+    out_ptr, out_s = _wgrad_1x1_out(dtype, pb, split_k)
+    args = dict(
+        a_desc=f"tensordesc<{dtype.triton_ty}[{kw['BLOCK_K']}, {kw['BLOCK_M']}]>",
+        b_desc=f"tensordesc<{dtype.triton_ty}[{kw['BLOCK_K']}, {kw['BLOCK_N']}]>",
+        out_ptr=out_ptr,
+        M=pb.N * pb.H * pb.W, CG=pb.C_per_group, KG=pb.K_per_group, GROUPS=pb.groups, SPLIT_K=split_k,
+        **_named("sos sok soc", out_s),
+    )
+    return args, dict(ACC_DTYPE=dtype.acc, INPUT_PRECISION=dtype.input_precision)
 
 
 def _smallc_launch(dtype: Dtype, config: triton.Config, *, problem: Dict[str, Any] = SMALLC_PROBLEM,
@@ -508,6 +560,11 @@ FAMILIES: List[KernelFamily] = [
     # split-K partial sums stored raw (PARTIAL): no epilogue in this kernel
     KernelFamily("fprop_splitk", fprop.fprop_kernel, gemm_tile_configs,
                  _p(_fprop_launch, problem=FPROP_SPLITK_PROBLEM, split_k=FPROP_SPLITK), _prune_of(fprop._fprop_tuned)),
+    # the same with TMA weight loads (sm_90), plain and with the heaviest epilogue
+    KernelFamily("fprop_tma", fprop.fprop_kernel, gemm_tile_configs, _fprop_tma_launch,
+                 _prune_of(fprop._fprop_tma_tuned), dtypes=("fp16", "bf16", "fp32"), archs=("sm_90",)),
+    KernelFamily("fprop_tma_fused", fprop.fprop_kernel, gemm_tile_configs, _p(_fprop_tma_launch, **_GELU),
+                 _prune_of(fprop._fprop_tma_tuned), dtypes=("fp16", "bf16", "fp32"), archs=("sm_90",)),
     # input gradient (dgrad.py): stride 1, and stride 2 (4 phases, taps stepping by 2)
     KernelFamily("dgrad", dgrad.dgrad_kernel, gemm_tile_configs, _dgrad_launch, _prune_of(dgrad._dgrad_tuned)),
     KernelFamily("dgrad_s2", dgrad.dgrad_kernel, gemm_tile_configs, _p(_dgrad_launch, problem=STRIDE2_PROBLEM),
@@ -523,6 +580,13 @@ FAMILIES: List[KernelFamily] = [
                  _prune_of(gemm1x1._gemm1x1_tuned)),
     KernelFamily("gemm1x1_tma", gemm1x1.gemm1x1_tma_kernel, gemm_tile_configs, _gemm1x1_tma_launch,
                  _prune_of(gemm1x1._gemm1x1_tma_tuned), dtypes=("fp16", "bf16", "fp32"), archs=("sm_90",)),
+    # 1x1 weight gradient as a plain GEMM (gemm1x1.py): no split, split-K, and (sm_90, 16-bit) TMA split-K
+    KernelFamily("gemm1x1_wgrad", gemm1x1.gemm1x1_wgrad_kernel, gemm_tile_configs, _gemm1x1_wgrad_launch,
+                 _prune_of(gemm1x1._gemm1x1_wgrad_tuned)),
+    KernelFamily("gemm1x1_wgrad_splitk", gemm1x1.gemm1x1_wgrad_kernel, gemm_tile_configs,
+                 _p(_gemm1x1_wgrad_launch, split_k=WGRAD_SPLITK), _prune_of(gemm1x1._gemm1x1_wgrad_tuned)),
+    KernelFamily("gemm1x1_wgrad_tma", gemm1x1.gemm1x1_wgrad_tma_kernel, gemm_tile_configs, _gemm1x1_wgrad_tma_launch,
+                 _prune_of(gemm1x1._gemm1x1_wgrad_tma_tuned), dtypes=("fp16", "bf16"), archs=("sm_90",)),
     # few input channels (smallc.py): the RGB stem
     KernelFamily("smallc", smallc.smallc_fprop_kernel, smallc_tile_configs, _smallc_launch,
                  _prune_of(smallc._smallc_tuned)),
@@ -742,7 +806,7 @@ def runtime_configs(family: KernelFamily, dtype: Dtype, arch: Arch) -> List[trit
     return tc_configs.prune_gemm_configs(list(configs), m, n, k, dtype.elem_bytes, arch.shared_limit,
                                          capability=arch.capability,
                                          heavy_epilogue=tc_configs.heavy_epilogue(constexprs),
-                                         gathered=family.prune.gathered)
+                                         **family.prune.rules)
 
 
 def _runtime_pruned(family: KernelFamily, config: triton.Config, dtype: Dtype, arch: Arch) -> Optional[str]:
@@ -758,7 +822,7 @@ def _runtime_pruned(family: KernelFamily, config: triton.Config, dtype: Dtype, a
     _, constexprs = family.launch_fn(dtype, config)
     why = tc_configs.pruned_because(kw["BLOCK_M"], kw["BLOCK_N"], kw["BLOCK_K"], config.num_warps, config.num_stages,
                                     dtype.elem_bytes, arch.shared_limit, arch.capability,
-                                    tc_configs.heavy_epilogue(constexprs), family.prune.gathered)
+                                    tc_configs.heavy_epilogue(constexprs), **family.prune.rules)
     return f"runtime pruner: {why or 'drops it (configs.prune_gemm_configs)'}"
 
 

@@ -197,7 +197,9 @@ def depthwise_wgrad_kernel(
     tl.store(ptrs, total.to(out_ptr.dtype.element_ty), mask=mask_n)
 
 
-_KEY = ["M", "H", "W", "P", "Q", "MULT", "stride_h", "stride_w", "dil_h", "dil_w"]
+# R and S are constexprs (the taps are unrolled): a 3x3 and a 7x7 layer of the same
+# image size are different kernels and must not share a tuning result.
+_KEY = ["M", "H", "W", "P", "Q", "MULT", "R", "S", "stride_h", "stride_w", "dil_h", "dil_w"]
 _fprop_tuned = triton.autotune(
     configs=configs.depthwise_configs(), key=_KEY + ["K", "sxc", "syk"], do_bench=configs.capture_safe_bench,
     prune_configs_by={"early_config_prune": configs.DirectPruneHook("x_ptr")},
@@ -208,7 +210,7 @@ _dgrad_tuned = triton.autotune(
 )(depthwise_dgrad_kernel)
 _wgrad_tuned = triton.autotune(
     configs=configs.depthwise_configs(),
-    key=["N", "H", "W", "P", "Q", "K", "MULT", "SPLIT", "stride_h", "stride_w", "sdyk", "sxc"],
+    key=["N", "H", "W", "P", "Q", "K", "MULT", "SPLIT", "S", "stride_h", "stride_w", "sdyk", "sxc"],
     do_bench=configs.capture_safe_bench,
 )(depthwise_wgrad_kernel)
 

@@ -26,6 +26,11 @@ scalar divisions away.
 
 The column matrix A is never materialised: each (BLOCK_M, BLOCK_K) tile is
 gathered from x through the index map above, with masks for padding and edges.
+
+On Hopper the weight needs no gather at all: a KRSC weight is a row-major
+(K, R*S*C/groups) matrix whose B tiles a TMA descriptor loads (W_DESC,
+``conv2d_fprop_tma``), which frees the registers its addresses took. A tile's
+columns past its tap's channels are harmless: they meet A's masked columns.
 """
 
 from __future__ import annotations
@@ -40,7 +45,8 @@ from .. import configs, tuning
 from ..spec import Conv2dProblem
 from ._common import conv_epilogue, input_precision_for, prepare_forward, tile_pid
 
-__all__ = ["conv2d_fprop", "conv2d_fprop_splitk", "fprop_kernel", "splitk_reduce_kernel", "accepts_splitk"]
+__all__ = ["conv2d_fprop", "conv2d_fprop_splitk", "conv2d_fprop_tma", "fprop_kernel", "splitk_reduce_kernel",
+           "accepts_splitk", "weight_tma_usable"]
 
 
 @triton.jit
@@ -48,6 +54,7 @@ def fprop_kernel(
     # pointers
     x_ptr,  # (N, C, H, W), any strides
     w_ptr,  # (K, C/groups, R, S), any strides
+    w_desc,  # TMA descriptor of w as a (K, R*S*C/groups) row-major matrix (KRSC); unused unless W_DESC
     b_ptr,  # (K,); unused unless HAS_BIAS
     res_ptr,  # (N, K, P, Q), any strides; unused unless HAS_RESIDUAL
     y_ptr,  # (N, K, P, Q), any strides
@@ -74,6 +81,7 @@ def fprop_kernel(
     ACC_DTYPE: tl.constexpr,
     INPUT_PRECISION: tl.constexpr,
     PARTIAL: tl.constexpr,  # store raw partial sums to ws_ptr (split-K) instead of the epilogue
+    W_DESC: tl.constexpr,  # load the weight tiles through w_desc (TMA, sm_90) instead of pointers
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
 ):
     # -- program-id mapping: (split, group, M-tile, N-tile); every program has real work
@@ -104,7 +112,8 @@ def fprop_kernel(
     chunk = tl.cdiv(total, SPLIT_K)
     for it in range(split * chunk, tl.minimum(total, split * chunk + chunk)):
         rs = it // c_blocks
-        c = (it - rs * c_blocks) * BLOCK_K + offs_k
+        c0 = (it - rs * c_blocks) * BLOCK_K
+        c = c0 + offs_k
         r = rs // S
         s = rs - r * S
         h = h0 + r * dil_h
@@ -113,8 +122,15 @@ def fprop_kernel(
         c_ok = c < CG
         a_ptrs = (x_rows + h.to(tl.int64) * sxh + w.to(tl.int64) * sxw)[:, None] + c.to(tl.int64)[None, :] * sxc
         a = tl.load(a_ptrs, mask=row_ok[:, None] & c_ok[None, :], other=0.0)
-        b_ptrs = (w_cols + r.to(tl.int64) * swr + s.to(tl.int64) * sws)[None, :] + c.to(tl.int64)[:, None] * swc
-        b = tl.load(b_ptrs, mask=c_ok[:, None] & mask_n[None, :], other=0.0)
+        if W_DESC:
+            # One TMA tile of KRSC rows. Its columns past this tap's C/groups (the
+            # next tap's weights, or zero fill) meet A's masked, zero columns; its
+            # rows past this group's K/groups only reach masked-out outputs.
+            b = w_desc.load([g * KG + pid_n * BLOCK_N, rs * CG + c0]).T
+        else:
+            b_ptrs = (w_cols + r.to(tl.int64) * swr + s.to(tl.int64) * sws)[None, :] \
+                + c.to(tl.int64)[:, None] * swc
+            b = tl.load(b_ptrs, mask=c_ok[:, None] & mask_n[None, :], other=0.0)
         acc = tl.dot(a, b, acc, input_precision=INPUT_PRECISION)
 
     if PARTIAL:
@@ -159,16 +175,58 @@ def splitk_reduce_kernel(
                   syk, srk, mask_m, mask_n, alpha, HAS_BIAS, HAS_RESIDUAL, ACTIVATION)
 
 
+_FPROP_KEY = ["M", "H", "W", "CG", "KG", "GROUPS", "SPLIT_K", "R", "S", "stride_h", "stride_w", "dil_h", "dil_w",
+              "sxc", "syk", "HAS_RESIDUAL", "ACTIVATION"]  # the epilogue changes what the pruner keeps
+
+
+def _fprop_prune_hook():
+    return configs.gemm_prune_hook(m_fn=lambda a: a["M"], n_fn=lambda a: a["KG"], k_fn=lambda a: a["CG"],
+                                   tensor_arg="x_ptr")
+
+
 _fprop_tuned = triton.autotune(
     configs=configs.gemm_configs(),
-    key=["M", "H", "W", "CG", "KG", "GROUPS", "SPLIT_K", "R", "S", "stride_h", "stride_w", "dil_h", "dil_w",
-         "sxc", "syk", "HAS_RESIDUAL", "ACTIVATION"],  # the epilogue changes what the pruner keeps
+    key=_FPROP_KEY,
     do_bench=configs.capture_safe_bench,
-    prune_configs_by={
-        "early_config_prune": configs.gemm_prune_hook(
-            m_fn=lambda a: a["M"], n_fn=lambda a: a["KG"], k_fn=lambda a: a["CG"], tensor_arg="x_ptr"
-        )
-    },
+    prune_configs_by={"early_config_prune": _fprop_prune_hook()},
+)(fprop_kernel)
+
+
+# --------------------------------------------------------------------------- Hopper: TMA weight loads
+
+try:  # host-side tensor descriptors: Triton >= 3.4 (the GPU machine has 3.6, CI 3.9)
+    from triton.tools.tensor_descriptor import TensorDescriptor
+except ImportError:  # pragma: no cover
+    TensorDescriptor = None
+
+TMA_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+
+
+def weight_tma_usable(w: torch.Tensor, problem: Conv2dProblem) -> bool:
+    """The weight as a TMA-loadable (K, R*S*C/groups) row-major matrix: a KRSC (channels_last)
+    weight with 16-byte aligned rows and base, on sm_90+ (or Triton's interpreter)."""
+    pb = problem
+    if TensorDescriptor is None or w.dtype not in TMA_DTYPES or pb.K == 0 or pb.C_per_group == 0:
+        return False
+    if w.is_cuda and torch.cuda.get_device_capability(w.device)[0] < 9:
+        return False
+    krsc = (pb.R * pb.S * pb.C_per_group, 1, pb.S * pb.C_per_group, pb.C_per_group)
+    if any(size > 1 and st != want for size, st, want in zip(w.shape, w.stride(), krsc)):
+        return False
+    return pb.R * pb.S * pb.C_per_group * w.element_size() % 16 == 0 and w.data_ptr() % 16 == 0
+
+
+def _set_weight_tma_block(nargs):
+    """Autotune pre-hook: the weight descriptor loads (BLOCK_N, BLOCK_K) tiles."""
+    nargs["w_desc"].block_shape = [nargs["BLOCK_N"], nargs["BLOCK_K"]]
+
+
+_fprop_tma_tuned = triton.autotune(
+    configs=[triton.Config(c.kwargs, num_warps=c.num_warps, num_stages=c.num_stages, pre_hook=_set_weight_tma_block)
+             for c in configs.gemm_configs()],
+    key=_FPROP_KEY,
+    do_bench=configs.capture_safe_bench,
+    prune_configs_by={"early_config_prune": _fprop_prune_hook()},
 )(fprop_kernel)
 
 
@@ -198,6 +256,7 @@ def conv2d_fprop(
     alpha: float = 0.01,
     residual: Optional[torch.Tensor] = None,
     split_k: int = 1,
+    weight_tma: bool = False,
 ) -> torch.Tensor:
     """Launch the forward implicit-GEMM conv, with an optional fused epilogue.
 
@@ -214,6 +273,8 @@ def conv2d_fprop(
         residual: optional (N, K, P, Q) tensor added before the activation; any strides.
         split_k: cut the reduction into this many chunks, summed afterwards in a fixed
             order (deterministic); for small outputs with long reductions.
+        weight_tma: load the weight through a TMA descriptor; the caller checks
+            ``weight_tma_usable`` first.
 
     Returns:
         y (N, K, P, Q) in x's dtype, channels_last exactly when F.conv2d's would be.
@@ -233,11 +294,17 @@ def conv2d_fprop(
         ws = torch.empty((split, M, pb.K), dtype=torch.float64 if x.dtype == torch.float64 else torch.float32,
                          device=x.device)
 
+    if weight_tma:
+        tuned, name = _fprop_tma_tuned, "fprop_tma"
+        w_desc = TensorDescriptor.from_tensor(w.permute(0, 2, 3, 1).reshape(pb.K, -1), [16, 16])
+    else:
+        tuned, name, w_desc = _fprop_tuned, "fprop", w
+
     def grid(meta):
         return (split * pb.groups * triton.cdiv(M, meta["BLOCK_M"]) * triton.cdiv(KG, meta["BLOCK_N"]),)
 
-    tuning.launch(_fprop_tuned, "fprop", x.device, grid,
-        x, w, fw.bias, fw.residual, out, ws if ws is not None else out,
+    tuning.launch(tuned, name, x.device, grid,
+        x, w, w_desc, fw.bias, fw.residual, out, ws if ws is not None else out,
         M, pb.H, pb.W, pb.P, pb.Q, pb.R, pb.S, CG, KG, pb.groups, split,
         pb.stride_h, pb.stride_w, pb.pad_h, pb.pad_w, pb.dil_h, pb.dil_w,
         *x.stride(), *w.stride(), *out.stride(), *fw.res_strides,
@@ -245,6 +312,7 @@ def conv2d_fprop(
         **fw.epilogue,
         INPUT_PRECISION=input_precision_for(x),
         PARTIAL=ws is not None,
+        W_DESC=weight_tma,
     )
     if ws is not None:
         block_m, block_n = 64, 32
@@ -260,3 +328,13 @@ def conv2d_fprop_splitk(x, w, bias, problem: Conv2dProblem, out=None, activation
     """The split-K forward family: ``conv2d_fprop`` with ``choose_split_k`` chunks."""
     return conv2d_fprop(x, w, bias, problem, out, activation, alpha, residual,
                         split_k=choose_split_k(problem, x.device))
+
+
+def conv2d_fprop_tma(x, w, bias, problem: Conv2dProblem, out=None, activation="none", alpha=0.01,
+                     residual=None) -> torch.Tensor:
+    """The general implicit GEMM with TMA weight loads (Hopper); pointer loads where TMA can't apply.
+
+    Args/Returns: as ``conv2d_fprop``.
+    """
+    return conv2d_fprop(x, w, bias, problem, out, activation, alpha, residual,
+                        weight_tma=weight_tma_usable(w, problem))

@@ -26,16 +26,17 @@ import triton
 import triton.language as tl
 
 from .. import configs, tuning
-from ..spec import Conv2dProblem, output_memory_format
+from ..spec import Conv2dProblem
 from ._common import (
     acc_dtype_for,
-    activation_code,
     alloc_output,
     check_device,
     conv_epilogue,
-    tile_pid,
     input_precision_for,
+    prepare_forward,
+    tile_pid,
 )
+from .wgrad import choose_split_k, conv2d_wgrad
 
 __all__ = ["conv2d_fprop_1x1", "conv2d_fprop_1x1_tma", "gemm1x1_fprop_kernel", "gemm1x1_tma_kernel", "accepts",
            "tma_usable"]
@@ -133,27 +134,24 @@ def conv2d_fprop_1x1(
     Returns:
         y (N, K, H, W) in x's dtype.
     """
-    check_device(x, w, bias, residual)
     pb = problem
     if not accepts(pb):
         raise ValueError(f"the 1x1 family does not compute {pb}")
-    if out is None:
-        out = alloc_output(pb.output_shape, x.dtype, x.device, output_memory_format(x, w))
+    fw = prepare_forward(x, w, bias, residual, pb, out, activation)
+    out = fw.out
     if out.numel() == 0:
         return out
     M = pb.N * pb.H * pb.W
     KG, CG = pb.K_per_group, pb.C_per_group
-    res_strides = residual.stride() if residual is not None else (0, 0, 0, 0)
 
     def grid(meta):
         return (pb.groups * triton.cdiv(M, meta["BLOCK_M"]) * triton.cdiv(KG, meta["BLOCK_N"]),)
 
     tuning.launch(_gemm1x1_tuned, "gemm1x1", x.device, grid,
-        x, w, bias if bias is not None else w, residual if residual is not None else x, out,
+        x, w, fw.bias, fw.residual, out,
         M, pb.H, pb.W, CG, KG, pb.groups,
-        *x.stride(), w.stride(0), w.stride(1), *out.stride(), *res_strides, float(alpha),
-        HAS_BIAS=bias is not None, HAS_RESIDUAL=residual is not None, ACTIVATION=activation_code(activation),
-        ACC_DTYPE=acc_dtype_for(x.dtype), INPUT_PRECISION=input_precision_for(x),
+        *x.stride(), w.stride(0), w.stride(1), *out.stride(), *fw.res_strides, float(alpha),
+        **fw.epilogue, INPUT_PRECISION=input_precision_for(x),
     )
     return out
 
@@ -256,25 +254,289 @@ def conv2d_fprop_1x1_tma(x, w, bias, problem: Conv2dProblem, out=None, activatio
     """
     if not tma_usable(x, w, problem):
         return conv2d_fprop_1x1(x, w, bias, problem, out, activation, alpha, residual)
-    check_device(x, w, bias, residual)
     pb = problem
-    if out is None:
-        out = alloc_output(pb.output_shape, x.dtype, x.device, output_memory_format(x, w))
+    fw = prepare_forward(x, w, bias, residual, pb, out, activation)
+    out = fw.out
     if out.numel() == 0:
         return out
     M = pb.N * pb.H * pb.W
     KG, CG = pb.K_per_group, pb.C_per_group
     a_desc = TensorDescriptor.from_tensor(x.permute(0, 2, 3, 1).reshape(M, pb.C), [16, 16])
     b_desc = TensorDescriptor.from_tensor(w.reshape(pb.K, CG), [16, 16])
-    res_strides = residual.stride() if residual is not None else (0, 0, 0, 0)
 
     def grid(meta):
         return (pb.groups * triton.cdiv(M, meta["BLOCK_M"]) * triton.cdiv(KG, meta["BLOCK_N"]),)
 
     tuning.launch(_gemm1x1_tma_tuned, "gemm1x1_tma", x.device, grid,
-        a_desc, b_desc, bias if bias is not None else w, residual if residual is not None else x, out,
-        M, pb.H, pb.W, CG, KG, pb.groups, *out.stride(), *res_strides, float(alpha),
-        HAS_BIAS=bias is not None, HAS_RESIDUAL=residual is not None, ACTIVATION=activation_code(activation),
-        ACC_DTYPE=acc_dtype_for(x.dtype), INPUT_PRECISION=input_precision_for(x),
+        a_desc, b_desc, fw.bias, fw.residual, out,
+        M, pb.H, pb.W, CG, KG, pb.groups, *out.stride(), *fw.res_strides, float(alpha),
+        **fw.epilogue, INPUT_PRECISION=input_precision_for(x),
     )
     return out
+
+
+# --------------------------------------------------------------------------- wgrad of a 1x1 conv
+#
+# The weight gradient of a 1x1, stride-1, unpadded conv is a plain GEMM too:
+#
+#     ==========  ======================  =====================================
+#     GEMM        conv                    index decomposition
+#     ==========  ======================  =====================================
+#     M           K / groups              row -> k = g * K/groups + row
+#     N_gemm      C / groups              col -> c = g * C/groups + col
+#     K_gemm      N * H * W pixels        m, walked by pointer increments; split
+#                                         in SPLIT_K contiguous chunks
+#     A[row, m]   dy[n, k, h, w]          (dy transposed: pixels are its rows)
+#     B[m, col]   x[n, c, h, w]
+#     C[row, col] dw[k, c, 0, 0]
+#     ==========  ======================  =====================================
+#
+# Walking pixels by a pointer increment needs every pixel m at offset m * stride
+# in both tensors ("pixel-linear"): channels_last tensors are, and so is any
+# layout at batch 1. Other layouts take the implicit-GEMM wgrad. Split-K and its
+# fixed-order sum of fp32 partials are wgrad.py's (bitwise deterministic).
+
+
+def pixel_stride(t: torch.Tensor) -> Optional[int]:
+    """The stride s with pixel m = (n, h, w) of ``t`` (N, C, H, W) at offset m * s, or None if none exists."""
+    N, _, H, W = t.shape
+    stride, span = None, 1  # span: pixels covered by the dims inside the current one
+    for size, st in ((W, t.stride(3)), (H, t.stride(2)), (N, t.stride(0))):
+        if size == 1:
+            continue  # a single-element dim's stride is never used
+        if stride is None:
+            stride = st
+        elif st != stride * span:
+            return None
+        span *= size
+    return 1 if stride is None else stride
+
+
+def wgrad_accepts_layout(dy: torch.Tensor, x: torch.Tensor) -> bool:
+    """Whether the 1x1 wgrad GEMM can walk both tensors' pixels by pointer increments."""
+    return pixel_stride(dy) is not None and pixel_stride(x) is not None
+
+
+@triton.jit
+def gemm1x1_wgrad_kernel(
+    # pointers
+    dy_ptr,  # (N, K, H, W), pixel-linear: pixel m at m * sdym
+    x_ptr,  # (N, C, H, W), pixel-linear: pixel m at m * sxm
+    out_ptr,  # (SPLIT_K, K, C/groups): fp32 partials, or dw itself when SPLIT_K == 1
+    # problem sizes
+    M,  # N * H * W
+    CG, KG, GROUPS, SPLIT_K,
+    # strides, in elements
+    sdym, sdyk,
+    sxm, sxc,
+    sos, sok, soc,  # out: split, k, c
+    # meta-parameters
+    ACC_DTYPE: tl.constexpr, INPUT_PRECISION: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
+):
+    # -- program-id mapping: (split, group, M-tile, N-tile)
+    outer, pid_m, pid_n = tile_pid(tl.program_id(0), KG, CG, BLOCK_M, BLOCK_N, GROUP_M)
+    split = outer // GROUPS
+    g = outer % GROUPS
+
+    # -- this split's pixels, in whole BLOCK_K steps
+    chunk = tl.cdiv(tl.cdiv(M, SPLIT_K), BLOCK_K) * BLOCK_K
+    start = split * chunk
+    stop = tl.minimum(start + chunk, M)
+
+    # -- pointer setup (int64: m * sxm can pass 2**31)
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_k = tl.arange(0, BLOCK_K)
+    mask_m = offs_m < KG
+    mask_n = offs_n < CG
+    k_out = g * KG + offs_m
+    pix = (start + offs_k).to(tl.int64)
+    a_ptrs = dy_ptr + k_out.to(tl.int64)[:, None] * sdyk + pix[None, :] * sdym
+    b_ptrs = x_ptr + pix[:, None] * sxm + (g * CG + offs_n).to(tl.int64)[None, :] * sxc
+
+    # -- reduction loop: a dense matmul's
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC_DTYPE)
+    for k0 in range(start, stop, BLOCK_K):
+        k_ok = offs_k < stop - k0
+        a = tl.load(a_ptrs, mask=mask_m[:, None] & k_ok[None, :], other=0.0)
+        b = tl.load(b_ptrs, mask=k_ok[:, None] & mask_n[None, :], other=0.0)
+        acc = tl.dot(a, b, acc, input_precision=INPUT_PRECISION)
+        a_ptrs += BLOCK_K * sdym
+        b_ptrs += BLOCK_K * sxm
+
+    # -- epilogue: this split's partial (or the gradient itself)
+    out = out_ptr + split.to(tl.int64) * sos + k_out.to(tl.int64)[:, None] * sok + offs_n.to(tl.int64)[None, :] * soc
+    tl.store(out, acc.to(out_ptr.dtype.element_ty), mask=mask_m[:, None] & mask_n[None, :])
+
+
+def _wgrad_prune_hook(tensor_arg: str):
+    return configs.gemm_prune_hook(
+        m_fn=lambda a: a["KG"], n_fn=lambda a: a["CG"], k_fn=lambda a: triton.cdiv(a["M"], a["SPLIT_K"]),
+        tensor_arg=tensor_arg, gathered=False,
+    )
+
+
+_gemm1x1_wgrad_tuned = triton.autotune(
+    configs=configs.gemm_configs(),
+    key=["M", "CG", "KG", "GROUPS", "SPLIT_K", "sdym", "sxm"],
+    do_bench=configs.capture_safe_bench,
+    prune_configs_by={"early_config_prune": _wgrad_prune_hook("dy_ptr")},
+)(gemm1x1_wgrad_kernel)
+
+
+def _wgrad_workspace(dy: torch.Tensor, problem: Conv2dProblem, memory_format, split_k: Optional[int]):
+    """dw, the split count, and where the kernel stores: dw itself (no split) or fp32 (fp64) partials."""
+    pb = problem
+    dw = alloc_output(pb.weight_shape, dy.dtype, dy.device, memory_format)
+    M = pb.N * pb.H * pb.W
+    split = max(1, int(split_k)) if split_k is not None else choose_split_k(pb, dy.device)
+    split = min(split, max(1, M))
+    if split == 1:
+        return dw, split, dw, (0, dw.stride(0), dw.stride(1))
+    acc_dtype = torch.float64 if dy.dtype == torch.float64 else torch.float32
+    out = torch.empty((split, pb.K, pb.C_per_group), dtype=acc_dtype, device=dy.device)
+    return dw, split, out, out.stride()
+
+
+def _finish_wgrad(dw: torch.Tensor, out: torch.Tensor, split: int) -> torch.Tensor:
+    if split > 1:
+        dw.copy_(out.sum(dim=0).view(dw.shape))  # fixed order: deterministic
+    return dw
+
+
+def conv2d_wgrad_1x1(dy: torch.Tensor, x: torch.Tensor, problem: Conv2dProblem,
+                     memory_format: torch.memory_format = torch.contiguous_format,
+                     split_k: Optional[int] = None) -> torch.Tensor:
+    """Launch the 1x1 wgrad GEMM; the same contract as ``wgrad.conv2d_wgrad``, which it falls back to
+    for layouts whose pixels are not pixel-linear (``wgrad_accepts_layout``).
+
+    Args:
+        dy, x, problem, memory_format, split_k: as for ``conv2d_wgrad``; ``problem`` must satisfy ``accepts``.
+
+    Returns:
+        dw (K, C/groups, 1, 1) in dy's dtype, bitwise deterministic.
+    """
+    pb = problem
+    if not accepts(pb):
+        raise ValueError(f"the 1x1 family does not compute {pb}")
+    if not wgrad_accepts_layout(dy, x):
+        return conv2d_wgrad(dy, x, pb, memory_format, split_k)
+    check_device(dy, x)
+    M = pb.N * pb.H * pb.W
+    if M == 0 or pb.K == 0 or pb.C == 0:
+        return conv2d_wgrad(dy, x, pb, memory_format, split_k)  # its empty-problem handling
+    dw, split, out, out_strides = _wgrad_workspace(dy, pb, memory_format, split_k)
+    KG, CG = pb.K_per_group, pb.C_per_group
+
+    def grid(meta):
+        return (split * pb.groups * triton.cdiv(KG, meta["BLOCK_M"]) * triton.cdiv(CG, meta["BLOCK_N"]),)
+
+    tuning.launch(_gemm1x1_wgrad_tuned, "gemm1x1_wgrad", dy.device, grid,
+        dy, x, out, M, CG, KG, pb.groups, split,
+        pixel_stride(dy), dy.stride(1), pixel_stride(x), x.stride(1), *out_strides,
+        ACC_DTYPE=acc_dtype_for(dy.dtype), INPUT_PRECISION=input_precision_for(dy),
+    )
+    return _finish_wgrad(dw, out, split)
+
+
+# TMA for the 1x1 wgrad: dy and x as (N*H*W, K) and (N*H*W, C) row-major matrices
+# (NHWC). 16-bit only: tl.dot takes A as dy's tile transposed, and only 16-bit
+# wgmma reads a transposed operand from shared memory.
+WGRAD_TMA_DTYPES = (torch.float16, torch.bfloat16)
+
+
+def wgrad_tma_usable(dy: torch.Tensor, x: torch.Tensor, problem: Conv2dProblem) -> bool:
+    """Both operands as 2-D row-major (pixels, channels) views with 16-byte aligned rows and bases, on sm_90+."""
+    if TensorDescriptor is None or dy.dtype not in WGRAD_TMA_DTYPES or not accepts(problem):
+        return False
+    if dy.is_cuda and torch.cuda.get_device_capability(dy.device)[0] < 9:
+        return False
+    esize = dy.element_size()
+    for t in (dy, x):
+        if not t.is_contiguous(memory_format=torch.channels_last) or t.data_ptr() % 16 or t.shape[1] * esize % 16:
+            return False
+    return True
+
+
+def _set_wgrad_tma_blocks(nargs):
+    """Autotune pre-hook: both descriptors load (BLOCK_K pixels, channels) tiles."""
+    nargs["a_desc"].block_shape = [nargs["BLOCK_K"], nargs["BLOCK_M"]]
+    nargs["b_desc"].block_shape = [nargs["BLOCK_K"], nargs["BLOCK_N"]]
+
+
+@triton.jit
+def gemm1x1_wgrad_tma_kernel(
+    # descriptors and pointers
+    a_desc,  # dy as an (N*H*W, K) row-major matrix (NHWC)
+    b_desc,  # x as an (N*H*W, C) row-major matrix (NHWC)
+    out_ptr,  # (SPLIT_K, K, C/groups): fp32 partials, or dw itself when SPLIT_K == 1
+    # problem sizes
+    M, CG, KG, GROUPS, SPLIT_K,
+    # strides, in elements
+    sos, sok, soc,
+    # meta-parameters
+    ACC_DTYPE: tl.constexpr, INPUT_PRECISION: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
+):
+    # -- program-id mapping: (split, group, M-tile, N-tile)
+    outer, pid_m, pid_n = tile_pid(tl.program_id(0), KG, CG, BLOCK_M, BLOCK_N, GROUP_M)
+    split = outer // GROUPS
+    g = outer % GROUPS
+
+    # -- reduction: TMA tiles of this split's pixels. Chunks are whole BLOCK_K
+    #    steps, so no tile crosses into the next chunk; rows past N*H*W are
+    #    zero-filled. Channels past this group's share (the next group's, or
+    #    zero-fill) only reach rows and columns the store masks out.
+    chunk = tl.cdiv(tl.cdiv(M, SPLIT_K), BLOCK_K) * BLOCK_K
+    start = split * chunk
+    stop = tl.minimum(start + chunk, M)
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC_DTYPE)
+    for k0 in range(start, stop, BLOCK_K):
+        a = a_desc.load([k0, g * KG + pid_m * BLOCK_M])
+        b = b_desc.load([k0, g * CG + pid_n * BLOCK_N])
+        acc = tl.dot(a.T, b, acc, input_precision=INPUT_PRECISION)
+
+    # -- epilogue: this split's partial (or the gradient itself)
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    k_out = g * KG + offs_m
+    out = out_ptr + split.to(tl.int64) * sos + k_out.to(tl.int64)[:, None] * sok + offs_n.to(tl.int64)[None, :] * soc
+    tl.store(out, acc.to(out_ptr.dtype.element_ty), mask=(offs_m < KG)[:, None] & (offs_n < CG)[None, :])
+
+
+_gemm1x1_wgrad_tma_tuned = triton.autotune(
+    configs=[triton.Config(c.kwargs, num_warps=c.num_warps, num_stages=c.num_stages, pre_hook=_set_wgrad_tma_blocks)
+             for c in configs.gemm_configs()],
+    key=["M", "CG", "KG", "GROUPS", "SPLIT_K"],
+    do_bench=configs.capture_safe_bench,
+    prune_configs_by={"early_config_prune": _wgrad_prune_hook("a_desc")},
+)(gemm1x1_wgrad_tma_kernel)
+
+
+def conv2d_wgrad_1x1_tma(dy: torch.Tensor, x: torch.Tensor, problem: Conv2dProblem,
+                         memory_format: torch.memory_format = torch.contiguous_format,
+                         split_k: Optional[int] = None) -> torch.Tensor:
+    """The 1x1 wgrad GEMM with TMA operand loads (Hopper); falls back to ``conv2d_wgrad_1x1`` where
+    TMA can't apply (``wgrad_tma_usable``).
+
+    Args/Returns: as ``conv2d_wgrad_1x1``.
+    """
+    pb = problem
+    M = pb.N * pb.H * pb.W
+    if not wgrad_tma_usable(dy, x, pb) or M == 0 or pb.K == 0 or pb.C == 0:
+        return conv2d_wgrad_1x1(dy, x, pb, memory_format, split_k)
+    check_device(dy, x)
+    dw, split, out, out_strides = _wgrad_workspace(dy, pb, memory_format, split_k)
+    KG, CG = pb.K_per_group, pb.C_per_group
+    a_desc = TensorDescriptor.from_tensor(dy.permute(0, 2, 3, 1).reshape(M, pb.K), [16, 16])
+    b_desc = TensorDescriptor.from_tensor(x.permute(0, 2, 3, 1).reshape(M, pb.C), [16, 16])
+
+    def grid(meta):
+        return (split * pb.groups * triton.cdiv(KG, meta["BLOCK_M"]) * triton.cdiv(CG, meta["BLOCK_N"]),)
+
+    tuning.launch(_gemm1x1_wgrad_tma_tuned, "gemm1x1_wgrad_tma", dy.device, grid,
+        a_desc, b_desc, out, M, CG, KG, pb.groups, split, *out_strides,
+        ACC_DTYPE=acc_dtype_for(dy.dtype), INPUT_PRECISION=input_precision_for(dy),
+    )
+    return _finish_wgrad(dw, out, split)

@@ -8,16 +8,22 @@
                 gemm1x1_tma  (plain GEMM, TMA loads, sm_90)      1x1, stride 1, no padding, NHWC
                 gemm1x1    (plain GEMM)                          1x1, stride 1, no padding
                 splitk     (implicit GEMM, reduction split)      N*P*Q <= 4096, R*S*C/g >= 512
+                implicit_tma (TMA weight loads, sm_90)           everything; KRSC weight for TMA
                 implicit   (general implicit GEMM, fprop.py)     everything
     grad_input  depthwise, implicit (phase-decomposed dgrad)
-    grad_weight depthwise, implicit (split-K wgrad)
+    grad_weight depthwise
+                gemm1x1_tma  (plain GEMM, TMA loads, sm_90)      1x1, stride 1, no padding, NHWC, 16-bit
+                gemm1x1    (plain GEMM, split-K)                 1x1, stride 1, no padding, pixel-linear
+                implicit   (split-K implicit GEMM wgrad)         everything
     ==========  ===============================================  ==========================
 
 Each family autotunes its own tiles. When more than one family accepts a
 problem on a GPU, the router times every candidate once per problem key (the
 shape, dtype and layouts) and remembers the fastest; under Triton's
 interpreter, which cannot time anything, the most specialised family runs.
-``force(name)`` pins a family, for tests and experiments.
+``force(name)`` pins a family, for tests and experiments. A family whose
+launcher needs a layout (TMA's 16-byte rows, pixel-linear strides) checks it
+and hands other tensors on to the next family itself.
 """
 
 from __future__ import annotations
@@ -33,10 +39,11 @@ from ..spec import Conv2dProblem
 from . import depthwise, gemm1x1, smallc
 from ._common import INTERPRETER
 from .dgrad import conv2d_dgrad
-from .fprop import accepts_splitk, conv2d_fprop, conv2d_fprop_splitk
+from .fprop import accepts_splitk, conv2d_fprop, conv2d_fprop_splitk, conv2d_fprop_tma
 from .wgrad import conv2d_wgrad
 
-__all__ = ["forward", "input_grad", "weight_grad", "candidates", "force", "FORWARD", "INPUT_GRAD", "WEIGHT_GRAD"]
+__all__ = ["forward", "input_grad", "weight_grad", "candidates", "force", "recording", "FORWARD", "INPUT_GRAD",
+           "WEIGHT_GRAD"]
 
 # name -> (accepts(problem), launcher), most specialised first
 FORWARD: Dict[str, Tuple[Callable, Callable]] = {
@@ -45,6 +52,7 @@ FORWARD: Dict[str, Tuple[Callable, Callable]] = {
     "gemm1x1_tma": (gemm1x1.accepts, gemm1x1.conv2d_fprop_1x1_tma),
     "gemm1x1": (gemm1x1.accepts, gemm1x1.conv2d_fprop_1x1),
     "splitk": (accepts_splitk, conv2d_fprop_splitk),
+    "implicit_tma": (lambda pb: True, conv2d_fprop_tma),
     "implicit": (lambda pb: True, conv2d_fprop),
 }
 INPUT_GRAD: Dict[str, Tuple[Callable, Callable]] = {
@@ -53,11 +61,38 @@ INPUT_GRAD: Dict[str, Tuple[Callable, Callable]] = {
 }
 WEIGHT_GRAD: Dict[str, Tuple[Callable, Callable]] = {
     "depthwise": (depthwise.accepts, depthwise.conv2d_wgrad_depthwise),
+    "gemm1x1_tma": (gemm1x1.accepts, gemm1x1.conv2d_wgrad_1x1_tma),
+    "gemm1x1": (gemm1x1.accepts, gemm1x1.conv2d_wgrad_1x1),
     "implicit": (lambda pb: True, conv2d_wgrad),
 }
 
 _forced = threading.local()
 _choice: Dict[tuple, str] = {}
+# (direction, family) of each routed call while a ``recording()`` block is open; process-wide,
+# because autograd runs CUDA backward ops on a thread of its own
+_records: List[List[Tuple[str, str]]] = []
+_records_lock = threading.Lock()
+
+
+@contextlib.contextmanager
+def recording():
+    """Collect (direction, family) for every problem routed inside the block (the family that
+    ran, after any timing of candidates), e.g. for the benchmark to say which family won."""
+    seen: List[Tuple[str, str]] = []
+    with _records_lock:
+        _records.append(seen)
+    try:
+        yield seen
+    finally:
+        with _records_lock:
+            _records.remove(seen)
+
+
+def _record(direction: str, name: str) -> None:
+    if _records:
+        with _records_lock:
+            for seen in _records:
+                seen.append((direction, name))
 
 
 @contextlib.contextmanager
@@ -90,6 +125,7 @@ def _layout_key(*tensors) -> tuple:
 def _route(table, direction: str, problem: Conv2dProblem, tensors: tuple, run: Callable[[Callable], torch.Tensor]):
     names = candidates(table, problem)
     if len(names) == 1 or INTERPRETER or not tensors[0].is_cuda:
+        _record(direction, names[0])
         return run(table[names[0]][1])
     key = (direction, problem, _layout_key(*tensors), torch.cuda.get_device_name(tensors[0].device))
     name = _choice.get(key)
@@ -101,6 +137,7 @@ def _route(table, direction: str, problem: Conv2dProblem, tensors: tuple, run: C
             timings[cand] = configs.capture_safe_bench(lambda: run(launcher), quantiles=None)
         name = min(timings, key=timings.get)
         _choice[key] = name
+    _record(direction, name)
     return run(table[name][1])
 
 
