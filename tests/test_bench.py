@@ -22,6 +22,7 @@ from conftest import CUDA
 
 from tritonconv import tuning
 from tritonconv.bench import precompile, presets, report, sweep
+from tritonconv.kernels import router
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -72,14 +73,18 @@ def test_smoke_sweep_writes_csv_markdown_and_plot(tmp_path):
         assert median > 0 and p20 <= median <= p80
         assert float(r["tflops"]) > 0 and float(r["rel_err"]) < 1e-2
         assert int(r["flops"]) == presets.get_preset("smoke").select([r["layer"]])[0].problem(2).flops
-        if r["provider"] != "tritonconv":
+        if r["provider"] == "tritonconv":  # the note names the family the router ran
+            direction, family = report.families_of(r).split("=")
+            assert direction == "forward" and family in router.FORWARD, r["note"]
+        else:
             ratio = float(r["speedup_tritonconv"])
             tc = next(t for t in rows if t["provider"] == "tritonconv" and t["layer"] == r["layer"])
             assert math.isclose(ratio, median / float(tc["median_ms"]), rel_tol=1e-3)
 
     summary = (out / "summary.md").read_text()
     assert "Geometric-mean speedup" in summary and "vs im2col" in summary and "| smoke |" in summary
-    assert (out / "details.md").read_text().count("| 3x3 |") == 1
+    details = (out / "details.md").read_text()
+    assert details.count("| 3x3 |") == 1 and "| forward=" in details
     if not CUDA:
         assert "interpreter timings, not performance" in summary
         assert "interpreter timings, not performance" in rows[0]["timer"]
@@ -368,6 +373,28 @@ def test_intercepted_launches_record_arguments_and_run_nothing(device):
     assert "fprop._fprop_tuned" in precompile.autotuners()
     if not CUDA:
         assert precompile.precompile([lambda: None]).mode.startswith("interpreter")
+
+
+def test_precompile_applies_the_tma_pre_hook_to_copies(device):
+    """A warmup must see the descriptor block shape the config's launch will have."""
+    from tritonconv.kernels.fprop import _fprop_tma_tuned, conv2d_fprop
+    from tritonconv.spec import conv2d_problem
+
+    x = torch.randn(2, 16, 6, 6, device=device).to(memory_format=torch.channels_last)
+    w = torch.randn(32, 16, 3, 3, device=device).to(memory_format=torch.channels_last)
+    seen = []
+    with precompile.intercept_launches(lambda tuner, args, kwargs: seen.append((tuner, args, kwargs))):
+        conv2d_fprop(x, w, None, conv2d_problem(x, w, None, 1, 1, 1, 1), weight_tma=True)
+    tuner, args, kwargs = seen[0]
+    assert tuner is _fprop_tma_tuned
+    desc_at = tuner.arg_names.index("w_desc")
+    before = list(args[desc_at].block_shape)
+    config = triton.Config(dict(BLOCK_M=64, BLOCK_N=128, BLOCK_K=32, GROUP_M=8),
+                           pre_hook=_fprop_tma_tuned.configs[0].pre_hook)
+    launch_args, launch_kwargs = precompile._as_launched(tuner, args, kwargs, config)
+    assert list(launch_args[desc_at].block_shape) == [128, 32]
+    assert list(args[desc_at].block_shape) == before, "the recorded descriptor is shared by every config"
+    assert launch_args[desc_at].base is args[desc_at].base and launch_kwargs.keys() == kwargs.keys()
 
 
 def test_tune_command_runs_each_layer_once(capsys):

@@ -38,6 +38,7 @@ there is nothing to compile and ``precompile`` returns at once.
 from __future__ import annotations
 
 import contextlib
+import copy
 import functools
 import os
 import time
@@ -132,6 +133,23 @@ def _configs_for(tuner: Any, args: Tuple, kwargs: Dict) -> List[Any]:
         tuner.nargs = None
 
 
+def _as_launched(tuner: Any, args: Tuple, kwargs: Dict, config: Any) -> Tuple[Tuple, Dict]:
+    """The arguments as the autotuner launches them with ``config``: after its pre_hook.
+
+    The TMA families set their descriptors' block shapes in the pre_hook, and
+    a descriptor's block shape is part of the kernel's signature, so without
+    it the warmup would build a kernel no launch uses. The hook runs on copies
+    of the descriptors: one recorded launch serves every config.
+    """
+    if config.pre_hook is None:
+        return args, kwargs
+    names = list(tuner.arg_names)
+    named = {**dict(zip(names, args)), **kwargs}
+    named = {k: copy.copy(v) if hasattr(v, "block_shape") else v for k, v in named.items()}
+    config.pre_hook({**named, **config.all_kwargs()})
+    return tuple(named[n] for n in names[:len(args)]), {k: named[k] for k in kwargs}
+
+
 def _async_mode(workers: int):
     """(executor, AsyncCompileMode) or None where this triton has no async compile."""
     from concurrent.futures import ThreadPoolExecutor
@@ -178,7 +196,8 @@ def precompile(thunks: Iterable[Callable[[], Any]], workers: int = 0, parallel: 
         stats.launches += 1
         for config in _configs_for(tuner, args, kwargs):
             try:
-                tuner.fn.warmup(*args, **kwargs, **config.all_kwargs())
+                launch_args, launch_kwargs = _as_launched(tuner, args, kwargs, config)
+                tuner.fn.warmup(*launch_args, **launch_kwargs, **config.all_kwargs())
                 stats.compiles += 1
             except Exception:
                 stats.errors += 1

@@ -31,6 +31,8 @@ __all__ = ["load_rows", "select_rows", "speedups", "geomean", "render", "render_
            "TARGETS", "main"]
 
 INTERPRETER_LABEL = "interpreter timings, not performance"
+# how a tritonconv row's note names the kernel family each op ran on (sweep.py writes it)
+FAMILIES_NOTE = "families: "
 
 # (what, preset, mode, dtype, layout, N) -> {provider: target geomean speedup of tritonconv}
 TARGETS = [
@@ -323,6 +325,16 @@ def render_markdown(rows) -> str:
     return "\n".join(lines) + "\n"
 
 
+def families_of(row: Optional[Dict[str, Any]]) -> str:
+    """The kernel families a tritonconv row ran on, from its note ("families: forward=gemm1x1"), or "-"."""
+    note = (row or {}).get("note") or ""
+    for part in note.split(";"):
+        part = part.strip()
+        if part.startswith(FAMILIES_NOTE):
+            return part[len(FAMILIES_NOTE):].replace("input_grad=", "dgrad=").replace("weight_grad=", "wgrad=")
+    return "-"
+
+
 def render_details(rows) -> str:
     rows = _conv_rows(rows)
     interp = _is_interpreter(rows)
@@ -338,7 +350,7 @@ def render_details(rows) -> str:
     for g in sorted(by_group, key=lambda k: tuple(map(str, k))):
         preset, N, mode, dtype, layout = g
         lines += [f"## {preset}, N={N}, {mode}, {dtype}, {layout}", ""]
-        header = ("layer", "shape", "x", "tritonconv ms", "TFLOP/s", "% peak", "extra MB",
+        header = ("layer", "shape", "x", "tritonconv ms", "TFLOP/s", "% peak", "extra MB", "families",
                   *(f"{p} ms (speedup)" for p in providers))
         body = []
         for layer in order[g]:
@@ -365,7 +377,7 @@ def render_details(rows) -> str:
             body.append((layer, shape, int(any_row.get("count") or 1), ms(tc),
                          f"{tc['tflops']:.3g}" if tc and _ok(tc) and tc.get("tflops") else "-",
                          f"{tc['pct_peak']:.3g}" if tc and _ok(tc) and tc.get("pct_peak") else "-",
-                         f"{extra / 2**20:.1f}" if extra is not None else "-", *cells))
+                         f"{extra / 2**20:.1f}" if extra is not None else "-", families_of(tc), *cells))
         lines += _table(header, body) + [""]
     if interp:
         lines += [f"_{INTERPRETER_LABEL}_"]

@@ -26,6 +26,7 @@ performance". Each row is appended to the CSV as soon as it is measured.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import datetime as _dt
 import math
@@ -43,6 +44,7 @@ from ..kernels._common import INTERPRETER
 from . import presets as presets_mod
 from . import providers as prov
 from .precompile import precompile
+from .report import FAMILIES_NOTE
 
 __all__ = ["COLUMNS", "INTERPRETER_LABEL", "RunInfo", "CsvSink", "run_info", "main", "tune_presets"]
 
@@ -300,9 +302,10 @@ class _Sweep:
         try:
             provider.prepare(case)
             calls = [provider.bind(case, prov.make_inputs(case, i)) for i in range(n_sets)]
-            out = calls[0]()  # compiles / autotunes
-            if info.device == "cuda":
-                torch.cuda.synchronize()
+            with _families_recorded(provider, row):
+                out = calls[0]()  # compiles / autotunes (and the router picks each op's family)
+                if info.device == "cuda":
+                    torch.cuda.synchronize()
             err = prov.rel_err(out, self.reference(case))
             del out
             row["rel_err"] = err
@@ -338,6 +341,21 @@ class _Sweep:
         row = case_row(case, provider.name, self.info)
         row.update(status=why, note=provider.note + (f"; {INTERPRETER_LABEL}" if self.info.interpreter else ""))
         return row
+
+
+@contextlib.contextmanager
+def _families_recorded(provider: prov.Provider, row: Dict[str, Any]):
+    """For tritonconv, add the kernel family each op ran on to the row's note
+    ("families: forward=implicit_tma"), so a sweep shows which family won each layer."""
+    router = prov._router() if provider.name == "tritonconv" else None
+    if router is None or not hasattr(router, "recording"):
+        yield
+        return
+    with router.recording() as seen:
+        yield
+    if seen:
+        ran = ", ".join(f"{direction}={family}" for direction, family in dict.fromkeys(seen))
+        row["note"] = "; ".join(part for part in (row.get("note"), FAMILIES_NOTE + ran) if part)
 
 
 def _split(text: str) -> List[str]:
