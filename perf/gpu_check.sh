@@ -21,6 +21,9 @@
 # TUNING_CACHE_TAR=path/to/tuning-cache.tar.gz starts from an earlier run's tuning choices (same
 # card, same versions; entries for other code are ignored with a warning), which saves most of
 # the tuning time on a fresh machine.
+# FAMILY_PRESETS=mobilenetv2,convnext_t adds a forward fp16 sweep of those presets after
+# ResNet-50's (issue 6: the depthwise, 1x1 and stem families' effect); it takes its share of
+# the budget from the later stages, so give the check more time (or pass a tuning cache) with it.
 # GPU_CHECK_DRY_RUN=1 swaps in the smoke preset and a tiny network: a check of this script's
 # plumbing on a machine without a GPU (everything then runs through Triton's interpreter).
 # Copy the results into the repository with: python perf/save_results.py OUTDIR
@@ -164,6 +167,7 @@ BACKWARD_LAYERS="conv1,layer1.0.conv2,layer2.0.conv2,layer2.0.downsample.0,layer
 if [ "${GPU_CHECK_DRY_RUN:-0}" = 1 ]; then
     PRESET=smoke BATCH=2 FP16=fp32 TESTS=tests/test_bench.py BACKWARD_LAYERS="3x3,1x1/2"
     E2E_ARGS="--tiny --image 32 --reps 1"
+    [ -n "${FAMILY_PRESETS:-}" ] && FAMILY_PRESETS=smoke
     torch_cuda=$($PY -c "import torch; print(int(torch.cuda.is_available()))" 2>/dev/null || echo 0)
     [ "$torch_cuda" = 1 ] || export TRITON_INTERPRET=1
 fi
@@ -174,6 +178,10 @@ stage environment 100 60 env_info
 stage "tests (quick)" 18 110 quick_tests
 stage "forward fp16" 50 600 sweep --preset "$PRESET" --batch "$BATCH" --dtype "$FP16" --layout channels_last \
     --modes forward
+if [ -n "${FAMILY_PRESETS:-}" ]; then
+    stage "forward fp16, $FAMILY_PRESETS" 40 600 sweep --preset "$FAMILY_PRESETS" --batch "$BATCH" \
+        --dtype "$FP16" --layout channels_last --modes forward
+fi
 stage "forward bf16" 30 600 sweep --preset "$PRESET" --batch "$BATCH" --dtype "$BF16" --layout channels_last \
     --modes forward
 stage "backward fp16" 45 600 sweep --preset "$PRESET" --batch "$BATCH" --dtype "$FP16" --layout channels_last \

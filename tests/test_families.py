@@ -46,6 +46,7 @@ PROBLEMS = {
         (2, 16, 7, 7, 24, 1, 1, 1, 0, 1, 1),
         (1, 48, 5, 6, 36, 1, 1, 1, 0, 1, 3),  # grouped: 16 channels per group
         (2, 12, 3, 5, 20, 1, 1, 1, 0, 1, 1),  # fp16 rows of 24 bytes: falls back
+        (2, 32, 9, 9, 72, 1, 1, 1, 0, 1, 1),  # 3 x 3 tiles: each persistent program loops over several
     ],
     "splitk": [
         (2, 64, 5, 5, 20, 3, 3, 1, 1, 1, 1),

@@ -38,11 +38,12 @@ are those of the fast layout. What follows the reduction changes register
 pressure as much as the tile does, which is why a kernel with a fused
 epilogue is registered twice (see FAMILIES).
 
-Families: fprop, fprop_fused, fprop_splitk (fprop.py); dgrad, dgrad_s2
-(dgrad.py); wgrad, wgrad_splitk (wgrad.py); gemm1x1, gemm1x1_fused,
-gemm1x1_tma (gemm1x1.py; TMA on sm_90 only); smallc, smallc_fused
-(smallc.py); depthwise_{fprop,dgrad,wgrad} and their _7x7 variants
-(depthwise.py).
+Families: fprop, fprop_fused, fprop_splitk, fprop_tma, fprop_tma_fused
+(fprop.py; TMA weight loads on sm_90 only); dgrad, dgrad_s2 (dgrad.py); wgrad,
+wgrad_splitk (wgrad.py); gemm1x1, gemm1x1_fused, gemm1x1_tma (with persistent-
+grid variants), gemm1x1_wgrad, gemm1x1_wgrad_splitk, gemm1x1_wgrad_tma
+(gemm1x1.py; TMA on sm_90 only); smallc, smallc_fused (smallc.py);
+depthwise_{fprop,dgrad,wgrad} and their _7x7 variants (depthwise.py).
 
 Usage::
 
@@ -198,6 +199,11 @@ class KernelFamily:
 def gemm_tile_configs() -> List[triton.Config]:
     """The GEMM families' compiled config list (configs.GEMM_TILES), whatever TRITON_INTERPRET says."""
     return tc_configs.gemm_configs(interpreter=False)
+
+
+def persistent_tile_configs() -> List[triton.Config]:
+    """GEMM tiles with and without a persistent grid (configs.persistent_gemm_configs)."""
+    return tc_configs.persistent_gemm_configs(interpreter=False)
 
 
 def smallc_tile_configs() -> List[triton.Config]:
@@ -578,7 +584,7 @@ FAMILIES: List[KernelFamily] = [
                  _prune_of(gemm1x1._gemm1x1_tuned)),
     KernelFamily("gemm1x1_fused", gemm1x1.gemm1x1_fprop_kernel, gemm_tile_configs, _p(_gemm1x1_launch, **_GELU),
                  _prune_of(gemm1x1._gemm1x1_tuned)),
-    KernelFamily("gemm1x1_tma", gemm1x1.gemm1x1_tma_kernel, gemm_tile_configs, _gemm1x1_tma_launch,
+    KernelFamily("gemm1x1_tma", gemm1x1.gemm1x1_tma_kernel, persistent_tile_configs, _gemm1x1_tma_launch,
                  _prune_of(gemm1x1._gemm1x1_tma_tuned), dtypes=("fp16", "bf16", "fp32"), archs=("sm_90",)),
     # 1x1 weight gradient as a plain GEMM (gemm1x1.py): no split, split-K, and (sm_90, 16-bit) TMA split-K
     KernelFamily("gemm1x1_wgrad", gemm1x1.gemm1x1_wgrad_kernel, gemm_tile_configs, _gemm1x1_wgrad_launch,
@@ -617,15 +623,18 @@ NO_PTXAS = "no usable ptxas"
 
 
 def config_name(config: triton.Config) -> str:
-    """'128x256x64 w8 s3' (BLOCK_M x BLOCK_N x BLOCK_K, warps, stages); '64x32 w4 s2' without a BLOCK_K."""
+    """'128x256x64 w8 s3' (BLOCK_M x BLOCK_N x BLOCK_K, warps, stages); '64x32 w4 s2' without a BLOCK_K;
+    ' persistent' appended for a persistent-grid variant."""
     kw = config.kwargs
     dims = [kw["BLOCK_M"], kw["BLOCK_N"]] + ([kw["BLOCK_K"]] if "BLOCK_K" in kw else [])
-    return f"{'x'.join(map(str, dims))} w{config.num_warps} s{config.num_stages}"
+    name = f"{'x'.join(map(str, dims))} w{config.num_warps} s{config.num_stages}"
+    return name + (" persistent" if kw.get("PERSISTENT") else "")
 
 
 def _tile_key(config: triton.Config) -> Tuple:
     kw = config.kwargs
-    return (kw["BLOCK_M"], kw["BLOCK_N"], kw.get("BLOCK_K"), config.num_warps, config.num_stages)
+    return (kw["BLOCK_M"], kw["BLOCK_N"], kw.get("BLOCK_K"), config.num_warps, config.num_stages,
+            bool(kw.get("PERSISTENT", False)))
 
 
 def _tile_volume(tile: Tuple) -> int:

@@ -21,6 +21,7 @@ __all__ = [
     "SMALLC_TILES",
     "DEPTHWISE_TILES",
     "gemm_configs",
+    "persistent_gemm_configs",
     "depthwise_configs",
     "prune_gemm_configs",
     "pruned_because",
@@ -110,6 +111,24 @@ def gemm_configs(tiles: Sequence[Tuple[int, int, int, int, int]] = GEMM_TILES, *
         )
         for bm, bn, bk, warps, stages in tiles
     ]
+
+
+# The persistent grid (one program per SM, each looping over output tiles) is a
+# candidate, not a rule: whether it beats one program per tile (launch and tail
+# effects against lost latency hiding) depends on the layer, so the autotuner
+# times it for the first (largest) tiles, where a wave of programs is fewest.
+PERSISTENT_TILES = 4
+
+
+def persistent_gemm_configs(tiles: Sequence[Tuple[int, int, int, int, int]] = GEMM_TILES, *,
+                            interpreter: Optional[bool] = None, **extra) -> List[triton.Config]:
+    """``gemm_configs`` with a PERSISTENT meta-parameter: every tile with one program per
+    tile, and the first PERSISTENT_TILES also as a persistent grid. The interpreter's one
+    config is persistent, so that tests walk the kernel's tile loop."""
+    if INTERPRETER if interpreter is None else interpreter:
+        return gemm_configs(tiles, interpreter=True, PERSISTENT=True, **extra)
+    return (gemm_configs(tiles, interpreter=False, PERSISTENT=False, **extra)
+            + gemm_configs(tiles[:PERSISTENT_TILES], interpreter=False, PERSISTENT=True, **extra))
 
 
 # The depthwise family's direct kernels (no tl.dot), as (BLOCK_M pixels,
@@ -282,10 +301,12 @@ def prune_gemm_configs(
         bn = min(cfg.kwargs["BLOCK_N"], n_cap)
         bk = min(cfg.kwargs["BLOCK_K"], k_cap)
         sig = (bm, bn, bk, cfg.num_warps, cfg.num_stages)
-        if sig in seen or pruned_because(*sig, elem_bytes, shared_limit, capability, heavy_epilogue, gathered, gemm_m,
-                                         max_block_n):
+        # other meta-parameters (e.g. PERSISTENT) make a different kernel of the same tile
+        variant = tuple(sorted((k, v) for k, v in cfg.kwargs.items() if k not in ("BLOCK_M", "BLOCK_N", "BLOCK_K")))
+        if (sig, variant) in seen or pruned_because(*sig, elem_bytes, shared_limit, capability, heavy_epilogue,
+                                                     gathered, gemm_m, max_block_n):
             continue
-        seen.add(sig)
+        seen.add((sig, variant))
         kwargs = dict(cfg.kwargs, BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk)
         kept.append(triton.Config(kwargs, num_warps=cfg.num_warps, num_stages=cfg.num_stages, pre_hook=cfg.pre_hook))
     if not kept:

@@ -193,26 +193,18 @@ def _set_tma_blocks(nargs):
 
 
 @triton.jit
-def gemm1x1_tma_kernel(
-    # descriptors and pointers
-    a_desc,  # x as an (N*H*W, C) row-major matrix (NHWC input)
-    b_desc,  # w as a (K, C/groups) row-major matrix
-    b_ptr,  # (K,); unused unless HAS_BIAS
-    res_ptr,  # (N, K, H, W); unused unless HAS_RESIDUAL
-    y_ptr,  # (N, K, H, W), any strides
-    # problem sizes
-    M, H, W, CG, KG, GROUPS,
-    # strides, in elements
-    syn, syk, syh, syw,
-    srn, srk, srh, srw,
+def _gemm1x1_tma_tile(
+    tile, a_desc, b_desc, b_ptr, res_ptr, y_ptr,
+    M, H, W, CG, KG,
+    syn, syk, syh, syw, srn, srk, srh, srw,
     alpha,
-    # meta-parameters
     HAS_BIAS: tl.constexpr, HAS_RESIDUAL: tl.constexpr, ACTIVATION: tl.constexpr,
     ACC_DTYPE: tl.constexpr, INPUT_PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
 ):
+    """One (group, M-tile, N-tile) output tile of gemm1x1_tma_kernel."""
     # -- program-id mapping: (group, M-tile, N-tile)
-    g, pid_m, pid_n = tile_pid(tl.program_id(0), M, KG, BLOCK_M, BLOCK_N, GROUP_M)
+    g, pid_m, pid_n = tile_pid(tile, M, KG, BLOCK_M, BLOCK_N, GROUP_M)
 
     # -- reduction: TMA tiles. Out-of-bounds reads are zero-filled; columns past
     #    this group's C/groups in A meet zero rows of B (B's width is C/groups),
@@ -233,9 +225,52 @@ def gemm1x1_tma_kernel(
                   g * KG + offs_n, syk, srk, offs_m < M, offs_n < KG, alpha, HAS_BIAS, HAS_RESIDUAL, ACTIVATION)
 
 
+@triton.jit
+def gemm1x1_tma_kernel(
+    # descriptors and pointers
+    a_desc,  # x as an (N*H*W, C) row-major matrix (NHWC input)
+    b_desc,  # w as a (K, C/groups) row-major matrix
+    b_ptr,  # (K,); unused unless HAS_BIAS
+    res_ptr,  # (N, K, H, W); unused unless HAS_RESIDUAL
+    y_ptr,  # (N, K, H, W), any strides
+    # problem sizes
+    M, H, W, CG, KG, GROUPS,
+    # strides, in elements
+    syn, syk, syh, syw,
+    srn, srk, srh, srw,
+    alpha,
+    # meta-parameters
+    HAS_BIAS: tl.constexpr, HAS_RESIDUAL: tl.constexpr, ACTIVATION: tl.constexpr,
+    ACC_DTYPE: tl.constexpr, INPUT_PRECISION: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
+    PERSISTENT: tl.constexpr,  # a grid of at most one program per SM, each looping over tiles
+):
+    if PERSISTENT:
+        # program p computes tiles p, p + programs, ...: consecutive programs still
+        # take consecutive tiles, so the GROUP_M ordering keeps its L2 reuse
+        num_tiles = GROUPS * tl.cdiv(M, BLOCK_M) * tl.cdiv(KG, BLOCK_N)
+        for tile in range(tl.program_id(0), num_tiles, tl.num_programs(0)):
+            _gemm1x1_tma_tile(tile, a_desc, b_desc, b_ptr, res_ptr, y_ptr, M, H, W, CG, KG,
+                              syn, syk, syh, syw, srn, srk, srh, srw, alpha,
+                              HAS_BIAS, HAS_RESIDUAL, ACTIVATION, ACC_DTYPE, INPUT_PRECISION,
+                              BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M)
+    else:
+        _gemm1x1_tma_tile(tl.program_id(0), a_desc, b_desc, b_ptr, res_ptr, y_ptr, M, H, W, CG, KG,
+                          syn, syk, syh, syw, srn, srk, srh, srw, alpha,
+                          HAS_BIAS, HAS_RESIDUAL, ACTIVATION, ACC_DTYPE, INPUT_PRECISION,
+                          BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M)
+
+
+def _programs(device: torch.device) -> int:
+    """How many programs a persistent grid launches: one per SM (2 under the interpreter)."""
+    if device.type != "cuda":
+        return 2
+    return torch.cuda.get_device_properties(device).multi_processor_count
+
+
 _gemm1x1_tma_tuned = triton.autotune(
     configs=[triton.Config(c.kwargs, num_warps=c.num_warps, num_stages=c.num_stages, pre_hook=_set_tma_blocks)
-             for c in configs.gemm_configs()],
+             for c in configs.persistent_gemm_configs()],
     key=["M", "H", "W", "CG", "KG", "GROUPS", "syk", "HAS_RESIDUAL", "ACTIVATION"],
     do_bench=configs.capture_safe_bench,
     prune_configs_by={
@@ -265,7 +300,8 @@ def conv2d_fprop_1x1_tma(x, w, bias, problem: Conv2dProblem, out=None, activatio
     b_desc = TensorDescriptor.from_tensor(w.reshape(pb.K, CG), [16, 16])
 
     def grid(meta):
-        return (pb.groups * triton.cdiv(M, meta["BLOCK_M"]) * triton.cdiv(KG, meta["BLOCK_N"]),)
+        tiles = pb.groups * triton.cdiv(M, meta["BLOCK_M"]) * triton.cdiv(KG, meta["BLOCK_N"])
+        return (min(tiles, _programs(x.device)) if meta["PERSISTENT"] else tiles,)
 
     tuning.launch(_gemm1x1_tma_tuned, "gemm1x1_tma", x.device, grid,
         a_desc, b_desc, fw.bias, fw.residual, out,
