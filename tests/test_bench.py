@@ -352,6 +352,26 @@ def test_tuning_cache_with_a_real_autotuner_and_env_dir(tmp_path, monkeypatch):
 # --------------------------------------------------------------------------- precompile plumbing
 
 
+def test_tuning_cache_restores_a_tma_kernel_with_its_pre_hook():
+    """The TMA families set descriptor block shapes in the configs' pre_hook: a loaded entry
+    must carry it again, or the launch would run with the wrong block shapes."""
+    from tritonconv.kernels.gemm1x1 import _gemm1x1_tma_tuned
+
+    hook = _gemm1x1_tma_tuned.configs[0].pre_hook
+    assert hook is not None
+    key = (987654321, 7, 7, 64, 256, 1, 1, 0, 0, "torch.float16")
+    chosen = triton.Config(dict(_gemm1x1_tma_tuned.configs[0].kwargs), num_warps=4, num_stages=3, pre_hook=hook)
+    _gemm1x1_tma_tuned.cache[key] = chosen
+    try:
+        assert tuning.save_entries(_gemm1x1_tma_tuned, "gemm1x1_tma", "Fake GPU", keys=[key]) == 1
+        del _gemm1x1_tma_tuned.cache[key]
+        assert tuning.load_into(_gemm1x1_tma_tuned, "gemm1x1_tma", "Fake GPU") == {key}
+        loaded = _gemm1x1_tma_tuned.cache[key]
+        assert _same(loaded, chosen) and loaded.pre_hook is hook
+    finally:
+        _gemm1x1_tma_tuned.cache.pop(key, None)
+
+
 def test_intercepted_launches_record_arguments_and_run_nothing(device):
     from tritonconv.kernels.fprop import _fprop_tuned, conv2d_fprop
     from tritonconv.spec import conv2d_problem

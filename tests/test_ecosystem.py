@@ -135,6 +135,9 @@ def _ddp_worker(rank, world_size, init_file, out_dir):
         ddp(shard).pow(2).mean().backward()
         if rank == 0:
             torch.save({n: p.grad for n, p in model.named_parameters()}, os.path.join(out_dir, "grads.pt"))
+        # leave together: a rank tearing gloo down while the other is still in it can abort
+        # ("terminate called without an active exception", seen once in CI)
+        dist.barrier()
     finally:
         dist.destroy_process_group()
 

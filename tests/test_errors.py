@@ -252,3 +252,21 @@ def test_cpu_tensor_without_interpreter_says_how_to_fix():
         _, is_runtime_error, message = result[name]
         assert is_runtime_error, result[name]
         assert "TRITON_INTERPRET" in message and "CUDA" in message, message
+
+
+@pytest.mark.parametrize("direction", ["forward 1x1", "forward 3x3", "weight_grad", "bias_grad"])
+def test_pixel_counts_past_int32_raise_before_any_launch(direction):
+    """The kernels index pixels in int32: 2**31 output pixels must be refused, not wrapped around.
+    An expanded tensor has the shape without the memory."""
+    from tritonconv.kernels.wgrad import conv2d_bias_grad
+
+    x = torch.zeros(1, device=DEVICE).expand(2**15, 1, 2**8, 2**8)
+    w = torch.ones(1, 1, 1, 1, device=DEVICE)
+    calls = {
+        "forward 1x1": lambda: tritonconv.conv2d(x, w),
+        "forward 3x3": lambda: tritonconv.conv2d(x, torch.ones(1, 1, 3, 3, device=DEVICE), padding=1),
+        "weight_grad": lambda: torch.ops.tritonconv.conv2d_grad_weight(x, x, [1, 1, 1, 1], [1, 1], [0, 0], [1, 1], 1),
+        "bias_grad": lambda: conv2d_bias_grad(x),
+    }
+    with pytest.raises(ValueError, match="pixels; tritonconv supports fewer than"):
+        calls[direction]()

@@ -446,7 +446,7 @@ def _gemm1x1_wgrad_launch(dtype: Dtype, config: triton.Config, *, problem: Dict[
     out_ptr, out_s = _wgrad_1x1_out(dtype, pb, split_k)
     args = dict(
         dy_ptr=_ptr(dtype), x_ptr=_ptr(dtype), out_ptr=out_ptr,
-        M=pb.N * pb.H * pb.W, CG=pb.C_per_group, KG=pb.K_per_group, GROUPS=pb.groups, SPLIT_K=split_k,
+        NPIX=pb.N * pb.H * pb.W, CG=pb.C_per_group, KG=pb.K_per_group, GROUPS=pb.groups, SPLIT_K=split_k,
         sdym=pb.K, sdyk=1, sxm=pb.C, sxc=1,
         **_named("sos sok soc", out_s),
     )
@@ -463,8 +463,8 @@ def _gemm1x1_wgrad_tma_launch(dtype: Dtype, config: triton.Config, *, problem: D
     args = dict(
         a_desc=f"tensordesc<{dtype.triton_ty}[{kw['BLOCK_K']}, {kw['BLOCK_M']}]>",
         b_desc=f"tensordesc<{dtype.triton_ty}[{kw['BLOCK_K']}, {kw['BLOCK_N']}]>",
-        out_ptr=out_ptr,
-        M=pb.N * pb.H * pb.W, CG=pb.C_per_group, KG=pb.K_per_group, GROUPS=pb.groups, SPLIT_K=split_k,
+        out_ptr=out_ptr, dy_ptr=_ptr(dtype),
+        NPIX=pb.N * pb.H * pb.W, CG=pb.C_per_group, KG=pb.K_per_group, GROUPS=pb.groups, SPLIT_K=split_k,
         **_named("sos sok soc", out_s),
     )
     return args, dict(ACC_DTYPE=dtype.acc, INPUT_PRECISION=dtype.input_precision)

@@ -158,9 +158,12 @@ def _decode_key(raw: Any) -> Tuple:
 
 
 def encode_config(config: Any) -> Optional[Dict]:
-    """A triton.Config as plain JSON data, or None if it cannot be (a pre_hook, odd values)."""
-    if getattr(config, "pre_hook", None) is not None:
-        return None
+    """A triton.Config as plain JSON data, or None if it cannot be (odd values).
+
+    A pre_hook is not data: it belongs to the autotuner (the TMA families set
+    their descriptors' block shapes in it), and loading reattaches it
+    (``_read_file``).
+    """
     kwargs = dict(getattr(config, "kwargs", {}))
     if not all(isinstance(k, str) and isinstance(v, _SCALARS) for k, v in kwargs.items()):
         return None
@@ -220,9 +223,13 @@ def _read_file(path: Path, autotuner: Any, kernel: str, device_name: str) -> Dic
     for field, want in expected.items():
         if data.get(field) != want:
             raise LookupError(f"it was written for {field}={data.get(field)!r}, not {want!r}")
-    names = None
+    names, hook = None, None
     if getattr(autotuner, "configs", None):
         names = set(autotuner.configs[0].kwargs)
+        hooks = {getattr(c, "pre_hook", None) for c in autotuner.configs}
+        if len(hooks) > 1:
+            raise LookupError("the kernel's configs have different pre-hooks; its entries cannot be restored")
+        hook = hooks.pop()
     entries: Dict[Tuple, Any] = {}
     for item in data["entries"]:
         if not isinstance(item, dict):
@@ -231,6 +238,7 @@ def _read_file(path: Path, autotuner: Any, kernel: str, device_name: str) -> Dic
         config = decode_config(item.get("config"))
         if names is not None and set(config.kwargs) != names:
             raise LookupError(f"an entry has meta-parameters {sorted(config.kwargs)}, the kernel {sorted(names)}")
+        config.pre_hook = hook
         entries[key] = config
     return entries
 

@@ -15,9 +15,13 @@ from ..spec import Conv2dProblem, output_memory_format
 
 __all__ = [
     "INTERPRETER",
+    "TMA_DTYPES",
+    "TensorDescriptor",
     "grouped_pid",
     "tile_pid",
     "alloc_output",
+    "alloc_partials",
+    "check_pixel_count",
     "acc_dtype_for",
     "input_precision_for",
     "check_device",
@@ -72,6 +76,14 @@ def tile_pid(pid, M, N, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, GROUP_M: t
     return pid // tiles, pid_m, pid_n
 
 
+try:  # host-side TMA tensor descriptors: Triton >= 3.4 (the GPU machine has 3.6, CI 3.9)
+    from triton.tools.tensor_descriptor import TensorDescriptor
+except ImportError:  # pragma: no cover
+    TensorDescriptor = None
+
+# dtypes the TMA paths take (fp64 has no wgmma; the families fall back to pointer loads)
+TMA_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+
 _POISON_OUTPUTS = False
 
 
@@ -88,6 +100,27 @@ def alloc_output(shape, dtype, device, memory_format=torch.contiguous_format) ->
     if _POISON_OUTPUTS:
         out.fill_(float("nan"))
     return out
+
+
+# Pixel indices (N*P*Q and the like) are int32 inside the kernels, and the tile
+# loops run up to a block or a split chunk past the last pixel.
+MAX_PIXELS = 2**31 - 2**16
+
+
+def check_pixel_count(count: int, what: str) -> None:
+    """Refuse a problem whose pixel count would overflow the kernels' int32 pixel indices."""
+    if count >= MAX_PIXELS:
+        raise ValueError(f"conv2d {what} has {count} pixels; tritonconv supports fewer than {MAX_PIXELS}")
+
+
+def alloc_partials(shape, like: torch.Tensor) -> torch.Tensor:
+    """A split reduction's partial sums: fp32 (fp64 for fp64 inputs) on ``like``'s device.
+
+    Poisoned like every output when tests ask for it, so a program that skips
+    its store (an empty chunk must store zeros) turns the result into NaN.
+    """
+    dtype = torch.float64 if like.dtype == torch.float64 else torch.float32
+    return alloc_output(shape, dtype, like.device)
 
 
 def acc_dtype_for(dtype: torch.dtype):
@@ -206,6 +239,8 @@ def prepare_forward(x: torch.Tensor, w: torch.Tensor, bias: Optional[torch.Tenso
         A ``ForwardLaunch``; the caller returns ``.out`` untouched when it is empty.
     """
     check_device(x, w, bias, residual)
+    if problem.K:
+        check_pixel_count(problem.N * problem.P * problem.Q, "output (N*P*Q)")
     if out is None:
         out = alloc_output(problem.output_shape, x.dtype, x.device, output_memory_format(x, w))
     epilogue = dict(HAS_BIAS=bias is not None, HAS_RESIDUAL=residual is not None,

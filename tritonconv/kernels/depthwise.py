@@ -30,7 +30,7 @@ import triton.language as tl
 
 from .. import configs, tuning
 from ..spec import Conv2dProblem
-from ._common import acc_dtype_for, alloc_output, check_device, conv_epilogue, prepare_forward
+from ._common import acc_dtype_for, alloc_output, alloc_partials, check_device, conv_epilogue, prepare_forward
 
 __all__ = ["accepts", "conv2d_fprop_depthwise", "conv2d_dgrad_depthwise", "conv2d_wgrad_depthwise", "MAX_TAPS"]
 
@@ -306,8 +306,7 @@ def conv2d_wgrad_depthwise(
     if split == 1:
         out, strides = dw, (0, dw.stride(0), dw.stride(2), dw.stride(3))
     else:
-        acc_dtype = torch.float64 if dy.dtype == torch.float64 else torch.float32
-        out = torch.empty((split, pb.K, pb.R, pb.S), dtype=acc_dtype, device=dy.device)
+        out = alloc_partials((split, pb.K, pb.R, pb.S), dy)
         strides = out.stride()
     def grid(meta):
         return (split * pb.R * pb.S, triton.cdiv(pb.K, meta["BLOCK_N"]))

@@ -37,7 +37,7 @@ import triton.language as tl
 
 from .. import configs, tuning
 from ..spec import Conv2dProblem
-from ._common import acc_dtype_for, alloc_output, check_device, input_precision_for, tile_pid
+from ._common import acc_dtype_for, alloc_output, check_device, check_pixel_count, input_precision_for, tile_pid
 
 __all__ = ["conv2d_dgrad", "dgrad_kernel"]
 
@@ -174,8 +174,7 @@ def conv2d_dgrad(
         return dx
     HP, WP = triton.cdiv(pb.H, pb.stride_h), triton.cdiv(pb.W, pb.stride_w)
     M = pb.N * HP * WP
-    if M >= 2**31 - 2**16:
-        raise ValueError(f"conv2d input has {M} pixels per stride phase; tritonconv supports fewer than 2**31")
+    check_pixel_count(M, "input, per stride phase,")
     step_r = pb.stride_h // math.gcd(pb.stride_h, pb.dil_h)
     step_s = pb.stride_w // math.gcd(pb.stride_w, pb.dil_w)
     CG, KG = pb.C_per_group, pb.K_per_group

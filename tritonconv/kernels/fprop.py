@@ -43,7 +43,15 @@ import triton.language as tl
 
 from .. import configs, tuning
 from ..spec import Conv2dProblem
-from ._common import conv_epilogue, input_precision_for, prepare_forward, tile_pid
+from ._common import (
+    TMA_DTYPES,
+    TensorDescriptor,
+    alloc_partials,
+    conv_epilogue,
+    input_precision_for,
+    prepare_forward,
+    tile_pid,
+)
 
 __all__ = ["conv2d_fprop", "conv2d_fprop_splitk", "conv2d_fprop_tma", "fprop_kernel", "splitk_reduce_kernel",
            "accepts_splitk", "weight_tma_usable"]
@@ -194,13 +202,6 @@ _fprop_tuned = triton.autotune(
 
 # --------------------------------------------------------------------------- Hopper: TMA weight loads
 
-try:  # host-side tensor descriptors: Triton >= 3.4 (the GPU machine has 3.6, CI 3.9)
-    from triton.tools.tensor_descriptor import TensorDescriptor
-except ImportError:  # pragma: no cover
-    TensorDescriptor = None
-
-TMA_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
-
 
 def weight_tma_usable(w: torch.Tensor, problem: Conv2dProblem) -> bool:
     """The weight as a TMA-loadable (K, R*S*C/groups) row-major matrix: a KRSC (channels_last)
@@ -284,15 +285,12 @@ def conv2d_fprop(
     out = fw.out
     if out.numel() == 0:
         return out
-    M = pb.N * pb.P * pb.Q
-    if M >= 2**31 - 2**16:
-        raise ValueError(f"conv2d output has {M} pixels (N*P*Q); tritonconv supports fewer than 2**31")
+    M = pb.N * pb.P * pb.Q  # checked by prepare_forward
     KG, CG = pb.K_per_group, pb.C_per_group
     split = max(1, int(split_k))
     ws = None
     if split > 1:
-        ws = torch.empty((split, M, pb.K), dtype=torch.float64 if x.dtype == torch.float64 else torch.float32,
-                         device=x.device)
+        ws = alloc_partials((split, M, pb.K), x)
 
     if weight_tma:
         tuned, name = _fprop_tma_tuned, "fprop_tma"

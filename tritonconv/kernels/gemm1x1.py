@@ -28,9 +28,13 @@ import triton.language as tl
 from .. import configs, tuning
 from ..spec import Conv2dProblem
 from ._common import (
+    TMA_DTYPES,
+    TensorDescriptor,
     acc_dtype_for,
     alloc_output,
+    alloc_partials,
     check_device,
+    check_pixel_count,
     conv_epilogue,
     input_precision_for,
     prepare_forward,
@@ -38,8 +42,9 @@ from ._common import (
 )
 from .wgrad import choose_split_k, conv2d_wgrad
 
-__all__ = ["conv2d_fprop_1x1", "conv2d_fprop_1x1_tma", "gemm1x1_fprop_kernel", "gemm1x1_tma_kernel", "accepts",
-           "tma_usable"]
+__all__ = ["accepts", "conv2d_fprop_1x1", "conv2d_fprop_1x1_tma", "conv2d_wgrad_1x1", "conv2d_wgrad_1x1_tma",
+           "gemm1x1_fprop_kernel", "gemm1x1_tma_kernel", "gemm1x1_wgrad_kernel", "gemm1x1_wgrad_tma_kernel",
+           "pixel_stride", "tma_usable", "wgrad_accepts_layout", "wgrad_tma_usable"]
 
 
 def accepts(problem: Conv2dProblem) -> bool:
@@ -158,13 +163,6 @@ def conv2d_fprop_1x1(
 
 # --------------------------------------------------------------------------- Hopper: TMA loads
 
-try:  # host-side tensor descriptors: Triton >= 3.4 (the GPU machine has 3.6, CI 3.9)
-    from triton.tools.tensor_descriptor import TensorDescriptor
-except ImportError:  # pragma: no cover
-    TensorDescriptor = None
-
-TMA_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
-
 
 def tma_usable(x: torch.Tensor, w: torch.Tensor, problem: Conv2dProblem) -> bool:
     """TMA needs a 2-D view of both operands with 16-byte aligned rows and bases, on sm_90+.
@@ -262,7 +260,8 @@ def gemm1x1_tma_kernel(
 
 
 def _programs(device: torch.device) -> int:
-    """How many programs a persistent grid launches: one per SM (2 under the interpreter)."""
+    """How many programs a persistent grid launches: one per SM on CUDA; 2 on the CPU (the
+    interpreter), so that each program of a test loops over several tiles."""
     if device.type != "cuda":
         return 2
     return torch.cuda.get_device_properties(device).multi_processor_count
@@ -360,7 +359,7 @@ def gemm1x1_wgrad_kernel(
     x_ptr,  # (N, C, H, W), pixel-linear: pixel m at m * sxm
     out_ptr,  # (SPLIT_K, K, C/groups): fp32 partials, or dw itself when SPLIT_K == 1
     # problem sizes
-    M,  # N * H * W
+    NPIX,  # N * H * W: the GEMM's reduction (K_gemm); BLOCK_M tiles K/groups
     CG, KG, GROUPS, SPLIT_K,
     # strides, in elements
     sdym, sdyk,
@@ -376,9 +375,9 @@ def gemm1x1_wgrad_kernel(
     g = outer % GROUPS
 
     # -- this split's pixels, in whole BLOCK_K steps
-    chunk = tl.cdiv(tl.cdiv(M, SPLIT_K), BLOCK_K) * BLOCK_K
+    chunk = tl.cdiv(tl.cdiv(NPIX, SPLIT_K), BLOCK_K) * BLOCK_K
     start = split * chunk
-    stop = tl.minimum(start + chunk, M)
+    stop = tl.minimum(start + chunk, NPIX)
 
     # -- pointer setup (int64: m * sxm can pass 2**31)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -407,15 +406,16 @@ def gemm1x1_wgrad_kernel(
 
 
 def _wgrad_prune_hook(tensor_arg: str):
+    """The 1x1 wgrad GEMMs' pruning: M = K/groups, N = C/groups, K = one split's pixels; not gathered."""
     return configs.gemm_prune_hook(
-        m_fn=lambda a: a["KG"], n_fn=lambda a: a["CG"], k_fn=lambda a: triton.cdiv(a["M"], a["SPLIT_K"]),
+        m_fn=lambda a: a["KG"], n_fn=lambda a: a["CG"], k_fn=lambda a: triton.cdiv(a["NPIX"], a["SPLIT_K"]),
         tensor_arg=tensor_arg, gathered=False,
     )
 
 
 _gemm1x1_wgrad_tuned = triton.autotune(
     configs=configs.gemm_configs(),
-    key=["M", "CG", "KG", "GROUPS", "SPLIT_K", "sdym", "sxm"],
+    key=["NPIX", "CG", "KG", "GROUPS", "SPLIT_K", "sdym", "sxm"],
     do_bench=configs.capture_safe_bench,
     prune_configs_by={"early_config_prune": _wgrad_prune_hook("dy_ptr")},
 )(gemm1x1_wgrad_kernel)
@@ -430,12 +430,12 @@ def _wgrad_workspace(dy: torch.Tensor, problem: Conv2dProblem, memory_format, sp
     split = min(split, max(1, M))
     if split == 1:
         return dw, split, dw, (0, dw.stride(0), dw.stride(1))
-    acc_dtype = torch.float64 if dy.dtype == torch.float64 else torch.float32
-    out = torch.empty((split, pb.K, pb.C_per_group), dtype=acc_dtype, device=dy.device)
+    out = alloc_partials((split, pb.K, pb.C_per_group), dy)
     return dw, split, out, out.stride()
 
 
 def _finish_wgrad(dw: torch.Tensor, out: torch.Tensor, split: int) -> torch.Tensor:
+    """dw from the kernel's partials (a no-op when it stored dw itself)."""
     if split > 1:
         dw.copy_(out.sum(dim=0).view(dw.shape))  # fixed order: deterministic
     return dw
@@ -459,6 +459,7 @@ def conv2d_wgrad_1x1(dy: torch.Tensor, x: torch.Tensor, problem: Conv2dProblem,
     if not wgrad_accepts_layout(dy, x):
         return conv2d_wgrad(dy, x, pb, memory_format, split_k)
     check_device(dy, x)
+    check_pixel_count(pb.N * pb.H * pb.W, "output (N*H*W)")
     M = pb.N * pb.H * pb.W
     if M == 0 or pb.K == 0 or pb.C == 0:
         return conv2d_wgrad(dy, x, pb, memory_format, split_k)  # its empty-problem handling
@@ -507,8 +508,9 @@ def gemm1x1_wgrad_tma_kernel(
     a_desc,  # dy as an (N*H*W, K) row-major matrix (NHWC)
     b_desc,  # x as an (N*H*W, C) row-major matrix (NHWC)
     out_ptr,  # (SPLIT_K, K, C/groups): fp32 partials, or dw itself when SPLIT_K == 1
+    dy_ptr,  # (N, K, H, W): never read (the descriptors load it); its dtype keys the tuning
     # problem sizes
-    M, CG, KG, GROUPS, SPLIT_K,
+    NPIX, CG, KG, GROUPS, SPLIT_K,
     # strides, in elements
     sos, sok, soc,
     # meta-parameters
@@ -524,9 +526,9 @@ def gemm1x1_wgrad_tma_kernel(
     #    steps, so no tile crosses into the next chunk; rows past N*H*W are
     #    zero-filled. Channels past this group's share (the next group's, or
     #    zero-fill) only reach rows and columns the store masks out.
-    chunk = tl.cdiv(tl.cdiv(M, SPLIT_K), BLOCK_K) * BLOCK_K
+    chunk = tl.cdiv(tl.cdiv(NPIX, SPLIT_K), BLOCK_K) * BLOCK_K
     start = split * chunk
-    stop = tl.minimum(start + chunk, M)
+    stop = tl.minimum(start + chunk, NPIX)
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC_DTYPE)
     for k0 in range(start, stop, BLOCK_K):
         a = a_desc.load([k0, g * KG + pid_m * BLOCK_M])
@@ -544,9 +546,9 @@ def gemm1x1_wgrad_tma_kernel(
 _gemm1x1_wgrad_tma_tuned = triton.autotune(
     configs=[triton.Config(c.kwargs, num_warps=c.num_warps, num_stages=c.num_stages, pre_hook=_set_wgrad_tma_blocks)
              for c in configs.gemm_configs()],
-    key=["M", "CG", "KG", "GROUPS", "SPLIT_K"],
+    key=["NPIX", "CG", "KG", "GROUPS", "SPLIT_K"],
     do_bench=configs.capture_safe_bench,
-    prune_configs_by={"early_config_prune": _wgrad_prune_hook("a_desc")},
+    prune_configs_by={"early_config_prune": _wgrad_prune_hook("dy_ptr")},
 )(gemm1x1_wgrad_tma_kernel)
 
 
@@ -563,6 +565,7 @@ def conv2d_wgrad_1x1_tma(dy: torch.Tensor, x: torch.Tensor, problem: Conv2dProbl
     if not wgrad_tma_usable(dy, x, pb) or M == 0 or pb.K == 0 or pb.C == 0:
         return conv2d_wgrad_1x1(dy, x, pb, memory_format, split_k)
     check_device(dy, x)
+    check_pixel_count(M, "output (N*H*W)")
     dw, split, out, out_strides = _wgrad_workspace(dy, pb, memory_format, split_k)
     KG, CG = pb.K_per_group, pb.C_per_group
     a_desc = TensorDescriptor.from_tensor(dy.permute(0, 2, 3, 1).reshape(M, pb.K), [16, 16])
@@ -572,7 +575,7 @@ def conv2d_wgrad_1x1_tma(dy: torch.Tensor, x: torch.Tensor, problem: Conv2dProbl
         return (split * pb.groups * triton.cdiv(KG, meta["BLOCK_M"]) * triton.cdiv(CG, meta["BLOCK_N"]),)
 
     tuning.launch(_gemm1x1_wgrad_tma_tuned, "gemm1x1_wgrad_tma", dy.device, grid,
-        a_desc, b_desc, out, M, CG, KG, pb.groups, split, *out_strides,
+        a_desc, b_desc, out, dy, M, CG, KG, pb.groups, split, *out_strides,
         ACC_DTYPE=acc_dtype_for(dy.dtype), INPUT_PRECISION=input_precision_for(dy),
     )
     return _finish_wgrad(dw, out, split)

@@ -22,8 +22,9 @@ problem on a GPU, the router times every candidate once per problem key (the
 shape, dtype and layouts) and remembers the fastest; under Triton's
 interpreter, which cannot time anything, the most specialised family runs.
 ``force(name)`` pins a family, for tests and experiments. A family whose
-launcher needs a layout (TMA's 16-byte rows, pixel-linear strides) checks it
-and hands other tensors on to the next family itself.
+launcher needs a layout (TMA's 16-byte rows, pixel-linear strides) is a
+candidate only for tensors that have it (``LAYOUT_OK``); forced, it checks
+the layout itself and hands other tensors on to the next family.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ from ..spec import Conv2dProblem
 from . import depthwise, gemm1x1, smallc
 from ._common import INTERPRETER
 from .dgrad import conv2d_dgrad
-from .fprop import accepts_splitk, conv2d_fprop, conv2d_fprop_splitk, conv2d_fprop_tma
+from .fprop import accepts_splitk, conv2d_fprop, conv2d_fprop_splitk, conv2d_fprop_tma, weight_tma_usable
 from .wgrad import conv2d_wgrad
 
 __all__ = ["forward", "input_grad", "weight_grad", "candidates", "force", "recording", "FORWARD", "INPUT_GRAD",
@@ -66,6 +67,18 @@ WEIGHT_GRAD: Dict[str, Tuple[Callable, Callable]] = {
     "implicit": (lambda pb: True, conv2d_wgrad),
 }
 
+# Families that serve a problem only for some tensor layouts (TMA's 16-byte rows on
+# sm_90, evenly strided pixels). Their launchers check this themselves and fall back
+# to the next family; the router checks first, so that it neither times a fallback
+# against the kernel it falls back to nor reports a family that did not run.
+# (direction, family) -> usable(tensors, problem), tensors as _route receives them.
+LAYOUT_OK: Dict[Tuple[str, str], Callable[[tuple, Conv2dProblem], bool]] = {
+    ("forward", "gemm1x1_tma"): lambda t, pb: gemm1x1.tma_usable(t[0], t[1], pb),
+    ("forward", "implicit_tma"): lambda t, pb: weight_tma_usable(t[1], pb),
+    ("weight_grad", "gemm1x1_tma"): lambda t, pb: gemm1x1.wgrad_tma_usable(t[0], t[1], pb),
+    ("weight_grad", "gemm1x1"): lambda t, pb: gemm1x1.wgrad_accepts_layout(t[0], t[1]),
+}
+
 _forced = threading.local()
 _choice: Dict[tuple, str] = {}
 # (direction, family) of each routed call while a ``recording()`` block is open; process-wide,
@@ -84,8 +97,8 @@ def recording():
     try:
         yield seen
     finally:
-        with _records_lock:
-            _records.remove(seen)
+        with _records_lock:  # by identity: two blocks' lists may be equal
+            del _records[next(i for i, s in enumerate(_records) if s is seen)]
 
 
 def _record(direction: str, name: str) -> None:
@@ -124,6 +137,8 @@ def _layout_key(*tensors) -> tuple:
 
 def _route(table, direction: str, problem: Conv2dProblem, tensors: tuple, run: Callable[[Callable], torch.Tensor]):
     names = candidates(table, problem)
+    if getattr(_forced, "name", None) not in names:  # a forced family runs (and falls back) as it is
+        names = [n for n in names if LAYOUT_OK.get((direction, n), lambda t, pb: True)(tensors, problem)]
     if len(names) == 1 or INTERPRETER or not tensors[0].is_cuda:
         _record(direction, names[0])
         return run(table[names[0]][1])

@@ -34,7 +34,16 @@ import triton.language as tl
 
 from .. import configs, tuning
 from ..spec import Conv2dProblem
-from ._common import INTERPRETER, acc_dtype_for, alloc_output, check_device, input_precision_for, tile_pid
+from ._common import (
+    INTERPRETER,
+    acc_dtype_for,
+    alloc_output,
+    alloc_partials,
+    check_device,
+    check_pixel_count,
+    input_precision_for,
+    tile_pid,
+)
 
 __all__ = ["conv2d_wgrad", "conv2d_bias_grad", "wgrad_kernel", "bias_grad_kernel", "choose_split_k", "bias_grad_splits"]
 
@@ -199,6 +208,7 @@ def conv2d_wgrad(
     """
     check_device(dy, x)
     pb = problem
+    check_pixel_count(pb.N * pb.P * pb.Q, "output (N*P*Q)")
     dw = alloc_output(pb.weight_shape, dy.dtype, dy.device, memory_format)
     if dw.numel() == 0:
         return dw
@@ -210,8 +220,7 @@ def conv2d_wgrad(
     if split == 1:
         out, out_strides = dw, (0, *dw.stride())
     else:
-        acc_dtype = torch.float64 if dy.dtype == torch.float64 else torch.float32
-        out = torch.empty((split, *pb.weight_shape), dtype=acc_dtype, device=dy.device)
+        out = alloc_partials((split, *pb.weight_shape), dy)
         out_strides = out.stride()
     CG, KG = pb.C_per_group, pb.K_per_group
 
@@ -259,6 +268,7 @@ def conv2d_bias_grad(dy: torch.Tensor, split: Optional[int] = None) -> torch.Ten
     """
     check_device(dy)
     N, K, P, Q = dy.shape
+    check_pixel_count(N * P * Q, "output gradient (N*P*Q)")
     db = alloc_output((K,), dy.dtype, dy.device)
     if K == 0:
         return db
@@ -272,8 +282,7 @@ def conv2d_bias_grad(dy: torch.Tensor, split: Optional[int] = None) -> torch.Ten
     if split == 1:
         out, out_strides = db, (0, 1)
     else:
-        acc_dtype = torch.float64 if dy.dtype == torch.float64 else torch.float32
-        out = torch.empty((split, K), dtype=acc_dtype, device=dy.device)
+        out = alloc_partials((split, K), dy)
         out_strides = out.stride()
     bias_grad_kernel[(triton.cdiv(K, block_ch), split)](
         dy, out, N, K, P, Q, split, *dy.stride(), *out_strides,
