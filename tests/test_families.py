@@ -17,7 +17,8 @@ TMA = DEVICE == "cpu" or torch.cuda.get_device_capability()[0] >= 9
 
 def _expected(kernel: str) -> str:
     """The kernel a launch is expected to run: a TMA kernel's fallback where TMA is unavailable."""
-    return kernel if TMA else {"gemm1x1_wgrad_tma": "gemm1x1_wgrad", "fprop_tma": "fprop"}.get(kernel, kernel)
+    return kernel if TMA else {"gemm1x1_wgrad_tma": "gemm1x1_wgrad", "fprop_tma": "fprop",
+                               "fprop_tap_tma": "fprop"}.get(kernel, kernel)
 TOL = {torch.float64: 1e-12, torch.float32: 1e-5 if DEVICE == "cpu" else 5e-3, torch.float16: 5e-3}
 
 
@@ -59,6 +60,13 @@ PROBLEMS = {
         (2, 64, 5, 5, 20, 3, 3, 1, 1, 1, 1),
         (1, 72, 6, 5, 16, 3, 3, 2, 1, 1, 1),
         (1, 128, 3, 3, 8, 3, 3, 1, 1, 1, 2),
+    ],
+    "tap_tma": [  # stride 1: TMA boxes of NHWC x per tap (zero-filled outside: the padding) + TMA weight
+        (2, 16, 9, 10, 24, 3, 3, 1, 1, 1, 1),  # 9x10 output: partial 8x8 tiles at the edges
+        (1, 32, 7, 7, 16, 3, 3, 1, 2, 2, 2),  # dilation 2, grouped: boxes cross into the next group's channels
+        (1, 8, 6, 5, 12, 5, 5, 1, 2, 1, 1),  # C=8 < BLOCK_K, 5x5
+        (2, 24, 6, 6, 9, 3, 3, 1, 0, 1, 3),  # unpadded, 8 channels per group
+        (2, 9, 7, 7, 10, 3, 3, 1, 1, 1, 1),  # 9 channels: no 16-byte pixel rows, falls back
     ],
     "implicit_tma": [  # TMA weight loads where the weight is KRSC with 16-byte rows, pointer loads otherwise
         (2, 16, 7, 7, 24, 3, 3, 1, 1, 1, 1),
@@ -171,9 +179,11 @@ def test_router_prefers_the_specialised_family():
     assert first((1, 64, 8, 8), (128, 64, 1, 1), 1, 0, 1, 1) == "gemm1x1_tma"
     assert first((1, 64, 8, 8), (128, 64, 1, 1), 2, 0, 1, 1) == "implicit_tma"  # falls back off sm_90
     assert first((1, 512, 7, 7), (512, 512, 3, 3), 1, 1, 1, 1) == "splitk"
-    assert first((4, 64, 56, 56), (64, 64, 3, 3), 1, 1, 1, 1) == "implicit_tma"
+    assert first((4, 64, 56, 56), (64, 64, 3, 3), 1, 1, 1, 1) == "tap_tma"
     pb = spec.problem_from_shapes((4, 64, 56, 56), (64, 64, 3, 3), 1, 1, 1, 1)
-    assert router.candidates(router.FORWARD, pb) == ["implicit_tma", "implicit"]  # both timed on a GPU
+    assert router.candidates(router.FORWARD, pb) == ["tap_tma", "implicit_tma", "implicit"]  # all timed on a GPU
+    pb = spec.problem_from_shapes((32, 64, 56, 56), (64, 64, 3, 3), 2, 1, 1, 1)
+    assert router.candidates(router.FORWARD, pb) == ["implicit_tma", "implicit"]
     pb = spec.problem_from_shapes((4, 64, 56, 56), (256, 64, 1, 1), 1, 0, 1, 1)
     assert router.candidates(router.WEIGHT_GRAD, pb) == ["gemm1x1_tma", "gemm1x1", "implicit"]
     with pytest.raises(ValueError, match="unknown kernel family"):
@@ -209,6 +219,8 @@ WGRAD_1X1 = [
                  "gemm1x1_wgrad_tma", id="tma-grouped"),
     pytest.param("gemm1x1_tma", PROBLEMS["gemm1x1_tma"][2], torch.float16, "channels_last", "gemm1x1_wgrad",
                  id="tma-unaligned-falls-back"),
+    pytest.param("gemm1x1_tma", (1, 48, 5, 6, 24, 1, 1, 1, 0, 1, 6), torch.float16, "channels_last", "gemm1x1_wgrad",
+                 id="tma-groups-of-4-outputs-fall-back"),  # K rows 48 bytes, but a group starts 8 bytes in
     pytest.param("gemm1x1_tma", PROBLEMS["gemm1x1_tma"][0], torch.float32, "channels_last", "gemm1x1_wgrad",
                  id="tma-fp32-falls-back"),
 ]
@@ -280,18 +292,34 @@ def test_pixel_stride():
     pytest.param(PROBLEMS["implicit_tma"][0], torch.float64, "fprop", id="fp64-falls-back"),
 ])
 def test_weight_tma_is_taken_where_the_weight_allows(problem, dtype, kernel, launched):
+    _check_tma_kernel("implicit_tma", problem, dtype, kernel, launched)
+
+
+@pytest.mark.parametrize("problem,dtype,kernel", [
+    pytest.param(PROBLEMS["tap_tma"][0], torch.float16, "fprop_tap_tma", id="edges"),
+    pytest.param(PROBLEMS["tap_tma"][1], torch.float32, "fprop_tap_tma", id="dilated-grouped"),
+    pytest.param((1, 4, 6, 6, 8, 2, 2, 1, 0, 1, 1), torch.float16, "fprop", id="8-byte-channel-blocks-fall-back"),
+    pytest.param(PROBLEMS["tap_tma"][4], torch.float16, "fprop", id="9-channels-falls-back-twice"),
+])
+def test_input_tma_is_taken_where_both_operands_allow(problem, dtype, kernel, launched):
+    _check_tma_kernel("tap_tma", problem, dtype, kernel, launched)
+
+
+def _check_tma_kernel(family, problem, dtype, kernel, launched):
     N, C, H, W, K, R, S, stride, padding, dilation, groups = problem
     x = torch.randn(N, C, H, W, dtype=dtype, device=DEVICE).to(memory_format=torch.channels_last)
     w = torch.randn(K, C // groups, R, S, dtype=dtype, device=DEVICE).to(memory_format=torch.channels_last)
-    with router.force("implicit_tma"):
+    with router.force(family):
         y = tritonconv.conv2d(x, w, None, stride, padding, dilation, groups)
     assert launched == [_expected(kernel)]
     assert rel_err(y, F.conv2d(x.double(), w.double(), None, stride, padding, dilation, groups)) < TOL[dtype]
-    if kernel == "fprop_tma" and TMA:  # an NCHW-contiguous weight has no row-major (K, R*S*C) view
-        from tritonconv.kernels.fprop import weight_tma_usable
+    from tritonconv.kernels.fprop import input_tma_usable, weight_tma_usable
 
-        assert not weight_tma_usable(w.contiguous(), spec.conv2d_problem(x, w, None, stride, padding, dilation,
-                                                                         groups))
+    pb = spec.conv2d_problem(x, w, None, stride, padding, dilation, groups)
+    if kernel == "fprop_tma" and TMA:  # an NCHW-contiguous weight has no row-major (K, R*S*C) view
+        assert not weight_tma_usable(w.contiguous(), pb)
+    if kernel == "fprop_tap_tma" and TMA:  # NCHW x has no (N, H, W, C) boxes
+        assert not input_tma_usable(x.contiguous(), w, pb) and input_tma_usable(x, w, pb)
 
 
 def test_router_records_the_family_that_runs():
@@ -307,8 +335,8 @@ def test_router_records_the_family_that_runs():
         tritonconv.conv2d(x, w1)  # NHWC, 64-byte rows
         tritonconv.conv2d(x.contiguous(), w1.contiguous())  # NCHW: no TMA view
         tritonconv.conv2d(x, w3, None, 1, 1)  # an NCHW weight has no KRSC rows
-        tritonconv.conv2d(x, w3.to(memory_format=torch.channels_last), None, 1, 1)
-    tma_1x1, tma_krsc = ("gemm1x1_tma", "implicit_tma") if TMA else ("gemm1x1", "implicit")
+        tritonconv.conv2d(x, w3.to(memory_format=torch.channels_last), None, 1, 1)  # stride 1: both operands
+    tma_1x1, tma_krsc = ("gemm1x1_tma", "tap_tma") if TMA else ("gemm1x1", "implicit")
     if DEVICE == "cpu":  # on a GPU the router times the candidates and takes the fastest
         assert outer == [("forward", tma_1x1), ("forward", "gemm1x1"), ("forward", "implicit"), ("forward", tma_krsc)]
     assert inner == [] and len(outer) == 4

@@ -38,8 +38,8 @@ are those of the fast layout. What follows the reduction changes register
 pressure as much as the tile does, which is why a kernel with a fused
 epilogue is registered twice (see FAMILIES).
 
-Families: fprop, fprop_fused, fprop_splitk, fprop_tma, fprop_tma_fused
-(fprop.py; TMA weight loads on sm_90 only); dgrad, dgrad_s2 (dgrad.py); wgrad,
+Families: fprop, fprop_fused, fprop_splitk, fprop_tma, fprop_tma_fused,
+fprop_tap_tma, fprop_tap_tma_fused (fprop.py; TMA on sm_90 only); dgrad, dgrad_s2 (dgrad.py); wgrad,
 wgrad_splitk (wgrad.py); gemm1x1, gemm1x1_fused, gemm1x1_tma (with persistent-
 grid variants), gemm1x1_wgrad, gemm1x1_wgrad_splitk, gemm1x1_wgrad_tma
 (gemm1x1.py; TMA on sm_90 only); smallc, smallc_fused (smallc.py);
@@ -206,6 +206,11 @@ def persistent_tile_configs() -> List[triton.Config]:
     return tc_configs.persistent_gemm_configs(interpreter=False)
 
 
+def tap_tma_tile_configs() -> List[triton.Config]:
+    """GEMM tiles with the tap-TMA family's spatial tile width (fprop.TAP_TMA_BLOCK_W)."""
+    return tc_configs.gemm_configs(interpreter=False, BLOCK_W=fprop.TAP_TMA_BLOCK_W)
+
+
 def smallc_tile_configs() -> List[triton.Config]:
     """The small-C family's compiled config list (configs.SMALLC_TILES)."""
     return tc_configs.gemm_configs(tc_configs.SMALLC_TILES, interpreter=False)
@@ -350,6 +355,27 @@ def _fprop_tma_launch(dtype: Dtype, config: triton.Config, **kw):
     cfg = config.kwargs
     args["w_desc"] = f"tensordesc<{dtype.triton_ty}[{cfg['BLOCK_N']}, {cfg['BLOCK_K']}]>"
     return args, dict(meta, W_DESC=True)
+
+
+def _fprop_tap_tma_launch(dtype: Dtype, config: triton.Config, *, problem: Dict[str, Any] = FPROP_PROBLEM,
+                          residual: bool = False, activation: str = "none"):
+    """fprop_tap_tma_kernel's arguments as conv2d_fprop_tap_tma passes them, with bias: x's boxes
+    [1, BLOCK_M // BLOCK_W, BLOCK_W, BLOCK_K], the weight's tiles [BLOCK_N, BLOCK_K]
+    (fprop._set_tap_tma_blocks)."""
+    pb = problem_from_shapes(**problem)
+    kw = config.kwargs
+    y_s = _channels_last_strides(pb.output_shape)
+    args = dict(
+        x_desc=f"tensordesc<{dtype.triton_ty}[1, {kw['BLOCK_M'] // kw['BLOCK_W']}, {kw['BLOCK_W']}, {kw['BLOCK_K']}]>",
+        w_desc=f"tensordesc<{dtype.triton_ty}[{kw['BLOCK_N']}, {kw['BLOCK_K']}]>",
+        b_ptr=_ptr(dtype), res_ptr=_ptr(dtype), y_ptr=_ptr(dtype),
+        N=pb.N, P=pb.P, Q=pb.Q, R=pb.R, S=pb.S, CG=pb.C_per_group, KG=pb.K_per_group, GROUPS=pb.groups,
+        pad_h=pb.pad_h, pad_w=pb.pad_w, dil_h=pb.dil_h, dil_w=pb.dil_w,
+        **_named("syn syk syp syq", y_s),
+        **_named("srn srk srp srq", y_s if residual else (0, 0, 0, 0)),
+        alpha=0.01,
+    )
+    return args, dict(_epilogue(dtype, residual, activation), INPUT_PRECISION=dtype.input_precision)
 
 
 def _dgrad_launch(dtype: Dtype, config: triton.Config, *, problem: Dict[str, Any] = FPROP_PROBLEM):
@@ -571,6 +597,12 @@ FAMILIES: List[KernelFamily] = [
                  _prune_of(fprop._fprop_tma_tuned), dtypes=("fp16", "bf16", "fp32"), archs=("sm_90",)),
     KernelFamily("fprop_tma_fused", fprop.fprop_kernel, gemm_tile_configs, _p(_fprop_tma_launch, **_GELU),
                  _prune_of(fprop._fprop_tma_tuned), dtypes=("fp16", "bf16", "fp32"), archs=("sm_90",)),
+    # stride 1 with TMA boxes of the input per tap as well (sm_90)
+    KernelFamily("fprop_tap_tma", fprop.fprop_tap_tma_kernel, tap_tma_tile_configs, _fprop_tap_tma_launch,
+                 _prune_of(fprop._fprop_tap_tma_tuned), dtypes=("fp16", "bf16", "fp32"), archs=("sm_90",)),
+    KernelFamily("fprop_tap_tma_fused", fprop.fprop_tap_tma_kernel, tap_tma_tile_configs,
+                 _p(_fprop_tap_tma_launch, **_GELU), _prune_of(fprop._fprop_tap_tma_tuned),
+                 dtypes=("fp16", "bf16", "fp32"), archs=("sm_90",)),
     # input gradient (dgrad.py): stride 1, and stride 2 (4 phases, taps stepping by 2)
     KernelFamily("dgrad", dgrad.dgrad_kernel, gemm_tile_configs, _dgrad_launch, _prune_of(dgrad._dgrad_tuned)),
     KernelFamily("dgrad_s2", dgrad.dgrad_kernel, gemm_tile_configs, _p(_dgrad_launch, problem=STRIDE2_PROBLEM),

@@ -53,8 +53,9 @@ from ._common import (
     tile_pid,
 )
 
-__all__ = ["conv2d_fprop", "conv2d_fprop_splitk", "conv2d_fprop_tma", "fprop_kernel", "splitk_reduce_kernel",
-           "accepts_splitk", "weight_tma_usable"]
+__all__ = ["conv2d_fprop", "conv2d_fprop_splitk", "conv2d_fprop_tma", "conv2d_fprop_tap_tma", "fprop_kernel",
+           "fprop_tap_tma_kernel", "splitk_reduce_kernel", "accepts_splitk", "accepts_tap_tma", "weight_tma_usable",
+           "input_tma_usable"]
 
 
 @triton.jit
@@ -205,7 +206,8 @@ _fprop_tuned = triton.autotune(
 
 def weight_tma_usable(w: torch.Tensor, problem: Conv2dProblem) -> bool:
     """The weight as a TMA-loadable (K, R*S*C/groups) row-major matrix: a KRSC (channels_last)
-    weight with 16-byte aligned rows and base, on sm_90+ (or Triton's interpreter)."""
+    weight on sm_90+ (or Triton's interpreter), its base and every tap's first column 16-byte
+    aligned (a TMA box starts 16-byte aligned in its inner dimension), hence C/groups * elem % 16 == 0."""
     pb = problem
     if TensorDescriptor is None or w.dtype not in TMA_DTYPES or pb.K == 0 or pb.C_per_group == 0:
         return False
@@ -214,7 +216,7 @@ def weight_tma_usable(w: torch.Tensor, problem: Conv2dProblem) -> bool:
     krsc = (pb.R * pb.S * pb.C_per_group, 1, pb.S * pb.C_per_group, pb.C_per_group)
     if any(size > 1 and st != want for size, st, want in zip(w.shape, w.stride(), krsc)):
         return False
-    return pb.R * pb.S * pb.C_per_group * w.element_size() % 16 == 0 and w.data_ptr() % 16 == 0
+    return pb.C_per_group * w.element_size() % 16 == 0 and w.data_ptr() % 16 == 0
 
 
 def _set_weight_tma_block(nargs):
@@ -336,3 +338,155 @@ def conv2d_fprop_tma(x, w, bias, problem: Conv2dProblem, out=None, activation="n
     """
     return conv2d_fprop(x, w, bias, problem, out, activation, alpha, residual,
                         weight_tma=weight_tma_usable(w, problem))
+
+
+# --------------------------------------------------------------------------- Hopper: TMA for both operands
+#
+# At stride 1 the input a tap reads for a spatial tile of output pixels is the
+# same tile of input pixels, shifted by (r*dil_h - pad_h, s*dil_w - pad_w): one
+# TMA box of a 4-D (N, H, W, C) descriptor over NHWC x. TMA zero-fills the
+# coordinates outside the image, which is exactly the padding, so the gather,
+# its addresses and its masks all disappear from the reduction loop. The price:
+# M is tiled in BLOCK_H x BLOCK_W spatial blocks (BLOCK_M = BLOCK_H * BLOCK_W)
+# instead of runs of consecutive pixels, so image edges waste part of a tile.
+#
+#     A[m, kk]  x[n, h, w, c]   m -> (n, p0 + m // BLOCK_W, q0 + m % BLOCK_W)
+#                               h = p + r*dil_h - pad_h,  w = q + s*dil_w - pad_w
+#     B[kk, j]  as in fprop_kernel with W_DESC: a TMA tile of the KRSC weight
+
+TAP_TMA_BLOCK_W = 8  # output columns per tile; BLOCK_H = BLOCK_M // 8 rows
+
+
+def accepts_tap_tma(problem: Conv2dProblem) -> bool:
+    """The problems a shifted input box can serve: stride 1 (any kernel size, padding, dilation, groups)."""
+    return problem.stride_h == 1 and problem.stride_w == 1
+
+
+def input_tma_usable(x: torch.Tensor, w: torch.Tensor, problem: Conv2dProblem) -> bool:
+    """Both operands TMA-loadable: NHWC-contiguous x (its channel blocks then start 16-byte
+    aligned, as C/groups is), a KRSC weight (``weight_tma_usable``), and the spatially tiled M
+    within int32 for the largest tile."""
+    pb = problem
+    if not accepts_tap_tma(pb) or x.dtype not in TMA_DTYPES or not weight_tma_usable(w, pb):
+        return False
+    if not x.is_contiguous(memory_format=torch.channels_last) or x.data_ptr() % 16:
+        return False
+    largest = max(c.kwargs["BLOCK_M"] for c in _fprop_tap_tma_tuned.configs)
+    tiles = pb.N * triton.cdiv(pb.P, largest // TAP_TMA_BLOCK_W) * triton.cdiv(pb.Q, TAP_TMA_BLOCK_W)
+    return tiles * largest < 2**31 - 2**16
+
+
+@triton.jit
+def fprop_tap_tma_kernel(
+    # descriptors and pointers
+    x_desc,  # x as an (N, H, W, C) tensor (NHWC): [1, BLOCK_H, BLOCK_W, BLOCK_K] boxes
+    w_desc,  # w as a (K, R*S*C/groups) row-major matrix (KRSC): [BLOCK_N, BLOCK_K] tiles
+    b_ptr,  # (K,); unused unless HAS_BIAS
+    res_ptr,  # (N, K, P, Q), any strides; unused unless HAS_RESIDUAL
+    y_ptr,  # (N, K, P, Q), any strides
+    # problem sizes
+    N, P, Q, R, S,
+    CG, KG, GROUPS,
+    # conv parameters (stride 1)
+    pad_h, pad_w, dil_h, dil_w,
+    # strides, in elements
+    syn, syk, syp, syq,
+    srn, srk, srp, srq,
+    alpha,
+    # meta-parameters
+    HAS_BIAS: tl.constexpr, HAS_RESIDUAL: tl.constexpr, ACTIVATION: tl.constexpr,
+    ACC_DTYPE: tl.constexpr, INPUT_PRECISION: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
+    BLOCK_W: tl.constexpr,
+):
+    BLOCK_H: tl.constexpr = BLOCK_M // BLOCK_W
+
+    # -- program-id mapping: (group, spatial M-tile, N-tile); an M-tile is (n, p0, q0)
+    tiles_h = tl.cdiv(P, BLOCK_H)
+    tiles_w = tl.cdiv(Q, BLOCK_W)
+    g, pid_m, pid_n = tile_pid(tl.program_id(0), N * tiles_h * tiles_w * BLOCK_M, KG, BLOCK_M, BLOCK_N, GROUP_M)
+    n = pid_m // (tiles_h * tiles_w)
+    p0 = ((pid_m // tiles_w) % tiles_h) * BLOCK_H
+    q0 = (pid_m % tiles_w) * BLOCK_W
+
+    # -- reduction loop over (r, s, c-block), c-block fastest, as in fprop_kernel
+    offs_k = tl.arange(0, BLOCK_K)
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC_DTYPE)
+    c_blocks = tl.cdiv(CG, BLOCK_K)
+    for it in range(0, R * S * c_blocks):
+        rs = it // c_blocks
+        c0 = (it - rs * c_blocks) * BLOCK_K
+        r = rs // S
+        s = rs - r * S
+        a = x_desc.load([n, p0 + r * dil_h - pad_h, q0 + s * dil_w - pad_w, g * CG + c0])
+        a = a.reshape(BLOCK_M, BLOCK_K)
+        # Channels past this group's C/groups are the next group's (past C, TMA's
+        # zeros); the weight tile's matching columns hold the next tap's weights.
+        a = tl.where((c0 + offs_k < CG)[None, :], a, tl.zeros_like(a))
+        b = w_desc.load([g * KG + pid_n * BLOCK_N, rs * CG + c0]).T
+        acc = tl.dot(a, b, acc, input_precision=INPUT_PRECISION)
+
+    # -- epilogue: the tile's pixels inside the output, one store
+    offs_m = tl.arange(0, BLOCK_M)
+    p = p0 + offs_m // BLOCK_W
+    q = q0 + offs_m % BLOCK_W
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    n64, p64, q64 = n.to(tl.int64), p.to(tl.int64), q.to(tl.int64)
+    conv_epilogue(acc, b_ptr, res_ptr, y_ptr, n64 * syn + p64 * syp + q64 * syq, n64 * srn + p64 * srp + q64 * srq,
+                  g * KG + offs_n, syk, srk, (p < P) & (q < Q), offs_n < KG, alpha,
+                  HAS_BIAS, HAS_RESIDUAL, ACTIVATION)
+
+
+def _set_tap_tma_blocks(nargs):
+    """Autotune pre-hook: the input box is the config's spatial tile, the weight tile (BLOCK_N, BLOCK_K)."""
+    bm, bw, bk = nargs["BLOCK_M"], nargs["BLOCK_W"], nargs["BLOCK_K"]
+    nargs["x_desc"].block_shape = [1, bm // bw, bw, bk]
+    nargs["w_desc"].block_shape = [nargs["BLOCK_N"], bk]
+
+
+_fprop_tap_tma_tuned = triton.autotune(
+    configs=[triton.Config(c.kwargs, num_warps=c.num_warps, num_stages=c.num_stages, pre_hook=_set_tap_tma_blocks)
+             for c in configs.gemm_configs(BLOCK_W=TAP_TMA_BLOCK_W)],
+    key=["N", "P", "Q", "R", "S", "CG", "KG", "GROUPS", "pad_h", "pad_w", "dil_h", "dil_w", "syk",
+         "HAS_RESIDUAL", "ACTIVATION"],
+    do_bench=configs.capture_safe_bench,
+    prune_configs_by={
+        "early_config_prune": configs.gemm_prune_hook(
+            m_fn=lambda a: a["N"] * a["P"] * a["Q"], n_fn=lambda a: a["KG"], k_fn=lambda a: a["CG"],
+            tensor_arg="y_ptr", gathered=False,
+        )
+    },
+)(fprop_tap_tma_kernel)
+
+
+def conv2d_fprop_tap_tma(x, w, bias, problem: Conv2dProblem, out=None, activation="none", alpha=0.01,
+                         residual=None) -> torch.Tensor:
+    """The stride-1 forward with TMA loads of both operands (Hopper); where they can't apply
+    (``input_tma_usable``), ``conv2d_fprop_tma``, which falls back further by itself.
+
+    Args/Returns: as ``conv2d_fprop``.
+    """
+    pb = problem
+    if not input_tma_usable(x, w, pb):
+        return conv2d_fprop_tma(x, w, bias, pb, out, activation, alpha, residual)
+    fw = prepare_forward(x, w, bias, residual, pb, out, activation)
+    out = fw.out
+    if out.numel() == 0:
+        return out
+    x_desc = TensorDescriptor.from_tensor(x.permute(0, 2, 3, 1), [1, 8, TAP_TMA_BLOCK_W, 16])
+    w_desc = TensorDescriptor.from_tensor(w.permute(0, 2, 3, 1).reshape(pb.K, -1), [16, 16])
+    KG = pb.K_per_group
+
+    def grid(meta):
+        bh, bw = meta["BLOCK_M"] // meta["BLOCK_W"], meta["BLOCK_W"]
+        tiles_m = pb.N * triton.cdiv(pb.P, bh) * triton.cdiv(pb.Q, bw)
+        return (pb.groups * tiles_m * triton.cdiv(KG, meta["BLOCK_N"]),)
+
+    tuning.launch(_fprop_tap_tma_tuned, "fprop_tap_tma", x.device, grid,
+        x_desc, w_desc, fw.bias, fw.residual, out,
+        pb.N, pb.P, pb.Q, pb.R, pb.S, pb.C_per_group, KG, pb.groups,
+        pb.pad_h, pb.pad_w, pb.dil_h, pb.dil_w,
+        *out.stride(), *fw.res_strides, float(alpha),
+        **fw.epilogue, INPUT_PRECISION=input_precision_for(x),
+    )
+    return out

@@ -484,8 +484,13 @@ WGRAD_TMA_DTYPES = (torch.float16, torch.bfloat16)
 
 
 def wgrad_tma_usable(dy: torch.Tensor, x: torch.Tensor, problem: Conv2dProblem) -> bool:
-    """Both operands as 2-D row-major (pixels, channels) views with 16-byte aligned rows and bases, on sm_90+."""
-    if TensorDescriptor is None or dy.dtype not in WGRAD_TMA_DTYPES or not accepts(problem):
+    """Both operands as 2-D row-major (pixels, channels) views on sm_90+, with 16-byte aligned
+    bases and every group's first channel 16-byte aligned (a TMA box starts 16-byte aligned in
+    its inner dimension): K/groups and C/groups * elem % 16 == 0."""
+    pb = problem
+    if TensorDescriptor is None or dy.dtype not in WGRAD_TMA_DTYPES or not accepts(pb):
+        return False
+    if (pb.K_per_group * dy.element_size()) % 16 or (pb.C_per_group * dy.element_size()) % 16:
         return False
     if dy.is_cuda and torch.cuda.get_device_capability(dy.device)[0] < 9:
         return False

@@ -8,6 +8,7 @@
                 gemm1x1_tma  (plain GEMM, TMA loads, sm_90)      1x1, stride 1, no padding, NHWC
                 gemm1x1    (plain GEMM)                          1x1, stride 1, no padding
                 splitk     (implicit GEMM, reduction split)      N*P*Q <= 4096, R*S*C/g >= 512
+                tap_tma    (TMA input boxes per tap + weight, sm_90) stride 1; NHWC x, KRSC weight
                 implicit_tma (TMA weight loads, sm_90)           everything; KRSC weight for TMA
                 implicit   (general implicit GEMM, fprop.py)     everything
     grad_input  depthwise, implicit (phase-decomposed dgrad)
@@ -40,7 +41,16 @@ from ..spec import Conv2dProblem
 from . import depthwise, gemm1x1, smallc
 from ._common import INTERPRETER
 from .dgrad import conv2d_dgrad
-from .fprop import accepts_splitk, conv2d_fprop, conv2d_fprop_splitk, conv2d_fprop_tma, weight_tma_usable
+from .fprop import (
+    accepts_splitk,
+    accepts_tap_tma,
+    conv2d_fprop,
+    conv2d_fprop_splitk,
+    conv2d_fprop_tap_tma,
+    conv2d_fprop_tma,
+    input_tma_usable,
+    weight_tma_usable,
+)
 from .wgrad import conv2d_wgrad
 
 __all__ = ["forward", "input_grad", "weight_grad", "candidates", "force", "recording", "FORWARD", "INPUT_GRAD",
@@ -53,6 +63,7 @@ FORWARD: Dict[str, Tuple[Callable, Callable]] = {
     "gemm1x1_tma": (gemm1x1.accepts, gemm1x1.conv2d_fprop_1x1_tma),
     "gemm1x1": (gemm1x1.accepts, gemm1x1.conv2d_fprop_1x1),
     "splitk": (accepts_splitk, conv2d_fprop_splitk),
+    "tap_tma": (accepts_tap_tma, conv2d_fprop_tap_tma),
     "implicit_tma": (lambda pb: True, conv2d_fprop_tma),
     "implicit": (lambda pb: True, conv2d_fprop),
 }
@@ -74,6 +85,7 @@ WEIGHT_GRAD: Dict[str, Tuple[Callable, Callable]] = {
 # (direction, family) -> usable(tensors, problem), tensors as _route receives them.
 LAYOUT_OK: Dict[Tuple[str, str], Callable[[tuple, Conv2dProblem], bool]] = {
     ("forward", "gemm1x1_tma"): lambda t, pb: gemm1x1.tma_usable(t[0], t[1], pb),
+    ("forward", "tap_tma"): lambda t, pb: input_tma_usable(t[0], t[1], pb),
     ("forward", "implicit_tma"): lambda t, pb: weight_tma_usable(t[1], pb),
     ("weight_grad", "gemm1x1_tma"): lambda t, pb: gemm1x1.wgrad_tma_usable(t[0], t[1], pb),
     ("weight_grad", "gemm1x1"): lambda t, pb: gemm1x1.wgrad_accepts_layout(t[0], t[1]),
