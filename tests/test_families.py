@@ -340,3 +340,38 @@ def test_router_records_the_family_that_runs():
     if DEVICE == "cpu":  # on a GPU the router times the candidates and takes the fastest
         assert outer == [("forward", tma_1x1), ("forward", "gemm1x1"), ("forward", "implicit"), ("forward", tma_krsc)]
     assert inner == [] and len(outer) == 4
+
+
+@pytest.mark.parametrize("problem", [pytest.param(p, id=f"tap_tma-{i}") for i, p in enumerate(PROBLEMS["tap_tma"])])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.float32])
+def test_input_grad_tap_tma_as_a_forward_conv(problem, dtype, launched):
+    """Stride-1 dgrad as the forward tap_tma kernel on dy and the flipped, group-transposed weight."""
+    N, C, H, W, K, R, S, stride, padding, dilation, groups = problem
+    torch.manual_seed(7)
+    x = torch.randn(N, C, H, W, dtype=dtype, device=DEVICE).to(memory_format=torch.channels_last)
+    w = torch.randn(K, C // groups, R, S, dtype=dtype, device=DEVICE).to(memory_format=torch.channels_last)
+    args = (stride, padding, dilation, groups)
+    pb = spec.conv2d_problem(x, w, None, *args)
+    dy = torch.randn(pb.output_shape, dtype=dtype, device=DEVICE).to(memory_format=torch.channels_last)
+    with router.force("tap_tma"):
+        dx = router.input_grad(dy, w, pb, memory_format=torch.channels_last)
+    from tritonconv.kernels.dgrad import tap_tma_usable
+
+    usable = tap_tma_usable(dy, w, pb)
+    assert usable == (TMA and (K // groups) * dy.element_size() % 16 == 0)
+    assert launched == (["fprop_tap_tma"] if usable else ["dgrad"])
+    xr = x.double().requires_grad_()
+    F.conv2d(xr, w.double(), None, *args).backward(dy.double())
+    assert dx.is_contiguous(memory_format=torch.channels_last)
+    assert rel_err(dx, xr.grad) < TOL[dtype]
+
+
+def test_conv_transpose2d_with_bias_through_tap_tma(launched):
+    torch.manual_seed(8)
+    x = torch.randn(2, 16, 7, 6, dtype=torch.float16, device=DEVICE).to(memory_format=torch.channels_last)
+    w = torch.randn(16, 24, 3, 3, dtype=torch.float16, device=DEVICE).to(memory_format=torch.channels_last)
+    b = torch.randn(24, dtype=torch.float16, device=DEVICE)
+    with router.force("tap_tma"):
+        y = tritonconv.conv_transpose2d(x, w, b, 1, 1)
+    assert launched == (["fprop_tap_tma"] if TMA else ["dgrad"])
+    assert rel_err(y, F.conv_transpose2d(x.double(), w.double(), b.double(), 1, 1)) < TOL[torch.float16]

@@ -22,6 +22,7 @@ __all__ = [
     "alloc_output",
     "alloc_partials",
     "check_pixel_count",
+    "MAX_PIXELS",
     "acc_dtype_for",
     "input_precision_for",
     "check_device",

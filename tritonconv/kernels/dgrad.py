@@ -36,10 +36,20 @@ import triton
 import triton.language as tl
 
 from .. import configs, tuning
-from ..spec import Conv2dProblem
-from ._common import acc_dtype_for, alloc_output, check_device, check_pixel_count, input_precision_for, tile_pid
+from ..spec import Conv2dProblem, problem_from_shapes
+from ._common import (
+    TMA_DTYPES,
+    TensorDescriptor,
+    acc_dtype_for,
+    alloc_output,
+    check_device,
+    check_pixel_count,
+    input_precision_for,
+    tile_pid,
+)
+from .fprop import conv2d_fprop_tap_tma, spatial_tiles_fit
 
-__all__ = ["conv2d_dgrad", "dgrad_kernel"]
+__all__ = ["accepts_tap_tma", "conv2d_dgrad_tap_tma", "tap_tma_usable", "conv2d_dgrad", "dgrad_kernel"]
 
 
 @triton.jit
@@ -193,3 +203,68 @@ def conv2d_dgrad(
         INPUT_PRECISION=input_precision_for(dy),
     )
     return dx
+
+
+# --------------------------------------------------------------------------- Hopper: stride 1 as a forward conv
+#
+# At stride 1, dgrad is a forward conv of dy with the weight flipped in (r, s)
+# and transposed per group, padded by dil*(R-1) - pad:
+#
+#     dx[n, c, h, w] = sum_{k, r, s} dy[n, k, h + pad_h - r*dil_h, w + pad_w - s*dil_w] * w[k, c, r, s]
+#                    = conv2d(dy, w')[n, c, h, w],  w'[g*C/g + c, k, r, s] = w[g*K/g + k, c, R-1-r, S-1-s]
+#
+# so the forward's tap_tma kernel (both operands by TMA, no gather) serves it.
+# Building w' is one copy of the weight per call, small next to the activations.
+
+
+def accepts_tap_tma(problem: Conv2dProblem) -> bool:
+    """Stride 1, with padding at most dil*(R-1) per side (the forward's padding must not be negative)."""
+    pb = problem
+    return (pb.stride_h, pb.stride_w) == (1, 1) and pb.pad_h <= pb.dil_h * (pb.R - 1) \
+        and pb.pad_w <= pb.dil_w * (pb.S - 1)
+
+
+def tap_tma_usable(dy: torch.Tensor, w: torch.Tensor, problem: Conv2dProblem) -> bool:
+    """What ``fprop.input_tma_usable`` would say of the forward conv dgrad becomes: NHWC dy,
+    16-byte aligned groups of K/groups channels, sm_90+ (or the interpreter). w' is built KRSC."""
+    pb = problem
+    if TensorDescriptor is None or not accepts_tap_tma(pb) or dy.dtype not in TMA_DTYPES:
+        return False
+    if dy.is_cuda and torch.cuda.get_device_capability(dy.device)[0] < 9:
+        return False
+    if not dy.is_contiguous(memory_format=torch.channels_last) or dy.data_ptr() % 16:
+        return False
+    return pb.K_per_group * dy.element_size() % 16 == 0 and spatial_tiles_fit(pb.N, pb.H, pb.W)
+
+
+def _as_forward(problem: Conv2dProblem) -> Conv2dProblem:
+    """The forward conv that computes stride-1 dgrad: dy (N, K, P, Q) conv w' (C, K/groups, R, S)."""
+    pb = problem
+    padding = (pb.dil_h * (pb.R - 1) - pb.pad_h, pb.dil_w * (pb.S - 1) - pb.pad_w)
+    return problem_from_shapes((pb.N, pb.K, pb.P, pb.Q), (pb.C, pb.K_per_group, pb.R, pb.S), 1, padding,
+                               (pb.dil_h, pb.dil_w), pb.groups)
+
+
+def _flipped_weight(w: torch.Tensor, problem: Conv2dProblem) -> torch.Tensor:
+    """w' (C, K/groups, R, S), KRSC: w flipped in (r, s) and transposed within each group."""
+    pb = problem
+    wt = w.reshape(pb.groups, pb.K_per_group, pb.C_per_group, pb.R, pb.S).transpose(1, 2).flip(3, 4)
+    return wt.reshape(pb.C, pb.K_per_group, pb.R, pb.S).contiguous(memory_format=torch.channels_last)
+
+
+def conv2d_dgrad_tap_tma(dy: torch.Tensor, w: torch.Tensor, problem: Conv2dProblem,
+                         bias: Optional[torch.Tensor] = None,
+                         memory_format: torch.memory_format = torch.contiguous_format) -> torch.Tensor:
+    """Stride-1 dgrad as the forward's tap_tma kernel on (dy, w'); ``conv2d_dgrad`` where that
+    can't apply (``tap_tma_usable``).
+
+    Args/Returns: as ``conv2d_dgrad``.
+    """
+    pb = problem
+    if not tap_tma_usable(dy, w, pb):
+        return conv2d_dgrad(dy, w, pb, bias, memory_format)
+    check_device(dy, w, bias)
+    dx = alloc_output(pb.input_shape, dy.dtype, dy.device, memory_format)
+    if dx.numel() == 0:
+        return dx
+    return conv2d_fprop_tap_tma(dy, _flipped_weight(w, pb), bias, _as_forward(pb), out=dx)

@@ -44,6 +44,7 @@ import triton.language as tl
 from .. import configs, tuning
 from ..spec import Conv2dProblem
 from ._common import (
+    MAX_PIXELS,
     TMA_DTYPES,
     TensorDescriptor,
     alloc_partials,
@@ -371,9 +372,15 @@ def input_tma_usable(x: torch.Tensor, w: torch.Tensor, problem: Conv2dProblem) -
         return False
     if not x.is_contiguous(memory_format=torch.channels_last) or x.data_ptr() % 16:
         return False
+    return spatial_tiles_fit(pb.N, pb.P, pb.Q)
+
+
+def spatial_tiles_fit(N: int, P: int, Q: int) -> bool:
+    """Whether N images of P x Q output pixels, tiled spatially by the largest configured
+    tile, keep the tile-padded pixel count within the kernel's int32 indices."""
     largest = max(c.kwargs["BLOCK_M"] for c in _fprop_tap_tma_tuned.configs)
-    tiles = pb.N * triton.cdiv(pb.P, largest // TAP_TMA_BLOCK_W) * triton.cdiv(pb.Q, TAP_TMA_BLOCK_W)
-    return tiles * largest < 2**31 - 2**16
+    tiles = N * triton.cdiv(P, largest // TAP_TMA_BLOCK_W) * triton.cdiv(Q, TAP_TMA_BLOCK_W)
+    return tiles * largest < MAX_PIXELS
 
 
 @triton.jit

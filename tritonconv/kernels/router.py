@@ -11,7 +11,9 @@
                 tap_tma    (TMA input boxes per tap + weight, sm_90) stride 1; NHWC x, KRSC weight
                 implicit_tma (TMA weight loads, sm_90)           everything; KRSC weight for TMA
                 implicit   (general implicit GEMM, fprop.py)     everything
-    grad_input  depthwise, implicit (phase-decomposed dgrad)
+    grad_input  depthwise
+                tap_tma    (a forward conv of dy, flipped w; sm_90) stride 1, pad <= dil*(R-1); NHWC dy
+                implicit   (phase-decomposed dgrad)              everything
     grad_weight depthwise
                 gemm1x1_tma  (plain GEMM, TMA loads, sm_90)      1x1, stride 1, no padding, NHWC, 16-bit
                 gemm1x1    (plain GEMM, split-K)                 1x1, stride 1, no padding, pixel-linear
@@ -38,7 +40,7 @@ import torch
 
 from .. import configs
 from ..spec import Conv2dProblem
-from . import depthwise, gemm1x1, smallc
+from . import depthwise, dgrad, gemm1x1, smallc
 from ._common import INTERPRETER
 from .dgrad import conv2d_dgrad
 from .fprop import (
@@ -69,6 +71,7 @@ FORWARD: Dict[str, Tuple[Callable, Callable]] = {
 }
 INPUT_GRAD: Dict[str, Tuple[Callable, Callable]] = {
     "depthwise": (depthwise.accepts, depthwise.conv2d_dgrad_depthwise),
+    "tap_tma": (dgrad.accepts_tap_tma, dgrad.conv2d_dgrad_tap_tma),
     "implicit": (lambda pb: True, conv2d_dgrad),
 }
 WEIGHT_GRAD: Dict[str, Tuple[Callable, Callable]] = {
@@ -87,6 +90,7 @@ LAYOUT_OK: Dict[Tuple[str, str], Callable[[tuple, Conv2dProblem], bool]] = {
     ("forward", "gemm1x1_tma"): lambda t, pb: gemm1x1.tma_usable(t[0], t[1], pb),
     ("forward", "tap_tma"): lambda t, pb: input_tma_usable(t[0], t[1], pb),
     ("forward", "implicit_tma"): lambda t, pb: weight_tma_usable(t[1], pb),
+    ("input_grad", "tap_tma"): lambda t, pb: dgrad.tap_tma_usable(t[0], t[1], pb),
     ("weight_grad", "gemm1x1_tma"): lambda t, pb: gemm1x1.wgrad_tma_usable(t[0], t[1], pb),
     ("weight_grad", "gemm1x1"): lambda t, pb: gemm1x1.wgrad_accepts_layout(t[0], t[1]),
 }
