@@ -248,6 +248,14 @@ def test_wgrad_drops_tiles_wider_than_128_in_n():
     assert why is not None and "BLOCK_N 256 > 128" in why
 
 
+def test_tap_tma_wgrad_drops_tiles_taller_than_128_in_m():
+    """wgrad_tap_tma feeds dy's box to wgmma transposed: 256x128 spilled on sm_90, 128x256 did not."""
+    fam = next(f for f in cr.FAMILIES if f.name == "wgrad_tap_tma")
+    assert fam.prune.rules["max_block_m"] == tc.MAX_BLOCK_M_TRANSPOSED_A
+    kept = _names(cr.runtime_configs(fam, cr.DTYPES["fp16"], cr.ARCHS["sm_90"]))
+    assert "256x128x64 w8 s3" not in kept and "128x256x64 w8 s3" in kept
+
+
 def test_prune_hook_reads_a_tma_descriptor_tensor():
     from triton.tools.tensor_descriptor import TensorDescriptor
 

@@ -185,7 +185,7 @@ def test_router_prefers_the_specialised_family():
     pb = spec.problem_from_shapes((32, 64, 56, 56), (64, 64, 3, 3), 2, 1, 1, 1)
     assert router.candidates(router.FORWARD, pb) == ["implicit_tma", "implicit"]
     pb = spec.problem_from_shapes((4, 64, 56, 56), (256, 64, 1, 1), 1, 0, 1, 1)
-    assert router.candidates(router.WEIGHT_GRAD, pb) == ["gemm1x1_tma", "gemm1x1", "implicit"]
+    assert router.candidates(router.WEIGHT_GRAD, pb) == ["gemm1x1_tma", "tap_tma", "gemm1x1", "implicit"]
     with pytest.raises(ValueError, match="unknown kernel family"):
         with router.force("nope"):
             pass
@@ -375,3 +375,45 @@ def test_conv_transpose2d_with_bias_through_tap_tma(launched):
         y = tritonconv.conv_transpose2d(x, w, b, 1, 1)
     assert launched == (["fprop_tap_tma"] if TMA else ["dgrad"])
     assert rel_err(y, F.conv_transpose2d(x.double(), w.double(), b.double(), 1, 1)) < TOL[torch.float16]
+
+
+@pytest.mark.parametrize("problem", [pytest.param(p, id=f"tap_tma-{i}") for i, p in enumerate(PROBLEMS["tap_tma"])])
+def test_weight_grad_tap_tma(problem, launched):
+    """Stride-1 wgrad from TMA boxes of dy and of x shifted per tap (zero fill: padding and edges)."""
+    N, C, H, W, K, R, S, stride, padding, dilation, groups = problem
+    torch.manual_seed(9)
+    x = torch.randn(N, C, H, W, dtype=torch.float16, device=DEVICE).to(memory_format=torch.channels_last)
+    w = torch.randn(K, C // groups, R, S, dtype=torch.float16, device=DEVICE)
+    args = (stride, padding, dilation, groups)
+    pb = spec.conv2d_problem(x, w, None, *args)
+    dy = torch.randn(pb.output_shape, dtype=torch.float16, device=DEVICE).to(memory_format=torch.channels_last)
+    with router.force("tap_tma"):
+        dw = router.weight_grad(dy, x, pb)
+    from tritonconv.kernels.wgrad import tap_tma_usable
+
+    aligned = (K // groups) * 2 % 16 == 0 and (C // groups) * 2 % 16 == 0
+    assert tap_tma_usable(dy, x, pb) == (TMA and aligned)
+    assert launched == (["wgrad_tap_tma"] if TMA and aligned else ["wgrad"])
+    assert not tap_tma_usable(dy.contiguous(), x, pb) and not tap_tma_usable(dy.float(), x.float(), pb)
+    wr = w.double().requires_grad_()
+    F.conv2d(x.double(), wr, None, *args).backward(dy.double())
+    assert rel_err(dw, wr.grad) < TOL[torch.float16]
+
+
+@pytest.mark.parametrize("split_k", [1, 2, 5, 16])
+def test_weight_grad_tap_tma_split_is_correct_and_deterministic(split_k):
+    """9x10 output in 2x8 spatial steps (interpreter): 5 rows x 2 columns of tiles per image, 20 in
+    all; 16 chunks of 2 leave 6 empty (they must store zero partials, which are poisoned)."""
+    from tritonconv.kernels.wgrad import conv2d_wgrad_tap_tma
+
+    torch.manual_seed(10)
+    x = torch.randn(2, 16, 9, 10, dtype=torch.float16, device=DEVICE).to(memory_format=torch.channels_last)
+    w = torch.randn(24, 16, 3, 3, dtype=torch.float16, device=DEVICE)
+    pb = spec.conv2d_problem(x, w, None, 1, 1, 1, 1)
+    dy = torch.randn(pb.output_shape, dtype=torch.float16, device=DEVICE).to(memory_format=torch.channels_last)
+    a = conv2d_wgrad_tap_tma(dy, x, pb, split_k=split_k)
+    b = conv2d_wgrad_tap_tma(dy, x, pb, split_k=split_k)
+    assert torch.equal(a, b)
+    wr = w.double().requires_grad_()
+    F.conv2d(x.double(), wr, None, 1, 1).backward(dy.double())
+    assert rel_err(a, wr.grad) < TOL[torch.float16]

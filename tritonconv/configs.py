@@ -212,11 +212,15 @@ MAX_ACC_FP64 = 16
 # BLOCK_N int64 addresses sit beside the accumulator: fp16 128x256x64 at 8 warps spills 64 B on sm_90,
 # 256x128x64 does not (the compile report). Its hook passes this as max_block_n.
 MAX_BLOCK_N_BOTH_GATHERED = 128
+# The stride-1 TMA wgrad (wgrad_tap_tma) feeds wgmma dy's box transposed: its 256x128x64 tile spilled
+# 536 B on sm_90, 128x256x64 did not (compile report). Its hook passes this as max_block_m.
+MAX_BLOCK_M_TRANSPOSED_A = 128
 
 
 def pruned_because(bm: int, bn: int, bk: int, num_warps: int, num_stages: int, elem_bytes: int, shared_limit: int,
                    capability: Optional[int] = None, heavy_epilogue: bool = False, gathered: bool = True,
-                   gemm_m: Optional[int] = None, max_block_n: Optional[int] = None) -> Optional[str]:
+                   gemm_m: Optional[int] = None, max_block_n: Optional[int] = None,
+                   max_block_m: Optional[int] = None) -> Optional[str]:
     """Why ``prune_gemm_configs`` drops a tile (already clamped to the problem), or None when it keeps it.
 
     The arguments are those of ``prune_gemm_configs``; ``gemm_m`` None means
@@ -227,6 +231,8 @@ def pruned_because(bm: int, bn: int, bk: int, num_warps: int, num_stages: int, e
         return f"estimated shared {shared} > {shared_limit}"
     if max_block_n is not None and bn > max_block_n:
         return f"BLOCK_N {bn} > {max_block_n}: a gathered B tile's addresses spill beside the accumulator"
+    if max_block_m is not None and bm > max_block_m:
+        return f"BLOCK_M {bm} > {max_block_m}: the transposed A tile spills beside the accumulator"
     acc = acc_per_thread(bm, bn, num_warps)
     if elem_bytes >= 8 and acc > MAX_ACC_FP64:
         return f"fp64 accumulator {acc} values/thread > {MAX_ACC_FP64}"
@@ -251,6 +257,7 @@ def prune_gemm_configs(
     heavy_epilogue: bool = False,
     gathered: bool = True,
     max_block_n: Optional[int] = None,
+    max_block_m: Optional[int] = None,
 ) -> List[triton.Config]:
     """Drop configs that cannot pay off for a (gemm_m, gemm_n, gemm_k) problem.
 
@@ -267,6 +274,7 @@ def prune_gemm_configs(
             addresses (the implicit GEMMs); False for a plain GEMM (gemm1x1).
         max_block_n: the widest BLOCK_N kept, for a kernel whose B operand is
             gathered per element too (wgrad: MAX_BLOCK_N_BOTH_GATHERED).
+        max_block_m: the tallest BLOCK_M kept (wgrad_tap_tma: MAX_BLOCK_M_TRANSPOSED_A).
 
     Removes, in order of reasoning:
       * tiles wider than the problem in M, N or K (beyond the next power of two,
@@ -274,7 +282,7 @@ def prune_gemm_configs(
         they are clamped to the problem and the duplicates this makes dropped;
       * configs whose pipelined tiles exceed the device's shared memory
         (``shared_bytes``, which counts the buffers Triton allocates on that arch);
-      * tiles wider than ``max_block_n``, when given;
+      * tiles wider than ``max_block_n`` or taller than ``max_block_m``, when given;
       * for fp64 (8-byte elements), tiles with more than MAX_ACC_FP64
         accumulator values per thread, which spill;
       * with a heavy epilogue, tiles with more than MAX_ACC_HEAVY_EPILOGUE
@@ -304,7 +312,7 @@ def prune_gemm_configs(
         # other meta-parameters (e.g. PERSISTENT) make a different kernel of the same tile
         variant = tuple(sorted((k, v) for k, v in cfg.kwargs.items() if k not in ("BLOCK_M", "BLOCK_N", "BLOCK_K")))
         if (sig, variant) in seen or pruned_because(*sig, elem_bytes, shared_limit, capability, heavy_epilogue,
-                                                     gathered, gemm_m, max_block_n):
+                                                     gathered, gemm_m, max_block_n, max_block_m):
             continue
         seen.add((sig, variant))
         kwargs = dict(cfg.kwargs, BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk)
@@ -369,15 +377,16 @@ class GemmPruneHook:
     GEMM's M, N and K; ``tensor_arg`` names an argument whose dtype sets the element
     size and whose device sets the shared-memory limit and compute capability (for a
     TMA descriptor, those of the tensor it describes). The epilogue flags come from the launch's constexpr kwargs (``heavy_epilogue``).
-    ``gathered`` and ``max_block_n`` describe the kernel's operands (see
+    ``gathered``, ``max_block_n`` and ``max_block_m`` describe the kernel's operands (see
     ``prune_gemm_configs``); ``rules`` holds them as keyword arguments.
     Under the interpreter (CPU tensors) there is a single config, returned untouched.
     The compile report reuses ``gemm_sizes`` and ``rules`` so that it prunes as the runtime does.
     """
 
-    def __init__(self, m_fn, n_fn, k_fn, tensor_arg: str, gathered: bool = True, max_block_n: Optional[int] = None):
+    def __init__(self, m_fn, n_fn, k_fn, tensor_arg: str, gathered: bool = True, max_block_n: Optional[int] = None,
+                 max_block_m: Optional[int] = None):
         self.m_fn, self.n_fn, self.k_fn, self.tensor_arg = m_fn, n_fn, k_fn, tensor_arg
-        self.rules = dict(gathered=gathered, max_block_n=max_block_n)
+        self.rules = dict(gathered=gathered, max_block_n=max_block_n, max_block_m=max_block_m)
 
     def gemm_sizes(self, args: Dict) -> Tuple[int, int, int]:
         """(M, N, K) of the GEMM a launch with these named arguments computes."""
@@ -405,9 +414,9 @@ class DirectPruneHook:
 
 
 def gemm_prune_hook(m_fn, n_fn, k_fn, tensor_arg: str, gathered: bool = True,
-                    max_block_n: Optional[int] = None) -> GemmPruneHook:
+                    max_block_n: Optional[int] = None, max_block_m: Optional[int] = None) -> GemmPruneHook:
     """Build an ``early_config_prune`` for @triton.autotune from GEMM-size functions (see GemmPruneHook)."""
-    return GemmPruneHook(m_fn, n_fn, k_fn, tensor_arg, gathered, max_block_n)
+    return GemmPruneHook(m_fn, n_fn, k_fn, tensor_arg, gathered, max_block_n, max_block_m)
 
 
 def capture_safe_bench(kernel_call, quantiles):

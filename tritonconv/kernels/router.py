@@ -17,6 +17,7 @@
     grad_weight depthwise
                 gemm1x1_tma  (plain GEMM, TMA loads, sm_90)      1x1, stride 1, no padding, NHWC, 16-bit
                 gemm1x1    (plain GEMM, split-K)                 1x1, stride 1, no padding, pixel-linear
+                tap_tma    (TMA boxes of dy and shifted x, sm_90) stride 1; NHWC dy and x, 16-bit
                 implicit   (split-K implicit GEMM wgrad)         everything
     ==========  ===============================================  ==========================
 
@@ -40,7 +41,7 @@ import torch
 
 from .. import configs
 from ..spec import Conv2dProblem
-from . import depthwise, dgrad, gemm1x1, smallc
+from . import depthwise, dgrad, gemm1x1, smallc, wgrad
 from ._common import INTERPRETER
 from .dgrad import conv2d_dgrad
 from .fprop import (
@@ -77,6 +78,7 @@ INPUT_GRAD: Dict[str, Tuple[Callable, Callable]] = {
 WEIGHT_GRAD: Dict[str, Tuple[Callable, Callable]] = {
     "depthwise": (depthwise.accepts, depthwise.conv2d_wgrad_depthwise),
     "gemm1x1_tma": (gemm1x1.accepts, gemm1x1.conv2d_wgrad_1x1_tma),
+    "tap_tma": (wgrad.accepts_tap_tma, wgrad.conv2d_wgrad_tap_tma),
     "gemm1x1": (gemm1x1.accepts, gemm1x1.conv2d_wgrad_1x1),
     "implicit": (lambda pb: True, conv2d_wgrad),
 }
@@ -93,6 +95,7 @@ LAYOUT_OK: Dict[Tuple[str, str], Callable[[tuple, Conv2dProblem], bool]] = {
     ("input_grad", "tap_tma"): lambda t, pb: dgrad.tap_tma_usable(t[0], t[1], pb),
     ("weight_grad", "gemm1x1_tma"): lambda t, pb: gemm1x1.wgrad_tma_usable(t[0], t[1], pb),
     ("weight_grad", "gemm1x1"): lambda t, pb: gemm1x1.wgrad_accepts_layout(t[0], t[1]),
+    ("weight_grad", "tap_tma"): lambda t, pb: wgrad.tap_tma_usable(t[0], t[1], pb),
 }
 
 _forced = threading.local()

@@ -36,6 +36,7 @@ from .. import configs, tuning
 from ..spec import Conv2dProblem
 from ._common import (
     INTERPRETER,
+    TensorDescriptor,
     acc_dtype_for,
     alloc_output,
     alloc_partials,
@@ -45,7 +46,8 @@ from ._common import (
     tile_pid,
 )
 
-__all__ = ["conv2d_wgrad", "conv2d_bias_grad", "wgrad_kernel", "bias_grad_kernel", "choose_split_k", "bias_grad_splits"]
+__all__ = ["conv2d_wgrad", "conv2d_bias_grad", "conv2d_wgrad_tap_tma", "wgrad_kernel", "wgrad_tap_tma_kernel",
+           "bias_grad_kernel", "choose_split_k", "bias_grad_splits", "accepts_tap_tma", "tap_tma_usable"]
 
 
 @triton.jit
@@ -291,3 +293,162 @@ def conv2d_bias_grad(dy: torch.Tensor, split: Optional[int] = None) -> torch.Ten
     if split > 1:
         db.copy_(out.sum(dim=0))  # fixed order: deterministic
     return db
+
+
+# --------------------------------------------------------------------------- Hopper: stride 1 with TMA boxes
+#
+# At stride 1, for tap (r, s), a spatial tile of output pixels of dy and the
+# same tile of x shifted by (r*dil_h - pad_h, s*dil_w - pad_w) are two TMA boxes
+# of 4-D (N, H, W, C) descriptors over NHWC tensors. Zero fill does all the
+# masking: x outside the image is the padding, dy past the last row or column
+# multiplies it by zero. The reduction walks spatial tiles instead of runs of
+# pixels (BLOCK_K = BLOCK_H * BLOCK_W pixels per step):
+#
+#     A[row, kk]  dy[n, p, q, k]      kk -> (n, p0 + kk // BLOCK_W, q0 + kk % BLOCK_W), one box per step
+#     B[kk, col]  x[n, p + r*dil_h - pad_h, q + s*dil_w - pad_w, c]
+#
+# Channels past a group's share (the next group's) only reach rows and columns
+# of the tile that the store masks out. Split-K and its partials are as above.
+
+TAP_TMA_BLOCK_W = 8  # pixels per row of a spatial reduction step; BLOCK_K // 8 rows
+# 16-bit only: tl.dot takes A as dy's box transposed, and only 16-bit wgmma reads a
+# transposed operand (the 1x1 wgrad TMA kernel has the same limit).
+TAP_TMA_DTYPES = (torch.float16, torch.bfloat16)
+
+
+def accepts_tap_tma(problem: Conv2dProblem) -> bool:
+    """Stride 1 (any kernel size, padding, dilation, groups)."""
+    return problem.stride_h == 1 and problem.stride_w == 1
+
+
+def tap_tma_usable(dy: torch.Tensor, x: torch.Tensor, problem: Conv2dProblem) -> bool:
+    """NHWC dy and x, 16-bit, on sm_90+ (or the interpreter), every group's first channel 16-byte
+    aligned in both (a TMA box starts 16-byte aligned in its inner dimension)."""
+    pb = problem
+    if TensorDescriptor is None or not accepts_tap_tma(pb) or dy.dtype not in TAP_TMA_DTYPES:
+        return False
+    if dy.is_cuda and torch.cuda.get_device_capability(dy.device)[0] < 9:
+        return False
+    esize = dy.element_size()
+    if pb.K_per_group * esize % 16 or pb.C_per_group * esize % 16:
+        return False
+    return all(t.is_contiguous(memory_format=torch.channels_last) and t.data_ptr() % 16 == 0 for t in (dy, x))
+
+
+@triton.jit
+def wgrad_tap_tma_kernel(
+    # descriptors and pointers
+    dy_desc,  # dy as an (N, P, Q, K) tensor (NHWC): [1, BLOCK_K // BLOCK_W, BLOCK_W, BLOCK_M] boxes
+    x_desc,  # x as an (N, H, W, C) tensor (NHWC): [1, BLOCK_K // BLOCK_W, BLOCK_W, BLOCK_N] boxes
+    out_ptr,  # (SPLIT_K, K, C/groups, R, S): fp32 partials, or dw itself when SPLIT_K == 1
+    dy_ptr,  # (N, K, P, Q): never read (the descriptors load it); its dtype keys the tuning
+    # problem sizes
+    N, P, Q, R, S,
+    CG, KG, GROUPS, SPLIT_K,
+    # conv parameters (stride 1)
+    pad_h, pad_w, dil_h, dil_w,
+    # strides, in elements
+    sos, sok, soc, sor, sos_,  # out: split, k, c, r, s
+    # meta-parameters
+    ACC_DTYPE: tl.constexpr, INPUT_PRECISION: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
+    BLOCK_W: tl.constexpr,
+):
+    BLOCK_H: tl.constexpr = BLOCK_K // BLOCK_W
+
+    # -- program-id mapping: (split, group, tap, M-tile, N-tile)
+    outer, pid_m, pid_n = tile_pid(tl.program_id(0), KG, CG, BLOCK_M, BLOCK_N, GROUP_M)
+    taps = R * S
+    split = outer // (taps * GROUPS)
+    g = (outer // taps) % GROUPS
+    rs = outer % taps
+    r = rs // S
+    s = rs % S
+
+    # -- this split's share of the spatial tiles (n, p0, q0)
+    tiles_h = tl.cdiv(P, BLOCK_H)
+    tiles_w = tl.cdiv(Q, BLOCK_W)
+    total = N * tiles_h * tiles_w
+    chunk = tl.cdiv(total, SPLIT_K)
+    k_col = g * KG + pid_m * BLOCK_M
+    c_col = g * CG + pid_n * BLOCK_N
+
+    # -- reduction loop: two boxes per step, no addresses, no masks
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC_DTYPE)
+    for t in range(split * chunk, tl.minimum(total, split * chunk + chunk)):
+        n = t // (tiles_h * tiles_w)
+        p0 = ((t // tiles_w) % tiles_h) * BLOCK_H
+        q0 = (t % tiles_w) * BLOCK_W
+        a = dy_desc.load([n, p0, q0, k_col]).reshape(BLOCK_K, BLOCK_M)
+        b = x_desc.load([n, p0 + r * dil_h - pad_h, q0 + s * dil_w - pad_w, c_col]).reshape(BLOCK_K, BLOCK_N)
+        acc = tl.dot(a.T, b, acc, input_precision=INPUT_PRECISION)
+
+    # -- epilogue: this split's partial (or the gradient itself) for tap (r, s)
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    out = out_ptr + split.to(tl.int64) * sos + r * sor + s * sos_
+    out_ptrs = out + (g * KG + offs_m).to(tl.int64)[:, None] * sok + offs_n.to(tl.int64)[None, :] * soc
+    tl.store(out_ptrs, acc.to(out_ptr.dtype.element_ty), mask=(offs_m < KG)[:, None] & (offs_n < CG)[None, :])
+
+
+def _set_tap_tma_blocks(nargs):
+    """Autotune pre-hook: each reduction step is a [BLOCK_K // BLOCK_W, BLOCK_W] spatial tile of both tensors."""
+    bh, bw = nargs["BLOCK_K"] // nargs["BLOCK_W"], nargs["BLOCK_W"]
+    nargs["dy_desc"].block_shape = [1, bh, bw, nargs["BLOCK_M"]]
+    nargs["x_desc"].block_shape = [1, bh, bw, nargs["BLOCK_N"]]
+
+
+_wgrad_tap_tma_tuned = triton.autotune(
+    configs=[triton.Config(c.kwargs, num_warps=c.num_warps, num_stages=c.num_stages, pre_hook=_set_tap_tma_blocks)
+             for c in configs.gemm_configs(BLOCK_W=TAP_TMA_BLOCK_W)],
+    key=["N", "P", "Q", "R", "S", "CG", "KG", "GROUPS", "SPLIT_K", "pad_h", "pad_w", "dil_h", "dil_w"],
+    do_bench=configs.capture_safe_bench,
+    prune_configs_by={
+        "early_config_prune": configs.gemm_prune_hook(
+            m_fn=lambda a: a["KG"], n_fn=lambda a: a["CG"],
+            k_fn=lambda a: triton.cdiv(a["N"] * a["P"] * a["Q"], a["SPLIT_K"]), tensor_arg="dy_ptr", gathered=False,
+            max_block_m=configs.MAX_BLOCK_M_TRANSPOSED_A,
+        )
+    },
+)(wgrad_tap_tma_kernel)
+
+
+def conv2d_wgrad_tap_tma(dy: torch.Tensor, x: torch.Tensor, problem: Conv2dProblem,
+                         memory_format: torch.memory_format = torch.contiguous_format,
+                         split_k: Optional[int] = None) -> torch.Tensor:
+    """Stride-1 wgrad with TMA boxes of dy and x (Hopper); ``conv2d_wgrad`` where they can't
+    apply (``tap_tma_usable``).
+
+    Args/Returns: as ``conv2d_wgrad``.
+    """
+    pb = problem
+    npq = pb.N * pb.P * pb.Q
+    if not tap_tma_usable(dy, x, pb) or npq == 0 or pb.K == 0 or pb.C == 0:
+        return conv2d_wgrad(dy, x, pb, memory_format, split_k)
+    check_device(dy, x)
+    check_pixel_count(npq, "output (N*P*Q)")
+    dw = alloc_output(pb.weight_shape, dy.dtype, dy.device, memory_format)
+    split = max(1, int(split_k)) if split_k is not None else choose_split_k(pb, dy.device)
+    split = min(split, max(1, npq))
+    if split == 1:
+        out, out_strides = dw, (0, *dw.stride())
+    else:
+        out = alloc_partials((split, *pb.weight_shape), dy)
+        out_strides = out.stride()
+    dy_desc = TensorDescriptor.from_tensor(dy.permute(0, 2, 3, 1), [1, 2, TAP_TMA_BLOCK_W, 16])
+    x_desc = TensorDescriptor.from_tensor(x.permute(0, 2, 3, 1), [1, 2, TAP_TMA_BLOCK_W, 16])
+    CG, KG = pb.C_per_group, pb.K_per_group
+
+    def grid(meta):
+        tiles = triton.cdiv(KG, meta["BLOCK_M"]) * triton.cdiv(CG, meta["BLOCK_N"])
+        return (split * pb.groups * pb.R * pb.S * tiles,)
+
+    tuning.launch(_wgrad_tap_tma_tuned, "wgrad_tap_tma", dy.device, grid,
+        dy_desc, x_desc, out, dy,
+        pb.N, pb.P, pb.Q, pb.R, pb.S, CG, KG, pb.groups, split,
+        pb.pad_h, pb.pad_w, pb.dil_h, pb.dil_w, *out_strides,
+        ACC_DTYPE=acc_dtype_for(dy.dtype), INPUT_PRECISION=input_precision_for(dy),
+    )
+    if split > 1:
+        dw.copy_(out.sum(dim=0))  # fixed order: deterministic
+    return dw
