@@ -19,6 +19,7 @@ __all__ = [
     "TensorDescriptor",
     "grouped_pid",
     "tile_pid",
+    "split_range",
     "alloc_output",
     "alloc_partials",
     "check_pixel_count",
@@ -84,6 +85,16 @@ except ImportError:  # pragma: no cover
 
 # dtypes the TMA paths take (fp64 has no wgmma; the families fall back to pointer loads)
 TMA_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+
+@triton.jit
+def split_range(split, total, SPLIT, STEP: tl.constexpr):
+    """[start, stop) of chunk ``split`` when ``total`` items are cut into SPLIT chunks of whole
+    STEP-item steps: every step lies in exactly one chunk, so no tile is summed twice; chunks
+    past the end are empty (start >= stop) and their programs store zero partials."""
+    chunk = tl.cdiv(tl.cdiv(total, SPLIT), STEP) * STEP
+    start = split * chunk
+    return start, tl.minimum(start + chunk, total)
+
 
 _POISON_OUTPUTS = False
 

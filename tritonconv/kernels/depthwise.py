@@ -30,7 +30,15 @@ import triton.language as tl
 
 from .. import configs, tuning
 from ..spec import Conv2dProblem
-from ._common import acc_dtype_for, alloc_output, alloc_partials, check_device, conv_epilogue, prepare_forward
+from ._common import (
+    acc_dtype_for,
+    alloc_output,
+    alloc_partials,
+    check_device,
+    conv_epilogue,
+    prepare_forward,
+    split_range,
+)
 
 __all__ = ["accepts", "conv2d_fprop_depthwise", "conv2d_dgrad_depthwise", "conv2d_wgrad_depthwise", "MAX_TAPS"]
 
@@ -174,9 +182,7 @@ def depthwise_wgrad_kernel(
     x_cols = (k // MULT).to(tl.int64) * sxc
 
     NPQ = N * P * Q
-    chunk = tl.cdiv(tl.cdiv(NPQ, SPLIT), BLOCK_M) * BLOCK_M
-    start = split * chunk
-    stop = tl.minimum(start + chunk, NPQ)
+    start, stop = split_range(split, NPQ, SPLIT, BLOCK_M)
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC_DTYPE)
     for m0 in range(start, stop, BLOCK_M):
         m = m0 + tl.arange(0, BLOCK_M)

@@ -51,6 +51,7 @@ from ._common import (
     conv_epilogue,
     input_precision_for,
     prepare_forward,
+    split_range,
     tile_pid,
 )
 
@@ -119,8 +120,8 @@ def fprop_kernel(
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC_DTYPE)
     c_blocks = tl.cdiv(CG, BLOCK_K)
     total = R * S * c_blocks
-    chunk = tl.cdiv(total, SPLIT_K)
-    for it in range(split * chunk, tl.minimum(total, split * chunk + chunk)):
+    start, stop = split_range(split, total, SPLIT_K, 1)
+    for it in range(start, stop):
         rs = it // c_blocks
         c0 = (it - rs * c_blocks) * BLOCK_K
         c = c0 + offs_k

@@ -38,6 +38,7 @@ from ._common import (
     conv_epilogue,
     input_precision_for,
     prepare_forward,
+    split_range,
     tile_pid,
 )
 from .wgrad import choose_split_k, conv2d_wgrad
@@ -375,9 +376,7 @@ def gemm1x1_wgrad_kernel(
     g = outer % GROUPS
 
     # -- this split's pixels, in whole BLOCK_K steps
-    chunk = tl.cdiv(tl.cdiv(NPIX, SPLIT_K), BLOCK_K) * BLOCK_K
-    start = split * chunk
-    stop = tl.minimum(start + chunk, NPIX)
+    start, stop = split_range(split, NPIX, SPLIT_K, BLOCK_K)
 
     # -- pointer setup (int64: m * sxm can pass 2**31)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -531,9 +530,7 @@ def gemm1x1_wgrad_tma_kernel(
     #    steps, so no tile crosses into the next chunk; rows past N*H*W are
     #    zero-filled. Channels past this group's share (the next group's, or
     #    zero-fill) only reach rows and columns the store masks out.
-    chunk = tl.cdiv(tl.cdiv(NPIX, SPLIT_K), BLOCK_K) * BLOCK_K
-    start = split * chunk
-    stop = tl.minimum(start + chunk, NPIX)
+    start, stop = split_range(split, NPIX, SPLIT_K, BLOCK_K)
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC_DTYPE)
     for k0 in range(start, stop, BLOCK_K):
         a = a_desc.load([k0, g * KG + pid_m * BLOCK_M])

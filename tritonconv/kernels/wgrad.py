@@ -43,11 +43,22 @@ from ._common import (
     check_device,
     check_pixel_count,
     input_precision_for,
+    split_range,
     tile_pid,
 )
 
 __all__ = ["conv2d_wgrad", "conv2d_bias_grad", "conv2d_wgrad_tap_tma", "wgrad_kernel", "wgrad_tap_tma_kernel",
            "bias_grad_kernel", "choose_split_k", "bias_grad_splits", "accepts_tap_tma", "tap_tma_usable"]
+
+
+@triton.jit
+def wgrad_pid(pid, KG, CG, GROUPS, R, S, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, GROUP_M: tl.constexpr):
+    """(split, group, r, s, pid_m, pid_n) of a wgrad program: one tap of one group's
+    (K/groups x C/groups) weight-gradient tile grid, for one split of the reduction."""
+    outer, pid_m, pid_n = tile_pid(pid, KG, CG, BLOCK_M, BLOCK_N, GROUP_M)
+    taps = R * S
+    rs = outer % taps
+    return outer // (taps * GROUPS), (outer // taps) % GROUPS, rs // S, rs % S, pid_m, pid_n
 
 
 @triton.jit
@@ -73,19 +84,10 @@ def wgrad_kernel(
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
 ):
     # -- program-id mapping: (split, group, tap, M-tile, N-tile)
-    outer, pid_m, pid_n = tile_pid(tl.program_id(0), KG, CG, BLOCK_M, BLOCK_N, GROUP_M)
-    taps = R * S
-    split = outer // (taps * GROUPS)
-    g = (outer // taps) % GROUPS
-    rs = outer % taps
-    r = rs // S
-    s = rs % S
+    split, g, r, s, pid_m, pid_n = wgrad_pid(tl.program_id(0), KG, CG, GROUPS, R, S, BLOCK_M, BLOCK_N, GROUP_M)
 
     # -- this split's share of the reduction, in whole BLOCK_K steps
-    NPQ = N * P * Q
-    chunk = tl.cdiv(tl.cdiv(NPQ, SPLIT_K), BLOCK_K) * BLOCK_K
-    start = split * chunk
-    stop = tl.minimum(start + chunk, NPQ)
+    start, stop = split_range(split, N * P * Q, SPLIT_K, BLOCK_K)
 
     # -- pointer setup
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -151,13 +153,11 @@ def bias_grad_kernel(
     offs_ch = tl.program_id(0) * BLOCK_CH + tl.arange(0, BLOCK_CH)
     split = tl.program_id(1)
     ch_ok = offs_ch < K
-    NPQ = N * P * Q
-    chunk = tl.cdiv(tl.cdiv(NPQ, SPLIT_PIX), BLOCK_PIX) * BLOCK_PIX
-    stop = tl.minimum(split * chunk + chunk, NPQ)
+    start, stop = split_range(split, N * P * Q, SPLIT_PIX, BLOCK_PIX)
 
     # -- this chunk's pixels, summed in a fixed order
     acc = tl.zeros((BLOCK_PIX, BLOCK_CH), dtype=ACC_DTYPE)
-    for k0 in range(split * chunk, stop, BLOCK_PIX):
+    for k0 in range(start, stop, BLOCK_PIX):
         kk = k0 + tl.arange(0, BLOCK_PIX)
         q = kk % Q
         p = (kk // Q) % P
@@ -357,25 +357,18 @@ def wgrad_tap_tma_kernel(
     BLOCK_H: tl.constexpr = BLOCK_K // BLOCK_W
 
     # -- program-id mapping: (split, group, tap, M-tile, N-tile)
-    outer, pid_m, pid_n = tile_pid(tl.program_id(0), KG, CG, BLOCK_M, BLOCK_N, GROUP_M)
-    taps = R * S
-    split = outer // (taps * GROUPS)
-    g = (outer // taps) % GROUPS
-    rs = outer % taps
-    r = rs // S
-    s = rs % S
+    split, g, r, s, pid_m, pid_n = wgrad_pid(tl.program_id(0), KG, CG, GROUPS, R, S, BLOCK_M, BLOCK_N, GROUP_M)
 
     # -- this split's share of the spatial tiles (n, p0, q0)
     tiles_h = tl.cdiv(P, BLOCK_H)
     tiles_w = tl.cdiv(Q, BLOCK_W)
-    total = N * tiles_h * tiles_w
-    chunk = tl.cdiv(total, SPLIT_K)
+    start, stop = split_range(split, N * tiles_h * tiles_w, SPLIT_K, 1)
     k_col = g * KG + pid_m * BLOCK_M
     c_col = g * CG + pid_n * BLOCK_N
 
     # -- reduction loop: two boxes per step, no addresses, no masks
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC_DTYPE)
-    for t in range(split * chunk, tl.minimum(total, split * chunk + chunk)):
+    for t in range(start, stop):
         n = t // (tiles_h * tiles_w)
         p0 = ((t // tiles_w) % tiles_h) * BLOCK_H
         q0 = (t % tiles_w) * BLOCK_W
