@@ -417,3 +417,27 @@ def test_weight_grad_tap_tma_split_is_correct_and_deterministic(split_k):
     wr = w.double().requires_grad_()
     F.conv2d(x.double(), wr, None, 1, 1).backward(dy.double())
     assert rel_err(a, wr.grad) < TOL[torch.float16]
+
+
+def test_routed_candidates_drop_what_cannot_run_or_is_superseded():
+    """What the router would time on a GPU for given tensors (under the interpreter it runs the first)."""
+    x = torch.randn(32, 64, 8, 8, dtype=torch.float16, device=DEVICE).to(memory_format=torch.channels_last)
+    w1 = torch.randn(256, 64, 1, 1, dtype=torch.float16, device=DEVICE).to(memory_format=torch.channels_last)
+    w3 = torch.randn(64, 64, 3, 3, dtype=torch.float16, device=DEVICE).to(memory_format=torch.channels_last)
+
+    def fwd(x, w, stride=1, padding=0):
+        pb = spec.conv2d_problem(x, w, None, stride, padding, 1, 1)
+        return router.routed_candidates(router.FORWARD, "forward", pb, (x, w, None, None))
+
+    tma = ["gemm1x1_tma"] if TMA else []
+    # 1x1: the plain GEMMs supersede the implicit families (and a 64-long reduction is no split-K's)
+    assert fwd(x, w1) == tma + ["gemm1x1"]
+    assert fwd(x.contiguous(), w1) == ["gemm1x1"]  # NCHW: no TMA view of x
+    # 3x3: M = 2048 with a 576-long reduction, so split-K is timed too
+    assert fwd(x, w3, 1, 1) == ["splitk"] + (["tap_tma", "implicit_tma"] if TMA else []) + ["implicit"]
+    assert fwd(x, w3.contiguous(), 2, 1) == ["splitk", "implicit"]  # stride 2, NCHW weight: no TMA family
+    pb = spec.conv2d_problem(x, w1, None, 1, 0, 1, 1)
+    dy = torch.randn(pb.output_shape, dtype=torch.float16, device=DEVICE).to(memory_format=torch.channels_last)
+    assert router.routed_candidates(router.WEIGHT_GRAD, "weight_grad", pb, (dy, x)) == tma + ["gemm1x1"]
+    with router.force("implicit"):
+        assert fwd(x, w1) == ["implicit"]

@@ -285,7 +285,8 @@ def tritonconv_calls(case: Case, inputs: Inputs, each_family: bool = False) -> N
 
     For tuning (every kernel launched once) and precompiling. With
     ``each_family``, an op whose problem several kernel families accept is
-    called once per family with that family pinned (the router's ``force``),
+    called once per family the router would time for these tensors
+    (``routed_candidates``), with that family pinned (the router's ``force``),
     so that each is launched and none is timed against the others.
     """
     ops = torch.ops.tritonconv
@@ -303,7 +304,12 @@ def tritonconv_calls(case: Case, inputs: Inputs, each_family: bool = False) -> N
             continue
         table = {"forward": router.FORWARD, "input_grad": router.INPUT_GRAD,
                  "weight_grad": router.WEIGHT_GRAD}[direction]
-        for family in router.candidates(table, case.problem):
+        tensors = {"forward": (x, w, None, None), "input_grad": (dy, w, None), "weight_grad": (dy, x)}[direction]
+        if hasattr(router, "routed_candidates"):
+            families = router.routed_candidates(table, direction, case.problem, tensors)
+        else:
+            families = router.candidates(table, case.problem)
+        for family in families:
             with router.force(family):
                 calls[direction]()
 

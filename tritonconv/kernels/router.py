@@ -56,8 +56,8 @@ from .fprop import (
 )
 from .wgrad import conv2d_wgrad
 
-__all__ = ["forward", "input_grad", "weight_grad", "candidates", "force", "recording", "FORWARD", "INPUT_GRAD",
-           "WEIGHT_GRAD"]
+__all__ = ["forward", "input_grad", "weight_grad", "candidates", "routed_candidates", "force", "recording",
+           "FORWARD", "INPUT_GRAD", "WEIGHT_GRAD", "LAYOUT_OK", "SUPERSEDES"]
 
 # name -> (accepts(problem), launcher), most specialised first
 FORWARD: Dict[str, Tuple[Callable, Callable]] = {
@@ -96,6 +96,15 @@ LAYOUT_OK: Dict[Tuple[str, str], Callable[[tuple, Conv2dProblem], bool]] = {
     ("weight_grad", "gemm1x1_tma"): lambda t, pb: gemm1x1.wgrad_tma_usable(t[0], t[1], pb),
     ("weight_grad", "gemm1x1"): lambda t, pb: gemm1x1.wgrad_accepts_layout(t[0], t[1]),
     ("weight_grad", "tap_tma"): lambda t, pb: wgrad.tap_tma_usable(t[0], t[1], pb),
+}
+
+# A plain-GEMM family computes the problems it accepts with the same loads as the
+# implicit-GEMM families minus their index arithmetic, so where one of them can run,
+# timing those is tuning time spent for nothing (a 1x1 layer would otherwise time
+# five families). Split-K stays a candidate: for small M it fills the GPU better.
+SUPERSEDES: Dict[str, Tuple[str, ...]] = {
+    "gemm1x1_tma": ("tap_tma", "implicit_tma", "implicit"),
+    "gemm1x1": ("tap_tma", "implicit_tma", "implicit"),
 }
 
 _forced = threading.local()
@@ -154,10 +163,20 @@ def _layout_key(*tensors) -> tuple:
     return tuple((t.dtype, t.stride()) if t is not None else None for t in tensors)
 
 
-def _route(table, direction: str, problem: Conv2dProblem, tensors: tuple, run: Callable[[Callable], torch.Tensor]):
+def routed_candidates(table, direction: str, problem: Conv2dProblem, tensors: tuple) -> List[str]:
+    """The families ``_route`` chooses among for these tensors: ``candidates``, less those whose
+    layout the tensors lack (``LAYOUT_OK``) and those a remaining family supersedes (``SUPERSEDES``).
+    A forced family stays alone (and falls back by itself)."""
     names = candidates(table, problem)
-    if getattr(_forced, "name", None) not in names:  # a forced family runs (and falls back) as it is
-        names = [n for n in names if LAYOUT_OK.get((direction, n), lambda t, pb: True)(tensors, problem)]
+    if getattr(_forced, "name", None) in names:
+        return names
+    names = [n for n in names if LAYOUT_OK.get((direction, n), lambda t, pb: True)(tensors, problem)]
+    dropped = {d for n in names for d in SUPERSEDES.get(n, ())}
+    return [n for n in names if n not in dropped]
+
+
+def _route(table, direction: str, problem: Conv2dProblem, tensors: tuple, run: Callable[[Callable], torch.Tensor]):
+    names = routed_candidates(table, direction, problem, tensors)
     if len(names) == 1 or INTERPRETER or not tensors[0].is_cuda:
         _record(direction, names[0])
         return run(table[names[0]][1])
