@@ -67,6 +67,7 @@ PROBLEMS = {
         (1, 8, 6, 5, 12, 5, 5, 1, 2, 1, 1),  # C=8 < BLOCK_K, 5x5
         (2, 24, 6, 6, 9, 3, 3, 1, 0, 1, 3),  # unpadded, 8 channels per group
         (2, 9, 7, 7, 10, 3, 3, 1, 1, 1, 1),  # 9 channels: no 16-byte pixel rows, falls back
+        (1, 16, 7, 9, 16, 3, 5, 1, (1, 2), (2, 1), 1),  # R != S, pad_h != pad_w, dil_h != dil_w
     ],
     "implicit_tma": [  # TMA weight loads where the weight is KRSC with 16-byte rows, pointer loads otherwise
         (2, 16, 7, 7, 24, 3, 3, 1, 1, 1, 1),
@@ -441,3 +442,18 @@ def test_routed_candidates_drop_what_cannot_run_or_is_superseded():
     assert router.routed_candidates(router.WEIGHT_GRAD, "weight_grad", pb, (dy, x)) == tma + ["gemm1x1"]
     with router.force("implicit"):
         assert fwd(x, w1) == ["implicit"]
+
+
+@pytest.mark.parametrize("output_padding,dilation", [(1, 2), ((0, 1), (1, 2))])
+def test_conv_transpose2d_output_padding_through_tap_tma(output_padding, dilation, launched):
+    """Stride 1 with output_padding (legal with dilation > 1): dx has rows and columns beyond
+    P + dil*(R-1) - 2*pad, which the forward conv must still write (poisoned otherwise)."""
+    torch.manual_seed(11)
+    x = torch.randn(1, 16, 5, 6, dtype=torch.float16, device=DEVICE).to(memory_format=torch.channels_last)
+    w = torch.randn(16, 8, 3, 3, dtype=torch.float16, device=DEVICE).to(memory_format=torch.channels_last)
+    b = torch.randn(8, dtype=torch.float16, device=DEVICE)
+    with router.force("tap_tma"):
+        y = tritonconv.conv_transpose2d(x, w, b, 1, 0, output_padding, 1, dilation)
+    assert launched == (["fprop_tap_tma"] if TMA else ["dgrad"])
+    ref = F.conv_transpose2d(x.double(), w.double(), b.double(), 1, 0, output_padding, 1, dilation)
+    assert y.shape == ref.shape and rel_err(y, ref) < TOL[torch.float16]

@@ -36,7 +36,7 @@ import triton
 import triton.language as tl
 
 from .. import configs, tuning
-from ..spec import Conv2dProblem, problem_from_shapes
+from ..spec import Conv2dProblem
 from ._common import (
     TMA_DTYPES,
     TensorDescriptor,
@@ -238,11 +238,19 @@ def tap_tma_usable(dy: torch.Tensor, w: torch.Tensor, problem: Conv2dProblem) ->
 
 
 def _as_forward(problem: Conv2dProblem) -> Conv2dProblem:
-    """The forward conv that computes stride-1 dgrad: dy (N, K, P, Q) conv w' (C, K/groups, R, S)."""
+    """The forward conv that computes stride-1 dgrad: dy (N, K, P, Q) conv w' (C, K/groups, R, S),
+    whose output is dx's H x W by construction.
+
+    Not re-derived from the shapes: H need not be P + dil*(R-1) - 2*pad (conv_transpose2d's
+    output_padding adds rows; an asymmetric 'same' removes one). The kernels read only the
+    top/left padding and the output size; rows past dy's are TMA's zeros either way.
+    """
     pb = problem
-    padding = (pb.dil_h * (pb.R - 1) - pb.pad_h, pb.dil_w * (pb.S - 1) - pb.pad_w)
-    return problem_from_shapes((pb.N, pb.K, pb.P, pb.Q), (pb.C, pb.K_per_group, pb.R, pb.S), 1, padding,
-                               (pb.dil_h, pb.dil_w), pb.groups)
+    return Conv2dProblem(
+        N=pb.N, C=pb.K, H=pb.P, W=pb.Q, K=pb.C, R=pb.R, S=pb.S, P=pb.H, Q=pb.W,
+        stride_h=1, stride_w=1, pad_h=pb.dil_h * (pb.R - 1) - pb.pad_h, pad_w=pb.dil_w * (pb.S - 1) - pb.pad_w,
+        dil_h=pb.dil_h, dil_w=pb.dil_w, groups=pb.groups,
+    )
 
 
 def _flipped_weight(w: torch.Tensor, problem: Conv2dProblem) -> torch.Tensor:

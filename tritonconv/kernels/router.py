@@ -160,7 +160,9 @@ def candidates(table: Dict[str, Tuple[Callable, Callable]], problem: Conv2dProbl
 
 
 def _layout_key(*tensors) -> tuple:
-    return tuple((t.dtype, t.stride()) if t is not None else None for t in tensors)
+    # 16-byte alignment too: the TMA families' LAYOUT_OK depends on it, so a view at an odd
+    # offset must not reuse a choice made for an aligned tensor
+    return tuple((t.dtype, t.stride(), t.data_ptr() % 16 == 0) if t is not None else None for t in tensors)
 
 
 def routed_candidates(table, direction: str, problem: Conv2dProblem, tensors: tuple) -> List[str]:
