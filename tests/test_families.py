@@ -457,3 +457,33 @@ def test_conv_transpose2d_output_padding_through_tap_tma(output_padding, dilatio
     assert launched == (["fprop_tap_tma"] if TMA else ["dgrad"])
     ref = F.conv_transpose2d(x.double(), w.double(), b.double(), 1, 0, output_padding, 1, dilation)
     assert y.shape == ref.shape and rel_err(y, ref) < TOL[torch.float16]
+
+
+def test_router_times_the_candidates_once_and_reuses_the_choice(monkeypatch, launched):
+    """The GPU branch of the router, run here by pretending: every candidate is launched and
+    timed once, the fastest is remembered per problem and layout, and a later call goes
+    straight to it (no candidate checks on the per-call path)."""
+    from tritonconv import configs as tc_configs
+
+    monkeypatch.setattr(router, "_choice", {})
+    monkeypatch.setattr(router, "_on_gpu", lambda t: True)
+    monkeypatch.setattr(router, "_device_name", lambda t: "Fake GPU")
+    times = iter([3.0, 1.0, 2.0])  # the second candidate is the fastest
+    monkeypatch.setattr(tc_configs, "capture_safe_bench", lambda fn, quantiles=None: (fn(), next(times))[1])
+    checks = []
+    real = router.routed_candidates
+    monkeypatch.setattr(router, "routed_candidates", lambda *a: checks.append(1) or real(*a))
+
+    x = torch.randn(1, 16, 6, 6, device=DEVICE).to(memory_format=torch.channels_last)
+    w = torch.randn(24, 16, 3, 3, device=DEVICE).to(memory_format=torch.channels_last)
+    pb = spec.conv2d_problem(x, w, None, 1, 1, 1, 1)
+    names = real(router.FORWARD, "forward", pb, (x, w, None, None))
+    if len(names) != 3:  # tap_tma, implicit_tma, implicit where TMA runs (interpreter, sm_90)
+        pytest.skip(f"candidates here: {names}")
+    with router.recording() as rec:
+        y1 = router.forward(x, w, None, pb)
+        launched.clear()
+        y2 = router.forward(x, w, None, pb)
+    assert rec == [("forward", names[1])] * 2 and len(checks) == 1
+    assert len(launched) == 1 and torch.equal(y1, y2)
+    assert rel_err(y2, F.conv2d(x.double(), w.double(), None, 1, 1)) < TOL[torch.float32]

@@ -177,21 +177,41 @@ def routed_candidates(table, direction: str, problem: Conv2dProblem, tensors: tu
     return [n for n in names if n not in dropped]
 
 
+def _on_gpu(t: torch.Tensor) -> bool:
+    """Whether candidates can be timed: a CUDA tensor, Triton compiling (not interpreting)."""
+    return not INTERPRETER and t.is_cuda
+
+
+def _device_name(t: torch.Tensor) -> str:
+    return torch.cuda.get_device_name(t.device)
+
+
 def _route(table, direction: str, problem: Conv2dProblem, tensors: tuple, run: Callable[[Callable], torch.Tensor]):
+    forced = getattr(_forced, "name", None)
+    pinned = forced in table and table[forced][0](problem)
+    timed = _on_gpu(tensors[0]) and not pinned
+    if timed:
+        # the choice depends only on what the key holds (LAYOUT_OK reads dtypes, strides,
+        # alignment and the device), so a known problem skips the candidate checks: this
+        # runs on every conv call
+        key = (direction, problem, _layout_key(*tensors), _device_name(tensors[0]))
+        name = _choice.get(key)
+        if name is not None:
+            _record(direction, name)
+            return run(table[name][1])
     names = routed_candidates(table, direction, problem, tensors)
-    if len(names) == 1 or INTERPRETER or not tensors[0].is_cuda:
+    if len(names) == 1 or not timed:
+        if timed:
+            _choice[key] = names[0]
         _record(direction, names[0])
         return run(table[names[0]][1])
-    key = (direction, problem, _layout_key(*tensors), torch.cuda.get_device_name(tensors[0].device))
-    name = _choice.get(key)
-    if name is None:
-        timings = {}
-        for cand in names:
-            launcher = table[cand][1]
-            run(launcher)  # the family's own autotuning happens here, once
-            timings[cand] = configs.capture_safe_bench(lambda: run(launcher), quantiles=None)
-        name = min(timings, key=timings.get)
-        _choice[key] = name
+    timings = {}
+    for cand in names:
+        launcher = table[cand][1]
+        run(launcher)  # the family's own autotuning happens here, once
+        timings[cand] = configs.capture_safe_bench(lambda: run(launcher), quantiles=None)
+    name = min(timings, key=timings.get)
+    _choice[key] = name
     _record(direction, name)
     return run(table[name][1])
 
