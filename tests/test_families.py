@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -459,31 +461,122 @@ def test_conv_transpose2d_output_padding_through_tap_tma(output_padding, dilatio
     assert y.shape == ref.shape and rel_err(y, ref) < TOL[torch.float16]
 
 
-def test_router_times_the_candidates_once_and_reuses_the_choice(monkeypatch, launched):
-    """The GPU branch of the router, run here by pretending: every candidate is launched and
-    timed once, the fastest is remembered per problem and layout, and a later call goes
-    straight to it (no candidate checks on the per-call path)."""
-    from tritonconv import configs as tc_configs
+@pytest.fixture
+def fake_gpu_router(monkeypatch, tmp_path):
+    """The router's GPU branch, run here by pretending: a fresh choice table, a named device,
+    a tuning cache of the test's own, and candidates timed by a scripted clock
+    (``set_times``). Yields a dict of what happened: the timings taken and the candidate checks."""
+    from tritonconv import configs as tc_configs, tuning
 
+    monkeypatch.setenv(tuning.ENV_DIR, str(tmp_path / "tuning-cache"))
+    tuning.reset_state()
     monkeypatch.setattr(router, "_choice", {})
     monkeypatch.setattr(router, "_on_gpu", lambda t: True)
     monkeypatch.setattr(router, "_device_name", lambda t: "Fake GPU")
-    times = iter([3.0, 1.0, 2.0])  # the second candidate is the fastest
-    monkeypatch.setattr(tc_configs, "capture_safe_bench", lambda fn, quantiles=None: (fn(), next(times))[1])
-    checks = []
-    real = router.routed_candidates
-    monkeypatch.setattr(router, "routed_candidates", lambda *a: checks.append(1) or real(*a))
+    seen = {"times": [], "timed": 0, "checks": 0}
 
+    def bench(fn, quantiles=None):
+        fn()
+        seen["timed"] += 1
+        return seen["times"].pop(0)
+
+    monkeypatch.setattr(tc_configs, "capture_safe_bench", bench)
+    real = router.routed_candidates
+
+    def checked(*args):
+        seen["checks"] += 1
+        return real(*args)
+
+    monkeypatch.setattr(router, "routed_candidates", checked)
+    yield seen
+    tuning.reset_state()
+
+
+def _three_candidate_problem():
+    """A stride-1 3x3 forward: tap_tma, implicit_tma and implicit where TMA runs (interpreter, sm_90)."""
     x = torch.randn(1, 16, 6, 6, device=DEVICE).to(memory_format=torch.channels_last)
     w = torch.randn(24, 16, 3, 3, device=DEVICE).to(memory_format=torch.channels_last)
     pb = spec.conv2d_problem(x, w, None, 1, 1, 1, 1)
-    names = real(router.FORWARD, "forward", pb, (x, w, None, None))
-    if len(names) != 3:  # tap_tma, implicit_tma, implicit where TMA runs (interpreter, sm_90)
+    names = router.routed_candidates(router.FORWARD, "forward", pb, (x, w, None, None))
+    if len(names) != 3:
         pytest.skip(f"candidates here: {names}")
+    return x, w, pb, names
+
+
+def test_router_times_the_candidates_once_and_reuses_the_choice(fake_gpu_router, launched):
+    """Every candidate is launched and timed once, the fastest is remembered per problem and
+    layout, and a later call goes straight to it (no candidate checks on the per-call path)."""
+    x, w, pb, names = _three_candidate_problem()
+    fake_gpu_router.update(times=[3.0, 1.0, 2.0], checks=0)  # the second candidate is the fastest
     with router.recording() as rec:
         y1 = router.forward(x, w, None, pb)
         launched.clear()
         y2 = router.forward(x, w, None, pb)
-    assert rec == [("forward", names[1])] * 2 and len(checks) == 1
+    assert rec == [("forward", names[1])] * 2 and fake_gpu_router["checks"] == 1
+    assert fake_gpu_router["timed"] == 3
     assert len(launched) == 1 and torch.equal(y1, y2)
     assert rel_err(y2, F.conv2d(x.double(), w.double(), None, 1, 1)) < TOL[torch.float32]
+
+
+def test_router_choice_survives_the_process(fake_gpu_router, launched, monkeypatch):
+    """The choice is saved in the tuning cache: a 'new process' (the router's memory and the
+    cache's state cleared) runs the saved family with no timing and no candidate checks."""
+    from tritonconv import tuning
+
+    x, w, pb, names = _three_candidate_problem()
+    fake_gpu_router.update(times=[3.0, 2.0, 1.0], checks=0)  # the third candidate wins
+    router.forward(x, w, None, pb)
+    assert tuning.cache_path(tuning.ROUTER, "Fake GPU").exists()
+
+    monkeypatch.setattr(router, "_choice", {})
+    tuning.reset_state()
+    fake_gpu_router.update(timed=0, checks=0)
+    launched.clear()
+    with router.recording() as rec:
+        y = router.forward(x, w, None, pb)
+    assert rec == [("forward", names[2])] and launched == ["fprop"]
+    assert fake_gpu_router["timed"] == 0 and fake_gpu_router["checks"] == 0
+    assert rel_err(y, F.conv2d(x.double(), w.double(), None, 1, 1)) < TOL[torch.float32]
+
+    # the same problem in another layout is another key: its candidates are timed afresh
+    xn = x.contiguous()
+    others = router.routed_candidates(router.FORWARD, "forward", pb, (xn, w, None, None))
+    assert len(others) >= 2, others  # implicit_tma and implicit (no TMA boxes of NCHW x)
+    fake_gpu_router.update(times=[2.0, 1.0, 0.5][:len(others)], timed=0)
+    with router.recording() as rec:
+        router.forward(xn, w, None, pb)
+    assert fake_gpu_router["timed"] == len(others) and rec == [("forward", others[-1])]
+    assert len(tuning.load_choices("Fake GPU")) == 2
+
+
+@pytest.mark.parametrize("damage", ["corrupt", "stale", "unknown_family"])
+def test_router_choice_file_damaged_is_ignored_and_retimed(fake_gpu_router, launched, monkeypatch, damage):
+    """A corrupt or stale router file warns and the problem is timed again (never a crash); an
+    entry naming a family the router no longer has is skipped."""
+    import json
+
+    from tritonconv import tuning
+
+    x, w, pb, names = _three_candidate_problem()
+    fake_gpu_router["times"] = [3.0, 2.0, 1.0]
+    router.forward(x, w, None, pb)
+    path = tuning.cache_path(tuning.ROUTER, "Fake GPU")
+    data = json.loads(path.read_text())
+    if damage == "corrupt":
+        path.write_text("{not json")
+    elif damage == "stale":
+        data["signature"] = "0" * 32
+        path.write_text(json.dumps(data))
+    else:
+        data["entries"][0]["family"] = "retired_family"
+        path.write_text(json.dumps(data))
+
+    monkeypatch.setattr(router, "_choice", {})
+    tuning.reset_state()
+    fake_gpu_router.update(times=[1.0, 2.0, 3.0], timed=0)
+    with pytest.warns(tuning.StaleCacheWarning) if damage != "unknown_family" else contextlib.nullcontext():
+        with router.recording() as rec:
+            y = router.forward(x, w, None, pb)
+    assert fake_gpu_router["timed"] == 3 and rec == [("forward", names[0])]
+    assert rel_err(y, F.conv2d(x.double(), w.double(), None, 1, 1)) < TOL[torch.float32]
+    assert tuning.load_choices("Fake GPU")  # the retimed choice replaced the damaged file

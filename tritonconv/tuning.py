@@ -16,6 +16,9 @@ model is tuned once per GPU and not once per run.
                          triton version
     an entry             key tuple (shape, strides = layout, dtypes) ->
                          config (meta-parameters, warps, stages, ctas)
+    the router's file    "router" x GPU name x versions: (direction,
+                         problem, layouts) -> the kernel family that won
+                         the router's timing (``save_choice``)
     ===================  ==================================================
 
 Each file records a signature of what its keys and configs mean (the key
@@ -70,6 +73,10 @@ __all__ = [
     "encode_config",
     "decode_config",
     "reset_state",
+    "load_choices",
+    "save_choice",
+    "router_choices_once",
+    "router_signature",
     "main",
 ]
 
@@ -203,26 +210,7 @@ def decode_config(raw: Any):
 
 def _read_file(path: Path, autotuner: Any, kernel: str, device_name: str) -> Dict[Tuple, Any]:
     """The entries of a cache file; raises ValueError (corrupt) or LookupError (stale)."""
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError) as err:
-        raise ValueError(f"cannot read it ({err})") from err
-    except json.JSONDecodeError as err:
-        raise ValueError(f"it is not valid JSON ({err})") from err
-    if not isinstance(data, dict) or not isinstance(data.get("entries"), list):
-        raise ValueError("it has no entry list")
-    tc_version, triton_version = _versions()
-    expected = {
-        "format": FORMAT,
-        "kernel": kernel,
-        "device_name": device_name,
-        "tritonconv": tc_version,
-        "triton": triton_version,
-        "signature": kernel_signature(autotuner),
-    }
-    for field, want in expected.items():
-        if data.get(field) != want:
-            raise LookupError(f"it was written for {field}={data.get(field)!r}, not {want!r}")
+    raw_entries = _check_header(_parse(path), _header(kernel, device_name, kernel_signature(autotuner)))
     names, hook = None, None
     if getattr(autotuner, "configs", None):
         names = set(autotuner.configs[0].kwargs)
@@ -231,7 +219,7 @@ def _read_file(path: Path, autotuner: Any, kernel: str, device_name: str) -> Dic
             raise LookupError("the kernel's configs have different pre-hooks; its entries cannot be restored")
         hook = hooks.pop()
     entries: Dict[Tuple, Any] = {}
-    for item in data["entries"]:
+    for item in raw_entries:
         if not isinstance(item, dict):
             raise ValueError(f"bad entry {item!r}")
         key = _decode_key(item.get("key"))
@@ -320,27 +308,49 @@ def save_entries(
                 continue
             merged[tuple(enc_key)] = enc_cfg
             written += 1
-        tc_version, triton_version = _versions()
-        data = {
-            "format": FORMAT,
-            "kernel": kernel,
-            "device_name": device_name,
-            "tritonconv": tc_version,
-            "triton": triton_version,
-            "signature": kernel_signature(autotuner),
-            "saved": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "entries": [{"key": list(k), "config": c} for k, c in merged.items() if c is not None],
-        }
-        fd, tmp = tempfile.mkstemp(prefix=path.name, suffix=".tmp", dir=str(path.parent))
-        try:
-            with os.fdopen(fd, "w") as f:
-                json.dump(data, f, indent=1)
-            os.replace(tmp, path)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise
+        entries = [{"key": list(k), "config": c} for k, c in merged.items() if c is not None]
+        _write(path, _header(kernel, device_name, kernel_signature(autotuner)), entries)
     return written
+
+
+def _header(kernel: str, device_name: str, signature: str) -> Dict[str, Any]:
+    """What a file must say to be read back by this code (``_check_header``)."""
+    tc_version, triton_version = _versions()
+    return {"format": FORMAT, "kernel": kernel, "device_name": device_name, "tritonconv": tc_version,
+            "triton": triton_version, "signature": signature}
+
+
+def _check_header(data: Any, expected: Dict[str, Any]) -> List:
+    """The entry list of a parsed file; raises ValueError (corrupt) or LookupError (stale)."""
+    if not isinstance(data, dict) or not isinstance(data.get("entries"), list):
+        raise ValueError("it has no entry list")
+    for field, want in expected.items():
+        if data.get(field) != want:
+            raise LookupError(f"it was written for {field}={data.get(field)!r}, not {want!r}")
+    return data["entries"]
+
+
+def _parse(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError) as err:
+        raise ValueError(f"cannot read it ({err})") from err
+    except json.JSONDecodeError as err:
+        raise ValueError(f"it is not valid JSON ({err})") from err
+
+
+def _write(path: Path, header: Dict[str, Any], entries: List) -> None:
+    """Replace ``path`` atomically (the caller holds its lock)."""
+    data = dict(header, saved=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), entries=entries)
+    fd, tmp = tempfile.mkstemp(prefix=path.name, suffix=".tmp", dir=str(path.parent))
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(data, f, indent=1)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
 
 
 # --------------------------------------------------------------------------- launch hooks
@@ -359,6 +369,7 @@ def reset_state() -> None:
     _persisted.clear()
     _save_failed.clear()
     _device_names.clear()
+    _router_loaded.clear()
 
 
 def device_name(index: int) -> str:
@@ -404,6 +415,97 @@ def after_launch(autotuner: Any, kernel: str, device: Any, size_before: int) -> 
         _save_failed.add(kernel)
         _warn(f"could not save tuned configs for {kernel} to {cache_dir()} ({type(err).__name__}: {err}); "
               "tuning results stay in memory for this process")
+
+
+# --------------------------------------------------------------------------- the router's choices
+#
+# Where several kernel families accept a problem, the router (kernels/router.py) times
+# each once and runs the fastest. Its choices are kept on disk as well, one file per GPU
+# model ("router__<gpu>__..."), so that a later process goes straight to the family that
+# won instead of tuning and timing every candidate again. A key is the router's: the
+# direction, the problem's fields and the tensors' layouts (dtype, strides, alignment).
+
+ROUTER = "router"
+_router_loaded: Set[str] = set()
+
+
+def router_signature() -> str:
+    """A hash of the code a family choice was timed on: the kernels, their config spaces and
+    the problem's fields. Any change to them makes every saved choice stale."""
+    from . import configs, spec
+    from .kernels import router
+
+    digest = hashlib.sha256()
+    for path in sorted(Path(router.__file__).parent.glob("*.py")) + [Path(configs.__file__), Path(spec.__file__)]:
+        digest.update(path.name.encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()[:32]
+
+
+def _as_key(raw: Any) -> Any:
+    """A JSON key back into the router's nested tuples of scalars."""
+    if isinstance(raw, list):
+        return tuple(_as_key(v) for v in raw)
+    if isinstance(raw, _SCALARS):
+        return raw
+    raise ValueError(f"bad key element {raw!r}")
+
+
+def _read_choices(path: Path, device_name: str) -> Dict[Tuple, str]:
+    choices: Dict[Tuple, str] = {}
+    for item in _check_header(_parse(path), _header(ROUTER, device_name, router_signature())):
+        if not isinstance(item, dict) or not isinstance(item.get("key"), list) or not isinstance(item.get("family"), str):
+            raise ValueError(f"bad entry {item!r}")
+        choices[_as_key(item["key"])] = item["family"]
+    return choices
+
+
+def load_choices(device_name: str, directory: Optional[Path] = None) -> Dict[Tuple, str]:
+    """The router's saved choices on ``device_name`` (key -> family name). A missing file
+    gives none; a stale or corrupt one gives none with a warning (the problems are timed again)."""
+    path = cache_path(ROUTER, device_name, directory)
+    if not path.exists():
+        return {}
+    try:
+        return _read_choices(path, device_name)
+    except LookupError as err:
+        _warn(f"ignoring stale {path} ({err}); the router will time those problems' families again")
+    except Exception as err:
+        _warn(f"ignoring corrupt {path} ({type(err).__name__}: {err}); "
+              "the router will time those problems' families again")
+    return {}
+
+
+def router_choices_once(device_name: str) -> Dict[Tuple, str]:
+    """``load_choices`` the first time a process asks for ``device_name``, then {} (they are
+    in the router's memory by then)."""
+    if device_name in _router_loaded:
+        return {}
+    _router_loaded.add(device_name)
+    return load_choices(device_name)
+
+
+def save_choice(device_name: str, key: Tuple, family: str, directory: Optional[Path] = None) -> bool:
+    """Add one router choice to the file for ``device_name`` (merged with what is on disk,
+    replaced atomically under the lock). A failure warns once per process and returns False."""
+    if ROUTER in _save_failed:
+        return False
+    path = cache_path(ROUTER, device_name, directory)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with _locked(path):
+            choices: Dict[Tuple, str] = {}
+            if path.exists():
+                with contextlib.suppress(Exception):  # stale or corrupt: replaced (load_choices warned)
+                    choices = _read_choices(path, device_name)
+            choices[key] = family
+            _write(path, _header(ROUTER, device_name, router_signature()),
+                   [{"key": k, "family": f} for k, f in choices.items()])
+        return True
+    except Exception as err:
+        _save_failed.add(ROUTER)
+        _warn(f"could not save the router's choices to {cache_dir()} ({type(err).__name__}: {err}); "
+              "they stay in memory for this process")
+        return False
 
 
 # --------------------------------------------------------------------------- command line

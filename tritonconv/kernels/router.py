@@ -23,8 +23,9 @@
 
 Each family autotunes its own tiles. When more than one family accepts a
 problem on a GPU, the router times every candidate once per problem key (the
-shape, dtype and layouts) and remembers the fastest; under Triton's
-interpreter, which cannot time anything, the most specialised family runs.
+shape, dtype and layouts) and remembers the fastest, in memory and in the
+tuning cache on disk (``tuning.save_choice``), so a later process on the same
+GPU model goes straight to it; under Triton's interpreter, which cannot time anything, the most specialised family runs.
 ``force(name)`` pins a family, for tests and experiments. A family whose
 launcher needs a layout (TMA's 16-byte rows, pixel-linear strides) is a
 candidate only for tensors that have it (``LAYOUT_OK``); forced, it checks
@@ -34,12 +35,13 @@ the layout itself and hands other tensors on to the next family.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import threading
 from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
 
-from .. import configs
+from .. import configs, tuning
 from ..spec import Conv2dProblem
 from . import depthwise, dgrad, gemm1x1, smallc, wgrad
 from ._common import INTERPRETER
@@ -161,8 +163,27 @@ def candidates(table: Dict[str, Tuple[Callable, Callable]], problem: Conv2dProbl
 
 def _layout_key(*tensors) -> tuple:
     # 16-byte alignment too: the TMA families' LAYOUT_OK depends on it, so a view at an odd
-    # offset must not reuse a choice made for an aligned tensor
-    return tuple((t.dtype, t.stride(), t.data_ptr() % 16 == 0) if t is not None else None for t in tensors)
+    # offset must not reuse a choice made for an aligned tensor. Plain data (the dtype's
+    # name), so that the tuning cache can save it.
+    return tuple((str(t.dtype), tuple(t.stride()), t.data_ptr() % 16 == 0) if t is not None else None
+                 for t in tensors)
+
+
+_TABLES = {"forward": FORWARD, "input_grad": INPUT_GRAD, "weight_grad": WEIGHT_GRAD}
+
+
+def _load_choices(device: str) -> None:
+    """Bring the tuning cache's saved choices for ``device`` into ``_choice`` (once per process).
+    An entry naming a family that no longer accepts its problem is skipped."""
+    for raw, name in tuning.router_choices_once(device).items():
+        try:
+            direction, fields, layout = raw
+            problem = Conv2dProblem(*fields)
+        except (TypeError, ValueError):
+            continue
+        table = _TABLES.get(direction, {})
+        if name in table and table[name][0](problem):
+            _choice.setdefault((direction, problem, layout, device), name)
 
 
 def routed_candidates(table, direction: str, problem: Conv2dProblem, tensors: tuple) -> List[str]:
@@ -194,7 +215,9 @@ def _route(table, direction: str, problem: Conv2dProblem, tensors: tuple, run: C
         # the choice depends only on what the key holds (LAYOUT_OK reads dtypes, strides,
         # alignment and the device), so a known problem skips the candidate checks: this
         # runs on every conv call
-        key = (direction, problem, _layout_key(*tensors), _device_name(tensors[0]))
+        device = _device_name(tensors[0])
+        key = (direction, problem, _layout_key(*tensors), device)
+        _load_choices(device)
         name = _choice.get(key)
         if name is not None:
             _record(direction, name)
@@ -212,6 +235,7 @@ def _route(table, direction: str, problem: Conv2dProblem, tensors: tuple, run: C
         timings[cand] = configs.capture_safe_bench(lambda: run(launcher), quantiles=None)
     name = min(timings, key=timings.get)
     _choice[key] = name
+    tuning.save_choice(device, (direction, dataclasses.astuple(problem), key[2]), name)
     _record(direction, name)
     return run(table[name][1])
 
