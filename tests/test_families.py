@@ -70,6 +70,11 @@ PROBLEMS = {
         (2, 24, 6, 6, 9, 3, 3, 1, 0, 1, 3),  # unpadded, 8 channels per group
         (2, 9, 7, 7, 10, 3, 3, 1, 1, 1, 1),  # 9 channels: no 16-byte pixel rows, falls back
         (1, 16, 7, 9, 16, 3, 5, 1, (1, 2), (2, 1), 1),  # R != S, pad_h != pad_w, dil_h != dil_w
+        # strided: boxes of the phase view (N, H/sh, sh, W/sw, sw*C)
+        (2, 16, 10, 12, 24, 3, 3, 2, 1, 1, 1),  # ResNet's 3x3 stride 2: rows of phase 1 at shift -1
+        (1, 32, 8, 6, 16, 1, 1, 2, 0, 1, 1),  # ResNet's 1x1 stride-2 downsample: one phase
+        (1, 16, 8, 8, 24, 2, 2, 2, 0, 1, 1),  # ConvNeXt's 2x2 stride-2 downsample: every tap its own phase
+        (1, 32, 12, 9, 16, 3, 3, (3, 1), (2, 1), (1, 2), 2),  # stride 3 x 1, dilated, grouped: last group + phase 2
     ],
     "implicit_tma": [  # TMA weight loads where the weight is KRSC with 16-byte rows, pointer loads otherwise
         (2, 16, 7, 7, 24, 3, 3, 1, 1, 1, 1),
@@ -82,6 +87,10 @@ PROBLEMS = {
         (1, 16, 6, 6, 8, 1, 1, 2, 0, 1, 1),
     ],
 }
+
+
+# the backward tap_tma families serve stride 1 only
+STRIDE1_TAP_TMA = [pytest.param(p, id=f"tap_tma-{i}") for i, p in enumerate(PROBLEMS["tap_tma"]) if p[7] == 1]
 
 
 def _problems_for(family):
@@ -303,9 +312,23 @@ def test_weight_tma_is_taken_where_the_weight_allows(problem, dtype, kernel, lau
     pytest.param(PROBLEMS["tap_tma"][1], torch.float32, "fprop_tap_tma", id="dilated-grouped"),
     pytest.param((1, 4, 6, 6, 8, 2, 2, 1, 0, 1, 1), torch.float16, "fprop", id="8-byte-channel-blocks-fall-back"),
     pytest.param(PROBLEMS["tap_tma"][4], torch.float16, "fprop", id="9-channels-falls-back-twice"),
+    pytest.param(PROBLEMS["tap_tma"][6], torch.float16, "fprop_tap_tma", id="stride-2"),
+    pytest.param(PROBLEMS["tap_tma"][9], torch.float32, "fprop_tap_tma", id="stride-3x1-grouped"),
 ])
 def test_input_tma_is_taken_where_both_operands_allow(problem, dtype, kernel, launched):
     _check_tma_kernel("tap_tma", problem, dtype, kernel, launched)
+
+
+def test_tap_tma_takes_strides_that_divide_the_image():
+    """The phase view (N, H/sh, sh, W/sw, sw*C) exists only where the stride divides H and W."""
+    from tritonconv.kernels.fprop import accepts_tap_tma
+
+    def problem(H, W, stride):
+        return spec.problem_from_shapes((1, 16, H, W), (8, 16, 3, 3), stride=stride, padding=1)
+
+    assert accepts_tap_tma(problem(9, 7, 1)) and accepts_tap_tma(problem(8, 6, 2))
+    assert accepts_tap_tma(problem(9, 8, (3, 2))) and accepts_tap_tma(problem(8, 8, 4))
+    assert not accepts_tap_tma(problem(9, 8, 2)) and not accepts_tap_tma(problem(8, 9, 2))
 
 
 def _check_tma_kernel(family, problem, dtype, kernel, launched):
@@ -345,7 +368,7 @@ def test_router_records_the_family_that_runs():
     assert inner == [] and len(outer) == 4
 
 
-@pytest.mark.parametrize("problem", [pytest.param(p, id=f"tap_tma-{i}") for i, p in enumerate(PROBLEMS["tap_tma"])])
+@pytest.mark.parametrize("problem", STRIDE1_TAP_TMA)
 @pytest.mark.parametrize("dtype", [torch.float16, torch.float32])
 def test_input_grad_tap_tma_as_a_forward_conv(problem, dtype, launched):
     """Stride-1 dgrad as the forward tap_tma kernel on dy and the flipped, group-transposed weight."""
@@ -380,7 +403,7 @@ def test_conv_transpose2d_with_bias_through_tap_tma(launched):
     assert rel_err(y, F.conv_transpose2d(x.double(), w.double(), b.double(), 1, 1)) < TOL[torch.float16]
 
 
-@pytest.mark.parametrize("problem", [pytest.param(p, id=f"tap_tma-{i}") for i, p in enumerate(PROBLEMS["tap_tma"])])
+@pytest.mark.parametrize("problem", STRIDE1_TAP_TMA)
 def test_weight_grad_tap_tma(problem, launched):
     """Stride-1 wgrad from TMA boxes of dy and of x shifted per tap (zero fill: padding and edges)."""
     N, C, H, W, K, R, S, stride, padding, dilation, groups = problem

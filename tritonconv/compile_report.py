@@ -39,7 +39,7 @@ pressure as much as the tile does, which is why a kernel with a fused
 epilogue is registered twice (see FAMILIES).
 
 Families: fprop, fprop_fused, fprop_splitk, fprop_tma, fprop_tma_fused,
-fprop_tap_tma, fprop_tap_tma_fused (fprop.py; TMA on sm_90 only); dgrad, dgrad_s2 (dgrad.py); wgrad,
+fprop_tap_tma, fprop_tap_tma_fused, fprop_tap_tma_s2 (fprop.py; TMA on sm_90 only); dgrad, dgrad_s2 (dgrad.py); wgrad,
 wgrad_splitk, wgrad_tap_tma (wgrad.py; TMA on sm_90 only); gemm1x1, gemm1x1_fused, gemm1x1_tma (with persistent-
 grid variants), gemm1x1_wgrad, gemm1x1_wgrad_splitk, gemm1x1_wgrad_tma
 (gemm1x1.py; TMA on sm_90 only); smallc, smallc_fused (smallc.py);
@@ -364,17 +364,19 @@ def _fprop_tma_launch(dtype: Dtype, config: triton.Config, **kw):
 
 def _fprop_tap_tma_launch(dtype: Dtype, config: triton.Config, *, problem: Dict[str, Any] = FPROP_PROBLEM,
                           residual: bool = False, activation: str = "none"):
-    """fprop_tap_tma_kernel's arguments as conv2d_fprop_tap_tma passes them, with bias: x's boxes
-    [1, BLOCK_M // BLOCK_W, BLOCK_W, BLOCK_K], the weight's tiles [BLOCK_N, BLOCK_K]
-    (fprop._set_tap_tma_blocks)."""
+    """fprop_tap_tma_kernel's arguments as conv2d_fprop_tap_tma passes them, with bias: boxes of
+    x's phase view [1, BLOCK_M // BLOCK_W, 1, BLOCK_W, BLOCK_K], the weight's tiles
+    [BLOCK_N, BLOCK_K] (fprop._set_tap_tma_blocks)."""
     pb = problem_from_shapes(**problem)
     kw = config.kwargs
     y_s = _channels_last_strides(pb.output_shape)
+    box = f"1, {kw['BLOCK_M'] // kw['BLOCK_W']}, 1, {kw['BLOCK_W']}, {kw['BLOCK_K']}"
     args = dict(
-        x_desc=f"tensordesc<{dtype.triton_ty}[1, {kw['BLOCK_M'] // kw['BLOCK_W']}, {kw['BLOCK_W']}, {kw['BLOCK_K']}]>",
+        x_desc=f"tensordesc<{dtype.triton_ty}[{box}]>",
         w_desc=f"tensordesc<{dtype.triton_ty}[{kw['BLOCK_N']}, {kw['BLOCK_K']}]>",
         b_ptr=_ptr(dtype), res_ptr=_ptr(dtype), y_ptr=_ptr(dtype),
-        N=pb.N, P=pb.P, Q=pb.Q, R=pb.R, S=pb.S, CG=pb.C_per_group, KG=pb.K_per_group, GROUPS=pb.groups,
+        N=pb.N, C=pb.C, P=pb.P, Q=pb.Q, R=pb.R, S=pb.S, CG=pb.C_per_group, KG=pb.K_per_group, GROUPS=pb.groups,
+        stride_h=pb.stride_h, stride_w=pb.stride_w,
         pad_h=pb.pad_h, pad_w=pb.pad_w, dil_h=pb.dil_h, dil_w=pb.dil_w,
         **_named("syn syk syp syq", y_s),
         **_named("srn srk srp srq", y_s if residual else (0, 0, 0, 0)),
@@ -624,11 +626,15 @@ FAMILIES: List[KernelFamily] = [
                  _prune_of(fprop._fprop_tma_tuned), dtypes=("fp16", "bf16", "fp32"), archs=("sm_90",)),
     KernelFamily("fprop_tma_fused", fprop.fprop_kernel, gemm_tile_configs, _p(_fprop_tma_launch, **_GELU),
                  _prune_of(fprop._fprop_tma_tuned), dtypes=("fp16", "bf16", "fp32"), archs=("sm_90",)),
-    # stride 1 with TMA boxes of the input per tap as well (sm_90)
+    # TMA boxes of the input per tap as well (sm_90): stride 1 (the strides specialise to 1),
+    # and stride 2 through the phase view (runtime strides)
     KernelFamily("fprop_tap_tma", fprop.fprop_tap_tma_kernel, tap_tma_tile_configs, _fprop_tap_tma_launch,
                  _prune_of(fprop._fprop_tap_tma_tuned), dtypes=("fp16", "bf16", "fp32"), archs=("sm_90",)),
     KernelFamily("fprop_tap_tma_fused", fprop.fprop_tap_tma_kernel, tap_tma_tile_configs,
                  _p(_fprop_tap_tma_launch, **_GELU), _prune_of(fprop._fprop_tap_tma_tuned),
+                 dtypes=("fp16", "bf16", "fp32"), archs=("sm_90",)),
+    KernelFamily("fprop_tap_tma_s2", fprop.fprop_tap_tma_kernel, tap_tma_tile_configs,
+                 _p(_fprop_tap_tma_launch, problem=STRIDE2_PROBLEM), _prune_of(fprop._fprop_tap_tma_tuned),
                  dtypes=("fp16", "bf16", "fp32"), archs=("sm_90",)),
     # input gradient (dgrad.py): stride 1, and stride 2 (4 phases, taps stepping by 2)
     KernelFamily("dgrad", dgrad.dgrad_kernel, gemm_tile_configs, _dgrad_launch, _prune_of(dgrad._dgrad_tuned)),

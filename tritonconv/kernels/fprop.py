@@ -344,24 +344,34 @@ def conv2d_fprop_tma(x, w, bias, problem: Conv2dProblem, out=None, activation="n
 
 # --------------------------------------------------------------------------- Hopper: TMA for both operands
 #
-# At stride 1 the input a tap reads for a spatial tile of output pixels is the
-# same tile of input pixels, shifted by (r*dil_h - pad_h, s*dil_w - pad_w): one
-# TMA box of a 4-D (N, H, W, C) descriptor over NHWC x. TMA zero-fills the
-# coordinates outside the image, which is exactly the padding, so the gather,
-# its addresses and its masks all disappear from the reduction loop. The price:
-# M is tiled in BLOCK_H x BLOCK_W spatial blocks (BLOCK_M = BLOCK_H * BLOCK_W)
-# instead of runs of consecutive pixels, so image edges waste part of a tile.
+# The input a tap reads for a spatial tile of output pixels is a tile of input
+# pixels, shifted by the tap's offset: at stride 1, one TMA box of NHWC x. TMA
+# zero-fills the coordinates outside the image, which is exactly the padding, so
+# the gather, its addresses and its masks all disappear from the reduction loop.
+# The price: M is tiled in BLOCK_H x BLOCK_W spatial blocks (BLOCK_M = BLOCK_H *
+# BLOCK_W) instead of runs of consecutive pixels, so image edges waste part of a tile.
 #
-#     A[m, kk]  x[n, h, w, c]   m -> (n, p0 + m // BLOCK_W, q0 + m % BLOCK_W)
-#                               h = p + r*dil_h - pad_h,  w = q + s*dil_w - pad_w
+# Strided layers (ResNet's 3x3 and 1x1 stride-2 convs, ConvNeXt's 2x2 downsampling)
+# take the same box from a phase view. With H and W multiples of the stride, x is
+# (N, H/sh, sh, W/sw, sw*C) without a copy: input row h = sh*hh + ph is (hh, ph),
+# and column w = sw*ww + pw is ww with its channels at pw*C.. in the last dimension.
+# A tap's rows are then consecutive hh at a fixed phase, one 5-D box
+# [1, BLOCK_H, 1, BLOCK_W, BLOCK_K]; and hh outside [0, H/sh) is again exactly
+# the padding, zero-filled. Stride 1 is the same view with unit phases.
+#
+#     A[m, kk]  x[n, h, w, c]   m -> (n, p, q) = (n, p0 + m // BLOCK_W, q0 + m % BLOCK_W)
+#                               h = p*sh + r*dil_h - pad_h = sh*(p + dh) + ph
+#                               w = q*sw + s*dil_w - pad_w = sw*(q + dw) + pw
 #     B[kk, j]  as in fprop_kernel with W_DESC: a TMA tile of the KRSC weight
 
 TAP_TMA_BLOCK_W = 8  # output columns per tile; BLOCK_H = BLOCK_M // 8 rows
 
 
 def accepts_tap_tma(problem: Conv2dProblem) -> bool:
-    """The problems a shifted input box can serve: stride 1 (any kernel size, padding, dilation, groups)."""
-    return problem.stride_h == 1 and problem.stride_w == 1
+    """The problems a shifted input box can serve: any kernel size, padding, dilation and groups;
+    at stride 1, or at a stride that divides H and W (the phase view, above)."""
+    pb = problem
+    return pb.H % pb.stride_h == 0 and pb.W % pb.stride_w == 0
 
 
 def input_tma_usable(x: torch.Tensor, w: torch.Tensor, problem: Conv2dProblem) -> bool:
@@ -384,19 +394,40 @@ def spatial_tiles_fit(N: int, P: int, Q: int) -> bool:
     return tiles * largest < MAX_PIXELS
 
 
+def phase_view(x: torch.Tensor, stride_h: int, stride_w: int) -> torch.Tensor:
+    """NHWC-contiguous x (N, C, H, W) as (N, H/sh, sh, W/sw, sw*C), a view (H % sh == W % sw == 0).
+
+    Strides are spelled out rather than derived from x's: a size-1 dimension may carry any
+    stride in a channels_last-contiguous tensor, and TMA needs each one a multiple of 16 bytes."""
+    N, C, H, W = x.shape
+    return x.as_strided((N, H // stride_h, stride_h, W // stride_w, stride_w * C),
+                        (H * W * C, stride_h * W * C, W * C, stride_w * C, 1))
+
+
+@triton.jit
+def _tap_phase(r, dil, pad, stride):
+    """Tap r's input rows for output row p, as (p + shift) of phase ``ph`` in the phase view:
+    r*dil - pad = stride*shift + ph with 0 <= ph < stride (floor division, written with
+    non-negative operands only: integer division of negatives rounds differently in
+    compiled Triton and in the interpreter)."""
+    lift = tl.cdiv(pad, stride)  # r*dil - pad + stride*lift >= 0
+    offset = r * dil - pad + stride * lift
+    return offset // stride - lift, offset % stride
+
+
 @triton.jit
 def fprop_tap_tma_kernel(
     # descriptors and pointers
-    x_desc,  # x as an (N, H, W, C) tensor (NHWC): [1, BLOCK_H, BLOCK_W, BLOCK_K] boxes
+    x_desc,  # x as an (N, H/sh, sh, W/sw, sw*C) phase view of NHWC: [1, BLOCK_H, 1, BLOCK_W, BLOCK_K] boxes
     w_desc,  # w as a (K, R*S*C/groups) row-major matrix (KRSC): [BLOCK_N, BLOCK_K] tiles
     b_ptr,  # (K,); unused unless HAS_BIAS
     res_ptr,  # (N, K, P, Q), any strides; unused unless HAS_RESIDUAL
     y_ptr,  # (N, K, P, Q), any strides
     # problem sizes
-    N, P, Q, R, S,
+    N, C, P, Q, R, S,
     CG, KG, GROUPS,
-    # conv parameters (stride 1)
-    pad_h, pad_w, dil_h, dil_w,
+    # conv parameters
+    stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
     # strides, in elements
     syn, syk, syp, syq,
     srn, srk, srp, srq,
@@ -426,10 +457,13 @@ def fprop_tap_tma_kernel(
         c0 = (it - rs * c_blocks) * BLOCK_K
         r = rs // S
         s = rs - r * S
-        a = x_desc.load([n, p0 + r * dil_h - pad_h, q0 + s * dil_w - pad_w, g * CG + c0])
+        dh, ph = _tap_phase(r, dil_h, pad_h, stride_h)
+        dw, pw = _tap_phase(s, dil_w, pad_w, stride_w)
+        a = x_desc.load([n, p0 + dh, ph, q0 + dw, pw * C + g * CG + c0])
         a = a.reshape(BLOCK_M, BLOCK_K)
-        # Channels past this group's C/groups are the next group's (past C, TMA's
-        # zeros); the weight tile's matching columns hold the next tap's weights.
+        # Channels past this group's C/groups are the next group's (or the next column
+        # phase's; past the row, TMA's zeros); the weight tile's matching columns hold the
+        # next tap's weights.
         a = tl.where((c0 + offs_k < CG)[None, :], a, tl.zeros_like(a))
         b = w_desc.load([g * KG + pid_n * BLOCK_N, rs * CG + c0]).T
         acc = tl.dot(a, b, acc, input_precision=INPUT_PRECISION)
@@ -448,15 +482,15 @@ def fprop_tap_tma_kernel(
 def _set_tap_tma_blocks(nargs):
     """Autotune pre-hook: the input box is the config's spatial tile, the weight tile (BLOCK_N, BLOCK_K)."""
     bm, bw, bk = nargs["BLOCK_M"], nargs["BLOCK_W"], nargs["BLOCK_K"]
-    nargs["x_desc"].block_shape = [1, bm // bw, bw, bk]
+    nargs["x_desc"].block_shape = [1, bm // bw, 1, bw, bk]
     nargs["w_desc"].block_shape = [nargs["BLOCK_N"], bk]
 
 
 _fprop_tap_tma_tuned = triton.autotune(
     configs=[triton.Config(c.kwargs, num_warps=c.num_warps, num_stages=c.num_stages, pre_hook=_set_tap_tma_blocks)
              for c in configs.gemm_configs(BLOCK_W=TAP_TMA_BLOCK_W)],
-    key=["N", "P", "Q", "R", "S", "CG", "KG", "GROUPS", "pad_h", "pad_w", "dil_h", "dil_w", "syk",
-         "HAS_RESIDUAL", "ACTIVATION"],
+    key=["N", "P", "Q", "R", "S", "CG", "KG", "GROUPS", "stride_h", "stride_w", "pad_h", "pad_w", "dil_h", "dil_w",
+         "syk", "HAS_RESIDUAL", "ACTIVATION"],
     do_bench=configs.capture_safe_bench,
     prune_configs_by={
         "early_config_prune": configs.gemm_prune_hook(
@@ -469,7 +503,7 @@ _fprop_tap_tma_tuned = triton.autotune(
 
 def conv2d_fprop_tap_tma(x, w, bias, problem: Conv2dProblem, out=None, activation="none", alpha=0.01,
                          residual=None) -> torch.Tensor:
-    """The stride-1 forward with TMA loads of both operands (Hopper); where they can't apply
+    """The forward with TMA loads of both operands (Hopper); where they can't apply
     (``input_tma_usable``), ``conv2d_fprop_tma``, which falls back further by itself.
 
     Args/Returns: as ``conv2d_fprop``.
@@ -481,7 +515,7 @@ def conv2d_fprop_tap_tma(x, w, bias, problem: Conv2dProblem, out=None, activatio
     out = fw.out
     if out.numel() == 0:
         return out
-    x_desc = TensorDescriptor.from_tensor(x.permute(0, 2, 3, 1), [1, 8, TAP_TMA_BLOCK_W, 16])
+    x_desc = TensorDescriptor.from_tensor(phase_view(x, pb.stride_h, pb.stride_w), [1, 8, 1, TAP_TMA_BLOCK_W, 16])
     w_desc = TensorDescriptor.from_tensor(w.permute(0, 2, 3, 1).reshape(pb.K, -1), [16, 16])
     KG = pb.K_per_group
 
@@ -492,8 +526,8 @@ def conv2d_fprop_tap_tma(x, w, bias, problem: Conv2dProblem, out=None, activatio
 
     tuning.launch(_fprop_tap_tma_tuned, "fprop_tap_tma", x.device, grid,
         x_desc, w_desc, fw.bias, fw.residual, out,
-        pb.N, pb.P, pb.Q, pb.R, pb.S, pb.C_per_group, KG, pb.groups,
-        pb.pad_h, pb.pad_w, pb.dil_h, pb.dil_w,
+        pb.N, pb.C, pb.P, pb.Q, pb.R, pb.S, pb.C_per_group, KG, pb.groups,
+        pb.stride_h, pb.stride_w, pb.pad_h, pb.pad_w, pb.dil_h, pb.dil_w,
         *out.stride(), *fw.res_strides, float(alpha),
         **fw.epilogue, INPUT_PRECISION=input_precision_for(x),
     )

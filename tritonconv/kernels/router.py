@@ -8,7 +8,7 @@
                 gemm1x1_tma  (plain GEMM, TMA loads, sm_90)      1x1, stride 1, no padding, NHWC
                 gemm1x1    (plain GEMM)                          1x1, stride 1, no padding
                 splitk     (implicit GEMM, reduction split)      N*P*Q <= 4096, R*S*C/g >= 512
-                tap_tma    (TMA input boxes per tap + weight, sm_90) stride 1; NHWC x, KRSC weight
+                tap_tma    (TMA input boxes per tap + weight, sm_90) stride 1 or dividing H, W; NHWC x, KRSC w
                 implicit_tma (TMA weight loads, sm_90)           everything; KRSC weight for TMA
                 implicit   (general implicit GEMM, fprop.py)     everything
     grad_input  depthwise
