@@ -89,7 +89,7 @@ PROBLEMS = {
 }
 
 
-# the backward tap_tma families serve stride 1 only
+# tap_tma dgrad serves stride 1 only
 STRIDE1_TAP_TMA = [pytest.param(p, id=f"tap_tma-{i}") for i, p in enumerate(PROBLEMS["tap_tma"]) if p[7] == 1]
 
 
@@ -189,12 +189,15 @@ def test_router_prefers_the_specialised_family():
     assert first((1, 32, 8, 8), (32, 1, 3, 3), 1, 1, 1, 32) == "depthwise"
     assert first((1, 3, 32, 32), (16, 3, 7, 7), 2, 3, 1, 1) == "smallc"
     assert first((1, 64, 8, 8), (128, 64, 1, 1), 1, 0, 1, 1) == "gemm1x1_tma"
-    assert first((1, 64, 8, 8), (128, 64, 1, 1), 2, 0, 1, 1) == "implicit_tma"  # falls back off sm_90
+    assert first((1, 64, 8, 8), (128, 64, 1, 1), 2, 0, 1, 1) == "tap_tma"  # x's phase view; falls back off sm_90
+    assert first((1, 64, 7, 7), (128, 64, 1, 1), 2, 0, 1, 1) == "implicit_tma"  # 7 rows: no phase view
     assert first((1, 512, 7, 7), (512, 512, 3, 3), 1, 1, 1, 1) == "splitk"
     assert first((4, 64, 56, 56), (64, 64, 3, 3), 1, 1, 1, 1) == "tap_tma"
     pb = spec.problem_from_shapes((4, 64, 56, 56), (64, 64, 3, 3), 1, 1, 1, 1)
     assert router.candidates(router.FORWARD, pb) == ["tap_tma", "implicit_tma", "implicit"]  # all timed on a GPU
     pb = spec.problem_from_shapes((32, 64, 56, 56), (64, 64, 3, 3), 2, 1, 1, 1)
+    assert router.candidates(router.FORWARD, pb) == ["tap_tma", "implicit_tma", "implicit"]
+    pb = spec.problem_from_shapes((32, 64, 57, 57), (64, 64, 3, 3), 2, 1, 1, 1)
     assert router.candidates(router.FORWARD, pb) == ["implicit_tma", "implicit"]
     pb = spec.problem_from_shapes((4, 64, 56, 56), (256, 64, 1, 1), 1, 0, 1, 1)
     assert router.candidates(router.WEIGHT_GRAD, pb) == ["gemm1x1_tma", "tap_tma", "gemm1x1", "implicit"]
@@ -403,9 +406,10 @@ def test_conv_transpose2d_with_bias_through_tap_tma(launched):
     assert rel_err(y, F.conv_transpose2d(x.double(), w.double(), b.double(), 1, 1)) < TOL[torch.float16]
 
 
-@pytest.mark.parametrize("problem", STRIDE1_TAP_TMA)
+@pytest.mark.parametrize("problem", [pytest.param(p, id=f"tap_tma-{i}") for i, p in enumerate(PROBLEMS["tap_tma"])])
 def test_weight_grad_tap_tma(problem, launched):
-    """Stride-1 wgrad from TMA boxes of dy and of x shifted per tap (zero fill: padding and edges)."""
+    """wgrad from TMA boxes of dy and of x shifted per tap (zero fill: padding and edges), strided
+    layers through x's phase view."""
     N, C, H, W, K, R, S, stride, padding, dilation, groups = problem
     torch.manual_seed(9)
     x = torch.randn(N, C, H, W, dtype=torch.float16, device=DEVICE).to(memory_format=torch.channels_last)

@@ -40,7 +40,7 @@ epilogue is registered twice (see FAMILIES).
 
 Families: fprop, fprop_fused, fprop_splitk, fprop_tma, fprop_tma_fused,
 fprop_tap_tma, fprop_tap_tma_fused, fprop_tap_tma_s2 (fprop.py; TMA on sm_90 only); dgrad, dgrad_s2 (dgrad.py); wgrad,
-wgrad_splitk, wgrad_tap_tma (wgrad.py; TMA on sm_90 only); gemm1x1, gemm1x1_fused, gemm1x1_tma (with persistent-
+wgrad_splitk, wgrad_tap_tma, wgrad_tap_tma_s2 (wgrad.py; TMA on sm_90 only); gemm1x1, gemm1x1_fused, gemm1x1_tma (with persistent-
 grid variants), gemm1x1_wgrad, gemm1x1_wgrad_splitk, gemm1x1_wgrad_tma
 (gemm1x1.py; TMA on sm_90 only); smallc, smallc_fused (smallc.py);
 depthwise_{fprop,dgrad,wgrad} and their _7x7 variants (depthwise.py).
@@ -425,8 +425,9 @@ def _wgrad_launch(dtype: Dtype, config: triton.Config, *, problem: Dict[str, Any
 
 def _wgrad_tap_tma_launch(dtype: Dtype, config: triton.Config, *, problem: Dict[str, Any] = FPROP_PROBLEM,
                           split_k: int = WGRAD_SPLITK):
-    """wgrad_tap_tma_kernel's arguments as conv2d_wgrad_tap_tma passes them: boxes of
-    [1, BLOCK_K // BLOCK_W, BLOCK_W, BLOCK_M or BLOCK_N] (wgrad._set_tap_tma_blocks), fp32 partials."""
+    """wgrad_tap_tma_kernel's arguments as conv2d_wgrad_tap_tma passes them: boxes of dy
+    [1, BLOCK_K // BLOCK_W, BLOCK_W, BLOCK_M] and of x's phase view [1, BLOCK_K // BLOCK_W, 1,
+    BLOCK_W, BLOCK_N] (wgrad._set_tap_tma_blocks), fp32 partials."""
     pb = problem_from_shapes(**problem)
     kw = config.kwargs
     bh, bw = kw["BLOCK_K"] // kw["BLOCK_W"], kw["BLOCK_W"]
@@ -436,10 +437,11 @@ def _wgrad_tap_tma_launch(dtype: Dtype, config: triton.Config, *, problem: Dict[
         out_ptr, out_s = _ptr(dtype), (0, *_channels_last_strides(pb.weight_shape))
     args = dict(
         dy_desc=f"tensordesc<{dtype.triton_ty}[1, {bh}, {bw}, {kw['BLOCK_M']}]>",
-        x_desc=f"tensordesc<{dtype.triton_ty}[1, {bh}, {bw}, {kw['BLOCK_N']}]>",
+        x_desc=f"tensordesc<{dtype.triton_ty}[1, {bh}, 1, {bw}, {kw['BLOCK_N']}]>",
         out_ptr=out_ptr, dy_ptr=_ptr(dtype),
-        N=pb.N, P=pb.P, Q=pb.Q, R=pb.R, S=pb.S, CG=pb.C_per_group, KG=pb.K_per_group, GROUPS=pb.groups,
-        SPLIT_K=split_k, pad_h=pb.pad_h, pad_w=pb.pad_w, dil_h=pb.dil_h, dil_w=pb.dil_w,
+        N=pb.N, C=pb.C, P=pb.P, Q=pb.Q, R=pb.R, S=pb.S, CG=pb.C_per_group, KG=pb.K_per_group, GROUPS=pb.groups,
+        SPLIT_K=split_k, stride_h=pb.stride_h, stride_w=pb.stride_w,
+        pad_h=pb.pad_h, pad_w=pb.pad_w, dil_h=pb.dil_h, dil_w=pb.dil_w,
         **_named("sos sok soc sor sos_", out_s),
     )
     return args, dict(ACC_DTYPE=dtype.acc, INPUT_PRECISION=dtype.input_precision)
@@ -644,9 +646,12 @@ FAMILIES: List[KernelFamily] = [
     KernelFamily("wgrad", wgrad.wgrad_kernel, gemm_tile_configs, _wgrad_launch, _prune_of(wgrad._wgrad_tuned)),
     KernelFamily("wgrad_splitk", wgrad.wgrad_kernel, gemm_tile_configs, _p(_wgrad_launch, split_k=WGRAD_SPLITK),
                  _prune_of(wgrad._wgrad_tuned)),
-    # stride 1 with TMA boxes of dy and the shifted x (sm_90, 16-bit), split-K
+    # TMA boxes of dy and the shifted x (sm_90, 16-bit), split-K: stride 1, and stride 2 (x's phase view)
     KernelFamily("wgrad_tap_tma", wgrad.wgrad_tap_tma_kernel, wgrad_tap_tma_tile_configs, _wgrad_tap_tma_launch,
                  _prune_of(wgrad._wgrad_tap_tma_tuned), dtypes=("fp16", "bf16"), archs=("sm_90",)),
+    KernelFamily("wgrad_tap_tma_s2", wgrad.wgrad_tap_tma_kernel, wgrad_tap_tma_tile_configs,
+                 _p(_wgrad_tap_tma_launch, problem=STRIDE2_PROBLEM), _prune_of(wgrad._wgrad_tap_tma_tuned),
+                 dtypes=("fp16", "bf16"), archs=("sm_90",)),
     # 1x1 forward as a plain GEMM (gemm1x1.py), pointer loads and (sm_90) TMA loads
     KernelFamily("gemm1x1", gemm1x1.gemm1x1_fprop_kernel, gemm_tile_configs, _gemm1x1_launch,
                  _prune_of(gemm1x1._gemm1x1_tuned)),

@@ -20,6 +20,8 @@ __all__ = [
     "grouped_pid",
     "tile_pid",
     "split_range",
+    "phase_view",
+    "tap_phase",
     "alloc_output",
     "alloc_partials",
     "check_pixel_count",
@@ -94,6 +96,36 @@ def split_range(split, total, SPLIT, STEP: tl.constexpr):
     chunk = tl.cdiv(tl.cdiv(total, SPLIT), STEP) * STEP
     start = split * chunk
     return start, tl.minimum(start + chunk, total)
+
+
+# --------------------------------------------------------------------------- phase views (the TMA families)
+#
+# With H and W multiples of the stride, NHWC x is (N, H/sh, sh, W/sw, sw*C) without a
+# copy: input row h = sh*hh + ph is (hh, ph), and column w = sw*ww + pw is ww with its
+# channels at pw*C.. in the last dimension. What a tap reads for consecutive output rows
+# and columns is then a box of consecutive (hh, ww) at one phase, and (hh, ww) outside
+# the view is exactly the padding, which TMA zero-fills. Stride 1 has unit phases.
+
+
+def phase_view(x: torch.Tensor, stride_h: int, stride_w: int) -> torch.Tensor:
+    """NHWC-contiguous x (N, C, H, W) as (N, H/sh, sh, W/sw, sw*C), a view (H % sh == W % sw == 0).
+
+    Strides are spelled out rather than derived from x's: a size-1 dimension may carry any
+    stride in a channels_last-contiguous tensor, and TMA needs each one a multiple of 16 bytes."""
+    N, C, H, W = x.shape
+    return x.as_strided((N, H // stride_h, stride_h, W // stride_w, stride_w * C),
+                        (H * W * C, stride_h * W * C, W * C, stride_w * C, 1))
+
+
+@triton.jit
+def tap_phase(r, dil, pad, stride):
+    """Tap r's input rows for output row p, as (p + shift) of phase ``ph`` in the phase view:
+    r*dil - pad = stride*shift + ph with 0 <= ph < stride (floor division, written with
+    non-negative operands only: integer division of negatives rounds differently in
+    compiled Triton and in the interpreter)."""
+    lift = tl.cdiv(pad, stride)  # r*dil - pad + stride*lift >= 0
+    offset = r * dil - pad + stride * lift
+    return offset // stride - lift, offset % stride
 
 
 _POISON_OUTPUTS = False

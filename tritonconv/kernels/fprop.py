@@ -50,8 +50,10 @@ from ._common import (
     alloc_partials,
     conv_epilogue,
     input_precision_for,
+    phase_view,
     prepare_forward,
     split_range,
+    tap_phase,
     tile_pid,
 )
 
@@ -352,12 +354,9 @@ def conv2d_fprop_tma(x, w, bias, problem: Conv2dProblem, out=None, activation="n
 # BLOCK_W) instead of runs of consecutive pixels, so image edges waste part of a tile.
 #
 # Strided layers (ResNet's 3x3 and 1x1 stride-2 convs, ConvNeXt's 2x2 downsampling)
-# take the same box from a phase view. With H and W multiples of the stride, x is
-# (N, H/sh, sh, W/sw, sw*C) without a copy: input row h = sh*hh + ph is (hh, ph),
-# and column w = sw*ww + pw is ww with its channels at pw*C.. in the last dimension.
-# A tap's rows are then consecutive hh at a fixed phase, one 5-D box
-# [1, BLOCK_H, 1, BLOCK_W, BLOCK_K]; and hh outside [0, H/sh) is again exactly
-# the padding, zero-filled. Stride 1 is the same view with unit phases.
+# take the same box, [1, BLOCK_H, 1, BLOCK_W, BLOCK_K], from x's phase view
+# (_common.phase_view), where H and W are multiples of the stride. Stride 1 is the
+# same view with unit phases, so one kernel serves both.
 #
 #     A[m, kk]  x[n, h, w, c]   m -> (n, p, q) = (n, p0 + m // BLOCK_W, q0 + m % BLOCK_W)
 #                               h = p*sh + r*dil_h - pad_h = sh*(p + dh) + ph
@@ -392,27 +391,6 @@ def spatial_tiles_fit(N: int, P: int, Q: int) -> bool:
     largest = max(c.kwargs["BLOCK_M"] for c in _fprop_tap_tma_tuned.configs)
     tiles = N * triton.cdiv(P, largest // TAP_TMA_BLOCK_W) * triton.cdiv(Q, TAP_TMA_BLOCK_W)
     return tiles * largest < MAX_PIXELS
-
-
-def phase_view(x: torch.Tensor, stride_h: int, stride_w: int) -> torch.Tensor:
-    """NHWC-contiguous x (N, C, H, W) as (N, H/sh, sh, W/sw, sw*C), a view (H % sh == W % sw == 0).
-
-    Strides are spelled out rather than derived from x's: a size-1 dimension may carry any
-    stride in a channels_last-contiguous tensor, and TMA needs each one a multiple of 16 bytes."""
-    N, C, H, W = x.shape
-    return x.as_strided((N, H // stride_h, stride_h, W // stride_w, stride_w * C),
-                        (H * W * C, stride_h * W * C, W * C, stride_w * C, 1))
-
-
-@triton.jit
-def _tap_phase(r, dil, pad, stride):
-    """Tap r's input rows for output row p, as (p + shift) of phase ``ph`` in the phase view:
-    r*dil - pad = stride*shift + ph with 0 <= ph < stride (floor division, written with
-    non-negative operands only: integer division of negatives rounds differently in
-    compiled Triton and in the interpreter)."""
-    lift = tl.cdiv(pad, stride)  # r*dil - pad + stride*lift >= 0
-    offset = r * dil - pad + stride * lift
-    return offset // stride - lift, offset % stride
 
 
 @triton.jit
@@ -457,8 +435,8 @@ def fprop_tap_tma_kernel(
         c0 = (it - rs * c_blocks) * BLOCK_K
         r = rs // S
         s = rs - r * S
-        dh, ph = _tap_phase(r, dil_h, pad_h, stride_h)
-        dw, pw = _tap_phase(s, dil_w, pad_w, stride_w)
+        dh, ph = tap_phase(r, dil_h, pad_h, stride_h)
+        dw, pw = tap_phase(s, dil_w, pad_w, stride_w)
         a = x_desc.load([n, p0 + dh, ph, q0 + dw, pw * C + g * CG + c0])
         a = a.reshape(BLOCK_M, BLOCK_K)
         # Channels past this group's C/groups are the next group's (or the next column

@@ -17,7 +17,7 @@
     grad_weight depthwise
                 gemm1x1_tma  (plain GEMM, TMA loads, sm_90)      1x1, stride 1, no padding, NHWC, 16-bit
                 gemm1x1    (plain GEMM, split-K)                 1x1, stride 1, no padding, pixel-linear
-                tap_tma    (TMA boxes of dy and shifted x, sm_90) stride 1; NHWC dy and x, 16-bit
+                tap_tma    (TMA boxes of dy and shifted x, sm_90) as forward's tap_tma; NHWC dy and x, 16-bit
                 implicit   (split-K implicit GEMM wgrad)         everything
     ==========  ===============================================  ==========================
 

@@ -43,7 +43,9 @@ from ._common import (
     check_device,
     check_pixel_count,
     input_precision_for,
+    phase_view,
     split_range,
+    tap_phase,
     tile_pid,
 )
 
@@ -295,20 +297,22 @@ def conv2d_bias_grad(dy: torch.Tensor, split: Optional[int] = None) -> torch.Ten
     return db
 
 
-# --------------------------------------------------------------------------- Hopper: stride 1 with TMA boxes
+# --------------------------------------------------------------------------- Hopper: TMA boxes of dy and x
 #
-# At stride 1, for tap (r, s), a spatial tile of output pixels of dy and the
-# same tile of x shifted by (r*dil_h - pad_h, s*dil_w - pad_w) are two TMA boxes
-# of 4-D (N, H, W, C) descriptors over NHWC tensors. Zero fill does all the
-# masking: x outside the image is the padding, dy past the last row or column
-# multiplies it by zero. The reduction walks spatial tiles instead of runs of
-# pixels (BLOCK_K = BLOCK_H * BLOCK_W pixels per step):
+# For tap (r, s), a spatial tile of output pixels of dy and the tile of x that
+# the tap reads for it are two TMA boxes: dy's of a 4-D (N, P, Q, K) descriptor
+# over NHWC dy, x's of its phase view (N, H/sh, sh, W/sw, sw*C) (_common.phase_view;
+# at stride 1 simply x shifted by (r*dil_h - pad_h, s*dil_w - pad_w)). Zero fill
+# does all the masking: x outside the image is the padding, dy past the last row
+# or column multiplies it by zero. The reduction walks spatial tiles instead of
+# runs of pixels (BLOCK_K = BLOCK_H * BLOCK_W pixels per step):
 #
 #     A[row, kk]  dy[n, p, q, k]      kk -> (n, p0 + kk // BLOCK_W, q0 + kk % BLOCK_W), one box per step
-#     B[kk, col]  x[n, p + r*dil_h - pad_h, q + s*dil_w - pad_w, c]
+#     B[kk, col]  x[n, p*sh + r*dil_h - pad_h, q*sw + s*dil_w - pad_w, c]
 #
-# Channels past a group's share (the next group's) only reach rows and columns
-# of the tile that the store masks out. Split-K and its partials are as above.
+# Channels past a group's share (the next group's, or the next column phase's)
+# only reach rows and columns of the tile that the store masks out. Split-K and
+# its partials are as above.
 
 TAP_TMA_BLOCK_W = 8  # pixels per row of a spatial reduction step; BLOCK_K // 8 rows
 # 16-bit only: tl.dot takes A as dy's box transposed, and only 16-bit wgmma reads a
@@ -317,8 +321,9 @@ TAP_TMA_DTYPES = (torch.float16, torch.bfloat16)
 
 
 def accepts_tap_tma(problem: Conv2dProblem) -> bool:
-    """Stride 1 (any kernel size, padding, dilation, groups)."""
-    return problem.stride_h == 1 and problem.stride_w == 1
+    """Any kernel size, padding, dilation and groups, at a stride that divides H and W (x's
+    phase view); stride 1 always."""
+    return problem.H % problem.stride_h == 0 and problem.W % problem.stride_w == 0
 
 
 def tap_tma_usable(dy: torch.Tensor, x: torch.Tensor, problem: Conv2dProblem) -> bool:
@@ -339,14 +344,14 @@ def tap_tma_usable(dy: torch.Tensor, x: torch.Tensor, problem: Conv2dProblem) ->
 def wgrad_tap_tma_kernel(
     # descriptors and pointers
     dy_desc,  # dy as an (N, P, Q, K) tensor (NHWC): [1, BLOCK_K // BLOCK_W, BLOCK_W, BLOCK_M] boxes
-    x_desc,  # x as an (N, H, W, C) tensor (NHWC): [1, BLOCK_K // BLOCK_W, BLOCK_W, BLOCK_N] boxes
+    x_desc,  # x's phase view (N, H/sh, sh, W/sw, sw*C): [1, BLOCK_K // BLOCK_W, 1, BLOCK_W, BLOCK_N] boxes
     out_ptr,  # (SPLIT_K, K, C/groups, R, S): fp32 partials, or dw itself when SPLIT_K == 1
     dy_ptr,  # (N, K, P, Q): never read (the descriptors load it); its dtype keys the tuning
     # problem sizes
-    N, P, Q, R, S,
+    N, C, P, Q, R, S,
     CG, KG, GROUPS, SPLIT_K,
-    # conv parameters (stride 1)
-    pad_h, pad_w, dil_h, dil_w,
+    # conv parameters
+    stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
     # strides, in elements
     sos, sok, soc, sor, sos_,  # out: split, k, c, r, s
     # meta-parameters
@@ -364,7 +369,9 @@ def wgrad_tap_tma_kernel(
     tiles_w = tl.cdiv(Q, BLOCK_W)
     start, stop = split_range(split, N * tiles_h * tiles_w, SPLIT_K, 1)
     k_col = g * KG + pid_m * BLOCK_M
-    c_col = g * CG + pid_n * BLOCK_N
+    dh, ph = tap_phase(r, dil_h, pad_h, stride_h)
+    dw, pw = tap_phase(s, dil_w, pad_w, stride_w)
+    c_col = pw * C + g * CG + pid_n * BLOCK_N
 
     # -- reduction loop: two boxes per step, no addresses, no masks
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC_DTYPE)
@@ -373,7 +380,7 @@ def wgrad_tap_tma_kernel(
         p0 = ((t // tiles_w) % tiles_h) * BLOCK_H
         q0 = (t % tiles_w) * BLOCK_W
         a = dy_desc.load([n, p0, q0, k_col]).reshape(BLOCK_K, BLOCK_M)
-        b = x_desc.load([n, p0 + r * dil_h - pad_h, q0 + s * dil_w - pad_w, c_col]).reshape(BLOCK_K, BLOCK_N)
+        b = x_desc.load([n, p0 + dh, ph, q0 + dw, c_col]).reshape(BLOCK_K, BLOCK_N)
         acc = tl.dot(a.T, b, acc, input_precision=INPUT_PRECISION)
 
     # -- epilogue: this split's partial (or the gradient itself) for tap (r, s)
@@ -388,13 +395,14 @@ def _set_tap_tma_blocks(nargs):
     """Autotune pre-hook: each reduction step is a [BLOCK_K // BLOCK_W, BLOCK_W] spatial tile of both tensors."""
     bh, bw = nargs["BLOCK_K"] // nargs["BLOCK_W"], nargs["BLOCK_W"]
     nargs["dy_desc"].block_shape = [1, bh, bw, nargs["BLOCK_M"]]
-    nargs["x_desc"].block_shape = [1, bh, bw, nargs["BLOCK_N"]]
+    nargs["x_desc"].block_shape = [1, bh, 1, bw, nargs["BLOCK_N"]]
 
 
 _wgrad_tap_tma_tuned = triton.autotune(
     configs=[triton.Config(c.kwargs, num_warps=c.num_warps, num_stages=c.num_stages, pre_hook=_set_tap_tma_blocks)
              for c in configs.gemm_configs(BLOCK_W=TAP_TMA_BLOCK_W)],
-    key=["N", "P", "Q", "R", "S", "CG", "KG", "GROUPS", "SPLIT_K", "pad_h", "pad_w", "dil_h", "dil_w"],
+    key=["N", "P", "Q", "R", "S", "CG", "KG", "GROUPS", "SPLIT_K", "stride_h", "stride_w", "pad_h", "pad_w",
+         "dil_h", "dil_w"],
     do_bench=configs.capture_safe_bench,
     prune_configs_by={
         "early_config_prune": configs.gemm_prune_hook(
@@ -409,7 +417,7 @@ _wgrad_tap_tma_tuned = triton.autotune(
 def conv2d_wgrad_tap_tma(dy: torch.Tensor, x: torch.Tensor, problem: Conv2dProblem,
                          memory_format: torch.memory_format = torch.contiguous_format,
                          split_k: Optional[int] = None) -> torch.Tensor:
-    """Stride-1 wgrad with TMA boxes of dy and x (Hopper); ``conv2d_wgrad`` where they can't
+    """wgrad with TMA boxes of dy and x (Hopper); ``conv2d_wgrad`` where they can't
     apply (``tap_tma_usable``).
 
     Args/Returns: as ``conv2d_wgrad``.
@@ -429,7 +437,7 @@ def conv2d_wgrad_tap_tma(dy: torch.Tensor, x: torch.Tensor, problem: Conv2dProbl
         out = alloc_partials((split, *pb.weight_shape), dy)
         out_strides = out.stride()
     dy_desc = TensorDescriptor.from_tensor(dy.permute(0, 2, 3, 1), [1, 2, TAP_TMA_BLOCK_W, 16])
-    x_desc = TensorDescriptor.from_tensor(x.permute(0, 2, 3, 1), [1, 2, TAP_TMA_BLOCK_W, 16])
+    x_desc = TensorDescriptor.from_tensor(phase_view(x, pb.stride_h, pb.stride_w), [1, 2, 1, TAP_TMA_BLOCK_W, 16])
     CG, KG = pb.C_per_group, pb.K_per_group
 
     def grid(meta):
@@ -438,8 +446,8 @@ def conv2d_wgrad_tap_tma(dy: torch.Tensor, x: torch.Tensor, problem: Conv2dProbl
 
     tuning.launch(_wgrad_tap_tma_tuned, "wgrad_tap_tma", dy.device, grid,
         dy_desc, x_desc, out, dy,
-        pb.N, pb.P, pb.Q, pb.R, pb.S, CG, KG, pb.groups, split,
-        pb.pad_h, pb.pad_w, pb.dil_h, pb.dil_w, *out_strides,
+        pb.N, pb.C, pb.P, pb.Q, pb.R, pb.S, CG, KG, pb.groups, split,
+        pb.stride_h, pb.stride_w, pb.pad_h, pb.pad_w, pb.dil_h, pb.dil_w, *out_strides,
         ACC_DTYPE=acc_dtype_for(dy.dtype), INPUT_PRECISION=input_precision_for(dy),
     )
     if split > 1:
