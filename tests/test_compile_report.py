@@ -131,8 +131,8 @@ def test_tma_descriptor_types_follow_the_config():
     assert fam.runs("fp16", "sm_90") and not fam.runs("fp16", "sm_80") and not fam.runs("fp64", "sm_90")
 
 
-# One config of every family, fp16 on sm_90: a GEMM tile and a depthwise tile.
-EVERY_FAMILY = ("64x64x64 w4 s4", "32x64 w4 s2")
+# One config of every family, fp16 on sm_90: a GEMM tile (smallc's at 8 warps) and a depthwise tile.
+EVERY_FAMILY = ("64x64x64 w4 s4", "64x64x64 w8 s4", "32x64 w4 s2")
 
 
 @pytest.fixture(scope="module")

@@ -75,15 +75,17 @@ GEMM_TILES: Tuple[Tuple[int, int, int, int, int], ...] = (
 # The small-C family (smallc.py) flattens its R*S*C reduction and decomposes
 # every (pixel, kk) element of the A tile, so the A tile's index tensors cost
 # registers in proportion to BLOCK_M*BLOCK_K per thread: 128x128x64 and larger
-# spill at 8 warps. The reduction is short (147 for the 7x7 RGB stem) and the
-# output narrow (64 channels), so BLOCK_K <= 64 and BLOCK_N <= 64.
+# spill at 8 warps, and so did 32 A elements per thread (64x64x64 at 4 warps,
+# 128x32x64 at 8: 168-576 B with Triton 3.6, 254 registers with 3.9), hence at
+# most 16. The reduction is short (147 for the 7x7 RGB stem) and the output
+# narrow (64 channels), so BLOCK_K <= 64 and BLOCK_N <= 64.
 SMALLC_TILES: Tuple[Tuple[int, int, int, int, int], ...] = (
     (128, 64, 32, 8, 4),
     (128, 64, 16, 8, 4),
-    (64, 64, 64, 4, 4),
+    (64, 64, 64, 8, 4),
     (64, 64, 32, 4, 4),
     (64, 64, 16, 4, 4),
-    (128, 32, 64, 8, 4),
+    (128, 32, 32, 8, 4),
     (64, 32, 32, 4, 5),
 )
 

@@ -144,7 +144,7 @@ def fprop_kernel(
             b_ptrs = (w_cols + r.to(tl.int64) * swr + s.to(tl.int64) * sws)[None, :] \
                 + c.to(tl.int64)[:, None] * swc
             b = tl.load(b_ptrs, mask=c_ok[:, None] & mask_n[None, :], other=0.0)
-        acc = tl.dot(a, b, acc, input_precision=INPUT_PRECISION)
+        acc = tl.dot(a, b, acc, input_precision=INPUT_PRECISION, out_dtype=ACC_DTYPE)
 
     if PARTIAL:
         # split-K: raw partial sums; splitk_reduce_kernel sums them in order and runs the epilogue
@@ -444,7 +444,7 @@ def fprop_tap_tma_kernel(
         # next tap's weights.
         a = tl.where((c0 + offs_k < CG)[None, :], a, tl.zeros_like(a))
         b = w_desc.load([g * KG + pid_n * BLOCK_N, rs * CG + c0]).T
-        acc = tl.dot(a, b, acc, input_precision=INPUT_PRECISION)
+        acc = tl.dot(a, b, acc, input_precision=INPUT_PRECISION, out_dtype=ACC_DTYPE)
 
     # -- epilogue: the tile's pixels inside the output, one store
     offs_m = tl.arange(0, BLOCK_M)

@@ -98,7 +98,7 @@ def gemm1x1_fprop_kernel(
         c_ok = offs_k < CG - c0
         a = tl.load(a_ptrs, mask=mask_m[:, None] & c_ok[None, :], other=0.0)
         b = tl.load(b_ptrs, mask=c_ok[:, None] & mask_n[None, :], other=0.0)
-        acc = tl.dot(a, b, acc, input_precision=INPUT_PRECISION)
+        acc = tl.dot(a, b, acc, input_precision=INPUT_PRECISION, out_dtype=ACC_DTYPE)
         a_ptrs += BLOCK_K * sxc
         b_ptrs += BLOCK_K * swc
 
@@ -212,7 +212,7 @@ def _gemm1x1_tma_tile(
     for c0 in range(0, CG, BLOCK_K):
         a = a_desc.load([pid_m * BLOCK_M, g * CG + c0])
         b = b_desc.load([g * KG + pid_n * BLOCK_N, c0])
-        acc = tl.dot(a, b.T, acc, input_precision=INPUT_PRECISION)
+        acc = tl.dot(a, b.T, acc, input_precision=INPUT_PRECISION, out_dtype=ACC_DTYPE)
 
     # -- epilogue
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -395,7 +395,7 @@ def gemm1x1_wgrad_kernel(
         k_ok = offs_k < stop - k0
         a = tl.load(a_ptrs, mask=mask_m[:, None] & k_ok[None, :], other=0.0)
         b = tl.load(b_ptrs, mask=k_ok[:, None] & mask_n[None, :], other=0.0)
-        acc = tl.dot(a, b, acc, input_precision=INPUT_PRECISION)
+        acc = tl.dot(a, b, acc, input_precision=INPUT_PRECISION, out_dtype=ACC_DTYPE)
         a_ptrs += BLOCK_K * sdym
         b_ptrs += BLOCK_K * sxm
 
@@ -535,7 +535,7 @@ def gemm1x1_wgrad_tma_kernel(
     for k0 in range(start, stop, BLOCK_K):
         a = a_desc.load([k0, g * KG + pid_m * BLOCK_M])
         b = b_desc.load([k0, g * CG + pid_n * BLOCK_N])
-        acc = tl.dot(a.T, b, acc, input_precision=INPUT_PRECISION)
+        acc = tl.dot(a.T, b, acc, input_precision=INPUT_PRECISION, out_dtype=ACC_DTYPE)
 
     # -- epilogue: this split's partial (or the gradient itself)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)

@@ -94,7 +94,7 @@ def smallc_fprop_kernel(
         a = tl.load(x_rows[:, None] + a_off, mask=ok, other=0.0)
         b_off = c.to(tl.int64) * swc + r.to(tl.int64) * swr + s.to(tl.int64) * sws
         b = tl.load(w_cols[None, :] + b_off[:, None], mask=kk_ok[:, None] & mask_n[None, :], other=0.0)
-        acc = tl.dot(a, b, acc, input_precision=INPUT_PRECISION)
+        acc = tl.dot(a, b, acc, input_precision=INPUT_PRECISION, out_dtype=ACC_DTYPE)
 
     # -- epilogue
     y_rows = n * syn + p.to(tl.int64) * syp + q.to(tl.int64) * syq
