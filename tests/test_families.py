@@ -89,8 +89,15 @@ PROBLEMS = {
 }
 
 
-# tap_tma dgrad serves stride 1 only
-STRIDE1_TAP_TMA = [pytest.param(p, id=f"tap_tma-{i}") for i, p in enumerate(PROBLEMS["tap_tma"]) if p[7] == 1]
+# tap_tma dgrad runs one forward conv of dy per stride phase of dx, so it takes any problem:
+# the forward's, and some no forward tap_tma takes
+DGRAD_TAP_TMA = [pytest.param(p, id=f"tap_tma-{i}") for i, p in enumerate(PROBLEMS["tap_tma"])] + [
+    pytest.param((1, 16, 9, 7, 8, 3, 3, 2, 1, 1, 1), id="odd-image-stride-2"),  # phases of 5 and 4 rows
+    pytest.param((2, 16, 8, 8, 24, 1, 1, 2, 0, 1, 1), id="1x1-stride-2"),  # 3 of 4 phases reached by no tap
+    pytest.param((1, 16, 6, 6, 8, 3, 3, 1, 3, 1, 1), id="pad-past-kernel"),  # a negative forward padding
+    pytest.param((1, 32, 10, 9, 16, 3, 3, 2, 2, 2, 2), id="stride-2-dilation-2"),  # gcd 2: phases a=1 get no tap
+    pytest.param((1, 8, 9, 11, 8, 5, 4, 3, (1, 2), 1, 1), id="stride-3"),
+]
 
 
 def _problems_for(family):
@@ -371,10 +378,10 @@ def test_router_records_the_family_that_runs():
     assert inner == [] and len(outer) == 4
 
 
-@pytest.mark.parametrize("problem", STRIDE1_TAP_TMA)
+@pytest.mark.parametrize("problem", DGRAD_TAP_TMA)
 @pytest.mark.parametrize("dtype", [torch.float16, torch.float32])
 def test_input_grad_tap_tma_as_a_forward_conv(problem, dtype, launched):
-    """Stride-1 dgrad as the forward tap_tma kernel on dy and the flipped, group-transposed weight."""
+    """dgrad as the forward tap_tma kernel on dy and each stride phase's flipped, group-transposed taps."""
     N, C, H, W, K, R, S, stride, padding, dilation, groups = problem
     torch.manual_seed(7)
     x = torch.randn(N, C, H, W, dtype=dtype, device=DEVICE).to(memory_format=torch.channels_last)
@@ -384,11 +391,13 @@ def test_input_grad_tap_tma_as_a_forward_conv(problem, dtype, launched):
     dy = torch.randn(pb.output_shape, dtype=dtype, device=DEVICE).to(memory_format=torch.channels_last)
     with router.force("tap_tma"):
         dx = router.input_grad(dy, w, pb, memory_format=torch.channels_last)
+    from tritonconv.kernels import dgrad
     from tritonconv.kernels.dgrad import tap_tma_usable
 
     usable = tap_tma_usable(dy, w, pb)
     assert usable == (TMA and (K // groups) * dy.element_size() % 16 == 0)
-    assert launched == (["fprop_tap_tma"] if usable else ["dgrad"])
+    reached = sum(phase.forward is not None for phase in dgrad._phases(pb))  # the others are zero-filled
+    assert launched == (["fprop_tap_tma"] * reached if usable else ["dgrad"])
     xr = x.double().requires_grad_()
     F.conv2d(xr, w.double(), None, *args).backward(dy.double())
     assert dx.is_contiguous(memory_format=torch.channels_last)
@@ -471,6 +480,24 @@ def test_routed_candidates_drop_what_cannot_run_or_is_superseded():
     assert router.routed_candidates(router.WEIGHT_GRAD, "weight_grad", pb, (dy, x)) == tma + ["gemm1x1"]
     with router.force("implicit"):
         assert fwd(x, w1) == ["implicit"]
+
+
+@pytest.mark.parametrize("kernel,stride,padding,output_padding", [
+    pytest.param(1, 2, 0, 1, id="1x1-stride-2"),  # odd rows and columns: bias alone (no tap reaches them)
+    pytest.param(3, 2, 1, 1, id="3x3-stride-2"),  # ResNet's decoder mirror: 4 phases, 4 launches
+    pytest.param(4, (2, 3), (1, 0), (0, 2), id="4x4-stride-2x3"),
+])
+def test_strided_conv_transpose2d_with_bias_through_tap_tma(kernel, stride, padding, output_padding, launched):
+    """conv_transpose2d is dgrad: one forward conv per phase of its output, bias everywhere."""
+    torch.manual_seed(12)
+    x = torch.randn(2, 16, 5, 4, dtype=torch.float16, device=DEVICE).to(memory_format=torch.channels_last)
+    w = torch.randn(16, 8, kernel, kernel, dtype=torch.float16, device=DEVICE).to(memory_format=torch.channels_last)
+    b = torch.randn(8, dtype=torch.float16, device=DEVICE)
+    with router.force("tap_tma"):
+        y = tritonconv.conv_transpose2d(x, w, b, stride, padding, output_padding)
+    assert set(launched) == ({"fprop_tap_tma"} if TMA else {"dgrad"})
+    ref = F.conv_transpose2d(x.double(), w.double(), b.double(), stride, padding, output_padding)
+    assert y.shape == ref.shape and rel_err(y, ref) < TOL[torch.float16]
 
 
 @pytest.mark.parametrize("output_padding,dilation", [(1, 2), ((0, 1), (1, 2))])

@@ -29,7 +29,7 @@ layouts (k contiguous in both operands).
 from __future__ import annotations
 
 import math
-from typing import Optional
+from typing import List, NamedTuple, Optional, Tuple
 
 import torch
 import triton
@@ -207,26 +207,32 @@ def conv2d_dgrad(
 
 # --------------------------------------------------------------------------- Hopper: stride 1 as a forward conv
 #
-# At stride 1, dgrad is a forward conv of dy with the weight flipped in (r, s)
-# and transposed per group, padded by dil*(R-1) - pad:
+# Each stride phase of dx is a forward conv of dy. For h = a + sh*i (phase a),
+# the taps reaching it are r = r0 + t*step (t < n_a), step = sh / gcd(sh, dil),
+# and dy's row for tap t is i + e - t*delta, e = (a + pad - r0*dil) / sh and
+# delta = dil / gcd(sh, dil) (the same in w). Flipping t makes that a forward conv:
 #
-#     dx[n, c, h, w] = sum_{k, r, s} dy[n, k, h + pad_h - r*dil_h, w + pad_w - s*dil_w] * w[k, c, r, s]
-#                    = conv2d(dy, w')[n, c, h, w],  w'[g*C/g + c, k, r, s] = w[g*K/g + k, c, R-1-r, S-1-s]
+#     dx[n, c, a + sh*i, b + sw*j] = conv2d(dy, w_ab)[n, c, i, j]
+#     w_ab[g*C/g + c, k, t, u] = w[g*K/g + k, c, r0 + (n_a-1-t)*step, s0 + (n_b-1-u)*step_w]
+#     stride 1, dilation (delta_h, delta_w), padding ((n_a-1)*delta_h - e_a, ...)
 #
-# so the forward's tap_tma kernel (both operands by TMA, no gather) serves it.
-# Building w' is one copy of the weight per call, small next to the activations.
+# so the forward's tap_tma kernel (both operands by TMA, no gather) serves it,
+# one launch per phase, each storing into dx's strided phase view. At stride 1
+# there is one phase: all taps, delta = dil, padding dil*(R-1) - pad. A phase no
+# tap reaches (a 1x1 stride-2 conv's odd rows) is zero (or conv_transpose2d's
+# bias). The padding may be negative (a box starting inside dy): TMA does not
+# mind. Building the w_ab is one copy of the weight per call, small next to the
+# activations.
 
 
 def accepts_tap_tma(problem: Conv2dProblem) -> bool:
-    """Stride 1, with padding at most dil*(R-1) per side (the forward's padding must not be negative)."""
-    pb = problem
-    return (pb.stride_h, pb.stride_w) == (1, 1) and pb.pad_h <= pb.dil_h * (pb.R - 1) \
-        and pb.pad_w <= pb.dil_w * (pb.S - 1)
+    """Every problem: each phase is a stride-1 forward conv of dy (``_phases``)."""
+    return True
 
 
 def tap_tma_usable(dy: torch.Tensor, w: torch.Tensor, problem: Conv2dProblem) -> bool:
-    """What ``fprop.input_tma_usable`` would say of the forward conv dgrad becomes: NHWC dy,
-    16-byte aligned groups of K/groups channels, sm_90+ (or the interpreter). w' is built KRSC."""
+    """What ``fprop.input_tma_usable`` would say of the forward convs dgrad becomes: NHWC dy,
+    16-byte aligned groups of K/groups channels, sm_90+ (or the interpreter). w_ab are built KRSC."""
     pb = problem
     if TensorDescriptor is None or not accepts_tap_tma(pb) or dy.dtype not in TMA_DTYPES:
         return False
@@ -234,37 +240,66 @@ def tap_tma_usable(dy: torch.Tensor, w: torch.Tensor, problem: Conv2dProblem) ->
         return False
     if not dy.is_contiguous(memory_format=torch.channels_last) or dy.data_ptr() % 16:
         return False
-    return pb.K_per_group * dy.element_size() % 16 == 0 and spatial_tiles_fit(pb.N, pb.H, pb.W)
+    return pb.K_per_group > 0 and pb.K_per_group * dy.element_size() % 16 == 0 \
+        and spatial_tiles_fit(pb.N, pb.H, pb.W)
 
 
-def _as_forward(problem: Conv2dProblem) -> Conv2dProblem:
-    """The forward conv that computes stride-1 dgrad: dy (N, K, P, Q) conv w' (C, K/groups, R, S),
-    whose output is dx's H x W by construction.
+class _Phase(NamedTuple):
+    a: int  # dx rows a, a + stride_h, ...
+    b: int  # dx columns b, b + stride_w, ...
+    taps_h: range  # the kernel rows that reach them (empty: the phase is zero)
+    taps_w: range
+    forward: Optional[Conv2dProblem]  # the forward conv of dy that computes the phase
 
-    Not re-derived from the shapes: H need not be P + dil*(R-1) - 2*pad (conv_transpose2d's
-    output_padding adds rows; an asymmetric 'same' removes one). The kernels read only the
-    top/left padding and the output size; rows past dy's are TMA's zeros either way.
-    """
+
+def _phase_taps(a: int, size: int, pad: int, dil: int, stride: int) -> Tuple[range, int, int]:
+    """The taps of a ``size``-tap kernel reaching phase a, dy's offset e for the first, and delta."""
+    step = stride // math.gcd(stride, dil)
+    taps = range(0)
+    for r0 in range(min(step, size)):
+        if (a + pad - r0 * dil) % stride == 0:
+            taps = range(r0, size, step)
+            break
+    e = (a + pad - taps.start * dil) // stride if taps else 0
+    return taps, e, dil // math.gcd(stride, dil)
+
+
+def _phases(problem: Conv2dProblem) -> List[_Phase]:
+    """dx's stride phases (those with pixels), each with its taps and its forward conv of dy."""
     pb = problem
-    return Conv2dProblem(
-        N=pb.N, C=pb.K, H=pb.P, W=pb.Q, K=pb.C, R=pb.R, S=pb.S, P=pb.H, Q=pb.W,
-        stride_h=1, stride_w=1, pad_h=pb.dil_h * (pb.R - 1) - pb.pad_h, pad_w=pb.dil_w * (pb.S - 1) - pb.pad_w,
-        dil_h=pb.dil_h, dil_w=pb.dil_w, groups=pb.groups,
-    )
+    phases = []
+    for a in range(min(pb.stride_h, pb.H)):
+        th, eh, delta_h = _phase_taps(a, pb.R, pb.pad_h, pb.dil_h, pb.stride_h)
+        for b in range(min(pb.stride_w, pb.W)):
+            tw, ew, delta_w = _phase_taps(b, pb.S, pb.pad_w, pb.dil_w, pb.stride_w)
+            forward = None
+            if th and tw:
+                forward = Conv2dProblem(
+                    N=pb.N, C=pb.K, H=pb.P, W=pb.Q, K=pb.C, R=len(th), S=len(tw),
+                    P=len(range(a, pb.H, pb.stride_h)), Q=len(range(b, pb.W, pb.stride_w)),
+                    stride_h=1, stride_w=1, pad_h=(len(th) - 1) * delta_h - eh, pad_w=(len(tw) - 1) * delta_w - ew,
+                    dil_h=delta_h, dil_w=delta_w, groups=pb.groups,
+                )
+            phases.append(_Phase(a, b, th, tw, forward))
+    return phases
 
 
-def _flipped_weight(w: torch.Tensor, problem: Conv2dProblem) -> torch.Tensor:
-    """w' (C, K/groups, R, S), KRSC: w flipped in (r, s) and transposed within each group."""
+def _phase_weight(w: torch.Tensor, problem: Conv2dProblem, phase: _Phase) -> torch.Tensor:
+    """w_ab (C, K/groups, n_a, n_b), KRSC: the phase's taps of w, flipped and transposed per group."""
     pb = problem
-    wt = w.reshape(pb.groups, pb.K_per_group, pb.C_per_group, pb.R, pb.S).transpose(1, 2).flip(3, 4)
-    return wt.reshape(pb.C, pb.K_per_group, pb.R, pb.S).contiguous(memory_format=torch.channels_last)
+    th, tw = phase.taps_h, phase.taps_w
+    sub = w[:, :, th.start:th.stop:th.step, tw.start:tw.stop:tw.step]
+    wt = sub.reshape(pb.groups, pb.K_per_group, pb.C_per_group, len(phase.taps_h), len(phase.taps_w))
+    wt = wt.transpose(1, 2).flip(3, 4)
+    return wt.reshape(pb.C, pb.K_per_group, len(phase.taps_h), len(phase.taps_w)).contiguous(
+        memory_format=torch.channels_last)
 
 
 def conv2d_dgrad_tap_tma(dy: torch.Tensor, w: torch.Tensor, problem: Conv2dProblem,
                          bias: Optional[torch.Tensor] = None,
                          memory_format: torch.memory_format = torch.contiguous_format) -> torch.Tensor:
-    """Stride-1 dgrad as the forward's tap_tma kernel on (dy, w'); ``conv2d_dgrad`` where that
-    can't apply (``tap_tma_usable``).
+    """dgrad as the forward's tap_tma kernel, one launch per stride phase of dx (``_phases``);
+    ``conv2d_dgrad`` where that can't apply (``tap_tma_usable``).
 
     Args/Returns: as ``conv2d_dgrad``.
     """
@@ -275,4 +310,10 @@ def conv2d_dgrad_tap_tma(dy: torch.Tensor, w: torch.Tensor, problem: Conv2dProbl
     dx = alloc_output(pb.input_shape, dy.dtype, dy.device, memory_format)
     if dx.numel() == 0:
         return dx
-    return conv2d_fprop_tap_tma(dy, _flipped_weight(w, pb), bias, _as_forward(pb), out=dx)
+    for phase in _phases(pb):
+        out = dx[:, :, phase.a::pb.stride_h, phase.b::pb.stride_w]
+        if phase.forward is None:
+            out.copy_(bias.view(1, -1, 1, 1).expand_as(out)) if bias is not None else out.zero_()
+        else:
+            conv2d_fprop_tap_tma(dy, _phase_weight(w, pb, phase), bias, phase.forward, out=out)
+    return dx

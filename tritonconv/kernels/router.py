@@ -12,7 +12,7 @@
                 implicit_tma (TMA weight loads, sm_90)           everything; KRSC weight for TMA
                 implicit   (general implicit GEMM, fprop.py)     everything
     grad_input  depthwise
-                tap_tma    (a forward conv of dy, flipped w; sm_90) stride 1, pad <= dil*(R-1); NHWC dy
+                tap_tma    (per stride phase, a forward conv of dy; sm_90) everything; NHWC dy
                 implicit   (phase-decomposed dgrad)              everything
     grad_weight depthwise
                 gemm1x1_tma  (plain GEMM, TMA loads, sm_90)      1x1, stride 1, no padding, NHWC, 16-bit
