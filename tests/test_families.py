@@ -7,6 +7,8 @@ import contextlib
 import pytest
 import torch
 import torch.nn.functional as F
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 import tritonconv
 from tritonconv import spec
@@ -634,3 +636,47 @@ def test_router_choice_file_damaged_is_ignored_and_retimed(fake_gpu_router, laun
     assert fake_gpu_router["timed"] == 3 and rec == [("forward", names[0])]
     assert rel_err(y, F.conv2d(x.double(), w.double(), None, 1, 1)) < TOL[torch.float32]
     assert tuning.load_choices("Fake GPU")  # the retimed choice replaced the damaged file
+
+
+@st.composite
+def backward_problems(draw):
+    """(N, C, H, W, K, R, S, stride, padding, dilation, groups): strides that do and do not divide
+    the image, channel counts with and without 16-byte rows (the TMA families' condition),
+    depthwise (C/groups = 1), paddings up to past the kernel's reach."""
+    groups = draw(st.sampled_from([1, 1, 2, 3]))
+    Cg, Kg = draw(st.sampled_from([1, 3, 8, 16])), draw(st.sampled_from([2, 8, 16]))
+    R, S = draw(st.integers(1, 4)), draw(st.integers(1, 4))
+    stride = (draw(st.integers(1, 3)), draw(st.integers(1, 3)))
+    dilation = (draw(st.integers(1, 2)), draw(st.integers(1, 2)))
+    padding = (draw(st.integers(0, dilation[0] * (R - 1) + 1)), draw(st.integers(0, dilation[1] * (S - 1) + 1)))
+    H = max(1, dilation[0] * (R - 1) + 1 - 2 * padding[0]) + draw(st.integers(0, 7))
+    W = max(1, dilation[1] * (S - 1) + 1 - 2 * padding[1]) + draw(st.integers(0, 7))
+    return draw(st.integers(1, 2)), Cg * groups, H, W, Kg * groups, R, S, stride, padding, dilation, groups
+
+
+@settings(max_examples=30, deadline=None, derandomize=True, database=None,
+          suppress_health_check=[HealthCheck.too_slow])
+@given(
+    problem=backward_problems(),
+    dtype=st.sampled_from([torch.float16, torch.float32]),
+    channels_last=st.booleans(),
+    family=st.sampled_from([None, *sorted(set(router.INPUT_GRAD) | set(router.WEIGHT_GRAD))]),
+    seed=st.integers(0, 2**31 - 1),
+)
+def test_property_backward_families(problem, dtype, channels_last, family, seed):
+    """dgrad and wgrad on random problems, routed or forced onto a family (which runs the
+    problems it accepts in the layouts it takes, and hands the rest on), against float64 autograd."""
+    N, C, H, W, K, R, S, stride, padding, dilation, groups = problem
+    torch.manual_seed(seed)
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    x = torch.randn(N, C, H, W, dtype=dtype, device=DEVICE).to(memory_format=fmt)
+    w = torch.randn(K, C // groups, R, S, dtype=dtype, device=DEVICE).to(memory_format=fmt)
+    args = (stride, padding, dilation, groups)
+    pb = spec.conv2d_problem(x, w, None, *args)
+    dy = torch.randn(pb.output_shape, dtype=dtype, device=DEVICE).to(memory_format=fmt)
+    with router.force(family):
+        dx = router.input_grad(dy, w, pb, memory_format=fmt)
+        dw = router.weight_grad(dy, x, pb, memory_format=fmt)
+    xr, wr = x.double().requires_grad_(), w.double().requires_grad_()
+    F.conv2d(xr, wr, None, *args).backward(dy.double())
+    assert rel_err(dx, xr.grad) < TOL[dtype] and rel_err(dw, wr.grad) < TOL[dtype]
