@@ -214,7 +214,7 @@ MAX_ACC_FP64 = 16
 # BLOCK_N int64 addresses sit beside the accumulator: fp16 128x256x64 at 8 warps spills 64 B on sm_90,
 # 256x128x64 does not (the compile report). Its hook passes this as max_block_n.
 MAX_BLOCK_N_BOTH_GATHERED = 128
-# The stride-1 TMA wgrad (wgrad_tap_tma) feeds wgmma dy's box transposed: its 256x128x64 tile spilled
+# The TMA wgrad (wgrad_tap_tma) feeds wgmma dy's box transposed: its 256x128x64 tile spilled
 # 536 B on sm_90, 128x256x64 did not (compile report). Its hook passes this as max_block_m.
 MAX_BLOCK_M_TRANSPOSED_A = 128
 

@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import hashlib
 import inspect
 import json
@@ -429,6 +430,7 @@ ROUTER = "router"
 _router_loaded: Set[str] = set()
 
 
+@functools.lru_cache(maxsize=None)
 def router_signature() -> str:
     """A hash of the code a family choice was timed on: the kernels, their config spaces and
     the problem's fields. Any change to them makes every saved choice stale."""
@@ -451,11 +453,14 @@ def _as_key(raw: Any) -> Any:
 
 
 def _read_choices(path: Path, device_name: str) -> Dict[Tuple, str]:
+    """The file's choices; raises ValueError (corrupt) or LookupError (stale). A malformed entry
+    is skipped, not the file: the others are still good, and the next save drops it."""
     choices: Dict[Tuple, str] = {}
     for item in _check_header(_parse(path), _header(ROUTER, device_name, router_signature())):
         if not isinstance(item, dict) or not isinstance(item.get("key"), list) or not isinstance(item.get("family"), str):
-            raise ValueError(f"bad entry {item!r}")
-        choices[_as_key(item["key"])] = item["family"]
+            continue
+        with contextlib.suppress(ValueError):
+            choices[_as_key(item["key"])] = item["family"]
     return choices
 
 

@@ -20,7 +20,9 @@ __all__ = [
     "grouped_pid",
     "tile_pid",
     "split_range",
+    "dense_view",
     "phase_view",
+    "phase_view_fits",
     "tap_phase",
     "alloc_output",
     "alloc_partials",
@@ -107,23 +109,40 @@ def split_range(split, total, SPLIT, STEP: tl.constexpr):
 # the view is exactly the padding, which TMA zero-fills. Stride 1 has unit phases.
 
 
-def phase_view(x: torch.Tensor, stride_h: int, stride_w: int) -> torch.Tensor:
-    """NHWC-contiguous x (N, C, H, W) as (N, H/sh, sh, W/sw, sw*C), a view (H % sh == W % sw == 0).
+def dense_view(t: torch.Tensor, shape) -> torch.Tensor:
+    """t's elements as a row-major tensor of ``shape``, for a tensor dense in that order (NHWC for
+    a channels_last-contiguous activation, (K, R*S*C/groups) for a KRSC weight).
 
-    Strides are spelled out rather than derived from x's: a size-1 dimension may carry any
-    stride in a channels_last-contiguous tensor, and TMA needs each one a multiple of 16 bytes."""
+    Strides are spelled out rather than derived from t's: a size-1 dimension may carry any
+    stride in a contiguous tensor, and TMA needs every stride but the last a multiple of 16
+    bytes."""
+    strides, step = [], 1
+    for size in reversed(shape):
+        strides.append(step)
+        step *= size
+    return t.as_strided(tuple(shape), tuple(reversed(strides)))
+
+
+def phase_view_fits(problem: Conv2dProblem) -> bool:
+    """Whether x has a phase view: the stride divides H and W (always at stride 1)."""
+    return problem.H % problem.stride_h == 0 and problem.W % problem.stride_w == 0
+
+
+def phase_view(x: torch.Tensor, stride_h: int, stride_w: int) -> torch.Tensor:
+    """NHWC-contiguous x (N, C, H, W) as (N, H/sh, sh, W/sw, sw*C), a view."""
     N, C, H, W = x.shape
-    return x.as_strided((N, H // stride_h, stride_h, W // stride_w, stride_w * C),
-                        (H * W * C, stride_h * W * C, W * C, stride_w * C, 1))
+    if H % stride_h or W % stride_w:  # the rows past H // sh * sh would read as padding
+        raise ValueError(f"a stride of ({stride_h}, {stride_w}) does not divide the {H}x{W} image")
+    return dense_view(x, (N, H // stride_h, stride_h, W // stride_w, stride_w * C))
 
 
 @triton.jit
 def tap_phase(r, dil, pad, stride):
-    """Tap r's input rows for output row p, as (p + shift) of phase ``ph`` in the phase view:
-    r*dil - pad = stride*shift + ph with 0 <= ph < stride (floor division, written with
-    non-negative operands only: integer division of negatives rounds differently in
-    compiled Triton and in the interpreter)."""
-    lift = tl.cdiv(pad, stride)  # r*dil - pad + stride*lift >= 0
+    """Tap r's input rows for output row p, as (p + shift) of phase ``phase`` in the phase view:
+    r*dil - pad = stride*shift + phase with 0 <= phase < stride (floor division, written with
+    non-negative operands only: integer division of negatives rounds differently in compiled
+    Triton and in the interpreter). Any padding, negative included (dgrad's forward convs)."""
+    lift = tl.cdiv(tl.maximum(pad, 0), stride)  # r*dil - pad + stride*lift >= 0
     offset = r * dil - pad + stride * lift
     return offset // stride - lift, offset % stride
 

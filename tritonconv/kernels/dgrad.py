@@ -205,7 +205,7 @@ def conv2d_dgrad(
     return dx
 
 
-# --------------------------------------------------------------------------- Hopper: stride 1 as a forward conv
+# --------------------------------------------------------------------------- Hopper: each stride phase a forward conv
 #
 # Each stride phase of dx is a forward conv of dy. For h = a + sh*i (phase a),
 # the taps reaching it are r = r0 + t*step (t < n_a), step = sh / gcd(sh, dil),
@@ -226,7 +226,8 @@ def conv2d_dgrad(
 
 
 def accepts_tap_tma(problem: Conv2dProblem) -> bool:
-    """Every problem: each phase is a stride-1 forward conv of dy (``_phases``)."""
+    """Every problem: each stride phase of dx is a stride-1 forward conv of dy (``_phases``);
+    whether the tensors allow TMA is ``tap_tma_usable``'s question."""
     return True
 
 
@@ -234,7 +235,7 @@ def tap_tma_usable(dy: torch.Tensor, w: torch.Tensor, problem: Conv2dProblem) ->
     """What ``fprop.input_tma_usable`` would say of the forward convs dgrad becomes: NHWC dy,
     16-byte aligned groups of K/groups channels, sm_90+ (or the interpreter). w_ab are built KRSC."""
     pb = problem
-    if TensorDescriptor is None or not accepts_tap_tma(pb) or dy.dtype not in TMA_DTYPES:
+    if TensorDescriptor is None or dy.dtype not in TMA_DTYPES:
         return False
     if dy.is_cuda and torch.cuda.get_device_capability(dy.device)[0] < 9:
         return False
@@ -312,8 +313,10 @@ def conv2d_dgrad_tap_tma(dy: torch.Tensor, w: torch.Tensor, problem: Conv2dProbl
         return dx
     for phase in _phases(pb):
         out = dx[:, :, phase.a::pb.stride_h, phase.b::pb.stride_w]
-        if phase.forward is None:
-            out.copy_(bias.view(1, -1, 1, 1).expand_as(out)) if bias is not None else out.zero_()
+        if phase.forward is None and bias is None:
+            out.zero_()
+        elif phase.forward is None:
+            out.copy_(bias.view(1, -1, 1, 1).expand_as(out))
         else:
             conv2d_fprop_tap_tma(dy, _phase_weight(w, pb, phase), bias, phase.forward, out=out)
     return dx

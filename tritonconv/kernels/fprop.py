@@ -49,8 +49,10 @@ from ._common import (
     TensorDescriptor,
     alloc_partials,
     conv_epilogue,
+    dense_view,
     input_precision_for,
     phase_view,
+    phase_view_fits,
     prepare_forward,
     split_range,
     tap_phase,
@@ -300,7 +302,7 @@ def conv2d_fprop(
 
     if weight_tma:
         tuned, name = _fprop_tma_tuned, "fprop_tma"
-        w_desc = TensorDescriptor.from_tensor(w.permute(0, 2, 3, 1).reshape(pb.K, -1), [16, 16])
+        w_desc = TensorDescriptor.from_tensor(dense_view(w, (pb.K, pb.R * pb.S * pb.C_per_group)), [16, 16])
     else:
         tuned, name, w_desc = _fprop_tuned, "fprop", w
 
@@ -359,8 +361,8 @@ def conv2d_fprop_tma(x, w, bias, problem: Conv2dProblem, out=None, activation="n
 # same view with unit phases, so one kernel serves both.
 #
 #     A[m, kk]  x[n, h, w, c]   m -> (n, p, q) = (n, p0 + m // BLOCK_W, q0 + m % BLOCK_W)
-#                               h = p*sh + r*dil_h - pad_h = sh*(p + dh) + ph
-#                               w = q*sw + s*dil_w - pad_w = sw*(q + dw) + pw
+#                               h = p*sh + r*dil_h - pad_h = sh*(p + shift_h) + phase_h
+#                               w = q*sw + s*dil_w - pad_w = sw*(q + shift_w) + phase_w
 #     B[kk, j]  as in fprop_kernel with W_DESC: a TMA tile of the KRSC weight
 
 TAP_TMA_BLOCK_W = 8  # output columns per tile; BLOCK_H = BLOCK_M // 8 rows
@@ -368,9 +370,8 @@ TAP_TMA_BLOCK_W = 8  # output columns per tile; BLOCK_H = BLOCK_M // 8 rows
 
 def accepts_tap_tma(problem: Conv2dProblem) -> bool:
     """The problems a shifted input box can serve: any kernel size, padding, dilation and groups;
-    at stride 1, or at a stride that divides H and W (the phase view, above)."""
-    pb = problem
-    return pb.H % pb.stride_h == 0 and pb.W % pb.stride_w == 0
+    at stride 1, or at a stride that divides H and W (x's phase view)."""
+    return phase_view_fits(problem)
 
 
 def input_tma_usable(x: torch.Tensor, w: torch.Tensor, problem: Conv2dProblem) -> bool:
@@ -435,9 +436,9 @@ def fprop_tap_tma_kernel(
         c0 = (it - rs * c_blocks) * BLOCK_K
         r = rs // S
         s = rs - r * S
-        dh, ph = tap_phase(r, dil_h, pad_h, stride_h)
-        dw, pw = tap_phase(s, dil_w, pad_w, stride_w)
-        a = x_desc.load([n, p0 + dh, ph, q0 + dw, pw * C + g * CG + c0])
+        shift_h, phase_h = tap_phase(r, dil_h, pad_h, stride_h)
+        shift_w, phase_w = tap_phase(s, dil_w, pad_w, stride_w)
+        a = x_desc.load([n, p0 + shift_h, phase_h, q0 + shift_w, phase_w * C + g * CG + c0])
         a = a.reshape(BLOCK_M, BLOCK_K)
         # Channels past this group's C/groups are the next group's (or the next column
         # phase's; past the row, TMA's zeros); the weight tile's matching columns hold the
@@ -494,7 +495,7 @@ def conv2d_fprop_tap_tma(x, w, bias, problem: Conv2dProblem, out=None, activatio
     if out.numel() == 0:
         return out
     x_desc = TensorDescriptor.from_tensor(phase_view(x, pb.stride_h, pb.stride_w), [1, 8, 1, TAP_TMA_BLOCK_W, 16])
-    w_desc = TensorDescriptor.from_tensor(w.permute(0, 2, 3, 1).reshape(pb.K, -1), [16, 16])
+    w_desc = TensorDescriptor.from_tensor(dense_view(w, (pb.K, pb.R * pb.S * pb.C_per_group)), [16, 16])
     KG = pb.K_per_group
 
     def grid(meta):

@@ -36,6 +36,7 @@ from ._common import (
     check_device,
     check_pixel_count,
     conv_epilogue,
+    dense_view,
     input_precision_for,
     prepare_forward,
     split_range,
@@ -296,8 +297,8 @@ def conv2d_fprop_1x1_tma(x, w, bias, problem: Conv2dProblem, out=None, activatio
         return out
     M = pb.N * pb.H * pb.W
     KG, CG = pb.K_per_group, pb.C_per_group
-    a_desc = TensorDescriptor.from_tensor(x.permute(0, 2, 3, 1).reshape(M, pb.C), [16, 16])
-    b_desc = TensorDescriptor.from_tensor(w.reshape(pb.K, CG), [16, 16])
+    a_desc = TensorDescriptor.from_tensor(dense_view(x, (M, pb.C)), [16, 16])
+    b_desc = TensorDescriptor.from_tensor(dense_view(w, (pb.K, CG)), [16, 16])
 
     def grid(meta):
         tiles = pb.groups * triton.cdiv(M, meta["BLOCK_M"]) * triton.cdiv(KG, meta["BLOCK_N"])
@@ -570,8 +571,8 @@ def conv2d_wgrad_1x1_tma(dy: torch.Tensor, x: torch.Tensor, problem: Conv2dProbl
     check_pixel_count(M, "output (N*H*W)")
     dw, split, out, out_strides = _wgrad_workspace(dy, pb, memory_format, split_k)
     KG, CG = pb.K_per_group, pb.C_per_group
-    a_desc = TensorDescriptor.from_tensor(dy.permute(0, 2, 3, 1).reshape(M, pb.K), [16, 16])
-    b_desc = TensorDescriptor.from_tensor(x.permute(0, 2, 3, 1).reshape(M, pb.C), [16, 16])
+    a_desc = TensorDescriptor.from_tensor(dense_view(dy, (M, pb.K)), [16, 16])
+    b_desc = TensorDescriptor.from_tensor(dense_view(x, (M, pb.C)), [16, 16])
 
     def grid(meta):
         return (split * pb.groups * triton.cdiv(KG, meta["BLOCK_M"]) * triton.cdiv(CG, meta["BLOCK_N"]),)

@@ -175,15 +175,17 @@ _TABLES = {"forward": FORWARD, "input_grad": INPUT_GRAD, "weight_grad": WEIGHT_G
 def _load_choices(device: str) -> None:
     """Bring the tuning cache's saved choices for ``device`` into ``_choice`` (once per process).
     An entry naming a family that no longer accepts its problem is skipped."""
+    n_fields = len(dataclasses.fields(Conv2dProblem))
     for raw, name in tuning.router_choices_once(device).items():
-        try:
-            direction, fields, layout = raw
-            problem = Conv2dProblem(*fields)
-        except (TypeError, ValueError):
+        if len(raw) != 4:
             continue
+        direction, fields, layout, variant = raw
+        if not isinstance(fields, tuple) or len(fields) != n_fields or any(type(f) is not int for f in fields):
+            continue  # not a problem this code wrote (ints, not bools)
+        problem = Conv2dProblem(*fields)
         table = _TABLES.get(direction, {})
         if name in table and table[name][0](problem):
-            _choice.setdefault((direction, problem, layout, device), name)
+            _choice.setdefault((direction, problem, layout, variant, device), name)
 
 
 def routed_candidates(table, direction: str, problem: Conv2dProblem, tensors: tuple) -> List[str]:
@@ -207,7 +209,11 @@ def _device_name(t: torch.Tensor) -> str:
     return torch.cuda.get_device_name(t.device)
 
 
-def _route(table, direction: str, problem: Conv2dProblem, tensors: tuple, run: Callable[[Callable], torch.Tensor]):
+def _route(table, direction: str, problem: Conv2dProblem, tensors: tuple, variant: str,
+           run: Callable[[Callable], torch.Tensor]):
+    """Run ``problem`` on the family of ``table`` chosen for it; ``variant`` is what else, beyond
+    the problem and the tensors' layouts, can change which family is fastest (the epilogue, the
+    output's memory format), so it is part of the remembered choice's key."""
     forced = getattr(_forced, "name", None)
     pinned = forced in table and table[forced][0](problem)
     timed = _on_gpu(tensors[0]) and not pinned
@@ -216,7 +222,7 @@ def _route(table, direction: str, problem: Conv2dProblem, tensors: tuple, run: C
         # alignment and the device), so a known problem skips the candidate checks: this
         # runs on every conv call
         device = _device_name(tensors[0])
-        key = (direction, problem, _layout_key(*tensors), device)
+        key = (direction, problem, _layout_key(*tensors), variant, device)
         _load_choices(device)
         name = _choice.get(key)
         if name is not None:
@@ -235,7 +241,7 @@ def _route(table, direction: str, problem: Conv2dProblem, tensors: tuple, run: C
         timings[cand] = configs.capture_safe_bench(lambda: run(launcher), quantiles=None)
     name = min(timings, key=timings.get)
     _choice[key] = name
-    tuning.save_choice(device, (direction, dataclasses.astuple(problem), key[2]), name)
+    tuning.save_choice(device, (direction, dataclasses.astuple(problem), key[2], variant), name)
     _record(direction, name)
     return run(table[name][1])
 
@@ -249,7 +255,7 @@ def forward(x, w, bias, problem: Conv2dProblem, activation="none", alpha=0.01, r
     """conv2d forward (with the fused epilogue) on the best family for ``problem``."""
     bias = _dense(bias)
     return _route(
-        FORWARD, "forward", problem, (x, w, bias, residual),
+        FORWARD, "forward", problem, (x, w, bias, residual), activation,
         lambda launch: launch(x, w, bias, problem, activation=activation, alpha=alpha, residual=residual),
     )
 
@@ -258,7 +264,7 @@ def input_grad(dy, w, problem: Conv2dProblem, bias=None, memory_format=torch.con
     """dgrad (and conv_transpose2d's forward) on the best family for ``problem``."""
     bias = _dense(bias)
     return _route(
-        INPUT_GRAD, "input_grad", problem, (dy, w, bias),
+        INPUT_GRAD, "input_grad", problem, (dy, w, bias), str(memory_format),
         lambda launch: launch(dy, w, problem, bias=bias, memory_format=memory_format),
     )
 
@@ -266,6 +272,6 @@ def input_grad(dy, w, problem: Conv2dProblem, bias=None, memory_format=torch.con
 def weight_grad(dy, x, problem: Conv2dProblem, memory_format=torch.contiguous_format) -> torch.Tensor:
     """wgrad on the best family for ``problem`` (every family is deterministic)."""
     return _route(
-        WEIGHT_GRAD, "weight_grad", problem, (dy, x),
+        WEIGHT_GRAD, "weight_grad", problem, (dy, x), str(memory_format),
         lambda launch: launch(dy, x, problem, memory_format=memory_format),
     )

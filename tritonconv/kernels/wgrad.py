@@ -42,8 +42,10 @@ from ._common import (
     alloc_partials,
     check_device,
     check_pixel_count,
+    dense_view,
     input_precision_for,
     phase_view,
+    phase_view_fits,
     split_range,
     tap_phase,
     tile_pid,
@@ -323,7 +325,7 @@ TAP_TMA_DTYPES = (torch.float16, torch.bfloat16)
 def accepts_tap_tma(problem: Conv2dProblem) -> bool:
     """Any kernel size, padding, dilation and groups, at a stride that divides H and W (x's
     phase view); stride 1 always."""
-    return problem.H % problem.stride_h == 0 and problem.W % problem.stride_w == 0
+    return phase_view_fits(problem)
 
 
 def tap_tma_usable(dy: torch.Tensor, x: torch.Tensor, problem: Conv2dProblem) -> bool:
@@ -369,9 +371,9 @@ def wgrad_tap_tma_kernel(
     tiles_w = tl.cdiv(Q, BLOCK_W)
     start, stop = split_range(split, N * tiles_h * tiles_w, SPLIT_K, 1)
     k_col = g * KG + pid_m * BLOCK_M
-    dh, ph = tap_phase(r, dil_h, pad_h, stride_h)
-    dw, pw = tap_phase(s, dil_w, pad_w, stride_w)
-    c_col = pw * C + g * CG + pid_n * BLOCK_N
+    shift_h, phase_h = tap_phase(r, dil_h, pad_h, stride_h)
+    shift_w, phase_w = tap_phase(s, dil_w, pad_w, stride_w)
+    c_col = phase_w * C + g * CG + pid_n * BLOCK_N
 
     # -- reduction loop: two boxes per step, no addresses, no masks
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC_DTYPE)
@@ -380,7 +382,7 @@ def wgrad_tap_tma_kernel(
         p0 = ((t // tiles_w) % tiles_h) * BLOCK_H
         q0 = (t % tiles_w) * BLOCK_W
         a = dy_desc.load([n, p0, q0, k_col]).reshape(BLOCK_K, BLOCK_M)
-        b = x_desc.load([n, p0 + dh, ph, q0 + dw, c_col]).reshape(BLOCK_K, BLOCK_N)
+        b = x_desc.load([n, p0 + shift_h, phase_h, q0 + shift_w, c_col]).reshape(BLOCK_K, BLOCK_N)
         acc = tl.dot(a.T, b, acc, input_precision=INPUT_PRECISION, out_dtype=ACC_DTYPE)
 
     # -- epilogue: this split's partial (or the gradient itself) for tap (r, s)
@@ -436,7 +438,7 @@ def conv2d_wgrad_tap_tma(dy: torch.Tensor, x: torch.Tensor, problem: Conv2dProbl
     else:
         out = alloc_partials((split, *pb.weight_shape), dy)
         out_strides = out.stride()
-    dy_desc = TensorDescriptor.from_tensor(dy.permute(0, 2, 3, 1), [1, 2, TAP_TMA_BLOCK_W, 16])
+    dy_desc = TensorDescriptor.from_tensor(dense_view(dy, (pb.N, pb.P, pb.Q, pb.K)), [1, 2, TAP_TMA_BLOCK_W, 16])
     x_desc = TensorDescriptor.from_tensor(phase_view(x, pb.stride_h, pb.stride_w), [1, 2, 1, TAP_TMA_BLOCK_W, 16])
     CG, KG = pb.C_per_group, pb.K_per_group
 
