@@ -290,3 +290,44 @@ def test_packed_weight_is_cached_until_the_parameter_changes():
     # training: gradients flow to the parameter through the pack
     conv(x).sum().backward()
     assert conv.weight.grad is not None and torch.isfinite(conv.weight.grad).all()
+
+
+def test_conv_transpose2d_phase_weights_are_built_once_in_inference(monkeypatch):
+    """ConvTranspose2d's forward is the tap_tma dgrad, which builds a flipped weight per stride
+    phase: in inference once per parameter version (any input size), in training per call."""
+    from tritonconv.kernels import dgrad
+
+    builds = []
+    real = dgrad._phase_weight
+    monkeypatch.setattr(dgrad, "_phase_weight", lambda *a: builds.append(1) or real(*a))
+    torch.manual_seed(8)
+    up = tnn.ConvTranspose2d(16, 8, 3, stride=2, padding=1, output_padding=1, device=DEVICE)
+    x = torch.randn(2, 16, 4, 5, device=DEVICE).to(memory_format=torch.channels_last)
+    uses_tap_tma = dgrad.tap_tma_usable(x, up.weight, tritonconv.spec.conv_transpose2d_problem(
+        x, up.weight, up.bias, 2, 1, 1))
+    if not uses_tap_tma:
+        pytest.skip("no TMA here (sm_80): the phase weights are not built")
+
+    def ref(inp):
+        return F.conv_transpose2d(inp.double(), up.weight.double(), up.bias.double(), 2, 1, 1)
+
+    x_big = torch.randn(1, 16, 6, 3, device=DEVICE).to(memory_format=torch.channels_last)
+    with torch.no_grad():
+        y1 = up(x)
+        first = len(builds)
+        assert first == 4  # a 3x3 kernel at stride 2 reaches all 4 phases
+        y2 = up(x)
+        y3 = up(x_big)  # another image size: the same taps, the same phase weights
+        assert len(builds) == first and torch.equal(y1, y2)
+        assert rel_err(y1, ref(x)) < TOL[torch.float32] and rel_err(y3, ref(x_big)) < TOL[torch.float32]
+        up.weight.mul_(-1)  # an in-place update bumps the version: rebuilt
+        y4 = up(x)
+        assert len(builds) == 2 * first and rel_err(y4, ref(x)) < TOL[torch.float32]
+        up.half()  # new storage behind the same parameter (its version does not move): rebuilt
+        y5 = up(x.half())
+        assert len(builds) == 3 * first and y5.dtype == torch.float16 and rel_err(y5, ref(x.half())) < 5e-3
+        up.float()
+    builds.clear()
+    up(x).sum().backward()  # training: the weight changes every step, so nothing is kept
+    up(x)
+    assert len(builds) == 2 * first and up.weight.grad is not None

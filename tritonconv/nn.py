@@ -9,6 +9,7 @@ conv and fuses a following activation and residual add into its epilogue.
 
 from __future__ import annotations
 
+import contextlib
 import operator
 import warnings
 from typing import Dict, List, Optional, Tuple
@@ -17,6 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from . import functional, spec
+from .kernels import dgrad
 from .kernels._common import INTERPRETER
 
 __all__ = ["Conv2d", "ConvTranspose2d", "convert"]
@@ -93,9 +95,14 @@ class ConvTranspose2d(torch.nn.ConvTranspose2d):
         output_padding = self._output_padding(
             input, output_size, self.stride, self.padding, self.kernel_size, 2, self.dilation
         )
-        return functional.conv_transpose2d(
-            input, self.weight, self.bias, self.stride, self.padding, output_padding, self.groups, self.dilation
-        )
+        # Where the weight cannot change under the call (inference), the kernels keep what they
+        # build from it until its version moves; in training they rebuild it per step.
+        w = self.weight
+        pack_once = not torch.compiler.is_compiling() and not (torch.is_grad_enabled() and w.requires_grad)
+        with dgrad.cached_phase_weights() if pack_once else contextlib.nullcontext():
+            return functional.conv_transpose2d(
+                input, w, self.bias, self.stride, self.padding, output_padding, self.groups, self.dilation
+            )
 
 
 def _output_shape(input, weight, args) -> Tuple[int, ...]:

@@ -28,8 +28,11 @@ layouts (k contiguous in both operands).
 
 from __future__ import annotations
 
+import contextlib
 import math
-from typing import List, NamedTuple, Optional, Tuple
+import threading
+import weakref
+from typing import Callable, Dict, List, NamedTuple, Optional, Tuple
 
 import torch
 import triton
@@ -49,7 +52,8 @@ from ._common import (
 )
 from .fprop import conv2d_fprop_tap_tma, spatial_tiles_fit
 
-__all__ = ["accepts_tap_tma", "conv2d_dgrad_tap_tma", "tap_tma_usable", "conv2d_dgrad", "dgrad_kernel"]
+__all__ = ["accepts_tap_tma", "conv2d_dgrad_tap_tma", "tap_tma_usable", "conv2d_dgrad", "dgrad_kernel",
+           "cached_phase_weights"]
 
 
 @triton.jit
@@ -296,6 +300,48 @@ def _phase_weight(w: torch.Tensor, problem: Conv2dProblem, phase: _Phase) -> tor
         memory_format=torch.channels_last)
 
 
+# Inference through a module (tritonconv.nn.ConvTranspose2d, whose forward is this dgrad)
+# should build the phase weights once, not per call (issue 6: packed weights are cached
+# per parameter until it changes). The module opens ``cached_phase_weights()`` when its
+# weight cannot change under the call; they are then kept per weight tensor (by identity,
+# which the op dispatch preserves) and dropped with it, and rebuilt when its version
+# counter or its storage moves (an optimizer step or load_state_dict; ``module.to()``).
+# As with any version-tracked cache, an in-place write through ``weight.data`` is not
+# seen. Training, whose weight changes every step, builds them per call.
+_cache_phase_weights = threading.local()
+_phase_weight_cache: Dict[int, Tuple[Callable[[], Optional[torch.Tensor]], tuple, List[torch.Tensor]]] = {}
+
+
+@contextlib.contextmanager
+def cached_phase_weights():
+    """Inside the block, each weight's phase weights are kept until the weight changes or dies."""
+    old = getattr(_cache_phase_weights, "on", False)
+    _cache_phase_weights.on = True
+    try:
+        yield
+    finally:
+        _cache_phase_weights.on = old
+
+
+def _phase_weights(w: torch.Tensor, problem: Conv2dProblem, phases: List[_Phase]) -> List[torch.Tensor]:
+    """``_phase_weight`` of every phase a tap reaches, from the cache when it is on and current."""
+    reached = [ph for ph in phases if ph.forward is not None]
+    if not getattr(_cache_phase_weights, "on", False):
+        return [_phase_weight(w, problem, ph) for ph in reached]
+    # what the phase weights depend on: w's contents (version, storage) and the taps of each
+    # phase (not the image size, so inputs of any size share them)
+    state = (w._version, w.data_ptr(), w.dtype, w.device, w.shape, w.stride(), problem.groups,
+             tuple((ph.taps_h, ph.taps_w) for ph in reached))
+    key = id(w)
+    entry = _phase_weight_cache.get(key)
+    if entry is not None and entry[0]() is w and entry[1] == state:
+        return entry[2]
+    with torch.no_grad():
+        built = [_phase_weight(w, problem, ph) for ph in reached]
+    _phase_weight_cache[key] = (weakref.ref(w, lambda _: _phase_weight_cache.pop(key, None)), state, built)
+    return built
+
+
 def conv2d_dgrad_tap_tma(dy: torch.Tensor, w: torch.Tensor, problem: Conv2dProblem,
                          bias: Optional[torch.Tensor] = None,
                          memory_format: torch.memory_format = torch.contiguous_format) -> torch.Tensor:
@@ -311,12 +357,14 @@ def conv2d_dgrad_tap_tma(dy: torch.Tensor, w: torch.Tensor, problem: Conv2dProbl
     dx = alloc_output(pb.input_shape, dy.dtype, dy.device, memory_format)
     if dx.numel() == 0:
         return dx
-    for phase in _phases(pb):
+    phases = _phases(pb)
+    weights = iter(_phase_weights(w, pb, phases))
+    for phase in phases:
         out = dx[:, :, phase.a::pb.stride_h, phase.b::pb.stride_w]
         if phase.forward is None and bias is None:
             out.zero_()
         elif phase.forward is None:
             out.copy_(bias.view(1, -1, 1, 1).expand_as(out))
         else:
-            conv2d_fprop_tap_tma(dy, _phase_weight(w, pb, phase), bias, phase.forward, out=out)
+            conv2d_fprop_tap_tma(dy, next(weights), bias, phase.forward, out=out)
     return dx
