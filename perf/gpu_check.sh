@@ -7,7 +7,8 @@
 # Stages, in order; each gets a share of the time still left (and a cap), runs under
 # `timeout`, and a stage that runs out of time is cut off without stopping the rest:
 #   1. environment         -> OUTDIR/env.txt        (card, driver, torch, triton, commit)
-#   2. CUDA tests, quick   -> OUTDIR/tests.log      (pytest -x -k "not hypothesis")
+#   2. CUDA tests, quick   -> OUTDIR/tests.log      (pytest -x -k "not hypothesis"; the kernel
+#                                                    families' tests first, one config per launch)
 #   3. forward sweep       ResNet-50 batch 32, fp16 then bf16, channels_last, every provider
 #   4. backward sweep      grad_input, grad_weight, forward_backward on six ResNet-50 layers, fp16
 #   5. end to end          perf/resnet50.py: training step, all convs tritonconv vs cuDNN, fp16
@@ -147,7 +148,8 @@ EOF
 quick_tests() {
     local extra=()
     $PY -c "import pytest_timeout" 2>/dev/null && extra=(--timeout 120)
-    $PY -m pytest "$TESTS" -x -q -k "not hypothesis" -p no:cacheprovider "${extra[@]}" >"$OUTDIR/tests.log" 2>&1
+    # shellcheck disable=SC2086  # TESTS is a list of paths, in the order to run them
+    $PY -m pytest $TESTS -x -q -k "not hypothesis" -p no:cacheprovider "${extra[@]}" >"$OUTDIR/tests.log" 2>&1
     local rc=$?
     tail -n 3 "$OUTDIR/tests.log"
     return $rc
@@ -162,7 +164,13 @@ e2e() {
 export PY OUTDIR CSV BUDGET TRITONCONV_CACHE_DIR
 export -f sweep env_info quick_tests e2e
 
-PRESET=resnet50 BATCH=32 FP16=fp16 BF16=bf16 TESTS=tests E2E_ARGS=""
+# The stage is cut off at its share of the budget, so what no GPU has run comes first: the
+# families (the TMA kernels among them), then the core forward and backward, then the rest.
+# tests/conftest.py turns autotuning off (TRITONCONV_TUNE=0): one compile per kernel and shape.
+FIRST_TESTS="tests/test_families.py tests/test_conv2d.py tests/test_backward.py"
+TESTS="$FIRST_TESTS $(cd "$ROOT" && ls tests/test_*.py | grep -v -x -F -e tests/test_families.py \
+    -e tests/test_conv2d.py -e tests/test_backward.py | tr '\n' ' ')"
+PRESET=resnet50 BATCH=32 FP16=fp16 BF16=bf16 E2E_ARGS=""
 BACKWARD_LAYERS="conv1,layer1.0.conv2,layer2.0.conv2,layer2.0.downsample.0,layer3.1.conv1,layer4.1.conv2"
 if [ "${GPU_CHECK_DRY_RUN:-0}" = 1 ]; then
     PRESET=smoke BATCH=2 FP16=fp32 TESTS=tests/test_bench.py BACKWARD_LAYERS="3x3,1x1/2"

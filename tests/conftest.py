@@ -23,6 +23,10 @@ import pytest
 import torch
 
 CUDA = torch.cuda.is_available()
+# The tests check results, not speed: on CUDA each launch compiles one config instead of
+# autotuning a dozen, and the router runs the most specialised family (tritonconv.configs.TUNE).
+# The sweeps and `tritonconv tune` tune as usual. Read when tritonconv is imported, below.
+os.environ.setdefault("TRITONCONV_TUNE", "0")
 if not CUDA:
     if "triton" in sys.modules and os.environ.get("TRITON_INTERPRET") != "1":
         raise pytest.UsageError("triton was imported before tests/conftest.py could set TRITON_INTERPRET=1")

@@ -225,7 +225,8 @@ def test_pruning_keeps_pre_hooks_and_never_returns_nothing():
     assert len(nothing_fits) == 1 and nothing_fits[0].pre_hook is hook
 
 
-def test_prune_hook_reads_the_epilogue_from_launch_kwargs():
+def test_prune_hook_reads_the_epilogue_from_launch_kwargs(monkeypatch):
+    monkeypatch.setattr(tc, "TUNE", True)  # the tests' one-config mode (conftest) would hide the rules
     hook = tc.gemm_prune_hook(m_fn=lambda a: a["M"], n_fn=lambda a: a["KG"], k_fn=lambda a: a["CG"], tensor_arg="x_ptr")
     x = torch.empty(1, dtype=torch.float16)  # off CUDA: no capability, no shared-memory limit
     args = dict(x_ptr=x, M=BIG, KG=BIG, CG=BIG)
@@ -271,3 +272,17 @@ def test_depthwise_fp64_keeps_tiles_that_fit():
     assert tc.prune_direct_configs(configs, 4) == configs
     kept = tc.prune_direct_configs(configs, 8)
     assert kept and all(tc.acc_per_thread(c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.num_warps) <= 8 for c in kept)
+
+
+def test_one_config_mode_keeps_the_smallest_surviving_tile(monkeypatch):
+    """TRITONCONV_TUNE=0 (the tests on CUDA): the hooks' rules still apply, then one config."""
+    hook = tc.gemm_prune_hook(m_fn=lambda a: a["M"], n_fn=lambda a: a["KG"], k_fn=lambda a: a["CG"], tensor_arg="x_ptr")
+    args = dict(x_ptr=torch.empty(1, dtype=torch.float64), M=BIG, KG=BIG, CG=BIG)
+    configs = cr.gemm_tile_configs()
+    monkeypatch.setattr(tc, "TUNE", True)
+    every = hook(configs, args)
+    monkeypatch.setattr(tc, "TUNE", False)
+    one = hook(configs, args)
+    assert len(every) > 1 and len(one) == 1 and one[0].kwargs in [c.kwargs for c in every]
+    assert min(c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"] * c.kwargs["BLOCK_K"] for c in every) == \
+        one[0].kwargs["BLOCK_M"] * one[0].kwargs["BLOCK_N"] * one[0].kwargs["BLOCK_K"]

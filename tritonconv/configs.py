@@ -9,6 +9,7 @@ keep the number of interpreted programs small.
 from __future__ import annotations
 
 import functools
+import os
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
@@ -29,6 +30,9 @@ __all__ = [
     "heavy_epilogue",
     "prune_direct_configs",
     "DirectPruneHook",
+    "TUNE",
+    "tuned",
+    "untuned_prune_hook",
     "shared_bytes",
     "acc_per_thread",
     "max_shared_memory",
@@ -372,6 +376,28 @@ def device_capability(t: torch.Tensor) -> Optional[int]:
     return 10 * major + minor
 
 
+# Tests check results, not speed: with TRITONCONV_TUNE=0 (tests/conftest.py sets it on
+# CUDA) every prune hook keeps a single config, the smallest tile that survives the rules
+# above, so a CUDA test compiles one kernel per shape instead of autotuning a dozen (and
+# the router runs the most specialised family without timing the others). Read at import.
+TUNE = os.environ.get("TRITONCONV_TUNE", "1") != "0"
+
+
+def _tile_volume(cfg: triton.Config) -> int:
+    return cfg.kwargs["BLOCK_M"] * cfg.kwargs["BLOCK_N"] * cfg.kwargs.get("BLOCK_K", 1)
+
+
+def tuned(kept: List[triton.Config]) -> List[triton.Config]:
+    """``kept`` for the autotuner to time; with TRITONCONV_TUNE=0, its smallest tile alone."""
+    return kept if TUNE or len(kept) <= 1 else [min(kept, key=_tile_volume)]
+
+
+def untuned_prune_hook(configs: List[triton.Config], named_args: Dict, **kwargs) -> List[triton.Config]:
+    """An ``early_config_prune`` with no rules of its own, for kernels whose every config builds
+    (the depthwise wgrad): only ``tuned``."""
+    return tuned(configs)
+
+
 class GemmPruneHook:
     """An ``early_config_prune`` for @triton.autotune, from GEMM-size functions.
 
@@ -399,9 +425,9 @@ class GemmPruneHook:
         t = args[self.tensor_arg]
         t = getattr(t, "base", t)  # a TMA TensorDescriptor: the tensor it describes
         limit = max_shared_memory(t.device.index or 0) if t.is_cuda else 1 << 30
-        return prune_gemm_configs(configs, *self.gemm_sizes(args), t.element_size(), limit,
-                                  capability=device_capability(t), heavy_epilogue=heavy_epilogue(args),
-                                  **self.rules)
+        return tuned(prune_gemm_configs(configs, *self.gemm_sizes(args), t.element_size(), limit,
+                                        capability=device_capability(t), heavy_epilogue=heavy_epilogue(args),
+                                        **self.rules))
 
 
 class DirectPruneHook:
@@ -412,7 +438,7 @@ class DirectPruneHook:
         self.tensor_arg = tensor_arg
 
     def __call__(self, configs: List[triton.Config], named_args: Dict, **kwargs) -> List[triton.Config]:
-        return prune_direct_configs(configs, {**named_args, **kwargs}[self.tensor_arg].element_size())
+        return tuned(prune_direct_configs(configs, {**named_args, **kwargs}[self.tensor_arg].element_size()))
 
 
 def gemm_prune_hook(m_fn, n_fn, k_fn, tensor_arg: str, gathered: bool = True,

@@ -218,6 +218,7 @@ _wgrad_tuned = triton.autotune(
     configs=configs.depthwise_configs(),
     key=["N", "H", "W", "P", "Q", "K", "MULT", "SPLIT", "S", "stride_h", "stride_w", "sdyk", "sxc"],
     do_bench=configs.capture_safe_bench,
+    prune_configs_by={"early_config_prune": configs.untuned_prune_hook},
 )(depthwise_wgrad_kernel)
 
 

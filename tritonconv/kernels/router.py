@@ -201,8 +201,9 @@ def routed_candidates(table, direction: str, problem: Conv2dProblem, tensors: tu
 
 
 def _on_gpu(t: torch.Tensor) -> bool:
-    """Whether candidates can be timed: a CUDA tensor, Triton compiling (not interpreting)."""
-    return not INTERPRETER and t.is_cuda
+    """Whether candidates are timed: a CUDA tensor, Triton compiling (not interpreting), and
+    tuning on (``configs.TUNE``: tests turn it off, and run the most specialised family)."""
+    return configs.TUNE and not INTERPRETER and t.is_cuda
 
 
 def _device_name(t: torch.Tensor) -> str:
