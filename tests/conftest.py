@@ -24,8 +24,9 @@ import torch
 
 CUDA = torch.cuda.is_available()
 # The tests check results, not speed: on CUDA each launch compiles one config instead of
-# autotuning a dozen, and the router runs the most specialised family (tritonconv.configs.TUNE).
-# The sweeps and `tritonconv tune` tune as usual. Read when tritonconv is imported, below.
+# autotuning a dozen, and the router runs the most specialised family (tritonconv.configs.TUNE;
+# under the interpreter that is so anyway). The sweeps and `tritonconv tune` tune as usual.
+# Read when tritonconv is imported, below; a test of tuning itself sets configs.TUNE.
 os.environ.setdefault("TRITONCONV_TUNE", "0")
 if not CUDA:
     if "triton" in sys.modules and os.environ.get("TRITON_INTERPRET") != "1":

@@ -295,7 +295,10 @@ def test_tuning_cache_stale_file_warns(change):
 
 
 def test_tuning_launch_hooks_persist_across_processes(monkeypatch):
+    from tritonconv import configs
+
     monkeypatch.setattr(tuning, "INTERPRETER", False)
+    monkeypatch.setattr(configs, "TUNE", True)  # conftest turns tuning (and so the cache) off
     monkeypatch.setattr(tuning, "device_name", lambda index: f"Fake GPU {index}")
     device = SimpleNamespace(index=0)
 
@@ -318,6 +321,20 @@ def test_tuning_launch_hooks_persist_across_processes(monkeypatch):
     fresh.cache.clear()
     assert tuning.before_launch(fresh, "fprop", device) == 0  # loaded once per device, not per launch
     assert tuning.before_launch(fresh, "fprop", SimpleNamespace(index=1)) == 0  # other device: its own file
+
+
+def test_tuning_hooks_are_inert_with_tuning_off(monkeypatch):
+    """TRITONCONV_TUNE=0 (the tests): the one untimed config is no tuned choice to save or load."""
+    from tritonconv import configs
+
+    monkeypatch.setattr(tuning, "INTERPRETER", False)
+    monkeypatch.setattr(configs, "TUNE", False)
+    monkeypatch.setattr(tuning, "device_name", lambda index: "Fake GPU")
+    tuner = FakeAutotuner()
+    assert tuning.before_launch(tuner, "fprop", SimpleNamespace(index=0)) == -1
+    tuner.cache[KEY_A] = triton.Config({"BLOCK_M": 64, "BLOCK_N": 32})
+    tuning.after_launch(tuner, "fprop", SimpleNamespace(index=0), -1)
+    assert not tuning.cache_path("fprop", "Fake GPU").exists()
 
 
 def test_tuning_hooks_are_inert_under_the_interpreter(monkeypatch):

@@ -109,7 +109,10 @@ def test_cuda_graph_capture_and_replay():
 
 
 @pytest.mark.skipif(DEVICE != "cuda", reason="CUDA graphs need a GPU")
-def test_cuda_graph_capture_refuses_to_tune():
+def test_cuda_graph_capture_refuses_to_tune(monkeypatch):
+    from tritonconv import configs
+
+    monkeypatch.setattr(configs, "TUNE", True)  # conftest turns tuning off for the other tests
     conv = tnn.Conv2d(16, 32, 3, padding=1, device="cuda", dtype=torch.float16)
     x = torch.randn(3, 16, 23, 29, device="cuda", dtype=torch.float16)  # a shape never tuned before
     graph = torch.cuda.CUDAGraph()

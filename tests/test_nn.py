@@ -295,7 +295,7 @@ def test_packed_weight_is_cached_until_the_parameter_changes():
 def test_conv_transpose2d_phase_weights_are_built_once_in_inference(monkeypatch):
     """ConvTranspose2d's forward is the tap_tma dgrad, which builds a flipped weight per stride
     phase: in inference once per parameter version (any input size), in training per call."""
-    from tritonconv.kernels import dgrad
+    from tritonconv.kernels import dgrad, router
 
     builds = []
     real = dgrad._phase_weight
@@ -312,7 +312,7 @@ def test_conv_transpose2d_phase_weights_are_built_once_in_inference(monkeypatch)
         return F.conv_transpose2d(inp.double(), up.weight.double(), up.bias.double(), 2, 1, 1)
 
     x_big = torch.randn(1, 16, 6, 3, device=DEVICE).to(memory_format=torch.channels_last)
-    with torch.no_grad():
+    with torch.no_grad(), router.force("tap_tma"):
         y1 = up(x)
         first = len(builds)
         assert first == 4  # a 3x3 kernel at stride 2 reaches all 4 phases
@@ -328,6 +328,14 @@ def test_conv_transpose2d_phase_weights_are_built_once_in_inference(monkeypatch)
         assert len(builds) == 3 * first and y5.dtype == torch.float16 and rel_err(y5, ref(x.half())) < 5e-3
         up.float()
     builds.clear()
-    up(x).sum().backward()  # training: the weight changes every step, so nothing is kept
-    up(x)
+    with router.force("tap_tma"):
+        up(x).sum().backward()  # training: the weight changes every step, so nothing is kept
+        up(x)
     assert len(builds) == 2 * first and up.weight.grad is not None
+    assert id(up.weight) not in dgrad._phase_weight_cache  # and what inference kept is dropped
+    with torch.inference_mode():  # inference tensors have no version counter: never kept
+        frozen = tnn.ConvTranspose2d(16, 8, 3, stride=2, padding=1, output_padding=1, device=DEVICE)
+        with router.force("tap_tma"):
+            y6 = frozen(x)
+        assert id(frozen.weight) not in dgrad._phase_weight_cache
+    assert y6.shape == y1.shape

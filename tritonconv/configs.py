@@ -376,10 +376,12 @@ def device_capability(t: torch.Tensor) -> Optional[int]:
     return 10 * major + minor
 
 
-# Tests check results, not speed: with TRITONCONV_TUNE=0 (tests/conftest.py sets it on
-# CUDA) every prune hook keeps a single config, the smallest tile that survives the rules
-# above, so a CUDA test compiles one kernel per shape instead of autotuning a dozen (and
-# the router runs the most specialised family without timing the others). Read at import.
+# Tests check results, not speed: with TRITONCONV_TUNE=0 (tests/conftest.py sets it) every
+# prune hook keeps a single config, the smallest tile that survives the rules above, so a
+# CUDA test compiles one kernel per shape instead of autotuning a dozen (Triton 3.6 still
+# times that one config once; 3.9 does not), the router runs the most specialised family
+# without timing the others, and nothing goes to the tuning cache. Read at import; the
+# interpreter has one config per kernel anyway. The sweeps and `tritonconv tune` tune.
 TUNE = os.environ.get("TRITONCONV_TUNE", "1") != "0"
 
 

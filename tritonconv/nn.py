@@ -89,6 +89,12 @@ class Conv2d(torch.nn.Conv2d):
 class ConvTranspose2d(torch.nn.ConvTranspose2d):
     """``torch.nn.ConvTranspose2d`` computed by tritonconv (forward is the dgrad kernel)."""
 
+    def _apply(self, fn, *args, **kwargs):
+        # .to() / .cuda() / .half(): the weights built from the old tensor are dropped now,
+        # not held (on the old device) until the next call notices
+        dgrad.forget_phase_weights(self.weight)
+        return super()._apply(fn, *args, **kwargs)
+
     def forward(self, input: torch.Tensor, output_size: Optional[List[int]] = None) -> torch.Tensor:
         if self.padding_mode != "zeros":
             raise ValueError("Only 'zeros' padding mode is supported for ConvTranspose2d")
@@ -99,6 +105,8 @@ class ConvTranspose2d(torch.nn.ConvTranspose2d):
         # build from it until its version moves; in training they rebuild it per step.
         w = self.weight
         pack_once = not torch.compiler.is_compiling() and not (torch.is_grad_enabled() and w.requires_grad)
+        if not pack_once:
+            dgrad.forget_phase_weights(w)  # training: what inference kept is stale by the next step
         with dgrad.cached_phase_weights() if pack_once else contextlib.nullcontext():
             return functional.conv_transpose2d(
                 input, w, self.bias, self.stride, self.padding, output_padding, self.groups, self.dilation

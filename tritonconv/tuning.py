@@ -385,9 +385,13 @@ def device_name(index: int) -> str:
 def before_launch(autotuner: Any, kernel: str, device: Any) -> int:
     """Call before launching ``autotuner``: loads the saved entries once per device.
 
-    Returns the cache size to hand to ``after_launch`` (-1: nothing to do).
+    Returns the cache size to hand to ``after_launch`` (-1: nothing to do). Nothing under the
+    interpreter, nor with tuning off (``configs.TUNE``: the tests' single untimed config must
+    not pass for a tuned choice in a cache that sweeps share).
     """
-    if INTERPRETER:
+    from . import configs
+
+    if INTERPRETER or not configs.TUNE:
         return -1
     index = device.index if device.index is not None else 0
     if (kernel, index) not in _loaded:

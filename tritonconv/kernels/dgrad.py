@@ -37,6 +37,7 @@ from typing import Callable, Dict, List, NamedTuple, Optional, Tuple
 import torch
 import triton
 import triton.language as tl
+from torch.multiprocessing.reductions import StorageWeakRef
 
 from .. import configs, tuning
 from ..spec import Conv2dProblem
@@ -53,7 +54,7 @@ from ._common import (
 from .fprop import conv2d_fprop_tap_tma, spatial_tiles_fit
 
 __all__ = ["accepts_tap_tma", "conv2d_dgrad_tap_tma", "tap_tma_usable", "conv2d_dgrad", "dgrad_kernel",
-           "cached_phase_weights"]
+           "cached_phase_weights", "forget_phase_weights"]
 
 
 @triton.jit
@@ -305,11 +306,15 @@ def _phase_weight(w: torch.Tensor, problem: Conv2dProblem, phase: _Phase) -> tor
 # per parameter until it changes). The module opens ``cached_phase_weights()`` when its
 # weight cannot change under the call; they are then kept per weight tensor (by identity,
 # which the op dispatch preserves) and dropped with it, and rebuilt when its version
-# counter or its storage moves (an optimizer step or load_state_dict; ``module.to()``).
+# counter or its storage moves (an optimizer step or load_state_dict; ``module.to()``,
+# ``weight.data = ...``), or the stream does (no cross-stream ordering to get wrong).
 # As with any version-tracked cache, an in-place write through ``weight.data`` is not
-# seen. Training, whose weight changes every step, builds them per call.
+# seen. Not kept: during CUDA graph capture (the tensors would hold nothing until a
+# replay), for inference-mode tensors (no version counter). Training, whose weight
+# changes every step, builds them per call.
 _cache_phase_weights = threading.local()
-_phase_weight_cache: Dict[int, Tuple[Callable[[], Optional[torch.Tensor]], tuple, List[torch.Tensor]]] = {}
+_phase_weight_cache: Dict[int, Tuple[Callable[[], Optional[torch.Tensor]], "StorageWeakRef", tuple,
+                                     List[torch.Tensor]]] = {}
 
 
 @contextlib.contextmanager
@@ -323,22 +328,37 @@ def cached_phase_weights():
         _cache_phase_weights.on = old
 
 
+def forget_phase_weights(w: torch.Tensor) -> None:
+    """Drop what the cache holds for ``w`` (a module leaving inference, or moving its weight)."""
+    _phase_weight_cache.pop(id(w), None)
+
+
+def _cacheable(w: torch.Tensor) -> bool:
+    if not getattr(_cache_phase_weights, "on", False) or w.is_inference():
+        return False
+    return not (w.is_cuda and torch.cuda.is_current_stream_capturing())
+
+
 def _phase_weights(w: torch.Tensor, problem: Conv2dProblem, phases: List[_Phase]) -> List[torch.Tensor]:
     """``_phase_weight`` of every phase a tap reaches, from the cache when it is on and current."""
     reached = [ph for ph in phases if ph.forward is not None]
-    if not getattr(_cache_phase_weights, "on", False):
+    if not _cacheable(w):
         return [_phase_weight(w, problem, ph) for ph in reached]
-    # what the phase weights depend on: w's contents (version, storage) and the taps of each
-    # phase (not the image size, so inputs of any size share them)
-    state = (w._version, w.data_ptr(), w.dtype, w.device, w.shape, w.stride(), problem.groups,
-             tuple((ph.taps_h, ph.taps_w) for ph in reached))
+    # what the phase weights depend on: w's contents (version, storage: the same StorageImpl,
+    # still alive, so a new storage at the old address does not match), the stream that
+    # wrote them, and the taps of each phase (not the image size: inputs of any size share them)
+    storage = w.untyped_storage()
+    stream = torch.cuda.current_stream(w.device).cuda_stream if w.is_cuda else 0
+    state = (w._version, storage._cdata, w.storage_offset(), w.dtype, w.device, w.shape, w.stride(), stream,
+             problem.groups, tuple((ph.taps_h, ph.taps_w) for ph in reached))
     key = id(w)
     entry = _phase_weight_cache.get(key)
-    if entry is not None and entry[0]() is w and entry[1] == state:
-        return entry[2]
+    if entry is not None and entry[0]() is w and not entry[1].expired() and entry[2] == state:
+        return entry[3]
     with torch.no_grad():
         built = [_phase_weight(w, problem, ph) for ph in reached]
-    _phase_weight_cache[key] = (weakref.ref(w, lambda _: _phase_weight_cache.pop(key, None)), state, built)
+    _phase_weight_cache[key] = (weakref.ref(w, lambda _: _phase_weight_cache.pop(key, None)),
+                                StorageWeakRef(storage), state, built)
     return built
 
 
