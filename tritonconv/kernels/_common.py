@@ -5,6 +5,8 @@ Nothing here knows about torch.library; nothing here knows about tile sizes.
 
 from __future__ import annotations
 
+import contextlib
+import threading
 from typing import Dict, NamedTuple, Optional, Tuple
 
 import torch
@@ -24,6 +26,7 @@ __all__ = [
     "phase_view",
     "phase_view_fits",
     "tap_phase",
+    "thread_setting",
     "alloc_output",
     "alloc_partials",
     "check_pixel_count",
@@ -145,6 +148,18 @@ def tap_phase(r, dil, pad, stride):
     lift = tl.cdiv(tl.maximum(pad, 0), stride)  # r*dil - pad + stride*lift >= 0
     offset = r * dil - pad + stride * lift
     return offset // stride - lift, offset % stride
+
+
+@contextlib.contextmanager
+def thread_setting(local: threading.local, name: str, value):
+    """Set ``local.<name>`` to ``value`` inside the block, for this thread, then restore it
+    (the router's forced family, the phase-weight cache's switch)."""
+    old = getattr(local, name, None)
+    setattr(local, name, value)
+    try:
+        yield
+    finally:
+        setattr(local, name, old)
 
 
 _POISON_OUTPUTS = False

@@ -28,7 +28,6 @@ layouts (k contiguous in both operands).
 
 from __future__ import annotations
 
-import contextlib
 import math
 import threading
 import weakref
@@ -49,6 +48,7 @@ from ._common import (
     check_device,
     check_pixel_count,
     input_precision_for,
+    thread_setting,
     tile_pid,
 )
 from .fprop import conv2d_fprop_tap_tma, spatial_tiles_fit
@@ -317,15 +317,9 @@ _phase_weight_cache: Dict[int, Tuple[Callable[[], Optional[torch.Tensor]], "Stor
                                      List[torch.Tensor]]] = {}
 
 
-@contextlib.contextmanager
 def cached_phase_weights():
     """Inside the block, each weight's phase weights are kept until the weight changes or dies."""
-    old = getattr(_cache_phase_weights, "on", False)
-    _cache_phase_weights.on = True
-    try:
-        yield
-    finally:
-        _cache_phase_weights.on = old
+    return thread_setting(_cache_phase_weights, "on", True)
 
 
 def forget_phase_weights(w: torch.Tensor) -> None:

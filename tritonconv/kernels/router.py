@@ -44,7 +44,7 @@ import torch
 from .. import configs, tuning
 from ..spec import Conv2dProblem
 from . import depthwise, dgrad, gemm1x1, smallc, wgrad
-from ._common import INTERPRETER
+from ._common import INTERPRETER, thread_setting
 from .dgrad import conv2d_dgrad
 from .fprop import (
     accepts_splitk,
@@ -144,12 +144,8 @@ def force(name: Optional[str]):
     known = set(FORWARD) | set(INPUT_GRAD) | set(WEIGHT_GRAD)
     if name is not None and name not in known:
         raise ValueError(f"unknown kernel family {name!r}; expected one of {sorted(known)}")
-    old = getattr(_forced, "name", None)
-    _forced.name = name
-    try:
+    with thread_setting(_forced, "name", name):
         yield
-    finally:
-        _forced.name = old
 
 
 def candidates(table: Dict[str, Tuple[Callable, Callable]], problem: Conv2dProblem) -> List[str]:
