@@ -31,8 +31,6 @@ from ._common import (
     TMA_DTYPES,
     TensorDescriptor,
     acc_dtype_for,
-    alloc_output,
-    alloc_partials,
     check_device,
     check_pixel_count,
     conv_epilogue,
@@ -42,7 +40,7 @@ from ._common import (
     split_range,
     tile_pid,
 )
-from .wgrad import choose_split_k, conv2d_wgrad
+from .wgrad import conv2d_wgrad, finish_wgrad, wgrad_workspace
 
 __all__ = ["accepts", "conv2d_fprop_1x1", "conv2d_fprop_1x1_tma", "conv2d_wgrad_1x1", "conv2d_wgrad_1x1_tma",
            "gemm1x1_fprop_kernel", "gemm1x1_tma_kernel", "gemm1x1_wgrad_kernel", "gemm1x1_wgrad_tma_kernel",
@@ -421,26 +419,6 @@ _gemm1x1_wgrad_tuned = triton.autotune(
 )(gemm1x1_wgrad_kernel)
 
 
-def _wgrad_workspace(dy: torch.Tensor, problem: Conv2dProblem, memory_format, split_k: Optional[int]):
-    """dw, the split count, and where the kernel stores: dw itself (no split) or fp32 (fp64) partials."""
-    pb = problem
-    dw = alloc_output(pb.weight_shape, dy.dtype, dy.device, memory_format)
-    M = pb.N * pb.H * pb.W
-    split = max(1, int(split_k)) if split_k is not None else choose_split_k(pb, dy.device)
-    split = min(split, max(1, M))
-    if split == 1:
-        return dw, split, dw, (0, dw.stride(0), dw.stride(1))
-    out = alloc_partials((split, pb.K, pb.C_per_group), dy)
-    return dw, split, out, out.stride()
-
-
-def _finish_wgrad(dw: torch.Tensor, out: torch.Tensor, split: int) -> torch.Tensor:
-    """dw from the kernel's partials (a no-op when it stored dw itself)."""
-    if split > 1:
-        dw.copy_(out.sum(dim=0).view(dw.shape))  # fixed order: deterministic
-    return dw
-
-
 def conv2d_wgrad_1x1(dy: torch.Tensor, x: torch.Tensor, problem: Conv2dProblem,
                      memory_format: torch.memory_format = torch.contiguous_format,
                      split_k: Optional[int] = None) -> torch.Tensor:
@@ -463,7 +441,7 @@ def conv2d_wgrad_1x1(dy: torch.Tensor, x: torch.Tensor, problem: Conv2dProblem,
     M = pb.N * pb.H * pb.W
     if M == 0 or pb.K == 0 or pb.C == 0:
         return conv2d_wgrad(dy, x, pb, memory_format, split_k)  # its empty-problem handling
-    dw, split, out, out_strides = _wgrad_workspace(dy, pb, memory_format, split_k)
+    dw, split, out, out_strides = wgrad_workspace(dy, pb, memory_format, split_k, M)  # strides[:3]: r = s = 1
     KG, CG = pb.K_per_group, pb.C_per_group
 
     def grid(meta):
@@ -471,10 +449,10 @@ def conv2d_wgrad_1x1(dy: torch.Tensor, x: torch.Tensor, problem: Conv2dProblem,
 
     tuning.launch(_gemm1x1_wgrad_tuned, "gemm1x1_wgrad", dy.device, grid,
         dy, x, out, M, CG, KG, pb.groups, split,
-        pixel_stride(dy), dy.stride(1), pixel_stride(x), x.stride(1), *out_strides,
+        pixel_stride(dy), dy.stride(1), pixel_stride(x), x.stride(1), *out_strides[:3],
         ACC_DTYPE=acc_dtype_for(dy.dtype), INPUT_PRECISION=input_precision_for(dy),
     )
-    return _finish_wgrad(dw, out, split)
+    return finish_wgrad(dw, out, split)
 
 
 # TMA for the 1x1 wgrad: dy and x as (N*H*W, K) and (N*H*W, C) row-major matrices
@@ -569,7 +547,7 @@ def conv2d_wgrad_1x1_tma(dy: torch.Tensor, x: torch.Tensor, problem: Conv2dProbl
         return conv2d_wgrad_1x1(dy, x, pb, memory_format, split_k)
     check_device(dy, x)
     check_pixel_count(M, "output (N*H*W)")
-    dw, split, out, out_strides = _wgrad_workspace(dy, pb, memory_format, split_k)
+    dw, split, out, out_strides = wgrad_workspace(dy, pb, memory_format, split_k, M)  # strides[:3]: r = s = 1
     KG, CG = pb.K_per_group, pb.C_per_group
     a_desc = TensorDescriptor.from_tensor(dense_view(dy, (M, pb.K)), [16, 16])
     b_desc = TensorDescriptor.from_tensor(dense_view(x, (M, pb.C)), [16, 16])
@@ -578,7 +556,7 @@ def conv2d_wgrad_1x1_tma(dy: torch.Tensor, x: torch.Tensor, problem: Conv2dProbl
         return (split * pb.groups * triton.cdiv(KG, meta["BLOCK_M"]) * triton.cdiv(CG, meta["BLOCK_N"]),)
 
     tuning.launch(_gemm1x1_wgrad_tma_tuned, "gemm1x1_wgrad_tma", dy.device, grid,
-        a_desc, b_desc, out, dy, M, CG, KG, pb.groups, split, *out_strides,
+        a_desc, b_desc, out, dy, M, CG, KG, pb.groups, split, *out_strides[:3],
         ACC_DTYPE=acc_dtype_for(dy.dtype), INPUT_PRECISION=input_precision_for(dy),
     )
-    return _finish_wgrad(dw, out, split)
+    return finish_wgrad(dw, out, split)

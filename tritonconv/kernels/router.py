@@ -171,8 +171,11 @@ _TABLES = {"forward": FORWARD, "input_grad": INPUT_GRAD, "weight_grad": WEIGHT_G
 def _load_choices(device: str) -> None:
     """Bring the tuning cache's saved choices for ``device`` into ``_choice`` (once per process).
     An entry naming a family that no longer accepts its problem is skipped."""
+    choices = tuning.router_choices_once(device)  # {} after the first call: this is the per-call path
+    if not choices:
+        return
     n_fields = len(dataclasses.fields(Conv2dProblem))
-    for raw, name in tuning.router_choices_once(device).items():
+    for raw, name in choices.items():
         if len(raw) != 4:
             continue
         direction, fields, layout, variant = raw

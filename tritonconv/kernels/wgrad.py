@@ -52,7 +52,8 @@ from ._common import (
 )
 
 __all__ = ["conv2d_wgrad", "conv2d_bias_grad", "conv2d_wgrad_tap_tma", "wgrad_kernel", "wgrad_tap_tma_kernel",
-           "bias_grad_kernel", "choose_split_k", "bias_grad_splits", "accepts_tap_tma", "tap_tma_usable"]
+           "bias_grad_kernel", "choose_split_k", "wgrad_workspace", "finish_wgrad", "bias_grad_splits",
+           "accepts_tap_tma", "tap_tma_usable"]
 
 
 @triton.jit
@@ -193,6 +194,29 @@ def choose_split_k(problem: Conv2dProblem, device: torch.device) -> int:
     return max(1, min(want, 32, npq // 1024))
 
 
+def wgrad_workspace(dy: torch.Tensor, problem: Conv2dProblem, memory_format, split_k: Optional[int],
+                    pixels: int):
+    """dw, the split count, and where a wgrad kernel stores: dw itself (no split) or fp32 (fp64)
+    partials (split, K, C/groups, R, S). Strides as (split, k, c, r, s), the split's 0 without
+    one. ``pixels``, the reduction's length, bounds the split."""
+    pb = problem
+    dw = alloc_output(pb.weight_shape, dy.dtype, dy.device, memory_format)
+    split = max(1, int(split_k)) if split_k is not None else choose_split_k(pb, dy.device)
+    split = min(split, max(1, pixels))
+    if split == 1:
+        return dw, split, dw, (0, *dw.stride())
+    out = alloc_partials((split, *pb.weight_shape), dy)
+    return dw, split, out, out.stride()
+
+
+def finish_wgrad(dw: torch.Tensor, out: torch.Tensor, split: int) -> torch.Tensor:
+    """dw from the kernel's partials (a no-op when it stored dw itself)."""
+    if split > 1:
+        # fixed-order sum of the partials: deterministic, unlike float atomics
+        dw.copy_(out.sum(dim=0))
+    return dw
+
+
 def conv2d_wgrad(
     dy: torch.Tensor,
     x: torch.Tensor,
@@ -214,20 +238,13 @@ def conv2d_wgrad(
     """
     check_device(dy, x)
     pb = problem
-    check_pixel_count(pb.N * pb.P * pb.Q, "output (N*P*Q)")
-    dw = alloc_output(pb.weight_shape, dy.dtype, dy.device, memory_format)
+    npq = pb.N * pb.P * pb.Q
+    check_pixel_count(npq, "output (N*P*Q)")
+    dw, split, out, out_strides = wgrad_workspace(dy, pb, memory_format, split_k, npq)
     if dw.numel() == 0:
         return dw
-    npq = pb.N * pb.P * pb.Q
     if npq == 0:
         return dw.zero_()
-    split = max(1, int(split_k)) if split_k is not None else choose_split_k(pb, dy.device)
-    split = min(split, max(1, npq))
-    if split == 1:
-        out, out_strides = dw, (0, *dw.stride())
-    else:
-        out = alloc_partials((split, *pb.weight_shape), dy)
-        out_strides = out.stride()
     CG, KG = pb.C_per_group, pb.K_per_group
 
     def grid(meta):
@@ -242,10 +259,7 @@ def conv2d_wgrad(
         ACC_DTYPE=acc_dtype_for(dy.dtype),
         INPUT_PRECISION=input_precision_for(dy),
     )
-    if split > 1:
-        # fixed-order sum of the partials: deterministic, unlike float atomics
-        dw.copy_(out.sum(dim=0))
-    return dw
+    return finish_wgrad(dw, out, split)
 
 
 def bias_grad_splits(npq: int, channel_blocks: int, device: torch.device) -> int:
@@ -430,14 +444,7 @@ def conv2d_wgrad_tap_tma(dy: torch.Tensor, x: torch.Tensor, problem: Conv2dProbl
         return conv2d_wgrad(dy, x, pb, memory_format, split_k)
     check_device(dy, x)
     check_pixel_count(npq, "output (N*P*Q)")
-    dw = alloc_output(pb.weight_shape, dy.dtype, dy.device, memory_format)
-    split = max(1, int(split_k)) if split_k is not None else choose_split_k(pb, dy.device)
-    split = min(split, max(1, npq))
-    if split == 1:
-        out, out_strides = dw, (0, *dw.stride())
-    else:
-        out = alloc_partials((split, *pb.weight_shape), dy)
-        out_strides = out.stride()
+    dw, split, out, out_strides = wgrad_workspace(dy, pb, memory_format, split_k, npq)
     dy_desc = TensorDescriptor.from_tensor(dense_view(dy, (pb.N, pb.P, pb.Q, pb.K)), [1, 2, TAP_TMA_BLOCK_W, 16])
     x_desc = TensorDescriptor.from_tensor(phase_view(x, pb.stride_h, pb.stride_w), [1, 2, 1, TAP_TMA_BLOCK_W, 16])
     CG, KG = pb.C_per_group, pb.K_per_group
@@ -452,6 +459,4 @@ def conv2d_wgrad_tap_tma(dy: torch.Tensor, x: torch.Tensor, problem: Conv2dProbl
         pb.stride_h, pb.stride_w, pb.pad_h, pb.pad_w, pb.dil_h, pb.dil_w, *out_strides,
         ACC_DTYPE=acc_dtype_for(dy.dtype), INPUT_PRECISION=input_precision_for(dy),
     )
-    if split > 1:
-        dw.copy_(out.sum(dim=0))  # fixed order: deterministic
-    return dw
+    return finish_wgrad(dw, out, split)
