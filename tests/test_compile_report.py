@@ -29,7 +29,8 @@ CLEAN_CONFIG = "64x64x64 w4 s4"
 
 RECORD_KEYS = {
     "kernel", "config", "arch", "dtype", "registers", "spills", "spill_stores", "spill_loads",
-    "shared_bytes", "shared_limit", "tensor_core", "launchable", "ok", "status", "reason", "error",
+    "shared_bytes", "shared_limit", "tensor_core", "tma_loads", "mma_async", "launchable", "ok", "status", "reason",
+    "error",
 }
 
 
@@ -149,8 +150,45 @@ def test_every_family_builds(every_family_report):
         assert r["error"] is None, (r["kernel"], r["error"])
         assert r["spills"] == 0, f"{r['kernel']}: {r['spills']} bytes spilled"
         assert r["tensor_core"] == ("wgmma" if fam.uses_dot else "none"), (r["kernel"], r["mma_instr"])
+        if fam.uses_tma:
+            # pipelined: the first stages' copies are issued before the loop, one per operand in it,
+            # and a wgmma stays in flight while the next tile's is issued
+            assert r["tma_loads"] > 2, (r["kernel"], r["tma_loads"])
+            assert r["mma_async"] is True, r["kernel"]
+        else:
+            assert r["tma_loads"] == 0, (r["kernel"], r["tma_loads"])
         assert r["status"] == "ok", (r["kernel"], r["reason"])
     assert rc == 0
+
+
+PTX_PIPELINED = """
+    cp.async.bulk.tensor.4d.shared::cluster.global.mbarrier::complete_tx::bytes [%r1], [%rd2, {%r3, %r4, %r5, %r6}], [%r7];
+    wgmma.mma_async.sync.aligned.m64n64k16.f32.f16.f16 {%f1}, %rd8, %rd9, p, 1, 1, 0, 1;
+    wgmma.wait_group.sync.aligned 1;
+    cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes [%r10], [%rd11, {%r12, %r13}], [%r14];
+    wgmma.wait_group.sync.aligned 0;
+"""
+
+
+def test_ptx_readers_count_tma_copies_and_in_flight_wgmma():
+    assert cr.tma_loads_of(PTX_PIPELINED) == 2
+    assert cr.mma_async_of(PTX_PIPELINED) is True
+    serial = PTX_PIPELINED.replace("aligned 1;", "aligned 0;")
+    assert cr.mma_async_of(serial) is False
+    assert cr.tma_loads_of("ld.global.v4.b32 {%r1, %r2, %r3, %r4}, [%rd1];") == 0
+    assert cr.mma_async_of("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%f1}, {%r1}, {%r2}, {%f2};") is None
+
+
+def test_tma_family_without_tma_copies_fails():
+    """A tensor-descriptor family whose PTX came out with plain loads is a failure, not a silent slowdown."""
+    fam, plain = cr._family("fprop_tap_tma"), cr._family("fprop")
+    built = dict(spills=0, spill_stores=0, spill_loads=0, shared_bytes=65536, tensor_core="wgmma",
+                 tma_loads=0, mma_async=True)
+    dt, sm90 = cr.DTYPES["fp16"], cr.ARCHS["sm_90"]
+    assert cr.check_built(plain, built, dt, sm90) == []
+    problems = cr.check_built(fam, built, dt, sm90)
+    assert len(problems) == 1 and "no TMA copies" in problems[0]
+    assert cr.check_built(fam, {**built, "tma_loads": 8}, dt, sm90) == []
 
 
 def test_subset_covers_every_family_within_a_ci_budget():

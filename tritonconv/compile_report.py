@@ -13,7 +13,14 @@ config passes when it
       sm_80/86/89); fp32, which runs as TF32 by default
       (torch.backends.cudnn.allow_tf32), needs a tensor-core instruction of
       either kind; fp64 and fp32-ieee need none (the report still says whether
-      the f64 mma.sync is used). The depthwise kernels have no tl.dot and need none.
+      the f64 mma.sync is used). The depthwise kernels have no tl.dot and need none,
+    * for a tensor-descriptor (TMA) family, issues TMA copies
+      (cp.async.bulk.tensor) rather than plain loads.
+
+Two more columns say whether the reduction is software-pipelined, without
+failing anything: ``tma`` counts the TMA copies in the PTX (a pipelined loop
+issues its first stages before the loop, so the count grows with num_stages),
+and ``async`` says whether a wgmma stays in flight while the next is issued.
 
 Configs a family's runtime pruner (``configs.prune_gemm_configs``,
 ``configs.prune_direct_configs``) removes on that arch, for that dtype and
@@ -174,6 +181,9 @@ class KernelFamily:
             to the representative launch (``runtime_configs``).
         uses_dot: the kernel's reduction is a tl.dot, so the dtype's tensor-core
             instruction is required; False for direct kernels (depthwise).
+        uses_tma: the kernel loads through tensor descriptors, so its PTX must
+            hold TMA copies (cp.async.bulk.tensor); a build that lowered them to
+            plain loads would still be correct, and silently slow.
         dtypes, archs: the DTYPES / ARCHS keys the family runs with (None: all);
             e.g. TMA descriptors exist only on sm_90 and for 16/32-bit types.
     """
@@ -184,6 +194,7 @@ class KernelFamily:
     launch_fn: LaunchFn
     prune: Optional[Any] = None
     uses_dot: bool = True
+    uses_tma: bool = False
     dtypes: Optional[Tuple[str, ...]] = None
     archs: Optional[Tuple[str, ...]] = None
 
@@ -625,19 +636,19 @@ FAMILIES: List[KernelFamily] = [
                  _p(_fprop_launch, problem=FPROP_SPLITK_PROBLEM, split_k=FPROP_SPLITK), _prune_of(fprop._fprop_tuned)),
     # the same with TMA weight loads (sm_90), plain and with the heaviest epilogue
     KernelFamily("fprop_tma", fprop.fprop_kernel, gemm_tile_configs, _fprop_tma_launch,
-                 _prune_of(fprop._fprop_tma_tuned), dtypes=("fp16", "bf16", "fp32"), archs=("sm_90",)),
+                 _prune_of(fprop._fprop_tma_tuned), dtypes=("fp16", "bf16", "fp32"), archs=("sm_90",), uses_tma=True),
     KernelFamily("fprop_tma_fused", fprop.fprop_kernel, gemm_tile_configs, _p(_fprop_tma_launch, **_GELU),
-                 _prune_of(fprop._fprop_tma_tuned), dtypes=("fp16", "bf16", "fp32"), archs=("sm_90",)),
+                 _prune_of(fprop._fprop_tma_tuned), dtypes=("fp16", "bf16", "fp32"), archs=("sm_90",), uses_tma=True),
     # TMA boxes of the input per tap as well (sm_90): stride 1 (the strides specialise to 1),
     # and stride 2 through the phase view (runtime strides)
     KernelFamily("fprop_tap_tma", fprop.fprop_tap_tma_kernel, tap_tma_tile_configs, _fprop_tap_tma_launch,
-                 _prune_of(fprop._fprop_tap_tma_tuned), dtypes=("fp16", "bf16", "fp32"), archs=("sm_90",)),
+                 _prune_of(fprop._fprop_tap_tma_tuned), dtypes=("fp16", "bf16", "fp32"), archs=("sm_90",), uses_tma=True),
     KernelFamily("fprop_tap_tma_fused", fprop.fprop_tap_tma_kernel, tap_tma_tile_configs,
                  _p(_fprop_tap_tma_launch, **_GELU), _prune_of(fprop._fprop_tap_tma_tuned),
-                 dtypes=("fp16", "bf16", "fp32"), archs=("sm_90",)),
+                 dtypes=("fp16", "bf16", "fp32"), archs=("sm_90",), uses_tma=True),
     KernelFamily("fprop_tap_tma_s2", fprop.fprop_tap_tma_kernel, tap_tma_tile_configs,
                  _p(_fprop_tap_tma_launch, problem=STRIDE2_PROBLEM), _prune_of(fprop._fprop_tap_tma_tuned),
-                 dtypes=("fp16", "bf16", "fp32"), archs=("sm_90",)),
+                 dtypes=("fp16", "bf16", "fp32"), archs=("sm_90",), uses_tma=True),
     # input gradient (dgrad.py): stride 1, and stride 2 (4 phases, taps stepping by 2)
     KernelFamily("dgrad", dgrad.dgrad_kernel, gemm_tile_configs, _dgrad_launch, _prune_of(dgrad._dgrad_tuned)),
     KernelFamily("dgrad_s2", dgrad.dgrad_kernel, gemm_tile_configs, _p(_dgrad_launch, problem=STRIDE2_PROBLEM),
@@ -648,24 +659,24 @@ FAMILIES: List[KernelFamily] = [
                  _prune_of(wgrad._wgrad_tuned)),
     # TMA boxes of dy and the shifted x (sm_90, 16-bit), split-K: stride 1, and stride 2 (x's phase view)
     KernelFamily("wgrad_tap_tma", wgrad.wgrad_tap_tma_kernel, wgrad_tap_tma_tile_configs, _wgrad_tap_tma_launch,
-                 _prune_of(wgrad._wgrad_tap_tma_tuned), dtypes=("fp16", "bf16"), archs=("sm_90",)),
+                 _prune_of(wgrad._wgrad_tap_tma_tuned), dtypes=("fp16", "bf16"), archs=("sm_90",), uses_tma=True),
     KernelFamily("wgrad_tap_tma_s2", wgrad.wgrad_tap_tma_kernel, wgrad_tap_tma_tile_configs,
                  _p(_wgrad_tap_tma_launch, problem=STRIDE2_PROBLEM), _prune_of(wgrad._wgrad_tap_tma_tuned),
-                 dtypes=("fp16", "bf16"), archs=("sm_90",)),
+                 dtypes=("fp16", "bf16"), archs=("sm_90",), uses_tma=True),
     # 1x1 forward as a plain GEMM (gemm1x1.py), pointer loads and (sm_90) TMA loads
     KernelFamily("gemm1x1", gemm1x1.gemm1x1_fprop_kernel, gemm_tile_configs, _gemm1x1_launch,
                  _prune_of(gemm1x1._gemm1x1_tuned)),
     KernelFamily("gemm1x1_fused", gemm1x1.gemm1x1_fprop_kernel, gemm_tile_configs, _p(_gemm1x1_launch, **_GELU),
                  _prune_of(gemm1x1._gemm1x1_tuned)),
     KernelFamily("gemm1x1_tma", gemm1x1.gemm1x1_tma_kernel, persistent_tile_configs, _gemm1x1_tma_launch,
-                 _prune_of(gemm1x1._gemm1x1_tma_tuned), dtypes=("fp16", "bf16", "fp32"), archs=("sm_90",)),
+                 _prune_of(gemm1x1._gemm1x1_tma_tuned), dtypes=("fp16", "bf16", "fp32"), archs=("sm_90",), uses_tma=True),
     # 1x1 weight gradient as a plain GEMM (gemm1x1.py): no split, split-K, and (sm_90, 16-bit) TMA split-K
     KernelFamily("gemm1x1_wgrad", gemm1x1.gemm1x1_wgrad_kernel, gemm_tile_configs, _gemm1x1_wgrad_launch,
                  _prune_of(gemm1x1._gemm1x1_wgrad_tuned)),
     KernelFamily("gemm1x1_wgrad_splitk", gemm1x1.gemm1x1_wgrad_kernel, gemm_tile_configs,
                  _p(_gemm1x1_wgrad_launch, split_k=WGRAD_SPLITK), _prune_of(gemm1x1._gemm1x1_wgrad_tuned)),
     KernelFamily("gemm1x1_wgrad_tma", gemm1x1.gemm1x1_wgrad_tma_kernel, gemm_tile_configs, _gemm1x1_wgrad_tma_launch,
-                 _prune_of(gemm1x1._gemm1x1_wgrad_tma_tuned), dtypes=("fp16", "bf16"), archs=("sm_90",)),
+                 _prune_of(gemm1x1._gemm1x1_wgrad_tma_tuned), dtypes=("fp16", "bf16"), archs=("sm_90",), uses_tma=True),
     # few input channels (smallc.py): the RGB stem
     KernelFamily("smallc", smallc.smallc_fprop_kernel, smallc_tile_configs, _smallc_launch,
                  _prune_of(smallc._smallc_tuned)),
@@ -826,6 +837,21 @@ def ptxas_stats(ptx: str, capability: int, explicit_ptxas: Optional[str] = None)
     raise RuntimeError(f"{NO_PTXAS} for this PTX: " + "; ".join(errors))
 
 
+def tma_loads_of(ptx: str) -> int:
+    """How many TMA copies (cp.async.bulk.tensor) the PTX issues, counted statically."""
+    return len(re.findall(r"\bcp\.async\.bulk\.tensor\b", ptx))
+
+
+def mma_async_of(ptx: str) -> Optional[bool]:
+    """Whether a wgmma stays in flight while the next one is issued: some ``wgmma.wait_group N``
+    with N >= 1, which is what Triton's software pipelining of a dot emits. False when every wait
+    drains all groups (load, multiply, wait, in turn); None without wgmma."""
+    waits = [int(n) for n in re.findall(r"wgmma\.wait_group\.sync\.aligned\s+(\d+)", ptx)]
+    if not waits:
+        return None
+    return max(waits) >= 1
+
+
 def tensor_core_of(ptx: str) -> Tuple[str, Optional[str]]:
     """("wgmma" | "mma" | "none", the first such instruction) from PTX text."""
     for kind, pattern in (("wgmma", r"wgmma\.mma_async\S*"), ("mma", r"\bmma\.sync\S*")):
@@ -908,6 +934,21 @@ def _runtime_pruned(family: KernelFamily, config: triton.Config, dtype: Dtype, a
     return f"runtime pruner: {why or 'drops it (configs.prune_gemm_configs)'}"
 
 
+def check_built(fam: KernelFamily, rec: Dict[str, Any], dtype: Dtype, arch: Arch, max_spill: int = 0) -> List[str]:
+    """What is wrong with a config that compiled, from its record's figures: [] when nothing is."""
+    problems = []
+    if rec["spills"] > max_spill:
+        problems.append(f"spills {rec['spills']} B ({rec['spill_stores']} stored, {rec['spill_loads']} loaded)")
+    if rec["shared_bytes"] > arch.shared_limit:
+        problems.append(f"shared {rec['shared_bytes']} > {arch.shared_limit}")
+    expected = _expected_tensor_core(fam, dtype, arch)
+    if expected and rec["tensor_core"] not in expected:
+        problems.append(f"tensor cores: {rec['tensor_core']}, expected {' or '.join(expected)}")
+    if fam.uses_tma and not rec["tma_loads"]:
+        problems.append("no TMA copies (cp.async.bulk.tensor) in a tensor-descriptor kernel")
+    return problems
+
+
 def compile_one(family, config: triton.Config, dtype: str, arch: str, ptxas: Optional[str] = None,
                 max_spill: int = 0) -> Dict[str, Any]:
     """Compile one config of one family for one dtype and arch, and check it.
@@ -925,6 +966,8 @@ def compile_one(family, config: triton.Config, dtype: str, arch: str, ptxas: Opt
         num_stages, registers, spill_stores, spill_loads, spills (bytes,
         stores + loads), shared_bytes (Triton's), shared_estimate (configs.shared_bytes),
         shared_limit, tensor_core ("wgmma" / "mma" / "none"), mma_instr,
+        tma_loads (TMA copies in the PTX), mma_async (a wgmma left in flight
+        across the next one, see mma_async_of; None without wgmma),
         launchable (False when the runtime pruner removes it), ok (every check
         passed), status ("ok" / "FAIL" / "pruned"), reason (why not ok, and why
         pruned), error (compiler or ptxas message), compile_s.
@@ -939,7 +982,7 @@ def compile_one(family, config: triton.Config, dtype: str, arch: str, ptxas: Opt
         registers=None, spill_stores=None, spill_loads=None, spills=None,
         shared_bytes=None,
         shared_estimate=_shared_estimate(config, dt, ar),
-        shared_limit=ar.shared_limit, tensor_core=None, mma_instr=None,
+        shared_limit=ar.shared_limit, tensor_core=None, mma_instr=None, tma_loads=None, mma_async=None,
         launchable=True, ok=False, status="FAIL", reason=None, error=None, compile_s=None,
     )
     pruned = _runtime_pruned(fam, config, dt, ar)
@@ -956,6 +999,7 @@ def compile_one(family, config: triton.Config, dtype: str, arch: str, ptxas: Opt
         ptx = compiled.asm["ptx"]
         rec["shared_bytes"] = int(compiled.metadata.shared)
         rec["tensor_core"], rec["mma_instr"] = tensor_core_of(ptx)
+        rec["tma_loads"], rec["mma_async"] = tma_loads_of(ptx), mma_async_of(ptx)
         stats = ptxas_stats(ptx, ar.capability, ptxas)
         rec["registers"] = stats["registers"]
         rec["spill_stores"], rec["spill_loads"] = stats["spill_stores"], stats["spill_loads"]
@@ -965,13 +1009,7 @@ def compile_one(family, config: triton.Config, dtype: str, arch: str, ptxas: Opt
         rec["error"] = msg[:2000]
         problems.append(NO_PTXAS if NO_PTXAS in msg else "compile failed")
     else:
-        if rec["spills"] > max_spill:
-            problems.append(f"spills {rec['spills']} B ({rec['spill_stores']} stored, {rec['spill_loads']} loaded)")
-        if rec["shared_bytes"] > ar.shared_limit:
-            problems.append(f"shared {rec['shared_bytes']} > {ar.shared_limit}")
-        expected = _expected_tensor_core(fam, dt, ar)
-        if expected and rec["tensor_core"] not in expected:
-            problems.append(f"tensor cores: {rec['tensor_core']}, expected {' or '.join(expected)}")
+        problems += check_built(fam, rec, dt, ar, max_spill)
     rec["ok"] = not problems
     rec["status"] = "pruned" if pruned else ("ok" if rec["ok"] else "FAIL")
     reasons = ([pruned] if pruned else []) + problems
@@ -1143,6 +1181,7 @@ def failures(records: Iterable[Dict[str, Any]]) -> List[Dict[str, Any]]:
 _COLUMNS = (
     ("kernel", "kernel"), ("arch", "arch"), ("dtype", "dtype"), ("config", "config"),
     ("registers", "regs"), ("spills", "spills"), ("shared_bytes", "shared"), ("tensor_core", "tc"),
+    ("tma_loads", "tma"), ("mma_async", "async"),
     ("status", "status"), ("reason", "reason"),
 )
 
