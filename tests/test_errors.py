@@ -17,12 +17,15 @@ import textwrap
 
 import pytest
 import torch
+import torch.nn.functional as F
+from hypothesis import HealthCheck, event, given, settings
+from hypothesis import strategies as st
 
 from triton.runtime.interpreter import InterpretedFunction
 from triton.runtime.jit import JITFunction
 
 import tritonconv
-from conftest import CUDA, DEVICE
+from conftest import CUDA, DEVICE, rel_err
 
 
 def _launch_sentinel(*args, **kwargs):
@@ -123,6 +126,9 @@ BAD_ARGS = {
     "dilation_3_elements": (
         lambda: dict(input=_x(), weight=_w(), dilation=(1, 1, 1)), ValueError, r"dilation.*list of 2 values"),
     "sparse_input": (lambda: dict(input=_x().to_sparse(), weight=_w()), TypeError, r"dense \(strided\)"),
+    "kernel_size_0": (lambda: dict(input=_x(), weight=_t(8, 4, 0, 3)), ValueError, r"kernel size should be greater than zero"),
+    "empty_image": (
+        lambda: dict(input=_t(2, 4, 0, 6), weight=_w(), padding=2), ValueError, r"Only zero batch or zero channel inputs"),
 }
 
 
@@ -270,3 +276,139 @@ def test_pixel_counts_past_int32_raise_before_any_launch(direction):
     }
     with pytest.raises(ValueError, match="pixels; tritonconv supports fewer than"):
         calls[direction]()
+
+
+# ----------------------------------------------------------------------------
+# Differential: tritonconv raises exactly where F.conv2d / F.conv_transpose2d do
+# ----------------------------------------------------------------------------
+
+# A valid problem, then at most one change that may or may not make it invalid.
+MUTATIONS = (
+    "none", "stride_0", "stride_negative", "stride_1_element", "stride_3_elements", "dilation_0", "padding_negative",
+    "padding_3_elements", "padding_same", "padding_same_strided", "padding_valid", "padding_unknown", "groups_0",
+    "groups_not_dividing", "weight_channels_off", "out_channels_0", "kernel_height_0", "image_height_0",
+    "image_width_1", "input_channels_0", "unbatched", "input_2d", "input_5d", "weight_3d", "kernel_wider_than_input",
+    "bias_too_long", "bias_2d", "input_float32", "output_padding_large", "output_padding_negative",
+)
+
+
+@st.composite
+def conv_calls(draw, mutation):
+    """(op, args) for F.conv2d or F.conv_transpose2d's positional signature, in float64: a random
+    valid problem with ``mutation`` applied."""
+    g, cg, kg = draw(st.integers(1, 3)), draw(st.integers(1, 3)), draw(st.integers(1, 3))
+    transposed = draw(st.booleans())
+    R, S = draw(st.integers(1, 3)), draw(st.integers(1, 3))
+    pair = st.tuples(st.integers(1, 3), st.integers(1, 3))
+    stride, dilation = list(draw(pair)), list(draw(pair))
+    padding = list(draw(st.tuples(st.integers(0, 2), st.integers(0, 2))))
+    # big enough for the dilated kernel, so that most unchanged problems are valid
+    H = max(1, dilation[0] * (R - 1) + 1 - 2 * padding[0]) + draw(st.integers(0, 3))
+    W = max(1, dilation[1] * (S - 1) + 1 - 2 * padding[1]) + draw(st.integers(0, 3))
+    x_shape = [draw(st.integers(0, 2)), cg * g, H, W]
+    w_shape = [cg * g, kg, R, S] if transposed else [kg * g, cg, R, S]
+    output_padding = list(draw(st.tuples(st.integers(0, 2), st.integers(0, 2))))
+    groups, bias_len, bias_dims = g, (kg if transposed else w_shape[0] // g) * g, 1
+    bias = draw(st.booleans())
+    x_dtype = torch.float64
+    if mutation == "stride_0":
+        stride[0] = 0
+    elif mutation == "stride_negative":
+        stride[1] = -1
+    elif mutation == "stride_1_element":
+        stride = stride[:1]
+    elif mutation == "stride_3_elements":
+        stride = stride + [1]
+    elif mutation == "dilation_0":
+        dilation[1] = 0
+    elif mutation == "padding_negative":
+        padding[0] = -1
+    elif mutation == "padding_3_elements":
+        padding = padding + [0]
+    elif mutation in ("padding_same", "padding_valid", "padding_unknown"):
+        padding = {"padding_same": "same", "padding_valid": "valid", "padding_unknown": "full"}[mutation]
+    elif mutation == "padding_same_strided":
+        padding, stride = "same", [2, 1]
+    elif mutation == "groups_0":
+        groups = 0
+    elif mutation == "groups_not_dividing":
+        groups = g + 1
+    elif mutation == "weight_channels_off":
+        w_shape[1] += 1
+    elif mutation == "out_channels_0":
+        w_shape[0] = 0
+    elif mutation == "kernel_height_0":
+        w_shape[2] = 0
+    elif mutation == "image_height_0":
+        x_shape[2] = 0
+    elif mutation == "image_width_1":
+        x_shape[3] = 1
+    elif mutation == "input_channels_0":
+        x_shape[1] = 0
+    elif mutation == "unbatched":
+        x_shape = x_shape[1:]
+    elif mutation == "input_2d":
+        x_shape = x_shape[2:]
+    elif mutation == "input_5d":
+        x_shape = x_shape + [1]
+    elif mutation == "weight_3d":
+        w_shape = w_shape[:3]
+    elif mutation == "kernel_wider_than_input":
+        w_shape[3] = x_shape[3] + 2 * padding[1] + 1
+    elif mutation == "bias_too_long":
+        bias, bias_len = True, bias_len + 1
+    elif mutation == "bias_2d":
+        bias, bias_dims = True, 2
+    elif mutation == "input_float32":
+        x_dtype = torch.float32
+    elif mutation == "output_padding_large":
+        output_padding[0] = max(stride[0], dilation[0])
+    elif mutation == "output_padding_negative":
+        output_padding[1] = -1
+    if transposed and isinstance(padding, str):
+        transposed = False  # conv_transpose2d has no padding strings
+    seed = draw(st.integers(0, 2**31 - 1))
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(x_shape, generator=gen, dtype=torch.float64).to(DEVICE, x_dtype)
+    w = torch.randn(w_shape, generator=gen, dtype=torch.float64).to(DEVICE)
+    b = torch.randn([1] * (bias_dims - 1) + [bias_len], generator=gen, dtype=torch.float64).to(DEVICE) if bias else None
+    if transposed:
+        return "conv_transpose2d", (x, w, b, stride, padding, output_padding, groups, dilation)
+    return "conv2d", (x, w, b, stride, padding, dilation, groups)
+
+
+def _outcome(fn):
+    try:
+        return fn(), None
+    except Exception as exc:  # noqa: BLE001  (any exception is an outcome to compare)
+        return None, exc
+
+
+@pytest.mark.parametrize("mutation", MUTATIONS)
+@given(data=st.data())
+@settings(max_examples=15, deadline=None, derandomize=True, database=None,
+          suppress_health_check=[HealthCheck.too_slow])
+def test_property_rejects_exactly_what_pytorch_rejects(mutation, data):
+    """On random valid argument sets, unchanged or with one change that may break them, tritonconv
+    raises a RuntimeError exactly where PyTorch raises, and otherwise returns PyTorch's result.
+
+    One deliberate difference: for an empty batch PyTorch skips some checks (zero dilation,
+    output_padding >= stride, a transposed output of size 0) and returns an empty tensor;
+    tritonconv checks the arguments the same way whatever the batch, so where it raises and
+    PyTorch does not, the same arguments with a batch of one must make PyTorch raise too."""
+    op, args = data.draw(conv_calls(mutation), label="call")
+    ref, ref_exc = _outcome(lambda: getattr(F, op)(*args))
+    out, exc = _outcome(lambda: getattr(tritonconv, op)(*args))
+    event(f"{op} {mutation}: {'ok' if ref_exc is None else 'raises'}")
+    if exc is not None:
+        assert isinstance(exc, RuntimeError), f"{type(exc).__name__} is not a RuntimeError: {exc}"
+    if ref_exc is None and exc is not None and args[0].dim() == 4 and args[0].shape[0] == 0:
+        x1 = torch.zeros((1, *args[0].shape[1:]), dtype=args[0].dtype, device=DEVICE)
+        _, batch_one_exc = _outcome(lambda: getattr(F, op)(x1, *args[1:]))
+        assert batch_one_exc is not None, f"tritonconv raised {exc!r} where PyTorch accepts the arguments"
+        return
+    assert (exc is None) == (ref_exc is None), f"PyTorch: {ref_exc!r}; tritonconv: {exc!r}"
+    if exc is None:
+        assert out.shape == ref.shape and out.dtype == ref.dtype
+        if ref.numel():
+            assert rel_err(out, ref) < 1e-12

@@ -206,6 +206,19 @@ def _check_ndim(input_shape: Sequence[int], weight_shape: Sequence[int], op: str
         raise ConvValueError(f"expected a 4-D weight for {op}, but got weight of size {list(weight_shape)}")
 
 
+def _check_sizes(input_shape: Sequence[int], weight_shape: Sequence[int]) -> None:
+    """Empty tensors F.conv2d refuses: a kernel with no taps, and an image with no pixels unless the
+    batch or the channels are empty too (then the output is empty, or all bias)."""
+    R, S = weight_shape[2], weight_shape[3]
+    if R < 1 or S < 1:
+        raise ConvValueError(f"kernel size should be greater than zero, but got [{R}, {S}]")
+    N, C, H, W = input_shape
+    if (H < 1 or W < 1) and N > 0 and C > 0:
+        raise ConvValueError(
+            f"Only zero batch or zero channel inputs are supported, but got input shape: {list(input_shape)}"
+        )
+
+
 def _check_params(stride, pad_before, pad_after, dilation, groups) -> None:
     if isinstance(groups, bool) or not isinstance(groups, (int, torch.SymInt)):
         raise ConvTypeError(f"groups must be an int, got {groups!r}")
@@ -257,6 +270,7 @@ def problem_from_shapes(
 ) -> Conv2dProblem:
     """The shape half of ``conv2d_problem``: sizes and conv parameters only."""
     _check_ndim(input_shape, weight_shape, "conv2d")
+    _check_sizes(input_shape, weight_shape)
     stride, dilation = pair(stride, "stride"), pair(dilation, "dilation")
     K, Cg, R, S = weight_shape
     (pad_h, pad_w), (pad_b, pad_r) = resolve_padding(padding, (R, S), stride, dilation)
@@ -307,6 +321,7 @@ def conv_transpose2d_problem(
     """
     _check_common(input, weight, bias)
     _check_ndim(tuple(input.shape), tuple(weight.shape), "conv_transpose2d")
+    _check_sizes(tuple(input.shape), tuple(weight.shape))
     stride, dilation = pair(stride, "stride"), pair(dilation, "dilation")
     pad, out_pad = pair(padding, "padding"), pair(output_padding, "output_padding")
     _check_params(stride, pad, pad, dilation, groups)
