@@ -223,6 +223,25 @@ def test_fused_module_with_broadcast_residual():
     assert rel_err(conv(x, r), ref) < 1e-12
 
 
+@pytest.mark.parametrize("shape", [(1, 4, 1, 5), (4, 1, 1), (5,)], ids=["row", "channel", "column"])
+def test_functional_residual_broadcasts_like_an_add(shape):
+    """``conv2d(..., residual=r)`` takes what ``conv + r`` takes; autograd sums r's gradient over
+    the broadcast dimensions."""
+    torch.manual_seed(4)
+    kw = dict(dtype=torch.float64, device=DEVICE)
+    x = torch.randn(2, 3, 5, 5, **kw)
+    w, b = torch.randn(4, 3, 3, 3, **kw), torch.randn(4, **kw)
+    r = torch.randn(shape, **kw, requires_grad=True)
+    y = tritonconv.conv2d(x, w, b, padding=1, activation="gelu", residual=r)
+    ref = F.gelu(F.conv2d(x, w, b, padding=1) + r)
+    assert rel_err(y, ref) < 1e-12
+    gy = torch.randn_like(ref)
+    (got,), (want,) = torch.autograd.grad(y, r, gy), torch.autograd.grad(ref, r, gy)
+    assert got.shape == r.shape and rel_err(got, want) < 1e-11
+    with pytest.raises(ValueError, match="residual has size"):
+        tritonconv.conv2d(x, w, b, padding=1, residual=torch.randn(3, 1, 1, **kw))
+
+
 ACTIVATIONS = {
     "relu": F.relu, "silu": F.silu, "gelu": F.gelu, "gelu_tanh": lambda z: F.gelu(z, approximate="tanh"),
     "leaky_relu": lambda z: F.leaky_relu(z, 0.2), "hardswish": F.hardswish, "sigmoid": torch.sigmoid,

@@ -40,7 +40,8 @@ def conv2d(
     ``act(conv2d(input, weight) + bias + residual)`` in one kernel (the add and
     the activation happen before the single store). Activations: "relu",
     "silu", "gelu" (erf), "gelu_tanh", "leaky_relu" (``negative_slope``),
-    "hardswish", "sigmoid".
+    "hardswish", "sigmoid". ``residual`` has the output's shape or broadcasts
+    to it (a per-channel or per-row term, say), as in ``conv + residual``.
     """
     spec.check_argument_types(input, weight, bias, groups)
     stride_p, dilation_p = spec.pair(stride, "stride"), spec.pair(dilation, "dilation")
@@ -58,9 +59,25 @@ def conv2d(
     conv_args = (list(stride_p), list(spec.pair(padding, "padding")), list(dilation_p), groups)
     if activation is None and residual is None:
         return torch.ops.tritonconv.conv2d(input, weight, bias, *conv_args)
+    if isinstance(residual, torch.Tensor):
+        residual = _broadcast_residual(input, weight, conv_args, residual)
     return torch.ops.tritonconv.conv2d_fused(
         input, weight, bias, *conv_args, activation or "none", float(negative_slope), residual
     )
+
+
+def _broadcast_residual(input, weight, conv_args, residual: torch.Tensor) -> torch.Tensor:
+    """A residual that broadcasts to the conv's output shape, expanded to it: stride-0 dimensions,
+    no copy, which the kernel reads as they are. Any other shape is left for the op to refuse."""
+    problem = spec.conv2d_problem(spec.as_batched(input), weight, None, *conv_args)
+    out_shape = problem.output_shape if input.dim() == 4 else problem.output_shape[1:]
+    if tuple(residual.shape) == out_shape:
+        return residual
+    try:
+        broadcast = tuple(torch.broadcast_shapes(residual.shape, out_shape))
+    except RuntimeError:
+        return residual
+    return residual.expand(out_shape) if broadcast == out_shape else residual
 
 
 def conv_transpose2d(

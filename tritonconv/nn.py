@@ -44,12 +44,11 @@ class Conv2d(torch.nn.Conv2d):
         weight = self._kernel_weight(input)
         if residual is not None:
             out_shape = _output_shape(input, self.weight, args)
-            if tuple(residual.shape) != out_shape:
-                if torch.broadcast_shapes(residual.shape, out_shape) != out_shape:
-                    # the add would broadcast the conv's output itself: not an epilogue
-                    y = functional.conv2d(input, weight, self.bias, *args) + residual
-                    return _torch_activation(y, self.activation, self.negative_slope)
-                residual = residual.expand(out_shape)  # stride-0 dims; the kernel reads them as they are
+            if torch.broadcast_shapes(residual.shape, out_shape) != out_shape:
+                # the add would broadcast the conv's output itself: not an epilogue
+                y = functional.conv2d(input, weight, self.bias, *args) + residual
+                return _torch_activation(y, self.activation, self.negative_slope)
+        # a residual that broadcasts to the output is expanded by functional.conv2d
         return functional.conv2d(
             input, weight, self.bias, *args,
             activation=self.activation, residual=residual, negative_slope=self.negative_slope,
