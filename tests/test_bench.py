@@ -6,6 +6,7 @@ up), so these tests check plumbing and formats, never speed.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import importlib.util
 import json
@@ -162,6 +163,53 @@ def test_report_geomeans_targets_and_run_selection(tmp_path):
     assert "1.20x (2/2)" in summary and "1.10x (1/2)" in summary
     assert "error" in summary  # the failed row is listed under Status
     assert "interpreter" not in summary
+
+
+class _TimedRouter:
+    """Stands in for the router on a GPU: its recording says what each candidate took."""
+
+    @staticmethod
+    @contextlib.contextmanager
+    def recording(timings=False):
+        assert timings, "the sweep asks for the candidates' timings"
+        seen = []
+        yield seen
+        seen += [("forward", "tap_tma", {"tap_tma": 0.4, "implicit_tma": 0.5, "implicit": 0.6}),
+                 ("input_grad", "implicit", None), ("forward", "tap_tma", {"tap_tma": 0.4})]
+
+
+def test_router_timings_go_from_the_note_to_the_tables(tmp_path, monkeypatch):
+    """The sweep writes the router's timings into the tritonconv row's note; details.md shows how
+    much slower each other family was, and summary.md pools them per preset and family."""
+    from tritonconv.bench import providers as prov
+
+    monkeypatch.setattr(prov, "_router", lambda: _TimedRouter)
+    row = {"note": "autotuned"}
+    with sweep._families_recorded(SimpleNamespace(name="tritonconv"), row):
+        pass
+    assert row["note"] == ("autotuned; families: forward=tap_tma, input_grad=implicit; "
+                           "router ms: forward[tap_tma=0.4 implicit_tma=0.5 implicit=0.6]")
+    assert report.router_timings_of(row) == {"forward": {"tap_tma": 0.4, "implicit_tma": 0.5, "implicit": 0.6}}
+    assert report.router_timings_of({"note": "families: forward=gemm1x1"}) == {}
+
+    rows = [_row("tritonconv", "a", 0.4, note=row["note"]), _row("cudnn", "a", 0.5),
+            _row("tritonconv", "b", 1.0, note="router ms: forward[implicit_tma=1 tap_tma=2]"), _row("cudnn", "b", 1.0),
+            _row("tritonconv", "c", 1.0, note="families: forward=gemm1x1"), _row("cudnn", "c", 1.0)]
+    path = tmp_path / "results.csv"
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=sweep.COLUMNS)
+        writer.writeheader()
+        writer.writerows(rows)
+    paths = report.render(path, tmp_path)
+    details = paths["details"].read_text()
+    assert "forward=tap_tma, dgrad=implicit (forward: implicit_tma 1.25x, implicit 1.50x)" in details
+    summary = paths["summary"].read_text()
+    assert "## Kernel families: the router's timings" in summary
+    section = summary.split("## Kernel families")[1].split("##")[0]
+    # tap_tma: won a, lost b at 2x -> geomean sqrt(1 * 2); implicit_tma: lost a at 1.25x, won b
+    assert "| forward | tap_tma | 1/2 | 1.41x |" in section
+    assert "| forward | implicit_tma | 1/2 | 1.12x |" in section
+    assert "| forward | implicit | 0/1 | 1.50x |" in section
 
 
 # --------------------------------------------------------------------------- presets

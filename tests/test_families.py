@@ -555,6 +555,7 @@ def fake_gpu_router(monkeypatch, tmp_path):
     monkeypatch.setenv(tuning.ENV_DIR, str(tmp_path / "tuning-cache"))
     tuning.reset_state()
     monkeypatch.setattr(router, "_choice", {})
+    monkeypatch.setattr(router, "_timings", {})
     monkeypatch.setattr(router, "_on_gpu", lambda t: True)
     monkeypatch.setattr(router, "_device_name", lambda t: "Fake GPU")
     seen = {"times": [], "timed": 0, "checks": 0}
@@ -600,6 +601,31 @@ def test_router_times_the_candidates_once_and_reuses_the_choice(fake_gpu_router,
     assert fake_gpu_router["timed"] == 3
     assert len(launched) == 1 and torch.equal(y1, y2)
     assert rel_err(y2, F.conv2d(x.double(), w.double(), None, 1, 1)) < TOL[torch.float32]
+
+
+def test_router_reports_what_each_candidate_took(fake_gpu_router, monkeypatch):
+    """recording(timings=True) gives the candidates' times with the family that ran, on the call
+    that timed them and on later calls in the process; a choice read from the cache has none."""
+    from tritonconv import tuning
+
+    x, w, pb, names = _three_candidate_problem()
+    fake_gpu_router.update(times=[3.0, 1.0, 2.0])
+    with router.recording(timings=True) as rec, router.recording() as plain:
+        router.forward(x, w, None, pb)
+        router.forward(x, w, None, pb)
+    want = ("forward", names[1], {names[0]: 3.0, names[1]: 1.0, names[2]: 2.0})
+    assert rec == [want, want] and plain == [("forward", names[1])] * 2
+    rec[0][2].clear()  # each record is a copy
+    with router.recording(timings=True) as again:
+        router.forward(x, w, None, pb)
+    assert again == [want]
+
+    monkeypatch.setattr(router, "_choice", {})  # a new process: the choice comes from the cache
+    monkeypatch.setattr(router, "_timings", {})
+    tuning.reset_state()
+    with router.recording(timings=True) as cached:
+        router.forward(x, w, None, pb)
+    assert cached == [("forward", names[1], None)]
 
 
 def test_router_choice_survives_the_process(fake_gpu_router, launched, monkeypatch):

@@ -33,6 +33,8 @@ __all__ = ["load_rows", "select_rows", "speedups", "geomean", "render", "render_
 INTERPRETER_LABEL = "interpreter timings, not performance"
 # how a tritonconv row's note names the kernel family each op ran on (sweep.py writes it)
 FAMILIES_NOTE = "families: "
+# and what each candidate family took where the router timed them: "router ms: forward[a=0.41 b=0.52]"
+ROUTER_NOTE = "router ms: "
 
 # (what, preset, mode, dtype, layout, N) -> {provider: target geomean speedup of tritonconv}
 TARGETS = [
@@ -317,6 +319,7 @@ def render_markdown(rows) -> str:
     lines += _per_group(groups, providers)
     lines += _per_mode(groups, providers)
     lines += _network_time(rows)
+    lines += _router_section(rows)
     lines += _e2e(rows)
     lines += _problems(rows)
     lines += ["Per-layer numbers: `details.md`; plot: `plot.png`; raw rows: the CSV."]
@@ -333,6 +336,76 @@ def families_of(row: Optional[Dict[str, Any]]) -> str:
         if part.startswith(FAMILIES_NOTE):
             return part[len(FAMILIES_NOTE):].replace("input_grad=", "dgrad=").replace("weight_grad=", "wgrad=")
     return "-"
+
+
+def format_router_timings(timed: Dict[str, Dict[str, float]]) -> str:
+    """{direction: {family: ms}} -> "forward[tap_tma=0.412 implicit=0.53] weight_grad[...]", fastest first."""
+    return " ".join(
+        f"{direction}[" + " ".join(f"{family}={ms:.4g}" for family, ms in sorted(t.items(), key=lambda kv: kv[1])) + "]"
+        for direction, t in timed.items())
+
+
+def router_timings_of(row: Optional[Dict[str, Any]]) -> Dict[str, Dict[str, float]]:
+    """{direction: {family: ms}} from a tritonconv row's note, {} where the router timed nothing."""
+    note = (row or {}).get("note") or ""
+    out: Dict[str, Dict[str, float]] = {}
+    for part in note.split(";"):
+        part = part.strip()
+        if not part.startswith(ROUTER_NOTE):
+            continue
+        for chunk in part[len(ROUTER_NOTE):].split("]"):
+            direction, _, inner = chunk.strip().partition("[")
+            pairs = [item.split("=") for item in inner.split()]
+            times = {p[0]: _num(p[1]) for p in pairs if len(p) == 2 and _num(p[1]) is not None}
+            if direction and times:
+                out[direction] = times
+    return out
+
+
+def _alternatives(row: Optional[Dict[str, Any]]) -> str:
+    """ " (implicit_tma 1.3x, implicit 1.5x)": how much slower each other timed family was."""
+    parts = []
+    for direction, times in router_timings_of(row).items():
+        best = min(times.values())
+        others = [f"{family} {ms / best:.2f}x" for family, ms in sorted(times.items(), key=lambda kv: kv[1])[1:]
+                  if best > 0]
+        if others:
+            parts.append(_short_direction(direction) + ": " + ", ".join(others))
+    return f" ({'; '.join(parts)})" if parts else ""
+
+
+def _short_direction(direction: str) -> str:
+    return {"input_grad": "dgrad", "weight_grad": "wgrad"}.get(direction, direction)
+
+
+def _router_section(rows) -> List[str]:
+    """Per preset and direction, each candidate family: layers it won, layers it was timed on, and
+    the geometric mean of its time over the fastest family's there (1.00x = it always won)."""
+    stats: Dict[Tuple, Dict[str, list]] = defaultdict(lambda: {"won": [], "ratios": []})
+    for r in _conv_rows(rows):
+        if r.get("provider") != "tritonconv" or not _ok(r):
+            continue
+        for direction, times in router_timings_of(r).items():
+            best = min(times.values())
+            for family, ms in times.items():
+                slot = stats[(r.get("preset"), r.get("mode"), r.get("dtype"), r.get("layout"), direction, family)]
+                slot["ratios"].append(ms / best if best > 0 else float("nan"))
+                slot["won"].append(ms == best)
+    if not stats:
+        return []
+    lines = ["## Kernel families: the router's timings", "",
+             "Where several families can run a layer, the router times each (its own tuned tiles) and keeps "
+             "the fastest. Per family: layers it won / layers it was timed on, and the geometric mean of its "
+             "time over the fastest family's on those layers.", ""]
+    body = []
+    for key in sorted(stats, key=lambda k: tuple(map(str, k))):
+        preset, mode, dtype, layout, direction, family = key
+        slot = stats[key]
+        mean = geomean(slot["ratios"])
+        body.append((preset, mode, dtype, layout, _short_direction(direction), family,
+                     f"{sum(slot['won'])}/{len(slot['won'])}", _fmt_x(mean) if mean else "-"))
+    lines += _table(("preset", "mode", "dtype", "layout", "op", "family", "won", "time / fastest"), body)
+    return lines + [""]
 
 
 def render_details(rows) -> str:
@@ -377,7 +450,8 @@ def render_details(rows) -> str:
             body.append((layer, shape, int(any_row.get("count") or 1), ms(tc),
                          f"{tc['tflops']:.3g}" if tc and _ok(tc) and tc.get("tflops") else "-",
                          f"{tc['pct_peak']:.3g}" if tc and _ok(tc) and tc.get("pct_peak") else "-",
-                         f"{extra / 2**20:.1f}" if extra is not None else "-", families_of(tc), *cells))
+                         f"{extra / 2**20:.1f}" if extra is not None else "-",
+                         families_of(tc) + _alternatives(tc), *cells))
         lines += _table(header, body) + [""]
     if interp:
         lines += [f"_{INTERPRETER_LABEL}_"]

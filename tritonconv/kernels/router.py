@@ -111,31 +111,38 @@ SUPERSEDES: Dict[str, Tuple[str, ...]] = {
 
 _forced = threading.local()
 _choice: Dict[tuple, str] = {}
-# (direction, family) of each routed call while a ``recording()`` block is open; process-wide,
-# because autograd runs CUDA backward ops on a thread of its own
-_records: List[List[Tuple[str, str]]] = []
+# what each candidate took (ms) where this process timed them, by the same key as _choice
+_timings: Dict[tuple, Dict[str, float]] = {}
+# (list, with_timings) of each open ``recording()`` block; process-wide, because autograd runs
+# CUDA backward ops on a thread of its own
+_records: List[Tuple[list, bool]] = []
 _records_lock = threading.Lock()
 
 
 @contextlib.contextmanager
-def recording():
+def recording(timings: bool = False):
     """Collect (direction, family) for every problem routed inside the block (the family that
-    ran, after any timing of candidates), e.g. for the benchmark to say which family won."""
-    seen: List[Tuple[str, str]] = []
+    ran, after any timing of candidates), e.g. for the benchmark to say which family won.
+
+    With ``timings``, (direction, family, {candidate: ms}) instead: what each candidate family
+    took when the router timed them for this problem in this process (its own tuned tiles,
+    the winner included), or None where nothing was timed (one candidate, a forced family, the
+    interpreter, or a choice read from the tuning cache)."""
+    seen: list = []
     with _records_lock:
-        _records.append(seen)
+        _records.append((seen, timings))
     try:
         yield seen
     finally:
         with _records_lock:  # by identity: two blocks' lists may be equal
-            del _records[next(i for i, s in enumerate(_records) if s is seen)]
+            del _records[next(i for i, (s, _) in enumerate(_records) if s is seen)]
 
 
-def _record(direction: str, name: str) -> None:
+def _record(direction: str, name: str, timed: Optional[Dict[str, float]] = None) -> None:
     if _records:
         with _records_lock:
-            for seen in _records:
-                seen.append((direction, name))
+            for seen, with_timings in _records:
+                seen.append((direction, name, dict(timed) if timed else None) if with_timings else (direction, name))
 
 
 @contextlib.contextmanager
@@ -226,7 +233,7 @@ def _route(table, direction: str, problem: Conv2dProblem, tensors: tuple, varian
         _load_choices(device)
         name = _choice.get(key)
         if name is not None:
-            _record(direction, name)
+            _record(direction, name, _timings.get(key))
             return run(table[name][1])
     names = routed_candidates(table, direction, problem, tensors)
     if len(names) == 1 or not timed:
@@ -240,9 +247,9 @@ def _route(table, direction: str, problem: Conv2dProblem, tensors: tuple, varian
         run(launcher)  # the family's own autotuning happens here, once
         timings[cand] = configs.capture_safe_bench(lambda: run(launcher), quantiles=None)
     name = min(timings, key=timings.get)
-    _choice[key] = name
+    _choice[key], _timings[key] = name, timings
     tuning.save_choice(device, (direction, dataclasses.astuple(problem), key[2], variant), name)
-    _record(direction, name)
+    _record(direction, name, timings)
     return run(table[name][1])
 
 
