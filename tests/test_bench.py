@@ -11,6 +11,7 @@ import csv
 import importlib.util
 import json
 import math
+import re
 import warnings
 from pathlib import Path
 from types import SimpleNamespace
@@ -74,9 +75,11 @@ def test_smoke_sweep_writes_csv_markdown_and_plot(tmp_path):
         assert median > 0 and p20 <= median <= p80
         assert float(r["tflops"]) > 0 and float(r["rel_err"]) < 1e-2
         assert int(r["flops"]) == presets.get_preset("smoke").select([r["layer"]])[0].problem(2).flops
-        if r["provider"] == "tritonconv":  # the note names the family the router ran
+        if r["provider"] == "tritonconv":  # the note names the family the router ran, and its tiles
             direction, family = report.families_of(r).split("=")
             assert direction == "forward" and family in router.FORWARD, r["note"]
+            tiles = report.tiles_of(r)
+            assert tiles and all(re.fullmatch(r"\d+x\d+(x\d+)? w\d+ s\d+( persistent)?", t) for t in tiles.values()), r["note"]
         else:
             ratio = float(r["speedup_tritonconv"])
             tc = next(t for t in rows if t["provider"] == "tritonconv" and t["layer"] == r["layer"])
@@ -84,6 +87,7 @@ def test_smoke_sweep_writes_csv_markdown_and_plot(tmp_path):
 
     summary = (out / "summary.md").read_text()
     assert "Geometric-mean speedup" in summary and "vs im2col" in summary and "| smoke |" in summary
+    assert "## Tiles the autotuners chose" in summary
     details = (out / "details.md").read_text()
     assert details.count("| 3x3 |") == 1 and "| forward=" in details
     if not CUDA:
@@ -194,7 +198,11 @@ def test_router_timings_go_from_the_note_to_the_tables(tmp_path, monkeypatch):
 
     rows = [_row("tritonconv", "a", 0.4, note=row["note"]), _row("cudnn", "a", 0.5),
             _row("tritonconv", "b", 1.0, note="router ms: forward[implicit_tma=1 tap_tma=2]"), _row("cudnn", "b", 1.0),
-            _row("tritonconv", "c", 1.0, note="families: forward=gemm1x1"), _row("cudnn", "c", 1.0)]
+            _row("tritonconv", "c", 1.0, note="families: forward=gemm1x1_tma; tiles: gemm1x1_tma=128x64x32 w8 s4 "
+                 "persistent, gemm1x1=64x64x64 w4 s4"), _row("cudnn", "c", 1.0),
+            _row("tritonconv", "d", 1.0, note="tiles: gemm1x1_tma=128x64x32 w8 s4 persistent"), _row("cudnn", "d", 1.0)]
+    assert report.tiles_of(rows[4]) == {"gemm1x1_tma": "128x64x32 w8 s4 persistent", "gemm1x1": "64x64x64 w4 s4"}
+    assert report.tiles_of(rows[4]) == report.tiles_of({"note": "tiles: " + report.format_tiles(report.tiles_of(rows[4]))})
     path = tmp_path / "results.csv"
     with open(path, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=sweep.COLUMNS)
@@ -210,6 +218,8 @@ def test_router_timings_go_from_the_note_to_the_tables(tmp_path, monkeypatch):
     assert "| forward | tap_tma | 1/2 | 1.41x |" in section
     assert "| forward | implicit_tma | 1/2 | 1.12x |" in section
     assert "| forward | implicit | 0/1 | 1.50x |" in section
+    assert "| gemm1x1_tma | fp16 | 128x64x32 w8 s4 persistent (2) |" in summary
+    assert "| gemm1x1 | fp16 | 64x64x64 w4 s4 (1) |" in summary
 
 
 # --------------------------------------------------------------------------- presets

@@ -706,13 +706,7 @@ FAMILIES: List[KernelFamily] = [
 NO_PTXAS = "no usable ptxas"
 
 
-def config_name(config: triton.Config) -> str:
-    """'128x256x64 w8 s3' (BLOCK_M x BLOCK_N x BLOCK_K, warps, stages); '64x32 w4 s2' without a BLOCK_K;
-    ' persistent' appended for a persistent-grid variant."""
-    kw = config.kwargs
-    dims = [kw["BLOCK_M"], kw["BLOCK_N"]] + ([kw["BLOCK_K"]] if "BLOCK_K" in kw else [])
-    name = f"{'x'.join(map(str, dims))} w{config.num_warps} s{config.num_stages}"
-    return name + (" persistent" if kw.get("PERSISTENT") else "")
+config_name = tc_configs.config_name
 
 
 def _tile_key(config: triton.Config) -> Tuple:

@@ -38,6 +38,7 @@ __all__ = [
     "max_shared_memory",
     "INTERPRETER_CONFIG",
     "capture_safe_bench",
+    "config_name",
 ]
 
 # (BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages)
@@ -447,6 +448,15 @@ def gemm_prune_hook(m_fn, n_fn, k_fn, tensor_arg: str, gathered: bool = True,
                     max_block_n: Optional[int] = None, max_block_m: Optional[int] = None) -> GemmPruneHook:
     """Build an ``early_config_prune`` for @triton.autotune from GEMM-size functions (see GemmPruneHook)."""
     return GemmPruneHook(m_fn, n_fn, k_fn, tensor_arg, gathered, max_block_n, max_block_m)
+
+
+def config_name(config: triton.Config) -> str:
+    """'128x256x64 w8 s3' (BLOCK_M x BLOCK_N x BLOCK_K, warps, stages); '64x32 w4 s2' without a BLOCK_K;
+    ' persistent' appended for a persistent-grid variant."""
+    kw = config.kwargs
+    dims = [kw["BLOCK_M"], kw["BLOCK_N"]] + ([kw["BLOCK_K"]] if "BLOCK_K" in kw else [])
+    name = f"{'x'.join(map(str, dims))} w{config.num_warps} s{config.num_stages}"
+    return name + (" persistent" if kw.get("PERSISTENT") else "")
 
 
 def capture_safe_bench(kernel_call, quantiles):

@@ -54,6 +54,7 @@ import os
 import re
 import sys
 import tempfile
+import threading
 import time
 import warnings
 from pathlib import Path
@@ -78,6 +79,7 @@ __all__ = [
     "save_choice",
     "router_choices_once",
     "router_signature",
+    "recording_configs",
     "main",
 ]
 
@@ -520,11 +522,41 @@ def save_choice(device_name: str, key: Tuple, family: str, directory: Optional[P
 # --------------------------------------------------------------------------- command line
 
 
+# {kernel: config name} of each open ``recording_configs()`` block; process-wide, like the
+# router's recording, because autograd runs CUDA backward ops on a thread of its own
+_config_records: List[Dict[str, str]] = []
+_config_records_lock = threading.Lock()
+
+
+@contextlib.contextmanager
+def recording_configs():
+    """Collect {kernel: the config its autotuner launched} for every launch inside the block (the
+    last launch's, per kernel, as ``configs.config_name`` writes it; the names are there once the
+    block has closed), e.g. for the benchmark to say which tiles each layer ran."""
+    from .configs import config_name
+
+    seen: Dict[str, Any] = {}  # triton.Config objects while open (launch() stays cheap), names after
+    with _config_records_lock:
+        _config_records.append(seen)
+    try:
+        yield seen
+    finally:
+        with _config_records_lock:
+            del _config_records[next(i for i, s in enumerate(_config_records) if s is seen)]
+        for kernel, config in seen.items():
+            seen[kernel] = config_name(config) if config is not None else "?"
+
+
 def launch(autotuner: Any, kernel: str, device: Any, grid: Any, *args: Any, **kwargs: Any) -> None:
     """Launch an autotuned kernel with the persistent cache around it (load once, save new choices)."""
     size_before = before_launch(autotuner, kernel, device)
     autotuner[grid](*args, **kwargs)
     after_launch(autotuner, kernel, device, size_before)
+    if _config_records:
+        best = getattr(autotuner, "best_config", None)
+        with _config_records_lock:
+            for seen in _config_records:
+                seen[kernel] = best
 
 
 def _list(directory: Path) -> int:

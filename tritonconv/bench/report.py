@@ -35,6 +35,8 @@ INTERPRETER_LABEL = "interpreter timings, not performance"
 FAMILIES_NOTE = "families: "
 # and what each candidate family took where the router timed them: "router ms: forward[a=0.41 b=0.52]"
 ROUTER_NOTE = "router ms: "
+# and the tiles each kernel's autotuner launched: "tiles: fprop_tap_tma=128x128x64 w8 s3, wgrad=..."
+TILES_NOTE = "tiles: "
 
 # (what, preset, mode, dtype, layout, N) -> {provider: target geomean speedup of tritonconv}
 TARGETS = [
@@ -320,6 +322,7 @@ def render_markdown(rows) -> str:
     lines += _per_mode(groups, providers)
     lines += _network_time(rows)
     lines += _router_section(rows)
+    lines += _tiles_section(rows)
     lines += _e2e(rows)
     lines += _problems(rows)
     lines += ["Per-layer numbers: `details.md`; plot: `plot.png`; raw rows: the CSV."]
@@ -343,6 +346,41 @@ def format_router_timings(timed: Dict[str, Dict[str, float]]) -> str:
     return " ".join(
         f"{direction}[" + " ".join(f"{family}={ms:.4g}" for family, ms in sorted(t.items(), key=lambda kv: kv[1])) + "]"
         for direction, t in timed.items())
+
+
+def format_tiles(tiles: Dict[str, str]) -> str:
+    """{kernel: config name} -> "fprop_tap_tma=128x128x64 w8 s3, wgrad=64x64x64 w4 s4"."""
+    return ", ".join(f"{kernel}={name}" for kernel, name in tiles.items())
+
+
+def tiles_of(row: Optional[Dict[str, Any]]) -> Dict[str, str]:
+    """{kernel: config name} from a tritonconv row's note, {} without tiles."""
+    note = (row or {}).get("note") or ""
+    for part in note.split(";"):
+        part = part.strip()
+        if part.startswith(TILES_NOTE):
+            pairs = [item.partition("=") for item in part[len(TILES_NOTE):].split(",")]
+            return {k.strip(): v.strip() for k, sep, v in pairs if sep}
+    return {}
+
+
+def _tiles_section(rows) -> List[str]:
+    """Per kernel and dtype, how many layers' tritonconv rows launched each config: the data for
+    trimming a config space (every config costs tuning time on each new shape)."""
+    counts: Dict[Tuple[str, str], Dict[str, int]] = defaultdict(lambda: defaultdict(int))
+    for r in _conv_rows(rows):
+        if r.get("provider") == "tritonconv" and _ok(r):
+            for kernel, name in tiles_of(r).items():
+                counts[(kernel, r.get("dtype"))][name] += 1
+    if not counts:
+        return []
+    lines = ["## Tiles the autotuners chose", "",
+             "Per kernel and dtype: each config launched, with the number of layer rows that launched it "
+             "(candidate families the router timed included).", ""]
+    body = [(kernel, dtype, ", ".join(f"{name} ({n})" for name, n in sorted(per.items(), key=lambda kv: -kv[1])))
+            for (kernel, dtype), per in sorted(counts.items(), key=lambda kv: tuple(map(str, kv[0])))]
+    lines += _table(("kernel", "dtype", "configs (rows)"), body)
+    return lines + [""]
 
 
 def router_timings_of(row: Optional[Dict[str, Any]]) -> Dict[str, Dict[str, float]]:

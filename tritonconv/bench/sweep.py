@@ -44,7 +44,7 @@ from ..kernels._common import INTERPRETER
 from . import presets as presets_mod
 from . import providers as prov
 from .precompile import precompile
-from .report import FAMILIES_NOTE, ROUTER_NOTE, format_router_timings
+from .report import FAMILIES_NOTE, ROUTER_NOTE, TILES_NOTE, format_router_timings, format_tiles
 
 __all__ = ["COLUMNS", "INTERPRETER_LABEL", "RunInfo", "CsvSink", "run_info", "main", "tune_presets"]
 
@@ -348,20 +348,27 @@ def _families_recorded(provider: prov.Provider, row: Dict[str, Any]):
     """For tritonconv, add the kernel family each op ran on to the row's note
     ("families: forward=implicit_tma"), so a sweep shows which family won each layer, and what
     each candidate family took where the router timed them on this call ("router ms:
-    forward[tap_tma=0.41 implicit_tma=0.52]"), so it shows each family's effect too."""
+    forward[tap_tma=0.41 implicit_tma=0.52]"), so it shows each family's effect too, and the
+    tiles each kernel's autotuner launched ("tiles: fprop_tap_tma=128x128x64 w8 s3"), the
+    candidates' included."""
     router = prov._router() if provider.name == "tritonconv" else None
     if router is None or not hasattr(router, "recording"):
         yield
         return
-    with router.recording(timings=True) as seen:
+    from .. import tuning
+
+    with router.recording(timings=True) as seen, tuning.recording_configs() as tiles:
         yield
+    parts = [row.get("note")]
     if seen:
         ran = ", ".join(f"{direction}={family}" for direction, family in dict.fromkeys((d, f) for d, f, _ in seen))
-        parts = [row.get("note"), FAMILIES_NOTE + ran]
+        parts.append(FAMILIES_NOTE + ran)
         timed = {direction: t for direction, _, t in reversed(seen) if t}  # the first timing per direction
         if timed:
             parts.append(ROUTER_NOTE + format_router_timings(timed))
-        row["note"] = "; ".join(part for part in parts if part)
+    if tiles:
+        parts.append(TILES_NOTE + format_tiles(tiles))
+    row["note"] = "; ".join(part for part in parts if part)
 
 
 def _split(text: str) -> List[str]:
