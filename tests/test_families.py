@@ -49,6 +49,12 @@ PROBLEMS = {
         (2, 6, 7, 7, 9, 3, 3, 1, 1, 2, 3),  # grouped, 2 channels per group
         (1, 8, 6, 9, 17, 2, 3, (1, 2), (0, 1), 1, 1),
     ],
+    "smallc_pad": [  # x and w copied with channels padded to 4 or 8; grouped problems go to smallc
+        (2, 3, 15, 15, 8, 7, 7, 2, 3, 1, 1),  # the RGB stem: pitch 4
+        (1, 1, 9, 8, 5, 3, 3, 1, 1, 1, 1),
+        (1, 5, 7, 6, 9, 3, 2, 1, (2, 0), 2, 1),  # pitch 8, dilated
+        (1, 8, 6, 9, 17, 2, 3, (1, 2), (0, 1), 1, 1),  # already a pitch: copied all the same
+    ],
     "gemm1x1": [
         (2, 17, 7, 7, 33, 1, 1, 1, 0, 1, 1),
         (1, 12, 5, 6, 9, 1, 1, 1, 0, 1, 3),
@@ -196,7 +202,8 @@ def test_router_prefers_the_specialised_family():
         return router.candidates(router.FORWARD, pb)[0]
 
     assert first((1, 32, 8, 8), (32, 1, 3, 3), 1, 1, 1, 32) == "depthwise"
-    assert first((1, 3, 32, 32), (16, 3, 7, 7), 2, 3, 1, 1) == "smallc"
+    assert first((1, 3, 32, 32), (16, 3, 7, 7), 2, 3, 1, 1) == "smallc_pad"
+    assert first((1, 6, 32, 32), (16, 3, 7, 7), 2, 3, 1, 2) == "smallc"  # grouped: no padded copy
     assert first((1, 64, 8, 8), (128, 64, 1, 1), 1, 0, 1, 1) == "gemm1x1_tma"
     assert first((1, 64, 8, 8), (128, 64, 1, 1), 2, 0, 1, 1) == "tap_tma"  # x's phase view; falls back off sm_90
     assert first((1, 64, 7, 7), (128, 64, 1, 1), 2, 0, 1, 1) == "implicit_tma"  # 7 rows: no phase view
@@ -213,6 +220,33 @@ def test_router_prefers_the_specialised_family():
     with pytest.raises(ValueError, match="unknown kernel family"):
         with router.force("nope"):
             pass
+
+
+def test_smallc_pad_copies_the_stem_and_hands_groups_to_the_gather(launched):
+    """The padded variant runs on channel-padded copies (any input layout) and gives what the
+    gather gives; a grouped problem, which it does not take, goes to the gather."""
+    from tritonconv.kernels import smallc
+
+    torch.manual_seed(8)
+    x = torch.randn(2, 3, 11, 13, dtype=torch.float64, device=DEVICE)
+    w = torch.randn(8, 3, 7, 7, dtype=torch.float64, device=DEVICE)
+    pb = spec.conv2d_problem(x, w, None, 2, 3)
+    ref = F.conv2d(x, w, None, 2, 3)
+    with router.force("smallc_pad"):
+        y_pad = tritonconv.conv2d(x, w, None, 2, 3)
+    with router.force("smallc"):
+        y_gather = tritonconv.conv2d(x, w, None, 2, 3)
+    assert launched == ["smallc_pad", "smallc"]
+    assert rel_err(y_pad, ref) < 1e-12 and rel_err(y_gather, ref) < 1e-12
+    assert smallc._pitch(3) == 4 and smallc._pitch(5) == 8 and smallc._pitch(8) == 8
+
+    launched.clear()
+    xg, wg = torch.randn(1, 6, 7, 7, dtype=torch.float64, device=DEVICE), torch.randn(4, 3, 3, 3, dtype=torch.float64,
+                                                                                        device=DEVICE)
+    pbg = spec.conv2d_problem(xg, wg, None, 1, 1, 1, 2)
+    assert not smallc.accepts_pad(pbg) and smallc.accepts_pad(pb)
+    y = smallc.conv2d_fprop_smallc_pad(xg, wg, None, pbg)
+    assert launched == ["smallc"] and rel_err(y, F.conv2d(xg, wg, None, 1, 1, 1, 2)) < 1e-12
 
 
 @pytest.fixture

@@ -49,7 +49,7 @@ Families: fprop, fprop_fused, fprop_splitk, fprop_tma, fprop_tma_fused,
 fprop_tap_tma, fprop_tap_tma_fused, fprop_tap_tma_s2 (fprop.py; TMA on sm_90 only); dgrad, dgrad_s2 (dgrad.py); wgrad,
 wgrad_splitk, wgrad_tap_tma, wgrad_tap_tma_s2 (wgrad.py; TMA on sm_90 only); gemm1x1, gemm1x1_fused, gemm1x1_tma (with persistent-
 grid variants), gemm1x1_wgrad, gemm1x1_wgrad_splitk, gemm1x1_wgrad_tma
-(gemm1x1.py; TMA on sm_90 only); smallc, smallc_fused (smallc.py);
+(gemm1x1.py; TMA on sm_90 only); smallc, smallc_fused, smallc_pad, smallc_pad_fused (smallc.py);
 depthwise_{fprop,dgrad,wgrad} and their _7x7 variants (depthwise.py).
 
 Usage::
@@ -60,7 +60,7 @@ Usage::
 The full report for sm_90 and sm_80 is about 1,500 compiles: 12 to 20 minutes
 on 2 cores with an empty Triton cache (TRITON_CACHE_DIR), 4 with a warm one.
 ``--subset`` compiles the first, largest, smallest and median config of every
-family in fp16 and fp32, about 110 compiles per arch: under a minute on 2
+family in fp16 and fp32, about 170 compiles for sm_90: 75 s on 2
 cores, which is what CI should run (tests/test_compile_report.py bounds its
 size).
 
@@ -76,6 +76,7 @@ import contextlib
 import dataclasses
 import functools
 import glob
+import inspect
 import io
 import json as _json
 import math
@@ -258,9 +259,12 @@ def specialize(fn, args: Dict[str, Any], constexprs: Dict[str, Any]):
     consts: Dict[str, Any] = {}
     attrs: Dict[str, list] = {}
     divisible = [["tt.divisibility", 16]]
+    # constexprs with a default the launcher may leave out (a JITFunction's or an InterpretedFunction's .fn)
+    defaults = {p.name: p.default for p in inspect.signature(fn.fn).parameters.values()
+                if p.default is not inspect.Parameter.empty and "constexpr" in str(p.annotation)}
     for name in fn.arg_names:
-        if name in constexprs:
-            signature[name], consts[name] = "constexpr", constexprs[name]
+        if name in constexprs or name in defaults:
+            signature[name], consts[name] = "constexpr", constexprs.get(name, defaults.get(name))
             continue
         if name not in args:
             raise KeyError(f"{fn.__name__}: no value for argument {name!r} in the representative launch")
@@ -558,6 +562,18 @@ def _smallc_launch(dtype: Dtype, config: triton.Config, *, problem: Dict[str, An
     return args, dict(_epilogue(dtype, residual, activation), INPUT_PRECISION=dtype.input_precision)
 
 
+def _smallc_pad_launch(dtype: Dtype, config: triton.Config, *, problem: Dict[str, Any] = SMALLC_PROBLEM, **kw):
+    """smallc_fprop_kernel's arguments as conv2d_fprop_smallc_pad passes them: x and w copied with
+    their channels padded to the pitch (smallc._pitch), dense NHWC / KRSC."""
+    pb = problem_from_shapes(**problem)
+    pitch = smallc._pitch(pb.C)
+    args, constexprs = _smallc_launch(dtype, config, problem=problem, **kw)
+    padded = dict(input_shape=(pb.N, pitch, pb.H, pb.W), weight_shape=(pb.K, pitch, pb.R, pb.S))
+    args.update(CG=pitch, **_named("sxn sxc sxh sxw", _channels_last_strides(padded["input_shape"])),
+                **_named("swk swc swr sws", _channels_last_strides(padded["weight_shape"])))
+    return args, dict(constexprs, C_PITCH=pitch)
+
+
 def _depthwise_weight_strides(pb) -> Tuple[int, int, int]:
     """(swk, swr, sws): the depthwise launchers pass w.stride(0), w.stride(2), w.stride(3)."""
     s = _channels_last_strides(pb.weight_shape)
@@ -682,6 +698,11 @@ FAMILIES: List[KernelFamily] = [
                  _prune_of(smallc._smallc_tuned)),
     KernelFamily("smallc_fused", smallc.smallc_fprop_kernel, smallc_tile_configs, _p(_smallc_launch, **_GELU),
                  _prune_of(smallc._smallc_tuned)),
+    # the same on channel-padded copies (C_PITCH): vector loads, so the reduction pipelines
+    KernelFamily("smallc_pad", smallc.smallc_fprop_kernel, smallc_tile_configs, _smallc_pad_launch,
+                 _prune_of(smallc._smallc_pad_tuned)),
+    KernelFamily("smallc_pad_fused", smallc.smallc_fprop_kernel, smallc_tile_configs,
+                 _p(_smallc_pad_launch, **_GELU), _prune_of(smallc._smallc_pad_tuned)),
     # depthwise direct kernels (depthwise.py): no tl.dot; fprop and dgrad prune fp64 tiles
     KernelFamily("depthwise_fprop", depthwise.depthwise_fprop_kernel, depthwise_tile_configs,
                  _depthwise_fprop_launch, _prune_of(depthwise._fprop_tuned), uses_dot=False),

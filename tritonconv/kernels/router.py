@@ -4,6 +4,7 @@
     direction   families, most specialised first                  accepts
     ==========  ===============================================  ==========================
     forward     depthwise  (direct, no tl.dot)                   groups == C, R*S <= 81
+                smallc_pad (smallc on channel-padded copies)     C <= 8, groups == 1
                 smallc     (flattened R*S*C reduction)           C/groups <= 8
                 gemm1x1_tma  (plain GEMM, TMA loads, sm_90)      1x1, stride 1, no padding, NHWC
                 gemm1x1    (plain GEMM)                          1x1, stride 1, no padding
@@ -64,6 +65,7 @@ __all__ = ["forward", "input_grad", "weight_grad", "candidates", "routed_candida
 # name -> (accepts(problem), launcher), most specialised first
 FORWARD: Dict[str, Tuple[Callable, Callable]] = {
     "depthwise": (depthwise.accepts, depthwise.conv2d_fprop_depthwise),
+    "smallc_pad": (smallc.accepts_pad, smallc.conv2d_fprop_smallc_pad),
     "smallc": (smallc.accepts, smallc.conv2d_fprop_smallc),
     "gemm1x1_tma": (gemm1x1.accepts, gemm1x1.conv2d_fprop_1x1_tma),
     "gemm1x1": (gemm1x1.accepts, gemm1x1.conv2d_fprop_1x1),
