@@ -215,7 +215,7 @@ def test_router_timings_go_from_the_note_to_the_tables(tmp_path, monkeypatch):
     assert "## Kernel families: the router's timings" in summary
     section = summary.split("## Kernel families")[1].split("##")[0]
     # tap_tma: won a, lost b at 2x -> geomean sqrt(1 * 2); implicit_tma: lost a at 1.25x, won b
-    assert "| forward | tap_tma | 1/2 | 1.41x |" in section
+    assert "| 32 | forward | fp16 | channels_last | forward | tap_tma | 1/2 | 1.41x |" in section
     assert "| forward | implicit_tma | 1/2 | 1.12x |" in section
     assert "| forward | implicit | 0/1 | 1.50x |" in section
     assert "| gemm1x1_tma | fp16 | 128x64x32 w8 s4 persistent (2) |" in summary

@@ -202,8 +202,11 @@ def test_router_prefers_the_specialised_family():
         return router.candidates(router.FORWARD, pb)[0]
 
     assert first((1, 32, 8, 8), (32, 1, 3, 3), 1, 1, 1, 32) == "depthwise"
-    assert first((1, 3, 32, 32), (16, 3, 7, 7), 2, 3, 1, 1) == "smallc_pad"
-    assert first((1, 6, 32, 32), (16, 3, 7, 7), 2, 3, 1, 2) == "smallc"  # grouped: no padded copy
+    assert first((1, 3, 32, 32), (16, 3, 7, 7), 2, 3, 1, 1) == "smallc"  # untimed, no copy of x
+    pb = spec.problem_from_shapes((1, 3, 32, 32), (16, 3, 7, 7), 2, 3, 1, 1)
+    assert router.candidates(router.FORWARD, pb)[:2] == ["smallc", "smallc_pad"]  # both timed on a GPU
+    pb = spec.problem_from_shapes((1, 6, 32, 32), (16, 3, 7, 7), 2, 3, 1, 2)
+    assert "smallc_pad" not in router.candidates(router.FORWARD, pb)  # grouped: no padded copy
     assert first((1, 64, 8, 8), (128, 64, 1, 1), 1, 0, 1, 1) == "gemm1x1_tma"
     assert first((1, 64, 8, 8), (128, 64, 1, 1), 2, 0, 1, 1) == "tap_tma"  # x's phase view; falls back off sm_90
     assert first((1, 64, 7, 7), (128, 64, 1, 1), 2, 0, 1, 1) == "implicit_tma"  # 7 rows: no phase view
@@ -673,6 +676,7 @@ def test_router_choice_survives_the_process(fake_gpu_router, launched, monkeypat
     assert tuning.cache_path(tuning.ROUTER, "Fake GPU").exists()
 
     monkeypatch.setattr(router, "_choice", {})
+    monkeypatch.setattr(router, "_timings", {})
     tuning.reset_state()
     fake_gpu_router.update(timed=0, checks=0)
     launched.clear()
@@ -716,6 +720,7 @@ def test_router_choice_file_damaged_is_ignored_and_retimed(fake_gpu_router, laun
         path.write_text(json.dumps(data))
 
     monkeypatch.setattr(router, "_choice", {})
+    monkeypatch.setattr(router, "_timings", {})
     tuning.reset_state()
     fake_gpu_router.update(times=[1.0, 2.0, 3.0], timed=0)
     with pytest.warns(tuning.StaleCacheWarning) if damage != "unknown_family" else contextlib.nullcontext():
@@ -751,6 +756,7 @@ def test_router_choice_file_bad_entries_are_skipped_not_the_file(fake_gpu_router
     path.write_text(json.dumps(data))
 
     monkeypatch.setattr(router, "_choice", {})
+    monkeypatch.setattr(router, "_timings", {})
     tuning.reset_state()
     fake_gpu_router.update(timed=0, checks=0)
     with warnings.catch_warnings():

@@ -853,8 +853,9 @@ def ptxas_stats(ptx: str, capability: int, explicit_ptxas: Optional[str] = None)
 
 
 def tma_loads_of(ptx: str) -> int:
-    """How many TMA copies (cp.async.bulk.tensor) the PTX issues, counted statically."""
-    return len(re.findall(r"\bcp\.async\.bulk\.tensor\b", ptx))
+    """How many TMA loads (cp.async.bulk.tensor, global to shared) the PTX issues, counted statically;
+    a TMA store (shared to global) is not counted."""
+    return len(re.findall(r"\bcp\.async\.bulk\.tensor\.\d+d\.shared::\w+\.global\b", ptx))
 
 
 def mma_async_of(ptx: str) -> Optional[bool]:

@@ -376,7 +376,7 @@ def _tiles_section(rows) -> List[str]:
         return []
     lines = ["## Tiles the autotuners chose", "",
              "Per kernel and dtype: each config launched, with the number of layer rows that launched it "
-             "(candidate families the router timed included).", ""]
+             "(the losing candidates too, on the row whose first call the router timed them in).", ""]
     body = [(kernel, dtype, ", ".join(f"{name} ({n})" for name, n in sorted(per.items(), key=lambda kv: -kv[1])))
             for (kernel, dtype), per in sorted(counts.items(), key=lambda kv: tuple(map(str, kv[0])))]
     lines += _table(("kernel", "dtype", "configs (rows)"), body)
@@ -426,7 +426,7 @@ def _router_section(rows) -> List[str]:
         for direction, times in router_timings_of(r).items():
             best = min(times.values())
             for family, ms in times.items():
-                slot = stats[(r.get("preset"), r.get("mode"), r.get("dtype"), r.get("layout"), direction, family)]
+                slot = stats[(*_group_key(r), direction, family)]
                 slot["ratios"].append(ms / best if best > 0 else float("nan"))
                 slot["won"].append(ms == best)
     if not stats:
@@ -437,12 +437,12 @@ def _router_section(rows) -> List[str]:
              "time over the fastest family's on those layers.", ""]
     body = []
     for key in sorted(stats, key=lambda k: tuple(map(str, k))):
-        preset, mode, dtype, layout, direction, family = key
+        preset, N, mode, dtype, layout, direction, family = key
         slot = stats[key]
         mean = geomean(slot["ratios"])
-        body.append((preset, mode, dtype, layout, _short_direction(direction), family,
+        body.append((preset, N, mode, dtype, layout, _short_direction(direction), family,
                      f"{sum(slot['won'])}/{len(slot['won'])}", _fmt_x(mean) if mean else "-"))
-    lines += _table(("preset", "mode", "dtype", "layout", "op", "family", "won", "time / fastest"), body)
+    lines += _table(("preset", "N", "mode", "dtype", "layout", "op", "family", "won", "time / fastest"), body)
     return lines + [""]
 
 

@@ -347,7 +347,7 @@ class _Sweep:
 def _families_recorded(provider: prov.Provider, row: Dict[str, Any]):
     """For tritonconv, add the kernel family each op ran on to the row's note
     ("families: forward=implicit_tma"), so a sweep shows which family won each layer, and what
-    each candidate family took where the router timed them on this call ("router ms:
+    each candidate family took where the router timed them in this process ("router ms:
     forward[tap_tma=0.41 implicit_tma=0.52]"), so it shows each family's effect too, and the
     tiles each kernel's autotuner launched ("tiles: fprop_tap_tma=128x128x64 w8 s3"), the
     candidates' included."""

@@ -8,6 +8,7 @@
     K_gemm      R * S * C/groups, flattened  kk -> (r, s, c), c fastest, per element
     A[m, kk]    x[n, c, h, w]                h = p*stride_h - pad_h + r*dil_h  (0 outside)
     B[kk, j]    w[k, c, r, s]
+    padded      K_gemm = R*S*C_PITCH          A[m, kk] = xp[n, h, w, c], B[kk, j] = wp[k, r, s, c]
     ==========  ===========================  ==========================================
 
 The general kernel walks (tap, channel block): with C = 3 and BLOCK_K = 16 each
@@ -47,6 +48,9 @@ def accepts(problem: Conv2dProblem) -> bool:
     return problem.C_per_group <= MAX_C
 
 
+_PITCHES = (4, 8)  # 8 and 16 bytes of fp16: a vector load per pitch
+
+
 def accepts_pad(problem: Conv2dProblem) -> bool:
     """The padded variant: one group of at most MAX_C channels, and an image whose padded copy
     the kernel can index in int32."""
@@ -55,9 +59,6 @@ def accepts_pad(problem: Conv2dProblem) -> bool:
 
 def _pitch(C: int) -> int:
     return next(p for p in _PITCHES if p >= C)
-
-
-_PITCHES = (4, 8)  # 8 and 16 bytes of fp16: a vector load per pitch
 
 
 @triton.jit
