@@ -29,7 +29,7 @@ CLEAN_CONFIG = "64x64x64 w4 s4"
 
 RECORD_KEYS = {
     "kernel", "config", "arch", "dtype", "registers", "spills", "spill_stores", "spill_loads",
-    "shared_bytes", "shared_limit", "tensor_core", "tma_loads", "mma_async", "launchable", "ok", "status", "reason",
+    "shared_bytes", "shared_limit", "tensor_core", "tma_loads", "mma_async", "mma_a", "launchable", "ok", "status", "reason",
     "error",
 }
 
@@ -177,6 +177,10 @@ def test_ptx_readers_count_tma_copies_and_in_flight_wgmma():
     assert cr.mma_async_of(serial) is False
     assert cr.tma_loads_of("ld.global.v4.b32 {%r1, %r2, %r3, %r4}, [%rd1];") == 0
     assert cr.mma_async_of("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%f1}, {%r1}, {%r2}, {%f2};") is None
+    assert cr.wgmma_a_of(PTX_PIPELINED) == "smem"
+    rs = "wgmma.mma_async.sync.aligned.m64n64k16.f32.f16.f16 {%r1,%r2}, {%r3,%r4,%r5,%r6}, %rd7, %p1, 1, 1, 0;"
+    assert cr.wgmma_a_of(rs) == "regs" and cr.wgmma_a_of(rs + "\n" + PTX_PIPELINED) == "both"
+    assert cr.wgmma_a_of("ld.global.b32 %r1, [%rd1];") is None
 
 
 def test_tma_family_without_tma_copies_fails():

@@ -7,11 +7,13 @@ import contextlib
 import pytest
 import torch
 import torch.nn.functional as F
+import triton
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 import tritonconv
-from tritonconv import spec
+from tritonconv import configs, spec
+from tritonconv.kernels._common import INTERPRETER
 from tritonconv.kernels import depthwise, router
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
@@ -223,6 +225,71 @@ def test_router_prefers_the_specialised_family():
     with pytest.raises(ValueError, match="unknown kernel family"):
         with router.force("nope"):
             pass
+
+
+@pytest.fixture
+def tap_tma_row_tiles(monkeypatch):
+    """The tap-TMA forward's autotuner holding only a one-row tile (BLOCK_W = BLOCK_M): compiled
+    runs time these against the 8-wide tiles; the interpreter's single config is 8 wide."""
+    from tritonconv.kernels import fprop
+
+    (cfg,) = fprop.tap_tma_configs(interpreter=True) if INTERPRETER else fprop.tap_tma_configs()[:1]
+    row = triton.Config({**cfg.kwargs, "BLOCK_W": cfg.kwargs["BLOCK_M"]}, num_warps=cfg.num_warps,
+                        num_stages=cfg.num_stages, pre_hook=cfg.pre_hook)
+    monkeypatch.setattr(fprop._fprop_tap_tma_tuned, "configs", [row])
+    if hasattr(fprop._fprop_tap_tma_tuned, "cache"):
+        monkeypatch.setattr(fprop._fprop_tap_tma_tuned, "cache", {})
+    return row
+
+
+@pytest.mark.parametrize("problem", PROBLEMS["tap_tma"], ids=[f"tap_tma-{i}" for i in range(len(PROBLEMS["tap_tma"]))])
+def test_tap_tma_one_row_tiles(problem, tap_tma_row_tiles):
+    """One-row tiles: each M-tile is BLOCK_M pixels of one output row, the pixels past the row
+    end computed and not stored; forward, and dgrad (a forward conv of dy per phase)."""
+    from tritonconv import tuning
+
+    N, C, H, W, K, R, S, stride, padding, dilation, groups = problem
+    torch.manual_seed(11)
+    x = torch.randn(N, C, H, W, device=DEVICE).to(memory_format=torch.channels_last)
+    w = torch.randn(K, C // groups, R, S, device=DEVICE).to(memory_format=torch.channels_last)
+    b = torch.randn(K, device=DEVICE)
+    args = (stride, padding, dilation, groups)
+    pb = spec.conv2d_problem(x, w, b, *args)
+    dy = torch.randn(pb.output_shape, device=DEVICE).to(memory_format=torch.channels_last)
+    with router.force("tap_tma"), tuning.recording_configs() as tiles:
+        y = router.forward(x, w, b, pb)
+        dx = router.input_grad(dy, w, pb, memory_format=torch.channels_last)
+    xr, wr = x.double().requires_grad_(), w.double().requires_grad_()
+    ref = F.conv2d(xr, wr, b.double(), *args)
+    ref.backward(dy.double())
+    assert rel_err(y, ref) < TOL[torch.float32] and rel_err(dx, xr.grad) < TOL[torch.float32]
+    if "fprop_tap_tma" in tiles:  # the layouts allowed TMA: the row tile ran
+        assert tiles["fprop_tap_tma"].endswith(" rows"), tiles
+    else:
+        assert C // groups * 4 % 16, f"TMA should have run: {tiles}"
+
+
+def test_tap_tma_prune_keeps_row_tiles_for_wide_rows_only():
+    from tritonconv.kernels import fprop
+
+    hook = fprop._fprop_tap_tma_tuned.early_config_prune if hasattr(fprop._fprop_tap_tma_tuned, "early_config_prune") \
+        else None
+    assert isinstance(hook, fprop.TapTmaPruneHook)
+    compiled = fprop.tap_tma_configs(interpreter=False)
+    rows = [c for c in compiled if c.kwargs["BLOCK_W"] == c.kwargs["BLOCK_M"]]
+    assert len(rows) == len(configs.TAP_TMA_ROW_TILES) and all(configs.config_name(c).endswith(" rows") for c in rows)
+    y = torch.empty(32, 64, 56, 56).to(memory_format=torch.channels_last)
+
+    def kept(Q):
+        args = dict(y_ptr=y, N=32, P=56, Q=Q, KG=64, CG=64, HAS_RESIDUAL=False, ACTIVATION=0)
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(configs, "TUNE", True)
+            return [c.kwargs["BLOCK_W"] for c in hook(compiled, args)]
+
+    assert 64 in kept(56) and 128 not in kept(56)  # 56 of 64 pixels used; 56 of 128 too few
+    assert 128 in kept(112) and max(kept(28)) == 8
+    assert all(bw <= bm for bw, bm in ((c.kwargs["BLOCK_W"], c.kwargs["BLOCK_M"]) for c in hook(compiled, dict(
+        y_ptr=y, N=1, P=1, Q=60, KG=64, CG=64, HAS_RESIDUAL=False, ACTIVATION=0))))
 
 
 def test_smallc_pad_copies_the_stem_and_hands_groups_to_the_gather(launched):

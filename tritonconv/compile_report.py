@@ -20,7 +20,9 @@ config passes when it
 Two more columns say whether the reduction is software-pipelined, without
 failing anything: ``tma`` counts the TMA copies in the PTX (a pipelined loop
 issues its first stages before the loop, so the count grows with num_stages),
-and ``async`` says whether a wgmma stays in flight while the next is issued.
+and ``async`` says whether a wgmma stays in flight while the next is issued;
+``A from`` says whether the wgmmas read A from shared memory as loaded or
+from registers (a shared-to-register copy per step first).
 
 Configs a family's runtime pruner (``configs.prune_gemm_configs``,
 ``configs.prune_direct_configs``) removes on that arch, for that dtype and
@@ -219,8 +221,10 @@ def persistent_tile_configs() -> List[triton.Config]:
 
 
 def tap_tma_tile_configs() -> List[triton.Config]:
-    """GEMM tiles with the tap-TMA family's spatial tile width (fprop.TAP_TMA_BLOCK_W)."""
-    return tc_configs.gemm_configs(interpreter=False, BLOCK_W=fprop.TAP_TMA_BLOCK_W)
+    """GEMM tiles with the tap-TMA family's spatial tile width (fprop.TAP_TMA_BLOCK_W), and its
+    one-row tiles (configs.TAP_TMA_ROW_TILES)."""
+    return [triton.Config(c.kwargs, num_warps=c.num_warps, num_stages=c.num_stages)
+            for c in fprop.tap_tma_configs(interpreter=False)]
 
 
 def wgrad_tap_tma_tile_configs() -> List[triton.Config]:
@@ -397,7 +401,8 @@ def _fprop_tap_tma_launch(dtype: Dtype, config: triton.Config, *, problem: Dict[
         **_named("srn srk srp srq", y_s if residual else (0, 0, 0, 0)),
         alpha=0.01,
     )
-    return args, dict(_epilogue(dtype, residual, activation), INPUT_PRECISION=dtype.input_precision)
+    return args, dict(_epilogue(dtype, residual, activation), INPUT_PRECISION=dtype.input_precision,
+                      K_ALIGN=fprop.k_align(pb.C_per_group))
 
 
 def _dgrad_launch(dtype: Dtype, config: triton.Config, *, problem: Dict[str, Any] = FPROP_PROBLEM):
@@ -733,7 +738,7 @@ config_name = tc_configs.config_name
 def _tile_key(config: triton.Config) -> Tuple:
     kw = config.kwargs
     return (kw["BLOCK_M"], kw["BLOCK_N"], kw.get("BLOCK_K"), config.num_warps, config.num_stages,
-            bool(kw.get("PERSISTENT", False)))
+            bool(kw.get("PERSISTENT", False)), kw.get("BLOCK_W"))
 
 
 def _tile_volume(tile: Tuple) -> int:
@@ -868,6 +873,17 @@ def mma_async_of(ptx: str) -> Optional[bool]:
     return max(waits) >= 1
 
 
+def wgmma_a_of(ptx: str) -> Optional[str]:
+    """Where the wgmmas read their A operand: "smem" (a shared-memory descriptor, straight from
+    what the loads wrote), "regs" (a register fragment, loaded from shared memory first: what a
+    select or a reshape Triton cannot fold into the descriptor costs), "both", or None without wgmma."""
+    kinds = {"regs" if a.startswith("{") else "smem"
+             for a in re.findall(r"wgmma\.mma_async\S*\s+\{[^}]*\},\s*(\{|%\w+)", ptx)}
+    if not kinds:
+        return None
+    return kinds.pop() if len(kinds) == 1 else "both"
+
+
 def tensor_core_of(ptx: str) -> Tuple[str, Optional[str]]:
     """("wgmma" | "mma" | "none", the first such instruction) from PTX text."""
     for kind, pattern in (("wgmma", r"wgmma\.mma_async\S*"), ("mma", r"\bmma\.sync\S*")):
@@ -983,7 +999,8 @@ def compile_one(family, config: triton.Config, dtype: str, arch: str, ptxas: Opt
         stores + loads), shared_bytes (Triton's), shared_estimate (configs.shared_bytes),
         shared_limit, tensor_core ("wgmma" / "mma" / "none"), mma_instr,
         tma_loads (TMA copies in the PTX), mma_async (a wgmma left in flight
-        across the next one, see mma_async_of; None without wgmma),
+        across the next one, see mma_async_of; None without wgmma), mma_a
+        (where the wgmmas read A: "smem" / "regs" / "both", see wgmma_a_of),
         launchable (False when the runtime pruner removes it), ok (every check
         passed), status ("ok" / "FAIL" / "pruned"), reason (why not ok, and why
         pruned), error (compiler or ptxas message), compile_s.
@@ -998,7 +1015,7 @@ def compile_one(family, config: triton.Config, dtype: str, arch: str, ptxas: Opt
         registers=None, spill_stores=None, spill_loads=None, spills=None,
         shared_bytes=None,
         shared_estimate=_shared_estimate(config, dt, ar),
-        shared_limit=ar.shared_limit, tensor_core=None, mma_instr=None, tma_loads=None, mma_async=None,
+        shared_limit=ar.shared_limit, tensor_core=None, mma_instr=None, tma_loads=None, mma_async=None, mma_a=None,
         launchable=True, ok=False, status="FAIL", reason=None, error=None, compile_s=None,
     )
     pruned = _runtime_pruned(fam, config, dt, ar)
@@ -1015,7 +1032,7 @@ def compile_one(family, config: triton.Config, dtype: str, arch: str, ptxas: Opt
         ptx = compiled.asm["ptx"]
         rec["shared_bytes"] = int(compiled.metadata.shared)
         rec["tensor_core"], rec["mma_instr"] = tensor_core_of(ptx)
-        rec["tma_loads"], rec["mma_async"] = tma_loads_of(ptx), mma_async_of(ptx)
+        rec["tma_loads"], rec["mma_async"], rec["mma_a"] = tma_loads_of(ptx), mma_async_of(ptx), wgmma_a_of(ptx)
         stats = ptxas_stats(ptx, ar.capability, ptxas)
         rec["registers"] = stats["registers"]
         rec["spill_stores"], rec["spill_loads"] = stats["spill_stores"], stats["spill_loads"]
@@ -1197,7 +1214,7 @@ def failures(records: Iterable[Dict[str, Any]]) -> List[Dict[str, Any]]:
 _COLUMNS = (
     ("kernel", "kernel"), ("arch", "arch"), ("dtype", "dtype"), ("config", "config"),
     ("registers", "regs"), ("spills", "spills"), ("shared_bytes", "shared"), ("tensor_core", "tc"),
-    ("tma_loads", "tma"), ("mma_async", "async"),
+    ("tma_loads", "tma"), ("mma_async", "async"), ("mma_a", "A from"),
     ("status", "status"), ("reason", "reason"),
 )
 

@@ -94,6 +94,19 @@ SMALLC_TILES: Tuple[Tuple[int, int, int, int, int], ...] = (
     (64, 32, 32, 4, 5),
 )
 
+# The tap-TMA forward (fprop.py) tiles M as BLOCK_M // BLOCK_W output rows of BLOCK_W pixels.
+# Its 8-wide tiles fit any image, but Triton cannot fold the box's (rows, 8) -> BLOCK_M reshape
+# into the shared-memory descriptor, so A goes through registers to the wgmma
+# (compile-report: "A from regs"). One-row tiles (BLOCK_W = BLOCK_M) need no reshape and
+# the wgmma reads A from shared memory as TMA wrote it, at the price of the tile's pixels past
+# the row end; so they are candidates only where a row fills 3/4 of the tile
+# (fprop.TapTmaPruneHook). These are the 8-wide list's big tiles.
+TAP_TMA_ROW_TILES: Tuple[Tuple[int, int, int, int, int], ...] = (
+    (128, 128, 64, 8, 3),
+    (128, 64, 64, 8, 4),
+    (64, 128, 64, 8, 4),
+)
+
 # The interpreter runs one numpy operation per Triton operation per program,
 # so fewer, larger programs are much faster there; 16 keeps K-padding waste low
 # for the small channel counts the tests use.
@@ -452,11 +465,12 @@ def gemm_prune_hook(m_fn, n_fn, k_fn, tensor_arg: str, gathered: bool = True,
 
 def config_name(config: triton.Config) -> str:
     """'128x256x64 w8 s3' (BLOCK_M x BLOCK_N x BLOCK_K, warps, stages); '64x32 w4 s2' without a BLOCK_K;
-    ' persistent' appended for a persistent-grid variant."""
+    ' persistent' appended for a persistent-grid variant, ' rows' for a one-row tap-TMA tile."""
     kw = config.kwargs
     dims = [kw["BLOCK_M"], kw["BLOCK_N"]] + ([kw["BLOCK_K"]] if "BLOCK_K" in kw else [])
     name = f"{'x'.join(map(str, dims))} w{config.num_warps} s{config.num_stages}"
-    return name + (" persistent" if kw.get("PERSISTENT") else "")
+    return (name + (" persistent" if kw.get("PERSISTENT") else "")
+            + (" rows" if kw.get("BLOCK_W", 0) > 8 and kw["BLOCK_W"] == kw["BLOCK_M"] else ""))
 
 
 def capture_safe_bench(kernel_call, quantiles):

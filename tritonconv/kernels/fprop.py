@@ -35,6 +35,7 @@ columns past its tap's channels are harmless: they meet A's masked columns.
 
 from __future__ import annotations
 
+import math
 from typing import Optional
 
 import torch
@@ -44,6 +45,7 @@ import triton.language as tl
 from .. import configs, tuning
 from ..spec import Conv2dProblem
 from ._common import (
+    INTERPRETER,
     MAX_PIXELS,
     TMA_DTYPES,
     TensorDescriptor,
@@ -389,9 +391,11 @@ def input_tma_usable(x: torch.Tensor, w: torch.Tensor, problem: Conv2dProblem) -
 def spatial_tiles_fit(N: int, P: int, Q: int) -> bool:
     """Whether N images of P x Q output pixels, tiled spatially by the largest configured
     tile, keep the tile-padded pixel count within the kernel's int32 indices."""
-    largest = max(c.kwargs["BLOCK_M"] for c in _fprop_tap_tma_tuned.configs)
-    tiles = N * triton.cdiv(P, largest // TAP_TMA_BLOCK_W) * triton.cdiv(Q, TAP_TMA_BLOCK_W)
-    return tiles * largest < MAX_PIXELS
+    def padded(c):
+        bm, bw = c.kwargs["BLOCK_M"], c.kwargs["BLOCK_W"]
+        return N * triton.cdiv(P, bm // bw) * triton.cdiv(Q, bw) * bm
+
+    return max(padded(c) for c in _fprop_tap_tma_tuned.configs) < MAX_PIXELS
 
 
 @triton.jit
@@ -416,8 +420,10 @@ def fprop_tap_tma_kernel(
     ACC_DTYPE: tl.constexpr, INPUT_PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
     BLOCK_W: tl.constexpr,
+    K_ALIGN: tl.constexpr = 1,  # k_align(C/groups): EVEN_K where BLOCK_K divides it
 ):
     BLOCK_H: tl.constexpr = BLOCK_M // BLOCK_W
+    EVEN_K: tl.constexpr = K_ALIGN % BLOCK_K == 0
 
     # -- program-id mapping: (group, spatial M-tile, N-tile); an M-tile is (n, p0, q0)
     tiles_h = tl.cdiv(P, BLOCK_H)
@@ -442,8 +448,10 @@ def fprop_tap_tma_kernel(
         a = a.reshape(BLOCK_M, BLOCK_K)
         # Channels past this group's C/groups are the next group's (or the next column
         # phase's; past the row, TMA's zeros); the weight tile's matching columns hold the
-        # next tap's weights.
-        a = tl.where((c0 + offs_k < CG)[None, :], a, tl.zeros_like(a))
+        # next tap's weights. Where BLOCK_K divides C/groups no box reaches past them, and
+        # without the mask A goes from shared memory to the MMA with no select in registers.
+        if not EVEN_K:
+            a = tl.where((c0 + offs_k < CG)[None, :], a, tl.zeros_like(a))
         b = w_desc.load([g * KG + pid_n * BLOCK_N, rs * CG + c0]).T
         acc = tl.dot(a, b, acc, input_precision=INPUT_PRECISION, out_dtype=ACC_DTYPE)
 
@@ -458,6 +466,12 @@ def fprop_tap_tma_kernel(
                   HAS_BIAS, HAS_RESIDUAL, ACTIVATION)
 
 
+def k_align(cg: int) -> int:
+    """The largest power of two up to 64 that divides C/groups: a BLOCK_K that divides it never
+    takes a box past the group's channels, so the kernel needs no mask on A (EVEN_K)."""
+    return math.gcd(cg, 64) if cg > 0 else 1
+
+
 def _set_tap_tma_blocks(nargs):
     """Autotune pre-hook: the input box is the config's spatial tile, the weight tile (BLOCK_N, BLOCK_K)."""
     bm, bw, bk = nargs["BLOCK_M"], nargs["BLOCK_W"], nargs["BLOCK_K"]
@@ -465,14 +479,38 @@ def _set_tap_tma_blocks(nargs):
     nargs["w_desc"].block_shape = [nargs["BLOCK_N"], bk]
 
 
+def tap_tma_configs(interpreter=None):
+    """8-wide spatial tiles, and (compiled only: the interpreter has one config) one-row tiles
+    (configs.TAP_TMA_ROW_TILES), each with the pre-hook that shapes the descriptors' boxes."""
+    row_tiles = [] if (INTERPRETER if interpreter is None else interpreter) else [
+        triton.Config({**c.kwargs, "BLOCK_W": c.kwargs["BLOCK_M"]}, num_warps=c.num_warps, num_stages=c.num_stages)
+        for c in configs.gemm_configs(configs.TAP_TMA_ROW_TILES, interpreter=False)]
+    return [triton.Config(c.kwargs, num_warps=c.num_warps, num_stages=c.num_stages, pre_hook=_set_tap_tma_blocks)
+            for c in configs.gemm_configs(interpreter=interpreter, BLOCK_W=TAP_TMA_BLOCK_W) + row_tiles]
+
+
+class TapTmaPruneHook(configs.GemmPruneHook):
+    """The GEMM pruning, after dropping one-row tiles wider than 4/3 of the output's rows (over a
+    quarter of such a tile would be pixels past the row end); a tile whose BLOCK_M the pruning
+    clamps keeps BLOCK_W <= BLOCK_M."""
+
+    def __call__(self, configs_, named_args, **kwargs):
+        Q = {**named_args, **kwargs}["Q"]
+        wide = [c for c in configs_ if c.kwargs["BLOCK_W"] <= TAP_TMA_BLOCK_W or 4 * Q >= 3 * c.kwargs["BLOCK_W"]]
+        kept = super().__call__(wide or configs_[:1], named_args, **kwargs)
+        return [c if c.kwargs["BLOCK_W"] <= c.kwargs["BLOCK_M"] else
+                triton.Config({**c.kwargs, "BLOCK_W": c.kwargs["BLOCK_M"]}, num_warps=c.num_warps,
+                              num_stages=c.num_stages, pre_hook=c.pre_hook)
+                for c in kept]
+
+
 _fprop_tap_tma_tuned = triton.autotune(
-    configs=[triton.Config(c.kwargs, num_warps=c.num_warps, num_stages=c.num_stages, pre_hook=_set_tap_tma_blocks)
-             for c in configs.gemm_configs(BLOCK_W=TAP_TMA_BLOCK_W)],
+    configs=tap_tma_configs(),
     key=["N", "P", "Q", "R", "S", "CG", "KG", "GROUPS", "stride_h", "stride_w", "pad_h", "pad_w", "dil_h", "dil_w",
          "syk", "HAS_RESIDUAL", "ACTIVATION"],
     do_bench=configs.capture_safe_bench,
     prune_configs_by={
-        "early_config_prune": configs.gemm_prune_hook(
+        "early_config_prune": TapTmaPruneHook(
             m_fn=lambda a: a["N"] * a["P"] * a["Q"], n_fn=lambda a: a["KG"], k_fn=lambda a: a["CG"],
             tensor_arg="y_ptr", gathered=False,
         )
@@ -508,6 +546,6 @@ def conv2d_fprop_tap_tma(x, w, bias, problem: Conv2dProblem, out=None, activatio
         pb.N, pb.C, pb.P, pb.Q, pb.R, pb.S, pb.C_per_group, KG, pb.groups,
         pb.stride_h, pb.stride_w, pb.pad_h, pb.pad_w, pb.dil_h, pb.dil_w,
         *out.stride(), *fw.res_strides, float(alpha),
-        **fw.epilogue, INPUT_PRECISION=input_precision_for(x),
+        **fw.epilogue, INPUT_PRECISION=input_precision_for(x), K_ALIGN=k_align(pb.C_per_group),
     )
     return out
