@@ -229,23 +229,31 @@ def test_router_prefers_the_specialised_family():
 
 @pytest.fixture
 def tap_tma_row_tiles(monkeypatch):
-    """The tap-TMA forward's autotuner holding only a one-row tile (BLOCK_W = BLOCK_M): compiled
-    runs time these against the 8-wide tiles; the interpreter's single config is 8 wide."""
+    """The tap-TMA autotuners holding only a one-row tile (BLOCK_W = BLOCK_M for the forward,
+    BLOCK_K for wgrad's reduction steps): compiled runs time these against the 8-wide tiles;
+    the interpreter's single config is 8 wide."""
     from tritonconv.kernels import fprop
 
     (cfg,) = fprop.tap_tma_configs(interpreter=True) if INTERPRETER else fprop.tap_tma_configs()[:1]
     row = triton.Config({**cfg.kwargs, "BLOCK_W": cfg.kwargs["BLOCK_M"]}, num_warps=cfg.num_warps,
                         num_stages=cfg.num_stages, pre_hook=cfg.pre_hook)
     monkeypatch.setattr(fprop._fprop_tap_tma_tuned, "configs", [row])
-    if hasattr(fprop._fprop_tap_tma_tuned, "cache"):
-        monkeypatch.setattr(fprop._fprop_tap_tma_tuned, "cache", {})
+    monkeypatch.setattr(fprop._fprop_tap_tma_tuned, "cache", {})
+    from tritonconv.kernels import wgrad
+
+    (step,) = wgrad.tap_tma_configs(interpreter=True) if INTERPRETER else wgrad.tap_tma_configs()[:1]
+    row_step = triton.Config({**step.kwargs, "BLOCK_W": step.kwargs["BLOCK_K"]}, num_warps=step.num_warps,
+                             num_stages=step.num_stages, pre_hook=step.pre_hook)
+    monkeypatch.setattr(wgrad._wgrad_tap_tma_tuned, "configs", [row_step])
+    monkeypatch.setattr(wgrad._wgrad_tap_tma_tuned, "cache", {})
     return row
 
 
 @pytest.mark.parametrize("problem", PROBLEMS["tap_tma"], ids=[f"tap_tma-{i}" for i in range(len(PROBLEMS["tap_tma"]))])
 def test_tap_tma_one_row_tiles(problem, tap_tma_row_tiles):
     """One-row tiles: each M-tile is BLOCK_M pixels of one output row, the pixels past the row
-    end computed and not stored; forward, and dgrad (a forward conv of dy per phase)."""
+    end computed and not stored; forward, dgrad (a forward conv of dy per phase), and wgrad
+    (16-bit) with one-row reduction steps, the pixels past the row end TMA's zeros."""
     from tritonconv import tuning
 
     N, C, H, W, K, R, S, stride, padding, dilation, groups = problem
@@ -259,37 +267,48 @@ def test_tap_tma_one_row_tiles(problem, tap_tma_row_tiles):
     with router.force("tap_tma"), tuning.recording_configs() as tiles:
         y = router.forward(x, w, b, pb)
         dx = router.input_grad(dy, w, pb, memory_format=torch.channels_last)
+        dw = router.weight_grad(dy.half(), x.half(), pb, memory_format=torch.channels_last)
     xr, wr = x.double().requires_grad_(), w.double().requires_grad_()
     ref = F.conv2d(xr, wr, b.double(), *args)
     ref.backward(dy.double())
     assert rel_err(y, ref) < TOL[torch.float32] and rel_err(dx, xr.grad) < TOL[torch.float32]
-    if "fprop_tap_tma" in tiles:  # the layouts allowed TMA: the row tile ran
+    wh = w.double().requires_grad_()  # dw from the fp16-rounded x and dy
+    F.conv2d(x.half().double(), wh, None, *args).backward(dy.half().double())
+    assert rel_err(dw, wh.grad) < TOL[torch.float16]
+    if "fprop_tap_tma" in tiles:  # the layouts allowed TMA: the row tiles ran
         assert tiles["fprop_tap_tma"].endswith(" rows"), tiles
     else:
         assert C // groups * 4 % 16, f"TMA should have run: {tiles}"
+    if C // groups * 2 % 16 == 0 and K // groups * 2 % 16 == 0:
+        assert tiles.get("wgrad_tap_tma", "").endswith(" rows"), tiles
 
 
-def test_tap_tma_prune_keeps_row_tiles_for_wide_rows_only():
-    from tritonconv.kernels import fprop
+def test_tap_tma_prune_keeps_row_tiles_for_wide_rows_only(monkeypatch):
+    """One-row tiles are candidates where output rows fill 3/4 of them; where the pruning
+    clamps a tile's span below its width, the width follows."""
+    from tritonconv.kernels import fprop, wgrad
 
-    hook = fprop._fprop_tap_tma_tuned.early_config_prune if hasattr(fprop._fprop_tap_tma_tuned, "early_config_prune") \
-        else None
-    assert isinstance(hook, fprop.TapTmaPruneHook)
+    monkeypatch.setattr(configs, "TUNE", True)  # the hook's full verdict, not the untuned pick
+    fwd, wg = fprop._fprop_tap_tma_tuned.early_config_prune, wgrad._wgrad_tap_tma_tuned.early_config_prune
+    assert isinstance(fwd, configs.SpatialTilePruneHook) and isinstance(wg, configs.SpatialTilePruneHook)
     compiled = fprop.tap_tma_configs(interpreter=False)
-    rows = [c for c in compiled if c.kwargs["BLOCK_W"] == c.kwargs["BLOCK_M"]]
+    rows = [c for c in compiled if c.kwargs["BLOCK_W"] > configs.SPATIAL_TILE_WIDTH]
     assert len(rows) == len(configs.TAP_TMA_ROW_TILES) and all(configs.config_name(c).endswith(" rows") for c in rows)
+    assert all(c.kwargs["BLOCK_W"] == c.kwargs["BLOCK_M"] for c in rows)
     y = torch.empty(32, 64, 56, 56).to(memory_format=torch.channels_last)
 
-    def kept(Q):
-        args = dict(y_ptr=y, N=32, P=56, Q=Q, KG=64, CG=64, HAS_RESIDUAL=False, ACTIVATION=0)
-        with pytest.MonkeyPatch.context() as mp:
-            mp.setattr(configs, "TUNE", True)
-            return [c.kwargs["BLOCK_W"] for c in hook(compiled, args)]
+    def widths(Q):
+        return {c.kwargs["BLOCK_W"] for c in fwd(compiled, dict(y_ptr=y, N=32, P=56, Q=Q, KG=64, CG=64))}
 
-    assert 64 in kept(56) and 128 not in kept(56)  # 56 of 64 pixels used; 56 of 128 too few
-    assert 128 in kept(112) and max(kept(28)) == 8
-    assert all(bw <= bm for bw, bm in ((c.kwargs["BLOCK_W"], c.kwargs["BLOCK_M"]) for c in hook(compiled, dict(
-        y_ptr=y, N=1, P=1, Q=60, KG=64, CG=64, HAS_RESIDUAL=False, ACTIVATION=0))))
+    assert widths(56) == {8, 64}  # 56 of 64 pixels used; of 128, too few
+    assert widths(112) == {8, 64, 128} and widths(28) == {8}
+    assert configs.row_efficiency(56, 64) == 0.875 and configs.row_efficiency(100, 64) == 100 / 128
+
+    dy = torch.empty(1, 64, 14, 14).to(memory_format=torch.channels_last)
+    steps = wgrad.tap_tma_configs(interpreter=False)
+    kept = wg(steps, dict(dy_ptr=dy, N=1, P=14, Q=14, KG=64, CG=64, SPLIT_K=8))  # 25 pixels per split: BLOCK_K 32
+    assert kept and all(c.kwargs["BLOCK_W"] <= c.kwargs["BLOCK_K"] <= 32 for c in kept)
+    assert any(c.kwargs["BLOCK_W"] == 16 for c in kept)  # a 16-pixel row step: 14 of 16 used
 
 
 def test_smallc_pad_copies_the_stem_and_hands_groups_to_the_gather(launched):

@@ -228,8 +228,10 @@ def tap_tma_tile_configs() -> List[triton.Config]:
 
 
 def wgrad_tap_tma_tile_configs() -> List[triton.Config]:
-    """GEMM tiles with the tap-TMA wgrad's spatial step width (wgrad.TAP_TMA_BLOCK_W)."""
-    return tc_configs.gemm_configs(interpreter=False, BLOCK_W=wgrad.TAP_TMA_BLOCK_W)
+    """GEMM tiles with the tap-TMA wgrad's spatial step width (wgrad.TAP_TMA_BLOCK_W), and its
+    one-row steps (configs.WGRAD_TAP_TMA_ROW_TILES)."""
+    return [triton.Config(c.kwargs, num_warps=c.num_warps, num_stages=c.num_stages)
+            for c in wgrad.tap_tma_configs(interpreter=False)]
 
 
 def smallc_tile_configs() -> List[triton.Config]:

@@ -39,6 +39,9 @@ __all__ = [
     "INTERPRETER_CONFIG",
     "capture_safe_bench",
     "config_name",
+    "spatial_tile_configs",
+    "SpatialTilePruneHook",
+    "row_efficiency",
 ]
 
 # (BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages)
@@ -94,18 +97,29 @@ SMALLC_TILES: Tuple[Tuple[int, int, int, int, int], ...] = (
     (64, 32, 32, 4, 5),
 )
 
-# The tap-TMA forward (fprop.py) tiles M as BLOCK_M // BLOCK_W output rows of BLOCK_W pixels.
-# Its 8-wide tiles fit any image, but Triton cannot fold the box's (rows, 8) -> BLOCK_M reshape
-# into the shared-memory descriptor, so A goes through registers to the wgmma
-# (compile-report: "A from regs"). One-row tiles (BLOCK_W = BLOCK_M) need no reshape and
-# the wgmma reads A from shared memory as TMA wrote it, at the price of the tile's pixels past
-# the row end; so they are candidates only where a row fills 3/4 of the tile
-# (fprop.TapTmaPruneHook). These are the 8-wide list's big tiles.
+# The tap-TMA kernels (fprop.py, wgrad.py) take their pixels in spatial tiles of
+# (span // BLOCK_W) output rows of BLOCK_W pixels, the span being BLOCK_M for the forward and
+# BLOCK_K (a reduction step) for wgrad. 8-wide tiles fit any image, but Triton cannot fold
+# the box's (rows, 8) -> span reshape into the shared-memory descriptor, so the wgmma's A goes
+# through registers (compile-report: "A from regs"). One-row tiles (BLOCK_W = span) need no
+# reshape and the wgmma reads A from shared memory as TMA wrote it, at the price of the
+# pixels past each row's end; so they are candidates only where the output's rows fill
+# ROW_MIN_EFFICIENCY of their tiles (SpatialTilePruneHook). These are big tiles of GEMM_TILES;
+# wgrad's include BLOCK_K = 32 and 16, which suit rows of 28 and 14 pixels.
 TAP_TMA_ROW_TILES: Tuple[Tuple[int, int, int, int, int], ...] = (
     (128, 128, 64, 8, 3),
     (128, 64, 64, 8, 4),
     (64, 128, 64, 8, 4),
 )
+WGRAD_TAP_TMA_ROW_TILES: Tuple[Tuple[int, int, int, int, int], ...] = (
+    (128, 128, 64, 8, 3),
+    (128, 64, 64, 8, 4),
+    (128, 128, 32, 8, 4),
+    (128, 64, 32, 8, 4),
+    (128, 64, 16, 4, 4),
+)
+SPATIAL_TILE_WIDTH = 8  # the tap-TMA kernels' default BLOCK_W
+ROW_MIN_EFFICIENCY = 0.75
 
 # The interpreter runs one numpy operation per Triton operation per program,
 # so fewer, larger programs are much faster there; 16 keeps K-padding waste low
@@ -446,6 +460,45 @@ class GemmPruneHook:
                                         **self.rules))
 
 
+def spatial_tile_configs(row_tiles: Sequence[Tuple[int, int, int, int, int]], span: str,
+                         interpreter: Optional[bool] = None) -> List[triton.Config]:
+    """A tap-TMA kernel's configs: GEMM_TILES with 8-wide spatial tiles, then (compiled only:
+    the interpreter has a single config) ``row_tiles`` as one-row tiles, BLOCK_W = the config's
+    ``span`` ("BLOCK_M" or "BLOCK_K")."""
+    rows = [] if (INTERPRETER if interpreter is None else interpreter) else [
+        triton.Config({**c.kwargs, "BLOCK_W": c.kwargs[span]}, num_warps=c.num_warps, num_stages=c.num_stages)
+        for c in gemm_configs(row_tiles, interpreter=False)]
+    return gemm_configs(interpreter=interpreter, BLOCK_W=SPATIAL_TILE_WIDTH) + rows
+
+
+def row_efficiency(width: int, tile: int) -> float:
+    """The share of one-row tiles' pixels inside output rows of ``width`` pixels, each row cut
+    into cdiv(width, tile) tiles (56 pixels in 64-pixel tiles: 0.875; in 128: 0.44)."""
+    return width / (triton.cdiv(width, tile) * tile) if width > 0 else 0.0
+
+
+class SpatialTilePruneHook(GemmPruneHook):
+    """``GemmPruneHook`` for the tap-TMA kernels, after dropping one-row configs (BLOCK_W wider
+    than SPATIAL_TILE_WIDTH) whose tiles the output's rows (the argument ``Q``) fill less than
+    ROW_MIN_EFFICIENCY of. Where the pruning clamps the span (BLOCK_M or BLOCK_K) below BLOCK_W,
+    BLOCK_W follows it. The compile report prunes as for any GEMM: a one-row tile can launch
+    wherever rows are wide enough."""
+
+    def __init__(self, m_fn, n_fn, k_fn, tensor_arg: str, span: str, **rules):
+        super().__init__(m_fn, n_fn, k_fn, tensor_arg, **rules)
+        self.span = span
+
+    def __call__(self, configs: List[triton.Config], named_args: Dict, **kwargs) -> List[triton.Config]:
+        Q = {**named_args, **kwargs}["Q"]
+        fit = [c for c in configs if c.kwargs["BLOCK_W"] <= SPATIAL_TILE_WIDTH
+               or row_efficiency(Q, c.kwargs["BLOCK_W"]) >= ROW_MIN_EFFICIENCY]
+        kept = super().__call__(fit or configs[:1], named_args, **kwargs)
+        return [c if c.kwargs["BLOCK_W"] <= c.kwargs[self.span] else
+                triton.Config({**c.kwargs, "BLOCK_W": c.kwargs[self.span]}, num_warps=c.num_warps,
+                              num_stages=c.num_stages, pre_hook=c.pre_hook)
+                for c in kept]
+
+
 class DirectPruneHook:
     """An ``early_config_prune`` for the depthwise direct kernels: ``prune_direct_configs``
     for the element size of the argument ``tensor_arg``."""
@@ -470,7 +523,7 @@ def config_name(config: triton.Config) -> str:
     dims = [kw["BLOCK_M"], kw["BLOCK_N"]] + ([kw["BLOCK_K"]] if "BLOCK_K" in kw else [])
     name = f"{'x'.join(map(str, dims))} w{config.num_warps} s{config.num_stages}"
     return (name + (" persistent" if kw.get("PERSISTENT") else "")
-            + (" rows" if kw.get("BLOCK_W", 0) > 8 and kw["BLOCK_W"] == kw["BLOCK_M"] else ""))
+            + (" rows" if kw.get("BLOCK_W", 0) > SPATIAL_TILE_WIDTH else ""))
 
 
 def capture_safe_bench(kernel_call, quantiles):

@@ -45,7 +45,6 @@ import triton.language as tl
 from .. import configs, tuning
 from ..spec import Conv2dProblem
 from ._common import (
-    INTERPRETER,
     MAX_PIXELS,
     TMA_DTYPES,
     TensorDescriptor,
@@ -367,7 +366,7 @@ def conv2d_fprop_tma(x, w, bias, problem: Conv2dProblem, out=None, activation="n
 #                               w = q*sw + s*dil_w - pad_w = sw*(q + shift_w) + phase_w
 #     B[kk, j]  as in fprop_kernel with W_DESC: a TMA tile of the KRSC weight
 
-TAP_TMA_BLOCK_W = 8  # output columns per tile; BLOCK_H = BLOCK_M // 8 rows
+TAP_TMA_BLOCK_W = configs.SPATIAL_TILE_WIDTH  # output columns per 8-wide tile; BLOCK_H = BLOCK_M // 8 rows
 
 
 def accepts_tap_tma(problem: Conv2dProblem) -> bool:
@@ -480,28 +479,10 @@ def _set_tap_tma_blocks(nargs):
 
 
 def tap_tma_configs(interpreter=None):
-    """8-wide spatial tiles, and (compiled only: the interpreter has one config) one-row tiles
-    (configs.TAP_TMA_ROW_TILES), each with the pre-hook that shapes the descriptors' boxes."""
-    row_tiles = [] if (INTERPRETER if interpreter is None else interpreter) else [
-        triton.Config({**c.kwargs, "BLOCK_W": c.kwargs["BLOCK_M"]}, num_warps=c.num_warps, num_stages=c.num_stages)
-        for c in configs.gemm_configs(configs.TAP_TMA_ROW_TILES, interpreter=False)]
+    """8-wide spatial tiles, and one-row tiles (configs.TAP_TMA_ROW_TILES, compiled only), each
+    with the pre-hook that shapes the descriptors' boxes."""
     return [triton.Config(c.kwargs, num_warps=c.num_warps, num_stages=c.num_stages, pre_hook=_set_tap_tma_blocks)
-            for c in configs.gemm_configs(interpreter=interpreter, BLOCK_W=TAP_TMA_BLOCK_W) + row_tiles]
-
-
-class TapTmaPruneHook(configs.GemmPruneHook):
-    """The GEMM pruning, after dropping one-row tiles wider than 4/3 of the output's rows (over a
-    quarter of such a tile would be pixels past the row end); a tile whose BLOCK_M the pruning
-    clamps keeps BLOCK_W <= BLOCK_M."""
-
-    def __call__(self, configs_, named_args, **kwargs):
-        Q = {**named_args, **kwargs}["Q"]
-        wide = [c for c in configs_ if c.kwargs["BLOCK_W"] <= TAP_TMA_BLOCK_W or 4 * Q >= 3 * c.kwargs["BLOCK_W"]]
-        kept = super().__call__(wide or configs_[:1], named_args, **kwargs)
-        return [c if c.kwargs["BLOCK_W"] <= c.kwargs["BLOCK_M"] else
-                triton.Config({**c.kwargs, "BLOCK_W": c.kwargs["BLOCK_M"]}, num_warps=c.num_warps,
-                              num_stages=c.num_stages, pre_hook=c.pre_hook)
-                for c in kept]
+            for c in configs.spatial_tile_configs(configs.TAP_TMA_ROW_TILES, "BLOCK_M", interpreter)]
 
 
 _fprop_tap_tma_tuned = triton.autotune(
@@ -510,9 +491,9 @@ _fprop_tap_tma_tuned = triton.autotune(
          "syk", "HAS_RESIDUAL", "ACTIVATION"],
     do_bench=configs.capture_safe_bench,
     prune_configs_by={
-        "early_config_prune": TapTmaPruneHook(
+        "early_config_prune": configs.SpatialTilePruneHook(
             m_fn=lambda a: a["N"] * a["P"] * a["Q"], n_fn=lambda a: a["KG"], k_fn=lambda a: a["CG"],
-            tensor_arg="y_ptr", gathered=False,
+            tensor_arg="y_ptr", span="BLOCK_M", gathered=False,
         )
     },
 )(fprop_tap_tma_kernel)

@@ -330,7 +330,7 @@ def conv2d_bias_grad(dy: torch.Tensor, split: Optional[int] = None) -> torch.Ten
 # only reach rows and columns of the tile that the store masks out. Split-K and
 # its partials are as above.
 
-TAP_TMA_BLOCK_W = 8  # pixels per row of a spatial reduction step; BLOCK_K // 8 rows
+TAP_TMA_BLOCK_W = configs.SPATIAL_TILE_WIDTH  # pixels per row of an 8-wide reduction step; BLOCK_K // 8 rows
 # 16-bit only: tl.dot takes A as dy's box transposed, and only 16-bit wgmma reads a
 # transposed operand (the 1x1 wgrad TMA kernel has the same limit).
 TAP_TMA_DTYPES = (torch.float16, torch.bfloat16)
@@ -414,17 +414,23 @@ def _set_tap_tma_blocks(nargs):
     nargs["x_desc"].block_shape = [1, bh, 1, bw, nargs["BLOCK_N"]]
 
 
+def tap_tma_configs(interpreter=None):
+    """8-pixel-wide reduction steps, and one-row steps (configs.WGRAD_TAP_TMA_ROW_TILES, compiled
+    only), each with the pre-hook that shapes the descriptors' boxes."""
+    return [triton.Config(c.kwargs, num_warps=c.num_warps, num_stages=c.num_stages, pre_hook=_set_tap_tma_blocks)
+            for c in configs.spatial_tile_configs(configs.WGRAD_TAP_TMA_ROW_TILES, "BLOCK_K", interpreter)]
+
+
 _wgrad_tap_tma_tuned = triton.autotune(
-    configs=[triton.Config(c.kwargs, num_warps=c.num_warps, num_stages=c.num_stages, pre_hook=_set_tap_tma_blocks)
-             for c in configs.gemm_configs(BLOCK_W=TAP_TMA_BLOCK_W)],
+    configs=tap_tma_configs(),
     key=["N", "P", "Q", "R", "S", "CG", "KG", "GROUPS", "SPLIT_K", "stride_h", "stride_w", "pad_h", "pad_w",
          "dil_h", "dil_w"],
     do_bench=configs.capture_safe_bench,
     prune_configs_by={
-        "early_config_prune": configs.gemm_prune_hook(
+        "early_config_prune": configs.SpatialTilePruneHook(
             m_fn=lambda a: a["KG"], n_fn=lambda a: a["CG"],
-            k_fn=lambda a: triton.cdiv(a["N"] * a["P"] * a["Q"], a["SPLIT_K"]), tensor_arg="dy_ptr", gathered=False,
-            max_block_m=configs.MAX_BLOCK_M_TRANSPOSED_A,
+            k_fn=lambda a: triton.cdiv(a["N"] * a["P"] * a["Q"], a["SPLIT_K"]), tensor_arg="dy_ptr", span="BLOCK_K",
+            gathered=False, max_block_m=configs.MAX_BLOCK_M_TRANSPOSED_A,
         )
     },
 )(wgrad_tap_tma_kernel)
