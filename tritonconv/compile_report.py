@@ -63,8 +63,9 @@ The full report for sm_90 and sm_80 is about 1,500 compiles: 12 to 20 minutes
 on 2 cores with an empty Triton cache (TRITON_CACHE_DIR), 4 with a warm one.
 ``--subset`` compiles the first, largest, smallest and median config of every
 family in fp16 and fp32, about 170 compiles for sm_90: 75 s on 2
-cores, which is what CI should run (tests/test_compile_report.py bounds its
-size).
+cores. CI compiles one config of every family for sm_90 in fp16
+(tests/test_compile_report.py::test_every_family_builds) and bounds the
+subset's size.
 
 Adding a kernel family is one ``KernelFamily`` entry in ``FAMILIES``: the jit
 function, its config list, a function that returns a representative launch's
