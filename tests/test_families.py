@@ -234,19 +234,21 @@ def tap_tma_row_tiles(monkeypatch):
     the interpreter's single config is 8 wide."""
     from tritonconv.kernels import fprop
 
-    (cfg,) = fprop.tap_tma_configs(interpreter=True) if INTERPRETER else fprop.tap_tma_configs()[:1]
-    row = triton.Config({**cfg.kwargs, "BLOCK_W": cfg.kwargs["BLOCK_M"]}, num_warps=cfg.num_warps,
-                        num_stages=cfg.num_stages, pre_hook=cfg.pre_hook)
-    monkeypatch.setattr(fprop._fprop_tap_tma_tuned, "configs", [row])
-    monkeypatch.setattr(fprop._fprop_tap_tma_tuned, "cache", {})
     from tritonconv.kernels import wgrad
 
-    (step,) = wgrad.tap_tma_configs(interpreter=True) if INTERPRETER else wgrad.tap_tma_configs()[:1]
-    row_step = triton.Config({**step.kwargs, "BLOCK_W": step.kwargs["BLOCK_K"]}, num_warps=step.num_warps,
-                             num_stages=step.num_stages, pre_hook=step.pre_hook)
-    monkeypatch.setattr(wgrad._wgrad_tap_tma_tuned, "configs", [row_step])
-    monkeypatch.setattr(wgrad._wgrad_tap_tma_tuned, "cache", {})
-    return row
+    def one_row(autotuner, configs_fn, span):
+        if INTERPRETER:  # the interpreter's single config, made one row wide
+            (cfg,) = configs_fn(interpreter=True)
+            cfg = triton.Config({**cfg.kwargs, "BLOCK_W": cfg.kwargs[span]}, num_warps=cfg.num_warps,
+                                num_stages=cfg.num_stages, pre_hook=cfg.pre_hook)
+        else:  # the smallest compiled one-row tile: it fits fp32's shared memory
+            cfg = [c for c in configs_fn() if c.kwargs["BLOCK_W"] > configs.SPATIAL_TILE_WIDTH][-1]
+        monkeypatch.setattr(autotuner, "configs", [cfg])
+        monkeypatch.setattr(autotuner, "cache", {})
+        return cfg
+
+    one_row(wgrad._wgrad_tap_tma_tuned, wgrad.tap_tma_configs, "BLOCK_K")
+    return one_row(fprop._fprop_tap_tma_tuned, fprop.tap_tma_configs, "BLOCK_M")
 
 
 @pytest.mark.parametrize("problem", PROBLEMS["tap_tma"], ids=[f"tap_tma-{i}" for i in range(len(PROBLEMS["tap_tma"]))])
