@@ -127,6 +127,14 @@ def test_smoke_sweep_backward_modes_and_time_budget(tmp_path):
 # --------------------------------------------------------------------------- the report
 
 
+def _write_csv(path, rows):
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=sweep.COLUMNS)
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
+
+
 def _row(provider, layer, median, **kw):
     row = {k: "" for k in sweep.COLUMNS}
     row.update(kernel="conv2d", provider=provider, mode="forward", preset="resnet50", layer=layer, count=1,
@@ -148,11 +156,7 @@ def test_report_geomeans_targets_and_run_selection(tmp_path):
         _row("im2col", "a", 3.0), _row("im2col", "b", 3.0),
         _row("im2col", "b", 8.0),  # the same measurement again: the later row wins
     ]
-    path = tmp_path / "results.csv"
-    with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=sweep.COLUMNS)
-        writer.writeheader()
-        writer.writerows(rows)
+    path = _write_csv(tmp_path / "results.csv", rows)
     paths = report.render(path, tmp_path)
     selected = report.select_rows(report.load_rows(path))
     groups = report.speedups(selected)
@@ -203,11 +207,7 @@ def test_router_timings_go_from_the_note_to_the_tables(tmp_path, monkeypatch):
             _row("tritonconv", "d", 1.0, note="tiles: gemm1x1_tma=128x64x32 w8 s4 persistent"), _row("cudnn", "d", 1.0)]
     assert report.tiles_of(rows[4]) == {"gemm1x1_tma": "128x64x32 w8 s4 persistent", "gemm1x1": "64x64x64 w4 s4"}
     assert report.tiles_of(rows[4]) == report.tiles_of({"note": "tiles: " + report.format_tiles(report.tiles_of(rows[4]))})
-    path = tmp_path / "results.csv"
-    with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=sweep.COLUMNS)
-        writer.writeheader()
-        writer.writerows(rows)
+    path = _write_csv(tmp_path / "results.csv", rows)
     paths = report.render(path, tmp_path)
     details = paths["details"].read_text()
     assert "forward=tap_tma, dgrad=implicit (forward: implicit_tma 1.25x, implicit 1.50x)" in details
