@@ -185,23 +185,27 @@ def conv2d_fprop_smallc(
     """
     pb = problem
     fw = prepare_forward(x, w, bias, residual, pb, out, activation)
-    out = fw.out
-    if out.numel() == 0:
-        return out
-    M = pb.N * pb.P * pb.Q
-    KG, CG = pb.K_per_group, pb.C_per_group
+    if fw.out.numel() == 0:
+        return fw.out
+    _launch(_smallc_tuned, "smallc", x, w, fw, pb, pb.C_per_group, pb.groups, alpha,
+            INPUT_PRECISION=input_precision_for(x))
+    return fw.out
 
-    def grid(meta):
-        return (pb.groups * triton.cdiv(M, meta["BLOCK_M"]) * triton.cdiv(KG, meta["BLOCK_N"]),)
 
-    tuning.launch(_smallc_tuned, "smallc", x.device, grid,
-        x, w, fw.bias, fw.residual, out,
-        M, pb.H, pb.W, pb.P, pb.Q, pb.R, pb.S, CG, KG, pb.groups,
+def _launch(tuned, name, x, w, fw, pb: Conv2dProblem, CG: int, groups: int, alpha: float, **meta) -> None:
+    """One launch of smallc_fprop_kernel: x and w as (N, C, H, W) and (K, C/groups, R, S) views,
+    CG the channels per group it reduces over (the pitch for the padded copies)."""
+    M, KG = pb.N * pb.P * pb.Q, pb.K // groups
+
+    def grid(m):
+        return (groups * triton.cdiv(M, m["BLOCK_M"]) * triton.cdiv(KG, m["BLOCK_N"]),)
+
+    tuning.launch(tuned, name, x.device, grid,
+        x, w, fw.bias, fw.residual, fw.out,
+        M, pb.H, pb.W, pb.P, pb.Q, pb.R, pb.S, CG, KG, groups,
         pb.stride_h, pb.stride_w, pb.pad_h, pb.pad_w, pb.dil_h, pb.dil_w,
-        *x.stride(), *w.stride(), *out.stride(), *fw.res_strides, float(alpha),
-        **fw.epilogue, INPUT_PRECISION=input_precision_for(x),
+        *x.stride(), *w.stride(), *fw.out.stride(), *fw.res_strides, float(alpha), **fw.epilogue, **meta,
     )
-    return out
 
 
 def conv2d_fprop_smallc_pad(
@@ -227,23 +231,13 @@ def conv2d_fprop_smallc_pad(
     if not accepts_pad(pb):
         return conv2d_fprop_smallc(x, w, bias, pb, out, activation, alpha, residual)
     fw = prepare_forward(x, w, bias, residual, pb, out, activation)
-    out = fw.out
-    if out.numel() == 0:
-        return out
+    if fw.out.numel() == 0:
+        return fw.out
     pitch = _pitch(pb.C)
-    # (N, H, W, C_PITCH) and (K, R, S, C_PITCH), dense, the extra channels zero
+    # (N, H, W, C_PITCH) and (K, R, S, C_PITCH), dense, the extra channels zero; passed as
+    # NCHW-shaped views, as the gather takes x and w
     xp = torch.nn.functional.pad(x.permute(0, 2, 3, 1), (0, pitch - pb.C)).contiguous()
     wp = torch.nn.functional.pad(w.permute(0, 2, 3, 1), (0, pitch - pb.C)).contiguous()
-    M = pb.N * pb.P * pb.Q
-
-    def grid(meta):
-        return (triton.cdiv(M, meta["BLOCK_M"]) * triton.cdiv(pb.K, meta["BLOCK_N"]),)
-
-    tuning.launch(_smallc_pad_tuned, "smallc_pad", x.device, grid,
-        xp, wp, fw.bias, fw.residual, out,
-        M, pb.H, pb.W, pb.P, pb.Q, pb.R, pb.S, pitch, pb.K, 1,
-        pb.stride_h, pb.stride_w, pb.pad_h, pb.pad_w, pb.dil_h, pb.dil_w,
-        *xp.permute(0, 3, 1, 2).stride(), *wp.permute(0, 3, 1, 2).stride(), *out.stride(), *fw.res_strides,
-        float(alpha), **fw.epilogue, INPUT_PRECISION=input_precision_for(x), C_PITCH=pitch,
-    )
-    return out
+    _launch(_smallc_pad_tuned, "smallc_pad", xp.permute(0, 3, 1, 2), wp.permute(0, 3, 1, 2), fw, pb, pitch, 1,
+            alpha, INPUT_PRECISION=input_precision_for(x), C_PITCH=pitch)
+    return fw.out
