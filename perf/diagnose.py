@@ -1,0 +1,224 @@
+"""Where does a layer's time go? One short GPU run that separates the kernels from the host.
+
+    PYTHONPATH=$PWD python perf/diagnose.py --preset resnet50 --layers layer1.0.conv2,layer3.1.conv1 \
+        --out OUTDIR [--batch 32] [--dtype fp16] [--families implicit,gemm1x1]
+
+Per layer and kernel family (each family the router would time for the layer, forced in turn,
+then the router's own choice, then cuDNN), on random channels_last inputs:
+
+- ``rel_err``: against F.conv2d in float64 (the op allocates its own output, so an unwritten
+  element shows up as garbage here);
+- ``bench``: ``triton.testing.do_bench`` median (L2 flushed before each call, as the sweep times);
+- ``loop``: 50 calls back to back between two events, per call (host and device overlap);
+- ``graph``: the same 50 calls replayed from a CUDA graph, per call (no host cost at all);
+- ``kernels``: the device time of the kernels one call launches (torch.profiler), and how many;
+- ``host_us``: Python time to issue one call (no synchronisation inside the timed loop);
+- ``config``: the tile each tuned kernel ran.
+
+Then the PTX that Triton cached for the run (TRITON_CACHE_DIR, set to OUTDIR/triton-cache
+unless given): per kernel, its wgmma, mma.sync and fp32 fma instruction counts, which says
+whether the tensor cores did the work. Prints two tables; writes OUTDIR/diagnose.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import sys
+import time
+from pathlib import Path
+
+
+def _args(argv):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--preset", default="resnet50")
+    p.add_argument("--layers", default="layer1.0.conv2,layer3.1.conv1")
+    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--dtype", default="fp16")
+    p.add_argument("--families", default="", help="comma-separated (default: the router's candidates)")
+    p.add_argument("--out", default="perf/out/diagnose")
+    p.add_argument("--time-budget", type=float, default=0, help="seconds; stop starting layers after it")
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = _args(argv)
+    out_dir = Path(args.out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    os.environ.setdefault("TRITON_CACHE_DIR", str((out_dir / "triton-cache").resolve()))
+
+    import torch
+    import torch.nn.functional as F
+
+    from tritonconv import tuning
+    from tritonconv.bench import presets
+    from tritonconv.bench.providers import DTYPES
+    from tritonconv.kernels import router
+
+    cuda = torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET", "0") != "1"
+    device = "cuda" if cuda else "cpu"
+    dtype = DTYPES[args.dtype]
+    layers = presets.get_preset(args.preset).select([n for n in args.layers.split(",") if n])
+    start = time.perf_counter()
+    rows = []
+
+    def measure(fn):
+        """(bench, loop, graph, kernels, n_kernels, host_us) in ms / us; None where not on CUDA."""
+        fn()
+        if not cuda:
+            t = time.perf_counter()
+            fn()
+            return None, None, None, None, None, (time.perf_counter() - t) * 1e6
+        from triton.testing import do_bench
+
+        torch.cuda.synchronize()
+        bench = do_bench(fn, warmup=10, rep=50, quantiles=[0.5])
+        bench = bench[0] if isinstance(bench, (list, tuple)) else bench
+        n = 50
+        e0, e1 = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        torch.cuda.synchronize()
+        t = time.perf_counter()
+        e0.record()
+        for _ in range(n):
+            fn()
+        e1.record()
+        host_us = (time.perf_counter() - t) / n * 1e6
+        torch.cuda.synchronize()
+        loop = e0.elapsed_time(e1) / n
+        graph = None
+        try:
+            g = torch.cuda.CUDAGraph()
+            stream = torch.cuda.Stream()
+            stream.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(stream):
+                fn()
+            torch.cuda.current_stream().wait_stream(stream)
+            with torch.cuda.graph(g):
+                for _ in range(n):
+                    fn()
+            g.replay()
+            torch.cuda.synchronize()
+            e0.record()
+            g.replay()
+            e1.record()
+            torch.cuda.synchronize()
+            graph = e0.elapsed_time(e1) / n
+            del g
+        except Exception as err:  # a family that cannot be captured still gets its other numbers
+            print(f"    graph capture failed: {type(err).__name__}: {str(err)[:120]}")
+        kernels = n_kernels = None
+        try:
+            from torch.profiler import ProfilerActivity, profile
+
+            reps = 10
+            with profile(activities=[ProfilerActivity.CUDA]) as prof:
+                for _ in range(reps):
+                    fn()
+                torch.cuda.synchronize()
+            events = [e for e in prof.events() if getattr(e, "device_type", None) is not None
+                      and str(e.device_type).endswith("CUDA")]
+            kernels = sum(e.device_time for e in events) / 1e3 / reps
+            n_kernels = len(events) / reps
+            names = sorted({e.name[:60] for e in events})
+            print(f"    kernels: {', '.join(names)}")
+        except Exception as err:
+            print(f"    profiler failed: {type(err).__name__}: {str(err)[:120]}")
+        return bench, loop, graph, kernels, n_kernels, host_us
+
+    for layer in layers:
+        if args.time_budget and time.perf_counter() - start > args.time_budget:
+            print(f"time budget spent: {layer.name} and later layers skipped")
+            break
+        stride, padding, dilation, groups = layer.conv_args()
+        pb = layer.problem(args.batch)
+        gen = torch.Generator(device=device).manual_seed(1234)
+        x = torch.randn(pb.input_shape, generator=gen, device=device).to(dtype).contiguous(
+            memory_format=torch.channels_last)
+        w = (torch.randn(pb.weight_shape, generator=gen, device=device) / (pb.C_per_group * pb.R * pb.S) ** 0.5
+             ).to(dtype).contiguous(memory_format=torch.channels_last)
+        ref = F.conv2d(x.double(), w.double(), None, stride, padding, dilation, groups)
+        flops = pb.flops
+        fams = [f for f in args.families.split(",") if f] or router.routed_candidates(
+            router.FORWARD, "forward", pb, (x, w, None, None))
+        print(f"{layer.name}: {pb} ({flops / 1e9:.2f} GFLOP), families {fams}", flush=True)
+        for fam in fams + ["routed", "cudnn"]:
+            if fam == "cudnn":
+                torch.backends.cudnn.benchmark = True
+
+                def fn():
+                    return F.conv2d(x, w, None, stride, padding, dilation, groups)
+            else:
+                def fn():
+                    return torch.ops.tritonconv.conv2d(x, w, None, stride, padding, dilation, groups)
+            try:
+                ctx = router.force(fam if fam not in ("routed", "cudnn") else None)
+                with ctx, tuning.recording_configs() as cfgs:
+                    with router.recording() as ran:
+                        y = fn()
+                    if cuda:
+                        torch.cuda.synchronize()
+                    err = ((y.double() - ref).norm() / ref.norm()).item()
+                    numbers = measure(fn)
+                cfg = ", ".join(f"{k}={v}" for k, v in cfgs.items())  # names once the block has closed
+                family = ran[0][1] if ran else fam
+            except Exception as e:
+                print(f"  {fam}: error {type(e).__name__}: {str(e)[:200]}", flush=True)
+                continue
+            row = dict(layer=layer.name, family=family if fam != "routed" else f"routed={family}",
+                       rel_err=err, config=cfg, flops=flops)
+            row.update(zip(("bench", "loop", "graph", "kernels", "n_kernels", "host_us"), numbers))
+            rows.append(row)
+            print("  " + _fmt_row(row), flush=True)
+
+    ptx = _ptx_table(Path(os.environ["TRITON_CACHE_DIR"]))
+    text = _report(rows, ptx, device)
+    (out_dir / "diagnose.md").write_text(text)
+    print()
+    print(text)
+    return 0
+
+
+def _ms(v):
+    return "-" if v is None else f"{v:.4f}"
+
+
+def _fmt_row(r) -> str:
+    tflops = "-" if not r.get("kernels") else f"{r['flops'] / (r['kernels'] * 1e-3) / 1e12:.0f}"
+    host = "-" if r.get("host_us") is None else f"{r['host_us']:.0f}"
+    nk = "-" if r.get("n_kernels") is None else f"{r['n_kernels']:g}"
+    return (f"| {r['layer']} | {r['family']} | {r['rel_err']:.1e} | {_ms(r.get('bench'))} | {_ms(r.get('loop'))} | "
+            f"{_ms(r.get('graph'))} | {_ms(r.get('kernels'))} | {nk} | {tflops} | {host} | {r['config']} |")
+
+
+_PTX_OPS = {"wgmma": re.compile(r"\bwgmma\.mma_async"), "mma.sync": re.compile(r"\bmma\.sync"),
+            "fma.f32": re.compile(r"\bfma\.rn\.f32"), "cp.async.bulk.tensor": re.compile(r"cp\.async\.bulk\.tensor")}
+
+
+def _ptx_table(cache: Path):
+    """(kernel, warps/stages, instruction counts) for every PTX file in Triton's cache."""
+    found = []
+    for path in sorted(cache.rglob("*.ptx")) if cache.exists() else []:
+        text = path.read_text(errors="replace")
+        entry = re.search(r"\.entry\s+(\w+)", text)
+        counts = {k: len(rx.findall(text)) for k, rx in _PTX_OPS.items()}
+        found.append((entry.group(1) if entry else path.stem, path.parent.name[:8], counts))
+    return found
+
+
+def _report(rows, ptx, device) -> str:
+    lines = ["# Where the time goes", "",
+             f"device: {device}; ms per call; kernels = the device time of the kernels one call launches "
+             "(profiler), TFLOP/s from it; host_us = Python time to issue one call.", "",
+             "| layer | family | rel_err | bench | loop | graph | kernels | n | TFLOP/s | host_us | config |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    lines += [_fmt_row(r) for r in rows]
+    lines += ["", "## PTX in Triton's cache", "",
+              "| kernel | cache dir | " + " | ".join(_PTX_OPS) + " |",
+              "| --- | --- | " + " | ".join("---" for _ in _PTX_OPS) + " |"]
+    lines += [f"| {name} | {d} | " + " | ".join(str(c[k]) for k in _PTX_OPS) + " |" for name, d, c in ptx]
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    sys.exit(main())
