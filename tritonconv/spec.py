@@ -13,6 +13,8 @@ PyTorch raises), so callers catching either keep working.
 
 from __future__ import annotations
 
+import functools
+
 from dataclasses import dataclass
 from typing import Optional, Sequence, Tuple, Union
 
@@ -268,7 +270,37 @@ def problem_from_shapes(
     dilation: IntPair = 1,
     groups: int = 1,
 ) -> Conv2dProblem:
-    """The shape half of ``conv2d_problem``: sizes and conv parameters only."""
+    """The shape half of ``conv2d_problem``: sizes and conv parameters only.
+
+    Memoised (every conv call validates, and a model repeats a few dozen problems); arguments
+    that can't be hashed (symbolic sizes while tracing) are validated afresh. Invalid arguments
+    raise every time: an exception is never cached."""
+    try:
+        key = (tuple(input_shape), tuple(weight_shape), _hashable(stride), _hashable(padding),
+               _hashable(dilation), groups)
+        hash(key)
+    except TypeError:
+        return _problem_from_shapes(input_shape, weight_shape, stride, padding, dilation, groups)
+    return _cached_problem(*key)
+
+
+def _hashable(v):
+    return tuple(v) if isinstance(v, (list, tuple)) else v
+
+
+@functools.lru_cache(maxsize=4096)
+def _cached_problem(input_shape, weight_shape, stride, padding, dilation, groups) -> Conv2dProblem:
+    return _problem_from_shapes(input_shape, weight_shape, stride, padding, dilation, groups)
+
+
+def _problem_from_shapes(
+    input_shape: Sequence[int],
+    weight_shape: Sequence[int],
+    stride: IntPair = 1,
+    padding: Union[str, IntPair] = 0,
+    dilation: IntPair = 1,
+    groups: int = 1,
+) -> Conv2dProblem:
     _check_ndim(input_shape, weight_shape, "conv2d")
     _check_sizes(input_shape, weight_shape)
     stride, dilation = pair(stride, "stride"), pair(dilation, "dilation")
