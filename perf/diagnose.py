@@ -15,6 +15,9 @@ then the router's own choice, then cuDNN), on random channels_last inputs:
 - ``host_us``: Python time to issue one call (no synchronisation inside the timed loop);
 - ``config``: the tile each tuned kernel ran.
 
+"routed" is the op as a model calls it (launch plans on, ``tritonconv.plans``); "routed, full
+path" the same with plans off, so every call runs the router, the launcher and Triton's launch.
+
 Then the PTX that Triton cached for the run (TRITON_CACHE_DIR, set to OUTDIR/triton-cache
 unless given): per kernel, its wgmma, mma.sync and fp32 fma instruction counts, which says
 whether the tensor cores did the work. Prints two tables; writes OUTDIR/diagnose.md.
@@ -51,7 +54,7 @@ def main(argv=None) -> int:
     import torch
     import torch.nn.functional as F
 
-    from tritonconv import tuning
+    from tritonconv import plans, tuning
     from tritonconv.bench import presets
     from tritonconv.bench.providers import DTYPES
     from tritonconv.kernels import router
@@ -142,7 +145,7 @@ def main(argv=None) -> int:
         fams = [f for f in args.families.split(",") if f] or router.routed_candidates(
             router.FORWARD, "forward", pb, (x, w, None, None))
         print(f"{layer.name}: {pb} ({flops / 1e9:.2f} GFLOP), families {fams}", flush=True)
-        for fam in fams + ["routed", "cudnn"]:
+        for fam in fams + ["routed", "routed, full path", "cudnn"]:
             if fam == "cudnn":
                 torch.backends.cudnn.benchmark = True
 
@@ -152,8 +155,10 @@ def main(argv=None) -> int:
                 def fn():
                     return torch.ops.tritonconv.conv2d(x, w, None, stride, padding, dilation, groups)
             try:
-                ctx = router.force(fam if fam not in ("routed", "cudnn") else None)
-                with ctx, tuning.recording_configs() as cfgs:
+                ctx = router.force(fam if fam in fams else None)
+                # "routed, full path": launch plans off, so every call runs the router and launcher
+                with ctx, plans.enabled_as(plans.ENABLED and fam != "routed, full path"), \
+                        tuning.recording_configs() as cfgs:
                     with router.recording() as ran:
                         y = fn()
                     if cuda:
@@ -165,7 +170,7 @@ def main(argv=None) -> int:
             except Exception as e:
                 print(f"  {fam}: error {type(e).__name__}: {str(e)[:200]}", flush=True)
                 continue
-            row = dict(layer=layer.name, family=family if fam != "routed" else f"routed={family}",
+            row = dict(layer=layer.name, family=family if not fam.startswith("routed") else f"{fam}: {family}",
                        rel_err=err, config=cfg, flops=flops)
             row.update(zip(("bench", "loop", "graph", "kernels", "n_kernels", "host_us"), numbers))
             rows.append(row)

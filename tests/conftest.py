@@ -34,6 +34,7 @@ if not CUDA:
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 import tritonconv  # noqa: E402  (after TRITON_INTERPRET is set)
+from tritonconv import plans  # noqa: E402
 from tritonconv.kernels._common import set_poison_outputs  # noqa: E402
 
 if not CUDA and not tritonconv.INTERPRETER:
@@ -109,6 +110,15 @@ def poison_outputs():
     old = set_poison_outputs(True)
     yield
     set_poison_outputs(old)
+
+
+@pytest.fixture(autouse=True)
+def fresh_plans():
+    """No launch plan (tritonconv.plans) carries over from another test: a test that counts its
+    launches or patches a launcher sees the full path on its first call with each key."""
+    plans.clear()
+    yield
+    plans.clear()
 
 
 @pytest.fixture(autouse=True)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import functools
 import os
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 import triton
@@ -541,3 +541,39 @@ def capture_safe_bench(kernel_call, quantiles):
     from triton.runtime import driver
 
     return driver.active.get_benchmarker()(kernel_call, quantiles=quantiles)
+
+
+def kernel_time(call: Callable[[], Any], calls: int = 20, reps: int = 10) -> float:
+    """Milliseconds of GPU time per ``call()``, its host cost left out: ``calls`` calls captured
+    into a CUDA graph, the graph replayed ``reps`` times, the median taken. The router compares
+    kernel families with it: timed call by call, a family whose launcher costs more Python
+    would lose on host time that a model run from a graph (or with launch plans) never pays.
+    Where the capture fails, the autotuner's benchmarker (``capture_safe_bench``) times it instead."""
+    if not torch.cuda.is_available():
+        return capture_safe_bench(call, quantiles=None)
+    if torch.cuda.is_current_stream_capturing():
+        return capture_safe_bench(call, quantiles=None)  # raises with the explanation
+    try:
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):
+            call()
+        torch.cuda.current_stream().wait_stream(stream)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            for _ in range(calls):
+                call()
+        graph.replay()
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        times = []
+        for _ in range(reps):
+            start.record()
+            graph.replay()
+            end.record()
+            end.synchronize()
+            times.append(start.elapsed_time(end) / calls)
+        del graph
+        return sorted(times)[len(times) // 2]
+    except Exception:  # a family that can't be captured is timed the plain way
+        torch.cuda.synchronize()
+        return capture_safe_bench(call, quantiles=None)

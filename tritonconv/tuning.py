@@ -61,6 +61,7 @@ from pathlib import Path
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Set, Tuple
 
 from .kernels._common import INTERPRETER
+from . import plans
 
 __all__ = [
     "ENV_DIR",
@@ -550,13 +551,33 @@ def recording_configs():
 def launch(autotuner: Any, kernel: str, device: Any, grid: Any, *args: Any, **kwargs: Any) -> None:
     """Launch an autotuned kernel with the persistent cache around it (load once, save new choices)."""
     size_before = before_launch(autotuner, kernel, device)
-    autotuner[grid](*args, **kwargs)
+    compiled = autotuner[grid](*args, **kwargs)
     after_launch(autotuner, kernel, device, size_before)
+    best = getattr(autotuner, "best_config", None)
     if _config_records:
-        best = getattr(autotuner, "best_config", None)
-        with _config_records_lock:
-            for seen in _config_records:
-                seen[kernel] = best
+        note_configs(((kernel, best),))
+    if best is not None:
+        plans.record(autotuner.fn, grid, args, {**kwargs, **best.all_kwargs()}, compiled, (kernel, best))
+
+
+def launch_direct(fn: Any, grid: Any, *args: Any, **kwargs: Any) -> None:
+    """Launch a jitted kernel that has no autotuner (``fn[grid](*args, **kwargs)``), so that a
+    launch plan (``plans``) records it too."""
+    compiled = fn[grid](*args, **kwargs)
+    plans.record(fn, grid, args, kwargs, compiled)
+
+
+def config_recording() -> bool:
+    """Whether a ``recording_configs`` block is open (anywhere)."""
+    return bool(_config_records)
+
+
+def note_configs(pairs) -> None:
+    """Tell each open ``recording_configs`` block that these (kernel, triton.Config) launched."""
+    with _config_records_lock:
+        for seen in _config_records:
+            for kernel, config in pairs:
+                seen[kernel] = config
 
 
 def _list(directory: Path) -> int:

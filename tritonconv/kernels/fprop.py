@@ -323,7 +323,7 @@ def conv2d_fprop(
     )
     if ws is not None:
         block_m, block_n = 64, 32
-        splitk_reduce_kernel[(triton.cdiv(M, block_m), triton.cdiv(pb.K, block_n))](
+        tuning.launch_direct(splitk_reduce_kernel, (triton.cdiv(M, block_m), triton.cdiv(pb.K, block_n)),
             ws, fw.bias, fw.residual, out, M, pb.P, pb.Q, pb.K, split, *out.stride(), *fw.res_strides,
             float(alpha), **fw.epilogue, BLOCK_M=block_m, BLOCK_N=block_n,
         )

@@ -42,7 +42,7 @@ from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
 
-from .. import configs, tuning
+from .. import configs, plans, tuning
 from ..spec import Conv2dProblem
 from . import depthwise, dgrad, gemm1x1, smallc, wgrad
 from ._common import INTERPRETER, thread_setting
@@ -223,37 +223,67 @@ def _route(table, direction: str, problem: Conv2dProblem, tensors: tuple, varian
            run: Callable[[Callable], torch.Tensor]):
     """Run ``problem`` on the family of ``table`` chosen for it; ``variant`` is what else, beyond
     the problem and the tensors' layouts, can change which family is fastest (the epilogue, the
-    output's memory format), so it is part of the remembered choice's key."""
+    output's memory format), so it is part of the remembered choice's key.
+
+    A call whose key has a launch plan (``plans``) replays it and skips the rest; the first call
+    with a key records one, on the family chosen for it."""
     forced = getattr(_forced, "name", None)
+    plan_key = None
+    if plans.ENABLED:
+        plan_key = (direction, problem, variant, forced, configs.TUNE, plans.tensor_key(tensors))
+        plan = plans.lookup(plan_key)
+        if plan is not None:
+            try:
+                out = plan.replay(tensors)
+            except Exception:  # never fail a call for its shortcut: the full path decides
+                plans.forget(plan_key)
+                out = None
+            if out is not None:
+                if _records:
+                    _record(direction, plan.family, plan.timings)
+                if plan.configs and tuning.config_recording():
+                    tuning.note_configs(plan.configs)
+                return out
     pinned = forced in table and table[forced][0](problem)
     timed = _on_gpu(tensors[0]) and not pinned
     if timed:
         # the choice depends only on what the key holds (LAYOUT_OK reads dtypes, strides,
-        # alignment and the device), so a known problem skips the candidate checks: this
-        # runs on every conv call
+        # alignment and the device), so a known problem skips the candidate checks
         device = _device_name(tensors[0])
         key = (direction, problem, _layout_key(*tensors), variant, device)
         _load_choices(device)
         name = _choice.get(key)
         if name is not None:
-            _record(direction, name, _timings.get(key))
-            return run(table[name][1])
+            timings = _timings.get(key)
+            _record(direction, name, timings)
+            return _run_planned(plan_key, tensors, run, table[name][1], name, timings)
     names = routed_candidates(table, direction, problem, tensors)
     if len(names) == 1 or not timed:
         if timed:
             _choice[key] = names[0]
         _record(direction, names[0])
-        return run(table[names[0]][1])
+        return _run_planned(plan_key, tensors, run, table[names[0]][1], names[0], None)
     timings = {}
     for cand in names:
         launcher = table[cand][1]
         run(launcher)  # the family's own autotuning happens here, once
-        timings[cand] = configs.capture_safe_bench(lambda: run(launcher), quantiles=None)
+        timings[cand] = configs.kernel_time(lambda: run(launcher))
     name = min(timings, key=timings.get)
     _choice[key], _timings[key] = name, timings
     tuning.save_choice(device, (direction, dataclasses.astuple(problem), key[2], variant), name)
     _record(direction, name, timings)
-    return run(table[name][1])
+    return _run_planned(plan_key, tensors, run, table[name][1], name, timings)
+
+
+def _run_planned(plan_key, tensors: tuple, run: Callable[[Callable], torch.Tensor], launcher: Callable,
+                 family: str, timings: Optional[Dict[str, float]]) -> torch.Tensor:
+    """``run(launcher)``; the first time for ``plan_key``, recording its launches into a plan."""
+    if plan_key is None or plans.known(plan_key) or (tensors[0].is_cuda and torch.cuda.is_current_stream_capturing()):
+        return run(launcher)
+    with plans.recording() as launches:
+        out = run(launcher)
+    plans.build(plan_key, launches, tensors, out, family, timings)
+    return out
 
 
 def _dense(bias: Optional[torch.Tensor]) -> Optional[torch.Tensor]:

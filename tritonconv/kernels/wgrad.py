@@ -304,7 +304,7 @@ def conv2d_bias_grad(dy: torch.Tensor, split: Optional[int] = None) -> torch.Ten
     else:
         out = alloc_partials((split, K), dy)
         out_strides = out.stride()
-    bias_grad_kernel[(triton.cdiv(K, block_ch), split)](
+    tuning.launch_direct(bias_grad_kernel, (triton.cdiv(K, block_ch), split),
         dy, out, N, K, P, Q, split, *dy.stride(), *out_strides,
         ACC_DTYPE=acc_dtype_for(dy.dtype), BLOCK_PIX=64, BLOCK_CH=block_ch,
     )

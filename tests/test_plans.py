@@ -1,0 +1,188 @@
+"""Launch plans (tritonconv.plans): a replayed call computes what the full path computes, for
+every kernel family and direction, on new data and on views at other offsets; a call whose
+launches don't explain its output keeps the full path. Under the interpreter the plans replay
+through JITFunction.run; on CUDA through the compiled kernels."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from conftest import DEVICE, assert_matches, rel_err, tol
+from tritonconv import plans
+from tritonconv.kernels import router
+
+
+@pytest.fixture(autouse=True)
+def plans_on():
+    plans.clear()
+    with plans.enabled_as(True):
+        yield
+    plans.clear()
+
+
+def _plans_of(direction, family):
+    return [v for k, v in plans._plans.items() if k[0] == direction and k[3] == family]
+
+
+def _randn(shape, dtype, channels_last=False, scale=1.0):
+    t = (torch.randn(shape, device=DEVICE) * scale).to(dtype)
+    return t.contiguous(memory_format=torch.channels_last) if channels_last and t.dim() == 4 else t
+
+
+def _forbid(monkeypatch, table, family):
+    """Make ``family``'s launcher fail if called: a replayed call must not reach it."""
+    accepts, _ = table[family]
+
+    def launcher(*args, **kwargs):
+        raise AssertionError(f"{family}'s launcher ran: the plan was not replayed")
+
+    monkeypatch.setitem(table, family, (accepts, launcher))
+
+
+# (family, N, C, H, W, K, R, stride, padding, groups, dtype, channels_last)
+FORWARD_CASES = [
+    ("implicit", 2, 8, 9, 9, 16, 3, 1, 1, 1, torch.float32, False),
+    ("implicit_tma", 2, 16, 7, 7, 16, 3, 2, 1, 1, torch.float16, True),
+    ("tap_tma", 2, 16, 8, 8, 16, 3, 1, 1, 1, torch.float16, True),
+    ("splitk", 1, 64, 4, 4, 16, 3, 1, 1, 1, torch.float32, False),
+    ("smallc", 2, 3, 11, 11, 8, 3, 2, 1, 1, torch.float32, False),
+    ("gemm1x1", 2, 16, 6, 6, 8, 1, 1, 0, 1, torch.float32, False),
+    ("gemm1x1_tma", 2, 16, 6, 6, 16, 1, 1, 0, 1, torch.float16, True),
+    ("depthwise", 2, 8, 7, 7, 8, 3, 1, 1, 8, torch.float32, False),
+]
+
+
+@pytest.mark.parametrize("case", FORWARD_CASES, ids=[c[0] for c in FORWARD_CASES])
+def test_forward_replay_matches_reference(case, monkeypatch):
+    family, N, C, H, W, K, R, stride, pad, groups, dtype, cl = case
+    args = ([stride, stride], [pad, pad], [1, 1], groups)
+    x = _randn((N, C, H, W), dtype, cl)
+    w = _randn((K, C // groups, R, R), dtype, cl, scale=(C // groups * R * R) ** -0.5)
+    bias = _randn((K,), dtype)
+    with router.force(family):
+        first = torch.ops.tritonconv.conv2d(x, w, bias, *args)
+    assert_matches(first, F.conv2d(x.double(), w.double(), bias.double(), *args), dtype)
+    made = _plans_of("forward", family)
+    assert len(made) == 1 and isinstance(made[0], plans.Plan), f"no plan for {family}"
+
+    # new data, same key: the plan runs it, not the launcher
+    x2, w2, b2 = torch.randn_like(x), torch.randn_like(w) * (C // groups * R * R) ** -0.5, torch.randn_like(bias)
+    _forbid(monkeypatch, router.FORWARD, family)
+    with router.force(family):
+        second = torch.ops.tritonconv.conv2d(x2, w2, b2, *args)
+    assert second.stride() == first.stride()
+    assert_matches(second, F.conv2d(x2.double(), w2.double(), b2.double(), *args), dtype)
+
+
+def test_replay_reads_views_at_other_offsets(monkeypatch):
+    """Same sizes and strides, another place in a larger storage: the plan rebuilds its views
+    from the new tensor's offset."""
+    args = ([1, 1], [1, 1], [1, 1], 1)
+    x = torch.randn(2, 8, 9, 9, device=DEVICE)
+    w = torch.randn(16, 8, 3, 3, device=DEVICE) / 8
+    with router.force("implicit"):
+        torch.ops.tritonconv.conv2d(x, w, None, *args)
+    big = torch.randn(6, 8, 9, 9, device=DEVICE)
+    x2 = big[4:6]  # offset 4*8*9*9 elements: 16-byte aligned like x
+    wbig = torch.randn(48, 8, 3, 3, device=DEVICE) / 8
+    w2 = wbig[32:48]
+    _forbid(monkeypatch, router.FORWARD, "implicit")
+    with router.force("implicit"):
+        out = torch.ops.tritonconv.conv2d(x2, w2, None, *args)
+    assert_matches(out, F.conv2d(x2.double(), w2.double(), None, *args), torch.float32)
+
+
+def test_a_key_change_makes_a_new_plan():
+    x = torch.randn(2, 8, 9, 9, device=DEVICE)
+    w = torch.randn(16, 8, 3, 3, device=DEVICE)
+    torch.ops.tritonconv.conv2d(x, w, None, [1, 1], [1, 1], [1, 1], 1)
+    torch.ops.tritonconv.conv2d(x, w, None, [1, 1], [0, 0], [1, 1], 1)  # another padding
+    x_cl = x.contiguous(memory_format=torch.channels_last)  # other strides
+    out = torch.ops.tritonconv.conv2d(x_cl, w, None, [1, 1], [1, 1], [1, 1], 1)
+    assert plans.stats()["plans"] == 3
+    assert_matches(out, F.conv2d(x.double(), w.double(), None, 1, 1), torch.float32)
+
+
+def test_output_not_explained_by_the_launches_keeps_the_full_path(monkeypatch):
+    """A launcher that changes its output with a torch op after its kernel: the replay would
+    miss it, so the check refuses the plan and every call runs the launcher."""
+    accepts, launch = router.FORWARD["implicit"]
+    calls = []
+
+    def launcher(*a, **k):
+        calls.append(1)
+        return launch(*a, **k).add_(1.0)
+
+    monkeypatch.setitem(router.FORWARD, "implicit", (accepts, launcher))
+    args = ([1, 1], [1, 1], [1, 1], 1)
+    for _ in range(3):
+        x = torch.randn(2, 8, 9, 9, device=DEVICE)
+        w = torch.randn(16, 8, 3, 3, device=DEVICE) / 8
+        with router.force("implicit"):
+            out = torch.ops.tritonconv.conv2d(x, w, None, *args)
+        assert_matches(out, F.conv2d(x.double(), w.double(), None, *args) + 1.0, torch.float32)
+    assert len(calls) == 3
+    assert plans.stats() == {"plans": 0, "unplannable": 1}
+
+
+def test_tensors_sharing_a_storage_keep_the_full_path():
+    buf = torch.randn(16 * 8 * 9 + 16, device=DEVICE)
+    w = buf[: 16 * 8 * 9].view(16, 8, 3, 3)
+    bias = buf[16 * 8 * 9:]
+    x = torch.randn(2, 8, 9, 9, device=DEVICE)
+    for _ in range(2):
+        out = torch.ops.tritonconv.conv2d(x, w, bias, [1, 1], [1, 1], [1, 1], 1)
+        assert_matches(out, F.conv2d(x.double(), w.double(), bias.double(), 1, 1), torch.float32)
+    assert plans.stats() == {"plans": 0, "unplannable": 1}
+
+
+def test_replayed_calls_still_report_their_family():
+    x = torch.randn(2, 8, 9, 9, device=DEVICE)
+    w = torch.randn(16, 8, 3, 3, device=DEVICE)
+    with router.recording() as seen:
+        for _ in range(3):
+            torch.ops.tritonconv.conv2d(x, w, None, [1, 1], [1, 1], [1, 1], 1)
+    assert len(seen) == 3 and len(set(seen)) == 1, seen
+
+
+def test_plans_off_makes_none():
+    x = torch.randn(2, 8, 9, 9, device=DEVICE)
+    w = torch.randn(16, 8, 3, 3, device=DEVICE)
+    with plans.enabled_as(False):
+        for _ in range(2):
+            torch.ops.tritonconv.conv2d(x, w, None, [1, 1], [1, 1], [1, 1], 1)
+    assert plans.stats() == {"plans": 0, "unplannable": 0}
+
+
+# Backward: which families replay is a fact of their launchers (a torch reduction or a weight
+# repack outside the kernels keeps the full path); either way both calls must be right.
+@pytest.mark.parametrize("family", ["implicit", "tap_tma", "depthwise"])
+def test_grad_input_twice(family):
+    groups = 8 if family == "depthwise" else 1
+    dtype, cl = (torch.float16, True) if family == "tap_tma" else (torch.float32, False)
+    args = ([1, 1], [1, 1], [1, 1], groups)
+    for _ in range(2):
+        dy = _randn((2, 16, 8, 8), dtype, cl)
+        w = _randn((16, 16 // groups, 3, 3), dtype, cl, scale=0.2)
+        with router.force(family):
+            gx = torch.ops.tritonconv.conv2d_grad_input(dy, w, [2, 16, 8, 8], *args)
+        ref = torch.nn.grad.conv2d_input((2, 16, 8, 8), w.double(), dy.double(), 1, 1, 1, groups)
+        assert rel_err(gx, ref) <= tol(dtype)
+
+
+@pytest.mark.parametrize("family", ["implicit", "tap_tma", "gemm1x1", "gemm1x1_tma", "depthwise"])
+def test_grad_weight_twice(family):
+    groups = 8 if family == "depthwise" else 1
+    R = 1 if family.startswith("gemm1x1") else 3
+    pad = R // 2
+    dtype, cl = (torch.float16, True) if family in ("tap_tma", "gemm1x1_tma") else (torch.float32, False)
+    args = ([1, 1], [pad, pad], [1, 1], groups)
+    for _ in range(2):
+        dy = _randn((2, 16, 8, 8), dtype, cl)
+        x = _randn((2, 16, 8, 8), dtype, cl)
+        with router.force(family):
+            gw = torch.ops.tritonconv.conv2d_grad_weight(dy, x, [16, 16 // groups, R, R], *args)
+        ref = torch.nn.grad.conv2d_weight(x.double(), (16, 16 // groups, R, R), dy.double(), 1, pad, 1, groups)
+        assert rel_err(gw, ref) <= tol(dtype)

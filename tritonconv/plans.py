@@ -1,0 +1,326 @@
+"""Launch plans: a conv call's kernel launches, replayed without the Python that chose them.
+
+Deciding what to launch for a conv costs far more host time than the launch itself: the
+problem is validated, the router looks up its family, the launcher derives views, TMA
+descriptors and the grid, Triton's autotuner finds its config and Triton's binder
+specialises some forty arguments. On an H100 that came to 140-400 us per call, against
+10-40 us of kernel (perf/results/2026-11-26_H100_03b3fce/NOTES.md). None of it changes
+between two calls with the same key: shapes, strides, dtypes, 16-byte alignment of every
+tensor, the conv's arguments, the epilogue and the device.
+
+So the router (``kernels.router._route``) records, the first time it meets a key, every
+kernel the call launches (``record``, called by ``tuning.launch`` and ``tuning.launch_direct``),
+and describes each tensor argument by where it comes from: a view of one of the call's
+tensors, of the output, or of a scratch buffer, by storage offset, sizes and strides. TMA
+descriptors are kept as templates whose base is such a view. A later call with the same key
+allocates a fresh output (and scratch), rebuilds the views and descriptors for the new tensors,
+and hands the compiled kernels their arguments directly (``CompiledKernel.run``, the call
+``JITFunction.run`` ends with in Triton 3.6 to 3.9), which costs a few microseconds a launch.
+
+A plan is trusted only after it has proved itself: right after the recorded call, it runs
+once more on the same tensors, into an output and scratch poisoned with 0xFF bytes (NaN for
+floats), and must give the same bits. Work a launcher does with torch ops instead of kernels
+(a weight copy, a reduction by ``torch.sum``, a zero fill), a tensor cached between calls, or a
+kernel that is not deterministic makes that check fail, and the key keeps the full path; so
+does a plan that cannot be built (arguments aliasing each other, views across dtypes). A
+failed check is a missed shortcut, never a wrong result.
+
+On by default on CUDA; off under Triton's interpreter, where it saves nothing, unless
+``TRITONCONV_PLANS=1`` (the tests use it: the interpreter replays the same records through
+``JITFunction.run``); ``TRITONCONV_PLANS=0`` turns it off everywhere.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import inspect
+import os
+import threading
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import torch
+
+from .kernels import _common
+from .kernels._common import INTERPRETER
+
+__all__ = ["ENABLED", "enabled", "enabled_as", "tensor_key", "lookup", "known", "forget", "recording", "record", "build",
+           "clear", "stats", "Plan"]
+
+ENABLED = os.environ.get("TRITONCONV_PLANS", "0" if INTERPRETER else "1") != "0"
+
+_UNPLANNABLE = object()
+_plans: Dict[tuple, Any] = {}  # key -> Plan, or _UNPLANNABLE
+_local = threading.local()
+_signatures: Dict[Any, Tuple[Tuple[str, Any], ...]] = {}
+
+# where an argument comes from: its root ("in", i): the call's i-th tensor; ("new", j): the j-th
+# buffer allocated afresh per call (the output's storage is one of them)
+_IN, _NEW = 0, 1
+
+
+def enabled() -> bool:
+    return ENABLED
+
+
+@contextlib.contextmanager
+def enabled_as(on: bool):
+    """Turn plans on or off inside the block (tests, benchmarks of the full path)."""
+    global ENABLED
+    old, ENABLED = ENABLED, bool(on)
+    try:
+        yield
+    finally:
+        ENABLED = old
+
+
+def tensor_key(tensors: Sequence[Optional[torch.Tensor]]) -> tuple:
+    """What of the call's tensors a plan depends on: sizes, strides, dtype, device and whether the
+    data is 16-byte aligned (Triton specialises pointers on it)."""
+    return tuple(None if t is None else (t.shape, t.stride(), t.dtype, t.get_device(), t.data_ptr() % 16 == 0)
+                 for t in tensors)
+
+
+def lookup(key: tuple):
+    """The validated plan for ``key``, or None (unknown, or known not to be plannable: ``known``)."""
+    plan = _plans.get(key)
+    return plan if plan is not _UNPLANNABLE else None
+
+
+def known(key: tuple) -> bool:
+    return key in _plans
+
+
+def forget(key: tuple) -> None:
+    """Mark ``key`` not plannable (its plan failed to replay)."""
+    _plans[key] = _UNPLANNABLE
+
+
+def clear() -> None:
+    _plans.clear()
+
+
+def stats() -> Dict[str, int]:
+    """How many keys have a plan, and how many were found not plannable."""
+    bad = sum(1 for p in _plans.values() if p is _UNPLANNABLE)
+    return {"plans": len(_plans) - bad, "unplannable": bad}
+
+
+# --------------------------------------------------------------------------- recording
+
+
+@contextlib.contextmanager
+def recording():
+    """Collect every launch ``record`` sees on this thread inside the block."""
+    prev = getattr(_local, "launches", None)
+    launches: List[tuple] = []
+    _local.launches = launches
+    try:
+        yield launches
+    finally:
+        _local.launches = prev
+
+
+def record(fn: Any, grid: Any, args: tuple, kwargs: Dict[str, Any], compiled: Any,
+           config_of: Optional[Tuple[str, Any]] = None) -> None:
+    """Note one launch of the jitted ``fn`` (``kwargs`` including the config's) while recording;
+    ``compiled`` is what ``JITFunction.run`` returned (the CompiledKernel on a GPU);
+    ``config_of``: (kernel name, triton.Config) for ``tuning.recording_configs``."""
+    launches = getattr(_local, "launches", None)
+    if launches is not None:
+        launches.append((fn, grid, args, dict(kwargs), compiled, config_of))
+
+
+def _signature(fn: Any) -> Tuple[Tuple[str, Any], ...]:
+    sig = _signatures.get(fn)
+    if sig is None:
+        params = inspect.signature(fn.fn).parameters.values()
+        sig = _signatures[fn] = tuple((p.name, p.default) for p in params)
+    return sig
+
+
+def _bind(fn: Any, args: tuple, kwargs: Dict[str, Any]) -> Dict[str, Any]:
+    """Every parameter of ``fn`` with its value, in signature order, as Triton's binder makes
+    them (the launcher takes them all; it skips the constexprs)."""
+    bound = {}
+    for i, (name, default) in enumerate(_signature(fn)):
+        if i < len(args):
+            bound[name] = args[i]
+        elif name in kwargs:
+            bound[name] = kwargs[name]
+        elif default is not inspect.Parameter.empty:
+            bound[name] = default
+        else:
+            raise _NotPlannable(f"no value for {name}")
+    return bound
+
+
+class _NotPlannable(Exception):
+    pass
+
+
+def _is_descriptor(v: Any) -> bool:
+    return type(v).__name__ == "TensorDescriptor" and hasattr(v, "base")
+
+
+class _Roots:
+    """The storages a call's arguments live in: the call's tensors', and new ones (output, scratch)."""
+
+    def __init__(self, tensors: Sequence[Optional[torch.Tensor]]):
+        self.by_ptr: Dict[int, Tuple[int, int]] = {}
+        self.inputs = list(tensors)
+        self.new: List[Tuple[int, torch.dtype]] = []  # (elements, dtype) of each new storage
+        for i, t in enumerate(tensors):
+            if t is None:
+                continue
+            ptr = t.untyped_storage().data_ptr()
+            if ptr in self.by_ptr:
+                raise _NotPlannable("two of the call's tensors share a storage")
+            self.by_ptr[ptr] = (_IN, i)
+        self.base_offset: Dict[Tuple[int, int], int] = {}
+        self.dtype: Dict[Tuple[int, int], torch.dtype] = {}
+        for i, t in enumerate(tensors):
+            if t is not None:
+                self.base_offset[(_IN, i)] = t.storage_offset()
+                self.dtype[(_IN, i)] = t.dtype
+
+    def source(self, t: torch.Tensor) -> tuple:
+        """(root, sizes, strides, offset from the root's own offset) of tensor ``t``."""
+        storage = t.untyped_storage()
+        ptr = storage.data_ptr()
+        root = self.by_ptr.get(ptr)
+        if root is None:
+            if storage.nbytes() % t.element_size():
+                raise _NotPlannable("a storage that is not whole elements")
+            root = self.by_ptr[ptr] = (_NEW, len(self.new))
+            self.new.append((storage.nbytes() // t.element_size(), t.dtype))
+            self.base_offset[root] = 0
+            self.dtype[root] = t.dtype
+        if self.dtype[root] != t.dtype:
+            raise _NotPlannable("views of one storage in two dtypes")
+        return (root, tuple(t.shape), tuple(t.stride()), t.storage_offset() - self.base_offset[root])
+
+
+def _materialise(src: tuple, inputs: Sequence[Optional[torch.Tensor]], bufs: List[torch.Tensor]) -> torch.Tensor:
+    (kind, index), size, stride, delta = src
+    base = inputs[index] if kind == _IN else bufs[index]
+    if kind == _IN and delta == 0 and base.shape == size and base.stride() == stride:
+        return base
+    return base.as_strided(size, stride, base.storage_offset() + delta)
+
+
+class Plan:
+    """A validated record of one call's launches; ``replay`` repeats them for new tensors."""
+
+    __slots__ = ("launches", "new", "out", "device", "family", "timings", "configs", "interpreted")
+
+    def __init__(self, launches, new, out, device, family, timings, configs, interpreted):
+        self.launches = launches  # (runner, grid, values, fills): fills = ((position, source, template)...)
+        self.new = new  # (elements, dtype) per fresh storage
+        self.out = out  # the output's source
+        self.device = device  # torch.device the buffers go on
+        self.family, self.timings, self.configs = family, timings, configs
+        self.interpreted = interpreted
+
+    def replay(self, inputs: Sequence[Optional[torch.Tensor]], poison: bool = False) -> Optional[torch.Tensor]:
+        """The output for ``inputs`` (tensors with this plan's key), or None where the plan can't
+        run now (a launch hook is set, another current device): the caller takes the full path."""
+        device = self.device
+        if not self.interpreted:
+            from triton import knobs
+
+            rt = knobs.runtime
+            if rt.launch_enter_hook is not None or rt.launch_exit_hook is not None:
+                return None
+            if torch.cuda.current_device() != device.index:
+                return None
+        bufs = [torch.empty(n, dtype=dt, device=device) for n, dt in self.new]
+        if poison or _common._POISON_OUTPUTS:  # the tests' poisoned outputs, as alloc_output makes them
+            for b in bufs:
+                b.view(torch.uint8).fill_(0xFF)
+        stream = None
+        for runner, grid, values, fills in self.launches:
+            vals = list(values)
+            for pos, src, template in fills:
+                view = _materialise(src, inputs, bufs)
+                if template is not None:
+                    desc = copy.copy(template)
+                    desc.base = view
+                    view = desc
+                vals[pos] = view
+            if self.interpreted:
+                runner.run(*vals, grid=grid, warmup=False)
+            else:
+                if stream is None:
+                    from triton.runtime import driver
+
+                    stream = driver.active.get_current_stream(device.index)
+                run, function, packed = runner
+                run(grid[0], grid[1], grid[2], stream, function, packed, None, None, None, *vals)
+        return _materialise(self.out, inputs, bufs)
+
+
+def _same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:
+    if a.shape != b.shape or a.dtype != b.dtype:
+        return False
+    if a.numel() == 0:
+        return True
+    as_int = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}[a.element_size()]
+    if a.is_complex() or a.dtype == torch.bool:
+        return bool(torch.equal(a, b))
+    return bool(torch.equal(a.view(as_int), b.view(as_int)))
+
+
+def build(key: tuple, launches: List[tuple], inputs: Sequence[Optional[torch.Tensor]], out: Any,
+          family: str, timings: Optional[Dict[str, float]] = None) -> Optional[Plan]:
+    """Make, check and remember the plan for ``key`` from a recorded call; None (and the key
+    remembered as not plannable) where it can't be made or fails its check. Never raises."""
+    try:
+        plan = _make(launches, inputs, out, family, timings)
+        replayed = plan.replay(inputs, poison=True)
+        if replayed is None or not _same_bits(out, replayed):
+            raise _NotPlannable("the replay's output differs from the call's")
+    except Exception:  # any failure: this key keeps the full path
+        _plans[key] = _UNPLANNABLE
+        return None
+    _plans[key] = plan
+    return plan
+
+
+def _make(launches, inputs, out, family, timings) -> Plan:
+    if not isinstance(out, torch.Tensor) or not launches:
+        raise _NotPlannable("no tensor output or no launches")
+    roots = _Roots(inputs)
+    # the output first: its storage is new (one of the call's own would alias an input)
+    out_src = roots.source(out)
+    if out_src[0][0] != _NEW:
+        raise _NotPlannable("the output is a view of an input")
+    interpreted = INTERPRETER or not out.is_cuda
+    recorded, configs = [], []
+    for fn, grid, args, kwargs, compiled, config_of in launches:
+        bound = _bind(fn, args, kwargs)
+        if callable(grid):
+            grid = grid(bound)
+        grid = tuple(grid) + (1,) * (3 - len(grid))
+        values, fills = list(bound.values()), []
+        for pos, v in enumerate(values):
+            if isinstance(v, torch.Tensor):
+                fills.append((pos, roots.source(v), None))
+            elif _is_descriptor(v):
+                if not isinstance(v.base, torch.Tensor):
+                    raise _NotPlannable("a descriptor without a tensor base")
+                template = copy.copy(v)
+                template.base = None
+                fills.append((pos, roots.source(v.base), template))
+        for pos, _, _ in fills:
+            values[pos] = None  # no reference to this call's tensors stays in the plan
+        if interpreted:
+            runner = fn
+        else:
+            if compiled is None or not hasattr(compiled, "packed_metadata"):
+                raise _NotPlannable("no compiled kernel")
+            runner = (compiled.run, compiled.function, compiled.packed_metadata)
+        recorded.append((runner, grid, tuple(values), tuple(fills)))
+        if config_of is not None:
+            configs.append(config_of)
+    return Plan(tuple(recorded), tuple(roots.new), out_src, out.device, family, timings, tuple(configs), interpreted)
