@@ -176,8 +176,9 @@ def main(argv=None) -> int:
             rows.append(row)
             print("  " + _fmt_row(row), flush=True)
 
+    plan_line = f"launch plans: {plans.stats()}; keys without one, by reason: {plans.reasons() or 'none'}"
     ptx = _ptx_table(Path(os.environ["TRITON_CACHE_DIR"]))
-    text = _report(rows, ptx, device)
+    text = _report(rows, ptx, device, plan_line)
     (out_dir / "diagnose.md").write_text(text)
     print()
     print(text)
@@ -211,13 +212,15 @@ def _ptx_table(cache: Path):
     return found
 
 
-def _report(rows, ptx, device) -> str:
+def _report(rows, ptx, device, plan_line="") -> str:
     lines = ["# Where the time goes", "",
              f"device: {device}; ms per call; kernels = the device time of the kernels one call launches "
              "(profiler), TFLOP/s from it; host_us = Python time to issue one call.", "",
              "| layer | family | rel_err | bench | loop | graph | kernels | n | TFLOP/s | host_us | config |",
              "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     lines += [_fmt_row(r) for r in rows]
+    if plan_line:
+        lines += ["", plan_line]
     lines += ["", "## PTX in Triton's cache", "",
               "| kernel | cache dir | " + " | ".join(_PTX_OPS) + " |",
               "| --- | --- | " + " | ".join("---" for _ in _PTX_OPS) + " |"]

@@ -7,8 +7,11 @@
 # Stages, in order; each gets a share of the time still left (and a cap), runs under
 # `timeout`, and a stage that runs out of time is cut off without stopping the rest:
 #   1. environment         -> OUTDIR/env.txt        (card, driver, torch, triton, commit)
-#   2. CUDA tests, quick   -> OUTDIR/tests.log      (pytest -k "not hypothesis", --maxfail=10; the kernel
-#                                                    families' tests first, one config per launch)
+#   2. CUDA tests, quick   -> OUTDIR/tests.log      (pytest -k "not hypothesis", --maxfail=10; the launch
+#                                                    plans' and kernel families' tests first, one config
+#                                                    per launch)
+#   2b. where the time goes: perf/diagnose.py on two ResNet-50 layers (kernel, graph, host time per
+#      family, launch plans on and off); its table is appended to summary.md
 #   3. forward sweep       ResNet-50 batch 32, fp16 then bf16, channels_last, every provider
 #   4. backward sweep      grad_input, grad_weight, forward_backward on six ResNet-50 layers, fp16
 #   5. end to end          perf/resnet50.py: training step, all convs tritonconv vs cuDNN, fp16
@@ -157,6 +160,12 @@ quick_tests() {
     return $rc
 }
 
+diagnose() {
+    # outside OUTDIR: the device tool returns at most 8 files, and the check writes 8
+    $PY perf/diagnose.py --preset "$PRESET" --layers "$DIAG_LAYERS" --batch "$BATCH" --dtype "$FP16" \
+        --out "$DIAG_DIR" --time-budget $((STAGE_S * 2 / 3))
+}
+
 e2e() {
     # shellcheck disable=SC2086  # E2E_ARGS is a list of words
     $PY perf/resnet50.py --batch "$BATCH" --dtype "$FP16" --layout channels_last --csv "$CSV" \
@@ -164,28 +173,31 @@ e2e() {
 }
 
 export PY OUTDIR CSV BUDGET TRITONCONV_CACHE_DIR
-export -f sweep env_info quick_tests e2e
+export -f sweep env_info quick_tests diagnose e2e
 
 # The stage is cut off at its share of the budget, so what no GPU has run comes first: the
 # families (the TMA kernels among them), then the core forward and backward, then the rest.
 # tests/conftest.py turns autotuning off (TRITONCONV_TUNE=0): one compile per kernel and shape.
-FIRST_TESTS="tests/test_families.py tests/test_conv2d.py tests/test_backward.py"
+FIRST_TESTS="tests/test_plans.py tests/test_families.py tests/test_conv2d.py tests/test_backward.py"
 TESTS="$FIRST_TESTS $(cd "$ROOT" && ls tests/test_*.py | grep -v -x -F -e tests/test_families.py \
-    -e tests/test_conv2d.py -e tests/test_backward.py | tr '\n' ' ')"
+    -e tests/test_conv2d.py -e tests/test_backward.py -e tests/test_plans.py | tr '\n' ' ')"
 PRESET=resnet50 BATCH=32 FP16=fp16 BF16=bf16 E2E_ARGS=""
 BACKWARD_LAYERS="conv1,layer1.0.conv2,layer2.0.conv2,layer2.0.downsample.0,layer3.1.conv1,layer4.1.conv2"
+DIAG_LAYERS="layer1.0.conv2,layer3.1.conv1"
+DIAG_DIR="${TMPDIR:-/tmp}/tritonconv-diagnose-$$"
 if [ "${GPU_CHECK_DRY_RUN:-0}" = 1 ]; then
-    PRESET=smoke BATCH=2 FP16=fp32 TESTS=tests/test_bench.py BACKWARD_LAYERS="3x3,1x1/2"
+    PRESET=smoke BATCH=2 FP16=fp32 TESTS=tests/test_bench.py BACKWARD_LAYERS="3x3,1x1/2" DIAG_LAYERS="1x1/2"
     E2E_ARGS="--tiny --image 32 --reps 1"
     [ -n "${FAMILY_PRESETS:-}" ] && FAMILY_PRESETS=smoke
     torch_cuda=$($PY -c "import torch; print(int(torch.cuda.is_available()))" 2>/dev/null || echo 0)
     [ "$torch_cuda" = 1 ] || export TRITON_INTERPRET=1
 fi
-export PRESET BATCH FP16 BF16 TESTS E2E_ARGS
+export PRESET BATCH FP16 BF16 TESTS E2E_ARGS DIAG_LAYERS DIAG_DIR
 
 log "tritonconv GPU check: budget ${BUDGET}s, output $OUTDIR, run $TRITONCONV_RUN_ID, commit $TRITONCONV_COMMIT"
 stage environment 100 60 env_info
 stage "tests (quick)" 18 110 quick_tests
+stage "where the time goes" 8 45 diagnose
 stage "forward fp16" 50 600 sweep --preset "$PRESET" --batch "$BATCH" --dtype "$FP16" --layout channels_last \
     --modes forward
 if [ -n "${FAMILY_PRESETS:-}" ]; then
@@ -209,6 +221,9 @@ else
 fi
 if [ -d "$CACHE_DIR" ]; then
     tar -czf "$OUTDIR/tuning-cache.tar.gz" -C "$CACHE_DIR" . 2>>"$LOG" || true
+fi
+if [ -s "$DIAG_DIR/diagnose.md" ]; then
+    { echo; sed 's/^# Where the time goes/## Where the time goes (perf\/diagnose.py)/' "$DIAG_DIR/diagnose.md"; } >>"$OUTDIR/summary.md"
 fi
 {
     echo

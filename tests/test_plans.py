@@ -186,3 +186,26 @@ def test_grad_weight_twice(family):
             gw = torch.ops.tritonconv.conv2d_grad_weight(dy, x, [16, 16 // groups, R, R], *args)
         ref = torch.nn.grad.conv2d_weight(x.double(), (16, 16 // groups, R, R), dy.double(), 1, pad, 1, groups)
         assert rel_err(gw, ref) <= tol(dtype)
+
+
+def test_an_empty_launch_hook_chain_is_no_hook():
+    """Triton 3.6-3.9 default their launch hooks to an empty HookChain, never None: taking that for
+    a profiler's hook refused every plan on the H100 (2026-11-26). Only a chain with calls counts."""
+    knobs = pytest.importorskip("triton.knobs")
+    chain = knobs.HookChain()
+    assert not plans._hook_set(chain) and not plans._hook_set(None)
+    chain.add(lambda metadata: None)
+    assert plans._hook_set(chain)
+    assert plans._hook_set(lambda metadata: None)  # a plain function, as older Triton took
+    rt = knobs.runtime
+    assert not plans._hook_set(rt.launch_enter_hook) and not plans._hook_set(rt.launch_exit_hook)
+
+
+def test_keys_without_a_plan_say_why(monkeypatch):
+    accepts, launch = router.FORWARD["implicit"]
+    monkeypatch.setitem(router.FORWARD, "implicit", (accepts, lambda *a, **k: launch(*a, **k).add_(1.0)))
+    x = torch.randn(2, 8, 9, 9, device=DEVICE)
+    w = torch.randn(16, 8, 3, 3, device=DEVICE)
+    with router.force("implicit"):
+        torch.ops.tritonconv.conv2d(x, w, None, [1, 1], [1, 1], [1, 1], 1)
+    assert plans.reasons() == {"the replay's output differs from the call's": 1}

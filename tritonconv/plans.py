@@ -45,12 +45,20 @@ from .kernels import _common
 from .kernels._common import INTERPRETER
 
 __all__ = ["ENABLED", "enabled", "enabled_as", "tensor_key", "lookup", "known", "forget", "recording", "record", "build",
-           "clear", "stats", "Plan"]
+           "clear", "stats", "reasons", "Plan"]
 
 ENABLED = os.environ.get("TRITONCONV_PLANS", "0" if INTERPRETER else "1") != "0"
 
-_UNPLANNABLE = object()
-_plans: Dict[tuple, Any] = {}  # key -> Plan, or _UNPLANNABLE
+class _Unplannable:
+    """A key that keeps the full path, and why."""
+
+    __slots__ = ("why",)
+
+    def __init__(self, why: str):
+        self.why = why
+
+
+_plans: Dict[tuple, Any] = {}  # key -> Plan, or _Unplannable
 _local = threading.local()
 _signatures: Dict[Any, Tuple[Tuple[str, Any], ...]] = {}
 
@@ -84,16 +92,16 @@ def tensor_key(tensors: Sequence[Optional[torch.Tensor]]) -> tuple:
 def lookup(key: tuple):
     """The validated plan for ``key``, or None (unknown, or known not to be plannable: ``known``)."""
     plan = _plans.get(key)
-    return plan if plan is not _UNPLANNABLE else None
+    return plan if type(plan) is Plan else None
 
 
 def known(key: tuple) -> bool:
     return key in _plans
 
 
-def forget(key: tuple) -> None:
-    """Mark ``key`` not plannable (its plan failed to replay)."""
-    _plans[key] = _UNPLANNABLE
+def forget(key: tuple, why: str = "its plan failed to replay") -> None:
+    """Mark ``key`` not plannable."""
+    _plans[key] = _Unplannable(why)
 
 
 def clear() -> None:
@@ -102,8 +110,23 @@ def clear() -> None:
 
 def stats() -> Dict[str, int]:
     """How many keys have a plan, and how many were found not plannable."""
-    bad = sum(1 for p in _plans.values() if p is _UNPLANNABLE)
+    bad = sum(1 for p in _plans.values() if type(p) is _Unplannable)
     return {"plans": len(_plans) - bad, "unplannable": bad}
+
+
+def reasons() -> Dict[str, int]:
+    """Why the keys without a plan have none: {reason: number of keys}."""
+    counts: Dict[str, int] = {}
+    for p in _plans.values():
+        if type(p) is _Unplannable:
+            counts[p.why] = counts.get(p.why, 0) + 1
+    return counts
+
+
+def _hook_set(hook: Any) -> bool:
+    """Whether a Triton launch hook would do anything: Triton 3.6 to 3.9 default to an empty
+    ``HookChain`` (never None), which the launcher calls for nothing; a profiler adds to it."""
+    return hook is not None and bool(getattr(hook, "calls", True))
 
 
 # --------------------------------------------------------------------------- recording
@@ -230,8 +253,8 @@ class Plan:
             from triton import knobs
 
             rt = knobs.runtime
-            if rt.launch_enter_hook is not None or rt.launch_exit_hook is not None:
-                return None
+            if _hook_set(rt.launch_enter_hook) or _hook_set(rt.launch_exit_hook):
+                return None  # the full path builds the hooks' launch metadata
             if torch.cuda.current_device() != device.index:
                 return None
         bufs = [torch.empty(n, dtype=dt, device=device) for n, dt in self.new]
@@ -278,10 +301,13 @@ def build(key: tuple, launches: List[tuple], inputs: Sequence[Optional[torch.Ten
     try:
         plan = _make(launches, inputs, out, family, timings)
         replayed = plan.replay(inputs, poison=True)
-        if replayed is None or not _same_bits(out, replayed):
+        if replayed is None:
+            raise _NotPlannable("a launch hook is set or another device is current")
+        if not _same_bits(out, replayed):
             raise _NotPlannable("the replay's output differs from the call's")
-    except Exception:  # any failure: this key keeps the full path
-        _plans[key] = _UNPLANNABLE
+    except Exception as err:  # any failure: this key keeps the full path
+        why = str(err) if isinstance(err, _NotPlannable) else f"{type(err).__name__}: {str(err)[:160]}"
+        _plans[key] = _Unplannable(why)
         return None
     _plans[key] = plan
     return plan

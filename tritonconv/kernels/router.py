@@ -235,8 +235,8 @@ def _route(table, direction: str, problem: Conv2dProblem, tensors: tuple, varian
         if plan is not None:
             try:
                 out = plan.replay(tensors)
-            except Exception:  # never fail a call for its shortcut: the full path decides
-                plans.forget(plan_key)
+            except Exception as err:  # never fail a call for its shortcut: the full path decides
+                plans.forget(plan_key, f"replay failed: {type(err).__name__}: {str(err)[:160]}")
                 out = None
             if out is not None:
                 if _records:
