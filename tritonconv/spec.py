@@ -293,14 +293,7 @@ def _cached_problem(input_shape, weight_shape, stride, padding, dilation, groups
     return _problem_from_shapes(input_shape, weight_shape, stride, padding, dilation, groups)
 
 
-def _problem_from_shapes(
-    input_shape: Sequence[int],
-    weight_shape: Sequence[int],
-    stride: IntPair = 1,
-    padding: Union[str, IntPair] = 0,
-    dilation: IntPair = 1,
-    groups: int = 1,
-) -> Conv2dProblem:
+def _problem_from_shapes(input_shape, weight_shape, stride, padding, dilation, groups) -> Conv2dProblem:
     _check_ndim(input_shape, weight_shape, "conv2d")
     _check_sizes(input_shape, weight_shape)
     stride, dilation = pair(stride, "stride"), pair(dilation, "dilation")
