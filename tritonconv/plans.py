@@ -44,7 +44,7 @@ import torch
 from .kernels import _common
 from .kernels._common import INTERPRETER
 
-__all__ = ["ENABLED", "enabled", "enabled_as", "tensor_key", "lookup", "known", "forget", "recording", "record", "build",
+__all__ = ["ENABLED", "enabled", "enabled_as", "tensor_key", "lookup", "known", "forget", "recording", "is_recording", "record", "build",
            "clear", "stats", "reasons", "Plan"]
 
 ENABLED = os.environ.get("TRITONCONV_PLANS", "0" if INTERPRETER else "1") != "0"
@@ -142,6 +142,11 @@ def recording():
         yield launches
     finally:
         _local.launches = prev
+
+
+def is_recording() -> bool:
+    """Whether this thread is inside ``recording()`` (checked before building a record's arguments)."""
+    return getattr(_local, "launches", None) is not None
 
 
 def record(fn: Any, grid: Any, args: tuple, kwargs: Dict[str, Any], compiled: Any,

@@ -556,7 +556,7 @@ def launch(autotuner: Any, kernel: str, device: Any, grid: Any, *args: Any, **kw
     best = getattr(autotuner, "best_config", None)
     if _config_records:
         note_configs(((kernel, best),))
-    if best is not None:
+    if best is not None and plans.is_recording():  # the full path's launches build no record
         plans.record(autotuner.fn, grid, args, {**kwargs, **best.all_kwargs()}, compiled, (kernel, best))
 
 
@@ -564,7 +564,8 @@ def launch_direct(fn: Any, grid: Any, *args: Any, **kwargs: Any) -> None:
     """Launch a jitted kernel that has no autotuner (``fn[grid](*args, **kwargs)``), so that a
     launch plan (``plans``) records it too."""
     compiled = fn[grid](*args, **kwargs)
-    plans.record(fn, grid, args, kwargs, compiled)
+    if plans.is_recording():
+        plans.record(fn, grid, args, kwargs, compiled)
 
 
 def config_recording() -> bool:
