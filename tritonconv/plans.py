@@ -40,11 +40,17 @@ import threading
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
+from triton.runtime import driver
+
+try:  # Triton 3.4+; before it, plans stand aside (the full path runs)
+    from triton import knobs as _knobs
+except ImportError:  # pragma: no cover - older Triton
+    _knobs = None
 
 from .kernels import _common
 from .kernels._common import INTERPRETER
 
-__all__ = ["ENABLED", "enabled", "enabled_as", "tensor_key", "lookup", "known", "forget", "recording", "is_recording", "record", "build",
+__all__ = ["ENABLED", "enabled_as", "tensor_key", "lookup", "known", "forget", "recording", "is_recording", "record", "build",
            "clear", "stats", "reasons", "Plan"]
 
 ENABLED = os.environ.get("TRITONCONV_PLANS", "0" if INTERPRETER else "1") != "0"
@@ -65,10 +71,6 @@ _signatures: Dict[Any, Tuple[Tuple[str, Any], ...]] = {}
 # where an argument comes from: its root ("in", i): the call's i-th tensor; ("new", j): the j-th
 # buffer allocated afresh per call (the output's storage is one of them)
 _IN, _NEW = 0, 1
-
-
-def enabled() -> bool:
-    return ENABLED
 
 
 @contextlib.contextmanager
@@ -255,9 +257,9 @@ class Plan:
         run now (a launch hook is set, another current device): the caller takes the full path."""
         device = self.device
         if not self.interpreted:
-            from triton import knobs
-
-            rt = knobs.runtime
+            if _knobs is None:
+                return None
+            rt = _knobs.runtime
             if _hook_set(rt.launch_enter_hook) or _hook_set(rt.launch_exit_hook):
                 return None  # the full path builds the hooks' launch metadata
             if torch.cuda.current_device() != device.index:
@@ -280,8 +282,6 @@ class Plan:
                 runner.run(*vals, grid=grid, warmup=False)
             else:
                 if stream is None:
-                    from triton.runtime import driver
-
                     stream = driver.active.get_current_stream(device.index)
                 run, function, packed = runner
                 run(grid[0], grid[1], grid[2], stream, function, packed, None, None, None, *vals)
@@ -293,9 +293,9 @@ def _same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:
         return False
     if a.numel() == 0:
         return True
-    as_int = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}[a.element_size()]
     if a.is_complex() or a.dtype == torch.bool:
         return bool(torch.equal(a, b))
+    as_int = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}[a.element_size()]
     return bool(torch.equal(a.view(as_int), b.view(as_int)))
 
 
