@@ -10,7 +10,8 @@ then the router's own choice, then cuDNN), on random channels_last inputs:
   element shows up as garbage here);
 - ``bench``: ``triton.testing.do_bench`` median (L2 flushed before each call, as the sweep times);
 - ``loop``: 50 calls back to back between two events, per call (host and device overlap);
-- ``graph``: the same 50 calls replayed from a CUDA graph, per call (no host cost at all);
+- ``graph``: the same 50 calls replayed from a CUDA graph, per call, the median of 10 replays
+  (no host cost at all; ``configs.kernel_time``, the router's timer);
 - ``kernels``: the device time of the kernels one call launches (torch.profiler), and how many;
 - ``host_us``: Python time to issue one call (no synchronisation inside the timed loop);
 - ``config``: the tile each tuned kernel ran.
@@ -54,7 +55,7 @@ def main(argv=None) -> int:
     import torch
     import torch.nn.functional as F
 
-    from tritonconv import plans, tuning
+    from tritonconv import configs, plans, tuning
     from tritonconv.bench import presets
     from tritonconv.bench.providers import DTYPES
     from tritonconv.kernels import router
@@ -89,27 +90,7 @@ def main(argv=None) -> int:
         host_us = (time.perf_counter() - t) / n * 1e6
         torch.cuda.synchronize()
         loop = e0.elapsed_time(e1) / n
-        graph = None
-        try:
-            g = torch.cuda.CUDAGraph()
-            stream = torch.cuda.Stream()
-            stream.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(stream):
-                fn()
-            torch.cuda.current_stream().wait_stream(stream)
-            with torch.cuda.graph(g):
-                for _ in range(n):
-                    fn()
-            g.replay()
-            torch.cuda.synchronize()
-            e0.record()
-            g.replay()
-            e1.record()
-            torch.cuda.synchronize()
-            graph = e0.elapsed_time(e1) / n
-            del g
-        except Exception as err:  # a family that cannot be captured still gets its other numbers
-            print(f"    graph capture failed: {type(err).__name__}: {str(err)[:120]}")
+        graph = configs.kernel_time(fn, calls=n)  # the router's timer: a CUDA graph of n calls, replayed
         kernels = n_kernels = None
         try:
             from torch.profiler import ProfilerActivity, profile
