@@ -209,3 +209,87 @@ def test_keys_without_a_plan_say_why(monkeypatch):
     with router.force("implicit"):
         torch.ops.tritonconv.conv2d(x, w, None, [1, 1], [1, 1], [1, 1], 1)
     assert plans.reasons() == {"the replay's output differs from the call's": 1}
+
+
+class _Captured:
+    """Stands in for a plan's runner: keeps each launch's arguments instead of running them."""
+
+    def __init__(self):
+        self.calls = []
+
+    def run(self, *args, **kwargs):  # the interpreted form: runner.run(*vals, grid=..., warmup=False)
+        self.calls.append(args)
+
+    def __call__(self, *args):  # the compiled form: run(g0, g1, g2, stream, function, packed, 3 x None, *vals)
+        self.calls.append(args[9:])
+
+
+@pytest.mark.skipif(DEVICE.type == "cuda", reason="on CUDA the plans are compiled, and the tests above run them")
+@pytest.mark.parametrize("case", FORWARD_CASES, ids=[c[0] for c in FORWARD_CASES])
+def test_compiled_replay_passes_the_addresses_of_the_interpreted_views(case, monkeypatch):
+    """A compiled launch gets each pointer as an int and each descriptor on an ``_Address``:
+    they must be exactly where the views the interpreter gets start, for inputs at other
+    offsets too. (The GPU runs of the tests above check the compiled replay end to end.)"""
+    family, N, C, H, W, K, R, stride, pad, groups, dtype, cl = case
+    args = ([stride, stride], [pad, pad], [1, 1], groups)
+    x = _randn((N, C, H, W), dtype, cl)
+    w = _randn((K, C // groups, R, R), dtype, cl)
+    with router.force(family):
+        torch.ops.tritonconv.conv2d(x, w, None, *args)
+    (plan,) = _plans_of("forward", family)
+    interpreted, compiled = _Captured(), _Captured()
+    twin = plans.Plan(tuple(((compiled, "function", "packed"), g, v, f) for _, g, v, f in plan.launches),
+                      plan.new, plan.out, plan.device, plan.family, None, (), False)
+    plan.launches = tuple((interpreted, g, v, f) for _, g, v, f in plan.launches)
+    stream = type("Active", (), {"get_current_stream": lambda self, index: 0})()
+    monkeypatch.setattr(plans, "driver", type("Driver", (), {"active": stream})())
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: plan.device.index)
+    # inputs at an offset into larger storages, as a model's views would be
+    xs = torch.zeros(x.numel() * 3, dtype=dtype)
+    x2 = xs[x.numel() // 16 * 16 + 16:].as_strided(x.shape, x.stride())
+    x2.copy_(x)
+    out_i, out_c = plan.replay((x2, w, None, None)), twin.replay((x2, w, None, None))
+    assert out_c.shape == out_i.shape and out_c.stride() == out_i.stride()
+    assert len(compiled.calls) == len(interpreted.calls) == len(plan.launches)
+
+    def same_place(view, address):
+        """The two replays share the inputs; each has its own output (compared by offset), and
+        scratch (not compared)."""
+        storage = view.untyped_storage().data_ptr()
+        if storage == out_i.untyped_storage().data_ptr():
+            return address - out_c.data_ptr() == view.data_ptr() - out_i.data_ptr()
+        if storage in (xs.untyped_storage().data_ptr(), w.untyped_storage().data_ptr()):
+            return address == view.data_ptr()
+        return None
+
+    placed = []
+    for vals_i, vals_c in zip(interpreted.calls, compiled.calls):
+        assert len(vals_i) == len(vals_c)
+        for v_i, v_c in zip(vals_i, vals_c):
+            if isinstance(v_i, torch.Tensor):
+                assert type(v_c) is int
+                placed.append(same_place(v_i, v_c))
+            elif plans._is_descriptor(v_i):
+                assert isinstance(v_c.base, plans._Address)
+                assert (v_c.shape, v_c.strides, v_c.block_shape) == (v_i.shape, v_i.strides, v_i.block_shape)
+                placed.append(same_place(v_i.base, v_c.base.data_ptr()))
+            else:
+                assert v_c == v_i or (v_c is None and v_i is None)
+    assert False not in placed
+    assert placed.count(True) >= 3  # x, w and the output at least
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.float32, torch.float64])
+def test_an_address_is_where_the_view_starts(dtype):
+    """``_address`` (what a compiled replay passes) against the view the interpreter gets, for views
+    at offsets into a call's tensor and into a fresh buffer, in element sizes 2, 4 and 8."""
+    x = torch.randn(4, 6, 5, 7, device=DEVICE).to(dtype)[1:]  # an input that is itself a view
+    out = torch.empty(3, 40, device=DEVICE, dtype=dtype)
+    roots = plans._Roots([x])
+    views = [x, x[1:, 2:], x[:, :, 3::2, 1:], out, out[1:, 5:], out.t()[7:]]
+    sources = [roots.source(v) for v in views]
+    new_x = torch.randn(9, 6, 5, 7, device=DEVICE).to(dtype)[5:]  # same sizes and strides, another offset
+    bufs = [torch.empty(n, dtype=dt, device=DEVICE) for n, dt in roots.new]
+    for src in sources:
+        assert plans._address(src, [new_x], bufs) == plans._materialise(src, [new_x], bufs).data_ptr()
+    assert len({plans._address(src, [new_x], bufs) for src in sources}) == len(views)

@@ -13,9 +13,11 @@ kernel the call launches (``record``, called by ``tuning.launch`` and ``tuning.l
 and describes each tensor argument by where it comes from: a view of one of the call's
 tensors, of the output, or of a scratch buffer, by storage offset, sizes and strides. TMA
 descriptors are kept as templates whose base is such a view. A later call with the same key
-allocates a fresh output (and scratch), rebuilds the views and descriptors for the new tensors,
+allocates a fresh output (and scratch), works out each argument's address in the new tensors
+(compiled launchers take a pointer as an int, and read a descriptor's base only for its address),
 and hands the compiled kernels their arguments directly (``CompiledKernel.run``, the call
 ``JITFunction.run`` ends with in Triton 3.6 to 3.9), which costs a few microseconds a launch.
+Under the interpreter, which reads tensors through their views, the views themselves are rebuilt.
 
 A plan is trusted only after it has proved itself: right after the recorded call, it runs
 once more on the same tensors, into an output and scratch poisoned with 0xFF bytes (NaN for
@@ -33,7 +35,6 @@ On by default on CUDA; off under Triton's interpreter, where it saves nothing, u
 from __future__ import annotations
 
 import contextlib
-import copy
 import inspect
 import os
 import threading
@@ -234,9 +235,38 @@ class _Roots:
 def _materialise(src: tuple, inputs: Sequence[Optional[torch.Tensor]], bufs: List[torch.Tensor]) -> torch.Tensor:
     (kind, index), size, stride, delta = src
     base = inputs[index] if kind == _IN else bufs[index]
-    if kind == _IN and delta == 0 and base.shape == size and base.stride() == stride:
+    if delta == 0 and base.shape == size and base.stride() == stride:
         return base
     return base.as_strided(size, stride, base.storage_offset() + delta)
+
+
+def _address(src: tuple, inputs: Sequence[Optional[torch.Tensor]], bufs: List[torch.Tensor]) -> int:
+    """``_materialise(src, ...).data_ptr()`` without making the view (views of a root share its dtype)."""
+    (kind, index), _, _, delta = src
+    base = inputs[index] if kind == _IN else bufs[index]
+    return base.data_ptr() + delta * base.element_size()
+
+
+class _Address:
+    """A compiled launch's stand-in for a descriptor's base tensor: Triton's launchers read only its
+    ``data_ptr()`` (to fill the TMA descriptor, or as a pointer where the descriptor is not lowered)."""
+
+    __slots__ = ("ptr",)
+
+    def __init__(self, ptr: int):
+        self.ptr = ptr
+
+    def data_ptr(self) -> int:
+        return self.ptr
+
+
+def _with_base(template: Any, base: Any) -> Any:
+    """A copy of the descriptor ``template`` on ``base`` (``copy.copy`` costs several times more,
+    and the dataclass's own constructor re-validates what the recorded call already did)."""
+    desc = object.__new__(type(template))
+    desc.__dict__.update(template.__dict__)
+    desc.base = base
+    return desc
 
 
 class Plan:
@@ -246,7 +276,7 @@ class Plan:
 
     def __init__(self, launches, new, out, device, family, timings, configs, interpreted):
         self.launches = launches  # (runner, grid, values, fills): fills = ((position, source, template)...)
-        self.new = new  # (elements, dtype) per fresh storage
+        self.new = new  # (elements, dtype, (sizes, strides) or None) per fresh storage: see _fresh
         self.out = out  # the output's source
         self.device = device  # torch.device the buffers go on
         self.family, self.timings, self.configs = family, timings, configs
@@ -264,27 +294,29 @@ class Plan:
                 return None  # the full path builds the hooks' launch metadata
             if torch.cuda.current_device() != device.index:
                 return None
-        bufs = [torch.empty(n, dtype=dt, device=device) for n, dt in self.new]
+        bufs = [torch.empty(n, dtype=dt, device=device) if shaped is None
+                else torch.empty_strided(shaped[0], shaped[1], dtype=dt, device=device)
+                for n, dt, shaped in self.new]
         if poison or _common._POISON_OUTPUTS:  # the tests' poisoned outputs, as alloc_output makes them
-            for b in bufs:
-                b.view(torch.uint8).fill_(0xFF)
-        stream = None
-        for runner, grid, values, fills in self.launches:
+            for b, (n, _, _) in zip(bufs, self.new):
+                b.as_strided((n,), (1,), 0).view(torch.uint8).fill_(0xFF)
+        if self.interpreted:  # the interpreter reads tensors through their views
+            for runner, grid, values, fills in self.launches:
+                vals = list(values)
+                for pos, src, template in fills:
+                    view = _materialise(src, inputs, bufs)
+                    vals[pos] = view if template is None else _with_base(template, view)
+                runner.run(*vals, grid=grid, warmup=False)
+            return _materialise(self.out, inputs, bufs)
+        # compiled kernels take a pointer argument as an int, and a descriptor's base by its
+        # data_ptr(): no views to make, and no pointer check by the driver per argument
+        stream = driver.active.get_current_stream(device.index)
+        for (run, function, packed), grid, values, fills in self.launches:
             vals = list(values)
             for pos, src, template in fills:
-                view = _materialise(src, inputs, bufs)
-                if template is not None:
-                    desc = copy.copy(template)
-                    desc.base = view
-                    view = desc
-                vals[pos] = view
-            if self.interpreted:
-                runner.run(*vals, grid=grid, warmup=False)
-            else:
-                if stream is None:
-                    stream = driver.active.get_current_stream(device.index)
-                run, function, packed = runner
-                run(grid[0], grid[1], grid[2], stream, function, packed, None, None, None, *vals)
+                ptr = _address(src, inputs, bufs)
+                vals[pos] = ptr if template is None else _with_base(template, _Address(ptr))
+            run(grid[0], grid[1], grid[2], stream, function, packed, None, None, None, *vals)
         return _materialise(self.out, inputs, bufs)
 
 
@@ -340,8 +372,7 @@ def _make(launches, inputs, out, family, timings) -> Plan:
             elif _is_descriptor(v):
                 if not isinstance(v.base, torch.Tensor):
                     raise _NotPlannable("a descriptor without a tensor base")
-                template = copy.copy(v)
-                template.base = None
+                template = _with_base(v, None)
                 fills.append((pos, roots.source(v.base), template))
         for pos, _, _ in fills:
             values[pos] = None  # no reference to this call's tensors stays in the plan
@@ -354,4 +385,21 @@ def _make(launches, inputs, out, family, timings) -> Plan:
         recorded.append((runner, grid, tuple(values), tuple(fills)))
         if config_of is not None:
             configs.append(config_of)
-    return Plan(tuple(recorded), tuple(roots.new), out_src, out.device, family, timings, tuple(configs), interpreted)
+    return Plan(tuple(recorded), _fresh(roots.new, out_src), out_src, out.device, family, timings, tuple(configs),
+                interpreted)
+
+
+def _extent(size: tuple, stride: tuple) -> int:
+    """Elements of the storage ``torch.empty_strided(size, stride)`` allocates."""
+    return 0 if 0 in size else 1 + sum((n - 1) * st for n, st in zip(size, stride))
+
+
+def _fresh(new: List[Tuple[int, torch.dtype]], out_src: tuple) -> tuple:
+    """The plan's fresh storages, the output's as the output itself where it is the whole of its
+    storage (one ``empty_strided`` then does for an ``empty`` and an ``as_strided`` per call)."""
+    (_, out_index), size, stride, delta = out_src
+    fresh = []
+    for j, (n, dt) in enumerate(new):
+        whole = j == out_index and delta == 0 and n == _extent(size, stride) and n > 0
+        fresh.append((n, dt, (size, stride) if whole else None))
+    return tuple(fresh)
