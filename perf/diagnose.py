@@ -16,8 +16,10 @@ then the router's own choice, then cuDNN), on random channels_last inputs:
 - ``host_us``: Python time to issue one call (no synchronisation inside the timed loop);
 - ``config``: the tile each tuned kernel ran.
 
-"routed" is the op as a model calls it (launch plans on, ``tritonconv.plans``); "routed, full
-path" the same with plans off, so every call runs the router, the launcher and Triton's launch.
+"routed" is the op called through the dispatcher (launch plans on, ``tritonconv.plans``);
+"functional" is what a module calls, ``tritonconv.functional.conv2d``, which skips the dispatcher
+for a call without autograd (``tritonconv.ops.call``); "routed, full path" is the op with plans
+off, so every call runs the router, the launcher and Triton's launch.
 
 Then the PTX that Triton cached for the run (TRITON_CACHE_DIR, set to OUTDIR/triton-cache
 unless given): per kernel, its wgmma, mma.sync and fp32 fma instruction counts, which says
@@ -55,6 +57,7 @@ def main(argv=None) -> int:
     import torch
     import torch.nn.functional as F
 
+    import tritonconv.functional
     from tritonconv import configs, plans, tuning
     from tritonconv.bench import presets
     from tritonconv.bench.providers import DTYPES
@@ -126,12 +129,16 @@ def main(argv=None) -> int:
         fams = [f for f in args.families.split(",") if f] or router.routed_candidates(
             router.FORWARD, "forward", pb, (x, w, None, None))
         print(f"{layer.name}: {pb} ({flops / 1e9:.2f} GFLOP), families {fams}", flush=True)
-        for fam in fams + ["routed", "routed, full path", "cudnn"]:
+        for fam in fams + ["routed", "functional", "routed, full path", "cudnn"]:
             if fam == "cudnn":
                 torch.backends.cudnn.benchmark = True
 
                 def fn():
                     return F.conv2d(x, w, None, stride, padding, dilation, groups)
+            elif fam == "functional":  # what modules call: no dispatcher for a call without autograd
+
+                def fn():
+                    return tritonconv.functional.conv2d(x, w, None, stride, padding, dilation, groups)
             else:
                 def fn():
                     return torch.ops.tritonconv.conv2d(x, w, None, stride, padding, dilation, groups)
@@ -151,7 +158,8 @@ def main(argv=None) -> int:
             except Exception as e:
                 print(f"  {fam}: error {type(e).__name__}: {str(e)[:200]}", flush=True)
                 continue
-            row = dict(layer=layer.name, family=family if not fam.startswith("routed") else f"{fam}: {family}",
+            routed = fam.startswith("routed") or fam == "functional"
+            row = dict(layer=layer.name, family=f"{fam}: {family}" if routed else family,
                        rel_err=err, config=cfg, flops=flops)
             row.update(zip(("bench", "loop", "graph", "kernels", "n_kernels", "host_us"), numbers))
             rows.append(row)

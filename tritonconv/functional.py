@@ -2,7 +2,9 @@
 
 These wrappers only resolve what the aten schema cannot express ('same' /
 'valid' padding strings, an asymmetric 'same'), then call the registered ops,
-so autograd, torch.compile and torch.export see ``torch.ops.tritonconv.*``.
+so autograd, torch.compile and torch.export see ``torch.ops.tritonconv.*``;
+a call the dispatcher would only pass on (no autograd, tracing, mode or
+autocast: ``ops.direct_ok``) runs on the op's implementation directly.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from typing import Optional, Union
 import torch
 import torch.nn.functional as F
 
-from . import ops as _ops  # noqa: F401  (registers torch.ops.tritonconv)
+from . import ops as _ops  # registers torch.ops.tritonconv
 from . import spec
 
 __all__ = ["conv2d", "conv_transpose2d"]
@@ -58,11 +60,12 @@ def conv2d(
         padding = before
     conv_args = (list(stride_p), list(spec.pair(padding, "padding")), list(dilation_p), groups)
     if activation is None and residual is None:
-        return torch.ops.tritonconv.conv2d(input, weight, bias, *conv_args)
+        return _ops.call("conv2d", (input, weight, bias), input, weight, bias, *conv_args)
     if isinstance(residual, torch.Tensor):
         residual = _broadcast_residual(input, weight, conv_args, residual)
-    return torch.ops.tritonconv.conv2d_fused(
-        input, weight, bias, *conv_args, activation or "none", float(negative_slope), residual
+    return _ops.call(
+        "conv2d_fused", (input, weight, bias, residual),
+        input, weight, bias, *conv_args, activation or "none", float(negative_slope), residual,
     )
 
 
@@ -92,8 +95,8 @@ def conv_transpose2d(
 ) -> torch.Tensor:
     """Transposed 2-D convolution, a drop-in for ``torch.nn.functional.conv_transpose2d``."""
     spec.check_argument_types(input, weight, bias, groups)
-    return torch.ops.tritonconv.conv_transpose2d(
-        input, weight, bias,
+    return _ops.call(
+        "conv_transpose2d", (input, weight, bias), input, weight, bias,
         list(spec.pair(stride, "stride")), list(spec.pair(padding, "padding")),
         list(spec.pair(output_padding, "output_padding")), groups, list(spec.pair(dilation, "dilation")),
     )

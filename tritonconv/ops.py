@@ -21,6 +21,14 @@ Autograd is expressed with tritonconv ops only:
 
 so a training step runs no aten convolution, and double backward works
 because every gradient op is itself differentiable.
+
+Going through the dispatcher costs about as much host time as the rest of a call with a launch
+plan (11 us against 15 us on a CPU of CI's kind, the kernel launch itself left out), and it does nothing
+for a call that needs no autograd, runs under no tracing, mode, transform or autocast, and gets
+plain tensors on a CPU or CUDA device. ``call`` runs such calls on the implementations directly
+(``direct_ok`` says when), and everything else through the op; ``tritonconv.functional`` (so
+``tritonconv.nn``) and the backward formulas below use it. ``torch.ops.tritonconv.*`` called
+directly always dispatches.
 """
 
 from __future__ import annotations
@@ -36,6 +44,8 @@ from .kernels import router
 from .kernels.wgrad import conv2d_bias_grad
 
 __all__ = [
+    "call",
+    "direct_ok",
     "conv2d",
     "conv2d_fused",
     "conv_transpose2d",
@@ -80,6 +90,35 @@ def _needs_grad(ctx, count: int):
     return flags + (False,) * (count - len(flags))
 
 
+def direct_ok(*tensors: Optional[torch.Tensor]) -> bool:
+    """Whether the dispatcher would only pass these tensors on to the implementation: no autograd
+    to record (grad mode off, or nothing requires grad), no torch.compile / export tracing, no
+    dispatch or function mode (fake tensors, FlopCounterMode), no functorch transform (vmap,
+    grad), no autocast, no profiler (which would lose the op's name), plain tensors or
+    Parameters (no subclass), on a CPU or CUDA device (not meta)."""
+    if (torch.compiler.is_compiling() or torch._C._len_torch_dispatch_stack()
+            or torch._C._len_torch_function_stack() or torch._C._functorch.peek_interpreter_stack() is not None
+            or torch._C._is_any_autocast_enabled() or torch.autograd.profiler._is_profiler_enabled):
+        return False
+    grad = torch.is_grad_enabled()
+    for t in tensors:
+        if t is None:
+            continue
+        if type(t) is not torch.Tensor and type(t) is not torch.nn.Parameter:
+            return False
+        if (grad and t.requires_grad) or not (t.is_cuda or t.is_cpu):
+            return False
+    return True
+
+
+def call(op_name: str, tensors: Sequence[Optional[torch.Tensor]], *args):
+    """``torch.ops.tritonconv.<op_name>(*args)``, run on its implementation directly where
+    ``direct_ok(*tensors)``; ``tensors`` are the tensor arguments among ``args``."""
+    if direct_ok(*tensors):
+        return _IMPLS[op_name](*args)
+    return getattr(torch.ops.tritonconv, op_name)(*args)
+
+
 # --------------------------------------------------------------------------- conv2d
 
 
@@ -98,6 +137,10 @@ def conv2d(
     dilation: Sequence[int] = (1, 1),
     groups: int = 1,
 ) -> torch.Tensor:
+    return _conv2d(input, weight, bias, stride, padding, dilation, groups)
+
+
+def _conv2d(input, weight, bias, stride, padding, dilation, groups):
     problem = _problem(input, weight, bias, stride, padding, dilation, groups)
     return _unbatch_like(router.forward(spec.as_batched(input), weight, bias, problem), input)
 
@@ -124,11 +167,11 @@ def _conv2d_backward(ctx, grad_output):
     x, gy = spec.as_batched(input), spec.as_batched(grad_output)
     grad_input = grad_weight = grad_bias = None
     if need_input:
-        grad_input = _unbatch_like(torch.ops.tritonconv.conv2d_grad_input(gy, weight, list(x.shape), *args), input)
+        grad_input = _unbatch_like(call("conv2d_grad_input", (gy, weight), gy, weight, list(x.shape), *args), input)
     if need_weight:
-        grad_weight = torch.ops.tritonconv.conv2d_grad_weight(gy, x, list(weight.shape), *args)
+        grad_weight = call("conv2d_grad_weight", (gy, x), gy, x, list(weight.shape), *args)
     if need_bias and ctx.has_bias:
-        grad_bias = torch.ops.tritonconv.conv2d_grad_bias(gy)
+        grad_bias = call("conv2d_grad_bias", (gy,), gy)
     return grad_input, grad_weight, grad_bias, None, None, None, None
 
 
@@ -149,6 +192,10 @@ def _grad_input_format(grad_output, weight):
 )
 def conv2d_grad_input(grad_output, weight, input_size, stride, padding, dilation, groups):
     """The gradient of conv2d w.r.t. its (batched) input of size ``input_size``."""
+    return _conv2d_grad_input(grad_output, weight, input_size, stride, padding, dilation, groups)
+
+
+def _conv2d_grad_input(grad_output, weight, input_size, stride, padding, dilation, groups):
     problem = spec.problem_from_shapes(input_size, tuple(weight.shape), stride, padding, dilation, groups)
     _check_grad_output(grad_output, problem)
     return router.input_grad(grad_output, weight, problem, memory_format=_grad_input_format(grad_output, weight))
@@ -175,9 +222,9 @@ def _grad_input_backward(ctx, ggx):
     d_gy = d_w = None
     need_gy, need_w = _needs_grad(ctx, 2)
     if need_gy:
-        d_gy = torch.ops.tritonconv.conv2d(ggx, weight, None, *args)
+        d_gy = call("conv2d", (ggx, weight), ggx, weight, None, *args)
     if need_w:
-        d_w = torch.ops.tritonconv.conv2d_grad_weight(grad_output, ggx, list(weight.shape), *args)
+        d_w = call("conv2d_grad_weight", (grad_output, ggx), grad_output, ggx, list(weight.shape), *args)
     return d_gy, d_w, None, None, None, None, None
 
 
@@ -201,6 +248,10 @@ def conv2d_grad_weight(grad_output, input, weight_size, stride, padding, dilatio
 
     grad_output may lack trailing output rows / columns (they count as zero).
     """
+    return _conv2d_grad_weight(grad_output, input, weight_size, stride, padding, dilation, groups)
+
+
+def _conv2d_grad_weight(grad_output, input, weight_size, stride, padding, dilation, groups):
     problem = spec.problem_from_shapes(tuple(input.shape), weight_size, stride, padding, dilation, groups)
     problem = _check_grad_output(grad_output, problem, allow_cropped=True)
     return router.weight_grad(grad_output, input, problem, memory_format=_grad_weight_format(grad_output, input))
@@ -227,9 +278,9 @@ def _grad_weight_backward(ctx, ggw):
     d_gy = d_x = None
     need_gy, need_x = _needs_grad(ctx, 2)
     if need_gy:
-        d_gy = torch.ops.tritonconv.conv2d(input, ggw, None, *args)
+        d_gy = call("conv2d", (input, ggw), input, ggw, None, *args)
     if need_x:
-        d_x = torch.ops.tritonconv.conv2d_grad_input(grad_output, ggw, list(input.shape), *args)
+        d_x = call("conv2d_grad_input", (grad_output, ggw), grad_output, ggw, list(input.shape), *args)
     return d_gy, d_x, None, None, None, None, None
 
 
@@ -278,6 +329,10 @@ def _transpose_problem(input, weight, bias, stride, padding, output_padding, gro
 )
 def conv_transpose2d(input, weight, bias=None, stride=(1, 1), padding=(0, 0), output_padding=(0, 0),
                      groups=1, dilation=(1, 1)):
+    return _conv_transpose2d(input, weight, bias, stride, padding, output_padding, groups, dilation)
+
+
+def _conv_transpose2d(input, weight, bias, stride, padding, output_padding, groups, dilation):
     problem = _transpose_problem(input, weight, bias, stride, padding, output_padding, groups, dilation)
     x = spec.as_batched(input)
     out = router.input_grad(x, weight, problem, bias=bias, memory_format=spec.output_memory_format(x, weight))
@@ -309,13 +364,13 @@ def _transpose_backward(ctx, grad_output):
     if need_input:
         # the forward conv of gy; output_padding can add one row/column of
         # positions that no input pixel reached, which are cut off here
-        gx = torch.ops.tritonconv.conv2d(gy, weight, None, *args)
+        gx = call("conv2d", (gy, weight), gy, weight, None, *args)
         grad_input = _unbatch_like(gx[:, :, : x.shape[2], : x.shape[3]], input)
     if need_weight:
         # in the forward view, x is the conv's output gradient and gy its input
-        grad_weight = torch.ops.tritonconv.conv2d_grad_weight(x, gy, list(weight.shape), *args)
+        grad_weight = call("conv2d_grad_weight", (x, gy), x, gy, list(weight.shape), *args)
     if need_bias and ctx.has_bias:
-        grad_bias = torch.ops.tritonconv.conv2d_grad_bias(gy)
+        grad_bias = call("conv2d_grad_bias", (gy,), gy)
     return grad_input, grad_weight, grad_bias, None, None, None, None, None
 
 
@@ -375,6 +430,10 @@ def _check_fused(input, problem, activation, residual):
 def conv2d_fused(input, weight, bias=None, stride=(1, 1), padding=(0, 0), dilation=(1, 1), groups=1,
                  activation="none", alpha=0.01, residual=None):
     """act(conv2d(input, weight) + bias + residual) in one kernel."""
+    return _conv2d_fused(input, weight, bias, stride, padding, dilation, groups, activation, alpha, residual)
+
+
+def _conv2d_fused(input, weight, bias, stride, padding, dilation, groups, activation, alpha, residual):
     problem = _problem(input, weight, bias, stride, padding, dilation, groups)
     _check_fused(input, problem, activation, residual)
     out = router.forward(spec.as_batched(input), weight, bias, problem, activation=activation, alpha=alpha,
@@ -419,7 +478,7 @@ def _fused_backward(ctx, grad_output):
             gz = grad_output * _activation_grad(output, act, ctx.alpha)
     else:
         # recompute the pre-activation with tritonconv's own (differentiable) conv
-        z = torch.ops.tritonconv.conv2d(input, weight, bias, *args)
+        z = call("conv2d", (input, weight, bias), input, weight, bias, *args)
         if residual is not None:
             z = z + residual
         gz = grad_output * _activation_grad(z, act, ctx.alpha)
@@ -428,17 +487,28 @@ def _fused_backward(ctx, grad_output):
     x, g4 = spec.as_batched(input), spec.as_batched(gz)
     grad_input = grad_weight = grad_bias = grad_residual = None
     if need_input:
-        grad_input = _unbatch_like(torch.ops.tritonconv.conv2d_grad_input(g4, weight, list(x.shape), *args), input)
+        grad_input = _unbatch_like(call("conv2d_grad_input", (g4, weight), g4, weight, list(x.shape), *args), input)
     if need_weight:
-        grad_weight = torch.ops.tritonconv.conv2d_grad_weight(g4, x, list(weight.shape), *args)
+        grad_weight = call("conv2d_grad_weight", (g4, x), g4, x, list(weight.shape), *args)
     if need_bias and ctx.has_bias:
-        grad_bias = torch.ops.tritonconv.conv2d_grad_bias(g4)
+        grad_bias = call("conv2d_grad_bias", (g4,), g4)
     if need_residual and ctx.has_residual:
         grad_residual = gz
     return grad_input, grad_weight, grad_bias, None, None, None, None, None, None, grad_residual
 
 
 conv2d_fused.register_autograd(_fused_backward, setup_context=_fused_setup_context)
+
+
+# the implementations ``call`` runs directly, by op name
+_IMPLS = {
+    "conv2d": _conv2d,
+    "conv2d_grad_input": _conv2d_grad_input,
+    "conv2d_grad_weight": _conv2d_grad_weight,
+    "conv2d_grad_bias": conv2d_bias_grad,
+    "conv_transpose2d": _conv_transpose2d,
+    "conv2d_fused": _conv2d_fused,
+}
 
 
 # --------------------------------------------------------------------------- autocast

@@ -16,8 +16,10 @@ a mode:
     ==========  ================================================================
     provider    how
     ==========  ================================================================
-    tritonconv  torch.ops.tritonconv.conv2d / conv2d_grad_input / _grad_weight
-                (autotuned; autograd for forward_backward)
+    tritonconv  tritonconv.functional.conv2d (as modules call it: without
+                autograd it skips the dispatcher); torch.ops.tritonconv.
+                conv2d_grad_input / _grad_weight; autograd for forward_backward
+                (autotuned)
     cudnn       F.conv2d and aten.convolution_backward with
                 torch.backends.cudnn.benchmark = True
     inductor    the same aten calls under torch.compile(mode=
@@ -45,6 +47,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 import torch
 import torch.nn.functional as F
 
+from .. import functional
 from ..kernels._common import INTERPRETER
 from .presets import Layer
 
@@ -241,7 +244,7 @@ class Provider:
 
 class TritonConv(Provider):
     name = "tritonconv"
-    note = "torch.ops.tritonconv (autotuned)"
+    note = "tritonconv.functional.conv2d forward, torch.ops.tritonconv gradients (autotuned)"
 
     def unsupported(self, case):
         if case.device == "cpu" and not INTERPRETER:
@@ -256,8 +259,8 @@ class TritonConv(Provider):
         ops = torch.ops.tritonconv
         args = case.layer.conv_args()
         x, w, dy = inputs.x, inputs.w, inputs.dy
-        if case.mode == "forward":
-            return lambda: ops.conv2d(x, w, None, *args)
+        if case.mode == "forward":  # as a module calls it (no dispatcher without autograd: ops.call)
+            return lambda: functional.conv2d(x, w, None, *args)
         if case.mode == "grad_input":
             size = list(x.shape)
             return lambda: ops.conv2d_grad_input(dy, w, size, *args)

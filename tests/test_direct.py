@@ -1,0 +1,164 @@
+"""Calls that skip the dispatcher (``tritonconv.ops.call``): ``tritonconv.functional`` (so the
+modules) runs a call on the op's implementation directly only where the dispatcher would do
+nothing but pass it on, and the result is then what the op gives. Under autograd, tracing, a
+dispatch or function mode, a functorch transform, autocast, the profiler or on a tensor
+subclass, the call must go through ``torch.ops.tritonconv``."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from conftest import DEVICE, assert_matches
+import tritonconv
+from tritonconv import functional, ops
+
+ARGS = ([1, 1], [1, 1], [1, 1], 1)
+
+
+@pytest.fixture
+def direct_calls(monkeypatch):
+    """Counts the implementations ``call`` runs directly, by op name (the ops themselves call
+    the implementations by another route, so only direct calls are counted)."""
+    counts = {}
+    for name, impl in list(ops._IMPLS.items()):
+        def counted(*args, _name=name, _impl=impl):
+            counts[_name] = counts.get(_name, 0) + 1
+            return _impl(*args)
+        monkeypatch.setitem(ops._IMPLS, name, counted)
+    return counts
+
+
+def _data():
+    x = torch.randn(2, 8, 7, 7, device=DEVICE)
+    w = torch.randn(16, 8, 3, 3, device=DEVICE) / 8
+    b = torch.randn(16, device=DEVICE)
+    return x, w, b
+
+
+class _OpNames(TorchDispatchMode):
+    def __init__(self):
+        super().__init__()
+        self.names = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.names.append(str(func))
+        return func(*args, **(kwargs or {}))
+
+
+def test_a_plain_call_runs_directly_and_equals_the_op(direct_calls):
+    x, w, b = _data()
+    out = functional.conv2d(x, w, b, 1, 1)
+    assert direct_calls == {"conv2d": 1}
+    assert torch.equal(out, torch.ops.tritonconv.conv2d(x, w, b, *ARGS))
+    assert_matches(out, F.conv2d(x.double(), w.double(), b.double(), 1, 1), torch.float32)
+
+
+def test_parameters_under_no_grad_run_directly(direct_calls):
+    conv = tritonconv.nn.Conv2d(8, 16, 3, padding=1).to(DEVICE)
+    x, _, _ = _data()
+    with torch.no_grad():
+        out = conv(x)
+    assert direct_calls == {"conv2d": 1}
+    assert_matches(out, F.conv2d(x.double(), conv.weight.double(), conv.bias.double(), 1, 1), torch.float32)
+
+
+def test_the_fused_epilogue_and_transpose_run_directly(direct_calls):
+    x, w, b = _data()
+    res = torch.randn(2, 16, 7, 7, device=DEVICE)
+    fused = functional.conv2d(x, w, b, 1, 1, activation="relu", residual=res)
+    assert_matches(fused, torch.relu(F.conv2d(x.double(), w.double(), b.double(), 1, 1) + res.double()),
+                   torch.float32)
+    wt = torch.randn(8, 4, 3, 3, device=DEVICE) / 8
+    up = functional.conv_transpose2d(x, wt, None, 2, 1, 1)
+    assert_matches(up, F.conv_transpose2d(x.double(), wt.double(), None, 2, 1, 1), torch.float32)
+    assert direct_calls == {"conv2d_fused": 1, "conv_transpose2d": 1}
+
+
+def test_autograd_goes_through_the_op_and_its_backward_runs_directly(direct_calls):
+    """The forward needs the op's autograd node; the backward's gradient ops (grad mode off in
+    the engine) need no dispatcher."""
+    x, w, b = _data()
+    x.requires_grad_()
+    w.requires_grad_()
+    b.requires_grad_()
+    out = functional.conv2d(x, w, b, 1, 1)
+    assert direct_calls == {}
+    out.backward(torch.ones_like(out))
+    assert direct_calls == {"conv2d_grad_input": 1, "conv2d_grad_weight": 1, "conv2d_grad_bias": 1}
+    xd, wd, bd = (t.detach().double().requires_grad_() for t in (x, w, b))
+    F.conv2d(xd, wd, bd, 1, 1).backward(torch.ones(out.shape, dtype=torch.float64, device=DEVICE))
+    for ours, ref in ((x.grad, xd.grad), (w.grad, wd.grad), (b.grad, bd.grad)):
+        assert_matches(ours, ref, torch.float32)
+
+
+def test_double_backward_keeps_the_ops():
+    """With create_graph the gradient ops are recorded, so they must dispatch."""
+    x, w, _ = _data()
+    x.requires_grad_()
+    w.requires_grad_()
+    (gx,) = torch.autograd.grad(functional.conv2d(x, w, None, 1, 1).square().sum(), x, create_graph=True)
+    (gw,) = torch.autograd.grad(gx.sum(), w)
+    xd, wd = x.detach().double().requires_grad_(), w.detach().double().requires_grad_()
+    (gxd,) = torch.autograd.grad(F.conv2d(xd, wd, None, 1, 1).square().sum(), xd, create_graph=True)
+    (gwd,) = torch.autograd.grad(gxd.sum(), wd)
+    assert_matches(gw, gwd, torch.float32)
+
+
+def test_a_dispatch_mode_sees_the_op(direct_calls):
+    x, w, b = _data()
+    with _OpNames() as mode:
+        out = functional.conv2d(x, w, b, 1, 1)
+    assert direct_calls == {}
+    assert "tritonconv.conv2d.default" in mode.names
+    assert_matches(out, F.conv2d(x.double(), w.double(), b.double(), 1, 1), torch.float32)
+
+
+def test_the_profiler_sees_the_op(direct_calls):
+    x, w, b = _data()
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        functional.conv2d(x, w, b, 1, 1)
+    assert direct_calls == {}
+    assert "tritonconv::conv2d" in {e.key for e in prof.key_averages()}
+
+
+def test_meta_tensors_get_the_fake_implementation(direct_calls):
+    x = torch.empty(2, 8, 7, 7, device="meta")
+    w = torch.empty(16, 8, 3, 3, device="meta")
+    out = functional.conv2d(x, w, None, 2, 1)
+    assert direct_calls == {}
+    assert out.device.type == "meta" and out.shape == (2, 16, 4, 4)
+
+
+class _Marked(torch.Tensor):
+    pass
+
+
+@pytest.mark.parametrize("where", [
+    "subclass", "autocast", "function mode", "vmap", "grad and requires_grad", "no_grad", "inference_mode",
+])
+def test_direct_ok(where):
+    x, w, _ = _data()
+    if where == "subclass":
+        assert not ops.direct_ok(x.as_subclass(_Marked), w)
+    elif where == "autocast":
+        with torch.autocast(DEVICE.type, dtype=torch.bfloat16):
+            assert not ops.direct_ok(x, w)
+    elif where == "function mode":
+        with torch.overrides.TorchFunctionMode():
+            assert not ops.direct_ok(x, w)
+    elif where == "vmap":
+        seen = []
+        torch.vmap(lambda t: (seen.append(ops.direct_ok(t, w)), t * 2)[1])(x)
+        assert seen == [False]
+    elif where == "grad and requires_grad":
+        assert not ops.direct_ok(x, torch.nn.Parameter(w))
+    elif where == "no_grad":
+        with torch.no_grad():
+            assert ops.direct_ok(x, torch.nn.Parameter(w), None)
+    else:
+        with torch.inference_mode():
+            assert ops.direct_ok(x, torch.nn.Parameter(w), None)
+    assert ops.direct_ok(x, w, None)  # and outside the block, plain tensors without grad do
