@@ -211,6 +211,36 @@ def test_keys_without_a_plan_say_why(monkeypatch):
     assert plans.reasons() == {"the replay's output differs from the call's": 1}
 
 
+def test_derive_steps_rerun_for_each_call(monkeypatch):
+    """Torch work before the kernels (``plans.derive``): smallc_pad's channel-padded copies of x
+    and w, dgrad tap_tma's per-phase weights. The replay redoes it for new tensors; a stale
+    copy from the recorded call would give the first call's answer."""
+    x = _randn((2, 3, 11, 11), torch.float32, True)
+    w = _randn((8, 3, 3, 3), torch.float32, True, scale=0.2)
+    dy = _randn((2, 16, 4, 4), torch.float16, True)
+    wt = _randn((16, 16, 3, 3), torch.float16, True, scale=0.1)
+    args = ([2, 2], [1, 1], [1, 1], 1)
+    with router.force("smallc_pad"):
+        torch.ops.tritonconv.conv2d(x, w, None, *args)
+    with router.force("tap_tma"):
+        torch.ops.tritonconv.conv2d_grad_input(dy, wt, [2, 16, 8, 8], *args)
+    made = _plans_of("forward", "smallc_pad") + _plans_of("input_grad", "tap_tma")
+    assert len(made) == 2 and all(isinstance(p, plans.Plan) for p in made), [getattr(p, "why", p) for p in made]
+    assert all(any(type(step) is plans._Derive for step in p.launches) for p in made)
+
+    _forbid(monkeypatch, router.FORWARD, "smallc_pad")
+    _forbid(monkeypatch, router.INPUT_GRAD, "tap_tma")
+    x2, w2 = torch.randn_like(x), torch.randn_like(w) * 0.2
+    dy2, wt2 = torch.randn_like(dy), torch.randn_like(wt) * 0.1
+    with router.force("smallc_pad"):
+        y = torch.ops.tritonconv.conv2d(x2, w2, None, *args)
+    with router.force("tap_tma"):
+        gx = torch.ops.tritonconv.conv2d_grad_input(dy2, wt2, [2, 16, 8, 8], *args)
+    assert_matches(y, F.conv2d(x2.double(), w2.double(), None, *args), torch.float32)
+    ref = torch.nn.grad.conv2d_input((2, 16, 8, 8), wt2.double(), dy2.double(), 2, 1, 1, 1)
+    assert rel_err(gx, ref) <= tol(torch.float16)
+
+
 class _Captured:
     """Stands in for a plan's runner: keeps each launch's arguments instead of running them."""
 
@@ -224,23 +254,44 @@ class _Captured:
         self.calls.append(args[9:])
 
 
+def _call_for(case):
+    """(direction, family, the tensors as the router gets them, the call) for a compiled-replay case."""
+    if case == "dgrad tap_tma, stride 2":  # phase views of dx: arguments at offsets into the output
+        dy = _randn((2, 16, 4, 4), torch.float16, True)
+        w = _randn((16, 16, 3, 3), torch.float16, True)
+        return "input_grad", "tap_tma", (dy, w, None), lambda dy, w: torch.ops.tritonconv.conv2d_grad_input(
+            dy, w, [2, 16, 8, 8], [2, 2], [1, 1], [1, 1], 1)
+    family, N, C, H, W, K, R, stride, pad, groups, dtype, cl = case
+    x = _randn((N, C, H, W), dtype, cl)
+    w = _randn((K, C // groups, R, R), dtype, cl)
+    args = ([stride, stride], [pad, pad], [1, 1], groups)
+    return "forward", family, (x, w, None, None), lambda x, w: torch.ops.tritonconv.conv2d(x, w, None, *args)
+
+
+# derive steps: smallc_pad's padded copies of x and w, dgrad tap_tma's phase weights
+COMPILED_CASES = FORWARD_CASES + [("smallc_pad", 2, 3, 11, 11, 8, 3, 2, 1, 1, torch.float32, True),
+                                  "dgrad tap_tma, stride 2"]
+
+
 @pytest.mark.skipif(DEVICE.type == "cuda", reason="on CUDA the plans are compiled, and the tests above run them")
-@pytest.mark.parametrize("case", FORWARD_CASES, ids=[c[0] for c in FORWARD_CASES])
+@pytest.mark.parametrize("case", COMPILED_CASES, ids=[c if isinstance(c, str) else c[0] for c in COMPILED_CASES])
 def test_compiled_replay_passes_the_addresses_of_the_interpreted_views(case, monkeypatch):
     """A compiled launch gets each pointer as an int and each descriptor on an ``_Address``:
     they must be exactly where the views the interpreter gets start, for inputs at other
     offsets too. (The GPU runs of the tests above check the compiled replay end to end.)"""
-    family, N, C, H, W, K, R, stride, pad, groups, dtype, cl = case
-    args = ([stride, stride], [pad, pad], [1, 1], groups)
-    x = _randn((N, C, H, W), dtype, cl)
-    w = _randn((K, C // groups, R, R), dtype, cl)
+    direction, family, tensors, call = _call_for(case)
+    x, w = tensors[0], tensors[1]
     with router.force(family):
-        torch.ops.tritonconv.conv2d(x, w, None, *args)
-    (plan,) = _plans_of("forward", family)
+        call(x, w)
+    (plan,) = _plans_of(direction, family)
+    assert isinstance(plan, plans.Plan), plan.why
     interpreted, compiled = _Captured(), _Captured()
-    twin = plans.Plan(tuple(((compiled, "function", "packed"), g, v, f) for _, g, v, f in plan.launches),
+    twin = plans.Plan(tuple(step if type(step) is plans._Derive else ((compiled, "function", "packed"),) + step[1:]
+                            for step in plan.launches),
                       plan.new, plan.out, plan.device, plan.family, None, (), False)
-    plan.launches = tuple((interpreted, g, v, f) for _, g, v, f in plan.launches)
+    plan.launches = tuple(step if type(step) is plans._Derive else (interpreted,) + step[1:]
+                          for step in plan.launches)
+    dtype = x.dtype
     stream = type("Active", (), {"get_current_stream": lambda self, index: 0})()
     monkeypatch.setattr(plans, "driver", type("Driver", (), {"active": stream})())
     monkeypatch.setattr(torch.cuda, "current_device", lambda: plan.device.index)
@@ -248,16 +299,28 @@ def test_compiled_replay_passes_the_addresses_of_the_interpreted_views(case, mon
     xs = torch.zeros(x.numel() * 3, dtype=dtype)
     x2 = xs[x.numel() // 16 * 16 + 16:].as_strided(x.shape, x.stride())
     x2.copy_(x)
-    out_i, out_c = plan.replay((x2, w, None, None)), twin.replay((x2, w, None, None))
+    derived = []  # each replay's derived tensors (the list its derive steps fill)
+    real_run = plans._Derive.run
+
+    def run(step, spaces, into):
+        if not derived or derived[-1] is not into:
+            derived.append(into)
+        real_run(step, spaces, into)
+
+    monkeypatch.setattr(plans._Derive, "run", run)
+    out_i, out_c = plan.replay((x2, w) + tensors[2:]), twin.replay((x2, w) + tensors[2:])
     assert out_c.shape == out_i.shape and out_c.stride() == out_i.stride()
-    assert len(compiled.calls) == len(interpreted.calls) == len(plan.launches)
+    n_launches = sum(type(step) is not plans._Derive for step in plan.launches)
+    assert len(compiled.calls) == len(interpreted.calls) == n_launches
+    pairs = [(out_i, out_c)] + (list(zip(*derived)) if derived else [])
 
     def same_place(view, address):
-        """The two replays share the inputs; each has its own output (compared by offset), and
-        scratch (not compared)."""
+        """The two replays share the inputs; each has its own output and derived tensors
+        (compared by offset into them), and scratch (not compared)."""
         storage = view.untyped_storage().data_ptr()
-        if storage == out_i.untyped_storage().data_ptr():
-            return address - out_c.data_ptr() == view.data_ptr() - out_i.data_ptr()
+        for mine, twins in pairs:
+            if storage == mine.untyped_storage().data_ptr():
+                return address - twins.untyped_storage().data_ptr() == view.data_ptr() - storage
         if storage in (xs.untyped_storage().data_ptr(), w.untyped_storage().data_ptr()):
             return address == view.data_ptr()
         return None
@@ -291,5 +354,5 @@ def test_an_address_is_where_the_view_starts(dtype):
     new_x = torch.randn(9, 6, 5, 7, device=DEVICE).to(dtype)[5:]  # same sizes and strides, another offset
     bufs = [torch.empty(n, dtype=dt, device=DEVICE) for n, dt in roots.new]
     for src in sources:
-        assert plans._address(src, [new_x], bufs) == plans._materialise(src, [new_x], bufs).data_ptr()
-    assert len({plans._address(src, [new_x], bufs) for src in sources}) == len(views)
+        assert plans._address(src, ([new_x], bufs, [])) == plans._materialise(src, ([new_x], bufs, [])).data_ptr()
+    assert len({plans._address(src, ([new_x], bufs, [])) for src in sources}) == len(views)

@@ -21,11 +21,13 @@ Under the interpreter, which reads tensors through their views, the views themse
 
 A plan is trusted only after it has proved itself: right after the recorded call, it runs
 once more on the same tensors, into an output and scratch poisoned with 0xFF bytes (NaN for
-floats), and must give the same bits. Work a launcher does with torch ops instead of kernels
-(a weight copy, a reduction by ``torch.sum``, a zero fill), a tensor cached between calls, or a
-kernel that is not deterministic makes that check fail, and the key keeps the full path; so
-does a plan that cannot be built (arguments aliasing each other, views across dtypes). A
-failed check is a missed shortcut, never a wrong result.
+floats), and must give the same bits. Torch work a launcher does on the call's tensors before
+its kernels (a weight repacked, an input padded) replays only where the launcher wraps it in
+``derive``, which the plan then reruns per call. Other torch work (a reduction by ``torch.sum``,
+a zero fill of the output), a tensor cached between calls outside ``derive``, or a kernel that
+is not deterministic makes that check fail, and the key keeps the full path; so does a plan
+that cannot be built (arguments aliasing each other, views across dtypes). A failed check is a
+missed shortcut, never a wrong result.
 
 On by default on CUDA; off under Triton's interpreter, where it saves nothing, unless
 ``TRITONCONV_PLANS=1`` (the tests use it: the interpreter replays the same records through
@@ -38,7 +40,7 @@ import contextlib
 import inspect
 import os
 import threading
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 from triton.runtime import driver
@@ -51,7 +53,8 @@ except ImportError:  # pragma: no cover - older Triton
 from .kernels import _common
 from .kernels._common import INTERPRETER
 
-__all__ = ["ENABLED", "enabled_as", "tensor_key", "lookup", "known", "forget", "recording", "is_recording", "record", "build",
+__all__ = ["ENABLED", "enabled_as", "tensor_key", "lookup", "known", "forget", "recording", "is_recording", "record",
+           "derive", "build",
            "clear", "stats", "reasons", "Plan"]
 
 ENABLED = os.environ.get("TRITONCONV_PLANS", "0" if INTERPRETER else "1") != "0"
@@ -70,8 +73,9 @@ _local = threading.local()
 _signatures: Dict[Any, Tuple[Tuple[str, Any], ...]] = {}
 
 # where an argument comes from: its root ("in", i): the call's i-th tensor; ("new", j): the j-th
-# buffer allocated afresh per call (the output's storage is one of them)
-_IN, _NEW = 0, 1
+# buffer allocated afresh per call (the output's storage is one of them); ("derived", k): the k-th
+# tensor the call's ``derive`` steps returned
+_IN, _NEW, _DERIVED = 0, 1, 2
 
 
 @contextlib.contextmanager
@@ -162,6 +166,45 @@ def record(fn: Any, grid: Any, args: tuple, kwargs: Dict[str, Any], compiled: An
         launches.append((fn, grid, args, dict(kwargs), compiled, config_of))
 
 
+class _Derivation:
+    """A ``derive`` step as recorded: the function, its tensors, what it returned."""
+
+    __slots__ = ("fn", "args", "results")
+
+    def __init__(self, fn, args, results):
+        self.fn, self.args, self.results = fn, args, results
+
+
+def derive(fn: Callable[..., Any], *tensors: Optional[torch.Tensor]) -> Any:
+    """``fn(*tensors)``: torch work a launcher does before its kernels (a weight repacked, an input
+    padded) that a replay must redo for its own tensors. ``fn`` returns a tensor or a tuple or list
+    of them, and reads nothing but ``tensors`` and what the plan's key fixes (the problem, the
+    shapes). While recording, the step is noted, so the plan reruns ``fn`` on the replay's tensors
+    and its kernels read the new results; a step that writes into the output, or keeps state
+    the key does not fix, fails the plan's check, and the key keeps the full path."""
+    results = fn(*tensors)
+    launches = getattr(_local, "launches", None)
+    if launches is not None:
+        launches.append(_Derivation(fn, tensors, results))
+    return results
+
+
+class _Derive:
+    """A plan's ``derive`` step: reruns ``fn`` on its arguments' sources."""
+
+    __slots__ = ("fn", "sources", "sequence")
+
+    def __init__(self, fn, sources, sequence):
+        self.fn, self.sources, self.sequence = fn, sources, sequence
+
+    def run(self, spaces: tuple, derived: List[torch.Tensor]) -> None:
+        results = self.fn(*(None if src is None else _materialise(src, spaces) for src in self.sources))
+        if self.sequence:
+            derived.extend(results)
+        else:
+            derived.append(results)
+
+
 def _signature(fn: Any) -> Tuple[Tuple[str, Any], ...]:
     sig = _signatures.get(fn)
     if sig is None:
@@ -195,12 +238,14 @@ def _is_descriptor(v: Any) -> bool:
 
 
 class _Roots:
-    """The storages a call's arguments live in: the call's tensors', and new ones (output, scratch)."""
+    """The storages a call's arguments live in: the call's tensors', new ones (output, scratch), and
+    those its ``derive`` steps returned."""
 
     def __init__(self, tensors: Sequence[Optional[torch.Tensor]]):
         self.by_ptr: Dict[int, Tuple[int, int]] = {}
         self.inputs = list(tensors)
         self.new: List[Tuple[int, torch.dtype]] = []  # (elements, dtype) of each new storage
+        self.n_derived = 0
         for i, t in enumerate(tensors):
             if t is None:
                 continue
@@ -214,6 +259,17 @@ class _Roots:
             if t is not None:
                 self.base_offset[(_IN, i)] = t.storage_offset()
                 self.dtype[(_IN, i)] = t.dtype
+
+    def add_derived(self, t: torch.Tensor) -> None:
+        """The next tensor a ``derive`` step returned; its storage is a root unless already one
+        (a view of an input, say)."""
+        root = (_DERIVED, self.n_derived)
+        self.n_derived += 1
+        ptr = t.untyped_storage().data_ptr()
+        if ptr not in self.by_ptr:
+            self.by_ptr[ptr] = root
+            self.base_offset[root] = t.storage_offset()
+            self.dtype[root] = t.dtype
 
     def source(self, t: torch.Tensor) -> tuple:
         """(root, sizes, strides, offset from the root's own offset) of tensor ``t``."""
@@ -232,18 +288,19 @@ class _Roots:
         return (root, tuple(t.shape), tuple(t.stride()), t.storage_offset() - self.base_offset[root])
 
 
-def _materialise(src: tuple, inputs: Sequence[Optional[torch.Tensor]], bufs: List[torch.Tensor]) -> torch.Tensor:
+def _materialise(src: tuple, spaces: tuple) -> torch.Tensor:
+    """The view ``src`` describes, in ``spaces`` = (the call's tensors, fresh buffers, derived tensors)."""
     (kind, index), size, stride, delta = src
-    base = inputs[index] if kind == _IN else bufs[index]
+    base = spaces[kind][index]
     if delta == 0 and base.shape == size and base.stride() == stride:
         return base
     return base.as_strided(size, stride, base.storage_offset() + delta)
 
 
-def _address(src: tuple, inputs: Sequence[Optional[torch.Tensor]], bufs: List[torch.Tensor]) -> int:
-    """``_materialise(src, ...).data_ptr()`` without making the view (views of a root share its dtype)."""
+def _address(src: tuple, spaces: tuple) -> int:
+    """``_materialise(src, spaces).data_ptr()`` without making the view (views of a root share its dtype)."""
     (kind, index), _, _, delta = src
-    base = inputs[index] if kind == _IN else bufs[index]
+    base = spaces[kind][index]
     return base.data_ptr() + delta * base.element_size()
 
 
@@ -275,7 +332,9 @@ class Plan:
     __slots__ = ("launches", "new", "out", "device", "family", "timings", "configs", "interpreted")
 
     def __init__(self, launches, new, out, device, family, timings, configs, interpreted):
-        self.launches = launches  # (runner, grid, values, fills): fills = ((position, source, template)...)
+        # in order, the kernel launches, (runner, grid, values, fills) with fills = ((position,
+        # source, template)...), and the _Derive steps
+        self.launches = launches
         self.new = new  # (elements, dtype, (sizes, strides) or None) per fresh storage: see _fresh
         self.out = out  # the output's source
         self.device = device  # torch.device the buffers go on
@@ -300,24 +359,34 @@ class Plan:
         if poison or _common._POISON_OUTPUTS:  # the tests' poisoned outputs, as alloc_output makes them
             for b, (n, _, _) in zip(bufs, self.new):
                 b.as_strided((n,), (1,), 0).view(torch.uint8).fill_(0xFF)
+        derived: List[torch.Tensor] = []
+        spaces = (inputs, bufs, derived)
         if self.interpreted:  # the interpreter reads tensors through their views
-            for runner, grid, values, fills in self.launches:
+            for step in self.launches:
+                if type(step) is _Derive:
+                    step.run(spaces, derived)
+                    continue
+                runner, grid, values, fills = step
                 vals = list(values)
                 for pos, src, template in fills:
-                    view = _materialise(src, inputs, bufs)
+                    view = _materialise(src, spaces)
                     vals[pos] = view if template is None else _with_base(template, view)
                 runner.run(*vals, grid=grid, warmup=False)
-            return _materialise(self.out, inputs, bufs)
+            return _materialise(self.out, spaces)
         # compiled kernels take a pointer argument as an int, and a descriptor's base by its
         # data_ptr(): no views to make, and no pointer check by the driver per argument
         stream = driver.active.get_current_stream(device.index)
-        for (run, function, packed), grid, values, fills in self.launches:
+        for step in self.launches:
+            if type(step) is _Derive:
+                step.run(spaces, derived)
+                continue
+            (run, function, packed), grid, values, fills = step
             vals = list(values)
             for pos, src, template in fills:
-                ptr = _address(src, inputs, bufs)
+                ptr = _address(src, spaces)
                 vals[pos] = ptr if template is None else _with_base(template, _Address(ptr))
             run(grid[0], grid[1], grid[2], stream, function, packed, None, None, None, *vals)
-        return _materialise(self.out, inputs, bufs)
+        return _materialise(self.out, spaces)
 
 
 def _same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:
@@ -360,7 +429,20 @@ def _make(launches, inputs, out, family, timings) -> Plan:
         raise _NotPlannable("the output is a view of an input")
     interpreted = INTERPRETER or not out.is_cuda
     recorded, configs = [], []
-    for fn, grid, args, kwargs, compiled, config_of in launches:
+    for step in launches:
+        if type(step) is _Derivation:
+            if any(a is not None and not isinstance(a, torch.Tensor) for a in step.args):
+                raise _NotPlannable("a derive step with an argument that is not a tensor")
+            sources = tuple(None if a is None else roots.source(a) for a in step.args)
+            sequence = isinstance(step.results, (tuple, list))
+            results = step.results if sequence else (step.results,)
+            if not all(isinstance(r, torch.Tensor) for r in results):
+                raise _NotPlannable("a derive step that returned something other than tensors")
+            for r in results:
+                roots.add_derived(r)
+            recorded.append(_Derive(step.fn, sources, sequence))
+            continue
+        fn, grid, args, kwargs, compiled, config_of = step
         bound = _bind(fn, args, kwargs)
         if callable(grid):
             grid = grid(bound)

@@ -38,7 +38,7 @@ import triton
 import triton.language as tl
 from torch.multiprocessing.reductions import StorageWeakRef
 
-from .. import configs, tuning
+from .. import configs, plans, tuning
 from ..spec import Conv2dProblem
 from ._common import (
     TMA_DTYPES,
@@ -372,7 +372,8 @@ def conv2d_dgrad_tap_tma(dy: torch.Tensor, w: torch.Tensor, problem: Conv2dProbl
     if dx.numel() == 0:
         return dx
     phases = _phases(pb)
-    weights = iter(_phase_weights(w, pb, phases))
+    # torch work before the kernels: a launch plan reruns it for each call's weight
+    weights = iter(plans.derive(lambda w: _phase_weights(w, pb, phases), w))
     for phase in phases:
         out = dx[:, :, phase.a::pb.stride_h, phase.b::pb.stride_w]
         if phase.forward is None and bias is None:

@@ -34,7 +34,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .. import configs, tuning
+from .. import configs, plans, tuning
 from ..spec import Conv2dProblem
 from ._common import conv_epilogue, input_precision_for, prepare_forward, tile_pid
 
@@ -208,6 +208,11 @@ def _launch(tuned, name, x, w, fw, pb: Conv2dProblem, CG: int, groups: int, alph
     )
 
 
+def _padded(t: torch.Tensor, pitch: int) -> torch.Tensor:
+    """(N, H, W, pitch) dense, the channels past t's zero, from t (N, C, H, W)."""
+    return torch.nn.functional.pad(t.permute(0, 2, 3, 1), (0, pitch - t.shape[1])).contiguous()
+
+
 def conv2d_fprop_smallc_pad(
     x: torch.Tensor,
     w: torch.Tensor,
@@ -235,9 +240,8 @@ def conv2d_fprop_smallc_pad(
         return fw.out
     pitch = _pitch(pb.C)
     # (N, H, W, C_PITCH) and (K, R, S, C_PITCH), dense, the extra channels zero; passed as
-    # NCHW-shaped views, as the gather takes x and w
-    xp = torch.nn.functional.pad(x.permute(0, 2, 3, 1), (0, pitch - pb.C)).contiguous()
-    wp = torch.nn.functional.pad(w.permute(0, 2, 3, 1), (0, pitch - pb.C)).contiguous()
+    # NCHW-shaped views, as the gather takes x and w (torch work a launch plan reruns per call)
+    xp, wp = plans.derive(lambda x, w: (_padded(x, pitch), _padded(w, pitch)), x, w)
     _launch(_smallc_pad_tuned, "smallc_pad", xp.permute(0, 3, 1, 2), wp.permute(0, 3, 1, 2), fw, pb, pitch, 1,
             alpha, INPUT_PRECISION=input_precision_for(x), C_PITCH=pitch)
     return fw.out
