@@ -311,6 +311,42 @@ def test_packed_weight_is_cached_until_the_parameter_changes():
     assert conv.weight.grad is not None and torch.isfinite(conv.weight.grad).all()
 
 
+def test_depthwise_weight_is_kept_taps_major():
+    """A depthwise module keeps its weight with each tap's channels contiguous (vector loads in
+    the depthwise kernels); the result, the gradient and the output layout are unchanged."""
+    from tritonconv.kernels import depthwise
+
+    torch.manual_seed(8)
+    conv = tnn.Conv2d(16, 32, 3, padding=1, groups=16, device=DEVICE)  # channel multiplier 2
+    x = torch.randn(2, 16, 6, 7, device=DEVICE).to(memory_format=torch.channels_last)
+    ref = F.conv2d(x.double(), conv.weight.double(), conv.bias.double(), 1, 1, 1, 16)
+    with torch.no_grad():
+        y = conv(x)
+        packed = conv._packed_weight[2]
+        assert depthwise.is_packed(packed) and not depthwise.is_packed(conv.weight)
+        assert torch.equal(packed, conv.weight)
+        conv(x)
+        assert conv._packed_weight[2] is packed
+    assert rel_err(y, ref) < TOL[torch.float32] and y.is_contiguous(memory_format=torch.channels_last)
+    xg = x.detach().requires_grad_()
+    conv(xg).backward(torch.ones(ref.shape, device=DEVICE))
+    xd, wd = x.double().requires_grad_(), conv.weight.detach().double().requires_grad_()
+    F.conv2d(xd, wd, None, 1, 1, 1, 16).backward(torch.ones(ref.shape, dtype=torch.float64, device=DEVICE))
+    assert rel_err(conv.weight.grad, wd.grad) < TOL[torch.float32]
+    assert rel_err(xg.grad, xd.grad) < TOL[torch.float32]
+
+
+@pytest.mark.parametrize("family", ["depthwise", "implicit"])
+def test_every_family_reads_a_taps_major_weight(family):
+    from tritonconv.kernels import depthwise, router
+
+    x = torch.randn(2, 8, 5, 6, device=DEVICE).to(memory_format=torch.channels_last)
+    w = depthwise.pack_weight(torch.randn(8, 1, 3, 3, device=DEVICE))
+    with router.force(family):
+        y = tritonconv.conv2d(x, w, None, 1, 1, 1, 8)
+    assert rel_err(y, F.conv2d(x.double(), w.double(), None, 1, 1, 1, 8)) < TOL[torch.float32]
+
+
 def test_conv_transpose2d_phase_weights_are_built_once_in_inference(monkeypatch):
     """ConvTranspose2d's forward is the tap_tma dgrad, which builds a flipped weight per stride
     phase: in inference once per parameter version (any input size), in training per call."""

@@ -583,9 +583,10 @@ def _smallc_pad_launch(dtype: Dtype, config: triton.Config, *, problem: Dict[str
 
 
 def _depthwise_weight_strides(pb) -> Tuple[int, int, int]:
-    """(swk, swr, sws): the depthwise launchers pass w.stride(0), w.stride(2), w.stride(3)."""
-    s = _channels_last_strides(pb.weight_shape)
-    return s[0], s[2], s[3]
+    """(swk, swr, sws): the depthwise launchers pass w.stride(0), w.stride(2), w.stride(3), here of
+    the taps-major weight a module keeps (``depthwise.pack_weight``): swk = 1, so the kernel's
+    weight loads are vectors."""
+    return 1, pb.S * pb.K, pb.K
 
 
 def _depthwise_fprop_launch(dtype: Dtype, config: triton.Config, *, problem: Dict[str, Any] = DEPTHWISE_PROBLEM,

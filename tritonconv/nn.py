@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from . import functional, spec
-from .kernels import dgrad
+from .kernels import depthwise, dgrad
 from .kernels._common import INTERPRETER
 
 __all__ = ["Conv2d", "ConvTranspose2d", "convert"]
@@ -55,7 +55,8 @@ class Conv2d(torch.nn.Conv2d):
         )
 
     def _kernel_weight(self, input: torch.Tensor) -> torch.Tensor:
-        """The weight as the kernels like it: KRSC (channels_last), packed once per parameter version.
+        """The weight as the kernels like it, packed once per parameter version: KRSC
+        (channels_last), or taps-major for a depthwise layer (``depthwise.pack_weight``).
 
         Only for channels_last input, whose output is channels_last anyway, so
         packing never changes the output's memory format. In training (the
@@ -64,15 +65,15 @@ class Conv2d(torch.nn.Conv2d):
         parameter changes (its version counter moves) or is replaced.
         """
         w = self.weight
-        if (input.dim() != 4 or not input.is_contiguous(memory_format=torch.channels_last)
-                or w.is_contiguous(memory_format=torch.channels_last)):
+        pack = _packing(w, input, self.groups)
+        if pack is None:
             return w
         if torch.compiler.is_compiling() or (torch.is_grad_enabled() and w.requires_grad):
-            return w.contiguous(memory_format=torch.channels_last)
+            return pack(w)
         cached = self.__dict__.get("_packed_weight")
         if cached is not None and cached[0] is w and cached[1] == w._version:
             return cached[2]
-        packed = w.detach().contiguous(memory_format=torch.channels_last)
+        packed = pack(w.detach())
         self.__dict__["_packed_weight"] = (w, w._version, packed)
         return packed
 
@@ -110,6 +111,27 @@ class ConvTranspose2d(torch.nn.ConvTranspose2d):
             return functional.conv_transpose2d(
                 input, w, self.bias, self.stride, self.padding, output_padding, self.groups, self.dilation
             )
+
+
+def _channels_last(w: torch.Tensor) -> torch.Tensor:
+    return w.contiguous(memory_format=torch.channels_last)
+
+
+def _packing(weight: torch.Tensor, input: torch.Tensor, groups: int):
+    """How Conv2d packs ``weight`` for ``input`` (a function of the weight), or None: the weight
+    is fine as it is, or the input is not channels_last (see ``Conv2d._kernel_weight``)."""
+    if input.dim() != 4 or not input.is_contiguous(memory_format=torch.channels_last):
+        return None
+    if depthwise.accepts_layer(input.shape[1], groups, weight.shape[2], weight.shape[3]):
+        return None if depthwise.is_packed(weight) else depthwise.pack_weight
+    return None if weight.is_contiguous(memory_format=torch.channels_last) else _channels_last
+
+
+def inference_weight(weight: torch.Tensor, input: torch.Tensor, groups: int = 1) -> torch.Tensor:
+    """``weight`` as a ``Conv2d`` keeps it for inference on ``input`` (packed, or as it is): what a
+    benchmark of the module's forward should pass to ``tritonconv.functional.conv2d``."""
+    pack = _packing(weight, input, groups)
+    return weight if pack is None else pack(weight.detach())
 
 
 def _output_shape(input, weight, args) -> Tuple[int, ...]:

@@ -16,10 +16,11 @@ a mode:
     ==========  ================================================================
     provider    how
     ==========  ================================================================
-    tritonconv  tritonconv.functional.conv2d (as modules call it: without
-                autograd it skips the dispatcher); torch.ops.tritonconv.
-                conv2d_grad_input / _grad_weight; autograd for forward_backward
-                (autotuned)
+    tritonconv  forward as a tritonconv.nn.Conv2d runs it in inference: its
+                weight packed once (nn.inference_weight: taps-major for a
+                depthwise layer), tritonconv.functional.conv2d (no dispatcher
+                without autograd); torch.ops.tritonconv.conv2d_grad_input /
+                _grad_weight; autograd for forward_backward (autotuned)
     cudnn       F.conv2d and aten.convolution_backward with
                 torch.backends.cudnn.benchmark = True
     inductor    the same aten calls under torch.compile(mode=
@@ -48,6 +49,7 @@ import torch
 import torch.nn.functional as F
 
 from .. import functional
+from .. import nn as tnn
 from ..kernels._common import INTERPRETER
 from .presets import Layer
 
@@ -244,7 +246,7 @@ class Provider:
 
 class TritonConv(Provider):
     name = "tritonconv"
-    note = "tritonconv.functional.conv2d forward, torch.ops.tritonconv gradients (autotuned)"
+    note = "forward as tritonconv.nn.Conv2d in inference, torch.ops.tritonconv gradients (autotuned)"
 
     def unsupported(self, case):
         if case.device == "cpu" and not INTERPRETER:
@@ -259,8 +261,11 @@ class TritonConv(Provider):
         ops = torch.ops.tritonconv
         args = case.layer.conv_args()
         x, w, dy = inputs.x, inputs.w, inputs.dy
-        if case.mode == "forward":  # as a module calls it (no dispatcher without autograd: ops.call)
-            return lambda: functional.conv2d(x, w, None, *args)
+        if case.mode == "forward":
+            # as a tritonconv.nn module runs it in inference: its weight packed once (taps-major
+            # for a depthwise layer), no dispatcher for a call without autograd (ops.call)
+            wk = tnn.inference_weight(w, x, args[3])
+            return lambda: functional.conv2d(x, wk, None, *args)
         if case.mode == "grad_input":
             size = list(x.shape)
             return lambda: ops.conv2d_grad_input(dy, w, size, *args)
@@ -295,8 +300,9 @@ def tritonconv_calls(case: Case, inputs: Inputs, each_family: bool = False) -> N
     ops = torch.ops.tritonconv
     args = case.layer.conv_args()
     x, w, dy = inputs.x, inputs.w, inputs.dy
+    wk = tnn.inference_weight(w, x, args[3]) if case.mode == "forward" else w  # as TritonConv.bind
     calls = {
-        "forward": lambda: ops.conv2d(x, w, None, *args),
+        "forward": lambda: ops.conv2d(x, wk, None, *args),
         "input_grad": lambda: ops.conv2d_grad_input(dy, w, list(x.shape), *args),
         "weight_grad": lambda: ops.conv2d_grad_weight(dy, x, list(w.shape), *args),
     }
@@ -307,7 +313,7 @@ def tritonconv_calls(case: Case, inputs: Inputs, each_family: bool = False) -> N
             continue
         table = {"forward": router.FORWARD, "input_grad": router.INPUT_GRAD,
                  "weight_grad": router.WEIGHT_GRAD}[direction]
-        tensors = {"forward": (x, w, None, None), "input_grad": (dy, w, None), "weight_grad": (dy, x)}[direction]
+        tensors = {"forward": (x, wk, None, None), "input_grad": (dy, w, None), "weight_grad": (dy, x)}[direction]
         if hasattr(router, "routed_candidates"):
             families = router.routed_candidates(table, direction, case.problem, tensors)
         else:

@@ -40,13 +40,36 @@ from ._common import (
     split_range,
 )
 
-__all__ = ["accepts", "conv2d_fprop_depthwise", "conv2d_dgrad_depthwise", "conv2d_wgrad_depthwise", "MAX_TAPS"]
+__all__ = ["accepts", "accepts_layer", "pack_weight", "is_packed", "conv2d_fprop_depthwise", "conv2d_dgrad_depthwise",
+           "conv2d_wgrad_depthwise", "MAX_TAPS"]
 
 MAX_TAPS = 81
 
 
 def accepts(problem: Conv2dProblem) -> bool:
-    return problem.groups == problem.C and problem.C > 1 and problem.R * problem.S <= MAX_TAPS
+    return accepts_layer(problem.C, problem.groups, problem.R, problem.S)
+
+
+def accepts_layer(in_channels: int, groups: int, R: int, S: int) -> bool:
+    """``accepts`` from a layer's constructor arguments (a module deciding how to keep its weight)."""
+    return groups == in_channels and in_channels > 1 and R * S <= MAX_TAPS
+
+
+# The kernels read a tap's weights for a block of channels, w[k0:k0+BLOCK_N, 0, r, s]. In the
+# weight's own layouts (contiguous or channels_last, which for one input channel per group are
+# the same) those lie R*S elements apart: BLOCK_N scalar loads per tap, most of a 3x3 kernel's
+# load instructions (compile report, sm_90, fp16 at 144 channels: 24 scalar and 7 vector loads
+# per kernel row, against 10 vector loads with the taps outermost). A module keeps its weight
+# taps-major, (R, S, K) in memory, seen as (K, 1, R, S) with strides (1, 1, S*K, K); every
+# family takes any strides, so this changes nothing else.
+def pack_weight(w: torch.Tensor) -> torch.Tensor:
+    """``w`` (K, 1, R, S) taps-major: the same values, each tap's channels contiguous."""
+    return w.permute(2, 3, 0, 1).contiguous().permute(2, 3, 0, 1)
+
+
+def is_packed(w: torch.Tensor) -> bool:
+    K, _, R, S = w.shape
+    return w.stride(0) == 1 and (R == 1 or w.stride(2) == S * K) and (S == 1 or w.stride(3) == K)
 
 
 @triton.jit
