@@ -14,7 +14,8 @@
 #      family, launch plans on and off); its table is appended to summary.md
 #   3. forward sweep       ResNet-50 batch 32, fp16 then bf16, channels_last, every provider
 #   4. backward sweep      grad_input, grad_weight, forward_backward on six ResNet-50 layers, fp16
-#   5. end to end          perf/resnet50.py: training step, all convs tritonconv vs cuDNN, fp16
+#   5. end to end          perf/resnet50.py: training step, eager inference and inference from a
+#                          CUDA graph, all convs tritonconv vs cuDNN, fp16
 #   6. report              OUTDIR/summary.md, details.md, plot.png from OUTDIR/results.csv
 # plus OUTDIR/gpu_check.log (every stage's output) and OUTDIR/tuning-cache.tar.gz (the
 # tuning choices made, reusable with TRITONCONV_CACHE_DIR). That is 8 files.

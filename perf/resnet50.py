@@ -1,4 +1,4 @@
-"""End to end: a ResNet-50 training step (forward + backward) with every conv from tritonconv vs cuDNN.
+"""End to end: ResNet-50 with every conv from tritonconv vs cuDNN: a training step, and inference.
 
 The network is torchvision's ResNet-50 (v1.5: stride on the 3x3), written out
 here so that no torchvision is needed. Both variants share one set of weights:
@@ -7,12 +7,22 @@ through ``tritonconv.convert`` (every nn.Conv2d becomes tritonconv's, which
 runs forward, grad_input and grad_weight on Triton kernels). BatchNorm, ReLU,
 pooling, the classifier and the loss are PyTorch's in both.
 
-A step is ``loss = cross_entropy(model(x)); grads = autograd.grad(loss,
-params)``, timed with ``triton.testing.do_bench``. Before timing, the
-tritonconv step runs once under a dispatch mode that counts aten
-convolutions (it must see none), and every provider's loss and gradients are
-compared with the same step in float64 (rel_err). Rows go to the sweep's CSV (kernel "resnet50_e2e",
-layer "network"), so ``tritonconv.bench.report`` shows them in the summary.
+Modes (``--modes``, each a CSV row per provider):
+
+- ``train`` (mode forward_backward): ``loss = cross_entropy(model(x)); grads =
+  autograd.grad(loss, params)``;
+- ``infer`` (mode forward): the model in eval mode under ``torch.no_grad()``, as
+  a user runs it eagerly (the calls need no autograd: tritonconv's skip the
+  dispatcher, and launch plans replay their kernels);
+- ``graph`` (mode forward_cudagraph): the same forward captured once in a CUDA
+  graph and replayed, which takes the host out: what is left is the kernels.
+
+Each is timed with ``triton.testing.do_bench``. Before timing, the tritonconv
+model runs once under a dispatch mode that counts aten convolutions (it must
+see none), and every provider's outputs (loss and gradients for ``train``) are
+compared with the same computation in float64 (rel_err). Rows go to the
+sweep's CSV (kernel "resnet50_e2e", layer "network"), so
+``tritonconv.bench.report`` shows them in the summary.
 
     PYTHONPATH=. python perf/resnet50.py --batch 32 --dtype fp16 --out perf/out
 """
@@ -137,6 +147,43 @@ def _step_fn(model: nn.Module, x: torch.Tensor, target: torch.Tensor):
     return step
 
 
+def _infer_fn(model: nn.Module, x: torch.Tensor):
+    def infer():
+        with torch.no_grad():
+            return (model(x),)
+
+    return infer
+
+
+def _graphed_fn(model: nn.Module, x: torch.Tensor):
+    """``_infer_fn`` captured in a CUDA graph (after warm-up runs on a side stream, which also tune),
+    replayed into the same output tensor."""
+    static_x = x.clone()
+    infer = _infer_fn(model, static_x)
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(3):
+            infer()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = infer()
+
+    def replay():
+        graph.replay()
+        return out
+
+    return replay
+
+
+def _reference_infer(model: nn.Module, x: torch.Tensor):
+    ref_model = copy.deepcopy(model).double().eval()
+    with torch.no_grad(), torch.backends.cudnn.flags(enabled=True, benchmark=False, deterministic=False,
+                                                     allow_tf32=False):
+        return [ref_model(x.double())]
+
+
 def _reference_step(model: nn.Module, x: torch.Tensor, target: torch.Tensor):
     """The step in float64 on aten convolutions (the model's own weights, upcast)."""
     ref_model = copy.deepcopy(model).double()
@@ -192,6 +239,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--layout", default="channels_last", choices=("channels_last", "nchw"))
     p.add_argument("--image", type=int, default=224)
     p.add_argument("--providers", default="cudnn,tritonconv", help="comma-separated: cudnn,tritonconv")
+    p.add_argument("--modes", default="train,infer,graph",
+                   help="comma-separated: train (forward+backward), infer (eval forward, no_grad), "
+                        "graph (infer captured in a CUDA graph; CUDA only)")
     p.add_argument("--out", default="perf/out")
     p.add_argument("--csv", default="", help="CSV to append to (default OUT/results.csv)")
     p.add_argument("--run-id", default="")
@@ -233,83 +283,121 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
         flops = sum(problem_from_shapes((args.batch, C, H, W), (K, C // g, R, S), st, pad, dil, g).flops
                     for _, (C, H, W, K, R, S, st, pad, dil, g) in convs)
-    flops *= 3  # forward, grad_input, grad_weight of every conv
+    # the convs' forward flops; a training step runs 3x (forward, grad_input, grad_weight)
 
     info = sweep.run_info(args.run_id or None)
     sink = sweep.CsvSink(Path(args.csv) if args.csv else Path(args.out) / "results.csv")
     providers = [s.strip() for s in args.providers.split(",") if s.strip()]
     if device == "cpu":
         providers = ["aten-cpu" if pr == "cudnn" else pr for pr in providers]
-    reference = None  # the step in float64 on aten, for every provider's rel_err
-    baseline_err = 0.0
+    modes = [m.strip() for m in args.modes.split(",") if m.strip()]
+    unknown = set(modes) - set(_MODES)
+    if unknown:
+        print(f"resnet50: unknown modes {sorted(unknown)}; expected some of {list(_MODES)}", file=sys.stderr)
+        return 2
     rows = []
-    for provider in providers:
-        row = info.base_row()
-        row.update(kernel="resnet_tiny_e2e" if args.tiny else "resnet50_e2e", provider=provider,
-                   mode="forward_backward", preset="resnet50", layer="network", count=1, N=args.batch, C=3,
-                   H=args.image, W=args.image, K=num_classes,
-                   dtype=args.dtype, layout=args.layout, flops=flops, timestamp=sweep._now(),
-                   note=f"{len(convs)} convs; BN, ReLU, pooling, fc, loss from PyTorch")
-        if info.interpreter:
-            row["note"] += f"; {sweep.INTERPRETER_LABEL}"
-        if deadline is not None and time.monotonic() > deadline:
-            row["status"] = "skipped: time budget"
+    precompiled = []
+    for mode in modes:
+        csv_mode, what = _MODES[mode]
+        reference = None  # the same computation in float64 on aten, for every provider's rel_err
+        baseline_err = 0.0
+        for provider in providers:
+            row = info.base_row()
+            row.update(kernel="resnet_tiny_e2e" if args.tiny else "resnet50_e2e", provider=provider,
+                       mode=csv_mode, preset="resnet50", layer="network", count=1, N=args.batch, C=3,
+                       H=args.image, W=args.image, K=num_classes,
+                       dtype=args.dtype, layout=args.layout, flops=flops * (3 if mode == "train" else 1),
+                       timestamp=sweep._now(), note=f"{what}; {len(convs)} convs; BN, ReLU, pooling, fc"
+                       + (", loss" if mode == "train" else "") + " from PyTorch")
+            if info.interpreter:
+                row["note"] += f"; {sweep.INTERPRETER_LABEL}"
+            if deadline is not None and time.monotonic() > deadline:
+                row["status"] = "skipped: time budget"
+            elif mode == "graph" and device != "cuda":
+                row["status"] = "unsupported: CUDA graphs need a GPU"
+            else:
+                try:
+                    if provider == "tritonconv" and not precompiled:
+                        _precompile(args, device)
+                        precompiled.append(True)
+                    if reference is None:
+                        reference = (_reference_step(model, x, target) if mode == "train"
+                                     else _reference_infer(model, x))
+                    baseline_err = _measure(row, model, provider, mode, x, target, reference, baseline_err,
+                                            args, device)
+                except Exception as err:
+                    row["status"] = sweep._status_of(err)
             sink.write(row)
             rows.append(row)
-            continue
-        try:
-            net = model
-            if provider == "tritonconv":
-                net = tritonconv.convert(copy.deepcopy(model))
-                _precompile(args, device)
-            step = _step_fn(net, x, target)
-            old_bench = torch.backends.cudnn.benchmark
-            torch.backends.cudnn.benchmark = provider == "cudnn"
-            try:
-                first = step()  # tunes / picks algorithms
-                if provider == "tritonconv":
-                    with AtenConvCounter() as counter:
-                        first = step()
-                    row["note"] += f"; aten convolutions in a tritonconv step: {counter.count}"
-                if reference is None:
-                    reference = _reference_step(model, x, target)
-                # the loss, and all parameter gradients as one vector (per-tensor errors of
-                # BatchNorm's tiny gradients say more about conditioning than about convs)
-                flat = [torch.cat([g.detach().double().flatten() for g in grads]) for grads in
-                        (first[1:], reference[1:])]
-                row["rel_err"] = max(_rel(first[0], reference[0]), _rel(*flat))
-                del first
-                median, p20, p80 = _time(step, device, args.warmup_ms, args.rep_ms, args.reps)
-            finally:
-                torch.backends.cudnn.benchmark = old_bench
-            # a mismatch: farther from float64 than the dtype's tolerance and than twice the
-            # baseline's own error (a BatchNorm network in pure fp16 can be far from fp64 for both)
-            tol = max({"fp16": 0.05, "bf16": 0.1, "fp32": 0.02}[args.dtype], 2 * baseline_err)
-            if provider != "tritonconv":
-                baseline_err = max(baseline_err, row["rel_err"])
-            aten_free = provider != "tritonconv" or row["note"].endswith("step: 0")
-            if provider == "tritonconv" and row["rel_err"] > tol:
-                row["status"] = f"mismatch: rel_err vs float64 {row['rel_err']:.2e} > {tol:.1e}"
-            elif not aten_free:
-                row["status"] = "error: aten convolutions ran in the tritonconv step"
-            else:
-                row["status"] = "ok"
-            row.update(median_ms=median, p20_ms=p20, p80_ms=p80, tflops=flops / (median * 1e-3) / 1e12)
-        except Exception as err:
-            row["status"] = sweep._status_of(err)
-        sink.write(row)
-        rows.append(row)
-        if device == "cuda":
-            torch.cuda.empty_cache()
-        print(f"resnet50 {provider}: {row.get('status')} {row.get('median_ms', float('nan')):.3f} ms "
-              f"rel_err {row.get('rel_err', float('nan')):.2e}", file=sys.stderr)
-    by = {r["provider"]: r for r in rows if r.get("status") == "ok"}
-    if "tritonconv" in by and len(by) > 1:
-        for name, r in by.items():
-            if name != "tritonconv":
-                print(f"resnet50 e2e: tritonconv {by['tritonconv']['median_ms']:.2f} ms vs {name} "
-                      f"{r['median_ms']:.2f} ms: speedup {r['median_ms'] / by['tritonconv']['median_ms']:.2f}x")
+            if device == "cuda":
+                torch.cuda.empty_cache()
+            print(f"resnet50 {mode} {provider}: {row.get('status')} {row.get('median_ms', float('nan')):.3f} ms "
+                  f"rel_err {row.get('rel_err', float('nan')):.2e}", file=sys.stderr)
+    for mode in modes:
+        by = {r["provider"]: r for r in rows if r.get("status") == "ok" and r["mode"] == _MODES[mode][0]}
+        if "tritonconv" in by and len(by) > 1:
+            for name, r in by.items():
+                if name != "tritonconv":
+                    print(f"resnet50 e2e {mode}: tritonconv {by['tritonconv']['median_ms']:.2f} ms vs {name} "
+                          f"{r['median_ms']:.2f} ms: speedup {r['median_ms'] / by['tritonconv']['median_ms']:.2f}x")
     return 0
+
+
+# mode -> (the CSV's mode, what a row measures)
+_MODES = {
+    "train": ("forward_backward", "training step"),
+    "infer": ("forward", "inference, eager, no_grad"),
+    "graph": ("forward_cudagraph", "inference replayed from a CUDA graph"),
+}
+
+
+def _measure(row, model, provider, mode, x, target, reference, baseline_err, args, device) -> float:
+    """Fill ``row`` with ``provider``'s numbers for ``mode``; return the baseline error so far."""
+    import tritonconv
+
+    net = copy.deepcopy(model)
+    if mode != "train":
+        net.eval()
+    if provider == "tritonconv":
+        net = tritonconv.convert(net)
+    old_bench = torch.backends.cudnn.benchmark
+    torch.backends.cudnn.benchmark = provider == "cudnn"
+    try:
+        fn = _step_fn(net, x, target) if mode == "train" else _infer_fn(net, x)
+        first = fn()  # tunes / picks algorithms
+        if provider == "tritonconv":
+            with AtenConvCounter() as counter:
+                fn()
+            row["note"] += f"; aten convolutions in a tritonconv run: {counter.count}"
+        if mode == "graph":
+            fn = _graphed_fn(net, x)
+            first = fn()
+        if mode == "train":
+            # the loss, and all parameter gradients as one vector (per-tensor errors of
+            # BatchNorm's tiny gradients say more about conditioning than about convs)
+            flat = [torch.cat([g.detach().double().flatten() for g in grads]) for grads in
+                    (first[1:], reference[1:])]
+            row["rel_err"] = max(_rel(first[0], reference[0]), _rel(*flat))
+        else:
+            row["rel_err"] = _rel(first[0], reference[0])
+        del first
+        median, p20, p80 = _time(fn, device, args.warmup_ms, args.rep_ms, args.reps)
+    finally:
+        torch.backends.cudnn.benchmark = old_bench
+    # a mismatch: farther from float64 than the dtype's tolerance and than twice the
+    # baseline's own error (a BatchNorm network in pure fp16 can be far from fp64 for both)
+    tol = max({"fp16": 0.05, "bf16": 0.1, "fp32": 0.02}[args.dtype], 2 * baseline_err)
+    if provider != "tritonconv":
+        baseline_err = max(baseline_err, row["rel_err"])
+    aten_free = provider != "tritonconv" or row["note"].endswith("run: 0")
+    if provider == "tritonconv" and row["rel_err"] > tol:
+        row["status"] = f"mismatch: rel_err vs float64 {row['rel_err']:.2e} > {tol:.1e}"
+    elif not aten_free:
+        row["status"] = "error: aten convolutions ran in the tritonconv run"
+    else:
+        row["status"] = "ok"
+    row.update(median_ms=median, p20_ms=p20, p80_ms=p80, tflops=row["flops"] / (median * 1e-3) / 1e12)
+    return baseline_err
 
 
 if __name__ == "__main__":

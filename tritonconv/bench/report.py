@@ -257,7 +257,9 @@ def _e2e(rows) -> List[str]:
     e2e = [r for r in rows if r.get("kernel") != "conv2d"]
     if not e2e:
         return []
-    lines = ["## End to end", "", "A whole network, forward + backward, every conv from the provider.", ""]
+    lines = ["## End to end", "", "A whole network, every conv from the provider: a training step (forward_backward), "
+             "eager inference under no_grad (forward), and that inference replayed from a CUDA graph "
+             "(forward_cudagraph: no host time).", ""]
     by_case: Dict[Tuple, Dict[str, Dict]] = defaultdict(dict)
     for r in e2e:
         by_case[(r.get("kernel"), r.get("mode"), r.get("dtype"), r.get("layout"), r.get("N"))][r["provider"]] = r
