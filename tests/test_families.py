@@ -911,3 +911,59 @@ def test_property_families_forward_and_backward(problem, dtype, channels_last, f
     ref.backward(dy.double())
     assert rel_err(y, ref) < TOL[dtype]
     assert rel_err(dx, xr.grad) < TOL[dtype] and rel_err(dw, wr.grad) < TOL[dtype]
+
+
+@pytest.fixture
+def gemm1x1_stream_k(monkeypatch):
+    """gemm1x1_tma's autotuner holding only a stream-K config (the interpreter's tile, or the
+    smallest compiled stream-K tile), and a way to set the interpreter's program count."""
+    from tritonconv.kernels import gemm1x1
+
+    if INTERPRETER:
+        (base,) = configs.persistent_gemm_configs(interpreter=True, stream_k=True)
+    else:
+        base = [c for c in configs.persistent_gemm_configs(interpreter=False, stream_k=True)
+                if c.kwargs["STREAM_K"]][-1]
+    cfg = triton.Config({**base.kwargs, "PERSISTENT": False, "STREAM_K": True}, num_warps=base.num_warps,
+                        num_stages=base.num_stages, pre_hook=gemm1x1._set_tma_blocks)
+    monkeypatch.setattr(gemm1x1._gemm1x1_tma_tuned, "configs", [cfg])
+    monkeypatch.setattr(gemm1x1._gemm1x1_tma_tuned, "cache", {})
+    return lambda programs: monkeypatch.setattr(gemm1x1, "INTERPRETER_PROGRAMS", programs)
+
+
+@pytest.mark.parametrize("programs", [1, 3, 5, 16, 64])
+@pytest.mark.parametrize("problem", [
+    (2, 64, 7, 7, 48, 1, 1, 1, 0, 1, 1),  # 4 tiles of 4 steps (interpreter tiles): cuts inside tiles
+    (1, 96, 5, 6, 40, 1, 1, 1, 0, 1, 1),  # 2 tiles of 6 steps, a ragged last tile
+    (2, 64, 4, 4, 64, 1, 1, 1, 0, 1, 2),  # grouped: a tile grid per group
+])
+def test_gemm1x1_tma_stream_k(problem, programs, gemm1x1_stream_k, launched):
+    """Stream-K: programs share out every (tile, reduction step) pair, so a tile may be summed
+    by several programs; its finisher adds their partial tiles in program order. The result
+    must match float64, repeat bit for bit, and leave the flags down for the next launch.
+    (Under the interpreter the program count is set here; on a GPU it is the SM count.)"""
+    from tritonconv.kernels import gemm1x1
+
+    gemm1x1_stream_k(programs)
+    N, C, H, W, K, R, S, stride, padding, dilation, groups = problem
+    torch.manual_seed(programs)
+    x = torch.randn(N, C, H, W, device=DEVICE).half().to(memory_format=torch.channels_last)
+    w = (torch.randn(K, C // groups, 1, 1, device=DEVICE) / C ** 0.5).half().to(memory_format=torch.channels_last)
+    b = torch.randn(K, device=DEVICE).half()
+    args = ([1, 1], [0, 0], [1, 1], groups)
+    with router.force("gemm1x1_tma"), plans.enabled_as(False):
+        first = torch.ops.tritonconv.conv2d(x, w, b, *args)
+        again = torch.ops.tritonconv.conv2d(x, w, b, *args)
+    assert launched == ["gemm1x1_tma"] * 2
+    assert rel_err(first, F.conv2d(x.double(), w.double(), b.double(), 1, 0, 1, groups)) < TOL[torch.float16]
+    assert torch.equal(first, again)
+    assert not any(int(f.abs().sum()) for f in gemm1x1._flag_buffers.values()), "flags left raised"
+    # a launch plan replays it: the scratch is allocated afresh, the flags fetched per call
+    plans.clear()
+    with router.force("gemm1x1_tma"), plans.enabled_as(True):
+        torch.ops.tritonconv.conv2d(x, w, b, *args)
+        replayed = torch.ops.tritonconv.conv2d(x, w, b, *args)
+    assert launched == ["gemm1x1_tma"] * 3, "the second call should have replayed the plan"
+    assert torch.equal(replayed, first)
+    assert not any(int(f.abs().sum()) for f in gemm1x1._flag_buffers.values()), "flags left raised"
+    plans.clear()

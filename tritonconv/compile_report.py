@@ -217,8 +217,9 @@ def gemm_tile_configs() -> List[triton.Config]:
 
 
 def persistent_tile_configs() -> List[triton.Config]:
-    """GEMM tiles with and without a persistent grid (configs.persistent_gemm_configs)."""
-    return tc_configs.persistent_gemm_configs(interpreter=False)
+    """GEMM tiles with and without a persistent grid, and the stream-K ones
+    (configs.persistent_gemm_configs, as gemm1x1_tma tunes them)."""
+    return tc_configs.persistent_gemm_configs(interpreter=False, stream_k=True)
 
 
 def tap_tma_tile_configs() -> List[triton.Config]:
@@ -503,6 +504,7 @@ def _gemm1x1_tma_launch(dtype: Dtype, config: triton.Config, *, problem: Dict[st
         a_desc=f"tensordesc<{dtype.triton_ty}[{kw['BLOCK_M']}, {kw['BLOCK_K']}]>",
         b_desc=f"tensordesc<{dtype.triton_ty}[{kw['BLOCK_N']}, {kw['BLOCK_K']}]>",
         b_ptr=_ptr(dtype), res_ptr=_ptr(dtype), y_ptr=_ptr(dtype),
+        partials_ptr="*fp32", flags_ptr="*i32",  # stream-K's scratch (always fp32: TMA takes no fp64)
         M=pb.N * pb.H * pb.W, H=pb.H, W=pb.W, CG=pb.C_per_group, KG=pb.K_per_group, GROUPS=pb.groups,
         **_named("syn syk syh syw", y_s), srn=0, srk=0, srh=0, srw=0,
         alpha=0.01,
@@ -742,7 +744,7 @@ config_name = tc_configs.config_name
 def _tile_key(config: triton.Config) -> Tuple:
     kw = config.kwargs
     return (kw["BLOCK_M"], kw["BLOCK_N"], kw.get("BLOCK_K"), config.num_warps, config.num_stages,
-            bool(kw.get("PERSISTENT", False)), kw.get("BLOCK_W"))
+            bool(kw.get("PERSISTENT", False)), kw.get("BLOCK_W"), bool(kw.get("STREAM_K", False)))
 
 
 def _tile_volume(tile: Tuple) -> int:

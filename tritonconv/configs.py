@@ -152,17 +152,34 @@ def gemm_configs(tiles: Sequence[Tuple[int, int, int, int, int]] = GEMM_TILES, *
 # effects against lost latency hiding) depends on the layer, so the autotuner
 # times it for the first (largest) tiles, where a wave of programs is fewest.
 PERSISTENT_TILES = 4
+# Stream-K (one program per SM, each taking an equal share of all (tile, reduction step)
+# pairs; gemm1x1.py) is timed for the large tiles whose waves quantise worst: 128x128 and
+# its halves. Each program may leave one partial tile in a scratch slot, so the tile area
+# sets the scratch (64 KB of fp32 per SM at 128x128).
+STREAM_K_TILES: Tuple[Tuple[int, int, int, int, int], ...] = (
+    (128, 128, 64, 8, 3),
+    (128, 128, 32, 8, 4),
+    (128, 64, 64, 8, 4),
+    (64, 128, 64, 8, 4),
+)
 
 
 def persistent_gemm_configs(tiles: Sequence[Tuple[int, int, int, int, int]] = GEMM_TILES, *,
-                            interpreter: Optional[bool] = None, **extra) -> List[triton.Config]:
+                            interpreter: Optional[bool] = None, stream_k: bool = False,
+                            **extra) -> List[triton.Config]:
     """``gemm_configs`` with a PERSISTENT meta-parameter: every tile with one program per
     tile, and the first PERSISTENT_TILES also as a persistent grid. The interpreter's one
-    config is persistent, so that tests walk the kernel's tile loop."""
+    config is persistent, so that tests walk the kernel's tile loop. With ``stream_k``, every
+    config also has a STREAM_K meta-parameter, true for STREAM_K_TILES, which come last."""
+    if stream_k:
+        extra = dict(extra, STREAM_K=False)
     if INTERPRETER if interpreter is None else interpreter:
         return gemm_configs(tiles, interpreter=True, PERSISTENT=True, **extra)
-    return (gemm_configs(tiles, interpreter=False, PERSISTENT=False, **extra)
-            + gemm_configs(tiles[:PERSISTENT_TILES], interpreter=False, PERSISTENT=True, **extra))
+    found = (gemm_configs(tiles, interpreter=False, PERSISTENT=False, **extra)
+             + gemm_configs(tiles[:PERSISTENT_TILES], interpreter=False, PERSISTENT=True, **extra))
+    if stream_k:
+        found += gemm_configs(STREAM_K_TILES, interpreter=False, **dict(extra, PERSISTENT=False, STREAM_K=True))
+    return found
 
 
 # The depthwise family's direct kernels (no tl.dot), as (BLOCK_M pixels,
@@ -518,11 +535,12 @@ def gemm_prune_hook(m_fn, n_fn, k_fn, tensor_arg: str, gathered: bool = True,
 
 def config_name(config: triton.Config) -> str:
     """'128x256x64 w8 s3' (BLOCK_M x BLOCK_N x BLOCK_K, warps, stages); '64x32 w4 s2' without a BLOCK_K;
-    ' persistent' appended for a persistent-grid variant, ' rows' for a one-row tap-TMA tile."""
+    ' persistent' appended for a persistent-grid variant, ' stream-k' for a stream-K one, ' rows'
+    for a one-row tap-TMA tile."""
     kw = config.kwargs
     dims = [kw["BLOCK_M"], kw["BLOCK_N"]] + ([kw["BLOCK_K"]] if "BLOCK_K" in kw else [])
     name = f"{'x'.join(map(str, dims))} w{config.num_warps} s{config.num_stages}"
-    return (name + (" persistent" if kw.get("PERSISTENT") else "")
+    return (name + (" persistent" if kw.get("PERSISTENT") else "") + (" stream-k" if kw.get("STREAM_K") else "")
             + (" rows" if kw.get("BLOCK_W", 0) > SPATIAL_TILE_WIDTH else ""))
 
 

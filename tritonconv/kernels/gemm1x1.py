@@ -25,7 +25,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .. import configs, tuning
+from .. import configs, plans, tuning
 from ..spec import Conv2dProblem
 from ._common import (
     TMA_DTYPES,
@@ -184,10 +184,55 @@ def tma_usable(x: torch.Tensor, w: torch.Tensor, problem: Conv2dProblem) -> bool
 
 
 def _set_tma_blocks(nargs):
-    """Autotune pre-hook: the descriptors' block shapes follow the config's tile sizes."""
+    """Autotune pre-hook: the descriptors' block shapes follow the config's tile sizes, and a
+    stream-K config gets its partial-tile scratch (a slot per program, one per flag; the
+    launcher passes an empty tensor, so the other configs allocate nothing)."""
     bm, bn, bk = nargs["BLOCK_M"], nargs["BLOCK_N"], nargs["BLOCK_K"]
     nargs["a_desc"].block_shape = [bm, bk]
     nargs["b_desc"].block_shape = [bn, bk]
+    if nargs.get("STREAM_K"):
+        partials = nargs["partials_ptr"]
+        need = nargs["flags_ptr"].numel() * bm * bn
+        if partials.numel() < need:
+            partials.resize_(need)
+
+
+@triton.jit
+def _gemm1x1_tma_acc(
+    g, pid_m, pid_n, k_lo, k_hi, a_desc, b_desc, CG, KG,
+    ACC_DTYPE: tl.constexpr, INPUT_PRECISION: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+):
+    """Reduction steps [k_lo, k_hi) (of BLOCK_K channels) of one output tile, from TMA tiles.
+
+    Out-of-bounds reads are zero-filled; columns past this group's C/groups in A meet zero rows
+    of B (B's width is C/groups), and rows of B past this group's K/groups only feed
+    masked-out columns."""
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC_DTYPE)
+    for c0 in range(k_lo * BLOCK_K, k_hi * BLOCK_K, BLOCK_K):
+        a = a_desc.load([pid_m * BLOCK_M, g * CG + c0])
+        b = b_desc.load([g * KG + pid_n * BLOCK_N, c0])
+        acc = tl.dot(a, b.T, acc, input_precision=INPUT_PRECISION, out_dtype=ACC_DTYPE)
+    return acc
+
+
+@triton.jit
+def _gemm1x1_store(
+    acc, g, pid_m, pid_n, b_ptr, res_ptr, y_ptr,
+    M, H, W, KG,
+    syn, syk, syh, syw, srn, srk, srh, srw,
+    alpha,
+    HAS_BIAS: tl.constexpr, HAS_RESIDUAL: tl.constexpr, ACTIVATION: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+):
+    """The epilogue of one output tile: pixel rows back to (n, h, w), then conv_epilogue."""
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    w_ = (offs_m % W).to(tl.int64)
+    h_ = ((offs_m // W) % H).to(tl.int64)
+    n_ = (offs_m // (H * W)).to(tl.int64)
+    conv_epilogue(acc, b_ptr, res_ptr, y_ptr, n_ * syn + h_ * syh + w_ * syw, n_ * srn + h_ * srh + w_ * srw,
+                  g * KG + offs_n, syk, srk, offs_m < M, offs_n < KG, alpha, HAS_BIAS, HAS_RESIDUAL, ACTIVATION)
 
 
 @triton.jit
@@ -200,27 +245,13 @@ def _gemm1x1_tma_tile(
     ACC_DTYPE: tl.constexpr, INPUT_PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
 ):
-    """One (group, M-tile, N-tile) output tile of gemm1x1_tma_kernel."""
-    # -- program-id mapping: (group, M-tile, N-tile)
+    """One (group, M-tile, N-tile) output tile of gemm1x1_tma_kernel, its whole reduction."""
     g, pid_m, pid_n = tile_pid(tile, M, KG, BLOCK_M, BLOCK_N, GROUP_M)
-
-    # -- reduction: TMA tiles. Out-of-bounds reads are zero-filled; columns past
-    #    this group's C/groups in A meet zero rows of B (B's width is C/groups),
-    #    and rows of B past this group's K/groups only feed masked-out columns.
-    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC_DTYPE)
-    for c0 in range(0, CG, BLOCK_K):
-        a = a_desc.load([pid_m * BLOCK_M, g * CG + c0])
-        b = b_desc.load([g * KG + pid_n * BLOCK_N, c0])
-        acc = tl.dot(a, b.T, acc, input_precision=INPUT_PRECISION, out_dtype=ACC_DTYPE)
-
-    # -- epilogue
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    w_ = (offs_m % W).to(tl.int64)
-    h_ = ((offs_m // W) % H).to(tl.int64)
-    n_ = (offs_m // (H * W)).to(tl.int64)
-    conv_epilogue(acc, b_ptr, res_ptr, y_ptr, n_ * syn + h_ * syh + w_ * syw, n_ * srn + h_ * srh + w_ * srw,
-                  g * KG + offs_n, syk, srk, offs_m < M, offs_n < KG, alpha, HAS_BIAS, HAS_RESIDUAL, ACTIVATION)
+    acc = _gemm1x1_tma_acc(g, pid_m, pid_n, 0, tl.cdiv(CG, BLOCK_K), a_desc, b_desc, CG, KG,
+                           ACC_DTYPE, INPUT_PRECISION, BLOCK_M, BLOCK_N, BLOCK_K)
+    _gemm1x1_store(acc, g, pid_m, pid_n, b_ptr, res_ptr, y_ptr, M, H, W, KG,
+                   syn, syk, syh, syw, srn, srk, srh, srw, alpha,
+                   HAS_BIAS, HAS_RESIDUAL, ACTIVATION, BLOCK_M, BLOCK_N)
 
 
 @triton.jit
@@ -231,6 +262,8 @@ def gemm1x1_tma_kernel(
     b_ptr,  # (K,); unused unless HAS_BIAS
     res_ptr,  # (N, K, H, W); unused unless HAS_RESIDUAL
     y_ptr,  # (N, K, H, W), any strides
+    partials_ptr,  # (programs, BLOCK_M * BLOCK_N) fp32 (fp64) scratch; unused unless STREAM_K
+    flags_ptr,  # (programs,) int32, zero between launches; unused unless STREAM_K
     # problem sizes
     M, H, W, CG, KG, GROUPS,
     # strides, in elements
@@ -242,8 +275,14 @@ def gemm1x1_tma_kernel(
     ACC_DTYPE: tl.constexpr, INPUT_PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
     PERSISTENT: tl.constexpr,  # a grid of at most one program per SM, each looping over tiles
+    STREAM_K: tl.constexpr,  # a grid of at most one program per SM sharing out (tile, step) pairs evenly
 ):
-    if PERSISTENT:
+    if STREAM_K:
+        _gemm1x1_tma_stream_k(a_desc, b_desc, b_ptr, res_ptr, y_ptr, partials_ptr, flags_ptr,
+                              M, H, W, CG, KG, GROUPS, syn, syk, syh, syw, srn, srk, srh, srw, alpha,
+                              HAS_BIAS, HAS_RESIDUAL, ACTIVATION, ACC_DTYPE, INPUT_PRECISION,
+                              BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M)
+    elif PERSISTENT:
         # program p computes tiles p, p + programs, ...: consecutive programs still
         # take consecutive tiles, so the GROUP_M ordering keeps its L2 reuse
         num_tiles = GROUPS * tl.cdiv(M, BLOCK_M) * tl.cdiv(KG, BLOCK_N)
@@ -259,17 +298,110 @@ def gemm1x1_tma_kernel(
                           BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M)
 
 
+# Stream-K (after Osama et al., "Stream-K: Work-centric Parallel Decomposition for Dense Matrix
+# Multiplication on the GPU", 2023). With one program per output tile, a layer with fewer
+# tiles than SMs, or a few more, leaves SMs idle for the whole reduction: ResNet-50's
+# 14x14 layers at batch 32 have 98 tiles of 128x128 for an H100's 132 SMs, which is why the
+# tuner picked 64x64 tiles there (392 tiles, about 3 waves) at 0.8x cuDNN's time. Here
+# every program takes an equal share of all (tile, reduction step) pairs, in order, so it
+# may start or stop in the middle of a tile:
+#
+#     program p's pairs    [p * total // P, (p+1) * total // P),  total = tiles * steps
+#     a tile's finisher    the program holding its last step: it adds the partial sums
+#                          of the programs before it, in program order (deterministic),
+#                          then stores the tile through the epilogue
+#     the others           store their partial accumulator in partials[p] and raise
+#                          flags[p]; the finisher waits for it, and lowers it again
+#
+# A program stops inside at most one tile, so one partial slot per program is enough. The
+# finisher only ever waits for programs with smaller ids, which are launched first (and all
+# of them fit at once: P <= SMs), so it never waits for a program that cannot run; the
+# interpreter runs programs in id order, so there every partial is ready when needed.
+
+
+@triton.jit
+def _gemm1x1_tma_stream_k(
+    a_desc, b_desc, b_ptr, res_ptr, y_ptr, partials_ptr, flags_ptr,
+    M, H, W, CG, KG, GROUPS,
+    syn, syk, syh, syw, srn, srk, srh, srw,
+    alpha,
+    HAS_BIAS: tl.constexpr, HAS_RESIDUAL: tl.constexpr, ACTIVATION: tl.constexpr,
+    ACC_DTYPE: tl.constexpr, INPUT_PRECISION: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
+):
+    steps = tl.cdiv(CG, BLOCK_K)
+    # int64: tiles * steps * programs can pass 2**31 for a large layer
+    total = (GROUPS * tl.cdiv(M, BLOCK_M) * tl.cdiv(KG, BLOCK_N)).to(tl.int64) * steps
+    programs = tl.num_programs(0)
+    pid = tl.program_id(0)
+    it = pid * total // programs
+    end = (pid + 1) * total // programs
+    slot = tl.arange(0, BLOCK_M)[:, None] * BLOCK_N + tl.arange(0, BLOCK_N)[None, :]
+    while it < end:
+        tile = (it // steps).to(tl.int32)
+        k_lo = (it - tile * steps).to(tl.int32)
+        k_hi = tl.minimum(steps, k_lo + (end - it)).to(tl.int32)
+        g, pid_m, pid_n = tile_pid(tile, M, KG, BLOCK_M, BLOCK_N, GROUP_M)
+        acc = _gemm1x1_tma_acc(g, pid_m, pid_n, k_lo, k_hi, a_desc, b_desc, CG, KG,
+                               ACC_DTYPE, INPUT_PRECISION, BLOCK_M, BLOCK_N, BLOCK_K)
+        if k_hi < steps:
+            # -- stops inside the tile: hand the partial sum to the tile's finisher
+            tl.store(partials_ptr + pid * (BLOCK_M * BLOCK_N) + slot, acc)
+            tl.debug_barrier()  # every thread's stores come before the flag
+            tl.atomic_xchg(flags_ptr + pid, 1, sem="release", scope="gpu")
+        else:
+            if k_lo > 0:
+                # -- the finisher: programs first..pid-1 did the tile's steps [0, k_lo)
+                start = tile.to(tl.int64) * steps
+                first = ((start + 1) * programs + total - 1) // total - 1
+                for q in range(first.to(tl.int32), pid):
+                    while tl.atomic_add(flags_ptr + q, 0, sem="acquire", scope="gpu") == 0:
+                        pass
+                    tl.debug_barrier()
+                    acc += tl.load(partials_ptr + q * (BLOCK_M * BLOCK_N) + slot,
+                                   cache_modifier=".cg")
+                    tl.atomic_xchg(flags_ptr + q, 0, sem="relaxed", scope="gpu")  # ready for the next launch
+            _gemm1x1_store(acc, g, pid_m, pid_n, b_ptr, res_ptr, y_ptr, M, H, W, KG,
+                           syn, syk, syh, syw, srn, srk, srh, srw, alpha,
+                           HAS_BIAS, HAS_RESIDUAL, ACTIVATION, BLOCK_M, BLOCK_N)
+        it += k_hi - k_lo
+
+
+# programs of a persistent or stream-K grid under the interpreter: few, so that each program
+# of a test loops over several tiles (tests vary it to move stream-K's cuts)
+INTERPRETER_PROGRAMS = 2
+
+
 def _programs(device: torch.device) -> int:
-    """How many programs a persistent grid launches: one per SM on CUDA; 2 on the CPU (the
-    interpreter), so that each program of a test loops over several tiles."""
+    """How many programs a persistent or stream-K grid launches: one per SM on CUDA;
+    INTERPRETER_PROGRAMS on the CPU (the interpreter)."""
     if device.type != "cuda":
-        return 2
+        return INTERPRETER_PROGRAMS
     return torch.cuda.get_device_properties(device).multi_processor_count
 
 
+def _stream_k_flags(device: torch.device, programs: int) -> torch.Tensor:
+    """Stream-K's flags for launches on the current stream: zero between launches (each
+    finisher lowers the flags it waited for), so one buffer per device and stream is kept and
+    reused; the stream is part of the key because launches on two streams may overlap. During
+    a CUDA graph capture, a fresh one, zeroed by the graph itself."""
+    if device.type == "cuda":
+        if torch.cuda.is_current_stream_capturing():
+            return torch.zeros(programs, dtype=torch.int32, device=device)
+        key = (device, torch.cuda.current_stream(device).cuda_stream)
+    else:
+        key = (device, 0)
+    flags = _flag_buffers.get(key)
+    if flags is None or flags.numel() < programs:
+        flags = _flag_buffers[key] = torch.zeros(programs, dtype=torch.int32, device=device)
+    return flags
+
+
+_flag_buffers: dict = {}
+
 _gemm1x1_tma_tuned = triton.autotune(
     configs=[triton.Config(c.kwargs, num_warps=c.num_warps, num_stages=c.num_stages, pre_hook=_set_tma_blocks)
-             for c in configs.persistent_gemm_configs()],
+             for c in configs.persistent_gemm_configs(stream_k=True)],
     key=["M", "H", "W", "CG", "KG", "GROUPS", "syk", "HAS_RESIDUAL", "ACTIVATION"],
     do_bench=configs.capture_safe_bench,
     prune_configs_by={
@@ -298,12 +430,21 @@ def conv2d_fprop_1x1_tma(x, w, bias, problem: Conv2dProblem, out=None, activatio
     a_desc = TensorDescriptor.from_tensor(dense_view(x, (M, pb.C)), [16, 16])
     b_desc = TensorDescriptor.from_tensor(dense_view(w, (pb.K, CG)), [16, 16])
 
+    programs = _programs(x.device)
+
     def grid(meta):
         tiles = pb.groups * triton.cdiv(M, meta["BLOCK_M"]) * triton.cdiv(KG, meta["BLOCK_N"])
-        return (min(tiles, _programs(x.device)) if meta["PERSISTENT"] else tiles,)
+        if meta["STREAM_K"]:
+            return (min(tiles * triton.cdiv(CG, meta["BLOCK_K"]), programs),)
+        return (min(tiles, programs) if meta["PERSISTENT"] else tiles,)
 
+    # stream-K's scratch: the partial tiles (sized by _set_tma_blocks for a stream-K config;
+    # each slot is written before it is read), and the flags, which a launch plan fetches per
+    # call (the buffer depends on the stream)
+    partials = torch.empty(0, dtype=torch.float32, device=x.device)
+    flags = plans.derive(lambda: _stream_k_flags(x.device, programs))
     tuning.launch(_gemm1x1_tma_tuned, "gemm1x1_tma", x.device, grid,
-        a_desc, b_desc, fw.bias, fw.residual, out,
+        a_desc, b_desc, fw.bias, fw.residual, out, partials, flags,
         M, pb.H, pb.W, CG, KG, pb.groups, *out.stride(), *fw.res_strides, float(alpha),
         **fw.epilogue, INPUT_PRECISION=input_precision_for(x),
     )
