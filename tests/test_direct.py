@@ -1,8 +1,9 @@
 """Calls that skip the dispatcher (``tritonconv.ops.call``): ``tritonconv.functional`` (so the
 modules) runs a call on the op's implementation directly only where the dispatcher would do
-nothing but pass it on, and the result is then what the op gives. Under autograd, tracing, a
-dispatch or function mode, a functorch transform, autocast, the profiler or on a tensor
-subclass, the call must go through ``torch.ops.tritonconv``."""
+nothing but pass it on, and the result is then what the op gives; where it would only record
+autograd, through an autograd.Function with the op's own backward. Under tracing, a dispatch
+or function mode, a functorch transform, autocast, the profiler or on a tensor subclass, the
+call must go through ``torch.ops.tritonconv``."""
 
 from __future__ import annotations
 
@@ -77,15 +78,18 @@ def test_the_fused_epilogue_and_transpose_run_directly(direct_calls):
     assert direct_calls == {"conv2d_fused": 1, "conv_transpose2d": 1}
 
 
-def test_autograd_goes_through_the_op_and_its_backward_runs_directly(direct_calls):
-    """The forward needs the op's autograd node; the backward's gradient ops (grad mode off in
-    the engine) need no dispatcher."""
+def test_autograd_goes_through_a_function_and_its_backward_runs_directly(direct_calls):
+    """The forward records the op's backward through an autograd.Function (not the op's
+    dispatcher); the backward's gradient ops (grad mode off in the engine) run directly."""
     x, w, b = _data()
     x.requires_grad_()
     w.requires_grad_()
     b.requires_grad_()
     out = functional.conv2d(x, w, b, 1, 1)
     assert direct_calls == {}
+    assert type(out.grad_fn).__name__ == "conv2d_functionBackward"
+    with torch.no_grad():
+        assert torch.equal(out, torch.ops.tritonconv.conv2d(x, w, b, *ARGS))
     out.backward(torch.ones_like(out))
     assert direct_calls == {"conv2d_grad_input": 1, "conv2d_grad_weight": 1, "conv2d_grad_bias": 1}
     xd, wd, bd = (t.detach().double().requires_grad_() for t in (x, w, b))
@@ -94,8 +98,8 @@ def test_autograd_goes_through_the_op_and_its_backward_runs_directly(direct_call
         assert_matches(ours, ref, torch.float32)
 
 
-def test_double_backward_keeps_the_ops():
-    """With create_graph the gradient ops are recorded, so they must dispatch."""
+def test_double_backward_records_the_gradient_ops():
+    """With create_graph the gradient ops are recorded (through their own Functions)."""
     x, w, _ = _data()
     x.requires_grad_()
     w.requires_grad_()
@@ -107,12 +111,16 @@ def test_double_backward_keeps_the_ops():
     assert_matches(gw, gwd, torch.float32)
 
 
-def test_a_dispatch_mode_sees_the_op(direct_calls):
+@pytest.mark.parametrize("requires_grad", [False, True])
+def test_a_dispatch_mode_sees_the_op(direct_calls, requires_grad):
     x, w, b = _data()
+    w.requires_grad_(requires_grad)
     with _OpNames() as mode:
         out = functional.conv2d(x, w, b, 1, 1)
     assert direct_calls == {}
     assert "tritonconv.conv2d.default" in mode.names
+    if requires_grad:
+        assert "conv2d_function" not in type(out.grad_fn).__name__
     assert_matches(out, F.conv2d(x.double(), w.double(), b.double(), 1, 1), torch.float32)
 
 
@@ -162,3 +170,22 @@ def test_direct_ok(where):
         with torch.inference_mode():
             assert ops.direct_ok(x, torch.nn.Parameter(w), None)
     assert ops.direct_ok(x, w, None)  # and outside the block, plain tensors without grad do
+
+
+@pytest.mark.parametrize("fn", ["conv2d", "fused", "transpose"])
+def test_gradcheck_through_the_functions(fn):
+    """First derivatives of the autograd.Function path, and for conv2d the second (through the
+    gradient ops' own Functions), in float64 against finite differences (tiny: interpreted)."""
+    torch.manual_seed(3)
+    x = torch.randn(1, 2, 4, 4, device=DEVICE, dtype=torch.float64, requires_grad=True)
+    if fn == "transpose":
+        w = torch.randn(2, 3, 2, 2, device=DEVICE, dtype=torch.float64, requires_grad=True)
+        f = lambda x, w: functional.conv_transpose2d(x, w, None, 2, 1, 1)  # noqa: E731
+    else:
+        w = torch.randn(3, 2, 2, 2, device=DEVICE, dtype=torch.float64, requires_grad=True)
+        act = "silu" if fn == "fused" else None
+        f = lambda x, w: functional.conv2d(x, w, None, 1, 1, activation=act)  # noqa: E731
+    assert "_function" in type(f(x, w).grad_fn).__name__
+    assert torch.autograd.gradcheck(f, (x, w), eps=1e-6, atol=1e-8, fast_mode=True)
+    if fn == "conv2d":
+        assert torch.autograd.gradgradcheck(f, (x, w), eps=1e-6, atol=1e-8, fast_mode=True)

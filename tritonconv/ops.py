@@ -22,13 +22,16 @@ Autograd is expressed with tritonconv ops only:
 so a training step runs no aten convolution, and double backward works
 because every gradient op is itself differentiable.
 
-Going through the dispatcher costs about as much host time as the rest of a call with a launch
-plan (11 us against 15 us on a CPU of CI's kind, the kernel launch itself left out), and it does nothing
-for a call that needs no autograd, runs under no tracing, mode, transform or autocast, and gets
-plain tensors on a CPU or CUDA device. ``call`` runs such calls on the implementations directly
-(``direct_ok`` says when), and everything else through the op; ``tritonconv.functional`` (so
-``tritonconv.nn``) and the backward formulas below use it. ``torch.ops.tritonconv.*`` called
-directly always dispatches.
+Going through the dispatcher costs more host time than the rest of a call with a launch plan:
+on a CPU of CI's kind, the kernel launch itself left out, a planned forward takes 15 us run
+directly, 26 us through the op without autograd and 58 us with it (the custom op's autograd
+layer). For a call that runs under no tracing, dispatch or function mode, functorch transform,
+autocast or profiler, on plain tensors on a CPU or CUDA device, the dispatcher does nothing
+but that autograd. ``call`` runs such calls on the implementations directly (``direct_ok``), or,
+where autograd must record the call, through an ``autograd.Function`` with the op's own
+setup_context and backward (22 us); everything else goes through the op.
+``tritonconv.functional`` (so ``tritonconv.nn``) and the backward formulas below use it;
+``torch.ops.tritonconv.*`` called directly always dispatches.
 """
 
 from __future__ import annotations
@@ -90,32 +93,48 @@ def _needs_grad(ctx, count: int):
     return flags + (False,) * (count - len(flags))
 
 
+_DIRECT, _FUNCTION, _OP = 0, 1, 2
+
+
+def _route(tensors: Sequence[Optional[torch.Tensor]]) -> int:
+    """_DIRECT where the dispatcher would only pass the call on to the implementation; _FUNCTION
+    where it would also record autograd and nothing else; _OP otherwise (see ``direct_ok``)."""
+    if (torch.compiler.is_compiling() or torch._C._len_torch_dispatch_stack()
+            or torch._C._len_torch_function_stack() or torch._C._functorch.peek_interpreter_stack() is not None
+            or torch._C._is_any_autocast_enabled() or torch.autograd.profiler._is_profiler_enabled):
+        return _OP
+    grad = torch.is_grad_enabled()
+    route = _DIRECT
+    for t in tensors:
+        if t is None:
+            continue
+        if (type(t) is not torch.Tensor and type(t) is not torch.nn.Parameter) or not (t.is_cuda or t.is_cpu):
+            return _OP
+        if grad and t.requires_grad:
+            route = _FUNCTION
+    return route
+
+
 def direct_ok(*tensors: Optional[torch.Tensor]) -> bool:
     """Whether the dispatcher would only pass these tensors on to the implementation: no autograd
     to record (grad mode off, or nothing requires grad), no torch.compile / export tracing, no
     dispatch or function mode (fake tensors, FlopCounterMode), no functorch transform (vmap,
     grad), no autocast, no profiler (which would lose the op's name), plain tensors or
     Parameters (no subclass), on a CPU or CUDA device (not meta)."""
-    if (torch.compiler.is_compiling() or torch._C._len_torch_dispatch_stack()
-            or torch._C._len_torch_function_stack() or torch._C._functorch.peek_interpreter_stack() is not None
-            or torch._C._is_any_autocast_enabled() or torch.autograd.profiler._is_profiler_enabled):
-        return False
-    grad = torch.is_grad_enabled()
-    for t in tensors:
-        if t is None:
-            continue
-        if type(t) is not torch.Tensor and type(t) is not torch.nn.Parameter:
-            return False
-        if (grad and t.requires_grad) or not (t.is_cuda or t.is_cpu):
-            return False
-    return True
+    return _route(tensors) == _DIRECT
 
 
 def call(op_name: str, tensors: Sequence[Optional[torch.Tensor]], *args):
-    """``torch.ops.tritonconv.<op_name>(*args)``, run on its implementation directly where
-    ``direct_ok(*tensors)``; ``tensors`` are the tensor arguments among ``args``."""
-    if direct_ok(*tensors):
+    """``torch.ops.tritonconv.<op_name>(*args)``: on its implementation directly where
+    ``direct_ok(*tensors)``; where only autograd stands in the way, through an
+    ``autograd.Function`` with the op's own setup_context and backward (the custom op's autograd
+    layer costs some 35 us more per call on CI's CPU); otherwise through the op.
+    ``tensors`` are the tensor arguments among ``args``."""
+    route = _route(tensors)
+    if route == _DIRECT:
         return _IMPLS[op_name](*args)
+    if route == _FUNCTION:
+        return _FUNCTIONS[op_name].apply(*args)
     return getattr(torch.ops.tritonconv, op_name)(*args)
 
 
@@ -509,6 +528,37 @@ _IMPLS = {
     "conv_transpose2d": _conv_transpose2d,
     "conv2d_fused": _conv2d_fused,
 }
+# their setup_context and backward, as registered on the ops above
+_AUTOGRAD = {
+    "conv2d": (_conv2d_setup_context, _conv2d_backward),
+    "conv2d_grad_input": (_grad_input_setup_context, _grad_input_backward),
+    "conv2d_grad_weight": (_grad_weight_setup_context, _grad_weight_backward),
+    "conv2d_grad_bias": (_grad_bias_setup_context, _grad_bias_backward),
+    "conv_transpose2d": (_transpose_setup_context, _transpose_backward),
+    "conv2d_fused": (_fused_setup_context, _fused_backward),
+}
+
+
+def _function(op_name: str) -> type:
+    """An autograd.Function computing op ``op_name`` by its implementation, with the op's autograd.
+    Its forward takes ctx and calls the setup itself: with a separate ``setup_context``,
+    ``Function.apply`` binds the arguments through ``inspect.signature`` on every call (30 us)."""
+    impl = _IMPLS[op_name]
+    setup, backward = _AUTOGRAD[op_name]
+
+    def forward(ctx, *args):
+        out = impl(*args)
+        setup(ctx, args, out)
+        return out
+
+    return type(f"{op_name}_function", (torch.autograd.Function,), {
+        "forward": staticmethod(forward),
+        "backward": staticmethod(backward),
+    })
+
+
+# what ``call`` runs where only autograd stands between a call and the implementation
+_FUNCTIONS = {name: _function(name) for name in _IMPLS}
 
 
 # --------------------------------------------------------------------------- autocast
