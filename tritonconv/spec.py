@@ -391,12 +391,30 @@ def conv_transpose2d_problem(
 
 
 def output_memory_format(input: torch.Tensor, weight: torch.Tensor) -> torch.memory_format:
-    """The memory format F.conv2d gives its output: channels_last if input or weight is."""
+    """The memory format F.conv2d gives its output: channels_last if input or weight is.
+
+    torch's own test of that (``suggest_memory_format``) is Python written for symbolic shapes,
+    some 10 us a call; for plain tensors the answer is remembered by sizes and strides."""
+    if type(input) in _PLAIN and type(weight) in _PLAIN:
+        return _memory_format_of(tuple(input.shape), input.stride(), tuple(weight.shape), weight.stride())
+    return _suggested_format(input, weight)
+
+
+_PLAIN = (torch.Tensor, torch.nn.Parameter)
+
+
+def _suggested_format(input, weight) -> torch.memory_format:
     from torch._prims_common import suggest_memory_format
 
     if suggest_memory_format(input) == torch.channels_last or suggest_memory_format(weight) == torch.channels_last:
         return torch.channels_last
     return torch.contiguous_format
+
+
+@functools.lru_cache(maxsize=4096)
+def _memory_format_of(input_shape, input_stride, weight_shape, weight_stride) -> torch.memory_format:
+    return _suggested_format(torch.empty_strided(input_shape, input_stride, device="meta"),
+                             torch.empty_strided(weight_shape, weight_stride, device="meta"))
 
 
 def ceil_div(a: int, b: int) -> int:
