@@ -189,3 +189,61 @@ def test_gradcheck_through_the_functions(fn):
     assert torch.autograd.gradcheck(f, (x, w), eps=1e-6, atol=1e-8, fast_mode=True)
     if fn == "conv2d":
         assert torch.autograd.gradgradcheck(f, (x, w), eps=1e-6, atol=1e-8, fast_mode=True)
+
+
+def _jvp(f, primals, tangents):
+    import torch.autograd.forward_ad as fwAD
+
+    with fwAD.dual_level():
+        duals = [p if t is None else fwAD.make_dual(p, t) for p, t in zip(primals, tangents)]
+        return fwAD.unpack_dual(f(*duals)).tangent
+
+
+@pytest.mark.parametrize("fn", ["conv2d", "fused", "transpose"])
+@pytest.mark.parametrize("which", ["input", "weight", "bias", "residual", "all"])
+def test_forward_mode_ad_matches_torch(fn, which):
+    """Forward-mode AD (dual tensors) through tritonconv.functional: the jvp of each argument
+    against torch's own, in float64. (The custom op has no jvp; see the next test.)"""
+    torch.manual_seed(5)
+    d = dict(device=DEVICE, dtype=torch.float64)
+    x, b, r = torch.randn(2, 4, 5, 5, **d), torch.randn(6, **d), torch.randn(2, 6, 5, 5, **d)
+    w = torch.randn(4, 6, 3, 3, **d) if fn == "transpose" else torch.randn(6, 4, 3, 3, **d)
+    if fn == "transpose":
+        r = torch.randn(2, 6, 9, 9, **d)
+        ours = lambda x, w, b, r: functional.conv_transpose2d(x, w, b, 2, 1, 0) + r  # noqa: E731
+        ref = lambda x, w, b, r: F.conv_transpose2d(x, w, b, 2, 1, 0) + r  # noqa: E731
+    elif fn == "fused":
+        ours = lambda x, w, b, r: functional.conv2d(x, w, b, 1, 1, activation="gelu", residual=r)  # noqa: E731
+        ref = lambda x, w, b, r: F.gelu(F.conv2d(x, w, b, 1, 1) + r)  # noqa: E731
+    else:
+        ours = lambda x, w, b, r: functional.conv2d(x, w, b, 1, 1) + r  # noqa: E731
+        ref = lambda x, w, b, r: F.conv2d(x, w, b, 1, 1) + r  # noqa: E731
+    names = ["input", "weight", "bias", "residual"]
+    tangents = [torch.randn_like(t) if which in (name, "all") else None for name, t in zip(names, (x, w, b, r))]
+    got, want = _jvp(ours, (x, w, b, r), tangents), _jvp(ref, (x, w, b, r), tangents)
+    assert got is not None and want is not None
+    assert_matches(got, want, torch.float64)
+
+
+def test_forward_mode_ad_through_the_op_is_refused_not_dropped():
+    x, w, _ = _data()
+    with pytest.raises(NotImplementedError, match="forward-mode AD"):
+        _jvp(lambda x: torch.ops.tritonconv.conv2d(x, w, None, *ARGS), (x,), (torch.randn_like(x),))
+
+
+def test_forward_over_reverse():
+    """The jvp of a gradient (a Hessian-vector product's building block) runs the gradient ops'
+    own jvps."""
+    import torch.autograd.forward_ad as fwAD
+
+    torch.manual_seed(6)
+    d = dict(device=DEVICE, dtype=torch.float64)
+    x, w, tx = torch.randn(2, 3, 5, 5, **d), torch.randn(4, 3, 3, 3, **d), torch.randn(2, 3, 5, 5, **d)
+    tangents = []
+    for conv in (functional.conv2d, F.conv2d):
+        with fwAD.dual_level():
+            wq = w.clone().requires_grad_()
+            y = conv(fwAD.make_dual(x, tx), wq, None, 1, 1)
+            (g,) = torch.autograd.grad(y.square().sum(), wq, create_graph=True)
+            tangents.append(fwAD.unpack_dual(g).tangent.detach())
+    assert_matches(tangents[0], tangents[1], torch.float64)

@@ -40,6 +40,7 @@ import dataclasses
 from typing import Optional, Sequence
 
 import torch
+import torch.autograd.forward_ad as forward_ad
 
 from . import spec
 from .kernels._common import activation_code
@@ -106,13 +107,14 @@ def _route(tensors: Sequence[Optional[torch.Tensor]]) -> int:
             or torch._C._is_any_autocast_enabled() or torch.autograd.profiler._is_profiler_enabled):
         return _OP
     grad = torch.is_grad_enabled()
+    dual = forward_ad._current_level >= 0  # inside a forward-mode AD level: tangents ride on tensors
     route = _DIRECT
     for t in tensors:
         if t is None:
             continue
         if (type(t) is not torch.Tensor and type(t) is not torch.nn.Parameter) or not (t.is_cuda or t.is_cpu):
             return _OP
-        if grad and t.requires_grad:
+        if (grad and t.requires_grad) or (dual and forward_ad.unpack_dual(t).tangent is not None):
             route = _FUNCTION
     return route
 
@@ -130,8 +132,8 @@ def call(op_name: str, tensors: Sequence[Optional[torch.Tensor]], *args):
     """``torch.ops.tritonconv.<op_name>(*args)``: on its implementation directly where
     ``direct_ok(*tensors)``; where only autograd stands in the way, through an
     ``autograd.Function`` with the op's own setup_context and backward (the custom op's autograd
-    layer costs some 35 us more per call on CI's CPU); otherwise through the op.
-    ``tensors`` are the tensor arguments among ``args``."""
+    layer costs some 35 us more per call on CI's CPU), and a jvp for forward-mode AD, which the
+    op has not; otherwise through the op. ``tensors`` are the tensor arguments among ``args``."""
     route = _route(tensors)
     if route == _DIRECT:
         return _IMPLS[op_name](*args)
@@ -161,7 +163,18 @@ def conv2d(
     return _conv2d(input, weight, bias, stride, padding, dilation, groups)
 
 
+def _refuse_tangents(*tensors) -> None:
+    """An op's implementation reached with forward-mode AD tangents on its inputs came through
+    torch.ops (a custom op has no forward AD formula): refuse, rather than drop the tangents."""
+    if forward_ad._current_level >= 0 and any(
+            isinstance(t, torch.Tensor) and forward_ad.unpack_dual(t).tangent is not None for t in tensors):
+        raise NotImplementedError(
+            "torch.ops.tritonconv ops have no forward-mode AD formula; call tritonconv.functional "
+            "(or the tritonconv.nn modules), which compute the jvp")
+
+
 def _conv2d(input, weight, bias, stride, padding, dilation, groups):
+    _refuse_tangents(input, weight, bias)
     problem = _problem(input, weight, bias, stride, padding, dilation, groups)
     return _unbatch_like(router.forward(spec.as_batched(input), weight, bias, problem), input)
 
@@ -217,6 +230,7 @@ def conv2d_grad_input(grad_output, weight, input_size, stride, padding, dilation
 
 
 def _conv2d_grad_input(grad_output, weight, input_size, stride, padding, dilation, groups):
+    _refuse_tangents(grad_output, weight)
     problem = spec.problem_from_shapes(input_size, tuple(weight.shape), stride, padding, dilation, groups)
     _check_grad_output(grad_output, problem)
     return router.input_grad(grad_output, weight, problem, memory_format=_grad_input_format(grad_output, weight))
@@ -273,6 +287,7 @@ def conv2d_grad_weight(grad_output, input, weight_size, stride, padding, dilatio
 
 
 def _conv2d_grad_weight(grad_output, input, weight_size, stride, padding, dilation, groups):
+    _refuse_tangents(grad_output, input)
     problem = spec.problem_from_shapes(tuple(input.shape), weight_size, stride, padding, dilation, groups)
     problem = _check_grad_output(grad_output, problem, allow_cropped=True)
     return router.weight_grad(grad_output, input, problem, memory_format=_grad_weight_format(grad_output, input))
@@ -314,6 +329,11 @@ conv2d_grad_weight.register_autograd(_grad_weight_backward, setup_context=_grad_
 @torch.library.custom_op("tritonconv::conv2d_grad_bias", mutates_args=(), schema="(Tensor grad_output) -> Tensor")
 def conv2d_grad_bias(grad_output):
     """The gradient of conv2d w.r.t. its bias: dy summed over (n, p, q)."""
+    return _conv2d_grad_bias(grad_output)
+
+
+def _conv2d_grad_bias(grad_output):
+    _refuse_tangents(grad_output)
     return conv2d_bias_grad(grad_output)
 
 
@@ -354,6 +374,7 @@ def conv_transpose2d(input, weight, bias=None, stride=(1, 1), padding=(0, 0), ou
 
 
 def _conv_transpose2d(input, weight, bias, stride, padding, output_padding, groups, dilation):
+    _refuse_tangents(input, weight, bias)
     problem = _transpose_problem(input, weight, bias, stride, padding, output_padding, groups, dilation)
     x = spec.as_batched(input)
     out = router.input_grad(x, weight, problem, bias=bias, memory_format=spec.output_memory_format(x, weight))
@@ -455,6 +476,7 @@ def conv2d_fused(input, weight, bias=None, stride=(1, 1), padding=(0, 0), dilati
 
 
 def _conv2d_fused(input, weight, bias, stride, padding, dilation, groups, activation, alpha, residual):
+    _refuse_tangents(input, weight, bias, residual)
     problem = _problem(input, weight, bias, stride, padding, dilation, groups)
     _check_fused(input, problem, activation, residual)
     out = router.forward(spec.as_batched(input), weight, bias, problem, activation=activation, alpha=alpha,
@@ -526,7 +548,7 @@ _IMPLS = {
     "conv2d": _conv2d,
     "conv2d_grad_input": _conv2d_grad_input,
     "conv2d_grad_weight": _conv2d_grad_weight,
-    "conv2d_grad_bias": conv2d_bias_grad,
+    "conv2d_grad_bias": _conv2d_grad_bias,
     "conv_transpose2d": _conv_transpose2d,
     "conv2d_fused": _conv2d_fused,
 }
@@ -541,21 +563,93 @@ _AUTOGRAD = {
 }
 
 
+# Forward-mode AD (jvp): every op is linear in each tensor argument but the fused activation, so
+# the output's tangent is the op applied to one argument's tangent at a time, the others at
+# their values; the fused activation multiplies by its derivative at the pre-activation z.
+
+
+def _bilinear_jvp(op_name: str, first: int, second: int, bias: Optional[int] = None):
+    """jvp of an op linear in args[first] and in args[second] (and adding args[bias] per channel)."""
+    def jvp(ctx, *tangents):
+        args, terms = ctx.jvp_args, []
+        for i in (first, second):
+            if tangents[i] is not None:
+                swapped = list(args)
+                swapped[i] = tangents[i]
+                if bias is not None:
+                    swapped[bias] = None
+                terms.append(call(op_name, [swapped[first], swapped[second]], *swapped))
+        if bias is not None and tangents[bias] is not None:
+            terms.append(_per_channel(tangents[bias], ctx.jvp_out))
+        return _total(terms, ctx.jvp_out)
+
+    return jvp
+
+
+def _total(terms: list, like: torch.Tensor) -> torch.Tensor:
+    return sum(terms[1:], terms[0]) if terms else torch.zeros_like(like)
+
+
+def _per_channel(b: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """b (channels,) broadcast over an output shaped like ``like`` ((N,) C, H, W)."""
+    return b.view(-1, 1, 1).expand(like.shape[-3:]).expand_as(like)
+
+
+def _grad_bias_jvp(ctx, t_grad_output):
+    return call("conv2d_grad_bias", [t_grad_output], t_grad_output)
+
+
+def _fused_jvp(ctx, *tangents):
+    input, weight, bias, stride, padding, dilation, groups, activation, alpha, residual = ctx.jvp_args
+    t_x, t_w, t_b, t_r = tangents[0], tangents[1], tangents[2], tangents[9]
+    conv_args = (stride, padding, dilation, groups)
+    terms = []
+    if t_x is not None:
+        terms.append(call("conv2d", [t_x, weight], t_x, weight, None, *conv_args))
+    if t_w is not None:
+        terms.append(call("conv2d", [input, t_w], input, t_w, None, *conv_args))
+    if t_b is not None:
+        terms.append(_per_channel(t_b, ctx.jvp_out))
+    if t_r is not None:
+        terms.append(t_r)
+    t_z = _total(terms, ctx.jvp_out)
+    if activation == "none":
+        return t_z
+    z = call("conv2d", [input, weight, bias], input, weight, bias, *conv_args)
+    if residual is not None:
+        z = z + residual
+    return _activation_grad(z, activation, alpha) * t_z
+
+
+_JVP = {
+    "conv2d": _bilinear_jvp("conv2d", 0, 1, bias=2),
+    "conv2d_grad_input": _bilinear_jvp("conv2d_grad_input", 0, 1),
+    "conv2d_grad_weight": _bilinear_jvp("conv2d_grad_weight", 0, 1),
+    "conv2d_grad_bias": _grad_bias_jvp,
+    "conv_transpose2d": _bilinear_jvp("conv_transpose2d", 0, 1, bias=2),
+    "conv2d_fused": _fused_jvp,
+}
+
+
 def _function(op_name: str) -> type:
-    """An autograd.Function computing op ``op_name`` by its implementation, with the op's autograd.
-    Its forward takes ctx and calls the setup itself: with a separate ``setup_context``,
-    ``Function.apply`` binds the arguments through ``inspect.signature`` on every call (30 us)."""
+    """An autograd.Function computing op ``op_name`` by its implementation, with the op's autograd
+    and a jvp. Its forward takes ctx and calls the setup itself: with a separate
+    ``setup_context``, ``Function.apply`` binds the arguments through ``inspect.signature`` on
+    every call (30 us)."""
     impl = _IMPLS[op_name]
     setup, backward = _AUTOGRAD[op_name]
 
     def forward(ctx, *args):
         out = impl(*args)
         setup(ctx, args, out)
+        if forward_ad._current_level >= 0:  # the jvp may run: keep the values it needs
+            ctx.jvp_args, ctx.jvp_out = args, out
         return out
 
     return type(f"{op_name}_function", (torch.autograd.Function,), {
         "forward": staticmethod(forward),
         "backward": staticmethod(backward),
+        "jvp": staticmethod(_JVP[op_name]),
     })
 
 
