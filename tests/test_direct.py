@@ -247,3 +247,55 @@ def test_forward_over_reverse():
             (g,) = torch.autograd.grad(y.square().sum(), wq, create_graph=True)
             tangents.append(fwAD.unpack_dual(g).tangent.detach())
     assert_matches(tangents[0], tangents[1], torch.float64)
+
+
+def test_jit_trace_records_the_op():
+    """torch.jit.trace sees only what the dispatcher sees: a traced call must be the op (the
+    direct path would leave the tracer an empty output and nothing that computes it)."""
+    x, w, b = _data()
+    traced = torch.jit.trace(lambda x: functional.conv2d(x, w, b, 1, 1), (x,), check_trace=False)
+    assert "tritonconv::conv2d" in str(traced.graph)
+    x2 = torch.randn_like(x)
+    assert_matches(traced(x2), F.conv2d(x2.double(), w.double(), b.double(), 1, 1), torch.float32)
+
+
+def test_tensors_with_extra_dispatch_keys_take_the_op():
+    """A negated view (z.conj().imag), a zero tensor, or a legacy-vmap batched gradient carry
+    dispatch keys the dispatcher must see: read directly, their storage would be wrong."""
+    x, w, _ = _data()
+    z = torch.complex(torch.randn_like(x), x)
+    neg = z.conj().imag  # the negative bit: the values are -x
+    assert neg.is_neg() and not ops.direct_ok(neg, w)
+    assert_matches(functional.conv2d(neg, w, None, 1, 1), F.conv2d(-x.double(), w.double(), None, 1, 1),
+                   torch.float32)
+    assert not ops.direct_ok(torch._efficientzerotensor(x.shape, device=DEVICE), w)
+    # is_grads_batched runs the backward formulas on legacy-vmap BatchedTensors
+    xg = x.clone().requires_grad_()
+    y = functional.conv2d(xg, w, None, 1, 1)
+    seeds = torch.randn(3, *y.shape, device=DEVICE)
+    (gx,) = torch.autograd.grad(y, xg, seeds, is_grads_batched=True)
+    ref = torch.stack([torch.nn.grad.conv2d_input(x.shape, w.double(), s.double(), 1, 1) for s in seeds])
+    assert_matches(gx, ref, torch.float32)
+
+
+def test_torch_func_jvp_is_refused_not_zero():
+    x, w, _ = _data()
+    with pytest.raises(NotImplementedError, match="torch.func"):
+        torch.func.jvp(lambda x: functional.conv2d(x, w, None, 1, 1), (x,), (torch.randn_like(x),))
+
+
+def test_a_depthwise_module_keeps_a_dual_weight_s_tangent():
+    """A dual weight (torch.func.functional_call) bypasses the module's packed-weight cache."""
+    import torch.autograd.forward_ad as fwAD
+
+    torch.manual_seed(9)
+    conv = tritonconv.nn.Conv2d(8, 8, 3, padding=1, groups=8, bias=False, device=DEVICE).double()
+    x = torch.randn(2, 8, 5, 5, device=DEVICE, dtype=torch.float64).to(memory_format=torch.channels_last)
+    t = torch.randn_like(conv.weight)
+    with torch.no_grad():
+        conv(x)  # fills the cache with the plain weight's pack
+    with fwAD.dual_level():
+        wd = fwAD.make_dual(conv.weight.detach(), t)
+        got = fwAD.unpack_dual(torch.func.functional_call(conv, {"weight": wd}, (x,))).tangent
+    assert got is not None
+    assert_matches(got, F.conv2d(x, t, None, 1, 1, 1, 8), torch.float64)

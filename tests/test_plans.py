@@ -356,3 +356,20 @@ def test_an_address_is_where_the_view_starts(dtype):
     for src in sources:
         assert plans._address(src, ([new_x], bufs, [])) == plans._materialise(src, ([new_x], bufs, [])).data_ptr()
     assert len({plans._address(src, ([new_x], bufs, [])) for src in sources}) == len(views)
+
+
+@pytest.mark.parametrize("case", COMPILED_CASES, ids=[c if isinstance(c, str) else c[0] for c in COMPILED_CASES])
+def test_a_plan_holds_none_of_the_call_s_tensors(case):
+    """A plan outlives the call that recorded it: it must not keep that call's tensors alive (a
+    derive step's function closing over the input would hold a whole activation)."""
+    import gc
+    import weakref
+
+    direction, family, tensors, call = _call_for(case)
+    with router.force(family):
+        out = call(tensors[0], tensors[1])
+    assert any(isinstance(p, plans.Plan) for p in plans._plans.values())
+    refs = [weakref.ref(t) for t in (tensors[0], tensors[1], out)]
+    del tensors, out, call
+    gc.collect()
+    assert all(r() is None for r in refs), "a plan keeps a tensor of the call that recorded it"

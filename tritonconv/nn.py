@@ -15,6 +15,7 @@ import warnings
 from typing import Dict, List, Optional, Tuple
 
 import torch
+import torch.autograd.forward_ad as forward_ad
 import torch.nn.functional as F
 
 from . import functional, spec
@@ -68,8 +69,9 @@ class Conv2d(torch.nn.Conv2d):
         pack = _packing(w, input, self.groups)
         if pack is None:
             return w
-        if torch.compiler.is_compiling() or (torch.is_grad_enabled() and w.requires_grad):
-            return pack(w)
+        if (torch.compiler.is_compiling() or (torch.is_grad_enabled() and w.requires_grad)
+                or (forward_ad._current_level >= 0 and forward_ad.unpack_dual(w).tangent is not None)):
+            return pack(w)  # part of the graph: gradients and tangents flow through the pack
         cached = self.__dict__.get("_packed_weight")
         if cached is not None and cached[0] is w and cached[1] == w._version:
             return cached[2]

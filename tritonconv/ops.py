@@ -103,8 +103,11 @@ def _route(tensors: Sequence[Optional[torch.Tensor]]) -> int:
     """_DIRECT where the dispatcher would only pass the call on to the implementation; _FUNCTION
     where it would also record autograd and nothing else; _OP otherwise (see ``direct_ok``)."""
     if (torch.compiler.is_compiling() or torch._C._len_torch_dispatch_stack()
-            or torch._C._len_torch_function_stack() or torch._C._functorch.peek_interpreter_stack() is not None
-            or torch._C._is_any_autocast_enabled() or torch.autograd.profiler._is_profiler_enabled):
+            or torch._C._len_torch_function_stack() or torch._C._is_any_autocast_enabled()
+            or torch.autograd.profiler._is_profiler_enabled or torch._C._get_tracing_state() is not None):
+        return _OP
+    if torch._C._functorch.peek_interpreter_stack() is not None:
+        _refuse_functorch_jvp()
         return _OP
     grad = torch.is_grad_enabled()
     dual = forward_ad._current_level >= 0  # inside a forward-mode AD level: tangents ride on tensors
@@ -112,19 +115,50 @@ def _route(tensors: Sequence[Optional[torch.Tensor]]) -> int:
     for t in tensors:
         if t is None:
             continue
-        if (type(t) is not torch.Tensor and type(t) is not torch.nn.Parameter) or not (t.is_cuda or t.is_cpu):
+        if type(t) is not torch.Tensor and type(t) is not torch.nn.Parameter:
+            return _OP
+        if t.is_cuda:
+            if torch._C._dispatch_keys(t) != _plain_keys("cuda"):
+                return _OP
+        elif not t.is_cpu or torch._C._dispatch_keys(t) != _plain_keys("cpu"):
             return _OP
         if (grad and t.requires_grad) or (dual and forward_ad.unpack_dual(t).tangent is not None):
             route = _FUNCTION
     return route
 
 
+_plain_keyset: dict = {}
+
+
+def _plain_keys(device_type: str):
+    """The dispatch keys of an ordinary tensor on a ``device_type`` device (the same on every
+    index). Any other key (Negative, Conjugate, ZeroTensor, a legacy-vmap Batched tensor,
+    Functionalize, nested...) asks for the dispatcher."""
+    keys = _plain_keyset.get(device_type)
+    if keys is None:
+        keys = _plain_keyset[device_type] = torch._C._dispatch_keys(torch.empty(0, device=device_type))
+    return keys
+
+
+def _refuse_functorch_jvp() -> None:
+    """torch.func.jvp / jacfwd reach the op unwrapped, with no forward AD formula to apply: their
+    tangents would come out zero. Refuse instead."""
+    from torch._C._functorch import TransformType
+
+    if any(level.key() == TransformType.Jvp for level in torch._C._functorch.get_interpreter_stack() or ()):
+        raise NotImplementedError(
+            "tritonconv has no forward-mode AD rule under torch.func (jvp, jacfwd, hessian); use "
+            "torch.autograd.forward_ad with tritonconv.functional or tritonconv.nn, which compute the jvp")
+
+
 def direct_ok(*tensors: Optional[torch.Tensor]) -> bool:
     """Whether the dispatcher would only pass these tensors on to the implementation: no autograd
     to record (grad mode off, or nothing requires grad), no torch.compile / export tracing, no
     dispatch or function mode (fake tensors, FlopCounterMode), no functorch transform (vmap,
-    grad), no autocast, no profiler (which would lose the op's name), plain tensors or
-    Parameters (no subclass), on a CPU or CUDA device (not meta)."""
+    grad), no autocast, no profiler (which would lose the op's name), no torch.jit tracing,
+    plain tensors or Parameters (no subclass, no dispatch key beyond an ordinary tensor's: not
+    negated or conjugated views, zero tensors, batched or nested ones), on a CPU or CUDA
+    device (not meta)."""
     return _route(tensors) == _DIRECT
 
 
@@ -643,7 +677,8 @@ def _function(op_name: str) -> type:
         out = impl(*args)
         setup(ctx, args, out)
         if forward_ad._current_level >= 0:  # the jvp may run: keep the values it needs
-            ctx.jvp_args, ctx.jvp_out = args, out
+            # (a stand-in with the output's shape: output -> grad_fn -> ctx would be a cycle)
+            ctx.jvp_args, ctx.jvp_out = args, out.new_zeros(()).expand(out.shape)
         return out
 
     return type(f"{op_name}_function", (torch.autograd.Function,), {

@@ -179,9 +179,11 @@ def derive(fn: Callable[..., Any], *tensors: Optional[torch.Tensor]) -> Any:
     """``fn(*tensors)``: torch work a launcher does before its kernels (a weight repacked, an input
     padded) that a replay must redo for its own tensors. ``fn`` returns a tensor or a tuple or list
     of them, and reads nothing but ``tensors`` and what the plan's key fixes (the problem, the
-    shapes). While recording, the step is noted, so the plan reruns ``fn`` on the replay's tensors
-    and its kernels read the new results; a step that writes into the output, or keeps state
-    the key does not fix, fails the plan's check, and the key keeps the full path."""
+    shapes); it must not hold the call's tensors (the plan keeps it). While recording, the step is
+    noted, so the plan reruns ``fn`` on the replay's tensors and its kernels read the new results.
+    A step that writes into the output fails the plan's check, and the key keeps the full path;
+    one that depends on other state (a global setting, the current stream) is not caught by the
+    check, which reruns it right away: such state is the launcher's to make part of ``fn``."""
     results = fn(*tensors)
     launches = getattr(_local, "launches", None)
     if launches is not None:

@@ -262,7 +262,7 @@ def gemm1x1_tma_kernel(
     b_ptr,  # (K,); unused unless HAS_BIAS
     res_ptr,  # (N, K, H, W); unused unless HAS_RESIDUAL
     y_ptr,  # (N, K, H, W), any strides
-    partials_ptr,  # (programs, BLOCK_M * BLOCK_N) fp32 (fp64) scratch; unused unless STREAM_K
+    partials_ptr,  # (programs, BLOCK_M * BLOCK_N) fp32 scratch (TMA takes no fp64); unused unless STREAM_K
     flags_ptr,  # (programs,) int32, zero between launches; unused unless STREAM_K
     # problem sizes
     M, H, W, CG, KG, GROUPS,
@@ -442,7 +442,8 @@ def conv2d_fprop_1x1_tma(x, w, bias, problem: Conv2dProblem, out=None, activatio
     # each slot is written before it is read), and the flags, which a launch plan fetches per
     # call (the buffer depends on the stream)
     partials = torch.empty(0, dtype=torch.float32, device=x.device)
-    flags = plans.derive(lambda: _stream_k_flags(x.device, programs))
+    device = x.device  # not x: the plan keeps this function, and must not keep the call's tensors
+    flags = plans.derive(lambda: _stream_k_flags(device, programs))
     tuning.launch(_gemm1x1_tma_tuned, "gemm1x1_tma", x.device, grid,
         a_desc, b_desc, fw.bias, fw.residual, out, partials, flags,
         M, pb.H, pb.W, CG, KG, pb.groups, *out.stride(), *fw.res_strides, float(alpha),
