@@ -23,13 +23,13 @@ so a training step runs no aten convolution, and double backward works
 because every gradient op is itself differentiable.
 
 Going through the dispatcher costs more host time than the rest of a call with a launch plan:
-on a CPU of CI's kind, the kernel launch itself left out, a planned forward takes 15 us run
+on a CPU of CI's kind, the kernel launch itself left out, a planned forward takes 17 us run
 directly, 26 us through the op without autograd and 58 us with it (the custom op's autograd
 layer). For a call that runs under no tracing, dispatch or function mode, functorch transform,
 autocast or profiler, on plain tensors on a CPU or CUDA device, the dispatcher does nothing
 but that autograd. ``call`` runs such calls on the implementations directly (``direct_ok``), or,
 where autograd must record the call, through an ``autograd.Function`` with the op's own
-setup_context and backward (22 us); everything else goes through the op.
+setup_context and backward (25 us); everything else goes through the op.
 ``tritonconv.functional`` (so ``tritonconv.nn``) and the backward formulas below use it;
 ``torch.ops.tritonconv.*`` called directly always dispatches.
 """
