@@ -24,6 +24,7 @@ from typing import Optional
 import torch
 import triton
 import triton.language as tl
+from triton.runtime import driver
 
 from .. import configs, plans, tuning
 from ..spec import Conv2dProblem
@@ -388,7 +389,8 @@ def _stream_k_flags(device: torch.device, programs: int) -> torch.Tensor:
     if device.type == "cuda":
         if torch.cuda.is_current_stream_capturing():
             return torch.zeros(programs, dtype=torch.int32, device=device)
-        key = (device, torch.cuda.current_stream(device).cuda_stream)
+        # the stream the kernel will be launched on, as Triton finds it (cheaper than torch's)
+        key = (device, driver.active.get_current_stream(device.index))
     else:
         key = (device, 0)
     flags = _flag_buffers.get(key)
