@@ -967,3 +967,20 @@ def test_gemm1x1_tma_stream_k(problem, programs, gemm1x1_stream_k, launched):
     assert torch.equal(replayed, first)
     assert not any(int(f.abs().sum()) for f in gemm1x1._flag_buffers.values()), "flags left raised"
     plans.clear()
+
+
+def test_stream_k_configs_can_be_left_out():
+    """TRITONCONV_STREAM_K=0 (the GPU check's fallback if stream-K misbehaves on a card) removes the
+    stream-K configs; by default gemm1x1_tma's compiled list has them."""
+    import os
+    import subprocess
+    import sys
+
+    listed = configs.persistent_gemm_configs(interpreter=False, stream_k=True)
+    assert sum(bool(c.kwargs["STREAM_K"]) for c in listed) == len(configs.STREAM_K_TILES)
+    code = ("from tritonconv import configs; print(sum(bool(c.kwargs['STREAM_K']) for c in "
+            "configs.persistent_gemm_configs(interpreter=False, stream_k=True)))")
+    env = {**os.environ, "TRITONCONV_STREAM_K": "0", "TRITON_INTERPRET": "1"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "0"

@@ -162,6 +162,9 @@ STREAM_K_TILES: Tuple[Tuple[int, int, int, int, int], ...] = (
     (128, 64, 64, 8, 4),
     (64, 128, 64, 8, 4),
 )
+# TRITONCONV_STREAM_K=0 (read at import) leaves the stream-K configs out of the autotune lists:
+# the GPU check sets it for its sweeps if the stream-K smoke test fails or hangs on the card.
+STREAM_K = os.environ.get("TRITONCONV_STREAM_K", "1") != "0"
 
 
 def persistent_gemm_configs(tiles: Sequence[Tuple[int, int, int, int, int]] = GEMM_TILES, *,
@@ -170,14 +173,15 @@ def persistent_gemm_configs(tiles: Sequence[Tuple[int, int, int, int, int]] = GE
     """``gemm_configs`` with a PERSISTENT meta-parameter: every tile with one program per
     tile, and the first PERSISTENT_TILES also as a persistent grid. The interpreter's one
     config is persistent, so that tests walk the kernel's tile loop. With ``stream_k``, every
-    config also has a STREAM_K meta-parameter, true for STREAM_K_TILES, which come last."""
+    config also has a STREAM_K meta-parameter, true for STREAM_K_TILES, which come last (unless
+    TRITONCONV_STREAM_K=0)."""
     if stream_k:
         extra = dict(extra, STREAM_K=False)
     if INTERPRETER if interpreter is None else interpreter:
         return gemm_configs(tiles, interpreter=True, PERSISTENT=True, **extra)
     found = (gemm_configs(tiles, interpreter=False, PERSISTENT=False, **extra)
              + gemm_configs(tiles[:PERSISTENT_TILES], interpreter=False, PERSISTENT=True, **extra))
-    if stream_k:
+    if stream_k and STREAM_K:
         found += gemm_configs(STREAM_K_TILES, interpreter=False, **dict(extra, PERSISTENT=False, STREAM_K=True))
     return found
 
