@@ -66,6 +66,15 @@ def test_parameters_under_no_grad_run_directly(direct_calls):
     assert_matches(out, F.conv2d(x.double(), conv.weight.double(), conv.bias.double(), 1, 1), torch.float32)
 
 
+def test_inference_tensors_run_directly(direct_calls):
+    """Tensors made under torch.inference_mode have no autograd dispatch keys: still plain."""
+    with torch.inference_mode():
+        x, w, b = _data()
+        out = functional.conv2d(x, w, b, 1, 1)
+    assert direct_calls == {"conv2d": 1}
+    assert_matches(out, F.conv2d(x.double(), w.double(), b.double(), 1, 1), torch.float32)
+
+
 def test_the_fused_epilogue_and_transpose_run_directly(direct_calls):
     x, w, b = _data()
     res = torch.randn(2, 16, 7, 7, device=DEVICE)

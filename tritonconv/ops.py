@@ -118,9 +118,9 @@ def _route(tensors: Sequence[Optional[torch.Tensor]]) -> int:
         if type(t) is not torch.Tensor and type(t) is not torch.nn.Parameter:
             return _OP
         if t.is_cuda:
-            if torch._C._dispatch_keys(t) != _plain_keys("cuda"):
+            if torch._C._dispatch_keys(t) not in _plain_keys("cuda"):
                 return _OP
-        elif not t.is_cpu or torch._C._dispatch_keys(t) != _plain_keys("cpu"):
+        elif not t.is_cpu or torch._C._dispatch_keys(t) not in _plain_keys("cpu"):
             return _OP
         if (grad and t.requires_grad) or (dual and forward_ad.unpack_dual(t).tangent is not None):
             route = _FUNCTION
@@ -130,13 +130,16 @@ def _route(tensors: Sequence[Optional[torch.Tensor]]) -> int:
 _plain_keyset: dict = {}
 
 
-def _plain_keys(device_type: str):
+def _plain_keys(device_type: str) -> tuple:
     """The dispatch keys of an ordinary tensor on a ``device_type`` device (the same on every
-    index). Any other key (Negative, Conjugate, ZeroTensor, a legacy-vmap Batched tensor,
-    Functionalize, nested...) asks for the dispatcher."""
+    index), and of an inference tensor (made under torch.inference_mode: no autograd keys). Any
+    other key (Negative, Conjugate, ZeroTensor, a legacy-vmap Batched tensor, Functionalize,
+    nested...) asks for the dispatcher."""
     keys = _plain_keyset.get(device_type)
     if keys is None:
-        keys = _plain_keyset[device_type] = torch._C._dispatch_keys(torch.empty(0, device=device_type))
+        with torch.inference_mode():
+            inference = torch._C._dispatch_keys(torch.empty(0, device=device_type))
+        keys = _plain_keyset[device_type] = (torch._C._dispatch_keys(torch.empty(0, device=device_type)), inference)
     return keys
 
 
