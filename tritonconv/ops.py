@@ -23,13 +23,13 @@ so a training step runs no aten convolution, and double backward works
 because every gradient op is itself differentiable.
 
 Going through the dispatcher costs more host time than the rest of a call with a launch plan:
-on a CPU of CI's kind, the kernel launch itself left out, a planned forward takes 17 us run
-directly, 26 us through the op without autograd and 58 us with it (the custom op's autograd
-layer). For a call that runs under no tracing, dispatch or function mode, functorch transform,
+on a CPU of CI's kind, the kernel launch itself left out (``perf/host_cost.py``), a planned
+forward takes 16-17 us run directly, 26-32 us through the op without autograd and 49-52 us with
+it (the custom op's autograd layer). For a call that runs under no tracing, dispatch or function mode, functorch transform,
 autocast or profiler, on plain tensors on a CPU or CUDA device, the dispatcher does nothing
 but that autograd. ``call`` runs such calls on the implementations directly (``direct_ok``), or,
 where autograd must record the call, through an ``autograd.Function`` with the op's own
-setup_context and backward (25 us); everything else goes through the op.
+setup_context and backward (23-25 us); everything else goes through the op.
 ``tritonconv.functional`` (so ``tritonconv.nn``) and the backward formulas below use it;
 ``torch.ops.tritonconv.*`` called directly always dispatches.
 """
@@ -169,7 +169,7 @@ def call(op_name: str, tensors: Sequence[Optional[torch.Tensor]], *args):
     """``torch.ops.tritonconv.<op_name>(*args)``: on its implementation directly where
     ``direct_ok(*tensors)``; where only autograd stands in the way, through an
     ``autograd.Function`` with the op's own setup_context and backward (the custom op's autograd
-    layer costs some 35 us more per call on CI's CPU), and a jvp for forward-mode AD, which the
+    layer costs some 25 us more per call on CI's CPU), and a jvp for forward-mode AD, which the
     op has not; otherwise through the op. ``tensors`` are the tensor arguments among ``args``."""
     route = _route(tensors)
     if route == _DIRECT:
