@@ -14,6 +14,8 @@
 #                                                    keeps stream-K out of the later stages)
 #   2b. where the time goes: perf/diagnose.py on two ResNet-50 layers (kernel, graph, host time per
 #      family, launch plans on and off); its table is appended to summary.md
+#   2c. host cost: perf/host_cost.py, host time per call by route (op, functional, autograd, a
+#      training step), appended to summary.md
 #   3. forward sweep       ResNet-50 batch 32, fp16 then bf16, channels_last, every provider
 #   4. backward sweep      grad_input, grad_weight, forward_backward on six ResNet-50 layers, fp16
 #   5. end to end          perf/resnet50.py: training step, eager inference and inference from a
@@ -169,6 +171,11 @@ diagnose() {
         --out "$DIAG_DIR" --time-budget $((STAGE_S * 2 / 3))
 }
 
+host_cost() {
+    # host time per call by route (the op, tritonconv.functional, autograd, a training step)
+    mkdir -p "$DIAG_DIR" && $PY perf/host_cost.py --calls 1000 >"$DIAG_DIR/host_cost.md"
+}
+
 e2e() {
     # shellcheck disable=SC2086  # E2E_ARGS is a list of words
     $PY perf/resnet50.py --batch "$BATCH" --dtype "$FP16" --layout channels_last --csv "$CSV" \
@@ -176,7 +183,7 @@ e2e() {
 }
 
 export PY OUTDIR CSV BUDGET TRITONCONV_CACHE_DIR
-export -f sweep env_info quick_tests diagnose e2e
+export -f sweep env_info quick_tests diagnose host_cost e2e
 
 # The stage is cut off at its share of the budget, so what no GPU has run comes first: the
 # families (the TMA kernels among them), then the core forward and backward, then the rest.
@@ -214,6 +221,7 @@ if [ "$(left)" -gt 60 ]; then
     fi
 fi
 stage "where the time goes" 8 45 diagnose
+stage "host cost" 5 30 host_cost
 stage "forward fp16" 50 600 sweep --preset "$PRESET" --batch "$BATCH" --dtype "$FP16" --layout channels_last \
     --modes forward
 if [ -n "${FAMILY_PRESETS:-}" ]; then
@@ -240,6 +248,9 @@ if [ -d "$CACHE_DIR" ]; then
 fi
 if [ -s "$DIAG_DIR/diagnose.md" ]; then
     { echo; sed 's/^# Where the time goes/## Where the time goes (perf\/diagnose.py)/' "$DIAG_DIR/diagnose.md"; } >>"$OUTDIR/summary.md"
+fi
+if [ -s "$DIAG_DIR/host_cost.md" ]; then
+    { echo; echo "## Host time per call (perf/host_cost.py)"; echo; cat "$DIAG_DIR/host_cost.md"; } >>"$OUTDIR/summary.md"
 fi
 {
     echo

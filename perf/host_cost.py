@@ -37,6 +37,8 @@ def main(argv=None) -> int:
     if not cuda:
         os.environ.setdefault("TRITON_INTERPRET", "1")
     os.environ.setdefault("TRITONCONV_PLANS", "1")
+    # host time does not depend on the tiles: one config per kernel, no autotuning (GPU check time)
+    os.environ.setdefault("TRITONCONV_TUNE", "0")
     import tritonconv
     from tritonconv import functional, plans
 
