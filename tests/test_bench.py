@@ -79,7 +79,7 @@ def test_smoke_sweep_writes_csv_markdown_and_plot(tmp_path):
             direction, family = report.families_of(r).split("=")
             assert direction == "forward" and family in router.FORWARD, r["note"]
             tiles = report.tiles_of(r)
-            assert tiles and all(re.fullmatch(r"\d+x\d+(x\d+)? w\d+ s\d+( persistent| stream-k)?( rows)?", t)
+            assert tiles and all(re.fullmatch(r"\d+x\d+(x\d+)? w\d+ s\d+( persistent( flat)?| stream-k)?( rows)?", t)
                                  for t in tiles.values()), r["note"]
         else:
             ratio = float(r["speedup_tritonconv"])

@@ -920,9 +920,9 @@ def gemm1x1_stream_k(monkeypatch):
     from tritonconv.kernels import gemm1x1
 
     if INTERPRETER:
-        (base,) = configs.persistent_gemm_configs(interpreter=True, stream_k=True)
+        (base,) = configs.persistent_gemm_configs(interpreter=True, stream_k=True, flatten=True)
     else:
-        base = [c for c in configs.persistent_gemm_configs(interpreter=False, stream_k=True)
+        base = [c for c in configs.persistent_gemm_configs(interpreter=False, stream_k=True, flatten=True)
                 if c.kwargs["STREAM_K"]][-1]
     cfg = triton.Config({**base.kwargs, "PERSISTENT": False, "STREAM_K": True}, num_warps=base.num_warps,
                         num_stages=base.num_stages, pre_hook=gemm1x1._set_tma_blocks)
@@ -984,3 +984,27 @@ def test_stream_k_configs_can_be_left_out():
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "0"
+
+
+def test_gemm1x1_tma_flattened_persistent_loop(monkeypatch, launched):
+    """The persistent grid with its tile loop flattened (FLATTEN: the pipeliner overlaps the next
+    tile's loads with this tile's epilogue on a GPU; the interpreter runs the same loop)."""
+    from tritonconv.kernels import gemm1x1
+
+    if INTERPRETER:
+        (base,) = configs.persistent_gemm_configs(interpreter=True, stream_k=True, flatten=True)
+    else:
+        base = [c for c in configs.persistent_gemm_configs(interpreter=False, stream_k=True, flatten=True)
+                if c.kwargs["FLATTEN"]][-1]
+    cfg = triton.Config({**base.kwargs, "PERSISTENT": True, "FLATTEN": True}, num_warps=base.num_warps,
+                        num_stages=base.num_stages, pre_hook=gemm1x1._set_tma_blocks)
+    monkeypatch.setattr(gemm1x1._gemm1x1_tma_tuned, "configs", [cfg])
+    monkeypatch.setattr(gemm1x1._gemm1x1_tma_tuned, "cache", {})
+    monkeypatch.setattr(gemm1x1, "INTERPRETER_PROGRAMS", 3)
+    torch.manual_seed(4)
+    x = torch.randn(2, 32, 9, 9, device=DEVICE).half().to(memory_format=torch.channels_last)
+    w = (torch.randn(72, 32, 1, 1, device=DEVICE) / 32 ** 0.5).half().to(memory_format=torch.channels_last)
+    with router.force("gemm1x1_tma"), plans.enabled_as(False):
+        y = torch.ops.tritonconv.conv2d(x, w, None, [1, 1], [0, 0], [1, 1], 1)
+    assert launched == ["gemm1x1_tma"]
+    assert rel_err(y, F.conv2d(x.double(), w.double())) < TOL[torch.float16]

@@ -219,7 +219,7 @@ def gemm_tile_configs() -> List[triton.Config]:
 def persistent_tile_configs() -> List[triton.Config]:
     """GEMM tiles with and without a persistent grid, and the stream-K ones
     (configs.persistent_gemm_configs, as gemm1x1_tma tunes them)."""
-    return tc_configs.persistent_gemm_configs(interpreter=False, stream_k=True)
+    return tc_configs.persistent_gemm_configs(interpreter=False, stream_k=True, flatten=True)
 
 
 def tap_tma_tile_configs() -> List[triton.Config]:
@@ -744,7 +744,8 @@ config_name = tc_configs.config_name
 def _tile_key(config: triton.Config) -> Tuple:
     kw = config.kwargs
     return (kw["BLOCK_M"], kw["BLOCK_N"], kw.get("BLOCK_K"), config.num_warps, config.num_stages,
-            bool(kw.get("PERSISTENT", False)), kw.get("BLOCK_W"), bool(kw.get("STREAM_K", False)))
+            bool(kw.get("PERSISTENT", False)), kw.get("BLOCK_W"), bool(kw.get("STREAM_K", False)),
+            bool(kw.get("FLATTEN", False)))
 
 
 def _tile_volume(tile: Tuple) -> int:

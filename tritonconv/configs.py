@@ -162,25 +162,40 @@ STREAM_K_TILES: Tuple[Tuple[int, int, int, int, int], ...] = (
     (128, 64, 64, 8, 4),
     (64, 128, 64, 8, 4),
 )
+# A persistent loop can also be flattened (tl.range(..., flatten=True)): the software pipeliner
+# then overlaps the next tile's first loads with this tile's epilogue, which matters where the
+# reduction is a few steps long (1x1 layers with 64-256 input channels). It costs about one more
+# pipeline stage of shared memory, which the pruner counts. Timed for two mid-size tiles (the
+# largest ones are at 254 registers already).
+FLATTEN_TILES: Tuple[Tuple[int, int, int, int, int], ...] = (
+    (128, 128, 64, 8, 3),
+    (128, 64, 64, 8, 4),
+)
+
 # TRITONCONV_STREAM_K=0 (read at import) leaves the stream-K configs out of the autotune lists:
 # the GPU check sets it for its sweeps if the stream-K smoke test fails or hangs on the card.
 STREAM_K = os.environ.get("TRITONCONV_STREAM_K", "1") != "0"
 
 
 def persistent_gemm_configs(tiles: Sequence[Tuple[int, int, int, int, int]] = GEMM_TILES, *,
-                            interpreter: Optional[bool] = None, stream_k: bool = False,
+                            interpreter: Optional[bool] = None, stream_k: bool = False, flatten: bool = False,
                             **extra) -> List[triton.Config]:
     """``gemm_configs`` with a PERSISTENT meta-parameter: every tile with one program per
     tile, and the first PERSISTENT_TILES also as a persistent grid. The interpreter's one
-    config is persistent, so that tests walk the kernel's tile loop. With ``stream_k``, every
-    config also has a STREAM_K meta-parameter, true for STREAM_K_TILES, which come last (unless
-    TRITONCONV_STREAM_K=0)."""
+    config is persistent, so that tests walk the kernel's tile loop. With ``flatten``, every
+    config also has a FLATTEN meta-parameter, true for persistent, flattened FLATTEN_TILES;
+    with ``stream_k``, a STREAM_K one, true for STREAM_K_TILES,
+    which come last (unless TRITONCONV_STREAM_K=0)."""
     if stream_k:
         extra = dict(extra, STREAM_K=False)
+    if flatten:
+        extra = dict(extra, FLATTEN=False)
     if INTERPRETER if interpreter is None else interpreter:
         return gemm_configs(tiles, interpreter=True, PERSISTENT=True, **extra)
     found = (gemm_configs(tiles, interpreter=False, PERSISTENT=False, **extra)
              + gemm_configs(tiles[:PERSISTENT_TILES], interpreter=False, PERSISTENT=True, **extra))
+    if flatten:
+        found += gemm_configs(FLATTEN_TILES, interpreter=False, **dict(extra, PERSISTENT=True, FLATTEN=True))
     if stream_k and STREAM_K:
         found += gemm_configs(STREAM_K_TILES, interpreter=False, **dict(extra, PERSISTENT=False, STREAM_K=True))
     return found
@@ -366,8 +381,11 @@ def prune_gemm_configs(
         sig = (bm, bn, bk, cfg.num_warps, cfg.num_stages)
         # other meta-parameters (e.g. PERSISTENT) make a different kernel of the same tile
         variant = tuple(sorted((k, v) for k, v in cfg.kwargs.items() if k not in ("BLOCK_M", "BLOCK_N", "BLOCK_K")))
-        if (sig, variant) in seen or pruned_because(*sig, elem_bytes, shared_limit, capability, heavy_epilogue,
-                                                     gathered, gemm_m, max_block_n, max_block_m):
+        # a flattened persistent loop holds about one more stage in shared memory (FLATTEN_TILES)
+        stages = cfg.num_stages + (1 if cfg.kwargs.get("FLATTEN") else 0)
+        if (sig, variant) in seen or pruned_because(bm, bn, bk, cfg.num_warps, stages, elem_bytes, shared_limit,
+                                                     capability, heavy_epilogue, gathered, gemm_m, max_block_n,
+                                                     max_block_m):
             continue
         seen.add((sig, variant))
         kwargs = dict(cfg.kwargs, BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk)
@@ -544,7 +562,8 @@ def config_name(config: triton.Config) -> str:
     kw = config.kwargs
     dims = [kw["BLOCK_M"], kw["BLOCK_N"]] + ([kw["BLOCK_K"]] if "BLOCK_K" in kw else [])
     name = f"{'x'.join(map(str, dims))} w{config.num_warps} s{config.num_stages}"
-    return (name + (" persistent" if kw.get("PERSISTENT") else "") + (" stream-k" if kw.get("STREAM_K") else "")
+    return (name + (" persistent" if kw.get("PERSISTENT") else "") + (" flat" if kw.get("FLATTEN") else "")
+            + (" stream-k" if kw.get("STREAM_K") else "")
             + (" rows" if kw.get("BLOCK_W", 0) > SPATIAL_TILE_WIDTH else ""))
 
 

@@ -277,6 +277,7 @@ def gemm1x1_tma_kernel(
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
     PERSISTENT: tl.constexpr,  # a grid of at most one program per SM, each looping over tiles
     STREAM_K: tl.constexpr,  # a grid of at most one program per SM sharing out (tile, step) pairs evenly
+    FLATTEN: tl.constexpr,  # PERSISTENT: flatten the tile loop, so the next tile's loads overlap this epilogue
 ):
     if STREAM_K:
         _gemm1x1_tma_stream_k(a_desc, b_desc, b_ptr, res_ptr, y_ptr, partials_ptr, flags_ptr,
@@ -287,7 +288,7 @@ def gemm1x1_tma_kernel(
         # program p computes tiles p, p + programs, ...: consecutive programs still
         # take consecutive tiles, so the GROUP_M ordering keeps its L2 reuse
         num_tiles = GROUPS * tl.cdiv(M, BLOCK_M) * tl.cdiv(KG, BLOCK_N)
-        for tile in range(tl.program_id(0), num_tiles, tl.num_programs(0)):
+        for tile in tl.range(tl.program_id(0), num_tiles, tl.num_programs(0), flatten=FLATTEN):
             _gemm1x1_tma_tile(tile, a_desc, b_desc, b_ptr, res_ptr, y_ptr, M, H, W, CG, KG,
                               syn, syk, syh, syw, srn, srk, srh, srw, alpha,
                               HAS_BIAS, HAS_RESIDUAL, ACTIVATION, ACC_DTYPE, INPUT_PRECISION,
@@ -403,7 +404,7 @@ _flag_buffers: dict = {}
 
 _gemm1x1_tma_tuned = triton.autotune(
     configs=[triton.Config(c.kwargs, num_warps=c.num_warps, num_stages=c.num_stages, pre_hook=_set_tma_blocks)
-             for c in configs.persistent_gemm_configs(stream_k=True)],
+             for c in configs.persistent_gemm_configs(stream_k=True, flatten=True)],
     key=["M", "H", "W", "CG", "KG", "GROUPS", "syk", "HAS_RESIDUAL", "ACTIVATION"],
     do_bench=configs.capture_safe_bench,
     prune_configs_by={
