@@ -19,8 +19,9 @@ a mode:
     tritonconv  forward as a tritonconv.nn.Conv2d runs it in inference: its
                 weight packed once (nn.inference_weight: taps-major for a
                 depthwise layer), tritonconv.functional.conv2d (no dispatcher
-                without autograd); torch.ops.tritonconv.conv2d_grad_input /
-                _grad_weight; autograd for forward_backward (autotuned)
+                without autograd); conv2d_grad_input / _grad_weight as a
+                backward pass runs them (tritonconv.ops.call); autograd for
+                forward_backward (autotuned)
     cudnn       F.conv2d and aten.convolution_backward with
                 torch.backends.cudnn.benchmark = True
     inductor    the same aten calls under torch.compile(mode=
@@ -50,6 +51,7 @@ import torch.nn.functional as F
 
 from .. import functional
 from .. import nn as tnn
+from .. import ops as tc_ops
 from ..kernels._common import INTERPRETER
 from .presets import Layer
 
@@ -246,7 +248,7 @@ class Provider:
 
 class TritonConv(Provider):
     name = "tritonconv"
-    note = "forward as tritonconv.nn.Conv2d in inference, torch.ops.tritonconv gradients (autotuned)"
+    note = "forward as tritonconv.nn.Conv2d in inference, gradient ops as a backward pass runs them (autotuned)"
 
     def unsupported(self, case):
         if case.device == "cpu" and not INTERPRETER:
@@ -266,12 +268,13 @@ class TritonConv(Provider):
             # for a depthwise layer), no dispatcher for a call without autograd (ops.call)
             wk = tnn.inference_weight(w, x, args[3])
             return lambda: functional.conv2d(x, wk, None, *args)
+        # the gradient ops as a backward pass runs them (ops.call: no dispatcher without autograd)
         if case.mode == "grad_input":
             size = list(x.shape)
-            return lambda: ops.conv2d_grad_input(dy, w, size, *args)
+            return lambda: tc_ops.call("conv2d_grad_input", (dy, w), dy, w, size, *args)
         if case.mode == "grad_weight":
             size = list(w.shape)
-            return lambda: ops.conv2d_grad_weight(dy, x, size, *args)
+            return lambda: tc_ops.call("conv2d_grad_weight", (dy, x), dy, x, size, *args)
         return _autograd_grads(lambda a, b: ops.conv2d(a, b, None, *args), case, inputs)
 
 
