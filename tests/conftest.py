@@ -11,6 +11,7 @@ Helpers (import them with ``from conftest import ...``):
   DTYPES                  dtypes to parametrize over; ``skip_unsupported(dtype)``
   rel_err(out, ref)       ||out - ref|| / ||ref|| in float64
   assert_matches(out, ref, dtype)
+  DispatchedOps            a dispatch mode recording the name of every op that reaches it
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import zlib
 
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 CUDA = torch.cuda.is_available()
 # The tests check results, not speed: on CUDA each launch compiles one config instead of
@@ -90,6 +92,18 @@ def assert_matches(out: torch.Tensor, ref: torch.Tensor, dtype: torch.dtype) -> 
     assert torch.isfinite(out).all(), f"{(~torch.isfinite(out)).sum().item()} non-finite (unwritten?) elements"
     err = rel_err(out, ref)
     assert err <= tol(dtype), f"relative error {err:.3e} > {tol(dtype):.0e} for {dtype}"
+
+
+class DispatchedOps(TorchDispatchMode):
+    """Records (``.ops``) every op that reaches the dispatcher below autograd."""
+
+    def __init__(self):
+        super().__init__()
+        self.ops = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.ops.append(str(func))
+        return func(*args, **(kwargs or {}))
 
 
 def pytest_configure(config):

@@ -6,8 +6,8 @@ import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from torch.utils._python_dispatch import TorchDispatchMode
 
+from conftest import DispatchedOps
 import tritonconv
 from tritonconv import spec
 from tritonconv.kernels.wgrad import conv2d_bias_grad, conv2d_wgrad
@@ -224,22 +224,10 @@ def test_conv_transpose2d_bad_arguments(kwargs, match):
     assert isinstance(info.value, RuntimeError)
 
 
-class _AtenConvSpy(TorchDispatchMode):
-    """Records every op that reaches the dispatcher below autograd."""
-
-    def __init__(self):
-        super().__init__()
-        self.ops = []
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        self.ops.append(str(func))
-        return func(*args, **(kwargs or {}))
-
-
 def test_only_needed_gradients_are_computed():
     x = torch.randn(1, 3, 6, 6, device=DEVICE)
     w = torch.randn(4, 3, 3, 3, device=DEVICE, requires_grad=True)
-    spy = _AtenConvSpy()
+    spy = DispatchedOps()
     with spy:
         tritonconv.conv2d(x, w).sum().backward()
     assert any("conv2d_grad_weight" in op for op in spy.ops)
@@ -276,7 +264,7 @@ def test_small_cnn_trains_like_pytorch_without_aten_convolution():
     data = torch.randn(4, 3, 8, 8, dtype=torch.float64, device=DEVICE)
     target = torch.tensor([0, 1, 2, 1], device=DEVICE)
     losses_ours, losses_theirs = [], []
-    spy = _AtenConvSpy()
+    spy = DispatchedOps()
     for _ in range(4):
         with spy:
             loss = F.cross_entropy(ours(data), target)

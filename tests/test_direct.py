@@ -10,9 +10,8 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from torch.utils._python_dispatch import TorchDispatchMode
 
-from conftest import DEVICE, assert_matches
+from conftest import DEVICE, DispatchedOps, assert_matches
 import tritonconv
 from tritonconv import functional, ops
 
@@ -37,16 +36,6 @@ def _data():
     w = torch.randn(16, 8, 3, 3, device=DEVICE) / 8
     b = torch.randn(16, device=DEVICE)
     return x, w, b
-
-
-class _OpNames(TorchDispatchMode):
-    def __init__(self):
-        super().__init__()
-        self.names = []
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        self.names.append(str(func))
-        return func(*args, **(kwargs or {}))
 
 
 def test_a_plain_call_runs_directly_and_equals_the_op(direct_calls):
@@ -124,10 +113,10 @@ def test_double_backward_records_the_gradient_ops():
 def test_a_dispatch_mode_sees_the_op(direct_calls, requires_grad):
     x, w, b = _data()
     w.requires_grad_(requires_grad)
-    with _OpNames() as mode:
+    with DispatchedOps() as mode:
         out = functional.conv2d(x, w, b, 1, 1)
     assert direct_calls == {}
-    assert "tritonconv.conv2d.default" in mode.names
+    assert "tritonconv.conv2d.default" in mode.ops
     if requires_grad:
         assert "conv2d_function" not in type(out.grad_fn).__name__
     assert_matches(out, F.conv2d(x.double(), w.double(), b.double(), 1, 1), torch.float32)

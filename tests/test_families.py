@@ -913,21 +913,30 @@ def test_property_families_forward_and_backward(problem, dtype, channels_last, f
     assert rel_err(dx, xr.grad) < TOL[dtype] and rel_err(dw, wr.grad) < TOL[dtype]
 
 
-@pytest.fixture
-def gemm1x1_stream_k(monkeypatch):
-    """gemm1x1_tma's autotuner holding only a stream-K config (the interpreter's tile, or the
-    smallest compiled stream-K tile), and a way to set the interpreter's program count."""
+def _pin_gemm1x1_tma(monkeypatch, variant: str, **grid) -> None:
+    """gemm1x1_tma's autotuner holding only one config with the meta-parameter ``variant``
+    ("STREAM_K" or "FLATTEN") on: the interpreter's tile, or the smallest compiled tile of that
+    kind; ``grid`` sets the other grid meta-parameters (PERSISTENT)."""
     from tritonconv.kernels import gemm1x1
 
     if INTERPRETER:
         (base,) = configs.persistent_gemm_configs(interpreter=True, stream_k=True, flatten=True)
     else:
         base = [c for c in configs.persistent_gemm_configs(interpreter=False, stream_k=True, flatten=True)
-                if c.kwargs["STREAM_K"]][-1]
-    cfg = triton.Config({**base.kwargs, "PERSISTENT": False, "STREAM_K": True}, num_warps=base.num_warps,
+                if c.kwargs[variant]][-1]
+    cfg = triton.Config({**base.kwargs, **grid, variant: True}, num_warps=base.num_warps,
                         num_stages=base.num_stages, pre_hook=gemm1x1._set_tma_blocks)
     monkeypatch.setattr(gemm1x1._gemm1x1_tma_tuned, "configs", [cfg])
     monkeypatch.setattr(gemm1x1._gemm1x1_tma_tuned, "cache", {})
+
+
+@pytest.fixture
+def gemm1x1_stream_k(monkeypatch):
+    """gemm1x1_tma's autotuner holding only a stream-K config, and a way to set the
+    interpreter's program count."""
+    from tritonconv.kernels import gemm1x1
+
+    _pin_gemm1x1_tma(monkeypatch, "STREAM_K", PERSISTENT=False)
     return lambda programs: monkeypatch.setattr(gemm1x1, "INTERPRETER_PROGRAMS", programs)
 
 
@@ -991,15 +1000,7 @@ def test_gemm1x1_tma_flattened_persistent_loop(monkeypatch, launched):
     tile's loads with this tile's epilogue on a GPU; the interpreter runs the same loop)."""
     from tritonconv.kernels import gemm1x1
 
-    if INTERPRETER:
-        (base,) = configs.persistent_gemm_configs(interpreter=True, stream_k=True, flatten=True)
-    else:
-        base = [c for c in configs.persistent_gemm_configs(interpreter=False, stream_k=True, flatten=True)
-                if c.kwargs["FLATTEN"]][-1]
-    cfg = triton.Config({**base.kwargs, "PERSISTENT": True, "FLATTEN": True}, num_warps=base.num_warps,
-                        num_stages=base.num_stages, pre_hook=gemm1x1._set_tma_blocks)
-    monkeypatch.setattr(gemm1x1._gemm1x1_tma_tuned, "configs", [cfg])
-    monkeypatch.setattr(gemm1x1._gemm1x1_tma_tuned, "cache", {})
+    _pin_gemm1x1_tma(monkeypatch, "FLATTEN", PERSISTENT=True)
     monkeypatch.setattr(gemm1x1, "INTERPRETER_PROGRAMS", 3)
     torch.manual_seed(4)
     x = torch.randn(2, 32, 9, 9, device=DEVICE).half().to(memory_format=torch.channels_last)

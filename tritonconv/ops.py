@@ -605,19 +605,26 @@ _AUTOGRAD = {
 # their values; the fused activation multiplies by its derivative at the pre-activation z.
 
 
+def _linear_terms(op_name: str, first: int, second: int, bias: Optional[int], args, tangents, like) -> list:
+    """The tangent's terms for an op linear in args[first] and in args[second] (and adding
+    args[bias] per channel): the op on one argument's tangent at a time, the bias's tangent."""
+    terms = []
+    for i in (first, second):
+        if tangents[i] is not None:
+            swapped = list(args)
+            swapped[i] = tangents[i]
+            if bias is not None:
+                swapped[bias] = None
+            terms.append(call(op_name, [swapped[first], swapped[second]], *swapped))
+    if bias is not None and tangents[bias] is not None:
+        terms.append(_per_channel(tangents[bias], like))
+    return terms
+
+
 def _bilinear_jvp(op_name: str, first: int, second: int, bias: Optional[int] = None):
     """jvp of an op linear in args[first] and in args[second] (and adding args[bias] per channel)."""
     def jvp(ctx, *tangents):
-        args, terms = ctx.jvp_args, []
-        for i in (first, second):
-            if tangents[i] is not None:
-                swapped = list(args)
-                swapped[i] = tangents[i]
-                if bias is not None:
-                    swapped[bias] = None
-                terms.append(call(op_name, [swapped[first], swapped[second]], *swapped))
-        if bias is not None and tangents[bias] is not None:
-            terms.append(_per_channel(tangents[bias], ctx.jvp_out))
+        terms = _linear_terms(op_name, first, second, bias, ctx.jvp_args, tangents, ctx.jvp_out)
         return _total(terms, ctx.jvp_out)
 
     return jvp
@@ -637,21 +644,16 @@ def _grad_bias_jvp(ctx, t_grad_output):
 
 
 def _fused_jvp(ctx, *tangents):
+    """conv2d_fused's: conv2d's tangent plus the residual's, times act'(z) at the pre-activation."""
     input, weight, bias, stride, padding, dilation, groups, activation, alpha, residual = ctx.jvp_args
-    t_x, t_w, t_b, t_r = tangents[0], tangents[1], tangents[2], tangents[9]
-    conv_args = (stride, padding, dilation, groups)
-    terms = []
-    if t_x is not None:
-        terms.append(call("conv2d", [t_x, weight], t_x, weight, None, *conv_args))
-    if t_w is not None:
-        terms.append(call("conv2d", [input, t_w], input, t_w, None, *conv_args))
-    if t_b is not None:
-        terms.append(_per_channel(t_b, ctx.jvp_out))
-    if t_r is not None:
-        terms.append(t_r)
+    # conv2d's arguments are the first seven of conv2d_fused's
+    terms = _linear_terms("conv2d", 0, 1, 2, ctx.jvp_args[:7], tangents[:7], ctx.jvp_out)
+    if tangents[9] is not None:
+        terms.append(tangents[9])
     t_z = _total(terms, ctx.jvp_out)
     if activation == "none":
         return t_z
+    conv_args = (stride, padding, dilation, groups)
     z = call("conv2d", [input, weight, bias], input, weight, bias, *conv_args)
     if residual is not None:
         z = z + residual

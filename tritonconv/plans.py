@@ -199,12 +199,13 @@ class _Derive:
     def __init__(self, fn, sources, sequence):
         self.fn, self.sources, self.sequence = fn, sources, sequence
 
-    def run(self, spaces: tuple, derived: List[torch.Tensor]) -> None:
+    def run(self, spaces: tuple) -> None:
+        """Append ``fn``'s results to the derived tensors, ``spaces[_DERIVED]``."""
         results = self.fn(*(None if src is None else _materialise(src, spaces) for src in self.sources))
         if self.sequence:
-            derived.extend(results)
+            spaces[_DERIVED].extend(results)
         else:
-            derived.append(results)
+            spaces[_DERIVED].append(results)
 
 
 def _signature(fn: Any) -> Tuple[Tuple[str, Any], ...]:
@@ -245,46 +246,41 @@ class _Roots:
 
     def __init__(self, tensors: Sequence[Optional[torch.Tensor]]):
         self.by_ptr: Dict[int, Tuple[int, int]] = {}
-        self.inputs = list(tensors)
+        self.base_offset: Dict[Tuple[int, int], int] = {}
+        self.dtype: Dict[Tuple[int, int], torch.dtype] = {}
         self.new: List[Tuple[int, torch.dtype]] = []  # (elements, dtype) of each new storage
         self.n_derived = 0
         for i, t in enumerate(tensors):
             if t is None:
                 continue
-            ptr = t.untyped_storage().data_ptr()
-            if ptr in self.by_ptr:
+            if t.untyped_storage().data_ptr() in self.by_ptr:
                 raise _NotPlannable("two of the call's tensors share a storage")
-            self.by_ptr[ptr] = (_IN, i)
-        self.base_offset: Dict[Tuple[int, int], int] = {}
-        self.dtype: Dict[Tuple[int, int], torch.dtype] = {}
-        for i, t in enumerate(tensors):
-            if t is not None:
-                self.base_offset[(_IN, i)] = t.storage_offset()
-                self.dtype[(_IN, i)] = t.dtype
+            self._add(t, (_IN, i), t.storage_offset())
+
+    def _add(self, t: torch.Tensor, root: Tuple[int, int], base_offset: int) -> Tuple[int, int]:
+        """Make ``t``'s storage the root ``root``, its offset ``base_offset``."""
+        self.by_ptr[t.untyped_storage().data_ptr()] = root
+        self.base_offset[root] = base_offset
+        self.dtype[root] = t.dtype
+        return root
 
     def add_derived(self, t: torch.Tensor) -> None:
         """The next tensor a ``derive`` step returned; its storage is a root unless already one
         (a view of an input, say)."""
         root = (_DERIVED, self.n_derived)
         self.n_derived += 1
-        ptr = t.untyped_storage().data_ptr()
-        if ptr not in self.by_ptr:
-            self.by_ptr[ptr] = root
-            self.base_offset[root] = t.storage_offset()
-            self.dtype[root] = t.dtype
+        if t.untyped_storage().data_ptr() not in self.by_ptr:
+            self._add(t, root, t.storage_offset())
 
     def source(self, t: torch.Tensor) -> tuple:
         """(root, sizes, strides, offset from the root's own offset) of tensor ``t``."""
         storage = t.untyped_storage()
-        ptr = storage.data_ptr()
-        root = self.by_ptr.get(ptr)
+        root = self.by_ptr.get(storage.data_ptr())
         if root is None:
             if storage.nbytes() % t.element_size():
                 raise _NotPlannable("a storage that is not whole elements")
-            root = self.by_ptr[ptr] = (_NEW, len(self.new))
+            root = self._add(t, (_NEW, len(self.new)), 0)
             self.new.append((storage.nbytes() // t.element_size(), t.dtype))
-            self.base_offset[root] = 0
-            self.dtype[root] = t.dtype
         if self.dtype[root] != t.dtype:
             raise _NotPlannable("views of one storage in two dtypes")
         return (root, tuple(t.shape), tuple(t.stride()), t.storage_offset() - self.base_offset[root])
@@ -361,33 +357,30 @@ class Plan:
         if poison or _common._POISON_OUTPUTS:  # the tests' poisoned outputs, as alloc_output makes them
             for b, (n, _, _) in zip(bufs, self.new):
                 b.as_strided((n,), (1,), 0).view(torch.uint8).fill_(0xFF)
-        derived: List[torch.Tensor] = []
-        spaces = (inputs, bufs, derived)
-        if self.interpreted:  # the interpreter reads tensors through their views
-            for step in self.launches:
-                if type(step) is _Derive:
-                    step.run(spaces, derived)
-                    continue
-                runner, grid, values, fills = step
-                vals = list(values)
-                for pos, src, template in fills:
-                    view = _materialise(src, spaces)
-                    vals[pos] = view if template is None else _with_base(template, view)
-                runner.run(*vals, grid=grid, warmup=False)
-            return _materialise(self.out, spaces)
-        # compiled kernels take a pointer argument as an int, and a descriptor's base by its
-        # data_ptr(): no views to make, and no pointer check by the driver per argument
-        stream = driver.active.get_current_stream(device.index)
+        spaces = (inputs, bufs, [])  # the derive steps fill the last
+        # The interpreter reads tensors through their views. Compiled kernels take a pointer
+        # argument as an int, and a descriptor's base by its data_ptr(): no views to make, and
+        # no pointer check by the driver per argument.
+        interpreted = self.interpreted
+        stream = None if interpreted else driver.active.get_current_stream(device.index)
         for step in self.launches:
             if type(step) is _Derive:
-                step.run(spaces, derived)
+                step.run(spaces)
                 continue
-            (run, function, packed), grid, values, fills = step
+            runner, grid, values, fills = step
             vals = list(values)
             for pos, src, template in fills:
-                ptr = _address(src, spaces)
-                vals[pos] = ptr if template is None else _with_base(template, _Address(ptr))
-            run(grid[0], grid[1], grid[2], stream, function, packed, None, None, None, *vals)
+                if interpreted:
+                    arg = base = _materialise(src, spaces)
+                else:
+                    arg = _address(src, spaces)
+                    base = _Address(arg)
+                vals[pos] = arg if template is None else _with_base(template, base)
+            if interpreted:
+                runner.run(*vals, grid=grid, warmup=False)
+            else:
+                run, function, packed = runner
+                run(grid[0], grid[1], grid[2], stream, function, packed, None, None, None, *vals)
         return _materialise(self.out, spaces)
 
 
