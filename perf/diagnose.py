@@ -1,13 +1,15 @@
 """Where does a layer's time go? One short GPU run that separates the kernels from the host.
 
     PYTHONPATH=$PWD python perf/diagnose.py --preset resnet50 --layers layer1.0.conv2,layer3.1.conv1 \
-        --out OUTDIR [--batch 32] [--dtype fp16] [--families implicit,gemm1x1]
+        --out OUTDIR [--batch 32] [--dtype fp16] [--families implicit,gemm1x1] [--mode grad_input]
 
 Per layer and kernel family (each family the router would time for the layer, forced in turn,
 then the router's own choice, then cuDNN), on random channels_last inputs:
 
-- ``rel_err``: against F.conv2d in float64 (the op allocates its own output, so an unwritten
-  element shows up as garbage here);
+- ``rel_err``: against F.conv2d (or its gradient, ``--mode grad_input`` / ``grad_weight``) in
+  float64, of the first call (the full path, which builds the launch plan) and of a call after the
+  timed ones (a plan replay), the caching allocator's free blocks poisoned with NaN before each, so
+  an element the op leaves unwritten shows up;
 - ``bench``: ``triton.testing.do_bench`` median (L2 flushed before each call, as the sweep times);
 - ``loop``: 50 calls back to back between two events, per call (host and device overlap);
 - ``graph``: the same 50 calls replayed from a CUDA graph, per call, the median of 10 replays
@@ -43,6 +45,8 @@ def _args(argv):
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--dtype", default="fp16")
     p.add_argument("--families", default="", help="comma-separated (default: the router's candidates)")
+    p.add_argument("--mode", default="forward", choices=("forward", "grad_input", "grad_weight"),
+                   help="the op to diagnose: the forward, or one gradient op as a backward pass calls it")
     p.add_argument("--out", default="perf/out/diagnose")
     p.add_argument("--time-budget", type=float, default=0, help="seconds; stop starting layers after it")
     return p.parse_args(argv)
@@ -58,7 +62,7 @@ def main(argv=None) -> int:
     import torch.nn.functional as F
 
     import tritonconv.functional
-    from tritonconv import configs, plans, tuning
+    from tritonconv import configs, ops, plans, tuning
     from tritonconv.bench import presets
     from tritonconv.bench.providers import DTYPES
     from tritonconv.kernels import router
@@ -124,35 +128,63 @@ def main(argv=None) -> int:
             memory_format=torch.channels_last)
         w = (torch.randn(pb.weight_shape, generator=gen, device=device) / (pb.C_per_group * pb.R * pb.S) ** 0.5
              ).to(dtype).contiguous(memory_format=torch.channels_last)
-        ref = F.conv2d(x.double(), w.double(), None, stride, padding, dilation, groups)
+        dy = torch.randn(pb.output_shape, generator=gen, device=device).to(dtype).contiguous(
+            memory_format=torch.channels_last)
+        conv = (stride, padding, dilation, groups)
+        # per mode: the router's table and direction, the op, its tensors and extra arguments, the reference
+        if args.mode == "forward":
+            table, direction, op, tensors, extra = router.FORWARD, "forward", "conv2d", (x, w, None), ()
+            ref = F.conv2d(x.double(), w.double(), None, *conv)
+        else:
+            grad_x = args.mode == "grad_input"
+            table, direction = (router.INPUT_GRAD, "input_grad") if grad_x else (router.WEIGHT_GRAD, "weight_grad")
+            op, tensors = ("conv2d_grad_input", (dy, w)) if grad_x else ("conv2d_grad_weight", (dy, x))
+            extra = (list(x.shape if grad_x else w.shape),)
+            ref = torch.ops.aten.convolution_backward(
+                dy.double(), x.double(), w.double(), None, stride, padding, dilation, False, [0, 0], groups,
+                [grad_x, not grad_x, False])[0 if grad_x else 1]
         flops = pb.flops
+        route_tensors = {"forward": (x, w, None, None), "input_grad": (dy, w, None), "weight_grad": (dy, x)}
         fams = [f for f in args.families.split(",") if f] or router.routed_candidates(
-            router.FORWARD, "forward", pb, (x, w, None, None))
-        print(f"{layer.name}: {pb} ({flops / 1e9:.2f} GFLOP), families {fams}", flush=True)
+            table, direction, pb, route_tensors[direction])
+        print(f"{layer.name} {args.mode}: {pb} ({flops / 1e9:.2f} GFLOP), families {fams}", flush=True)
+
+        def rel_err(call):
+            if cuda:  # NaN into the allocator's free blocks, so an unwritten output element shows
+                torch.empty(ref.numel() * 2 + 4096, dtype=dtype, device=device).fill_(float("nan"))
+            y = call()
+            return ((y.double() - ref).norm() / ref.norm()).item()
+
         for fam in fams + ["routed", "functional", "routed, full path", "cudnn"]:
             if fam == "cudnn":
                 torch.backends.cudnn.benchmark = True
 
                 def fn():
-                    return F.conv2d(x, w, None, stride, padding, dilation, groups)
-            elif fam == "functional":  # what modules call: no dispatcher for a call without autograd
-
-                def fn():
-                    return tritonconv.functional.conv2d(x, w, None, stride, padding, dilation, groups)
+                    if args.mode == "forward":
+                        return F.conv2d(x, w, None, *conv)
+                    grad_x = args.mode == "grad_input"
+                    return torch.ops.aten.convolution_backward(
+                        dy, x, w, None, stride, padding, dilation, False, [0, 0], groups,
+                        [grad_x, not grad_x, False])[0 if grad_x else 1]
+            elif fam == "functional":  # what modules and backward formulas call: no dispatcher without autograd
+                if args.mode == "forward":
+                    def fn():
+                        return tritonconv.functional.conv2d(x, w, None, *conv)
+                else:
+                    def fn():
+                        return ops.call(op, tensors, *tensors, *extra, *conv)
             else:
                 def fn():
-                    return torch.ops.tritonconv.conv2d(x, w, None, stride, padding, dilation, groups)
+                    return getattr(torch.ops.tritonconv, op)(*tensors, *extra, *conv)
             try:
                 ctx = router.force(fam if fam in fams else None)
                 # "routed, full path": launch plans off, so every call runs the router and launcher
                 with ctx, plans.enabled_as(plans.ENABLED and fam != "routed, full path"), \
                         tuning.recording_configs() as cfgs:
                     with router.recording() as ran:
-                        y = fn()
-                    if cuda:
-                        torch.cuda.synchronize()
-                    err = ((y.double() - ref).norm() / ref.norm()).item()
+                        err = rel_err(fn)
                     numbers = measure(fn)
+                    err_replay = rel_err(fn)
                 cfg = ", ".join(f"{k}={v}" for k, v in cfgs.items())  # names once the block has closed
                 family = ran[0][1] if ran else fam
             except Exception as e:
@@ -160,14 +192,14 @@ def main(argv=None) -> int:
                 continue
             routed = fam.startswith("routed") or fam == "functional"
             row = dict(layer=layer.name, family=f"{fam}: {family}" if routed else family,
-                       rel_err=err, config=cfg, flops=flops)
+                       rel_err=err, rel_err_replay=err_replay, config=cfg, flops=flops)
             row.update(zip(("bench", "loop", "graph", "kernels", "n_kernels", "host_us"), numbers))
             rows.append(row)
             print("  " + _fmt_row(row), flush=True)
 
     plan_line = f"launch plans: {plans.stats()}; keys without one, by reason: {plans.reasons() or 'none'}"
     ptx = _ptx_table(Path(os.environ["TRITON_CACHE_DIR"]))
-    text = _report(rows, ptx, device, plan_line)
+    text = _report(rows, ptx, device, plan_line, args.mode)
     (out_dir / "diagnose.md").write_text(text)
     print()
     print(text)
@@ -182,7 +214,7 @@ def _fmt_row(r) -> str:
     tflops = "-" if not r.get("kernels") else f"{r['flops'] / (r['kernels'] * 1e-3) / 1e12:.0f}"
     host = "-" if r.get("host_us") is None else f"{r['host_us']:.0f}"
     nk = "-" if r.get("n_kernels") is None else f"{r['n_kernels']:g}"
-    return (f"| {r['layer']} | {r['family']} | {r['rel_err']:.1e} | {_ms(r.get('bench'))} | {_ms(r.get('loop'))} | "
+    return (f"| {r['layer']} | {r['family']} | {r['rel_err']:.1e} | {r['rel_err_replay']:.1e} | {_ms(r.get('bench'))} | {_ms(r.get('loop'))} | "
             f"{_ms(r.get('graph'))} | {_ms(r.get('kernels'))} | {nk} | {tflops} | {host} | {r['config']} |")
 
 
@@ -201,12 +233,14 @@ def _ptx_table(cache: Path):
     return found
 
 
-def _report(rows, ptx, device, plan_line="") -> str:
+def _report(rows, ptx, device, plan_line="", mode="forward") -> str:
     lines = ["# Where the time goes", "",
-             f"device: {device}; ms per call; kernels = the device time of the kernels one call launches "
+             f"mode: {mode}; device: {device}; ms per call; rel_err of the first call, then of a later one "
+             "(a plan replay); kernels = the device time of the kernels one call launches "
              "(profiler), TFLOP/s from it; host_us = Python time to issue one call.", "",
-             "| layer | family | rel_err | bench | loop | graph | kernels | n | TFLOP/s | host_us | config |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+             "| layer | family | rel_err | rel_err, later | bench | loop | graph | kernels | n | TFLOP/s | host_us "
+             "| config |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     lines += [_fmt_row(r) for r in rows]
     if plan_line:
         lines += ["", plan_line]
