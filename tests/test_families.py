@@ -24,7 +24,7 @@ TMA = DEVICE == "cpu" or torch.cuda.get_device_capability()[0] >= 9
 def _expected(kernel: str) -> str:
     """The kernel a launch is expected to run: a TMA kernel's fallback where TMA is unavailable."""
     return kernel if TMA else {"gemm1x1_wgrad_tma": "gemm1x1_wgrad", "fprop_tma": "fprop",
-                               "fprop_tap_tma": "fprop"}.get(kernel, kernel)
+                               "fprop_tap_tma": "fprop", "gemm1x1_tma": "gemm1x1"}.get(kernel, kernel)
 TOL = {torch.float64: 1e-12, torch.float32: 1e-5 if DEVICE == "cpu" else 5e-3, torch.float16: 5e-3}
 
 
@@ -82,8 +82,6 @@ PROBLEMS = {
         (1, 16, 7, 9, 16, 3, 5, 1, (1, 2), (2, 1), 1),  # R != S, pad_h != pad_w, dil_h != dil_w
         # strided: boxes of the phase view (N, H/sh, sh, W/sw, sw*C)
         (2, 16, 10, 12, 24, 3, 3, 2, 1, 1, 1),  # ResNet's 3x3 stride 2: rows of phase 1 at shift -1
-        (1, 32, 8, 6, 16, 1, 1, 2, 0, 1, 1),  # ResNet's 1x1 stride-2 downsample: one phase
-        (1, 16, 8, 8, 24, 2, 2, 2, 0, 1, 1),  # ConvNeXt's 2x2 stride-2 downsample: every tap its own phase
         (1, 32, 12, 9, 16, 3, 3, (3, 1), (2, 1), (1, 2), 2),  # stride 3 x 1, dilated, grouped: last group + phase 2
     ],
     "implicit_tma": [  # TMA weight loads where the weight is KRSC with 16-byte rows, pointer loads otherwise
@@ -99,9 +97,17 @@ PROBLEMS = {
 }
 
 
+# Strided layers whose reduction is too short for the forward tap_tma kernel
+# (fprop.TAP_TMA_MIN_STEPS): the forward declines them, the wgrad and dgrad tap_tma families take them
+SHORT_REDUCTIONS = [
+    pytest.param((1, 32, 8, 6, 16, 1, 1, 2, 0, 1, 1), id="1x1-stride-2-downsample"),  # ResNet's: one phase
+    pytest.param((1, 16, 8, 8, 24, 2, 2, 2, 0, 1, 1), id="2x2-stride-2"),  # ConvNeXt's: every tap its own phase
+]
+TAP_TMA = [pytest.param(p, id=f"tap_tma-{i}") for i, p in enumerate(PROBLEMS["tap_tma"])]
+
 # tap_tma dgrad runs one forward conv of dy per stride phase of dx, so it takes any problem:
 # the forward's, and some no forward tap_tma takes
-DGRAD_TAP_TMA = [pytest.param(p, id=f"tap_tma-{i}") for i, p in enumerate(PROBLEMS["tap_tma"])] + [
+DGRAD_TAP_TMA = TAP_TMA + SHORT_REDUCTIONS + [
     pytest.param((1, 16, 9, 7, 8, 3, 3, 2, 1, 1, 1), id="odd-image-stride-2"),  # phases of 5 and 4 rows
     pytest.param((2, 16, 8, 8, 24, 1, 1, 2, 0, 1, 1), id="1x1-stride-2"),  # 3 of 4 phases reached by no tap
     pytest.param((1, 16, 6, 6, 8, 3, 3, 1, 3, 1, 1), id="pad-past-kernel"),  # a negative forward padding
@@ -210,7 +216,7 @@ def test_router_prefers_the_specialised_family():
     pb = spec.problem_from_shapes((1, 6, 32, 32), (16, 3, 7, 7), 2, 3, 1, 2)
     assert "smallc_pad" not in router.candidates(router.FORWARD, pb)  # grouped: no padded copy
     assert first((1, 64, 8, 8), (128, 64, 1, 1), 1, 0, 1, 1) == "gemm1x1_tma"
-    assert first((1, 64, 8, 8), (128, 64, 1, 1), 2, 0, 1, 1) == "tap_tma"  # x's phase view; falls back off sm_90
+    assert first((1, 64, 8, 8), (128, 64, 1, 1), 2, 0, 1, 1) == "implicit_tma"  # too short for tap_tma
     assert first((1, 64, 7, 7), (128, 64, 1, 1), 2, 0, 1, 1) == "implicit_tma"  # 7 rows: no phase view
     assert first((1, 512, 7, 7), (512, 512, 3, 3), 1, 1, 1, 1) == "splitk"
     assert first((4, 64, 56, 56), (64, 64, 3, 3), 1, 1, 1, 1) == "tap_tma"
@@ -447,10 +453,10 @@ def test_weight_tma_is_taken_where_the_weight_allows(problem, dtype, kernel, lau
 @pytest.mark.parametrize("problem,dtype,kernel", [
     pytest.param(PROBLEMS["tap_tma"][0], torch.float16, "fprop_tap_tma", id="edges"),
     pytest.param(PROBLEMS["tap_tma"][1], torch.float32, "fprop_tap_tma", id="dilated-grouped"),
-    pytest.param((1, 4, 6, 6, 8, 2, 2, 1, 0, 1, 1), torch.float16, "fprop", id="8-byte-channel-blocks-fall-back"),
+    pytest.param((1, 4, 6, 6, 8, 3, 3, 1, 1, 1, 1), torch.float16, "fprop", id="8-byte-channel-blocks-fall-back"),
     pytest.param(PROBLEMS["tap_tma"][4], torch.float16, "fprop", id="9-channels-falls-back-twice"),
     pytest.param(PROBLEMS["tap_tma"][6], torch.float16, "fprop_tap_tma", id="stride-2"),
-    pytest.param(PROBLEMS["tap_tma"][9], torch.float32, "fprop_tap_tma", id="stride-3x1-grouped"),
+    pytest.param(PROBLEMS["tap_tma"][7], torch.float32, "fprop_tap_tma", id="stride-3x1-grouped"),
 ])
 def test_input_tma_is_taken_where_both_operands_allow(problem, dtype, kernel, launched):
     _check_tma_kernel("tap_tma", problem, dtype, kernel, launched)
@@ -523,12 +529,85 @@ def test_input_grad_tap_tma_as_a_forward_conv(problem, dtype, launched):
 
     usable = tap_tma_usable(dy, w, pb)
     assert usable == (TMA and (K // groups) * dy.element_size() % 16 == 0)
+    from tritonconv.kernels import fprop, gemm1x1
+
     reached = sum(phase.forward is not None for phase in dgrad._phases(pb))  # the others are zero-filled
-    assert launched == (["fprop_tap_tma"] * reached if usable else ["dgrad"])
+    kernels = {gemm1x1.conv2d_fprop_1x1_tma: "gemm1x1_tma", fprop.conv2d_fprop_tap_tma: "fprop_tap_tma",
+               fprop.conv2d_fprop_tma: "fprop_tma"}
+    phases = [kernels[dgrad._phase_forward(ph.forward)] for ph in dgrad._phases(pb) if ph.forward is not None]
+    assert len(phases) == reached and launched == (phases if usable else ["dgrad"])
     xr = x.double().requires_grad_()
     F.conv2d(xr, w.double(), None, *args).backward(dy.double())
     assert dx.is_contiguous(memory_format=torch.channels_last)
     assert rel_err(dx, xr.grad) < TOL[dtype]
+
+
+@pytest.mark.parametrize("problem,kernels", [
+    pytest.param((2, 32, 6, 6, 64, 1, 1, 1, 0, 1, 1), ["gemm1x1_tma"], id="1x1"),
+    pytest.param((1, 32, 8, 6, 16, 1, 1, 2, 0, 1, 1), ["gemm1x1_tma"], id="1x1-stride-2"),  # 3 phases zero
+    pytest.param((2, 16, 10, 12, 24, 3, 3, 2, 1, 1, 1), ["gemm1x1_tma"] + ["fprop_tma"] * 3,
+                 id="3x3-stride-2"),  # phase (0, 0) one tap, the others 2 or 4 steps
+    pytest.param((1, 16, 7, 7, 16, 3, 3, 1, 1, 1, 1), ["fprop_tap_tma"], id="3x3"),  # 9 steps
+])
+def test_input_grad_phases_run_on_the_kernel_that_suits_them(problem, kernels, launched):
+    """A phase that is a plain 1x1 conv runs on the 1x1 GEMM; tap_tma takes only reductions of
+    fprop.TAP_TMA_MIN_STEPS steps or more (shorter ones gave wrong tiles on an H100); the
+    implicit GEMM the rest."""
+    N, C, H, W, K, R, S, stride, padding, dilation, groups = problem
+    torch.manual_seed(17)
+    x = torch.randn(N, C, H, W, dtype=torch.float16, device=DEVICE).to(memory_format=torch.channels_last)
+    w = torch.randn(K, C // groups, R, S, dtype=torch.float16, device=DEVICE).to(memory_format=torch.channels_last)
+    args = (stride, padding, dilation, groups)
+    pb = spec.conv2d_problem(x, w, None, *args)
+    dy = torch.randn(pb.output_shape, dtype=torch.float16, device=DEVICE).to(memory_format=torch.channels_last)
+    with router.force("tap_tma"):
+        dx = router.input_grad(dy, w, pb, memory_format=torch.channels_last)
+    assert launched == ([_expected(k) for k in kernels] if TMA else ["dgrad"])
+    xr = x.double().requires_grad_()
+    F.conv2d(xr, w.double(), None, *args).backward(dy.double())
+    assert rel_err(dx, xr.grad) < TOL[torch.float16]
+
+
+@pytest.mark.skipif(DEVICE != "cuda", reason="layer sizes: too slow for the interpreter, and the failure was the GPU's")
+@pytest.mark.parametrize("problem", [
+    pytest.param((32, 1024, 14, 14, 256, 1, 1, 1, 0, 1, 1), id="resnet50-layer3.1.conv1"),
+    pytest.param((32, 256, 56, 56, 512, 1, 1, 2, 0, 1, 1), id="resnet50-layer2.0.downsample"),
+    pytest.param((32, 128, 56, 56, 128, 3, 3, 2, 1, 1, 1), id="resnet50-layer2.0.conv2"),
+])
+def test_input_grad_tap_tma_at_layer_sizes(problem):
+    """ResNet-50's 1x1 and strided dgrads through the tap_tma family, several calls each, every
+    one checked: tap_tma's kernel gave wrong tiles (1e-2 off, different per call) on the first
+    two, at 2 to 4 reduction steps per phase, on an H100."""
+    N, C, H, W, K, R, S, stride, padding, dilation, groups = problem
+    torch.manual_seed(18)
+    x = torch.randn(N, C, H, W, dtype=torch.float16, device=DEVICE).to(memory_format=torch.channels_last)
+    w = (torch.randn(K, C, R, S, device=DEVICE) / (C * R * S) ** 0.5).half().to(memory_format=torch.channels_last)
+    args = (stride, padding, dilation, groups)
+    pb = spec.conv2d_problem(x, w, None, *args)
+    dy = torch.randn(pb.output_shape, dtype=torch.float16, device=DEVICE).to(memory_format=torch.channels_last)
+    xr = x.double().requires_grad_()
+    F.conv2d(xr, w.double(), None, *args).backward(dy.double())
+    for _ in range(3):
+        torch.empty(2 * x.numel(), dtype=torch.float16, device=DEVICE).fill_(float("nan"))  # poison
+        with router.force("tap_tma"):
+            dx = router.input_grad(dy, w, pb, memory_format=torch.channels_last)
+        assert rel_err(dx, xr.grad) < 1e-3
+
+
+def test_tap_tma_declines_short_reductions():
+    """Fewer than fprop.TAP_TMA_MIN_STEPS steps of 64 channels: every 1x1, a 2x2 at 96 channels."""
+    from tritonconv.kernels.fprop import TAP_TMA_MIN_STEPS, accepts_tap_tma, tap_tma_steps
+
+    def problem(C, R, padding=0):
+        return spec.problem_from_shapes((1, C, 8, 8), (16, C, R, R), stride=1, padding=padding)
+
+    assert TAP_TMA_MIN_STEPS == 9
+    assert [tap_tma_steps(problem(C, R)) for C, R in [(16, 3), (256, 1), (1024, 1), (96, 2), (192, 2)]] == \
+        [9, 4, 16, 8, 12]
+    assert accepts_tap_tma(problem(16, 3)) and accepts_tap_tma(problem(192, 2))
+    assert not accepts_tap_tma(problem(256, 1, padding=1)) and not accepts_tap_tma(problem(96, 2))
+    assert not accepts_tap_tma(problem(64, 1))  # one step ran right, but gemm1x1 serves it
+    assert accepts_tap_tma(problem(1024, 1))  # 16 steps ran right; unpadded, gemm1x1 supersedes it
 
 
 def test_conv_transpose2d_with_bias_through_tap_tma(launched):
@@ -542,7 +621,7 @@ def test_conv_transpose2d_with_bias_through_tap_tma(launched):
     assert rel_err(y, F.conv_transpose2d(x.double(), w.double(), b.double(), 1, 1)) < TOL[torch.float16]
 
 
-@pytest.mark.parametrize("problem", [pytest.param(p, id=f"tap_tma-{i}") for i, p in enumerate(PROBLEMS["tap_tma"])])
+@pytest.mark.parametrize("problem", TAP_TMA + SHORT_REDUCTIONS)
 def test_weight_grad_tap_tma(problem, launched):
     """wgrad from TMA boxes of dy and of x shifted per tap (zero fill: padding and edges), strided
     layers through x's phase view."""
@@ -632,12 +711,17 @@ def test_routed_candidates_drop_what_cannot_run_or_is_superseded():
         assert fwd(x, w1) == ["implicit"]
 
 
-@pytest.mark.parametrize("kernel,stride,padding,output_padding", [
-    pytest.param(1, 2, 0, 1, id="1x1-stride-2"),  # odd rows and columns: bias alone (no tap reaches them)
-    pytest.param(3, 2, 1, 1, id="3x3-stride-2"),  # ResNet's decoder mirror: 4 phases, 4 launches
-    pytest.param(4, (2, 3), (1, 0), (0, 2), id="4x4-stride-2x3"),
+# per phase reached, the forward kernel that runs it (dgrad._phase_forward): 16 channels, so
+# every phase's reduction is its taps, too few for tap_tma
+@pytest.mark.parametrize("kernel,stride,padding,output_padding,kernels", [
+    # odd rows and columns: bias alone (no tap reaches them); the even ones a plain 1x1 conv
+    pytest.param(1, 2, 0, 1, ["gemm1x1_tma"], id="1x1-stride-2"),
+    # ResNet's decoder mirror: 4 phases, 4 launches
+    pytest.param(3, 2, 1, 1, ["gemm1x1_tma"] + ["fprop_tma"] * 3, id="3x3-stride-2"),
+    pytest.param(4, (2, 3), (1, 0), (0, 2), ["fprop_tma"] * 6, id="4x4-stride-2x3"),
 ])
-def test_strided_conv_transpose2d_with_bias_through_tap_tma(kernel, stride, padding, output_padding, launched):
+def test_strided_conv_transpose2d_with_bias_through_tap_tma(kernel, stride, padding, output_padding, kernels,
+                                                             launched):
     """conv_transpose2d is dgrad: one forward conv per phase of its output, bias everywhere."""
     torch.manual_seed(12)
     x = torch.randn(2, 16, 5, 4, dtype=torch.float16, device=DEVICE).to(memory_format=torch.channels_last)
@@ -650,7 +734,7 @@ def test_strided_conv_transpose2d_with_bias_through_tap_tma(kernel, stride, padd
     pb = spec.conv_transpose2d_problem(x, w, b, stride, padding, output_padding, 1, 1)
     reached = sum(phase.forward is not None for phase in dgrad._phases(pb))  # the others: bias alone
     assert reached < len(dgrad._phases(pb)) if kernel == 1 else reached == len(dgrad._phases(pb))
-    assert launched == (["fprop_tap_tma"] * reached if TMA else ["dgrad"])
+    assert len(kernels) == reached and launched == ([_expected(k) for k in kernels] if TMA else ["dgrad"])
     ref = F.conv_transpose2d(x.double(), w.double(), b.double(), stride, padding, output_padding)
     assert y.shape == ref.shape and rel_err(y, ref) < TOL[torch.float16]
 

@@ -51,7 +51,9 @@ from ._common import (
     thread_setting,
     tile_pid,
 )
-from .fprop import conv2d_fprop_tap_tma, spatial_tiles_fit
+from . import gemm1x1
+from .fprop import accepts_tap_tma as forward_accepts_tap_tma
+from .fprop import conv2d_fprop_tap_tma, conv2d_fprop_tma, spatial_tiles_fit
 
 __all__ = ["accepts_tap_tma", "conv2d_dgrad_tap_tma", "tap_tma_usable", "conv2d_dgrad", "dgrad_kernel",
            "cached_phase_weights", "forget_phase_weights"]
@@ -228,6 +230,13 @@ def conv2d_dgrad(
 # bias). The padding may be negative (a box starting inside dy): TMA does not
 # mind. Building the w_ab is one copy of the weight per call, small next to the
 # activations.
+#
+# Each phase runs on the forward kernel that suits it (``_phase_forward``): the 1x1
+# GEMM where the phase is a plain 1x1 conv (a 1x1 conv's dgrad, the one-tap phases
+# of a 3x3 stride-2 one), the tap_tma kernel where it takes the phase (a reduction
+# long enough, ``fprop.TAP_TMA_MIN_STEPS``), the implicit GEMM with a TMA weight
+# otherwise. All three store into a strided view and load A and B by TMA or fall
+# back by themselves.
 
 
 def accepts_tap_tma(problem: Conv2dProblem) -> bool:
@@ -356,11 +365,21 @@ def _phase_weights(w: torch.Tensor, problem: Conv2dProblem, phases: List[_Phase]
     return built
 
 
+def _phase_forward(forward: Conv2dProblem) -> Callable[..., torch.Tensor]:
+    """The forward launcher for one phase's conv of dy (see above)."""
+    if gemm1x1.accepts(forward):
+        return gemm1x1.conv2d_fprop_1x1_tma
+    if forward_accepts_tap_tma(forward):
+        return conv2d_fprop_tap_tma
+    return conv2d_fprop_tma
+
+
 def conv2d_dgrad_tap_tma(dy: torch.Tensor, w: torch.Tensor, problem: Conv2dProblem,
                          bias: Optional[torch.Tensor] = None,
                          memory_format: torch.memory_format = torch.contiguous_format) -> torch.Tensor:
-    """dgrad as the forward's tap_tma kernel, one launch per stride phase of dx (``_phases``);
-    ``conv2d_dgrad`` where that can't apply (``tap_tma_usable``).
+    """dgrad as forward convs of dy, one launch per stride phase of dx (``_phases``), each on the
+    kernel that suits it (``_phase_forward``); ``conv2d_dgrad`` where the layouts don't allow
+    TMA (``tap_tma_usable``).
 
     Args/Returns: as ``conv2d_dgrad``.
     """
@@ -381,5 +400,5 @@ def conv2d_dgrad_tap_tma(dy: torch.Tensor, w: torch.Tensor, problem: Conv2dProbl
         elif phase.forward is None:
             out.copy_(bias.view(1, -1, 1, 1).expand_as(out))
         else:
-            conv2d_fprop_tap_tma(dy, next(weights), bias, phase.forward, out=out)
+            _phase_forward(phase.forward)(dy, next(weights), bias, phase.forward, out=out)
     return dx

@@ -62,7 +62,7 @@ from ._common import (
 
 __all__ = ["conv2d_fprop", "conv2d_fprop_splitk", "conv2d_fprop_tma", "conv2d_fprop_tap_tma", "fprop_kernel",
            "fprop_tap_tma_kernel", "splitk_reduce_kernel", "accepts_splitk", "accepts_tap_tma", "weight_tma_usable",
-           "input_tma_usable"]
+           "input_tma_usable", "tap_tma_steps", "TAP_TMA_MIN_STEPS"]
 
 
 @triton.jit
@@ -369,10 +369,26 @@ def conv2d_fprop_tma(x, w, bias, problem: Conv2dProblem, out=None, activation="n
 TAP_TMA_BLOCK_W = configs.SPATIAL_TILE_WIDTH  # output columns per 8-wide tile; BLOCK_H = BLOCK_M // 8 rows
 
 
+# The shortest reduction tap_tma runs. On an H100 (Triton 3.6) the kernel gave wrong tiles,
+# different from run to run, on 1x1 convs whose loop took 2 or 4 steps (C = 128 or 256 at
+# BLOCK_K = 64, 128x128x64 tiles, 3 stages), and right ones at 1, 9, 16 and 36 steps
+# (perf/results/2026-11-26_H100_84cd0fb/NOTES.md). Its TTGIR is the same for a 1x1 as for a
+# 3x3; only the trip count differs. Until the cause is found, a problem whose loop would take
+# fewer steps at BLOCK_K = 64 goes to another family: every 1x1 (gemm1x1 or implicit_tma
+# serve them), ConvNeXt's 2x2 downsample at 96 channels, most of a strided dgrad's phases.
+TAP_TMA_MIN_STEPS = 9
+
+
+def tap_tma_steps(problem: Conv2dProblem) -> int:
+    """The reduction steps of fprop_tap_tma_kernel at BLOCK_K = 64 (its fewest): taps x channel blocks."""
+    return problem.R * problem.S * triton.cdiv(problem.C_per_group, 64)
+
+
 def accepts_tap_tma(problem: Conv2dProblem) -> bool:
     """The problems a shifted input box can serve: any kernel size, padding, dilation and groups;
-    at stride 1, or at a stride that divides H and W (x's phase view)."""
-    return phase_view_fits(problem)
+    at stride 1, or at a stride that divides H and W (x's phase view); and a reduction of at
+    least ``TAP_TMA_MIN_STEPS`` steps."""
+    return phase_view_fits(problem) and tap_tma_steps(problem) >= TAP_TMA_MIN_STEPS
 
 
 def input_tma_usable(x: torch.Tensor, w: torch.Tensor, problem: Conv2dProblem) -> bool:

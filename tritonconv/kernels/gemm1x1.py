@@ -49,9 +49,11 @@ __all__ = ["accepts", "conv2d_fprop_1x1", "conv2d_fprop_1x1_tma", "conv2d_wgrad_
 
 
 def accepts(problem: Conv2dProblem) -> bool:
-    """The problems this family computes: 1x1 kernel, stride 1, no padding."""
+    """The problems this family computes: 1x1 kernel, stride 1, no padding (and so an output the
+    input's size, which a dgrad phase, ``dgrad._phases``, need not have)."""
     pb = problem
-    return (pb.R, pb.S, pb.stride_h, pb.stride_w, pb.pad_h, pb.pad_w) == (1, 1, 1, 1, 0, 0)
+    return (pb.R, pb.S, pb.stride_h, pb.stride_w, pb.pad_h, pb.pad_w) == (1, 1, 1, 1, 0, 0) \
+        and (pb.P, pb.Q) == (pb.H, pb.W)
 
 
 @triton.jit
