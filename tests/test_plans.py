@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from conftest import DEVICE, assert_matches, rel_err, tol
+import tritonconv
 from tritonconv import plans
 from tritonconv.kernels import router
 
@@ -188,6 +189,39 @@ def test_grad_weight_twice(family):
         assert rel_err(gw, ref) <= tol(dtype)
 
 
+@pytest.mark.parametrize("family", ["implicit", "gemm1x1", "depthwise"])
+def test_split_weight_grads_replay(family, monkeypatch):
+    """A wgrad split over the pixels sums its partials with a kernel (``wgrad.sum_partials``), not
+    torch: the plan replays both launches, and a second call with new tensors comes back right
+    without the launcher."""
+    groups = 16 if family == "depthwise" else 1
+    R = 1 if family == "gemm1x1" else 3
+    args = ([1, 1], [R // 2, R // 2], [1, 1], groups)
+    shape = (16, 16 // groups, R, R)
+
+    def tensors():
+        return _randn((4, 16, 32, 32), torch.float32, True), _randn((4, 16, 32, 32), torch.float32, True)
+
+    from tritonconv.kernels import depthwise, wgrad
+
+    for module in (wgrad, depthwise):  # a GPU's SMs: the split that fills them (none for one "SM")
+        if hasattr(module, "_sm_count"):
+            monkeypatch.setattr(module, "_sm_count", lambda device: 132)
+    dy, x = tensors()
+    with router.force(family):
+        torch.ops.tritonconv.conv2d_grad_weight(dy, x, list(shape), *args)
+    (plan,) = _plans_of("weight_grad", family)
+    assert isinstance(plan, plans.Plan), plan.why
+    launches = [step for step in plan.launches if type(step) is not plans._Derive]
+    assert len(launches) == 2, "expected the split kernel and the sum of its partials"
+    _forbid(monkeypatch, router.WEIGHT_GRAD, family)
+    dy, x = tensors()
+    with router.force(family):
+        gw = torch.ops.tritonconv.conv2d_grad_weight(dy, x, list(shape), *args)
+    ref = torch.nn.grad.conv2d_weight(x.double(), shape, dy.double(), 1, R // 2, 1, groups)
+    assert rel_err(gw, ref) <= tol(torch.float32)
+
+
 def test_an_empty_launch_hook_chain_is_no_hook():
     """Triton 3.6-3.9 default their launch hooks to an empty HookChain, never None: taking that for
     a profiler's hook refused every plan on the H100 (2026-11-26). Only a chain with calls counts."""
@@ -241,6 +275,32 @@ def test_derive_steps_rerun_for_each_call(monkeypatch):
     assert rel_err(gx, ref) <= tol(torch.float16)
 
 
+@pytest.mark.parametrize("with_bias", [False, True])
+def test_unreached_phases_replay(with_bias, monkeypatch):
+    """A 1x1 stride-2 dgrad (and conv_transpose2d, with its bias) leaves three of four phases of
+    dx to a fill kernel: the plan replays it into a poisoned output, so the second call, with new
+    tensors, must come back right without the launcher."""
+    def call(x, w, b):
+        return tritonconv.conv_transpose2d(x, w, b, 2, 0, 1) if with_bias else \
+            torch.ops.tritonconv.conv2d_grad_input(x, w, [2, 32, 8, 8], [2, 2], [0, 0], [1, 1], 1)
+
+    def reference(x, w, b):
+        return F.conv_transpose2d(x.double(), w.double(), None if b is None else b.double(), 2, 0, 1)
+
+    x, w = _randn((2, 16, 4, 4), torch.float16, True), _randn((16, 32, 1, 1), torch.float16, True)
+    b = _randn((32,), torch.float16) if with_bias else None
+    with router.force("tap_tma"):
+        call(x, w, b)
+    (plan,) = _plans_of("input_grad", "tap_tma")
+    assert isinstance(plan, plans.Plan), plan.why
+    _forbid(monkeypatch, router.INPUT_GRAD, "tap_tma")
+    x2, w2 = torch.randn_like(x), torch.randn_like(w)
+    b2 = torch.randn_like(b) if with_bias else None
+    with router.force("tap_tma"):
+        y = call(x2, w2, b2)
+    assert rel_err(y, reference(x2, w2, b2)) <= tol(torch.float16)
+
+
 class _Captured:
     """Stands in for a plan's runner: keeps each launch's arguments instead of running them."""
 
@@ -261,6 +321,11 @@ def _call_for(case):
         w = _randn((16, 16, 3, 3), torch.float16, True)
         return "input_grad", "tap_tma", (dy, w, None), lambda dy, w: torch.ops.tritonconv.conv2d_grad_input(
             dy, w, [2, 16, 8, 8], [2, 2], [1, 1], [1, 1], 1)
+    if case == "dgrad tap_tma, 1x1 stride 2":  # three phases no tap reaches: filled by a kernel
+        dy = _randn((2, 16, 4, 4), torch.float16, True)
+        w = _randn((16, 32, 1, 1), torch.float16, True)
+        return "input_grad", "tap_tma", (dy, w, None), lambda dy, w: torch.ops.tritonconv.conv2d_grad_input(
+            dy, w, [2, 32, 8, 8], [2, 2], [0, 0], [1, 1], 1)
     family, N, C, H, W, K, R, stride, pad, groups, dtype, cl = case
     x = _randn((N, C, H, W), dtype, cl)
     w = _randn((K, C // groups, R, R), dtype, cl)
@@ -270,7 +335,7 @@ def _call_for(case):
 
 # derive steps: smallc_pad's padded copies of x and w, dgrad tap_tma's phase weights
 COMPILED_CASES = FORWARD_CASES + [("smallc_pad", 2, 3, 11, 11, 8, 3, 2, 1, 1, torch.float32, True),
-                                  "dgrad tap_tma, stride 2"]
+                                  "dgrad tap_tma, stride 2", "dgrad tap_tma, 1x1 stride 2"]
 
 
 @pytest.mark.skipif(DEVICE.type == "cuda", reason="on CUDA the plans are compiled, and the tests above run them")

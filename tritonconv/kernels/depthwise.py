@@ -39,6 +39,7 @@ from ._common import (
     prepare_forward,
     split_range,
 )
+from .wgrad import sum_partials
 
 __all__ = ["accepts", "accepts_layer", "pack_weight", "is_packed", "conv2d_fprop_depthwise", "conv2d_dgrad_depthwise",
            "conv2d_wgrad_depthwise", "MAX_TAPS"]
@@ -349,5 +350,5 @@ def conv2d_wgrad_depthwise(
         S=pb.S, ACC_DTYPE=acc_dtype_for(dy.dtype),
     )
     if split > 1:
-        dw.copy_(out.sum(dim=0).view(pb.weight_shape))  # fixed-order sum: deterministic
+        sum_partials(dw.select(1, 0), out)  # (K, R, S) from (split, K, R, S), in a fixed order
     return dw

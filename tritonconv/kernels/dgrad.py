@@ -365,6 +365,43 @@ def _phase_weights(w: torch.Tensor, problem: Conv2dProblem, phases: List[_Phase]
     return built
 
 
+@triton.jit
+def phase_fill_kernel(
+    y_ptr,  # (N, C, P, Q), any strides: a phase view of dx
+    b_ptr,  # (C,); unused unless HAS_BIAS
+    M, C, P, Q,  # M = N * P * Q
+    syn, syc, syp, syq,
+    HAS_BIAS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr,
+):
+    """A phase of dx no tap reaches: zeros, or conv_transpose2d's bias."""
+    offs_m = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+    n = offs_m // (P * Q)
+    p = (offs_m // Q) % P
+    q = offs_m % Q
+    if HAS_BIAS:
+        v = tl.load(b_ptr + offs_c, mask=offs_c < C, other=0.0).to(y_ptr.dtype.element_ty)
+    else:
+        v = tl.zeros((BLOCK_C,), dtype=y_ptr.dtype.element_ty)
+    row = n.to(tl.int64) * syn + p.to(tl.int64) * syp + q.to(tl.int64) * syq
+    ptrs = y_ptr + row[:, None] + offs_c.to(tl.int64)[None, :] * syc
+    mask = (offs_m < M)[:, None] & (offs_c < C)[None, :]
+    tl.store(ptrs, tl.broadcast_to(v[None, :], (BLOCK_M, BLOCK_C)), mask=mask)
+
+
+def _fill_phase(out: torch.Tensor, bias: Optional[torch.Tensor]) -> None:
+    """``phase_fill_kernel`` on ``out``: a kernel, not ``out.zero_()``, so that a launch plan
+    replays it (torch work on the output would leave the replay's phase unwritten)."""
+    N, C, P, Q = out.shape
+    M = N * P * Q
+    if M == 0 or C == 0:
+        return
+    block_m, block_c = 64, 64
+    tuning.launch_direct(phase_fill_kernel, (triton.cdiv(M, block_m), triton.cdiv(C, block_c)),
+                         out, out if bias is None else bias, M, C, P, Q, *out.stride(),
+                         HAS_BIAS=bias is not None, BLOCK_M=block_m, BLOCK_C=block_c)
+
+
 def _phase_forward(forward: Conv2dProblem) -> Callable[..., torch.Tensor]:
     """The forward launcher for one phase's conv of dy (see above)."""
     if gemm1x1.accepts(forward):
@@ -395,10 +432,8 @@ def conv2d_dgrad_tap_tma(dy: torch.Tensor, w: torch.Tensor, problem: Conv2dProbl
     weights = iter(plans.derive(lambda w: _phase_weights(w, pb, phases), w))
     for phase in phases:
         out = dx[:, :, phase.a::pb.stride_h, phase.b::pb.stride_w]
-        if phase.forward is None and bias is None:
-            out.zero_()
-        elif phase.forward is None:
-            out.copy_(bias.view(1, -1, 1, 1).expand_as(out))
+        if phase.forward is None:
+            _fill_phase(out, bias)
         else:
             _phase_forward(phase.forward)(dy, next(weights), bias, phase.forward, out=out)
     return dx

@@ -53,6 +53,7 @@ from ._common import (
 
 __all__ = ["conv2d_wgrad", "conv2d_bias_grad", "conv2d_wgrad_tap_tma", "wgrad_kernel", "wgrad_tap_tma_kernel",
            "bias_grad_kernel", "choose_split_k", "wgrad_workspace", "finish_wgrad", "bias_grad_splits",
+           "sum_partials", "sum_partials_kernel",
            "accepts_tap_tma", "tap_tma_usable"]
 
 
@@ -209,11 +210,56 @@ def wgrad_workspace(dy: torch.Tensor, problem: Conv2dProblem, memory_format, spl
     return dw, split, out, out.stride()
 
 
+@triton.jit
+def sum_partials_kernel(
+    src_ptr,  # (split, D0, D1, D2, D3) fp32 / fp64 partials, any strides
+    dst_ptr,  # (D0, D1, D2, D3), any strides
+    split, numel, D1, D2, D3,
+    ss, s0, s1, s2, s3,
+    t0, t1, t2, t3,
+    BLOCK: tl.constexpr,
+):
+    """dst = the partials summed over the split, one after the other: a fixed order, so bitwise
+    deterministic (float atomics are not)."""
+    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < numel
+    i3 = offs % D3
+    rest = offs // D3
+    i2 = rest % D2
+    rest = rest // D2
+    i1 = rest % D1
+    i0 = (rest // D1).to(tl.int64)
+    i1, i2, i3 = i1.to(tl.int64), i2.to(tl.int64), i3.to(tl.int64)
+    src = src_ptr + i0 * s0 + i1 * s1 + i2 * s2 + i3 * s3
+    acc = tl.zeros((BLOCK,), dtype=src_ptr.dtype.element_ty)
+    for j in range(split):
+        acc += tl.load(src + j * ss, mask=mask, other=0.0)
+    tl.store(dst_ptr + i0 * t0 + i1 * t1 + i2 * t2 + i3 * t3, acc.to(dst_ptr.dtype.element_ty), mask=mask)
+
+
+def sum_partials(dst: torch.Tensor, partials: torch.Tensor) -> torch.Tensor:
+    """``dst.copy_(partials.sum(dim=0))`` as a kernel (``sum_partials_kernel``), so that a launch
+    plan replays it; ``dst`` has up to 4 dimensions, ``partials`` one more in front, any strides."""
+    assert partials.dim() == dst.dim() + 1 <= 5 and tuple(partials.shape[1:]) == tuple(dst.shape)
+    numel = dst.numel()
+    if numel == 0:
+        return dst
+    pad = 4 - dst.dim()
+    sizes = (1,) * pad + tuple(dst.shape)
+    src_strides = (0,) * pad + tuple(partials.stride()[1:])
+    dst_strides = (0,) * pad + tuple(dst.stride())
+    block = 256
+    tuning.launch_direct(sum_partials_kernel, (triton.cdiv(numel, block),),
+        partials, dst, partials.shape[0], numel, *sizes[1:], partials.stride(0), *src_strides, *dst_strides,
+        BLOCK=block,
+    )
+    return dst
+
+
 def finish_wgrad(dw: torch.Tensor, out: torch.Tensor, split: int) -> torch.Tensor:
     """dw from the kernel's partials (a no-op when it stored dw itself)."""
     if split > 1:
-        # fixed-order sum of the partials: deterministic, unlike float atomics
-        dw.copy_(out.sum(dim=0))
+        sum_partials(dw, out)
     return dw
 
 
@@ -309,7 +355,7 @@ def conv2d_bias_grad(dy: torch.Tensor, split: Optional[int] = None) -> torch.Ten
         ACC_DTYPE=acc_dtype_for(dy.dtype), BLOCK_PIX=64, BLOCK_CH=block_ch,
     )
     if split > 1:
-        db.copy_(out.sum(dim=0))  # fixed order: deterministic
+        sum_partials(db, out)
     return db
 
 
