@@ -37,6 +37,7 @@ if not CUDA:
 
 import tritonconv  # noqa: E402  (after TRITON_INTERPRET is set)
 from tritonconv import plans  # noqa: E402
+from tritonconv.kernels import router  # noqa: E402
 from tritonconv.kernels._common import set_poison_outputs  # noqa: E402
 
 if not CUDA and not tritonconv.INTERPRETER:
@@ -129,10 +130,13 @@ def poison_outputs():
 @pytest.fixture(autouse=True)
 def fresh_plans():
     """No launch plan (tritonconv.plans) carries over from another test: a test that counts its
-    launches or patches a launcher sees the full path on its first call with each key."""
+    launches or patches a launcher sees the full path on its first call with each key. Nor does
+    a family the router dropped for not being deterministic."""
     plans.clear()
+    router._dropped.clear()
     yield
     plans.clear()
+    router._dropped.clear()
 
 
 @pytest.fixture(autouse=True)

@@ -5,13 +5,15 @@ through JITFunction.run; on CUDA through the compiled kernels."""
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
 import torch.nn.functional as F
 
 from conftest import DEVICE, assert_matches, rel_err, tol
 import tritonconv
-from tritonconv import plans
+from tritonconv import plans, spec
 from tritonconv.kernels import router
 
 
@@ -124,7 +126,9 @@ def test_output_not_explained_by_the_launches_keeps_the_full_path(monkeypatch):
         with router.force("implicit"):
             out = torch.ops.tritonconv.conv2d(x, w, None, *args)
         assert_matches(out, F.conv2d(x.double(), w.double(), None, *args) + 1.0, torch.float32)
-    assert len(calls) == 3
+    # the first call runs the launcher twice: its plan failed the check, and a second full call
+    # (same bits: deterministic) tells a shortcut the plan can't take from a race
+    assert len(calls) == 4
     assert plans.stats() == {"plans": 0, "unplannable": 1}
 
 
@@ -243,6 +247,48 @@ def test_keys_without_a_plan_say_why(monkeypatch):
     with router.force("implicit"):
         torch.ops.tritonconv.conv2d(x, w, None, [1, 1], [1, 1], [1, 1], 1)
     assert plans.reasons() == {"the replay's output differs from the call's": 1}
+
+
+def _unstable(monkeypatch, table, family):
+    """Make ``family`` give other bits on every call, as a kernel with a race would."""
+    accepts, launch = table[family]
+    calls = iter(range(1, 1000))
+    monkeypatch.setitem(table, family, (accepts, lambda *a, **k: launch(*a, **k).add_(next(calls) * 1e-3)))
+
+
+def test_a_family_that_is_not_deterministic_is_dropped(monkeypatch):
+    """Two identical calls with different bits: the router warns, drops the family for the problem
+    and answers from the next candidate, which then gets the plan."""
+    x, w = _randn((2, 16, 9, 9), torch.float32, True), _randn((16, 16, 3, 3), torch.float32, True, scale=0.2)
+    args = ([1, 1], [1, 1], [1, 1], 1)
+    pb = spec.conv2d_problem(x, w, None, *args)
+    names = router.routed_candidates(router.FORWARD, "forward", pb, (x, w, None, None))
+    if len(names) < 2:
+        pytest.skip(f"one candidate family here: {names}")
+    first, second = names[:2]  # tap_tma, implicit_tma (untimed: the tests turn tuning off)
+    _unstable(monkeypatch, router.FORWARD, first)
+    ref = F.conv2d(x.double(), w.double(), None, *args)
+    with pytest.warns(router.UnstableKernelWarning, match=f"{first} kernels gave different results"):
+        with router.recording() as ran:
+            y = torch.ops.tritonconv.conv2d(x, w, None, *args)
+    assert_matches(y, ref, torch.float32)
+    assert ran[-1] == ("forward", second)
+    assert list(router.dropped().values()) == [{first}]
+    (plan,) = plans._plans.values()
+    assert isinstance(plan, plans.Plan) and plan.family == second, getattr(plan, "why", plan)
+    _forbid(monkeypatch, router.FORWARD, first)
+    with router.recording() as ran, warnings.catch_warnings():  # the plan answers, with no warning
+        warnings.simplefilter("error", router.UnstableKernelWarning)
+        y = torch.ops.tritonconv.conv2d(x, w, None, *args)
+    assert ran == [("forward", second)]
+    assert_matches(y, ref, torch.float32)
+
+
+def test_a_forced_family_that_is_not_deterministic_raises(monkeypatch):
+    x, w = _randn((2, 16, 9, 9), torch.float32, True), _randn((16, 16, 3, 3), torch.float32, True)
+    _unstable(monkeypatch, router.FORWARD, "tap_tma")
+    with router.force("tap_tma"), pytest.raises(RuntimeError, match="forced tap_tma family gave different"):
+        torch.ops.tritonconv.conv2d(x, w, None, [1, 1], [1, 1], [1, 1], 1)
 
 
 def test_derive_steps_rerun_for_each_call(monkeypatch):

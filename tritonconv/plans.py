@@ -53,11 +53,12 @@ except ImportError:  # pragma: no cover - older Triton
 from .kernels import _common
 from .kernels._common import INTERPRETER
 
-__all__ = ["ENABLED", "enabled_as", "tensor_key", "lookup", "known", "forget", "recording", "is_recording", "record",
-           "derive", "build",
-           "clear", "stats", "reasons", "Plan"]
+__all__ = ["ENABLED", "DIFFERS", "enabled_as", "tensor_key", "lookup", "known", "why", "discard", "same_bits",
+           "forget", "recording", "is_recording", "record", "derive", "build", "clear", "stats", "reasons", "Plan"]
 
 ENABLED = os.environ.get("TRITONCONV_PLANS", "0" if INTERPRETER else "1") != "0"
+# the check a new plan fails when its replay's bits differ from the call's (see ``build``)
+DIFFERS = "the replay's output differs from the call's"
 
 class _Unplannable:
     """A key that keeps the full path, and why."""
@@ -104,6 +105,17 @@ def lookup(key: tuple):
 
 def known(key: tuple) -> bool:
     return key in _plans
+
+
+def why(key: tuple) -> Optional[str]:
+    """Why ``key`` has no plan (None: it has one, or is unknown)."""
+    plan = _plans.get(key)
+    return plan.why if type(plan) is _Unplannable else None
+
+
+def discard(key: tuple) -> None:
+    """Forget ``key`` altogether: its next call records a plan again (on another family)."""
+    _plans.pop(key, None)
 
 
 def forget(key: tuple, why: str = "its plan failed to replay") -> None:
@@ -384,7 +396,8 @@ class Plan:
         return _materialise(self.out, spaces)
 
 
-def _same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:
+def same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Whether two tensors hold the same bits (NaNs included), shapes and dtypes equal."""
     if a.shape != b.shape or a.dtype != b.dtype:
         return False
     if a.numel() == 0:
@@ -404,8 +417,8 @@ def build(key: tuple, launches: List[tuple], inputs: Sequence[Optional[torch.Ten
         replayed = plan.replay(inputs, poison=True)
         if replayed is None:
             raise _NotPlannable("a launch hook is set or another device is current")
-        if not _same_bits(out, replayed):
-            raise _NotPlannable("the replay's output differs from the call's")
+        if not same_bits(out, replayed):
+            raise _NotPlannable(DIFFERS)
     except Exception as err:  # any failure: this key keeps the full path
         why = str(err) if isinstance(err, _NotPlannable) else f"{type(err).__name__}: {str(err)[:160]}"
         _plans[key] = _Unplannable(why)

@@ -31,6 +31,14 @@ GPU model goes straight to it; under Triton's interpreter, which cannot time any
 launcher needs a layout (TMA's 16-byte rows, pixel-linear strides) is a
 candidate only for tensors that have it (``LAYOUT_OK``); forced, it checks
 the layout itself and hands other tensors on to the next family.
+
+Every family is deterministic, so the same call twice gives the same bits. The first call
+of a key checks that for free where a launch plan fails its own check (``plans.build``
+replays the kernels and compares): the full path then runs once more, and a family whose
+two outputs differ has a race, and its output is not to be trusted. The router warns
+(``UnstableKernelWarning``), drops that family for the problem (``dropped``) and computes
+the call on the next candidate (the next fastest where they were timed). A forced family
+that does it raises instead. (On an H100, tap_tma on short reductions did, 2026-11-26.)
 """
 
 from __future__ import annotations
@@ -38,6 +46,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import threading
+import warnings
 from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
@@ -60,7 +69,7 @@ from .fprop import (
 from .wgrad import conv2d_wgrad
 
 __all__ = ["forward", "input_grad", "weight_grad", "candidates", "routed_candidates", "force", "recording",
-           "FORWARD", "INPUT_GRAD", "WEIGHT_GRAD", "LAYOUT_OK", "SUPERSEDES"]
+           "FORWARD", "INPUT_GRAD", "WEIGHT_GRAD", "LAYOUT_OK", "SUPERSEDES", "UnstableKernelWarning", "dropped"]
 
 # name -> (accepts(problem), launcher), most specialised first
 FORWARD: Dict[str, Tuple[Callable, Callable]] = {
@@ -120,6 +129,21 @@ _timings: Dict[tuple, Dict[str, float]] = {}
 # CUDA backward ops on a thread of its own
 _records: List[Tuple[list, bool]] = []
 _records_lock = threading.Lock()
+# (direction, problem, layout key, variant) -> the families found not deterministic on it
+_dropped: Dict[tuple, set] = {}
+
+
+class UnstableKernelWarning(RuntimeWarning):
+    """A kernel family gave two different results for the same call (see the module's doc)."""
+
+
+class _Unstable(Exception):
+    pass
+
+
+def dropped() -> Dict[tuple, set]:
+    """The families dropped for a problem because two identical calls gave different bits."""
+    return {k: set(v) for k, v in _dropped.items()}
 
 
 @contextlib.contextmanager
@@ -205,8 +229,8 @@ def routed_candidates(table, direction: str, problem: Conv2dProblem, tensors: tu
     if getattr(_forced, "name", None) in names:
         return names
     names = [n for n in names if LAYOUT_OK.get((direction, n), lambda t, pb: True)(tensors, problem)]
-    dropped = {d for n in names for d in SUPERSEDES.get(n, ())}
-    return [n for n in names if n not in dropped]
+    superseded = {d for n in names for d in SUPERSEDES.get(n, ())}
+    return [n for n in names if n not in superseded]
 
 
 def _on_gpu(t: torch.Tensor) -> bool:
@@ -246,23 +270,28 @@ def _route(table, direction: str, problem: Conv2dProblem, tensors: tuple, varian
                 return out
     pinned = forced in table and table[forced][0](problem)
     timed = _on_gpu(tensors[0]) and not pinned
+    drop_key = (direction, problem, _layout_key(*tensors), variant)
+    key = device = None
     if timed:
         # the choice depends only on what the key holds (LAYOUT_OK reads dtypes, strides,
         # alignment and the device), so a known problem skips the candidate checks
         device = _device_name(tensors[0])
-        key = (direction, problem, _layout_key(*tensors), variant, device)
+        key = drop_key + (device,)
         _load_choices(device)
         name = _choice.get(key)
-        if name is not None:
+        if name is not None and name not in _dropped.get(drop_key, ()):
             timings = _timings.get(key)
             _record(direction, name, timings)
-            return _run_planned(plan_key, tensors, run, table[name][1], name, timings)
-    names = routed_candidates(table, direction, problem, tensors)
+            return _run_trusted(plan_key, tensors, run, table, direction, problem, variant, key, name, timings)
+    names = [n for n in routed_candidates(table, direction, problem, tensors) if n not in _dropped.get(drop_key, ())]
+    if not names:
+        raise RuntimeError(f"tritonconv: no kernel family left for {direction} of {problem}: "
+                           f"{sorted(_dropped[drop_key])} gave different results for identical calls")
     if len(names) == 1 or not timed:
         if timed:
             _choice[key] = names[0]
         _record(direction, names[0])
-        return _run_planned(plan_key, tensors, run, table[names[0]][1], names[0], None)
+        return _run_trusted(plan_key, tensors, run, table, direction, problem, variant, key, names[0], None)
     timings = {}
     for cand in names:
         launcher = table[cand][1]
@@ -272,17 +301,48 @@ def _route(table, direction: str, problem: Conv2dProblem, tensors: tuple, varian
     _choice[key], _timings[key] = name, timings
     tuning.save_choice(device, (direction, dataclasses.astuple(problem), key[2], variant), name)
     _record(direction, name, timings)
-    return _run_planned(plan_key, tensors, run, table[name][1], name, timings)
+    return _run_trusted(plan_key, tensors, run, table, direction, problem, variant, key, name, timings)
+
+
+def _run_trusted(plan_key, tensors: tuple, run: Callable[[Callable], torch.Tensor], table, direction: str,
+                 problem: Conv2dProblem, variant: str, key: Optional[tuple], name: str,
+                 timings: Optional[Dict[str, float]]) -> torch.Tensor:
+    """``_run_planned`` on family ``name``; where that finds the family not deterministic, the
+    family is dropped for the problem and the call routed again (see the module's doc)."""
+    try:
+        return _run_planned(plan_key, tensors, run, table[name][1], name, timings)
+    except _Unstable:
+        pass
+    if getattr(_forced, "name", None) == name:
+        raise RuntimeError(f"tritonconv: the forced {name} family gave different results for two identical "
+                           f"{direction} calls of {problem}: its kernels are not deterministic there")
+    drop_key = (direction, problem, _layout_key(*tensors), variant)
+    _dropped.setdefault(drop_key, set()).add(name)
+    warnings.warn(f"tritonconv: the {name} kernels gave different results for two identical {direction} calls "
+                  f"of {problem}; they are not used for it from now on", UnstableKernelWarning, stacklevel=4)
+    plans.discard(plan_key)  # the next family records its own plan
+    if key is not None:
+        _choice.pop(key, None)
+        rest = {n: t for n, t in (timings or {}).items() if n not in _dropped[drop_key]}
+        if rest:  # the next fastest of those timed: no need to time them again
+            _choice[key] = min(rest, key=rest.get)
+            tuning.save_choice(key[4], (direction, dataclasses.astuple(problem), key[2], variant), _choice[key])
+    return _route(table, direction, problem, tensors, variant, run)
 
 
 def _run_planned(plan_key, tensors: tuple, run: Callable[[Callable], torch.Tensor], launcher: Callable,
                  family: str, timings: Optional[Dict[str, float]]) -> torch.Tensor:
-    """``run(launcher)``; the first time for ``plan_key``, recording its launches into a plan."""
+    """``run(launcher)``; the first time for ``plan_key``, recording its launches into a plan.
+    Raises ``_Unstable`` where the plan's check failed and a second full call disagrees too."""
     if plan_key is None or plans.known(plan_key) or (tensors[0].is_cuda and torch.cuda.is_current_stream_capturing()):
         return run(launcher)
     with plans.recording() as launches:
         out = run(launcher)
-    plans.build(plan_key, launches, tensors, out, family, timings)
+    if plans.build(plan_key, launches, tensors, out, family, timings) is None and plans.why(plan_key) == plans.DIFFERS:
+        # the replay ran this call's kernels again and got other bits: either torch work outside
+        # them (the plan can't hold it; a missed shortcut), or kernels that are not deterministic
+        if not plans.same_bits(out, run(launcher)):
+            raise _Unstable(family)
     return out
 
 
