@@ -7,7 +7,8 @@
 # Stages, in order; each gets a share of the time still left (and a cap), runs under
 # `timeout`, and a stage that runs out of time is cut off without stopping the rest:
 #   1. environment         -> OUTDIR/env.txt        (card, driver, torch, triton, commit)
-#   2. CUDA tests, quick   -> OUTDIR/tests.log      (pytest -k "not hypothesis", --maxfail=10; the launch
+#   2. CUDA tests, quick   -> OUTDIR/tests.log      (pytest -k "not hypothesis", --maxfail=10, in 8
+#                                                    processes where pytest-xdist is there; the launch
 #                                                    plans' and kernel families' tests first, one config
 #                                                    per launch), then the stream-K tests on their own
 #                                                    (60 s; if they fail or hang, TRITONCONV_STREAM_K=0
@@ -156,6 +157,10 @@ EOF
 quick_tests() {
     local extra=()
     $PY -c "import pytest_timeout" 2>/dev/null && extra=(--timeout 120)
+    # the tests compile a kernel per shape and config on first use, one CPU core each: with
+    # pytest-xdist (the GPU machines have it) 8 processes share the card and the compiling.
+    # The first check ran 4 tests in its 79 s serially (2026-11-26).
+    $PY -c "import xdist" 2>/dev/null && extra+=(-n "${TEST_WORKERS:-8}")
     # shellcheck disable=SC2086  # TESTS is a list of paths, in the order to run them
     # --maxfail, not -x: a failure in a family no GPU has run must not hide the core tests
     $PY -m pytest $TESTS --maxfail=10 -q -k "not hypothesis and not stream_k" -p no:cacheprovider "${extra[@]}" \
