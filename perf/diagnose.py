@@ -10,7 +10,8 @@ then the router's own choice, then cuDNN), on random channels_last inputs:
   float64, of the first call (the full path, which builds the launch plan) and of a call after the
   timed ones (a plan replay), the caching allocator's free blocks poisoned with NaN before each, so
   an element the op leaves unwritten shows up;
-- ``bench``: ``triton.testing.do_bench`` median (L2 flushed before each call, as the sweep times);
+- ``bench``: ``triton.testing.do_bench`` median (L2 flushed before each call, as the sweep times),
+  and its 20th to 80th percentiles (the sweep found some layers bimodal, 2026-11-26);
 - ``loop``: 50 calls back to back between two events, per call (host and device overlap);
 - ``graph``: the same 50 calls replayed from a CUDA graph, per call, the median of 10 replays
   (no host cost at all; ``configs.kernel_time``, the router's timer);
@@ -84,8 +85,7 @@ def main(argv=None) -> int:
         from triton.testing import do_bench
 
         torch.cuda.synchronize()
-        bench = do_bench(fn, warmup=10, rep=50, quantiles=[0.5])
-        bench = bench[0] if isinstance(bench, (list, tuple)) else bench
+        bench = tuple(do_bench(fn, warmup=10, rep=50, quantiles=[0.5, 0.2, 0.8]))
         n = 50
         e0, e1 = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         torch.cuda.synchronize()
@@ -214,7 +214,9 @@ def _fmt_row(r) -> str:
     tflops = "-" if not r.get("kernels") else f"{r['flops'] / (r['kernels'] * 1e-3) / 1e12:.0f}"
     host = "-" if r.get("host_us") is None else f"{r['host_us']:.0f}"
     nk = "-" if r.get("n_kernels") is None else f"{r['n_kernels']:g}"
-    return (f"| {r['layer']} | {r['family']} | {r['rel_err']:.1e} | {r['rel_err_replay']:.1e} | {_ms(r.get('bench'))} | {_ms(r.get('loop'))} | "
+    bench = r.get("bench")
+    bench = _ms(bench) if not isinstance(bench, tuple) else f"{bench[0]:.4f} ({bench[1]:.4f}-{bench[2]:.4f})"
+    return (f"| {r['layer']} | {r['family']} | {r['rel_err']:.1e} | {r['rel_err_replay']:.1e} | {bench} | {_ms(r.get('loop'))} | "
             f"{_ms(r.get('graph'))} | {_ms(r.get('kernels'))} | {nk} | {tflops} | {host} | {r['config']} |")
 
 
@@ -238,7 +240,7 @@ def _report(rows, ptx, device, plan_line="", mode="forward") -> str:
              f"mode: {mode}; device: {device}; ms per call; rel_err of the first call, then of a later one "
              "(a plan replay); kernels = the device time of the kernels one call launches "
              "(profiler), TFLOP/s from it; host_us = Python time to issue one call.", "",
-             "| layer | family | rel_err | rel_err, later | bench | loop | graph | kernels | n | TFLOP/s | host_us "
+             "| layer | family | rel_err | rel_err, later | bench (p20-p80) | loop | graph | kernels | n | TFLOP/s | host_us "
              "| config |",
              "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     lines += [_fmt_row(r) for r in rows]

@@ -198,7 +198,8 @@ TESTS="$FIRST_TESTS $(cd "$ROOT" && ls tests/test_*.py | grep -v -x -F -e tests/
     -e tests/test_conv2d.py -e tests/test_backward.py -e tests/test_plans.py | tr '\n' ' ')"
 PRESET=resnet50 BATCH=32 FP16=fp16 BF16=bf16 E2E_ARGS=""
 BACKWARD_LAYERS="conv1,layer1.0.conv2,layer2.0.conv2,layer2.0.downsample.0,layer3.1.conv1,layer4.1.conv2"
-DIAG_LAYERS="layer1.0.conv2,layer3.1.conv1"
+# layer3.0.conv3: gemm1x1_tma timed bimodal in the sweep of 2026-11-26 (p20 0.016, median 0.038 ms)
+DIAG_LAYERS="layer1.0.conv2,layer3.0.conv3,layer3.1.conv1"
 DIAG_DIR="${TMPDIR:-/tmp}/tritonconv-diagnose-$$"
 if [ "${GPU_CHECK_DRY_RUN:-0}" = 1 ]; then
     PRESET=smoke BATCH=2 FP16=fp32 TESTS=tests/test_bench.py BACKWARD_LAYERS="3x3,1x1/2" DIAG_LAYERS="1x1/2"
@@ -225,7 +226,7 @@ if [ "$(left)" -gt 60 ]; then
         log "== [stream-K smoke] failed or hung: stream-K configs off for the rest of the check"
     fi
 fi
-stage "where the time goes" 8 45 diagnose
+stage "where the time goes" 10 60 diagnose
 stage "host cost" 5 30 host_cost
 stage "forward fp16" 50 600 sweep --preset "$PRESET" --batch "$BATCH" --dtype "$FP16" --layout channels_last \
     --modes forward
