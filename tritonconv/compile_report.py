@@ -47,7 +47,7 @@ are those of the fast layout. What follows the reduction changes register
 pressure as much as the tile does, which is why a kernel with a fused
 epilogue is registered twice (see FAMILIES).
 
-Families: fprop, fprop_fused, fprop_splitk, fprop_tma, fprop_tma_fused,
+Families: fprop, fprop_fused, fprop_splitk, fprop_tma, fprop_tma_fused, fprop_tma_splitk,
 fprop_tap_tma, fprop_tap_tma_fused, fprop_tap_tma_s2 (fprop.py; TMA on sm_90 only); dgrad, dgrad_s2 (dgrad.py); wgrad,
 wgrad_splitk, wgrad_tap_tma, wgrad_tap_tma_s2 (wgrad.py; TMA on sm_90 only); gemm1x1, gemm1x1_fused, gemm1x1_tma (with persistent-
 grid variants), gemm1x1_wgrad, gemm1x1_wgrad_splitk, gemm1x1_wgrad_tma
@@ -665,6 +665,10 @@ FAMILIES: List[KernelFamily] = [
     KernelFamily("fprop_tma", fprop.fprop_kernel, gemm_tile_configs, _fprop_tma_launch,
                  _prune_of(fprop._fprop_tma_tuned), dtypes=("fp16", "bf16", "fp32"), archs=("sm_90",), uses_tma=True),
     KernelFamily("fprop_tma_fused", fprop.fprop_kernel, gemm_tile_configs, _p(_fprop_tma_launch, **_GELU),
+                 _prune_of(fprop._fprop_tma_tuned), dtypes=("fp16", "bf16", "fp32"), archs=("sm_90",), uses_tma=True),
+    # the split-K family loads its weight by TMA too where it can (fprop.conv2d_fprop_splitk)
+    KernelFamily("fprop_tma_splitk", fprop.fprop_kernel, gemm_tile_configs,
+                 _p(_fprop_tma_launch, problem=FPROP_SPLITK_PROBLEM, split_k=FPROP_SPLITK),
                  _prune_of(fprop._fprop_tma_tuned), dtypes=("fp16", "bf16", "fp32"), archs=("sm_90",), uses_tma=True),
     # TMA boxes of the input per tap as well (sm_90): stride 1 (the strides specialise to 1),
     # and stride 2 through the phase view (runtime strides)

@@ -332,9 +332,11 @@ def conv2d_fprop(
 
 def conv2d_fprop_splitk(x, w, bias, problem: Conv2dProblem, out=None, activation="none", alpha=0.01,
                         residual=None) -> torch.Tensor:
-    """The split-K forward family: ``conv2d_fprop`` with ``choose_split_k`` chunks."""
+    """The split-K forward family: ``conv2d_fprop`` with ``choose_split_k`` chunks, its weight
+    loaded by TMA where it can be (as implicit_tma: on ResNet-50's late layers on the H100 that
+    was 4% to 2x faster than pointer loads, 2026-11-26)."""
     return conv2d_fprop(x, w, bias, problem, out, activation, alpha, residual,
-                        split_k=choose_split_k(problem, x.device))
+                        split_k=choose_split_k(problem, x.device), weight_tma=weight_tma_usable(w, problem))
 
 
 def conv2d_fprop_tma(x, w, bias, problem: Conv2dProblem, out=None, activation="none", alpha=0.01,
