@@ -226,10 +226,45 @@ def test_router_timings_go_from_the_note_to_the_tables(tmp_path, monkeypatch):
 # --------------------------------------------------------------------------- presets
 
 
-def test_resnet50_preset_is_every_conv_of_the_e2e_model():
+def _perf_resnet50():
     spec = importlib.util.spec_from_file_location("perf_resnet50", ROOT / "perf" / "resnet50.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("wrong", [False, True])
+def test_e2e_training_check_can_fail(wrong, monkeypatch):
+    """perf/resnet50.py checks a training step's gradients against float64 (BN in eval mode, where
+    that is well conditioned): conv gradients 10% off must come out as a mismatch, the right ones
+    not. The "tritonconv" model here is the aten one, with hooks that spoil its conv gradients."""
+    import types
+
+    import tritonconv
+
+    e2e = _perf_resnet50()
+    torch.manual_seed(3)
+    model = e2e.ResNet((1, 1, 1, 1), 8, 10).train()
+    x, target = torch.randn(2, 3, 32, 32), torch.randint(0, 10, (2,))
+
+    def convert(net):
+        for m in net.modules():
+            if wrong and isinstance(m, torch.nn.Conv2d):
+                m.weight.register_hook(lambda g: g * 1.1)
+        return net
+
+    monkeypatch.setattr(tritonconv, "convert", convert)
+    args = types.SimpleNamespace(dtype="fp32", warmup_ms=0, rep_ms=0, reps=1)
+    row = {"note": "", "flops": 1}
+    reference = e2e._reference_step(model, x, target)
+    e2e._measure(row, model, "tritonconv", "train", x, target, reference, 0.0, args, "cpu")
+    assert row["status"].startswith("mismatch") == wrong, row
+    if not wrong:  # right, but the convs were aten's: the check after it says so
+        assert row["rel_err"] < 1e-6 and row["status"] == "error: aten convolutions ran in the tritonconv run"
+
+
+def test_resnet50_preset_is_every_conv_of_the_e2e_model():
+    module = _perf_resnet50()
     convs = module.conv_layers(module.resnet50())
     assert len(convs) == 53
     counts = {}
