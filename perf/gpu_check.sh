@@ -159,7 +159,7 @@ quick_tests() {
     $PY -c "import pytest_timeout" 2>/dev/null && extra=(--timeout 120)
     # the tests compile a kernel per shape and config on first use, one CPU core each: with
     # pytest-xdist (the GPU machines have it) 8 processes share the card and the compiling.
-    # The first check ran 4 tests in its 79 s serially (2026-11-26).
+    # Serially, the check of 2026-11-26 got through 86 tests (6% of them) in its 79 s.
     $PY -c "import xdist" 2>/dev/null && extra+=(-n "${TEST_WORKERS:-8}")
     # shellcheck disable=SC2086  # TESTS is a list of paths, in the order to run them
     # --maxfail, not -x: a failure in a family no GPU has run must not hide the core tests
