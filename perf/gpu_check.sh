@@ -30,7 +30,8 @@
 # have no .git: pass the commit from where it was sent); TRITONCONV_RUN_ID; TRITONCONV_CACHE_DIR.
 # TUNING_CACHE_TAR=path/to/tuning-cache.tar.gz starts from an earlier run's tuning choices (same
 # card, same versions; entries for other code are ignored with a warning), which saves most of
-# the tuning time on a fresh machine.
+# the tuning time on a fresh machine; Inductor's autotuning timings travel in it too
+# (TORCHINDUCTOR_CACHE_DIR defaults to TRITONCONV_CACHE_DIR/inductor).
 # FAMILY_PRESETS=mobilenetv2,convnext_t adds a forward fp16 sweep of those presets after
 # ResNet-50's (issue 6: the depthwise, 1x1 and stem families' effect); it takes its share of
 # the budget from the later stages, so give the check more time (or pass a tuning cache) with it.
@@ -64,6 +65,10 @@ fi
 export TRITONCONV_COMMIT
 CACHE_DIR=${TRITONCONV_CACHE_DIR:-$HOME/.cache/tritonconv}
 export TRITONCONV_CACHE_DIR=$CACHE_DIR
+# Inductor's cache beside ours, so that its max-autotune timings (inductor/cache/<card and
+# versions hash>, a small JSON) travel in tuning-cache.tar.gz too: the sweep of 2026-11-26 spent
+# about 9 s per layer compiling and timing Inductor's conv templates and compared 11 of 23 layers
+export TORCHINDUCTOR_CACHE_DIR=${TORCHINDUCTOR_CACHE_DIR:-$CACHE_DIR/inductor}
 
 if [ -n "${TUNING_CACHE_TAR:-}" ]; then
     mkdir -p "$CACHE_DIR" && tar -xzf "$TUNING_CACHE_TAR" -C "$CACHE_DIR" ||
@@ -250,7 +255,15 @@ else
     echo "No benchmark rows were written (see gpu_check.log)." >>"$OUTDIR/summary.md"
 fi
 if [ -d "$CACHE_DIR" ]; then
-    tar -czf "$OUTDIR/tuning-cache.tar.gz" -C "$CACHE_DIR" . 2>>"$LOG" || true
+    # our tuning cache, and of Inductor's only its autotuning timings (its compiled kernels
+    # would weigh megabytes)
+    (
+        cd "$CACHE_DIR" || exit 0
+        entries=()
+        for e in * .[!.]*; do [ -e "$e" ] && [ "$e" != inductor ] && entries+=("$e"); done
+        [ -d inductor/cache ] && entries+=(inductor/cache)
+        [ ${#entries[@]} -gt 0 ] && tar -czf "$OUTDIR/tuning-cache.tar.gz" "${entries[@]}"
+    ) 2>>"$LOG" || true
 fi
 if [ -s "$DIAG_DIR/diagnose.md" ]; then
     { echo; sed 's/^# Where the time goes/## Where the time goes (perf\/diagnose.py)/' "$DIAG_DIR/diagnose.md"; } >>"$OUTDIR/summary.md"
