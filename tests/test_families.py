@@ -529,12 +529,15 @@ def test_input_grad_tap_tma_as_a_forward_conv(problem, dtype, launched):
 
     usable = tap_tma_usable(dy, w, pb)
     assert usable == (TMA and (K // groups) * dy.element_size() % 16 == 0)
-    from tritonconv.kernels import fprop, gemm1x1
-
     reached = sum(phase.forward is not None for phase in dgrad._phases(pb))  # the others are zero-filled
-    kernels = {gemm1x1.conv2d_fprop_1x1_tma: "gemm1x1_tma", fprop.conv2d_fprop_tap_tma: "fprop_tap_tma",
-               fprop.conv2d_fprop_tma: "fprop_tma"}
-    phases = [kernels[dgrad._phase_forward(ph.forward)] for ph in dgrad._phases(pb) if ph.forward is not None]
+    # per phase: a plain 1x1 conv (its output the input's size) on the 1x1 GEMM; tap_tma from 9
+    # reduction steps of 64 channels; implicit_tma below that
+    def kernel(fw):
+        if (fw.R, fw.S, fw.pad_h, fw.pad_w, fw.P, fw.Q) == (1, 1, 0, 0, fw.H, fw.W):
+            return "gemm1x1_tma"
+        return "fprop_tap_tma" if fw.R * fw.S * -(-fw.C_per_group // 64) >= 9 else "fprop_tma"
+
+    phases = [kernel(ph.forward) for ph in dgrad._phases(pb) if ph.forward is not None]
     assert len(phases) == reached and launched == (phases if usable else ["dgrad"])
     xr = x.double().requires_grad_()
     F.conv2d(xr, w.double(), None, *args).backward(dy.double())
@@ -587,8 +590,7 @@ def test_input_grad_tap_tma_at_layer_sizes(problem):
     dy = torch.randn(pb.output_shape, dtype=torch.float16, device=DEVICE).to(memory_format=torch.channels_last)
     xr = x.double().requires_grad_()
     F.conv2d(xr, w.double(), None, *args).backward(dy.double())
-    for _ in range(3):
-        torch.empty(2 * x.numel(), dtype=torch.float16, device=DEVICE).fill_(float("nan"))  # poison
+    for _ in range(3):  # every output starts as NaN (conftest), an unwritten element shows
         with router.force("tap_tma"):
             dx = router.input_grad(dy, w, pb, memory_format=torch.channels_last)
         assert rel_err(dx, xr.grad) < 1e-3
@@ -608,6 +610,51 @@ def test_tap_tma_declines_short_reductions():
     assert not accepts_tap_tma(problem(256, 1, padding=1)) and not accepts_tap_tma(problem(96, 2))
     assert not accepts_tap_tma(problem(64, 1))  # one step ran right, but gemm1x1 serves it
     assert accepts_tap_tma(problem(1024, 1))  # 16 steps ran right; unpadded, gemm1x1 supersedes it
+
+
+def test_tap_tma_steps_count_its_largest_block_k():
+    """The guard counts steps of 64 channels: no tap_tma config may take larger blocks (fewer steps)."""
+    from tritonconv.kernels import fprop
+
+    assert max(c.kwargs["BLOCK_K"] for c in fprop.tap_tma_configs(interpreter=False)) <= 64
+
+
+@pytest.mark.parametrize("output_padding,dilation,kernel", [
+    pytest.param(1, 1, "gemm1x1_tma", id="phase-as-large-as-dy"),  # 8 rows: 4 even ones, from 4 of dy
+    pytest.param(2, 3, "fprop_tma", id="phase-larger-than-dy"),  # 9 rows: 5 even ones, from 4 of dy
+    pytest.param((2, 0), (3, 1), "fprop_tma", id="larger-in-rows-only"),
+])
+def test_a_phase_larger_than_dy_is_no_1x1_gemm(output_padding, dilation, kernel, launched):
+    """conv_transpose2d, 1x1, stride 2: dx's even rows are a 1x1 conv of dy (the odd ones, no
+    tap's: zero). With output_padding there can be one more of them than dy has rows; the 1x1
+    GEMM maps output pixels one to one onto input pixels and cannot write it, implicit_tma can."""
+    torch.manual_seed(19)
+    x = torch.randn(1, 16, 4, 4, dtype=torch.float16, device=DEVICE).to(memory_format=torch.channels_last)
+    w = torch.randn(16, 8, 1, 1, dtype=torch.float16, device=DEVICE).to(memory_format=torch.channels_last)
+    with router.force("tap_tma"):
+        y = tritonconv.conv_transpose2d(x, w, None, 2, 0, output_padding, 1, dilation)
+    ref = F.conv_transpose2d(x.double(), w.double(), None, 2, 0, output_padding, 1, dilation)
+    assert y.shape == ref.shape and rel_err(y, ref) < TOL[torch.float16]
+    assert launched == ([_expected(kernel)] if TMA else ["dgrad"])
+
+
+@pytest.mark.parametrize("dims", [1, 3, 4])
+def test_sum_partials_is_torch_sum_in_a_fixed_order(dims):
+    """wgrad.sum_partials (split wgrads, the bias gradient, depthwise wgrad) into strided views."""
+    from tritonconv.kernels.wgrad import sum_partials
+
+    shape = (5, 3, 4, 2)[:dims]
+    partials = torch.randn(7, *shape, dtype=torch.float32, device=DEVICE)
+    partials = partials.transpose(0, 1).contiguous().transpose(0, 1)  # split not outermost in memory
+    base = torch.full((2 * shape[0], *shape[1:]), float("nan"), dtype=torch.float16, device=DEVICE)
+    dst = base[1::2]  # a view with a stride of 2 in its first dimension
+    if dims == 4:
+        dst = dst.permute(0, 2, 3, 1).contiguous().permute(0, 3, 1, 2)[:, :, :, :]  # channels_last-like
+    sum_partials(dst, partials)
+    assert torch.isfinite(dst).all()
+    assert rel_err(dst, partials.double().sum(0)) < 1e-3
+    if dims != 4:
+        assert torch.isnan(base[0::2]).all()  # nothing written outside the view
 
 
 def test_conv_transpose2d_with_bias_through_tap_tma(launched):

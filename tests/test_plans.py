@@ -268,11 +268,12 @@ def test_a_family_that_is_not_deterministic_is_dropped(monkeypatch):
     first, second = names[:2]  # tap_tma, implicit_tma (untimed: the tests turn tuning off)
     _unstable(monkeypatch, router.FORWARD, first)
     ref = F.conv2d(x.double(), w.double(), None, *args)
-    with pytest.warns(router.UnstableKernelWarning, match=f"{first} kernels gave different results"):
+    with pytest.warns(router.UnstableKernelWarning, match=f"{first} kernels gave different results") as caught:
         with router.recording() as ran:
             y = torch.ops.tritonconv.conv2d(x, w, None, *args)
+    assert caught[0].filename == __file__  # the warning points at the caller's line
     assert_matches(y, ref, torch.float32)
-    assert ran[-1] == ("forward", second)
+    assert ran == [("forward", second)]  # the family that gave the answer, once
     assert list(router.dropped().values()) == [{first}]
     (plan,) = plans._plans.values()
     assert isinstance(plan, plans.Plan) and plan.family == second, getattr(plan, "why", plan)
@@ -285,10 +286,13 @@ def test_a_family_that_is_not_deterministic_is_dropped(monkeypatch):
 
 
 def test_a_forced_family_that_is_not_deterministic_raises(monkeypatch):
+    """Forced, the family stays (it is what the caller asked for), so each call checks it again
+    and raises rather than answer."""
     x, w = _randn((2, 16, 9, 9), torch.float32, True), _randn((16, 16, 3, 3), torch.float32, True)
     _unstable(monkeypatch, router.FORWARD, "tap_tma")
-    with router.force("tap_tma"), pytest.raises(RuntimeError, match="forced tap_tma family gave different"):
-        torch.ops.tritonconv.conv2d(x, w, None, [1, 1], [1, 1], [1, 1], 1)
+    for _ in range(2):
+        with router.force("tap_tma"), pytest.raises(RuntimeError, match="forced tap_tma family gave different"):
+            torch.ops.tritonconv.conv2d(x, w, None, [1, 1], [1, 1], [1, 1], 1)
 
 
 def test_derive_steps_rerun_for_each_call(monkeypatch):

@@ -23,11 +23,14 @@ A plan is trusted only after it has proved itself: right after the recorded call
 once more on the same tensors, into an output and scratch poisoned with 0xFF bytes (NaN for
 floats), and must give the same bits. Torch work a launcher does on the call's tensors before
 its kernels (a weight repacked, an input padded) replays only where the launcher wraps it in
-``derive``, which the plan then reruns per call. Other torch work (a reduction by ``torch.sum``,
-a zero fill of the output), a tensor cached between calls outside ``derive``, or a kernel that
-is not deterministic makes that check fail, and the key keeps the full path; so does a plan
-that cannot be built (arguments aliasing each other, views across dtypes). A failed check is a
-missed shortcut, never a wrong result.
+``derive``, which the plan then reruns per call. Other torch work (on the output, say: the
+launchers do their fills and sums of partials as kernels for this reason), a tensor cached
+between calls outside ``derive``, or a kernel that is not deterministic makes that check fail
+(``DIFFERS``), and the key keeps the full path; so does a plan that cannot be built (arguments
+aliasing each other, views across dtypes). A failed check is a missed shortcut, never a wrong
+result: the call's own output is returned. The router (``kernels.router``) also reads a failed
+check as a question: it runs the full path once more, and drops a family whose kernels give
+other bits again.
 
 On by default on CUDA; off under Triton's interpreter, where it saves nothing, unless
 ``TRITONCONV_PLANS=1`` (the tests use it: the interpreter replays the same records through

@@ -52,8 +52,7 @@ from ._common import (
     tile_pid,
 )
 from . import gemm1x1
-from .fprop import accepts_tap_tma as forward_accepts_tap_tma
-from .fprop import conv2d_fprop_tap_tma, conv2d_fprop_tma, spatial_tiles_fit
+from .fprop import conv2d_fprop_tap_tma, spatial_tiles_fit
 
 __all__ = ["accepts_tap_tma", "conv2d_dgrad_tap_tma", "tap_tma_usable", "conv2d_dgrad", "dgrad_kernel",
            "cached_phase_weights", "forget_phase_weights"]
@@ -367,10 +366,14 @@ def _phase_weights(w: torch.Tensor, problem: Conv2dProblem, phases: List[_Phase]
 
 @triton.jit
 def phase_fill_kernel(
+    # pointers
     y_ptr,  # (N, C, P, Q), any strides: a phase view of dx
     b_ptr,  # (C,); unused unless HAS_BIAS
+    # sizes
     M, C, P, Q,  # M = N * P * Q
+    # strides, in elements
     syn, syc, syp, syq,
+    # meta-parameters
     HAS_BIAS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
     """A phase of dx no tap reaches: zeros, or conv_transpose2d's bias."""
@@ -383,6 +386,7 @@ def phase_fill_kernel(
         v = tl.load(b_ptr + offs_c, mask=offs_c < C, other=0.0).to(y_ptr.dtype.element_ty)
     else:
         v = tl.zeros((BLOCK_C,), dtype=y_ptr.dtype.element_ty)
+    # int64 offsets: a phase view of a large dx spans more than 2**31 elements of its storage
     row = n.to(tl.int64) * syn + p.to(tl.int64) * syp + q.to(tl.int64) * syq
     ptrs = y_ptr + row[:, None] + offs_c.to(tl.int64)[None, :] * syc
     mask = (offs_m < M)[:, None] & (offs_c < C)[None, :]
@@ -390,8 +394,14 @@ def phase_fill_kernel(
 
 
 def _fill_phase(out: torch.Tensor, bias: Optional[torch.Tensor]) -> None:
-    """``phase_fill_kernel`` on ``out``: a kernel, not ``out.zero_()``, so that a launch plan
-    replays it (torch work on the output would leave the replay's phase unwritten)."""
+    """Fill ``out`` with zeros, or with ``bias`` per channel, by ``phase_fill_kernel``: a kernel,
+    not ``out.zero_()``, so that a launch plan replays it (torch work on the output would leave
+    the replay's phase unwritten).
+
+    Args:
+        out: (N, C, P, Q), any strides (a phase view of dx).
+        bias: (C,) or None.
+    """
     N, C, P, Q = out.shape
     M = N * P * Q
     if M == 0 or C == 0:
@@ -403,12 +413,10 @@ def _fill_phase(out: torch.Tensor, bias: Optional[torch.Tensor]) -> None:
 
 
 def _phase_forward(forward: Conv2dProblem) -> Callable[..., torch.Tensor]:
-    """The forward launcher for one phase's conv of dy (see above)."""
-    if gemm1x1.accepts(forward):
-        return gemm1x1.conv2d_fprop_1x1_tma
-    if forward_accepts_tap_tma(forward):
-        return conv2d_fprop_tap_tma
-    return conv2d_fprop_tma
+    """The forward launcher for one phase's conv of dy (see above): the 1x1 GEMM for a plain 1x1
+    conv, else tap_tma's, which hands a phase it does not take (``fprop.accepts_tap_tma``: too
+    short a reduction) on to implicit_tma by itself."""
+    return gemm1x1.conv2d_fprop_1x1_tma if gemm1x1.accepts(forward) else conv2d_fprop_tap_tma
 
 
 def conv2d_dgrad_tap_tma(dy: torch.Tensor, w: torch.Tensor, problem: Conv2dProblem,

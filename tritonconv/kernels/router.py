@@ -8,12 +8,12 @@
                 smallc_pad (smallc on channel-padded copies)     C <= 8, groups == 1
                 gemm1x1_tma  (plain GEMM, TMA loads, sm_90)      1x1, stride 1, no padding, NHWC
                 gemm1x1    (plain GEMM)                          1x1, stride 1, no padding
-                splitk     (implicit GEMM, reduction split)      N*P*Q <= 4096, R*S*C/g >= 512
-                tap_tma    (TMA input boxes per tap + weight, sm_90) stride 1 or dividing H, W; NHWC x, KRSC w
+                splitk     (implicit GEMM, reduction split; TMA weight on sm_90) N*P*Q <= 4096, R*S*C/g >= 512
+                tap_tma    (TMA input boxes per tap + weight, sm_90) stride 1 or dividing H, W; >= 9 steps; NHWC x, KRSC w
                 implicit_tma (TMA weight loads, sm_90)           everything; KRSC weight for TMA
                 implicit   (general implicit GEMM, fprop.py)     everything
     grad_input  depthwise
-                tap_tma    (per stride phase, a forward conv of dy; sm_90) everything; NHWC dy
+                tap_tma    (per stride phase, a forward conv of dy on gemm1x1_tma, tap_tma or implicit_tma; sm_90) everything; NHWC dy
                 implicit   (phase-decomposed dgrad)              everything
     grad_weight depthwise
                 gemm1x1_tma  (plain GEMM, TMA loads, sm_90)      1x1, stride 1, no padding, NHWC, 16-bit
@@ -32,19 +32,22 @@ launcher needs a layout (TMA's 16-byte rows, pixel-linear strides) is a
 candidate only for tensors that have it (``LAYOUT_OK``); forced, it checks
 the layout itself and hands other tensors on to the next family.
 
-Every family is deterministic, so the same call twice gives the same bits. The first call
-of a key checks that for free where a launch plan fails its own check (``plans.build``
-replays the kernels and compares): the full path then runs once more, and a family whose
-two outputs differ has a race, and its output is not to be trusted. The router warns
-(``UnstableKernelWarning``), drops that family for the problem (``dropped``) and computes
-the call on the next candidate (the next fastest where they were timed). A forced family
-that does it raises instead. (On an H100, tap_tma on short reductions did, 2026-11-26.)
+Every family is deterministic, so the same call twice gives the same bits. Where the first
+call of a key fails its launch plan's check (``plans.build`` replays the kernels and
+compares), the full path runs once more (one extra call, once per key; with plans on, and not
+during a CUDA graph capture): a family whose two outputs differ has a race, and its output is
+not to be trusted. The router warns (``UnstableKernelWarning``), drops that family for the
+problem (``dropped``), saves the next choice, and computes the call on the next candidate (the
+next fastest where they were timed). A forced family that does it raises, on every call. (On
+an H100, tap_tma on short reductions did, 2026-11-26.)
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import os
+import sys
 import threading
 import warnings
 from typing import Callable, Dict, List, Optional, Tuple
@@ -280,9 +283,8 @@ def _route(table, direction: str, problem: Conv2dProblem, tensors: tuple, varian
         _load_choices(device)
         name = _choice.get(key)
         if name is not None and name not in _dropped.get(drop_key, ()):
-            timings = _timings.get(key)
-            _record(direction, name, timings)
-            return _run_trusted(plan_key, tensors, run, table, direction, problem, variant, key, name, timings)
+            return _run_trusted(plan_key, tensors, run, table, direction, problem, variant, key, name,
+                                _timings.get(key))
     names = [n for n in routed_candidates(table, direction, problem, tensors) if n not in _dropped.get(drop_key, ())]
     if not names:
         raise RuntimeError(f"tritonconv: no kernel family left for {direction} of {problem}: "
@@ -290,7 +292,8 @@ def _route(table, direction: str, problem: Conv2dProblem, tensors: tuple, varian
     if len(names) == 1 or not timed:
         if timed:
             _choice[key] = names[0]
-        _record(direction, names[0])
+            if drop_key in _dropped:  # a later process must not start on the dropped family again
+                _save_choice(key, names[0])
         return _run_trusted(plan_key, tensors, run, table, direction, problem, variant, key, names[0], None)
     timings = {}
     for cand in names:
@@ -299,34 +302,59 @@ def _route(table, direction: str, problem: Conv2dProblem, tensors: tuple, varian
         timings[cand] = configs.kernel_time(lambda: run(launcher))
     name = min(timings, key=timings.get)
     _choice[key], _timings[key] = name, timings
-    tuning.save_choice(device, (direction, dataclasses.astuple(problem), key[2], variant), name)
-    _record(direction, name, timings)
+    _save_choice(key, name)
     return _run_trusted(plan_key, tensors, run, table, direction, problem, variant, key, name, timings)
+
+
+def _save_choice(key: tuple, name: str) -> None:
+    """``tuning.save_choice`` for the router's key (direction, problem, layouts, variant, device)."""
+    direction, problem, layouts, variant, device = key
+    tuning.save_choice(device, (direction, dataclasses.astuple(problem), layouts, variant), name)
+
+
+_OWN_DIRS = tuple(os.path.dirname(m.__file__) + os.sep for m in (torch,)) + (
+    os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep,)
+
+
+def _user_stacklevel() -> int:
+    """The ``stacklevel`` of the first caller outside tritonconv and torch (for a warning to
+    point at the user's line), or 1 where there is none (autograd's backward thread)."""
+    frame, level = sys._getframe(1), 1
+    while frame is not None and frame.f_code.co_filename.startswith(_OWN_DIRS):
+        frame, level = frame.f_back, level + 1
+    return level if frame is not None else 1
 
 
 def _run_trusted(plan_key, tensors: tuple, run: Callable[[Callable], torch.Tensor], table, direction: str,
                  problem: Conv2dProblem, variant: str, key: Optional[tuple], name: str,
                  timings: Optional[Dict[str, float]]) -> torch.Tensor:
-    """``_run_planned`` on family ``name``; where that finds the family not deterministic, the
-    family is dropped for the problem and the call routed again (see the module's doc)."""
+    """``_run_planned`` on family ``name`` (recorded for ``recording`` once it has run); where that
+    finds the family not deterministic, the family is dropped for the problem and the call routed
+    again (see the module's doc)."""
     try:
-        return _run_planned(plan_key, tensors, run, table[name][1], name, timings)
+        out = _run_planned(plan_key, tensors, run, table[name][1], name, timings)
     except _Unstable:
         pass
+    else:
+        _record(direction, name, timings)
+        return out
+    plans.discard(plan_key)  # the next family records its own plan; a forced one checks again
     if getattr(_forced, "name", None) == name:
         raise RuntimeError(f"tritonconv: the forced {name} family gave different results for two identical "
                            f"{direction} calls of {problem}: its kernels are not deterministic there")
     drop_key = (direction, problem, _layout_key(*tensors), variant)
     _dropped.setdefault(drop_key, set()).add(name)
     warnings.warn(f"tritonconv: the {name} kernels gave different results for two identical {direction} calls "
-                  f"of {problem}; they are not used for it from now on", UnstableKernelWarning, stacklevel=4)
-    plans.discard(plan_key)  # the next family records its own plan
+                  f"of {problem}; they are not used for it from now on", UnstableKernelWarning,
+                  stacklevel=_user_stacklevel())
     if key is not None:
         _choice.pop(key, None)
         rest = {n: t for n, t in (timings or {}).items() if n not in _dropped[drop_key]}
+        if key in _timings:
+            _timings[key] = rest
         if rest:  # the next fastest of those timed: no need to time them again
             _choice[key] = min(rest, key=rest.get)
-            tuning.save_choice(key[4], (direction, dataclasses.astuple(problem), key[2], variant), _choice[key])
+            _save_choice(key, _choice[key])
     return _route(table, direction, problem, tensors, variant, run)
 
 

@@ -212,11 +212,15 @@ def wgrad_workspace(dy: torch.Tensor, problem: Conv2dProblem, memory_format, spl
 
 @triton.jit
 def sum_partials_kernel(
+    # pointers
     src_ptr,  # (split, D0, D1, D2, D3) fp32 / fp64 partials, any strides
     dst_ptr,  # (D0, D1, D2, D3), any strides
+    # sizes
     split, numel, D1, D2, D3,
+    # strides, in elements: src's (split first), dst's
     ss, s0, s1, s2, s3,
     t0, t1, t2, t3,
+    # meta-parameters
     BLOCK: tl.constexpr,
 ):
     """dst = the partials summed over the split, one after the other: a fixed order, so bitwise
@@ -229,17 +233,27 @@ def sum_partials_kernel(
     rest = rest // D2
     i1 = rest % D1
     i0 = (rest // D1).to(tl.int64)
+    # int64 offsets: split x a large weight's partials can pass 2**31 elements
     i1, i2, i3 = i1.to(tl.int64), i2.to(tl.int64), i3.to(tl.int64)
     src = src_ptr + i0 * s0 + i1 * s1 + i2 * s2 + i3 * s3
     acc = tl.zeros((BLOCK,), dtype=src_ptr.dtype.element_ty)
-    for j in range(split):
-        acc += tl.load(src + j * ss, mask=mask, other=0.0)
+    for _ in range(split):  # the pointer steps by ss: no split * ss product to overflow
+        acc += tl.load(src, mask=mask, other=0.0)
+        src += ss
     tl.store(dst_ptr + i0 * t0 + i1 * t1 + i2 * t2 + i3 * t3, acc.to(dst_ptr.dtype.element_ty), mask=mask)
 
 
 def sum_partials(dst: torch.Tensor, partials: torch.Tensor) -> torch.Tensor:
     """``dst.copy_(partials.sum(dim=0))`` as a kernel (``sum_partials_kernel``), so that a launch
-    plan replays it; ``dst`` has up to 4 dimensions, ``partials`` one more in front, any strides."""
+    plan replays it, summing in a fixed order (bitwise deterministic).
+
+    Args:
+        dst: up to 4 dimensions, any strides; written in its own dtype.
+        partials: (split, *dst.shape), fp32 or fp64, any strides.
+
+    Returns:
+        dst.
+    """
     assert partials.dim() == dst.dim() + 1 <= 5 and tuple(partials.shape[1:]) == tuple(dst.shape)
     numel = dst.numel()
     if numel == 0:
