@@ -295,10 +295,16 @@ def test_a_forced_family_that_is_not_deterministic_raises(monkeypatch):
             torch.ops.tritonconv.conv2d(x, w, None, [1, 1], [1, 1], [1, 1], 1)
 
 
-def test_derive_steps_rerun_for_each_call(monkeypatch):
-    """Torch work before the kernels (``plans.derive``): smallc_pad's channel-padded copies of x
-    and w, dgrad tap_tma's per-phase weights. The replay redoes it for new tensors; a stale
-    copy from the recorded call would give the first call's answer."""
+def _kernels_of(plan):
+    """The names of the kernels a plan launches, in order (its derive steps left out)."""
+    return [getattr(step[0], "fn", step[0]).__name__ for step in plan.launches if type(step) is not plans._Derive]
+
+
+def test_work_before_the_kernels_reruns_for_each_call(monkeypatch):
+    """Work a launcher does before its kernels: smallc_pad's channel-padded copies of x and w, in
+    torch (``plans.derive``), dgrad tap_tma's per-phase weights, by a kernel of their own (one
+    launch per phase). The replay redoes both for new tensors; a stale copy from the recorded
+    call would give the first call's answer."""
     x = _randn((2, 3, 11, 11), torch.float32, True)
     w = _randn((8, 3, 3, 3), torch.float32, True, scale=0.2)
     dy = _randn((2, 16, 4, 4), torch.float16, True)
@@ -310,7 +316,8 @@ def test_derive_steps_rerun_for_each_call(monkeypatch):
         torch.ops.tritonconv.conv2d_grad_input(dy, wt, [2, 16, 8, 8], *args)
     made = _plans_of("forward", "smallc_pad") + _plans_of("input_grad", "tap_tma")
     assert len(made) == 2 and all(isinstance(p, plans.Plan) for p in made), [getattr(p, "why", p) for p in made]
-    assert all(any(type(step) is plans._Derive for step in p.launches) for p in made)
+    assert any(type(step) is plans._Derive for step in made[0].launches)
+    assert _kernels_of(made[1]).count("phase_weight_kernel") == 4  # stride 2: four phases, each reached
 
     _forbid(monkeypatch, router.FORWARD, "smallc_pad")
     _forbid(monkeypatch, router.INPUT_GRAD, "tap_tma")
@@ -349,6 +356,29 @@ def test_unreached_phases_replay(with_bias, monkeypatch):
     with router.force("tap_tma"):
         y = call(x2, w2, b2)
     assert rel_err(y, reference(x2, w2, b2)) <= tol(torch.float16)
+
+
+def test_kernels_inside_a_derive_step_are_its_own(monkeypatch):
+    """With the phase-weight cache on (tritonconv.nn.ConvTranspose2d in inference) dgrad tap_tma
+    takes its phase weights from a derive step, which on a cache miss launches their kernels
+    itself: the plan reruns the step and must not record those launches as well."""
+    from tritonconv.kernels import dgrad
+
+    def grad_input(dy, w):
+        with dgrad.cached_phase_weights(), router.force("tap_tma"):
+            return torch.ops.tritonconv.conv2d_grad_input(dy, w, [2, 16, 8, 8], [2, 2], [1, 1], [1, 1], 1)
+
+    dy = _randn((2, 16, 4, 4), torch.float16, True)
+    grad_input(dy, _randn((16, 16, 3, 3), torch.float16, True, scale=0.1))
+    (plan,) = _plans_of("input_grad", "tap_tma")
+    assert isinstance(plan, plans.Plan), plan.why
+    assert any(type(step) is plans._Derive for step in plan.launches)
+    assert "phase_weight_kernel" not in _kernels_of(plan)
+    _forbid(monkeypatch, router.INPUT_GRAD, "tap_tma")
+    w2 = _randn((16, 16, 3, 3), torch.float16, True, scale=0.1)  # a new weight: a cache miss, rebuilt
+    gx = grad_input(dy, w2)
+    ref = torch.nn.grad.conv2d_input((2, 16, 8, 8), w2.double(), dy.double(), 2, 1, 1, 1)
+    assert rel_err(gx, ref) <= tol(torch.float16)
 
 
 class _Captured:

@@ -199,8 +199,12 @@ def derive(fn: Callable[..., Any], *tensors: Optional[torch.Tensor]) -> Any:
     A step that writes into the output fails the plan's check, and the key keeps the full path;
     one that depends on other state (a global setting, the current stream) is not caught by the
     check, which reruns it right away: such state is the launcher's to make part of ``fn``."""
-    results = fn(*tensors)
     launches = getattr(_local, "launches", None)
+    _local.launches = None  # kernels fn launches are its own: the replay reruns fn, not them
+    try:
+        results = fn(*tensors)
+    finally:
+        _local.launches = launches
     if launches is not None:
         launches.append(_Derivation(fn, tensors, results))
     return results

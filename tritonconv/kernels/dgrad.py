@@ -55,7 +55,7 @@ from . import gemm1x1
 from .fprop import conv2d_fprop_tap_tma, spatial_tiles_fit
 
 __all__ = ["accepts_tap_tma", "conv2d_dgrad_tap_tma", "tap_tma_usable", "conv2d_dgrad", "dgrad_kernel",
-           "cached_phase_weights", "forget_phase_weights"]
+           "phase_fill_kernel", "phase_weight_kernel", "cached_phase_weights", "forget_phase_weights"]
 
 
 @triton.jit
@@ -298,15 +298,54 @@ def _phases(problem: Conv2dProblem) -> List[_Phase]:
     return phases
 
 
+@triton.jit
+def phase_weight_kernel(
+    # pointers
+    w_ptr,  # (K, C/groups, R, S), any strides
+    out_ptr,  # (C, K/groups, NA, NB), KRSC-contiguous: element (c, k, t, u) at ((c*NA + t)*NB + u)*KG + k
+    # sizes
+    numel, KG, CG, NA, NB,
+    # the phase's taps: kernel rows r0, r0 + step_h, ... (NA of them), columns likewise
+    r0, s0, step_h, step_w,
+    # strides, in elements
+    swk, swc, swr, sws,
+    # meta-parameters
+    BLOCK: tl.constexpr,
+):
+    """w_ab[g*C/g + c, k, t, u] = w[g*K/g + k, c, r0 + (NA-1-t)*step_h, s0 + (NB-1-u)*step_w]."""
+    idx = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    mask = idx < numel
+    k = idx % KG
+    rest = idx // KG
+    u = rest % NB
+    rest = rest // NB
+    t = rest % NA
+    c = rest // NA
+    g = c // CG
+    r = r0 + (NA - 1 - t) * step_h
+    s = s0 + (NB - 1 - u) * step_w
+    # int64: a large weight's strides times its indices can pass 2**31
+    src = (g * KG + k).to(tl.int64) * swk + (c - g * CG).to(tl.int64) * swc + r.to(tl.int64) * swr \
+        + s.to(tl.int64) * sws
+    tl.store(out_ptr + idx, tl.load(w_ptr + src, mask=mask), mask=mask)
+
+
 def _phase_weight(w: torch.Tensor, problem: Conv2dProblem, phase: _Phase) -> torch.Tensor:
-    """w_ab (C, K/groups, n_a, n_b), KRSC: the phase's taps of w, flipped and transposed per group."""
+    """w_ab (C, K/groups, n_a, n_b), KRSC: the phase's taps of w, flipped and transposed per group,
+    by ``phase_weight_kernel`` (one launch, which a launch plan replays, where the same in torch
+    took five ops and a copy of host time per call)."""
     pb = problem
     th, tw = phase.taps_h, phase.taps_w
-    sub = w[:, :, th.start:th.stop:th.step, tw.start:tw.stop:tw.step]
-    wt = sub.reshape(pb.groups, pb.K_per_group, pb.C_per_group, len(phase.taps_h), len(phase.taps_w))
-    wt = wt.transpose(1, 2).flip(3, 4)
-    return wt.reshape(pb.C, pb.K_per_group, len(phase.taps_h), len(phase.taps_w)).contiguous(
-        memory_format=torch.channels_last)
+    out = torch.empty((pb.C, pb.K_per_group, len(th), len(tw)), dtype=w.dtype, device=w.device,
+                      memory_format=torch.channels_last)
+    if out.numel() == 0:
+        return out
+    block = 1024
+    tuning.launch_direct(phase_weight_kernel, (triton.cdiv(out.numel(), block),),
+        w, out, out.numel(), pb.K_per_group, pb.C_per_group, len(th), len(tw),
+        th.start, tw.start, th.step, tw.step, *w.stride(), BLOCK=block,
+    )
+    return out
 
 
 # Inference through a module (tritonconv.nn.ConvTranspose2d, whose forward is this dgrad)
@@ -436,8 +475,10 @@ def conv2d_dgrad_tap_tma(dy: torch.Tensor, w: torch.Tensor, problem: Conv2dProbl
     if dx.numel() == 0:
         return dx
     phases = _phases(pb)
-    # torch work before the kernels: a launch plan reruns it for each call's weight
-    weights = iter(plans.derive(lambda w: _phase_weights(w, pb, phases), w))
+    if _cacheable(w):  # the cache's lookup is host work a launch plan must redo for each call
+        weights = iter(plans.derive(lambda w: _phase_weights(w, pb, phases), w))
+    else:  # kernels into new tensors: the plan records and replays them
+        weights = iter(_phase_weights(w, pb, phases))
     for phase in phases:
         out = dx[:, :, phase.a::pb.stride_h, phase.b::pb.stride_w]
         if phase.forward is None:
