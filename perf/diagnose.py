@@ -17,6 +17,9 @@ then the router's own choice, then cuDNN), on random channels_last inputs:
   (no host cost at all; ``configs.kernel_time``, the router's timer);
 - ``kernels``: the device time of the kernels one call launches (torch.profiler), and how many;
 - ``host_us``: Python time to issue one call (no synchronisation inside the timed loop);
+  for the "functional" route, also where that time goes: the top functions of a cProfile of
+  300 calls, by own time (on the H100 of 2026-11-26 a call cost 56-94 us there, and do_bench's
+  L2 flush hides only part of that: its timings turned bimodal);
 - ``config``: the tile each tuned kernel ran.
 
 "routed" is the op called through the dispatcher (launch plans on, ``tritonconv.plans``);
@@ -74,6 +77,7 @@ def main(argv=None) -> int:
     layers = presets.get_preset(args.preset).select([n for n in args.layers.split(",") if n])
     start = time.perf_counter()
     rows = []
+    profiles = []  # (layer, text): where a "functional" call's host time goes
 
     def measure(fn):
         """(bench, loop, graph, kernels, n_kernels, host_us) in ms / us; None where not on CUDA."""
@@ -196,10 +200,12 @@ def main(argv=None) -> int:
             row.update(zip(("bench", "loop", "graph", "kernels", "n_kernels", "host_us"), numbers))
             rows.append(row)
             print("  " + _fmt_row(row), flush=True)
+            if fam == "functional" and cuda:  # (under the interpreter it would profile the interpreter)
+                profiles.append((layer.name, _host_profile(fn, cuda)))
 
     plan_line = f"launch plans: {plans.stats()}; keys without one, by reason: {plans.reasons() or 'none'}"
     ptx = _ptx_table(Path(os.environ["TRITON_CACHE_DIR"]))
-    text = _report(rows, ptx, device, plan_line, args.mode)
+    text = _report(rows, ptx, device, plan_line, args.mode, profiles)
     (out_dir / "diagnose.md").write_text(text)
     print()
     print(text)
@@ -235,7 +241,34 @@ def _ptx_table(cache: Path):
     return found
 
 
-def _report(rows, ptx, device, plan_line="", mode="forward") -> str:
+def _host_profile(fn, cuda: bool, calls: int = 300, top: int = 14) -> str:
+    """The ``top`` functions by own time over ``calls`` calls of ``fn`` under cProfile (which
+    slows every Python call alike: read it for shares, not for microseconds)."""
+    import cProfile
+    import io
+    import pstats
+
+    fn()
+    prof = cProfile.Profile()
+    prof.enable()
+    for _ in range(calls):
+        fn()
+    prof.disable()
+    if cuda:
+        import torch
+
+        torch.cuda.synchronize()
+    out = io.StringIO()
+    stats = pstats.Stats(prof, stream=out)
+    stats.sort_stats("tottime").print_stats(top)
+    text = out.getvalue()
+    body = text[text.find("ncalls"):] if "ncalls" in text else text
+    root = str(Path(__file__).resolve().parent.parent) + "/"
+    lines = (re.sub(r"/\S*/site-packages/", "", line).replace(root, "").rstrip()[:160] for line in body.splitlines())
+    return "\n".join(line for line in lines if line.strip())
+
+
+def _report(rows, ptx, device, plan_line="", mode="forward", profiles=()) -> str:
     lines = ["# Where the time goes", "",
              f"mode: {mode}; device: {device}; ms per call; rel_err of the first call, then of a later one "
              "(a plan replay); kernels = the device time of the kernels one call launches "
@@ -250,6 +283,8 @@ def _report(rows, ptx, device, plan_line="", mode="forward") -> str:
               "| kernel | cache dir | " + " | ".join(_PTX_OPS) + " |",
               "| --- | --- | " + " | ".join("---" for _ in _PTX_OPS) + " |"]
     lines += [f"| {name} | {d} | " + " | ".join(str(c[k]) for k in _PTX_OPS) + " |" for name, d, c in ptx]
+    for layer, text in profiles:
+        lines += ["", f"## Host time of a functional call, {layer} (cProfile, by own time)", "", "```", text, "```"]
     return "\n".join(lines) + "\n"
 
 
