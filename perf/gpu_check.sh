@@ -17,6 +17,8 @@
 #      family, launch plans on and off); its table is appended to summary.md
 #   2c. host cost: perf/host_cost.py, host time per call by route (op, functional, autograd, a
 #      training step), appended to summary.md
+#   2d. race check: perf/race_check.py, every tile config of the TMA families pinned in turn on
+#      ResNet-50 layers, three calls each (same bits? right?), appended to summary.md
 #   3. forward sweep       ResNet-50 batch 32, fp16 then bf16, channels_last, every provider
 #   4. backward sweep      grad_input, grad_weight, forward_backward on six ResNet-50 layers, fp16
 #   5. end to end          perf/resnet50.py: training step, eager inference and inference from a
@@ -181,6 +183,13 @@ diagnose() {
         --out "$DIAG_DIR" --time-budget $((STAGE_S * 2 / 3))
 }
 
+race_check() {
+    # every tile config of the TMA families pinned in turn at ResNet-50 sizes, three calls each:
+    # same bits and right answers (tap_tma raced on short reductions, 2026-11-26)
+    # shellcheck disable=SC2086  # RACE_ARGS is a list of words
+    mkdir -p "$DIAG_DIR" && $PY perf/race_check.py --out "$DIAG_DIR" --time-budget $((STAGE_S * 2 / 3)) $RACE_ARGS
+}
+
 host_cost() {
     # host time per call by route (the op, tritonconv.functional, autograd, a training step)
     mkdir -p "$DIAG_DIR" && $PY perf/host_cost.py --calls 1000 >"$DIAG_DIR/host_cost.md"
@@ -193,7 +202,7 @@ e2e() {
 }
 
 export PY OUTDIR CSV BUDGET TRITONCONV_CACHE_DIR
-export -f sweep env_info quick_tests diagnose host_cost e2e
+export -f sweep env_info quick_tests diagnose race_check host_cost e2e
 
 # The stage is cut off at its share of the budget, so what no GPU has run comes first: the
 # families (the TMA kernels among them), then the core forward and backward, then the rest.
@@ -201,19 +210,19 @@ export -f sweep env_info quick_tests diagnose host_cost e2e
 FIRST_TESTS="tests/test_plans.py tests/test_families.py tests/test_conv2d.py tests/test_backward.py"
 TESTS="$FIRST_TESTS $(cd "$ROOT" && ls tests/test_*.py | grep -v -x -F -e tests/test_families.py \
     -e tests/test_conv2d.py -e tests/test_backward.py -e tests/test_plans.py | tr '\n' ' ')"
-PRESET=resnet50 BATCH=32 FP16=fp16 BF16=bf16 E2E_ARGS=""
+PRESET=resnet50 BATCH=32 FP16=fp16 BF16=bf16 E2E_ARGS="" RACE_ARGS=""
 BACKWARD_LAYERS="conv1,layer1.0.conv2,layer2.0.conv2,layer2.0.downsample.0,layer3.1.conv1,layer4.1.conv2"
 # layer3.0.conv3: gemm1x1_tma timed bimodal in the sweep of 2026-11-26 (p20 0.016, median 0.038 ms)
 DIAG_LAYERS="layer1.0.conv2,layer3.0.conv3,layer3.1.conv1"
 DIAG_DIR="${TMPDIR:-/tmp}/tritonconv-diagnose-$$"
 if [ "${GPU_CHECK_DRY_RUN:-0}" = 1 ]; then
     PRESET=smoke BATCH=2 FP16=fp32 TESTS=tests/test_bench.py BACKWARD_LAYERS="3x3,1x1/2" DIAG_LAYERS="1x1/2"
-    E2E_ARGS="--tiny --image 32 --reps 1"
+    E2E_ARGS="--tiny --image 32 --reps 1" RACE_ARGS="--batch 1 --cases 2"
     [ -n "${FAMILY_PRESETS:-}" ] && FAMILY_PRESETS=smoke
     torch_cuda=$($PY -c "import torch; print(int(torch.cuda.is_available()))" 2>/dev/null || echo 0)
     [ "$torch_cuda" = 1 ] || export TRITON_INTERPRET=1
 fi
-export PRESET BATCH FP16 BF16 TESTS E2E_ARGS DIAG_LAYERS DIAG_DIR
+export PRESET BATCH FP16 BF16 TESTS E2E_ARGS RACE_ARGS DIAG_LAYERS DIAG_DIR
 
 log "tritonconv GPU check: budget ${BUDGET}s, output $OUTDIR, run $TRITONCONV_RUN_ID, commit $TRITONCONV_COMMIT"
 stage environment 100 60 env_info
@@ -233,6 +242,7 @@ if [ "$(left)" -gt 60 ]; then
 fi
 stage "where the time goes" 10 60 diagnose
 stage "host cost" 5 30 host_cost
+stage "race check" 8 45 race_check
 stage "forward fp16" 50 600 sweep --preset "$PRESET" --batch "$BATCH" --dtype "$FP16" --layout channels_last \
     --modes forward
 if [ -n "${FAMILY_PRESETS:-}" ]; then
@@ -267,6 +277,9 @@ if [ -d "$CACHE_DIR" ]; then
 fi
 if [ -s "$DIAG_DIR/diagnose.md" ]; then
     { echo; sed 's/^# Where the time goes/## Where the time goes (perf\/diagnose.py)/' "$DIAG_DIR/diagnose.md"; } >>"$OUTDIR/summary.md"
+fi
+if [ -s "$DIAG_DIR/race_check.md" ]; then
+    { echo; sed 's/^# Race check/## Race check (perf\/race_check.py)/' "$DIAG_DIR/race_check.md"; } >>"$OUTDIR/summary.md"
 fi
 if [ -s "$DIAG_DIR/host_cost.md" ]; then
     { echo; echo "## Host time per call (perf/host_cost.py)"; echo; cat "$DIAG_DIR/host_cost.md"; } >>"$OUTDIR/summary.md"

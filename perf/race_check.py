@@ -1,0 +1,148 @@
+"""Race check: every tile config of the TMA families, pinned in turn, at real layer sizes.
+
+    PYTHONPATH=$PWD python perf/race_check.py --out OUTDIR [--time-budget 60] [--cases ...]
+
+On the H100 of 2026-11-26, fprop_tap_tma with 128x128x64 tiles and 3 stages gave wrong tiles,
+different on every call, where its reduction loop took 2 to 8 steps, and right ones at 1 and at
+9 or more; the autotuner had picked that config for those layers
+(perf/results/2026-11-26_H100_84cd0fb/NOTES.md). The sweep checks only the config the autotuner
+picks, once. This script runs, per case (a kernel family forced on one ResNet-50 layer at batch
+32, fp16, channels_last), every config the family's pruner keeps for that problem, each pinned
+alone, three calls on the same inputs with NaN-poisoned outputs and launch plans off, and
+reports per config:
+
+- ``rel_err``: the worst of the three against float64 aten;
+- ``same bits``: whether the three outputs are bitwise equal (every family is deterministic:
+  a difference is a race).
+
+The cases include the short reductions tap_tma now declines (forced anyway, through the kernel
+directly), to see which configs the failure needs. Writes OUTDIR/race_check.md; exits 1 if a
+config the router can run gave different bits or a wrong result.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+# (name, what runs, ResNet-50 layer, whether the router can run it: tap_tma declines short
+# reductions since 2026-11-26, but the kernel can be launched directly)
+CASES = [  # most telling first: a budget may stop the list
+    ("tap_tma fwd, 3x3 C64 56x56 (9 steps)", "fprop_tap_tma", "layer1.0.conv2", True),
+    ("tap_tma fwd, 1x1 C256 14x14 (4 steps)", "fprop_tap_tma", "layer3.0.conv3", False),
+    ("gemm1x1_tma fwd, C256 14x14 (4 steps)", "gemm1x1_tma", "layer3.0.conv3", True),
+    ("tap_tma fwd, 3x3 C256 14x14 (36 steps)", "fprop_tap_tma", "layer3.1.conv2", True),
+    ("implicit_tma fwd, 1x1/2 C512 (8 steps)", "fprop_tma", "layer3.0.downsample.0", True),
+    ("tap_tma fwd, 3x3 C512 7x7 (72 steps)", "fprop_tap_tma", "layer4.1.conv2", True),
+    ("gemm1x1_tma fwd, C64 56x56 (1 step)", "gemm1x1_tma", "layer1.0.conv3", True),
+]
+
+
+def _args(argv):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--out", default="perf/out/race_check")
+    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--time-budget", type=float, default=0, help="seconds; start no case after it")
+    p.add_argument("--cases", default="", help="comma-separated indices into CASES (default: all)")
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = _args(argv)
+    os.environ["TRITONCONV_TUNE"] = "0"  # every prune hook then keeps one config: configs.tuned, pinned below
+    os.environ.setdefault("TRITONCONV_PLANS", "0")
+    import torch
+    import torch.nn.functional as F
+    import triton
+
+    from tritonconv import configs, plans
+    from tritonconv.bench import presets
+    from tritonconv.kernels import _common, fprop, gemm1x1
+
+    device = "cuda" if torch.cuda.is_available() and not _common.INTERPRETER else "cpu"
+    if device == "cpu" and not _common.INTERPRETER:
+        print("race_check: needs a CUDA device (or TRITON_INTERPRET=1, to check this script)", file=sys.stderr)
+        return 2
+    out_dir = Path(args.out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    _common.set_poison_outputs(True)
+    layers = {layer.name: layer for layer in presets.get_preset("resnet50").layers}
+    picked = [CASES[int(i)] for i in args.cases.split(",") if i] if args.cases else CASES
+    autotuners = [fprop._fprop_tap_tma_tuned, fprop._fprop_tma_tuned, gemm1x1._gemm1x1_tma_tuned]
+    launchers = {
+        "fprop_tap_tma": fprop.conv2d_fprop_tap_tma,
+        "fprop_tma": fprop.conv2d_fprop_tma,
+        "gemm1x1_tma": gemm1x1.conv2d_fprop_1x1_tma,
+    }
+    real_tuned, min_steps = configs.tuned, fprop.TAP_TMA_MIN_STEPS
+    pinned = {"name": None, "seen": None}
+
+    def tuned(kept):
+        if pinned["seen"] is not None:  # listing: what the pruner keeps for this problem
+            pinned["seen"].extend(configs.config_name(c) for c in kept)
+        return [c for c in kept if configs.config_name(c) == pinned["name"]] or real_tuned(kept)
+
+    configs.tuned = tuned
+    rows, bad, start = [], [], time.perf_counter()
+    try:
+        for name, kernel, layer_name, routable in picked:
+            if args.time_budget and time.perf_counter() - start > args.time_budget:
+                rows.append((name, "-", "skipped: time budget", "", ""))
+                continue
+            layer = layers[layer_name]
+            pb = layer.problem(args.batch)
+            stride, padding, dilation, groups = layer.conv_args()
+            gen = torch.Generator(device=device).manual_seed(7)
+            x = torch.randn(pb.input_shape, generator=gen, device=device).half().contiguous(
+                memory_format=torch.channels_last)
+            w = (torch.randn(pb.weight_shape, generator=gen, device=device) / (pb.C_per_group * pb.R * pb.S) ** 0.5
+                 ).half().contiguous(memory_format=torch.channels_last)
+            ref = F.conv2d(x.double(), w.double(), None, stride, padding, dilation, groups)
+            launch = launchers[kernel]
+            # a problem the router's tap_tma declines still reaches the kernel here
+            fprop.TAP_TMA_MIN_STEPS = min_steps if routable else 1
+            pinned["seen"], pinned["name"] = [], None
+            for t in autotuners:
+                t.cache.clear()
+            launch(x, w, None, pb)  # lists the configs kept (and runs the smallest)
+            # a kernel with one config (the interpreter's) is never pruned: it runs that one
+            names, pinned["seen"] = list(dict.fromkeys(pinned["seen"])) or ["(its only config)"], None
+            for cfg in names:
+                pinned["name"] = cfg
+                for t in autotuners:
+                    t.cache.clear()
+                try:
+                    outs = [launch(x, w, None, pb) for _ in range(3)]
+                    if device == "cuda":
+                        torch.cuda.synchronize()
+                except Exception as err:  # a config that fails to build or launch is a row
+                    rows.append((name, cfg, f"error: {type(err).__name__}: {str(err)[:80]}", "", ""))
+                    continue
+                errs = [((o.double() - ref).norm() / ref.norm()).item() for o in outs]
+                same = all(plans.same_bits(outs[0], o) for o in outs[1:])
+                rows.append((name, cfg, f"{max(errs):.1e}", "yes" if same else "**no**",
+                             "" if routable else "declined by the router"))
+                if routable and (not same or max(errs) > 1e-2):
+                    bad.append((name, cfg))
+                print(f"{name} | {cfg} | {max(errs):.1e} | same bits: {same}", flush=True)
+    finally:
+        configs.tuned, fprop.TAP_TMA_MIN_STEPS = real_tuned, min_steps
+    lines = ["# Race check: every config of the TMA families, three calls each", "",
+             f"{torch.cuda.get_device_name() if device == 'cuda' else 'CPU, Triton interpreter (plumbing only)'}; "
+             f"torch {torch.__version__}, triton {triton.__version__}; "
+             f"ResNet-50 layers at N={args.batch}, fp16, channels_last; launch plans off.", "",
+             "| case | config | rel_err (worst of 3) | same bits | note |", "| --- | --- | --- | --- | --- |"]
+    lines += [f"| {' | '.join(r)} |" for r in rows]
+    lines += ["", f"{len(bad)} config(s) the router can run gave different bits or a wrong result"
+              + (": " + ", ".join(f"{n} {c}" for n, c in bad) if bad else ".")]
+    text = "\n".join(lines) + "\n"
+    (out_dir / "race_check.md").write_text(text)
+    print(text)
+    return 1 if bad else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
