@@ -29,10 +29,14 @@ import time
 from pathlib import Path
 
 # (name, what runs, ResNet-50 layer, whether the router can run it: tap_tma declines short
-# reductions since 2026-11-26, but the kernel can be launched directly)
+# reductions since 2026-11-26, but the kernel can be launched directly; optionally a batch of
+# its own)
 CASES = [  # most telling first: a budget may stop the list
     ("tap_tma fwd, 3x3 C64 56x56 (9 steps)", "fprop_tap_tma", "layer1.0.conv2", True),
     ("tap_tma fwd, 1x1 C256 14x14 (4 steps)", "fprop_tap_tma", "layer3.0.conv3", False),
+    # the same at N=8: 128 programs of 128x128 tiles, one per SM at most; the probes of
+    # 2026-11-26 saw no failure there (N=8, padding 1), and failures from N=16 (two per SM)
+    ("tap_tma fwd, 1x1 C256 14x14 (4 steps), N=8", "fprop_tap_tma", "layer3.0.conv3", False, 8),
     ("gemm1x1_tma fwd, C256 14x14 (4 steps)", "gemm1x1_tma", "layer3.0.conv3", True),
     ("tap_tma fwd, 3x3 C256 14x14 (36 steps)", "fprop_tap_tma", "layer3.1.conv2", True),
     ("implicit_tma fwd, 1x1/2 C512 (8 steps)", "fprop_tma", "layer3.0.downsample.0", True),
@@ -88,12 +92,12 @@ def main(argv=None) -> int:
     configs.tuned = tuned
     rows, bad, start = [], [], time.perf_counter()
     try:
-        for name, kernel, layer_name, routable in picked:
+        for name, kernel, layer_name, routable, *batch in picked:
             if args.time_budget and time.perf_counter() - start > args.time_budget:
                 rows.append((name, "-", "skipped: time budget", "", ""))
                 continue
             layer = layers[layer_name]
-            pb = layer.problem(args.batch)
+            pb = layer.problem(batch[0] if batch else args.batch)
             stride, padding, dilation, groups = layer.conv_args()
             gen = torch.Generator(device=device).manual_seed(7)
             x = torch.randn(pb.input_shape, generator=gen, device=device).half().contiguous(
