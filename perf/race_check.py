@@ -91,9 +91,27 @@ def main(argv=None) -> int:
 
     configs.tuned = tuned
     rows, bad, start = [], [], time.perf_counter()
+    header = ["# Race check: every config of the TMA families, three calls each", "",
+              f"{torch.cuda.get_device_name() if device == 'cuda' else 'CPU, Triton interpreter (plumbing only)'}; "
+              f"torch {torch.__version__}, triton {triton.__version__}; "
+              f"ResNet-50 layers at N={args.batch} (unless the case says), fp16, channels_last; launch plans off.", "",
+              "| case | config | rel_err (worst of 3) | same bits | note |", "| --- | --- | --- | --- | --- |"]
+
+    def report() -> str:
+        """Written after every config, so that a run cut off by its caller's timeout leaves its rows."""
+        lines = header + [f"| {' | '.join(r)} |" for r in rows]
+        lines += ["", f"{len(bad)} config(s) the router can run gave different bits or a wrong result"
+                  + (": " + ", ".join(f"{n} {c}" for n, c in bad) if bad else ".")]
+        text = "\n".join(lines) + "\n"
+        (out_dir / "race_check.md").write_text(text)
+        return text
+
+    def out_of_time() -> bool:
+        return bool(args.time_budget) and time.perf_counter() - start > args.time_budget
+
     try:
         for name, kernel, layer_name, routable, *batch in picked:
-            if args.time_budget and time.perf_counter() - start > args.time_budget:
+            if out_of_time():
                 rows.append((name, "-", "skipped: time budget", "", ""))
                 continue
             layer = layers[layer_name]
@@ -115,6 +133,9 @@ def main(argv=None) -> int:
             # a kernel with one config (the interpreter's) is never pruned: it runs that one
             names, pinned["seen"] = list(dict.fromkeys(pinned["seen"])) or ["(its only config)"], None
             for cfg in names:
+                if out_of_time():
+                    rows.append((name, cfg, "skipped: time budget", "", ""))
+                    continue
                 pinned["name"] = cfg
                 for t in autotuners:
                     t.cache.clear()
@@ -132,19 +153,10 @@ def main(argv=None) -> int:
                 if routable and (not same or max(errs) > 1e-2):
                     bad.append((name, cfg))
                 print(f"{name} | {cfg} | {max(errs):.1e} | same bits: {same}", flush=True)
+                report()
     finally:
         configs.tuned, fprop.TAP_TMA_MIN_STEPS = real_tuned, min_steps
-    lines = ["# Race check: every config of the TMA families, three calls each", "",
-             f"{torch.cuda.get_device_name() if device == 'cuda' else 'CPU, Triton interpreter (plumbing only)'}; "
-             f"torch {torch.__version__}, triton {triton.__version__}; "
-             f"ResNet-50 layers at N={args.batch}, fp16, channels_last; launch plans off.", "",
-             "| case | config | rel_err (worst of 3) | same bits | note |", "| --- | --- | --- | --- | --- |"]
-    lines += [f"| {' | '.join(r)} |" for r in rows]
-    lines += ["", f"{len(bad)} config(s) the router can run gave different bits or a wrong result"
-              + (": " + ", ".join(f"{n} {c}" for n, c in bad) if bad else ".")]
-    text = "\n".join(lines) + "\n"
-    (out_dir / "race_check.md").write_text(text)
-    print(text)
+    print(report())
     return 1 if bad else 0
 
 
