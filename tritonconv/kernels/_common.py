@@ -22,6 +22,7 @@ __all__ = [
     "grouped_pid",
     "tile_pid",
     "split_range",
+    "unravel4",
     "dense_view",
     "phase_view",
     "phase_view_fits",
@@ -148,6 +149,17 @@ def tap_phase(r, dil, pad, stride):
     lift = tl.cdiv(tl.maximum(pad, 0), stride)  # r*dil - pad + stride*lift >= 0
     offset = r * dil - pad + stride * lift
     return offset // stride - lift, offset % stride
+
+
+@triton.jit
+def unravel4(offs, D1, D2, D3):
+    """Flat indices ``offs`` into a row-major (D0, D1, D2, D3) array as (i0, i1, i2, i3) (the
+    elementwise kernels' index arithmetic: phase weights, sums of partials)."""
+    i3 = offs % D3
+    rest = offs // D3
+    i2 = rest % D2
+    rest = rest // D2
+    return rest // D1, rest % D1, i2, i3
 
 
 @contextlib.contextmanager

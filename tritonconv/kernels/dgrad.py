@@ -50,6 +50,7 @@ from ._common import (
     input_precision_for,
     thread_setting,
     tile_pid,
+    unravel4,
 )
 from . import gemm1x1
 from .fprop import conv2d_fprop_tap_tma, spatial_tiles_fit
@@ -315,12 +316,7 @@ def phase_weight_kernel(
     """w_ab[g*C/g + c, k, t, u] = w[g*K/g + k, c, r0 + (NA-1-t)*step_h, s0 + (NB-1-u)*step_w]."""
     idx = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     mask = idx < numel
-    k = idx % KG
-    rest = idx // KG
-    u = rest % NB
-    rest = rest // NB
-    t = rest % NA
-    c = rest // NA
+    c, t, u, k = unravel4(idx, NA, NB, KG)
     g = c // CG
     r = r0 + (NA - 1 - t) * step_h
     s = s0 + (NB - 1 - u) * step_w

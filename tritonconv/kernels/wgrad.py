@@ -49,6 +49,7 @@ from ._common import (
     split_range,
     tap_phase,
     tile_pid,
+    unravel4,
 )
 
 __all__ = ["conv2d_wgrad", "conv2d_bias_grad", "conv2d_wgrad_tap_tma", "wgrad_kernel", "wgrad_tap_tma_kernel",
@@ -227,14 +228,9 @@ def sum_partials_kernel(
     deterministic (float atomics are not)."""
     offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     mask = offs < numel
-    i3 = offs % D3
-    rest = offs // D3
-    i2 = rest % D2
-    rest = rest // D2
-    i1 = rest % D1
-    i0 = (rest // D1).to(tl.int64)
+    i0, i1, i2, i3 = unravel4(offs, D1, D2, D3)
     # int64 offsets: split x a large weight's partials can pass 2**31 elements
-    i1, i2, i3 = i1.to(tl.int64), i2.to(tl.int64), i3.to(tl.int64)
+    i0, i1, i2, i3 = i0.to(tl.int64), i1.to(tl.int64), i2.to(tl.int64), i3.to(tl.int64)
     src = src_ptr + i0 * s0 + i1 * s1 + i2 * s2 + i3 * s3
     acc = tl.zeros((BLOCK,), dtype=src_ptr.dtype.element_ty)
     for _ in range(split):  # the pointer steps by ss: no split * ss product to overflow
