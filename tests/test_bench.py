@@ -23,7 +23,7 @@ import triton
 from conftest import CUDA
 
 from tritonconv import tuning
-from tritonconv.bench import precompile, presets, report, sweep
+from tritonconv.bench import precompile, presets, report, sweep, timing
 from tritonconv.kernels import router
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -145,6 +145,86 @@ def _row(provider, layer, median, **kw):
                timestamp="2026-01-01T00:00:00Z", commit="abc1234")
     row.update(kw)
     return row
+
+
+class _FakeCuda:
+    """A GPU timeline for ``timing.device_bench``: work starts when both the GPU is free and the
+    host has issued it; events read the GPU's clock; each API call costs the host a little.
+    Times in microseconds; the spin runs CYCLES_PER_US cycles a microsecond."""
+
+    CYCLES_PER_US = 1500
+
+    def __init__(self):
+        self.host = self.gpu = 0.0
+
+    def enqueue(self, us):
+        self.host += 2
+        self.gpu = max(self.gpu, self.host) + us
+        return self.gpu
+
+    def synchronize(self):
+        self.host = max(self.host, self.gpu)
+
+    def current_device(self):
+        return 0
+
+    def _sleep(self, cycles):
+        self.enqueue(cycles / self.CYCLES_PER_US)
+
+    def Event(self, enable_timing=False):
+        fake = self
+
+        class Event:
+            def record(self):
+                self.t = fake.enqueue(0)
+
+            def elapsed_time(self, other):
+                return (other.t - self.t) / 1e3
+
+        return Event()
+
+
+@pytest.mark.parametrize("spin", [True, False])
+def test_device_bench_times_the_device_when_the_host_is_slower_than_the_flush(spin, monkeypatch):
+    """A call whose host takes 150 us for a 10 us kernel, after a 100 us flush: do_bench's
+    protocol (no spin) times 60 us, the host's share; with the spin, the kernel's 10 us."""
+    gpu = _FakeCuda()
+    monkeypatch.setattr(timing, "_cycles_per_us", {})
+    if not spin:
+        monkeypatch.setattr(timing, "SPIN_HOST_FACTOR", 0.0)
+        monkeypatch.setattr(timing, "SPIN_MARGIN_US", 0.0)
+
+    def call():
+        gpu.host += 150
+        gpu.enqueue(10)
+
+    res = timing.device_bench(call, warmup_ms=1, rep_ms=20, cuda=gpu, flush=lambda: gpu.enqueue(100),
+                              clock=lambda: gpu.host / 1e6)
+    assert res.host_us == pytest.approx(152, abs=1)  # the call's host time, its launch included
+    assert res.reps >= 20
+    if spin:
+        assert res.spin_us == pytest.approx(2 * 152 + timing.SPIN_MARGIN_US, abs=1)
+        assert res.median_ms == pytest.approx(0.010, abs=1e-3)
+        assert res.p20_ms == pytest.approx(0.010, abs=1e-3) and res.p80_ms == pytest.approx(0.010, abs=1e-3)
+    else:
+        assert res.median_ms > 0.05  # the failure the spin exists for
+
+
+def test_time_call_on_cuda_rows_uses_device_bench(monkeypatch):
+    """The sweep's CUDA rows take device_bench's device time and host time."""
+    seen = {}
+
+    def fake_bench(fn, warmup_ms, rep_ms):
+        seen.update(warmup_ms=warmup_ms, rep_ms=rep_ms)
+        fn()
+        return timing.BenchResult(0.02, 0.019, 0.021, 55.0, 130.0, 100)
+
+    monkeypatch.setattr(timing, "device_bench", fake_bench)
+    info = SimpleNamespace(device="cuda")
+    opts = SimpleNamespace(warmup_ms=5, rep_ms=50, reps=3)
+    calls = []
+    assert sweep.time_call(lambda: calls.append(1), info, opts) == (0.02, 0.019, 0.021, 55.0)
+    assert seen == {"warmup_ms": 5, "rep_ms": 50} and calls == [1]
 
 
 def test_report_geomeans_targets_and_run_selection(tmp_path):

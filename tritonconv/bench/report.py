@@ -46,7 +46,7 @@ TARGETS = [
 
 SHAPE_FIELDS = ("N", "C", "H", "W", "K", "R", "S", "stride_h", "stride_w", "pad_h", "pad_w", "dil_h", "dil_w",
                 "groups")
-NUMERIC = ("count", "median_ms", "p20_ms", "p80_ms", "flops", "tflops", "peak_tflops", "pct_peak",
+NUMERIC = ("count", "median_ms", "p20_ms", "p80_ms", "host_us", "flops", "tflops", "peak_tflops", "pct_peak",
            "extra_mem_bytes", "speedup_tritonconv", "rel_err", "input_sets") + SHAPE_FIELDS + ("P", "Q")
 
 
@@ -448,6 +448,18 @@ def _router_section(rows) -> List[str]:
     return lines + [""]
 
 
+def _host_cell(tc, cudnn) -> str:
+    """tritonconv's host us per call, and cuDNN's in parentheses (CUDA rows only: the timer
+    measures them apart from the device time, see bench.timing)."""
+    def us(r):
+        return f"{r['host_us']:.0f}" if r is not None and r.get("host_us") else None
+
+    mine, theirs = us(tc), us(cudnn)
+    if mine is None:
+        return "-"
+    return mine + (f" ({theirs})" if theirs else "")
+
+
 def render_details(rows) -> str:
     rows = _conv_rows(rows)
     interp = _is_interpreter(rows)
@@ -463,7 +475,8 @@ def render_details(rows) -> str:
     for g in sorted(by_group, key=lambda k: tuple(map(str, k))):
         preset, N, mode, dtype, layout = g
         lines += [f"## {preset}, N={N}, {mode}, {dtype}, {layout}", ""]
-        header = ("layer", "shape", "x", "tritonconv ms", "TFLOP/s", "% peak", "extra MB", "families",
+        header = ("layer", "shape", "x", "tritonconv ms", "host us (cudnn)", "TFLOP/s", "% peak", "extra MB",
+                  "families",
                   *(f"{p} ms (speedup)" for p in providers))
         body = []
         for layer in order[g]:
@@ -487,7 +500,7 @@ def render_details(rows) -> str:
                     cell += f" ({r['median_ms'] / tc['median_ms']:.2f}x)"
                 cells.append(cell)
             extra = tc.get("extra_mem_bytes") if tc else None
-            body.append((layer, shape, int(any_row.get("count") or 1), ms(tc),
+            body.append((layer, shape, int(any_row.get("count") or 1), ms(tc), _host_cell(tc, per.get("cudnn")),
                          f"{tc['tflops']:.3g}" if tc and _ok(tc) and tc.get("tflops") else "-",
                          f"{tc['pct_peak']:.3g}" if tc and _ok(tc) and tc.get("pct_peak") else "-",
                          f"{extra / 2**20:.1f}" if extra is not None else "-",

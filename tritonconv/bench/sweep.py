@@ -16,7 +16,10 @@ Per measurement:
    ``mismatch``, so a fast wrong result never counts as a speedup);
 3. one more call measures extra device memory: the peak allocated during the
    call beyond what was allocated before it and beyond what it returns;
-4. ``do_bench`` times it (median, 20th and 80th percentiles).
+4. ``timing.device_bench`` times it: do_bench's protocol (median, 20th and 80th
+   percentiles, an L2 flush before every call) with a spin kernel after each flush that covers
+   the call's host time, so the times are the device's; the call's host time is measured apart
+   (``host_us``). See ``timing`` for why.
 
 Without CUDA the kernels run through Triton's interpreter and the timer is
 ``time.perf_counter``; every row then says "interpreter timings, not
@@ -43,19 +46,22 @@ import torch
 from ..kernels._common import INTERPRETER
 from . import presets as presets_mod
 from . import providers as prov
+from . import timing
 from .precompile import precompile
 from .report import FAMILIES_NOTE, ROUTER_NOTE, TILES_NOTE, format_router_timings, format_tiles
 
 __all__ = ["COLUMNS", "INTERPRETER_LABEL", "RunInfo", "CsvSink", "run_info", "main", "tune_presets"]
 
 INTERPRETER_LABEL = "interpreter timings, not performance"
+# the timer of CUDA rows: do_bench's protocol with a spin that hides the host (bench.timing)
+CUDA_TIMER = "do_bench+spin"
 
 COLUMNS = [
     "kernel", "provider", "mode", "preset", "layer", "count",
     "N", "C", "H", "W", "K", "R", "S", "P", "Q",
     "stride_h", "stride_w", "pad_h", "pad_w", "dil_h", "dil_w", "groups",
     "dtype", "layout", "status",
-    "median_ms", "p20_ms", "p80_ms", "flops", "tflops", "peak_tflops", "pct_peak",
+    "median_ms", "p20_ms", "p80_ms", "host_us", "flops", "tflops", "peak_tflops", "pct_peak",
     "extra_mem_bytes", "speedup_tritonconv", "rel_err", "input_sets",
     "timer", "note", "gpu", "torch", "triton", "tritonconv", "commit", "timestamp", "run_id",
 ]
@@ -116,7 +122,7 @@ def run_info(run_id: Optional[str] = None) -> RunInfo:
         tritonconv=__version__,
         commit=git_commit(),
         run_id=run_id,
-        timer="do_bench" if cuda else f"perf_counter ({INTERPRETER_LABEL})",
+        timer=CUDA_TIMER if cuda else f"perf_counter ({INTERPRETER_LABEL})",
         interpreter=not cuda,
     )
 
@@ -182,26 +188,19 @@ def case_row(case: prov.Case, provider: str, info: RunInfo) -> Dict[str, Any]:
 # --------------------------------------------------------------------------- timing
 
 
-def _quantile(sorted_values: Sequence[float], q: float) -> float:
-    pos = q * (len(sorted_values) - 1)
-    lo, hi = math.floor(pos), math.ceil(pos)
-    return sorted_values[lo] + (sorted_values[hi] - sorted_values[lo]) * (pos - lo)
-
-
-def time_call(fn: Callable[[], Any], info: RunInfo, opts) -> Tuple[float, float, float]:
-    """(median, p20, p80) in ms: do_bench on CUDA, perf_counter under the interpreter."""
+def time_call(fn: Callable[[], Any], info: RunInfo, opts) -> Tuple[float, float, float, Optional[float]]:
+    """(median, p20, p80) in ms and the host us per call: ``timing.device_bench`` on CUDA;
+    perf_counter under the interpreter (no separate host time: it is all host)."""
     if info.device == "cuda":
-        from triton.testing import do_bench
-
-        res = do_bench(fn, warmup=opts.warmup_ms, rep=opts.rep_ms, quantiles=[0.5, 0.2, 0.8])
-        return float(res[0]), float(res[1]), float(res[2])
+        res = timing.device_bench(fn, warmup_ms=opts.warmup_ms, rep_ms=opts.rep_ms)
+        return res.median_ms, res.p20_ms, res.p80_ms, res.host_us
     times = []
     for _ in range(max(1, opts.reps)):
         start = time.perf_counter()
         fn()
         times.append((time.perf_counter() - start) * 1e3)
     times.sort()
-    return _quantile(times, 0.5), _quantile(times, 0.2), _quantile(times, 0.8)
+    return timing.quantile(times, 0.5), timing.quantile(times, 0.2), timing.quantile(times, 0.8), None
 
 
 def measure_peak(dtype: str, info: RunInfo, opts) -> float:
@@ -317,7 +316,7 @@ class _Sweep:
                 state["i"] += 1
                 return fn()
 
-            median, p20, p80 = time_call(rotating if n_sets > 1 else calls[0], info, opts)
+            median, p20, p80, host_us = time_call(rotating if n_sets > 1 else calls[0], info, opts)
         except Exception as exc:  # a provider that fails is a row, not a crash
             row["status"] = _status_of(exc)
             calls = []
@@ -325,7 +324,7 @@ class _Sweep:
             return row
         finally:
             calls = []
-        row.update(median_ms=median, p20_ms=p20, p80_ms=p80)
+        row.update(median_ms=median, p20_ms=p20, p80_ms=p80, host_us=host_us)
         tflops = case.flops / (median * 1e-3) / 1e12 if median > 0 else float("nan")
         peak = self.peak(case.dtype)
         row.update(tflops=tflops, peak_tflops=peak, pct_peak=100.0 * tflops / peak if peak == peak and peak else None)
