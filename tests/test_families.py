@@ -83,6 +83,9 @@ PROBLEMS = {
         # strided: boxes of the phase view (N, H/sh, sh, W/sw, sw*C)
         (2, 16, 10, 12, 24, 3, 3, 2, 1, 1, 1),  # ResNet's 3x3 stride 2: rows of phase 1 at shift -1
         (1, 32, 12, 9, 16, 3, 3, (3, 1), (2, 1), (1, 2), 2),  # stride 3 x 1, dilated, grouped: last group + phase 2
+        # small outputs: several images per box (fprop.tap_tma_fit)
+        (5, 16, 3, 3, 24, 3, 3, 1, 1, 1, 1),  # 3x3 output: boxes of 4 images of 4x4, the second past image 4
+        (3, 16, 4, 6, 8, 3, 3, 2, 1, 1, 1),  # 2x3 output at stride 2: boxes of 8 images of 2x4
     ],
     "implicit_tma": [  # TMA weight loads where the weight is KRSC with 16-byte rows, pointer loads otherwise
         (2, 16, 7, 7, 24, 3, 3, 1, 1, 1, 1),

@@ -48,8 +48,8 @@ pressure as much as the tile does, which is why a kernel with a fused
 epilogue is registered twice (see FAMILIES).
 
 Families: fprop, fprop_fused, fprop_splitk, fprop_tma, fprop_tma_fused, fprop_tma_splitk,
-fprop_tap_tma, fprop_tap_tma_fused, fprop_tap_tma_s2 (fprop.py; TMA on sm_90 only); dgrad, dgrad_s2 (dgrad.py); wgrad,
-wgrad_splitk, wgrad_tap_tma, wgrad_tap_tma_s2 (wgrad.py; TMA on sm_90 only); gemm1x1, gemm1x1_fused, gemm1x1_tma (with persistent-
+fprop_tap_tma, fprop_tap_tma_fused, fprop_tap_tma_s2, fprop_tap_tma_small (fprop.py; TMA on sm_90
+only); dgrad, dgrad_s2 (dgrad.py); wgrad, wgrad_splitk, wgrad_tap_tma, wgrad_tap_tma_s2 (wgrad.py; TMA on sm_90 only); gemm1x1, gemm1x1_fused, gemm1x1_tma (with persistent-
 grid variants), gemm1x1_wgrad, gemm1x1_wgrad_splitk, gemm1x1_wgrad_tma
 (gemm1x1.py; TMA on sm_90 only); smallc, smallc_fused, smallc_pad, smallc_pad_fused (smallc.py);
 depthwise_{fprop,dgrad,wgrad} and their _7x7 variants (depthwise.py).
@@ -330,6 +330,8 @@ FPROP_PROBLEM = dict(input_shape=(32, 64, 56, 56), weight_shape=(64, 64, 3, 3), 
 FPROP_SPLITK_PROBLEM = dict(input_shape=(8, 512, 7, 7), weight_shape=(512, 512, 3, 3), stride=1, padding=1)
 FPROP_SPLITK = 4
 # ResNet-50's first strided 3x3 (conv3_x, block 1, torchvision v1.5): dgrad runs 4 stride phases.
+# ResNet-50's last 3x3 layer at batch 32: a 7x7 output, 2 or 4 images per tap_tma box.
+SMALL_OUTPUT_PROBLEM = dict(input_shape=(32, 512, 7, 7), weight_shape=(512, 512, 3, 3), stride=1, padding=1)
 STRIDE2_PROBLEM = dict(input_shape=(32, 128, 56, 56), weight_shape=(128, 128, 3, 3), stride=2, padding=1)
 WGRAD_SPLITK = 4
 # ResNet-50's bottleneck reduction 1x1, 256 -> 64 at 56x56 (conv2_x).
@@ -388,12 +390,15 @@ def _fprop_tma_launch(dtype: Dtype, config: triton.Config, **kw):
 def _fprop_tap_tma_launch(dtype: Dtype, config: triton.Config, *, problem: Dict[str, Any] = FPROP_PROBLEM,
                           residual: bool = False, activation: str = "none"):
     """fprop_tap_tma_kernel's arguments as conv2d_fprop_tap_tma passes them, with bias: boxes of
-    x's phase view [1, BLOCK_M // BLOCK_W, 1, BLOCK_W, BLOCK_K], the weight's tiles
-    [BLOCK_N, BLOCK_K] (fprop._set_tap_tma_blocks)."""
+    x's phase view [BOX_N, BOX_H, 1, BOX_W, BLOCK_K] (fprop.tap_tma_box: [1, BLOCK_M // BLOCK_W,
+    1, BLOCK_W, BLOCK_K] unless the output is small), the weight's tiles [BLOCK_N, BLOCK_K]
+    (fprop._set_tap_tma_blocks)."""
     pb = problem_from_shapes(**problem)
     kw = config.kwargs
     y_s = _channels_last_strides(pb.output_shape)
-    box = f"1, {kw['BLOCK_M'] // kw['BLOCK_W']}, 1, {kw['BLOCK_W']}, {kw['BLOCK_K']}"
+    fit = fprop.tap_tma_fit(pb.P, pb.Q)
+    box_n, box_h, box_w = fprop.tap_tma_box(kw["BLOCK_M"], kw["BLOCK_W"], fit["FIT_H"], fit["FIT_W"])
+    box = f"{box_n}, {box_h}, 1, {box_w}, {kw['BLOCK_K']}"
     args = dict(
         x_desc=f"tensordesc<{dtype.triton_ty}[{box}]>",
         w_desc=f"tensordesc<{dtype.triton_ty}[{kw['BLOCK_N']}, {kw['BLOCK_K']}]>",
@@ -406,7 +411,7 @@ def _fprop_tap_tma_launch(dtype: Dtype, config: triton.Config, *, problem: Dict[
         alpha=0.01,
     )
     return args, dict(_epilogue(dtype, residual, activation), INPUT_PRECISION=dtype.input_precision,
-                      K_ALIGN=fprop.k_align(pb.C_per_group))
+                      K_ALIGN=fprop.k_align(pb.C_per_group), **fit)
 
 
 def _dgrad_launch(dtype: Dtype, config: triton.Config, *, problem: Dict[str, Any] = FPROP_PROBLEM):
@@ -679,6 +684,10 @@ FAMILIES: List[KernelFamily] = [
                  dtypes=("fp16", "bf16", "fp32"), archs=("sm_90",), uses_tma=True),
     KernelFamily("fprop_tap_tma_s2", fprop.fprop_tap_tma_kernel, tap_tma_tile_configs,
                  _p(_fprop_tap_tma_launch, problem=STRIDE2_PROBLEM), _prune_of(fprop._fprop_tap_tma_tuned),
+                 dtypes=("fp16", "bf16", "fp32"), archs=("sm_90",), uses_tma=True),
+    # a 7x7 output: boxes of several 8x8 images (fprop.tap_tma_fit)
+    KernelFamily("fprop_tap_tma_small", fprop.fprop_tap_tma_kernel, tap_tma_tile_configs,
+                 _p(_fprop_tap_tma_launch, problem=SMALL_OUTPUT_PROBLEM), _prune_of(fprop._fprop_tap_tma_tuned),
                  dtypes=("fp16", "bf16", "fp32"), archs=("sm_90",), uses_tma=True),
     # input gradient (dgrad.py): stride 1, and stride 2 (4 phases, taps stepping by 2)
     KernelFamily("dgrad", dgrad.dgrad_kernel, gemm_tile_configs, _dgrad_launch, _prune_of(dgrad._dgrad_tuned)),

@@ -62,7 +62,7 @@ from ._common import (
 
 __all__ = ["conv2d_fprop", "conv2d_fprop_splitk", "conv2d_fprop_tma", "conv2d_fprop_tap_tma", "fprop_kernel",
            "fprop_tap_tma_kernel", "splitk_reduce_kernel", "accepts_splitk", "accepts_tap_tma", "weight_tma_usable",
-           "input_tma_usable", "tap_tma_steps", "TAP_TMA_MIN_STEPS"]
+           "input_tma_usable", "tap_tma_steps", "tap_tma_fit", "tap_tma_box", "TAP_TMA_MIN_STEPS"]
 
 
 @triton.jit
@@ -363,10 +363,18 @@ def conv2d_fprop_tma(x, w, bias, problem: Conv2dProblem, out=None, activation="n
 # (_common.phase_view), where H and W are multiples of the stride. Stride 1 is the
 # same view with unit phases, so one kernel serves both.
 #
-#     A[m, kk]  x[n, h, w, c]   m -> (n, p, q) = (n, p0 + m // BLOCK_W, q0 + m % BLOCK_W)
+#     A[m, kk]  x[n, h, w, c]   m -> (n, p, q) = (n0 + m // (BOX_H*BOX_W), p0 + m // BOX_W % BOX_H,
+#                                                 q0 + m % BOX_W)
 #                               h = p*sh + r*dil_h - pad_h = sh*(p + shift_h) + phase_h
 #                               w = q*sw + s*dil_w - pad_w = sw*(q + shift_w) + phase_w
 #     B[kk, j]  as in fprop_kernel with W_DESC: a TMA tile of the KRSC weight
+#
+# The box is BOX_N images of BOX_H x BOX_W pixels (BLOCK_M in all). An output taller than
+# it or wider is cut into boxes of one image (BOX_N = 1, BOX_W = BLOCK_W, BOX_H = BLOCK_M //
+# BLOCK_W). A small one would leave most of such a box outside the image: a 7x7 output fills
+# 49 of a 16x8 box's 128 rows. So the launcher passes the output's size rounded up to a power
+# of two where it is small (FIT_H, FIT_W; ``tap_tma_fit``), the box shrinks to it, and the
+# rows it frees take more images: a 128-row tile of a 7x7 output is 2 images of 8x8 boxes.
 
 TAP_TMA_BLOCK_W = configs.SPATIAL_TILE_WIDTH  # output columns per 8-wide tile; BLOCK_H = BLOCK_M // 8 rows
 
@@ -408,9 +416,11 @@ def input_tma_usable(x: torch.Tensor, w: torch.Tensor, problem: Conv2dProblem) -
 def spatial_tiles_fit(N: int, P: int, Q: int) -> bool:
     """Whether N images of P x Q output pixels, tiled spatially by the largest configured
     tile, keep the tile-padded pixel count within the kernel's int32 indices."""
+    fit = tap_tma_fit(P, Q)
+
     def padded(c):
-        bm, bw = c.kwargs["BLOCK_M"], c.kwargs["BLOCK_W"]
-        return N * triton.cdiv(P, bm // bw) * triton.cdiv(Q, bw) * bm
+        bn, bh, bw = tap_tma_box(c.kwargs["BLOCK_M"], c.kwargs["BLOCK_W"], fit["FIT_H"], fit["FIT_W"])
+        return triton.cdiv(N, bn) * triton.cdiv(P, bh) * triton.cdiv(Q, bw) * c.kwargs["BLOCK_M"]
 
     return max(padded(c) for c in _fprop_tap_tma_tuned.configs) < MAX_PIXELS
 
@@ -438,17 +448,22 @@ def fprop_tap_tma_kernel(
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
     BLOCK_W: tl.constexpr,
     K_ALIGN: tl.constexpr = 1,  # k_align(C/groups): EVEN_K where BLOCK_K divides it
+    FIT_H: tl.constexpr = 0, FIT_W: tl.constexpr = 0,  # tap_tma_fit(P, Q): a small output's box; 0: none
 ):
-    BLOCK_H: tl.constexpr = BLOCK_M // BLOCK_W
+    # the box (tap_tma_box, which the descriptor's pre-hook and the grid use, computes the same)
+    BOX_W: tl.constexpr = BLOCK_W if FIT_W == 0 else min(BLOCK_W, FIT_W)
+    BOX_H: tl.constexpr = BLOCK_M // BOX_W if FIT_H == 0 else min(BLOCK_M // BOX_W, FIT_H)
+    BOX_N: tl.constexpr = BLOCK_M // (BOX_H * BOX_W)
     EVEN_K: tl.constexpr = K_ALIGN % BLOCK_K == 0
 
-    # -- program-id mapping: (group, spatial M-tile, N-tile); an M-tile is (n, p0, q0)
-    tiles_h = tl.cdiv(P, BLOCK_H)
-    tiles_w = tl.cdiv(Q, BLOCK_W)
-    g, pid_m, pid_n = tile_pid(tl.program_id(0), N * tiles_h * tiles_w * BLOCK_M, KG, BLOCK_M, BLOCK_N, GROUP_M)
-    n = pid_m // (tiles_h * tiles_w)
-    p0 = ((pid_m // tiles_w) % tiles_h) * BLOCK_H
-    q0 = (pid_m % tiles_w) * BLOCK_W
+    # -- program-id mapping: (group, spatial M-tile, N-tile); an M-tile is (n0, p0, q0)
+    tiles_h = tl.cdiv(P, BOX_H)
+    tiles_w = tl.cdiv(Q, BOX_W)
+    tiles_m = tl.cdiv(N, BOX_N) * tiles_h * tiles_w
+    g, pid_m, pid_n = tile_pid(tl.program_id(0), tiles_m * BLOCK_M, KG, BLOCK_M, BLOCK_N, GROUP_M)
+    n0 = (pid_m // (tiles_h * tiles_w)) * BOX_N
+    p0 = ((pid_m // tiles_w) % tiles_h) * BOX_H
+    q0 = (pid_m % tiles_w) * BOX_W
 
     # -- reduction loop over (r, s, c-block), c-block fastest, as in fprop_kernel
     offs_k = tl.arange(0, BLOCK_K)
@@ -461,7 +476,7 @@ def fprop_tap_tma_kernel(
         s = rs - r * S
         shift_h, phase_h = tap_phase(r, dil_h, pad_h, stride_h)
         shift_w, phase_w = tap_phase(s, dil_w, pad_w, stride_w)
-        a = x_desc.load([n, p0 + shift_h, phase_h, q0 + shift_w, phase_w * C + g * CG + c0])
+        a = x_desc.load([n0, p0 + shift_h, phase_h, q0 + shift_w, phase_w * C + g * CG + c0])
         a = a.reshape(BLOCK_M, BLOCK_K)
         # Channels past this group's C/groups are the next group's (or the next column
         # phase's; past the row, TMA's zeros); the weight tile's matching columns hold the
@@ -474,12 +489,13 @@ def fprop_tap_tma_kernel(
 
     # -- epilogue: the tile's pixels inside the output, one store
     offs_m = tl.arange(0, BLOCK_M)
-    p = p0 + offs_m // BLOCK_W
-    q = q0 + offs_m % BLOCK_W
+    n = n0 + offs_m // (BOX_H * BOX_W)
+    p = p0 + (offs_m // BOX_W) % BOX_H
+    q = q0 + offs_m % BOX_W
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     n64, p64, q64 = n.to(tl.int64), p.to(tl.int64), q.to(tl.int64)
     conv_epilogue(acc, b_ptr, res_ptr, y_ptr, n64 * syn + p64 * syp + q64 * syq, n64 * srn + p64 * srp + q64 * srq,
-                  g * KG + offs_n, syk, srk, (p < P) & (q < Q), offs_n < KG, alpha,
+                  g * KG + offs_n, syk, srk, (n < N) & (p < P) & (q < Q), offs_n < KG, alpha,
                   HAS_BIAS, HAS_RESIDUAL, ACTIVATION)
 
 
@@ -489,11 +505,27 @@ def k_align(cg: int) -> int:
     return math.gcd(cg, 64) if cg > 0 else 1
 
 
+def tap_tma_fit(P: int, Q: int) -> dict:
+    """FIT_H and FIT_W for an output of P x Q pixels: each side rounded up to a power of two
+    where a box could be that small (rows up to 16, columns under SPATIAL_TILE_WIDTH), else 0.
+    ResNet-50's 7x7 and 14x14 outputs get FIT_H 8 and 16; 28x28 and larger none (one compiled
+    variant per fit, so the common large sizes share one)."""
+    h, w = triton.next_power_of_2(max(P, 1)), triton.next_power_of_2(max(Q, 1))
+    return {"FIT_H": h if h <= 16 else 0, "FIT_W": w if w < TAP_TMA_BLOCK_W else 0}
+
+
+def tap_tma_box(block_m: int, block_w: int, fit_h: int = 0, fit_w: int = 0):
+    """(BOX_N, BOX_H, BOX_W): images, rows and columns of fprop_tap_tma_kernel's input box."""
+    box_w = block_w if fit_w == 0 else min(block_w, fit_w)
+    box_h = block_m // box_w if fit_h == 0 else min(block_m // box_w, fit_h)
+    return block_m // (box_h * box_w), box_h, box_w
+
+
 def _set_tap_tma_blocks(nargs):
     """Autotune pre-hook: the input box is the config's spatial tile, the weight tile (BLOCK_N, BLOCK_K)."""
-    bm, bw, bk = nargs["BLOCK_M"], nargs["BLOCK_W"], nargs["BLOCK_K"]
-    nargs["x_desc"].block_shape = [1, bm // bw, 1, bw, bk]
-    nargs["w_desc"].block_shape = [nargs["BLOCK_N"], bk]
+    box_n, box_h, box_w = tap_tma_box(nargs["BLOCK_M"], nargs["BLOCK_W"], nargs.get("FIT_H", 0), nargs.get("FIT_W", 0))
+    nargs["x_desc"].block_shape = [box_n, box_h, 1, box_w, nargs["BLOCK_K"]]
+    nargs["w_desc"].block_shape = [nargs["BLOCK_N"], nargs["BLOCK_K"]]
 
 
 def tap_tma_configs(interpreter=None):
@@ -535,9 +567,11 @@ def conv2d_fprop_tap_tma(x, w, bias, problem: Conv2dProblem, out=None, activatio
     w_desc = TensorDescriptor.from_tensor(dense_view(w, (pb.K, pb.R * pb.S * pb.C_per_group)), [16, 16])
     KG = pb.K_per_group
 
+    fit = tap_tma_fit(pb.P, pb.Q)
+
     def grid(meta):
-        bh, bw = meta["BLOCK_M"] // meta["BLOCK_W"], meta["BLOCK_W"]
-        tiles_m = pb.N * triton.cdiv(pb.P, bh) * triton.cdiv(pb.Q, bw)
+        bn, bh, bw = tap_tma_box(meta["BLOCK_M"], meta["BLOCK_W"], fit["FIT_H"], fit["FIT_W"])
+        tiles_m = triton.cdiv(pb.N, bn) * triton.cdiv(pb.P, bh) * triton.cdiv(pb.Q, bw)
         return (pb.groups * tiles_m * triton.cdiv(KG, meta["BLOCK_N"]),)
 
     tuning.launch(_fprop_tap_tma_tuned, "fprop_tap_tma", x.device, grid,
@@ -545,6 +579,6 @@ def conv2d_fprop_tap_tma(x, w, bias, problem: Conv2dProblem, out=None, activatio
         pb.N, pb.C, pb.P, pb.Q, pb.R, pb.S, pb.C_per_group, KG, pb.groups,
         pb.stride_h, pb.stride_w, pb.pad_h, pb.pad_w, pb.dil_h, pb.dil_w,
         *out.stride(), *fw.res_strides, float(alpha),
-        **fw.epilogue, INPUT_PRECISION=input_precision_for(x), K_ALIGN=k_align(pb.C_per_group),
+        **fw.epilogue, INPUT_PRECISION=input_precision_for(x), K_ALIGN=k_align(pb.C_per_group), **fit,
     )
     return out
