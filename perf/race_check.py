@@ -41,6 +41,7 @@ CASES = [  # most telling first: a budget may stop the list
     ("tap_tma fwd, 3x3 C256 14x14 (36 steps)", "fprop_tap_tma", "layer3.1.conv2", True),
     ("implicit_tma fwd, 1x1/2 C512 (8 steps)", "fprop_tma", "layer3.0.downsample.0", True),
     ("tap_tma fwd, 3x3 C512 7x7 (72 steps)", "fprop_tap_tma", "layer4.1.conv2", True),
+    ("tap_tma_splitk fwd, 3x3 C512 7x7 (72 steps in chunks)", "fprop_tap_tma_splitk", "layer4.1.conv2", True),
     ("gemm1x1_tma fwd, C64 56x56 (1 step)", "gemm1x1_tma", "layer1.0.conv3", True),
 ]
 
@@ -78,6 +79,7 @@ def main(argv=None) -> int:
     autotuners = [fprop._fprop_tap_tma_tuned, fprop._fprop_tma_tuned, gemm1x1._gemm1x1_tma_tuned]
     launchers = {
         "fprop_tap_tma": fprop.conv2d_fprop_tap_tma,
+        "fprop_tap_tma_splitk": fprop.conv2d_fprop_tap_tma_splitk,
         "fprop_tma": fprop.conv2d_fprop_tma,
         "gemm1x1_tma": gemm1x1.conv2d_fprop_1x1_tma,
     }

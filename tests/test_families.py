@@ -73,6 +73,11 @@ PROBLEMS = {
         (1, 72, 6, 5, 16, 3, 3, 2, 1, 1, 1),
         (1, 128, 3, 3, 8, 3, 3, 1, 1, 1, 2),
     ],
+    "tap_tma_splitk": [  # tap_tma's boxes, the reduction split (fprop.choose_split_k: 2 chunks on a CPU)
+        (3, 64, 5, 5, 24, 3, 3, 1, 1, 1, 1),  # 3 images of 5x5 in a box
+        (1, 128, 6, 8, 16, 3, 3, 2, 1, 1, 2),  # stride 2, grouped
+        (2, 60, 5, 5, 16, 3, 3, 1, 1, 1, 1),  # 120-byte fp16 pixel rows: no TMA, the implicit split-K
+    ],
     "tap_tma": [  # TMA boxes of x's phase view per tap (zero-filled outside: the padding) + TMA weight
         (2, 16, 9, 10, 24, 3, 3, 1, 1, 1, 1),  # 9x10 output: partial 8x8 tiles at the edges
         (1, 32, 7, 7, 16, 3, 3, 1, 2, 2, 2),  # dilation 2, grouped: boxes cross into the next group's channels
@@ -222,6 +227,9 @@ def test_router_prefers_the_specialised_family():
     assert first((1, 64, 8, 8), (128, 64, 1, 1), 2, 0, 1, 1) == "implicit_tma"  # too short for tap_tma
     assert first((1, 64, 7, 7), (128, 64, 1, 1), 2, 0, 1, 1) == "implicit_tma"  # 7 rows: no phase view
     assert first((1, 512, 7, 7), (512, 512, 3, 3), 1, 1, 1, 1) == "splitk"
+    pb = spec.problem_from_shapes((32, 512, 7, 7), (512, 512, 3, 3), 1, 1, 1, 1)  # ResNet-50's last 3x3
+    assert router.candidates(router.FORWARD, pb) == ["splitk", "tap_tma_splitk", "tap_tma", "implicit_tma",
+                                                     "implicit"]
     assert first((4, 64, 56, 56), (64, 64, 3, 3), 1, 1, 1, 1) == "tap_tma"
     pb = spec.problem_from_shapes((4, 64, 56, 56), (64, 64, 3, 3), 1, 1, 1, 1)
     assert router.candidates(router.FORWARD, pb) == ["tap_tma", "implicit_tma", "implicit"]  # all timed on a GPU
@@ -752,7 +760,8 @@ def test_routed_candidates_drop_what_cannot_run_or_is_superseded():
     assert fwd(x, w1) == tma + ["gemm1x1"]
     assert fwd(x.contiguous(), w1) == ["gemm1x1"]  # NCHW: no TMA view of x
     # 3x3: M = 2048 with a 576-long reduction, so split-K is timed too
-    assert fwd(x, w3, 1, 1) == ["splitk"] + (["tap_tma", "implicit_tma"] if TMA else []) + ["implicit"]
+    assert fwd(x, w3, 1, 1) == ["splitk"] + (["tap_tma_splitk", "tap_tma", "implicit_tma"] if TMA else []) + [
+        "implicit"]
     assert fwd(x, w3.contiguous(), 2, 1) == ["splitk", "implicit"]  # stride 2, NCHW weight: no TMA family
     pb = spec.conv2d_problem(x, w1, None, 1, 0, 1, 1)
     dy = torch.randn(pb.output_shape, dtype=torch.float16, device=DEVICE).to(memory_format=torch.channels_last)

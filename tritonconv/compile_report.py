@@ -48,8 +48,8 @@ pressure as much as the tile does, which is why a kernel with a fused
 epilogue is registered twice (see FAMILIES).
 
 Families: fprop, fprop_fused, fprop_splitk, fprop_tma, fprop_tma_fused, fprop_tma_splitk,
-fprop_tap_tma, fprop_tap_tma_fused, fprop_tap_tma_s2, fprop_tap_tma_small (fprop.py; TMA on sm_90
-only); dgrad, dgrad_s2 (dgrad.py); wgrad, wgrad_splitk, wgrad_tap_tma, wgrad_tap_tma_s2 (wgrad.py; TMA on sm_90 only); gemm1x1, gemm1x1_fused, gemm1x1_tma (with persistent-
+fprop_tap_tma, fprop_tap_tma_fused, fprop_tap_tma_s2, fprop_tap_tma_small, fprop_tap_tma_splitk (fprop.py;
+TMA on sm_90 only); dgrad, dgrad_s2 (dgrad.py); wgrad, wgrad_splitk, wgrad_tap_tma, wgrad_tap_tma_s2 (wgrad.py; TMA on sm_90 only); gemm1x1, gemm1x1_fused, gemm1x1_tma (with persistent-
 grid variants), gemm1x1_wgrad, gemm1x1_wgrad_splitk, gemm1x1_wgrad_tma
 (gemm1x1.py; TMA on sm_90 only); smallc, smallc_fused, smallc_pad, smallc_pad_fused (smallc.py);
 depthwise_{fprop,dgrad,wgrad} and their _7x7 variants (depthwise.py).
@@ -388,7 +388,7 @@ def _fprop_tma_launch(dtype: Dtype, config: triton.Config, **kw):
 
 
 def _fprop_tap_tma_launch(dtype: Dtype, config: triton.Config, *, problem: Dict[str, Any] = FPROP_PROBLEM,
-                          residual: bool = False, activation: str = "none"):
+                          residual: bool = False, activation: str = "none", split_k: int = 1):
     """fprop_tap_tma_kernel's arguments as conv2d_fprop_tap_tma passes them, with bias: boxes of
     x's phase view [BOX_N, BOX_H, 1, BOX_W, BLOCK_K] (fprop.tap_tma_box: [1, BLOCK_M // BLOCK_W,
     1, BLOCK_W, BLOCK_K] unless the output is small), the weight's tiles [BLOCK_N, BLOCK_K]
@@ -402,16 +402,16 @@ def _fprop_tap_tma_launch(dtype: Dtype, config: triton.Config, *, problem: Dict[
     args = dict(
         x_desc=f"tensordesc<{dtype.triton_ty}[{box}]>",
         w_desc=f"tensordesc<{dtype.triton_ty}[{kw['BLOCK_N']}, {kw['BLOCK_K']}]>",
-        b_ptr=_ptr(dtype), res_ptr=_ptr(dtype), y_ptr=_ptr(dtype),
+        b_ptr=_ptr(dtype), res_ptr=_ptr(dtype), y_ptr=_ptr(dtype), ws_ptr=_partials_ptr(dtype) if split_k > 1 else _ptr(dtype),
         N=pb.N, C=pb.C, P=pb.P, Q=pb.Q, R=pb.R, S=pb.S, CG=pb.C_per_group, KG=pb.K_per_group, GROUPS=pb.groups,
-        stride_h=pb.stride_h, stride_w=pb.stride_w,
+        SPLIT_K=split_k, stride_h=pb.stride_h, stride_w=pb.stride_w,
         pad_h=pb.pad_h, pad_w=pb.pad_w, dil_h=pb.dil_h, dil_w=pb.dil_w,
         **_named("syn syk syp syq", y_s),
         **_named("srn srk srp srq", y_s if residual else (0, 0, 0, 0)),
         alpha=0.01,
     )
     return args, dict(_epilogue(dtype, residual, activation), INPUT_PRECISION=dtype.input_precision,
-                      K_ALIGN=fprop.k_align(pb.C_per_group), **fit)
+                      PARTIAL=split_k > 1, K_ALIGN=fprop.k_align(pb.C_per_group), **fit)
 
 
 def _dgrad_launch(dtype: Dtype, config: triton.Config, *, problem: Dict[str, Any] = FPROP_PROBLEM):
@@ -685,10 +685,14 @@ FAMILIES: List[KernelFamily] = [
     KernelFamily("fprop_tap_tma_s2", fprop.fprop_tap_tma_kernel, tap_tma_tile_configs,
                  _p(_fprop_tap_tma_launch, problem=STRIDE2_PROBLEM), _prune_of(fprop._fprop_tap_tma_tuned),
                  dtypes=("fp16", "bf16", "fp32"), archs=("sm_90",), uses_tma=True),
-    # a 7x7 output: boxes of several 8x8 images (fprop.tap_tma_fit)
+    # a 7x7 output: boxes of several 8x8 images (fprop.tap_tma_fit); and its split-K partials
     KernelFamily("fprop_tap_tma_small", fprop.fprop_tap_tma_kernel, tap_tma_tile_configs,
                  _p(_fprop_tap_tma_launch, problem=SMALL_OUTPUT_PROBLEM), _prune_of(fprop._fprop_tap_tma_tuned),
                  dtypes=("fp16", "bf16", "fp32"), archs=("sm_90",), uses_tma=True),
+    KernelFamily("fprop_tap_tma_splitk", fprop.fprop_tap_tma_kernel, tap_tma_tile_configs,
+                 _p(_fprop_tap_tma_launch, problem=SMALL_OUTPUT_PROBLEM, split_k=FPROP_SPLITK),
+                 _prune_of(fprop._fprop_tap_tma_tuned), dtypes=("fp16", "bf16", "fp32"), archs=("sm_90",),
+                 uses_tma=True),
     # input gradient (dgrad.py): stride 1, and stride 2 (4 phases, taps stepping by 2)
     KernelFamily("dgrad", dgrad.dgrad_kernel, gemm_tile_configs, _dgrad_launch, _prune_of(dgrad._dgrad_tuned)),
     KernelFamily("dgrad_s2", dgrad.dgrad_kernel, gemm_tile_configs, _p(_dgrad_launch, problem=STRIDE2_PROBLEM),

@@ -60,7 +60,8 @@ from ._common import (
     tile_pid,
 )
 
-__all__ = ["conv2d_fprop", "conv2d_fprop_splitk", "conv2d_fprop_tma", "conv2d_fprop_tap_tma", "fprop_kernel",
+__all__ = ["conv2d_fprop", "conv2d_fprop_splitk", "conv2d_fprop_tma", "conv2d_fprop_tap_tma",
+           "conv2d_fprop_tap_tma_splitk", "fprop_kernel",
            "fprop_tap_tma_kernel", "splitk_reduce_kernel", "accepts_splitk", "accepts_tap_tma", "weight_tma_usable",
            "input_tma_usable", "tap_tma_steps", "tap_tma_fit", "tap_tma_box", "TAP_TMA_MIN_STEPS"]
 
@@ -322,12 +323,17 @@ def conv2d_fprop(
         W_DESC=weight_tma,
     )
     if ws is not None:
-        block_m, block_n = 64, 32
-        tuning.launch_direct(splitk_reduce_kernel, (triton.cdiv(M, block_m), triton.cdiv(pb.K, block_n)),
-            ws, fw.bias, fw.residual, out, M, pb.P, pb.Q, pb.K, split, *out.stride(), *fw.res_strides,
-            float(alpha), **fw.epilogue, BLOCK_M=block_m, BLOCK_N=block_n,
-        )
+        _reduce_partials(ws, fw, out, pb, M, split, alpha)
     return out
+
+
+def _reduce_partials(ws, fw, out, pb: Conv2dProblem, M: int, split: int, alpha: float) -> None:
+    """Sum the (split, M, K) partials in order into ``out``, with the epilogue (splitk_reduce_kernel)."""
+    block_m, block_n = 64, 32
+    tuning.launch_direct(splitk_reduce_kernel, (triton.cdiv(M, block_m), triton.cdiv(pb.K, block_n)),
+        ws, fw.bias, fw.residual, out, M, pb.P, pb.Q, pb.K, split, *out.stride(), *fw.res_strides,
+        float(alpha), **fw.epilogue, BLOCK_M=block_m, BLOCK_N=block_n,
+    )
 
 
 def conv2d_fprop_splitk(x, w, bias, problem: Conv2dProblem, out=None, activation="none", alpha=0.01,
@@ -433,9 +439,11 @@ def fprop_tap_tma_kernel(
     b_ptr,  # (K,); unused unless HAS_BIAS
     res_ptr,  # (N, K, P, Q), any strides; unused unless HAS_RESIDUAL
     y_ptr,  # (N, K, P, Q), any strides
+    ws_ptr,  # (SPLIT_K, N*P*Q, K) fp32 partial sums; unused unless PARTIAL
     # problem sizes
     N, C, P, Q, R, S,
     CG, KG, GROUPS,
+    SPLIT_K,  # the reduction is cut into SPLIT_K chunks (1: no split)
     # conv parameters
     stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
     # strides, in elements
@@ -445,6 +453,7 @@ def fprop_tap_tma_kernel(
     # meta-parameters
     HAS_BIAS: tl.constexpr, HAS_RESIDUAL: tl.constexpr, ACTIVATION: tl.constexpr,
     ACC_DTYPE: tl.constexpr, INPUT_PRECISION: tl.constexpr,
+    PARTIAL: tl.constexpr,  # store raw partial sums to ws_ptr (split-K) instead of the epilogue
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
     BLOCK_W: tl.constexpr,
     K_ALIGN: tl.constexpr = 1,  # k_align(C/groups): EVEN_K where BLOCK_K divides it
@@ -456,20 +465,23 @@ def fprop_tap_tma_kernel(
     BOX_N: tl.constexpr = BLOCK_M // (BOX_H * BOX_W)
     EVEN_K: tl.constexpr = K_ALIGN % BLOCK_K == 0
 
-    # -- program-id mapping: (group, spatial M-tile, N-tile); an M-tile is (n0, p0, q0)
+    # -- program-id mapping: (split, group, spatial M-tile, N-tile); an M-tile is (n0, p0, q0)
     tiles_h = tl.cdiv(P, BOX_H)
     tiles_w = tl.cdiv(Q, BOX_W)
     tiles_m = tl.cdiv(N, BOX_N) * tiles_h * tiles_w
-    g, pid_m, pid_n = tile_pid(tl.program_id(0), tiles_m * BLOCK_M, KG, BLOCK_M, BLOCK_N, GROUP_M)
+    outer, pid_m, pid_n = tile_pid(tl.program_id(0), tiles_m * BLOCK_M, KG, BLOCK_M, BLOCK_N, GROUP_M)
+    split = outer // GROUPS
+    g = outer % GROUPS
     n0 = (pid_m // (tiles_h * tiles_w)) * BOX_N
     p0 = ((pid_m // tiles_w) % tiles_h) * BOX_H
     q0 = (pid_m % tiles_w) * BOX_W
 
-    # -- reduction loop over (r, s, c-block), c-block fastest, as in fprop_kernel
+    # -- reduction loop over (r, s, c-block), c-block fastest, as in fprop_kernel: this split's share
     offs_k = tl.arange(0, BLOCK_K)
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC_DTYPE)
     c_blocks = tl.cdiv(CG, BLOCK_K)
-    for it in range(0, R * S * c_blocks):
+    start, stop = split_range(split, R * S * c_blocks, SPLIT_K, 1)
+    for it in range(start, stop):
         rs = it // c_blocks
         c0 = (it - rs * c_blocks) * BLOCK_K
         r = rs // S
@@ -493,9 +505,17 @@ def fprop_tap_tma_kernel(
     p = p0 + (offs_m // BOX_W) % BOX_H
     q = q0 + offs_m % BOX_W
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    mask_m = (n < N) & (p < P) & (q < Q)
     n64, p64, q64 = n.to(tl.int64), p.to(tl.int64), q.to(tl.int64)
+    if PARTIAL:
+        # split-K: raw partial sums by pixel index m = (n*P + p)*Q + q, as splitk_reduce_kernel reads them
+        K = GROUPS * KG
+        rows = ((n64 * P + p64) * Q + q64) * K
+        ws = ws_ptr + split.to(tl.int64) * N * P * Q * K + rows[:, None] + (g * KG + offs_n)[None, :]
+        tl.store(ws, acc, mask=mask_m[:, None] & (offs_n < KG)[None, :])
+        return
     conv_epilogue(acc, b_ptr, res_ptr, y_ptr, n64 * syn + p64 * syp + q64 * syq, n64 * srn + p64 * srp + q64 * srq,
-                  g * KG + offs_n, syk, srk, (n < N) & (p < P) & (q < Q), offs_n < KG, alpha,
+                  g * KG + offs_n, syk, srk, mask_m, offs_n < KG, alpha,
                   HAS_BIAS, HAS_RESIDUAL, ACTIVATION)
 
 
@@ -537,8 +557,8 @@ def tap_tma_configs(interpreter=None):
 
 _fprop_tap_tma_tuned = triton.autotune(
     configs=tap_tma_configs(),
-    key=["N", "P", "Q", "R", "S", "CG", "KG", "GROUPS", "stride_h", "stride_w", "pad_h", "pad_w", "dil_h", "dil_w",
-         "syk", "HAS_RESIDUAL", "ACTIVATION"],
+    key=["N", "P", "Q", "R", "S", "CG", "KG", "GROUPS", "SPLIT_K", "stride_h", "stride_w", "pad_h", "pad_w", "dil_h",
+         "dil_w", "syk", "HAS_RESIDUAL", "ACTIVATION"],
     do_bench=configs.capture_safe_bench,
     prune_configs_by={
         "early_config_prune": configs.SpatialTilePruneHook(
@@ -550,19 +570,23 @@ _fprop_tap_tma_tuned = triton.autotune(
 
 
 def conv2d_fprop_tap_tma(x, w, bias, problem: Conv2dProblem, out=None, activation="none", alpha=0.01,
-                         residual=None) -> torch.Tensor:
+                         residual=None, split_k: int = 1) -> torch.Tensor:
     """The forward with TMA loads of both operands (Hopper); where they can't apply
     (``input_tma_usable``), ``conv2d_fprop_tma``, which falls back further by itself.
 
-    Args/Returns: as ``conv2d_fprop``.
+    Args/Returns: as ``conv2d_fprop``, ``split_k`` included.
     """
     pb = problem
+    split = max(1, int(split_k))
     if not input_tma_usable(x, w, pb):
-        return conv2d_fprop_tma(x, w, bias, pb, out, activation, alpha, residual)
+        return conv2d_fprop(x, w, bias, pb, out, activation, alpha, residual, split_k=split,
+                            weight_tma=weight_tma_usable(w, pb))
     fw = prepare_forward(x, w, bias, residual, pb, out, activation)
     out = fw.out
     if out.numel() == 0:
         return out
+    M = pb.N * pb.P * pb.Q
+    ws = alloc_partials((split, M, pb.K), x) if split > 1 else None
     x_desc = TensorDescriptor.from_tensor(phase_view(x, pb.stride_h, pb.stride_w), [1, 8, 1, TAP_TMA_BLOCK_W, 16])
     w_desc = TensorDescriptor.from_tensor(dense_view(w, (pb.K, pb.R * pb.S * pb.C_per_group)), [16, 16])
     KG = pb.K_per_group
@@ -572,13 +596,29 @@ def conv2d_fprop_tap_tma(x, w, bias, problem: Conv2dProblem, out=None, activatio
     def grid(meta):
         bn, bh, bw = tap_tma_box(meta["BLOCK_M"], meta["BLOCK_W"], fit["FIT_H"], fit["FIT_W"])
         tiles_m = triton.cdiv(pb.N, bn) * triton.cdiv(pb.P, bh) * triton.cdiv(pb.Q, bw)
-        return (pb.groups * tiles_m * triton.cdiv(KG, meta["BLOCK_N"]),)
+        return (split * pb.groups * tiles_m * triton.cdiv(KG, meta["BLOCK_N"]),)
 
     tuning.launch(_fprop_tap_tma_tuned, "fprop_tap_tma", x.device, grid,
-        x_desc, w_desc, fw.bias, fw.residual, out,
-        pb.N, pb.C, pb.P, pb.Q, pb.R, pb.S, pb.C_per_group, KG, pb.groups,
+        x_desc, w_desc, fw.bias, fw.residual, out, ws if ws is not None else out,
+        pb.N, pb.C, pb.P, pb.Q, pb.R, pb.S, pb.C_per_group, KG, pb.groups, split,
         pb.stride_h, pb.stride_w, pb.pad_h, pb.pad_w, pb.dil_h, pb.dil_w,
         *out.stride(), *fw.res_strides, float(alpha),
-        **fw.epilogue, INPUT_PRECISION=input_precision_for(x), K_ALIGN=k_align(pb.C_per_group), **fit,
+        **fw.epilogue, INPUT_PRECISION=input_precision_for(x), PARTIAL=ws is not None,
+        K_ALIGN=k_align(pb.C_per_group), **fit,
     )
+    if ws is not None:
+        _reduce_partials(ws, fw, out, pb, M, split, alpha)
     return out
+
+
+def conv2d_fprop_tap_tma_splitk(x, w, bias, problem: Conv2dProblem, out=None, activation="none", alpha=0.01,
+                                residual=None) -> torch.Tensor:
+    """The split-K forward with TMA boxes of the input per tap (``conv2d_fprop_tap_tma`` with
+    ``choose_split_k`` chunks): for small outputs with long reductions, where tap_tma's tiles
+    alone would leave SMs idle (ResNet-50's 7x7 layers at batch 32: 64 tiles of 128x128 for
+    132 SMs). Where the input can't be TMA-loaded, the split-K implicit GEMM.
+
+    Args/Returns: as ``conv2d_fprop``.
+    """
+    return conv2d_fprop_tap_tma(x, w, bias, problem, out, activation, alpha, residual,
+                                split_k=choose_split_k(problem, x.device))

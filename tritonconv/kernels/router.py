@@ -9,6 +9,7 @@
                 gemm1x1_tma  (plain GEMM, TMA loads, sm_90)      1x1, stride 1, no padding, NHWC
                 gemm1x1    (plain GEMM)                          1x1, stride 1, no padding
                 splitk     (implicit GEMM, reduction split; TMA weight on sm_90) N*P*Q <= 4096, R*S*C/g >= 512
+                tap_tma_splitk (tap_tma, reduction split; sm_90)  as splitk and tap_tma; NHWC x, KRSC w
                 tap_tma    (TMA input boxes per tap + weight, sm_90) stride 1 or dividing H, W; >= 9 steps; NHWC x, KRSC w
                 implicit_tma (TMA weight loads, sm_90)           everything; KRSC weight for TMA
                 implicit   (general implicit GEMM, fprop.py)     everything
@@ -65,6 +66,7 @@ from .fprop import (
     conv2d_fprop,
     conv2d_fprop_splitk,
     conv2d_fprop_tap_tma,
+    conv2d_fprop_tap_tma_splitk,
     conv2d_fprop_tma,
     input_tma_usable,
     weight_tma_usable,
@@ -83,6 +85,7 @@ FORWARD: Dict[str, Tuple[Callable, Callable]] = {
     "gemm1x1_tma": (gemm1x1.accepts, gemm1x1.conv2d_fprop_1x1_tma),
     "gemm1x1": (gemm1x1.accepts, gemm1x1.conv2d_fprop_1x1),
     "splitk": (accepts_splitk, conv2d_fprop_splitk),
+    "tap_tma_splitk": (lambda pb: accepts_splitk(pb) and accepts_tap_tma(pb), conv2d_fprop_tap_tma_splitk),
     "tap_tma": (accepts_tap_tma, conv2d_fprop_tap_tma),
     "implicit_tma": (lambda pb: True, conv2d_fprop_tma),
     "implicit": (lambda pb: True, conv2d_fprop),
@@ -108,6 +111,7 @@ WEIGHT_GRAD: Dict[str, Tuple[Callable, Callable]] = {
 LAYOUT_OK: Dict[Tuple[str, str], Callable[[tuple, Conv2dProblem], bool]] = {
     ("forward", "gemm1x1_tma"): lambda t, pb: gemm1x1.tma_usable(t[0], t[1], pb),
     ("forward", "tap_tma"): lambda t, pb: input_tma_usable(t[0], t[1], pb),
+    ("forward", "tap_tma_splitk"): lambda t, pb: input_tma_usable(t[0], t[1], pb),
     ("forward", "implicit_tma"): lambda t, pb: weight_tma_usable(t[1], pb),
     ("input_grad", "tap_tma"): lambda t, pb: dgrad.tap_tma_usable(t[0], t[1], pb),
     ("weight_grad", "gemm1x1_tma"): lambda t, pb: gemm1x1.wgrad_tma_usable(t[0], t[1], pb),
@@ -120,8 +124,8 @@ LAYOUT_OK: Dict[Tuple[str, str], Callable[[tuple, Conv2dProblem], bool]] = {
 # timing those is tuning time spent for nothing (a 1x1 layer would otherwise time
 # five families). Split-K stays a candidate: for small M it fills the GPU better.
 SUPERSEDES: Dict[str, Tuple[str, ...]] = {
-    "gemm1x1_tma": ("tap_tma", "implicit_tma", "implicit"),
-    "gemm1x1": ("tap_tma", "implicit_tma", "implicit"),
+    "gemm1x1_tma": ("tap_tma", "tap_tma_splitk", "implicit_tma", "implicit"),
+    "gemm1x1": ("tap_tma", "tap_tma_splitk", "implicit_tma", "implicit"),
 }
 
 _forced = threading.local()
