@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 import tritonconv
 from tritonconv import configs, plans, spec
 from tritonconv.kernels._common import INTERPRETER
-from tritonconv.kernels import depthwise, router
+from tritonconv.kernels import depthwise, fprop, router
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 # TMA kernels run on sm_90+ and in the interpreter; elsewhere their launchers fall back
@@ -88,7 +88,7 @@ PROBLEMS = {
         # strided: boxes of the phase view (N, H/sh, sh, W/sw, sw*C)
         (2, 16, 10, 12, 24, 3, 3, 2, 1, 1, 1),  # ResNet's 3x3 stride 2: rows of phase 1 at shift -1
         (1, 32, 12, 9, 16, 3, 3, (3, 1), (2, 1), (1, 2), 2),  # stride 3 x 1, dilated, grouped: last group + phase 2
-        # small outputs: several images per box (fprop.tap_tma_fit)
+        # small outputs: several images per box (fprop.tap_tma_boxes)
         (5, 16, 3, 3, 24, 3, 3, 1, 1, 1, 1),  # 3x3 output: boxes of 4 images of 4x4, the second past image 4
         (3, 16, 4, 6, 8, 3, 3, 2, 1, 1, 1),  # 2x3 output at stride 2: boxes of 8 images of 2x4
     ],
@@ -300,6 +300,38 @@ def test_tap_tma_one_row_tiles(problem, tap_tma_row_tiles):
         assert C // groups * 4 % 16, f"TMA should have run: {tiles}"
     if C // groups * 2 % 16 == 0 and K // groups * 2 % 16 == 0:
         assert tiles.get("wgrad_tap_tma", "").endswith(" rows"), tiles
+
+
+@pytest.mark.parametrize("N,P,Q,block_m,box", [
+    (32, 56, 56, 128, (2, 8, 8)),  # 8x8 divides 56x56: no row outside the output (16x8 boxes: 1/8)
+    (32, 28, 28, 128, (8, 4, 4)),
+    (32, 14, 14, 128, (32, 2, 2)),
+    (1, 56, 56, 128, (1, 16, 8)),  # one image: the plain box
+    (32, 56, 56, 256, (4, 8, 8)),
+])
+def test_tap_tma_boxes_fill_the_tile(N, P, Q, block_m, box):
+    """fprop.tap_tma_boxes picks, per BLOCK_M, the box with the fewest rows outside the output
+    (ResNet-50's sizes at batch 32 lose none), and tap_tma_box decodes it as the kernel does."""
+    boxes = fprop.tap_tma_boxes(N, P, Q)
+    assert fprop.tap_tma_box(block_m, 8, boxes) == box
+    assert fprop.tap_tma_box(block_m, block_m, boxes) == (1, 1, block_m)  # a one-row tile keeps its row
+    assert fprop.tap_tma_box(block_m, 8, 0) == (1, block_m // 8, 8)  # no code: one image, 8 wide
+
+
+def test_tap_tma_boxes_never_fill_less_than_one_image_boxes():
+    def fill(size, block):
+        return size / (triton.cdiv(size, block) * block)
+
+    for N in (1, 2, 3, 8, 32):
+        for P in (1, 2, 5, 7, 9, 14, 28, 56, 112):
+            for Q in (1, 3, 7, 10, 14, 56):
+                boxes = fprop.tap_tma_boxes(N, P, Q)
+                for bm in fprop.TAP_TMA_BLOCK_MS[2:]:
+                    bn, bh, bw = fprop.tap_tma_box(bm, 8, boxes)
+                    assert bn * bh * bw == bm and bw <= 8
+                    ours = fill(N, bn) * fill(P, bh) * fill(Q, bw)
+                    assert ours >= fill(P, bm // 8) * fill(Q, 8) - 1e-12, (N, P, Q, bm)
+    assert fill(7, 1) * fill(7, 4) * fill(32, 32) == 0.875  # 7x7 at N=32, BLOCK_M 128: 1/8 lost, not 5/8
 
 
 def test_tap_tma_prune_keeps_row_tiles_for_wide_rows_only(monkeypatch):

@@ -390,14 +390,14 @@ def _fprop_tma_launch(dtype: Dtype, config: triton.Config, **kw):
 def _fprop_tap_tma_launch(dtype: Dtype, config: triton.Config, *, problem: Dict[str, Any] = FPROP_PROBLEM,
                           residual: bool = False, activation: str = "none", split_k: int = 1):
     """fprop_tap_tma_kernel's arguments as conv2d_fprop_tap_tma passes them, with bias: boxes of
-    x's phase view [BOX_N, BOX_H, 1, BOX_W, BLOCK_K] (fprop.tap_tma_box: [1, BLOCK_M // BLOCK_W,
-    1, BLOCK_W, BLOCK_K] unless the output is small), the weight's tiles [BLOCK_N, BLOCK_K]
+    x's phase view [BOX_N, BOX_H, 1, BOX_W, BLOCK_K] (fprop.tap_tma_boxes for the problem), the
+    weight's tiles [BLOCK_N, BLOCK_K]
     (fprop._set_tap_tma_blocks)."""
     pb = problem_from_shapes(**problem)
     kw = config.kwargs
     y_s = _channels_last_strides(pb.output_shape)
-    fit = fprop.tap_tma_fit(pb.P, pb.Q)
-    box_n, box_h, box_w = fprop.tap_tma_box(kw["BLOCK_M"], kw["BLOCK_W"], fit["FIT_H"], fit["FIT_W"])
+    boxes = fprop.tap_tma_boxes(pb.N, pb.P, pb.Q)
+    box_n, box_h, box_w = fprop.tap_tma_box(kw["BLOCK_M"], kw["BLOCK_W"], boxes)
     box = f"{box_n}, {box_h}, 1, {box_w}, {kw['BLOCK_K']}"
     args = dict(
         x_desc=f"tensordesc<{dtype.triton_ty}[{box}]>",
@@ -411,7 +411,7 @@ def _fprop_tap_tma_launch(dtype: Dtype, config: triton.Config, *, problem: Dict[
         alpha=0.01,
     )
     return args, dict(_epilogue(dtype, residual, activation), INPUT_PRECISION=dtype.input_precision,
-                      PARTIAL=split_k > 1, K_ALIGN=fprop.k_align(pb.C_per_group), **fit)
+                      PARTIAL=split_k > 1, K_ALIGN=fprop.k_align(pb.C_per_group), BOXES=boxes)
 
 
 def _dgrad_launch(dtype: Dtype, config: triton.Config, *, problem: Dict[str, Any] = FPROP_PROBLEM):
@@ -685,7 +685,7 @@ FAMILIES: List[KernelFamily] = [
     KernelFamily("fprop_tap_tma_s2", fprop.fprop_tap_tma_kernel, tap_tma_tile_configs,
                  _p(_fprop_tap_tma_launch, problem=STRIDE2_PROBLEM), _prune_of(fprop._fprop_tap_tma_tuned),
                  dtypes=("fp16", "bf16", "fp32"), archs=("sm_90",), uses_tma=True),
-    # a 7x7 output: boxes of several 8x8 images (fprop.tap_tma_fit); and its split-K partials
+    # a 7x7 output: boxes of several images (fprop.tap_tma_boxes); and its split-K partials
     KernelFamily("fprop_tap_tma_small", fprop.fprop_tap_tma_kernel, tap_tma_tile_configs,
                  _p(_fprop_tap_tma_launch, problem=SMALL_OUTPUT_PROBLEM), _prune_of(fprop._fprop_tap_tma_tuned),
                  dtypes=("fp16", "bf16", "fp32"), archs=("sm_90",), uses_tma=True),

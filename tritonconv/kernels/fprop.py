@@ -63,7 +63,7 @@ from ._common import (
 __all__ = ["conv2d_fprop", "conv2d_fprop_splitk", "conv2d_fprop_tma", "conv2d_fprop_tap_tma",
            "conv2d_fprop_tap_tma_splitk", "fprop_kernel",
            "fprop_tap_tma_kernel", "splitk_reduce_kernel", "accepts_splitk", "accepts_tap_tma", "weight_tma_usable",
-           "input_tma_usable", "tap_tma_steps", "tap_tma_fit", "tap_tma_box", "TAP_TMA_MIN_STEPS"]
+           "input_tma_usable", "tap_tma_steps", "tap_tma_boxes", "tap_tma_box", "TAP_TMA_MIN_STEPS"]
 
 
 @triton.jit
@@ -375,12 +375,14 @@ def conv2d_fprop_tma(x, w, bias, problem: Conv2dProblem, out=None, activation="n
 #                               w = q*sw + s*dil_w - pad_w = sw*(q + shift_w) + phase_w
 #     B[kk, j]  as in fprop_kernel with W_DESC: a TMA tile of the KRSC weight
 #
-# The box is BOX_N images of BOX_H x BOX_W pixels (BLOCK_M in all). An output taller than
-# it or wider is cut into boxes of one image (BOX_N = 1, BOX_W = BLOCK_W, BOX_H = BLOCK_M //
-# BLOCK_W). A small one would leave most of such a box outside the image: a 7x7 output fills
-# 49 of a 16x8 box's 128 rows. So the launcher passes the output's size rounded up to a power
-# of two where it is small (FIT_H, FIT_W; ``tap_tma_fit``), the box shrinks to it, and the
-# rows it frees take more images: a 128-row tile of a 7x7 output is 2 images of 8x8 boxes.
+# The box is BOX_N images of BOX_H x BOX_W output pixels, BLOCK_M in all, chosen per BLOCK_M
+# for the output's size (``tap_tma_boxes``) to leave the fewest rows outside it. Its pixels are
+# only the rows of the GEMM tile: the channels inside each one are what TMA streams, so the
+# split of BLOCK_M into images, rows and columns costs nothing by itself. A 56x56 output at
+# BLOCK_M = 128 in 16x8 boxes wastes 1/8 of each tile's rows (56 rows in 64); in boxes of 2
+# images of 8x8, none. 28x28 takes 8 images of 4x4, 14x14 32 of 2x2 (at N = 32), and 7x7
+# wastes 1/8 in 32 images of 4x1 instead of 5/8 in 16x8 boxes. One-row tiles (BLOCK_W =
+# BLOCK_M: the wgmma then reads A straight from shared memory) keep their one-row boxes.
 
 TAP_TMA_BLOCK_W = configs.SPATIAL_TILE_WIDTH  # output columns per 8-wide tile; BLOCK_H = BLOCK_M // 8 rows
 
@@ -422,10 +424,10 @@ def input_tma_usable(x: torch.Tensor, w: torch.Tensor, problem: Conv2dProblem) -
 def spatial_tiles_fit(N: int, P: int, Q: int) -> bool:
     """Whether N images of P x Q output pixels, tiled spatially by the largest configured
     tile, keep the tile-padded pixel count within the kernel's int32 indices."""
-    fit = tap_tma_fit(P, Q)
+    boxes = tap_tma_boxes(N, P, Q)
 
     def padded(c):
-        bn, bh, bw = tap_tma_box(c.kwargs["BLOCK_M"], c.kwargs["BLOCK_W"], fit["FIT_H"], fit["FIT_W"])
+        bn, bh, bw = tap_tma_box(c.kwargs["BLOCK_M"], c.kwargs["BLOCK_W"], boxes)
         return triton.cdiv(N, bn) * triton.cdiv(P, bh) * triton.cdiv(Q, bw) * c.kwargs["BLOCK_M"]
 
     return max(padded(c) for c in _fprop_tap_tma_tuned.configs) < MAX_PIXELS
@@ -457,11 +459,13 @@ def fprop_tap_tma_kernel(
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
     BLOCK_W: tl.constexpr,
     K_ALIGN: tl.constexpr = 1,  # k_align(C/groups): EVEN_K where BLOCK_K divides it
-    FIT_H: tl.constexpr = 0, FIT_W: tl.constexpr = 0,  # tap_tma_fit(P, Q): a small output's box; 0: none
+    BOXES: tl.constexpr = 0,  # tap_tma_boxes(N, P, Q): the box per BLOCK_M; 0: one image, BLOCK_W wide
 ):
-    # the box (tap_tma_box, which the descriptor's pre-hook and the grid use, computes the same)
-    BOX_W: tl.constexpr = BLOCK_W if FIT_W == 0 else min(BLOCK_W, FIT_W)
-    BOX_H: tl.constexpr = BLOCK_M // BOX_W if FIT_H == 0 else min(BLOCK_M // BOX_W, FIT_H)
+    # the box, decoded as tap_tma_box does for the descriptor's pre-hook and the grid
+    AT: tl.constexpr = 8 * ((BLOCK_M >= 32) + (BLOCK_M >= 64) + (BLOCK_M >= 128) + (BLOCK_M >= 256))
+    OWN: tl.constexpr = BOXES == 0 or BLOCK_W == BLOCK_M
+    BOX_W: tl.constexpr = BLOCK_W if OWN else 1 << ((BOXES >> AT) & 15)
+    BOX_H: tl.constexpr = BLOCK_M // BLOCK_W if OWN else 1 << ((BOXES >> (AT + 4)) & 15)
     BOX_N: tl.constexpr = BLOCK_M // (BOX_H * BOX_W)
     EVEN_K: tl.constexpr = K_ALIGN % BLOCK_K == 0
 
@@ -525,25 +529,47 @@ def k_align(cg: int) -> int:
     return math.gcd(cg, 64) if cg > 0 else 1
 
 
-def tap_tma_fit(P: int, Q: int) -> dict:
-    """FIT_H and FIT_W for an output of P x Q pixels: each side rounded up to a power of two
-    where a box could be that small (rows up to 16, columns under SPATIAL_TILE_WIDTH), else 0.
-    ResNet-50's 7x7 and 14x14 outputs get FIT_H 8 and 16; 28x28 and larger none (one compiled
-    variant per fit, so the common large sizes share one)."""
-    h, w = triton.next_power_of_2(max(P, 1)), triton.next_power_of_2(max(Q, 1))
-    return {"FIT_H": h if h <= 16 else 0, "FIT_W": w if w < TAP_TMA_BLOCK_W else 0}
+TAP_TMA_BLOCK_MS = (16, 32, 64, 128, 256)  # the BLOCK_M values tap_tma_boxes encodes a box for
 
 
-def tap_tma_box(block_m: int, block_w: int, fit_h: int = 0, fit_w: int = 0):
-    """(BOX_N, BOX_H, BOX_W): images, rows and columns of fprop_tap_tma_kernel's input box."""
-    box_w = block_w if fit_w == 0 else min(block_w, fit_w)
-    box_h = block_m // box_w if fit_h == 0 else min(block_m // box_w, fit_h)
-    return block_m // (box_h * box_w), box_h, box_w
+def _fill(size: int, block: int) -> float:
+    """The share of ``size`` items' blocks of ``block`` that lie inside them."""
+    return size / (triton.cdiv(size, block) * block)
+
+
+def tap_tma_boxes(N: int, P: int, Q: int) -> int:
+    """fprop_tap_tma_kernel's BOXES for N images of P x Q output pixels: per BLOCK_M of
+    TAP_TMA_BLOCK_MS, the box of BOX_N images of BOX_H x BOX_W pixels (powers of two, BOX_W at
+    most TAP_TMA_BLOCK_W, product BLOCK_M) with the largest share of its pixels inside the
+    output; on a tie, fewer images (their rows share the taps' overlapping boxes in L2), then
+    wider. Encoded 8 bits per BLOCK_M: log2 BOX_W, then log2 BOX_H in the upper 4 bits."""
+    code = 0
+    for i, bm in enumerate(TAP_TMA_BLOCK_MS):
+        best = None
+        for lw in range(0, TAP_TMA_BLOCK_W.bit_length()):
+            for lh in range(0, (bm >> lw).bit_length()):
+                bw, bh = 1 << lw, 1 << lh
+                bn = bm // (bw * bh)
+                rank = (_fill(Q, bw) * _fill(P, bh) * _fill(N, bn), -bn, bw)
+                if best is None or rank > best[0]:
+                    best = (rank, lw, lh)
+        code |= (best[1] | best[2] << 4) << (8 * i)
+    return code
+
+
+def tap_tma_box(block_m: int, block_w: int, boxes: int = 0):
+    """(BOX_N, BOX_H, BOX_W): images, rows and columns of fprop_tap_tma_kernel's input box for a
+    config and a ``tap_tma_boxes`` code (decoded as the kernel does)."""
+    if boxes == 0 or block_w == block_m:
+        return 1, block_m // block_w, block_w
+    at = 8 * TAP_TMA_BLOCK_MS.index(block_m)
+    box_w, box_h = 1 << ((boxes >> at) & 15), 1 << ((boxes >> (at + 4)) & 15)
+    return block_m // (box_w * box_h), box_h, box_w
 
 
 def _set_tap_tma_blocks(nargs):
     """Autotune pre-hook: the input box is the config's spatial tile, the weight tile (BLOCK_N, BLOCK_K)."""
-    box_n, box_h, box_w = tap_tma_box(nargs["BLOCK_M"], nargs["BLOCK_W"], nargs.get("FIT_H", 0), nargs.get("FIT_W", 0))
+    box_n, box_h, box_w = tap_tma_box(nargs["BLOCK_M"], nargs["BLOCK_W"], nargs.get("BOXES", 0))
     nargs["x_desc"].block_shape = [box_n, box_h, 1, box_w, nargs["BLOCK_K"]]
     nargs["w_desc"].block_shape = [nargs["BLOCK_N"], nargs["BLOCK_K"]]
 
@@ -591,10 +617,10 @@ def conv2d_fprop_tap_tma(x, w, bias, problem: Conv2dProblem, out=None, activatio
     w_desc = TensorDescriptor.from_tensor(dense_view(w, (pb.K, pb.R * pb.S * pb.C_per_group)), [16, 16])
     KG = pb.K_per_group
 
-    fit = tap_tma_fit(pb.P, pb.Q)
+    boxes = tap_tma_boxes(pb.N, pb.P, pb.Q)
 
     def grid(meta):
-        bn, bh, bw = tap_tma_box(meta["BLOCK_M"], meta["BLOCK_W"], fit["FIT_H"], fit["FIT_W"])
+        bn, bh, bw = tap_tma_box(meta["BLOCK_M"], meta["BLOCK_W"], boxes)
         tiles_m = triton.cdiv(pb.N, bn) * triton.cdiv(pb.P, bh) * triton.cdiv(pb.Q, bw)
         return (split * pb.groups * tiles_m * triton.cdiv(KG, meta["BLOCK_N"]),)
 
@@ -604,7 +630,7 @@ def conv2d_fprop_tap_tma(x, w, bias, problem: Conv2dProblem, out=None, activatio
         pb.stride_h, pb.stride_w, pb.pad_h, pb.pad_w, pb.dil_h, pb.dil_w,
         *out.stride(), *fw.res_strides, float(alpha),
         **fw.epilogue, INPUT_PRECISION=input_precision_for(x), PARTIAL=ws is not None,
-        K_ALIGN=k_align(pb.C_per_group), **fit,
+        K_ALIGN=k_align(pb.C_per_group), BOXES=boxes,
     )
     if ws is not None:
         _reduce_partials(ws, fw, out, pb, M, split, alpha)
