@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 import tritonconv
 from tritonconv import configs, plans, spec
 from tritonconv.kernels._common import INTERPRETER
-from tritonconv.kernels import depthwise, fprop, router
+from tritonconv.kernels import _common, depthwise, fprop, router
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 # TMA kernels run on sm_90+ and in the interpreter; elsewhere their launchers fall back
@@ -88,7 +88,7 @@ PROBLEMS = {
         # strided: boxes of the phase view (N, H/sh, sh, W/sw, sw*C)
         (2, 16, 10, 12, 24, 3, 3, 2, 1, 1, 1),  # ResNet's 3x3 stride 2: rows of phase 1 at shift -1
         (1, 32, 12, 9, 16, 3, 3, (3, 1), (2, 1), (1, 2), 2),  # stride 3 x 1, dilated, grouped: last group + phase 2
-        # small outputs: several images per box (fprop.tap_tma_boxes)
+        # small outputs: several images per box (_common.tap_tma_boxes)
         (5, 16, 3, 3, 24, 3, 3, 1, 1, 1, 1),  # 3x3 output: boxes of 4 images of 4x4, the second past image 4
         (3, 16, 4, 6, 8, 3, 3, 2, 1, 1, 1),  # 2x3 output at stride 2: boxes of 8 images of 2x4
     ],
@@ -310,12 +310,12 @@ def test_tap_tma_one_row_tiles(problem, tap_tma_row_tiles):
     (32, 56, 56, 256, (4, 8, 8)),
 ])
 def test_tap_tma_boxes_fill_the_tile(N, P, Q, block_m, box):
-    """fprop.tap_tma_boxes picks, per BLOCK_M, the box with the fewest rows outside the output
+    """_common.tap_tma_boxes picks, per BLOCK_M, the box with the fewest rows outside the output
     (ResNet-50's sizes at batch 32 lose none), and tap_tma_box decodes it as the kernel does."""
-    boxes = fprop.tap_tma_boxes(N, P, Q)
-    assert fprop.tap_tma_box(block_m, 8, boxes) == box
-    assert fprop.tap_tma_box(block_m, block_m, boxes) == (1, 1, block_m)  # a one-row tile keeps its row
-    assert fprop.tap_tma_box(block_m, 8, 0) == (1, block_m // 8, 8)  # no code: one image, 8 wide
+    boxes = _common.tap_tma_boxes(N, P, Q)
+    assert _common.tap_tma_box(block_m, 8, boxes) == box
+    assert _common.tap_tma_box(block_m, block_m, boxes) == (1, 1, block_m)  # a one-row tile keeps its row
+    assert _common.tap_tma_box(block_m, 8, 0) == (1, block_m // 8, 8)  # no code: one image, 8 wide
 
 
 def test_tap_tma_boxes_never_fill_less_than_one_image_boxes():
@@ -325,9 +325,9 @@ def test_tap_tma_boxes_never_fill_less_than_one_image_boxes():
     for N in (1, 2, 3, 8, 32):
         for P in (1, 2, 5, 7, 9, 14, 28, 56, 112):
             for Q in (1, 3, 7, 10, 14, 56):
-                boxes = fprop.tap_tma_boxes(N, P, Q)
-                for bm in fprop.TAP_TMA_BLOCK_MS[2:]:
-                    bn, bh, bw = fprop.tap_tma_box(bm, 8, boxes)
+                boxes = _common.tap_tma_boxes(N, P, Q)
+                for bm in _common.TAP_TMA_SPANS[2:]:
+                    bn, bh, bw = _common.tap_tma_box(bm, 8, boxes)
                     assert bn * bh * bw == bm and bw <= 8
                     ours = fill(N, bn) * fill(P, bh) * fill(Q, bw)
                     assert ours >= fill(P, bm // 8) * fill(Q, 8) - 1e-12, (N, P, Q, bm)

@@ -390,14 +390,14 @@ def _fprop_tma_launch(dtype: Dtype, config: triton.Config, **kw):
 def _fprop_tap_tma_launch(dtype: Dtype, config: triton.Config, *, problem: Dict[str, Any] = FPROP_PROBLEM,
                           residual: bool = False, activation: str = "none", split_k: int = 1):
     """fprop_tap_tma_kernel's arguments as conv2d_fprop_tap_tma passes them, with bias: boxes of
-    x's phase view [BOX_N, BOX_H, 1, BOX_W, BLOCK_K] (fprop.tap_tma_boxes for the problem), the
+    x's phase view [BOX_N, BOX_H, 1, BOX_W, BLOCK_K] (_common.tap_tma_boxes for the problem), the
     weight's tiles [BLOCK_N, BLOCK_K]
     (fprop._set_tap_tma_blocks)."""
     pb = problem_from_shapes(**problem)
     kw = config.kwargs
     y_s = _channels_last_strides(pb.output_shape)
-    boxes = fprop.tap_tma_boxes(pb.N, pb.P, pb.Q)
-    box_n, box_h, box_w = fprop.tap_tma_box(kw["BLOCK_M"], kw["BLOCK_W"], boxes)
+    boxes = _common.tap_tma_boxes(pb.N, pb.P, pb.Q)
+    box_n, box_h, box_w = _common.tap_tma_box(kw["BLOCK_M"], kw["BLOCK_W"], boxes)
     box = f"{box_n}, {box_h}, 1, {box_w}, {kw['BLOCK_K']}"
     args = dict(
         x_desc=f"tensordesc<{dtype.triton_ty}[{box}]>",
@@ -455,25 +455,26 @@ def _wgrad_launch(dtype: Dtype, config: triton.Config, *, problem: Dict[str, Any
 def _wgrad_tap_tma_launch(dtype: Dtype, config: triton.Config, *, problem: Dict[str, Any] = FPROP_PROBLEM,
                           split_k: int = WGRAD_SPLITK):
     """wgrad_tap_tma_kernel's arguments as conv2d_wgrad_tap_tma passes them: boxes of dy
-    [1, BLOCK_K // BLOCK_W, BLOCK_W, BLOCK_M] and of x's phase view [1, BLOCK_K // BLOCK_W, 1,
-    BLOCK_W, BLOCK_N] (wgrad._set_tap_tma_blocks), fp32 partials."""
+    [BOX_N, BOX_H, BOX_W, BLOCK_M] and of x's phase view [BOX_N, BOX_H, 1, BOX_W, BLOCK_N]
+    (_common.tap_tma_boxes for the problem; wgrad._set_tap_tma_blocks), fp32 partials."""
     pb = problem_from_shapes(**problem)
     kw = config.kwargs
-    bh, bw = kw["BLOCK_K"] // kw["BLOCK_W"], kw["BLOCK_W"]
+    boxes = _common.tap_tma_boxes(pb.N, pb.P, pb.Q)
+    bn, bh, bw = _common.tap_tma_box(kw["BLOCK_K"], kw["BLOCK_W"], boxes)
     if split_k > 1:
         out_ptr, out_s = _partials_ptr(dtype), _contiguous_strides((split_k, *pb.weight_shape))
     else:
         out_ptr, out_s = _ptr(dtype), (0, *_channels_last_strides(pb.weight_shape))
     args = dict(
-        dy_desc=f"tensordesc<{dtype.triton_ty}[1, {bh}, {bw}, {kw['BLOCK_M']}]>",
-        x_desc=f"tensordesc<{dtype.triton_ty}[1, {bh}, 1, {bw}, {kw['BLOCK_N']}]>",
+        dy_desc=f"tensordesc<{dtype.triton_ty}[{bn}, {bh}, {bw}, {kw['BLOCK_M']}]>",
+        x_desc=f"tensordesc<{dtype.triton_ty}[{bn}, {bh}, 1, {bw}, {kw['BLOCK_N']}]>",
         out_ptr=out_ptr, dy_ptr=_ptr(dtype),
         N=pb.N, C=pb.C, P=pb.P, Q=pb.Q, R=pb.R, S=pb.S, CG=pb.C_per_group, KG=pb.K_per_group, GROUPS=pb.groups,
         SPLIT_K=split_k, stride_h=pb.stride_h, stride_w=pb.stride_w,
         pad_h=pb.pad_h, pad_w=pb.pad_w, dil_h=pb.dil_h, dil_w=pb.dil_w,
         **_named("sos sok soc sor sos_", out_s),
     )
-    return args, dict(ACC_DTYPE=dtype.acc, INPUT_PRECISION=dtype.input_precision)
+    return args, dict(ACC_DTYPE=dtype.acc, INPUT_PRECISION=dtype.input_precision, BOXES=boxes)
 
 
 def _gemm1x1_launch(dtype: Dtype, config: triton.Config, *, problem: Dict[str, Any] = GEMM1X1_PROBLEM,
@@ -685,7 +686,7 @@ FAMILIES: List[KernelFamily] = [
     KernelFamily("fprop_tap_tma_s2", fprop.fprop_tap_tma_kernel, tap_tma_tile_configs,
                  _p(_fprop_tap_tma_launch, problem=STRIDE2_PROBLEM), _prune_of(fprop._fprop_tap_tma_tuned),
                  dtypes=("fp16", "bf16", "fp32"), archs=("sm_90",), uses_tma=True),
-    # a 7x7 output: boxes of several images (fprop.tap_tma_boxes); and its split-K partials
+    # a 7x7 output: boxes of several images (_common.tap_tma_boxes); and its split-K partials
     KernelFamily("fprop_tap_tma_small", fprop.fprop_tap_tma_kernel, tap_tma_tile_configs,
                  _p(_fprop_tap_tma_launch, problem=SMALL_OUTPUT_PROBLEM), _prune_of(fprop._fprop_tap_tma_tuned),
                  dtypes=("fp16", "bf16", "fp32"), archs=("sm_90",), uses_tma=True),

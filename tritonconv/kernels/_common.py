@@ -342,3 +342,52 @@ def prepare_forward(x: torch.Tensor, w: torch.Tensor, bias: Optional[torch.Tenso
         res_strides=tuple(residual.stride()) if residual is not None else (0, 0, 0, 0),
         epilogue=epilogue,
     )
+
+
+# The tap-TMA kernels' spatial boxes (fprop.py's forward, wgrad.py's weight gradient): a tile's
+# span of pixels (BLOCK_M in the forward, a reduction step's BLOCK_K in wgrad) is a box of BOX_N
+# images of BOX_H x BOX_W pixels. Its pixels are only rows of the GEMM operand (the channels in
+# each are what TMA streams), so how the span splits into images, rows and columns costs nothing
+# by itself; the split decides how many of its rows fall outside the output (zero-filled, yet
+# computed). tap_tma_boxes picks the split per span for an output size, the kernels decode it.
+TAP_TMA_SPANS = (16, 32, 64, 128, 256)  # the spans tap_tma_boxes encodes a box for
+TAP_TMA_MAX_BOX_W = 8  # columns of a box at most (configs.SPATIAL_TILE_WIDTH)
+
+
+def _fill(size: int, block: int) -> float:
+    """The share of ``size`` items' blocks of ``block`` that lie inside them."""
+    return size / (triton.cdiv(size, block) * block)
+
+
+def tap_tma_boxes(N: int, P: int, Q: int) -> int:
+    """The tap-TMA kernels' BOXES for N images of P x Q output pixels: per span of
+    TAP_TMA_SPANS, the box of BOX_N images of BOX_H x BOX_W pixels (powers of two, BOX_W at
+    most TAP_TMA_MAX_BOX_W, product the span) with the largest share of its pixels inside the
+    output; on a tie, fewer images (their rows share the taps' overlapping boxes in L2), then
+    wider. Encoded 8 bits per span: log2 BOX_W, then log2 BOX_H in the upper 4 bits.
+    ResNet-50 at N = 32, span 128: 56x56 -> 2 images of 8x8, 28x28 -> 8 of 4x4, 14x14 -> 32 of
+    2x2, all inside; 7x7 -> 16 of 1x8, 1/8 outside (16x8 boxes of one image: 5/8)."""
+    code = 0
+    for i, bm in enumerate(TAP_TMA_SPANS):
+        best = None
+        for lw in range(0, TAP_TMA_MAX_BOX_W.bit_length()):
+            for lh in range(0, (bm >> lw).bit_length()):
+                bw, bh = 1 << lw, 1 << lh
+                bn = bm // (bw * bh)
+                rank = (_fill(Q, bw) * _fill(P, bh) * _fill(N, bn), -bn, bw)
+                if best is None or rank > best[0]:
+                    best = (rank, lw, lh)
+        code |= (best[1] | best[2] << 4) << (8 * i)
+    return code
+
+
+def tap_tma_box(span: int, block_w: int, boxes: int = 0):
+    """(BOX_N, BOX_H, BOX_W): images, rows and columns of a tap-TMA kernel's box for a config's
+    span and BLOCK_W and a ``tap_tma_boxes`` code, decoded as the kernels do. Without a code
+    (0), for one-row tiles (BLOCK_W = span) and spans the code has no entry for: one image's
+    span // BLOCK_W rows of BLOCK_W."""
+    if boxes == 0 or block_w == span or span not in TAP_TMA_SPANS:
+        return 1, span // block_w, block_w
+    at = 8 * TAP_TMA_SPANS.index(span)
+    box_w, box_h = 1 << ((boxes >> at) & 15), 1 << ((boxes >> (at + 4)) & 15)
+    return span // (box_w * box_h), box_h, box_w

@@ -55,6 +55,8 @@ from ._common import (
     phase_view,
     phase_view_fits,
     prepare_forward,
+    tap_tma_box,
+    tap_tma_boxes,
     split_range,
     tap_phase,
     tile_pid,
@@ -63,7 +65,7 @@ from ._common import (
 __all__ = ["conv2d_fprop", "conv2d_fprop_splitk", "conv2d_fprop_tma", "conv2d_fprop_tap_tma",
            "conv2d_fprop_tap_tma_splitk", "fprop_kernel",
            "fprop_tap_tma_kernel", "splitk_reduce_kernel", "accepts_splitk", "accepts_tap_tma", "weight_tma_usable",
-           "input_tma_usable", "tap_tma_steps", "tap_tma_boxes", "tap_tma_box", "TAP_TMA_MIN_STEPS"]
+           "input_tma_usable", "tap_tma_steps", "TAP_TMA_MIN_STEPS"]
 
 
 @triton.jit
@@ -375,14 +377,11 @@ def conv2d_fprop_tma(x, w, bias, problem: Conv2dProblem, out=None, activation="n
 #                               w = q*sw + s*dil_w - pad_w = sw*(q + shift_w) + phase_w
 #     B[kk, j]  as in fprop_kernel with W_DESC: a TMA tile of the KRSC weight
 #
-# The box is BOX_N images of BOX_H x BOX_W output pixels, BLOCK_M in all, chosen per BLOCK_M
-# for the output's size (``tap_tma_boxes``) to leave the fewest rows outside it. Its pixels are
-# only the rows of the GEMM tile: the channels inside each one are what TMA streams, so the
-# split of BLOCK_M into images, rows and columns costs nothing by itself. A 56x56 output at
-# BLOCK_M = 128 in 16x8 boxes wastes 1/8 of each tile's rows (56 rows in 64); in boxes of 2
-# images of 8x8, none. 28x28 takes 8 images of 4x4, 14x14 32 of 2x2 (at N = 32), and 7x7
-# wastes 1/8 in 32 images of 4x1 instead of 5/8 in 16x8 boxes. One-row tiles (BLOCK_W =
-# BLOCK_M: the wgmma then reads A straight from shared memory) keep their one-row boxes.
+# The box is BOX_N images of BOX_H x BOX_W output pixels, BLOCK_M in all, split per BLOCK_M to
+# leave the fewest of its rows outside the output (_common.tap_tma_boxes: a 56x56 output at
+# BLOCK_M = 128 takes 2 images of 8x8, where 16x8 boxes of one image left 1/8 of the rows out).
+# One-row tiles (BLOCK_W = BLOCK_M: the wgmma then reads A straight from shared memory) keep
+# their one-row boxes.
 
 TAP_TMA_BLOCK_W = configs.SPATIAL_TILE_WIDTH  # output columns per 8-wide tile; BLOCK_H = BLOCK_M // 8 rows
 
@@ -459,11 +458,11 @@ def fprop_tap_tma_kernel(
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
     BLOCK_W: tl.constexpr,
     K_ALIGN: tl.constexpr = 1,  # k_align(C/groups): EVEN_K where BLOCK_K divides it
-    BOXES: tl.constexpr = 0,  # tap_tma_boxes(N, P, Q): the box per BLOCK_M; 0: one image, BLOCK_W wide
+    BOXES: tl.constexpr = 0,  # _common.tap_tma_boxes(N, P, Q): the box per BLOCK_M; 0: one image, BLOCK_W wide
 ):
-    # the box, decoded as tap_tma_box does for the descriptor's pre-hook and the grid
+    # the box, decoded as _common.tap_tma_box does for the descriptor's pre-hook and the grid
     AT: tl.constexpr = 8 * ((BLOCK_M >= 32) + (BLOCK_M >= 64) + (BLOCK_M >= 128) + (BLOCK_M >= 256))
-    OWN: tl.constexpr = BOXES == 0 or BLOCK_W == BLOCK_M
+    OWN: tl.constexpr = BOXES == 0 or BLOCK_W == BLOCK_M or BLOCK_M < 16 or BLOCK_M > 256  # (as _common.TAP_TMA_SPANS)
     BOX_W: tl.constexpr = BLOCK_W if OWN else 1 << ((BOXES >> AT) & 15)
     BOX_H: tl.constexpr = BLOCK_M // BLOCK_W if OWN else 1 << ((BOXES >> (AT + 4)) & 15)
     BOX_N: tl.constexpr = BLOCK_M // (BOX_H * BOX_W)
@@ -527,44 +526,6 @@ def k_align(cg: int) -> int:
     """The largest power of two up to 64 that divides C/groups: a BLOCK_K that divides it never
     takes a box past the group's channels, so the kernel needs no mask on A (EVEN_K)."""
     return math.gcd(cg, 64) if cg > 0 else 1
-
-
-TAP_TMA_BLOCK_MS = (16, 32, 64, 128, 256)  # the BLOCK_M values tap_tma_boxes encodes a box for
-
-
-def _fill(size: int, block: int) -> float:
-    """The share of ``size`` items' blocks of ``block`` that lie inside them."""
-    return size / (triton.cdiv(size, block) * block)
-
-
-def tap_tma_boxes(N: int, P: int, Q: int) -> int:
-    """fprop_tap_tma_kernel's BOXES for N images of P x Q output pixels: per BLOCK_M of
-    TAP_TMA_BLOCK_MS, the box of BOX_N images of BOX_H x BOX_W pixels (powers of two, BOX_W at
-    most TAP_TMA_BLOCK_W, product BLOCK_M) with the largest share of its pixels inside the
-    output; on a tie, fewer images (their rows share the taps' overlapping boxes in L2), then
-    wider. Encoded 8 bits per BLOCK_M: log2 BOX_W, then log2 BOX_H in the upper 4 bits."""
-    code = 0
-    for i, bm in enumerate(TAP_TMA_BLOCK_MS):
-        best = None
-        for lw in range(0, TAP_TMA_BLOCK_W.bit_length()):
-            for lh in range(0, (bm >> lw).bit_length()):
-                bw, bh = 1 << lw, 1 << lh
-                bn = bm // (bw * bh)
-                rank = (_fill(Q, bw) * _fill(P, bh) * _fill(N, bn), -bn, bw)
-                if best is None or rank > best[0]:
-                    best = (rank, lw, lh)
-        code |= (best[1] | best[2] << 4) << (8 * i)
-    return code
-
-
-def tap_tma_box(block_m: int, block_w: int, boxes: int = 0):
-    """(BOX_N, BOX_H, BOX_W): images, rows and columns of fprop_tap_tma_kernel's input box for a
-    config and a ``tap_tma_boxes`` code (decoded as the kernel does)."""
-    if boxes == 0 or block_w == block_m:
-        return 1, block_m // block_w, block_w
-    at = 8 * TAP_TMA_BLOCK_MS.index(block_m)
-    box_w, box_h = 1 << ((boxes >> at) & 15), 1 << ((boxes >> (at + 4)) & 15)
-    return block_m // (box_w * box_h), box_h, box_w
 
 
 def _set_tap_tma_blocks(nargs):

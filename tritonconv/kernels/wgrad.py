@@ -48,6 +48,8 @@ from ._common import (
     phase_view_fits,
     split_range,
     tap_phase,
+    tap_tma_box,
+    tap_tma_boxes,
     tile_pid,
     unravel4,
 )
@@ -377,9 +379,11 @@ def conv2d_bias_grad(dy: torch.Tensor, split: Optional[int] = None) -> torch.Ten
 # at stride 1 simply x shifted by (r*dil_h - pad_h, s*dil_w - pad_w)). Zero fill
 # does all the masking: x outside the image is the padding, dy past the last row
 # or column multiplies it by zero. The reduction walks spatial tiles instead of
-# runs of pixels (BLOCK_K = BLOCK_H * BLOCK_W pixels per step):
+# runs of pixels (BLOCK_K = BOX_N * BOX_H * BOX_W pixels per step, split per BLOCK_K to leave
+# the fewest outside the output: _common.tap_tma_boxes; one-row steps keep one row):
 #
-#     A[row, kk]  dy[n, p, q, k]      kk -> (n, p0 + kk // BLOCK_W, q0 + kk % BLOCK_W), one box per step
+#     A[row, kk]  dy[n, p, q, k]      kk -> (n0 + kk // (BOX_H*BOX_W), p0 + kk // BOX_W % BOX_H,
+#                                            q0 + kk % BOX_W), one box per step
 #     B[kk, col]  x[n, p*sh + r*dil_h - pad_h, q*sw + s*dil_w - pad_w, c]
 #
 # Channels past a group's share (the next group's, or the next column phase's)
@@ -415,8 +419,8 @@ def tap_tma_usable(dy: torch.Tensor, x: torch.Tensor, problem: Conv2dProblem) ->
 @triton.jit
 def wgrad_tap_tma_kernel(
     # descriptors and pointers
-    dy_desc,  # dy as an (N, P, Q, K) tensor (NHWC): [1, BLOCK_K // BLOCK_W, BLOCK_W, BLOCK_M] boxes
-    x_desc,  # x's phase view (N, H/sh, sh, W/sw, sw*C): [1, BLOCK_K // BLOCK_W, 1, BLOCK_W, BLOCK_N] boxes
+    dy_desc,  # dy as an (N, P, Q, K) tensor (NHWC): [BOX_N, BOX_H, BOX_W, BLOCK_M] boxes
+    x_desc,  # x's phase view (N, H/sh, sh, W/sw, sw*C): [BOX_N, BOX_H, 1, BOX_W, BLOCK_N] boxes
     out_ptr,  # (SPLIT_K, K, C/groups, R, S): fp32 partials, or dw itself when SPLIT_K == 1
     dy_ptr,  # (N, K, P, Q): never read (the descriptors load it); its dtype keys the tuning
     # problem sizes
@@ -430,16 +434,22 @@ def wgrad_tap_tma_kernel(
     ACC_DTYPE: tl.constexpr, INPUT_PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
     BLOCK_W: tl.constexpr,
+    BOXES: tl.constexpr = 0,  # _common.tap_tma_boxes(N, P, Q): the box per BLOCK_K; 0: one image, BLOCK_W wide
 ):
-    BLOCK_H: tl.constexpr = BLOCK_K // BLOCK_W
+    # the box, decoded as _common.tap_tma_box does for the descriptors' pre-hook
+    AT: tl.constexpr = 8 * ((BLOCK_K >= 32) + (BLOCK_K >= 64) + (BLOCK_K >= 128) + (BLOCK_K >= 256))
+    OWN: tl.constexpr = BOXES == 0 or BLOCK_W == BLOCK_K or BLOCK_K < 16 or BLOCK_K > 256  # (as _common.TAP_TMA_SPANS)
+    BOX_W: tl.constexpr = BLOCK_W if OWN else 1 << ((BOXES >> AT) & 15)
+    BOX_H: tl.constexpr = BLOCK_K // BLOCK_W if OWN else 1 << ((BOXES >> (AT + 4)) & 15)
+    BOX_N: tl.constexpr = BLOCK_K // (BOX_H * BOX_W)
 
     # -- program-id mapping: (split, group, tap, M-tile, N-tile)
     split, g, r, s, pid_m, pid_n = wgrad_pid(tl.program_id(0), KG, CG, GROUPS, R, S, BLOCK_M, BLOCK_N, GROUP_M)
 
-    # -- this split's share of the spatial tiles (n, p0, q0)
-    tiles_h = tl.cdiv(P, BLOCK_H)
-    tiles_w = tl.cdiv(Q, BLOCK_W)
-    start, stop = split_range(split, N * tiles_h * tiles_w, SPLIT_K, 1)
+    # -- this split's share of the spatial tiles (n0, p0, q0)
+    tiles_h = tl.cdiv(P, BOX_H)
+    tiles_w = tl.cdiv(Q, BOX_W)
+    start, stop = split_range(split, tl.cdiv(N, BOX_N) * tiles_h * tiles_w, SPLIT_K, 1)
     k_col = g * KG + pid_m * BLOCK_M
     shift_h, phase_h = tap_phase(r, dil_h, pad_h, stride_h)
     shift_w, phase_w = tap_phase(s, dil_w, pad_w, stride_w)
@@ -448,11 +458,11 @@ def wgrad_tap_tma_kernel(
     # -- reduction loop: two boxes per step, no addresses, no masks
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC_DTYPE)
     for t in range(start, stop):
-        n = t // (tiles_h * tiles_w)
-        p0 = ((t // tiles_w) % tiles_h) * BLOCK_H
-        q0 = (t % tiles_w) * BLOCK_W
-        a = dy_desc.load([n, p0, q0, k_col]).reshape(BLOCK_K, BLOCK_M)
-        b = x_desc.load([n, p0 + shift_h, phase_h, q0 + shift_w, c_col]).reshape(BLOCK_K, BLOCK_N)
+        n0 = (t // (tiles_h * tiles_w)) * BOX_N
+        p0 = ((t // tiles_w) % tiles_h) * BOX_H
+        q0 = (t % tiles_w) * BOX_W
+        a = dy_desc.load([n0, p0, q0, k_col]).reshape(BLOCK_K, BLOCK_M)
+        b = x_desc.load([n0, p0 + shift_h, phase_h, q0 + shift_w, c_col]).reshape(BLOCK_K, BLOCK_N)
         acc = tl.dot(a.T, b, acc, input_precision=INPUT_PRECISION, out_dtype=ACC_DTYPE)
 
     # -- epilogue: this split's partial (or the gradient itself) for tap (r, s)
@@ -464,10 +474,10 @@ def wgrad_tap_tma_kernel(
 
 
 def _set_tap_tma_blocks(nargs):
-    """Autotune pre-hook: each reduction step is a [BLOCK_K // BLOCK_W, BLOCK_W] spatial tile of both tensors."""
-    bh, bw = nargs["BLOCK_K"] // nargs["BLOCK_W"], nargs["BLOCK_W"]
-    nargs["dy_desc"].block_shape = [1, bh, bw, nargs["BLOCK_M"]]
-    nargs["x_desc"].block_shape = [1, bh, 1, bw, nargs["BLOCK_N"]]
+    """Autotune pre-hook: each reduction step is a [BOX_N, BOX_H, BOX_W] spatial box of both tensors."""
+    bn, bh, bw = tap_tma_box(nargs["BLOCK_K"], nargs["BLOCK_W"], nargs.get("BOXES", 0))
+    nargs["dy_desc"].block_shape = [bn, bh, bw, nargs["BLOCK_M"]]
+    nargs["x_desc"].block_shape = [bn, bh, 1, bw, nargs["BLOCK_N"]]
 
 
 def tap_tma_configs(interpreter=None):
@@ -520,5 +530,6 @@ def conv2d_wgrad_tap_tma(dy: torch.Tensor, x: torch.Tensor, problem: Conv2dProbl
         pb.N, pb.C, pb.P, pb.Q, pb.R, pb.S, CG, KG, pb.groups, split,
         pb.stride_h, pb.stride_w, pb.pad_h, pb.pad_w, pb.dil_h, pb.dil_w, *out_strides,
         ACC_DTYPE=acc_dtype_for(dy.dtype), INPUT_PRECISION=input_precision_for(dy),
+        BOXES=tap_tma_boxes(pb.N, pb.P, pb.Q),
     )
     return finish_wgrad(dw, out, split)
