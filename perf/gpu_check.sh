@@ -21,8 +21,9 @@
 #      ResNet-50 layers, three calls each (same bits? right?), appended to summary.md
 #   3. forward sweep       ResNet-50 batch 32, fp16 then bf16, channels_last, every provider
 #   4. backward sweep      grad_input, grad_weight, forward_backward on six ResNet-50 layers, fp16
-#   5. end to end          perf/resnet50.py: training step, eager inference and inference from a
-#                          CUDA graph, all convs tritonconv vs cuDNN, fp16
+#   5. end to end          perf/resnet50.py: eager inference, inference from a CUDA graph, a
+#                          training step, and eager inference with BatchNorm folded (each
+#                          provider's way), all convs tritonconv vs cuDNN, fp16
 #   6. report              OUTDIR/summary.md, details.md, plot.png from OUTDIR/results.csv
 # plus OUTDIR/gpu_check.log (every stage's output) and OUTDIR/tuning-cache.tar.gz (the
 # tuning choices made, reusable with TRITONCONV_CACHE_DIR). That is 8 files.
@@ -197,7 +198,9 @@ host_cost() {
 
 e2e() {
     # shellcheck disable=SC2086  # E2E_ARGS is a list of words
+    # folded (BatchNorm folded, each provider's way) last: its fused epilogues tune anew
     $PY perf/resnet50.py --batch "$BATCH" --dtype "$FP16" --layout channels_last --csv "$CSV" \
+        --modes infer,graph,train,folded \
         --run-id "$TRITONCONV_RUN_ID" --time-budget $((STAGE_S > 40 ? STAGE_S - 20 : STAGE_S * 2 / 3)) $E2E_ARGS
 }
 

@@ -17,6 +17,13 @@ that tunes the backward kernels too, last: a time budget that runs out spares th
   dispatcher, and launch plans replay their kernels);
 - ``graph`` (mode forward_cudagraph): the same forward captured once in a CUDA
   graph and replayed, which takes the host out: what is left is the kernels.
+- ``folded`` (mode forward_bn_folded): eager inference again, each model with its BatchNorms
+  folded into the convs as its own tools do it for inference: tritonconv's
+  ``convert(fuse=True)`` (BN folded, and the residual add and ReLU in the conv's epilogue: one
+  call per conv), and for cuDNN ``torch.fx.experimental.optimization.fuse`` (BN folded; ReLU
+  and the adds stay separate ops). Eager inference is host-bound for both, so this measures
+  what a user of each gets without torch.compile. Opt-in (not in the default ``--modes``):
+  its fused epilogues are new autotuning keys.
 
 Each is timed with ``triton.testing.do_bench``. Before timing, the tritonconv
 model runs once under a dispatch mode that counts aten convolutions (it must
@@ -249,7 +256,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--providers", default="cudnn,tritonconv", help="comma-separated: cudnn,tritonconv")
     p.add_argument("--modes", default="infer,graph,train",
                    help="comma-separated: train (forward+backward), infer (eval forward, no_grad), "
-                        "graph (infer captured in a CUDA graph; CUDA only)")
+                        "graph (infer captured in a CUDA graph; CUDA only), folded (infer with BatchNorm "
+                        "folded, each provider's way; not by default)")
     p.add_argument("--out", default="perf/out")
     p.add_argument("--csv", default="", help="CSV to append to (default OUT/results.csv)")
     p.add_argument("--run-id", default="")
@@ -315,7 +323,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                        mode=csv_mode, preset="resnet50", layer="network", count=1, N=args.batch, C=3,
                        H=args.image, W=args.image, K=num_classes,
                        dtype=args.dtype, layout=args.layout, flops=flops * (3 if mode == "train" else 1),
-                       timestamp=sweep._now(), note=f"{what}; {len(convs)} convs; BN, ReLU, pooling, fc"
+                       timestamp=sweep._now(), note=f"{what}; {len(convs)} convs; "
+                       + ("pooling, fc" if mode == "folded" else "BN, ReLU, pooling, fc")
                        + (", loss" if mode == "train" else "") + " from PyTorch"
                        + ("; rel_err of the step with BN in eval mode" if mode == "train" else ""))
             if info.interpreter:
@@ -358,7 +367,20 @@ _MODES = {
     "train": ("forward_backward", "training step"),
     "infer": ("forward", "inference, eager, no_grad"),
     "graph": ("forward_cudagraph", "inference replayed from a CUDA graph"),
+    "folded": ("forward_bn_folded", "inference, eager, no_grad, BatchNorm folded into the convs "
+               "(tritonconv: convert(fuse=True), residual and ReLU in the epilogue; cuDNN: torch.fx fuse)"),
 }
+
+
+def _fold(net: nn.Module, provider: str) -> nn.Module:
+    """``net`` (in eval mode) with its BatchNorms folded, by the provider's own tool."""
+    import tritonconv
+
+    if provider == "tritonconv":
+        return tritonconv.convert(net, fuse=True)
+    from torch.fx.experimental.optimization import fuse
+
+    return fuse(net)
 
 
 def _measure(row, model, provider, mode, x, target, reference, baseline_err, args, device) -> float:
@@ -368,7 +390,9 @@ def _measure(row, model, provider, mode, x, target, reference, baseline_err, arg
     net = copy.deepcopy(model)
     if mode != "train":
         net.eval()
-    if provider == "tritonconv":
+    if mode == "folded":
+        net = _fold(net, provider)
+    elif provider == "tritonconv":
         net = tritonconv.convert(net)
     old_bench = torch.backends.cudnn.benchmark
     torch.backends.cudnn.benchmark = provider == "cudnn"
