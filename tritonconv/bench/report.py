@@ -258,8 +258,9 @@ def _e2e(rows) -> List[str]:
     if not e2e:
         return []
     lines = ["## End to end", "", "A whole network, every conv from the provider: a training step (forward_backward), "
-             "eager inference under no_grad (forward), and that inference replayed from a CUDA graph "
-             "(forward_cudagraph: no host time).", ""]
+             "eager inference under no_grad (forward), that inference replayed from a CUDA graph "
+             "(forward_cudagraph: no host time), and eager inference with BatchNorm folded into the convs, "
+             "each provider's way (forward_bn_folded).", ""]
     by_case: Dict[Tuple, Dict[str, Dict]] = defaultdict(dict)
     for r in e2e:
         by_case[(r.get("kernel"), r.get("mode"), r.get("dtype"), r.get("layout"), r.get("N"))][r["provider"]] = r
