@@ -16,8 +16,11 @@ reports per config:
   a difference is a race).
 
 The cases include the short reductions tap_tma now declines (forced anyway, through the kernel
-directly), to see which configs the failure needs. Writes OUTDIR/race_check.md; exits 1 if a
-config the router can run gave different bits or a wrong result.
+directly), to see which configs the failure needs. Those run with the wgmma register-hazard rule
+off (configs.WGMMA_RS_HAZARD, triton#9433: before Triton 3.9 the tap-TMA pruners drop tiles whose
+A goes through registers with several wgmmas in flight), and the note says which configs the rule
+drops: if the diagnosis is right, the failures are all among them. Writes OUTDIR/race_check.md;
+exits 1 if a config the router can run gave different bits or a wrong result.
 """
 
 from __future__ import annotations
@@ -83,12 +86,20 @@ def main(argv=None) -> int:
         "fprop_tma": fprop.conv2d_fprop_tma,
         "gemm1x1_tma": gemm1x1.conv2d_fprop_1x1_tma,
     }
-    real_tuned, min_steps = configs.tuned, fprop.TAP_TMA_MIN_STEPS
+    real_tuned, min_steps, rs_rule = configs.tuned, fprop.TAP_TMA_MIN_STEPS, configs.WGMMA_RS_HAZARD
     pinned = {"name": None, "seen": None}
+    flagged = set()  # configs the register-hazard rule drops on this Triton (listed with it off)
 
     def tuned(kept):
         if pinned["seen"] is not None:  # listing: what the pruner keeps for this problem
-            pinned["seen"].extend(configs.config_name(c) for c in kept)
+            cap = 90 if device == "cuda" else None
+
+            def dropped(c, hazard):  # by the tap-TMA pruner's register-hazard rule, after this hook
+                return "BLOCK_W" in c.kwargs and configs.register_a_pruned_because(
+                    c, "BLOCK_M", 2, cap, hazard=hazard) is not None
+
+            pinned["seen"].extend(configs.config_name(c) for c in kept if not dropped(c, None))
+            flagged.update(configs.config_name(c) for c in kept if dropped(c, rs_rule))
         return [c for c in kept if configs.config_name(c) == pinned["name"]] or real_tuned(kept)
 
     configs.tuned = tuned
@@ -126,9 +137,11 @@ def main(argv=None) -> int:
                  ).half().contiguous(memory_format=torch.channels_last)
             ref = F.conv2d(x.double(), w.double(), None, stride, padding, dilation, groups)
             launch = launchers[kernel]
-            # a problem the router's tap_tma declines still reaches the kernel here
+            # a problem the router's tap_tma declines still reaches the kernel here, with every tile
             fprop.TAP_TMA_MIN_STEPS = min_steps if routable else 1
+            configs.WGMMA_RS_HAZARD = rs_rule if routable else False
             pinned["seen"], pinned["name"] = [], None
+            flagged.clear()
             for t in autotuners:
                 t.cache.clear()
             launch(x, w, None, pb)  # lists the configs kept (and runs the smallest)
@@ -150,14 +163,16 @@ def main(argv=None) -> int:
                     continue
                 errs = [((o.double() - ref).norm() / ref.norm()).item() for o in outs]
                 same = all(plans.same_bits(outs[0], o) for o in outs[1:])
-                rows.append((name, cfg, f"{max(errs):.1e}", "yes" if same else "**no**",
-                             "" if routable else "declined by the router"))
+                note = "" if routable else "declined by the router"
+                if cfg in flagged:
+                    note += f"; dropped on Triton {triton.__version__} (register hazard, triton#9433)"
+                rows.append((name, cfg, f"{max(errs):.1e}", "yes" if same else "**no**", note.lstrip("; ")))
                 if routable and (not same or max(errs) > 1e-2):
                     bad.append((name, cfg))
                 print(f"{name} | {cfg} | {max(errs):.1e} | same bits: {same}", flush=True)
                 report()
     finally:
-        configs.tuned, fprop.TAP_TMA_MIN_STEPS = real_tuned, min_steps
+        configs.tuned, fprop.TAP_TMA_MIN_STEPS, configs.WGMMA_RS_HAZARD = real_tuned, min_steps, rs_rule
     print(report())
     return 1 if bad else 0
 

@@ -157,7 +157,12 @@ def test_every_family_builds(every_family_report):
             assert r["mma_async"] is True, r["kernel"]
         else:
             assert r["tma_loads"] == 0, (r["kernel"], r["tma_loads"])
+        if tc.WGMMA_RS_HAZARD and "triton#9433" in (r["reason"] or ""):
+            assert r["status"] == "pruned", (r["kernel"], r["reason"])  # Triton < 3.9: A-in-register tiles
+            continue
         assert r["status"] == "ok", (r["kernel"], r["reason"])
+        if fam.uses_dot:  # the SASS was read for writes to a wgmma's A registers in flight
+            assert r["a_hazards"] == 0, r["kernel"]
     assert rc == 0
 
 
@@ -181,6 +186,86 @@ def test_ptx_readers_count_tma_copies_and_in_flight_wgmma():
     rs = "wgmma.mma_async.sync.aligned.m64n64k16.f32.f16.f16 {%r1,%r2}, {%r3,%r4,%r5,%r6}, %rd7, %p1, 1, 1, 0;"
     assert cr.wgmma_a_of(rs) == "regs" and cr.wgmma_a_of(rs + "\n" + PTX_PIPELINED) == "both"
     assert cr.wgmma_a_of("ld.global.b32 %r1, [%rd1];") is None
+
+
+# A loop of two k16 wgmmas reading A from registers, each left in flight by the wait after it
+# (the pattern Triton 3.6 emits for fprop_tap_tma): the next step's ldmatrix rewrites R92 while
+# the HGMMA reading it may not have run.
+SASS_RS_LOOP = """
+        /*2000*/                   SYNCS.PHASECHK.TRANS64.TRYWAIT P0, [UR10+0x14020], R8 ;
+        /*2010*/                   LDSM.16.M88.4 R88, [R13+UR9+0xc000] ;
+        /*2020*/                   LDSM.16.M88.4 R92, [R16+UR9+0xc000] ;
+        /*2030*/                   WARPGROUP.ARRIVE ;
+        /*2040*/                   HGMMA.64x128x16.F32 R24, R88, gdesc[UR8], R24, gsb0 ;
+        /*2050*/                   WARPGROUP.DEPBAR.LE gsb0, 0x1 ;
+        /*2060*/                   WARPGROUP.ARRIVE ;
+        /*2070*/                   HGMMA.64x128x16.F32 R24, R92, gdesc[UR8], R24, gsb0 ;
+        /*2080*/                   WARPGROUP.DEPBAR.LE gsb0, 0x1 ;
+        /*2090*/                   IADD3 R7, R7, 0x1, RZ ;
+        /*20a0*/              @!P1 BRA 0x2000 ;
+        /*20b0*/                   WARPGROUP.DEPBAR.LE gsb0, 0x0 ;
+"""
+
+
+def test_sass_reader_finds_writes_to_a_registers_of_a_wgmma_in_flight():
+    assert cr.wgmma_register_hazards(SASS_RS_LOOP) == ["0x2020 LDSM.16.M88.4 R92, [R16+UR9+0xc000]"]
+    # waiting for every wgmma before the loop closes, or reading A from shared memory: none
+    drained = SASS_RS_LOOP.replace("/*2080*/                   WARPGROUP.DEPBAR.LE gsb0, 0x1",
+                                   "/*2080*/                   WARPGROUP.DEPBAR.LE gsb0, 0x0")
+    assert cr.wgmma_register_hazards(drained) == []
+    ss = SASS_RS_LOOP.replace("R24, R92, gdesc[UR8]", "R24, gdesc[UR4], gdesc[UR8]")
+    assert cr.wgmma_register_hazards(ss) == []
+    # the same instructions outside a loop: nothing comes round again
+    assert cr.wgmma_register_hazards(SASS_RS_LOOP.replace("@!P1 BRA 0x2000", "@!P1 BRA 0x20b0")) == []
+    built = dict(spills=0, spill_stores=0, spill_loads=0, shared_bytes=65536, tensor_core="wgmma",
+                 tma_loads=8, mma_async=True, a_hazards=3)
+    problems = cr.check_built(cr._family("fprop_tap_tma"), built, cr.DTYPES["fp16"], cr.ARCHS["sm_90"])
+    assert len(problems) == 1 and "A registers of a wgmma in flight" in problems[0]
+
+
+@pytest.mark.parametrize("hazard", [True, False])
+def test_tap_tma_pruners_drop_register_a_pipelines_where_triton_has_the_hazard(hazard, monkeypatch):
+    """Before Triton 3.9 (configs.WGMMA_RS_HAZARD) a tap-TMA tile whose A goes through registers
+    keeps one k16 wgmma per step; one-row tiles (A from shared memory) and other types stay."""
+    monkeypatch.setattr(tc, "WGMMA_RS_HAZARD", hazard)
+
+    def cfg(bm, bk, bw, stages=3):
+        return triton.Config(dict(BLOCK_M=bm, BLOCK_N=128, BLOCK_K=bk, GROUP_M=8, BLOCK_W=bw), num_warps=8,
+                             num_stages=stages)
+
+    why = tc.register_a_pruned_because
+    assert (why(cfg(128, 64, 8), "BLOCK_M", 2, 90) is not None) is hazard
+    assert (why(cfg(128, 32, 8), "BLOCK_M", 2, 90) is not None) is hazard
+    assert (why(cfg(128, 64, 128), "BLOCK_M", 2, 90, a_selected=True) is not None) is hazard
+    assert why(cfg(128, 16, 8), "BLOCK_M", 2, 90) is None  # one wgmma per step
+    assert why(cfg(128, 64, 128), "BLOCK_M", 2, 90) is None  # one-row tile
+    assert why(cfg(128, 64, 8), "BLOCK_M", 4, 90) is None  # tf32: none in the SASS of 3.6
+    assert why(cfg(128, 64, 8), "BLOCK_M", 2, 80) is None  # no wgmma
+    assert why(cfg(128, 64, 8), "BLOCK_M", 2, None) is None  # interpreter
+    assert why(cfg(128, 64, 8, stages=1), "BLOCK_M", 2, 90) is None  # nothing in flight
+
+
+def test_tap_tma_prune_hook_keeps_a_safe_tile_where_every_tile_has_the_hazard(monkeypatch):
+    from tritonconv.kernels import fprop
+
+    monkeypatch.setattr(tc, "WGMMA_RS_HAZARD", True)
+    monkeypatch.setattr(tc, "TUNE", True)  # every config the rules keep, not the tests' one
+    monkeypatch.setattr(tc, "device_capability", lambda t: 90)
+    monkeypatch.setattr(tc, "max_shared_memory", lambda index: 227 * 1024)
+    hook = fprop._fprop_tap_tma_tuned.early_config_prune
+    y = torch.empty(0, dtype=torch.float16)
+    args = dict(y_ptr=y, N=32, P=56, Q=56, KG=256, CG=256, K_ALIGN=64)
+    configs = fprop.tap_tma_configs(interpreter=False)
+    kept = hook(configs, args)
+    assert kept and all(tc.register_a_pruned_because(c, "BLOCK_M", 2, 90) is None for c in kept)
+    assert {c.kwargs["BLOCK_K"] for c in kept if c.kwargs["BLOCK_W"] < c.kwargs["BLOCK_M"]} == {16}
+    assert any(c.kwargs["BLOCK_W"] == c.kwargs["BLOCK_M"] for c in kept)  # 56-wide rows: one-row tiles
+    # channels BLOCK_K does not divide: a one-row tile selects A in registers too
+    kept = hook(configs, {**args, "K_ALIGN": 8})
+    assert all(c.kwargs["BLOCK_K"] <= 16 for c in kept)
+    only_hazards = [c for c in configs if c.kwargs["BLOCK_K"] == 64 and c.kwargs["BLOCK_W"] == 8]
+    fallback = hook(only_hazards, args)
+    assert len(fallback) == 1 and fallback[0].kwargs["BLOCK_K"] == 16
 
 
 def test_tma_family_without_tma_copies_fails():
@@ -296,7 +381,11 @@ def test_tap_tma_wgrad_drops_tiles_taller_than_128_in_m():
     fam = next(f for f in cr.FAMILIES if f.name == "wgrad_tap_tma")
     assert fam.prune.rules["max_block_m"] == tc.MAX_BLOCK_M_TRANSPOSED_A
     kept = _names(cr.runtime_configs(fam, cr.DTYPES["fp16"], cr.ARCHS["sm_90"]))
-    assert "256x128x64 w8 s3" not in kept and "128x256x64 w8 s3" in kept
+    assert "256x128x64 w8 s3" not in kept
+    if tc.WGMMA_RS_HAZARD:  # Triton < 3.9 keeps one k16 wgmma per step in 8-wide tiles
+        assert "128x256x64 w8 s3" not in kept and "128x64x16 w4 s4" in kept
+    else:
+        assert "128x256x64 w8 s3" in kept
 
 
 def test_prune_hook_reads_a_tma_descriptor_tensor():

@@ -878,8 +878,92 @@ def ptxas_stats(ptx: str, capability: int, explicit_ptxas: Optional[str] = None)
                 "spill_stores": int(spill.group(1)),
                 "spill_loads": int(spill.group(2)),
                 "ptxas": ptxas,
+                "sass": _disassemble(os.path.join(tmp, "kernel.cubin"), ptxas) if "wgmma" in ptx else None,
             }
     raise RuntimeError(f"{NO_PTXAS} for this PTX: " + "; ".join(errors))
+
+
+def _disassemble(cubin: str, ptxas: str) -> Optional[str]:
+    """The cubin's SASS from cuobjdump (beside ``ptxas``, in Triton's bundle, or on PATH); None
+    where there is none or it fails."""
+    tools = [os.path.join(os.path.dirname(ptxas), "cuobjdump"),
+             os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump"),
+             shutil.which("cuobjdump") or ""]
+    for tool in tools:
+        if tool and os.path.isfile(tool) and os.access(tool, os.X_OK):
+            proc = subprocess.run([tool, "-sass", cubin], capture_output=True, text=True)
+            if proc.returncode == 0 and proc.stdout:
+                return proc.stdout
+    return None
+
+
+# --------------------------------------------------------------------------- wgmma register hazards
+#
+# A wgmma that reads its A operand from registers (Hopper's "RS" form) reads them while it runs,
+# after it is issued, and the PTX ISA makes writing them before a wgmma.wait_group has retired
+# that wgmma undefined behaviour. Triton 3.6 pipelines such a loop with its k-slices' wgmmas
+# left in flight (wait_group N, N = slices - 1) while the next iteration's ldmatrix already
+# rewrites their registers (triton-lang/triton#9433). On the H100 that gave fprop_tap_tma wrong,
+# run-to-run different tiles (perf/results/2026-11-26_H100_84cd0fb/NOTES.md). The check reads
+# the SASS of each loop that issues HGMMAs, twice round (the second pass sees what the back
+# edge carries): every HGMMA adds its A registers to the open group, the group's last HGMMA
+# (gsb0) commits it, WARPGROUP.DEPBAR.LE gsb0, N leaves the N newest groups in flight, and any
+# other instruction that writes a register of a group in flight is a hazard.
+
+_SASS_INSTR = re.compile(r"/\*([0-9a-f]{4,})\*/\s+(.*?)\s*;")
+_NO_DEST = ("HGMMA", "ST", "BRA", "SYNCS", "WARPGROUP", "BAR", "UTMA", "RED", "ATOM", "EXIT", "RET", "CALL",
+            "NOP", "MEMBAR", "FENCE", "DEPBAR", "ISETP", "FSETP", "HSETP", "PLOP", "UISETP")
+
+
+def _written_registers(text: str) -> List[int]:
+    """General registers an instruction writes: its first operand, 1, 2 or 4 wide by its suffix."""
+    body = re.sub(r"^@!?U?P[T0-9]+\s+", "", text)
+    parts = body.split(None, 1)
+    if len(parts) < 2 or parts[0].startswith(_NO_DEST):
+        return []
+    m = re.match(r"R(\d+)\b", parts[1])
+    if not m:
+        return []
+    width = next((w for suffix, w in ((".128", 4), (".64", 2), (".4", 4), (".2", 2)) if suffix in parts[0]), 1)
+    return list(range(int(m.group(1)), int(m.group(1)) + width))
+
+
+def wgmma_register_hazards(sass: str) -> List[str]:
+    """Instructions ("0x21a0 LDSM.16.M88.4 R100, [...]") that write the A registers of an HGMMA
+    still in flight, in any loop of ``sass``; [] where there are none."""
+    instrs = [(int(m.group(1), 16), m.group(2)) for m in _SASS_INSTR.finditer(sass)]
+    index = {addr: i for i, (addr, _) in enumerate(instrs)}
+    found: List[str] = []
+    for i, (addr, text) in enumerate(instrs):
+        branch = re.search(r"\bBRA\s+(0x[0-9a-f]+)", text)
+        target = int(branch.group(1), 16) if branch else None
+        if target is None or target >= addr or target not in index:
+            continue
+        body = instrs[index[target]: i + 1]
+        if not any(t.startswith("HGMMA") for _, t in body):
+            continue
+        in_flight: List[set] = []
+        group: set = set()
+        for lap in range(2):
+            for at, t in body:
+                if t.startswith("HGMMA"):
+                    operands = [o.strip() for o in t.split(None, 1)[1].split(",")]
+                    reg = re.match(r"R(\d+)$", operands[1]) if len(operands) > 1 else None
+                    if reg:  # an m64nNk16 (k8 tf32, k32 8-bit) A fragment: 4 registers
+                        group |= set(range(int(reg.group(1)), int(reg.group(1)) + 4))
+                    if "gsb0" in t:
+                        in_flight.append(group)
+                        group = set()
+                    continue
+                wait = re.search(r"WARPGROUP\.DEPBAR\.LE\s+gsb0,\s*(0x[0-9a-f]+|\d+)", t)
+                if wait:
+                    keep = int(wait.group(1), 0)
+                    in_flight = in_flight[max(0, len(in_flight) - keep):] if keep else []
+                    continue
+                hit = set(_written_registers(t)) & set().union(group, *in_flight)
+                if hit and lap == 1:
+                    found.append(f"{at:#06x} {t}")
+    return sorted(set(found))
 
 
 def tma_loads_of(ptx: str) -> int:
@@ -968,10 +1052,20 @@ def runtime_configs(family: KernelFamily, dtype: Dtype, arch: Arch) -> List[trit
     m = max(m, max(c.kwargs["BLOCK_M"] for c in configs))
     n = max(n, max(c.kwargs["BLOCK_N"] for c in configs))
     k = max(k, max(c.kwargs["BLOCK_K"] for c in configs))
-    return tc_configs.prune_gemm_configs(list(configs), m, n, k, dtype.elem_bytes, arch.shared_limit,
+    kept = tc_configs.prune_gemm_configs(list(configs), m, n, k, dtype.elem_bytes, arch.shared_limit,
                                          capability=arch.capability,
                                          heavy_epilogue=tc_configs.heavy_epilogue(constexprs),
                                          **family.prune.rules)
+    if isinstance(family.prune, tc_configs.SpatialTilePruneHook):
+        kept = [c for c in kept if not _register_a_pruned(family, c, dtype, arch)]
+    return kept
+
+
+def _register_a_pruned(family: KernelFamily, config: triton.Config, dtype: Dtype, arch: Arch) -> Optional[str]:
+    """The tap-TMA pruners' wgmma register-hazard rule (configs.register_a_pruned_because) for
+    the family's representative launch."""
+    args, constexprs = family.launch_fn(dtype, config)
+    return family.prune.register_a_pruned_because(config, dtype.elem_bytes, arch.capability, {**args, **constexprs})
 
 
 def _runtime_pruned(family: KernelFamily, config: triton.Config, dtype: Dtype, arch: Arch) -> Optional[str]:
@@ -984,6 +1078,10 @@ def _runtime_pruned(family: KernelFamily, config: triton.Config, dtype: Dtype, a
     if isinstance(family.prune, tc_configs.DirectPruneHook):
         why = tc_configs.direct_pruned_because(kw["BLOCK_M"], kw["BLOCK_N"], config.num_warps, dtype.elem_bytes)
         return f"runtime pruner: {why or 'drops it (configs.prune_direct_configs)'}"
+    if isinstance(family.prune, tc_configs.SpatialTilePruneHook):
+        rs = _register_a_pruned(family, config, dtype, arch)
+        if rs:
+            return f"runtime pruner: {rs}"
     _, constexprs = family.launch_fn(dtype, config)
     why = tc_configs.pruned_because(kw["BLOCK_M"], kw["BLOCK_N"], kw["BLOCK_K"], config.num_warps, config.num_stages,
                                     dtype.elem_bytes, arch.shared_limit, arch.capability,
@@ -1003,6 +1101,8 @@ def check_built(fam: KernelFamily, rec: Dict[str, Any], dtype: Dtype, arch: Arch
         problems.append(f"tensor cores: {rec['tensor_core']}, expected {' or '.join(expected)}")
     if fam.uses_tma and not rec["tma_loads"]:
         problems.append("no TMA copies (cp.async.bulk.tensor) in a tensor-descriptor kernel")
+    if rec.get("a_hazards"):
+        problems.append(f"{rec['a_hazards']} write(s) to the A registers of a wgmma in flight (triton#9433)")
     return problems
 
 
@@ -1025,7 +1125,9 @@ def compile_one(family, config: triton.Config, dtype: str, arch: str, ptxas: Opt
         shared_limit, tensor_core ("wgmma" / "mma" / "none"), mma_instr,
         tma_loads (TMA copies in the PTX), mma_async (a wgmma left in flight
         across the next one, see mma_async_of; None without wgmma), mma_a
-        (where the wgmmas read A: "smem" / "regs" / "both", see wgmma_a_of),
+        (where the wgmmas read A: "smem" / "regs" / "both", see wgmma_a_of), a_hazards
+        (writes to the A registers of a wgmma in flight, in the SASS; see
+        wgmma_register_hazards; None without wgmma or without cuobjdump),
         launchable (False when the runtime pruner removes it), ok (every check
         passed), status ("ok" / "FAIL" / "pruned"), reason (why not ok, and why
         pruned), error (compiler or ptxas message), compile_s.
@@ -1041,6 +1143,7 @@ def compile_one(family, config: triton.Config, dtype: str, arch: str, ptxas: Opt
         shared_bytes=None,
         shared_estimate=_shared_estimate(config, dt, ar),
         shared_limit=ar.shared_limit, tensor_core=None, mma_instr=None, tma_loads=None, mma_async=None, mma_a=None,
+        a_hazards=None,
         launchable=True, ok=False, status="FAIL", reason=None, error=None, compile_s=None,
     )
     pruned = _runtime_pruned(fam, config, dt, ar)
@@ -1059,6 +1162,8 @@ def compile_one(family, config: triton.Config, dtype: str, arch: str, ptxas: Opt
         rec["tensor_core"], rec["mma_instr"] = tensor_core_of(ptx)
         rec["tma_loads"], rec["mma_async"], rec["mma_a"] = tma_loads_of(ptx), mma_async_of(ptx), wgmma_a_of(ptx)
         stats = ptxas_stats(ptx, ar.capability, ptxas)
+        if stats.get("sass") is not None:
+            rec["a_hazards"] = len(wgmma_register_hazards(stats["sass"]))
         rec["registers"] = stats["registers"]
         rec["spill_stores"], rec["spill_loads"] = stats["spill_stores"], stats["spill_loads"]
         rec["spills"] = stats["spill_stores"] + stats["spill_loads"]
@@ -1239,7 +1344,7 @@ def failures(records: Iterable[Dict[str, Any]]) -> List[Dict[str, Any]]:
 _COLUMNS = (
     ("kernel", "kernel"), ("arch", "arch"), ("dtype", "dtype"), ("config", "config"),
     ("registers", "regs"), ("spills", "spills"), ("shared_bytes", "shared"), ("tensor_core", "tc"),
-    ("tma_loads", "tma"), ("mma_async", "async"), ("mma_a", "A from"),
+    ("tma_loads", "tma"), ("mma_async", "async"), ("mma_a", "A from"), ("a_hazards", "A hazards"),
     ("status", "status"), ("reason", "reason"),
 )
 

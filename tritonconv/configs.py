@@ -516,6 +516,38 @@ def row_efficiency(width: int, tile: int) -> float:
     return width / (triton.cdiv(width, tile) * tile) if width > 0 else 0.0
 
 
+# Hopper's wgmma reads a register A operand while it runs, after it is issued. Triton before
+# 3.9 (3.6 is on the GPU machine) pipelines a loop whose A goes through registers with its k16
+# slices' wgmmas left in flight while the next step's ldmatrix rewrites their registers
+# (triton-lang/triton#9433). On the H100 that gave fprop_tap_tma wrong tiles that changed from
+# run to run (perf/results/2026-11-26_H100_84cd0fb/NOTES.md). The compile report reads the SASS
+# for exactly that (compile_report.wgmma_register_hazards): with Triton 3.6 and its ptxas, 58 of
+# 1181 sm_90 configs have it, all in the tap-TMA kernels' spatial tiles, 8-wide, with BLOCK_K of
+# 32 or 64 and 16-bit data (every 3.6 failure seen on the H100 among them); with Triton 3.9, none.
+# Which of those configs ptxas happens to allocate safely depends on the epilogue and the
+# problem, so before 3.9 the tap-TMA pruners drop every config whose A goes through registers
+# with more than one k16 wgmma per step: one wgmma per step (BLOCK_K = 16) waits for itself.
+WGMMA_RS_HAZARD = tuple(int(v) for v in triton.__version__.split(".")[:2] if v.isdigit()) < (3, 9)
+
+
+def register_a_pruned_because(cfg: triton.Config, span: str, elem_bytes: int, capability: Optional[int],
+                              a_selected: bool = False, hazard: Optional[bool] = None) -> Optional[str]:
+    """Why the tap-TMA pruners drop ``cfg`` for the wgmma register hazard (see WGMMA_RS_HAZARD,
+    which ``hazard`` overrides), or None. A goes through registers in every spatial tile narrower
+    than its span (the box's reshape), and in a one-row tile too where the kernel selects A's
+    channels (``a_selected``)."""
+    hazard = WGMMA_RS_HAZARD if hazard is None else hazard
+    if not hazard or capability is None or capability < 90 or elem_bytes != 2:
+        return None
+    kw = cfg.kwargs
+    if kw["BLOCK_W"] >= kw[span] and not a_selected:
+        return None  # one-row tile: A straight from shared memory
+    if kw["BLOCK_K"] <= 16 or cfg.num_stages <= 1:
+        return None
+    return (f"Triton {triton.__version__}: A through registers with {kw['BLOCK_K'] // 16} wgmmas per step in "
+            "flight (triton#9433)")
+
+
 class SpatialTilePruneHook(GemmPruneHook):
     """``GemmPruneHook`` for the tap-TMA kernels, after dropping one-row configs (BLOCK_W wider
     than SPATIAL_TILE_WIDTH) whose tiles the output's rows (the argument ``Q``) fill less than
@@ -523,19 +555,39 @@ class SpatialTilePruneHook(GemmPruneHook):
     BLOCK_W follows it. The compile report prunes as for any GEMM: a one-row tile can launch
     wherever rows are wide enough."""
 
-    def __init__(self, m_fn, n_fn, k_fn, tensor_arg: str, span: str, **rules):
+    def __init__(self, m_fn, n_fn, k_fn, tensor_arg: str, span: str, k_align_arg: Optional[str] = None, **rules):
         super().__init__(m_fn, n_fn, k_fn, tensor_arg, **rules)
         self.span = span
+        self.k_align_arg = k_align_arg  # the kernel selects A's channels where BLOCK_K does not divide it
 
     def __call__(self, configs: List[triton.Config], named_args: Dict, **kwargs) -> List[triton.Config]:
-        Q = {**named_args, **kwargs}["Q"]
+        args = {**named_args, **kwargs}
+        Q = args["Q"]
         fit = [c for c in configs if c.kwargs["BLOCK_W"] <= SPATIAL_TILE_WIDTH
                or row_efficiency(Q, c.kwargs["BLOCK_W"]) >= ROW_MIN_EFFICIENCY]
         kept = super().__call__(fit or configs[:1], named_args, **kwargs)
-        return [c if c.kwargs["BLOCK_W"] <= c.kwargs[self.span] else
+        kept = [c if c.kwargs["BLOCK_W"] <= c.kwargs[self.span] else
                 triton.Config({**c.kwargs, "BLOCK_W": c.kwargs[self.span]}, num_warps=c.num_warps,
                               num_stages=c.num_stages, pre_hook=c.pre_hook)
                 for c in kept]
+        if not WGMMA_RS_HAZARD or len(configs) <= 1:
+            return kept
+        t = args[self.tensor_arg]
+        t = getattr(t, "base", t)
+        capability = device_capability(t) if isinstance(t, torch.Tensor) else None
+        safe = [c for c in kept if not self.register_a_pruned_because(c, t.element_size(), capability, args)]
+        if safe:
+            return safe
+        # every tile left takes A through registers: the first, one k16 wgmma per step
+        first = kept[0]
+        return tuned([triton.Config({**first.kwargs, "BLOCK_K": 16}, num_warps=first.num_warps,
+                                    num_stages=first.num_stages, pre_hook=first.pre_hook)])
+
+    def register_a_pruned_because(self, cfg: triton.Config, elem_bytes: int, capability: Optional[int],
+                                  args: Dict) -> Optional[str]:
+        """``register_a_pruned_because`` for this kernel's span and the launch's channel alignment."""
+        selected = self.k_align_arg is not None and int(args.get(self.k_align_arg, 1)) % cfg.kwargs["BLOCK_K"] != 0
+        return register_a_pruned_because(cfg, self.span, elem_bytes, capability, selected)
 
 
 class DirectPruneHook:

@@ -550,7 +550,7 @@ _fprop_tap_tma_tuned = triton.autotune(
     prune_configs_by={
         "early_config_prune": configs.SpatialTilePruneHook(
             m_fn=lambda a: a["N"] * a["P"] * a["Q"], n_fn=lambda a: a["KG"], k_fn=lambda a: a["CG"],
-            tensor_arg="y_ptr", span="BLOCK_M", gathered=False,
+            tensor_arg="y_ptr", span="BLOCK_M", k_align_arg="K_ALIGN", gathered=False,
         )
     },
 )(fprop_tap_tma_kernel)
