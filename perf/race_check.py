@@ -17,9 +17,10 @@ reports per config:
 
 The cases include the short reductions tap_tma now declines (forced anyway, through the kernel
 directly), to see which configs the failure needs. Those run with the wgmma register-hazard rule
-off (configs.WGMMA_RS_HAZARD, triton#9433: before Triton 3.9 the tap-TMA pruners drop tiles whose
-A goes through registers with several wgmmas in flight), and the note says which configs the rule
-drops: if the diagnosis is right, the failures are all among them. Writes OUTDIR/race_check.md;
+off (configs.WGMMA_RS_HAZARD, triton#9433: before Triton 3.9 the tap-TMA pruners make tiles whose
+A goes through registers wait for each step's wgmmas, " sync"), and the note says which configs
+the rule would sync: if the diagnosis is right, the failures are all among them, and the cases
+the router runs (rule on) show those configs synced and right. Writes OUTDIR/race_check.md;
 exits 1 if a config the router can run gave different bits or a wrong result.
 """
 
@@ -90,17 +91,18 @@ def main(argv=None) -> int:
     pinned = {"name": None, "seen": None}
     flagged = set()  # configs the register-hazard rule drops on this Triton (listed with it off)
 
+    def launched_name(c, hazard=None):
+        """The config's name as the tap-TMA pruner runs it after this hook: " sync" added where the
+        register-hazard rule (``hazard``: this Triton's, or forced) makes its steps wait."""
+        cap = 90 if device == "cuda" else None
+        hit = "BLOCK_W" in c.kwargs and configs.register_a_hazard(c, "BLOCK_M", 2, cap, hazard=hazard)
+        return configs.config_name(configs.synced(c) if hit else c)
+
     def tuned(kept):
         if pinned["seen"] is not None:  # listing: what the pruner keeps for this problem
-            cap = 90 if device == "cuda" else None
-
-            def dropped(c, hazard):  # by the tap-TMA pruner's register-hazard rule, after this hook
-                return "BLOCK_W" in c.kwargs and configs.register_a_pruned_because(
-                    c, "BLOCK_M", 2, cap, hazard=hazard) is not None
-
-            pinned["seen"].extend(configs.config_name(c) for c in kept if not dropped(c, None))
-            flagged.update(configs.config_name(c) for c in kept if dropped(c, rs_rule))
-        return [c for c in kept if configs.config_name(c) == pinned["name"]] or real_tuned(kept)
+            pinned["seen"].extend(launched_name(c) for c in kept)
+            flagged.update(configs.config_name(c) for c in kept if launched_name(c, rs_rule) != configs.config_name(c))
+        return [c for c in kept if launched_name(c) == pinned["name"]] or real_tuned(kept)
 
     configs.tuned = tuned
     rows, bad, start = [], [], time.perf_counter()
@@ -165,7 +167,7 @@ def main(argv=None) -> int:
                 same = all(plans.same_bits(outs[0], o) for o in outs[1:])
                 note = "" if routable else "declined by the router"
                 if cfg in flagged:
-                    note += f"; dropped on Triton {triton.__version__} (register hazard, triton#9433)"
+                    note += f"; run as is here, synced on Triton {triton.__version__} (register hazard, triton#9433)"
                 rows.append((name, cfg, f"{max(errs):.1e}", "yes" if same else "**no**", note.lstrip("; ")))
                 if routable and (not same or max(errs) > 1e-2):
                     bad.append((name, cfg))

@@ -154,12 +154,10 @@ def test_every_family_builds(every_family_report):
             # pipelined: the first stages' copies are issued before the loop, one per operand in it,
             # and a wgmma stays in flight while the next tile's is issued
             assert r["tma_loads"] > 2, (r["kernel"], r["tma_loads"])
-            assert r["mma_async"] is True, r["kernel"]
+            # (but for tiles that wait for each step's wgmmas: configs.WGMMA_RS_HAZARD, Triton < 3.9)
+            assert r["mma_async"] is not r["config"].endswith(" sync"), (r["kernel"], r["config"])
         else:
             assert r["tma_loads"] == 0, (r["kernel"], r["tma_loads"])
-        if tc.WGMMA_RS_HAZARD and "triton#9433" in (r["reason"] or ""):
-            assert r["status"] == "pruned", (r["kernel"], r["reason"])  # Triton < 3.9: A-in-register tiles
-            continue
         assert r["status"] == "ok", (r["kernel"], r["reason"])
         if fam.uses_dot:  # the SASS was read for writes to a wgmma's A registers in flight
             assert r["a_hazards"] == 0, r["kernel"]
@@ -224,28 +222,31 @@ def test_sass_reader_finds_writes_to_a_registers_of_a_wgmma_in_flight():
 
 
 @pytest.mark.parametrize("hazard", [True, False])
-def test_tap_tma_pruners_drop_register_a_pipelines_where_triton_has_the_hazard(hazard, monkeypatch):
+def test_tap_tma_register_a_tiles_wait_for_their_wgmmas_where_triton_has_the_hazard(hazard, monkeypatch):
     """Before Triton 3.9 (configs.WGMMA_RS_HAZARD) a tap-TMA tile whose A goes through registers
-    keeps one k16 wgmma per step; one-row tiles (A from shared memory) and other types stay."""
+    with several k16 wgmmas per step runs with SYNC_MMA; one-row tiles (A from shared memory),
+    one wgmma per step, other types and other archs stay as they are."""
     monkeypatch.setattr(tc, "WGMMA_RS_HAZARD", hazard)
 
-    def cfg(bm, bk, bw, stages=3):
-        return triton.Config(dict(BLOCK_M=bm, BLOCK_N=128, BLOCK_K=bk, GROUP_M=8, BLOCK_W=bw), num_warps=8,
+    def cfg(bm, bk, bw, stages=3, **extra):
+        return triton.Config(dict(BLOCK_M=bm, BLOCK_N=128, BLOCK_K=bk, GROUP_M=8, BLOCK_W=bw, **extra), num_warps=8,
                              num_stages=stages)
 
-    why = tc.register_a_pruned_because
+    why = tc.register_a_hazard
     assert (why(cfg(128, 64, 8), "BLOCK_M", 2, 90) is not None) is hazard
     assert (why(cfg(128, 32, 8), "BLOCK_M", 2, 90) is not None) is hazard
     assert (why(cfg(128, 64, 128), "BLOCK_M", 2, 90, a_selected=True) is not None) is hazard
+    assert why(cfg(128, 64, 8, SYNC_MMA=True), "BLOCK_M", 2, 90) is None  # already waits
     assert why(cfg(128, 16, 8), "BLOCK_M", 2, 90) is None  # one wgmma per step
     assert why(cfg(128, 64, 128), "BLOCK_M", 2, 90) is None  # one-row tile
     assert why(cfg(128, 64, 8), "BLOCK_M", 4, 90) is None  # tf32: none in the SASS of 3.6
     assert why(cfg(128, 64, 8), "BLOCK_M", 2, 80) is None  # no wgmma
     assert why(cfg(128, 64, 8), "BLOCK_M", 2, None) is None  # interpreter
     assert why(cfg(128, 64, 8, stages=1), "BLOCK_M", 2, 90) is None  # nothing in flight
+    assert tc.config_name(tc.synced(cfg(128, 64, 8))) == "128x128x64 w8 s3 sync"
 
 
-def test_tap_tma_prune_hook_keeps_a_safe_tile_where_every_tile_has_the_hazard(monkeypatch):
+def test_tap_tma_prune_hook_syncs_the_register_a_tiles(monkeypatch):
     from tritonconv.kernels import fprop
 
     monkeypatch.setattr(tc, "WGMMA_RS_HAZARD", True)
@@ -257,15 +258,14 @@ def test_tap_tma_prune_hook_keeps_a_safe_tile_where_every_tile_has_the_hazard(mo
     args = dict(y_ptr=y, N=32, P=56, Q=56, KG=256, CG=256, K_ALIGN=64)
     configs = fprop.tap_tma_configs(interpreter=False)
     kept = hook(configs, args)
-    assert kept and all(tc.register_a_pruned_because(c, "BLOCK_M", 2, 90) is None for c in kept)
-    assert {c.kwargs["BLOCK_K"] for c in kept if c.kwargs["BLOCK_W"] < c.kwargs["BLOCK_M"]} == {16}
-    assert any(c.kwargs["BLOCK_W"] == c.kwargs["BLOCK_M"] for c in kept)  # 56-wide rows: one-row tiles
-    # channels BLOCK_K does not divide: a one-row tile selects A in registers too
-    kept = hook(configs, {**args, "K_ALIGN": 8})
-    assert all(c.kwargs["BLOCK_K"] <= 16 for c in kept)
-    only_hazards = [c for c in configs if c.kwargs["BLOCK_K"] == 64 and c.kwargs["BLOCK_W"] == 8]
-    fallback = hook(only_hazards, args)
-    assert len(fallback) == 1 and fallback[0].kwargs["BLOCK_K"] == 16
+    names = [tc.config_name(c) for c in kept]
+    assert "128x128x64 w8 s3 sync" in names and "128x64x16 w4 s4" in names  # one k16 wgmma: as it is
+    assert "64x128x64 w8 s4 rows" in names  # 56-wide rows, A from shared memory: as it is
+    assert all(tc.register_a_hazard(c, "BLOCK_M", 2, 90) is None for c in kept)
+    # channels BLOCK_K does not divide: a one-row tile selects A in registers, and waits too
+    assert "64x128x64 w8 s4 rows sync" in [tc.config_name(c) for c in hook(configs, {**args, "K_ALIGN": 8})]
+    monkeypatch.setattr(tc, "WGMMA_RS_HAZARD", False)
+    assert not any(c.kwargs.get("SYNC_MMA") for c in hook(configs, args))
 
 
 def test_tma_family_without_tma_copies_fails():
@@ -381,11 +381,8 @@ def test_tap_tma_wgrad_drops_tiles_taller_than_128_in_m():
     fam = next(f for f in cr.FAMILIES if f.name == "wgrad_tap_tma")
     assert fam.prune.rules["max_block_m"] == tc.MAX_BLOCK_M_TRANSPOSED_A
     kept = _names(cr.runtime_configs(fam, cr.DTYPES["fp16"], cr.ARCHS["sm_90"]))
-    assert "256x128x64 w8 s3" not in kept
-    if tc.WGMMA_RS_HAZARD:  # Triton < 3.9 keeps one k16 wgmma per step in 8-wide tiles
-        assert "128x256x64 w8 s3" not in kept and "128x64x16 w4 s4" in kept
-    else:
-        assert "128x256x64 w8 s3" in kept
+    assert not {"256x128x64 w8 s3", "256x128x64 w8 s3 sync"} & kept
+    assert ("128x256x64 w8 s3 sync" if tc.WGMMA_RS_HAZARD else "128x256x64 w8 s3") in kept
 
 
 def test_prune_hook_reads_a_tma_descriptor_tensor():

@@ -1056,16 +1056,18 @@ def runtime_configs(family: KernelFamily, dtype: Dtype, arch: Arch) -> List[trit
                                          capability=arch.capability,
                                          heavy_epilogue=tc_configs.heavy_epilogue(constexprs),
                                          **family.prune.rules)
-    if isinstance(family.prune, tc_configs.SpatialTilePruneHook):
-        kept = [c for c in kept if not _register_a_pruned(family, c, dtype, arch)]
-    return kept
+    return [as_launched(family, c, dtype, arch) for c in kept]
 
 
-def _register_a_pruned(family: KernelFamily, config: triton.Config, dtype: Dtype, arch: Arch) -> Optional[str]:
-    """The tap-TMA pruners' wgmma register-hazard rule (configs.register_a_pruned_because) for
-    the family's representative launch."""
+def as_launched(family: KernelFamily, config: triton.Config, dtype: Dtype, arch: Arch) -> triton.Config:
+    """``config`` as the runtime launches it on ``arch``: a tap-TMA tile with the wgmma register
+    hazard of this Triton (configs.register_a_hazard) with SYNC_MMA, anything else as it is."""
+    if not isinstance(family.prune, tc_configs.SpatialTilePruneHook):
+        return config
     args, constexprs = family.launch_fn(dtype, config)
-    return family.prune.register_a_pruned_because(config, dtype.elem_bytes, arch.capability, {**args, **constexprs})
+    if family.prune.register_a_hazard(config, dtype.elem_bytes, arch.capability, {**args, **constexprs}):
+        return tc_configs.synced(config)
+    return config
 
 
 def _runtime_pruned(family: KernelFamily, config: triton.Config, dtype: Dtype, arch: Arch) -> Optional[str]:
@@ -1078,10 +1080,6 @@ def _runtime_pruned(family: KernelFamily, config: triton.Config, dtype: Dtype, a
     if isinstance(family.prune, tc_configs.DirectPruneHook):
         why = tc_configs.direct_pruned_because(kw["BLOCK_M"], kw["BLOCK_N"], config.num_warps, dtype.elem_bytes)
         return f"runtime pruner: {why or 'drops it (configs.prune_direct_configs)'}"
-    if isinstance(family.prune, tc_configs.SpatialTilePruneHook):
-        rs = _register_a_pruned(family, config, dtype, arch)
-        if rs:
-            return f"runtime pruner: {rs}"
     _, constexprs = family.launch_fn(dtype, config)
     why = tc_configs.pruned_because(kw["BLOCK_M"], kw["BLOCK_N"], kw["BLOCK_K"], config.num_warps, config.num_stages,
                                     dtype.elem_bytes, arch.shared_limit, arch.capability,
@@ -1134,6 +1132,7 @@ def compile_one(family, config: triton.Config, dtype: str, arch: str, ptxas: Opt
     """
     fam = _family(family)
     dt, ar = DTYPES[dtype], ARCHS[arch]
+    config = as_launched(fam, config, dt, ar)
     kw = config.kwargs
     rec: Dict[str, Any] = dict(
         kernel=fam.name, config=config_name(config), arch=arch, dtype=dtype,

@@ -525,27 +525,35 @@ def row_efficiency(width: int, tile: int) -> float:
 # 1181 sm_90 configs have it, all in the tap-TMA kernels' spatial tiles, 8-wide, with BLOCK_K of
 # 32 or 64 and 16-bit data (every 3.6 failure seen on the H100 among them); with Triton 3.9, none.
 # Which of those configs ptxas happens to allocate safely depends on the epilogue and the
-# problem, so before 3.9 the tap-TMA pruners drop every config whose A goes through registers
-# with more than one k16 wgmma per step: one wgmma per step (BLOCK_K = 16) waits for itself.
+# problem, so before 3.9 the tap-TMA pruners run every tile whose A goes through registers with
+# more than one k16 wgmma per step as SYNC_MMA: each step waits for its own wgmmas
+# (_common.mma_barrier), which the SASS check finds clean. The loads stay pipelined; what is
+# lost is the overlap of one step's wgmmas with the next step's start.
 WGMMA_RS_HAZARD = tuple(int(v) for v in triton.__version__.split(".")[:2] if v.isdigit()) < (3, 9)
 
 
-def register_a_pruned_because(cfg: triton.Config, span: str, elem_bytes: int, capability: Optional[int],
-                              a_selected: bool = False, hazard: Optional[bool] = None) -> Optional[str]:
-    """Why the tap-TMA pruners drop ``cfg`` for the wgmma register hazard (see WGMMA_RS_HAZARD,
-    which ``hazard`` overrides), or None. A goes through registers in every spatial tile narrower
-    than its span (the box's reshape), and in a one-row tile too where the kernel selects A's
-    channels (``a_selected``)."""
+def register_a_hazard(cfg: triton.Config, span: str, elem_bytes: int, capability: Optional[int],
+                      a_selected: bool = False, hazard: Optional[bool] = None) -> Optional[str]:
+    """Why ``cfg`` of a tap-TMA kernel would leave wgmmas reading registers in flight into the
+    next step on this Triton (see WGMMA_RS_HAZARD, which ``hazard`` overrides), or None. A goes
+    through registers in every spatial tile narrower than its span (the box's reshape), and in a
+    one-row tile too where the kernel selects A's channels (``a_selected``)."""
     hazard = WGMMA_RS_HAZARD if hazard is None else hazard
     if not hazard or capability is None or capability < 90 or elem_bytes != 2:
         return None
     kw = cfg.kwargs
     if kw["BLOCK_W"] >= kw[span] and not a_selected:
         return None  # one-row tile: A straight from shared memory
-    if kw["BLOCK_K"] <= 16 or cfg.num_stages <= 1:
+    if kw["BLOCK_K"] <= 16 or cfg.num_stages <= 1 or kw.get("SYNC_MMA"):
         return None
     return (f"Triton {triton.__version__}: A through registers with {kw['BLOCK_K'] // 16} wgmmas per step in "
             "flight (triton#9433)")
+
+
+def synced(cfg: triton.Config) -> triton.Config:
+    """``cfg`` run with SYNC_MMA (see WGMMA_RS_HAZARD)."""
+    return triton.Config({**cfg.kwargs, "SYNC_MMA": True}, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+                         pre_hook=cfg.pre_hook)
 
 
 class SpatialTilePruneHook(GemmPruneHook):
@@ -575,19 +583,13 @@ class SpatialTilePruneHook(GemmPruneHook):
         t = args[self.tensor_arg]
         t = getattr(t, "base", t)
         capability = device_capability(t) if isinstance(t, torch.Tensor) else None
-        safe = [c for c in kept if not self.register_a_pruned_because(c, t.element_size(), capability, args)]
-        if safe:
-            return safe
-        # every tile left takes A through registers: the first, one k16 wgmma per step
-        first = kept[0]
-        return tuned([triton.Config({**first.kwargs, "BLOCK_K": 16}, num_warps=first.num_warps,
-                                    num_stages=first.num_stages, pre_hook=first.pre_hook)])
+        return [synced(c) if self.register_a_hazard(c, t.element_size(), capability, args) else c for c in kept]
 
-    def register_a_pruned_because(self, cfg: triton.Config, elem_bytes: int, capability: Optional[int],
-                                  args: Dict) -> Optional[str]:
-        """``register_a_pruned_because`` for this kernel's span and the launch's channel alignment."""
+    def register_a_hazard(self, cfg: triton.Config, elem_bytes: int, capability: Optional[int],
+                          args: Dict) -> Optional[str]:
+        """``register_a_hazard`` for this kernel's span and the launch's channel alignment."""
         selected = self.k_align_arg is not None and int(args.get(self.k_align_arg, 1)) % cfg.kwargs["BLOCK_K"] != 0
-        return register_a_pruned_because(cfg, self.span, elem_bytes, capability, selected)
+        return register_a_hazard(cfg, self.span, elem_bytes, capability, selected)
 
 
 class DirectPruneHook:
@@ -610,13 +612,13 @@ def gemm_prune_hook(m_fn, n_fn, k_fn, tensor_arg: str, gathered: bool = True,
 def config_name(config: triton.Config) -> str:
     """'128x256x64 w8 s3' (BLOCK_M x BLOCK_N x BLOCK_K, warps, stages); '64x32 w4 s2' without a BLOCK_K;
     ' persistent' appended for a persistent-grid variant, ' stream-k' for a stream-K one, ' rows'
-    for a one-row tap-TMA tile."""
+    for a one-row tap-TMA tile, ' sync' for one whose steps wait for their wgmmas (SYNC_MMA)."""
     kw = config.kwargs
     dims = [kw["BLOCK_M"], kw["BLOCK_N"]] + ([kw["BLOCK_K"]] if "BLOCK_K" in kw else [])
     name = f"{'x'.join(map(str, dims))} w{config.num_warps} s{config.num_stages}"
     return (name + (" persistent" if kw.get("PERSISTENT") else "") + (" flat" if kw.get("FLATTEN") else "")
             + (" stream-k" if kw.get("STREAM_K") else "")
-            + (" rows" if kw.get("BLOCK_W", 0) > SPATIAL_TILE_WIDTH else ""))
+            + (" rows" if kw.get("BLOCK_W", 0) > SPATIAL_TILE_WIDTH else "") + (" sync" if kw.get("SYNC_MMA") else ""))
 
 
 def capture_safe_bench(kernel_call, quantiles):

@@ -95,6 +95,16 @@ except ImportError:  # pragma: no cover
 TMA_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
 @triton.jit
+def mma_barrier(acc):
+    """``acc`` through an empty inline asm: a use Triton cannot see through, so its software
+    pipeliner waits for every wgmma writing ``acc`` before it (wgmma.wait_group 0) and none stays
+    in flight into the next loop step. The tap-TMA kernels use it where a step's wgmmas read A
+    from registers that the next step rewrites (configs.WGMMA_RS_HAZARD). No instruction is
+    emitted for it; CUDA only (the interpreter has no inline asm)."""
+    return tl.inline_asm_elementwise("", "=f,0", [acc], dtype=tl.float32, is_pure=False, pack=1)
+
+
+@triton.jit
 def split_range(split, total, SPLIT, STEP: tl.constexpr):
     """[start, stop) of chunk ``split`` when ``total`` items are cut into SPLIT chunks of whole
     STEP-item steps: every step lies in exactly one chunk, so no tile is summed twice; chunks

@@ -52,6 +52,7 @@ from ._common import (
     conv_epilogue,
     dense_view,
     input_precision_for,
+    mma_barrier,
     phase_view,
     phase_view_fits,
     prepare_forward,
@@ -459,6 +460,7 @@ def fprop_tap_tma_kernel(
     BLOCK_W: tl.constexpr,
     K_ALIGN: tl.constexpr = 1,  # k_align(C/groups): EVEN_K where BLOCK_K divides it
     BOXES: tl.constexpr = 0,  # _common.tap_tma_boxes(N, P, Q): the box per BLOCK_M; 0: one image, BLOCK_W wide
+    SYNC_MMA: tl.constexpr = False,  # finish each step's wgmmas before the next (configs.WGMMA_RS_HAZARD)
 ):
     # the box, decoded as _common.tap_tma_box does for the descriptor's pre-hook and the grid
     AT: tl.constexpr = 8 * ((BLOCK_M >= 32) + (BLOCK_M >= 64) + (BLOCK_M >= 128) + (BLOCK_M >= 256))
@@ -501,6 +503,8 @@ def fprop_tap_tma_kernel(
             a = tl.where((c0 + offs_k < CG)[None, :], a, tl.zeros_like(a))
         b = w_desc.load([g * KG + pid_n * BLOCK_N, rs * CG + c0]).T
         acc = tl.dot(a, b, acc, input_precision=INPUT_PRECISION, out_dtype=ACC_DTYPE)
+        if SYNC_MMA:
+            acc = mma_barrier(acc)
 
     # -- epilogue: the tile's pixels inside the output, one store
     offs_m = tl.arange(0, BLOCK_M)

@@ -44,6 +44,7 @@ from ._common import (
     check_pixel_count,
     dense_view,
     input_precision_for,
+    mma_barrier,
     phase_view,
     phase_view_fits,
     split_range,
@@ -435,6 +436,7 @@ def wgrad_tap_tma_kernel(
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
     BLOCK_W: tl.constexpr,
     BOXES: tl.constexpr = 0,  # _common.tap_tma_boxes(N, P, Q): the box per BLOCK_K; 0: one image, BLOCK_W wide
+    SYNC_MMA: tl.constexpr = False,  # finish each step's wgmmas before the next (configs.WGMMA_RS_HAZARD)
 ):
     # the box, decoded as _common.tap_tma_box does for the descriptors' pre-hook
     AT: tl.constexpr = 8 * ((BLOCK_K >= 32) + (BLOCK_K >= 64) + (BLOCK_K >= 128) + (BLOCK_K >= 256))
@@ -464,6 +466,8 @@ def wgrad_tap_tma_kernel(
         a = dy_desc.load([n0, p0, q0, k_col]).reshape(BLOCK_K, BLOCK_M)
         b = x_desc.load([n0, p0 + shift_h, phase_h, q0 + shift_w, c_col]).reshape(BLOCK_K, BLOCK_N)
         acc = tl.dot(a.T, b, acc, input_precision=INPUT_PRECISION, out_dtype=ACC_DTYPE)
+        if SYNC_MMA:
+            acc = mma_barrier(acc)
 
     # -- epilogue: this split's partial (or the gradient itself) for tap (r, s)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
