@@ -16,11 +16,11 @@ reports per config:
   a difference is a race).
 
 The cases include the short reductions tap_tma now declines (forced anyway, through the kernel
-directly), to see which configs the failure needs. Those run with the wgmma register-hazard rule
-off (configs.WGMMA_RS_HAZARD, triton#9433: before Triton 3.9 the tap-TMA pruners make tiles whose
-A goes through registers wait for each step's wgmmas, " sync"), and the note says which configs
-the rule would sync: if the diagnosis is right, the failures are all among them, and the cases
-the router runs (rule on) show those configs synced and right. Writes OUTDIR/race_check.md;
+directly), to test the diagnosis of 2026-11-26's failure: the next step's ldmatrix rewriting the
+A registers of wgmmas still in flight (triton#9433; configs.WGMMA_RS_HAZARD: before Triton 3.9
+the tap-TMA pruners make such tiles wait for each step's wgmmas, " sync"). With the rule off the
+note says which configs it would sync: if the diagnosis is right, the failures are all among
+them; with the rule on the same case runs them synced, and they should be right. Writes OUTDIR/race_check.md;
 exits 1 if a config the router can run gave different bits or a wrong result.
 """
 
@@ -33,20 +33,22 @@ import time
 from pathlib import Path
 
 # (name, what runs, ResNet-50 layer, whether the router can run it: tap_tma declines short
-# reductions since 2026-11-26, but the kernel can be launched directly; optionally a batch of
-# its own)
+# reductions since 2026-11-26, but the kernel can be launched directly; whether the wgmma
+# register-hazard rule is on (configs.WGMMA_RS_HAZARD: on Triton < 3.9 it syncs the tiles that
+# need it; off, the tiles run as they did on 2026-11-26); optionally a batch of its own)
 CASES = [  # most telling first: a budget may stop the list
-    ("tap_tma fwd, 3x3 C64 56x56 (9 steps)", "fprop_tap_tma", "layer1.0.conv2", True),
-    ("tap_tma fwd, 1x1 C256 14x14 (4 steps)", "fprop_tap_tma", "layer3.0.conv3", False),
+    ("tap_tma fwd, 1x1 C256 14x14 (4 steps), rule off", "fprop_tap_tma", "layer3.0.conv3", False, False),
+    ("tap_tma fwd, 1x1 C256 14x14 (4 steps), rule on", "fprop_tap_tma", "layer3.0.conv3", False, True),
+    ("tap_tma fwd, 3x3 C64 56x56 (9 steps)", "fprop_tap_tma", "layer1.0.conv2", True, True),
     # the same at N=8: 128 programs of 128x128 tiles, one per SM at most; the probes of
     # 2026-11-26 saw no failure there (N=8, padding 1), and failures from N=16 (two per SM)
-    ("tap_tma fwd, 1x1 C256 14x14 (4 steps), N=8", "fprop_tap_tma", "layer3.0.conv3", False, 8),
-    ("gemm1x1_tma fwd, C256 14x14 (4 steps)", "gemm1x1_tma", "layer3.0.conv3", True),
-    ("tap_tma fwd, 3x3 C256 14x14 (36 steps)", "fprop_tap_tma", "layer3.1.conv2", True),
-    ("implicit_tma fwd, 1x1/2 C512 (8 steps)", "fprop_tma", "layer3.0.downsample.0", True),
-    ("tap_tma fwd, 3x3 C512 7x7 (72 steps)", "fprop_tap_tma", "layer4.1.conv2", True),
-    ("tap_tma_splitk fwd, 3x3 C512 7x7 (72 steps in chunks)", "fprop_tap_tma_splitk", "layer4.1.conv2", True),
-    ("gemm1x1_tma fwd, C64 56x56 (1 step)", "gemm1x1_tma", "layer1.0.conv3", True),
+    ("tap_tma fwd, 1x1 C256 14x14 (4 steps), N=8, rule off", "fprop_tap_tma", "layer3.0.conv3", False, False, 8),
+    ("gemm1x1_tma fwd, C256 14x14 (4 steps)", "gemm1x1_tma", "layer3.0.conv3", True, True),
+    ("tap_tma fwd, 3x3 C256 14x14 (36 steps)", "fprop_tap_tma", "layer3.1.conv2", True, True),
+    ("implicit_tma fwd, 1x1/2 C512 (8 steps)", "fprop_tma", "layer3.0.downsample.0", True, True),
+    ("tap_tma fwd, 3x3 C512 7x7 (72 steps)", "fprop_tap_tma", "layer4.1.conv2", True, True),
+    ("tap_tma_splitk fwd, 3x3 C512 7x7 (72 steps in chunks)", "fprop_tap_tma_splitk", "layer4.1.conv2", True, True),
+    ("gemm1x1_tma fwd, C64 56x56 (1 step)", "gemm1x1_tma", "layer1.0.conv3", True, True),
 ]
 
 
@@ -115,7 +117,8 @@ def main(argv=None) -> int:
     def report() -> str:
         """Written after every config, so that a run cut off by its caller's timeout leaves its rows."""
         lines = header + [f"| {' | '.join(r)} |" for r in rows]
-        lines += ["", f"{len(bad)} config(s) the router can run gave different bits or a wrong result"
+        lines += ["", f"{len(bad)} config(s) the router can run (or that run with the hazard rule on) gave "
+                  "different bits or a wrong result"
                   + (": " + ", ".join(f"{n} {c}" for n, c in bad) if bad else ".")]
         text = "\n".join(lines) + "\n"
         (out_dir / "race_check.md").write_text(text)
@@ -125,7 +128,7 @@ def main(argv=None) -> int:
         return bool(args.time_budget) and time.perf_counter() - start > args.time_budget
 
     try:
-        for name, kernel, layer_name, routable, *batch in picked:
+        for name, kernel, layer_name, routable, rule, *batch in picked:
             if out_of_time():
                 rows.append((name, "-", "skipped: time budget", "", ""))
                 continue
@@ -141,7 +144,7 @@ def main(argv=None) -> int:
             launch = launchers[kernel]
             # a problem the router's tap_tma declines still reaches the kernel here, with every tile
             fprop.TAP_TMA_MIN_STEPS = min_steps if routable else 1
-            configs.WGMMA_RS_HAZARD = rs_rule if routable else False
+            configs.WGMMA_RS_HAZARD = rs_rule if rule else False
             pinned["seen"], pinned["name"] = [], None
             flagged.clear()
             for t in autotuners:
@@ -166,10 +169,10 @@ def main(argv=None) -> int:
                 errs = [((o.double() - ref).norm() / ref.norm()).item() for o in outs]
                 same = all(plans.same_bits(outs[0], o) for o in outs[1:])
                 note = "" if routable else "declined by the router"
-                if cfg in flagged:
+                if cfg in flagged and not rule:
                     note += f"; run as is here, synced on Triton {triton.__version__} (register hazard, triton#9433)"
                 rows.append((name, cfg, f"{max(errs):.1e}", "yes" if same else "**no**", note.lstrip("; ")))
-                if routable and (not same or max(errs) > 1e-2):
+                if (routable or rule) and (not same or max(errs) > 1e-2):
                     bad.append((name, cfg))
                 print(f"{name} | {cfg} | {max(errs):.1e} | same bits: {same}", flush=True)
                 report()
