@@ -17,7 +17,7 @@
 #      family, launch plans on and off); its table is appended to summary.md
 #   2c. host cost: perf/host_cost.py, host time per call by route (op, functional, autograd, a
 #      training step), appended to summary.md
-#   2d. race check (up to 60 s): perf/race_check.py, every tile config of the TMA families pinned in turn on
+#   2d. race check (up to 90 s): perf/race_check.py, every tile config of the TMA families pinned in turn on
 #      ResNet-50 layers, three calls each (same bits? right?), appended to summary.md
 #   3. forward sweep       ResNet-50 batch 32, fp16 then bf16, channels_last, every provider
 #   4. backward sweep      grad_input, grad_weight, forward_backward on six ResNet-50 layers, fp16
@@ -186,7 +186,8 @@ diagnose() {
 
 race_check() {
     # every tile config of the TMA families pinned in turn at ResNet-50 sizes, three calls each:
-    # same bits and right answers (tap_tma raced on short reductions, 2026-11-26)
+    # same bits and right answers (tap_tma raced on short reductions, 2026-11-26; its first two
+    # cases test the diagnosis, triton#9433, with the register-hazard rule off and on)
     # shellcheck disable=SC2086  # RACE_ARGS is a list of words
     mkdir -p "$DIAG_DIR" && $PY perf/race_check.py --out "$DIAG_DIR" --time-budget $((STAGE_S * 2 / 3)) $RACE_ARGS
 }
@@ -245,7 +246,7 @@ if [ "$(left)" -gt 60 ]; then
 fi
 stage "where the time goes" 10 60 diagnose
 stage "host cost" 5 30 host_cost
-stage "race check" 10 60 race_check
+stage "race check" 15 90 race_check
 stage "forward fp16" 50 600 sweep --preset "$PRESET" --batch "$BATCH" --dtype "$FP16" --layout channels_last \
     --modes forward
 if [ -n "${FAMILY_PRESETS:-}" ]; then
