@@ -883,17 +883,20 @@ def ptxas_stats(ptx: str, capability: int, explicit_ptxas: Optional[str] = None)
     raise RuntimeError(f"{NO_PTXAS} for this PTX: " + "; ".join(errors))
 
 
+def cuobjdump_tools(ptxas: Optional[str] = None) -> List[str]:
+    """cuobjdump binaries, best first: beside ``ptxas``, in Triton's bundle, on PATH."""
+    tools = ([os.path.join(os.path.dirname(ptxas), "cuobjdump")] if ptxas else []) + [
+        os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump"),
+        shutil.which("cuobjdump") or ""]
+    return [t for t in dict.fromkeys(tools) if t and os.path.isfile(t) and os.access(t, os.X_OK)]
+
+
 def _disassemble(cubin: str, ptxas: str) -> Optional[str]:
-    """The cubin's SASS from cuobjdump (beside ``ptxas``, in Triton's bundle, or on PATH); None
-    where there is none or it fails."""
-    tools = [os.path.join(os.path.dirname(ptxas), "cuobjdump"),
-             os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump"),
-             shutil.which("cuobjdump") or ""]
-    for tool in tools:
-        if tool and os.path.isfile(tool) and os.access(tool, os.X_OK):
-            proc = subprocess.run([tool, "-sass", cubin], capture_output=True, text=True)
-            if proc.returncode == 0 and proc.stdout:
-                return proc.stdout
+    """The cubin's SASS from cuobjdump (``cuobjdump_tools``); None where there is none or it fails."""
+    for tool in cuobjdump_tools(ptxas):
+        proc = subprocess.run([tool, "-sass", cubin], capture_output=True, text=True)
+        if proc.returncode == 0 and proc.stdout:
+            return proc.stdout
     return None
 
 
