@@ -39,6 +39,9 @@ from pathlib import Path
 CASES = [  # most telling first: a budget may stop the list
     ("tap_tma fwd, 1x1 C256 14x14 (4 steps), rule off", "fprop_tap_tma", "layer3.0.conv3", False, False),
     ("tap_tma fwd, 1x1 C256 14x14 (4 steps), rule on", "fprop_tap_tma", "layer3.0.conv3", False, True),
+    # wgrad's tap-TMA kernel reads dy's box through registers too: 8-wide steps of BLOCK_K 32 and
+    # 64 had the same hazard on Triton 3.6; never run at a layer size on a GPU before
+    ("tap_tma wgrad, 3x3 C64 56x56", "wgrad_tap_tma", "layer1.0.conv2", True, True),
     ("tap_tma fwd, 3x3 C64 56x56 (9 steps)", "fprop_tap_tma", "layer1.0.conv2", True, True),
     # the same at N=8: 128 programs of 128x128 tiles, one per SM at most; the probes of
     # 2026-11-26 saw no failure there (N=8, padding 1), and failures from N=16 (two per SM)
@@ -49,10 +52,7 @@ CASES = [  # most telling first: a budget may stop the list
     ("tap_tma fwd, 3x3 C512 7x7 (72 steps)", "fprop_tap_tma", "layer4.1.conv2", True, True),
     ("tap_tma_splitk fwd, 3x3 C512 7x7 (72 steps in chunks)", "fprop_tap_tma_splitk", "layer4.1.conv2", True, True),
     ("gemm1x1_tma fwd, C64 56x56 (1 step)", "gemm1x1_tma", "layer1.0.conv3", True, True),
-    # wgrad's tap-TMA kernel reads dy's box through registers too: 8-wide steps of BLOCK_K 32 and
-    # 64 have the same hazard on Triton 3.6; never run at layer sizes on a GPU before
     ("tap_tma wgrad, 3x3 C64 56x56, rule off", "wgrad_tap_tma", "layer1.0.conv2", True, False),
-    ("tap_tma wgrad, 3x3 C64 56x56", "wgrad_tap_tma", "layer1.0.conv2", True, True),
 ]
 
 
