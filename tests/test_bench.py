@@ -7,6 +7,7 @@ up), so these tests check plumbing and formats, never speed.
 from __future__ import annotations
 
 import contextlib
+import copy
 import csv
 import importlib.util
 import json
@@ -341,6 +342,35 @@ def test_e2e_training_check_can_fail(wrong, monkeypatch):
     assert row["status"].startswith("mismatch") == wrong, row
     if not wrong:  # right, but the convs were aten's: the check after it says so
         assert row["rel_err"] < 1e-6 and row["status"] == "error: aten convolutions ran in the tritonconv run"
+
+
+@pytest.mark.parametrize("provider", ["tritonconv", "aten-cpu"])
+def test_e2e_folded_mode_folds_batchnorm_each_providers_way(provider):
+    """perf/resnet50.py's folded mode: tritonconv's convert(fuse=True) leaves no BatchNorm and
+    fuses the ReLUs into its convs; the baseline's torch.fx fuse leaves no BatchNorm either; both
+    compute what the eval model computes, and the row says ok."""
+    import types
+
+    e2e = _perf_resnet50()
+    torch.manual_seed(4)
+    model = e2e.ResNet((1, 1, 1, 1), 8, 10).eval()
+    for m in model.modules():  # running statistics away from the identity, so folding shows
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+    x = torch.randn(1, 3, 16, 16)
+    folded = e2e._fold(copy.deepcopy(model), provider)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
+    if provider == "tritonconv":
+        fused = [m for m in folded.modules() if getattr(m, "activation", "none") == "relu"]
+        assert fused, "convert(fuse=True) put no ReLU into a conv's epilogue"
+    with torch.no_grad():
+        ref = model.double()(x.double())
+    reference = [ref]
+    row = {"note": "", "flops": 1}
+    args = types.SimpleNamespace(dtype="fp32", warmup_ms=0, rep_ms=0, reps=1)
+    e2e._measure(row, model.float(), provider, "folded", x, None, reference, 0.0, args, "cpu")
+    assert row["status"] == "ok" and row["rel_err"] < 1e-4, row
 
 
 def test_resnet50_preset_is_every_conv_of_the_e2e_model():
