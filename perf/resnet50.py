@@ -324,7 +324,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                        H=args.image, W=args.image, K=num_classes,
                        dtype=args.dtype, layout=args.layout, flops=flops * (3 if mode == "train" else 1),
                        timestamp=sweep._now(), note=f"{what}; {len(convs)} convs; "
-                       + ("pooling, fc" if mode == "folded" else "BN, ReLU, pooling, fc")
+                       + ("pooling, fc" if mode == "folded" and provider == "tritonconv"
+                          else "ReLU, adds, pooling, fc" if mode == "folded" else "BN, ReLU, pooling, fc")
                        + (", loss" if mode == "train" else "") + " from PyTorch"
                        + ("; rel_err of the step with BN in eval mode" if mode == "train" else ""))
             if info.interpreter:

@@ -74,7 +74,8 @@ PROBLEMS = {
         (1, 128, 3, 3, 8, 3, 3, 1, 1, 1, 2),
     ],
     "tap_tma_splitk": [  # tap_tma's boxes, the reduction split (fprop.choose_split_k: 2 chunks on a CPU)
-        (3, 64, 5, 5, 24, 3, 3, 1, 1, 1, 1),  # 3 images of 5x5 in a box
+        (3, 64, 5, 5, 24, 3, 3, 1, 1, 1, 1),
+        (5, 64, 3, 3, 24, 3, 3, 1, 1, 1, 1),  # 3x3 outputs: boxes of 4 images, the second past image 4
         (1, 128, 6, 8, 16, 3, 3, 2, 1, 1, 2),  # stride 2, grouped
         (2, 60, 5, 5, 16, 3, 3, 1, 1, 1, 1),  # 120-byte fp16 pixel rows: no TMA, the implicit split-K
     ],
@@ -90,7 +91,7 @@ PROBLEMS = {
         (1, 32, 12, 9, 16, 3, 3, (3, 1), (2, 1), (1, 2), 2),  # stride 3 x 1, dilated, grouped: last group + phase 2
         # small outputs: several images per box (_common.tap_tma_boxes)
         (5, 16, 3, 3, 24, 3, 3, 1, 1, 1, 1),  # 3x3 output: boxes of 4 images of 4x4, the second past image 4
-        (3, 16, 4, 6, 8, 3, 3, 2, 1, 1, 1),  # 2x3 output at stride 2: boxes of 8 images of 2x4
+        (3, 16, 4, 6, 8, 3, 3, 2, 1, 1, 1),  # 2x3 output at stride 2: boxes of 4 images of 2x8
     ],
     "implicit_tma": [  # TMA weight loads where the weight is KRSC with 16-byte rows, pointer loads otherwise
         (2, 16, 7, 7, 24, 3, 3, 1, 1, 1, 1),
@@ -318,20 +319,25 @@ def test_tap_tma_boxes_fill_the_tile(N, P, Q, block_m, box):
     assert _common.tap_tma_box(block_m, 8, 0) == (1, block_m // 8, 8)  # no code: one image, 8 wide
 
 
-def test_tap_tma_boxes_never_fill_less_than_one_image_boxes():
-    def fill(size, block):
-        return size / (triton.cdiv(size, block) * block)
+def test_tap_tma_boxes_choose_the_best_filled_box_for_every_span():
+    """Against a brute force over every power-of-two split of each span (at most 8 columns): the
+    chosen box leaves no more pixels outside the output than any other, and among equals has the
+    fewest images, then the most columns."""
+    def padded(size, block):
+        return -(-size // block) * block
 
-    for N in (1, 2, 3, 8, 32):
-        for P in (1, 2, 5, 7, 9, 14, 28, 56, 112):
-            for Q in (1, 3, 7, 10, 14, 56):
+    for N in (1, 2, 3, 5, 8, 32):
+        for P in (1, 2, 5, 7, 9, 14, 17, 28, 56, 112):
+            for Q in (1, 3, 7, 10, 14, 19, 56):
                 boxes = _common.tap_tma_boxes(N, P, Q)
-                for bm in _common.TAP_TMA_SPANS[2:]:
-                    bn, bh, bw = _common.tap_tma_box(bm, 8, boxes)
-                    assert bn * bh * bw == bm and bw <= 8
-                    ours = fill(N, bn) * fill(P, bh) * fill(Q, bw)
-                    assert ours >= fill(P, bm // 8) * fill(Q, 8) - 1e-12, (N, P, Q, bm)
-    assert fill(7, 1) * fill(7, 4) * fill(32, 32) == 0.875  # 7x7 at N=32, BLOCK_M 128: 1/8 lost, not 5/8
+                for span in _common.TAP_TMA_SPANS:
+                    splits = [(span // (bw * bh), bh, bw) for bw in (1, 2, 4, 8) for bh in (1, 2, 4, 8, 16, 32, 64, 128, 256)
+                              if bw * bh <= span]
+                    best = min(splits, key=lambda b: (padded(N, b[0]) * padded(P, b[1]) * padded(Q, b[2]), b[0], -b[2]))
+                    assert _common.tap_tma_box(span, 8, boxes) == best, (N, P, Q, span)
+    boxes = _common.tap_tma_boxes(32, 7, 7)  # ResNet-50's 7x7 layers: 1/8 of the rows outside, not 5/8
+    assert _common.tap_tma_box(128, 8, boxes) == (16, 1, 8)
+    assert _common.tap_tma_box(32, 8, _common.tap_tma_boxes(32, 14, 14)) == (8, 2, 2)  # a wgrad step of 32 pixels
 
 
 def test_tap_tma_prune_keeps_row_tiles_for_wide_rows_only(monkeypatch):

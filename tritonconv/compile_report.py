@@ -914,20 +914,34 @@ def _disassemble(cubin: str, ptxas: str) -> Optional[str]:
 # other instruction that writes a register of a group in flight is a hazard.
 
 _SASS_INSTR = re.compile(r"/\*([0-9a-f]{4,})\*/\s+(.*?)\s*;")
-_NO_DEST = ("HGMMA", "ST", "BRA", "SYNCS", "WARPGROUP", "BAR", "UTMA", "RED", "ATOM", "EXIT", "RET", "CALL",
-            "NOP", "MEMBAR", "FENCE", "DEPBAR", "ISETP", "FSETP", "HSETP", "PLOP", "UISETP")
+_SASS_PREDICATE = re.compile(r"^@!?U?P[T0-9]+\s+")
+_NO_DEST = ("HGMMA", "ST", "BRA", "SYNCS", "WARPGROUP", "BAR", "UTMA", "RED", "EXIT", "RET", "CALL",
+            "NOP", "MEMBAR", "FENCE", "DEPBAR", "ISETP", "FSETP", "HSETP", "DSETP", "PLOP", "UISETP")
 
 
 def _written_registers(text: str) -> List[int]:
-    """General registers an instruction writes: its first operand, 1, 2 or 4 wide by its suffix."""
-    body = re.sub(r"^@!?U?P[T0-9]+\s+", "", text)
+    """General registers an instruction writes: its first register operand after any predicate
+    destinations (SHFL's), 1, 2 or 4 wide by its opcode."""
+    body = _SASS_PREDICATE.sub("", text)
     parts = body.split(None, 1)
     if len(parts) < 2 or parts[0].startswith(_NO_DEST):
         return []
-    m = re.match(r"R(\d+)\b", parts[1])
+    op = parts[0]
+    operands = [o.strip() for o in parts[1].split(",")]
+    while operands and re.fullmatch(r"!?U?P[T0-9]+", operands[0]):
+        operands = operands[1:]
+    m = re.fullmatch(r"R(\d+)", operands[0]) if operands else None
     if not m:
         return []
-    width = next((w for suffix, w in ((".128", 4), (".64", 2), (".4", 4), (".2", 2)) if suffix in parts[0]), 1)
+    types = op.split(".")[1:]
+    if ".128" in op or (op.startswith("LDSM") and types[-1] == "4"):
+        width = 4
+    elif (".64" in op or ".WIDE" in op or (op.startswith("LDSM") and types[-1] == "2")
+          or op.startswith(("DADD", "DMUL", "DFMA", "DMNMX")) or (op.startswith("CS2R") and ".32" not in op)
+          or (op.startswith(("F2F", "I2F", "F2I")) and types and types[0] in ("F64", "S64", "U64"))):
+        width = 2
+    else:
+        width = 1
     return list(range(int(m.group(1)), int(m.group(1)) + width))
 
 
@@ -938,11 +952,13 @@ def wgmma_register_hazards(sass: str) -> List[str]:
     index = {addr: i for i, (addr, _) in enumerate(instrs)}
     found: List[str] = []
     for i, (addr, text) in enumerate(instrs):
-        branch = re.search(r"\bBRA\s+(0x[0-9a-f]+)", text)
+        # a loop closes with a predicated branch back; an unconditional one back is the return
+        # from an out-of-line wait loop into the middle of the code
+        branch = re.match(r"@!?P[T0-9]+\s+BRA\s+(0x[0-9a-f]+)", text)
         target = int(branch.group(1), 16) if branch else None
         if target is None or target >= addr or target not in index:
             continue
-        body = instrs[index[target]: i + 1]
+        body = [(at, _SASS_PREDICATE.sub("", t)) for at, t in instrs[index[target]: i + 1]]
         if not any(t.startswith("HGMMA") for _, t in body):
             continue
         in_flight: List[set] = []

@@ -537,7 +537,9 @@ def register_a_hazard(cfg: triton.Config, span: str, elem_bytes: int, capability
     """Why ``cfg`` of a tap-TMA kernel would leave wgmmas reading registers in flight into the
     next step on this Triton (see WGMMA_RS_HAZARD, which ``hazard`` overrides), or None. A goes
     through registers in every spatial tile narrower than its span (the box's reshape), and in a
-    one-row tile too where the kernel selects A's channels (``a_selected``)."""
+    one-row tile too where the kernel selects A's channels (``a_selected``). The exemptions are
+    what the Triton 3.6 SASS showed, not a proof: one k16 wgmma per step (BLOCK_K = 16) waits
+    for itself, and no tf32 tile had the hazard; the compile report checks every build."""
     hazard = WGMMA_RS_HAZARD if hazard is None else hazard
     if not hazard or capability is None or capability < 90 or elem_bytes != 2:
         return None
@@ -560,8 +562,9 @@ class SpatialTilePruneHook(GemmPruneHook):
     """``GemmPruneHook`` for the tap-TMA kernels, after dropping one-row configs (BLOCK_W wider
     than SPATIAL_TILE_WIDTH) whose tiles the output's rows (the argument ``Q``) fill less than
     ROW_MIN_EFFICIENCY of. Where the pruning clamps the span (BLOCK_M or BLOCK_K) below BLOCK_W,
-    BLOCK_W follows it. The compile report prunes as for any GEMM: a one-row tile can launch
-    wherever rows are wide enough."""
+    BLOCK_W follows it. On a Triton with the wgmma register hazard (WGMMA_RS_HAZARD), a kept
+    tile that has it runs with SYNC_MMA (``synced``). The compile report prunes as for any GEMM:
+    a one-row tile can launch wherever rows are wide enough."""
 
     def __init__(self, m_fn, n_fn, k_fn, tensor_arg: str, span: str, k_align_arg: Optional[str] = None, **rules):
         super().__init__(m_fn, n_fn, k_fn, tensor_arg, **rules)

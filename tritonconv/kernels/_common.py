@@ -36,6 +36,10 @@ __all__ = [
     "input_precision_for",
     "check_device",
     "set_poison_outputs",
+    "mma_barrier",
+    "TAP_TMA_SPANS",
+    "tap_tma_boxes",
+    "tap_tma_box",
     "ACTIVATIONS",
     "activation_code",
     "apply_activation",
@@ -364,9 +368,9 @@ TAP_TMA_SPANS = (16, 32, 64, 128, 256)  # the spans tap_tma_boxes encodes a box 
 TAP_TMA_MAX_BOX_W = 8  # columns of a box at most (configs.SPATIAL_TILE_WIDTH)
 
 
-def _fill(size: int, block: int) -> float:
-    """The share of ``size`` items' blocks of ``block`` that lie inside them."""
-    return size / (triton.cdiv(size, block) * block)
+def _padded(size: int, block: int) -> int:
+    """``size`` items rounded up to whole blocks of ``block``."""
+    return triton.cdiv(size, block) * block
 
 
 def tap_tma_boxes(N: int, P: int, Q: int) -> int:
@@ -384,7 +388,9 @@ def tap_tma_boxes(N: int, P: int, Q: int) -> int:
             for lh in range(0, (bm >> lw).bit_length()):
                 bw, bh = 1 << lw, 1 << lh
                 bn = bm // (bw * bh)
-                rank = (_fill(Q, bw) * _fill(P, bh) * _fill(N, bn), -bn, bw)
+                # the output's share of the boxes' pixels is N*P*Q over the padded volume: the
+                # smallest padded volume fills best (integers: a tie is a tie)
+                rank = (-_padded(Q, bw) * _padded(P, bh) * _padded(N, bn), -bn, bw)
                 if best is None or rank > best[0]:
                     best = (rank, lw, lh)
         code |= (best[1] | best[2] << 4) << (8 * i)

@@ -364,11 +364,11 @@ def conv2d_fprop_tma(x, w, bias, problem: Conv2dProblem, out=None, activation="n
 # pixels, shifted by the tap's offset: at stride 1, one TMA box of NHWC x. TMA
 # zero-fills the coordinates outside the image, which is exactly the padding, so
 # the gather, its addresses and its masks all disappear from the reduction loop.
-# The price: M is tiled in BLOCK_H x BLOCK_W spatial blocks (BLOCK_M = BLOCK_H *
-# BLOCK_W) instead of runs of consecutive pixels, so image edges waste part of a tile.
+# The price: M is tiled in spatial boxes (BLOCK_M = BOX_N * BOX_H * BOX_W, below)
+# instead of runs of consecutive pixels, so image edges can waste part of a tile.
 #
 # Strided layers (ResNet's 3x3 and 1x1 stride-2 convs, ConvNeXt's 2x2 downsampling)
-# take the same box, [1, BLOCK_H, 1, BLOCK_W, BLOCK_K], from x's phase view
+# take the same box, [BOX_N, BOX_H, 1, BOX_W, BLOCK_K], from x's phase view
 # (_common.phase_view), where H and W are multiples of the stride. Stride 1 is the
 # same view with unit phases, so one kernel serves both.
 #
@@ -384,16 +384,18 @@ def conv2d_fprop_tma(x, w, bias, problem: Conv2dProblem, out=None, activation="n
 # One-row tiles (BLOCK_W = BLOCK_M: the wgmma then reads A straight from shared memory) keep
 # their one-row boxes.
 
-TAP_TMA_BLOCK_W = configs.SPATIAL_TILE_WIDTH  # output columns per 8-wide tile; BLOCK_H = BLOCK_M // 8 rows
+TAP_TMA_BLOCK_W = configs.SPATIAL_TILE_WIDTH  # the spatial tiles' BLOCK_W: boxes up to 8 columns wide
 
 
 # The shortest reduction tap_tma runs. On an H100 (Triton 3.6) the kernel gave wrong tiles,
 # different from run to run, on 1x1 convs whose loop took 2 or 4 steps (C = 128 or 256 at
 # BLOCK_K = 64, 128x128x64 tiles, 3 stages), and right ones at 1, 9, 16 and 36 steps
-# (perf/results/2026-11-26_H100_84cd0fb/NOTES.md). Its TTGIR is the same for a 1x1 as for a
-# 3x3; only the trip count differs. Until the cause is found, a problem whose loop would take
-# fewer steps at BLOCK_K = 64 goes to another family: every 1x1 (gemm1x1 or implicit_tma
-# serve them), ConvNeXt's 2x2 downsample at 96 channels, most of a strided dgrad's phases.
+# (perf/results/2026-11-26_H100_84cd0fb/NOTES.md). The likely cause, found in the SASS since:
+# wgmmas reading A from registers left in flight while the next step rewrites them
+# (configs.WGMMA_RS_HAZARD, triton#9433), now synced where Triton has it. Until a GPU confirms
+# that, a problem whose loop would take fewer steps at BLOCK_K = 64 goes to another family:
+# every 1x1 (gemm1x1 or implicit_tma serve them), ConvNeXt's 2x2 downsample at 96 channels,
+# most of a strided dgrad's phases.
 TAP_TMA_MIN_STEPS = 9
 
 
@@ -436,7 +438,7 @@ def spatial_tiles_fit(N: int, P: int, Q: int) -> bool:
 @triton.jit
 def fprop_tap_tma_kernel(
     # descriptors and pointers
-    x_desc,  # x as an (N, H/sh, sh, W/sw, sw*C) phase view of NHWC: [1, BLOCK_H, 1, BLOCK_W, BLOCK_K] boxes
+    x_desc,  # x as an (N, H/sh, sh, W/sw, sw*C) phase view of NHWC: [BOX_N, BOX_H, 1, BOX_W, BLOCK_K] boxes
     w_desc,  # w as a (K, R*S*C/groups) row-major matrix (KRSC): [BLOCK_N, BLOCK_K] tiles
     b_ptr,  # (K,); unused unless HAS_BIAS
     res_ptr,  # (N, K, P, Q), any strides; unused unless HAS_RESIDUAL
@@ -464,7 +466,10 @@ def fprop_tap_tma_kernel(
 ):
     # the box, decoded as _common.tap_tma_box does for the descriptor's pre-hook and the grid
     AT: tl.constexpr = 8 * ((BLOCK_M >= 32) + (BLOCK_M >= 64) + (BLOCK_M >= 128) + (BLOCK_M >= 256))
-    OWN: tl.constexpr = BOXES == 0 or BLOCK_W == BLOCK_M or BLOCK_M < 16 or BLOCK_M > 256  # (as _common.TAP_TMA_SPANS)
+    # a span _common.TAP_TMA_SPANS has no entry for (below 16, above 256, not a power of two) keeps
+    # the one-image box, as tap_tma_box decodes it
+    OWN: tl.constexpr = (BOXES == 0 or BLOCK_W == BLOCK_M or BLOCK_M < 16 or BLOCK_M > 256
+                         or (BLOCK_M & (BLOCK_M - 1)) != 0)
     BOX_W: tl.constexpr = BLOCK_W if OWN else 1 << ((BOXES >> AT) & 15)
     BOX_H: tl.constexpr = BLOCK_M // BLOCK_W if OWN else 1 << ((BOXES >> (AT + 4)) & 15)
     BOX_N: tl.constexpr = BLOCK_M // (BOX_H * BOX_W)
@@ -563,7 +568,8 @@ _fprop_tap_tma_tuned = triton.autotune(
 def conv2d_fprop_tap_tma(x, w, bias, problem: Conv2dProblem, out=None, activation="none", alpha=0.01,
                          residual=None, split_k: int = 1) -> torch.Tensor:
     """The forward with TMA loads of both operands (Hopper); where they can't apply
-    (``input_tma_usable``), ``conv2d_fprop_tma``, which falls back further by itself.
+    (``input_tma_usable``), the implicit GEMM (``conv2d_fprop``, split the same way, its weight
+    by TMA where ``weight_tma_usable``).
 
     Args/Returns: as ``conv2d_fprop``, ``split_k`` included.
     """

@@ -391,7 +391,7 @@ def conv2d_bias_grad(dy: torch.Tensor, split: Optional[int] = None) -> torch.Ten
 # only reach rows and columns of the tile that the store masks out. Split-K and
 # its partials are as above.
 
-TAP_TMA_BLOCK_W = configs.SPATIAL_TILE_WIDTH  # pixels per row of an 8-wide reduction step; BLOCK_K // 8 rows
+TAP_TMA_BLOCK_W = configs.SPATIAL_TILE_WIDTH  # the spatial steps' BLOCK_W: boxes up to 8 columns wide
 # 16-bit only: tl.dot takes A as dy's box transposed, and only 16-bit wgmma reads a
 # transposed operand (the 1x1 wgrad TMA kernel has the same limit).
 TAP_TMA_DTYPES = (torch.float16, torch.bfloat16)
@@ -440,7 +440,10 @@ def wgrad_tap_tma_kernel(
 ):
     # the box, decoded as _common.tap_tma_box does for the descriptors' pre-hook
     AT: tl.constexpr = 8 * ((BLOCK_K >= 32) + (BLOCK_K >= 64) + (BLOCK_K >= 128) + (BLOCK_K >= 256))
-    OWN: tl.constexpr = BOXES == 0 or BLOCK_W == BLOCK_K or BLOCK_K < 16 or BLOCK_K > 256  # (as _common.TAP_TMA_SPANS)
+    # a span _common.TAP_TMA_SPANS has no entry for (below 16, above 256, not a power of two) keeps
+    # the one-image box, as tap_tma_box decodes it
+    OWN: tl.constexpr = (BOXES == 0 or BLOCK_W == BLOCK_K or BLOCK_K < 16 or BLOCK_K > 256
+                         or (BLOCK_K & (BLOCK_K - 1)) != 0)
     BOX_W: tl.constexpr = BLOCK_W if OWN else 1 << ((BOXES >> AT) & 15)
     BOX_H: tl.constexpr = BLOCK_K // BLOCK_W if OWN else 1 << ((BOXES >> (AT + 4)) & 15)
     BOX_N: tl.constexpr = BLOCK_K // (BOX_H * BOX_W)
