@@ -6,6 +6,7 @@ Nothing here knows about torch.library; nothing here knows about tile sizes.
 from __future__ import annotations
 
 import contextlib
+import functools
 import threading
 from typing import Dict, NamedTuple, Optional, Tuple
 
@@ -373,6 +374,7 @@ def _padded(size: int, block: int) -> int:
     return triton.cdiv(size, block) * block
 
 
+@functools.lru_cache(maxsize=None)  # the launchers ask per call (a few hundred us of search, once per size)
 def tap_tma_boxes(N: int, P: int, Q: int) -> int:
     """The tap-TMA kernels' BOXES for N images of P x Q output pixels: per span of
     TAP_TMA_SPANS, the box of BOX_N images of BOX_H x BOX_W pixels (powers of two, BOX_W at
