@@ -8,7 +8,7 @@ With CUDA the kernels are compiled and the tests run on CUDA tensors.
 Helpers (import them with ``from conftest import ...``):
   DEVICE, CUDA            where the tests run
   TOL, tol(dtype)         relative-error tolerance per dtype
-  DTYPES                  dtypes to parametrize over; ``skip_unsupported(dtype)``
+  DTYPES                  dtypes to parametrize over (all four run under the interpreter too)
   rel_err(out, ref)       ||out - ref|| / ||ref|| in float64
   assert_matches(out, ref, dtype)
   DispatchedOps            a dispatch mode recording the name of every op that reaches it
@@ -69,12 +69,6 @@ DTYPES = [torch.float16, torch.bfloat16, torch.float32, torch.float64]
 
 def tol(dtype: torch.dtype) -> float:
     return TOL[dtype]
-
-
-def skip_unsupported(dtype: torch.dtype) -> None:
-    """Skip dtypes the current backend cannot run (bf16 under the interpreter)."""
-    if dtype == torch.bfloat16 and not CUDA:
-        pytest.skip("bf16 tl.dot is broken in Triton's CPU interpreter (upstream); bf16 is tested on CUDA only")
 
 
 def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:

@@ -28,10 +28,6 @@ def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
     return (out - ref).norm().item() / (denom if denom > 0 else 1.0)
 
 
-def _dtype_or_skip(dtype):
-    if dtype == torch.bfloat16 and DEVICE == "cpu":
-        pytest.skip("bf16 tl.dot is broken in Triton's interpreter (upstream bug); tested on CUDA")
-    return dtype
 
 
 # (N, C, H, W, K, R, S, stride, padding, dilation, groups)
@@ -78,7 +74,6 @@ def test_conv2d_gradients_match_pytorch(N, C, H, W, K, R, S, stride, padding, di
 @pytest.mark.parametrize("layout", ["channels_last", "channels_last_weight", "sliced"])
 @pytest.mark.parametrize("dtype", [torch.float16, torch.float32, torch.bfloat16])
 def test_gradients_other_layouts_and_dtypes(layout, dtype):
-    dtype = _dtype_or_skip(dtype)
     torch.manual_seed(2)
     x = torch.randn(2, 8, 9, 10, dtype=dtype, device=DEVICE)
     w = torch.randn(6, 8, 3, 3, dtype=dtype, device=DEVICE)

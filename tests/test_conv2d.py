@@ -22,13 +22,16 @@ from typing import Tuple, Union
 import pytest
 import torch
 import torch.nn.functional as F
+import triton
+import triton.language as tl
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import tritonconv
 from tritonconv import reference, spec
 from tritonconv.kernels import router
-from conftest import CUDA, DEVICE, DTYPES, assert_matches, rel_err, skip_unsupported, tol
+from tritonconv.kernels._common import mma
+from conftest import CUDA, DEVICE, DTYPES, assert_matches, rel_err, tol
 
 IntPair = Union[int, Tuple[int, int]]
 
@@ -473,7 +476,6 @@ DTYPE_CASES = {  # one per forward family, as routed
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 def test_dtypes(dtype, case, channels_last):
     """Output dtype is the input dtype; values within the dtype's tolerance of fp64."""
-    skip_unsupported(dtype)
     x, w, b = make_inputs(case, dtype)
     if channels_last:
         x = x.to(memory_format=torch.channels_last)
@@ -484,25 +486,42 @@ def test_dtypes(dtype, case, channels_last):
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 def test_dtypes_op(dtype):
-    skip_unsupported(dtype)
     case = CASES["C17_K33_over_blocks"]
     x, w, b = make_inputs(case, dtype)
     out = run_op(x, w, b, case)
     assert_matches(out, reference_conv(x, w, b, case), dtype)
 
 
-@pytest.mark.skipif(CUDA, reason="checks the CPU-only bf16 skip")
-def test_bf16_is_skipped_on_cpu_for_a_reason(monkeypatch):
-    """The bf16 skip is not hiding a working path: the interpreter's bf16 tl.dot is wrong.
+@triton.jit
+def _dot16(a_ptr, b_ptr, c_ptr, WIDEN: tl.constexpr):
+    """One 16x16x16 tile: through ``mma`` with WIDEN, else a bare tl.dot."""
+    o = tl.arange(0, 16)
+    a = tl.load(a_ptr + o[:, None] * 16 + o[None, :])
+    b = tl.load(b_ptr + o[:, None] * 16 + o[None, :])
+    acc = tl.zeros((16, 16), dtype=tl.float32)
+    if WIDEN:
+        acc = mma(a, b, acc, "ieee", tl.float32)
+    else:
+        acc = tl.dot(a, b, acc, out_dtype=tl.float32)
+    tl.store(c_ptr + o[:, None] * 16 + o[None, :], acc)
 
-    When this starts failing, upstream fixed it: drop the skip in conftest.skip_unsupported.
-    """
-    case = Case(2, 4, 6, 6, 8, 3, 3)
-    x, w, b = make_inputs(case, torch.bfloat16)
-    with forced_family(monkeypatch, "implicit"):
-        out = run_functional(x, w, b, case)
-    err = rel_err(out, reference_conv(x, w, b, case))
-    assert not err <= tol(torch.bfloat16), f"bf16 now matches under the interpreter (rel err {err:.1e})"
+
+@pytest.mark.skipif(CUDA, reason="the interpreter's bf16 tl.dot")
+def test_bf16_widening_is_still_needed():
+    """``_common.WIDEN_BF16_DOT`` works around the interpreter's bf16 tl.dot, which multiplies
+    the raw bits (triton-lang/triton#11584). A bare bf16 tl.dot there is still wrong, and the
+    same kernel with ``mma`` is right. When the first assertion fails, upstream fixed it: the
+    widening can go."""
+    torch.manual_seed(0)
+    a, b = torch.randn(16, 16).bfloat16(), torch.randn(16, 16).bfloat16()
+    ref = a.double() @ b.double()  # bf16 products are exact in fp32: only the fp32 sum rounds
+    errs = {}
+    for widen in (False, True):
+        c = torch.full((16, 16), float("nan"))
+        _dot16[(1,)](a, b, c, WIDEN=widen)
+        errs[widen] = rel_err(c, ref)
+    assert not errs[False] <= 1e-3, f"a bare bf16 tl.dot is now right under the interpreter ({errs[False]:.1e})"
+    assert errs[True] < 1e-6, errs[True]
 
 
 # --------------------------------------------------------------------------- property-based

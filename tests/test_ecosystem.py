@@ -32,7 +32,7 @@ def _small_net():
     )
 
 
-AUTOCAST_DTYPES = [torch.float16] + ([torch.bfloat16] if DEVICE == "cuda" else [])
+AUTOCAST_DTYPES = [torch.float16, torch.bfloat16]
 
 
 @pytest.mark.parametrize("dtype", AUTOCAST_DTYPES)

@@ -25,7 +25,8 @@ def _expected(kernel: str) -> str:
     """The kernel a launch is expected to run: a TMA kernel's fallback where TMA is unavailable."""
     return kernel if TMA else {"gemm1x1_wgrad_tma": "gemm1x1_wgrad", "fprop_tma": "fprop",
                                "fprop_tap_tma": "fprop", "gemm1x1_tma": "gemm1x1"}.get(kernel, kernel)
-TOL = {torch.float64: 1e-12, torch.float32: 1e-5 if DEVICE == "cpu" else 5e-3, torch.float16: 5e-3}
+TOL = {torch.float64: 1e-12, torch.float32: 1e-5 if DEVICE == "cpu" else 5e-3, torch.float16: 5e-3,
+       torch.bfloat16: 3e-2}
 
 
 def rel_err(out, ref):
@@ -134,7 +135,7 @@ ALL = [p for fam in PROBLEMS for p in _problems_for(fam)]
 
 @pytest.mark.parametrize("family,N,C,H,W,K,R,S,stride,padding,dilation,groups", ALL)
 @pytest.mark.parametrize("dtype,layout", [(torch.float64, "nchw"), (torch.float32, "channels_last"),
-                                          (torch.float16, "channels_last")])
+                                          (torch.float16, "channels_last"), (torch.bfloat16, "channels_last")])
 def test_forward_family(family, N, C, H, W, K, R, S, stride, padding, dilation, groups, dtype, layout):
     torch.manual_seed(0)
     x = torch.randn(N, C, H, W, dtype=dtype, device=DEVICE)
@@ -1059,7 +1060,7 @@ def conv_problems_with_tma_rows(draw):
           suppress_health_check=[HealthCheck.too_slow])
 @given(
     problem=conv_problems_with_tma_rows(),
-    dtype=st.sampled_from([torch.float16, torch.float32]),
+    dtype=st.sampled_from([torch.float16, torch.float32, torch.bfloat16]),
     channels_last=st.booleans(),
     family=st.sampled_from([None, *sorted(set(router.FORWARD) | set(router.INPUT_GRAD) | set(router.WEIGHT_GRAD))]),
     seed=st.integers(0, 2**31 - 1),

@@ -255,8 +255,6 @@ class TritonConv(Provider):
             return "unsupported: CPU tensors need Triton's interpreter (TRITON_INTERPRET=1)"
         if case.device == "cuda" and INTERPRETER:
             return "unsupported: Triton's interpreter is on; kernels run on CPU tensors only"
-        if INTERPRETER and case.dtype == "bf16":
-            return "unsupported: bf16 tl.dot is wrong in Triton's interpreter (upstream bug)"
         return None
 
     def bind(self, case, inputs):

@@ -37,6 +37,8 @@ __all__ = [
     "input_precision_for",
     "check_device",
     "set_poison_outputs",
+    "WIDEN_BF16_DOT",
+    "mma",
     "mma_barrier",
     "TAP_TMA_SPANS",
     "tap_tma_boxes",
@@ -98,6 +100,25 @@ except ImportError:  # pragma: no cover
 
 # dtypes the TMA paths take (fp64 has no wgmma; the families fall back to pointer loads)
 TMA_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+
+# Triton's interpreter keeps bfloat16 as its raw uint16 bits and its tl.dot multiplies those
+# bits (triton-lang/triton#11584, not fixed upstream): values near 1e10 instead of the product.
+# Widening the operands to fp32 first is exact (a bf16 value is an fp32 with a shorter
+# mantissa, and their products fit fp32), so ``mma`` gives the sum a GPU's bf16 MMA adds up.
+# Compiled for a GPU the branch is not taken and the kernel is what it was.
+WIDEN_BF16_DOT = tl.constexpr(INTERPRETER)
+
+
+@triton.jit
+def mma(a, b, acc, INPUT_PRECISION: tl.constexpr, ACC_DTYPE: tl.constexpr):
+    """``acc + a @ b``: every kernel's tl.dot, with bf16 operands widened under the interpreter
+    (``WIDEN_BF16_DOT``)."""
+    if WIDEN_BF16_DOT:
+        if a.dtype == tl.bfloat16:
+            a = a.to(tl.float32)
+            b = b.to(tl.float32)
+    return tl.dot(a, b, acc, input_precision=INPUT_PRECISION, out_dtype=ACC_DTYPE)
+
 
 @triton.jit
 def mma_barrier(acc):

@@ -48,6 +48,7 @@ from ._common import (
     check_device,
     check_pixel_count,
     input_precision_for,
+    mma,
     thread_setting,
     tile_pid,
     unravel4,
@@ -141,7 +142,7 @@ def dgrad_kernel(
         a = tl.load(a_ptrs, mask=row_ok[:, None] & k_ok[None, :], other=0.0)
         b_ptrs = (w_cols + r.to(tl.int64) * swr + s.to(tl.int64) * sws)[None, :] + k.to(tl.int64)[:, None] * swk
         b = tl.load(b_ptrs, mask=k_ok[:, None] & mask_n[None, :], other=0.0)
-        acc = tl.dot(a, b, acc, input_precision=INPUT_PRECISION, out_dtype=ACC_DTYPE)
+        acc = mma(a, b, acc, INPUT_PRECISION, ACC_DTYPE)
 
     # -- epilogue: every pixel of the phase is written, zeros where no tap lands
     if HAS_BIAS:

@@ -52,6 +52,7 @@ from ._common import (
     conv_epilogue,
     dense_view,
     input_precision_for,
+    mma,
     mma_barrier,
     phase_view,
     phase_view_fits,
@@ -151,7 +152,7 @@ def fprop_kernel(
             b_ptrs = (w_cols + r.to(tl.int64) * swr + s.to(tl.int64) * sws)[None, :] \
                 + c.to(tl.int64)[:, None] * swc
             b = tl.load(b_ptrs, mask=c_ok[:, None] & mask_n[None, :], other=0.0)
-        acc = tl.dot(a, b, acc, input_precision=INPUT_PRECISION, out_dtype=ACC_DTYPE)
+        acc = mma(a, b, acc, INPUT_PRECISION, ACC_DTYPE)
 
     if PARTIAL:
         # split-K: raw partial sums; splitk_reduce_kernel sums them in order and runs the epilogue
@@ -507,7 +508,7 @@ def fprop_tap_tma_kernel(
         if not EVEN_K:
             a = tl.where((c0 + offs_k < CG)[None, :], a, tl.zeros_like(a))
         b = w_desc.load([g * KG + pid_n * BLOCK_N, rs * CG + c0]).T
-        acc = tl.dot(a, b, acc, input_precision=INPUT_PRECISION, out_dtype=ACC_DTYPE)
+        acc = mma(a, b, acc, INPUT_PRECISION, ACC_DTYPE)
         if SYNC_MMA:
             acc = mma_barrier(acc)
 

@@ -37,6 +37,7 @@ from ._common import (
     conv_epilogue,
     dense_view,
     input_precision_for,
+    mma,
     prepare_forward,
     split_range,
     tile_pid,
@@ -100,7 +101,7 @@ def gemm1x1_fprop_kernel(
         c_ok = offs_k < CG - c0
         a = tl.load(a_ptrs, mask=mask_m[:, None] & c_ok[None, :], other=0.0)
         b = tl.load(b_ptrs, mask=c_ok[:, None] & mask_n[None, :], other=0.0)
-        acc = tl.dot(a, b, acc, input_precision=INPUT_PRECISION, out_dtype=ACC_DTYPE)
+        acc = mma(a, b, acc, INPUT_PRECISION, ACC_DTYPE)
         a_ptrs += BLOCK_K * sxc
         b_ptrs += BLOCK_K * swc
 
@@ -215,7 +216,7 @@ def _gemm1x1_tma_acc(
     for c0 in range(k_lo * BLOCK_K, k_hi * BLOCK_K, BLOCK_K):
         a = a_desc.load([pid_m * BLOCK_M, g * CG + c0])
         b = b_desc.load([g * KG + pid_n * BLOCK_N, c0])
-        acc = tl.dot(a, b.T, acc, input_precision=INPUT_PRECISION, out_dtype=ACC_DTYPE)
+        acc = mma(a, b.T, acc, INPUT_PRECISION, ACC_DTYPE)
     return acc
 
 
@@ -541,7 +542,7 @@ def gemm1x1_wgrad_kernel(
         k_ok = offs_k < stop - k0
         a = tl.load(a_ptrs, mask=mask_m[:, None] & k_ok[None, :], other=0.0)
         b = tl.load(b_ptrs, mask=k_ok[:, None] & mask_n[None, :], other=0.0)
-        acc = tl.dot(a, b, acc, input_precision=INPUT_PRECISION, out_dtype=ACC_DTYPE)
+        acc = mma(a, b, acc, INPUT_PRECISION, ACC_DTYPE)
         a_ptrs += BLOCK_K * sdym
         b_ptrs += BLOCK_K * sxm
 
@@ -661,7 +662,7 @@ def gemm1x1_wgrad_tma_kernel(
     for k0 in range(start, stop, BLOCK_K):
         a = a_desc.load([k0, g * KG + pid_m * BLOCK_M])
         b = b_desc.load([k0, g * CG + pid_n * BLOCK_N])
-        acc = tl.dot(a.T, b, acc, input_precision=INPUT_PRECISION, out_dtype=ACC_DTYPE)
+        acc = mma(a.T, b, acc, INPUT_PRECISION, ACC_DTYPE)
 
     # -- epilogue: this split's partial (or the gradient itself)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)

@@ -36,7 +36,7 @@ import triton.language as tl
 
 from .. import configs, plans, tuning
 from ..spec import Conv2dProblem
-from ._common import conv_epilogue, input_precision_for, prepare_forward, tile_pid
+from ._common import conv_epilogue, input_precision_for, mma, prepare_forward, tile_pid
 
 __all__ = ["conv2d_fprop_smallc", "conv2d_fprop_smallc_pad", "smallc_fprop_kernel", "accepts", "accepts_pad",
            "MAX_C"]
@@ -135,7 +135,7 @@ def smallc_fprop_kernel(
             b_off = c.to(tl.int64) * swc + r.to(tl.int64) * swr + s.to(tl.int64) * sws
         a = tl.load(x_rows[:, None] + a_off, mask=ok, other=0.0)
         b = tl.load(w_cols[None, :] + b_off[:, None], mask=kk_ok[:, None] & mask_n[None, :], other=0.0)
-        acc = tl.dot(a, b, acc, input_precision=INPUT_PRECISION, out_dtype=ACC_DTYPE)
+        acc = mma(a, b, acc, INPUT_PRECISION, ACC_DTYPE)
 
     # -- epilogue
     y_rows = n * syn + p.to(tl.int64) * syp + q.to(tl.int64) * syq

@@ -44,6 +44,7 @@ from ._common import (
     check_pixel_count,
     dense_view,
     input_precision_for,
+    mma,
     mma_barrier,
     phase_view,
     phase_view_fits,
@@ -125,7 +126,7 @@ def wgrad_kernel(
         a = tl.load(dy_cols[:, None] + dy_off[None, :], mask=mask_m[:, None] & k_ok[None, :], other=0.0)
         x_off = n.to(tl.int64) * sxn + h.to(tl.int64) * sxh + w.to(tl.int64) * sxw
         b = tl.load(x_off[:, None] + x_cols[None, :], mask=pix_ok[:, None] & mask_n[None, :], other=0.0)
-        acc = tl.dot(a, b, acc, input_precision=INPUT_PRECISION, out_dtype=ACC_DTYPE)
+        acc = mma(a, b, acc, INPUT_PRECISION, ACC_DTYPE)
 
     # -- epilogue: this split's partial (or the gradient itself) for tap (r, s)
     out = out_ptr + split.to(tl.int64) * sos + r * sor + s * sos_
@@ -468,7 +469,7 @@ def wgrad_tap_tma_kernel(
         q0 = (t % tiles_w) * BOX_W
         a = dy_desc.load([n0, p0, q0, k_col]).reshape(BLOCK_K, BLOCK_M)
         b = x_desc.load([n0, p0 + shift_h, phase_h, q0 + shift_w, c_col]).reshape(BLOCK_K, BLOCK_N)
-        acc = tl.dot(a.T, b, acc, input_precision=INPUT_PRECISION, out_dtype=ACC_DTYPE)
+        acc = mma(a.T, b, acc, INPUT_PRECISION, ACC_DTYPE)
         if SYNC_MMA:
             acc = mma_barrier(acc)
 
