@@ -460,6 +460,26 @@ def test_layouts_did_what_they_say():
     assert _layout("w_expanded", x, w)[1].stride()[1:] == (0, 0, 0)
 
 
+@pytest.mark.skipif(not CUDA or torch.cuda.device_count() < 2, reason="needs two GPUs")
+def test_tensors_on_a_gpu_that_is_not_the_current_one():
+    """Triton launches on the current device; the router makes the tensors' device current for
+    the call (as aten's device guard does for F.conv2d), and leaves the current device as it was."""
+    assert torch.cuda.current_device() == 0
+    case = CASES["C17_K33_over_blocks"]
+    x, w, b = make_inputs(case, device="cuda:1")
+    x, w = x.requires_grad_(), w.requires_grad_()
+    out = run_functional(x, w, b, case)
+    gy = torch.randn_like(out)
+    gx, gw = torch.autograd.grad(out, (x, w), gy)
+    assert torch.cuda.current_device() == 0
+    assert out.device == gx.device == gw.device == x.device
+    xr, wr = x.detach().double().requires_grad_(), w.detach().double().requires_grad_()
+    ref = reference_conv(xr, wr, b, case)
+    rx, rw = torch.autograd.grad(ref, (xr, wr), gy.double())
+    assert_matches(out.detach(), ref.detach(), torch.float32)
+    assert rel_err(gx, rx) < tol(torch.float32) and rel_err(gw, rw) < tol(torch.float32)
+
+
 # --------------------------------------------------------------------------- dtypes
 
 DTYPE_CASES = {  # one per forward family, as routed

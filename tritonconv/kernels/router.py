@@ -258,6 +258,12 @@ def _route(table, direction: str, problem: Conv2dProblem, tensors: tuple, varian
 
     A call whose key has a launch plan (``plans``) replays it and skips the rest; the first call
     with a key records one, on the family chosen for it."""
+    lead = tensors[0]
+    if lead.is_cuda and lead.get_device() != torch.cuda.current_device():
+        # Triton launches on the current device (and times there), and no device guard set it
+        # as aten's ops have one: run the call with the tensors' device current, as F.conv2d does
+        with torch.cuda.device(lead.device):
+            return _route(table, direction, problem, tensors, variant, run)
     forced = getattr(_forced, "name", None)
     plan_key = None
     if plans.ENABLED:

@@ -347,6 +347,9 @@ def conv2d_bias_grad(dy: torch.Tensor, split: Optional[int] = None) -> torch.Ten
         db (K,) in dy's dtype.
     """
     check_device(dy)
+    if dy.is_cuda and dy.get_device() != torch.cuda.current_device():
+        with torch.cuda.device(dy.device):  # Triton launches on the current device (router._route)
+            return conv2d_bias_grad(dy, split)
     N, K, P, Q = dy.shape
     check_pixel_count(N * P * Q, "output gradient (N*P*Q)")
     db = alloc_output((K,), dy.dtype, dy.device)
