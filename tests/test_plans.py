@@ -108,6 +108,30 @@ def test_a_key_change_makes_a_new_plan():
     assert_matches(out, F.conv2d(x.double(), w.double(), None, 1, 1), torch.float32)
 
 
+def test_the_tf32_switch_is_part_of_the_key(monkeypatch):
+    """An fp32 call's kernels take TF32 or not from cuDNN's allow_tf32 as it is at the call (as
+    F.conv2d does): a plan recorded under one setting must not replay under the other. On the
+    CPU no call takes TF32, so the router's and the launcher's reading of it are stood in for."""
+    from tritonconv.kernels import fprop
+
+    monkeypatch.setattr(router, "input_precision_for",
+                        lambda t: "tf32" if t.dtype == torch.float32 and torch.backends.cudnn.allow_tf32 else "ieee")
+    read = []  # the setting each full-path launch read
+    monkeypatch.setattr(fprop, "input_precision_for",
+                        lambda t: read.append(torch.backends.cudnn.allow_tf32) or "ieee")
+    x = torch.randn(2, 8, 9, 9, device=DEVICE)
+    w = torch.randn(16, 8, 3, 3, device=DEVICE)
+    outs = []
+    with router.force("implicit"):
+        for allow in (True, True, False, False, True):
+            with torch.backends.cudnn.flags(allow_tf32=allow):
+                outs.append(torch.ops.tritonconv.conv2d(x, w, None, [1, 1], [1, 1], [1, 1], 1))
+    assert read == [True, False], "each setting's first call takes the full path; the rest replay"
+    assert plans.stats()["plans"] == 2
+    for out in outs:
+        assert_matches(out, F.conv2d(x.double(), w.double(), None, 1, 1), torch.float32)
+
+
 def test_output_not_explained_by_the_launches_keeps_the_full_path(monkeypatch):
     """A launcher that changes its output with a torch op after its kernel: the replay would
     miss it, so the check refuses the plan and every call runs the launcher."""

@@ -58,7 +58,7 @@ import torch
 from .. import configs, plans, tuning
 from ..spec import Conv2dProblem
 from . import depthwise, dgrad, gemm1x1, smallc, wgrad
-from ._common import INTERPRETER, thread_setting
+from ._common import INTERPRETER, input_precision_for, thread_setting
 from .dgrad import conv2d_dgrad
 from .fprop import (
     accepts_splitk,
@@ -267,7 +267,10 @@ def _route(table, direction: str, problem: Conv2dProblem, tensors: tuple, varian
     forced = getattr(_forced, "name", None)
     plan_key = None
     if plans.ENABLED:
-        plan_key = (direction, problem, variant, forced, configs.TUNE, plans.tensor_key(tensors))
+        # the precision too: an fp32 call's kernels take TF32 or not from cuDNN's allow_tf32 as it
+        # is at the call, and a plan replays the recorded call's kernels
+        plan_key = (direction, problem, variant, forced, configs.TUNE, input_precision_for(tensors[0]),
+                    plans.tensor_key(tensors))
         plan = plans.lookup(plan_key)
         if plan is not None:
             try:
