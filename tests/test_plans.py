@@ -132,6 +132,17 @@ def test_the_tf32_switch_is_part_of_the_key(monkeypatch):
         assert_matches(out, F.conv2d(x.double(), w.double(), None, 1, 1), torch.float32)
 
 
+def test_a_new_leaky_relu_slope_is_not_replayed_with_the_old_one():
+    """The slope is a kernel argument, not a tensor: a plan holds the recorded call's value, so
+    each slope gets its own plan (a replay had computed slope 0.5 with 0.01: rel err 0.42)."""
+    x = torch.randn(2, 8, 9, 9, device=DEVICE)
+    w = torch.randn(16, 8, 3, 3, device=DEVICE)
+    for slope in (0.01, 0.01, 0.5, 0.5):
+        out = tritonconv.conv2d(x, w, None, 1, 1, activation="leaky_relu", negative_slope=slope)
+        assert_matches(out, F.leaky_relu(F.conv2d(x.double(), w.double(), None, 1, 1), slope), torch.float32)
+    assert plans.stats()["plans"] == 2
+
+
 def test_output_not_explained_by_the_launches_keeps_the_full_path(monkeypatch):
     """A launcher that changes its output with a torch op after its kernel: the replay would
     miss it, so the check refuses the plan and every call runs the launcher."""

@@ -251,10 +251,12 @@ def _device_name(t: torch.Tensor) -> str:
 
 
 def _route(table, direction: str, problem: Conv2dProblem, tensors: tuple, variant: str,
-           run: Callable[[Callable], torch.Tensor]):
+           run: Callable[[Callable], torch.Tensor], scalars: tuple = ()):
     """Run ``problem`` on the family of ``table`` chosen for it; ``variant`` is what else, beyond
     the problem and the tensors' layouts, can change which family is fastest (the epilogue, the
-    output's memory format), so it is part of the remembered choice's key.
+    output's memory format), so it is part of the remembered choice's key. ``scalars`` are the
+    call's other values the kernels take as they are (leaky_relu's slope): a plan is recorded
+    per value, as it replays the recorded call's.
 
     A call whose key has a launch plan (``plans``) replays it and skips the rest; the first call
     with a key records one, on the family chosen for it."""
@@ -263,13 +265,13 @@ def _route(table, direction: str, problem: Conv2dProblem, tensors: tuple, varian
         # Triton launches on the current device (and times there), and no device guard set it
         # as aten's ops have one: run the call with the tensors' device current, as F.conv2d does
         with torch.cuda.device(lead.device):
-            return _route(table, direction, problem, tensors, variant, run)
+            return _route(table, direction, problem, tensors, variant, run, scalars)
     forced = getattr(_forced, "name", None)
     plan_key = None
     if plans.ENABLED:
         # the precision too: an fp32 call's kernels take TF32 or not from cuDNN's allow_tf32 as it
         # is at the call, and a plan replays the recorded call's kernels
-        plan_key = (direction, problem, variant, forced, configs.TUNE, input_precision_for(tensors[0]),
+        plan_key = (direction, problem, variant, forced, configs.TUNE, input_precision_for(tensors[0]), scalars,
                     plans.tensor_key(tensors))
         plan = plans.lookup(plan_key)
         if plan is not None:
@@ -398,6 +400,7 @@ def forward(x, w, bias, problem: Conv2dProblem, activation="none", alpha=0.01, r
     return _route(
         FORWARD, "forward", problem, (x, w, bias, residual), activation,
         lambda launch: launch(x, w, bias, problem, activation=activation, alpha=alpha, residual=residual),
+        (alpha,),
     )
 
 
