@@ -292,13 +292,13 @@ def test_packed_weight_is_cached_until_the_parameter_changes():
     x = torch.randn(2, 4, 5, 5, device=DEVICE).to(memory_format=torch.channels_last)
     with torch.no_grad():
         y1 = conv(x)
-        packed = conv._packed_weight[2]
+        packed = conv._packed_weight[-1]
         assert packed.is_contiguous(memory_format=torch.channels_last)
         conv(x)
-        assert conv._packed_weight[2] is packed, "inference must reuse the pack"
+        assert conv._packed_weight[-1] is packed, "inference must reuse the pack"
         conv.weight.mul_(2)  # an in-place update bumps the version: repack
         y2 = conv(x)
-        assert conv._packed_weight[2] is not packed
+        assert conv._packed_weight[-1] is not packed
     ref = F.conv2d(x, conv.weight, conv.bias, 1, 1)
     assert rel_err(y2, ref) < TOL[torch.float32]
     assert rel_err(y1 * 1, F.conv2d(x, conv.weight / 2, conv.bias, 1, 1)) < TOL[torch.float32]
@@ -309,6 +309,31 @@ def test_packed_weight_is_cached_until_the_parameter_changes():
     # training: gradients flow to the parameter through the pack
     conv(x).sum().backward()
     assert conv.weight.grad is not None and torch.isfinite(conv.weight.grad).all()
+
+
+@pytest.mark.parametrize("groups", [1, 4], ids=["channels_last_pack", "depthwise_pack"])
+def test_packed_weight_follows_a_swapped_storage(groups):
+    """``weight.data = ...`` and ``module.to()`` give the parameter another storage without moving
+    its version counter: the pack made from the old one must not be reused (it was: rel err 1.0
+    after a swap, and a dtype error after ``.double()``), also where the new storage reuses a freed
+    one's address."""
+    torch.manual_seed(9)
+    conv = tnn.Conv2d(4, 8, 3, padding=1, groups=groups, device=DEVICE)
+    x = torch.randn(2, 4, 5, 5, device=DEVICE).to(memory_format=torch.channels_last)
+
+    def check(y, weight, bias, inp):
+        ref = F.conv2d(inp.double(), weight.double(), bias.double(), 1, 1, 1, groups)
+        assert rel_err(y, ref) < TOL[y.dtype]
+
+    with torch.no_grad():
+        conv(x)
+        conv.weight.data = torch.randn_like(conv.weight)  # version unchanged, storage new
+        check(conv(x), conv.weight, conv.bias, x)
+        for _ in range(3):  # swap in and free storages of one size: the allocator hands addresses back
+            conv.weight.data = torch.randn_like(conv.weight)
+        check(conv(x), conv.weight, conv.bias, x)
+        conv.double()  # module.to(): param.data = fn(param)
+        check(conv(x.double()), conv.weight, conv.bias, x.double())
 
 
 def test_depthwise_weight_is_kept_taps_major():
@@ -322,11 +347,11 @@ def test_depthwise_weight_is_kept_taps_major():
     ref = F.conv2d(x.double(), conv.weight.double(), conv.bias.double(), 1, 1, 1, 16)
     with torch.no_grad():
         y = conv(x)
-        packed = conv._packed_weight[2]
+        packed = conv._packed_weight[-1]
         assert depthwise.is_packed(packed) and not depthwise.is_packed(conv.weight)
         assert torch.equal(packed, conv.weight)
         conv(x)
-        assert conv._packed_weight[2] is packed
+        assert conv._packed_weight[-1] is packed
     assert rel_err(y, ref) < TOL[torch.float32] and y.is_contiguous(memory_format=torch.channels_last)
     xg = x.detach().requires_grad_()
     conv(xg).backward(torch.ones(ref.shape, device=DEVICE))

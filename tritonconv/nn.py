@@ -17,10 +17,11 @@ from typing import Dict, List, Optional, Tuple
 import torch
 import torch.autograd.forward_ad as forward_ad
 import torch.nn.functional as F
+from torch.multiprocessing.reductions import StorageWeakRef
 
 from . import functional, spec
 from .kernels import depthwise, dgrad
-from .kernels._common import INTERPRETER
+from .kernels._common import INTERPRETER, content_state
 
 __all__ = ["Conv2d", "ConvTranspose2d", "convert"]
 
@@ -63,7 +64,8 @@ class Conv2d(torch.nn.Conv2d):
         packing never changes the output's memory format. In training (the
         weight needs a gradient) the pack is part of the graph and happens once
         per forward, i.e. once per step; otherwise it is cached until the
-        parameter changes (its version counter moves) or is replaced.
+        parameter changes (``_common.content_state``: its version counter, its storage, which
+        ``weight.data = ...`` and ``module.to()`` swap, its view and the stream) or is replaced.
         """
         w = self.weight
         pack = _packing(w, input, self.groups)
@@ -72,11 +74,15 @@ class Conv2d(torch.nn.Conv2d):
         if (torch.compiler.is_compiling() or (torch.is_grad_enabled() and w.requires_grad)
                 or (forward_ad._current_level >= 0 and forward_ad.unpack_dual(w).tangent is not None)):
             return pack(w)  # part of the graph: gradients and tangents flow through the pack
+        state = content_state(w)
+        if state is None:  # an inference tensor, or a CUDA graph capture: nothing is kept
+            return pack(w.detach())
+        state += (pack,)
         cached = self.__dict__.get("_packed_weight")
-        if cached is not None and cached[0] is w and cached[1] == w._version:
-            return cached[2]
+        if cached is not None and cached[0] is w and not cached[1].expired() and cached[2] == state:
+            return cached[3]
         packed = pack(w.detach())
-        self.__dict__["_packed_weight"] = (w, w._version, packed)
+        self.__dict__["_packed_weight"] = (w, StorageWeakRef(w.untyped_storage()), state, packed)
         return packed
 
     def extra_repr(self) -> str:

@@ -36,6 +36,7 @@ __all__ = [
     "acc_dtype_for",
     "input_precision_for",
     "check_device",
+    "content_state",
     "set_poison_outputs",
     "WIDEN_BF16_DOT",
     "mma",
@@ -259,6 +260,28 @@ def input_precision_for(t: torch.Tensor) -> str:
     if t.dtype == torch.float32 and t.is_cuda and torch.backends.cudnn.allow_tf32:
         return "tf32"
     return "ieee"
+
+
+def content_state(t: torch.Tensor) -> Optional[tuple]:
+    """What something built from ``t``'s values (a packed weight) must be kept with, and checked
+    against before each reuse: ``t``'s version counter (in-place writes), its storage's
+    StorageImpl (``weight.data = ...`` and ``module.to()`` swap it without moving the version;
+    keep ``StorageWeakRef(t.untyped_storage())`` beside the state and check it has not expired,
+    so that a new storage at a freed one's address cannot match), its view (offset, dtype,
+    device, sizes, strides), and the stream that builds and reads it (no cross-stream ordering
+    to get wrong). None where nothing built from ``t`` may be kept: an inference tensor (no
+    version counter), or during CUDA graph capture (what is built holds nothing until a replay).
+    """
+    if t.is_inference():
+        return None
+    stream = 0
+    if t.is_cuda:
+        if torch.cuda.is_current_stream_capturing():
+            return None
+        raw = getattr(torch._C, "_cuda_getCurrentRawStream", None)
+        stream = raw(t.get_device()) if raw is not None else torch.cuda.current_stream(t.device).cuda_stream
+    return (t._version, t.untyped_storage()._cdata, t.storage_offset(), t.dtype, t.device, t.shape, t.stride(),
+            stream)
 
 
 def check_device(*tensors: torch.Tensor) -> None:

@@ -47,6 +47,7 @@ from ._common import (
     alloc_output,
     check_device,
     check_pixel_count,
+    content_state,
     input_precision_for,
     mma,
     thread_setting,
@@ -372,23 +373,20 @@ def forget_phase_weights(w: torch.Tensor) -> None:
 
 
 def _cacheable(w: torch.Tensor) -> bool:
-    if not getattr(_cache_phase_weights, "on", False) or w.is_inference():
-        return False
-    return not (w.is_cuda and torch.cuda.is_current_stream_capturing())
+    """Whether ``w``'s phase weights are kept: the block is open and ``content_state`` allows it."""
+    return getattr(_cache_phase_weights, "on", False) and content_state(w) is not None
 
 
 def _phase_weights(w: torch.Tensor, problem: Conv2dProblem, phases: List[_Phase]) -> List[torch.Tensor]:
     """``_phase_weight`` of every phase a tap reaches, from the cache when it is on and current."""
     reached = [ph for ph in phases if ph.forward is not None]
-    if not _cacheable(w):
+    content = content_state(w) if getattr(_cache_phase_weights, "on", False) else None
+    if content is None:
         return [_phase_weight(w, problem, ph) for ph in reached]
-    # what the phase weights depend on: w's contents (version, storage: the same StorageImpl,
-    # still alive, so a new storage at the old address does not match), the stream that
-    # wrote them, and the taps of each phase (not the image size: inputs of any size share them)
+    # what the phase weights depend on: w's contents (content_state), and the taps of each
+    # phase (not the image size: inputs of any size share them)
     storage = w.untyped_storage()
-    stream = torch.cuda.current_stream(w.device).cuda_stream if w.is_cuda else 0
-    state = (w._version, storage._cdata, w.storage_offset(), w.dtype, w.device, w.shape, w.stride(), stream,
-             problem.groups, tuple((ph.taps_h, ph.taps_w) for ph in reached))
+    state = content + (problem.groups, tuple((ph.taps_h, ph.taps_w) for ph in reached))
     key = id(w)
     entry = _phase_weight_cache.get(key)
     if entry is not None and entry[0]() is w and not entry[1].expired() and entry[2] == state:
