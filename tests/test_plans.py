@@ -10,6 +10,8 @@ import warnings
 import pytest
 import torch
 import torch.nn.functional as F
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from conftest import DEVICE, assert_matches, rel_err, tol
 import tritonconv
@@ -554,3 +556,75 @@ def test_a_plan_holds_none_of_the_call_s_tensors(case):
     del tensors, out, call
     gc.collect()
     assert all(r() is None for r in refs), "a plan keeps a tensor of the call that recorded it"
+
+
+# --------------------------------------------------------------------------- property-based
+
+ACTIVATIONS_FOR_PLANS = [None, "relu", "leaky_relu", "gelu", "sigmoid"]
+
+
+@st.composite
+def call_sequences(draw):
+    """One small conv problem, then a few calls on it: each with new data, and some with another
+    epilogue, slope, bias or residual, a view at another offset, or channels_last input: what
+    a plan's key must tell apart (or its replay must read afresh)."""
+    groups = draw(st.sampled_from([1, 2]))
+    C, K = groups * draw(st.sampled_from([2, 8, 16])), groups * draw(st.sampled_from([4, 8]))
+    R = draw(st.sampled_from([1, 3]))
+    stride, pad = draw(st.integers(1, 2)), draw(st.integers(0, R // 2))
+    N, H, W = draw(st.integers(1, 2)), draw(st.integers(R, 7)), draw(st.integers(R, 7))
+    fields = {
+        "activation": st.sampled_from(ACTIVATIONS_FOR_PLANS),
+        "slope": st.sampled_from([0.01, 0.2, 0.5]),
+        "bias": st.booleans(),
+        "residual": st.booleans(),
+        "offset": st.sampled_from([0, 4, 1]),  # elements: 4 keeps fp16 and fp32 16-byte aligned
+        "channels_last": st.booleans(),
+        "dtype": st.sampled_from([torch.float32, torch.float16]),
+    }
+    # a base call, then calls that each change one field of it (or none): the same plan key but
+    # for that field, so a key that misses a field replays the wrong plan
+    base = draw(st.fixed_dictionaries(fields))
+    if draw(st.booleans()):  # half the sequences on the one epilogue with a value of its own
+        base["activation"] = "leaky_relu"
+    calls = [base]
+    for name in draw(st.lists(st.sampled_from([None, *fields]), min_size=1, max_size=4)):
+        calls.append(dict(base) if name is None else {**base, name: draw(fields[name])})
+    return (N, C, H, W, K, R, stride, pad, groups), calls
+
+
+@settings(max_examples=25, deadline=None, derandomize=True, database=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(problem_calls=call_sequences(), seed=st.integers(0, 2**31 - 1))
+def test_property_replays_match_the_reference_call_after_call(problem_calls, seed):
+    """Every call of a sequence on one problem, with plans on, against float64 F.conv2d, then
+    its backward: a replay that reused anything of the recorded call's but its key (a value,
+    a view's offset) shows up as a wrong output."""
+    (N, C, H, W, K, R, stride, pad, groups), calls = problem_calls
+    torch.manual_seed(seed)
+    for call in calls:
+        dtype = call["dtype"]
+        store = torch.randn(N * C * H * W + call["offset"], device=DEVICE).to(dtype)
+        x = store[call["offset"]:].view(N, C, H, W)
+        if call["channels_last"]:
+            x = x.contiguous(memory_format=torch.channels_last)
+        w = (torch.randn(K, C // groups, R, R, device=DEVICE) * (C // groups * R * R) ** -0.5).to(dtype)
+        b = torch.randn(K, device=DEVICE).to(dtype) if call["bias"] else None
+        ref = F.conv2d(x.double(), w.double(), None if b is None else b.double(), stride, pad, 1, groups)
+        res = torch.randn(ref.shape, device=DEVICE).to(dtype) if call["residual"] else None
+        act, slope = call["activation"], call["slope"]
+        out = tritonconv.conv2d(x, w, b, stride, pad, 1, groups, activation=act, residual=res,
+                                negative_slope=slope)
+        if res is not None:
+            ref = ref + res.double()
+        ref = {None: lambda t: t, "relu": F.relu, "leaky_relu": lambda t: F.leaky_relu(t, slope),
+               "gelu": F.gelu, "sigmoid": torch.sigmoid}[act](ref)
+        assert_matches(out, ref, dtype)
+        # the backward's plans (dgrad, wgrad) on the same sequence
+        dy = torch.randn(ref.shape, device=DEVICE).to(dtype)
+        gx = torch.ops.tritonconv.conv2d_grad_input(dy, w, list(x.shape), [stride] * 2, [pad] * 2, [1, 1], groups)
+        gw = torch.ops.tritonconv.conv2d_grad_weight(dy, x, list(w.shape), [stride] * 2, [pad] * 2, [1, 1], groups)
+        xr, wr = x.double().requires_grad_(), w.double().requires_grad_()
+        rx, rw = torch.autograd.grad(F.conv2d(xr, wr, None, stride, pad, 1, groups), (xr, wr), dy.double())
+        assert rel_err(gx, rx) < tol(dtype) and rel_err(gw, rw) < tol(dtype)
+    assert plans.stats()["plans"] >= 1
