@@ -145,6 +145,20 @@ def test_a_new_leaky_relu_slope_is_not_replayed_with_the_old_one():
     assert plans.stats()["plans"] == 2
 
 
+def test_plans_are_kept_for_the_newest_keys_only(monkeypatch):
+    """Past MAX_PLANS keys the oldest plan goes; its key, met again, records a new one."""
+    monkeypatch.setattr(plans, "MAX_PLANS", 2)
+    w = torch.randn(8, 4, 3, 3, device=DEVICE)
+    xs = [torch.randn(1, 4, h, 5, device=DEVICE) for h in (5, 6, 7)]  # three keys
+    for x in xs:
+        torch.ops.tritonconv.conv2d(x, w, None, [1, 1], [1, 1], [1, 1], 1)
+    assert len(plans._plans) == 2
+    assert [k[1].H for k in plans._plans] == [6, 7], "the oldest (H=5) went"
+    out = torch.ops.tritonconv.conv2d(xs[0], w, None, [1, 1], [1, 1], [1, 1], 1)
+    assert [k[1].H for k in plans._plans] == [7, 5]
+    assert_matches(out, F.conv2d(xs[0].double(), w.double(), None, 1, 1), torch.float32)
+
+
 def test_output_not_explained_by_the_launches_keeps_the_full_path(monkeypatch):
     """A launcher that changes its output with a torch op after its kernel: the replay would
     miss it, so the check refuses the plan and every call runs the launcher."""

@@ -72,7 +72,11 @@ class _Unplannable:
         self.why = why
 
 
-_plans: Dict[tuple, Any] = {}  # key -> Plan, or _Unplannable
+_plans: Dict[tuple, Any] = {}  # key -> Plan, or _Unplannable; oldest first
+# A plan holds no tensors, only its launches' arguments, but a process that keeps meeting new
+# shapes (images of every size) would keep one per shape and layer for good: past MAX_PLANS
+# keys the oldest is dropped (met again, it records its plan anew).
+MAX_PLANS = 4096
 _local = threading.local()
 _signatures: Dict[Any, Tuple[Tuple[str, Any], ...]] = {}
 
@@ -123,7 +127,18 @@ def discard(key: tuple) -> None:
 
 def forget(key: tuple, why: str = "its plan failed to replay") -> None:
     """Mark ``key`` not plannable."""
-    _plans[key] = _Unplannable(why)
+    _keep(key, _Unplannable(why))
+
+
+def _keep(key: tuple, entry: Any) -> None:
+    """``_plans[key] = entry``, as the newest key, within MAX_PLANS keys."""
+    _plans.pop(key, None)
+    _plans[key] = entry
+    while len(_plans) > MAX_PLANS:
+        try:
+            del _plans[next(iter(_plans))]
+        except (RuntimeError, StopIteration, KeyError):  # another thread changed it meanwhile
+            break
 
 
 def clear() -> None:
@@ -428,9 +443,9 @@ def build(key: tuple, launches: List[tuple], inputs: Sequence[Optional[torch.Ten
             raise _NotPlannable(DIFFERS)
     except Exception as err:  # any failure: this key keeps the full path
         why = str(err) if isinstance(err, _NotPlannable) else f"{type(err).__name__}: {str(err)[:160]}"
-        _plans[key] = _Unplannable(why)
+        _keep(key, _Unplannable(why))
         return None
-    _plans[key] = plan
+    _keep(key, plan)
     return plan
 
 
