@@ -405,10 +405,12 @@ def _measure(row, model, provider, mode, x, target, reference, baseline_err, arg
             net.train()
         else:
             first = fn()  # tunes / picks algorithms
+        aten_convs = 0
         if provider == "tritonconv":
             with AtenConvCounter() as counter:
                 fn()
-            row["note"] += f"; aten convolutions in a tritonconv run: {counter.count}"
+            aten_convs = counter.count
+            row["note"] += f"; aten convolutions in a tritonconv run: {aten_convs}"
         if mode == "graph":
             fn = _graphed_fn(net, x)
             first = fn()
@@ -422,6 +424,15 @@ def _measure(row, model, provider, mode, x, target, reference, baseline_err, arg
             row["rel_err"] = _rel(first[0], reference[0])
         del first
         median, p20, p80 = _time(fn, device, args.warmup_ms, args.rep_ms, args.reps)
+        if provider == "tritonconv":
+            # a key without a launch plan takes the full path on every call (some 10x the host
+            # time): eager rows are host-bound, so say how many there are and why
+            from tritonconv import plans
+
+            why = "; ".join(f"{n}x {reason[:80]}" for reason, n in plans.reasons().items())
+            stats = plans.stats()
+            row["note"] += (f"; launch plans (process so far): {stats['plans']} keys planned, "
+                            f"{stats['unplannable']} not" + (f" ({why})" if why else ""))
     finally:
         torch.backends.cudnn.benchmark = old_bench
     # a mismatch: farther from float64 than the dtype's tolerance and than twice the
@@ -429,7 +440,7 @@ def _measure(row, model, provider, mode, x, target, reference, baseline_err, arg
     tol = max({"fp16": 0.05, "bf16": 0.1, "fp32": 0.02}[args.dtype], 2 * baseline_err)
     if provider != "tritonconv":
         baseline_err = max(baseline_err, row["rel_err"])
-    aten_free = provider != "tritonconv" or row["note"].endswith("run: 0")
+    aten_free = aten_convs == 0
     if provider == "tritonconv" and row["rel_err"] > tol:
         row["status"] = f"mismatch: rel_err vs float64 {row['rel_err']:.2e} > {tol:.1e}"
     elif not aten_free:
