@@ -322,7 +322,9 @@ def test_a_family_that_is_not_deterministic_is_dropped(monkeypatch):
     with pytest.warns(router.UnstableKernelWarning, match=f"{first} kernels gave different results") as caught:
         with router.recording() as ran:
             y = torch.ops.tritonconv.conv2d(x, w, None, *args)
-    assert caught[0].filename == __file__  # the warning points at the caller's line
+    # the warning points at the caller's line (Triton 3.6's interpreter warns too, inside the block)
+    (unstable,) = [w for w in caught if issubclass(w.category, router.UnstableKernelWarning)]
+    assert unstable.filename == __file__
     assert_matches(y, ref, torch.float32)
     assert ran == [("forward", second)]  # the family that gave the answer, once
     assert list(router.dropped().values()) == [{first}]
