@@ -336,6 +336,25 @@ def test_packed_weight_follows_a_swapped_storage(groups):
         check(conv(x.double()), conv.weight, conv.bias, x.double())
 
 
+@pytest.mark.parametrize("groups", [1, 4], ids=["channels_last_pack", "depthwise_pack"])
+def test_a_pack_made_in_inference_mode_serves_a_frozen_layer_in_training(groups):
+    """A frozen layer (weight without grad) packs once, even with autograd on; a pack first made
+    under torch.inference_mode must then still be saved for backward (an inference tensor raised
+    'Inference tensors cannot be saved for backward')."""
+    torch.manual_seed(10)
+    conv = tnn.Conv2d(4, 8, 3, padding=1, groups=groups, device=DEVICE)
+    conv.weight.requires_grad_(False)
+    x = torch.randn(2, 4, 5, 5, device=DEVICE).to(memory_format=torch.channels_last)
+    with torch.inference_mode():
+        conv(x)
+    xg = x.clone().requires_grad_()
+    conv(xg).backward(torch.ones(2, 8, 5, 5, device=DEVICE))
+    xd = x.double().requires_grad_()
+    F.conv2d(xd, conv.weight.double(), conv.bias.double(), 1, 1, 1, groups).backward(
+        torch.ones(2, 8, 5, 5, dtype=torch.float64, device=DEVICE))
+    assert rel_err(xg.grad, xd.grad) < TOL[torch.float32]
+
+
 def test_depthwise_weight_is_kept_taps_major():
     """A depthwise module keeps its weight with each tap's channels contiguous (vector loads in
     the depthwise kernels); the result, the gradient and the output layout are unchanged."""

@@ -81,7 +81,10 @@ class Conv2d(torch.nn.Conv2d):
         cached = self.__dict__.get("_packed_weight")
         if cached is not None and cached[0] is w and not cached[1].expired() and cached[2] == state:
             return cached[3]
-        packed = pack(w.detach())
+        # a normal tensor even when made under torch.inference_mode: a later call with autograd
+        # on (a frozen layer in training) saves it for backward, which an inference tensor refuses
+        with torch.inference_mode(False):
+            packed = pack(w.detach())
         self.__dict__["_packed_weight"] = (w, StorageWeakRef(w.untyped_storage()), state, packed)
         return packed
 
