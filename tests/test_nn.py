@@ -355,6 +355,27 @@ def test_a_pack_made_in_inference_mode_serves_a_frozen_layer_in_training(groups)
     assert rel_err(xg.grad, xd.grad) < TOL[torch.float32]
 
 
+def test_a_module_with_a_pack_saves_and_copies_without_it():
+    """torch.save of the whole module and copy.deepcopy after a call: the pack is a cache, left
+    out (its StorageWeakRef cannot be pickled, and a copied one was not freed right)."""
+    import copy
+    import io
+
+    model = tritonconv.convert(torch.nn.Sequential(torch.nn.Conv2d(4, 8, 3, padding=1),
+                                                   torch.nn.Conv2d(8, 8, 3, padding=1, groups=8))).to(DEVICE).eval()
+    x = torch.randn(2, 4, 5, 5, device=DEVICE).to(memory_format=torch.channels_last)
+    with torch.no_grad():
+        y = model(x)
+        assert all("_packed_weight" in m.__dict__ for m in model)
+        buf = io.BytesIO()
+        torch.save(model, buf)
+        buf.seek(0)
+        for other in (copy.deepcopy(model), torch.load(buf, weights_only=False)):
+            assert not any("_packed_weight" in m.__dict__ for m in other)
+            assert torch.equal(other(x), y)
+            assert all("_packed_weight" in m.__dict__ for m in other), "the copy packs on first use"
+
+
 def test_depthwise_weight_is_kept_taps_major():
     """A depthwise module keeps its weight with each tap's channels contiguous (vector loads in
     the depthwise kernels); the result, the gradient and the output layout are unchanged."""

@@ -56,6 +56,13 @@ class Conv2d(torch.nn.Conv2d):
             activation=self.activation, residual=residual, negative_slope=self.negative_slope,
         )
 
+    def __getstate__(self):
+        # the packed weight is the module's cache, not its state: torch.save, pickle and deepcopy
+        # leave it out (its StorageWeakRef cannot be copied), and the copy packs on first use
+        state = self.__dict__.copy()
+        state.pop("_packed_weight", None)
+        return state
+
     def _kernel_weight(self, input: torch.Tensor) -> torch.Tensor:
         """The weight as the kernels like it, packed once per parameter version: KRSC
         (channels_last), or taps-major for a depthwise layer (``depthwise.pack_weight``).
