@@ -1,9 +1,9 @@
 """Calls that skip the dispatcher (``tritonconv.ops.call``): ``tritonconv.functional`` (so the
 modules) runs a call on the op's implementation directly only where the dispatcher would do
 nothing but pass it on, and the result is then what the op gives; where it would only record
-autograd, through an autograd.Function with the op's own backward. Under tracing, a dispatch
-or function mode, a functorch transform, autocast, the profiler or on a tensor subclass, the
-call must go through ``torch.ops.tritonconv``."""
+autograd, through an autograd.Function with the op's own backward; under a torch.func
+transform, through one that torch.func accepts. Under tracing, a dispatch or function mode,
+autocast, the profiler or on a tensor subclass, the call must go through ``torch.ops.tritonconv``."""
 
 from __future__ import annotations
 
@@ -276,10 +276,53 @@ def test_tensors_with_extra_dispatch_keys_take_the_op():
     assert_matches(gx, ref, torch.float32)
 
 
-def test_torch_func_jvp_is_refused_not_zero():
-    x, w, _ = _data()
-    with pytest.raises(NotImplementedError, match="torch.func"):
-        torch.func.jvp(lambda x: functional.conv2d(x, w, None, 1, 1), (x,), (torch.randn_like(x),))
+# torch.func transforms, each as a function of (a conv function): tritonconv's result against
+# F.conv2d's, both in float64 (a custom op's own autograd fails under them: pytorch#168393)
+_B = 6
+
+
+def _func_cases():
+    torch.manual_seed(11)
+    x = torch.randn(2, 4, 5, 5, dtype=torch.float64, device=DEVICE)
+    w = torch.randn(_B, 4, 3, 3, dtype=torch.float64, device=DEVICE)
+    b = torch.randn(_B, dtype=torch.float64, device=DEVICE)
+    g = torch.func.grad
+    return {
+        "grad": lambda f: g(lambda x, w: f(x, w, b).square().sum(), argnums=(0, 1))(x, w),
+        "vjp": lambda f: torch.func.vjp(lambda x, w: f(x, w, b), x, w)[1](torch.ones(2, _B, 5, 3, dtype=x.dtype,
+                                                                                 device=DEVICE)),
+        "jacrev": lambda f: torch.func.jacrev(lambda w: f(x[:1, :, :3, :3], w, b))(w),
+        "jvp": lambda f: torch.func.jvp(lambda x: f(x, w, b), (x,), (torch.ones_like(x),)),
+        "jacfwd": lambda f: torch.func.jacfwd(lambda b: f(x[:1], w, b))(b),
+        "hessian": lambda f: torch.func.hessian(lambda b: f(x[:1, :, :3, :3], w, b).pow(3).sum())(b),
+        "grad_of_grad": lambda f: g(lambda x: g(lambda x: f(x, w, b).pow(3).sum())(x).sum())(x),
+        "per_sample_grads": lambda f: torch.func.vmap(g(lambda w, xi: f(xi[None], w, b).square().sum()),
+                                                      in_dims=(None, 0))(w, x),
+        "vmap": lambda f: torch.func.vmap(lambda xi: f(xi, w, b))(x[:, None]),
+    }
+
+
+@pytest.mark.filterwarnings("ignore:There is a performance drop")
+@pytest.mark.parametrize("transform", list(_func_cases()))
+@pytest.mark.parametrize("fn", ["conv2d", "fused", "transpose"])
+def test_torch_func_transforms(transform, fn):
+    """grad, vjp, jacrev, jvp, jacfwd, hessian, grad of grad, per-sample grads (vmap of grad) and
+    vmap through tritonconv.functional, against F.conv2d's (its fused and transposed forms too)."""
+    import torch.nn.functional as Fn
+
+    ours, ref = {
+        "conv2d": (lambda x, w, b: functional.conv2d(x, w, b, (1, 2), 1),
+                   lambda x, w, b: Fn.conv2d(x, w, b, (1, 2), 1)),
+        "fused": (lambda x, w, b: functional.conv2d(x, w, b, (1, 2), 1, activation="silu"),
+                  lambda x, w, b: Fn.silu(Fn.conv2d(x, w, b, (1, 2), 1))),
+        # conv_transpose2d from 4 to _B channels, on w transposed to its (C_in, C_out, R, S)
+        "transpose": (lambda x, w, b: functional.conv_transpose2d(x, w.transpose(0, 1), b, 1, 1)[..., :, ::2],
+                      lambda x, w, b: Fn.conv_transpose2d(x, w.transpose(0, 1), b, 1, 1)[..., :, ::2]),
+    }[fn]
+    case = _func_cases()[transform]
+    got, want = case(ours), case(ref)
+    flat = lambda r: torch.cat([t.flatten() for t in (r if isinstance(r, tuple) else (r,))])  # noqa: E731
+    assert_matches(flat(got), flat(want), torch.float64)
 
 
 def test_a_depthwise_module_keeps_a_dual_weight_s_tangent():

@@ -29,7 +29,9 @@ it (the custom op's autograd layer). For a call that runs under no tracing, disp
 autocast or profiler, on plain tensors on a CPU or CUDA device, the dispatcher does nothing
 but that autograd. ``call`` runs such calls on the implementations directly (``direct_ok``), or,
 where autograd must record the call, through an ``autograd.Function`` with the op's own
-setup_context and backward (23-25 us); everything else goes through the op.
+setup_context and backward (23-25 us); under a torch.func transform, through an
+``autograd.Function`` that torch.func accepts (``_transform_function``: a custom op's own
+autograd fails there, upstream); everything else goes through the op.
 ``tritonconv.functional`` (so ``tritonconv.nn``) and the backward formulas below use it;
 ``torch.ops.tritonconv.*`` called directly always dispatches.
 """
@@ -96,19 +98,19 @@ def _needs_grad(ctx, count: int):
     return flags + (False,) * (count - len(flags))
 
 
-_DIRECT, _FUNCTION, _OP = 0, 1, 2
+_DIRECT, _FUNCTION, _OP, _TRANSFORM = 0, 1, 2, 3
 
 
 def _route(tensors: Sequence[Optional[torch.Tensor]]) -> int:
     """_DIRECT where the dispatcher would only pass the call on to the implementation; _FUNCTION
-    where it would also record autograd and nothing else; _OP otherwise (see ``direct_ok``)."""
+    where it would also record autograd and nothing else; _TRANSFORM under a torch.func
+    transform (``_TRANSFORM_FUNCTIONS``); _OP otherwise (see ``direct_ok``)."""
     if (torch.compiler.is_compiling() or torch._C._len_torch_dispatch_stack()
             or torch._C._len_torch_function_stack() or torch._C._is_any_autocast_enabled()
             or torch.autograd.profiler._is_profiler_enabled or torch._C._get_tracing_state() is not None):
         return _OP
     if torch._C._functorch.peek_interpreter_stack() is not None:
-        _refuse_functorch_jvp()
-        return _OP
+        return _TRANSFORM
     grad = torch.is_grad_enabled()
     dual = forward_ad._current_level >= 0  # inside a forward-mode AD level: tangents ride on tensors
     route = _DIRECT
@@ -143,17 +145,6 @@ def _plain_keys(device_type: str) -> tuple:
     return keys
 
 
-def _refuse_functorch_jvp() -> None:
-    """torch.func.jvp / jacfwd reach the op unwrapped, with no forward AD formula to apply: their
-    tangents would come out zero. Refuse instead."""
-    from torch._C._functorch import TransformType
-
-    if any(level.key() == TransformType.Jvp for level in torch._C._functorch.get_interpreter_stack() or ()):
-        raise NotImplementedError(
-            "tritonconv has no forward-mode AD rule under torch.func (jvp, jacfwd, hessian); use "
-            "torch.autograd.forward_ad with tritonconv.functional or tritonconv.nn, which compute the jvp")
-
-
 def direct_ok(*tensors: Optional[torch.Tensor]) -> bool:
     """Whether the dispatcher would only pass these tensors on to the implementation: no autograd
     to record (grad mode off, or nothing requires grad), no torch.compile / export tracing, no
@@ -176,6 +167,8 @@ def call(op_name: str, tensors: Sequence[Optional[torch.Tensor]], *args):
         return _IMPLS[op_name](*args)
     if route == _FUNCTION:
         return _FUNCTIONS[op_name].apply(*args)
+    if route == _TRANSFORM:
+        return _TRANSFORM_FUNCTIONS[op_name].apply(*(_Static(a) if isinstance(a, (list, tuple)) else a for a in args))
     return getattr(torch.ops.tritonconv, op_name)(*args)
 
 
@@ -695,6 +688,65 @@ def _function(op_name: str) -> type:
 
 # what ``call`` runs where only autograd stands between a call and the implementation
 _FUNCTIONS = {name: _function(name) for name in _IMPLS}
+
+
+class _Static:
+    """A list argument (stride, a size) passed to a ``_transform_function`` as one opaque leaf:
+    torch.func's generated vmap rule for a jvp pairs the inputs' pytree leaves with the
+    tangents, one per input, so a list's ints would count as inputs of their own."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value):
+        self.value = value
+
+
+def _unwrap(args) -> tuple:
+    return tuple(a.value if type(a) is _Static else a for a in args)
+
+
+def _transform_function(op_name: str) -> type:
+    """An autograd.Function for op ``op_name`` under torch.func transforms (grad, vjp, jacrev,
+    jvp, jacfwd, hessian, vmap, and their nestings). A custom op's own autograd cannot serve
+    there: torch.func wants an autograd.Function with a separate ``setup_context``, which
+    ``register_autograd`` does not generate (pytorch/pytorch#168393, #179652). The forward runs
+    the op (below the transforms' levels: plain tensors, or vmap's batched ones, which the op's
+    fallback loops over); setup_context, backward and jvp are the op's own, whose ops come back
+    here; vmap rules are generated from them. List arguments arrive as ``_Static``."""
+    setup, backward = _AUTOGRAD[op_name]
+    op = getattr(torch.ops.tritonconv, op_name)
+
+    def forward(*args):
+        return op(*_unwrap(args))
+
+    def setup_context(ctx, inputs, output):
+        inputs = _unwrap(inputs)
+        setup(ctx, inputs, output)
+        # what the jvp reads, through save_for_forward (torch.func re-batches only saved tensors):
+        # the tensor arguments, and the others as they are
+        where = [i for i, a in enumerate(inputs) if isinstance(a, torch.Tensor)]
+        ctx.save_for_forward(*(inputs[i] for i in where))
+        ctx.jvp_where, ctx.jvp_shape = where, tuple(output.shape)
+        ctx.jvp_static = tuple(None if isinstance(a, torch.Tensor) else a for a in inputs)
+
+    def jvp(ctx, *tangents):
+        args = list(ctx.jvp_static)
+        saved = ctx.saved_tensors
+        for i, t in zip(ctx.jvp_where, saved):
+            args[i] = t
+        ctx.jvp_args, ctx.jvp_out = tuple(args), saved[0].new_zeros(()).expand(ctx.jvp_shape)
+        return _JVP[op_name](ctx, *tangents)
+
+    return type(f"{op_name}_transform_function", (torch.autograd.Function,), {
+        "forward": staticmethod(forward),
+        "setup_context": staticmethod(setup_context),
+        "backward": staticmethod(backward),
+        "jvp": staticmethod(jvp),
+        "generate_vmap_rule": True,
+    })
+
+
+_TRANSFORM_FUNCTIONS = {name: _transform_function(name) for name in _IMPLS}
 
 
 # --------------------------------------------------------------------------- autocast
