@@ -376,6 +376,30 @@ def test_a_module_with_a_pack_saves_and_copies_without_it():
             assert all("_packed_weight" in m.__dict__ for m in other), "the copy packs on first use"
 
 
+@pytest.mark.filterwarnings("ignore:There is a performance drop")
+@pytest.mark.parametrize("groups", [1, 4], ids=["channels_last_pack", "depthwise_pack"])
+def test_functional_call_gradients_and_per_sample_gradients(groups):
+    """torch.func.functional_call under grad and vmap(grad) (MAML, per-sample gradients) after
+    the module's pack cache is full: the gradients flow through the packing, as torch.nn's do."""
+    from torch.func import functional_call, grad, vmap
+
+    torch.manual_seed(12)
+    conv = tnn.Conv2d(4, 8, 3, padding=1, groups=groups, device=DEVICE).double()
+    ref = nn.Conv2d(4, 8, 3, padding=1, groups=groups, device=DEVICE).double()
+    ref.load_state_dict(conv.state_dict())
+    x = torch.randn(2, 4, 5, 5, dtype=torch.float64, device=DEVICE).to(memory_format=torch.channels_last)
+    params = {k: v.detach() for k, v in conv.named_parameters()}
+    with torch.no_grad():
+        conv(x)  # the cache holds the plain weight's pack
+    loss = lambda m: lambda p, xs: functional_call(m, p, (xs,)).square().sum()  # noqa: E731
+    got, want = grad(loss(conv))(params, x), grad(loss(ref))(params, x)
+    per_got = vmap(grad(lambda p, xi: loss(conv)(p, xi[None])), in_dims=(None, 0))(params, x)
+    per_want = vmap(grad(lambda p, xi: loss(ref)(p, xi[None])), in_dims=(None, 0))(params, x)
+    for k in params:
+        assert rel_err(got[k], want[k]) < TOL[torch.float64]
+        assert rel_err(per_got[k], per_want[k]) < TOL[torch.float64]
+
+
 def test_depthwise_weight_is_kept_taps_major():
     """A depthwise module keeps its weight with each tap's channels contiguous (vector loads in
     the depthwise kernels); the result, the gradient and the output layout are unchanged."""
