@@ -57,7 +57,7 @@ from .kernels import _common
 from .kernels._common import INTERPRETER
 
 __all__ = ["ENABLED", "DIFFERS", "enabled_as", "tensor_key", "lookup", "known", "why", "discard", "same_bits",
-           "forget", "recording", "is_recording", "record", "derive", "build", "clear", "stats", "reasons", "Plan"]
+           "forget", "discard_where", "recording", "is_recording", "record", "derive", "build", "clear", "stats", "reasons", "Plan"]
 
 ENABLED = os.environ.get("TRITONCONV_PLANS", "0" if INTERPRETER else "1") != "0"
 # the check a new plan fails when its replay's bits differ from the call's (see ``build``)
@@ -123,6 +123,13 @@ def why(key: tuple) -> Optional[str]:
 def discard(key: tuple) -> None:
     """Forget ``key`` altogether: its next call records a plan again (on another family)."""
     _plans.pop(key, None)
+
+
+def discard_where(condition) -> None:
+    """Forget every plan for which ``condition(key, plan)`` holds (their keys record anew)."""
+    for key, plan in list(_plans.items()):
+        if type(plan) is Plan and condition(key, plan):
+            _plans.pop(key, None)
 
 
 def forget(key: tuple, why: str = "its plan failed to replay") -> None:

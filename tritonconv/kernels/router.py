@@ -299,7 +299,7 @@ def _route(table, direction: str, problem: Conv2dProblem, tensors: tuple, varian
         name = _choice.get(key)
         if name is not None and name not in _dropped.get(drop_key, ()):
             return _run_trusted(plan_key, tensors, run, table, direction, problem, variant, key, name,
-                                _timings.get(key))
+                                _timings.get(key), scalars)
     names = [n for n in routed_candidates(table, direction, problem, tensors) if n not in _dropped.get(drop_key, ())]
     if not names:
         raise RuntimeError(f"tritonconv: no kernel family left for {direction} of {problem}: "
@@ -309,7 +309,8 @@ def _route(table, direction: str, problem: Conv2dProblem, tensors: tuple, varian
             _choice[key] = names[0]
             if drop_key in _dropped:  # a later process must not start on the dropped family again
                 _save_choice(key, names[0])
-        return _run_trusted(plan_key, tensors, run, table, direction, problem, variant, key, names[0], None)
+        return _run_trusted(plan_key, tensors, run, table, direction, problem, variant, key, names[0], None,
+                            scalars)
     timings = {}
     for cand in names:
         launcher = table[cand][1]
@@ -318,7 +319,7 @@ def _route(table, direction: str, problem: Conv2dProblem, tensors: tuple, varian
     name = min(timings, key=timings.get)
     _choice[key], _timings[key] = name, timings
     _save_choice(key, name)
-    return _run_trusted(plan_key, tensors, run, table, direction, problem, variant, key, name, timings)
+    return _run_trusted(plan_key, tensors, run, table, direction, problem, variant, key, name, timings, scalars)
 
 
 def _save_choice(key: tuple, name: str) -> None:
@@ -342,7 +343,7 @@ def _user_stacklevel() -> int:
 
 def _run_trusted(plan_key, tensors: tuple, run: Callable[[Callable], torch.Tensor], table, direction: str,
                  problem: Conv2dProblem, variant: str, key: Optional[tuple], name: str,
-                 timings: Optional[Dict[str, float]]) -> torch.Tensor:
+                 timings: Optional[Dict[str, float]], scalars: tuple = ()) -> torch.Tensor:
     """``_run_planned`` on family ``name`` (recorded for ``recording`` once it has run); where that
     finds the family not deterministic, the family is dropped for the problem and the call routed
     again (see the module's doc)."""
@@ -359,6 +360,8 @@ def _run_trusted(plan_key, tensors: tuple, run: Callable[[Callable], torch.Tenso
                            f"{direction} calls of {problem}: its kernels are not deterministic there")
     drop_key = (direction, problem, _layout_key(*tensors), variant)
     _dropped.setdefault(drop_key, set()).add(name)
+    # and its plans for the problem, recorded by calls with other scalars (a slope) or tensors
+    plans.discard_where(lambda k, plan: k[:3] == (direction, problem, variant) and plan.family == name)
     warnings.warn(f"tritonconv: the {name} kernels gave different results for two identical {direction} calls "
                   f"of {problem}; they are not used for it from now on", UnstableKernelWarning,
                   stacklevel=_user_stacklevel())
@@ -370,7 +373,7 @@ def _run_trusted(plan_key, tensors: tuple, run: Callable[[Callable], torch.Tenso
         if rest:  # the next fastest of those timed: no need to time them again
             _choice[key] = min(rest, key=rest.get)
             _save_choice(key, _choice[key])
-    return _route(table, direction, problem, tensors, variant, run)
+    return _route(table, direction, problem, tensors, variant, run, scalars)
 
 
 def _run_planned(plan_key, tensors: tuple, run: Callable[[Callable], torch.Tensor], launcher: Callable,
