@@ -325,6 +325,47 @@ def test_torch_func_transforms(transform, fn):
     assert_matches(flat(got), flat(want), torch.float64)
 
 
+@pytest.mark.parametrize("within", ["functionalize", "device", "profiler", "flop_counter"])
+def test_torch_func_under_modes_and_functionalize(within):
+    """torch.func.grad under a function or dispatch mode or the profiler takes the transform
+    Function too (the op's autograd fails there); functionalize, which it does not serve, the op."""
+    import contextlib
+
+    from torch.utils.flop_counter import FlopCounterMode
+
+    x, w, _ = _data()
+    x, w = x.double(), w.double()
+    if within == "functionalize":
+        got = torch.func.functionalize(lambda t: functional.conv2d(t, w, None, 1, 1))(x)
+        assert_matches(got, F.conv2d(x, w, None, 1, 1), torch.float64)
+        return
+    ctx = {"device": lambda: torch.device(DEVICE), "profiler": torch.profiler.profile,
+           "flop_counter": lambda: FlopCounterMode(display=False)}[within]
+    with ctx() if within != "device" else contextlib.nullcontext(), torch.device(DEVICE):
+        got = torch.func.grad(lambda t: functional.conv2d(t, w, None, 1, 1).square().sum())(x)
+    want = torch.func.grad(lambda t: F.conv2d(t, w, None, 1, 1).square().sum())(x)
+    assert_matches(got, want, torch.float64)
+
+
+def test_the_newer_tf32_knobs_are_read():
+    """After torch's fp32_precision knobs are set, reading the legacy allow_tf32 raises; the conv
+    knob decides then (a subprocess: the knobs are process-wide)."""
+    import subprocess
+    import sys
+
+    code = ("import torch\n"
+            "from tritonconv.kernels._common import _cudnn_conv_tf32\n"
+            "assert _cudnn_conv_tf32() is True\n"
+            "if hasattr(torch.backends.cudnn, 'conv'):\n"
+            "    torch.backends.cudnn.conv.fp32_precision = 'ieee'\n"
+            "    assert _cudnn_conv_tf32() is False\n"
+            "    torch.backends.cudnn.conv.fp32_precision = 'tf32'\n"
+            "    assert _cudnn_conv_tf32() is True\n"
+            "print('ok')\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and "ok" in out.stdout, out.stderr[-2000:]
+
+
 def test_a_depthwise_module_keeps_a_dual_weight_s_tangent():
     """A dual weight (torch.func.functional_call) bypasses the module's packed-weight cache."""
     import torch.autograd.forward_ad as fwAD

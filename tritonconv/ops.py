@@ -105,12 +105,15 @@ def _route(tensors: Sequence[Optional[torch.Tensor]]) -> int:
     """_DIRECT where the dispatcher would only pass the call on to the implementation; _FUNCTION
     where it would also record autograd and nothing else; _TRANSFORM under a torch.func
     transform (``_TRANSFORM_FUNCTIONS``); _OP otherwise (see ``direct_ok``)."""
-    if (torch.compiler.is_compiling() or torch._C._len_torch_dispatch_stack()
+    if torch.compiler.is_compiling():
+        return _OP
+    if torch._C._functorch.peek_interpreter_stack() is not None:
+        # first: under a mode, the profiler or autocast too, the op's own autograd fails there
+        return _TRANSFORM if _served_transforms() else _OP
+    if (torch._C._len_torch_dispatch_stack()
             or torch._C._len_torch_function_stack() or torch._C._is_any_autocast_enabled()
             or torch.autograd.profiler._is_profiler_enabled or torch._C._get_tracing_state() is not None):
         return _OP
-    if torch._C._functorch.peek_interpreter_stack() is not None:
-        return _TRANSFORM
     grad = torch.is_grad_enabled()
     dual = forward_ad._current_level >= 0  # inside a forward-mode AD level: tangents ride on tensors
     route = _DIRECT
@@ -127,6 +130,15 @@ def _route(tensors: Sequence[Optional[torch.Tensor]]) -> int:
         if (grad and t.requires_grad) or (dual and forward_ad.unpack_dual(t).tangent is not None):
             route = _FUNCTION
     return route
+
+
+def _served_transforms() -> bool:
+    """Whether every active functorch level is one ``_transform_function`` serves (grad and vjp,
+    jvp, vmap); functionalize, say, goes through the op."""
+    from torch._C._functorch import TransformType
+
+    served = (TransformType.Grad, TransformType.Jvp, TransformType.Vmap)
+    return all(level.key() in served for level in torch._C._functorch.get_interpreter_stack() or ())
 
 
 _plain_keyset: dict = {}

@@ -256,10 +256,23 @@ def acc_dtype_for(dtype: torch.dtype):
 
 
 def input_precision_for(t: torch.Tensor) -> str:
-    """TF32 for fp32 exactly when F.conv2d would use it (cuDNN's allow_tf32, on CUDA)."""
-    if t.dtype == torch.float32 and t.is_cuda and torch.backends.cudnn.allow_tf32:
+    """TF32 for fp32 exactly when F.conv2d would use it (cuDNN's setting for convs, on CUDA)."""
+    if t.dtype == torch.float32 and t.is_cuda and _cudnn_conv_tf32():
         return "tf32"
     return "ieee"
+
+
+def _cudnn_conv_tf32() -> bool:
+    """cuDNN's TF32 setting for convolutions: ``allow_tf32``; once a program has set the newer
+    ``fp32_precision`` knobs (torch >= 2.9), reading the legacy flag raises, and the conv's own
+    knob decides, else cuDNN's, else the global one ("none" defers to the next)."""
+    try:
+        return bool(torch.backends.cudnn.allow_tf32)
+    except RuntimeError:
+        knobs = (getattr(getattr(torch.backends.cudnn, "conv", None), "fp32_precision", "none"),
+                 getattr(torch.backends.cudnn, "fp32_precision", "none"),
+                 getattr(torch.backends, "fp32_precision", "none"))
+        return next((k for k in knobs if k != "none"), "ieee") == "tf32"
 
 
 def content_state(t: torch.Tensor) -> Optional[tuple]:
