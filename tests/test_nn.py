@@ -400,6 +400,54 @@ def test_functional_call_gradients_and_per_sample_gradients(groups):
         assert rel_err(per_got[k], per_want[k]) < TOL[torch.float64]
 
 
+def test_a_compiled_module_saves_whole():
+    """torch.nn.Module's own __getstate__ leaves out what module.compile() set; ours calls it."""
+    import io
+
+    conv = tnn.Conv2d(4, 8, 3, padding=1, device=DEVICE)
+    conv.compile()
+    buf = io.BytesIO()
+    torch.save(conv, buf)
+    buf.seek(0)
+    assert isinstance(torch.load(buf, weights_only=False), tnn.Conv2d)
+
+
+def test_forget_packed_weights_after_writes_through_data():
+    """An in-place write through weight.data moves no version counter the cache can see;
+    forget_packed_weights drops the packs so the next call sees it."""
+    conv = tnn.Conv2d(4, 8, 3, padding=1, device=DEVICE)
+    x = torch.randn(2, 4, 5, 5, device=DEVICE).to(memory_format=torch.channels_last)
+    with torch.no_grad():
+        conv(x)
+        conv.weight.data.mul_(2)
+        tnn.forget_packed_weights(conv)
+        y = conv(x)
+    assert rel_err(y, F.conv2d(x, conv.weight, conv.bias, 1, 1)) < TOL[torch.float32]
+
+
+@pytest.mark.filterwarnings("ignore:There is a performance drop")
+@pytest.mark.parametrize("groups", [1, 4], ids=["channels_last_pack", "depthwise_pack"])
+def test_vmap_over_channels_last_input_and_model_ensembles(groups):
+    """vmap cannot ask a tensor for its memory format: under torch.func the module takes its
+    weight as it is (any strides work). Over channels_last inputs, and over stacked parameters
+    (an ensemble), as torch.nn's modules."""
+    from torch.func import functional_call, stack_module_state, vmap
+
+    torch.manual_seed(13)
+    mods = [tnn.Conv2d(4, 4, 3, padding=1, groups=groups, device=DEVICE).double() for _ in range(2)]
+    refs = [nn.Conv2d(4, 4, 3, padding=1, groups=groups, device=DEVICE).double() for _ in range(2)]
+    for m, r in zip(mods, refs):
+        r.load_state_dict(m.state_dict())
+    x = torch.randn(3, 1, 4, 5, 5, dtype=torch.float64, device=DEVICE)
+    x_cl = torch.stack([t.to(memory_format=torch.channels_last) for t in x])
+    got = vmap(lambda xi: mods[0](xi))(x_cl)
+    assert rel_err(got, vmap(lambda xi: refs[0](xi))(x_cl)) < TOL[torch.float64]
+    params, buffers = stack_module_state(mods)
+    ens = vmap(lambda p, b: functional_call(mods[0], (p, b), (x_cl[0],)))(params, buffers)
+    want = torch.stack([r(x_cl[0]) for r in refs])
+    assert rel_err(ens, want) < TOL[torch.float64]
+
+
 def test_depthwise_weight_is_kept_taps_major():
     """A depthwise module keeps its weight with each tap's channels contiguous (vector loads in
     the depthwise kernels); the result, the gradient and the output layout are unchanged."""

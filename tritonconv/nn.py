@@ -23,7 +23,7 @@ from . import functional, spec
 from .kernels import depthwise, dgrad
 from .kernels._common import INTERPRETER, content_state
 
-__all__ = ["Conv2d", "ConvTranspose2d", "convert"]
+__all__ = ["Conv2d", "ConvTranspose2d", "convert", "forget_packed_weights"]
 
 
 class Conv2d(torch.nn.Conv2d):
@@ -59,7 +59,7 @@ class Conv2d(torch.nn.Conv2d):
     def __getstate__(self):
         # the packed weight is the module's cache, not its state: torch.save, pickle and deepcopy
         # leave it out (its StorageWeakRef cannot be copied), and the copy packs on first use
-        state = self.__dict__.copy()
+        state = super().__getstate__()  # torch.nn.Module's: leaves out what module.compile() set
         state.pop("_packed_weight", None)
         return state
 
@@ -73,8 +73,12 @@ class Conv2d(torch.nn.Conv2d):
         per forward, i.e. once per step; otherwise it is cached until the
         parameter changes (``_common.content_state``: its version counter, its storage, which
         ``weight.data = ...`` and ``module.to()`` swap, its view and the stream) or is replaced.
+        Not seen: in-place writes through ``weight.data`` (``w.data.mul_(2)``: ``.data`` has a
+        version counter of its own); after such a write, call ``forget_packed_weights(model)``.
         """
         w = self.weight
+        if torch._C._functorch.peek_interpreter_stack() is not None:
+            return w  # under torch.func (vmap cannot ask for a memory format); any strides work
         pack = _packing(w, input, self.groups)
         if pack is None:
             return w
@@ -129,6 +133,17 @@ class ConvTranspose2d(torch.nn.ConvTranspose2d):
             return functional.conv_transpose2d(
                 input, w, self.bias, self.stride, self.padding, output_padding, self.groups, self.dilation
             )
+
+
+def forget_packed_weights(model: torch.nn.Module) -> None:
+    """Drop what every tritonconv module in ``model`` keeps built from its weight (the packed
+    weight, the transposed conv's phase weights): after in-place writes through ``weight.data``,
+    which no version counter sees. The next call builds them again."""
+    for m in model.modules():
+        if isinstance(m, Conv2d):
+            m.__dict__.pop("_packed_weight", None)
+        elif isinstance(m, ConvTranspose2d):
+            dgrad.forget_phase_weights(m.weight)
 
 
 def _channels_last(w: torch.Tensor) -> torch.Tensor:
