@@ -145,8 +145,8 @@ def test_a_new_leaky_relu_slope_is_not_replayed_with_the_old_one():
     assert plans.stats()["plans"] == 2
 
 
-def test_plans_are_kept_for_the_newest_keys_only(monkeypatch):
-    """Past MAX_PLANS keys the oldest plan goes; its key, met again, records a new one."""
+def test_plans_are_kept_for_the_most_recently_used_keys(monkeypatch):
+    """Past MAX_PLANS keys the least recently used plan goes; its key, met again, records anew."""
     monkeypatch.setattr(plans, "MAX_PLANS", 2)
     w = torch.randn(8, 4, 3, 3, device=DEVICE)
     xs = [torch.randn(1, 4, h, 5, device=DEVICE) for h in (5, 6, 7)]  # three keys
@@ -157,6 +157,9 @@ def test_plans_are_kept_for_the_newest_keys_only(monkeypatch):
     out = torch.ops.tritonconv.conv2d(xs[0], w, None, [1, 1], [1, 1], [1, 1], 1)
     assert [k[1].H for k in plans._plans] == [7, 5]
     assert_matches(out, F.conv2d(xs[0].double(), w.double(), None, 1, 1), torch.float32)
+    torch.ops.tritonconv.conv2d(xs[2], w, None, [1, 1], [1, 1], [1, 1], 1)  # H=7 used: the newest now
+    torch.ops.tritonconv.conv2d(xs[1], w, None, [1, 1], [1, 1], [1, 1], 1)
+    assert [k[1].H for k in plans._plans] == [7, 6], "the least recently used (H=5) went"
 
 
 def test_a_call_rerouted_after_a_drop_keeps_its_slope(monkeypatch):

@@ -75,7 +75,7 @@ class _Unplannable:
 _plans: Dict[tuple, Any] = {}  # key -> Plan, or _Unplannable; oldest first
 # A plan holds no tensors, only its launches' arguments, but a process that keeps meeting new
 # shapes (images of every size) would keep one per shape and layer for good: past MAX_PLANS
-# keys the oldest is dropped (met again, it records its plan anew).
+# keys the least recently used is dropped (met again, it records its plan anew).
 MAX_PLANS = 4096
 _local = threading.local()
 _signatures: Dict[Any, Tuple[Tuple[str, Any], ...]] = {}
@@ -107,7 +107,12 @@ def tensor_key(tensors: Sequence[Optional[torch.Tensor]]) -> tuple:
 def lookup(key: tuple):
     """The validated plan for ``key``, or None (unknown, or known not to be plannable: ``known``)."""
     plan = _plans.get(key)
-    return plan if type(plan) is Plan else None
+    if type(plan) is not Plan:
+        return None
+    if len(_plans) > MAX_PLANS // 2:  # near the cap, a plan in use moves to the newest end
+        _plans.pop(key, None)
+        _plans[key] = plan
+    return plan
 
 
 def known(key: tuple) -> bool:
