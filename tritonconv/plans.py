@@ -72,7 +72,7 @@ class _Unplannable:
         self.why = why
 
 
-_plans: Dict[tuple, Any] = {}  # key -> Plan, or _Unplannable; oldest first
+_plans: Dict[tuple, Any] = {}  # key -> Plan, or _Unplannable; least recently used first
 # A plan holds no tensors, only its launches' arguments, but a process that keeps meeting new
 # shapes (images of every size) would keep one per shape and layer for good: past MAX_PLANS
 # keys the least recently used is dropped (met again, it records its plan anew).
