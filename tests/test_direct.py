@@ -339,9 +339,10 @@ def test_torch_func_under_modes_and_functionalize(within):
         got = torch.func.functionalize(lambda t: functional.conv2d(t, w, None, 1, 1))(x)
         assert_matches(got, F.conv2d(x, w, None, 1, 1), torch.float64)
         return
-    ctx = {"device": lambda: torch.device(DEVICE), "profiler": torch.profiler.profile,
+    # each under torch.device too: a function mode of its own
+    ctx = {"device": contextlib.nullcontext, "profiler": torch.profiler.profile,
            "flop_counter": lambda: FlopCounterMode(display=False)}[within]
-    with ctx() if within != "device" else contextlib.nullcontext(), torch.device(DEVICE):
+    with ctx(), torch.device(DEVICE):
         got = torch.func.grad(lambda t: functional.conv2d(t, w, None, 1, 1).square().sum())(x)
     want = torch.func.grad(lambda t: F.conv2d(t, w, None, 1, 1).square().sum())(x)
     assert_matches(got, want, torch.float64)
