@@ -426,3 +426,44 @@ def test_one_config_mode_keeps_the_smallest_surviving_tile(monkeypatch):
     assert len(every) > 1 and len(one) == 1 and one[0].kwargs in [c.kwargs for c in every]
     assert min(c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"] * c.kwargs["BLOCK_K"] for c in every) == \
         one[0].kwargs["BLOCK_M"] * one[0].kwargs["BLOCK_N"] * one[0].kwargs["BLOCK_K"]
+
+
+# Every @jit function of the kernels, its cache_key and the global constexprs it reads, hashed
+# in the order argv[1] names (a subprocess: the hashes are computed once per process).
+_HASH_SCRIPT = r"""
+import importlib, json, pkgutil, sys
+from triton.language.core import constexpr
+from triton.runtime.jit import JITFunction
+from tritonconv import kernels
+
+found = {}
+for info in pkgutil.iter_modules(kernels.__path__):
+    module = importlib.import_module(f"tritonconv.kernels.{info.name}")
+    for value in vars(module).values():
+        if isinstance(value, JITFunction):
+            found[f"{value.__module__}.{value.__name__}"] = value
+names = sorted(found, reverse=sys.argv[1] == "reverse")
+keys = {name: found[name].cache_key for name in names}
+constexprs = sorted(f"{name}: {var}" for name in names
+                    for (var, _), (val, _) in found[name].used_global_vals.items() if isinstance(val, constexpr))
+print(json.dumps({"keys": keys, "constexprs": constexprs}))
+"""
+
+
+def test_kernel_hashes_do_not_depend_on_which_kernel_is_hashed_first():
+    """A kernel's cache_key (Triton's compile cache, and the tuning cache's signature) is the
+    same whichever kernel a process hashes first. Triton before 3.9 (3.6 on the GPU machine)
+    merges a callee's global constexprs into its caller's hash only where the callee was hashed
+    earlier, so a helper that reads a global constexpr made every kernel's key depend on the
+    order (the H100 check at 283a32b re-tuned fprop_tap_tma in every stage): no @jit function
+    of ours reads one."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    runs = {}
+    for order in ("forward", "reverse"):
+        proc = subprocess.run([sys.executable, "-c", _HASH_SCRIPT, order], cwd=REPO, env=env, capture_output=True,
+                              text=True, timeout=120)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        runs[order] = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert len(runs["forward"]["keys"]) >= 20
+    assert runs["forward"]["constexprs"] == [] and runs["reverse"]["constexprs"] == []
+    assert runs["forward"]["keys"] == runs["reverse"]["keys"]

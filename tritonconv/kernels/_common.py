@@ -106,19 +106,33 @@ TMA_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 # bits (triton-lang/triton#11584, not fixed upstream): values near 1e10 instead of the product.
 # Widening the operands to fp32 first is exact (a bf16 value is an fp32 with a shorter
 # mantissa, and their products fit fp32), so ``mma`` gives the sum a GPU's bf16 MMA adds up.
-# Compiled for a GPU the branch is not taken and the kernel is what it was.
-WIDEN_BF16_DOT = tl.constexpr(INTERPRETER)
+# The choice is made here, between two @jit functions, not inside one from a global constexpr:
+# Triton before 3.9 (3.6 is on the GPU machine) hashes a callee's global constexprs into a
+# kernel's cache_key only where that callee was hashed before the kernel, so with a global in
+# ``mma`` every kernel's cache_key, and with it the tuning cache's signature and Triton's own
+# compile cache, depended on which kernel a process hashed first (the H100 check of
+# 2026-11-26 at 283a32b re-tuned fprop_tap_tma in every stage). Compiled for a GPU, ``mma`` is
+# the bare tl.dot it was.
+WIDEN_BF16_DOT = INTERPRETER
 
 
 @triton.jit
-def mma(a, b, acc, INPUT_PRECISION: tl.constexpr, ACC_DTYPE: tl.constexpr):
-    """``acc + a @ b``: every kernel's tl.dot, with bf16 operands widened under the interpreter
-    (``WIDEN_BF16_DOT``)."""
-    if WIDEN_BF16_DOT:
-        if a.dtype == tl.bfloat16:
-            a = a.to(tl.float32)
-            b = b.to(tl.float32)
+def _mma_widened(a, b, acc, INPUT_PRECISION: tl.constexpr, ACC_DTYPE: tl.constexpr):
+    """``acc + a @ b`` with bf16 operands widened to fp32 (the interpreter's ``mma``)."""
+    if a.dtype == tl.bfloat16:
+        a = a.to(tl.float32)
+        b = b.to(tl.float32)
     return tl.dot(a, b, acc, input_precision=INPUT_PRECISION, out_dtype=ACC_DTYPE)
+
+
+@triton.jit
+def _mma_direct(a, b, acc, INPUT_PRECISION: tl.constexpr, ACC_DTYPE: tl.constexpr):
+    """``acc + a @ b`` (the compiled ``mma``)."""
+    return tl.dot(a, b, acc, input_precision=INPUT_PRECISION, out_dtype=ACC_DTYPE)
+
+
+# every kernel's tl.dot: ``acc + a @ b``, bf16 operands widened under the interpreter
+mma = _mma_widened if WIDEN_BF16_DOT else _mma_direct
 
 
 @triton.jit
