@@ -498,6 +498,37 @@ def test_tuning_cache_stale_file_warns(change):
     assert newer.cache == {}
 
 
+def test_tuning_cache_keeps_a_choice_its_pruner_added_a_constexpr_to():
+    """The tap-TMA pruners add SYNC_MMA (a constexpr the kernel defaults) to some tiles on
+    Triton before 3.9 (configs.synced): such a tuned choice is restored as it was chosen. A
+    meta-parameter the kernel does not take still makes the file stale."""
+    from tritonconv import configs
+
+    def tap_tuner():
+        tuner = FakeAutotuner()
+        tuner.arg_names.append("SYNC_MMA")
+        return tuner
+
+    tuner = tap_tuner()
+    tuner.cache[KEY_A] = configs.synced(triton.Config({"BLOCK_M": 128, "BLOCK_N": 64}, num_warps=8, num_stages=3))
+    tuner.cache[KEY_B] = triton.Config({"BLOCK_M": 32, "BLOCK_N": 16}, num_warps=4, num_stages=4)
+    assert tuning.save_entries(tuner, "fprop_tap_tma", "Fake GPU") == 2
+    fresh = tap_tuner()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert tuning.load_into(fresh, "fprop_tap_tma", "Fake GPU") == {KEY_A, KEY_B}
+    assert fresh.cache[KEY_A].kwargs == {"BLOCK_M": 128, "BLOCK_N": 64, "SYNC_MMA": True}
+    assert _same(fresh.cache[KEY_B], tuner.cache[KEY_B])
+
+    # an entry with a meta-parameter that is no argument of the kernel: stale
+    path = tuning.cache_path("fprop_tap_tma", "Fake GPU")
+    data = json.loads(path.read_text())
+    data["entries"][0]["config"]["kwargs"]["BLOCK_Z"] = 4
+    path.write_text(json.dumps(data))
+    with pytest.warns(tuning.StaleCacheWarning, match="meta-parameters"):
+        assert tuning.load_into(tap_tuner(), "fprop_tap_tma", "Fake GPU") == set()
+
+
 def test_tuning_launch_hooks_persist_across_processes(monkeypatch):
     from tritonconv import configs
 

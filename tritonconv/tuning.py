@@ -215,9 +215,12 @@ def decode_config(raw: Any):
 def _read_file(path: Path, autotuner: Any, kernel: str, device_name: str) -> Dict[Tuple, Any]:
     """The entries of a cache file; raises ValueError (corrupt) or LookupError (stale)."""
     raw_entries = _check_header(_parse(path), _header(kernel, device_name, kernel_signature(autotuner)))
-    names, hook = None, None
+    names, optional, hook = None, set(), None
     if getattr(autotuner, "configs", None):
         names = set(autotuner.configs[0].kwargs)
+        # a pruner may add a constexpr the kernel defaults (the tap-TMA pruners' SYNC_MMA on
+        # Triton before 3.9, configs.synced): the tuned choice then carries it
+        optional = set(getattr(autotuner, "arg_names", ())) - names
         hooks = {getattr(c, "pre_hook", None) for c in autotuner.configs}
         if len(hooks) > 1:
             raise LookupError("the kernel's configs have different pre-hooks; its entries cannot be restored")
@@ -228,7 +231,7 @@ def _read_file(path: Path, autotuner: Any, kernel: str, device_name: str) -> Dic
             raise ValueError(f"bad entry {item!r}")
         key = _decode_key(item.get("key"))
         config = decode_config(item.get("config"))
-        if names is not None and set(config.kwargs) != names:
+        if names is not None and not names <= set(config.kwargs) <= names | optional:
             raise LookupError(f"an entry has meta-parameters {sorted(config.kwargs)}, the kernel {sorted(names)}")
         config.pre_hook = hook
         entries[key] = config
