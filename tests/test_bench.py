@@ -19,9 +19,10 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+import torch.nn.functional as F
 import triton
 
-from conftest import CUDA
+from conftest import CUDA, rel_err
 
 from tritonconv import tuning
 from tritonconv.bench import precompile, presets, report, sweep, timing
@@ -645,6 +646,29 @@ def test_intercepted_launches_record_arguments_and_run_nothing(device):
     assert "fprop._fprop_tuned" in precompile.autotuners()
     if not CUDA:
         assert precompile.precompile([lambda: None]).mode.startswith("interpreter")
+
+
+def test_intercepted_calls_leave_no_launch_plan(device):
+    """A call whose launches are intercepted launches nothing: it must not leave its key marked
+    not plannable, or the same call made for real later (the e2e run after its precompile) would
+    keep the full path for good."""
+    from tritonconv import functional as TF
+    from tritonconv import plans
+
+    x = torch.randn(2, 8, 10, 10, device=device).to(memory_format=torch.channels_last)
+    w = torch.randn(16, 8, 3, 3, device=device)
+    plans.clear()
+    try:
+        with plans.enabled_as(True):
+            with precompile.intercept_launches(lambda tuner, args, kwargs: None):
+                TF.conv2d(x, w, None, 1, 1)
+            assert plans.stats() == {"plans": 0, "unplannable": 0}
+            assert plans.ENABLED
+            y = TF.conv2d(x, w, None, 1, 1)  # for real: its plan forms
+            assert plans.stats() == {"plans": 1, "unplannable": 0}, plans.reasons()
+        assert rel_err(y, F.conv2d(x.double(), w.double(), None, 1, 1)) < (1e-3 if CUDA else 1e-5)  # TF32 on a GPU
+    finally:
+        plans.clear()
 
 
 def test_precompile_applies_the_tma_pre_hook_to_copies(device):

@@ -106,13 +106,19 @@ def _fake_run(on_launch, autotuner, *args, grid=None, warmup=False, **kwargs):
 @contextlib.contextmanager
 def intercept_launches(on_launch: Callable[[Any, Tuple, Dict], None], tuners: Optional[Iterable[Any]] = None):
     """Within the block, launches of the autotuned kernels call ``on_launch(autotuner, args, kwargs)``
-    (``kwargs`` includes ``grid``) instead of running. The ops still allocate their outputs."""
+    (``kwargs`` includes ``grid``) instead of running, and launch plans are off. The ops still
+    allocate their outputs."""
+    from .. import plans
+
     tuners = list(tuners) if tuners is not None else list(autotuners().values())
     for tuner in tuners:
         # kernel[grid](...) calls self.run(...): an instance attribute shadows the method
         tuner.run = functools.partial(_fake_run, on_launch, tuner)
     try:
-        yield
+        # no launch plan from calls that launch nothing: each key would be remembered as not
+        # plannable ("no launches"), and a later real call of it would keep the full path
+        with plans.enabled_as(False):
+            yield
     finally:
         for tuner in tuners:
             tuner.__dict__.pop("run", None)
