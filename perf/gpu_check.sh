@@ -7,7 +7,7 @@
 # Stages, in order; each gets a share of the time still left (and a cap), runs under
 # `timeout`, and a stage that runs out of time is cut off without stopping the rest:
 #   1. environment         -> OUTDIR/env.txt        (card, driver, torch, triton, commit)
-#   2. CUDA tests, quick   -> OUTDIR/tests.log      (pytest -k "not hypothesis", --maxfail=10, in 8
+#   2. CUDA tests, quick   -> OUTDIR/tests.log      (pytest -v -rfE -k "not hypothesis", --maxfail=10, in 8
 #                                                    processes where pytest-xdist is there; the launch
 #                                                    plans' and kernel families' tests first, one config
 #                                                    per launch), then the stream-K tests on their own
@@ -170,11 +170,16 @@ quick_tests() {
     # Serially, the check of 2026-11-26 got through 86 tests (6% of them) in its 79 s.
     $PY -c "import xdist" 2>/dev/null && extra+=(-n "${TEST_WORKERS:-8}")
     # shellcheck disable=SC2086  # TESTS is a list of paths, in the order to run them
-    # --maxfail, not -x: a failure in a family no GPU has run must not hide the core tests
-    $PY -m pytest $TESTS --maxfail=10 -q -k "not hypothesis and not stream_k" -p no:cacheprovider "${extra[@]}" \
-        >"$OUTDIR/tests.log" 2>&1
+    # --maxfail, not -x: a failure in a family no GPU has run must not hide the core tests.
+    # -v names each test as it ends, and pytest gets a SIGINT 15 s before the stage's limit, so
+    # that a cut-off run still prints its short summary (-rfE: the failures and errors so far):
+    # the check of 2026-11-26 at 283a32b was cut at 22% with five failures and no names
+    timeout -s INT $((STAGE_S > 40 ? STAGE_S - 15 : STAGE_S * 2 / 3)) \
+        $PY -m pytest $TESTS --maxfail=10 -v -rfE -k "not hypothesis and not stream_k" -p no:cacheprovider \
+        "${extra[@]}" >"$OUTDIR/tests.log" 2>&1
     local rc=$?
-    tail -n 3 "$OUTDIR/tests.log"
+    grep -E "^(FAILED|ERROR) " "$OUTDIR/tests.log" | head -n 20
+    tail -n 1 "$OUTDIR/tests.log"
     return $rc
 }
 
@@ -297,6 +302,8 @@ fi
     for s in "${STAGES[@]}"; do echo "| $s |"; done
     echo
     echo "Tests: $(tail -n 1 "$OUTDIR/tests.log" 2>/dev/null || echo 'not run')"
+    grep -E "^(FAILED|ERROR) " "$OUTDIR/tests.log" 2>/dev/null | head -n 20 | sed 's/^/- /'
+    echo
     echo "Total: $(($(date +%s) - START)) s of a ${BUDGET} s budget. Files: $(cd "$OUTDIR" && ls | tr '\n' ' ')"
 } >>"$OUTDIR/summary.md"
 cat "$OUTDIR/summary.md"
