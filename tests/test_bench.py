@@ -530,6 +530,27 @@ def test_tuning_cache_keeps_a_choice_its_pruner_added_a_constexpr_to():
         assert tuning.load_into(tap_tuner(), "fprop_tap_tma", "Fake GPU") == set()
 
 
+def test_autotuner_times_each_config_for_tune_rep_ms(monkeypatch):
+    """The autotuner's benchmarker asks do_bench for TUNE_REP_MS of repeats and a fifth of it of
+    warm-up (Triton's defaults, 25 + 100 ms per config, made tuning most of a GPU check)."""
+    from triton.runtime import driver
+
+    from tritonconv import configs
+
+    seen = []
+
+    def do_bench(fn, **kwargs):
+        fn()
+        seen.append(kwargs)
+        return 0.5
+
+    ran = []
+    monkeypatch.setattr(configs, "TUNE_REP_MS", 40.0)
+    monkeypatch.setattr(driver, "_active", SimpleNamespace(get_benchmarker=lambda: do_bench))
+    assert configs.capture_safe_bench(lambda: ran.append(1), quantiles=(0.5, 0.2, 0.8)) == 0.5
+    assert ran == [1] and seen == [{"warmup": 8.0, "rep": 40.0, "quantiles": (0.5, 0.2, 0.8)}]
+
+
 def test_tuning_launch_hooks_persist_across_processes(monkeypatch):
     from tritonconv import configs
 

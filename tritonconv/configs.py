@@ -624,8 +624,19 @@ def config_name(config: triton.Config) -> str:
             + (" rows" if kw.get("BLOCK_W", 0) > SPATIAL_TILE_WIDTH else "") + (" sync" if kw.get("SYNC_MMA") else ""))
 
 
+# How long the autotuner times each candidate config: triton.testing.do_bench's own defaults (25
+# ms of warm-up, 100 ms of repeats, with an L2 flush before each) cost some 0.13 s per config
+# whatever the kernel, and a ResNet-50 layer times a dozen or more (its families' pruned tiles):
+# the H100 check at 283a32b, starting with nothing tuned, spent its 132 s forward stage tuning 18
+# layers. A conv kernel here runs from about 10 us to a few ms; 25 ms of repeats still gives the
+# median of some 200 runs of a 20 us kernel (each after its flush) and of 8 or more of a 3 ms one.
+# TRITONCONV_TUNE_REP_MS sets it (the warm-up is a fifth of it).
+TUNE_REP_MS = float(os.environ.get("TRITONCONV_TUNE_REP_MS", "25"))
+
+
 def capture_safe_bench(kernel_call, quantiles):
-    """The autotuner's benchmarker, refusing to run while a CUDA graph is being captured.
+    """The autotuner's benchmarker (``triton.testing.do_bench`` for TUNE_REP_MS), refusing to run
+    while a CUDA graph is being captured.
 
     Timing a kernel synchronises the stream, which breaks a capture with an
     obscure CUDA error; say what to do instead.
@@ -638,7 +649,8 @@ def capture_safe_bench(kernel_call, quantiles):
         )
     from triton.runtime import driver
 
-    return driver.active.get_benchmarker()(kernel_call, quantiles=quantiles)
+    return driver.active.get_benchmarker()(kernel_call, warmup=max(1.0, TUNE_REP_MS / 5), rep=TUNE_REP_MS,
+                                           quantiles=quantiles)
 
 
 def kernel_time(call: Callable[[], Any], calls: int = 20, reps: int = 10) -> float:
