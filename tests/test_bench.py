@@ -61,6 +61,9 @@ def test_smoke_sweep_writes_csv_markdown_and_plot(tmp_path):
     header, rows = _read_csv(out / "results.csv")
     assert header == sweep.COLUMNS
     layers = [layer.name for layer in presets.get_preset("smoke").layers]
+    # layer by layer, each layer's providers in the order asked (tritonconv first): a sweep cut
+    # by its time budget has whole comparisons for the layers it reached
+    assert [(r["layer"], r["provider"]) for r in rows] == [(n, p) for n in layers for p in runnable + [cannot]]
     for name in runnable + [cannot]:
         got = {r["layer"]: r for r in rows if r["provider"] == name}
         assert sorted(got) == sorted(layers), f"{name}: rows for {sorted(got)}"

@@ -230,6 +230,9 @@ class Provider:
 
     name = ""
     note = ""
+    # measured layer by layer with the other quick providers (the sweep's order); False for one
+    # whose per-layer setup is slow (Inductor compiles each layer), measured after them
+    quick = True
 
     def unsupported(self, case: Case) -> Optional[str]:
         """Why this provider cannot run the case, or None."""
@@ -390,6 +393,7 @@ class Inductor(Provider):
 
     name = "inductor"
     MODE = "max-autotune-no-cudagraphs"
+    quick = False
 
     def __init__(self):
         self._compiled: Dict[str, Callable] = {}

@@ -2,9 +2,13 @@
 
 Order of work, chosen so that a sweep stopped by its time budget has the most
 useful part done: per (preset, dtype, layout, mode) chunk, first compile every
-tritonconv kernel the chunk needs in parallel (``precompile``), then each
-provider in turn over all the chunk's layers, tritonconv first (the other rows
-carry the speedup over it) and Inductor, the slowest to set up, last.
+tritonconv kernel the chunk needs in parallel (``precompile``), then layer by
+layer the providers quick to set up (``Provider.quick``): tritonconv first (the
+other rows carry the speedup over it), then cuDNN and the im2col baselines, so
+that every layer reached has its comparison (the H100 check at 283a32b spent a
+forward stage tuning tritonconv over 18 layers and, provider by provider, timed
+no baseline); then Inductor, the slowest to set up (a compile per layer), over
+all the chunk's layers.
 
 Per measurement:
 
@@ -427,16 +431,26 @@ def run_sweep(opts, info: RunInfo) -> List[Dict[str, Any]]:
         for label, cases in chunks:
             if "tritonconv" in opts.providers and not sweep.out_of_time():
                 _precompile_chunk(cases, opts)
-            for provider in providers:
+            def one(provider, case):
+                bar.set_description(f"{label} {provider.name} {case.layer.name}"[:70])
+                if sweep.out_of_time():
+                    row = sweep.skipped(provider, case, "skipped: time budget")
+                else:
+                    row = sweep.measure(provider, case)
+                sweep.emit(row)
+                bar.update(1)
+
+            quick = [p for p in providers if p.quick]
+            for case in cases:
+                for provider in quick:
+                    with provider.session():
+                        one(provider, case)
+            if quick:
+                _free(info)
+            for provider in (p for p in providers if not p.quick):
                 with provider.session():
                     for case in cases:
-                        bar.set_description(f"{label} {provider.name} {case.layer.name}"[:70])
-                        if sweep.out_of_time():
-                            row = sweep.skipped(provider, case, "skipped: time budget")
-                        else:
-                            row = sweep.measure(provider, case)
-                        sweep.emit(row)
-                        bar.update(1)
+                        one(provider, case)
                 _free(info)
             sweep.refs.clear()
             _free(info)
