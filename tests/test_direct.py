@@ -302,12 +302,19 @@ def _func_cases():
     }
 
 
-@pytest.mark.filterwarnings("ignore:There is a performance drop")
+# PyTorch's warning where an op without a vmap rule runs once per sample
+_LOOPED = "There is a performance drop"
+
+
 @pytest.mark.parametrize("transform", list(_func_cases()))
 @pytest.mark.parametrize("fn", ["conv2d", "fused", "transpose"])
 def test_torch_func_transforms(transform, fn):
     """grad, vjp, jacrev, jvp, jacfwd, hessian, grad of grad, per-sample grads (vmap of grad) and
-    vmap through tritonconv.functional, against F.conv2d's (its fused and transposed forms too)."""
+    vmap through tritonconv.functional, against F.conv2d's (its fused and transposed forms too).
+    conv2d and the fused conv run under vmap on their batching rules (ops.py), not once per
+    sample; conv_transpose2d still runs once per sample."""
+    import warnings
+
     import torch.nn.functional as Fn
 
     ours, ref = {
@@ -320,9 +327,72 @@ def test_torch_func_transforms(transform, fn):
                       lambda x, w, b: Fn.conv_transpose2d(x, w.transpose(0, 1), b, 1, 1)[..., :, ::2]),
     }[fn]
     case = _func_cases()[transform]
-    got, want = case(ours), case(ref)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        got = case(ours)
+    want = case(ref)
     flat = lambda r: torch.cat([t.flatten() for t in (r if isinstance(r, tuple) else (r,))])  # noqa: E731
     assert_matches(flat(got), flat(want), torch.float64)
+    if fn != "transpose":
+        assert not [w for w in caught if _LOOPED in str(w.message)]
+
+
+def _vmap_cases():
+    """(ours, F.conv2d's) for vmap over activations, over per-sample weights (model ensembles),
+    over both, with a fused epilogue and residual, nested, and under grad and jvp."""
+    torch.manual_seed(12)
+    B, kw = 3, dict(dtype=torch.float64, device=DEVICE)
+    x = torch.randn(B, 2, 4, 6, 7, **kw)
+    w, b = torch.randn(6, 4, 3, 3, **kw), torch.randn(6, **kw)
+    ws, bs = torch.randn(B, 6, 2, 3, 3, **kw), torch.randn(B, 6, **kw)
+    res = torch.randn(B, 2, 6, 6, 7, **kw)
+    v, g = torch.func.vmap, torch.func.grad
+    ours = lambda *a, **k: functional.conv2d(*a, **k)  # noqa: E731
+
+    def ref(x, w, b, stride=1, padding=0, dilation=1, groups=1, activation="none", residual=None):
+        y = F.conv2d(x, w, b, stride, padding, dilation, groups)
+        y = y if residual is None else y + residual
+        return {"none": y, "relu": F.relu(y)}[activation]
+
+    grouped = dict(padding=1, groups=2)
+    cl = x.reshape(B * 2, 4, 6, 7).contiguous(memory_format=torch.channels_last).reshape(B, 2, 4, 6, 7)
+    return {
+        "activations": lambda c: v(lambda xi: c(xi, w, b, 2, 1))(x),
+        "per-sample 3-D input": lambda c: v(lambda xi: c(xi, w, b, 1, 1))(x[:, 0]),
+        "in_dims 2": lambda c: v(lambda xi: c(xi, w, b, 1, 1), in_dims=2, out_dims=1)(x.movedim(0, 2).contiguous()),
+        "channels_last": lambda c: v(lambda xi: c(xi, w, b, 1, 1))(cl),
+        "ensemble": lambda c: v(lambda wi, bi: c(x[0], wi, bi, **grouped))(ws, bs),
+        "ensemble, 3-D input": lambda c: v(lambda wi: c(x[0, 0], wi, None, **grouped))(ws),
+        "ensemble and activations": lambda c: v(lambda xi, wi, bi: c(xi, wi, bi, **grouped))(x, ws, bs),
+        "fused residual": lambda c: v(lambda xi, ri: c(xi, w, b, 1, 1, activation="relu", residual=ri))(x, res),
+        "fused residual, ensemble": lambda c: v(
+            lambda xi, wi, ri: c(xi, wi, None, **grouped, activation="relu", residual=ri))(x, ws, res),
+        "vmap of vmap": lambda c: v(lambda wi: v(lambda xi: c(xi, wi, None, **grouped))(x))(ws),
+        "grad of vmap": lambda c: g(lambda ws: v(lambda wi, xi: c(xi, wi, None, **grouped))(ws, x).square().sum())(ws),
+        "per-sample grads": lambda c: v(g(lambda w, b, xi: c(xi[None], w, b, 1, 1).square().sum(), argnums=(0, 1)),
+                                        in_dims=(None, None, 0))(w, b, x[:, 0]),
+        "ensemble grads": lambda c: v(g(lambda wi, bi, xi: c(xi, wi, bi, **grouped).square().sum(),
+                                        argnums=(0, 1, 2)))(ws, bs, x),
+        "jvp of vmap": lambda c: torch.func.jvp(lambda t: v(lambda xi: c(xi, w, b, 1, 1))(t), (x,),
+                                                (torch.ones_like(x),)),
+    }, ours, ref
+
+
+@pytest.mark.parametrize("case", list(_vmap_cases()[0]))
+def test_vmap_batching_rules(case):
+    """torch.func.vmap runs the convs on their batching rules (one call: the batch folded into N,
+    or per-sample weights folded into the groups), not once per sample, and agrees with
+    F.conv2d's."""
+    import warnings
+
+    cases, ours, ref = _vmap_cases()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        got = cases[case](ours)
+    want = cases[case](ref)
+    flat = lambda r: torch.cat([t.flatten() for t in (r if isinstance(r, tuple) else (r,))])  # noqa: E731
+    assert_matches(flat(got), flat(want), torch.float64)
+    assert not [w for w in caught if _LOOPED in str(w.message)], "ran once per sample"
 
 
 @pytest.mark.parametrize("within", ["functionalize", "device", "profiler", "flop_counter"])

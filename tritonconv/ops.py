@@ -723,8 +723,9 @@ def _transform_function(op_name: str) -> type:
     there: torch.func wants an autograd.Function with a separate ``setup_context``, which
     ``register_autograd`` does not generate (pytorch/pytorch#168393, #179652). The forward runs
     the op (below the transforms' levels: plain tensors, or vmap's batched ones, which the op's
-    fallback loops over); setup_context, backward and jvp are the op's own, whose ops come back
-    here; vmap rules are generated from them. List arguments arrive as ``_Static``."""
+    batching rule takes, see "vmap" below); setup_context, backward and jvp are the op's own,
+    whose ops come back here; vmap rules are generated from them. List arguments arrive as
+    ``_Static``."""
     setup, backward = _AUTOGRAD[op_name]
     op = getattr(torch.ops.tritonconv, op_name)
 
@@ -759,6 +760,130 @@ def _transform_function(op_name: str) -> type:
 
 
 _TRANSFORM_FUNCTIONS = {name: _transform_function(name) for name in _IMPLS}
+
+
+# --------------------------------------------------------------------------- vmap
+#
+# torch.func.vmap (model ensembles, per-sample gradients through vmap of grad) calls the ops on
+# batched tensors. Without a rule, PyTorch runs them once per sample and warns of the slowdown.
+# These rules run one call instead:
+#   - the batch folded into N, where only the activations carry it;
+#   - the batch folded into the groups, where the weight (or bias) carries it: sample b's
+#     channels become groups b*groups ... (b+1)*groups - 1 of one grouped conv.
+# The rules run with vmap's level still on functorch's stack (only its batching key excluded),
+# where ``call`` would take the transform Function: they call the ops through the dispatcher.
+# conv_transpose2d keeps PyTorch's loop.
+
+
+def _op(name: str):
+    return getattr(torch.ops.tritonconv, name)
+
+
+def _first(t: Optional[torch.Tensor], dim: Optional[int], size: int) -> Optional[torch.Tensor]:
+    """``t`` with its vmapped dimension first; a tensor without one, expanded to ``size``."""
+    if t is None:
+        return None
+    return t.movedim(dim, 0) if dim is not None else t.expand(size, *t.shape)
+
+
+def _fold_n(t: torch.Tensor) -> torch.Tensor:
+    """(B, N, ...) -> (B*N, ...)."""
+    return t.reshape(t.shape[0] * t.shape[1], *t.shape[2:])
+
+
+def _fold_channels(t: torch.Tensor) -> torch.Tensor:
+    """(B, N, C, H, W) -> (N, B*C, H, W): sample b's channels at b*C ... (b+1)*C - 1."""
+    B, N, C = t.shape[:3]
+    return t.transpose(0, 1).reshape(N, B * C, *t.shape[3:])
+
+
+def _dims(in_dims, count: int) -> tuple:
+    return tuple(in_dims) + (None,) * (count - len(in_dims))
+
+
+def _vmap_forward(op_name: str, info, in_dims, input, weight, bias, stride, padding, dilation, groups,
+                  *epilogue):
+    """conv2d and conv2d_fused (whose ``epilogue`` is activation, alpha, residual) on batched
+    tensors. The per-sample input is 3-D (C, H, W) or 4-D (N, C, H, W)."""
+    B = info.batch_size
+    xd, wd, bd = in_dims[:3]
+    rd = in_dims[9] if epilogue else None
+    residual = epilogue[2] if epilogue else None
+    x = _first(input, xd, B)
+    per_sample_3d = x.dim() == 4
+    if wd is None and bd is None:
+        # one conv over the samples' images: (B, N, C, H, W) as (B*N, C, H, W)
+        xs = x if per_sample_3d else _fold_n(x)
+        tail = epilogue
+        if residual is not None:
+            r = _first(residual, rd, B)
+            tail = (epilogue[0], epilogue[1], r if per_sample_3d else _fold_n(r))
+        args = (xs, weight, bias, stride, padding, dilation, groups, *tail)
+        y = _op(op_name)(*args)
+        return (y if per_sample_3d else y.unflatten(0, (B, x.shape[1]))), 0
+    # per-sample weights: one grouped conv with B times the groups
+    if per_sample_3d:
+        x = x.unsqueeze(1)
+    w = _first(weight, wd, B)
+    K = w.shape[1]
+    b = _first(bias, bd, B)
+    xs, ws = _fold_channels(x), w.reshape(B * K, *w.shape[2:])
+    bs = None if b is None else b.reshape(B * K)
+    tail = epilogue
+    if residual is not None:
+        r = _first(residual, rd, B)
+        tail = (epilogue[0], epilogue[1], _fold_channels(r.unsqueeze(1) if per_sample_3d else r))
+    args = (xs, ws, bs, stride, padding, dilation, groups * B, *tail)
+    y = _op(op_name)(*args).unflatten(1, (B, K))  # (N, B, K, P, Q)
+    return (y.squeeze(0), 0) if per_sample_3d else (y, 1)
+
+
+@conv2d.register_vmap
+def _(info, in_dims, input, weight, bias=None, stride=(1, 1), padding=(0, 0), dilation=(1, 1), groups=1):
+    return _vmap_forward("conv2d", info, _dims(in_dims, 7), input, weight, bias, stride, padding, dilation,
+                         groups)
+
+
+@conv2d_fused.register_vmap
+def _(info, in_dims, input, weight, bias=None, stride=(1, 1), padding=(0, 0), dilation=(1, 1), groups=1,
+      activation="none", alpha=0.01, residual=None):
+    return _vmap_forward("conv2d_fused", info, _dims(in_dims, 10), input, weight, bias, stride, padding,
+                         dilation, groups, activation, alpha, residual)
+
+
+@conv2d_grad_input.register_vmap
+def _(info, in_dims, grad_output, weight, input_size, stride, padding, dilation, groups):
+    B = info.batch_size
+    gd, wd = _dims(in_dims, 7)[:2]
+    dy = _first(grad_output, gd, B)  # (B, N, K, P, Q)
+    N, C, H, W = input_size
+    if wd is None:
+        dys = _fold_n(dy)
+        dx = _op("conv2d_grad_input")(dys, weight, [B * N, C, H, W], stride, padding, dilation, groups)
+        return dx.unflatten(0, (B, N)), 0
+    w = _first(weight, wd, B)
+    dys, ws = _fold_channels(dy), w.reshape(B * w.shape[1], *w.shape[2:])
+    dx = _op("conv2d_grad_input")(dys, ws, [N, B * C, H, W], stride, padding, dilation, groups * B)
+    return dx.unflatten(1, (B, C)), 1
+
+
+@conv2d_grad_weight.register_vmap
+def _(info, in_dims, grad_output, input, weight_size, stride, padding, dilation, groups):
+    # per-sample gradients: sample b's weight gradient is group block b of one grouped wgrad
+    B = info.batch_size
+    gd, xd = _dims(in_dims, 7)[:2]
+    dys, xs = _fold_channels(_first(grad_output, gd, B)), _fold_channels(_first(input, xd, B))
+    K, Cg, R, S = weight_size
+    dw = _op("conv2d_grad_weight")(dys, xs, [B * K, Cg, R, S], stride, padding, dilation, groups * B)
+    return dw.unflatten(0, (B, K)), 0
+
+
+@conv2d_grad_bias.register_vmap
+def _(info, in_dims, grad_output):
+    B = info.batch_size
+    dy = _first(grad_output, in_dims[0], B)  # (B, N, K, P, Q)
+    dys = _fold_channels(dy)
+    return _op("conv2d_grad_bias")(dys).unflatten(0, (B, dy.shape[2])), 0
 
 
 # --------------------------------------------------------------------------- autocast
