@@ -310,9 +310,8 @@ _LOOPED = "There is a performance drop"
 @pytest.mark.parametrize("fn", ["conv2d", "fused", "transpose"])
 def test_torch_func_transforms(transform, fn):
     """grad, vjp, jacrev, jvp, jacfwd, hessian, grad of grad, per-sample grads (vmap of grad) and
-    vmap through tritonconv.functional, against F.conv2d's (its fused and transposed forms too).
-    conv2d and the fused conv run under vmap on their batching rules (ops.py), not once per
-    sample; conv_transpose2d still runs once per sample."""
+    vmap through tritonconv.functional, against F.conv2d's (its fused and transposed forms too),
+    with vmap on the ops' batching rules (ops.py), not once per sample."""
     import warnings
 
     import torch.nn.functional as Fn
@@ -333,13 +332,12 @@ def test_torch_func_transforms(transform, fn):
     want = case(ref)
     flat = lambda r: torch.cat([t.flatten() for t in (r if isinstance(r, tuple) else (r,))])  # noqa: E731
     assert_matches(flat(got), flat(want), torch.float64)
-    if fn != "transpose":
-        assert not [w for w in caught if _LOOPED in str(w.message)]
+    assert not [w for w in caught if _LOOPED in str(w.message)]
 
 
 def _vmap_cases():
     """(ours, F.conv2d's) for vmap over activations, over per-sample weights (model ensembles),
-    over both, with a fused epilogue and residual, nested, and under grad and jvp."""
+    over both, with a fused epilogue and residual, nested, under grad and jvp, and transposed."""
     torch.manual_seed(12)
     B, kw = 3, dict(dtype=torch.float64, device=DEVICE)
     x = torch.randn(B, 2, 4, 6, 7, **kw)
@@ -347,9 +345,14 @@ def _vmap_cases():
     ws, bs = torch.randn(B, 6, 2, 3, 3, **kw), torch.randn(B, 6, **kw)
     res = torch.randn(B, 2, 6, 6, 7, **kw)
     v, g = torch.func.vmap, torch.func.grad
-    ours = lambda *a, **k: functional.conv2d(*a, **k)  # noqa: E731
+    def ours(x, w, b, stride=1, padding=0, dilation=1, groups=1, transposed=False, **epilogue):
+        if transposed:
+            return functional.conv_transpose2d(x, w, b, stride, padding, 0, groups, dilation)
+        return functional.conv2d(x, w, b, stride, padding, dilation, groups, **epilogue)
 
-    def ref(x, w, b, stride=1, padding=0, dilation=1, groups=1, activation="none", residual=None):
+    def ref(x, w, b, stride=1, padding=0, dilation=1, groups=1, transposed=False, activation="none", residual=None):
+        if transposed:
+            return F.conv_transpose2d(x, w, b, stride, padding, 0, groups, dilation)
         y = F.conv2d(x, w, b, stride, padding, dilation, groups)
         y = y if residual is None else y + residual
         return {"none": y, "relu": F.relu(y)}[activation]
@@ -375,6 +378,11 @@ def _vmap_cases():
                                         argnums=(0, 1, 2)))(ws, bs, x),
         "jvp of vmap": lambda c: torch.func.jvp(lambda t: v(lambda xi: c(xi, w, b, 1, 1))(t), (x,),
                                                 (torch.ones_like(x),)),
+        # conv_transpose2d (its weight (C_in, C_out / groups, R, S): the forward weights' transpose)
+        "transposed": lambda c: v(lambda xi: c(xi, w.transpose(0, 1), b, transposed=True, stride=2))(x[:, :, :4]),
+        "transposed, ensemble grads": lambda c: v(g(
+            lambda wi, bi, xi: c(xi, wi, bi, transposed=True, padding=1, groups=2).square().sum(),
+            argnums=(0, 1, 2)))(ws.reshape(B, 2, 3, 2, 3, 3).transpose(1, 3).reshape(B, 4, 3, 3, 3), bs, x),
     }, ours, ref
 
 

@@ -772,7 +772,6 @@ _TRANSFORM_FUNCTIONS = {name: _transform_function(name) for name in _IMPLS}
 #     channels become groups b*groups ... (b+1)*groups - 1 of one grouped conv.
 # The rules run with vmap's level still on functorch's stack (only its batching key excluded),
 # where ``call`` would take the transform Function: they call the ops through the dispatcher.
-# conv_transpose2d keeps PyTorch's loop.
 
 
 def _op(name: str):
@@ -849,6 +848,28 @@ def _(info, in_dims, input, weight, bias=None, stride=(1, 1), padding=(0, 0), di
       activation="none", alpha=0.01, residual=None):
     return _vmap_forward("conv2d_fused", info, _dims(in_dims, 10), input, weight, bias, stride, padding,
                          dilation, groups, activation, alpha, residual)
+
+
+@conv_transpose2d.register_vmap
+def _(info, in_dims, input, weight, bias=None, stride=(1, 1), padding=(0, 0), output_padding=(0, 0), groups=1,
+      dilation=(1, 1)):
+    B = info.batch_size
+    xd, wd, bd = _dims(in_dims, 8)[:3]
+    x = _first(input, xd, B)
+    per_sample_3d = x.dim() == 4
+    op = _op("conv_transpose2d")
+    if wd is None and bd is None:
+        y = op(x if per_sample_3d else _fold_n(x), weight, bias, stride, padding, output_padding, groups, dilation)
+        return (y if per_sample_3d else y.unflatten(0, (B, x.shape[1]))), 0
+    # per-sample weights, (C_in, C_out / groups, R, S) each: one transposed conv with B times the groups
+    if per_sample_3d:
+        x = x.unsqueeze(1)
+    w = _first(weight, wd, B)
+    K = w.shape[2] * groups
+    b = _first(bias, bd, B)
+    y = op(_fold_channels(x), w.reshape(B * w.shape[1], *w.shape[2:]), None if b is None else b.reshape(B * K),
+           stride, padding, output_padding, groups * B, dilation).unflatten(1, (B, K))
+    return (y.squeeze(0), 0) if per_sample_3d else (y, 1)
 
 
 @conv2d_grad_input.register_vmap
