@@ -376,7 +376,6 @@ def test_a_module_with_a_pack_saves_and_copies_without_it():
             assert all("_packed_weight" in m.__dict__ for m in other), "the copy packs on first use"
 
 
-@pytest.mark.filterwarnings("ignore:There is a performance drop")
 @pytest.mark.parametrize("groups", [1, 4], ids=["channels_last_pack", "depthwise_pack"])
 def test_functional_call_gradients_and_per_sample_gradients(groups):
     """torch.func.functional_call under grad and vmap(grad) (MAML, per-sample gradients) after
@@ -425,7 +424,6 @@ def test_forget_packed_weights_after_writes_through_data():
     assert rel_err(y, F.conv2d(x, conv.weight, conv.bias, 1, 1)) < TOL[torch.float32]
 
 
-@pytest.mark.filterwarnings("ignore:There is a performance drop")
 @pytest.mark.parametrize("groups", [1, 4], ids=["channels_last_pack", "depthwise_pack"])
 def test_vmap_over_channels_last_input_and_model_ensembles(groups):
     """vmap cannot ask a tensor for its memory format: under torch.func the module takes its
