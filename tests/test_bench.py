@@ -672,6 +672,24 @@ def test_intercepted_launches_record_arguments_and_run_nothing(device):
         assert precompile.precompile([lambda: None]).mode.startswith("interpreter")
 
 
+def test_sweep_row_says_when_its_calls_got_no_launch_plan(tmp_path, monkeypatch):
+    """A tritonconv row whose calls took the full path (no launch plan formed) says so and why in
+    its note: its host_us is then the full path's, not a plan replay's."""
+    from tritonconv import plans
+
+    def refuse(key, *args, **kwargs):
+        plans._keep(key, plans._Unplannable("refused here"))
+
+    monkeypatch.setattr(plans, "build", refuse)
+    out = tmp_path / "out"
+    with plans.enabled_as(True):
+        assert sweep.main(["--preset", "smoke", "--out", str(out), "--quiet", "--reps", "1", "--limit", "1",
+                           "--providers", "tritonconv", "--dtype", "fp16" if CUDA else "fp32", "--no-report"]) == 0
+    _, rows = _read_csv(out / "results.csv")
+    assert len(rows) == 1 and rows[0]["status"] == "ok"
+    assert rows[0]["note"].endswith(sweep.NO_PLAN_NOTE + "refused here (1 key)"), rows[0]["note"]
+
+
 def test_intercepted_calls_leave_no_launch_plan(device):
     """A call whose launches are intercepted launches nothing: it must not leave its key marked
     not plannable, or the same call made for real later (the e2e run after its precompile) would

@@ -302,6 +302,7 @@ class _Sweep:
         n_sets = input_sets_for(case, info, opts)
         row["input_sets"] = n_sets
         calls = []
+        unplanned_before = _unplanned() if provider.name == "tritonconv" else None
         try:
             provider.prepare(case)
             calls = [provider.bind(case, prov.make_inputs(case, i)) for i in range(n_sets)]
@@ -329,6 +330,12 @@ class _Sweep:
         finally:
             calls = []
         row.update(median_ms=median, p20_ms=p20, p80_ms=p80, host_us=host_us)
+        if unplanned_before is not None:
+            new = {why: n - unplanned_before.get(why, 0) for why, n in _unplanned().items()
+                   if n > unplanned_before.get(why, 0)}
+            if new:  # its calls took the full path: host_us is that path's
+                row["note"] = "; ".join(filter(None, [row.get("note"), NO_PLAN_NOTE + ", ".join(
+                    f"{why} ({n} key{'s' if n > 1 else ''})" for why, n in new.items())]))
         tflops = case.flops / (median * 1e-3) / 1e12 if median > 0 else float("nan")
         peak = self.peak(case.dtype)
         row.update(tflops=tflops, peak_tflops=peak, pct_peak=100.0 * tflops / peak if peak == peak and peak else None)
@@ -372,6 +379,17 @@ def _families_recorded(provider: prov.Provider, row: Dict[str, Any]):
     if tiles:
         parts.append(TILES_NOTE + format_tiles(tiles))
     row["note"] = "; ".join(part for part in parts if part)
+
+
+# in a tritonconv row's note: the keys of its calls that got no launch plan (plans.py), and why
+NO_PLAN_NOTE = "no launch plan: "
+
+
+def _unplanned() -> Dict[str, int]:
+    """How many keys are known not plannable, by reason (plans.reasons)."""
+    from .. import plans
+
+    return plans.reasons()
 
 
 def _split(text: str) -> List[str]:
