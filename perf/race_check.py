@@ -13,7 +13,10 @@ reports per config:
 
 - ``rel_err``: the worst of the three against float64 aten;
 - ``same bits``: whether the three outputs are bitwise equal (every family is deterministic:
-  a difference is a race).
+  a difference is a race);
+- ``ms``: on a GPU, the config's kernel time (``configs.kernel_time``: a CUDA graph of its
+  launches, outputs not poisoned). Where a case runs with the rule off and on, a second table
+  sets each synced tile's time beside the same tile's unsynced one: what the sync costs.
 
 The cases include the short reductions tap_tma now declines (forced anyway, through the kernel
 directly), to test the diagnosis of 2026-11-26's failure: the next step's ldmatrix rewriting the
@@ -44,6 +47,8 @@ CASES = [  # most telling first: a budget may stop the list
     # 64 had the same hazard on Triton 3.6; never run at a layer size on a GPU before
     ("tap_tma wgrad, 3x3 C64 56x56", "wgrad_tap_tma", "layer1.0.conv2", True, True),
     ("tap_tma fwd, 3x3 C64 56x56 (9 steps)", "fprop_tap_tma", "layer1.0.conv2", True, True),
+    # the same with the rule off: what the synced tiles above cost (their times side by side)
+    ("tap_tma fwd, 3x3 C64 56x56 (9 steps), rule off", "fprop_tap_tma", "layer1.0.conv2", True, False),
     # the same at N=8: 128 programs of 128x128 tiles, one per SM at most; the probes of
     # 2026-11-26 saw no failure there (N=8, padding 1), and failures from N=16 (two per SM)
     ("tap_tma fwd, 1x1 C256 14x14 (4 steps), N=8, rule off", "fprop_tap_tma", "layer3.0.conv3", False, False, 8),
@@ -55,6 +60,18 @@ CASES = [  # most telling first: a budget may stop the list
     ("gemm1x1_tma fwd, C64 56x56 (1 step)", "gemm1x1_tma", "layer1.0.conv3", True, True),
     ("tap_tma wgrad, 3x3 C64 56x56, rule off", "wgrad_tap_tma", "layer1.0.conv2", True, False),
 ]
+
+
+def sync_cost_lines(times) -> list:
+    """The table of what syncing costs, from ``times``: {(case without its rule, config without
+    " sync"): {synced: ms}}; a tile timed both ways gets a row (none: no table)."""
+    paired = [(case, cfg, t[False], t[True]) for (case, cfg), t in times.items() if len(t) == 2]
+    if not paired:
+        return []
+    return ["", "What the sync costs (configs.WGMMA_RS_HAZARD): the same tile unsynced (rule off: timing only, "
+            "it may race) and synced (as the runtime runs it on this Triton).", "",
+            "| case | config | ms unsynced | ms synced | synced / unsynced |", "| --- | --- | --- | --- | --- |",
+            *(f"| {case} | {cfg} | {off:.4f} | {on:.4f} | {on / off:.2f}x |" for case, cfg, off, on in paired)]
 
 
 def _args(argv):
@@ -123,7 +140,9 @@ def main(argv=None) -> int:
               f"{torch.cuda.get_device_name() if device == 'cuda' else 'CPU, Triton interpreter (plumbing only)'}; "
               f"torch {torch.__version__}, triton {triton.__version__}; "
               f"ResNet-50 layers at N={args.batch} (unless the case says), fp16, channels_last; launch plans off.", "",
-              "| case | config | rel_err (worst of 3) | same bits | note |", "| --- | --- | --- | --- | --- |"]
+              "| case | config | rel_err (worst of 3) | same bits | ms | note |",
+              "| --- | --- | --- | --- | --- | --- |"]
+    times = {}  # (case without its rule, config without " sync") -> {synced: ms}
 
     def report() -> str:
         """Written after every config, so that a run cut off by its caller's timeout leaves its rows."""
@@ -131,6 +150,7 @@ def main(argv=None) -> int:
         lines += ["", f"{len(bad)} config(s) run as the runtime runs them (register-hazard rule on) gave "
                   "different bits or a wrong result"
                   + (": " + ", ".join(f"{n} {c}" for n, c in bad) if bad else ".")]
+        lines += sync_cost_lines(times)
         text = "\n".join(lines) + "\n"
         (out_dir / "race_check.md").write_text(text)
         return text
@@ -141,7 +161,7 @@ def main(argv=None) -> int:
     try:
         for name, kernel, layer_name, routable, rule, *batch in picked:
             if out_of_time():
-                rows.append((name, "-", "skipped: time budget", "", ""))
+                rows.append((name, "-", "skipped: time budget", "", "", ""))
                 continue
             layer = layers[layer_name]
             pb = layer.problem(batch[0] if batch else args.batch)
@@ -171,7 +191,7 @@ def main(argv=None) -> int:
             names, pinned["seen"] = list(dict.fromkeys(pinned["seen"])) or ["(its only config)"], None
             for cfg in names:
                 if out_of_time():
-                    rows.append((name, cfg, "skipped: time budget", "", ""))
+                    rows.append((name, cfg, "skipped: time budget", "", "", ""))
                     continue
                 pinned["name"] = cfg
                 for t in autotuners:
@@ -181,14 +201,26 @@ def main(argv=None) -> int:
                     if device == "cuda":
                         torch.cuda.synchronize()
                 except Exception as err:  # a config that fails to build or launch is a row
-                    rows.append((name, cfg, f"error: {type(err).__name__}: {str(err)[:80]}", "", ""))
+                    rows.append((name, cfg, f"error: {type(err).__name__}: {str(err)[:80]}", "", "", ""))
                     continue
                 errs = [((o.double() - ref).norm() / ref.norm()).item() for o in outs]
                 same = all(plans.same_bits(outs[0], o) for o in outs[1:])
                 note = "" if routable else "declined by the router"
                 if cfg in flagged and not rule:
                     note += f"; run as is here, synced on Triton {triton.__version__} (register hazard, triton#9433)"
-                rows.append((name, cfg, f"{max(errs):.1e}", "yes" if same else "**no**", note.lstrip("; ")))
+                ms = ""
+                if device == "cuda":  # its kernels' time, without the poisoning fill of each output
+                    _common.set_poison_outputs(False)
+                    try:
+                        t = configs.kernel_time(lambda: launch(x, w, None, pb))
+                        ms = f"{t:.4f}"
+                        base = name.replace(", rule off", "").replace(", rule on", "")
+                        times.setdefault((base, cfg.replace(" sync", "")), {})[cfg.endswith(" sync")] = t
+                    except Exception as err:
+                        ms = f"error: {type(err).__name__}"
+                    finally:
+                        _common.set_poison_outputs(True)
+                rows.append((name, cfg, f"{max(errs):.1e}", "yes" if same else "**no**", ms, note.lstrip("; ")))
                 # a verdict where the runtime would run this: the rule on, and the router taking the
                 # case or this Triton syncing it (on 3.9+ a declined case's "rule on" is its control)
                 if rule and (routable or rs_rule) and (not same or max(errs) > 1e-2):
