@@ -791,9 +791,10 @@ def _fold_n(t: torch.Tensor) -> torch.Tensor:
 
 
 def _fold_channels(t: torch.Tensor) -> torch.Tensor:
-    """(B, N, C, H, W) -> (N, B*C, H, W): sample b's channels at b*C ... (b+1)*C - 1."""
-    B, N, C = t.shape[:3]
-    return t.transpose(0, 1).reshape(N, B * C, *t.shape[3:])
+    """(B, N, C, H, W) -> (N, B*C, H, W): sample b's channels at b*C ... (b+1)*C - 1, in
+    channels_last (the copy this takes is made in the layout the kernels prefer)."""
+    B, N, C, H, W = t.shape
+    return t.permute(1, 3, 4, 0, 2).reshape(N, H, W, B * C).permute(0, 3, 1, 2)
 
 
 def _dims(in_dims, count: int) -> tuple:
