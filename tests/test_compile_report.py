@@ -144,7 +144,8 @@ def every_family_report():
 
 def test_every_family_builds(every_family_report):
     rc, records = every_family_report
-    assert sorted(r["kernel"] for r in records) == sorted(f.name for f in cr.FAMILIES)
+    # every family (the tap-TMA ones twice: "64x64x64 w4 s4" names a one-row tile of theirs too)
+    assert sorted({r["kernel"] for r in records}) == sorted(f.name for f in cr.FAMILIES)
     for r in records:
         fam = cr._family(r["kernel"])
         assert r["error"] is None, (r["kernel"], r["error"])

@@ -110,6 +110,10 @@ TAP_TMA_ROW_TILES: Tuple[Tuple[int, int, int, int, int], ...] = (
     (128, 128, 64, 8, 3),
     (128, 64, 64, 8, 4),
     (64, 128, 64, 8, 4),
+    # rows of 56 pixels (ResNet's 56x56 stage) into 64 channels: the 8-wide tiles the H100 picked
+    # there at 283a32b all ran synced on Triton 3.6 (WGMMA_RS_HAZARD); this one reads A from
+    # shared memory, its wgmmas pipelined
+    (64, 64, 64, 4, 4),
 )
 WGRAD_TAP_TMA_ROW_TILES: Tuple[Tuple[int, int, int, int, int], ...] = (
     (128, 128, 64, 8, 3),
