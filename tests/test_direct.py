@@ -367,6 +367,13 @@ def _vmap_cases():
         "ensemble": lambda c: v(lambda wi, bi: c(x[0], wi, bi, **grouped))(ws, bs),
         "ensemble, 3-D input": lambda c: v(lambda wi: c(x[0, 0], wi, None, **grouped))(ws),
         "ensemble and activations": lambda c: v(lambda xi, wi, bi: c(xi, wi, bi, **grouped))(x, ws, bs),
+        "bias only": lambda c: v(lambda bi: c(x[0], w, bi, 1, 1))(bs),
+        "weights at in_dims 1": lambda c: v(lambda wi: c(x[0], wi, None, **grouped), in_dims=1)(ws.movedim(0, 1)),
+        # F.conv2d's own rule gives samples that .view cannot take: it reshapes
+        "outputs viewed": lambda c: v(lambda wi: (lambda o: o.view(-1) if c is ours else o.reshape(-1))(
+            c(x[0], wi, None, **grouped)))(ws),
+        "the op with keywords": lambda c: v(lambda xi: (
+            torch.ops.tritonconv.conv2d(xi, w, bias=b, padding=[1, 1]) if c is ours else F.conv2d(xi, w, b, padding=1)))(x),
         "fused residual": lambda c: v(lambda xi, ri: c(xi, w, b, 1, 1, activation="relu", residual=ri))(x, res),
         "fused residual, ensemble": lambda c: v(
             lambda xi, wi, ri: c(xi, wi, None, **grouped, activation="relu", residual=ri))(x, ws, res),
@@ -379,11 +386,30 @@ def _vmap_cases():
         "jvp of vmap": lambda c: torch.func.jvp(lambda t: v(lambda xi: c(xi, w, b, 1, 1))(t), (x,),
                                                 (torch.ones_like(x),)),
         # conv_transpose2d (its weight (C_in, C_out / groups, R, S): the forward weights' transpose)
-        "transposed": lambda c: v(lambda xi: c(xi, w.transpose(0, 1), b, transposed=True, stride=2))(x[:, :, :4]),
+        "transposed": lambda c: v(lambda xi: c(xi, w.transpose(0, 1), b, transposed=True, stride=2))(x),
         "transposed, ensemble grads": lambda c: v(g(
             lambda wi, bi, xi: c(xi, wi, bi, transposed=True, padding=1, groups=2).square().sum(),
             argnums=(0, 1, 2)))(ws.reshape(B, 2, 3, 2, 3, 3).transpose(1, 3).reshape(B, 4, 3, 3, 3), bs, x),
     }, ours, ref
+
+
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "channels_last"])
+def test_vmap_over_weights_gives_samples_laid_out_as_unbatched(channels_last):
+    """Each sample of an ensemble's output, input gradient and weight gradient (per-sample weights
+    folded into groups) has the strides the unbatched call gives, so ``.view`` works on it as
+    there (F.conv2d's own rule leaves them interleaved: its samples cannot be viewed)."""
+    torch.manual_seed(13)
+    x = torch.randn(2, 4, 6, 7, dtype=torch.float64, device=DEVICE)
+    ws = torch.randn(3, 6, 2, 3, 3, dtype=torch.float64, device=DEVICE)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    g = torch.func.grad
+    for fn in (lambda wi: functional.conv2d(x, wi, None, 1, 1, 1, 2),
+               lambda wi: g(lambda t: functional.conv2d(t, wi, None, 1, 1, 1, 2).square().sum())(x),
+               lambda wi: g(lambda wk: functional.conv2d(x, wk, None, 1, 1, 1, 2).square().sum())(wi)):
+        unbatched = fn(ws[0])
+        got = torch.func.vmap(fn)(ws)
+        assert all(got[i].stride() == unbatched.stride() for i in range(3)), (got.stride(), unbatched.stride())
 
 
 @pytest.mark.parametrize("case", list(_vmap_cases()[0]))

@@ -797,6 +797,20 @@ def _fold_channels(t: torch.Tensor) -> torch.Tensor:
     return t.permute(1, 3, 4, 0, 2).reshape(N, H, W, B * C).permute(0, 3, 1, 2)
 
 
+def _samples_as(y: torch.Tensor, fmt: torch.memory_format) -> torch.Tensor:
+    """(B, N, C, H, W) with each sample dense in ``fmt``: as the unbatched op lays out its result
+    (a sample of a folded call's result is neither format, and ``.view`` fails on it; F.conv2d's
+    own vmap rule leaves it so). No copy where the samples are so already."""
+    if fmt == torch.channels_last:
+        return y.permute(0, 1, 3, 4, 2).contiguous().permute(0, 1, 4, 2, 3)
+    return y.contiguous()
+
+
+def _unfold_samples(y: torch.Tensor, B: int, fmt: torch.memory_format) -> torch.Tensor:
+    """(N, B*K, ...) from a folded-channels call -> (B, N, K, ...), each sample dense in ``fmt``."""
+    return _samples_as(y.unflatten(1, (B, y.shape[1] // B)).movedim(1, 0), fmt)
+
+
 def _dims(in_dims, count: int) -> tuple:
     return tuple(in_dims) + (None,) * (count - len(in_dims))
 
@@ -820,7 +834,9 @@ def _vmap_forward(op_name: str, info, in_dims, input, weight, bias, stride, padd
             tail = (epilogue[0], epilogue[1], r if per_sample_3d else _fold_n(r))
         args = (xs, weight, bias, stride, padding, dilation, groups, *tail)
         y = _op(op_name)(*args)
-        return (y if per_sample_3d else y.unflatten(0, (B, x.shape[1]))), 0
+        if per_sample_3d:
+            return y, 0
+        return _samples_as(y.unflatten(0, (B, x.shape[1])), spec.output_memory_format(x[0], weight)), 0
     # per-sample weights: one grouped conv with B times the groups
     if per_sample_3d:
         x = x.unsqueeze(1)
@@ -834,8 +850,8 @@ def _vmap_forward(op_name: str, info, in_dims, input, weight, bias, stride, padd
         r = _first(residual, rd, B)
         tail = (epilogue[0], epilogue[1], _fold_channels(r.unsqueeze(1) if per_sample_3d else r))
     args = (xs, ws, bs, stride, padding, dilation, groups * B, *tail)
-    y = _op(op_name)(*args).unflatten(1, (B, K))  # (N, B, K, P, Q)
-    return (y.squeeze(0), 0) if per_sample_3d else (y, 1)
+    y = _unfold_samples(_op(op_name)(*args), B, spec.output_memory_format(x[0], w[0]))  # (B, N, K, P, Q)
+    return (y.squeeze(1) if per_sample_3d else y), 0
 
 
 @conv2d.register_vmap
@@ -861,7 +877,9 @@ def _(info, in_dims, input, weight, bias=None, stride=(1, 1), padding=(0, 0), ou
     op = _op("conv_transpose2d")
     if wd is None and bd is None:
         y = op(x if per_sample_3d else _fold_n(x), weight, bias, stride, padding, output_padding, groups, dilation)
-        return (y if per_sample_3d else y.unflatten(0, (B, x.shape[1]))), 0
+        if per_sample_3d:
+            return y, 0
+        return _samples_as(y.unflatten(0, (B, x.shape[1])), spec.output_memory_format(x[0], weight)), 0
     # per-sample weights, (C_in, C_out / groups, R, S) each: one transposed conv with B times the groups
     if per_sample_3d:
         x = x.unsqueeze(1)
@@ -869,8 +887,9 @@ def _(info, in_dims, input, weight, bias=None, stride=(1, 1), padding=(0, 0), ou
     K = w.shape[2] * groups
     b = _first(bias, bd, B)
     y = op(_fold_channels(x), w.reshape(B * w.shape[1], *w.shape[2:]), None if b is None else b.reshape(B * K),
-           stride, padding, output_padding, groups * B, dilation).unflatten(1, (B, K))
-    return (y.squeeze(0), 0) if per_sample_3d else (y, 1)
+           stride, padding, output_padding, groups * B, dilation)
+    y = _unfold_samples(y, B, spec.output_memory_format(x[0], w[0]))
+    return (y.squeeze(1) if per_sample_3d else y), 0
 
 
 @conv2d_grad_input.register_vmap
@@ -882,11 +901,11 @@ def _(info, in_dims, grad_output, weight, input_size, stride, padding, dilation,
     if wd is None:
         dys = _fold_n(dy)
         dx = _op("conv2d_grad_input")(dys, weight, [B * N, C, H, W], stride, padding, dilation, groups)
-        return dx.unflatten(0, (B, N)), 0
+        return _samples_as(dx.unflatten(0, (B, N)), spec.output_memory_format(dy[0], weight)), 0
     w = _first(weight, wd, B)
     dys, ws = _fold_channels(dy), w.reshape(B * w.shape[1], *w.shape[2:])
     dx = _op("conv2d_grad_input")(dys, ws, [N, B * C, H, W], stride, padding, dilation, groups * B)
-    return dx.unflatten(1, (B, C)), 1
+    return _unfold_samples(dx, B, spec.output_memory_format(dy[0], w[0])), 0
 
 
 @conv2d_grad_weight.register_vmap
@@ -894,10 +913,11 @@ def _(info, in_dims, grad_output, input, weight_size, stride, padding, dilation,
     # per-sample gradients: sample b's weight gradient is group block b of one grouped wgrad
     B = info.batch_size
     gd, xd = _dims(in_dims, 7)[:2]
-    dys, xs = _fold_channels(_first(grad_output, gd, B)), _fold_channels(_first(input, xd, B))
+    dy, x = _first(grad_output, gd, B), _first(input, xd, B)
     K, Cg, R, S = weight_size
-    dw = _op("conv2d_grad_weight")(dys, xs, [B * K, Cg, R, S], stride, padding, dilation, groups * B)
-    return dw.unflatten(0, (B, K)), 0
+    dw = _op("conv2d_grad_weight")(_fold_channels(dy), _fold_channels(x), [B * K, Cg, R, S], stride, padding,
+                                   dilation, groups * B)
+    return _samples_as(dw.unflatten(0, (B, K)), _grad_weight_format(dy[0], x[0])), 0
 
 
 @conv2d_grad_bias.register_vmap
