@@ -511,6 +511,8 @@ def test_tuning_cache_keeps_a_choice_its_pruner_added_a_constexpr_to():
     def tap_tuner():
         tuner = FakeAutotuner()
         tuner.arg_names.append("SYNC_MMA")
+        constexpr = lambda name: SimpleNamespace(name=name, is_constexpr=name.isupper())  # noqa: E731
+        tuner.fn.params = [constexpr(n) for n in tuner.arg_names + ["BLOCK_M", "BLOCK_N"]]
         return tuner
 
     tuner = tap_tuner()
@@ -524,17 +526,21 @@ def test_tuning_cache_keeps_a_choice_its_pruner_added_a_constexpr_to():
     assert fresh.cache[KEY_A].kwargs == {"BLOCK_M": 128, "BLOCK_N": 64, "SYNC_MMA": True}
     assert _same(fresh.cache[KEY_B], tuner.cache[KEY_B])
 
-    # an entry with a meta-parameter that is no argument of the kernel: stale
+    # an entry with a meta-parameter that is no constexpr of the kernel (unknown, or a run-time
+    # argument such as a size): stale
     path = tuning.cache_path("fprop_tap_tma", "Fake GPU")
-    data = json.loads(path.read_text())
-    data["entries"][0]["config"]["kwargs"]["BLOCK_Z"] = 4
-    path.write_text(json.dumps(data))
-    with pytest.warns(tuning.StaleCacheWarning, match="meta-parameters"):
-        assert tuning.load_into(tap_tuner(), "fprop_tap_tma", "Fake GPU") == set()
+    good = path.read_text()
+    for extra in ("BLOCK_Z", "x_ptr"):
+        data = json.loads(good)
+        data["entries"][0]["config"]["kwargs"][extra] = 4
+        path.write_text(json.dumps(data))
+        with pytest.warns(tuning.StaleCacheWarning, match="meta-parameters"):
+            assert tuning.load_into(tap_tuner(), "fprop_tap_tma", "Fake GPU") == set()
 
 
 def test_autotuner_times_each_config_for_tune_rep_ms(monkeypatch):
-    """The autotuner's benchmarker asks do_bench for TUNE_REP_MS of repeats and a fifth of it of
+    """The autotuner's benchmarker asks do_bench for 25 ms of repeats (TRITONCONV_TUNE_REP_MS sets
+    it, read when a shape is tuned: a bad value is a clear error then) and a fifth of it of
     warm-up (Triton's defaults, 25 + 100 ms per config, made tuning most of a GPU check)."""
     from triton.runtime import driver
 
@@ -548,10 +554,17 @@ def test_autotuner_times_each_config_for_tune_rep_ms(monkeypatch):
         return 0.5
 
     ran = []
-    monkeypatch.setattr(configs, "TUNE_REP_MS", 40.0)
     monkeypatch.setattr(driver, "_active", SimpleNamespace(get_benchmarker=lambda: do_bench))
+    monkeypatch.delenv("TRITONCONV_TUNE_REP_MS", raising=False)
     assert configs.capture_safe_bench(lambda: ran.append(1), quantiles=(0.5, 0.2, 0.8)) == 0.5
-    assert ran == [1] and seen == [{"warmup": 8.0, "rep": 40.0, "quantiles": (0.5, 0.2, 0.8)}]
+    monkeypatch.setenv("TRITONCONV_TUNE_REP_MS", "40")
+    assert configs.capture_safe_bench(lambda: ran.append(2), quantiles=None) == 0.5
+    assert ran == [1, 2] and seen == [{"warmup": 5.0, "rep": 25.0, "quantiles": (0.5, 0.2, 0.8)},
+                                      {"warmup": 8.0, "rep": 40.0, "quantiles": None}]
+    for bad in ("abc", "0", "-3", "nan"):
+        monkeypatch.setenv("TRITONCONV_TUNE_REP_MS", bad)
+        with pytest.raises(ValueError, match="TRITONCONV_TUNE_REP_MS must be a number of milliseconds"):
+            configs.capture_safe_bench(lambda: None, quantiles=None)
 
 
 def test_tuning_launch_hooks_persist_across_processes(monkeypatch):
@@ -670,6 +683,23 @@ def test_intercepted_launches_record_arguments_and_run_nothing(device):
     assert "fprop._fprop_tuned" in precompile.autotuners()
     if not CUDA:
         assert precompile.precompile([lambda: None]).mode.startswith("interpreter")
+
+
+def test_sweep_measures_slow_providers_after_the_quick_ones(tmp_path, monkeypatch):
+    """A provider slow to set up (Provider.quick False: Inductor) runs after the quick ones have
+    done every layer of the chunk, over all its layers; the quick ones go layer by layer."""
+    from tritonconv.bench import providers
+
+    monkeypatch.setattr(providers.Im2col, "quick", False)  # standing in for Inductor, which needs CUDA
+    out = tmp_path / "out"
+    assert sweep.main(["--preset", "smoke", "--out", str(out), "--quiet", "--reps", "1", "--limit", "2",
+                       "--providers", "tritonconv,im2col,unfold", "--dtype", "fp16" if CUDA else "fp32",
+                       "--no-report"]) == 0
+    _, rows = _read_csv(out / "results.csv")
+    layers = list(dict.fromkeys(r["layer"] for r in rows))
+    assert len(layers) == 2
+    assert [(r["layer"], r["provider"]) for r in rows] == (
+        [(n, p) for n in layers for p in ("tritonconv", "unfold")] + [(n, "im2col") for n in layers])
 
 
 def test_sweep_row_says_when_its_calls_got_no_launch_plan(tmp_path, monkeypatch):

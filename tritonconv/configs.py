@@ -634,12 +634,26 @@ def config_name(config: triton.Config) -> str:
 # the H100 check at 283a32b, starting with nothing tuned, spent its 132 s forward stage tuning 18
 # layers. A conv kernel here runs from about 10 us to a few ms; 25 ms of repeats still gives the
 # median of some 200 runs of a 20 us kernel (each after its flush) and of 8 or more of a 3 ms one.
-# TRITONCONV_TUNE_REP_MS sets it (the warm-up is a fifth of it).
-TUNE_REP_MS = float(os.environ.get("TRITONCONV_TUNE_REP_MS", "25"))
+# TRITONCONV_TUNE_REP_MS sets it (the warm-up is a fifth of it); read when a shape is tuned.
+TUNE_REP_MS = 25.0
+
+
+def tune_rep_ms() -> float:
+    """Milliseconds of repeats per autotune candidate: TRITONCONV_TUNE_REP_MS, else TUNE_REP_MS."""
+    raw = os.environ.get("TRITONCONV_TUNE_REP_MS")
+    if raw is None:
+        return TUNE_REP_MS
+    try:
+        value = float(raw)
+    except ValueError:
+        value = float("nan")
+    if not value > 0:
+        raise ValueError(f"TRITONCONV_TUNE_REP_MS must be a number of milliseconds above 0, not {raw!r}")
+    return value
 
 
 def capture_safe_bench(kernel_call, quantiles):
-    """The autotuner's benchmarker (``triton.testing.do_bench`` for TUNE_REP_MS), refusing to run
+    """The autotuner's benchmarker (``triton.testing.do_bench`` for ``tune_rep_ms()``), refusing to run
     while a CUDA graph is being captured.
 
     Timing a kernel synchronises the stream, which breaks a capture with an
@@ -653,8 +667,8 @@ def capture_safe_bench(kernel_call, quantiles):
         )
     from triton.runtime import driver
 
-    return driver.active.get_benchmarker()(kernel_call, warmup=max(1.0, TUNE_REP_MS / 5), rep=TUNE_REP_MS,
-                                           quantiles=quantiles)
+    rep = tune_rep_ms()
+    return driver.active.get_benchmarker()(kernel_call, warmup=max(1.0, rep / 5), rep=rep, quantiles=quantiles)
 
 
 def kernel_time(call: Callable[[], Any], calls: int = 20, reps: int = 10) -> float:

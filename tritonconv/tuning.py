@@ -220,7 +220,10 @@ def _read_file(path: Path, autotuner: Any, kernel: str, device_name: str) -> Dic
         names = set(autotuner.configs[0].kwargs)
         # a pruner may add a constexpr the kernel defaults (the tap-TMA pruners' SYNC_MMA on
         # Triton before 3.9, configs.synced): the tuned choice then carries it
-        optional = set(getattr(autotuner, "arg_names", ())) - names
+        params = getattr(getattr(autotuner, "fn", None), "params", None)
+        constexprs = ({p.name for p in params if getattr(p, "is_constexpr", False)} if params is not None
+                      else set(getattr(autotuner, "arg_names", ())))
+        optional = constexprs - names
         hooks = {getattr(c, "pre_hook", None) for c in autotuner.configs}
         if len(hooks) > 1:
             raise LookupError("the kernel's configs have different pre-hooks; its entries cannot be restored")

@@ -381,7 +381,8 @@ def _families_recorded(provider: prov.Provider, row: Dict[str, Any]):
     row["note"] = "; ".join(part for part in parts if part)
 
 
-# in a tritonconv row's note: the keys of its calls that got no launch plan (plans.py), and why
+# in a tritonconv row's note: the keys its calls were first to leave without a launch plan
+# (plans.py), and why (a key an earlier row left so is counted there, not again)
 NO_PLAN_NOTE = "no launch plan: "
 
 
