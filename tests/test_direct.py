@@ -368,6 +368,10 @@ def _vmap_cases():
         "ensemble, 3-D input": lambda c: v(lambda wi: c(x[0, 0], wi, None, **grouped))(ws),
         "ensemble and activations": lambda c: v(lambda xi, wi, bi: c(xi, wi, bi, **grouped))(x, ws, bs),
         "bias only": lambda c: v(lambda bi: c(x[0], w, bi, 1, 1))(bs),
+        "bias only, 3-D input": lambda c: v(lambda bi: c(x[0, 0], w, bi, 1, 1))(bs),
+        "bias only, fused residual": lambda c: v(lambda bi, ri: c(x[0], w, bi, 1, 1, residual=ri))(bs, res),
+        "bias only, fused relu": lambda c: v(lambda bi: c(x[0], w, bi, 1, 1, activation="relu"))(bs),
+        "bias only, grads": lambda c: v(g(lambda bi, xi: c(xi, w, bi, 1, 1).square().sum(), argnums=(0, 1)))(bs, x),
         "weights at in_dims 1": lambda c: v(lambda wi: c(x[0], wi, None, **grouped), in_dims=1)(ws.movedim(0, 1)),
         # F.conv2d's own rule gives samples that .view cannot take: it reshapes
         "outputs viewed": lambda c: v(lambda wi: (lambda o: o.view(-1) if c is ours else o.reshape(-1))(
@@ -410,6 +414,21 @@ def test_vmap_over_weights_gives_samples_laid_out_as_unbatched(channels_last):
         unbatched = fn(ws[0])
         got = torch.func.vmap(fn)(ws)
         assert all(got[i].stride() == unbatched.stride() for i in range(3)), (got.stride(), unbatched.stride())
+
+
+def test_vmap_over_biases_alone_runs_one_plain_conv(monkeypatch):
+    """Per-sample biases with a shared weight: one conv of the shared weight and a bias added per
+    sample, not the grouped conv (B times the work) that per-sample weights need."""
+    def grouped(*args):
+        raise AssertionError("took the grouped path")
+
+    monkeypatch.setattr(ops, "_fold_channels", grouped)
+    torch.manual_seed(14)
+    x = torch.randn(2, 4, 5, 6, dtype=torch.float64, device=DEVICE)
+    w = torch.randn(6, 4, 3, 3, dtype=torch.float64, device=DEVICE)
+    bs = torch.randn(3, 6, dtype=torch.float64, device=DEVICE)
+    got = torch.func.vmap(lambda bi: functional.conv2d(x, w, bi, 1, 1))(bs)
+    assert_matches(got, torch.func.vmap(lambda bi: F.conv2d(x, w, bi, 1, 1))(bs), torch.float64)
 
 
 @pytest.mark.parametrize("case", list(_vmap_cases()[0]))

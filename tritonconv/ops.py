@@ -825,18 +825,24 @@ def _vmap_forward(op_name: str, info, in_dims, input, weight, bias, stride, padd
     residual = epilogue[2] if epilogue else None
     x = _first(input, xd, B)
     per_sample_3d = x.dim() == 4
-    if wd is None and bd is None:
+    # per-sample biases alone, with no activation after them: the shared weight's one conv, and
+    # each sample's bias added to its images
+    bias_apart = wd is None and bd is not None and (not epilogue or epilogue[0] == "none")
+    if wd is None and (bd is None or bias_apart):
         # one conv over the samples' images: (B, N, C, H, W) as (B*N, C, H, W)
         xs = x if per_sample_3d else _fold_n(x)
         tail = epilogue
         if residual is not None:
             r = _first(residual, rd, B)
             tail = (epilogue[0], epilogue[1], r if per_sample_3d else _fold_n(r))
-        args = (xs, weight, bias, stride, padding, dilation, groups, *tail)
+        args = (xs, weight, None if bias_apart else bias, stride, padding, dilation, groups, *tail)
         y = _op(op_name)(*args)
-        if per_sample_3d:
-            return y, 0
-        return _samples_as(y.unflatten(0, (B, x.shape[1])), spec.output_memory_format(x[0], weight)), 0
+        if not per_sample_3d:
+            y = _samples_as(y.unflatten(0, (B, x.shape[1])), spec.output_memory_format(x[0], weight))
+        if bias_apart:
+            b = _first(bias, bd, B)
+            y = y + b.view(B, *(() if per_sample_3d else (1,)), b.shape[1], 1, 1)
+        return y, 0
     # per-sample weights: one grouped conv with B times the groups
     if per_sample_3d:
         x = x.unsqueeze(1)
