@@ -812,31 +812,25 @@ def _unfold_samples(y: torch.Tensor, B: int, fmt: torch.memory_format) -> torch.
 
 
 def _dims(in_dims, count: int) -> tuple:
-    return tuple(in_dims) + (None,) * (count - len(in_dims))
+    """The first ``count`` of ``in_dims`` (None for arguments left at their default)."""
+    return (tuple(in_dims) + (None,) * count)[:count]
 
 
-def _vmap_forward(op_name: str, info, in_dims, input, weight, bias, stride, padding, dilation, groups,
-                  *epilogue):
-    """conv2d and conv2d_fused (whose ``epilogue`` is activation, alpha, residual) on batched
-    tensors. The per-sample input is 3-D (C, H, W) or 4-D (N, C, H, W)."""
-    B = info.batch_size
-    xd, wd, bd = in_dims[:3]
-    rd = in_dims[9] if epilogue else None
-    residual = epilogue[2] if epilogue else None
+def _vmap_conv(B: int, dims: tuple, input, weight, bias, run, residual=None, bias_apart_ok: bool = True):
+    """One call, not B, of a conv op on batched tensors; ``dims`` are the vmapped dimensions of
+    (input, weight, bias, residual), ``run(x, w, b, residual, m)`` calls the op with m times its
+    groups. The per-sample input is 3-D (C, H, W) or 4-D (N, C, H, W). Returns (output, 0)."""
+    xd, wd, bd, rd = _dims(dims, 4)
     x = _first(input, xd, B)
     per_sample_3d = x.dim() == 4
-    # per-sample biases alone, with no activation after them: the shared weight's one conv, and
-    # each sample's bias added to its images
-    bias_apart = wd is None and bd is not None and (not epilogue or epilogue[0] == "none")
+    # per-sample biases alone, where nothing nonlinear follows them: the shared weight's one
+    # conv, and each sample's bias added to its images
+    bias_apart = wd is None and bd is not None and bias_apart_ok
     if wd is None and (bd is None or bias_apart):
         # one conv over the samples' images: (B, N, C, H, W) as (B*N, C, H, W)
-        xs = x if per_sample_3d else _fold_n(x)
-        tail = epilogue
-        if residual is not None:
-            r = _first(residual, rd, B)
-            tail = (epilogue[0], epilogue[1], r if per_sample_3d else _fold_n(r))
-        args = (xs, weight, None if bias_apart else bias, stride, padding, dilation, groups, *tail)
-        y = _op(op_name)(*args)
+        fold = (lambda t: t) if per_sample_3d else _fold_n
+        r = None if residual is None else fold(_first(residual, rd, B))
+        y = run(fold(x), weight, None if bias_apart else bias, r, 1)
         if not per_sample_3d:
             y = _samples_as(y.unflatten(0, (B, x.shape[1])), spec.output_memory_format(x[0], weight))
         if bias_apart:
@@ -844,74 +838,48 @@ def _vmap_forward(op_name: str, info, in_dims, input, weight, bias, stride, padd
             y = y + b.view(B, *(() if per_sample_3d else (1,)), b.shape[1], 1, 1)
         return y, 0
     # per-sample weights: one grouped conv with B times the groups
+    r = None if residual is None else _first(residual, rd, B)
     if per_sample_3d:
-        x = x.unsqueeze(1)
-    w = _first(weight, wd, B)
-    K = w.shape[1]
-    b = _first(bias, bd, B)
-    xs, ws = _fold_channels(x), w.reshape(B * K, *w.shape[2:])
-    bs = None if b is None else b.reshape(B * K)
-    tail = epilogue
-    if residual is not None:
-        r = _first(residual, rd, B)
-        tail = (epilogue[0], epilogue[1], _fold_channels(r.unsqueeze(1) if per_sample_3d else r))
-    args = (xs, ws, bs, stride, padding, dilation, groups * B, *tail)
-    y = _unfold_samples(_op(op_name)(*args), B, spec.output_memory_format(x[0], w[0]))  # (B, N, K, P, Q)
+        x, r = x.unsqueeze(1), None if r is None else r.unsqueeze(1)
+    w, b = _first(weight, wd, B), _first(bias, bd, B)
+    y = run(_fold_channels(x), w.flatten(0, 1), None if b is None else b.flatten(),
+            None if r is None else _fold_channels(r), B)
+    y = _unfold_samples(y, B, spec.output_memory_format(x[0], w[0]))  # (B, N, K, P, Q)
     return (y.squeeze(1) if per_sample_3d else y), 0
 
 
 @conv2d.register_vmap
 def _(info, in_dims, input, weight, bias=None, stride=(1, 1), padding=(0, 0), dilation=(1, 1), groups=1):
-    return _vmap_forward("conv2d", info, _dims(in_dims, 7), input, weight, bias, stride, padding, dilation,
-                         groups)
+    return _vmap_conv(info.batch_size, _dims(in_dims, 3), input, weight, bias,
+                      lambda x, w, b, r, m: _op("conv2d")(x, w, b, stride, padding, dilation, groups * m))
 
 
 @conv2d_fused.register_vmap
 def _(info, in_dims, input, weight, bias=None, stride=(1, 1), padding=(0, 0), dilation=(1, 1), groups=1,
       activation="none", alpha=0.01, residual=None):
-    return _vmap_forward("conv2d_fused", info, _dims(in_dims, 10), input, weight, bias, stride, padding,
-                         dilation, groups, activation, alpha, residual)
+    dims = _dims(in_dims, 10)
+    return _vmap_conv(info.batch_size, dims[:3] + dims[9:], input, weight, bias,
+                      lambda x, w, b, r, m: _op("conv2d_fused")(x, w, b, stride, padding, dilation, groups * m,
+                                                                activation, alpha, r),
+                      residual, bias_apart_ok=activation == "none")
 
 
 @conv_transpose2d.register_vmap
 def _(info, in_dims, input, weight, bias=None, stride=(1, 1), padding=(0, 0), output_padding=(0, 0), groups=1,
       dilation=(1, 1)):
-    B = info.batch_size
-    xd, wd, bd = _dims(in_dims, 8)[:3]
-    x = _first(input, xd, B)
-    per_sample_3d = x.dim() == 4
-    op = _op("conv_transpose2d")
-    if wd is None and bd is None:
-        y = op(x if per_sample_3d else _fold_n(x), weight, bias, stride, padding, output_padding, groups, dilation)
-        if per_sample_3d:
-            return y, 0
-        return _samples_as(y.unflatten(0, (B, x.shape[1])), spec.output_memory_format(x[0], weight)), 0
-    # per-sample weights, (C_in, C_out / groups, R, S) each: one transposed conv with B times the groups
-    if per_sample_3d:
-        x = x.unsqueeze(1)
-    w = _first(weight, wd, B)
-    K = w.shape[2] * groups
-    b = _first(bias, bd, B)
-    y = op(_fold_channels(x), w.reshape(B * w.shape[1], *w.shape[2:]), None if b is None else b.reshape(B * K),
-           stride, padding, output_padding, groups * B, dilation)
-    y = _unfold_samples(y, B, spec.output_memory_format(x[0], w[0]))
-    return (y.squeeze(1) if per_sample_3d else y), 0
+    # per-sample weights are (C_in, C_out / groups, R, S) each: folded as conv2d's are
+    return _vmap_conv(info.batch_size, _dims(in_dims, 3), input, weight, bias,
+                      lambda x, w, b, r, m: _op("conv_transpose2d")(x, w, b, stride, padding, output_padding,
+                                                                    groups * m, dilation))
 
 
 @conv2d_grad_input.register_vmap
 def _(info, in_dims, grad_output, weight, input_size, stride, padding, dilation, groups):
-    B = info.batch_size
-    gd, wd = _dims(in_dims, 7)[:2]
-    dy = _first(grad_output, gd, B)  # (B, N, K, P, Q)
-    N, C, H, W = input_size
-    if wd is None:
-        dys = _fold_n(dy)
-        dx = _op("conv2d_grad_input")(dys, weight, [B * N, C, H, W], stride, padding, dilation, groups)
-        return _samples_as(dx.unflatten(0, (B, N)), spec.output_memory_format(dy[0], weight)), 0
-    w = _first(weight, wd, B)
-    dys, ws = _fold_channels(dy), w.reshape(B * w.shape[1], *w.shape[2:])
-    dx = _op("conv2d_grad_input")(dys, ws, [N, B * C, H, W], stride, padding, dilation, groups * B)
-    return _unfold_samples(dx, B, spec.output_memory_format(dy[0], w[0])), 0
+    # a conv of grad_output with the weight: batched as the forward is, its input's size following
+    _, C, H, W = input_size
+    return _vmap_conv(info.batch_size, _dims(in_dims, 2), grad_output, weight, None,
+                      lambda dy, w, b, r, m: _op("conv2d_grad_input")(dy, w, [dy.shape[0], m * C, H, W], stride,
+                                                                      padding, dilation, groups * m))
 
 
 @conv2d_grad_weight.register_vmap

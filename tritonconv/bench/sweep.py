@@ -47,6 +47,7 @@ from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tupl
 
 import torch
 
+from .. import plans
 from ..kernels._common import INTERPRETER
 from . import presets as presets_mod
 from . import providers as prov
@@ -302,7 +303,7 @@ class _Sweep:
         n_sets = input_sets_for(case, info, opts)
         row["input_sets"] = n_sets
         calls = []
-        unplanned_before = _unplanned() if provider.name == "tritonconv" else None
+        unplanned_before = plans.reasons() if provider.name == "tritonconv" else None
         try:
             provider.prepare(case)
             calls = [provider.bind(case, prov.make_inputs(case, i)) for i in range(n_sets)]
@@ -331,7 +332,7 @@ class _Sweep:
             calls = []
         row.update(median_ms=median, p20_ms=p20, p80_ms=p80, host_us=host_us)
         if unplanned_before is not None:
-            new = {why: n - unplanned_before.get(why, 0) for why, n in _unplanned().items()
+            new = {why: n - unplanned_before.get(why, 0) for why, n in plans.reasons().items()
                    if n > unplanned_before.get(why, 0)}
             if new:  # its calls took the full path: host_us is that path's
                 row["note"] = "; ".join(filter(None, [row.get("note"), NO_PLAN_NOTE + ", ".join(
@@ -384,13 +385,6 @@ def _families_recorded(provider: prov.Provider, row: Dict[str, Any]):
 # in a tritonconv row's note: the keys its calls were first to leave without a launch plan
 # (plans.py), and why (a key an earlier row left so is counted there, not again)
 NO_PLAN_NOTE = "no launch plan: "
-
-
-def _unplanned() -> Dict[str, int]:
-    """How many keys are known not plannable, by reason (plans.reasons)."""
-    from .. import plans
-
-    return plans.reasons()
 
 
 def _split(text: str) -> List[str]:
