@@ -18,7 +18,8 @@
 #   2c. host cost: perf/host_cost.py, host time per call by route (op, functional, autograd, a
 #      training step), appended to summary.md
 #   2d. race check (up to 90 s): perf/race_check.py, every tile config of the TMA families pinned in turn on
-#      ResNet-50 layers, three calls each (same bits? right?), appended to summary.md
+#      ResNet-50 layers, three calls each (same bits? right? kernel time), as rows of results.csv
+#      (kernel race_check) that the report renders into summary.md
 #   3. forward sweep       ResNet-50 batch 32, fp16 then bf16, channels_last, every provider
 #   4. backward sweep      grad_input, grad_weight, forward_backward on six ResNet-50 layers, fp16
 #   5. end to end          perf/resnet50.py: eager inference, inference from a CUDA graph, a
@@ -194,7 +195,9 @@ race_check() {
     # same bits and right answers (tap_tma raced on short reductions, 2026-11-26; its first two
     # cases test the diagnosis, triton#9433, with the register-hazard rule off and on)
     # shellcheck disable=SC2086  # RACE_ARGS is a list of words
-    mkdir -p "$DIAG_DIR" && $PY perf/race_check.py --out "$DIAG_DIR" --time-budget $((STAGE_S * 2 / 3)) $RACE_ARGS
+    # its rows go to the check's CSV, and the report renders its section of summary.md from them
+    mkdir -p "$DIAG_DIR" && $PY perf/race_check.py --out "$DIAG_DIR" --csv "$CSV" --run-id "$TRITONCONV_RUN_ID" \
+        --time-budget $((STAGE_S * 2 / 3)) $RACE_ARGS
 }
 
 host_cost() {
@@ -286,9 +289,6 @@ if [ -d "$CACHE_DIR" ]; then
 fi
 if [ -s "$DIAG_DIR/diagnose.md" ]; then
     { echo; sed 's/^# Where the time goes/## Where the time goes (perf\/diagnose.py)/' "$DIAG_DIR/diagnose.md"; } >>"$OUTDIR/summary.md"
-fi
-if [ -s "$DIAG_DIR/race_check.md" ]; then
-    { echo; sed 's/^# Race check/## Race check (perf\/race_check.py)/' "$DIAG_DIR/race_check.md"; } >>"$OUTDIR/summary.md"
 fi
 if [ -s "$DIAG_DIR/host_cost.md" ]; then
     { echo; echo "## Host time per call (perf/host_cost.py)"; echo; cat "$DIAG_DIR/host_cost.md"; } >>"$OUTDIR/summary.md"

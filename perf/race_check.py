@@ -23,9 +23,15 @@ directly), to test the diagnosis of 2026-11-26's failure: the next step's ldmatr
 A registers of wgmmas still in flight (triton#9433; configs.WGMMA_RS_HAZARD: before Triton 3.9
 the tap-TMA pruners make such tiles wait for each step's wgmmas, " sync"). With the rule off the
 note says which configs it would sync: if the diagnosis is right, the failures are all among
-them; with the rule on the same case runs them synced, and they should be right. Writes OUTDIR/race_check.md;
-exits 1 if a config, run as the runtime would run it (the rule on; a case the router declines only
-where this Triton syncs it), gave different bits or a wrong result.
+them; with the rule on the same case runs them synced, and they should be right.
+
+Each config is a long-format row of the sweep's CSV (``--csv``, default OUTDIR/race_check.csv;
+the GPU check passes its results.csv): kernel ``race_check``, the layer's shape fields, status
+``ok``, ``differs``, ``wrong``, ``error`` or ``skipped``, the kernel time as median_ms, the case and
+config in the note. OUTDIR/race_check.md is rendered from those rows (``report.render_race``, the
+same section the report puts in summary.md). Exits 1 if a config, run as the runtime would run it
+(the rule on; a case the router declines only where this Triton syncs it), gave different bits or
+a wrong result.
 """
 
 from __future__ import annotations
@@ -62,21 +68,11 @@ CASES = [  # most telling first: a budget may stop the list
 ]
 
 
-def sync_cost_lines(times) -> list:
-    """The table of what syncing costs, from ``times``: {(case without its rule, config without
-    " sync"): {synced: ms}}; a tile timed both ways gets a row (none: no table)."""
-    paired = [(case, cfg, t[False], t[True]) for (case, cfg), t in times.items() if len(t) == 2]
-    if not paired:
-        return []
-    return ["", "What the sync costs (configs.WGMMA_RS_HAZARD): the same tile unsynced (rule off: timing only, "
-            "it may race) and synced (as the runtime runs it on this Triton).", "",
-            "| case | config | ms unsynced | ms synced | synced / unsynced |", "| --- | --- | --- | --- | --- |",
-            *(f"| {case} | {cfg} | {off:.4f} | {on:.4f} | {on / off:.2f}x |" for case, cfg, off, on in paired)]
-
-
 def _args(argv):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--out", default="perf/out/race_check")
+    p.add_argument("--csv", default="", help="append the rows to this CSV (default: OUT/race_check.csv)")
+    p.add_argument("--run-id", default=None, help="the rows' run id (default: $TRITONCONV_RUN_ID or a new one)")
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--time-budget", type=float, default=0, help="seconds; start no case after it")
     p.add_argument("--cases", default="", help="comma-separated indices into CASES (default: all)")
@@ -92,7 +88,7 @@ def main(argv=None) -> int:
     import triton
 
     from tritonconv import configs, plans
-    from tritonconv.bench import presets
+    from tritonconv.bench import presets, report, sweep
     from tritonconv.kernels import _common, fprop, gemm1x1, wgrad
 
     device = "cuda" if torch.cuda.is_available() and not _common.INTERPRETER else "cpu"
@@ -135,36 +131,36 @@ def main(argv=None) -> int:
         return [c for c in kept if launched_name(c) == pinned["name"]] or real_tuned(kept)
 
     configs.tuned = tuned
+    info = sweep.run_info(args.run_id)
+    sink = sweep.CsvSink(Path(args.csv) if args.csv else out_dir / "race_check.csv")
     rows, bad, start = [], [], time.perf_counter()
-    header = ["# Race check: every config of the TMA families, three calls each", "",
-              f"{torch.cuda.get_device_name() if device == 'cuda' else 'CPU, Triton interpreter (plumbing only)'}; "
-              f"torch {torch.__version__}, triton {triton.__version__}; "
-              f"ResNet-50 layers at N={args.batch} (unless the case says), fp16, channels_last; launch plans off.", "",
-              "| case | config | rel_err (worst of 3) | same bits | ms | note |",
-              "| --- | --- | --- | --- | --- | --- |"]
-    times = {}  # (case without its rule, config without " sync") -> {synced: ms}
 
-    def report() -> str:
-        """Written after every config, so that a run cut off by its caller's timeout leaves its rows."""
-        lines = header + [f"| {' | '.join(r)} |" for r in rows]
-        lines += ["", f"{len(bad)} config(s) run as the runtime runs them (register-hazard rule on) gave "
-                  "different bits or a wrong result"
-                  + (": " + ", ".join(f"{n} {c}" for n, c in bad) if bad else ".")]
-        lines += sync_cost_lines(times)
-        text = "\n".join(lines) + "\n"
-        (out_dir / "race_check.md").write_text(text)
-        return text
+    def add_row(name, kernel, layer, pb, cfg, status, rel_err=None, same=None, ms=None, remark="", counted=False):
+        """One config's row, appended to the CSV at once (a run cut off by its caller's timeout keeps
+        its rows), and the markdown rendered again from all rows so far."""
+        row = {**info.base_row(), "kernel": report.RACE_KERNEL, "provider": "tritonconv",
+               "mode": "weight_grad" if kernel.startswith("wgrad") else "forward", "preset": "resnet50",
+               "layer": layer, "N": pb.N, "C": pb.C, "H": pb.H, "W": pb.W, "K": pb.K, "R": pb.R, "S": pb.S,
+               "P": pb.P, "Q": pb.Q, "stride_h": pb.stride_h, "stride_w": pb.stride_w, "pad_h": pb.pad_h,
+               "pad_w": pb.pad_w, "dil_h": pb.dil_h, "dil_w": pb.dil_w, "groups": pb.groups, "dtype": "fp16",
+               "layout": "channels_last", "status": status, "median_ms": ms, "rel_err": rel_err,
+               "timer": "configs.kernel_time (CUDA graph of 20 calls, median of 10 replays)" if device == "cuda"
+               else f"none ({sweep.INTERPRETER_LABEL})",
+               "note": report.race_note(name, cfg, same, counted, remark), "timestamp": sweep._now()}
+        sink.write(row)
+        rows.append(row)
+        (out_dir / "race_check.md").write_text("\n".join(report.render_race(rows)) + "\n")
 
     def out_of_time() -> bool:
         return bool(args.time_budget) and time.perf_counter() - start > args.time_budget
 
     try:
         for name, kernel, layer_name, routable, rule, *batch in picked:
-            if out_of_time():
-                rows.append((name, "-", "skipped: time budget", "", "", ""))
-                continue
             layer = layers[layer_name]
             pb = layer.problem(batch[0] if batch else args.batch)
+            if out_of_time():
+                add_row(name, kernel, layer_name, pb, "-", "skipped: time budget")
+                continue
             stride, padding, dilation, groups = layer.conv_args()
             gen = torch.Generator(device=device).manual_seed(7)
             x = torch.randn(pb.input_shape, generator=gen, device=device).half().contiguous(
@@ -191,7 +187,7 @@ def main(argv=None) -> int:
             names, pinned["seen"] = list(dict.fromkeys(pinned["seen"])) or ["(its only config)"], None
             for cfg in names:
                 if out_of_time():
-                    rows.append((name, cfg, "skipped: time budget", "", "", ""))
+                    add_row(name, kernel, layer_name, pb, cfg, "skipped: time budget")
                     continue
                 pinned["name"] = cfg
                 for t in autotuners:
@@ -201,35 +197,34 @@ def main(argv=None) -> int:
                     if device == "cuda":
                         torch.cuda.synchronize()
                 except Exception as err:  # a config that fails to build or launch is a row
-                    rows.append((name, cfg, f"error: {type(err).__name__}: {str(err)[:80]}", "", "", ""))
+                    add_row(name, kernel, layer_name, pb, cfg, f"error: {type(err).__name__}: {str(err)[:80]}")
                     continue
-                errs = [((o.double() - ref).norm() / ref.norm()).item() for o in outs]
+                err = max(((o.double() - ref).norm() / ref.norm()).item() for o in outs)
                 same = all(plans.same_bits(outs[0], o) for o in outs[1:])
-                note = "" if routable else "declined by the router"
+                remarks = [] if routable else ["declined by the router"]
                 if cfg in flagged and not rule:
-                    note += f"; run as is here, synced on Triton {triton.__version__} (register hazard, triton#9433)"
-                ms = ""
+                    remarks.append(f"run as is here, synced on Triton {triton.__version__} (register hazard, triton#9433)")
+                ms = None
                 if device == "cuda":  # its kernels' time, without the poisoning fill of each output
                     _common.set_poison_outputs(False)
                     try:
-                        t = configs.kernel_time(lambda: launch(x, w, None, pb))
-                        ms = f"{t:.4f}"
-                        base = name.replace(", rule off", "").replace(", rule on", "")
-                        times.setdefault((base, cfg.replace(" sync", "")), {})[cfg.endswith(" sync")] = t
-                    except Exception as err:
-                        ms = f"error: {type(err).__name__}"
+                        ms = configs.kernel_time(lambda: launch(x, w, None, pb))
+                    except Exception as timing_err:
+                        remarks.append(f"timing failed: {type(timing_err).__name__}")
                     finally:
                         _common.set_poison_outputs(True)
-                rows.append((name, cfg, f"{max(errs):.1e}", "yes" if same else "**no**", ms, note.lstrip("; ")))
-                # a verdict where the runtime would run this: the rule on, and the router taking the
-                # case or this Triton syncing it (on 3.9+ a declined case's "rule on" is its control)
-                if rule and (routable or rs_rule) and (not same or max(errs) > 1e-2):
+                status = "ok" if same and err <= 1e-2 else (
+                    "differs: three calls gave different bits" if not same else "wrong: rel_err above 1e-2")
+                # counted in the verdict where the runtime would run this: the rule on, and the router
+                # taking the case or this Triton syncing it (on 3.9+ a declined case's "rule on" is its control)
+                counted = bool(rule and (routable or rs_rule))
+                if counted and status != "ok":
                     bad.append((name, cfg))
-                print(f"{name} | {cfg} | {max(errs):.1e} | same bits: {same}", flush=True)
-                report()
+                add_row(name, kernel, layer_name, pb, cfg, status, err, same, ms, "; ".join(remarks), counted)
+                print(f"{name} | {cfg} | {err:.1e} | same bits: {same}", flush=True)
     finally:
         configs.tuned, fprop.TAP_TMA_MIN_STEPS, configs.WGMMA_RS_HAZARD = real_tuned, min_steps, rs_rule
-    print(report())
+    print("\n".join(report.render_race(rows)))
     return 1 if bad else 0
 
 

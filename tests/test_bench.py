@@ -308,6 +308,72 @@ def test_router_timings_go_from_the_note_to_the_tables(tmp_path, monkeypatch):
     assert "| gemm1x1 | fp16 | 64x64x64 w4 s4 (1) |" in summary
 
 
+def _race_row(case, config, status, ms, same=True, counted=True, remark=""):
+    ran = status == "ok" or status.startswith(("differs", "wrong"))
+    return _row("tritonconv", "layer3.0.conv3", ms, kernel=report.RACE_KERNEL, p20_ms="", p80_ms="",
+                status=status, rel_err=(2e-4 if status == "ok" else 2e-2) if ran else "",
+                note=report.race_note(case, config, same if ran else None, counted, remark))
+
+
+def test_race_check_rows_share_the_csv_and_render_their_own_section(tmp_path):
+    """perf/race_check.py's rows (kernel race_check) go into the sweep's CSV: one row per config,
+    its own table, verdict and sync-cost table, and none of them in the sweep's means or status."""
+    rows = [
+        _row("tritonconv", "a", 1.0), _row("cudnn", "a", 1.5),
+        _race_row("c, rule off", "128x128x64 w8 s3", "differs: three calls gave different bits", 0.010,
+                  same=False, counted=False, remark="declined by the router; run as is here"),
+        _race_row("c, rule on", "128x128x64 w8 s3 sync", "ok", 0.012),
+        _race_row("c, rule on", "64x64x16 w4 s4", "wrong: rel_err above 1e-2", 0.020),
+        _race_row("c, rule on", "64x32x32 w4 s5", "error: CompilationError: out of resources", ""),
+        _race_row("d", "-", "skipped: time budget", ""),
+    ]
+    path = _write_csv(tmp_path / "results.csv", rows)
+    selected = report.select_rows(report.load_rows(path))
+    assert sum(r["kernel"] == report.RACE_KERNEL for r in selected) == 5  # one per config, none merged
+    groups = report.speedups(selected)
+    assert groups[("resnet50", 32, "forward", "fp16", "channels_last")]["cudnn"]["ratios"] == {"a": pytest.approx(1.5)}
+    summary = report.render(path, tmp_path)["summary"].read_text()
+    section = summary.split("## Race check")[1].split("\n## ")[0]
+    assert "| c, rule off | 128x128x64 w8 s3 | 2.0e-02 | **no** | 0.0100 | declined by the router; run as is here |" \
+        in section
+    assert "| c, rule on | 64x32x32 w4 s5 | error: CompilationError: out of resources |" in section
+    # a wrong or racing config the runtime runs counts; an error (the autotuner skips it) and a
+    # config only run with the rule off do not
+    assert "1 config(s) run as the runtime runs them" in section and ": c, rule on 64x64x16 w4 s4" in section
+    assert "| c | 128x128x64 w8 s3 | 0.0100 | 0.0120 | 1.20x |" in section
+    assert "Every measurement ran (status ok)." in summary  # the race rows stay out of Status
+    assert "## End to end" not in summary
+    assert "race_check" not in (tmp_path / "details.md").read_text()
+
+
+def test_race_note_round_trips():
+    note = report.race_note("tap_tma fwd, 1x1 C256 14x14 (4 steps), rule off", "128x128x64 w8 s3 sync", False,
+                            True, "declined by the router; timing failed: RuntimeError")
+    assert report.race_fields({"note": note}) == {
+        "case": "tap_tma fwd, 1x1 C256 14x14 (4 steps), rule off", "config": "128x128x64 w8 s3 sync",
+        "same_bits": False, "counted": True, "remark": "declined by the router; timing failed: RuntimeError"}
+    assert report.race_fields({"note": report.race_note("d", "-", None, False)})["same_bits"] is None
+
+
+def test_race_check_script_writes_csv_rows_and_their_markdown(tmp_path):
+    """perf/race_check.py on one small case: a CSV row per config, with the layer's shape, and the
+    markdown rendered from those rows."""
+    spec = importlib.util.spec_from_file_location("perf_race_check", ROOT / "perf" / "race_check.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    csv_path = tmp_path / "results.csv"
+    assert module.main(["--out", str(tmp_path), "--csv", str(csv_path), "--run-id", "race-1", "--batch", "1",
+                        "--cases", "6"]) == 0
+    rows = report.load_rows(csv_path)
+    assert rows and all(r["kernel"] == report.RACE_KERNEL and r["run_id"] == "race-1" for r in rows)
+    row = rows[0]
+    assert (row["layer"], row["N"], row["C"], row["H"], row["K"], row["R"]) == ("layer3.0.conv3", 1, 256, 14, 1024, 1)
+    assert row["status"] == "ok" and row["rel_err"] < 1e-2
+    fields = report.race_fields(row)
+    assert fields["case"] == module.CASES[6][0] and fields["same_bits"] is True and fields["counted"]
+    assert (tmp_path / "race_check.md").read_text().strip() == "\n".join(report.render_race(rows)).strip()
+
+
 # --------------------------------------------------------------------------- presets
 
 

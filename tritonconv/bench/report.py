@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
 __all__ = ["load_rows", "select_rows", "speedups", "geomean", "render", "render_markdown", "render_plot",
-           "TARGETS", "main"]
+           "render_race", "race_note", "race_fields", "RACE_KERNEL", "TARGETS", "main"]
 
 INTERPRETER_LABEL = "interpreter timings, not performance"
 # how a tritonconv row's note names the kernel family each op ran on (sweep.py writes it)
@@ -37,6 +37,11 @@ FAMILIES_NOTE = "families: "
 ROUTER_NOTE = "router ms: "
 # and the tiles each kernel's autotuner launched: "tiles: fprop_tap_tma=128x128x64 w8 s3, wgrad=..."
 TILES_NOTE = "tiles: "
+# perf/race_check.py's rows share the sweep's CSV under this kernel name: one row per (case, config
+# pinned), the case and the config in the note (``race_note``), the kernel time in median_ms
+RACE_KERNEL = "race_check"
+# a config counts in the race check's verdict where the runtime would run it as the row ran
+RACE_COUNTED = "counted"
 
 # (what, preset, mode, dtype, layout, N) -> {provider: target geomean speedup of tritonconv}
 TARGETS = [
@@ -73,8 +78,11 @@ def load_rows(path) -> List[Dict[str, Any]]:
 
 
 def _identity(row) -> Tuple:
+    # a race-check row is one config of one case: several per layer
+    race = race_fields(row) if row.get("kernel") == RACE_KERNEL else {}
     return (row.get("kernel"), row.get("provider"), row.get("mode"), row.get("preset"), row.get("layer"),
-            row.get("dtype"), row.get("layout")) + tuple(row.get(k) for k in SHAPE_FIELDS)
+            row.get("dtype"), row.get("layout")) + tuple(row.get(k) for k in SHAPE_FIELDS) + (
+            race.get("case"), race.get("config"))
 
 
 def select_rows(rows: List[Dict[str, Any]], run_id: Optional[str] = None, all_runs: bool = False):
@@ -176,7 +184,7 @@ def _is_interpreter(rows) -> bool:
 
 
 def _environment(rows) -> List[str]:
-    first = rows[0]
+    first = (_conv_rows(rows) or rows)[0]  # the sweep's timer, not the race check's
     stamps = sorted(r.get("timestamp", "") for r in rows if r.get("timestamp"))
     span = f"{stamps[0]} to {stamps[-1]}" if stamps else "?"
     return [f"- device: **{first.get('gpu')}**; torch {first.get('torch')}, triton {first.get('triton')}, "
@@ -254,7 +262,7 @@ def _network_time(rows) -> List[str]:
 
 
 def _e2e(rows) -> List[str]:
-    e2e = [r for r in rows if r.get("kernel") != "conv2d"]
+    e2e = [r for r in rows if r.get("kernel") not in ("conv2d", RACE_KERNEL)]
     if not e2e:
         return []
     lines = ["## End to end", "", "A whole network, every conv from the provider: a training step (forward_backward), "
@@ -290,6 +298,7 @@ def _peaks(rows) -> List[str]:
 
 
 def _problems(rows) -> List[str]:
+    rows = [r for r in rows if r.get("kernel") != RACE_KERNEL]  # the race check has its own verdict
     bad = [r for r in rows if r.get("status") != "ok"]
     if not bad:
         return ["## Status", "", "Every measurement ran (status ok).", ""]
@@ -327,11 +336,85 @@ def render_markdown(rows) -> str:
     lines += _router_section(rows)
     lines += _tiles_section(rows)
     lines += _e2e(rows)
+    lines += render_race(rows)
     lines += _problems(rows)
     lines += ["Per-layer numbers: `details.md`; plot: `plot.png`; raw rows: the CSV."]
     if interp:
         lines += ["", f"_{INTERPRETER_LABEL}_"]
     return "\n".join(lines) + "\n"
+
+
+def race_note(case: str, config: str, same_bits: Optional[bool], counted: bool, remark: str = "") -> str:
+    """A race-check row's note: "case: ...; config: ...; same bits: yes; counted; <remark>"."""
+    parts = [f"case: {case}", f"config: {config}"]
+    if same_bits is not None:
+        parts.append(f"same bits: {'yes' if same_bits else 'no'}")
+    if counted:
+        parts.append(RACE_COUNTED)
+    return "; ".join(parts + ([remark] if remark else []))
+
+
+def race_fields(row: Dict[str, Any]) -> Dict[str, Any]:
+    """{case, config, same_bits (True/False/None), counted, remark} from a race-check row's note."""
+    out: Dict[str, Any] = {"case": None, "config": None, "same_bits": None, "counted": False, "remark": ""}
+    remark = []
+    for part in str(row.get("note") or "").split("; "):
+        key, sep, value = part.partition(": ")
+        if sep and key in ("case", "config"):
+            out[key] = value
+        elif sep and key == "same bits":
+            out["same_bits"] = value == "yes"
+        elif part == RACE_COUNTED:
+            out["counted"] = True
+        elif part:
+            remark.append(part)
+    out["remark"] = "; ".join(remark)
+    return out
+
+
+def _race_case_base(case: str) -> str:
+    """The case without its register-hazard rule, so a tile's runs with the rule off and on pair up."""
+    return case.replace(", rule off", "").replace(", rule on", "")
+
+
+def render_race(rows) -> List[str]:
+    """The race check's section (perf/race_check.py), from its rows: every config's worst rel_err
+    of three calls, whether the calls gave the same bits and the config's kernel time; the verdict
+    over the configs the runtime would run so; and, where a tile ran with the register-hazard rule
+    off and on, what the sync costs."""
+    race = [r for r in rows if r.get("kernel") == RACE_KERNEL]
+    if not race:
+        return []
+    first = race[0]
+    batches = sorted({int(r["N"]) for r in race if r.get("N")})
+    lines = ["## Race check (perf/race_check.py): every config of the TMA families, three calls each", "",
+             f"{first.get('gpu')}; torch {first.get('torch')}, triton {first.get('triton')}; ResNet-50 layers at "
+             f"N={'/'.join(map(str, batches)) or '?'} (a case names its own), {first.get('dtype')}, "
+             f"{first.get('layout')}; launch plans off; ms: {first.get('timer')}.", ""]
+    body, bad, timed = [], [], defaultdict(dict)
+    for r in race:
+        f = race_fields(r)
+        status = str(r.get("status") or "")
+        same = {True: "yes", False: "**no**", None: ""}[f["same_bits"]]
+        err = f"{r['rel_err']:.1e}" if isinstance(r.get("rel_err"), float) else (status if status != "ok" else "")
+        ms = r.get("median_ms")
+        body.append((f["case"], f["config"], err, same,
+                     f"{ms:.4f}" if isinstance(ms, float) else "", f["remark"].replace("|", "/")))
+        if f["counted"] and status.split(":")[0] in ("differs", "wrong"):
+            bad.append(f"{f['case']} {f['config']}")
+        if isinstance(ms, float) and ms > 0 and f["config"]:
+            synced = f["config"].endswith(" sync")
+            timed[(_race_case_base(f["case"]), f["config"].replace(" sync", ""))][synced] = ms
+    lines += _table(("case", "config", "rel_err (worst of 3)", "same bits", "ms", "note"), body)
+    lines += ["", f"{len(bad)} config(s) run as the runtime runs them (register-hazard rule on) gave different bits "
+              "or a wrong result" + (": " + ", ".join(bad) if bad else ".")]
+    paired = [(case, cfg, t[False], t[True]) for (case, cfg), t in timed.items() if len(t) == 2]
+    if paired:
+        lines += ["", "What the sync costs (configs.WGMMA_RS_HAZARD): the same tile unsynced (rule off: timing only, "
+                  "it may race) and synced (as the runtime runs it on this Triton).", ""]
+        lines += _table(("case", "config", "ms unsynced", "ms synced", "synced / unsynced"),
+                        [(case, cfg, f"{off:.4f}", f"{on:.4f}", f"{on / off:.2f}x") for case, cfg, off, on in paired])
+    return lines + [""]
 
 
 def families_of(row: Optional[Dict[str, Any]]) -> str:
