@@ -241,8 +241,7 @@ def _precompile(args, device: str, mode: str) -> None:
 
     cases = [providers.Case("resnet50", layer, args.batch, mode, args.dtype, args.layout, device)
              for layer in presets.get_preset("resnet50").layers]
-    stats = precompile([lambda c=c: providers.tritonconv_calls(c, providers.make_inputs(c, 0), each_family=True)
-                        for c in cases], workers=args.workers)
+    stats = precompile([providers.each_family_thunk(c) for c in cases], workers=args.workers)
     print(f"resnet50: precompile: {stats}", file=sys.stderr)
     torch.cuda.empty_cache()
 

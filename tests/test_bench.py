@@ -838,3 +838,40 @@ def test_tune_command_runs_each_layer_once(capsys):
     assert "tuning cache:" in capsys.readouterr().out
     with pytest.raises(SystemExit, match="no layer"):
         sweep.tune_presets(SimpleNamespace(**{**vars(args), "layers": "nope"}))
+
+
+
+def test_each_family_calls_go_on_past_a_family_that_fails(monkeypatch):
+    """The precompile pins each family in turn: one that raises must not keep the others from
+    being compiled, and the error names it."""
+    from tritonconv.bench import providers
+
+    layer = next(l for l in presets.get_preset("smoke").layers if l.name == "3x3")
+    case = providers.Case("smoke", layer, 2, "forward", "fp32", "channels_last", "cuda" if CUDA else "cpu")
+    real_force, tried = router.force, []
+
+    @contextlib.contextmanager
+    def force(family):
+        tried.append(family)
+        if len(tried) == 1:
+            raise ValueError("boom")
+        with real_force(family):
+            yield
+
+    monkeypatch.setattr(router, "force", force)
+    thunk = providers.each_family_thunk(case)
+    assert thunk.__name__ == "3x3 forward"
+    with router.recording() as ran, pytest.raises(RuntimeError) as raised:
+        thunk()
+    assert str(raised.value) == f"forward family {tried[0]}: ValueError: boom"
+    assert len(tried) >= 2 and [family for _, family in ran] == tried[1:]  # the others still ran
+
+
+def test_precompile_stats_keep_the_first_distinct_errors():
+    stats = precompile.PrecompileStats()
+    for where, err in [("a", ValueError("x\nmore")), ("a", ValueError("x")), ("b", KeyError("k")),
+                       ("c", RuntimeError("r")), ("d", TypeError("t"))]:
+        stats.error(where, err)
+    assert stats.errors == 5
+    assert stats.examples == ["a: ValueError: x", "b: KeyError: 'k'", "c: RuntimeError: r"]
+    assert str(stats).endswith("(none, 5 errors); first: a: ValueError: x | b: KeyError: 'k' | c: RuntimeError: r")

@@ -42,7 +42,7 @@ import copy
 import functools
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 from ..kernels._common import INTERPRETER
@@ -57,10 +57,21 @@ class PrecompileStats:
     errors: int = 0  # warmups that raised while being issued (serial mode: compile errors)
     seconds: float = 0.0
     mode: str = "none"
+    # the first few distinct errors, "where: Type: message": the GPU check of 2026-11-26 counted
+    # 16 errors in 52 launches and could not say what they were
+    examples: List[str] = field(default_factory=list)
+
+    def error(self, where: str, err: Exception) -> None:
+        self.errors += 1
+        text = f"{where}: {type(err).__name__}: {str(err).splitlines()[0][:160] if str(err) else ''}"
+        if len(self.examples) < 3 and text not in self.examples:
+            self.examples.append(text)
 
     def __str__(self) -> str:
+        errors = f", {self.errors} errors" if self.errors else ""
+        first = f"; first: {' | '.join(self.examples)}" if self.examples else ""
         return (f"{self.compiles} kernel compiles for {self.launches} launches in {self.seconds:.1f} s "
-                f"({self.mode}{f', {self.errors} errors' if self.errors else ''})")
+                f"({self.mode}{errors}){first}")
 
 
 def autotuners() -> Dict[str, Any]:
@@ -205,16 +216,16 @@ def precompile(thunks: Iterable[Callable[[], Any]], workers: int = 0, parallel: 
                 launch_args, launch_kwargs = _as_launched(tuner, args, kwargs, config)
                 tuner.fn.warmup(*launch_args, **launch_kwargs, **config.all_kwargs())
                 stats.compiles += 1
-            except Exception:
-                stats.errors += 1
+            except Exception as err:
+                stats.error(f"{tuner.fn.__name__} {getattr(config, 'kwargs', '')}", err)
 
     def run_thunks():
         with intercept_launches(on_launch):
             for thunk in thunks:
                 try:
                     thunk()
-                except Exception:  # e.g. out of memory for the inputs: the sweep reports it
-                    stats.errors += 1
+                except Exception as err:  # e.g. out of memory for the inputs: the sweep reports it
+                    stats.error(getattr(thunk, "__name__", "a call"), err)
                 if progress is not None:
                     progress(1)
 
@@ -229,6 +240,7 @@ def precompile(thunks: Iterable[Callable[[], Any]], workers: int = 0, parallel: 
         except Exception as err:  # the async path broke: fall back, tuning will compile the rest
             stats.mode = f"serial after parallel failed ({type(err).__name__}: {err})"
             stats.launches = stats.compiles = stats.errors = 0
+            stats.examples.clear()
             run_thunks()
     stats.seconds = time.perf_counter() - start
     return stats

@@ -72,6 +72,7 @@ __all__ = [
     "tolerance",
     "tensor_bytes",
     "tritonconv_calls",
+    "each_family_thunk",
 ]
 
 MODES = ("forward", "grad_input", "grad_weight", "forward_backward")
@@ -299,7 +300,9 @@ def tritonconv_calls(case: Case, inputs: Inputs, each_family: bool = False) -> N
     ``each_family``, an op whose problem several kernel families accept is
     called once per family the router would time for these tensors
     (``routed_candidates``), with that family pinned (the router's ``force``),
-    so that each is launched and none is timed against the others.
+    so that each is launched and none is timed against the others. A family
+    that raises does not keep the others from launching: the first error is
+    raised after them, naming its family.
     """
     ops = torch.ops.tritonconv
     args = case.layer.conv_args()
@@ -311,6 +314,7 @@ def tritonconv_calls(case: Case, inputs: Inputs, each_family: bool = False) -> N
         "weight_grad": lambda: ops.conv2d_grad_weight(dy, x, list(w.shape), *args),
     }
     router = _router() if each_family else None
+    failed = []
     for direction in _DIRECTIONS[case.mode]:
         if router is None:
             calls[direction]()
@@ -323,8 +327,25 @@ def tritonconv_calls(case: Case, inputs: Inputs, each_family: bool = False) -> N
         else:
             families = router.candidates(table, case.problem)
         for family in families:
-            with router.force(family):
-                calls[direction]()
+            try:
+                with router.force(family):
+                    calls[direction]()
+            except Exception as err:
+                failed.append((f"{direction} family {family}", err))
+    if failed:
+        where, err = failed[0]
+        more = f" (and {len(failed) - 1} more)" if len(failed) > 1 else ""
+        raise RuntimeError(f"{where}: {type(err).__name__}: {err}{more}") from err
+
+
+def each_family_thunk(case: Case) -> Callable[[], None]:
+    """``tritonconv_calls(case, ..., each_family=True)`` on fresh inputs, as a thunk for
+    ``precompile``, named after the layer and mode (precompile's error examples show the name)."""
+    def calls() -> None:
+        tritonconv_calls(case, make_inputs(case, 0), each_family=True)
+
+    calls.__name__ = f"{case.layer.name} {case.mode}"
+    return calls
 
 
 def _aten_bind(case: Case, inputs: Inputs, compile_fn: Optional[Callable] = None) -> Callable[[], Any]:

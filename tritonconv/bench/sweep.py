@@ -419,12 +419,10 @@ def _precompile_chunk(cases: List[prov.Case], opts) -> None:
         return
     from tqdm.auto import tqdm
 
-    def thunk(case):
-        return lambda: prov.tritonconv_calls(case, prov.make_inputs(case, 0), each_family=True)
-
     with tqdm(total=len(cases), desc="compiling tritonconv kernels", unit="layer", disable=opts.quiet,
               file=sys.stderr, dynamic_ncols=True) as bar:
-        stats = precompile([thunk(c) for c in cases], workers=opts.workers, progress=bar.update)
+        stats = precompile([prov.each_family_thunk(c) for c in cases], workers=opts.workers,
+                           progress=bar.update)
     print(f"  precompile: {stats}", file=sys.stderr)
     _free_any()
 
