@@ -12,6 +12,7 @@ import csv
 import importlib.util
 import json
 import math
+import os
 import re
 import warnings
 from pathlib import Path
@@ -306,6 +307,52 @@ def test_router_timings_go_from_the_note_to_the_tables(tmp_path, monkeypatch):
     assert "| forward | implicit | 0/1 | 1.50x |" in section
     assert "| gemm1x1_tma | fp16 | 128x64x32 w8 s4 persistent (2) |" in summary
     assert "| gemm1x1 | fp16 | 64x64x64 w4 s4 (1) |" in summary
+
+
+def test_first_calls_go_from_the_note_to_the_tuning_cost_table(tmp_path, monkeypatch):
+    """On CUDA a tritonconv row's note says what its first call took and how many kernels it
+    compiled (after the precompile: the specialisations it missed); summary.md sums them."""
+    from tritonconv.bench import providers as prov
+
+    counts = iter([40, 52])  # kernels held before and after the call
+    monkeypatch.setattr(prov, "_router", lambda: _TimedRouter)
+    monkeypatch.setattr(sweep, "compiled_kernels", lambda: next(counts))
+    row = {"note": "autotuned"}
+    with sweep._families_recorded(SimpleNamespace(name="tritonconv"), row):
+        pass
+    assert re.search(r"; first call: \d+\.\d s, 12 kernels compiled$", row["note"]), row["note"]
+    assert report.first_call_of(row)[1] == 12
+    monkeypatch.setattr(sweep, "compiled_kernels", lambda: None)  # the interpreter compiles nothing
+    row = {"note": "autotuned"}
+    with sweep._families_recorded(SimpleNamespace(name="tritonconv"), row):
+        pass
+    assert "first call" not in row["note"] and report.first_call_of(row) is None
+
+    rows = [_row("tritonconv", "a", 0.4, note="families: forward=tap_tma; first call: 6.1 s, 12 kernels compiled"),
+            _row("tritonconv", "b", 0.4, note="first call: 2.0 s, 0 kernels compiled"), _row("cudnn", "a", 0.5)]
+    summary = report.render(_write_csv(tmp_path / "results.csv", rows), tmp_path)["summary"].read_text()
+    assert "| resnet50 | 32 | forward | fp16 | channels_last | 2 | 8.1 | 6.1 (a) | 12 |" in summary
+
+
+def test_compiled_kernels_counts_every_jit_functions_cache():
+    """Outside the interpreter (no GPU needed: nothing is launched), compiled_kernels sums the
+    kernel caches of every @jit function in tritonconv.kernels, autotuned or not."""
+    import subprocess
+    import sys
+
+    code = """
+from tritonconv.bench.precompile import compiled_kernels
+from tritonconv.kernels import fprop
+assert compiled_kernels() == 0, compiled_kernels()
+fprop._fprop_tuned.fn.device_caches["fake"] = ({"a": 1, "b": 2}, {}, None, None, None)
+fprop.splitk_reduce_kernel.device_caches["fake"] = ({"c": 3}, {}, None, None, None)
+assert compiled_kernels() == 3, compiled_kernels()
+print("ok")
+"""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]
+    assert precompile.compiled_kernels() is None  # this process interprets: nothing compiled
 
 
 def _race_row(case, config, status, ms, same=True, counted=True, remark=""):

@@ -47,7 +47,7 @@ from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tupl
 
 from ..kernels._common import INTERPRETER
 
-__all__ = ["PrecompileStats", "autotuners", "intercept_launches", "autotune_key", "precompile"]
+__all__ = ["PrecompileStats", "autotuners", "compiled_kernels", "intercept_launches", "autotune_key", "precompile"]
 
 
 @dataclass
@@ -94,6 +94,42 @@ def autotuners() -> Dict[str, Any]:
             if isinstance(value, Autotuner) and all(value is not v for v in found.values()):
                 found[f"{info.name}.{attr}"] = value
     return found
+
+
+def compiled_kernels() -> Optional[int]:
+    """How many compiled kernels the @jit functions of ``tritonconv.kernels`` hold in memory, all
+    devices and specialisations together; None under the interpreter (nothing is compiled). The
+    sweep counts the kernels a layer's first call compiles: after ``precompile``, every one of
+    them is a specialisation the precompile did not foresee, compiled serially while tuning."""
+    if INTERPRETER:
+        return None
+    import importlib
+    import pkgutil
+
+    from triton.runtime.autotuner import Autotuner
+    from triton.runtime.jit import JITFunction
+
+    from .. import kernels
+
+    functions: Dict[int, Any] = {}
+    for info in pkgutil.iter_modules(kernels.__path__):
+        try:
+            module = importlib.import_module(f"{kernels.__name__}.{info.name}")
+        except Exception:
+            continue
+        for value in vars(module).values():
+            fn = value.fn if isinstance(value, Autotuner) else value
+            if isinstance(fn, JITFunction):
+                functions[id(fn)] = fn
+    total = 0
+    for fn in functions.values():
+        # device_caches[device] = (kernel_cache, kernel_key_cache, target, backend, binder) in 3.6 to 3.9
+        for caches in getattr(fn, "device_caches", {}).values():
+            try:
+                total += len(caches[0])
+            except (TypeError, IndexError):
+                return None
+    return total
 
 
 def autotune_key(autotuner: Any, args: Sequence[Any], kwargs: Dict[str, Any]) -> Tuple:

@@ -37,6 +37,8 @@ FAMILIES_NOTE = "families: "
 ROUTER_NOTE = "router ms: "
 # and the tiles each kernel's autotuner launched: "tiles: fprop_tap_tma=128x128x64 w8 s3, wgrad=..."
 TILES_NOTE = "tiles: "
+# and, on CUDA, what its first call took and compiled: "first call: 6.1 s, 12 kernels compiled"
+FIRST_CALL_NOTE = "first call: "
 # perf/race_check.py's rows share the sweep's CSV under this kernel name: one row per (case, config
 # pinned), the case and the config in the note (``race_note``), the kernel time in median_ms
 RACE_KERNEL = "race_check"
@@ -335,6 +337,7 @@ def render_markdown(rows) -> str:
     lines += _network_time(rows)
     lines += _router_section(rows)
     lines += _tiles_section(rows)
+    lines += _first_calls_section(rows)
     lines += _e2e(rows)
     lines += render_race(rows)
     lines += _problems(rows)
@@ -466,6 +469,44 @@ def _tiles_section(rows) -> List[str]:
     body = [(kernel, dtype, ", ".join(f"{name} ({n})" for name, n in sorted(per.items(), key=lambda kv: -kv[1])))
             for (kernel, dtype), per in sorted(counts.items(), key=lambda kv: tuple(map(str, kv[0])))]
     lines += _table(("kernel", "dtype", "configs (rows)"), body)
+    return lines + [""]
+
+
+def first_call_of(row: Optional[Dict[str, Any]]) -> Optional[Tuple[float, int]]:
+    """(seconds, kernels compiled) of a tritonconv row's first call, from its note; None without."""
+    note = (row or {}).get("note") or ""
+    for part in note.split(";"):
+        part = part.strip()
+        if part.startswith(FIRST_CALL_NOTE):
+            seconds, _, rest = part[len(FIRST_CALL_NOTE):].partition(" s, ")
+            kernels = rest.split(" ")[0]
+            if _num(seconds) is not None and kernels.isdigit():
+                return float(seconds), int(kernels)
+    return None
+
+
+def _first_calls_section(rows) -> List[str]:
+    """Per sweep group, what tritonconv's first calls took (tuning, and the router timing the
+    families) and the kernels they compiled: where a check's minutes go, and, after the
+    precompile, how many specialisations it missed."""
+    groups: Dict[Tuple, List[Tuple[str, float, int]]] = defaultdict(list)
+    for r in _conv_rows(rows):
+        first = first_call_of(r) if r.get("provider") == "tritonconv" else None
+        if first is not None:
+            groups[_group_key(r)].append((r.get("layer"), *first))
+    if not groups:
+        return []
+    lines = ["## Tuning cost: tritonconv's first call per layer", "",
+             "Seconds of each layer's first call (autotuning, the router timing the families, compiling what the "
+             "precompile did not) and the kernels compiled in it.", ""]
+    body = []
+    for g in sorted(groups, key=lambda k: tuple(map(str, k))):
+        per = groups[g]
+        slowest = max(per, key=lambda t: t[1])
+        body.append((*map(str, g), len(per), f"{sum(t[1] for t in per):.1f}", f"{slowest[1]:.1f} ({slowest[0]})",
+                     sum(t[2] for t in per)))
+    lines += _table(("preset", "N", "mode", "dtype", "layout", "layers", "seconds", "slowest layer",
+                     "kernels compiled"), body)
     return lines + [""]
 
 
