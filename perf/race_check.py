@@ -1,6 +1,7 @@
 """Race check: every tile config of the TMA families, pinned in turn, at real layer sizes.
 
     PYTHONPATH=$PWD python perf/race_check.py --out OUTDIR [--time-budget 60] [--cases ...]
+        [--csv SWEEP_CSV --run-id THAT_SWEEPS_RUN_ID]
 
 On the H100 of 2026-11-26, fprop_tap_tma with 128x128x64 tiles and 3 stages gave wrong tiles,
 different on every call, where its reduction loop took 2 to 8 steps, and right ones at 1 and at
@@ -28,8 +29,9 @@ them; with the rule on the same case runs them synced, and they should be right.
 Each config is a long-format row of the sweep's CSV (``--csv``, default OUTDIR/race_check.csv;
 the GPU check passes its results.csv): kernel ``race_check``, the layer's shape fields, status
 ``ok``, ``differs``, ``wrong``, ``error`` or ``skipped``, the kernel time as median_ms, the case and
-config in the note. OUTDIR/race_check.md is rendered from those rows (``report.render_race``, the
-same section the report puts in summary.md). Exits 1 if a config, run as the runtime would run it
+config in the note. OUTDIR/race_check.md is rendered from those rows as read back from the CSV
+(``report.render_race``, the same section the report puts in summary.md). The report shows one
+run: rows meant for a sweep's report need that sweep's ``--run-id``. Exits 1 if a config, run as the runtime would run it
 (the rule on; a case the router declines only where this Triton syncs it), gave different bits or
 a wrong result.
 """
@@ -37,6 +39,7 @@ a wrong result.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 import time
@@ -88,7 +91,7 @@ def main(argv=None) -> int:
     import triton
 
     from tritonconv import configs, plans
-    from tritonconv.bench import presets, report, sweep
+    from tritonconv.bench import precompile, presets, report, sweep
     from tritonconv.kernels import _common, fprop, gemm1x1, wgrad
 
     device = "cuda" if torch.cuda.is_available() and not _common.INTERPRETER else "cpu"
@@ -133,23 +136,27 @@ def main(argv=None) -> int:
     configs.tuned = tuned
     info = sweep.run_info(args.run_id)
     sink = sweep.CsvSink(Path(args.csv) if args.csv else out_dir / "race_check.csv")
-    rows, bad, start = [], [], time.perf_counter()
+    bad, start = [], time.perf_counter()
 
     def add_row(name, kernel, layer, pb, cfg, status, rel_err=None, same=None, ms=None, remark="", counted=False):
         """One config's row, appended to the CSV at once (a run cut off by its caller's timeout keeps
         its rows), and the markdown rendered again from all rows so far."""
         row = {**info.base_row(), "kernel": report.RACE_KERNEL, "provider": "tritonconv",
-               "mode": "weight_grad" if kernel.startswith("wgrad") else "forward", "preset": "resnet50",
+               "mode": "grad_weight" if kernel.startswith("wgrad") else "forward", "preset": "resnet50",
                "layer": layer, "N": pb.N, "C": pb.C, "H": pb.H, "W": pb.W, "K": pb.K, "R": pb.R, "S": pb.S,
                "P": pb.P, "Q": pb.Q, "stride_h": pb.stride_h, "stride_w": pb.stride_w, "pad_h": pb.pad_h,
                "pad_w": pb.pad_w, "dil_h": pb.dil_h, "dil_w": pb.dil_w, "groups": pb.groups, "dtype": "fp16",
                "layout": "channels_last", "status": status, "median_ms": ms, "rel_err": rel_err,
                "timer": "configs.kernel_time (CUDA graph of 20 calls, median of 10 replays)" if device == "cuda"
                else f"none ({sweep.INTERPRETER_LABEL})",
-               "note": report.race_note(name, cfg, same, counted, remark), "timestamp": sweep._now()}
+               "note": report.race_note(name, cfg, same, counted, remark), "timestamp": sweep.utc_timestamp()}
         sink.write(row)
-        rows.append(row)
-        (out_dir / "race_check.md").write_text("\n".join(report.render_race(rows)) + "\n")
+        (out_dir / "race_check.md").write_text("\n".join(report.render_race(written())) + "\n")
+
+    def written():
+        """This run's rows as the CSV holds them (what the report will render)."""
+        return [r for r in report.load_rows(sink.path)
+                if r.get("run_id") == info.run_id and r.get("kernel") == report.RACE_KERNEL]
 
     def out_of_time() -> bool:
         return bool(args.time_budget) and time.perf_counter() - start > args.time_budget
@@ -197,13 +204,16 @@ def main(argv=None) -> int:
                     if device == "cuda":
                         torch.cuda.synchronize()
                 except Exception as err:  # a config that fails to build or launch is a row
-                    add_row(name, kernel, layer_name, pb, cfg, f"error: {type(err).__name__}: {str(err)[:80]}")
+                    add_row(name, kernel, layer_name, pb, cfg, f"error: {precompile.error_text(err)}")
                     continue
-                err = max(((o.double() - ref).norm() / ref.norm()).item() for o in outs)
+                # the worst of the three, a NaN worst of all
+                err = max((((o.double() - ref).norm() / ref.norm()).item() for o in outs),
+                          key=lambda e: (math.isnan(e), e))
                 same = all(plans.same_bits(outs[0], o) for o in outs[1:])
                 remarks = [] if routable else ["declined by the router"]
                 if cfg in flagged and not rule:
-                    remarks.append(f"run as is here, synced on Triton {triton.__version__} (register hazard, triton#9433)")
+                    remarks.append(f"run as is here, synced on Triton {triton.__version__} "
+                                   "(register hazard, triton#9433)")
                 ms = None
                 if device == "cuda":  # its kernels' time, without the poisoning fill of each output
                     _common.set_poison_outputs(False)
@@ -224,7 +234,7 @@ def main(argv=None) -> int:
                 print(f"{name} | {cfg} | {err:.1e} | same bits: {same}", flush=True)
     finally:
         configs.tuned, fprop.TAP_TMA_MIN_STEPS, configs.WGMMA_RS_HAZARD = real_tuned, min_steps, rs_rule
-    print("\n".join(report.render_race(rows)))
+    print("\n".join(report.render_race(written())))
     return 1 if bad else 0
 
 

@@ -322,7 +322,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                        mode=csv_mode, preset="resnet50", layer="network", count=1, N=args.batch, C=3,
                        H=args.image, W=args.image, K=num_classes,
                        dtype=args.dtype, layout=args.layout, flops=flops * (3 if mode == "train" else 1),
-                       timestamp=sweep._now(), note=f"{what}; {len(convs)} convs; "
+                       timestamp=sweep.utc_timestamp(), note=f"{what}; {len(convs)} convs; "
                        + ("pooling, fc" if mode == "folded" and provider == "tritonconv"
                           else "ReLU, adds, pooling, fc" if mode == "folded" else "BN, ReLU, pooling, fc")
                        + (", loss" if mode == "train" else "") + " from PyTorch"

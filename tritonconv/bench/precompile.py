@@ -45,9 +45,10 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
+from ..configs import config_name
 from ..kernels._common import INTERPRETER
 
-__all__ = ["PrecompileStats", "autotuners", "compiled_kernels", "intercept_launches", "autotune_key", "precompile"]
+__all__ = ["PrecompileStats", "error_text", "autotuners", "compiled_kernels", "intercept_launches", "autotune_key", "precompile"]
 
 
 @dataclass
@@ -57,21 +58,37 @@ class PrecompileStats:
     errors: int = 0  # warmups that raised while being issued (serial mode: compile errors)
     seconds: float = 0.0
     mode: str = "none"
-    # the first few distinct errors, "where: Type: message": the GPU check of 2026-11-26 counted
-    # 16 errors in 52 launches and could not say what they were
-    examples: List[str] = field(default_factory=list)
+    # the first few distinct errors, "Type: message" -> [count, where it first happened]: the GPU
+    # check of 2026-11-26 counted 16 errors in 52 launches and could not say what they were
+    examples: Dict[str, List[Any]] = field(default_factory=dict)
 
     def error(self, where: str, err: Exception) -> None:
+        """Count an error; keep its message (up to 3 distinct ones), where it first happened and how
+        often it recurred."""
         self.errors += 1
-        text = f"{where}: {type(err).__name__}: {str(err).splitlines()[0][:160] if str(err) else ''}"
-        if len(self.examples) < 3 and text not in self.examples:
-            self.examples.append(text)
+        text = error_text(err)
+        if text in self.examples:
+            self.examples[text][0] += 1
+        elif len(self.examples) < 3:
+            self.examples[text] = [1, where]
 
     def __str__(self) -> str:
         errors = f", {self.errors} errors" if self.errors else ""
-        first = f"; first: {' | '.join(self.examples)}" if self.examples else ""
+        first = "; ".join(f"{n}x {text} (first: {where})" for text, (n, where) in self.examples.items())
         return (f"{self.compiles} kernel compiles for {self.launches} launches in {self.seconds:.1f} s "
-                f"({self.mode}{errors}){first}")
+                f"({self.mode}{errors}){'; ' + first if first else ''}")
+
+
+def error_text(err: BaseException, limit: int = 160) -> str:
+    """One line for ``err``: "Type: message". Triton's CompilationError opens its text with the
+    source location ("at 45:12:") and the offending source, and names the error last
+    (``error_message``), so the line is that, or else the last non-empty line of the text."""
+    message = getattr(err, "error_message", None)
+    if not isinstance(message, str) or not message.strip():
+        lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+        message = lines[-1] if lines else ""
+    message = " ".join(message.split())
+    return f"{type(err).__name__}: {message[:limit]}" if message else type(err).__name__
 
 
 def autotuners() -> Dict[str, Any]:
@@ -98,38 +115,31 @@ def autotuners() -> Dict[str, Any]:
 
 def compiled_kernels() -> Optional[int]:
     """How many compiled kernels the @jit functions of ``tritonconv.kernels`` hold in memory, all
-    devices and specialisations together; None under the interpreter (nothing is compiled). The
-    sweep counts the kernels a layer's first call compiles: after ``precompile``, every one of
-    them is a specialisation the precompile did not foresee, compiled serially while tuning."""
+    devices and specialisations together; None under the interpreter (nothing is compiled) or
+    where this Triton keeps them otherwise. The sweep counts the kernels a layer's first call
+    compiles: after ``precompile``, every one of them is a specialisation the precompile did not
+    foresee, compiled serially while tuning. A diagnostic: it never raises."""
     if INTERPRETER:
         return None
-    import importlib
-    import pkgutil
+    try:
+        import sys
 
-    from triton.runtime.autotuner import Autotuner
-    from triton.runtime.jit import JITFunction
+        from triton.runtime.autotuner import Autotuner
+        from triton.runtime.jit import JITFunction
 
-    from .. import kernels
-
-    functions: Dict[int, Any] = {}
-    for info in pkgutil.iter_modules(kernels.__path__):
-        try:
-            module = importlib.import_module(f"{kernels.__name__}.{info.name}")
-        except Exception:
-            continue
-        for value in vars(module).values():
-            fn = value.fn if isinstance(value, Autotuner) else value
-            if isinstance(fn, JITFunction):
-                functions[id(fn)] = fn
-    total = 0
-    for fn in functions.values():
-        # device_caches[device] = (kernel_cache, kernel_key_cache, target, backend, binder) in 3.6 to 3.9
-        for caches in getattr(fn, "device_caches", {}).values():
-            try:
-                total += len(caches[0])
-            except (TypeError, IndexError):
-                return None
-    return total
+        functions: Dict[int, Any] = {}
+        prefix = __name__.rsplit(".", 2)[0] + ".kernels."
+        for name, module in list(sys.modules.items()):  # the kernel modules loaded so far: no imports
+            if not name.startswith(prefix) or module is None:
+                continue
+            for value in vars(module).values():
+                fn = value.fn if isinstance(value, Autotuner) else value
+                if isinstance(fn, JITFunction):
+                    functions[id(fn)] = fn
+        # device_caches[device][0] is the kernel cache (key -> compiled kernel) in Triton 3.2 to 3.9
+        return sum(len(caches[0]) for fn in functions.values() for caches in fn.device_caches.values())
+    except Exception:
+        return None
 
 
 def autotune_key(autotuner: Any, args: Sequence[Any], kwargs: Dict[str, Any]) -> Tuple:
@@ -253,7 +263,7 @@ def precompile(thunks: Iterable[Callable[[], Any]], workers: int = 0, parallel: 
                 tuner.fn.warmup(*launch_args, **launch_kwargs, **config.all_kwargs())
                 stats.compiles += 1
             except Exception as err:
-                stats.error(f"{tuner.fn.__name__} {getattr(config, 'kwargs', '')}", err)
+                stats.error(f"{tuner.fn.__name__} {config_name(config)}", err)
 
     def run_thunks():
         with intercept_launches(on_launch):

@@ -3,8 +3,10 @@
     python -m tritonconv.bench.report perf/out/results.csv --out perf/out [--run-id ID | --all-runs]
 
 writes ``summary.md`` (targets, geometric-mean speedups per preset and per
-mode, the end-to-end network, problems), ``details.md`` (every layer) and
-``plot.png`` (tritonconv's speedup over each provider, per layer).
+mode, whole-network conv time, the router's timings of the kernel families,
+the tiles chosen, the tuning cost of tritonconv's first calls, the
+end-to-end network, the race check's rows, problems), ``details.md`` (every
+layer) and ``plot.png`` (tritonconv's speedup over each provider, per layer).
 
 Which rows: by default those of the CSV's latest run id (the last row's), so
 a CSV that several sweeps appended to reports the newest; a sweep split over
@@ -349,6 +351,9 @@ def render_markdown(rows) -> str:
 
 def race_note(case: str, config: str, same_bits: Optional[bool], counted: bool, remark: str = "") -> str:
     """A race-check row's note: "case: ...; config: ...; same bits: yes; counted; <remark>"."""
+    if "; " in case or "; " in config:
+        raise ValueError(f"a race-check case or config may not contain '; ' (the note's separator): "
+                         f"{case!r}, {config!r}")
     parts = [f"case: {case}", f"config: {config}"]
     if same_bits is not None:
         parts.append(f"same bits: {'yes' if same_bits else 'no'}")
@@ -373,6 +378,11 @@ def race_fields(row: Dict[str, Any]) -> Dict[str, Any]:
             remark.append(part)
     out["remark"] = "; ".join(remark)
     return out
+
+
+def _cell_text(text: str, limit: int = 160) -> str:
+    """``text`` fit for one markdown table cell: one line, no column bars."""
+    return " ".join(str(text).split())[:limit].replace("|", "/")
 
 
 def _race_case_base(case: str) -> str:
@@ -401,8 +411,8 @@ def render_race(rows) -> List[str]:
         same = {True: "yes", False: "**no**", None: ""}[f["same_bits"]]
         err = f"{r['rel_err']:.1e}" if isinstance(r.get("rel_err"), float) else (status if status != "ok" else "")
         ms = r.get("median_ms")
-        body.append((f["case"], f["config"], err, same,
-                     f"{ms:.4f}" if isinstance(ms, float) else "", f["remark"].replace("|", "/")))
+        body.append((f["case"], f["config"], _cell_text(err), same,
+                     f"{ms:.4f}" if isinstance(ms, float) else "", _cell_text(f["remark"])))
         if f["counted"] and status.split(":")[0] in ("differs", "wrong"):
             bad.append(f"{f['case']} {f['config']}")
         if isinstance(ms, float) and ms > 0 and f["config"]:

@@ -133,7 +133,8 @@ def run_info(run_id: Optional[str] = None) -> RunInfo:
     )
 
 
-def _now() -> str:
+def utc_timestamp() -> str:
+    """Now, as the CSV rows' timestamp: ISO 8601 in UTC to the second."""
     return _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
@@ -186,7 +187,7 @@ def case_row(case: prov.Case, provider: str, info: RunInfo) -> Dict[str, Any]:
         count=layer.count, N=pb.N, C=pb.C, H=pb.H, W=pb.W, K=pb.K, R=pb.R, S=pb.S, P=pb.P, Q=pb.Q,
         stride_h=pb.stride_h, stride_w=pb.stride_w, pad_h=pb.pad_h, pad_w=pb.pad_w,
         dil_h=pb.dil_h, dil_w=pb.dil_w, groups=pb.groups, dtype=case.dtype, layout=case.layout,
-        flops=case.flops, timestamp=_now(),
+        flops=case.flops, timestamp=utc_timestamp(),
     )
     return row
 
