@@ -35,7 +35,10 @@
 # TUNING_CACHE_TAR=path/to/tuning-cache.tar.gz starts from an earlier run's tuning choices (same
 # card, same versions; entries for other code are ignored with a warning), which saves most of
 # the tuning time on a fresh machine; Inductor's autotuning timings travel in it too
-# (TORCHINDUCTOR_CACHE_DIR defaults to TRITONCONV_CACHE_DIR/inductor).
+# (TORCHINDUCTOR_CACHE_DIR defaults to TRITONCONV_CACHE_DIR/inductor). With it, the check also
+# sets TRITONCONV_TUNE_HINTS=1 (unless set): where a kernel changed since that run, its choices
+# still run, untimed, wherever the kernel's pruning keeps them (tuning.py, "Hints"), so the minutes
+# go to measuring; the summary's "Tuning cost" table counts them. TRITONCONV_TUNE_HINTS=0 retunes.
 # FAMILY_PRESETS=mobilenetv2,convnext_t adds a forward fp16 sweep of those presets after
 # ResNet-50's (issue 6: the depthwise, 1x1 and stem families' effect); it takes its share of
 # the budget from the later stages, so give the check more time (or pass a tuning cache) with it.
@@ -77,6 +80,7 @@ export TORCHINDUCTOR_CACHE_DIR=${TORCHINDUCTOR_CACHE_DIR:-$CACHE_DIR/inductor}
 if [ -n "${TUNING_CACHE_TAR:-}" ]; then
     mkdir -p "$CACHE_DIR" && tar -xzf "$TUNING_CACHE_TAR" -C "$CACHE_DIR" ||
         echo "could not extract $TUNING_CACHE_TAR into $CACHE_DIR" >&2
+    export TRITONCONV_TUNE_HINTS=${TRITONCONV_TUNE_HINTS:-1}
 fi
 
 LOG="$OUTDIR/gpu_check.log"
@@ -237,6 +241,7 @@ fi
 export PRESET BATCH FP16 BF16 TESTS E2E_ARGS RACE_ARGS DIAG_LAYERS DIAG_DIR
 
 log "tritonconv GPU check: budget ${BUDGET}s, output $OUTDIR, run $TRITONCONV_RUN_ID, commit $TRITONCONV_COMMIT"
+log "tuning cache: $CACHE_DIR${TUNING_CACHE_TAR:+ (from $TUNING_CACHE_TAR)}; hints from stale choices: ${TRITONCONV_TUNE_HINTS:-0}"
 stage environment 100 60 env_info
 stage "tests (quick)" 18 110 quick_tests
 # Stream-K's programs wait for each other's flags: if that misbehaves on this card (a test that

@@ -322,7 +322,7 @@ def test_first_calls_go_from_the_note_to_the_tuning_cost_table(tmp_path, monkeyp
     with sweep._families_recorded(SimpleNamespace(name="tritonconv"), row):
         pass
     assert re.search(r"; first call: \d+\.\d s, 12 kernels compiled$", row["note"]), row["note"]
-    assert report.first_call_of(row)[1] == 12
+    assert report.first_call_of(row)[1:] == (12, 0)
     monkeypatch.setattr(sweep, "compiled_kernels", lambda: None)  # the interpreter compiles nothing
     row = {"note": "autotuned"}
     with sweep._families_recorded(SimpleNamespace(name="tritonconv"), row):
@@ -330,9 +330,11 @@ def test_first_calls_go_from_the_note_to_the_tuning_cost_table(tmp_path, monkeyp
     assert "first call" not in row["note"] and report.first_call_of(row) is None
 
     rows = [_row("tritonconv", "a", 0.4, note="families: forward=tap_tma; first call: 6.1 s, 12 kernels compiled"),
-            _row("tritonconv", "b", 0.4, note="first call: 2.0 s, 0 kernels compiled"), _row("cudnn", "a", 0.5)]
+            _row("tritonconv", "b", 0.4, note="first call: 2.0 s, 0 kernels compiled, 3 " + report.HINTED_NOTE),
+            _row("cudnn", "a", 0.5)]
+    assert report.first_call_of(rows[1]) == (2.0, 0, 3)
     summary = report.render(_write_csv(tmp_path / "results.csv", rows), tmp_path)["summary"].read_text()
-    assert "| resnet50 | 32 | forward | fp16 | channels_last | 2 | 8.1 | 6.1 (a) | 12 |" in summary
+    assert "| resnet50 | 32 | forward | fp16 | channels_last | 2 | 8.1 | 6.1 (a) | 12 | 3 |" in summary
 
 
 def test_compiled_kernels_counts_every_jit_functions_cache():
@@ -716,6 +718,89 @@ def test_tuning_launch_hooks_persist_across_processes(monkeypatch):
     assert tuning.before_launch(fresh, "fprop", SimpleNamespace(index=1)) == 0  # other device: its own file
 
 
+class PruningAutotuner(FakeAutotuner):
+    """A FakeAutotuner with triton's prune_configs (reading ``nargs``, as the real one does)."""
+
+    def __init__(self, keep=None, **kw):
+        super().__init__(**kw)
+        self.keep, self.nargs = keep, None
+
+    def prune_configs(self, kwargs):
+        assert self.nargs is not None, "pruning reads the launch's arguments"
+        return [c for i, c in enumerate(self.configs) if self.keep is None or i in self.keep]
+
+
+def test_tuning_hints_reuse_a_stale_files_choices_untimed(monkeypatch):
+    """TRITONCONV_TUNE_HINTS=1: a file stale because the kernel changed hands its choices on as
+    hints, kept aside across processes; a hint runs only as a config the pruning keeps for the
+    launch, and is never saved as tuned."""
+    from tritonconv import configs
+
+    monkeypatch.setattr(tuning, "INTERPRETER", False)
+    monkeypatch.setattr(configs, "TUNE", True)
+    monkeypatch.setattr(tuning, "device_name", lambda index: "Fake GPU")
+    monkeypatch.setenv(tuning.HINTS_ENV, "1")
+    device = SimpleNamespace(index=0)
+    f16 = SimpleNamespace(dtype=torch.float16)
+    args_a = (f16, f16, 4096, 64)  # autotune_key -> KEY_A
+    key_c = (7, 7, "torch.float16", "torch.float16")
+
+    old = FakeAutotuner(source="kernel v1")
+    old.cache[KEY_A] = copy.copy(old.configs[1])
+    old.cache[KEY_B] = triton.Config({"BLOCK_M": 64, "BLOCK_N": 64})  # not in the new config space
+    tuning.save_entries(old, "fprop", "Fake GPU")
+
+    tuning.reset_state()  # the next process runs the changed kernel
+    new = PruningAutotuner(source="kernel v2")
+    with pytest.warns(tuning.StaleCacheWarning, match="stale"):
+        size = tuning.before_launch(new, "fprop", device)
+    assert size == 0 and new.cache == {}
+    assert tuning.autotune_key(new, args_a, {}) == KEY_A
+    tuning._apply_hint(new, "fprop", args_a, {})
+    assert new.cache[KEY_A] is new.configs[1] and tuning.hints_used() == 1  # the kernel's own config
+    new.cache[key_c] = new.configs[0]  # tuned in this process
+    tuning.after_launch(new, "fprop", device, size)
+    saved = json.loads(tuning.cache_path("fprop", "Fake GPU").read_text())["entries"]
+    assert [e["key"] for e in saved] == [list(key_c)]  # the hint is not a tuned choice
+
+    tuning.reset_state()  # a later stage: the file is current now, the hints were kept aside
+    later = PruningAutotuner(source="kernel v2", keep=[0])  # the pruning now drops the hinted tile
+    assert tuning.before_launch(later, "fprop", device) == 1
+    assert tuning.hinted_config(later, args_a, {}) is None
+    later.keep = None
+    assert tuning.hinted_config(later, args_a, {}) is later.configs[1]
+    assert precompile._configs_for(later, args_a, {"grid": None}) == [later.configs[1]]  # compiles the hint alone
+    assert tuning.hinted_config(later, (f16, f16, 128, 7), {}) is None  # KEY_B: a tile v2 does not have
+
+    monkeypatch.setenv(tuning.HINTS_ENV, "0")  # off: stale choices are only a warning
+    tuning.reset_state()
+    off = PruningAutotuner(source="kernel v2")
+    tuning.before_launch(off, "fprop", device)
+    assert tuning.hinted_config(off, args_a, {}) is None
+
+
+def test_tuning_hints_need_the_same_versions(monkeypatch):
+    """A file written under another Triton is no hint: its tiles were timed with other code."""
+    from tritonconv import configs
+
+    monkeypatch.setattr(tuning, "INTERPRETER", False)
+    monkeypatch.setattr(configs, "TUNE", True)
+    monkeypatch.setattr(tuning, "device_name", lambda index: "Fake GPU")
+    monkeypatch.setenv(tuning.HINTS_ENV, "1")
+    old = FakeAutotuner(source="kernel v1")
+    old.cache[KEY_A] = copy.copy(old.configs[1])
+    tuning.save_entries(old, "fprop", "Fake GPU")
+    path = tuning.cache_path("fprop", "Fake GPU")
+    data = json.loads(path.read_text())
+    path.write_text(json.dumps(dict(data, triton="0.0.1")))
+    tuning.reset_state()
+    new = PruningAutotuner(source="kernel v2")
+    with pytest.warns(tuning.StaleCacheWarning):
+        tuning.before_launch(new, "fprop", SimpleNamespace(index=0))
+    assert tuning.hinted_config(new, (SimpleNamespace(dtype=torch.float16),) * 2 + (4096, 64), {}) is None
+    assert not tuning._hints_path("fprop", "Fake GPU").exists()
+
+
 def test_tuning_hooks_are_inert_with_tuning_off(monkeypatch):
     """TRITONCONV_TUNE=0 (the tests): the one untimed config is no tuned choice to save or load."""
     from tritonconv import configs
@@ -803,6 +888,36 @@ def test_intercepted_launches_record_arguments_and_run_nothing(device):
     assert "fprop._fprop_tuned" in precompile.autotuners()
     if not CUDA:
         assert precompile.precompile([lambda: None]).mode.startswith("interpreter")
+
+
+def test_a_hint_goes_through_a_real_autotuners_pruning(device):
+    """hinted_config on a kernel's own autotuner and a recorded launch: the hint, read back from
+    its file form, comes out as the config the autotuner's pruning keeps (with its pre-hook)."""
+    from tritonconv.kernels.fprop import _fprop_tap_tma_tuned, conv2d_fprop_tap_tma
+    from tritonconv.spec import conv2d_problem
+
+    x = torch.randn(2, 16, 10, 10, device=device).to(memory_format=torch.channels_last)
+    w = torch.randn(16, 16, 3, 3, device=device).to(memory_format=torch.channels_last)
+    seen = []
+    with precompile.intercept_launches(lambda tuner, args, kwargs: seen.append((tuner, args, kwargs))):
+        conv2d_fprop_tap_tma(x, w, None, conv2d_problem(x, w, None, 1, 1, 1, 1))
+    tuner, args, kwargs = seen[0]
+    assert tuner is _fprop_tap_tma_tuned
+    key = tuning.autotune_key(tuner, args, kwargs)
+    tuner.nargs = dict(zip(tuner.arg_names, args))
+    kept = tuner.prune_configs({k: v for k, v in kwargs.items() if k != "grid"})  # what a launch would time
+    tuner.nargs = None
+    own = kept[-1]
+    try:
+        tuning._hints[id(tuner)] = {key: tuning.decode_config(tuning.encode_config(own))}
+        hinted = tuning.hinted_config(tuner, args, kwargs)
+        assert tuning.encode_config(hinted) == tuning.encode_config(own) and hinted.pre_hook is own.pre_hook
+        assert tuner.nargs is None
+        tuning._hints[id(tuner)] = {key: triton.Config({**own.kwargs, "BLOCK_M": 8}, num_warps=own.num_warps,
+                                                       num_stages=own.num_stages)}
+        assert tuning.hinted_config(tuner, args, kwargs) is None  # a tile the kernel does not have
+    finally:
+        tuning._hints.pop(id(tuner), None)
 
 
 def test_sweep_measures_slow_providers_after_the_quick_ones(tmp_path, monkeypatch):

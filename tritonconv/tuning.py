@@ -28,6 +28,16 @@ with a warning, the shapes are tuned again, and the next save replaces it. A
 file that cannot be read or parsed is ignored the same way; nothing here ever
 raises into a launch.
 
+Hints (``TRITONCONV_TUNE_HINTS=1``; the GPU check sets it when it starts from an earlier run's
+cache): where a kernel's file is stale only because the kernel changed (its signature: source,
+key names, config space; same GPU, tritonconv and Triton versions), its choices are kept aside
+as ``<file>.hints.json`` and reused instead of tuning: a shape with a hint runs the hinted config
+untimed, where the kernel's pruning still keeps that very config for the launch (so a tile the
+current rules sync, drop or never had is tuned as usual). A hinted choice is never saved as a
+tuned one. A fresh machine then spends a check's minutes measuring, not retuning kernels whose
+change did not touch their tiles; what ran on a hint is counted (``hints_used``), and the
+sweep's rows say so.
+
 The launchers call two hooks around each launch (``before_launch`` /
 ``after_launch``). Once a kernel's file is loaded for a device, the hooks cost
 a set lookup and a ``len()``; a save happens only after a launch that added
@@ -81,10 +91,15 @@ __all__ = [
     "router_choices_once",
     "router_signature",
     "recording_configs",
+    "autotune_key",
+    "hints_enabled",
+    "hinted_config",
+    "hints_used",
     "main",
 ]
 
 ENV_DIR = "TRITONCONV_CACHE_DIR"
+HINTS_ENV = "TRITONCONV_TUNE_HINTS"
 FORMAT = 1  # bump when the file layout changes
 
 
@@ -212,9 +227,15 @@ def decode_config(raw: Any):
     return triton.Config(dict(kwargs), **options)
 
 
-def _read_file(path: Path, autotuner: Any, kernel: str, device_name: str) -> Dict[Tuple, Any]:
-    """The entries of a cache file; raises ValueError (corrupt) or LookupError (stale)."""
-    raw_entries = _check_header(_parse(path), _header(kernel, device_name, kernel_signature(autotuner)))
+def _read_file(path: Path, autotuner: Any, kernel: str, device_name: str,
+               check_signature: bool = True) -> Dict[Tuple, Any]:
+    """The entries of a cache file; raises ValueError (corrupt) or LookupError (stale). Without
+    ``check_signature``, a file written for an earlier version of the kernel reads too (hints),
+    as long as its entries' meta-parameters are the kernel's."""
+    expected = _header(kernel, device_name, kernel_signature(autotuner))
+    if not check_signature:
+        del expected["signature"]
+    raw_entries = _check_header(_parse(path), expected)
     names, optional, hook = None, set(), None
     if getattr(autotuner, "configs", None):
         names = set(autotuner.configs[0].kwargs)
@@ -371,6 +392,8 @@ _loaded: Set[Tuple[str, int]] = set()
 _persisted: Dict[str, Set[Tuple]] = {}
 _save_failed: Set[str] = set()
 _device_names: Dict[int, str] = {}
+_hints: Dict[int, Dict[Tuple, Any]] = {}  # id(autotuner) -> key -> the hinted config
+_hints_used: Set[Tuple[int, Tuple]] = set()
 
 
 def reset_state() -> None:
@@ -380,6 +403,8 @@ def reset_state() -> None:
     _save_failed.clear()
     _device_names.clear()
     _router_loaded.clear()
+    _hints.clear()
+    _hints_used.clear()
 
 
 def device_name(index: int) -> str:
@@ -406,11 +431,124 @@ def before_launch(autotuner: Any, kernel: str, device: Any) -> int:
     if (kernel, index) not in _loaded:
         _loaded.add((kernel, index))
         try:
+            if hints_enabled():
+                _keep_hints(autotuner, kernel, device_name(index))
             keys = load_into(autotuner, kernel, device_name(index))
             _persisted.setdefault(kernel, set()).update(keys)
+            if hints_enabled():
+                _load_hints(autotuner, kernel, device_name(index))
         except Exception as err:  # never let the cache break a launch
             _warn(f"could not load entries for {kernel} ({type(err).__name__}: {err})")
     return len(autotuner.cache)
+
+
+# --------------------------------------------------------------------------- hints
+
+
+def hints_enabled() -> bool:
+    """``TRITONCONV_TUNE_HINTS=1``: reuse the choices of a file the kernel's change made stale."""
+    return os.environ.get(HINTS_ENV, "0") == "1"
+
+
+def _hints_path(kernel: str, device_name: str) -> Path:
+    path = cache_path(kernel, device_name)
+    return path.with_name(path.name[: -len(".json")] + ".hints.json")
+
+
+def _keep_hints(autotuner: Any, kernel: str, device_name: str) -> None:
+    """Before this code's first save replaces a file that is stale by its signature alone (the
+    kernel changed), merge its choices into ``<file>.hints.json`` (the first process of a check
+    does this; later ones find the file current and read the hints kept aside). Hints from
+    still earlier runs stay where the stale file has no choice for their shape."""
+    path, aside = cache_path(kernel, device_name), _hints_path(kernel, device_name)
+    if not path.exists():
+        return
+    try:
+        _read_file(path, autotuner, kernel, device_name)
+        return  # current: nothing stale to keep
+    except LookupError:
+        pass
+    except Exception:
+        return  # corrupt
+    try:
+        _read_file(path, autotuner, kernel, device_name, check_signature=False)
+    except Exception:
+        return  # stale for more than the kernel's change (versions, meta-parameters)
+    data = _parse(path)
+    merged: Dict[str, Any] = {}
+    if aside.exists():
+        with contextlib.suppress(Exception):
+            _read_file(aside, autotuner, kernel, device_name, check_signature=False)
+            merged = {json.dumps(e["key"]): e for e in _parse(aside)["entries"]}
+    merged.update({json.dumps(e["key"]): e for e in data["entries"]})
+    with _locked(aside):
+        _write(aside, {k: v for k, v in data.items() if k != "entries"}, list(merged.values()))
+
+
+def _load_hints(autotuner: Any, kernel: str, device_name: str) -> None:
+    aside = _hints_path(kernel, device_name)
+    if not aside.exists():
+        return
+    try:
+        entries = _read_file(aside, autotuner, kernel, device_name, check_signature=False)
+    except Exception as err:
+        _warn(f"ignoring hints {aside} ({type(err).__name__}: {err})")
+        return
+    hints = _hints.setdefault(id(autotuner), {})
+    for key, config in entries.items():
+        if key not in autotuner.cache:
+            hints.setdefault(key, config)
+
+
+def autotune_key(autotuner: Any, args: Sequence[Any], kwargs: Dict[str, Any]) -> Tuple:
+    """The key ``Autotuner.run`` would compute for this launch (triton 3.2 to 3.9).
+
+    The ``key=`` argument values in order, then ``str(dtype)`` of every
+    argument that has a dtype (the tensors), in argument order.
+    """
+    named = {**dict(zip(autotuner.arg_names, args)), **kwargs}
+    named = {k: v for k, v in named.items() if k in autotuner.arg_names}
+    key = [named[k] for k in autotuner.keys if k in named]
+    key += [str(v.dtype) for v in named.values() if hasattr(v, "dtype")]
+    return tuple(key)
+
+
+def hinted_config(autotuner: Any, args: Sequence[Any], kwargs: Dict[str, Any]) -> Optional[Any]:
+    """The config to run this launch on from a hint, or None: the hinted config as the kernel's
+    own pruning keeps it for this launch (the same meta-parameters, warps and stages; its
+    pre-hook then the current one), never one the pruning leaves out."""
+    hints = _hints.get(id(autotuner))
+    if not hints:
+        return None
+    hint = hints.get(autotune_key(autotuner, args, kwargs))
+    if hint is None:
+        return None
+    want = encode_config(hint)
+    autotuner.nargs = dict(zip(autotuner.arg_names, args))
+    try:
+        kept = autotuner.prune_configs({k: v for k, v in kwargs.items() if k != "grid"})
+    except Exception:
+        return None
+    finally:
+        autotuner.nargs = None
+    return next((c for c in kept if encode_config(c) == want), None)
+
+
+def _apply_hint(autotuner: Any, kernel: str, args: Sequence[Any], kwargs: Dict[str, Any]) -> None:
+    """Put a hinted config in the autotuner's cache for this launch, untimed and never saved."""
+    key = autotune_key(autotuner, args, kwargs)
+    if key in autotuner.cache:
+        return
+    config = hinted_config(autotuner, args, kwargs)
+    if config is not None:
+        autotuner.cache[key] = config
+        _persisted.setdefault(kernel, set()).add(key)  # after_launch saves tuned choices only
+        _hints_used.add((id(autotuner), key))
+
+
+def hints_used() -> int:
+    """How many (kernel, shape) choices in this process came from hints, untimed."""
+    return len(_hints_used)
 
 
 def after_launch(autotuner: Any, kernel: str, device: Any, size_before: int) -> None:
@@ -557,6 +695,11 @@ def recording_configs():
 def launch(autotuner: Any, kernel: str, device: Any, grid: Any, *args: Any, **kwargs: Any) -> None:
     """Launch an autotuned kernel with the persistent cache around it (load once, save new choices)."""
     size_before = before_launch(autotuner, kernel, device)
+    if size_before >= 0 and _hints:
+        try:
+            _apply_hint(autotuner, kernel, args, kwargs)
+        except Exception as err:  # a hint is a shortcut: the launch tunes as usual without it
+            _warn(f"could not apply a hint for {kernel} ({type(err).__name__}: {err})")
     compiled = autotuner[grid](*args, **kwargs)
     after_launch(autotuner, kernel, device, size_before)
     best = getattr(autotuner, "best_config", None)

@@ -47,6 +47,7 @@ from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tupl
 
 from ..configs import config_name
 from ..kernels._common import INTERPRETER
+from ..tuning import autotune_key, hinted_config
 
 __all__ = ["PrecompileStats", "error_text", "autotuners", "compiled_kernels", "intercept_launches", "autotune_key", "precompile"]
 
@@ -142,19 +143,6 @@ def compiled_kernels() -> Optional[int]:
         return None
 
 
-def autotune_key(autotuner: Any, args: Sequence[Any], kwargs: Dict[str, Any]) -> Tuple:
-    """The key ``Autotuner.run`` would compute for this launch (triton 3.2 to 3.9).
-
-    The ``key=`` argument values in order, then ``str(dtype)`` of every
-    argument that has a dtype (the tensors), in argument order.
-    """
-    named = {**dict(zip(autotuner.arg_names, args)), **kwargs}
-    named = {k: v for k, v in named.items() if k in autotuner.arg_names}
-    key = [named[k] for k in autotuner.keys if k in named]
-    key += [str(v.dtype) for v in named.values() if hasattr(v, "dtype")]
-    return tuple(key)
-
-
 def _fake_run(on_launch, autotuner, *args, grid=None, warmup=False, **kwargs):
     on_launch(autotuner, args, dict(kwargs, grid=grid))
     return None
@@ -182,12 +170,16 @@ def intercept_launches(on_launch: Callable[[Any, Tuple, Dict], None], tuners: Op
 
 
 def _configs_for(tuner: Any, args: Tuple, kwargs: Dict) -> List[Any]:
-    """The configs a launch would compile: the cached choice, else what pruning keeps."""
+    """The configs a launch would compile: the cached choice, else a hint's (tuning's
+    TRITONCONV_TUNE_HINTS), else what pruning keeps."""
     if len(tuner.configs) <= 1:
         return list(tuner.configs)
     cached = tuner.cache.get(autotune_key(tuner, args, kwargs))
     if cached is not None:
         return [cached]
+    hinted = hinted_config(tuner, args, {k: v for k, v in kwargs.items() if k != "grid"})
+    if hinted is not None:
+        return [hinted]
     launch_kwargs = {k: v for k, v in kwargs.items() if k != "grid"}
     tuner.nargs = dict(zip(tuner.arg_names, args))
     try:

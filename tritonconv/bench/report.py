@@ -39,8 +39,10 @@ FAMILIES_NOTE = "families: "
 ROUTER_NOTE = "router ms: "
 # and the tiles each kernel's autotuner launched: "tiles: fprop_tap_tma=128x128x64 w8 s3, wgrad=..."
 TILES_NOTE = "tiles: "
-# and, on CUDA, what its first call took and compiled: "first call: 6.1 s, 12 kernels compiled"
+# and, on CUDA, what its first call took and compiled: "first call: 6.1 s, 12 kernels compiled",
+# with ", 3 tile choices from an earlier run (hints)" where tuning's hints spared their tuning
 FIRST_CALL_NOTE = "first call: "
+HINTED_NOTE = "tile choices from an earlier run (hints)"
 # perf/race_check.py's rows share the sweep's CSV under this kernel name: one row per (case, config
 # pinned), the case and the config in the note (``race_note``), the kernel time in median_ms
 RACE_KERNEL = "race_check"
@@ -482,16 +484,18 @@ def _tiles_section(rows) -> List[str]:
     return lines + [""]
 
 
-def first_call_of(row: Optional[Dict[str, Any]]) -> Optional[Tuple[float, int]]:
-    """(seconds, kernels compiled) of a tritonconv row's first call, from its note; None without."""
+def first_call_of(row: Optional[Dict[str, Any]]) -> Optional[Tuple[float, int, int]]:
+    """(seconds, kernels compiled, tile choices from hints) of a tritonconv row's first call, from
+    its note; None without."""
     note = (row or {}).get("note") or ""
     for part in note.split(";"):
         part = part.strip()
         if part.startswith(FIRST_CALL_NOTE):
             seconds, _, rest = part[len(FIRST_CALL_NOTE):].partition(" s, ")
-            kernels = rest.split(" ")[0]
+            kernels, _, hinted = rest.partition(" kernels compiled")
+            hinted = hinted.strip(", ").split(" ")[0]
             if _num(seconds) is not None and kernels.isdigit():
-                return float(seconds), int(kernels)
+                return float(seconds), int(kernels), int(hinted) if hinted.isdigit() else 0
     return None
 
 
@@ -499,7 +503,7 @@ def _first_calls_section(rows) -> List[str]:
     """Per sweep group, what tritonconv's first calls took (tuning, and the router timing the
     families) and the kernels they compiled: where a check's minutes go, and, after the
     precompile, how many specialisations it missed."""
-    groups: Dict[Tuple, List[Tuple[str, float, int]]] = defaultdict(list)
+    groups: Dict[Tuple, List[Tuple[str, float, int, int]]] = defaultdict(list)
     for r in _conv_rows(rows):
         first = first_call_of(r) if r.get("provider") == "tritonconv" else None
         if first is not None:
@@ -508,15 +512,16 @@ def _first_calls_section(rows) -> List[str]:
         return []
     lines = ["## Tuning cost: tritonconv's first call per layer", "",
              "Seconds of each layer's first call (autotuning, the router timing the families, compiling what the "
-             "precompile did not) and the kernels compiled in it.", ""]
+             "precompile did not), the kernels compiled in it, and the tile choices taken untimed from an earlier "
+             "run's (TRITONCONV_TUNE_HINTS: not tuned for this code).", ""]
     body = []
     for g in sorted(groups, key=lambda k: tuple(map(str, k))):
         per = groups[g]
         slowest = max(per, key=lambda t: t[1])
         body.append((*map(str, g), len(per), f"{sum(t[1] for t in per):.1f}", f"{slowest[1]:.1f} ({slowest[0]})",
-                     sum(t[2] for t in per)))
+                     sum(t[2] for t in per), sum(t[3] for t in per)))
     lines += _table(("preset", "N", "mode", "dtype", "layout", "layers", "seconds", "slowest layer",
-                     "kernels compiled"), body)
+                     "kernels compiled", "choices from hints"), body)
     return lines + [""]
 
 

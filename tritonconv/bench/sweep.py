@@ -53,8 +53,8 @@ from . import presets as presets_mod
 from . import providers as prov
 from . import timing
 from .precompile import compiled_kernels, precompile
-from .report import (FAMILIES_NOTE, FIRST_CALL_NOTE, ROUTER_NOTE, TILES_NOTE, format_router_timings,
-                     format_tiles)
+from .report import (FAMILIES_NOTE, FIRST_CALL_NOTE, HINTED_NOTE, ROUTER_NOTE, TILES_NOTE,
+                     format_router_timings, format_tiles)
 
 __all__ = ["COLUMNS", "INTERPRETER_LABEL", "RunInfo", "CsvSink", "run_info", "main", "tune_presets"]
 
@@ -364,17 +364,19 @@ def _families_recorded(provider: prov.Provider, row: Dict[str, Any]):
     forward[tap_tma=0.41 implicit_tma=0.52]"), so it shows each family's effect too, and the
     tiles each kernel's autotuner launched ("tiles: fprop_tap_tma=128x128x64 w8 s3"), the
     candidates' included; and, on CUDA, what the call took and the kernels it compiled ("first
-    call: 6.1 s, 12 kernels compiled": tuning's cost, and the specialisations precompile missed)."""
+    call: 6.1 s, 12 kernels compiled": tuning's cost, and the specialisations precompile missed),
+    with the tile choices that came untimed from an earlier run's (tuning's hints)."""
     router = prov._router() if provider.name == "tritonconv" else None
     if router is None or not hasattr(router, "recording"):
         yield
         return
     from .. import tuning
 
-    compiled_before, start = compiled_kernels(), time.perf_counter()
+    compiled_before, hinted_before, start = compiled_kernels(), tuning.hints_used(), time.perf_counter()
     with router.recording(timings=True) as seen, tuning.recording_configs() as tiles:
         yield
     took, compiled_after = time.perf_counter() - start, compiled_kernels()
+    hinted = tuning.hints_used() - hinted_before
     parts = [row.get("note")]
     if seen:
         ran = ", ".join(f"{direction}={family}" for direction, family in dict.fromkeys((d, f) for d, f, _ in seen))
@@ -385,7 +387,8 @@ def _families_recorded(provider: prov.Provider, row: Dict[str, Any]):
     if tiles:
         parts.append(TILES_NOTE + format_tiles(tiles))
     if compiled_before is not None and compiled_after is not None:
-        parts.append(f"{FIRST_CALL_NOTE}{took:.1f} s, {compiled_after - compiled_before} kernels compiled")
+        parts.append(f"{FIRST_CALL_NOTE}{took:.1f} s, {compiled_after - compiled_before} kernels compiled"
+                     + (f", {hinted} {HINTED_NOTE}" if hinted else ""))
     row["note"] = "; ".join(part for part in parts if part)
 
 
