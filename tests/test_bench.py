@@ -801,6 +801,126 @@ def test_tuning_hints_need_the_same_versions(monkeypatch):
     assert not tuning._hints_path("fprop", "Fake GPU").exists()
 
 
+class LaunchingAutotuner(PruningAutotuner):
+    """Also launches as triton's Autotuner runs: a cached key's config as is, else "tunes" (takes
+    the first config); a config in ``fails`` raises as one that does not compile would."""
+
+    def __init__(self, fails=(), **kw):
+        super().__init__(**kw)
+        self.fails, self.ran, self.best_config, self.fn = list(fails), [], None, SimpleNamespace(cache_key=kw["source"])
+
+    def __getitem__(self, grid):
+        def run(*args, **kwargs):
+            if tuning._intercepting:  # precompile's interception: recorded, not run
+                return None
+            key = tuning.autotune_key(self, args, kwargs)
+            if key not in self.cache:
+                self.cache[key] = self.configs[0]
+            config = self.best_config = self.cache[key]
+            if any(config is f for f in self.fails):
+                raise RuntimeError("out of resources: shared memory")
+            self.ran.append(config)
+        return run
+
+
+def _hint_setup(monkeypatch):
+    from tritonconv import configs
+
+    monkeypatch.setattr(tuning, "INTERPRETER", False)
+    monkeypatch.setattr(configs, "TUNE", True)
+    monkeypatch.setattr(tuning, "device_name", lambda index: "Fake GPU")
+    monkeypatch.setenv(tuning.HINTS_ENV, "1")
+    old = FakeAutotuner(source="kernel v1")
+    old.cache[KEY_A] = copy.copy(old.configs[1])
+    tuning.save_entries(old, "fprop", "Fake GPU")
+    tuning.reset_state()
+    f16 = SimpleNamespace(dtype=torch.float16)
+    return SimpleNamespace(index=0), (f16, f16, 4096, 64)
+
+
+def test_a_launch_runs_a_hint_once_it_runs_and_tunes_where_the_hint_fails(monkeypatch):
+    device, args_a = _hint_setup(monkeypatch)
+    new = LaunchingAutotuner(source="kernel v2")
+    with pytest.warns(tuning.StaleCacheWarning):
+        with tuning.intercepted():  # precompile's intercepted launches take no hint
+            tuning.launch(new, "fprop", device, None, *args_a)
+    assert tuning.hints_used() == 0 and KEY_A not in new.cache
+    tuning.launch(new, "fprop", device, None, *args_a)
+    assert new.ran[-1] is new.configs[1] and tuning.hints_used() == 1  # the hint, untimed
+    on_disk = json.loads(tuning.cache_path("fprop", "Fake GPU").read_text())
+    assert on_disk["signature"] != tuning.kernel_signature(new)  # nothing saved: the hint is no tuned choice
+
+    tuning.reset_state()  # reset takes an untimed choice out of the cache with its bookkeeping
+    assert KEY_A not in new.cache
+    failing = LaunchingAutotuner(source="kernel v2")
+    failing.fails = [failing.configs[1]]  # this source cannot compile the hinted tile
+    with pytest.warns(tuning.StaleCacheWarning, match="hinted config for fprop failed"):
+        tuning.launch(failing, "fprop", device, None, *args_a)
+    assert failing.ran == [failing.configs[0]] and tuning.hints_used() == 0  # tuned instead, and saved
+    saved = json.loads(tuning.cache_path("fprop", "Fake GPU").read_text())["entries"]
+    assert [tuple(e["key"]) for e in saved] == [KEY_A]
+
+
+def test_hints_merge_across_generations_and_need_the_same_config_space(monkeypatch):
+    device, args_a = _hint_setup(monkeypatch)
+    key_c = (7, 7, "torch.float16", "torch.float16")
+    f16 = SimpleNamespace(dtype=torch.float16)
+    v2 = PruningAutotuner(source="kernel v2")
+    with pytest.warns(tuning.StaleCacheWarning):
+        size = tuning.before_launch(v2, "fprop", device)
+    v2.cache[key_c] = v2.configs[0]  # tuned by v2
+    tuning.after_launch(v2, "fprop", device, size)
+
+    tuning.reset_state()  # v3: v2's file is stale too; its choice joins v1's kept aside
+    v3 = PruningAutotuner(source="kernel v3")
+    with pytest.warns(tuning.StaleCacheWarning):
+        tuning.before_launch(v3, "fprop", device)
+    assert tuning.hinted_config(v3, args_a, {}) is v3.configs[1]
+    assert tuning.hinted_config(v3, (f16, f16, 7, 7), {}) is v3.configs[0]
+
+    tuning.reset_state()  # a kernel with a new tile: its shapes must be timed, not hinted
+    wider = PruningAutotuner(source="kernel v4")
+    wider.configs.append(triton.Config({"BLOCK_M": 64, "BLOCK_N": 64}, num_warps=8, num_stages=3))
+    with pytest.warns(tuning.StaleCacheWarning):
+        tuning.before_launch(wider, "fprop", device)
+    assert tuning.hinted_config(wider, args_a, {}) is None and tuning.hinted_config(wider, (f16, f16, 7, 7), {}) is None
+
+
+def test_a_hint_keeps_the_sync_the_tap_tma_pruner_adds(monkeypatch, device):
+    """Where this Triton's register-hazard rule syncs a tile (SYNC_MMA), only the synced config
+    can come from a hint: an earlier run's unsynced choice of the same tile is not taken."""
+    from tritonconv import configs
+    from tritonconv.kernels import fprop
+    from tritonconv.spec import conv2d_problem
+
+    tuner = fprop._fprop_tap_tma_tuned
+    monkeypatch.setattr(tuner, "configs", fprop.tap_tma_configs(interpreter=False))
+    monkeypatch.setattr(configs, "TUNE", True)
+    monkeypatch.setattr(configs, "WGMMA_RS_HAZARD", True)
+    monkeypatch.setattr(configs, "device_capability", lambda t: 90)
+    x = torch.randn(2, 64, 16, 16, device=device, dtype=torch.float16).to(memory_format=torch.channels_last)
+    w = torch.randn(64, 64, 3, 3, device=device, dtype=torch.float16).to(memory_format=torch.channels_last)
+    seen = []
+    with precompile.intercept_launches(lambda t, a, k: seen.append((a, k)), [tuner]):
+        fprop.conv2d_fprop_tap_tma(x, w, None, conv2d_problem(x, w, None, 1, 1, 1, 1))
+    args, kwargs = seen[0]
+    key = tuning.autotune_key(tuner, args, kwargs)
+    tuner.nargs = dict(zip(tuner.arg_names, args))
+    kept = tuner.prune_configs({k: v for k, v in kwargs.items() if k != "grid"})
+    tuner.nargs = None
+    synced = next(c for c in kept if c.kwargs.get("SYNC_MMA"))
+    bare = triton.Config({k: v for k, v in synced.kwargs.items() if k != "SYNC_MMA"}, num_warps=synced.num_warps,
+                         num_stages=synced.num_stages)
+    try:
+        tuning._hints[id(tuner)] = {key: bare}
+        assert tuning.hinted_config(tuner, args, kwargs) is None
+        tuning._hints[id(tuner)] = {key: tuning.decode_config(tuning.encode_config(synced))}
+        hinted = tuning.hinted_config(tuner, args, kwargs)
+        assert hinted.kwargs.get("SYNC_MMA") is True and hinted.pre_hook is synced.pre_hook
+    finally:
+        tuning._hints.pop(id(tuner), None)
+
+
 def test_tuning_hooks_are_inert_with_tuning_off(monkeypatch):
     """TRITONCONV_TUNE=0 (the tests): the one untimed config is no tuned choice to save or load."""
     from tritonconv import configs

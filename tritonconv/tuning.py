@@ -29,14 +29,15 @@ file that cannot be read or parsed is ignored the same way; nothing here ever
 raises into a launch.
 
 Hints (``TRITONCONV_TUNE_HINTS=1``; the GPU check sets it when it starts from an earlier run's
-cache): where a kernel's file is stale only because the kernel changed (its signature: source,
-key names, config space; same GPU, tritonconv and Triton versions), its choices are kept aside
-as ``<file>.hints.json`` and reused instead of tuning: a shape with a hint runs the hinted config
-untimed, where the kernel's pruning still keeps that very config for the launch (so a tile the
-current rules sync, drop or never had is tuned as usual). A hinted choice is never saved as a
-tuned one. A fresh machine then spends a check's minutes measuring, not retuning kernels whose
-change did not touch their tiles; what ran on a hint is counted (``hints_used``), and the
-sweep's rows say so.
+cache): where a kernel's file is stale only because the kernel's source changed (same GPU,
+tritonconv and Triton versions, meta-parameters, and config space where the file records it: a
+new tile must be timed), its choices are merged into ``<file>.hints.json`` and reused instead of
+tuning: a shape with a hint runs the hinted config untimed, where the kernel's pruning still
+keeps that very config for the launch (so a tile the current rules sync or drop is tuned as
+usual), and tunes after all where this source cannot compile it. A hinted choice is never saved
+as a tuned one, and ``tritonconv tune`` takes none. A fresh machine then spends a check's minutes
+measuring, not retuning kernels whose change did not touch their tiles; what ran on a hint is
+counted (``hints_used``), and the sweep's rows say so.
 
 The launchers call two hooks around each launch (``before_launch`` /
 ``after_launch``). Once a kernel's file is loaded for a device, the hooks cost
@@ -95,6 +96,9 @@ __all__ = [
     "hints_enabled",
     "hinted_config",
     "hints_used",
+    "hints_off",
+    "intercepted",
+    "config_space",
     "main",
 ]
 
@@ -340,7 +344,10 @@ def save_entries(
             merged[tuple(enc_key)] = enc_cfg
             written += 1
         entries = [{"key": list(k), "config": c} for k, c in merged.items() if c is not None]
-        _write(path, _header(kernel, device_name, kernel_signature(autotuner)), entries)
+        # the config space beside the signature: a later kernel whose source alone changed may
+        # take this file's choices as hints (``TRITONCONV_TUNE_HINTS``)
+        _write(path, dict(_header(kernel, device_name, kernel_signature(autotuner)), space=config_space(autotuner)),
+               entries)
     return written
 
 
@@ -392,8 +399,11 @@ _loaded: Set[Tuple[str, int]] = set()
 _persisted: Dict[str, Set[Tuple]] = {}
 _save_failed: Set[str] = set()
 _device_names: Dict[int, str] = {}
-_hints: Dict[int, Dict[Tuple, Any]] = {}  # id(autotuner) -> key -> the hinted config
+_hints: Dict[int, Dict[Tuple, Any]] = {}  # id(autotuner) -> key -> the hinted config, not yet looked at
+_hinted: Dict[int, Tuple[Any, Set[Tuple]]] = {}  # id(autotuner) -> (it, keys it runs on a hint): never saved
 _hints_used: Set[Tuple[int, Tuple]] = set()
+_hints_off = False
+_intercepting = False
 
 
 def reset_state() -> None:
@@ -405,6 +415,10 @@ def reset_state() -> None:
     _router_loaded.clear()
     _hints.clear()
     _hints_used.clear()
+    for autotuner, keys in _hinted.values():  # an untimed choice must not outlive its bookkeeping
+        for key in keys:
+            autotuner.cache.pop(key, None)
+    _hinted.clear()
 
 
 def device_name(index: int) -> str:
@@ -430,9 +444,12 @@ def before_launch(autotuner: Any, kernel: str, device: Any) -> int:
     index = device.index if device.index is not None else 0
     if (kernel, index) not in _loaded:
         _loaded.add((kernel, index))
-        try:
-            if hints_enabled():
+        if hints_enabled():
+            try:
                 _keep_hints(autotuner, kernel, device_name(index))
+            except Exception as err:  # hints are a shortcut: without them the shapes tune
+                _warn(f"could not keep hints for {kernel} ({type(err).__name__}: {err})")
+        try:
             keys = load_into(autotuner, kernel, device_name(index))
             _persisted.setdefault(kernel, set()).update(keys)
             if hints_enabled():
@@ -447,7 +464,40 @@ def before_launch(autotuner: Any, kernel: str, device: Any) -> int:
 
 def hints_enabled() -> bool:
     """``TRITONCONV_TUNE_HINTS=1``: reuse the choices of a file the kernel's change made stale."""
-    return os.environ.get(HINTS_ENV, "0") == "1"
+    return os.environ.get(HINTS_ENV, "0") == "1" and not _hints_off
+
+
+@contextlib.contextmanager
+def hints_off():
+    """No hints inside the block (``tritonconv tune``, whose job is to time every candidate)."""
+    global _hints_off
+    old, _hints_off = _hints_off, True
+    try:
+        yield
+    finally:
+        _hints_off = old
+
+
+@contextlib.contextmanager
+def intercepted():
+    """Launches inside the block are recorded, not run (``precompile``): a hint is applied by the
+    launch that runs, so that it is counted there; precompile compiles the hinted config alone."""
+    global _intercepting
+    old, _intercepting = _intercepting, True
+    try:
+        yield
+    finally:
+        _intercepting = old
+
+
+def config_space(autotuner: Any) -> str:
+    """A hash of what a saved entry's key and config mean without the kernel's source: the key
+    and argument names and the config list. Files record it beside the signature; a hint is taken
+    only from a file whose kernel changed in its source alone (a new tile must be timed)."""
+    payload = json.dumps({"keys": list(getattr(autotuner, "keys", [])),
+                          "args": list(getattr(autotuner, "arg_names", [])),
+                          "configs": [str(c) for c in getattr(autotuner, "configs", [])]}, sort_keys=True)
+    return hashlib.sha256(payload.encode()).hexdigest()[:32]
 
 
 def _hints_path(kernel: str, device_name: str) -> Path:
@@ -455,11 +505,21 @@ def _hints_path(kernel: str, device_name: str) -> Path:
     return path.with_name(path.name[: -len(".json")] + ".hints.json")
 
 
+def _hint_entries(path: Path, autotuner: Any, kernel: str, device_name: str) -> Dict[Tuple, Any]:
+    """The entries of ``path`` as hints: same versions and meta-parameters, any source, and the
+    same config space where the file records one (files from before it was recorded: any)."""
+    entries = _read_file(path, autotuner, kernel, device_name, check_signature=False)
+    space = _parse(path).get("space")
+    if space is not None and space != config_space(autotuner):
+        raise LookupError("its config space differs from the kernel's: its shapes are tuned again")
+    return entries
+
+
 def _keep_hints(autotuner: Any, kernel: str, device_name: str) -> None:
-    """Before this code's first save replaces a file that is stale by its signature alone (the
-    kernel changed), merge its choices into ``<file>.hints.json`` (the first process of a check
-    does this; later ones find the file current and read the hints kept aside). Hints from
-    still earlier runs stay where the stale file has no choice for their shape."""
+    """Before this code's first save replaces a file that is stale by the kernel's source alone,
+    merge its choices into ``<file>.hints.json`` (the first process of a check does this; later
+    ones find the file current and read the hints kept aside). Hints of still earlier runs stay
+    where the stale file has no choice for their shape."""
     path, aside = cache_path(kernel, device_name), _hints_path(kernel, device_name)
     if not path.exists():
         return
@@ -471,18 +531,19 @@ def _keep_hints(autotuner: Any, kernel: str, device_name: str) -> None:
     except Exception:
         return  # corrupt
     try:
-        _read_file(path, autotuner, kernel, device_name, check_signature=False)
+        _hint_entries(path, autotuner, kernel, device_name)
     except Exception:
-        return  # stale for more than the kernel's change (versions, meta-parameters)
+        return  # stale for more than the kernel's source (versions, meta-parameters, config space)
     data = _parse(path)
-    merged: Dict[str, Any] = {}
-    if aside.exists():
-        with contextlib.suppress(Exception):
-            _read_file(aside, autotuner, kernel, device_name, check_signature=False)
-            merged = {json.dumps(e["key"]): e for e in _parse(aside)["entries"]}
-    merged.update({json.dumps(e["key"]): e for e in data["entries"]})
     with _locked(aside):
-        _write(aside, {k: v for k, v in data.items() if k != "entries"}, list(merged.values()))
+        merged: Dict[str, Any] = {}
+        if aside.exists():
+            with contextlib.suppress(Exception):  # a corrupt or foreign hints file is replaced
+                _hint_entries(aside, autotuner, kernel, device_name)
+                merged = {json.dumps(e["key"]): e for e in _parse(aside)["entries"]}
+        merged.update({json.dumps(e["key"]): e for e in data["entries"]})
+        header = {k: v for k, v in data.items() if k not in ("entries", "saved")}
+        _write(aside, header, list(merged.values()))
 
 
 def _load_hints(autotuner: Any, kernel: str, device_name: str) -> None:
@@ -490,14 +551,14 @@ def _load_hints(autotuner: Any, kernel: str, device_name: str) -> None:
     if not aside.exists():
         return
     try:
-        entries = _read_file(aside, autotuner, kernel, device_name, check_signature=False)
+        with _locked(aside):
+            entries = _hint_entries(aside, autotuner, kernel, device_name)
     except Exception as err:
         _warn(f"ignoring hints {aside} ({type(err).__name__}: {err})")
         return
-    hints = _hints.setdefault(id(autotuner), {})
-    for key, config in entries.items():
-        if key not in autotuner.cache:
-            hints.setdefault(key, config)
+    hints = {key: config for key, config in entries.items() if key not in autotuner.cache}
+    if hints:
+        _hints[id(autotuner)] = hints
 
 
 def autotune_key(autotuner: Any, args: Sequence[Any], kwargs: Dict[str, Any]) -> Tuple:
@@ -513,17 +574,18 @@ def autotune_key(autotuner: Any, args: Sequence[Any], kwargs: Dict[str, Any]) ->
     return tuple(key)
 
 
-def hinted_config(autotuner: Any, args: Sequence[Any], kwargs: Dict[str, Any]) -> Optional[Any]:
+def hinted_config(autotuner: Any, args: Sequence[Any], kwargs: Dict[str, Any],
+                  key: Optional[Tuple] = None) -> Optional[Any]:
     """The config to run this launch on from a hint, or None: the hinted config as the kernel's
-    own pruning keeps it for this launch (the same meta-parameters, warps and stages; its
-    pre-hook then the current one), never one the pruning leaves out."""
+    own pruning keeps it for this launch (the same meta-parameters, SYNC_MMA included, warps and
+    stages; its pre-hook then the current one), never one the pruning leaves out."""
     hints = _hints.get(id(autotuner))
     if not hints:
         return None
-    hint = hints.get(autotune_key(autotuner, args, kwargs))
-    if hint is None:
+    hint = hints.get(autotune_key(autotuner, args, kwargs) if key is None else key)
+    want = encode_config(hint) if hint is not None else None
+    if want is None:
         return None
-    want = encode_config(hint)
     autotuner.nargs = dict(zip(autotuner.arg_names, args))
     try:
         kept = autotuner.prune_configs({k: v for k, v in kwargs.items() if k != "grid"})
@@ -534,16 +596,34 @@ def hinted_config(autotuner: Any, args: Sequence[Any], kwargs: Dict[str, Any]) -
     return next((c for c in kept if encode_config(c) == want), None)
 
 
-def _apply_hint(autotuner: Any, kernel: str, args: Sequence[Any], kwargs: Dict[str, Any]) -> None:
-    """Put a hinted config in the autotuner's cache for this launch, untimed and never saved."""
+def _apply_hint(autotuner: Any, kernel: str, args: Sequence[Any], kwargs: Dict[str, Any]) -> Optional[Tuple]:
+    """Put a hinted config in the autotuner's cache for this launch, untimed and never saved;
+    returns its key (None: no hint applies). A hint is looked at once: taken or dropped."""
+    hints = _hints.get(id(autotuner))
+    if not hints:
+        return None
     key = autotune_key(autotuner, args, kwargs)
-    if key in autotuner.cache:
-        return
-    config = hinted_config(autotuner, args, kwargs)
-    if config is not None:
-        autotuner.cache[key] = config
-        _persisted.setdefault(kernel, set()).add(key)  # after_launch saves tuned choices only
-        _hints_used.add((id(autotuner), key))
+    if key not in hints or key in autotuner.cache:
+        return None
+    config = hinted_config(autotuner, args, kwargs, key)
+    del hints[key]
+    if config is None:
+        return None
+    autotuner.cache[key] = config
+    _hinted.setdefault(id(autotuner), (autotuner, set()))[1].add(key)
+    _hints_used.add((id(autotuner), key))
+    return key
+
+
+def _drop_hint(autotuner: Any, key: Tuple) -> None:
+    """Forget an applied hint (its config failed to compile or launch): the key tunes as usual."""
+    autotuner.cache.pop(key, None)
+    _hinted.get(id(autotuner), (None, set()))[1].discard(key)
+    _hints_used.discard((id(autotuner), key))
+
+
+def _is_hinted(autotuner: Any, key: Tuple) -> bool:
+    return key in _hinted.get(id(autotuner), (None, ()))[1]
 
 
 def hints_used() -> int:
@@ -556,7 +636,7 @@ def after_launch(autotuner: Any, kernel: str, device: Any, size_before: int) -> 
     if size_before < 0 or len(autotuner.cache) == size_before or kernel in _save_failed:
         return
     persisted = _persisted.setdefault(kernel, set())
-    new = [key for key in autotuner.cache if key not in persisted]
+    new = [key for key in autotuner.cache if key not in persisted and not _is_hinted(autotuner, key)]
     if not new:
         return
     index = device.index if device.index is not None else 0
@@ -695,12 +775,23 @@ def recording_configs():
 def launch(autotuner: Any, kernel: str, device: Any, grid: Any, *args: Any, **kwargs: Any) -> None:
     """Launch an autotuned kernel with the persistent cache around it (load once, save new choices)."""
     size_before = before_launch(autotuner, kernel, device)
-    if size_before >= 0 and _hints:
+    hinted = None
+    if size_before >= 0 and _hints and not _intercepting:
         try:
-            _apply_hint(autotuner, kernel, args, kwargs)
+            hinted = _apply_hint(autotuner, kernel, args, kwargs)
         except Exception as err:  # a hint is a shortcut: the launch tunes as usual without it
             _warn(f"could not apply a hint for {kernel} ({type(err).__name__}: {err})")
-    compiled = autotuner[grid](*args, **kwargs)
+    try:
+        compiled = autotuner[grid](*args, **kwargs)
+    except Exception as err:
+        if hinted is None:
+            raise
+        # A hinted config won its timing under the kernel's earlier source: this source may not
+        # compile it (out of resources). The autotuner skips such a config when it times it; a
+        # cached one it would just launch, so take the hint back and let it tune.
+        _drop_hint(autotuner, hinted)
+        _warn(f"a hinted config for {kernel} failed ({type(err).__name__}: {str(err)[:160]}); tuning instead")
+        compiled = autotuner[grid](*args, **kwargs)
     after_launch(autotuner, kernel, device, size_before)
     best = getattr(autotuner, "best_config", None)
     if _config_records:
@@ -739,7 +830,8 @@ def _list(directory: Path) -> int:
         try:
             data = json.loads(path.read_text())
             n = len(data.get("entries", []))
-            print(f"  {path.name}: {n} entries, saved {data.get('saved', '?')}")
+            what = "hints (an earlier kernel's choices, untimed here)" if path.name.endswith(".hints.json") else "entries"
+            print(f"  {path.name}: {n} {what}, saved {data.get('saved', '?')}")
         except Exception as err:
             print(f"  {path.name}: unreadable ({type(err).__name__})")
     return 0

@@ -153,7 +153,7 @@ def intercept_launches(on_launch: Callable[[Any, Tuple, Dict], None], tuners: Op
     """Within the block, launches of the autotuned kernels call ``on_launch(autotuner, args, kwargs)``
     (``kwargs`` includes ``grid``) instead of running, and launch plans are off. The ops still
     allocate their outputs."""
-    from .. import plans
+    from .. import plans, tuning
 
     tuners = list(tuners) if tuners is not None else list(autotuners().values())
     for tuner in tuners:
@@ -162,7 +162,8 @@ def intercept_launches(on_launch: Callable[[Any, Tuple, Dict], None], tuners: Op
     try:
         # no launch plan from calls that launch nothing: each key would be remembered as not
         # plannable ("no launches"), and a later real call of it would keep the full path
-        with plans.enabled_as(False):
+        # nor a hint taken: the launch that runs takes it (and counts it); _configs_for compiles it
+        with plans.enabled_as(False), tuning.intercepted():
             yield
     finally:
         for tuner in tuners:

@@ -621,8 +621,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 def tune_presets(args) -> int:
     """The work of ``tritonconv tune``: precompile, then launch each layer once so it is tuned
     and the choice saved by the launchers' tuning-cache hooks."""
-    from tqdm.auto import tqdm
-
     from .. import tuning
 
     device = "cuda" if torch.cuda.is_available() and not INTERPRETER else "cpu"
@@ -635,6 +633,15 @@ def tune_presets(args) -> int:
     chunks = list(_chunks(opts, device))
     where = torch.cuda.get_device_name() if device == "cuda" else "cpu (Triton interpreter)"
     print(f"tritonconv tune: {where}; cache {tuning.cache_dir()}", file=sys.stderr)
+    with tuning.hints_off():  # tune means time every candidate, not take an earlier run's choice
+        failures = _tune_chunks(chunks, opts, device)
+    tuning._list(tuning.cache_dir())
+    return 1 if failures else 0
+
+
+def _tune_chunks(chunks, opts, device: str) -> int:
+    from tqdm.auto import tqdm
+
     failures = 0
     for label, cases in chunks:
         _precompile_chunk(cases, opts)
@@ -647,5 +654,4 @@ def tune_presets(args) -> int:
                 failures += 1
                 print(f"  {case.layer.name}: {_status_of(err)}", file=sys.stderr)
             _free_any()
-    tuning._list(tuning.cache_dir())
-    return 1 if failures else 0
+    return failures
