@@ -781,23 +781,14 @@ def test_tuning_hints_reuse_a_stale_files_choices_untimed(monkeypatch):
 
 def test_tuning_hints_need_the_same_versions(monkeypatch):
     """A file written under another Triton is no hint: its tiles were timed with other code."""
-    from tritonconv import configs
-
-    monkeypatch.setattr(tuning, "INTERPRETER", False)
-    monkeypatch.setattr(configs, "TUNE", True)
-    monkeypatch.setattr(tuning, "device_name", lambda index: "Fake GPU")
-    monkeypatch.setenv(tuning.HINTS_ENV, "1")
-    old = FakeAutotuner(source="kernel v1")
-    old.cache[KEY_A] = copy.copy(old.configs[1])
-    tuning.save_entries(old, "fprop", "Fake GPU")
+    device, args_a = _hint_setup(monkeypatch)
     path = tuning.cache_path("fprop", "Fake GPU")
     data = json.loads(path.read_text())
     path.write_text(json.dumps(dict(data, triton="0.0.1")))
-    tuning.reset_state()
     new = PruningAutotuner(source="kernel v2")
     with pytest.warns(tuning.StaleCacheWarning):
-        tuning.before_launch(new, "fprop", SimpleNamespace(index=0))
-    assert tuning.hinted_config(new, (SimpleNamespace(dtype=torch.float16),) * 2 + (4096, 64), {}) is None
+        tuning.before_launch(new, "fprop", device)
+    assert tuning.hinted_config(new, args_a, {}) is None
     assert not tuning._hints_path("fprop", "Fake GPU").exists()
 
 
