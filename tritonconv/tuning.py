@@ -159,17 +159,17 @@ def kernel_signature(autotuner: Any) -> str:
     if src is None:
         with contextlib.suppress(Exception):
             src = getattr(fn, "src", None) or inspect.getsource(getattr(fn, "fn", fn))
-    configs = [str(c) for c in getattr(autotuner, "configs", [])]
-    payload = json.dumps(
-        {
-            "keys": list(getattr(autotuner, "keys", [])),
-            "args": list(getattr(autotuner, "arg_names", [])),
-            "src": str(src),
-            "configs": configs,
-        },
-        sort_keys=True,
-    )
-    return hashlib.sha256(payload.encode()).hexdigest()[:32]
+    return _hash({**_space_fields(autotuner), "src": str(src)})
+
+
+def _space_fields(autotuner: Any) -> Dict[str, List[str]]:
+    """What an entry's key and config mean, the kernel's source aside: key and argument names, the config list."""
+    return {"keys": list(getattr(autotuner, "keys", [])), "args": list(getattr(autotuner, "arg_names", [])),
+            "configs": [str(c) for c in getattr(autotuner, "configs", [])]}
+
+
+def _hash(payload: Dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:32]
 
 
 _SCALARS = (bool, int, float, str, type(None))
@@ -494,10 +494,7 @@ def config_space(autotuner: Any) -> str:
     """A hash of what a saved entry's key and config mean without the kernel's source: the key
     and argument names and the config list. Files record it beside the signature; a hint is taken
     only from a file whose kernel changed in its source alone (a new tile must be timed)."""
-    payload = json.dumps({"keys": list(getattr(autotuner, "keys", [])),
-                          "args": list(getattr(autotuner, "arg_names", [])),
-                          "configs": [str(c) for c in getattr(autotuner, "configs", [])]}, sort_keys=True)
-    return hashlib.sha256(payload.encode()).hexdigest()[:32]
+    return _hash(_space_fields(autotuner))
 
 
 def _hints_path(kernel: str, device_name: str) -> Path:
@@ -830,7 +827,8 @@ def _list(directory: Path) -> int:
         try:
             data = json.loads(path.read_text())
             n = len(data.get("entries", []))
-            what = "hints (an earlier kernel's choices, untimed here)" if path.name.endswith(".hints.json") else "entries"
+            hints = path.name.endswith(".hints.json")
+            what = "hints (an earlier kernel's choices, untimed here)" if hints else "entries"
             print(f"  {path.name}: {n} {what}, saved {data.get('saved', '?')}")
         except Exception as err:
             print(f"  {path.name}: unreadable ({type(err).__name__})")

@@ -49,7 +49,8 @@ from ..configs import config_name
 from ..kernels._common import INTERPRETER
 from ..tuning import autotune_key, hinted_config
 
-__all__ = ["PrecompileStats", "error_text", "autotuners", "compiled_kernels", "intercept_launches", "autotune_key", "precompile"]
+__all__ = ["PrecompileStats", "error_text", "autotuners", "compiled_kernels", "intercept_launches", "autotune_key",
+           "precompile"]
 
 
 @dataclass
@@ -178,10 +179,10 @@ def _configs_for(tuner: Any, args: Tuple, kwargs: Dict) -> List[Any]:
     cached = tuner.cache.get(autotune_key(tuner, args, kwargs))
     if cached is not None:
         return [cached]
-    hinted = hinted_config(tuner, args, {k: v for k, v in kwargs.items() if k != "grid"})
+    launch_kwargs = {k: v for k, v in kwargs.items() if k != "grid"}
+    hinted = hinted_config(tuner, args, launch_kwargs)
     if hinted is not None:
         return [hinted]
-    launch_kwargs = {k: v for k, v in kwargs.items() if k != "grid"}
     tuner.nargs = dict(zip(tuner.arg_names, args))
     try:
         return list(tuner.prune_configs(launch_kwargs))
