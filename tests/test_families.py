@@ -62,6 +62,9 @@ PROBLEMS = {
         (2, 17, 7, 7, 33, 1, 1, 1, 0, 1, 1),
         (1, 12, 5, 6, 9, 1, 1, 1, 0, 1, 3),
         (3, 40, 4, 4, 20, 1, 1, 1, 0, 1, 1),
+        # strided: the GEMM over every s-th pixel (ResNet's downsampling 1x1)
+        (2, 16, 8, 6, 24, 1, 1, 2, 0, 1, 1),
+        (1, 12, 7, 9, 8, 1, 1, (3, 2), 0, (1, 2), 2),  # odd image, stride past the last pixel, grouped, dilated
     ],
     "gemm1x1_tma": [  # TMA where the layout allows (channels_last, 16-byte rows), pointer loads otherwise
         (2, 16, 7, 7, 24, 1, 1, 1, 0, 1, 1),
@@ -226,8 +229,11 @@ def test_router_prefers_the_specialised_family():
     pb = spec.problem_from_shapes((1, 6, 32, 32), (16, 3, 7, 7), 2, 3, 1, 2)
     assert "smallc_pad" not in router.candidates(router.FORWARD, pb)  # grouped: no padded copy
     assert first((1, 64, 8, 8), (128, 64, 1, 1), 1, 0, 1, 1) == "gemm1x1_tma"
-    assert first((1, 64, 8, 8), (128, 64, 1, 1), 2, 0, 1, 1) == "implicit_tma"  # too short for tap_tma
-    assert first((1, 64, 7, 7), (128, 64, 1, 1), 2, 0, 1, 1) == "implicit_tma"  # 7 rows: no phase view
+    # a strided 1x1: the pointer GEMM over every other pixel, then the TMA weight (too short for tap_tma)
+    pb = spec.problem_from_shapes((1, 64, 8, 8), (128, 64, 1, 1), 2, 0, 1, 1)
+    assert router.candidates(router.FORWARD, pb) == ["gemm1x1", "implicit_tma", "implicit"]
+    assert first((1, 64, 7, 7), (128, 64, 1, 1), 2, 0, 1, 1) == "gemm1x1"  # 7 rows: no phase view, no matter
+    assert first((1, 64, 8, 8), (128, 64, 1, 1), 1, 1, 1, 1) == "implicit_tma"  # padded: no plain GEMM
     assert first((1, 512, 7, 7), (512, 512, 3, 3), 1, 1, 1, 1) == "splitk"
     pb = spec.problem_from_shapes((32, 512, 7, 7), (512, 512, 3, 3), 1, 1, 1, 1)  # ResNet-50's last 3x3
     assert router.candidates(router.FORWARD, pb) == ["splitk", "tap_tma_splitk", "tap_tma", "implicit_tma",
@@ -802,6 +808,8 @@ def test_routed_candidates_drop_what_cannot_run_or_is_superseded():
     assert fwd(x, w3, 1, 1) == ["splitk"] + (["tap_tma_splitk", "tap_tma", "implicit_tma"] if TMA else []) + [
         "implicit"]
     assert fwd(x, w3.contiguous(), 2, 1) == ["splitk", "implicit"]  # stride 2, NCHW weight: no TMA family
+    # a strided 1x1 has no TMA GEMM: the pointer GEMM replaces the implicit one only, the TMA families stay
+    assert fwd(x, w1, 2) == ["gemm1x1"] + (["implicit_tma"] if TMA else [])
     pb = spec.conv2d_problem(x, w1, None, 1, 0, 1, 1)
     dy = torch.randn(pb.output_shape, dtype=torch.float16, device=DEVICE).to(memory_format=torch.channels_last)
     assert router.routed_candidates(router.WEIGHT_GRAD, "weight_grad", pb, (dy, x)) == tma + ["gemm1x1"]

@@ -54,12 +54,17 @@ FORWARD_CASES = [
     ("splitk", 1, 64, 4, 4, 16, 3, 1, 1, 1, torch.float32, False),
     ("smallc", 2, 3, 11, 11, 8, 3, 2, 1, 1, torch.float32, False),
     ("gemm1x1", 2, 16, 6, 6, 8, 1, 1, 0, 1, torch.float32, False),
+    ("gemm1x1", 2, 16, 6, 6, 8, 1, 2, 0, 1, torch.float32, True),  # strided: x's view is every other pixel
     ("gemm1x1_tma", 2, 16, 6, 6, 16, 1, 1, 0, 1, torch.float16, True),
     ("depthwise", 2, 8, 7, 7, 8, 3, 1, 1, 8, torch.float32, False),
 ]
 
 
-@pytest.mark.parametrize("case", FORWARD_CASES, ids=[c[0] for c in FORWARD_CASES])
+def _case_id(case) -> str:
+    return case if isinstance(case, str) else case[0] + (f" stride {case[7]}" if case[7] != 1 else "")
+
+
+@pytest.mark.parametrize("case", FORWARD_CASES, ids=_case_id)
 def test_forward_replay_matches_reference(case, monkeypatch):
     family, N, C, H, W, K, R, stride, pad, groups, dtype, cl = case
     args = ([stride, stride], [pad, pad], [1, 1], groups)
@@ -499,7 +504,7 @@ COMPILED_CASES = FORWARD_CASES + [("smallc_pad", 2, 3, 11, 11, 8, 3, 2, 1, 1, to
 
 
 @pytest.mark.skipif(DEVICE.type == "cuda", reason="on CUDA the plans are compiled, and the tests above run them")
-@pytest.mark.parametrize("case", COMPILED_CASES, ids=[c if isinstance(c, str) else c[0] for c in COMPILED_CASES])
+@pytest.mark.parametrize("case", COMPILED_CASES, ids=_case_id)
 def test_compiled_replay_passes_the_addresses_of_the_interpreted_views(case, monkeypatch):
     """A compiled launch gets each pointer as an int and each descriptor on an ``_Address``:
     they must be exactly where the views the interpreter gets start, for inputs at other
@@ -584,7 +589,7 @@ def test_an_address_is_where_the_view_starts(dtype):
     assert len({plans._address(src, ([new_x], bufs, [])) for src in sources}) == len(views)
 
 
-@pytest.mark.parametrize("case", COMPILED_CASES, ids=[c if isinstance(c, str) else c[0] for c in COMPILED_CASES])
+@pytest.mark.parametrize("case", COMPILED_CASES, ids=_case_id)
 def test_a_plan_holds_none_of_the_call_s_tensors(case):
     """A plan outlives the call that recorded it: it must not keep that call's tensors alive (a
     derive step's function closing over the input would hold a whole activation)."""

@@ -1,20 +1,26 @@
-"""1x1, stride 1, unpadded forward conv: a plain GEMM with no index arithmetic in the loop.
+"""1x1 unpadded forward conv: a plain GEMM with no index arithmetic in the loop.
 
     ==========  ======================  =====================================
     GEMM        conv                    index decomposition
     ==========  ======================  =====================================
-    M           N * H * W pixels        m -> (n, h, w), once per tile
+    M           N * P * Q pixels        m -> (n, p, q), once per tile
     N_gemm      K / groups              j -> k = g * K/groups + j
     K_gemm      C / groups              c, walked by pointer increments
-    A[m, c]     x[n, c, h, w]
+    A[m, c]     x[n, c, s_h*p, s_w*q]   (stride 1: P, Q = H, W)
     B[c, j]     w[k, c, 0, 0]
-    C[m, j]     y[n, k, h, w]           (+ bias, + residual, activation)
+    C[m, j]     y[n, k, p, q]           (+ bias, + residual, activation)
     ==========  ======================  =====================================
 
 With P = H and Q = W every output pixel reads exactly its own input pixel, so
 the pixel offsets are computed once per tile and the reduction loop only
 advances two pointers by BLOCK_K channels: the same inner loop as a dense
 matmul. NHWC input and KRSC weight make both operands contiguous along c.
+
+A stride s (ResNet's downsampling 1x1, stride 2) only thins the pixels: output
+pixel (p, q) reads input pixel (s*p, s*q), so the pointer kernel runs the same
+GEMM over the strided view x[:, :, ::s_h, ::s_w], whose P x Q pixels it indexes
+like any other strides (``accepts_strided``). The TMA kernels need (N*H*W, C)
+as one row-major matrix, so they take stride 1 only (``accepts``).
 """
 
 from __future__ import annotations
@@ -44,7 +50,7 @@ from ._common import (
 )
 from .wgrad import conv2d_wgrad, finish_wgrad, wgrad_workspace
 
-__all__ = ["accepts", "conv2d_fprop_1x1", "conv2d_fprop_1x1_tma", "conv2d_wgrad_1x1", "conv2d_wgrad_1x1_tma",
+__all__ = ["accepts", "accepts_strided", "conv2d_fprop_1x1", "conv2d_fprop_1x1_tma", "conv2d_wgrad_1x1", "conv2d_wgrad_1x1_tma",
            "gemm1x1_fprop_kernel", "gemm1x1_tma_kernel", "gemm1x1_wgrad_kernel", "gemm1x1_wgrad_tma_kernel",
            "pixel_stride", "tma_usable", "wgrad_accepts_layout", "wgrad_tma_usable"]
 
@@ -57,10 +63,18 @@ def accepts(problem: Conv2dProblem) -> bool:
         and (pb.P, pb.Q) == (pb.H, pb.W)
 
 
+def accepts_strided(problem: Conv2dProblem) -> bool:
+    """The problems the pointer kernel (``conv2d_fprop_1x1``) computes: 1x1 kernel, no padding,
+    any stride (and any dilation, which a 1x1 kernel never uses). With no padding, output pixel
+    (p, q) reads input pixel (stride_h * p, stride_w * q), always inside the image."""
+    pb = problem
+    return (pb.R, pb.S, pb.pad_h, pb.pad_w) == (1, 1, 0, 0)
+
+
 @triton.jit
 def gemm1x1_fprop_kernel(
     # pointers
-    x_ptr,  # (N, C, H, W), any strides
+    x_ptr,  # (N, C, H, W), any strides: the pixels read, a strided view of x for stride > 1
     w_ptr,  # (K, C/groups, 1, 1), any strides
     b_ptr,  # (K,); unused unless HAS_BIAS
     res_ptr,  # (N, K, H, W); unused unless HAS_RESIDUAL
@@ -141,25 +155,27 @@ def conv2d_fprop_1x1(
             ``problem`` must satisfy ``accepts``.
 
     Returns:
-        y (N, K, H, W) in x's dtype.
+        y (N, K, P, Q) in x's dtype.
     """
     pb = problem
-    if not accepts(pb):
+    if not accepts_strided(pb):
         raise ValueError(f"the 1x1 family does not compute {pb}")
     fw = prepare_forward(x, w, bias, residual, pb, out, activation)
     out = fw.out
     if out.numel() == 0:
         return out
-    M = pb.N * pb.H * pb.W
+    # the pixels the output reads, (N, C, P, Q): x itself at stride 1 (see the module's doc)
+    x_read = x[:, :, ::pb.stride_h, ::pb.stride_w]
+    M = pb.N * pb.P * pb.Q
     KG, CG = pb.K_per_group, pb.C_per_group
 
     def grid(meta):
         return (pb.groups * triton.cdiv(M, meta["BLOCK_M"]) * triton.cdiv(KG, meta["BLOCK_N"]),)
 
     tuning.launch(_gemm1x1_tuned, "gemm1x1", x.device, grid,
-        x, w, fw.bias, fw.residual, out,
-        M, pb.H, pb.W, CG, KG, pb.groups,
-        *x.stride(), w.stride(0), w.stride(1), *out.stride(), *fw.res_strides, float(alpha),
+        x_read, w, fw.bias, fw.residual, out,
+        M, pb.P, pb.Q, CG, KG, pb.groups,
+        *x_read.stride(), w.stride(0), w.stride(1), *out.stride(), *fw.res_strides, float(alpha),
         **fw.epilogue, INPUT_PRECISION=input_precision_for(x),
     )
     return out

@@ -7,7 +7,7 @@
                 smallc     (flattened R*S*C reduction)           C/groups <= 8
                 smallc_pad (smallc on channel-padded copies)     C <= 8, groups == 1
                 gemm1x1_tma  (plain GEMM, TMA loads, sm_90)      1x1, stride 1, no padding, NHWC
-                gemm1x1    (plain GEMM)                          1x1, stride 1, no padding
+                gemm1x1    (plain GEMM; every s-th pixel at stride s) 1x1, no padding
                 splitk     (implicit GEMM, reduction split; TMA weight on sm_90) N*P*Q <= 4096, R*S*C/g >= 512
                 tap_tma_splitk (tap_tma, reduction split; sm_90)  as splitk and tap_tma; NHWC x, KRSC w
                 tap_tma    (TMA input boxes per tap + weight, sm_90) stride 1 or dividing H, W; >= 9 steps; NHWC x, KRSC w
@@ -74,7 +74,8 @@ from .fprop import (
 from .wgrad import conv2d_wgrad
 
 __all__ = ["forward", "input_grad", "weight_grad", "candidates", "routed_candidates", "force", "recording",
-           "FORWARD", "INPUT_GRAD", "WEIGHT_GRAD", "LAYOUT_OK", "SUPERSEDES", "UnstableKernelWarning", "dropped"]
+           "FORWARD", "INPUT_GRAD", "WEIGHT_GRAD", "LAYOUT_OK", "SUPERSEDES", "SUPERSEDES_STRIDED",
+           "UnstableKernelWarning", "dropped"]
 
 # name -> (accepts(problem), launcher), most specialised first
 FORWARD: Dict[str, Tuple[Callable, Callable]] = {
@@ -83,7 +84,7 @@ FORWARD: Dict[str, Tuple[Callable, Callable]] = {
     "smallc": (smallc.accepts, smallc.conv2d_fprop_smallc),
     "smallc_pad": (smallc.accepts_pad, smallc.conv2d_fprop_smallc_pad),
     "gemm1x1_tma": (gemm1x1.accepts, gemm1x1.conv2d_fprop_1x1_tma),
-    "gemm1x1": (gemm1x1.accepts, gemm1x1.conv2d_fprop_1x1),
+    "gemm1x1": (gemm1x1.accepts_strided, gemm1x1.conv2d_fprop_1x1),
     "splitk": (accepts_splitk, conv2d_fprop_splitk),
     "tap_tma_splitk": (lambda pb: accepts_splitk(pb) and accepts_tap_tma(pb), conv2d_fprop_tap_tma_splitk),
     "tap_tma": (accepts_tap_tma, conv2d_fprop_tap_tma),
@@ -127,6 +128,9 @@ SUPERSEDES: Dict[str, Tuple[str, ...]] = {
     "gemm1x1_tma": ("tap_tma", "tap_tma_splitk", "implicit_tma", "implicit"),
     "gemm1x1": ("tap_tma", "tap_tma_splitk", "implicit_tma", "implicit"),
 }
+# A strided 1x1 (ResNet's downsampling) has no gemm1x1_tma: gemm1x1 reads its pixels by pointer,
+# so it supersedes only the implicit GEMM's pointer loads, and the TMA families are timed against it.
+SUPERSEDES_STRIDED: Dict[str, Tuple[str, ...]] = {"gemm1x1": ("implicit",)}
 
 _forced = threading.local()
 _choice: Dict[tuple, str] = {}
@@ -230,13 +234,14 @@ def _load_choices(device: str) -> None:
 
 def routed_candidates(table, direction: str, problem: Conv2dProblem, tensors: tuple) -> List[str]:
     """The families ``_route`` chooses among for these tensors: ``candidates``, less those whose
-    layout the tensors lack (``LAYOUT_OK``) and those a remaining family supersedes (``SUPERSEDES``).
-    A forced family stays alone (and falls back by itself)."""
+    layout the tensors lack (``LAYOUT_OK``) and those a remaining family supersedes (``SUPERSEDES``;
+    ``SUPERSEDES_STRIDED`` for a strided 1x1). A forced family stays alone (and falls back by itself)."""
     names = candidates(table, problem)
     if getattr(_forced, "name", None) in names:
         return names
     names = [n for n in names if LAYOUT_OK.get((direction, n), lambda t, pb: True)(tensors, problem)]
-    superseded = {d for n in names for d in SUPERSEDES.get(n, ())}
+    supersedes = SUPERSEDES if gemm1x1.accepts(problem) else SUPERSEDES_STRIDED
+    superseded = {d for n in names for d in supersedes.get(n, ())}
     return [n for n in names if n not in superseded]
 
 
