@@ -19,12 +19,14 @@ reports per config:
   launches, outputs not poisoned). Where a case runs with the rule off and on, a second table
   sets each synced tile's time beside the same tile's unsynced one: what the sync costs.
 
-The cases include the short reductions tap_tma now declines (forced anyway, through the kernel
-directly), to test the diagnosis of 2026-11-26's failure: the next step's ldmatrix rewriting the
-A registers of wgmmas still in flight (triton#9433; configs.WGMMA_RS_HAZARD: before Triton 3.9
-the tap-TMA pruners make such tiles wait for each step's wgmmas, " sync"). With the rule off the
-note says which configs it would sync: if the diagnosis is right, the failures are all among
-them; with the rule on the same case runs them synced, and they should be right.
+The cases include the short reductions of 2026-11-26's failure (a 1x1 at stride 1, which the
+router leaves to the plain GEMMs, forced through the kernel directly), to test its diagnosis: the
+next step's ldmatrix rewriting the A registers of wgmmas still in flight (triton#9433;
+configs.WGMMA_RS_HAZARD: before Triton 3.9 the tap-TMA pruners make such tiles wait for each
+step's wgmmas, " sync"). With the rule off the note says which configs it would sync: if the
+diagnosis is right, the failures are all among them; with the rule on the same case runs them
+synced, and they should be right. The H100 check at 283a32b found exactly that, and tap_tma
+takes short reductions again (fprop.TAP_TMA_MIN_STEPS); a case the router now runs follows.
 
 Each config is a long-format row of the sweep's CSV (``--csv``, default OUTDIR/race_check.csv;
 the GPU check passes its results.csv): kernel ``race_check``, the layer's shape fields, status
@@ -45,13 +47,16 @@ import sys
 import time
 from pathlib import Path
 
-# (name, what runs, ResNet-50 layer, whether the router can run it: tap_tma declines short
-# reductions since 2026-11-26, but the kernel can be launched directly; whether the wgmma
+# (name, what runs, ResNet-50 layer, whether the router can run it: it leaves a 1x1 at stride 1
+# to the plain GEMMs, but the kernel can be launched directly; whether the wgmma
 # register-hazard rule is on (configs.WGMMA_RS_HAZARD: on Triton < 3.9 it syncs the tiles that
 # need it; off, the tiles run as they did on 2026-11-26); optionally a batch of its own)
 CASES = [  # most telling first: a budget may stop the list
     ("tap_tma fwd, 1x1 C256 14x14 (4 steps), rule off", "fprop_tap_tma", "layer3.0.conv3", False, False),
     ("tap_tma fwd, 1x1 C256 14x14 (4 steps), rule on", "fprop_tap_tma", "layer3.0.conv3", False, True),
+    # short reductions are routed to tap_tma again since the two cases above confirmed the cause
+    # (283a32b): ResNet's downsampling 1x1, 4 steps, where the router now times it
+    ("tap_tma fwd, 1x1/2 C256 56x56 (4 steps)", "fprop_tap_tma", "layer2.0.downsample.0", True, True),
     # wgrad's tap-TMA kernel reads dy's box through registers too: 8-wide steps of BLOCK_K 32 and
     # 64 had the same hazard on Triton 3.6; never run at a layer size on a GPU before
     ("tap_tma wgrad, 3x3 C64 56x56", "wgrad_tap_tma", "layer1.0.conv2", True, True),
@@ -182,7 +187,7 @@ def main(argv=None) -> int:
                                                   dilation, groups)
             state["span"] = spans.get(kernel, "BLOCK_M")
             launch = launchers[kernel]
-            # a problem the router's tap_tma declines still reaches the kernel here, with every tile
+            # a problem the router leaves to another family still reaches the kernel here, with every tile
             fprop.TAP_TMA_MIN_STEPS = min_steps if routable else 1
             configs.WGMMA_RS_HAZARD = rs_rule if rule else False
             pinned["seen"], pinned["name"] = [], None

@@ -110,8 +110,8 @@ PROBLEMS = {
 }
 
 
-# Strided layers whose reduction is too short for the forward tap_tma kernel
-# (fprop.TAP_TMA_MIN_STEPS): the forward declines them, the wgrad and dgrad tap_tma families take them
+# Strided layers with short reductions (the forward tap_tma declined them until the wgmma register
+# hazard was found and synced, fprop.TAP_TMA_MIN_STEPS): dgrad and wgrad run them on tap_tma too
 SHORT_REDUCTIONS = [
     pytest.param((1, 32, 8, 6, 16, 1, 1, 2, 0, 1, 1), id="1x1-stride-2-downsample"),  # ResNet's: one phase
     pytest.param((1, 16, 8, 8, 24, 2, 2, 2, 0, 1, 1), id="2x2-stride-2"),  # ConvNeXt's: every tap its own phase
@@ -229,11 +229,13 @@ def test_router_prefers_the_specialised_family():
     pb = spec.problem_from_shapes((1, 6, 32, 32), (16, 3, 7, 7), 2, 3, 1, 2)
     assert "smallc_pad" not in router.candidates(router.FORWARD, pb)  # grouped: no padded copy
     assert first((1, 64, 8, 8), (128, 64, 1, 1), 1, 0, 1, 1) == "gemm1x1_tma"
-    # a strided 1x1: the pointer GEMM over every other pixel, then the TMA weight (too short for tap_tma)
+    # a strided 1x1: the pointer GEMM over every other pixel, tap_tma's boxes of x's phase view
+    # (one step: short reductions are tap_tma's again), the TMA weight
     pb = spec.problem_from_shapes((1, 64, 8, 8), (128, 64, 1, 1), 2, 0, 1, 1)
+    assert router.candidates(router.FORWARD, pb) == ["gemm1x1", "tap_tma", "implicit_tma", "implicit"]
+    pb = spec.problem_from_shapes((1, 64, 7, 7), (128, 64, 1, 1), 2, 0, 1, 1)  # 7 rows: no phase view
     assert router.candidates(router.FORWARD, pb) == ["gemm1x1", "implicit_tma", "implicit"]
-    assert first((1, 64, 7, 7), (128, 64, 1, 1), 2, 0, 1, 1) == "gemm1x1"  # 7 rows: no phase view, no matter
-    assert first((1, 64, 8, 8), (128, 64, 1, 1), 1, 1, 1, 1) == "implicit_tma"  # padded: no plain GEMM
+    assert first((1, 64, 8, 8), (128, 64, 1, 1), 1, 1, 1, 1) == "tap_tma"  # padded: TMA zero-fills, no plain GEMM
     assert first((1, 512, 7, 7), (512, 512, 3, 3), 1, 1, 1, 1) == "splitk"
     pb = spec.problem_from_shapes((32, 512, 7, 7), (512, 512, 3, 3), 1, 1, 1, 1)  # ResNet-50's last 3x3
     assert router.candidates(router.FORWARD, pb) == ["splitk", "tap_tma_splitk", "tap_tma", "implicit_tma",
@@ -586,12 +588,12 @@ def test_input_grad_tap_tma_as_a_forward_conv(problem, dtype, launched):
     usable = tap_tma_usable(dy, w, pb)
     assert usable == (TMA and (K // groups) * dy.element_size() % 16 == 0)
     reached = sum(phase.forward is not None for phase in dgrad._phases(pb))  # the others are zero-filled
-    # per phase: a plain 1x1 conv (its output the input's size) on the 1x1 GEMM; tap_tma from 9
-    # reduction steps of 64 channels; implicit_tma below that
+    # per phase: a plain 1x1 conv (its output the input's size) on the 1x1 GEMM; any other phase, a
+    # stride-1 forward conv however short its reduction, on tap_tma
     def kernel(fw):
         if (fw.R, fw.S, fw.pad_h, fw.pad_w, fw.P, fw.Q) == (1, 1, 0, 0, fw.H, fw.W):
             return "gemm1x1_tma"
-        return "fprop_tap_tma" if fw.R * fw.S * -(-fw.C_per_group // 64) >= 9 else "fprop_tma"
+        return "fprop_tap_tma"
 
     phases = [kernel(ph.forward) for ph in dgrad._phases(pb) if ph.forward is not None]
     assert len(phases) == reached and launched == (phases if usable else ["dgrad"])
@@ -604,14 +606,14 @@ def test_input_grad_tap_tma_as_a_forward_conv(problem, dtype, launched):
 @pytest.mark.parametrize("problem,kernels", [
     pytest.param((2, 32, 6, 6, 64, 1, 1, 1, 0, 1, 1), ["gemm1x1_tma"], id="1x1"),
     pytest.param((1, 32, 8, 6, 16, 1, 1, 2, 0, 1, 1), ["gemm1x1_tma"], id="1x1-stride-2"),  # 3 phases zero
-    pytest.param((2, 16, 10, 12, 24, 3, 3, 2, 1, 1, 1), ["gemm1x1_tma"] + ["fprop_tma"] * 3,
+    pytest.param((2, 16, 10, 12, 24, 3, 3, 2, 1, 1, 1), ["gemm1x1_tma"] + ["fprop_tap_tma"] * 3,
                  id="3x3-stride-2"),  # phase (0, 0) one tap, the others 2 or 4 steps
     pytest.param((1, 16, 7, 7, 16, 3, 3, 1, 1, 1, 1), ["fprop_tap_tma"], id="3x3"),  # 9 steps
 ])
 def test_input_grad_phases_run_on_the_kernel_that_suits_them(problem, kernels, launched):
-    """A phase that is a plain 1x1 conv runs on the 1x1 GEMM; tap_tma takes only reductions of
-    fprop.TAP_TMA_MIN_STEPS steps or more (shorter ones gave wrong tiles on an H100); the
-    implicit GEMM the rest."""
+    """A phase that is a plain 1x1 conv runs on the 1x1 GEMM, the others on tap_tma, short
+    reductions too (fprop.TAP_TMA_MIN_STEPS: their wrong tiles on an H100 were the register hazard,
+    synced since)."""
     N, C, H, W, K, R, S, stride, padding, dilation, groups = problem
     torch.manual_seed(17)
     x = torch.randn(N, C, H, W, dtype=torch.float16, device=DEVICE).to(memory_format=torch.channels_last)
@@ -652,20 +654,21 @@ def test_input_grad_tap_tma_at_layer_sizes(problem):
         assert rel_err(dx, xr.grad) < 1e-3
 
 
-def test_tap_tma_declines_short_reductions():
-    """Fewer than fprop.TAP_TMA_MIN_STEPS steps of 64 channels: every 1x1, a 2x2 at 96 channels."""
-    from tritonconv.kernels.fprop import TAP_TMA_MIN_STEPS, accepts_tap_tma, tap_tma_steps
+def test_tap_tma_takes_short_reductions():
+    """Steps of 64 channels (taps x channel blocks) no longer limit tap_tma: the H100's wrong tiles
+    at 2 and 4 steps were the wgmma register hazard, synced where Triton has it. A problem with
+    no reduction at all (C = 0) is no tap_tma's."""
+    from tritonconv.kernels.fprop import accepts_tap_tma, tap_tma_steps
 
-    def problem(C, R, padding=0):
-        return spec.problem_from_shapes((1, C, 8, 8), (16, C, R, R), stride=1, padding=padding)
+    def problem(C, R, padding=0, stride=1):
+        return spec.problem_from_shapes((1, C, 8, 8), (16, C, R, R), stride=stride, padding=padding)
 
-    assert TAP_TMA_MIN_STEPS == 9
     assert [tap_tma_steps(problem(C, R)) for C, R in [(16, 3), (256, 1), (1024, 1), (96, 2), (192, 2)]] == \
         [9, 4, 16, 8, 12]
     assert accepts_tap_tma(problem(16, 3)) and accepts_tap_tma(problem(192, 2))
-    assert not accepts_tap_tma(problem(256, 1, padding=1)) and not accepts_tap_tma(problem(96, 2))
-    assert not accepts_tap_tma(problem(64, 1))  # one step ran right, but gemm1x1 serves it
-    assert accepts_tap_tma(problem(1024, 1))  # 16 steps ran right; unpadded, gemm1x1 supersedes it
+    assert accepts_tap_tma(problem(256, 1, padding=1)) and accepts_tap_tma(problem(96, 2, stride=2))
+    assert accepts_tap_tma(problem(64, 1))  # one step (unpadded: gemm1x1 supersedes it in the router)
+    assert not accepts_tap_tma(problem(0, 3))
 
 
 def test_tap_tma_steps_count_its_largest_block_k():
@@ -677,13 +680,14 @@ def test_tap_tma_steps_count_its_largest_block_k():
 
 @pytest.mark.parametrize("output_padding,dilation,kernel", [
     pytest.param(1, 1, "gemm1x1_tma", id="phase-as-large-as-dy"),  # 8 rows: 4 even ones, from 4 of dy
-    pytest.param(2, 3, "fprop_tma", id="phase-larger-than-dy"),  # 9 rows: 5 even ones, from 4 of dy
-    pytest.param((2, 0), (3, 1), "fprop_tma", id="larger-in-rows-only"),
+    pytest.param(2, 3, "fprop_tap_tma", id="phase-larger-than-dy"),  # 9 rows: 5 even ones, from 4 of dy
+    pytest.param((2, 0), (3, 1), "fprop_tap_tma", id="larger-in-rows-only"),
 ])
 def test_a_phase_larger_than_dy_is_no_1x1_gemm(output_padding, dilation, kernel, launched):
     """conv_transpose2d, 1x1, stride 2: dx's even rows are a 1x1 conv of dy (the odd ones, no
     tap's: zero). With output_padding there can be one more of them than dy has rows; the 1x1
-    GEMM maps output pixels one to one onto input pixels and cannot write it, implicit_tma can."""
+    GEMM maps output pixels one to one onto input pixels and cannot write it, tap_tma can (its box
+    reaches past dy, which TMA zero-fills)."""
     torch.manual_seed(19)
     x = torch.randn(1, 16, 4, 4, dtype=torch.float16, device=DEVICE).to(memory_format=torch.channels_last)
     w = torch.randn(16, 8, 1, 1, dtype=torch.float16, device=DEVICE).to(memory_format=torch.channels_last)
@@ -809,7 +813,7 @@ def test_routed_candidates_drop_what_cannot_run_or_is_superseded():
         "implicit"]
     assert fwd(x, w3.contiguous(), 2, 1) == ["splitk", "implicit"]  # stride 2, NCHW weight: no TMA family
     # a strided 1x1 has no TMA GEMM: the pointer GEMM replaces the implicit one only, the TMA families stay
-    assert fwd(x, w1, 2) == ["gemm1x1"] + (["implicit_tma"] if TMA else [])
+    assert fwd(x, w1, 2) == ["gemm1x1"] + (["tap_tma", "implicit_tma"] if TMA else [])
     pb = spec.conv2d_problem(x, w1, None, 1, 0, 1, 1)
     dy = torch.randn(pb.output_shape, dtype=torch.float16, device=DEVICE).to(memory_format=torch.channels_last)
     assert router.routed_candidates(router.WEIGHT_GRAD, "weight_grad", pb, (dy, x)) == tma + ["gemm1x1"]
@@ -823,8 +827,8 @@ def test_routed_candidates_drop_what_cannot_run_or_is_superseded():
     # odd rows and columns: bias alone (no tap reaches them); the even ones a plain 1x1 conv
     pytest.param(1, 2, 0, 1, ["gemm1x1_tma"], id="1x1-stride-2"),
     # ResNet's decoder mirror: 4 phases, 4 launches
-    pytest.param(3, 2, 1, 1, ["gemm1x1_tma"] + ["fprop_tma"] * 3, id="3x3-stride-2"),
-    pytest.param(4, (2, 3), (1, 0), (0, 2), ["fprop_tma"] * 6, id="4x4-stride-2x3"),
+    pytest.param(3, 2, 1, 1, ["gemm1x1_tma"] + ["fprop_tap_tma"] * 3, id="3x3-stride-2"),
+    pytest.param(4, (2, 3), (1, 0), (0, 2), ["fprop_tap_tma"] * 6, id="4x4-stride-2x3"),
 ])
 def test_strided_conv_transpose2d_with_bias_through_tap_tma(kernel, stride, padding, output_padding, kernels,
                                                              launched):

@@ -235,10 +235,9 @@ def conv2d_dgrad(
 #
 # Each phase runs on the forward kernel that suits it (``_phase_forward``): the 1x1
 # GEMM where the phase is a plain 1x1 conv (a 1x1 conv's dgrad, the one-tap phases
-# of a 3x3 stride-2 one), the tap_tma kernel where it takes the phase (a reduction
-# long enough, ``fprop.TAP_TMA_MIN_STEPS``), the implicit GEMM with a TMA weight
-# otherwise. All three store into a strided view and load A and B by TMA or fall
-# back by themselves.
+# of a 3x3 stride-2 one), the tap_tma kernel where it takes the phase (``fprop.accepts_tap_tma``,
+# ``fprop.input_tma_usable``), the implicit GEMM with a TMA weight otherwise. All three
+# store into a strided view and load A and B by TMA or fall back by themselves.
 
 
 def accepts_tap_tma(problem: Conv2dProblem) -> bool:
@@ -448,8 +447,8 @@ def _fill_phase(out: torch.Tensor, bias: Optional[torch.Tensor]) -> None:
 
 def _phase_forward(forward: Conv2dProblem) -> Callable[..., torch.Tensor]:
     """The forward launcher for one phase's conv of dy (see above): the 1x1 GEMM for a plain 1x1
-    conv, else tap_tma's, which hands a phase it does not take (``fprop.accepts_tap_tma``: too
-    short a reduction) on to implicit_tma by itself."""
+    conv, else tap_tma's, which hands a phase it does not take (``fprop.input_tma_usable``) on to
+    implicit_tma by itself."""
     return gemm1x1.conv2d_fprop_1x1_tma if gemm1x1.accepts(forward) else conv2d_fprop_tap_tma
 
 

@@ -10,7 +10,7 @@
                 gemm1x1    (plain GEMM; every s-th pixel at stride s) 1x1, no padding
                 splitk     (implicit GEMM, reduction split; TMA weight on sm_90) N*P*Q <= 4096, R*S*C/g >= 512
                 tap_tma_splitk (tap_tma, reduction split; sm_90)  as splitk and tap_tma; NHWC x, KRSC w
-                tap_tma    (TMA input boxes per tap + weight, sm_90) stride 1 or dividing H, W; >= 9 steps; NHWC x, KRSC w
+                tap_tma    (TMA input boxes per tap + weight, sm_90) stride 1 or dividing H, W; NHWC x, KRSC w
                 implicit_tma (TMA weight loads, sm_90)           everything; KRSC weight for TMA
                 implicit   (general implicit GEMM, fprop.py)     everything
     grad_input  depthwise
