@@ -233,7 +233,7 @@ DIAG_LAYERS="layer1.0.conv2,layer3.0.conv3,layer3.1.conv1"
 DIAG_DIR="${TMPDIR:-/tmp}/tritonconv-diagnose-$$"
 if [ "${GPU_CHECK_DRY_RUN:-0}" = 1 ]; then
     PRESET=smoke BATCH=2 FP16=fp32 TESTS=tests/test_bench.py BACKWARD_LAYERS="3x3,1x1/2" DIAG_LAYERS="1x1/2"
-    E2E_ARGS="--tiny --image 32 --reps 1" RACE_ARGS="--batch 1 --cases 6"
+    E2E_ARGS="--tiny --image 32 --reps 1" RACE_ARGS="--batch 1 --cases gemm1x1_tma"
     [ -n "${FAMILY_PRESETS:-}" ] && FAMILY_PRESETS=smoke
     torch_cuda=$($PY -c "import torch; print(int(torch.cuda.is_available()))" 2>/dev/null || echo 0)
     [ "$torch_cuda" = 1 ] || export TRITON_INTERPRET=1

@@ -34,7 +34,7 @@ the GPU check passes its results.csv): kernel ``race_check``, the layer's shape 
 config in the note. OUTDIR/race_check.md is rendered from those rows as read back from the CSV
 (``report.render_race``, the same section the report puts in summary.md). The report shows one
 run: rows meant for a sweep's report need that sweep's ``--run-id``. Exits 1 if a config, run as the runtime would run it
-(the rule on; a case the router declines only where this Triton syncs it), gave different bits or
+(the rule on; a case the router leaves to another family only where this Triton syncs it), gave different bits or
 a wrong result.
 """
 
@@ -47,16 +47,18 @@ import sys
 import time
 from pathlib import Path
 
-# (name, what runs, ResNet-50 layer, whether the router can run it: it leaves a 1x1 at stride 1
-# to the plain GEMMs, but the kernel can be launched directly; whether the wgmma
+# (name, what runs, ResNet-50 layer, whether the router can run it: it leaves an unpadded 1x1 at
+# stride 1 to the plain GEMMs, but the kernel can be launched directly; whether the wgmma
 # register-hazard rule is on (configs.WGMMA_RS_HAZARD: on Triton < 3.9 it syncs the tiles that
 # need it; off, the tiles run as they did on 2026-11-26); optionally a batch of its own)
 CASES = [  # most telling first: a budget may stop the list
+    # short reductions go to tap_tma again since the two cases after these confirmed the cause
+    # (283a32b): ResNet's downsampling 1x1s, where the router now times it (84cd0fb saw the 8-step
+    # one go wrong, before the rule)
+    ("tap_tma fwd, 1x1/2 C256 56x56 (4 steps)", "fprop_tap_tma", "layer2.0.downsample.0", True, True),
+    ("tap_tma fwd, 1x1/2 C512 28x28 (8 steps)", "fprop_tap_tma", "layer3.0.downsample.0", True, True),
     ("tap_tma fwd, 1x1 C256 14x14 (4 steps), rule off", "fprop_tap_tma", "layer3.0.conv3", False, False),
     ("tap_tma fwd, 1x1 C256 14x14 (4 steps), rule on", "fprop_tap_tma", "layer3.0.conv3", False, True),
-    # short reductions are routed to tap_tma again since the two cases above confirmed the cause
-    # (283a32b): ResNet's downsampling 1x1, 4 steps, where the router now times it
-    ("tap_tma fwd, 1x1/2 C256 56x56 (4 steps)", "fprop_tap_tma", "layer2.0.downsample.0", True, True),
     # wgrad's tap-TMA kernel reads dy's box through registers too: 8-wide steps of BLOCK_K 32 and
     # 64 had the same hazard on Triton 3.6; never run at a layer size on a GPU before
     ("tap_tma wgrad, 3x3 C64 56x56", "wgrad_tap_tma", "layer1.0.conv2", True, True),
@@ -83,8 +85,19 @@ def _args(argv):
     p.add_argument("--run-id", default=None, help="the rows' run id (default: $TRITONCONV_RUN_ID or a new one)")
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--time-budget", type=float, default=0, help="seconds; start no case after it")
-    p.add_argument("--cases", default="", help="comma-separated indices into CASES (default: all)")
+    p.add_argument("--cases", default="", help="comma-separated indices into CASES, or name prefixes, each the "
+                   "first case whose name starts with it, e.g. gemm1x1_tma (default: all)")
     return p.parse_args(argv)
+
+
+def _case(item: str) -> tuple:
+    """The case an item of --cases names: an index into CASES, or the first case whose name starts with it."""
+    if item.isdigit():
+        return CASES[int(item)]
+    found = next((case for case in CASES if case[0].startswith(item)), None)
+    if found is None:
+        raise SystemExit(f"race_check: no case is {item!r}; cases: " + "; ".join(c[0] for c in CASES))
+    return found
 
 
 def main(argv=None) -> int:
@@ -107,7 +120,7 @@ def main(argv=None) -> int:
     out_dir.mkdir(parents=True, exist_ok=True)
     _common.set_poison_outputs(True)
     layers = {layer.name: layer for layer in presets.get_preset("resnet50").layers}
-    picked = [CASES[int(i)] for i in args.cases.split(",") if i] if args.cases else CASES
+    picked = [_case(item) for item in args.cases.split(",") if item] if args.cases else CASES
     autotuners = [fprop._fprop_tap_tma_tuned, fprop._fprop_tma_tuned, gemm1x1._gemm1x1_tma_tuned,
                   wgrad._wgrad_tap_tma_tuned]
     launchers = {
@@ -187,7 +200,8 @@ def main(argv=None) -> int:
                                                   dilation, groups)
             state["span"] = spans.get(kernel, "BLOCK_M")
             launch = launchers[kernel]
-            # a problem the router leaves to another family still reaches the kernel here, with every tile
+            # a problem the router leaves to another family still reaches the kernel here, with every
+            # tile (a no-op while tap_tma takes every reduction; insurance should its limit return)
             fprop.TAP_TMA_MIN_STEPS = min_steps if routable else 1
             configs.WGMMA_RS_HAZARD = rs_rule if rule else False
             pinned["seen"], pinned["name"] = [], None
@@ -215,7 +229,7 @@ def main(argv=None) -> int:
                 err = max((((o.double() - ref).norm() / ref.norm()).item() for o in outs),
                           key=lambda e: (math.isnan(e), e))
                 same = all(plans.same_bits(outs[0], o) for o in outs[1:])
-                remarks = [] if routable else ["declined by the router"]
+                remarks = [] if routable else ["left to another family by the router"]
                 if cfg in flagged and not rule:
                     remarks.append(f"run as is here, synced on Triton {triton.__version__} "
                                    "(register hazard, triton#9433)")
@@ -231,7 +245,7 @@ def main(argv=None) -> int:
                 status = "ok" if same and err <= 1e-2 else (
                     "differs: three calls gave different bits" if not same else "wrong: rel_err above 1e-2")
                 # counted in the verdict where the runtime would run this: the rule on, and the router
-                # taking the case or this Triton syncing it (on 3.9+ a declined case's "rule on" is its control)
+                # taking the case or this Triton syncing it (on 3.9+ such a case's "rule on" is its control)
                 counted = bool(rule and (routable or rs_rule))
                 if counted and status != "ok":
                     bad.append((name, cfg))

@@ -64,7 +64,8 @@ PROBLEMS = {
         (3, 40, 4, 4, 20, 1, 1, 1, 0, 1, 1),
         # strided: the GEMM over every s-th pixel (ResNet's downsampling 1x1)
         (2, 16, 8, 6, 24, 1, 1, 2, 0, 1, 1),
-        (1, 12, 7, 9, 8, 1, 1, (3, 2), 0, (1, 2), 2),  # odd image, stride past the last pixel, grouped, dilated
+        (1, 12, 7, 9, 8, 1, 1, (3, 2), 0, (1, 2), 2),  # odd image, rows 0, 3, 6 and columns 0-8 by 2; grouped
+        (1, 8, 2, 5, 8, 1, 1, 3, 0, 1, 1),  # an image shorter than the stride: one output row
     ],
     "gemm1x1_tma": [  # TMA where the layout allows (channels_last, 16-byte rows), pointer loads otherwise
         (2, 16, 7, 7, 24, 1, 1, 1, 0, 1, 1),
@@ -127,6 +128,17 @@ DGRAD_TAP_TMA = TAP_TMA + SHORT_REDUCTIONS + [
     pytest.param((1, 32, 10, 9, 16, 3, 3, 2, 2, 2, 2), id="stride-2-dilation-2"),  # gcd 2: phases a=1 get no tap
     pytest.param((1, 8, 9, 11, 8, 5, 4, 3, (1, 2), 1, 1), id="stride-3"),
 ]
+
+
+def _nhwc_fp16(problem, seed):
+    """x and w for ``problem`` (N, C, H, W, K, R, S, stride, padding, dilation, groups), fp16 and
+    channels_last, with the conv's arguments and its Conv2dProblem."""
+    N, C, H, W, K, R, S, stride, padding, dilation, groups = problem
+    torch.manual_seed(seed)
+    x = torch.randn(N, C, H, W, dtype=torch.float16, device=DEVICE).to(memory_format=torch.channels_last)
+    w = torch.randn(K, C // groups, R, S, dtype=torch.float16, device=DEVICE).to(memory_format=torch.channels_last)
+    args = (stride, padding, dilation, groups)
+    return x, w, args, spec.conv2d_problem(x, w, None, *args)
 
 
 def _problems_for(family):
@@ -614,12 +626,7 @@ def test_input_grad_phases_run_on_the_kernel_that_suits_them(problem, kernels, l
     """A phase that is a plain 1x1 conv runs on the 1x1 GEMM, the others on tap_tma, short
     reductions too (fprop.TAP_TMA_MIN_STEPS: their wrong tiles on an H100 were the register hazard,
     synced since)."""
-    N, C, H, W, K, R, S, stride, padding, dilation, groups = problem
-    torch.manual_seed(17)
-    x = torch.randn(N, C, H, W, dtype=torch.float16, device=DEVICE).to(memory_format=torch.channels_last)
-    w = torch.randn(K, C // groups, R, S, dtype=torch.float16, device=DEVICE).to(memory_format=torch.channels_last)
-    args = (stride, padding, dilation, groups)
-    pb = spec.conv2d_problem(x, w, None, *args)
+    x, w, args, pb = _nhwc_fp16(problem, seed=17)
     dy = torch.randn(pb.output_shape, dtype=torch.float16, device=DEVICE).to(memory_format=torch.channels_last)
     with router.force("tap_tma"):
         dx = router.input_grad(dy, w, pb, memory_format=torch.channels_last)
@@ -672,7 +679,8 @@ def test_tap_tma_takes_short_reductions():
 
 
 def test_tap_tma_steps_count_its_largest_block_k():
-    """The guard counts steps of 64 channels: no tap_tma config may take larger blocks (fewer steps)."""
+    """The guard counts steps of 64 channels: no tap_tma config may take larger blocks (fewer steps).
+    (Moot while the limit is one step; it holds the guard's meaning should the limit be raised.)"""
     from tritonconv.kernels import fprop
 
     assert max(c.kwargs["BLOCK_K"] for c in fprop.tap_tma_configs(interpreter=False)) <= 64
@@ -726,6 +734,20 @@ def test_conv_transpose2d_with_bias_through_tap_tma(launched):
         y = tritonconv.conv_transpose2d(x, w, b, 1, 1)
     assert launched == (["fprop_tap_tma"] if TMA else ["dgrad"])
     assert rel_err(y, F.conv_transpose2d(x.double(), w.double(), b.double(), 1, 1)) < TOL[torch.float16]
+
+
+@pytest.mark.parametrize("problem", SHORT_REDUCTIONS + [
+    pytest.param((2, 16, 5, 6, 8, 1, 1, 1, 1, 1, 1), id="padded-1x1"),  # no plain GEMM takes it
+])
+def test_forward_tap_tma_takes_short_reductions(problem, launched):
+    """Reductions of a few steps (fprop.TAP_TMA_MIN_STEPS) run on the forward tap_tma kernel, as the
+    router now times it there: every pixel written, right against float64."""
+    x, w, args, pb = _nhwc_fp16(problem, seed=21)
+    assert "tap_tma" in router.routed_candidates(router.FORWARD, "forward", pb, (x, w, None, None)) or not TMA
+    with router.force("tap_tma"):
+        y = tritonconv.conv2d(x, w, None, *args)
+    assert launched == (["fprop_tap_tma"] if TMA else ["fprop"])
+    assert rel_err(y, F.conv2d(x.double(), w.double(), None, *args)) < TOL[torch.float16]
 
 
 @pytest.mark.parametrize("problem", TAP_TMA + SHORT_REDUCTIONS)

@@ -61,7 +61,7 @@ FORWARD_CASES = [
 
 
 def _case_id(case) -> str:
-    return case if isinstance(case, str) else case[0] + (f" stride {case[7]}" if case[7] != 1 else "")
+    return case if isinstance(case, str) else case[0] + (f"-stride-{case[7]}" if case[7] != 1 else "")
 
 
 @pytest.mark.parametrize("case", FORWARD_CASES, ids=_case_id)

@@ -486,7 +486,7 @@ def _gemm1x1_launch(dtype: Dtype, config: triton.Config, *, problem: Dict[str, A
     w_s = _channels_last_strides(pb.weight_shape)
     args = dict(
         x_ptr=ptr, w_ptr=ptr, b_ptr=ptr, res_ptr=ptr, y_ptr=ptr,
-        M=pb.N * pb.H * pb.W, H=pb.H, W=pb.W, CG=pb.C_per_group, KG=pb.K_per_group, GROUPS=pb.groups,
+        M=pb.N * pb.P * pb.Q, H=pb.P, W=pb.Q, CG=pb.C_per_group, KG=pb.K_per_group, GROUPS=pb.groups,
         **_named("sxn sxc sxh sxw", _channels_last_strides(pb.input_shape)),
         swk=w_s[0], swc=w_s[1],
         **_named("syn syk syh syw", y_s),

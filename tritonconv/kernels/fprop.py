@@ -388,14 +388,15 @@ def conv2d_fprop_tma(x, w, bias, problem: Conv2dProblem, out=None, activation="n
 TAP_TMA_BLOCK_W = configs.SPATIAL_TILE_WIDTH  # the spatial tiles' BLOCK_W: boxes up to 8 columns wide
 
 
-# The shortest reduction tap_tma runs: any. On an H100 (Triton 3.6, 84cd0fb) the kernel gave wrong
-# tiles, different from run to run, on 1x1 convs whose loop took 2 or 4 steps (C = 128 or 256 at
-# BLOCK_K = 64, 128x128x64 tiles, 3 stages), and for a while problems under 9 steps went to other
-# families. The cause, found in the SASS since, is the wgmma register hazard (configs.WGMMA_RS_HAZARD,
-# triton#9433), which the tap-TMA pruners now sync where Triton has it, and the next H100 check
-# confirmed it (283a32b, perf/race_check.py on that 1x1 at ResNet-50 size, 4 steps): with the rule
-# off, 128x128x64 w8 s3 gave rel_err 2e-2 and other bits per call again; with it on, every tile was
-# right with the same bits. The compile report finds no hazard in a synced build. So short
+# The shortest reduction tap_tma runs: one step (any problem with channels to reduce). On an H100
+# (Triton 3.6, 84cd0fb) the kernel gave wrong tiles, different from run to run, on 1x1 convs whose
+# loop took 2 to 8 steps (C = 128 to 512 at BLOCK_K = 64, 128x128x64 tiles, 3 stages), and for a
+# while problems under 9 steps went to other families. The cause, found in the SASS since, is the
+# wgmma register hazard (configs.WGMMA_RS_HAZARD, triton#9433), which the tap-TMA pruners now sync
+# where Triton has it, and the next H100 check confirmed it (283a32b, perf/race_check.py on that
+# 1x1 at ResNet-50 size, 4 steps): with the rule off, 128x128x64 w8 s3 gave rel_err 2e-2 and other
+# bits per call again; with it on, every tile was right with the same bits. The compile report
+# finds no hazard in a synced build (Triton 3.6, every tap-TMA config, fp16 and bf16). So short
 # reductions are tap_tma's again: the router times it against the other families (a strided 1x1,
 # ConvNeXt's 2x2 downsample), dgrad runs its phases on it, and the router's determinism guard
 # stays. Raise this again if a GPU shows a short reduction going wrong.

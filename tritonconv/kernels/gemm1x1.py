@@ -50,14 +50,15 @@ from ._common import (
 )
 from .wgrad import conv2d_wgrad, finish_wgrad, wgrad_workspace
 
-__all__ = ["accepts", "accepts_strided", "conv2d_fprop_1x1", "conv2d_fprop_1x1_tma", "conv2d_wgrad_1x1", "conv2d_wgrad_1x1_tma",
-           "gemm1x1_fprop_kernel", "gemm1x1_tma_kernel", "gemm1x1_wgrad_kernel", "gemm1x1_wgrad_tma_kernel",
+__all__ = ["accepts", "accepts_strided", "conv2d_fprop_1x1", "conv2d_fprop_1x1_tma", "conv2d_wgrad_1x1",
+           "conv2d_wgrad_1x1_tma", "gemm1x1_fprop_kernel", "gemm1x1_tma_kernel", "gemm1x1_wgrad_kernel", "gemm1x1_wgrad_tma_kernel",
            "pixel_stride", "tma_usable", "wgrad_accepts_layout", "wgrad_tma_usable"]
 
 
 def accepts(problem: Conv2dProblem) -> bool:
-    """The problems this family computes: 1x1 kernel, stride 1, no padding (and so an output the
-    input's size, which a dgrad phase, ``dgrad._phases``, need not have)."""
+    """The problems the TMA forward and both weight gradients compute: 1x1 kernel, stride 1, no
+    padding, and so an output the input's size (which a dgrad phase, ``dgrad._phases``, need not
+    have). The pointer forward takes more: ``accepts_strided``."""
     pb = problem
     return (pb.R, pb.S, pb.stride_h, pb.stride_w, pb.pad_h, pb.pad_w) == (1, 1, 1, 1, 0, 0) \
         and (pb.P, pb.Q) == (pb.H, pb.W)
@@ -65,10 +66,13 @@ def accepts(problem: Conv2dProblem) -> bool:
 
 def accepts_strided(problem: Conv2dProblem) -> bool:
     """The problems the pointer kernel (``conv2d_fprop_1x1``) computes: 1x1 kernel, no padding,
-    any stride (and any dilation, which a 1x1 kernel never uses). With no padding, output pixel
-    (p, q) reads input pixel (stride_h * p, stride_w * q), always inside the image."""
+    any stride (and any dilation, which a 1x1 kernel never uses), and the output F.conv2d gives
+    them, one pixel per pixel of x[:, :, ::stride_h, ::stride_w]: output pixel (p, q) reads input
+    pixel (stride_h * p, stride_w * q), inside the image. (A dgrad phase with output_padding can
+    have one more row than that; ``accepts`` turns it away too.)"""
     pb = problem
-    return (pb.R, pb.S, pb.pad_h, pb.pad_w) == (1, 1, 0, 0)
+    return (pb.R, pb.S, pb.pad_h, pb.pad_w) == (1, 1, 0, 0) \
+        and (pb.P, pb.Q) == (triton.cdiv(pb.H, pb.stride_h), triton.cdiv(pb.W, pb.stride_w))
 
 
 @triton.jit
@@ -79,7 +83,7 @@ def gemm1x1_fprop_kernel(
     b_ptr,  # (K,); unused unless HAS_BIAS
     res_ptr,  # (N, K, H, W); unused unless HAS_RESIDUAL
     y_ptr,  # (N, K, H, W), any strides
-    # problem sizes
+    # problem sizes (H, W: the output's P, Q, which x's strided view has too)
     M, H, W, CG, KG, GROUPS,
     # strides, in elements
     sxn, sxc, sxh, sxw,
@@ -152,7 +156,7 @@ def conv2d_fprop_1x1(
 
     Args:
         x, w, bias, problem, out, activation, alpha, residual: as for ``conv2d_fprop``;
-            ``problem`` must satisfy ``accepts``.
+            ``problem`` must satisfy ``accepts_strided``.
 
     Returns:
         y (N, K, P, Q) in x's dtype.

@@ -7,7 +7,7 @@
                 smallc     (flattened R*S*C reduction)           C/groups <= 8
                 smallc_pad (smallc on channel-padded copies)     C <= 8, groups == 1
                 gemm1x1_tma  (plain GEMM, TMA loads, sm_90)      1x1, stride 1, no padding, NHWC
-                gemm1x1    (plain GEMM; every s-th pixel at stride s) 1x1, no padding
+                gemm1x1    (plain GEMM; at stride s, every s-th pixel)  1x1, no padding
                 splitk     (implicit GEMM, reduction split; TMA weight on sm_90) N*P*Q <= 4096, R*S*C/g >= 512
                 tap_tma_splitk (tap_tma, reduction split; sm_90)  as splitk and tap_tma; NHWC x, KRSC w
                 tap_tma    (TMA input boxes per tap + weight, sm_90) stride 1 or dividing H, W; NHWC x, KRSC w
