@@ -52,19 +52,20 @@ from pathlib import Path
 # register-hazard rule is on (configs.WGMMA_RS_HAZARD: on Triton < 3.9 it syncs the tiles that
 # need it; off, the tiles run as they did on 2026-11-26); optionally a batch of its own)
 CASES = [  # most telling first: a budget may stop the list
-    # short reductions go to tap_tma again since the two cases after these confirmed the cause
-    # (283a32b): ResNet's downsampling 1x1s, where the router now times it (84cd0fb saw the 8-step
-    # one go wrong, before the rule)
+    # short reductions go to tap_tma again since the 1x1 C256 14x14 cases below confirmed the
+    # cause (283a32b): ResNet's downsampling 1x1s, where the router now times it (84cd0fb saw the
+    # 8-step one go wrong, before the rule)
     ("tap_tma fwd, 1x1/2 C256 56x56 (4 steps)", "fprop_tap_tma", "layer2.0.downsample.0", True, True),
     ("tap_tma fwd, 1x1/2 C512 28x28 (8 steps)", "fprop_tap_tma", "layer3.0.downsample.0", True, True),
-    ("tap_tma fwd, 1x1 C256 14x14 (4 steps), rule off", "fprop_tap_tma", "layer3.0.conv3", False, False),
-    ("tap_tma fwd, 1x1 C256 14x14 (4 steps), rule on", "fprop_tap_tma", "layer3.0.conv3", False, True),
     # wgrad's tap-TMA kernel reads dy's box through registers too: 8-wide steps of BLOCK_K 32 and
-    # 64 had the same hazard on Triton 3.6; never run at a layer size on a GPU before
+    # 64 had the same hazard on Triton 3.6; never run at a layer size on a GPU (cut off at 283a32b)
     ("tap_tma wgrad, 3x3 C64 56x56", "wgrad_tap_tma", "layer1.0.conv2", True, True),
     ("tap_tma fwd, 3x3 C64 56x56 (9 steps)", "fprop_tap_tma", "layer1.0.conv2", True, True),
     # the same with the rule off: what the synced tiles above cost (their times side by side)
     ("tap_tma fwd, 3x3 C64 56x56 (9 steps), rule off", "fprop_tap_tma", "layer1.0.conv2", True, False),
+    # the diagnosis of 84cd0fb's failure, confirmed at 283a32b: wrong tiles with the rule off, none with it on
+    ("tap_tma fwd, 1x1 C256 14x14 (4 steps), rule off", "fprop_tap_tma", "layer3.0.conv3", False, False),
+    ("tap_tma fwd, 1x1 C256 14x14 (4 steps), rule on", "fprop_tap_tma", "layer3.0.conv3", False, True),
     # the same at N=8: 128 programs of 128x128 tiles, one per SM at most; the probes of
     # 2026-11-26 saw no failure there (N=8, padding 1), and failures from N=16 (two per SM)
     ("tap_tma fwd, 1x1 C256 14x14 (4 steps), N=8, rule off", "fprop_tap_tma", "layer3.0.conv3", False, False, 8),
