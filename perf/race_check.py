@@ -134,7 +134,7 @@ def main(argv=None) -> int:
     }
     spans = {"wgrad_tap_tma": "BLOCK_K"}  # the tap-TMA kernels' pixel span, for the hazard rule
     state = {"dy": None, "span": "BLOCK_M"}
-    real_tuned, min_steps, rs_rule = configs.tuned, fprop.TAP_TMA_MIN_STEPS, configs.WGMMA_RS_HAZARD
+    real_tuned, rs_rule = configs.tuned, configs.WGMMA_RS_HAZARD
     pinned = {"name": None, "seen": None}
     flagged = set()  # configs the register-hazard rule syncs on this Triton (listed with it off)
 
@@ -201,9 +201,6 @@ def main(argv=None) -> int:
                                                   dilation, groups)
             state["span"] = spans.get(kernel, "BLOCK_M")
             launch = launchers[kernel]
-            # a problem the router leaves to another family still reaches the kernel here, with every
-            # tile (a no-op while tap_tma takes every reduction; insurance should its limit return)
-            fprop.TAP_TMA_MIN_STEPS = min_steps if routable else 1
             configs.WGMMA_RS_HAZARD = rs_rule if rule else False
             pinned["seen"], pinned["name"] = [], None
             flagged.clear()
@@ -253,7 +250,7 @@ def main(argv=None) -> int:
                 add_row(name, kernel, layer_name, pb, cfg, status, err, same, ms, "; ".join(remarks), counted)
                 print(f"{name} | {cfg} | {err:.1e} | same bits: {same}", flush=True)
     finally:
-        configs.tuned, fprop.TAP_TMA_MIN_STEPS, configs.WGMMA_RS_HAZARD = real_tuned, min_steps, rs_rule
+        configs.tuned, configs.WGMMA_RS_HAZARD = real_tuned, rs_rule
     print("\n".join(report.render_race(written())))
     return 1 if bad else 0
 
