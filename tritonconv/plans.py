@@ -373,12 +373,14 @@ def _with_base(template: Any, base: Any) -> Any:
 class Plan:
     """A validated record of one call's launches; ``replay`` repeats them for new tensors."""
 
-    __slots__ = ("launches", "new", "out", "device", "family", "timings", "configs", "interpreted")
+    __slots__ = ("launches", "new", "out", "device", "family", "timings", "configs", "interpreted", "kernels")
 
-    def __init__(self, launches, new, out, device, family, timings, configs, interpreted):
+    def __init__(self, launches, new, out, device, family, timings, configs, interpreted, kernels=()):
         # in order, the kernel launches, (runner, grid, values, fills) with fills = ((position,
         # source, template)...), and the _Derive steps
         self.launches = launches
+        # the names of the kernels launched, in order (a compiled runner keeps no name)
+        self.kernels = kernels
         self.new = new  # (elements, dtype, (sizes, strides) or None) per fresh storage: see _fresh
         self.out = out  # the output's source
         self.device = device  # torch.device the buffers go on
@@ -470,7 +472,7 @@ def _make(launches, inputs, out, family, timings) -> Plan:
     if out_src[0][0] != _NEW:
         raise _NotPlannable("the output is a view of an input")
     interpreted = INTERPRETER or not out.is_cuda
-    recorded, configs = [], []
+    recorded, configs, kernels = [], [], []
     for step in launches:
         if type(step) is _Derivation:
             if any(a is not None and not isinstance(a, torch.Tensor) for a in step.args):
@@ -507,10 +509,18 @@ def _make(launches, inputs, out, family, timings) -> Plan:
                 raise _NotPlannable("no compiled kernel")
             runner = (compiled.run, compiled.function, compiled.packed_metadata)
         recorded.append((runner, grid, tuple(values), tuple(fills)))
+        kernels.append(_kernel_name(fn))
         if config_of is not None:
             configs.append(config_of)
     return Plan(tuple(recorded), _fresh(roots.new, out_src), out_src, out.device, family, timings, tuple(configs),
-                interpreted)
+                interpreted, tuple(kernels))
+
+
+def _kernel_name(fn) -> str:
+    """The Python name of a launched kernel: an autotuner wraps a JITFunction, which wraps it."""
+    while not hasattr(fn, "__name__") and hasattr(fn, "fn"):
+        fn = fn.fn
+    return getattr(fn, "__name__", type(fn).__name__)
 
 
 def _extent(size: tuple, stride: tuple) -> int:
