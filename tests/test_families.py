@@ -839,8 +839,94 @@ def test_routed_candidates_drop_what_cannot_run_or_is_superseded():
     pb = spec.conv2d_problem(x, w1, None, 1, 0, 1, 1)
     dy = torch.randn(pb.output_shape, dtype=torch.float16, device=DEVICE).to(memory_format=torch.channels_last)
     assert router.routed_candidates(router.WEIGHT_GRAD, "weight_grad", pb, (dy, x)) == tma + ["gemm1x1"]
+    # dgrad of a 1x1: the GEMM on w transposed in place and tap_tma's (a transposed copy, then the
+    # TMA GEMM) are both timed; the implicit dgrad is superseded. A 3x3's keeps both of its own.
+    def dgrad(w, stride=1, padding=0):
+        pb = spec.conv2d_problem(x, w, None, stride, padding, 1, 1)
+        dy = torch.randn(pb.output_shape, dtype=torch.float16, device=DEVICE).to(memory_format=torch.channels_last)
+        return router.routed_candidates(router.INPUT_GRAD, "input_grad", pb, (dy, w))
+
+    assert dgrad(w1) == dgrad(w1, 2) == ["gemm1x1"] + (["tap_tma"] if TMA else [])
+    assert dgrad(w3, 1, 1) == (["tap_tma"] if TMA else []) + ["implicit"]
     with router.force("implicit"):
         assert fwd(x, w1) == ["implicit"]
+
+
+# dgrad of unpadded 1x1 convs on the 1x1 GEMM, w read transposed in place:
+# (N, C, H, W, K, stride, dtype, layout)
+DGRAD_1X1 = [
+    pytest.param((2, 16, 6, 5, 24, 1), torch.float32, "channels_last", id="nhwc"),
+    pytest.param((1, 24, 7, 8, 16, 2), torch.float16, "channels_last", id="stride-2-odd-size"),  # 3 phases zero
+    pytest.param((2, 8, 5, 7, 12, (2, 3)), torch.float64, "nchw", id="nchw-stride-2x3"),
+    pytest.param((1, 12, 3, 5, 96, 1), torch.float32, "channels_last", id="long-reduction"),  # over K = 96
+]
+
+
+@pytest.mark.parametrize("problem,dtype,layout", DGRAD_1X1)
+def test_input_grad_1x1_on_the_gemm(problem, dtype, layout, launched):
+    """The input gradient of a 1x1 conv is dy times w transposed at the strided pixels, zero at the
+    others: one GEMM launch (no copy of w), one zero fill per phase no tap reaches."""
+    from tritonconv.kernels import gemm1x1
+
+    N, C, H, W, K, stride = problem
+    fmt = torch.channels_last if layout == "channels_last" else torch.contiguous_format
+    torch.manual_seed(21)
+    x = torch.randn(N, C, H, W, dtype=dtype, device=DEVICE).to(memory_format=fmt)
+    w = torch.randn(K, C, 1, 1, dtype=dtype, device=DEVICE).to(memory_format=fmt)
+    pb = spec.conv2d_problem(x, w, None, stride, 0, 1, 1)
+    dy = torch.randn(pb.output_shape, dtype=dtype, device=DEVICE).to(memory_format=fmt)
+    assert gemm1x1.accepts_dgrad(pb) and router.candidates(router.INPUT_GRAD, pb)[0] == "gemm1x1"
+    fills = []
+    with router.force("gemm1x1"), _spy_fills(fills):
+        dx = router.input_grad(dy, w, pb, memory_format=fmt)
+    sh, sw = pb.stride_h, pb.stride_w
+    assert launched == ["gemm1x1_dgrad"] and len(fills) == min(sh, H) * min(sw, W) - 1
+    xr = x.double().requires_grad_()
+    F.conv2d(xr, w.double(), None, stride).backward(dy.double())
+    assert dx.is_contiguous(memory_format=fmt) and rel_err(dx, xr.grad) < TOL[dtype]
+
+
+@contextlib.contextmanager
+def _spy_fills(fills):
+    """Collect the views dgrad fills with zeros (or bias): the phases no tap reaches."""
+    from tritonconv.kernels import dgrad
+
+    real = dgrad._fill_phase
+    dgrad._fill_phase = lambda out, bias: (fills.append(out.shape), real(out, bias))
+    try:
+        yield
+    finally:
+        dgrad._fill_phase = real
+
+
+@pytest.mark.parametrize("stride,output_padding", [(1, 0), (2, 1), ((2, 3), (0, 2))])
+def test_conv_transpose2d_1x1_with_bias_on_the_gemm(stride, output_padding, launched):
+    """conv_transpose2d of a 1x1 kernel: its output's strided pixels from the GEMM plus bias, the
+    others bias alone."""
+    torch.manual_seed(22)
+    x = torch.randn(2, 16, 5, 4, dtype=torch.float32, device=DEVICE)
+    w = torch.randn(16, 8, 1, 1, dtype=torch.float32, device=DEVICE)
+    b = torch.randn(8, dtype=torch.float32, device=DEVICE)
+    with router.force("gemm1x1"):
+        y = tritonconv.conv_transpose2d(x, w, b, stride, 0, output_padding)
+    ref = F.conv_transpose2d(x.double(), w.double(), b.double(), stride, 0, output_padding)
+    assert launched == ["gemm1x1_dgrad"] and y.shape == ref.shape and rel_err(y, ref) < TOL[torch.float32]
+
+
+def test_input_grad_1x1_gemm_takes_only_what_it_computes():
+    """Not padded, not grouped, and a strided phase the size of dy: a phase one row larger
+    (conv_transpose2d's output_padding with dilation) goes to the other families."""
+    from tritonconv.kernels import gemm1x1
+
+    def problem(C=8, K=8, stride=1, padding=0, dilation=1, groups=1, H=8):
+        return spec.problem_from_shapes((1, C, H, H), (K, C // groups, 1, 1), stride, padding, dilation, groups)
+
+    assert gemm1x1.accepts_dgrad(problem()) and gemm1x1.accepts_dgrad(problem(stride=2, H=7))
+    assert not gemm1x1.accepts_dgrad(problem(padding=1))
+    assert not gemm1x1.accepts_dgrad(problem(groups=2))
+    big = spec.conv_transpose2d_problem(torch.empty(1, 8, 4, 4), torch.empty(8, 8, 1, 1), None, 2, 0, 2, 1, 3)
+    assert (big.H, big.P) == (9, 4) and not gemm1x1.accepts_dgrad(big)
+    assert router.candidates(router.INPUT_GRAD, big) == ["tap_tma", "implicit"]
 
 
 # per phase reached, the forward kernel that runs it (dgrad._phase_forward): 16 channels, so

@@ -419,11 +419,12 @@ def test_work_before_the_kernels_reruns_for_each_call(monkeypatch):
     assert rel_err(gx, ref) <= tol(torch.float16)
 
 
+@pytest.mark.parametrize("family", ["tap_tma", "gemm1x1"])
 @pytest.mark.parametrize("with_bias", [False, True])
-def test_unreached_phases_replay(with_bias, monkeypatch):
+def test_unreached_phases_replay(with_bias, family, monkeypatch):
     """A 1x1 stride-2 dgrad (and conv_transpose2d, with its bias) leaves three of four phases of
     dx to a fill kernel: the plan replays it into a poisoned output, so the second call, with new
-    tensors, must come back right without the launcher."""
+    tensors, must come back right without the launcher. (gemm1x1 reads w transposed in place.)"""
     def call(x, w, b):
         return tritonconv.conv_transpose2d(x, w, b, 2, 0, 1) if with_bias else \
             torch.ops.tritonconv.conv2d_grad_input(x, w, [2, 32, 8, 8], [2, 2], [0, 0], [1, 1], 1)
@@ -433,14 +434,14 @@ def test_unreached_phases_replay(with_bias, monkeypatch):
 
     x, w = _randn((2, 16, 4, 4), torch.float16, True), _randn((16, 32, 1, 1), torch.float16, True)
     b = _randn((32,), torch.float16) if with_bias else None
-    with router.force("tap_tma"):
+    with router.force(family):
         call(x, w, b)
-    (plan,) = _plans_of("input_grad", "tap_tma")
+    (plan,) = _plans_of("input_grad", family)
     assert isinstance(plan, plans.Plan), plan.why
-    _forbid(monkeypatch, router.INPUT_GRAD, "tap_tma")
+    _forbid(monkeypatch, router.INPUT_GRAD, family)
     x2, w2 = torch.randn_like(x), torch.randn_like(w)
     b2 = torch.randn_like(b) if with_bias else None
-    with router.force("tap_tma"):
+    with router.force(family):
         y = call(x2, w2, b2)
     assert rel_err(y, reference(x2, w2, b2)) <= tol(torch.float16)
 
@@ -493,6 +494,11 @@ def _call_for(case):
         w = _randn((16, 32, 1, 1), torch.float16, True)
         return "input_grad", "tap_tma", (dy, w, None), lambda dy, w: torch.ops.tritonconv.conv2d_grad_input(
             dy, w, [2, 32, 8, 8], [2, 2], [0, 0], [1, 1], 1)
+    if case == "dgrad gemm1x1, 1x1 stride 2":  # w read transposed: a pointer into w with w's strides swapped
+        dy = _randn((2, 16, 4, 4), torch.float16, True)
+        w = _randn((16, 32, 1, 1), torch.float16, True)
+        return "input_grad", "gemm1x1", (dy, w, None), lambda dy, w: torch.ops.tritonconv.conv2d_grad_input(
+            dy, w, [2, 32, 8, 8], [2, 2], [0, 0], [1, 1], 1)
     family, N, C, H, W, K, R, stride, pad, groups, dtype, cl = case
     x = _randn((N, C, H, W), dtype, cl)
     w = _randn((K, C // groups, R, R), dtype, cl)
@@ -502,7 +508,8 @@ def _call_for(case):
 
 # derive steps: smallc_pad's padded copies of x and w, dgrad tap_tma's phase weights
 COMPILED_CASES = FORWARD_CASES + [("smallc_pad", 2, 3, 11, 11, 8, 3, 2, 1, 1, torch.float32, True),
-                                  "dgrad tap_tma, stride 2", "dgrad tap_tma, 1x1 stride 2"]
+                                  "dgrad tap_tma, stride 2", "dgrad tap_tma, 1x1 stride 2",
+                                  "dgrad gemm1x1, 1x1 stride 2"]
 
 
 @pytest.mark.skipif(DEVICE.type == "cuda", reason="on CUDA the plans are compiled, and the tests above run them")

@@ -49,7 +49,7 @@ epilogue is registered twice (see FAMILIES).
 
 Families: fprop, fprop_fused, fprop_splitk, fprop_tma, fprop_tma_fused, fprop_tma_splitk,
 fprop_tap_tma, fprop_tap_tma_fused, fprop_tap_tma_s2, fprop_tap_tma_small, fprop_tap_tma_splitk (fprop.py;
-TMA on sm_90 only); dgrad, dgrad_s2 (dgrad.py); wgrad, wgrad_splitk, wgrad_tap_tma, wgrad_tap_tma_s2 (wgrad.py; TMA on sm_90 only); gemm1x1, gemm1x1_fused, gemm1x1_tma (with persistent-
+TMA on sm_90 only); dgrad, dgrad_s2 (dgrad.py); wgrad, wgrad_splitk, wgrad_tap_tma, wgrad_tap_tma_s2 (wgrad.py; TMA on sm_90 only); gemm1x1, gemm1x1_fused, gemm1x1_dgrad, gemm1x1_tma (with persistent-
 grid variants), gemm1x1_wgrad, gemm1x1_wgrad_splitk, gemm1x1_wgrad_tma
 (gemm1x1.py; TMA on sm_90 only); smallc, smallc_fused, smallc_pad, smallc_pad_fused (smallc.py);
 depthwise_{fprop,dgrad,wgrad} and their _7x7 variants (depthwise.py).
@@ -496,6 +496,17 @@ def _gemm1x1_launch(dtype: Dtype, config: triton.Config, *, problem: Dict[str, A
     return args, dict(_epilogue(dtype, residual, activation), INPUT_PRECISION=dtype.input_precision)
 
 
+def _gemm1x1_dgrad_launch(dtype: Dtype, config: triton.Config, *, problem: Dict[str, Any] = GEMM1X1_PROBLEM):
+    """gemm1x1_fprop_kernel's arguments as dgrad.conv2d_dgrad_1x1 passes them for ``problem``'s input
+    gradient: dy as the input, w (K, C, 1, 1) read transposed (swk = 1, swc = C), dx as the output."""
+    pb = problem_from_shapes(**problem)
+    args, constexprs = _gemm1x1_launch(
+        dtype, config, problem=dict(input_shape=pb.output_shape, weight_shape=(pb.C, pb.K, 1, 1), stride=1, padding=0))
+    w_s = _channels_last_strides(pb.weight_shape)
+    args.update(swk=w_s[1], swc=w_s[0])
+    return args, constexprs
+
+
 def _gemm1x1_tma_launch(dtype: Dtype, config: triton.Config, *, problem: Dict[str, Any] = GEMM1X1_PROBLEM):
     """gemm1x1_tma_kernel's arguments as conv2d_fprop_1x1_tma passes them, with bias.
 
@@ -713,6 +724,8 @@ FAMILIES: List[KernelFamily] = [
                  _prune_of(gemm1x1._gemm1x1_tuned)),
     KernelFamily("gemm1x1_fused", gemm1x1.gemm1x1_fprop_kernel, gemm_tile_configs, _p(_gemm1x1_launch, **_GELU),
                  _prune_of(gemm1x1._gemm1x1_tuned)),
+    KernelFamily("gemm1x1_dgrad", gemm1x1.gemm1x1_fprop_kernel, gemm_tile_configs, _gemm1x1_dgrad_launch,
+                 _prune_of(gemm1x1._gemm1x1_dgrad_tuned)),
     KernelFamily("gemm1x1_tma", gemm1x1.gemm1x1_tma_kernel, persistent_tile_configs, _gemm1x1_tma_launch,
                  _prune_of(gemm1x1._gemm1x1_tma_tuned), dtypes=("fp16", "bf16", "fp32"), archs=("sm_90",), uses_tma=True),
     # 1x1 weight gradient as a plain GEMM (gemm1x1.py): no split, split-K, and (sm_90, 16-bit) TMA split-K

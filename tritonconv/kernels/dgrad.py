@@ -57,7 +57,7 @@ from ._common import (
 from . import gemm1x1
 from .fprop import conv2d_fprop_tap_tma, spatial_tiles_fit
 
-__all__ = ["accepts_tap_tma", "conv2d_dgrad_tap_tma", "tap_tma_usable", "conv2d_dgrad", "dgrad_kernel",
+__all__ = ["accepts_tap_tma", "conv2d_dgrad_tap_tma", "tap_tma_usable", "conv2d_dgrad", "conv2d_dgrad_1x1", "dgrad_kernel",
            "phase_fill_kernel", "phase_weight_kernel", "cached_phase_weights", "forget_phase_weights"]
 
 
@@ -479,4 +479,30 @@ def conv2d_dgrad_tap_tma(dy: torch.Tensor, w: torch.Tensor, problem: Conv2dProbl
             _fill_phase(out, bias)
         else:
             _phase_forward(phase.forward)(dy, next(weights), bias, phase.forward, out=out)
+    return dx
+
+
+def conv2d_dgrad_1x1(dy: torch.Tensor, w: torch.Tensor, problem: Conv2dProblem,
+                     bias: Optional[torch.Tensor] = None,
+                     memory_format: torch.memory_format = torch.contiguous_format) -> torch.Tensor:
+    """dgrad of an unpadded 1x1 conv in one group (``gemm1x1.accepts_dgrad``) on the 1x1 GEMM,
+    which reads w in place, transposed: one launch at stride 1, where tap_tma's phase takes two
+    (the transposed copy of w, then gemm1x1_tma). A strided conv's other phases, which no tap
+    reaches, are zero (or conv_transpose2d's bias).
+
+    Args/Returns: as ``conv2d_dgrad``.
+    """
+    pb = problem
+    if not gemm1x1.accepts_dgrad(pb):
+        raise ValueError(f"the 1x1 dgrad does not compute {pb}")
+    check_device(dy, w, bias)
+    dx = alloc_output(pb.input_shape, dy.dtype, dy.device, memory_format)
+    if dx.numel() == 0:
+        return dx
+    for phase in _phases(pb):
+        out = dx[:, :, phase.a::pb.stride_h, phase.b::pb.stride_w]
+        if phase.forward is None:
+            _fill_phase(out, bias)
+        else:  # phase (0, 0), dy's size (accepts_strided)
+            gemm1x1.conv2d_dgrad_1x1(dy, w, bias, phase.forward, out)
     return dx

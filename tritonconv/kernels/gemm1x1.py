@@ -50,8 +50,8 @@ from ._common import (
 )
 from .wgrad import conv2d_wgrad, finish_wgrad, wgrad_workspace
 
-__all__ = ["accepts", "accepts_strided", "conv2d_fprop_1x1", "conv2d_fprop_1x1_tma", "conv2d_wgrad_1x1",
-           "conv2d_wgrad_1x1_tma", "gemm1x1_fprop_kernel", "gemm1x1_tma_kernel", "gemm1x1_wgrad_kernel", "gemm1x1_wgrad_tma_kernel",
+__all__ = ["accepts", "accepts_dgrad", "accepts_strided", "conv2d_dgrad_1x1", "conv2d_fprop_1x1",
+           "conv2d_fprop_1x1_tma", "conv2d_wgrad_1x1", "conv2d_wgrad_1x1_tma", "gemm1x1_fprop_kernel", "gemm1x1_tma_kernel", "gemm1x1_wgrad_kernel", "gemm1x1_wgrad_tma_kernel",
            "pixel_stride", "tma_usable", "wgrad_accepts_layout", "wgrad_tma_usable"]
 
 
@@ -130,16 +130,28 @@ def gemm1x1_fprop_kernel(
                   HAS_BIAS, HAS_RESIDUAL, ACTIVATION)
 
 
-_gemm1x1_tuned = triton.autotune(
-    configs=configs.gemm_configs(),
-    key=["M", "H", "W", "CG", "KG", "GROUPS", "sxc", "syk", "HAS_RESIDUAL", "ACTIVATION"],  # epilogue: see pruning
-    do_bench=configs.capture_safe_bench,
-    prune_configs_by={
-        "early_config_prune": configs.gemm_prune_hook(
-            m_fn=lambda a: a["M"], n_fn=lambda a: a["KG"], k_fn=lambda a: a["CG"], tensor_arg="x_ptr", gathered=False
-        )
-    },
-)(gemm1x1_fprop_kernel)
+def _fprop_autotuner():
+    """An autotuner of gemm1x1_fprop_kernel (a tuning of its own: see ``_gemm1x1_dgrad_tuned``)."""
+    return triton.autotune(
+        configs=configs.gemm_configs(),
+        key=["M", "H", "W", "CG", "KG", "GROUPS", "sxc", "syk", "HAS_RESIDUAL", "ACTIVATION"],  # epilogue: see pruning
+        do_bench=configs.capture_safe_bench,
+        prune_configs_by={
+            "early_config_prune": configs.gemm_prune_hook(
+                m_fn=lambda a: a["M"], n_fn=lambda a: a["KG"], k_fn=lambda a: a["CG"], tensor_arg="x_ptr",
+                gathered=False,
+            )
+        },
+    )(gemm1x1_fprop_kernel)
+
+
+_gemm1x1_tuned = _fprop_autotuner()
+
+
+# dgrad of a 1x1 conv is this GEMM with w read transposed (``conv2d_dgrad_1x1``): B's
+# columns run along w's contiguous channels, a layout no forward call has and a key
+# (M, H, W, CG, KG, ...) a forward layer can share. Its own autotuner keeps its tiles apart.
+_gemm1x1_dgrad_tuned = _fprop_autotuner()
 
 
 def conv2d_fprop_1x1(
@@ -161,6 +173,38 @@ def conv2d_fprop_1x1(
     Returns:
         y (N, K, P, Q) in x's dtype.
     """
+    return _fprop_1x1(x, w, bias, problem, out, activation, alpha, residual, _gemm1x1_tuned, "gemm1x1")
+
+
+def accepts_dgrad(problem: Conv2dProblem) -> bool:
+    """The conv problems whose input gradient ``conv2d_dgrad_1x1`` computes: a 1x1 conv the
+    forward takes (``accepts_strided``: dx's pixels at multiples of the stride are one each of
+    dy's), in one group (per group, w transposed is no strided view of w)."""
+    return accepts_strided(problem) and problem.groups == 1
+
+
+def conv2d_dgrad_1x1(dy: torch.Tensor, w: torch.Tensor, bias: Optional[torch.Tensor], forward: Conv2dProblem,
+                     out: torch.Tensor) -> torch.Tensor:
+    """dx's pixels at multiples of the stride, as the forward GEMM of dy with w transposed:
+    out[n, c, i, j] = sum_k dy[n, k, i, j] * w[k, c, 0, 0] (+ bias[c], conv_transpose2d's).
+
+    Args:
+        dy: (N, K, P, Q), any strides.
+        w: (K, C, 1, 1), the conv's weight (one group), any strides: read in place, transposed.
+        bias: (C,) or None.
+        forward: the forward conv of dy this is (``dgrad._phases``: C and K swapped, stride 1);
+            it must satisfy ``accepts_strided``.
+        out: (N, C, P, Q), any strides: dx's view ``dx[:, :, ::stride_h, ::stride_w]``.
+
+    Returns:
+        out.
+    """
+    return _fprop_1x1(dy, w.transpose(0, 1), bias, forward, out, "none", 0.01, None,
+                      _gemm1x1_dgrad_tuned, "gemm1x1_dgrad")
+
+
+def _fprop_1x1(x, w, bias, problem, out, activation, alpha, residual, tuned, name) -> torch.Tensor:
+    """conv2d_fprop_1x1 on the autotuner ``tuned``, cached as ``name``."""
     pb = problem
     if not accepts_strided(pb):
         raise ValueError(f"the 1x1 family does not compute {pb}")
@@ -176,7 +220,7 @@ def conv2d_fprop_1x1(
     def grid(meta):
         return (pb.groups * triton.cdiv(M, meta["BLOCK_M"]) * triton.cdiv(KG, meta["BLOCK_N"]),)
 
-    tuning.launch(_gemm1x1_tuned, "gemm1x1", x.device, grid,
+    tuning.launch(tuned, name, x.device, grid,
         x_read, w, fw.bias, fw.residual, out,
         M, pb.P, pb.Q, CG, KG, pb.groups,
         *x_read.stride(), w.stride(0), w.stride(1), *out.stride(), *fw.res_strides, float(alpha),

@@ -75,7 +75,7 @@ from .wgrad import conv2d_wgrad
 
 __all__ = ["forward", "input_grad", "weight_grad", "candidates", "routed_candidates", "force", "recording",
            "FORWARD", "INPUT_GRAD", "WEIGHT_GRAD", "LAYOUT_OK", "SUPERSEDES", "SUPERSEDES_STRIDED",
-           "UnstableKernelWarning", "dropped"]
+           "SUPERSEDES_INPUT_GRAD", "UnstableKernelWarning", "dropped"]
 
 # name -> (accepts(problem), launcher), most specialised first
 FORWARD: Dict[str, Tuple[Callable, Callable]] = {
@@ -93,6 +93,7 @@ FORWARD: Dict[str, Tuple[Callable, Callable]] = {
 }
 INPUT_GRAD: Dict[str, Tuple[Callable, Callable]] = {
     "depthwise": (depthwise.accepts, depthwise.conv2d_dgrad_depthwise),
+    "gemm1x1": (gemm1x1.accepts_dgrad, dgrad.conv2d_dgrad_1x1),
     "tap_tma": (dgrad.accepts_tap_tma, dgrad.conv2d_dgrad_tap_tma),
     "implicit": (lambda pb: True, conv2d_dgrad),
 }
@@ -131,6 +132,9 @@ SUPERSEDES: Dict[str, Tuple[str, ...]] = {
 # A strided 1x1 (ResNet's downsampling) has no gemm1x1_tma: gemm1x1 reads its pixels by pointer,
 # so it supersedes only the implicit GEMM's pointer loads, and the TMA families are timed against it.
 SUPERSEDES_STRIDED: Dict[str, Tuple[str, ...]] = {"gemm1x1": ("implicit",)}
+# A 1x1 dgrad on gemm1x1 reads w transposed in place, by pointer; tap_tma's runs gemm1x1_tma on a
+# transposed copy of w (a launch of its own): either can be faster, so both are timed.
+SUPERSEDES_INPUT_GRAD: Dict[str, Tuple[str, ...]] = {"gemm1x1": ("implicit",)}
 
 _forced = threading.local()
 _choice: Dict[tuple, str] = {}
@@ -235,12 +239,16 @@ def _load_choices(device: str) -> None:
 def routed_candidates(table, direction: str, problem: Conv2dProblem, tensors: tuple) -> List[str]:
     """The families ``_route`` chooses among for these tensors: ``candidates``, less those whose
     layout the tensors lack (``LAYOUT_OK``) and those a remaining family supersedes (``SUPERSEDES``;
-    ``SUPERSEDES_STRIDED`` for a strided 1x1). A forced family stays alone (and falls back by itself)."""
+    ``SUPERSEDES_STRIDED`` for a strided 1x1, ``SUPERSEDES_INPUT_GRAD`` for dgrad). A forced family
+    stays alone (and falls back by itself)."""
     names = candidates(table, problem)
     if getattr(_forced, "name", None) in names:
         return names
     names = [n for n in names if LAYOUT_OK.get((direction, n), lambda t, pb: True)(tensors, problem)]
-    supersedes = SUPERSEDES if gemm1x1.accepts(problem) else SUPERSEDES_STRIDED
+    if direction == "input_grad":
+        supersedes = SUPERSEDES_INPUT_GRAD
+    else:
+        supersedes = SUPERSEDES if gemm1x1.accepts(problem) else SUPERSEDES_STRIDED
     superseded = {d for n in names for d in supersedes.get(n, ())}
     return [n for n in names if n not in superseded]
 
