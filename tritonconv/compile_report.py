@@ -62,8 +62,8 @@ Usage::
 The full report for sm_90 and sm_80 is about 1,500 compiles: 12 to 20 minutes
 on 2 cores with an empty Triton cache (TRITON_CACHE_DIR), 4 with a warm one.
 ``--subset`` compiles the first, largest, smallest and median config of every
-family in fp16 and fp32, about 170 compiles for sm_90: 75 s on 2
-cores. CI compiles one config of every family for sm_90 in fp16
+family in fp16 and fp32, 195 compiles for sm_90: 160 s on 2 cores with an
+empty Triton cache (2026-11-26). CI compiles one config of every family for sm_90 in fp16
 (tests/test_compile_report.py::test_every_family_builds) and bounds the
 subset's size.
 
