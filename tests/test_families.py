@@ -840,14 +840,15 @@ def test_routed_candidates_drop_what_cannot_run_or_is_superseded():
     dy = torch.randn(pb.output_shape, dtype=torch.float16, device=DEVICE).to(memory_format=torch.channels_last)
     assert router.routed_candidates(router.WEIGHT_GRAD, "weight_grad", pb, (dy, x)) == tma + ["gemm1x1"]
     # dgrad of a 1x1: the GEMM on w transposed in place and tap_tma's (a transposed copy, then the
-    # TMA GEMM) are both timed; the implicit dgrad is superseded. A 3x3's keeps both of its own.
+    # TMA GEMM) are both timed; the implicit dgrad is superseded. A 3x3's keeps its own.
     def dgrad(w, stride=1, padding=0):
         pb = spec.conv2d_problem(x, w, None, stride, padding, 1, 1)
         dy = torch.randn(pb.output_shape, dtype=torch.float16, device=DEVICE).to(memory_format=torch.channels_last)
         return router.routed_candidates(router.INPUT_GRAD, "input_grad", pb, (dy, w))
 
     assert dgrad(w1) == dgrad(w1, 2) == ["gemm1x1"] + (["tap_tma"] if TMA else [])
-    assert dgrad(w3, 1, 1) == (["tap_tma"] if TMA else []) + ["implicit"]
+    # (2048 pixels, 576-long phase reductions: tap_tma's split-K too)
+    assert dgrad(w3, 1, 1) == (["tap_tma_splitk", "tap_tma"] if TMA else []) + ["implicit"]
     with router.force("implicit"):
         assert fwd(x, w1) == ["implicit"]
 
@@ -927,6 +928,50 @@ def test_input_grad_1x1_gemm_takes_only_what_it_computes():
     big = spec.conv_transpose2d_problem(torch.empty(1, 8, 4, 4), torch.empty(8, 8, 1, 1), None, 2, 0, 2, 1, 3)
     assert (big.H, big.P) == (9, 4) and not gemm1x1.accepts_dgrad(big)
     assert router.candidates(router.INPUT_GRAD, big) == ["tap_tma", "implicit"]
+
+
+@pytest.mark.parametrize("problem,kernels,split", [
+    # stride 1: one phase, 9 taps of 64 channels
+    pytest.param((1, 16, 5, 5, 64, 3, 1, 1), ["fprop_tap_tma"], [True], id="3x3"),
+    # stride 2 at 256 channels: the one-tap phase a 1x1 GEMM, the 2- and 4-tap ones split
+    pytest.param((1, 16, 6, 6, 256, 3, 2, 1), ["gemm1x1_tma"] + ["fprop_tap_tma"] * 3, [False, True, True, True],
+                 id="3x3-stride-2"),
+])
+def test_input_grad_tap_tma_splitk_splits_the_phases_that_suit_it(problem, kernels, split, launched, monkeypatch):
+    """dgrad's tap_tma_splitk: each phase whose forward conv of dy split-K suits (fprop.accepts_splitk:
+    small, with a long reduction) on tap_tma's split-K forward, the others as tap_tma runs them."""
+    from tritonconv.kernels import dgrad
+
+    N, C, H, W, K, R, stride, padding = problem
+    x, w, args, pb = _nhwc_fp16((N, C, H, W, K, R, R, stride, padding, 1, 1), seed=23)
+    dy = torch.randn(pb.output_shape, dtype=torch.float16, device=DEVICE).to(memory_format=torch.channels_last)
+    split_calls = []
+    real = dgrad.conv2d_fprop_tap_tma_splitk
+    monkeypatch.setattr(dgrad, "conv2d_fprop_tap_tma_splitk",
+                        lambda *a, **k: split_calls.append(a[3]) or real(*a, **k))
+    assert dgrad.accepts_tap_tma_splitk(pb) and router.candidates(router.INPUT_GRAD, pb)[0] == "tap_tma_splitk"
+    with router.force("tap_tma_splitk"):
+        dx = router.input_grad(dy, w, pb, memory_format=torch.channels_last)
+    reached = [ph.forward for ph in dgrad._phases(pb) if ph.forward is not None]
+    if TMA:
+        assert launched == [_expected(k) for k in kernels]
+        assert split_calls == [f for f, s in zip(reached, split) if s]
+    xr = x.double().requires_grad_()
+    F.conv2d(xr, w.double(), None, *args).backward(dy.double())
+    assert rel_err(dx, xr.grad) < TOL[torch.float16]
+
+
+def test_input_grad_tap_tma_splitk_takes_only_small_phases_with_long_reductions():
+    from tritonconv.kernels import dgrad
+
+    def problem(K, N=1, H=8, R=3, stride=1):
+        return spec.problem_from_shapes((N, 16, H, H), (K, 16, R, R), stride, R // 2)
+
+    assert dgrad.accepts_tap_tma_splitk(problem(64))  # 9 taps x 64 = 576 >= 512
+    assert not dgrad.accepts_tap_tma_splitk(problem(32))  # 288: too short to split
+    assert not dgrad.accepts_tap_tma_splitk(problem(64, N=128))  # 8192 pixels: the tiles fill the GPU
+    assert not dgrad.accepts_tap_tma_splitk(problem(512, R=1))  # a 1x1's phase is the plain GEMM's
+    assert not dgrad.accepts_tap_tma_splitk(problem(64, stride=2))  # phases of 64 to 256
 
 
 # per phase reached, the forward kernel that runs it (dgrad._phase_forward): 16 channels, so

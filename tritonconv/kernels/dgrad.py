@@ -55,9 +55,10 @@ from ._common import (
     unravel4,
 )
 from . import gemm1x1
-from .fprop import conv2d_fprop_tap_tma, spatial_tiles_fit
+from .fprop import accepts_splitk, conv2d_fprop_tap_tma, conv2d_fprop_tap_tma_splitk, spatial_tiles_fit
 
-__all__ = ["accepts_tap_tma", "conv2d_dgrad_tap_tma", "tap_tma_usable", "conv2d_dgrad", "conv2d_dgrad_1x1", "dgrad_kernel",
+__all__ = ["accepts_tap_tma", "accepts_tap_tma_splitk", "conv2d_dgrad_tap_tma", "conv2d_dgrad_tap_tma_splitk",
+           "tap_tma_usable", "conv2d_dgrad", "conv2d_dgrad_1x1", "dgrad_kernel",
            "phase_fill_kernel", "phase_weight_kernel", "cached_phase_weights", "forget_phase_weights"]
 
 
@@ -445,19 +446,43 @@ def _fill_phase(out: torch.Tensor, bias: Optional[torch.Tensor]) -> None:
                          HAS_BIAS=bias is not None, BLOCK_M=block_m, BLOCK_C=block_c)
 
 
-def _phase_forward(forward: Conv2dProblem) -> Callable[..., torch.Tensor]:
+def _phase_forward(forward: Conv2dProblem, split_k: bool = False) -> Callable[..., torch.Tensor]:
     """The forward launcher for one phase's conv of dy (see above): the 1x1 GEMM for a plain 1x1
     conv, else tap_tma's, which hands a phase it does not take (``fprop.input_tma_usable``) on to
-    implicit_tma by itself."""
-    return gemm1x1.conv2d_fprop_1x1_tma if gemm1x1.accepts(forward) else conv2d_fprop_tap_tma
+    implicit_tma by itself; with ``split_k``, tap_tma's split-K where the phase suits it
+    (``fprop.accepts_splitk``)."""
+    if gemm1x1.accepts(forward):
+        return gemm1x1.conv2d_fprop_1x1_tma
+    if split_k and accepts_splitk(forward):
+        return conv2d_fprop_tap_tma_splitk
+    return conv2d_fprop_tap_tma
+
+
+def accepts_tap_tma_splitk(problem: Conv2dProblem) -> bool:
+    """The dgrads with a phase that split-K suits (``fprop.accepts_splitk`` of its forward conv of
+    dy: a small phase of dx, a long reduction): ResNet-50's 7x7 layers at batch 32, whose dgrad at
+    one program per tile leaves SMs idle as their forward does."""
+    return any(ph.forward is not None and not gemm1x1.accepts(ph.forward) and accepts_splitk(ph.forward)
+               for ph in _phases(problem))
+
+
+def conv2d_dgrad_tap_tma_splitk(dy: torch.Tensor, w: torch.Tensor, problem: Conv2dProblem,
+                                bias: Optional[torch.Tensor] = None,
+                                memory_format: torch.memory_format = torch.contiguous_format) -> torch.Tensor:
+    """``conv2d_dgrad_tap_tma`` with the phases that suit it on tap_tma's split-K forward.
+
+    Args/Returns: as ``conv2d_dgrad``.
+    """
+    return conv2d_dgrad_tap_tma(dy, w, problem, bias, memory_format, split_k=True)
 
 
 def conv2d_dgrad_tap_tma(dy: torch.Tensor, w: torch.Tensor, problem: Conv2dProblem,
                          bias: Optional[torch.Tensor] = None,
-                         memory_format: torch.memory_format = torch.contiguous_format) -> torch.Tensor:
+                         memory_format: torch.memory_format = torch.contiguous_format,
+                         split_k: bool = False) -> torch.Tensor:
     """dgrad as forward convs of dy, one launch per stride phase of dx (``_phases``), each on the
-    kernel that suits it (``_phase_forward``); ``conv2d_dgrad`` where the layouts don't allow
-    TMA (``tap_tma_usable``).
+    kernel that suits it (``_phase_forward``, split-K ones too with ``split_k``); ``conv2d_dgrad``
+    where the layouts don't allow TMA (``tap_tma_usable``).
 
     Args/Returns: as ``conv2d_dgrad``.
     """
@@ -478,7 +503,7 @@ def conv2d_dgrad_tap_tma(dy: torch.Tensor, w: torch.Tensor, problem: Conv2dProbl
         if phase.forward is None:
             _fill_phase(out, bias)
         else:
-            _phase_forward(phase.forward)(dy, next(weights), bias, phase.forward, out=out)
+            _phase_forward(phase.forward, split_k)(dy, next(weights), bias, phase.forward, out=out)
     return dx
 
 

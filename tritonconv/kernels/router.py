@@ -94,6 +94,7 @@ FORWARD: Dict[str, Tuple[Callable, Callable]] = {
 INPUT_GRAD: Dict[str, Tuple[Callable, Callable]] = {
     "depthwise": (depthwise.accepts, depthwise.conv2d_dgrad_depthwise),
     "gemm1x1": (gemm1x1.accepts_dgrad, dgrad.conv2d_dgrad_1x1),
+    "tap_tma_splitk": (dgrad.accepts_tap_tma_splitk, dgrad.conv2d_dgrad_tap_tma_splitk),
     "tap_tma": (dgrad.accepts_tap_tma, dgrad.conv2d_dgrad_tap_tma),
     "implicit": (lambda pb: True, conv2d_dgrad),
 }
@@ -116,6 +117,7 @@ LAYOUT_OK: Dict[Tuple[str, str], Callable[[tuple, Conv2dProblem], bool]] = {
     ("forward", "tap_tma_splitk"): lambda t, pb: input_tma_usable(t[0], t[1], pb),
     ("forward", "implicit_tma"): lambda t, pb: weight_tma_usable(t[1], pb),
     ("input_grad", "tap_tma"): lambda t, pb: dgrad.tap_tma_usable(t[0], t[1], pb),
+    ("input_grad", "tap_tma_splitk"): lambda t, pb: dgrad.tap_tma_usable(t[0], t[1], pb),
     ("weight_grad", "gemm1x1_tma"): lambda t, pb: gemm1x1.wgrad_tma_usable(t[0], t[1], pb),
     ("weight_grad", "gemm1x1"): lambda t, pb: gemm1x1.wgrad_accepts_layout(t[0], t[1]),
     ("weight_grad", "tap_tma"): lambda t, pb: wgrad.tap_tma_usable(t[0], t[1], pb),
