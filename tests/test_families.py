@@ -637,15 +637,19 @@ def test_input_grad_phases_run_on_the_kernel_that_suits_them(problem, kernels, l
 
 
 @pytest.mark.skipif(DEVICE != "cuda", reason="layer sizes: too slow for the interpreter, and the failure was the GPU's")
-@pytest.mark.parametrize("problem", [
-    pytest.param((32, 1024, 14, 14, 256, 1, 1, 1, 0, 1, 1), id="resnet50-layer3.1.conv1"),
-    pytest.param((32, 256, 56, 56, 512, 1, 1, 2, 0, 1, 1), id="resnet50-layer2.0.downsample"),
-    pytest.param((32, 128, 56, 56, 128, 3, 3, 2, 1, 1, 1), id="resnet50-layer2.0.conv2"),
+@pytest.mark.parametrize("family,problem", [
+    pytest.param("tap_tma", (32, 1024, 14, 14, 256, 1, 1, 1, 0, 1, 1), id="resnet50-layer3.1.conv1"),
+    pytest.param("tap_tma", (32, 256, 56, 56, 512, 1, 1, 2, 0, 1, 1), id="resnet50-layer2.0.downsample"),
+    pytest.param("tap_tma", (32, 128, 56, 56, 128, 3, 3, 2, 1, 1, 1), id="resnet50-layer2.0.conv2"),
+    pytest.param("gemm1x1", (32, 1024, 14, 14, 256, 1, 1, 1, 0, 1, 1), id="gemm1x1-resnet50-layer3.1.conv1"),
+    pytest.param("gemm1x1", (32, 256, 56, 56, 512, 1, 1, 2, 0, 1, 1), id="gemm1x1-resnet50-layer2.0.downsample"),
+    pytest.param("tap_tma_splitk", (32, 512, 7, 7, 512, 3, 3, 1, 1, 1, 1), id="splitk-resnet50-layer4.1.conv2"),
+    pytest.param("tap_tma_splitk", (32, 512, 14, 14, 512, 3, 3, 2, 1, 1, 1), id="splitk-resnet50-layer4.0.conv2"),
 ])
-def test_input_grad_tap_tma_at_layer_sizes(problem):
-    """ResNet-50's 1x1 and strided dgrads through the tap_tma family, several calls each, every
-    one checked: tap_tma's kernel gave wrong tiles (1e-2 off, different per call) on the first
-    two, at 2 to 4 reduction steps per phase, on an H100."""
+def test_input_grad_tap_tma_at_layer_sizes(family, problem):
+    """ResNet-50's 1x1 and strided dgrads through the tap_tma family (and the dgrad families that
+    came after it), several calls each, every one checked: tap_tma's kernel gave wrong tiles
+    (1e-2 off, different per call) on the first two, at 2 to 4 reduction steps per phase, on an H100."""
     N, C, H, W, K, R, S, stride, padding, dilation, groups = problem
     torch.manual_seed(18)
     x = torch.randn(N, C, H, W, dtype=torch.float16, device=DEVICE).to(memory_format=torch.channels_last)
@@ -656,9 +660,9 @@ def test_input_grad_tap_tma_at_layer_sizes(problem):
     xr = x.double().requires_grad_()
     F.conv2d(xr, w.double(), None, *args).backward(dy.double())
     for _ in range(3):  # every output starts as NaN (conftest), an unwritten element shows
-        with router.force("tap_tma"):
+        with router.force(family), router.recording() as seen:
             dx = router.input_grad(dy, w, pb, memory_format=torch.channels_last)
-        assert rel_err(dx, xr.grad) < 1e-3
+        assert seen == [("input_grad", family)] and rel_err(dx, xr.grad) < 1e-3
 
 
 def test_tap_tma_takes_short_reductions():
