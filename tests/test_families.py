@@ -978,6 +978,36 @@ def test_input_grad_tap_tma_splitk_takes_only_small_phases_with_long_reductions(
     assert not dgrad.accepts_tap_tma_splitk(problem(64, stride=2))  # phases of 64 to 256
 
 
+@pytest.mark.parametrize("stride,dilation,groups,launches", [
+    pytest.param(2, 1, 1, 1, id="stride-2"),  # 4 phases, one launch
+    pytest.param(3, 1, 2, 3, id="stride-3-grouped"),  # 9 phases, 4 + 4 + 1
+    pytest.param((2, 3), 1, 1, 2, id="stride-2x3"),  # 6 phases: 4 + 2
+    pytest.param((2, 3), 2, 1, 1, id="stride-2x3-dilated"),  # dilation 2 reaches only even rows: 3 phases
+])
+def test_phase_weights_are_the_flipped_transposed_taps(stride, dilation, groups, launches, monkeypatch):
+    """dgrad's per-phase weights, w_ab[g*C/g + c, k, t, u] = w[g*K/g + k, c, r(t), s(u)] with the
+    phase's taps in reverse, four phases per launch of phase_weight_kernel, each a KRSC view of one
+    buffer starting 16 bytes aligned."""
+    from tritonconv import tuning
+    from tritonconv.kernels import dgrad
+
+    C, K, R, S = 8 * groups, 8 * groups, 3, 4
+    w = torch.randn(K, C // groups, R, S, dtype=torch.float16, device=DEVICE)
+    pb = spec.problem_from_shapes((1, C, 13, 14), tuple(w.shape), stride, 2, dilation, groups)
+    reached = [ph for ph in dgrad._phases(pb) if ph.forward is not None]
+    calls = []
+    real = tuning.launch_direct
+    monkeypatch.setattr(tuning, "launch_direct", lambda fn, grid, *a, **k: calls.append(grid) or real(fn, grid, *a, **k))
+    built = dgrad._build_phase_weights(w, pb, reached)
+    assert len(calls) == launches and sum(g[1] for g in calls) == len(reached)
+    wg = w.view(groups, K // groups, C // groups, R, S)
+    for ph, got in zip(reached, built):
+        ref = wg[:, :, :, list(ph.taps_h)[::-1]][..., list(ph.taps_w)[::-1]].transpose(1, 2)
+        assert got.shape == (C, K // groups, len(ph.taps_h), len(ph.taps_w))
+        assert got.is_contiguous(memory_format=torch.channels_last) and got.data_ptr() % 16 == 0
+        assert torch.equal(got, ref.reshape(got.shape))
+
+
 # per phase reached, the forward kernel that runs it (dgrad._phase_forward): 16 channels, so
 # every phase's reduction is its taps, too few for tap_tma
 @pytest.mark.parametrize("kernel,stride,padding,output_padding,kernels", [

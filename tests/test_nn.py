@@ -487,9 +487,10 @@ def test_conv_transpose2d_phase_weights_are_built_once_in_inference(monkeypatch)
     phase: in inference once per parameter version (any input size), in training per call."""
     from tritonconv.kernels import dgrad, router
 
-    builds = []
-    real = dgrad._phase_weight
-    monkeypatch.setattr(dgrad, "_phase_weight", lambda *a: builds.append(1) or real(*a))
+    builds = []  # the phase weights built, per phase
+    real = dgrad._build_phase_weights
+    monkeypatch.setattr(dgrad, "_build_phase_weights",
+                        lambda w, pb, reached: builds.extend(reached) or real(w, pb, reached))
     torch.manual_seed(8)
     up = tnn.ConvTranspose2d(16, 8, 3, stride=2, padding=1, output_padding=1, device=DEVICE)
     x = torch.randn(2, 16, 4, 5, device=DEVICE).to(memory_format=torch.channels_last)

@@ -301,23 +301,44 @@ def _phases(problem: Conv2dProblem) -> List[_Phase]:
     return phases
 
 
+PHASES_PER_LAUNCH = 4  # phase_weight_kernel's slots: a stride-2 conv's phases in one launch
+
+
+@triton.jit
+def _slot(slot, v0, v1, v2, v3):
+    """The value of phase slot ``slot`` (0 to 3) among four scalar arguments."""
+    return tl.where(slot == 0, v0, tl.where(slot == 1, v1, tl.where(slot == 2, v2, v3)))
+
+
 @triton.jit
 def phase_weight_kernel(
     # pointers
     w_ptr,  # (K, C/groups, R, S), any strides
-    out_ptr,  # (C, K/groups, NA, NB), KRSC-contiguous: element (c, k, t, u) at ((c*NA + t)*NB + u)*KG + k
+    out_ptr,  # the phases' w_ab one after another, each (C, K/groups, NA, NB) KRSC-contiguous:
+              # element (c, k, t, u) of a phase at off + ((c*NA + t)*NB + u)*KG + k
     # sizes
-    numel, KG, CG, NA, NB,
-    # the phase's taps: kernel rows r0, r0 + step_h, ... (NA of them), columns likewise
-    r0, s0, step_h, step_w,
+    C, KG, CG,
+    # per phase slot (the program's axis 1): its offset in out, NA x NB taps from kernel row r0
+    # and column s0 (rows r0, r0 + step_h, ...); NA = 0 for a slot with no phase
+    off0, na0, nb0, r00, s00,
+    off1, na1, nb1, r01, s01,
+    off2, na2, nb2, r02, s02,
+    off3, na3, nb3, r03, s03,
+    step_h, step_w,
     # strides, in elements
     swk, swc, swr, sws,
     # meta-parameters
     BLOCK: tl.constexpr,
 ):
     """w_ab[g*C/g + c, k, t, u] = w[g*K/g + k, c, r0 + (NA-1-t)*step_h, s0 + (NB-1-u)*step_w]."""
+    slot = tl.program_id(1)
+    off = _slot(slot, off0, off1, off2, off3)
+    NA = _slot(slot, na0, na1, na2, na3)
+    NB = _slot(slot, nb0, nb1, nb2, nb3)
+    r0 = _slot(slot, r00, r01, r02, r03)
+    s0 = _slot(slot, s00, s01, s02, s03)
     idx = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
-    mask = idx < numel
+    mask = idx < C * KG * NA * NB
     c, t, u, k = unravel4(idx, NA, NB, KG)
     g = c // CG
     r = r0 + (NA - 1 - t) * step_h
@@ -325,25 +346,37 @@ def phase_weight_kernel(
     # int64: a large weight's strides times its indices can pass 2**31
     src = (g * KG + k).to(tl.int64) * swk + (c - g * CG).to(tl.int64) * swc + r.to(tl.int64) * swr \
         + s.to(tl.int64) * sws
-    tl.store(out_ptr + idx, tl.load(w_ptr + src, mask=mask), mask=mask)
+    tl.store(out_ptr + off + idx, tl.load(w_ptr + src, mask=mask), mask=mask)
 
 
-def _phase_weight(w: torch.Tensor, problem: Conv2dProblem, phase: _Phase) -> torch.Tensor:
-    """w_ab (C, K/groups, n_a, n_b), KRSC: the phase's taps of w, flipped and transposed per group,
-    by ``phase_weight_kernel`` (one launch, which a launch plan replays, where the same in torch
-    took five ops and a copy of host time per call)."""
+def _build_phase_weights(w: torch.Tensor, problem: Conv2dProblem, reached: List[_Phase]) -> List[torch.Tensor]:
+    """w_ab (C, K/groups, n_a, n_b) of each phase in ``reached``, KRSC: the phase's taps of w,
+    flipped and transposed per group. Views of one buffer that ``phase_weight_kernel`` fills,
+    PHASES_PER_LAUNCH phases per launch (which a launch plan replays): a stride-2 conv's four
+    took four launches, one per phase, before; the same in torch took five ops and a copy of host
+    time per phase. Every view starts 16 bytes aligned where tap_tma takes the weight
+    (``tap_tma_usable``: K/groups channels fill 16-byte rows)."""
     pb = problem
-    th, tw = phase.taps_h, phase.taps_w
-    out = torch.empty((pb.C, pb.K_per_group, len(th), len(tw)), dtype=w.dtype, device=w.device,
-                      memory_format=torch.channels_last)
-    if out.numel() == 0:
-        return out
+    sizes = [pb.C * pb.K_per_group * len(ph.taps_h) * len(ph.taps_w) for ph in reached]
+    offsets = [sum(sizes[:i]) for i in range(len(sizes))]
+    buf = torch.empty(sum(sizes), dtype=w.dtype, device=w.device)
+    views = [buf[o:o + n].view(pb.C, len(ph.taps_h), len(ph.taps_w), pb.K_per_group).permute(0, 3, 1, 2)
+             for ph, o, n in zip(reached, offsets, sizes)]
+    if buf.numel() == 0:
+        return views
     block = 1024
-    tuning.launch_direct(phase_weight_kernel, (triton.cdiv(out.numel(), block),),
-        w, out, out.numel(), pb.K_per_group, pb.C_per_group, len(th), len(tw),
-        th.start, tw.start, th.step, tw.step, *w.stride(), BLOCK=block,
-    )
-    return out
+    for i in range(0, len(reached), PHASES_PER_LAUNCH):
+        chunk = range(i, min(i + PHASES_PER_LAUNCH, len(reached)))
+        slots = []
+        for j in chunk:
+            ph = reached[j]
+            slots += [offsets[j], len(ph.taps_h), len(ph.taps_w), ph.taps_h.start, ph.taps_w.start]
+        slots += [0] * 5 * (PHASES_PER_LAUNCH - len(chunk))
+        tuning.launch_direct(phase_weight_kernel, (triton.cdiv(max(sizes[j] for j in chunk), block), len(chunk)),
+            w, buf, pb.C, pb.K_per_group, pb.C_per_group, *slots,
+            reached[0].taps_h.step, reached[0].taps_w.step, *w.stride(), BLOCK=block,
+        )
+    return views
 
 
 # Inference through a module (tritonconv.nn.ConvTranspose2d, whose forward is this dgrad)
@@ -378,11 +411,11 @@ def _cacheable(w: torch.Tensor) -> bool:
 
 
 def _phase_weights(w: torch.Tensor, problem: Conv2dProblem, phases: List[_Phase]) -> List[torch.Tensor]:
-    """``_phase_weight`` of every phase a tap reaches, from the cache when it is on and current."""
+    """``_build_phase_weights`` of every phase a tap reaches, from the cache when it is on and current."""
     reached = [ph for ph in phases if ph.forward is not None]
     content = content_state(w) if getattr(_cache_phase_weights, "on", False) else None
     if content is None:
-        return [_phase_weight(w, problem, ph) for ph in reached]
+        return _build_phase_weights(w, problem, reached)
     # what the phase weights depend on: w's contents (content_state), and the taps of each
     # phase (not the image size: inputs of any size share them)
     storage = w.untyped_storage()
@@ -392,7 +425,7 @@ def _phase_weights(w: torch.Tensor, problem: Conv2dProblem, phases: List[_Phase]
     if entry is not None and entry[0]() is w and not entry[1].expired() and entry[2] == state:
         return entry[3]
     with torch.no_grad():
-        built = [_phase_weight(w, problem, ph) for ph in reached]
+        built = _build_phase_weights(w, problem, reached)
     _phase_weight_cache[key] = (weakref.ref(w, lambda _: _phase_weight_cache.pop(key, None)),
                                 StorageWeakRef(storage), state, built)
     return built
