@@ -267,9 +267,8 @@ if [ -n "${FAMILY_PRESETS:-}" ]; then
     stage "forward fp16, $FAMILY_PRESETS" 40 600 sweep --preset "$FAMILY_PRESETS" --batch "$BATCH" \
         --dtype "$FP16" --layout channels_last --modes forward
 fi
-# the backward before bf16: at 7d4db6f the bf16 sweep spent its 40 s tuning its first layer and
-# the backward then measured grad_input alone; grad_weight and forward+backward (issue 6's bar)
-# had never run, where bf16 runs the forward's kernels in another dtype
+# the backward before bf16: grad_weight and forward+backward (issue 6's bar) are measured nowhere
+# else, where bf16 runs the forward's kernels in another dtype
 stage "backward fp16" 45 600 sweep --preset "$PRESET" --batch "$BATCH" --dtype "$FP16" --layout channels_last \
     --modes grad_input,grad_weight,forward_backward --layers "$BACKWARD_LAYERS"
 stage "forward bf16" 30 600 sweep --preset "$PRESET" --batch "$BATCH" --dtype "$BF16" --layout channels_last \

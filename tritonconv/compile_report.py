@@ -497,14 +497,15 @@ def _gemm1x1_launch(dtype: Dtype, config: triton.Config, *, problem: Dict[str, A
 
 
 def _gemm1x1_dgrad_launch(dtype: Dtype, config: triton.Config, *, problem: Dict[str, Any] = GEMM1X1_PROBLEM):
-    """gemm1x1_fprop_kernel's arguments as dgrad.conv2d_dgrad_1x1 passes them for ``problem``'s input
-    gradient: dy as the input, w (K, C, 1, 1) read transposed (swk = 1, swc = C), dx as the output."""
+    """gemm1x1_fprop_kernel's arguments as dgrad.conv2d_dgrad_1x1 passes them in ``problem``'s
+    backward (no bias): dy as the input, w (K, C, 1, 1) read transposed (swk = 1, swc = C), dx as
+    the output."""
     pb = problem_from_shapes(**problem)
     args, constexprs = _gemm1x1_launch(
         dtype, config, problem=dict(input_shape=pb.output_shape, weight_shape=(pb.C, pb.K, 1, 1), stride=1, padding=0))
     w_s = _channels_last_strides(pb.weight_shape)
     args.update(swk=w_s[1], swc=w_s[0])
-    return args, constexprs
+    return args, dict(constexprs, HAS_BIAS=False)
 
 
 def _gemm1x1_tma_launch(dtype: Dtype, config: triton.Config, *, problem: Dict[str, Any] = GEMM1X1_PROBLEM):

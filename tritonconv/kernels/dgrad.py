@@ -237,8 +237,12 @@ def conv2d_dgrad(
 # Each phase runs on the forward kernel that suits it (``_phase_forward``): the 1x1
 # GEMM where the phase is a plain 1x1 conv (a 1x1 conv's dgrad, the one-tap phases
 # of a 3x3 stride-2 one), the tap_tma kernel where it takes the phase (``fprop.accepts_tap_tma``,
-# ``fprop.input_tma_usable``), the implicit GEMM with a TMA weight otherwise. All three
-# store into a strided view and load A and B by TMA or fall back by themselves.
+# ``fprop.input_tma_usable``), the implicit GEMM with a TMA weight otherwise; in the
+# tap_tma_splitk family, tap_tma's split-K where ``fprop.accepts_splitk`` takes the phase. All
+# of them store into a strided view and load A and B by TMA or fall back by themselves.
+#
+# An unpadded 1x1 conv in one group has a dgrad family of its own (``conv2d_dgrad_1x1``): its
+# one reached phase is the pointer 1x1 GEMM on dy with w read transposed in place, no w_ab.
 
 
 def accepts_tap_tma(problem: Conv2dProblem) -> bool:
@@ -301,7 +305,7 @@ def _phases(problem: Conv2dProblem) -> List[_Phase]:
     return phases
 
 
-PHASES_PER_LAUNCH = 4  # phase_weight_kernel's slots: a stride-2 conv's phases in one launch
+PHASES_PER_LAUNCH = 4  # phase_weight_kernel's slots, fixed by its signature: a stride-2 conv's phases in one launch
 
 
 @triton.jit
@@ -319,11 +323,12 @@ def phase_weight_kernel(
     # sizes
     C, KG, CG,
     # per phase slot (the program's axis 1): its offset in out, NA x NB taps from kernel row r0
-    # and column s0 (rows r0, r0 + step_h, ...); NA = 0 for a slot with no phase
-    off0, na0, nb0, r00, s00,
-    off1, na1, nb1, r01, s01,
-    off2, na2, nb2, r02, s02,
-    off3, na3, nb3, r03, s03,
+    # and column s0 (rows r0, r0 + step_h, ...; the steps are the same in every phase,
+    # stride / gcd(stride, dilation)); NA = 0 for a slot with no phase
+    off_0, na_0, nb_0, r0_0, s0_0,
+    off_1, na_1, nb_1, r0_1, s0_1,
+    off_2, na_2, nb_2, r0_2, s0_2,
+    off_3, na_3, nb_3, r0_3, s0_3,
     step_h, step_w,
     # strides, in elements
     swk, swc, swr, sws,
@@ -332,11 +337,11 @@ def phase_weight_kernel(
 ):
     """w_ab[g*C/g + c, k, t, u] = w[g*K/g + k, c, r0 + (NA-1-t)*step_h, s0 + (NB-1-u)*step_w]."""
     slot = tl.program_id(1)
-    off = _slot(slot, off0, off1, off2, off3)
-    NA = _slot(slot, na0, na1, na2, na3)
-    NB = _slot(slot, nb0, nb1, nb2, nb3)
-    r0 = _slot(slot, r00, r01, r02, r03)
-    s0 = _slot(slot, s00, s01, s02, s03)
+    off = _slot(slot, off_0, off_1, off_2, off_3)
+    NA = _slot(slot, na_0, na_1, na_2, na_3)
+    NB = _slot(slot, nb_0, nb_1, nb_2, nb_3)
+    r0 = _slot(slot, r0_0, r0_1, r0_2, r0_3)
+    s0 = _slot(slot, s0_0, s0_1, s0_2, s0_3)
     idx = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     mask = idx < C * KG * NA * NB
     c, t, u, k = unravel4(idx, NA, NB, KG)
@@ -352,14 +357,13 @@ def phase_weight_kernel(
 def _build_phase_weights(w: torch.Tensor, problem: Conv2dProblem, reached: List[_Phase]) -> List[torch.Tensor]:
     """w_ab (C, K/groups, n_a, n_b) of each phase in ``reached``, KRSC: the phase's taps of w,
     flipped and transposed per group. Views of one buffer that ``phase_weight_kernel`` fills,
-    PHASES_PER_LAUNCH phases per launch (which a launch plan replays): a stride-2 conv's four
-    took four launches, one per phase, before; the same in torch took five ops and a copy of host
-    time per phase. Every view starts 16 bytes aligned where tap_tma takes the weight
-    (``tap_tma_usable``: K/groups channels fill 16-byte rows)."""
+    PHASES_PER_LAUNCH phases per launch (kernels, which a launch plan replays, where the same in
+    torch took five ops and a copy of host time per phase). Every view starts 16 bytes aligned
+    where tap_tma takes the weight (``tap_tma_usable``: K/groups channels fill 16-byte rows)."""
     pb = problem
     sizes = [pb.C * pb.K_per_group * len(ph.taps_h) * len(ph.taps_w) for ph in reached]
     offsets = [sum(sizes[:i]) for i in range(len(sizes))]
-    buf = torch.empty(sum(sizes), dtype=w.dtype, device=w.device)
+    buf = alloc_output((sum(sizes),), w.dtype, w.device)  # poisoned under the tests: a slot unwritten shows
     views = [buf[o:o + n].view(pb.C, len(ph.taps_h), len(ph.taps_w), pb.K_per_group).permute(0, 3, 1, 2)
              for ph, o, n in zip(reached, offsets, sizes)]
     if buf.numel() == 0:
@@ -562,5 +566,5 @@ def conv2d_dgrad_1x1(dy: torch.Tensor, w: torch.Tensor, problem: Conv2dProblem,
         if phase.forward is None:
             _fill_phase(out, bias)
         else:  # phase (0, 0), dy's size (accepts_strided)
-            gemm1x1.conv2d_dgrad_1x1(dy, w, bias, phase.forward, out)
+            gemm1x1.dgrad_1x1_phase(dy, w, bias, phase.forward, out)
     return dx

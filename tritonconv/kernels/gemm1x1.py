@@ -21,6 +21,11 @@ pixel (p, q) reads input pixel (s*p, s*q), so the pointer kernel runs the same
 GEMM over the strided view x[:, :, ::s_h, ::s_w], whose P x Q pixels it indexes
 like any other strides (``accepts_strided``). The TMA kernels need (N*H*W, C)
 as one row-major matrix, so they take stride 1 only (``accepts``).
+
+The input gradient of such a conv (one group) is the same pointer kernel on dy
+(``dgrad_1x1_phase``): A[m, k] = dy[n, k, p, q], B[k, c] = w[k, c, 0, 0] (w read
+transposed, in place), C[m, c] = dx[n, c, s_h*p, s_w*q]; N_gemm is C and
+K_gemm is K. dx's other pixels, which no tap reaches, are zero (``dgrad``).
 """
 
 from __future__ import annotations
@@ -50,9 +55,10 @@ from ._common import (
 )
 from .wgrad import conv2d_wgrad, finish_wgrad, wgrad_workspace
 
-__all__ = ["accepts", "accepts_dgrad", "accepts_strided", "conv2d_dgrad_1x1", "conv2d_fprop_1x1",
-           "conv2d_fprop_1x1_tma", "conv2d_wgrad_1x1", "conv2d_wgrad_1x1_tma", "gemm1x1_fprop_kernel", "gemm1x1_tma_kernel", "gemm1x1_wgrad_kernel", "gemm1x1_wgrad_tma_kernel",
-           "pixel_stride", "tma_usable", "wgrad_accepts_layout", "wgrad_tma_usable"]
+__all__ = ["accepts", "accepts_dgrad", "accepts_strided", "conv2d_fprop_1x1", "conv2d_fprop_1x1_tma",
+           "conv2d_wgrad_1x1", "conv2d_wgrad_1x1_tma", "dgrad_1x1_phase", "gemm1x1_fprop_kernel",
+           "gemm1x1_tma_kernel", "gemm1x1_wgrad_kernel", "gemm1x1_wgrad_tma_kernel", "pixel_stride", "tma_usable",
+           "wgrad_accepts_layout", "wgrad_tma_usable"]
 
 
 def accepts(problem: Conv2dProblem) -> bool:
@@ -148,9 +154,10 @@ def _fprop_autotuner():
 _gemm1x1_tuned = _fprop_autotuner()
 
 
-# dgrad of a 1x1 conv is this GEMM with w read transposed (``conv2d_dgrad_1x1``): B's
-# columns run along w's contiguous channels, a layout no forward call has and a key
-# (M, H, W, CG, KG, ...) a forward layer can share. Its own autotuner keeps its tiles apart.
+# The dgrad of a 1x1 conv (``dgrad_1x1_phase``) reads B from w transposed, with its columns
+# along w's contiguous channels, where a forward reads B's rows along them: the best tiles can
+# differ. Their keys can be equal (layer3.1.conv1's dgrad, 256 -> 1024 channels at 14x14, has
+# the key of layer3.0.conv3's forward), so the dgrad has an autotuner of its own.
 _gemm1x1_dgrad_tuned = _fprop_autotuner()
 
 
@@ -173,18 +180,19 @@ def conv2d_fprop_1x1(
     Returns:
         y (N, K, P, Q) in x's dtype.
     """
-    return _fprop_1x1(x, w, bias, problem, out, activation, alpha, residual, _gemm1x1_tuned, "gemm1x1")
+    return _fprop_1x1(x, w, bias, problem, out=out, activation=activation, alpha=alpha, residual=residual,
+                      tuned=_gemm1x1_tuned, name="gemm1x1")
 
 
 def accepts_dgrad(problem: Conv2dProblem) -> bool:
-    """The conv problems whose input gradient ``conv2d_dgrad_1x1`` computes: a 1x1 conv the
+    """The conv problems whose input gradient ``dgrad.conv2d_dgrad_1x1`` computes: a 1x1 conv the
     forward takes (``accepts_strided``: dx's pixels at multiples of the stride are one each of
     dy's), in one group (per group, w transposed is no strided view of w)."""
     return accepts_strided(problem) and problem.groups == 1
 
 
-def conv2d_dgrad_1x1(dy: torch.Tensor, w: torch.Tensor, bias: Optional[torch.Tensor], forward: Conv2dProblem,
-                     out: torch.Tensor) -> torch.Tensor:
+def dgrad_1x1_phase(dy: torch.Tensor, w: torch.Tensor, bias: Optional[torch.Tensor], forward: Conv2dProblem,
+                    out: torch.Tensor) -> torch.Tensor:
     """dx's pixels at multiples of the stride, as the forward GEMM of dy with w transposed:
     out[n, c, i, j] = sum_k dy[n, k, i, j] * w[k, c, 0, 0] (+ bias[c], conv_transpose2d's).
 
@@ -199,12 +207,22 @@ def conv2d_dgrad_1x1(dy: torch.Tensor, w: torch.Tensor, bias: Optional[torch.Ten
     Returns:
         out.
     """
-    return _fprop_1x1(dy, w.transpose(0, 1), bias, forward, out, "none", 0.01, None,
-                      _gemm1x1_dgrad_tuned, "gemm1x1_dgrad")
+    return _fprop_1x1(dy, w.transpose(0, 1), bias, forward, out=out, tuned=_gemm1x1_dgrad_tuned, name="gemm1x1_dgrad")
 
 
-def _fprop_1x1(x, w, bias, problem, out, activation, alpha, residual, tuned, name) -> torch.Tensor:
-    """conv2d_fprop_1x1 on the autotuner ``tuned``, cached as ``name``."""
+def _fprop_1x1(x: torch.Tensor, w: torch.Tensor, bias: Optional[torch.Tensor], problem: Conv2dProblem, *,
+               out: Optional[torch.Tensor], tuned, name: str, activation: str = "none", alpha: float = 0.01,
+               residual: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """The 1x1 GEMM forward on one of its autotuners.
+
+    Args:
+        x, w, bias, problem, out, activation, alpha, residual: as for ``conv2d_fprop_1x1``.
+        tuned: the autotuner of gemm1x1_fprop_kernel to launch (the forward's or the dgrad's).
+        name: its name in the tuning cache (``tuning.launch``).
+
+    Returns:
+        y (N, K, P, Q) in x's dtype.
+    """
     pb = problem
     if not accepts_strided(pb):
         raise ValueError(f"the 1x1 family does not compute {pb}")

@@ -14,6 +14,8 @@
                 implicit_tma (TMA weight loads, sm_90)           everything; KRSC weight for TMA
                 implicit   (general implicit GEMM, fprop.py)     everything
     grad_input  depthwise
+                gemm1x1    (plain GEMM on dy, w read transposed)  1x1, no padding, one group
+                tap_tma_splitk (tap_tma, phases split as splitk's) a phase splitk takes, not a 1x1 one; NHWC dy
                 tap_tma    (per stride phase, a forward conv of dy on gemm1x1_tma, tap_tma or implicit_tma; sm_90) everything; NHWC dy
                 implicit   (phase-decomposed dgrad)              everything
     grad_weight depthwise
