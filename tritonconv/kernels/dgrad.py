@@ -483,6 +483,17 @@ def _fill_phase(out: torch.Tensor, bias: Optional[torch.Tensor]) -> None:
                          HAS_BIAS=bias is not None, BLOCK_M=block_m, BLOCK_C=block_c)
 
 
+def _reached(dx: torch.Tensor, problem: Conv2dProblem, phases: List[_Phase], bias: Optional[torch.Tensor]):
+    """Each of ``phases`` a tap reaches, with its view of dx, in order; the others filled on the
+    way (``_fill_phase``: zeros, or conv_transpose2d's bias)."""
+    for phase in phases:
+        out = dx[:, :, phase.a::problem.stride_h, phase.b::problem.stride_w]
+        if phase.forward is None:
+            _fill_phase(out, bias)
+        else:
+            yield phase, out
+
+
 def _phase_forward(forward: Conv2dProblem, split_k: bool = False) -> Callable[..., torch.Tensor]:
     """The forward launcher for one phase's conv of dy (see above): the 1x1 GEMM for a plain 1x1
     conv, else tap_tma's, which hands a phase it does not take (``fprop.input_tma_usable``) on to
@@ -535,12 +546,8 @@ def conv2d_dgrad_tap_tma(dy: torch.Tensor, w: torch.Tensor, problem: Conv2dProbl
         weights = iter(plans.derive(lambda w: _phase_weights(w, pb, phases), w))
     else:  # kernels into new tensors: the plan records and replays them
         weights = iter(_phase_weights(w, pb, phases))
-    for phase in phases:
-        out = dx[:, :, phase.a::pb.stride_h, phase.b::pb.stride_w]
-        if phase.forward is None:
-            _fill_phase(out, bias)
-        else:
-            _phase_forward(phase.forward, split_k)(dy, next(weights), bias, phase.forward, out=out)
+    for phase, out in _reached(dx, pb, phases, bias):
+        _phase_forward(phase.forward, split_k)(dy, next(weights), bias, phase.forward, out=out)
     return dx
 
 
@@ -561,10 +568,6 @@ def conv2d_dgrad_1x1(dy: torch.Tensor, w: torch.Tensor, problem: Conv2dProblem,
     dx = alloc_output(pb.input_shape, dy.dtype, dy.device, memory_format)
     if dx.numel() == 0:
         return dx
-    for phase in _phases(pb):
-        out = dx[:, :, phase.a::pb.stride_h, phase.b::pb.stride_w]
-        if phase.forward is None:
-            _fill_phase(out, bias)
-        else:  # phase (0, 0), dy's size (accepts_strided)
-            gemm1x1.dgrad_1x1_phase(dy, w, bias, phase.forward, out)
+    for phase, out in _reached(dx, pb, _phases(pb), bias):  # phase (0, 0), dy's size (accepts_strided)
+        gemm1x1.dgrad_1x1_phase(dy, w, bias, phase.forward, out)
     return dx
