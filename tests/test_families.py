@@ -1072,6 +1072,8 @@ def fake_gpu_router(monkeypatch, tmp_path):
         return seen["times"].pop(0)
 
     monkeypatch.setattr(tc_configs, "capture_safe_bench", bench)
+    # the router times a candidate with kernel_time (a CUDA graph where CUDA is there): script it too
+    monkeypatch.setattr(tc_configs, "kernel_time", lambda call, *args, **kwargs: bench(call))
     real = router.routed_candidates
 
     def checked(*args):
