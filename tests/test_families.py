@@ -416,6 +416,71 @@ def test_smallc_pad_copies_the_stem_and_hands_groups_to_the_gather(launched):
     assert launched == ["smallc"] and rel_err(y, F.conv2d(xg, wg, None, 1, 1, 1, 2)) < 1e-12
 
 
+# the small-C wgrad's problems: smallc_pad's, and a grouped one it hands on to the general wgrad
+WGRAD_SMALLC = [pytest.param(p, "smallc_wgrad", id=f"smallc_pad-{i}") for i, p in enumerate(PROBLEMS["smallc_pad"])] + [
+    pytest.param(PROBLEMS["smallc"][2], "wgrad", id="grouped-hands-on"),
+    pytest.param((2, 3, 9, 9, 70, 1, 1, 2, 0, 1, 1), "smallc_wgrad", id="1x1-stride-2-K-past-a-tile"),
+]
+
+
+@pytest.mark.parametrize("problem,kernel", WGRAD_SMALLC)
+@pytest.mark.parametrize("dtype,layout", [(torch.float64, "nchw"), (torch.float32, "channels_last"),
+                                          (torch.float16, "channels_last"), (torch.bfloat16, "nchw")])
+def test_weight_grad_smallc_pad(problem, kernel, dtype, layout, launched):
+    """wgrad over the flattened (r, s, padded c) columns of a channel-padded copy of x: the padding
+    channels' columns are computed and dropped, any dy strides, the weight's layout followed."""
+    N, C, H, W, K, R, S, stride, padding, dilation, groups = problem
+    torch.manual_seed(14)
+    fmt = torch.channels_last if layout == "channels_last" else torch.contiguous_format
+    x = torch.randn(N, C, H, W, dtype=dtype, device=DEVICE).to(memory_format=fmt)
+    w = torch.randn(K, C // groups, R, S, dtype=dtype, device=DEVICE)
+    args = (stride, padding, dilation, groups)
+    pb = spec.conv2d_problem(x, w, None, *args)
+    dy = torch.randn(pb.output_shape, dtype=dtype, device=DEVICE).to(memory_format=fmt)
+    with router.force("smallc_pad"):
+        dw = router.weight_grad(dy, x, pb, memory_format=fmt)
+    assert launched == [kernel]
+    wr = w.double().requires_grad_()
+    F.conv2d(x.double(), wr, None, *args).backward(dy.double())
+    assert dw.dtype == dtype and dw.is_contiguous(memory_format=fmt)
+    assert rel_err(dw, wr.grad) < TOL[dtype]
+
+
+@pytest.mark.parametrize("split_k", [1, 3, 7, 40])
+def test_weight_grad_smallc_pad_split_is_correct_and_deterministic(split_k):
+    """The stem's reduction, 2 images of 8x8 output pixels, in chunks of whole 16-pixel steps
+    (the interpreter's BLOCK_K): 3 chunks of 48, 48 and 32; 7 of 32, the last 3 empty; 40 of 16,
+    the last 32 empty (they must store zero partials, which are poisoned)."""
+    from tritonconv.kernels.smallc import choose_wgrad_split, conv2d_wgrad_smallc_pad
+
+    torch.manual_seed(15)
+    x = torch.randn(2, 3, 15, 15, dtype=torch.float16, device=DEVICE)
+    w = torch.randn(16, 3, 7, 7, dtype=torch.float16, device=DEVICE)
+    pb = spec.conv2d_problem(x, w, None, 2, 3)
+    dy = torch.randn(pb.output_shape, dtype=torch.float16, device=DEVICE)
+    a = conv2d_wgrad_smallc_pad(dy, x, pb, split_k=split_k)
+    b = conv2d_wgrad_smallc_pad(dy, x, pb, split_k=split_k)
+    assert torch.equal(a, b)
+    wr = w.double().requires_grad_()
+    F.conv2d(x.double(), wr, None, 2, 3).backward(dy.double())
+    assert rel_err(a, wr.grad) < TOL[torch.float16]
+    assert choose_wgrad_split(pb, torch.device("cpu")) == 1  # 128 pixels: no chunk of 1024
+
+
+def test_weight_grad_smallc_split_fills_an_h100_on_the_stem(monkeypatch):
+    """ResNet-50's stem at batch 32 on 132 SMs: one or two column tiles, so the split fills the GPU
+    (the bound), and a small image keeps its chunks at 1024 pixels or more."""
+    from tritonconv.kernels import smallc
+
+    monkeypatch.setattr(smallc, "sm_count", lambda device: 132)
+    x = torch.empty(32, 3, 224, 224, device="meta")
+    w = torch.empty(64, 3, 7, 7, device="meta")
+    stem = spec.conv2d_problem(x, w, None, 2, 3)
+    assert smallc.choose_wgrad_split(stem, torch.device("cuda")) == smallc.MAX_WGRAD_SPLIT
+    small = spec.conv2d_problem(torch.empty(2, 3, 32, 32, device="meta"), w, None, 2, 3)  # 512 pixels
+    assert smallc.choose_wgrad_split(small, torch.device("cuda")) == 1
+
+
 @pytest.fixture
 def launched(monkeypatch):
     """The names of the tuned kernels launched (``tuning.launch``), in order."""

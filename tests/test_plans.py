@@ -276,24 +276,24 @@ def test_grad_weight_twice(family):
         assert rel_err(gw, ref) <= tol(dtype)
 
 
-@pytest.mark.parametrize("family", ["implicit", "gemm1x1", "depthwise"])
+@pytest.mark.parametrize("family", ["implicit", "gemm1x1", "depthwise", "smallc_pad"])
 def test_split_weight_grads_replay(family, monkeypatch):
     """A wgrad split over the pixels sums its partials with a kernel (``wgrad.sum_partials``), not
-    torch: the plan replays both launches, and a second call with new tensors comes back right
-    without the launcher."""
+    torch: the plan replays both launches (and smallc_pad's padded copy of x), and a second call
+    with new tensors comes back right without the launcher."""
     groups = 16 if family == "depthwise" else 1
+    C = 3 if family == "smallc_pad" else 16
     R = 1 if family == "gemm1x1" else 3
     args = ([1, 1], [R // 2, R // 2], [1, 1], groups)
-    shape = (16, 16 // groups, R, R)
+    shape = (16, C // groups, R, R)
 
     def tensors():
-        return _randn((4, 16, 32, 32), torch.float32, True), _randn((4, 16, 32, 32), torch.float32, True)
+        return _randn((4, 16, 32, 32), torch.float32, True), _randn((4, C, 32, 32), torch.float32, True)
 
-    from tritonconv.kernels import depthwise, wgrad
+    from tritonconv.kernels import depthwise, smallc, wgrad
 
-    for module in (wgrad, depthwise):  # a GPU's SMs: the split that fills them (none for one "SM")
-        if hasattr(module, "_sm_count"):
-            monkeypatch.setattr(module, "_sm_count", lambda device: 132)
+    for module in (wgrad, depthwise, smallc):  # a GPU's SMs: the split that fills them (none for one "SM")
+        monkeypatch.setattr(module, "sm_count", lambda device: 132)
     dy, x = tensors()
     with router.force(family):
         torch.ops.tritonconv.conv2d_grad_weight(dy, x, list(shape), *args)

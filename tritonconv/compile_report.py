@@ -51,7 +51,7 @@ Families: fprop, fprop_fused, fprop_splitk, fprop_tma, fprop_tma_fused, fprop_tm
 fprop_tap_tma, fprop_tap_tma_fused, fprop_tap_tma_s2, fprop_tap_tma_small, fprop_tap_tma_splitk (fprop.py;
 TMA on sm_90 only); dgrad, dgrad_s2 (dgrad.py); wgrad, wgrad_splitk, wgrad_tap_tma, wgrad_tap_tma_s2 (wgrad.py; TMA on sm_90 only); gemm1x1, gemm1x1_fused, gemm1x1_dgrad, gemm1x1_tma (with persistent-
 grid variants), gemm1x1_wgrad, gemm1x1_wgrad_splitk, gemm1x1_wgrad_tma
-(gemm1x1.py; TMA on sm_90 only); smallc, smallc_fused, smallc_pad, smallc_pad_fused (smallc.py);
+(gemm1x1.py; TMA on sm_90 only); smallc, smallc_fused, smallc_pad, smallc_pad_fused, smallc_wgrad (smallc.py);
 depthwise_{fprop,dgrad,wgrad} and their _7x7 variants (depthwise.py).
 
 Usage::
@@ -62,8 +62,8 @@ Usage::
 The full report for sm_90 and sm_80 is about 1,500 compiles: 12 to 20 minutes
 on 2 cores with an empty Triton cache (TRITON_CACHE_DIR), 4 with a warm one.
 ``--subset`` compiles the first, largest, smallest and median config of every
-family in fp16 and fp32, 195 compiles for sm_90: 160 s on 2 cores with an
-empty Triton cache (2026-11-26). CI compiles one config of every family for sm_90 in fp16
+family in fp16 and fp32, 201 compiles for sm_90: about 165 s on 2 cores with an
+empty Triton cache (195 took 160 s, 2026-11-26). CI compiles one config of every family for sm_90 in fp16
 (tests/test_compile_report.py::test_every_family_builds) and bounds the
 subset's size.
 
@@ -239,6 +239,11 @@ def wgrad_tap_tma_tile_configs() -> List[triton.Config]:
 def smallc_tile_configs() -> List[triton.Config]:
     """The small-C family's compiled config list (configs.SMALLC_TILES)."""
     return tc_configs.gemm_configs(tc_configs.SMALLC_TILES, interpreter=False)
+
+
+def smallc_wgrad_tile_configs() -> List[triton.Config]:
+    """The small-C wgrad's compiled config list (configs.SMALLC_WGRAD_TILES)."""
+    return tc_configs.gemm_configs(tc_configs.SMALLC_WGRAD_TILES, interpreter=False)
 
 
 def depthwise_tile_configs() -> List[triton.Config]:
@@ -602,6 +607,22 @@ def _smallc_pad_launch(dtype: Dtype, config: triton.Config, *, problem: Dict[str
     return args, dict(constexprs, C_PITCH=pitch)
 
 
+def _smallc_wgrad_launch(dtype: Dtype, config: triton.Config, *, problem: Dict[str, Any] = SMALLC_PROBLEM):
+    """smallc_wgrad_kernel's arguments as conv2d_wgrad_smallc_pad passes them on the stem: x copied
+    with its channels padded to the pitch (dense NHWC), fp32 (fp64) partials of the split the
+    launcher picks for it on an H100 (smallc.MAX_WGRAD_SPLIT)."""
+    pb = problem_from_shapes(**problem)
+    split = smallc.MAX_WGRAD_SPLIT
+    args = dict(
+        dy_ptr=_ptr(dtype), x_ptr=_ptr(dtype), out_ptr=_partials_ptr(dtype),
+        N=pb.N, H=pb.H, W=pb.W, P=pb.P, Q=pb.Q, R=pb.R, S=pb.S, C=pb.C, K=pb.K, SPLIT_K=split,
+        stride_h=pb.stride_h, stride_w=pb.stride_w, pad_h=pb.pad_h, pad_w=pb.pad_w, dil_h=pb.dil_h, dil_w=pb.dil_w,
+        **_named("sdyn sdyk sdyp sdyq", _channels_last_strides(pb.output_shape)),
+        **_named("sos sok soc sor sos_", _contiguous_strides((split, *pb.weight_shape))),
+    )
+    return args, dict(ACC_DTYPE=dtype.acc, INPUT_PRECISION=dtype.input_precision, C_PITCH=smallc._pitch(pb.C))
+
+
 def _depthwise_weight_strides(pb) -> Tuple[int, int, int]:
     """(swk, swr, sws): the depthwise launchers pass w.stride(0), w.stride(2), w.stride(3), here of
     the taps-major weight a module keeps (``depthwise.pack_weight``): swk = 1, so the kernel's
@@ -746,6 +767,8 @@ FAMILIES: List[KernelFamily] = [
                  _prune_of(smallc._smallc_pad_tuned)),
     KernelFamily("smallc_pad_fused", smallc.smallc_fprop_kernel, smallc_tile_configs,
                  _p(_smallc_pad_launch, **_GELU), _prune_of(smallc._smallc_pad_tuned)),
+    KernelFamily("smallc_wgrad", smallc.smallc_wgrad_kernel, smallc_wgrad_tile_configs, _smallc_wgrad_launch,
+                 _prune_of(smallc._smallc_wgrad_tuned)),
     # depthwise direct kernels (depthwise.py): no tl.dot; fprop and dgrad prune fp64 tiles
     KernelFamily("depthwise_fprop", depthwise.depthwise_fprop_kernel, depthwise_tile_configs,
                  _depthwise_fprop_launch, _prune_of(depthwise._fprop_tuned), uses_dot=False),

@@ -20,6 +20,7 @@ from .kernels._common import INTERPRETER
 __all__ = [
     "GEMM_TILES",
     "SMALLC_TILES",
+    "SMALLC_WGRAD_TILES",
     "DEPTHWISE_TILES",
     "gemm_configs",
     "persistent_gemm_configs",
@@ -95,6 +96,17 @@ SMALLC_TILES: Tuple[Tuple[int, int, int, int, int], ...] = (
     (64, 64, 16, 4, 4),
     (128, 32, 32, 8, 4),
     (64, 32, 32, 4, 5),
+)
+
+# The small-C wgrad (smallc.py): M is K (64 for the stem), N the flattened taps (R*S*C_PITCH,
+# 196 for a 7x7 RGB stem), so the tiles are wide in N and short in M; its reduction is split
+# into many short chunks (smallc.choose_wgrad_split), so stages beyond 3 or 4 buy little.
+SMALLC_WGRAD_TILES: Tuple[Tuple[int, int, int, int, int], ...] = (
+    (64, 128, 32, 4, 4),
+    (64, 128, 64, 4, 3),
+    (64, 256, 32, 8, 3),
+    (64, 64, 32, 4, 4),  # 64x64x64 w4 s4 spills in fp32 on sm_80 (the compile report)
+    (128, 128, 32, 8, 3),
 )
 
 # The tap-TMA kernels (fprop.py, wgrad.py) take their pixels in spatial tiles of

@@ -23,6 +23,7 @@ __all__ = [
     "grouped_pid",
     "tile_pid",
     "split_range",
+    "sm_count",
     "unravel4",
     "dense_view",
     "phase_view",
@@ -309,6 +310,12 @@ def content_state(t: torch.Tensor) -> Optional[tuple]:
         stream = raw(t.get_device()) if raw is not None else torch.cuda.current_stream(t.device).cuda_stream
     return (t._version, t.untyped_storage()._cdata, t.storage_offset(), t.dtype, t.device, t.shape, t.stride(),
             stream)
+
+
+def sm_count(device: torch.device) -> int:
+    """The device's streaming multiprocessors, which split-K and persistent grids size themselves
+    by; 1 off CUDA (the interpreter runs programs one after another)."""
+    return torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 1
 
 
 def check_device(*tensors: torch.Tensor) -> None:

@@ -37,6 +37,7 @@ from ._common import (
     check_device,
     conv_epilogue,
     prepare_forward,
+    sm_count,
     split_range,
 )
 from .wgrad import sum_partials
@@ -246,10 +247,6 @@ _wgrad_tuned = triton.autotune(
 )(depthwise_wgrad_kernel)
 
 
-def _sm_count(device: torch.device) -> int:
-    return torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 1
-
-
 def _grid2(rows: int, cols: int):
     return lambda meta: (triton.cdiv(rows, meta["BLOCK_M"]), triton.cdiv(cols, meta["BLOCK_N"]))
 
@@ -332,7 +329,7 @@ def conv2d_wgrad_depthwise(
     if split_k is None:
         # R*S*K/64 programs without a split: thin layers need the reduction cut to fill the GPU
         programs = pb.R * pb.S * triton.cdiv(pb.K, 64)
-        split_k = min(triton.cdiv(2 * _sm_count(dy.device), programs), 64, max(1, npq // 2048))
+        split_k = min(triton.cdiv(2 * sm_count(dy.device), programs), 64, max(1, npq // 2048))
     split = max(1, min(int(split_k), npq))
     if split == 1:
         out, strides = dw, (0, dw.stride(0), dw.stride(2), dw.stride(3))

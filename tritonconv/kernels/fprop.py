@@ -57,6 +57,7 @@ from ._common import (
     phase_view,
     phase_view_fits,
     prepare_forward,
+    sm_count,
     tap_tma_box,
     tap_tma_boxes,
     split_range,
@@ -255,7 +256,7 @@ def choose_split_k(problem: Conv2dProblem, device: torch.device) -> int:
     """Chunks of the forward reduction: enough programs to fill the GPU twice, at least 2, at most 16,
     and no chunk shorter than 4 reduction steps of 64 channels."""
     pb = problem
-    sms = torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 1
+    sms = sm_count(device)
     tiles = pb.groups * triton.cdiv(pb.N * pb.P * pb.Q, 64) * triton.cdiv(pb.K_per_group, 64)
     steps = pb.R * pb.S * triton.cdiv(pb.C_per_group, 64)
     return max(2, min(triton.cdiv(2 * sms, tiles), 16, steps // 4))

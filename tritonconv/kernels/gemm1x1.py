@@ -50,6 +50,7 @@ from ._common import (
     input_precision_for,
     mma,
     prepare_forward,
+    sm_count,
     split_range,
     tile_pid,
 )
@@ -464,7 +465,7 @@ def _programs(device: torch.device) -> int:
     INTERPRETER_PROGRAMS on the CPU (the interpreter)."""
     if device.type != "cuda":
         return INTERPRETER_PROGRAMS
-    return torch.cuda.get_device_properties(device).multi_processor_count
+    return sm_count(device)
 
 
 def _stream_k_flags(device: torch.device, programs: int) -> torch.Tensor:

@@ -19,6 +19,7 @@
                 tap_tma    (per stride phase, a forward conv of dy on gemm1x1_tma, tap_tma or implicit_tma; sm_90) everything; NHWC dy
                 implicit   (phase-decomposed dgrad)              everything
     grad_weight depthwise
+                smallc_pad (flattened R*S*C_PITCH columns, padded x) C <= 8, groups == 1
                 gemm1x1_tma  (plain GEMM, TMA loads, sm_90)      1x1, stride 1, no padding, NHWC, 16-bit
                 gemm1x1    (plain GEMM, split-K)                 1x1, stride 1, no padding, pixel-linear
                 tap_tma    (TMA boxes of dy and shifted x, sm_90) as forward's tap_tma; NHWC dy and x, 16-bit
@@ -102,6 +103,7 @@ INPUT_GRAD: Dict[str, Tuple[Callable, Callable]] = {
 }
 WEIGHT_GRAD: Dict[str, Tuple[Callable, Callable]] = {
     "depthwise": (depthwise.accepts, depthwise.conv2d_wgrad_depthwise),
+    "smallc_pad": (smallc.accepts_pad, smallc.conv2d_wgrad_smallc_pad),
     "gemm1x1_tma": (gemm1x1.accepts, gemm1x1.conv2d_wgrad_1x1_tma),
     "tap_tma": (wgrad.accepts_tap_tma, wgrad.conv2d_wgrad_tap_tma),
     "gemm1x1": (gemm1x1.accepts, gemm1x1.conv2d_wgrad_1x1),

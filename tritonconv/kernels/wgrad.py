@@ -48,6 +48,7 @@ from ._common import (
     mma_barrier,
     phase_view,
     phase_view_fits,
+    sm_count,
     split_range,
     tap_phase,
     tap_tma_box,
@@ -180,12 +181,6 @@ def bias_grad_kernel(
     tl.store(out, tl.sum(acc, axis=0).to(out_ptr.dtype.element_ty), mask=ch_ok)
 
 
-def _sm_count(device: torch.device) -> int:
-    if device.type != "cuda":
-        return 1
-    return torch.cuda.get_device_properties(device).multi_processor_count
-
-
 def choose_split_k(problem: Conv2dProblem, device: torch.device) -> int:
     """How many chunks to cut wgrad's N*P*Q reduction into.
 
@@ -196,7 +191,7 @@ def choose_split_k(problem: Conv2dProblem, device: torch.device) -> int:
     pb = problem
     npq = pb.N * pb.P * pb.Q
     tiles = pb.groups * pb.R * pb.S * triton.cdiv(pb.K_per_group, 64) * triton.cdiv(pb.C_per_group, 64)
-    want = triton.cdiv(2 * _sm_count(device), tiles)
+    want = triton.cdiv(2 * sm_count(device), tiles)
     return max(1, min(want, 32, npq // 1024))
 
 
@@ -329,7 +324,7 @@ def bias_grad_splits(npq: int, channel_blocks: int, device: torch.device) -> int
     layer is 2 programs), so the pixels are split until the GPU is filled about
     twice, keeping chunks of at least 2048 pixels so the partials stay small.
     """
-    want = triton.cdiv(2 * _sm_count(device), channel_blocks)
+    want = triton.cdiv(2 * sm_count(device), channel_blocks)
     return max(1, min(want, triton.cdiv(npq, 2048), 256))
 
 
