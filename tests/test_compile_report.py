@@ -110,7 +110,7 @@ def test_representative_launch_is_specialized_like_triton():
     assert signature["sxh"] == "i32" and attrs["sxh"] == [["tt.divisibility", 16]]
     assert signature["H"] == "i32" and "H" not in attrs  # 56 is not a multiple of 16
     assert constexprs["BLOCK_M"] == 128 and constexprs["INPUT_PRECISION"] == "ieee"
-    assert signature["alpha"] == "fp32"  # floats are never specialized
+    assert signature["alpha"] == "fp64"  # floats are never specialized; the epilogues annotate alpha fp64
 
 
 def test_subset_brackets_the_config_space():

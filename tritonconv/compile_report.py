@@ -251,6 +251,16 @@ def depthwise_tile_configs() -> List[triton.Config]:
     return tc_configs.depthwise_configs(interpreter=False)
 
 
+_FLOAT_TYPES = {"float64": "fp64", "fp64": "fp64", "float32": "fp32", "fp32": "fp32", "float16": "fp16",
+                "fp16": "fp16", "bfloat16": "bf16", "bf16": "bf16"}
+
+
+def _float_type(annotation: Any) -> str:
+    """A float argument's Triton type: its annotated dtype (``alpha: tl.float64``, a string where
+    the module has ``from __future__ import annotations``), else fp32, as JITFunction types it."""
+    return _FLOAT_TYPES.get(str(annotation).strip().removeprefix("tl."), "fp32")
+
+
 def specialize(fn, args: Dict[str, Any], constexprs: Dict[str, Any]):
     """Triton's launch-time specialization of ``fn`` for concrete arguments.
 
@@ -273,8 +283,10 @@ def specialize(fn, args: Dict[str, Any], constexprs: Dict[str, Any]):
     attrs: Dict[str, list] = {}
     divisible = [["tt.divisibility", 16]]
     # constexprs with a default the launcher may leave out (a JITFunction's or an InterpretedFunction's .fn)
-    defaults = {p.name: p.default for p in inspect.signature(fn.fn).parameters.values()
+    params = inspect.signature(fn.fn).parameters.values()
+    defaults = {p.name: p.default for p in params
                 if p.default is not inspect.Parameter.empty and "constexpr" in str(p.annotation)}
+    annotations = {p.name: p.annotation for p in params}
     for name in fn.arg_names:
         if name in constexprs or name in defaults:
             signature[name], consts[name] = "constexpr", constexprs.get(name, defaults.get(name))
@@ -287,7 +299,9 @@ def specialize(fn, args: Dict[str, Any], constexprs: Dict[str, Any]):
         elif isinstance(value, str):
             signature[name], attrs[name] = value, divisible
         elif isinstance(value, float):
-            signature[name] = "fp32"  # Triton never specializes a float argument
+            # Triton never specializes a float argument: fp32, or the dtype the kernel annotates
+            # it with (the epilogues' fp64 alpha)
+            signature[name] = _float_type(annotations.get(name))
         elif isinstance(value, bool) or not isinstance(value, int):
             raise TypeError(f"{fn.__name__}: argument {name!r}: expected a type string, an int or a float")
         elif value == 1:

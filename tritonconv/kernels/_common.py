@@ -366,7 +366,12 @@ def apply_activation(z, ACTIVATION: tl.constexpr, alpha):
         u = 0.7978845608028654 * (z + 0.044715 * z * z * z)
         z = 0.5 * z * (1.0 + (2.0 / (1.0 + tl.exp(-2.0 * u)) - 1.0))
     elif ACTIVATION == 5:
-        z = tl.where(z >= 0.0, z, z * alpha)
+        # the kernels take alpha as fp64 (a Python float is fp32 to Triton otherwise, and an fp64
+        # conv's slope would be off by 1e-8): an fp64 accumulator uses it as is, an fp32 one rounds it
+        if z.dtype == tl.float64:
+            z = tl.where(z >= 0.0, z, z * alpha)
+        else:
+            z = tl.where(z >= 0.0, z, z * tl.cast(alpha, z.dtype))
     elif ACTIVATION == 6:
         z = z * tl.minimum(tl.maximum(z + 3.0, 0.0), 6.0) / 6.0
     elif ACTIVATION == 7:

@@ -91,7 +91,7 @@ def depthwise_fprop_kernel(
     swk, swr, sws,
     syn, syk, syp, syq,
     srn, srk, srp, srq,
-    alpha,
+    alpha: tl.float64,  # leaky_relu slope; fp64, so that an fp64 conv gets it unrounded
     # meta-parameters
     R: tl.constexpr, S: tl.constexpr,
     HAS_BIAS: tl.constexpr, HAS_RESIDUAL: tl.constexpr, ACTIVATION: tl.constexpr, ACC_DTYPE: tl.constexpr,

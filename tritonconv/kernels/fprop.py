@@ -95,7 +95,7 @@ def fprop_kernel(
     syn, syk, syp, syq,
     srn, srk, srp, srq,
     # epilogue
-    alpha,  # leaky_relu slope
+    alpha: tl.float64,  # leaky_relu slope; fp64, so that an fp64 conv gets it unrounded
     # meta-parameters
     HAS_BIAS: tl.constexpr,
     HAS_RESIDUAL: tl.constexpr,
@@ -177,7 +177,7 @@ def splitk_reduce_kernel(
     M, P, Q, K, SPLIT_K,
     syn, syk, syp, syq,
     srn, srk, srp, srq,
-    alpha,
+    alpha: tl.float64,  # leaky_relu slope; fp64, so that an fp64 conv gets it unrounded
     HAS_BIAS: tl.constexpr, HAS_RESIDUAL: tl.constexpr, ACTIVATION: tl.constexpr, ACC_DTYPE: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
@@ -458,7 +458,7 @@ def fprop_tap_tma_kernel(
     # strides, in elements
     syn, syk, syp, syq,
     srn, srk, srp, srq,
-    alpha,
+    alpha: tl.float64,  # leaky_relu slope; fp64, so that an fp64 conv gets it unrounded
     # meta-parameters
     HAS_BIAS: tl.constexpr, HAS_RESIDUAL: tl.constexpr, ACTIVATION: tl.constexpr,
     ACC_DTYPE: tl.constexpr, INPUT_PRECISION: tl.constexpr,

@@ -97,7 +97,7 @@ def gemm1x1_fprop_kernel(
     swk, swc,
     syn, syk, syh, syw,
     srn, srk, srh, srw,
-    alpha,
+    alpha: tl.float64,  # leaky_relu slope; fp64, so that an fp64 conv gets it unrounded
     # meta-parameters
     HAS_BIAS: tl.constexpr, HAS_RESIDUAL: tl.constexpr, ACTIVATION: tl.constexpr,
     ACC_DTYPE: tl.constexpr, INPUT_PRECISION: tl.constexpr,
@@ -356,7 +356,7 @@ def gemm1x1_tma_kernel(
     # strides, in elements
     syn, syk, syh, syw,
     srn, srk, srh, srw,
-    alpha,
+    alpha: tl.float64,  # leaky_relu slope; fp64, so that an fp64 conv gets it unrounded
     # meta-parameters
     HAS_BIAS: tl.constexpr, HAS_RESIDUAL: tl.constexpr, ACTIVATION: tl.constexpr,
     ACC_DTYPE: tl.constexpr, INPUT_PRECISION: tl.constexpr,

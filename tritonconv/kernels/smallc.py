@@ -111,7 +111,7 @@ def smallc_fprop_kernel(
     swk, swc, swr, sws,
     syn, syk, syp, syq,
     srn, srk, srp, srq,
-    alpha,
+    alpha: tl.float64,  # leaky_relu slope; fp64, so that an fp64 conv gets it unrounded
     # meta-parameters
     HAS_BIAS: tl.constexpr, HAS_RESIDUAL: tl.constexpr, ACTIVATION: tl.constexpr,
     ACC_DTYPE: tl.constexpr, INPUT_PRECISION: tl.constexpr,
