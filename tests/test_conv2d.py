@@ -505,6 +505,23 @@ def test_dtypes(dtype, case, channels_last):
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_output_layout_of_float64_on_cuda_is_contiguous(dtype):
+    """aten's CUDA conv returns float64 contiguous whatever the inputs' layout (cuDNN's NHWC is
+    off for it; an H100 showed it, 2026-11-26), and channels_last for the other dtypes; on the CPU
+    it follows the input. Fake CUDA tensors: this runs without a GPU."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    with FakeTensorMode():
+        for device in ("cuda", "cpu"):
+            x = torch.empty(2, 4, 5, 5, dtype=dtype, device=device)
+            x_cl = torch.empty(2, 5, 5, 4, dtype=dtype, device=device).permute(0, 3, 1, 2)  # channels_last
+            w = torch.empty(3, 4, 3, 3, dtype=dtype, device=device)
+            nchw = device == "cuda" and dtype == torch.float64
+            assert spec.output_memory_format(x_cl, w) == (torch.contiguous_format if nchw else torch.channels_last)
+            assert spec.output_memory_format(x, w) == torch.contiguous_format
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
 def test_dtypes_op(dtype):
     case = CASES["C17_K33_over_blocks"]
     x, w, b = make_inputs(case, dtype)

@@ -391,10 +391,15 @@ def conv_transpose2d_problem(
 
 
 def output_memory_format(input: torch.Tensor, weight: torch.Tensor) -> torch.memory_format:
-    """The memory format F.conv2d gives its output: channels_last if input or weight is.
+    """The memory format F.conv2d gives its output: channels_last if input or weight is, except
+    float64 on CUDA, which aten computes in contiguous format whatever the inputs' (its
+    ``cudnn_conv_suggest_memory_format`` turns NHWC off for float64, and its own CUDA kernels are
+    NCHW), as it returns the gradients.
 
     torch's own test of that (``suggest_memory_format``) is Python written for symbolic shapes,
     some 10 us a call; for plain tensors the answer is remembered by sizes and strides."""
+    if input.dtype == torch.float64 and input.device.type == "cuda":
+        return torch.contiguous_format
     if type(input) in _PLAIN and type(weight) in _PLAIN:
         return _memory_format_of(tuple(input.shape), input.stride(), tuple(weight.shape), weight.stride())
     return _suggested_format(input, weight)
