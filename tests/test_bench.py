@@ -280,6 +280,7 @@ def test_router_timings_go_from_the_note_to_the_tables(tmp_path, monkeypatch):
     from tritonconv.bench import providers as prov
 
     monkeypatch.setattr(prov, "_router", lambda: _TimedRouter)
+    monkeypatch.setattr(sweep, "compiled_kernels", lambda: None)  # no first-call note (CUDA's, tested below)
     row = {"note": "autotuned"}
     with sweep._families_recorded(SimpleNamespace(name="tritonconv"), row):
         pass
@@ -474,21 +475,26 @@ def test_e2e_training_check_can_fail(wrong, monkeypatch):
         assert row["rel_err"] < 1e-6 and row["status"] == "error: aten convolutions ran in the tritonconv run"
 
 
-@pytest.mark.parametrize("provider", ["tritonconv", "aten-cpu"])
-def test_e2e_folded_mode_folds_batchnorm_each_providers_way(provider):
+@pytest.mark.parametrize("provider", ["tritonconv", "aten"])
+def test_e2e_folded_mode_folds_batchnorm_each_providers_way(provider, monkeypatch):
     """perf/resnet50.py's folded mode: tritonconv's convert(fuse=True) leaves no BatchNorm and
     fuses the ReLUs into its convs; the baseline's torch.fx fuse leaves no BatchNorm either; both
-    compute what the eval model computes, and the row says ok."""
+    compute what the eval model computes, and the row says ok. On the device tritonconv runs on
+    (a CPU model is one convert leaves alone where CUDA is there), float32 without TF32."""
     import types
 
     e2e = _perf_resnet50()
+    device = "cuda" if CUDA else "cpu"
+    if provider == "aten":
+        provider = "cudnn" if CUDA else "aten-cpu"
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)  # both providers read it
     torch.manual_seed(4)
-    model = e2e.ResNet((1, 1, 1, 1), 8, 10).eval()
+    model = e2e.ResNet((1, 1, 1, 1), 8, 10).eval().to(device)
     for m in model.modules():  # running statistics away from the identity, so folding shows
         if isinstance(m, torch.nn.BatchNorm2d):
             m.running_mean.uniform_(-0.5, 0.5)
             m.running_var.uniform_(0.5, 2.0)
-    x = torch.randn(1, 3, 16, 16)
+    x = torch.randn(1, 3, 16, 16, device=device)
     folded = e2e._fold(copy.deepcopy(model), provider)
     assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
     if provider == "tritonconv":
@@ -499,7 +505,7 @@ def test_e2e_folded_mode_folds_batchnorm_each_providers_way(provider):
     reference = [ref]
     row = {"note": "", "flops": 1}
     args = types.SimpleNamespace(dtype="fp32", warmup_ms=0, rep_ms=0, reps=1)
-    e2e._measure(row, model.float(), provider, "folded", x, None, reference, 0.0, args, "cpu")
+    e2e._measure(row, model.float(), provider, "folded", x, None, reference, 0.0, args, device)
     assert row["status"] == "ok" and row["rel_err"] < 1e-4, row
 
 

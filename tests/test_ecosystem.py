@@ -15,6 +15,9 @@ import tritonconv.nn as tnn
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 COMPILE_BACKEND = "inductor" if DEVICE == "cuda" else "aot_eager"
+# float32 against aten's model: on a GPU both convs run TF32 (cuDNN's allow_tf32 is on by default),
+# each rounding differently (6e-4 apart on an H100, 2026-11-26), as conftest's TOL allows
+FP32_VS_ATEN = 1e-5 if DEVICE == "cpu" else 5e-3
 
 
 def rel_err(out, ref):
@@ -64,12 +67,12 @@ def test_compile_fullgraph_and_export_of_a_converted_model():
     with torch.no_grad():
         expected = ref(x)
         compiled = torch.compile(model, backend=COMPILE_BACKEND, fullgraph=True)
-        assert rel_err(compiled(x), expected) < 1e-5
+        assert rel_err(compiled(x), expected) < FP32_VS_ATEN
         exported = torch.export.export(model, (x,))
         targets = {str(n.target) for n in exported.graph.nodes if n.op == "call_function"}
         assert any("tritonconv.conv2d" in t for t in targets), targets
         assert not any("aten.convolution" in t or "aten.conv2d" in t for t in targets), targets
-        assert rel_err(exported.module()(x), expected) < 1e-5
+        assert rel_err(exported.module()(x), expected) < FP32_VS_ATEN
 
 
 def test_compile_fullgraph_of_a_converted_model_with_backward():
