@@ -52,6 +52,8 @@ from pathlib import Path
 # register-hazard rule is on (configs.WGMMA_RS_HAZARD: on Triton < 3.9 it syncs the tiles that
 # need it; off, the tiles run as they did on 2026-11-26); optionally a batch of its own)
 CASES = [  # most telling first: a budget may stop the list
+    # tap_tma on a stream-K grid, new after d080a04: programs wait for each other's partial tiles
+    ("tap_tma_streamk fwd, 3x3 C512 7x7 (stream-K grid)", "fprop_tap_tma_streamk", "layer4.1.conv2", True, True),
     # short reductions go to tap_tma again since the 1x1 C256 14x14 cases below confirmed the
     # cause (283a32b): ResNet's downsampling 1x1s, where the router now times it (84cd0fb saw the
     # 8-step one go wrong, before the rule)
@@ -122,11 +124,12 @@ def main(argv=None) -> int:
     _common.set_poison_outputs(True)
     layers = {layer.name: layer for layer in presets.get_preset("resnet50").layers}
     picked = [_case(item) for item in args.cases.split(",") if item] if args.cases else CASES
-    autotuners = [fprop._fprop_tap_tma_tuned, fprop._fprop_tma_tuned, gemm1x1._gemm1x1_tma_tuned,
-                  wgrad._wgrad_tap_tma_tuned]
+    autotuners = [fprop._fprop_tap_tma_tuned, fprop._fprop_tap_tma_streamk_tuned, fprop._fprop_tma_tuned,
+                  gemm1x1._gemm1x1_tma_tuned, wgrad._wgrad_tap_tma_tuned]
     launchers = {
         "fprop_tap_tma": fprop.conv2d_fprop_tap_tma,
         "fprop_tap_tma_splitk": fprop.conv2d_fprop_tap_tma_splitk,
+        "fprop_tap_tma_streamk": fprop.conv2d_fprop_tap_tma_streamk,
         "fprop_tma": fprop.conv2d_fprop_tma,
         "gemm1x1_tma": gemm1x1.conv2d_fprop_1x1_tma,
         # the weight gradient for the case's dy (below), in place of the forward
@@ -186,6 +189,9 @@ def main(argv=None) -> int:
             pb = layer.problem(batch[0] if batch else args.batch)
             if out_of_time():
                 add_row(name, kernel, layer_name, pb, "-", "skipped: time budget")
+                continue
+            if kernel.endswith("streamk") and not configs.STREAM_K:  # the check's smoke found it hang or fail
+                add_row(name, kernel, layer_name, pb, "-", "skipped: stream-K off (TRITONCONV_STREAM_K=0)")
                 continue
             stride, padding, dilation, groups = layer.conv_args()
             gen = torch.Generator(device=device).manual_seed(7)

@@ -133,8 +133,8 @@ def test_tma_descriptor_types_follow_the_config():
 
 
 # One config of every family, fp16 on sm_90: a GEMM tile (smallc's at 8 warps, the small-C wgrad's
-# wide one) and a depthwise tile.
-EVERY_FAMILY = ("64x64x64 w4 s4", "64x64x64 w8 s4", "64x128x32 w4 s4", "32x64 w4 s2")
+# wide one), a stream-K tile (gemm1x1_tma's and tap_tma's) and a depthwise tile.
+EVERY_FAMILY = ("64x64x64 w4 s4", "64x64x64 w8 s4", "64x128x32 w4 s4", "128x64x64 w8 s4 stream-k", "32x64 w4 s2")
 
 
 @pytest.fixture(scope="module")
@@ -145,10 +145,12 @@ def every_family_report():
 
 def test_every_family_builds(every_family_report):
     rc, records = every_family_report
-    # every family once, the tap-TMA ones twice ("64x64x64 w4 s4" names a one-row tile of theirs too)
+    # every family once, the tap-TMA ones twice ("64x64x64 w4 s4" names a one-row tile of theirs too),
+    # gemm1x1_tma twice (a stream-K tile too), tap_tma's stream-K grid once
     counts = {name: sum(r["kernel"] == name for r in records) for name in {r["kernel"] for r in records}}
     assert sorted(counts) == sorted(f.name for f in cr.FAMILIES)
-    assert all(n == (2 if name.startswith("fprop_tap_tma") else 1) for name, n in counts.items()), counts
+    twice = {name for name in counts if name.startswith("fprop_tap_tma") and name != "fprop_tap_tma_streamk"}
+    assert all(n == (2 if name in twice | {"gemm1x1_tma"} else 1) for name, n in counts.items()), counts
     for r in records:
         fam = cr._family(r["kernel"])
         assert r["error"] is None, (r["kernel"], r["error"])
@@ -301,7 +303,7 @@ def test_subset_covers_every_family_within_a_ci_budget():
     core, so the task count bounds a 2-core CI run to a few minutes."""
     tasks = cr._tasks(["sm_90"], list(cr.SUBSET_DTYPES), cr.FAMILIES, True, [])
     assert {t[0] for t in tasks} == {f.name for f in cr.FAMILIES}
-    assert len(tasks) <= 210  # 201 with the 35 families of this writing
+    assert len(tasks) <= 215  # 207 with the 36 families of this writing
 
 
 # The runtime pruner (configs.prune_gemm_configs), whose rules come from the report's numbers.

@@ -242,16 +242,17 @@ def test_router_prefers_the_specialised_family():
     assert "smallc_pad" not in router.candidates(router.FORWARD, pb)  # grouped: no padded copy
     assert first((1, 64, 8, 8), (128, 64, 1, 1), 1, 0, 1, 1) == "gemm1x1_tma"
     # a strided 1x1: the pointer GEMM over every other pixel, tap_tma's boxes of x's phase view
-    # (one step: short reductions are tap_tma's again), the TMA weight
+    # (one step: short reductions are tap_tma's again), on its stream-K grid too (16 pixels), the TMA weight
     pb = spec.problem_from_shapes((1, 64, 8, 8), (128, 64, 1, 1), 2, 0, 1, 1)
-    assert router.candidates(router.FORWARD, pb) == ["gemm1x1", "tap_tma", "implicit_tma", "implicit"]
+    assert router.candidates(router.FORWARD, pb) == ["gemm1x1", "tap_tma", "tap_tma_streamk", "implicit_tma",
+                                                     "implicit"]
     pb = spec.problem_from_shapes((1, 64, 7, 7), (128, 64, 1, 1), 2, 0, 1, 1)  # 7 rows: no phase view
     assert router.candidates(router.FORWARD, pb) == ["gemm1x1", "implicit_tma", "implicit"]
     assert first((1, 64, 8, 8), (128, 64, 1, 1), 1, 1, 1, 1) == "tap_tma"  # padded: TMA zero-fills, no plain GEMM
     assert first((1, 512, 7, 7), (512, 512, 3, 3), 1, 1, 1, 1) == "splitk"
     pb = spec.problem_from_shapes((32, 512, 7, 7), (512, 512, 3, 3), 1, 1, 1, 1)  # ResNet-50's last 3x3
-    assert router.candidates(router.FORWARD, pb) == ["splitk", "tap_tma_splitk", "tap_tma", "implicit_tma",
-                                                     "implicit"]
+    assert router.candidates(router.FORWARD, pb) == ["splitk", "tap_tma_splitk", "tap_tma", "tap_tma_streamk",
+                                                     "implicit_tma", "implicit"]
     assert first((4, 64, 56, 56), (64, 64, 3, 3), 1, 1, 1, 1) == "tap_tma"
     pb = spec.problem_from_shapes((4, 64, 56, 56), (64, 64, 3, 3), 1, 1, 1, 1)
     assert router.candidates(router.FORWARD, pb) == ["tap_tma", "implicit_tma", "implicit"]  # all timed on a GPU
@@ -710,6 +711,8 @@ def test_input_grad_phases_run_on_the_kernel_that_suits_them(problem, kernels, l
     pytest.param("gemm1x1", (32, 256, 56, 56, 512, 1, 1, 2, 0, 1, 1), id="gemm1x1-resnet50-layer2.0.downsample"),
     pytest.param("tap_tma_splitk", (32, 512, 7, 7, 512, 3, 3, 1, 1, 1, 1), id="splitk-resnet50-layer4.1.conv2"),
     pytest.param("tap_tma_splitk", (32, 512, 14, 14, 512, 3, 3, 2, 1, 1, 1), id="splitk-resnet50-layer4.0.conv2"),
+    pytest.param("tap_tma_streamk", (32, 512, 7, 7, 512, 3, 3, 1, 1, 1, 1), id="streamk-resnet50-layer4.1.conv2"),
+    pytest.param("tap_tma_streamk", (32, 256, 28, 28, 256, 3, 3, 2, 1, 1, 1), id="streamk-resnet50-layer3.0.conv2"),
 ])
 def test_input_grad_tap_tma_at_layer_sizes(family, problem):
     """ResNet-50's 1x1 and strided dgrads through the tap_tma family (and the dgrad families that
@@ -900,11 +903,12 @@ def test_routed_candidates_drop_what_cannot_run_or_is_superseded():
     assert fwd(x, w1) == tma + ["gemm1x1"]
     assert fwd(x.contiguous(), w1) == ["gemm1x1"]  # NCHW: no TMA view of x
     # 3x3: M = 2048 with a 576-long reduction, so split-K is timed too
-    assert fwd(x, w3, 1, 1) == ["splitk"] + (["tap_tma_splitk", "tap_tma", "implicit_tma"] if TMA else []) + [
-        "implicit"]
+    # (and 2048 output pixels: few tiles for a GPU's SMs, so tap_tma's stream-K grid too)
+    assert fwd(x, w3, 1, 1) == ["splitk"] + (["tap_tma_splitk", "tap_tma", "tap_tma_streamk", "implicit_tma"]
+                                             if TMA else []) + ["implicit"]
     assert fwd(x, w3.contiguous(), 2, 1) == ["splitk", "implicit"]  # stride 2, NCHW weight: no TMA family
     # a strided 1x1 has no TMA GEMM: the pointer GEMM replaces the implicit one only, the TMA families stay
-    assert fwd(x, w1, 2) == ["gemm1x1"] + (["tap_tma", "implicit_tma"] if TMA else [])
+    assert fwd(x, w1, 2) == ["gemm1x1"] + (["tap_tma", "tap_tma_streamk", "implicit_tma"] if TMA else [])
     pb = spec.conv2d_problem(x, w1, None, 1, 0, 1, 1)
     dy = torch.randn(pb.output_shape, dtype=torch.float16, device=DEVICE).to(memory_format=torch.channels_last)
     assert router.routed_candidates(router.WEIGHT_GRAD, "weight_grad", pb, (dy, x)) == tma + ["gemm1x1"]
@@ -917,7 +921,7 @@ def test_routed_candidates_drop_what_cannot_run_or_is_superseded():
 
     assert dgrad(w1) == dgrad(w1, 2) == ["gemm1x1"] + (["tap_tma"] if TMA else [])
     # (2048 pixels, 576-long phase reductions: tap_tma's split-K too)
-    assert dgrad(w3, 1, 1) == (["tap_tma_splitk", "tap_tma"] if TMA else []) + ["implicit"]
+    assert dgrad(w3, 1, 1) == (["tap_tma_splitk", "tap_tma", "tap_tma_streamk"] if TMA else []) + ["implicit"]
     with router.force("implicit"):
         assert fwd(x, w1) == ["implicit"]
 
@@ -991,7 +995,21 @@ def test_input_grad_1x1_gemm_takes_only_what_it_computes():
     assert not gemm1x1.accepts_dgrad(problem(groups=2))
     big = spec.conv_transpose2d_problem(torch.empty(1, 8, 4, 4), torch.empty(8, 8, 1, 1), None, 2, 0, 2, 1, 3)
     assert (big.H, big.P) == (9, 4) and not gemm1x1.accepts_dgrad(big)
-    assert router.candidates(router.INPUT_GRAD, big) == ["tap_tma", "implicit"]
+    assert router.candidates(router.INPUT_GRAD, big) == ["tap_tma", "tap_tma_streamk", "implicit"]
+
+
+def _forced_dgrad(family: str, problem, seed: int) -> spec.Conv2dProblem:
+    """dx of ``problem`` (N, C, H, W, K, R, stride, padding; fp16, NHWC) with ``family`` forced,
+    checked against float64 autograd; returns the problem."""
+    N, C, H, W, K, R, stride, padding = problem
+    x, w, args, pb = _nhwc_fp16((N, C, H, W, K, R, R, stride, padding, 1, 1), seed=seed)
+    dy = torch.randn(pb.output_shape, dtype=torch.float16, device=DEVICE).to(memory_format=torch.channels_last)
+    with router.force(family):
+        dx = router.input_grad(dy, w, pb, memory_format=torch.channels_last)
+    xr = x.double().requires_grad_()
+    F.conv2d(xr, w.double(), None, *args).backward(dy.double())
+    assert rel_err(dx, xr.grad) < TOL[torch.float16]
+    return pb
 
 
 @pytest.mark.parametrize("problem,kernels,split", [
@@ -1006,23 +1024,34 @@ def test_input_grad_tap_tma_splitk_splits_the_phases_that_suit_it(problem, kerne
     small, with a long reduction) on tap_tma's split-K forward, the others as tap_tma runs them."""
     from tritonconv.kernels import dgrad
 
-    N, C, H, W, K, R, stride, padding = problem
-    x, w, args, pb = _nhwc_fp16((N, C, H, W, K, R, R, stride, padding, 1, 1), seed=23)
-    dy = torch.randn(pb.output_shape, dtype=torch.float16, device=DEVICE).to(memory_format=torch.channels_last)
     split_calls = []
     real = dgrad.conv2d_fprop_tap_tma_splitk
     monkeypatch.setattr(dgrad, "conv2d_fprop_tap_tma_splitk",
                         lambda *a, **k: split_calls.append(a[3]) or real(*a, **k))
+    pb = _forced_dgrad("tap_tma_splitk", problem, seed=23)
     assert dgrad.accepts_tap_tma_splitk(pb) and router.candidates(router.INPUT_GRAD, pb)[0] == "tap_tma_splitk"
-    with router.force("tap_tma_splitk"):
-        dx = router.input_grad(dy, w, pb, memory_format=torch.channels_last)
-    xr = x.double().requires_grad_()
-    F.conv2d(xr, w.double(), None, *args).backward(dy.double())
-    assert rel_err(dx, xr.grad) < TOL[torch.float16]
     if not TMA:
         pytest.skip("no TMA here (sm_80): the dgrad fell back to the implicit GEMM, right as checked")
     reached = [ph.forward for ph in dgrad._phases(pb) if ph.forward is not None]
     assert launched == kernels and split_calls == [f for f, s in zip(reached, split) if s]
+
+
+@pytest.mark.parametrize("problem,kernels", [
+    pytest.param((1, 16, 5, 5, 24, 3, 1, 1), ["fprop_tap_tma_streamk"], id="3x3"),
+    # stride 2: the one-tap phase a 1x1 GEMM, the 2- and 4-tap ones on the stream-K grid
+    pytest.param((2, 16, 6, 6, 32, 3, 2, 1), ["gemm1x1_tma"] + ["fprop_tap_tma_streamk"] * 3, id="3x3-stride-2"),
+])
+def test_input_grad_tap_tma_stream_k_runs_its_phases_on_the_grid(problem, kernels, launched, monkeypatch):
+    """dgrad's tap_tma_streamk: each phase (not a plain 1x1 one) on tap_tma's stream-K forward."""
+    from tritonconv.kernels import dgrad
+
+    monkeypatch.setattr(configs, "STREAM_K", True)
+    pb = _forced_dgrad("tap_tma_streamk", problem, seed=24)
+    assert dgrad.accepts_tap_tma_streamk(pb) and "tap_tma_streamk" in router.candidates(router.INPUT_GRAD, pb)
+    assert not dgrad.accepts_tap_tma_streamk(spec.problem_from_shapes((128, 16, 9, 9), (16, 16, 3, 3), 1, 1))
+    if not TMA:
+        pytest.skip("no TMA here (sm_80): the dgrad fell back to the implicit GEMM, right as checked")
+    assert launched == kernels
 
 
 def test_input_grad_tap_tma_splitk_takes_only_small_phases_with_long_reductions():
@@ -1383,7 +1412,7 @@ def gemm1x1_stream_k(monkeypatch):
     from tritonconv.kernels import gemm1x1
 
     _pin_gemm1x1_tma(monkeypatch, "STREAM_K", PERSISTENT=False)
-    return lambda programs: monkeypatch.setattr(gemm1x1, "INTERPRETER_PROGRAMS", programs)
+    return lambda programs: monkeypatch.setattr(_common, "INTERPRETER_PROGRAMS", programs)
 
 
 @pytest.mark.parametrize("programs", [1, 3, 5, 16, 64])
@@ -1412,7 +1441,7 @@ def test_gemm1x1_tma_stream_k(problem, programs, gemm1x1_stream_k, launched):
     assert launched == ["gemm1x1_tma"] * 2
     assert rel_err(first, F.conv2d(x.double(), w.double(), b.double(), 1, 0, 1, groups)) < TOL[torch.float16]
     assert torch.equal(first, again)
-    assert not any(int(f.abs().sum()) for f in gemm1x1._flag_buffers.values()), "flags left raised"
+    assert not any(int(f.abs().sum()) for f in _common._flag_buffers.values()), "flags left raised"
     # a launch plan replays it: the scratch is allocated afresh, the flags fetched per call
     plans.clear()
     with router.force("gemm1x1_tma"), plans.enabled_as(True):
@@ -1420,25 +1449,100 @@ def test_gemm1x1_tma_stream_k(problem, programs, gemm1x1_stream_k, launched):
         replayed = torch.ops.tritonconv.conv2d(x, w, b, *args)
     assert launched == ["gemm1x1_tma"] * 3, "the second call should have replayed the plan"
     assert torch.equal(replayed, first)
-    assert not any(int(f.abs().sum()) for f in gemm1x1._flag_buffers.values()), "flags left raised"
+    assert not any(int(f.abs().sum()) for f in _common._flag_buffers.values()), "flags left raised"
     plans.clear()
+
+
+@pytest.fixture
+def tap_tma_stream_k(monkeypatch):
+    """Stream-K on (whatever TRITONCONV_STREAM_K says), and a way to set the interpreter's program
+    count for the stream-K grids; on a GPU the count is the SMs, so only the first value runs."""
+    monkeypatch.setattr(configs, "STREAM_K", True)
+
+    def programs(count):
+        if DEVICE == "cuda" and count != 1:
+            pytest.skip("on a GPU the program count is the SM count: one run covers it")
+        monkeypatch.setattr(_common, "INTERPRETER_PROGRAMS", count)
+
+    return programs
+
+
+@pytest.mark.parametrize("programs", [1, 3, 5, 16, 64])
+@pytest.mark.parametrize("problem", [
+    (2, 32, 6, 6, 24, 3, 3, 1, 1, 1, 1),  # 18 steps (9 taps x 2 channel blocks) per tile, cut inside tiles
+    (1, 64, 8, 8, 32, 3, 3, 2, 1, 1, 2),  # stride 2 (x's phase view), grouped: a tile grid per group
+    (2, 24, 5, 7, 40, 3, 3, 1, 1, 1, 1),  # 24 channels: the second block of each tap half past them; K past a tile
+])
+def test_tap_tma_stream_k(problem, programs, tap_tma_stream_k, launched):
+    """tap_tma on a stream-K grid: every (tile, step) pair shared out, a tile cut between programs
+    summed by its finisher in program order, through the fused epilogue. It must match float64,
+    repeat bit for bit, leave the flags down, and replay from a launch plan."""
+    tap_tma_stream_k(programs)
+    N, C, H, W, K, R, S, stride, padding, dilation, groups = problem
+    torch.manual_seed(programs)
+    x = torch.randn(N, C, H, W, device=DEVICE).half().to(memory_format=torch.channels_last)
+    w = (torch.randn(K, C // groups, R, S, device=DEVICE) / (C * R * S) ** 0.5).half().to(
+        memory_format=torch.channels_last)
+    b = torch.randn(K, device=DEVICE).half()
+    args = (stride, padding, dilation, groups)
+    pb = spec.conv2d_problem(x, w, b, *args)
+    r = torch.randn(pb.output_shape, device=DEVICE).half().to(memory_format=torch.channels_last)
+    assert fprop.accepts_tap_tma_streamk(pb)
+
+    def call():
+        return tritonconv.conv2d(x, w, b, *args, activation="silu", residual=r)
+
+    with router.force("tap_tma_streamk"), plans.enabled_as(False):
+        first, again = call(), call()
+    assert launched == ["fprop_tap_tma_streamk"] * 2
+    ref = F.silu(F.conv2d(x.double(), w.double(), b.double(), *args) + r.double())
+    assert rel_err(first, ref) < TOL[torch.float16]
+    assert torch.equal(first, again)
+    assert not any(int(f.abs().sum()) for f in _common._flag_buffers.values()), "flags left raised"
+    plans.clear()
+    with router.force("tap_tma_streamk"), plans.enabled_as(True):
+        call()
+        replayed = call()
+    assert launched == ["fprop_tap_tma_streamk"] * 3, "the second call should have replayed the plan"
+    assert torch.equal(replayed, first)
+    assert not any(int(f.abs().sum()) for f in _common._flag_buffers.values()), "flags left raised"
+    plans.clear()
+
+
+def test_tap_tma_stream_k_is_for_small_outputs(monkeypatch):
+    """The stream-K grid is a candidate where tiles are few (ResNet-50's layer3 and layer4 3x3s at
+    batch 32), not for large outputs, which fill the SMs with tiles; a 1x1 has the plain GEMMs."""
+    monkeypatch.setattr(configs, "STREAM_K", True)
+
+    def problem(N, C, HW, K, R, stride=1):
+        x = torch.empty(N, C, HW, HW, device="meta")
+        return spec.conv2d_problem(x, torch.empty(K, C, R, R, device="meta"), None, stride, R // 2)
+
+    assert fprop.accepts_tap_tma_streamk(problem(32, 512, 7, 512, 3))  # layer4.1.conv2: 1568 pixels
+    assert fprop.accepts_tap_tma_streamk(problem(32, 256, 28, 256, 3, 2))  # layer3.0.conv2: 6272
+    assert not fprop.accepts_tap_tma_streamk(problem(32, 64, 56, 64, 3))  # layer1: 100352
+    assert "tap_tma_streamk" in router.SUPERSEDES["gemm1x1_tma"]
 
 
 def test_stream_k_configs_can_be_left_out():
     """TRITONCONV_STREAM_K=0 (the GPU check's fallback if stream-K misbehaves on a card) removes the
-    stream-K configs; by default gemm1x1_tma's compiled list has them."""
+    stream-K configs and tap_tma's stream-K family; by default gemm1x1_tma's compiled list has them,
+    and the family takes a small 3x3."""
     import os
     import subprocess
     import sys
 
     listed = configs.persistent_gemm_configs(interpreter=False, stream_k=True)
     assert sum(bool(c.kwargs["STREAM_K"]) for c in listed) == len(configs.STREAM_K_TILES)
-    code = ("from tritonconv import configs; print(sum(bool(c.kwargs['STREAM_K']) for c in "
-            "configs.persistent_gemm_configs(interpreter=False, stream_k=True)))")
-    env = {**os.environ, "TRITONCONV_STREAM_K": "0", "TRITON_INTERPRET": "1"}
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
-    assert out.returncode == 0, out.stderr
-    assert out.stdout.strip() == "0"
+    code = ("from tritonconv import configs, spec; from tritonconv.kernels import fprop; "
+            "print(sum(bool(c.kwargs['STREAM_K']) for c in "
+            "configs.persistent_gemm_configs(interpreter=False, stream_k=True)), "
+            "fprop.accepts_tap_tma_streamk(spec.problem_from_shapes((1, 16, 8, 8), (16, 16, 3, 3), 1, 1)))")
+    for flag, want in (("0", "0 False"), ("1", f"{len(configs.STREAM_K_TILES)} True")):
+        env = {**os.environ, "TRITONCONV_STREAM_K": flag, "TRITON_INTERPRET": "1"}
+        out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+        assert out.returncode == 0, out.stderr
+        assert out.stdout.strip() == want
 
 
 def test_gemm1x1_tma_flattened_persistent_loop(monkeypatch, launched):
@@ -1447,7 +1551,7 @@ def test_gemm1x1_tma_flattened_persistent_loop(monkeypatch, launched):
     from tritonconv.kernels import gemm1x1
 
     _pin_gemm1x1_tma(monkeypatch, "FLATTEN", PERSISTENT=True)
-    monkeypatch.setattr(gemm1x1, "INTERPRETER_PROGRAMS", 3)
+    monkeypatch.setattr(_common, "INTERPRETER_PROGRAMS", 3)
     torch.manual_seed(4)
     x = torch.randn(2, 32, 9, 9, device=DEVICE).half().to(memory_format=torch.channels_last)
     w = (torch.randn(72, 32, 1, 1, device=DEVICE) / 32 ** 0.5).half().to(memory_format=torch.channels_last)

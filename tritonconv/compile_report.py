@@ -48,7 +48,8 @@ pressure as much as the tile does, which is why a kernel with a fused
 epilogue is registered twice (see FAMILIES).
 
 Families: fprop, fprop_fused, fprop_splitk, fprop_tma, fprop_tma_fused, fprop_tma_splitk,
-fprop_tap_tma, fprop_tap_tma_fused, fprop_tap_tma_s2, fprop_tap_tma_small, fprop_tap_tma_splitk (fprop.py;
+fprop_tap_tma, fprop_tap_tma_fused, fprop_tap_tma_s2, fprop_tap_tma_small, fprop_tap_tma_splitk,
+fprop_tap_tma_streamk (fprop.py;
 TMA on sm_90 only); dgrad, dgrad_s2 (dgrad.py); wgrad, wgrad_splitk, wgrad_tap_tma, wgrad_tap_tma_s2 (wgrad.py; TMA on sm_90 only); gemm1x1, gemm1x1_fused, gemm1x1_dgrad, gemm1x1_tma (with persistent-
 grid variants), gemm1x1_wgrad, gemm1x1_wgrad_splitk, gemm1x1_wgrad_tma
 (gemm1x1.py; TMA on sm_90 only); smallc, smallc_fused, smallc_pad, smallc_pad_fused, smallc_wgrad (smallc.py);
@@ -62,7 +63,7 @@ Usage::
 The full report for sm_90 and sm_80 is about 1,500 compiles: 12 to 20 minutes
 on 2 cores with an empty Triton cache (TRITON_CACHE_DIR), 4 with a warm one.
 ``--subset`` compiles the first, largest, smallest and median config of every
-family in fp16 and fp32, 201 compiles for sm_90: about 165 s on 2 cores with an
+family in fp16 and fp32, 207 compiles for sm_90: about 170 s on 2 cores with an
 empty Triton cache (195 took 160 s, 2026-11-26). CI compiles one config of every family for sm_90 in fp16
 (tests/test_compile_report.py::test_every_family_builds) and bounds the
 subset's size.
@@ -407,11 +408,12 @@ def _fprop_tma_launch(dtype: Dtype, config: triton.Config, **kw):
 
 
 def _fprop_tap_tma_launch(dtype: Dtype, config: triton.Config, *, problem: Dict[str, Any] = FPROP_PROBLEM,
-                          residual: bool = False, activation: str = "none", split_k: int = 1):
+                          residual: bool = False, activation: str = "none", split_k: int = 1,
+                          stream_k: bool = False):
     """fprop_tap_tma_kernel's arguments as conv2d_fprop_tap_tma passes them, with bias: boxes of
     x's phase view [BOX_N, BOX_H, 1, BOX_W, BLOCK_K] (_common.tap_tma_boxes for the problem), the
     weight's tiles [BLOCK_N, BLOCK_K]
-    (fprop._set_tap_tma_blocks)."""
+    (fprop._set_tap_tma_blocks); split-K's or stream-K's fp32 scratch and stream-K's flags."""
     pb = problem_from_shapes(**problem)
     kw = config.kwargs
     y_s = _channels_last_strides(pb.output_shape)
@@ -421,7 +423,9 @@ def _fprop_tap_tma_launch(dtype: Dtype, config: triton.Config, *, problem: Dict[
     args = dict(
         x_desc=f"tensordesc<{dtype.triton_ty}[{box}]>",
         w_desc=f"tensordesc<{dtype.triton_ty}[{kw['BLOCK_N']}, {kw['BLOCK_K']}]>",
-        b_ptr=_ptr(dtype), res_ptr=_ptr(dtype), y_ptr=_ptr(dtype), ws_ptr=_partials_ptr(dtype) if split_k > 1 else _ptr(dtype),
+        b_ptr=_ptr(dtype), res_ptr=_ptr(dtype), y_ptr=_ptr(dtype),
+        ws_ptr="*fp32" if stream_k else _partials_ptr(dtype) if split_k > 1 else _ptr(dtype),
+        flags_ptr="*i32" if stream_k else _ptr(dtype),
         N=pb.N, C=pb.C, P=pb.P, Q=pb.Q, R=pb.R, S=pb.S, CG=pb.C_per_group, KG=pb.K_per_group, GROUPS=pb.groups,
         SPLIT_K=split_k, stride_h=pb.stride_h, stride_w=pb.stride_w,
         pad_h=pb.pad_h, pad_w=pb.pad_w, dil_h=pb.dil_h, dil_w=pb.dil_w,
@@ -431,6 +435,12 @@ def _fprop_tap_tma_launch(dtype: Dtype, config: triton.Config, *, problem: Dict[
     )
     return args, dict(_epilogue(dtype, residual, activation), INPUT_PRECISION=dtype.input_precision,
                       PARTIAL=split_k > 1, K_ALIGN=fprop.k_align(pb.C_per_group), BOXES=boxes)
+
+
+def tap_tma_streamk_tile_configs() -> List[triton.Config]:
+    """The tap-TMA stream-K variant's tiles (configs.STREAM_K_TILES, 8-wide spatial tiles)."""
+    return [triton.Config(c.kwargs, num_warps=c.num_warps, num_stages=c.num_stages)
+            for c in fprop.tap_tma_streamk_configs(interpreter=False)]
 
 
 def _dgrad_launch(dtype: Dtype, config: triton.Config, *, problem: Dict[str, Any] = FPROP_PROBLEM):
@@ -740,6 +750,10 @@ FAMILIES: List[KernelFamily] = [
     KernelFamily("fprop_tap_tma_splitk", fprop.fprop_tap_tma_kernel, tap_tma_tile_configs,
                  _p(_fprop_tap_tma_launch, problem=SMALL_OUTPUT_PROBLEM, split_k=FPROP_SPLITK),
                  _prune_of(fprop._fprop_tap_tma_tuned), dtypes=("fp16", "bf16", "fp32"), archs=("sm_90",),
+                 uses_tma=True),
+    KernelFamily("fprop_tap_tma_streamk", fprop.fprop_tap_tma_kernel, tap_tma_streamk_tile_configs,
+                 _p(_fprop_tap_tma_launch, problem=SMALL_OUTPUT_PROBLEM, stream_k=True),
+                 _prune_of(fprop._fprop_tap_tma_streamk_tuned), dtypes=("fp16", "bf16", "fp32"), archs=("sm_90",),
                  uses_tma=True),
     # input gradient (dgrad.py): stride 1, and stride 2 (4 phases, taps stepping by 2)
     KernelFamily("dgrad", dgrad.dgrad_kernel, gemm_tile_configs, _dgrad_launch, _prune_of(dgrad._dgrad_tuned)),

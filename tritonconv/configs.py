@@ -169,9 +169,10 @@ def gemm_configs(tiles: Sequence[Tuple[int, int, int, int, int]] = GEMM_TILES, *
 # times it for the first (largest) tiles, where a wave of programs is fewest.
 PERSISTENT_TILES = 4
 # Stream-K (one program per SM, each taking an equal share of all (tile, reduction step)
-# pairs; gemm1x1.py) is timed for the large tiles whose waves quantise worst: 128x128 and
-# its halves. Each program may leave one partial tile in a scratch slot, so the tile area
-# sets the scratch (64 KB of fp32 per SM at 128x128).
+# pairs; _common.stream_k_share) is timed for the large tiles whose waves quantise worst:
+# 128x128 and its halves, in gemm1x1_tma's list and as tap_tma_streamk's own (8-wide spatial
+# tiles). Each program may leave one partial tile in a scratch slot, so the tile area sets
+# the scratch (64 KB of fp32 per SM at 128x128).
 STREAM_K_TILES: Tuple[Tuple[int, int, int, int, int], ...] = (
     (128, 128, 64, 8, 3),
     (128, 128, 32, 8, 4),
@@ -188,8 +189,9 @@ FLATTEN_TILES: Tuple[Tuple[int, int, int, int, int], ...] = (
     (128, 64, 64, 8, 4),
 )
 
-# TRITONCONV_STREAM_K=0 (read at import) leaves the stream-K configs out of the autotune lists:
-# the GPU check sets it for its sweeps if the stream-K smoke test fails or hangs on the card.
+# TRITONCONV_STREAM_K=0 (read at import) leaves stream-K out: its configs out of gemm1x1_tma's
+# autotune list, and the tap_tma_streamk family out of the router's candidates (it accepts
+# nothing). The GPU check sets it for its sweeps if the stream-K smoke test fails or hangs on the card.
 STREAM_K = os.environ.get("TRITONCONV_STREAM_K", "1") != "0"
 
 

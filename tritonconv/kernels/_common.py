@@ -13,6 +13,7 @@ from typing import Dict, NamedTuple, Optional, Tuple
 import torch
 import triton
 import triton.language as tl
+from triton.runtime import driver
 
 from ..spec import Conv2dProblem, output_memory_format
 
@@ -24,6 +25,13 @@ __all__ = [
     "tile_pid",
     "split_range",
     "sm_count",
+    "stream_k_share",
+    "stream_k_step",
+    "stream_k_hand_off",
+    "stream_k_gather",
+    "persistent_programs",
+    "stream_k_flags",
+    "INTERPRETER_PROGRAMS",
     "unravel4",
     "dense_view",
     "phase_view",
@@ -316,6 +324,112 @@ def sm_count(device: torch.device) -> int:
     """The device's streaming multiprocessors, which split-K and persistent grids size themselves
     by; 1 off CUDA (the interpreter runs programs one after another)."""
     return torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 1
+
+
+# --------------------------------------------------------------------------- stream-K
+#
+# Stream-K (after Osama et al., "Stream-K: Work-centric Parallel Decomposition for Dense Matrix
+# Multiplication on the GPU", 2023), for gemm1x1_tma and tap_tma. With one program per output
+# tile, a layer with fewer tiles than SMs, or a few more, leaves SMs idle for the whole
+# reduction: ResNet-50's 14x14 layers at batch 32 have 98 tiles of 128x128 for an H100's 132
+# SMs. Here every program takes an equal share of all (tile, reduction step) pairs, in order,
+# so it may start or stop in the middle of a tile:
+#
+#     program p's pairs    [p * total // P, (p+1) * total // P),  total = tiles * steps
+#     a tile's finisher    the program holding its last step: it adds the partial sums
+#                          of the programs before it, in program order (deterministic),
+#                          then stores the tile through the epilogue
+#     the others           store their partial accumulator in partials[p] and raise
+#                          flags[p]; the finisher waits for it, and lowers it again
+#
+# A program stops inside at most one tile, so one partial slot per program is enough. The
+# finisher only ever waits for programs with smaller ids, which are launched first (and all
+# of them fit at once: P <= SMs), so it never waits for a program that cannot run; the
+# interpreter runs programs in id order, so there every partial is ready when needed.
+
+
+@triton.jit
+def stream_k_share(pid, total):
+    """[it, end): program ``pid``'s share of the ``total`` (tile, reduction step) pairs (int64)."""
+    programs = tl.num_programs(0)
+    return pid * total // programs, (pid + 1) * total // programs
+
+
+@triton.jit
+def stream_k_step(it, end, steps):
+    """(tile, k_lo, k_hi): the tile pair ``it`` falls in, and the steps [k_lo, k_hi) of it that
+    this program's share [it, end) holds (a tile has ``steps`` steps)."""
+    tile = (it // steps).to(tl.int32)
+    k_lo = (it - tile * steps).to(tl.int32)
+    return tile, k_lo, tl.minimum(steps, k_lo + (end - it)).to(tl.int32)
+
+
+@triton.jit
+def _stream_k_slot(BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """Each accumulator element's offset in a program's partial-tile slot (row-major)."""
+    return tl.arange(0, BLOCK_M)[:, None] * BLOCK_N + tl.arange(0, BLOCK_N)[None, :]
+
+
+@triton.jit
+def stream_k_hand_off(acc, partials_ptr, flags_ptr, pid, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """A program that stops inside a tile: its partial sum to its slot, then its flag up."""
+    tl.store(partials_ptr + pid * (BLOCK_M * BLOCK_N) + _stream_k_slot(BLOCK_M, BLOCK_N), acc)
+    tl.debug_barrier()  # every thread's stores come before the flag
+    tl.atomic_xchg(flags_ptr + pid, 1, sem="release", scope="gpu")
+
+
+@triton.jit
+def stream_k_gather(acc, partials_ptr, flags_ptr, tile, steps, total, BLOCK_M: tl.constexpr,
+                    BLOCK_N: tl.constexpr):
+    """The tile's finisher (it holds the tile's last step, and did not start it): acc plus the
+    partial sums of the programs that did its steps before, in program order, each waited for
+    and its flag lowered again (ready for the next launch)."""
+    programs = tl.num_programs(0)
+    start = tile.to(tl.int64) * steps
+    first = ((start + 1) * programs + total - 1) // total - 1  # the program holding the tile's step 0
+    slot = _stream_k_slot(BLOCK_M, BLOCK_N)
+    for q in range(first.to(tl.int32), tl.program_id(0)):
+        while tl.atomic_add(flags_ptr + q, 0, sem="acquire", scope="gpu") == 0:
+            pass
+        tl.debug_barrier()
+        acc += tl.load(partials_ptr + q * (BLOCK_M * BLOCK_N) + slot, cache_modifier=".cg")
+        tl.atomic_xchg(flags_ptr + q, 0, sem="relaxed", scope="gpu")
+    return acc
+
+
+# programs of a persistent or stream-K grid under the interpreter: few, so that each program
+# of a test loops over several tiles (tests vary it to move stream-K's cuts)
+INTERPRETER_PROGRAMS = 2
+
+
+def persistent_programs(device: torch.device) -> int:
+    """How many programs a persistent or stream-K grid launches: one per SM on CUDA;
+    INTERPRETER_PROGRAMS on the CPU (the interpreter)."""
+    if device.type != "cuda":
+        return INTERPRETER_PROGRAMS
+    return sm_count(device)
+
+
+def stream_k_flags(device: torch.device, programs: int) -> torch.Tensor:
+    """Stream-K's flags for launches on the current stream: zero between launches (each
+    finisher lowers the flags it waited for), so one buffer per device and stream is kept and
+    reused (by every stream-K kernel: launches on one stream run one after another); the stream
+    is part of the key because launches on two streams may overlap. During a CUDA graph
+    capture, a fresh one, zeroed by the graph itself."""
+    if device.type == "cuda":
+        if torch.cuda.is_current_stream_capturing():
+            return torch.zeros(programs, dtype=torch.int32, device=device)
+        # the stream the kernel will be launched on, as Triton finds it (cheaper than torch's)
+        key = (device, driver.active.get_current_stream(device.index))
+    else:
+        key = (device, 0)
+    flags = _flag_buffers.get(key)
+    if flags is None or flags.numel() < programs:
+        flags = _flag_buffers[key] = torch.zeros(programs, dtype=torch.int32, device=device)
+    return flags
+
+
+_flag_buffers: dict = {}
 
 
 def check_device(*tensors: torch.Tensor) -> None:

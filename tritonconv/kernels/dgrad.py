@@ -55,9 +55,12 @@ from ._common import (
     unravel4,
 )
 from . import gemm1x1
-from .fprop import accepts_splitk, conv2d_fprop_tap_tma, conv2d_fprop_tap_tma_splitk, spatial_tiles_fit
+from . import fprop
+from .fprop import accepts_splitk, conv2d_fprop_tap_tma, conv2d_fprop_tap_tma_splitk, conv2d_fprop_tap_tma_streamk
+from .fprop import spatial_tiles_fit
 
-__all__ = ["accepts_tap_tma", "accepts_tap_tma_splitk", "conv2d_dgrad_tap_tma", "conv2d_dgrad_tap_tma_splitk",
+__all__ = ["accepts_tap_tma", "accepts_tap_tma_splitk", "accepts_tap_tma_streamk", "conv2d_dgrad_tap_tma",
+           "conv2d_dgrad_tap_tma_splitk", "conv2d_dgrad_tap_tma_streamk",
            "tap_tma_usable", "conv2d_dgrad", "conv2d_dgrad_1x1", "dgrad_kernel",
            "phase_fill_kernel", "phase_weight_kernel", "cached_phase_weights", "forget_phase_weights"]
 
@@ -494,24 +497,38 @@ def _reached(dx: torch.Tensor, problem: Conv2dProblem, phases: List[_Phase], bia
             yield phase, out
 
 
-def _phase_forward(forward: Conv2dProblem, split_k: bool = False) -> Callable[..., torch.Tensor]:
+def _phase_forward(forward: Conv2dProblem, variant: str = "") -> Callable[..., torch.Tensor]:
     """The forward launcher for one phase's conv of dy (see above): the 1x1 GEMM for a plain 1x1
     conv, else tap_tma's, which hands a phase it does not take (``fprop.input_tma_usable``) on to
-    implicit_tma by itself; with ``split_k``, tap_tma's split-K where the phase suits it
-    (``fprop.accepts_splitk``)."""
+    implicit_tma by itself; with ``variant`` "splitk" or "streamk", tap_tma's split-K or
+    stream-K launch where the phase suits it (``fprop.accepts_splitk``, ``fprop.accepts_tap_tma_streamk``)."""
     if gemm1x1.accepts(forward):
         return gemm1x1.conv2d_fprop_1x1_tma
-    if split_k and accepts_splitk(forward):
+    if variant == "splitk" and accepts_splitk(forward):
         return conv2d_fprop_tap_tma_splitk
+    if variant == "streamk" and fprop.accepts_tap_tma_streamk(forward):
+        return conv2d_fprop_tap_tma_streamk
     return conv2d_fprop_tap_tma
+
+
+def _some_phase_takes(problem: Conv2dProblem, accepts: Callable[[Conv2dProblem], bool]) -> bool:
+    """Whether a phase of the dgrad, other than a plain 1x1 one, has a forward conv ``accepts`` takes."""
+    return any(ph.forward is not None and not gemm1x1.accepts(ph.forward) and accepts(ph.forward)
+               for ph in _phases(problem))
 
 
 def accepts_tap_tma_splitk(problem: Conv2dProblem) -> bool:
     """The dgrads with a phase that split-K suits (``fprop.accepts_splitk`` of its forward conv of
     dy: a small phase of dx, a long reduction): ResNet-50's 7x7 layers at batch 32, whose dgrad at
     one program per tile leaves SMs idle as their forward does."""
-    return any(ph.forward is not None and not gemm1x1.accepts(ph.forward) and accepts_splitk(ph.forward)
-               for ph in _phases(problem))
+    return _some_phase_takes(problem, accepts_splitk)
+
+
+def accepts_tap_tma_streamk(problem: Conv2dProblem) -> bool:
+    """The dgrads with a phase that tap_tma's stream-K grid takes (``fprop.accepts_tap_tma_streamk``:
+    a phase of at most ``fprop.TAP_TMA_STREAMK_MAX_PIXELS``): ResNet-50's layer3 and layer4 3x3s at
+    batch 32."""
+    return _some_phase_takes(problem, fprop.accepts_tap_tma_streamk)
 
 
 def conv2d_dgrad_tap_tma_splitk(dy: torch.Tensor, w: torch.Tensor, problem: Conv2dProblem,
@@ -521,16 +538,26 @@ def conv2d_dgrad_tap_tma_splitk(dy: torch.Tensor, w: torch.Tensor, problem: Conv
 
     Args/Returns: as ``conv2d_dgrad``.
     """
-    return conv2d_dgrad_tap_tma(dy, w, problem, bias, memory_format, split_k=True)
+    return conv2d_dgrad_tap_tma(dy, w, problem, bias, memory_format, variant="splitk")
+
+
+def conv2d_dgrad_tap_tma_streamk(dy: torch.Tensor, w: torch.Tensor, problem: Conv2dProblem,
+                                 bias: Optional[torch.Tensor] = None,
+                                 memory_format: torch.memory_format = torch.contiguous_format) -> torch.Tensor:
+    """``conv2d_dgrad_tap_tma`` with the phases that suit it on tap_tma's stream-K grid.
+
+    Args/Returns: as ``conv2d_dgrad``.
+    """
+    return conv2d_dgrad_tap_tma(dy, w, problem, bias, memory_format, variant="streamk")
 
 
 def conv2d_dgrad_tap_tma(dy: torch.Tensor, w: torch.Tensor, problem: Conv2dProblem,
                          bias: Optional[torch.Tensor] = None,
                          memory_format: torch.memory_format = torch.contiguous_format,
-                         split_k: bool = False) -> torch.Tensor:
+                         variant: str = "") -> torch.Tensor:
     """dgrad as forward convs of dy, one launch per stride phase of dx (``_phases``), each on the
-    kernel that suits it (``_phase_forward``, split-K ones too with ``split_k``); ``conv2d_dgrad``
-    where the layouts don't allow TMA (``tap_tma_usable``).
+    kernel that suits it (``_phase_forward``, tap_tma's split-K or stream-K launch with ``variant``);
+    ``conv2d_dgrad`` where the layouts don't allow TMA (``tap_tma_usable``).
 
     Args/Returns: as ``conv2d_dgrad``.
     """
@@ -547,7 +574,7 @@ def conv2d_dgrad_tap_tma(dy: torch.Tensor, w: torch.Tensor, problem: Conv2dProbl
     else:  # kernels into new tensors: the plan records and replays them
         weights = iter(_phase_weights(w, pb, phases))
     for phase, out in _reached(dx, pb, phases, bias):
-        _phase_forward(phase.forward, split_k)(dy, next(weights), bias, phase.forward, out=out)
+        _phase_forward(phase.forward, variant)(dy, next(weights), bias, phase.forward, out=out)
     return dx
 
 

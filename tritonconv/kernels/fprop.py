@@ -42,7 +42,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .. import configs, tuning
+from .. import configs, plans, tuning
 from ..spec import Conv2dProblem
 from ._common import (
     MAX_PIXELS,
@@ -54,10 +54,16 @@ from ._common import (
     input_precision_for,
     mma,
     mma_barrier,
+    persistent_programs,
     phase_view,
     phase_view_fits,
     prepare_forward,
     sm_count,
+    stream_k_flags,
+    stream_k_gather,
+    stream_k_hand_off,
+    stream_k_share,
+    stream_k_step,
     tap_tma_box,
     tap_tma_boxes,
     split_range,
@@ -66,7 +72,7 @@ from ._common import (
 )
 
 __all__ = ["conv2d_fprop", "conv2d_fprop_splitk", "conv2d_fprop_tma", "conv2d_fprop_tap_tma",
-           "conv2d_fprop_tap_tma_splitk", "fprop_kernel",
+           "conv2d_fprop_tap_tma_splitk", "conv2d_fprop_tap_tma_streamk", "accepts_tap_tma_streamk", "fprop_kernel",
            "fprop_tap_tma_kernel", "splitk_reduce_kernel", "accepts_splitk", "accepts_tap_tma", "weight_tma_usable",
            "input_tma_usable", "tap_tma_steps", "TAP_TMA_MIN_STEPS"]
 
@@ -441,6 +447,72 @@ def spatial_tiles_fit(N: int, P: int, Q: int) -> bool:
 
 
 @triton.jit
+def _tap_tma_origin(pid_m, tiles_h, tiles_w, BOX_N: tl.constexpr, BOX_H: tl.constexpr, BOX_W: tl.constexpr):
+    """(n0, p0, q0): the first image, output row and column of spatial M-tile ``pid_m``'s box."""
+    return (pid_m // (tiles_h * tiles_w)) * BOX_N, ((pid_m // tiles_w) % tiles_h) * BOX_H, (pid_m % tiles_w) * BOX_W
+
+
+@triton.jit
+def _tap_tma_acc(
+    x_desc, w_desc, g, n0, p0, q0, pid_n, k_lo, k_hi,
+    C, S, CG, KG, stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
+    ACC_DTYPE: tl.constexpr, INPUT_PRECISION: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, EVEN_K: tl.constexpr,
+    SYNC_MMA: tl.constexpr,
+):
+    """Reduction steps [k_lo, k_hi) of one output tile: (r, s, c-block), c-block fastest, as in
+    fprop_kernel, from a TMA box of x per step and a TMA tile of w."""
+    offs_k = tl.arange(0, BLOCK_K)
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC_DTYPE)
+    c_blocks = tl.cdiv(CG, BLOCK_K)
+    for it in range(k_lo, k_hi):
+        rs = it // c_blocks
+        c0 = (it - rs * c_blocks) * BLOCK_K
+        r = rs // S
+        s = rs - r * S
+        shift_h, phase_h = tap_phase(r, dil_h, pad_h, stride_h)
+        shift_w, phase_w = tap_phase(s, dil_w, pad_w, stride_w)
+        a = x_desc.load([n0, p0 + shift_h, phase_h, q0 + shift_w, phase_w * C + g * CG + c0])
+        a = a.reshape(BLOCK_M, BLOCK_K)
+        # Channels past this group's C/groups are the next group's (or the next column
+        # phase's; past the row, TMA's zeros); the weight tile's matching columns hold the
+        # next tap's weights. Where BLOCK_K divides C/groups no box reaches past them, and
+        # without the mask A goes from shared memory to the MMA with no select in registers.
+        if not EVEN_K:
+            a = tl.where((c0 + offs_k < CG)[None, :], a, tl.zeros_like(a))
+        b = w_desc.load([g * KG + pid_n * BLOCK_N, rs * CG + c0]).T
+        acc = mma(a, b, acc, INPUT_PRECISION, ACC_DTYPE)
+        if SYNC_MMA:
+            acc = mma_barrier(acc)
+    return acc
+
+
+@triton.jit
+def _tap_tma_rows(n0, p0, q0, N, P, Q, BLOCK_M: tl.constexpr, BOX_H: tl.constexpr, BOX_W: tl.constexpr):
+    """(n, p, q) of the tile's BLOCK_M rows (int64), and which of them lie inside the output."""
+    offs_m = tl.arange(0, BLOCK_M)
+    n = n0 + offs_m // (BOX_H * BOX_W)
+    p = p0 + (offs_m // BOX_W) % BOX_H
+    q = q0 + offs_m % BOX_W
+    return n.to(tl.int64), p.to(tl.int64), q.to(tl.int64), (n < N) & (p < P) & (q < Q)
+
+
+@triton.jit
+def _tap_tma_store(
+    acc, g, n0, p0, q0, pid_n, N, P, Q, KG,
+    b_ptr, res_ptr, y_ptr, syn, syk, syp, syq, srn, srk, srp, srq, alpha,
+    HAS_BIAS: tl.constexpr, HAS_RESIDUAL: tl.constexpr, ACTIVATION: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BOX_H: tl.constexpr, BOX_W: tl.constexpr,
+):
+    """The epilogue: the tile's pixels inside the output, one store."""
+    n, p, q, mask_m = _tap_tma_rows(n0, p0, q0, N, P, Q, BLOCK_M, BOX_H, BOX_W)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    conv_epilogue(acc, b_ptr, res_ptr, y_ptr, n * syn + p * syp + q * syq, n * srn + p * srp + q * srq,
+                  g * KG + offs_n, syk, srk, mask_m, offs_n < KG, alpha,
+                  HAS_BIAS, HAS_RESIDUAL, ACTIVATION)
+
+
+@triton.jit
 def fprop_tap_tma_kernel(
     # descriptors and pointers
     x_desc,  # x as an (N, H/sh, sh, W/sw, sw*C) phase view of NHWC: [BOX_N, BOX_H, 1, BOX_W, BLOCK_K] boxes
@@ -448,7 +520,8 @@ def fprop_tap_tma_kernel(
     b_ptr,  # (K,); unused unless HAS_BIAS
     res_ptr,  # (N, K, P, Q), any strides; unused unless HAS_RESIDUAL
     y_ptr,  # (N, K, P, Q), any strides
-    ws_ptr,  # (SPLIT_K, N*P*Q, K) fp32 partial sums; unused unless PARTIAL
+    ws_ptr,  # fp32: (SPLIT_K, N*P*Q, K) partial sums if PARTIAL, (programs, BLOCK_M*BLOCK_N) if STREAM_K
+    flags_ptr,  # (programs,) int32, zero between launches; unused unless STREAM_K
     # problem sizes
     N, C, P, Q, R, S,
     CG, KG, GROUPS,
@@ -468,6 +541,7 @@ def fprop_tap_tma_kernel(
     K_ALIGN: tl.constexpr = 1,  # k_align(C/groups): EVEN_K where BLOCK_K divides it
     BOXES: tl.constexpr = 0,  # _common.tap_tma_boxes(N, P, Q): the box per BLOCK_M; 0: one image, BLOCK_W wide
     SYNC_MMA: tl.constexpr = False,  # finish each step's wgmmas before the next (configs.WGMMA_RS_HAZARD)
+    STREAM_K: tl.constexpr = False,  # at most one program per SM, sharing out (tile, step) pairs evenly
 ):
     # the box, decoded as _common.tap_tma_box does for the descriptor's pre-hook and the grid
     AT: tl.constexpr = 8 * ((BLOCK_M >= 32) + (BLOCK_M >= 64) + (BLOCK_M >= 128) + (BLOCK_M >= 256))
@@ -480,60 +554,55 @@ def fprop_tap_tma_kernel(
     BOX_N: tl.constexpr = BLOCK_M // (BOX_H * BOX_W)
     EVEN_K: tl.constexpr = K_ALIGN % BLOCK_K == 0
 
-    # -- program-id mapping: (split, group, spatial M-tile, N-tile); an M-tile is (n0, p0, q0)
+    # -- tiles: (group, spatial M-tile, N-tile); an M-tile is the box at (n0, p0, q0)
     tiles_h = tl.cdiv(P, BOX_H)
     tiles_w = tl.cdiv(Q, BOX_W)
     tiles_m = tl.cdiv(N, BOX_N) * tiles_h * tiles_w
-    outer, pid_m, pid_n = tile_pid(tl.program_id(0), tiles_m * BLOCK_M, KG, BLOCK_M, BLOCK_N, GROUP_M)
-    split = outer // GROUPS
-    g = outer % GROUPS
-    n0 = (pid_m // (tiles_h * tiles_w)) * BOX_N
-    p0 = ((pid_m // tiles_w) % tiles_h) * BOX_H
-    q0 = (pid_m % tiles_w) * BOX_W
-
-    # -- reduction loop over (r, s, c-block), c-block fastest, as in fprop_kernel: this split's share
-    offs_k = tl.arange(0, BLOCK_K)
-    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC_DTYPE)
-    c_blocks = tl.cdiv(CG, BLOCK_K)
-    start, stop = split_range(split, R * S * c_blocks, SPLIT_K, 1)
-    for it in range(start, stop):
-        rs = it // c_blocks
-        c0 = (it - rs * c_blocks) * BLOCK_K
-        r = rs // S
-        s = rs - r * S
-        shift_h, phase_h = tap_phase(r, dil_h, pad_h, stride_h)
-        shift_w, phase_w = tap_phase(s, dil_w, pad_w, stride_w)
-        a = x_desc.load([n0, p0 + shift_h, phase_h, q0 + shift_w, phase_w * C + g * CG + c0])
-        a = a.reshape(BLOCK_M, BLOCK_K)
-        # Channels past this group's C/groups are the next group's (or the next column
-        # phase's; past the row, TMA's zeros); the weight tile's matching columns hold the
-        # next tap's weights. Where BLOCK_K divides C/groups no box reaches past them, and
-        # without the mask A goes from shared memory to the MMA with no select in registers.
-        if not EVEN_K:
-            a = tl.where((c0 + offs_k < CG)[None, :], a, tl.zeros_like(a))
-        b = w_desc.load([g * KG + pid_n * BLOCK_N, rs * CG + c0]).T
-        acc = mma(a, b, acc, INPUT_PRECISION, ACC_DTYPE)
-        if SYNC_MMA:
-            acc = mma_barrier(acc)
-
-    # -- epilogue: the tile's pixels inside the output, one store
-    offs_m = tl.arange(0, BLOCK_M)
-    n = n0 + offs_m // (BOX_H * BOX_W)
-    p = p0 + (offs_m // BOX_W) % BOX_H
-    q = q0 + offs_m % BOX_W
-    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    mask_m = (n < N) & (p < P) & (q < Q)
-    n64, p64, q64 = n.to(tl.int64), p.to(tl.int64), q.to(tl.int64)
-    if PARTIAL:
-        # split-K: raw partial sums by pixel index m = (n*P + p)*Q + q, as splitk_reduce_kernel reads them
-        K = GROUPS * KG
-        rows = ((n64 * P + p64) * Q + q64) * K
-        ws = ws_ptr + split.to(tl.int64) * N * P * Q * K + rows[:, None] + (g * KG + offs_n)[None, :]
-        tl.store(ws, acc, mask=mask_m[:, None] & (offs_n < KG)[None, :])
-        return
-    conv_epilogue(acc, b_ptr, res_ptr, y_ptr, n64 * syn + p64 * syp + q64 * syq, n64 * srn + p64 * srp + q64 * srq,
-                  g * KG + offs_n, syk, srk, mask_m, offs_n < KG, alpha,
-                  HAS_BIAS, HAS_RESIDUAL, ACTIVATION)
+    steps = R * S * tl.cdiv(CG, BLOCK_K)
+    if STREAM_K:
+        # -- every program takes an equal share of all (tile, step) pairs (_common.stream_k_share);
+        # int64: tiles * steps * programs can pass 2**31
+        total = (GROUPS * tiles_m * tl.cdiv(KG, BLOCK_N)).to(tl.int64) * steps
+        pid = tl.program_id(0)
+        it, end = stream_k_share(pid, total)
+        while it < end:
+            tile, k_lo, k_hi = stream_k_step(it, end, steps)
+            g, pid_m, pid_n = tile_pid(tile, tiles_m * BLOCK_M, KG, BLOCK_M, BLOCK_N, GROUP_M)
+            n0, p0, q0 = _tap_tma_origin(pid_m, tiles_h, tiles_w, BOX_N, BOX_H, BOX_W)
+            acc = _tap_tma_acc(x_desc, w_desc, g, n0, p0, q0, pid_n, k_lo, k_hi, C, S, CG, KG,
+                               stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
+                               ACC_DTYPE, INPUT_PRECISION, BLOCK_M, BLOCK_N, BLOCK_K, EVEN_K, SYNC_MMA)
+            if k_hi < steps:
+                stream_k_hand_off(acc, ws_ptr, flags_ptr, pid, BLOCK_M, BLOCK_N)
+            else:
+                if k_lo > 0:
+                    acc = stream_k_gather(acc, ws_ptr, flags_ptr, tile, steps, total, BLOCK_M, BLOCK_N)
+                _tap_tma_store(acc, g, n0, p0, q0, pid_n, N, P, Q, KG, b_ptr, res_ptr, y_ptr,
+                               syn, syk, syp, syq, srn, srk, srp, srq, alpha, HAS_BIAS, HAS_RESIDUAL, ACTIVATION,
+                               BLOCK_M, BLOCK_N, BOX_H, BOX_W)
+            it += k_hi - k_lo
+    else:
+        # -- program-id mapping: (split, group, spatial M-tile, N-tile), and this split's steps
+        outer, pid_m, pid_n = tile_pid(tl.program_id(0), tiles_m * BLOCK_M, KG, BLOCK_M, BLOCK_N, GROUP_M)
+        split = outer // GROUPS
+        g = outer % GROUPS
+        n0, p0, q0 = _tap_tma_origin(pid_m, tiles_h, tiles_w, BOX_N, BOX_H, BOX_W)
+        start, stop = split_range(split, steps, SPLIT_K, 1)
+        acc = _tap_tma_acc(x_desc, w_desc, g, n0, p0, q0, pid_n, start, stop, C, S, CG, KG,
+                           stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
+                           ACC_DTYPE, INPUT_PRECISION, BLOCK_M, BLOCK_N, BLOCK_K, EVEN_K, SYNC_MMA)
+        if PARTIAL:
+            # split-K: raw partial sums by pixel index m = (n*P + p)*Q + q, as splitk_reduce_kernel reads them
+            n, p, q, mask_m = _tap_tma_rows(n0, p0, q0, N, P, Q, BLOCK_M, BOX_H, BOX_W)
+            offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+            K = GROUPS * KG
+            rows = ((n * P + p) * Q + q) * K
+            ws = ws_ptr + split.to(tl.int64) * N * P * Q * K + rows[:, None] + (g * KG + offs_n)[None, :]
+            tl.store(ws, acc, mask=mask_m[:, None] & (offs_n < KG)[None, :])
+        else:
+            _tap_tma_store(acc, g, n0, p0, q0, pid_n, N, P, Q, KG, b_ptr, res_ptr, y_ptr,
+                           syn, syk, syp, syq, srn, srk, srp, srq, alpha, HAS_BIAS, HAS_RESIDUAL, ACTIVATION,
+                           BLOCK_M, BLOCK_N, BOX_H, BOX_W)
 
 
 def k_align(cg: int) -> int:
@@ -547,6 +616,12 @@ def _set_tap_tma_blocks(nargs):
     box_n, box_h, box_w = tap_tma_box(nargs["BLOCK_M"], nargs["BLOCK_W"], nargs.get("BOXES", 0))
     nargs["x_desc"].block_shape = [box_n, box_h, 1, box_w, nargs["BLOCK_K"]]
     nargs["w_desc"].block_shape = [nargs["BLOCK_N"], nargs["BLOCK_K"]]
+    if nargs.get("STREAM_K"):
+        # the partial-tile scratch: a slot per program (the launcher passes an empty tensor)
+        partials = nargs["ws_ptr"]
+        need = nargs["flags_ptr"].numel() * nargs["BLOCK_M"] * nargs["BLOCK_N"]
+        if partials.numel() < need:
+            partials.resize_(need)
 
 
 def tap_tma_configs(interpreter=None):
@@ -556,30 +631,44 @@ def tap_tma_configs(interpreter=None):
             for c in configs.spatial_tile_configs(configs.TAP_TMA_ROW_TILES, "BLOCK_M", interpreter)]
 
 
+def tap_tma_streamk_configs(interpreter=None):
+    """The stream-K variant's configs: configs.STREAM_K_TILES as 8-wide spatial tiles (the
+    interpreter's one config), with STREAM_K on and the pre-hook."""
+    return [triton.Config(c.kwargs, num_warps=c.num_warps, num_stages=c.num_stages, pre_hook=_set_tap_tma_blocks)
+            for c in configs.gemm_configs(configs.STREAM_K_TILES, interpreter=interpreter,
+                                          BLOCK_W=configs.SPATIAL_TILE_WIDTH, STREAM_K=True)]
+
+
+_TAP_TMA_KEY = ["N", "P", "Q", "R", "S", "CG", "KG", "GROUPS", "SPLIT_K", "stride_h", "stride_w", "pad_h", "pad_w",
+                "dil_h", "dil_w", "syk", "HAS_RESIDUAL", "ACTIVATION"]
+_TAP_TMA_PRUNE = configs.SpatialTilePruneHook(
+    m_fn=lambda a: a["N"] * a["P"] * a["Q"], n_fn=lambda a: a["KG"], k_fn=lambda a: a["CG"],
+    tensor_arg="y_ptr", span="BLOCK_M", k_align_arg="K_ALIGN", gathered=False,
+)
+
 _fprop_tap_tma_tuned = triton.autotune(
-    configs=tap_tma_configs(),
-    key=["N", "P", "Q", "R", "S", "CG", "KG", "GROUPS", "SPLIT_K", "stride_h", "stride_w", "pad_h", "pad_w", "dil_h",
-         "dil_w", "syk", "HAS_RESIDUAL", "ACTIVATION"],
-    do_bench=configs.capture_safe_bench,
-    prune_configs_by={
-        "early_config_prune": configs.SpatialTilePruneHook(
-            m_fn=lambda a: a["N"] * a["P"] * a["Q"], n_fn=lambda a: a["KG"], k_fn=lambda a: a["CG"],
-            tensor_arg="y_ptr", span="BLOCK_M", k_align_arg="K_ALIGN", gathered=False,
-        )
-    },
+    configs=tap_tma_configs(), key=_TAP_TMA_KEY, do_bench=configs.capture_safe_bench,
+    prune_configs_by={"early_config_prune": _TAP_TMA_PRUNE},
+)(fprop_tap_tma_kernel)
+# the stream-K variant, tuned on its own (only the layers whose tiles fill the SMs badly ask for it)
+_fprop_tap_tma_streamk_tuned = triton.autotune(
+    configs=tap_tma_streamk_configs(), key=_TAP_TMA_KEY, do_bench=configs.capture_safe_bench,
+    prune_configs_by={"early_config_prune": _TAP_TMA_PRUNE},
 )(fprop_tap_tma_kernel)
 
 
 def conv2d_fprop_tap_tma(x, w, bias, problem: Conv2dProblem, out=None, activation="none", alpha=0.01,
-                         residual=None, split_k: int = 1) -> torch.Tensor:
+                         residual=None, split_k: int = 1, stream_k: bool = False) -> torch.Tensor:
     """The forward with TMA loads of both operands (Hopper); where they can't apply
     (``input_tma_usable``), the implicit GEMM (``conv2d_fprop``, split the same way, its weight
     by TMA where ``weight_tma_usable``).
 
-    Args/Returns: as ``conv2d_fprop``, ``split_k`` included.
+    Args/Returns: as ``conv2d_fprop``, ``split_k`` included; with ``stream_k``, the stream-K grid
+    (``_common.stream_k_share``; ``split_k`` is then 1).
     """
     pb = problem
     split = max(1, int(split_k))
+    assert split == 1 or not stream_k, "stream-K shares out the whole reduction: no split with it"
     if not input_tma_usable(x, w, pb):
         return conv2d_fprop(x, w, bias, pb, out, activation, alpha, residual, split_k=split,
                             weight_tma=weight_tma_usable(w, pb))
@@ -594,21 +683,35 @@ def conv2d_fprop_tap_tma(x, w, bias, problem: Conv2dProblem, out=None, activatio
     KG = pb.K_per_group
 
     boxes = tap_tma_boxes(pb.N, pb.P, pb.Q)
+    programs = persistent_programs(x.device) if stream_k else None  # a device query: host time per call
 
     def grid(meta):
         bn, bh, bw = tap_tma_box(meta["BLOCK_M"], meta["BLOCK_W"], boxes)
         tiles_m = triton.cdiv(pb.N, bn) * triton.cdiv(pb.P, bh) * triton.cdiv(pb.Q, bw)
-        return (split * pb.groups * tiles_m * triton.cdiv(KG, meta["BLOCK_N"]),)
+        tiles = pb.groups * tiles_m * triton.cdiv(KG, meta["BLOCK_N"])
+        if meta.get("STREAM_K"):
+            return (min(tiles * pb.R * pb.S * triton.cdiv(pb.C_per_group, meta["BLOCK_K"]), programs),)
+        return (split * tiles,)
 
-    tuning.launch(_fprop_tap_tma_tuned, "fprop_tap_tma", x.device, grid,
-        x_desc, w_desc, fw.bias, fw.residual, out, ws if ws is not None else out,
+    if stream_k:
+        # the partial tiles (sized by the pre-hook per config) and the flags, which a launch
+        # plan fetches per call (the buffer depends on the stream), as gemm1x1_tma's stream-K
+        ws = torch.empty(0, dtype=torch.float32, device=x.device)
+        device = x.device  # not x: the plan keeps this function, and must not keep the call's tensors
+        flags = plans.derive(lambda: stream_k_flags(device, programs))
+        tuned, name = _fprop_tap_tma_streamk_tuned, "fprop_tap_tma_streamk"
+    else:
+        flags = out  # unused
+        tuned, name = _fprop_tap_tma_tuned, "fprop_tap_tma"
+    tuning.launch(tuned, name, x.device, grid,
+        x_desc, w_desc, fw.bias, fw.residual, out, ws if ws is not None else out, flags,
         pb.N, pb.C, pb.P, pb.Q, pb.R, pb.S, pb.C_per_group, KG, pb.groups, split,
         pb.stride_h, pb.stride_w, pb.pad_h, pb.pad_w, pb.dil_h, pb.dil_w,
         *out.stride(), *fw.res_strides, float(alpha),
-        **fw.epilogue, INPUT_PRECISION=input_precision_for(x), PARTIAL=ws is not None,
+        **fw.epilogue, INPUT_PRECISION=input_precision_for(x), PARTIAL=split > 1,
         K_ALIGN=k_align(pb.C_per_group), BOXES=boxes,
     )
-    if ws is not None:
+    if split > 1:
         _reduce_partials(ws, fw, out, pb, M, split, alpha)
     return out
 
@@ -624,3 +727,29 @@ def conv2d_fprop_tap_tma_splitk(x, w, bias, problem: Conv2dProblem, out=None, ac
     """
     return conv2d_fprop_tap_tma(x, w, bias, problem, out, activation, alpha, residual,
                                 split_k=choose_split_k(problem, x.device))
+
+
+# Stream-K pays where one program per tile leaves SMs idle for the whole reduction: ResNet-50's
+# layer3 and layer4 3x3s at batch 32 have 6272 and 1568 output pixels, 98 and 56 tiles of 128x128
+# (tap_tma's boxes) for an H100's 132 SMs (the H100 check of d080a04: 0.71x and 0.58-0.60x cuDNN on
+# tap_tma and tap_tma_splitk). The bound is a guess, not yet measured: layer2's 3x3s (25088 pixels,
+# 196 tiles, 1.5 waves) might gain too, and every problem it admits costs the router a timing.
+TAP_TMA_STREAMK_MAX_PIXELS = 8192
+
+
+def accepts_tap_tma_streamk(problem: Conv2dProblem) -> bool:
+    """tap_tma's problems with at most TAP_TMA_STREAMK_MAX_PIXELS output pixels, while stream-K
+    is on (configs.STREAM_K)."""
+    pb = problem
+    return configs.STREAM_K and accepts_tap_tma(pb) and pb.N * pb.P * pb.Q <= TAP_TMA_STREAMK_MAX_PIXELS
+
+def conv2d_fprop_tap_tma_streamk(x, w, bias, problem: Conv2dProblem, out=None, activation="none", alpha=0.01,
+                                 residual=None) -> torch.Tensor:
+    """tap_tma on a stream-K grid (``conv2d_fprop_tap_tma`` with ``stream_k``): one program per
+    SM, each taking an equal share of all (tile, reduction step) pairs, a tile cut between
+    programs summed by its last one in program order (deterministic), with no workspace pass
+    as split-K's. Where the input can't be TMA-loaded, the implicit GEMM.
+
+    Args/Returns: as ``conv2d_fprop``.
+    """
+    return conv2d_fprop_tap_tma(x, w, bias, problem, out, activation, alpha, residual, stream_k=True)

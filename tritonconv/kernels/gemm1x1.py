@@ -35,7 +35,6 @@ from typing import Optional
 import torch
 import triton
 import triton.language as tl
-from triton.runtime import driver
 
 from .. import configs, plans, tuning
 from ..spec import Conv2dProblem
@@ -49,9 +48,14 @@ from ._common import (
     dense_view,
     input_precision_for,
     mma,
+    persistent_programs,
     prepare_forward,
-    sm_count,
     split_range,
+    stream_k_flags,
+    stream_k_gather,
+    stream_k_hand_off,
+    stream_k_share,
+    stream_k_step,
     tile_pid,
 )
 from .wgrad import conv2d_wgrad, finish_wgrad, wgrad_workspace
@@ -386,25 +390,7 @@ def gemm1x1_tma_kernel(
                           BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M)
 
 
-# Stream-K (after Osama et al., "Stream-K: Work-centric Parallel Decomposition for Dense Matrix
-# Multiplication on the GPU", 2023). With one program per output tile, a layer with fewer
-# tiles than SMs, or a few more, leaves SMs idle for the whole reduction: ResNet-50's
-# 14x14 layers at batch 32 have 98 tiles of 128x128 for an H100's 132 SMs, which is why the
-# tuner picked 64x64 tiles there (392 tiles, about 3 waves) at 0.8x cuDNN's time. Here
-# every program takes an equal share of all (tile, reduction step) pairs, in order, so it
-# may start or stop in the middle of a tile:
-#
-#     program p's pairs    [p * total // P, (p+1) * total // P),  total = tiles * steps
-#     a tile's finisher    the program holding its last step: it adds the partial sums
-#                          of the programs before it, in program order (deterministic),
-#                          then stores the tile through the epilogue
-#     the others           store their partial accumulator in partials[p] and raise
-#                          flags[p]; the finisher waits for it, and lowers it again
-#
-# A program stops inside at most one tile, so one partial slot per program is enough. The
-# finisher only ever waits for programs with smaller ids, which are launched first (and all
-# of them fit at once: P <= SMs), so it never waits for a program that cannot run; the
-# interpreter runs programs in id order, so there every partial is ready when needed.
+# Stream-K: _common.stream_k_share and its helpers say how the work is shared out and summed.
 
 
 @triton.jit
@@ -420,73 +406,23 @@ def _gemm1x1_tma_stream_k(
     steps = tl.cdiv(CG, BLOCK_K)
     # int64: tiles * steps * programs can pass 2**31 for a large layer
     total = (GROUPS * tl.cdiv(M, BLOCK_M) * tl.cdiv(KG, BLOCK_N)).to(tl.int64) * steps
-    programs = tl.num_programs(0)
     pid = tl.program_id(0)
-    it = pid * total // programs
-    end = (pid + 1) * total // programs
-    slot = tl.arange(0, BLOCK_M)[:, None] * BLOCK_N + tl.arange(0, BLOCK_N)[None, :]
+    it, end = stream_k_share(pid, total)
     while it < end:
-        tile = (it // steps).to(tl.int32)
-        k_lo = (it - tile * steps).to(tl.int32)
-        k_hi = tl.minimum(steps, k_lo + (end - it)).to(tl.int32)
+        tile, k_lo, k_hi = stream_k_step(it, end, steps)
         g, pid_m, pid_n = tile_pid(tile, M, KG, BLOCK_M, BLOCK_N, GROUP_M)
         acc = _gemm1x1_tma_acc(g, pid_m, pid_n, k_lo, k_hi, a_desc, b_desc, CG, KG,
                                ACC_DTYPE, INPUT_PRECISION, BLOCK_M, BLOCK_N, BLOCK_K)
         if k_hi < steps:
-            # -- stops inside the tile: hand the partial sum to the tile's finisher
-            tl.store(partials_ptr + pid * (BLOCK_M * BLOCK_N) + slot, acc)
-            tl.debug_barrier()  # every thread's stores come before the flag
-            tl.atomic_xchg(flags_ptr + pid, 1, sem="release", scope="gpu")
+            stream_k_hand_off(acc, partials_ptr, flags_ptr, pid, BLOCK_M, BLOCK_N)
         else:
             if k_lo > 0:
-                # -- the finisher: programs first..pid-1 did the tile's steps [0, k_lo)
-                start = tile.to(tl.int64) * steps
-                first = ((start + 1) * programs + total - 1) // total - 1
-                for q in range(first.to(tl.int32), pid):
-                    while tl.atomic_add(flags_ptr + q, 0, sem="acquire", scope="gpu") == 0:
-                        pass
-                    tl.debug_barrier()
-                    acc += tl.load(partials_ptr + q * (BLOCK_M * BLOCK_N) + slot,
-                                   cache_modifier=".cg")
-                    tl.atomic_xchg(flags_ptr + q, 0, sem="relaxed", scope="gpu")  # ready for the next launch
+                acc = stream_k_gather(acc, partials_ptr, flags_ptr, tile, steps, total, BLOCK_M, BLOCK_N)
             _gemm1x1_store(acc, g, pid_m, pid_n, b_ptr, res_ptr, y_ptr, M, H, W, KG,
                            syn, syk, syh, syw, srn, srk, srh, srw, alpha,
                            HAS_BIAS, HAS_RESIDUAL, ACTIVATION, BLOCK_M, BLOCK_N)
         it += k_hi - k_lo
 
-
-# programs of a persistent or stream-K grid under the interpreter: few, so that each program
-# of a test loops over several tiles (tests vary it to move stream-K's cuts)
-INTERPRETER_PROGRAMS = 2
-
-
-def _programs(device: torch.device) -> int:
-    """How many programs a persistent or stream-K grid launches: one per SM on CUDA;
-    INTERPRETER_PROGRAMS on the CPU (the interpreter)."""
-    if device.type != "cuda":
-        return INTERPRETER_PROGRAMS
-    return sm_count(device)
-
-
-def _stream_k_flags(device: torch.device, programs: int) -> torch.Tensor:
-    """Stream-K's flags for launches on the current stream: zero between launches (each
-    finisher lowers the flags it waited for), so one buffer per device and stream is kept and
-    reused; the stream is part of the key because launches on two streams may overlap. During
-    a CUDA graph capture, a fresh one, zeroed by the graph itself."""
-    if device.type == "cuda":
-        if torch.cuda.is_current_stream_capturing():
-            return torch.zeros(programs, dtype=torch.int32, device=device)
-        # the stream the kernel will be launched on, as Triton finds it (cheaper than torch's)
-        key = (device, driver.active.get_current_stream(device.index))
-    else:
-        key = (device, 0)
-    flags = _flag_buffers.get(key)
-    if flags is None or flags.numel() < programs:
-        flags = _flag_buffers[key] = torch.zeros(programs, dtype=torch.int32, device=device)
-    return flags
-
-
-_flag_buffers: dict = {}
 
 _gemm1x1_tma_tuned = triton.autotune(
     configs=[triton.Config(c.kwargs, num_warps=c.num_warps, num_stages=c.num_stages, pre_hook=_set_tma_blocks)
@@ -519,7 +455,7 @@ def conv2d_fprop_1x1_tma(x, w, bias, problem: Conv2dProblem, out=None, activatio
     a_desc = TensorDescriptor.from_tensor(dense_view(x, (M, pb.C)), [16, 16])
     b_desc = TensorDescriptor.from_tensor(dense_view(w, (pb.K, CG)), [16, 16])
 
-    programs = _programs(x.device)
+    programs = persistent_programs(x.device)
 
     def grid(meta):
         tiles = pb.groups * triton.cdiv(M, meta["BLOCK_M"]) * triton.cdiv(KG, meta["BLOCK_N"])
@@ -532,7 +468,7 @@ def conv2d_fprop_1x1_tma(x, w, bias, problem: Conv2dProblem, out=None, activatio
     # call (the buffer depends on the stream)
     partials = torch.empty(0, dtype=torch.float32, device=x.device)
     device = x.device  # not x: the plan keeps this function, and must not keep the call's tensors
-    flags = plans.derive(lambda: _stream_k_flags(device, programs))
+    flags = plans.derive(lambda: stream_k_flags(device, programs))
     tuning.launch(_gemm1x1_tma_tuned, "gemm1x1_tma", x.device, grid,
         a_desc, b_desc, fw.bias, fw.residual, out, partials, flags,
         M, pb.H, pb.W, CG, KG, pb.groups, *out.stride(), *fw.res_strides, float(alpha),

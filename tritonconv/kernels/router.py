@@ -11,12 +11,14 @@
                 splitk     (implicit GEMM, reduction split; TMA weight on sm_90) N*P*Q <= 4096, R*S*C/g >= 512
                 tap_tma_splitk (tap_tma, reduction split; sm_90)  as splitk and tap_tma; NHWC x, KRSC w
                 tap_tma    (TMA input boxes per tap + weight, sm_90) stride 1 or dividing H, W; NHWC x, KRSC w
+                tap_tma_streamk (tap_tma on a stream-K grid; sm_90)  as tap_tma, N*P*Q <= fprop.TAP_TMA_STREAMK_MAX_PIXELS
                 implicit_tma (TMA weight loads, sm_90)           everything; KRSC weight for TMA
                 implicit   (general implicit GEMM, fprop.py)     everything
     grad_input  depthwise
                 gemm1x1    (plain GEMM on dy, w read transposed)  1x1, no padding, one group
                 tap_tma_splitk (tap_tma, phases split as splitk's) a phase splitk takes, not a 1x1 one; NHWC dy
                 tap_tma    (per stride phase, a forward conv of dy on gemm1x1_tma, tap_tma or implicit_tma; sm_90) everything; NHWC dy
+                tap_tma_streamk (tap_tma, phases on its stream-K grid) a phase stream-K takes, as forward; NHWC dy
                 implicit   (phase-decomposed dgrad)              everything
     grad_weight depthwise
                 smallc_pad (flattened R*S*C_PITCH columns, padded x) C <= 8, groups == 1
@@ -66,10 +68,12 @@ from .dgrad import conv2d_dgrad
 from .fprop import (
     accepts_splitk,
     accepts_tap_tma,
+    accepts_tap_tma_streamk,
     conv2d_fprop,
     conv2d_fprop_splitk,
     conv2d_fprop_tap_tma,
     conv2d_fprop_tap_tma_splitk,
+    conv2d_fprop_tap_tma_streamk,
     conv2d_fprop_tma,
     input_tma_usable,
     weight_tma_usable,
@@ -91,6 +95,8 @@ FORWARD: Dict[str, Tuple[Callable, Callable]] = {
     "splitk": (accepts_splitk, conv2d_fprop_splitk),
     "tap_tma_splitk": (lambda pb: accepts_splitk(pb) and accepts_tap_tma(pb), conv2d_fprop_tap_tma_splitk),
     "tap_tma": (accepts_tap_tma, conv2d_fprop_tap_tma),
+    # after tap_tma, which accepts all it does: never the untimed choice (tests, the interpreter); timed on a GPU
+    "tap_tma_streamk": (accepts_tap_tma_streamk, conv2d_fprop_tap_tma_streamk),
     "implicit_tma": (lambda pb: True, conv2d_fprop_tma),
     "implicit": (lambda pb: True, conv2d_fprop),
 }
@@ -99,6 +105,8 @@ INPUT_GRAD: Dict[str, Tuple[Callable, Callable]] = {
     "gemm1x1": (gemm1x1.accepts_dgrad, dgrad.conv2d_dgrad_1x1),
     "tap_tma_splitk": (dgrad.accepts_tap_tma_splitk, dgrad.conv2d_dgrad_tap_tma_splitk),
     "tap_tma": (dgrad.accepts_tap_tma, dgrad.conv2d_dgrad_tap_tma),
+    # after tap_tma, as in FORWARD: never the untimed choice
+    "tap_tma_streamk": (dgrad.accepts_tap_tma_streamk, dgrad.conv2d_dgrad_tap_tma_streamk),
     "implicit": (lambda pb: True, conv2d_dgrad),
 }
 WEIGHT_GRAD: Dict[str, Tuple[Callable, Callable]] = {
@@ -119,9 +127,11 @@ LAYOUT_OK: Dict[Tuple[str, str], Callable[[tuple, Conv2dProblem], bool]] = {
     ("forward", "gemm1x1_tma"): lambda t, pb: gemm1x1.tma_usable(t[0], t[1], pb),
     ("forward", "tap_tma"): lambda t, pb: input_tma_usable(t[0], t[1], pb),
     ("forward", "tap_tma_splitk"): lambda t, pb: input_tma_usable(t[0], t[1], pb),
+    ("forward", "tap_tma_streamk"): lambda t, pb: input_tma_usable(t[0], t[1], pb),
     ("forward", "implicit_tma"): lambda t, pb: weight_tma_usable(t[1], pb),
     ("input_grad", "tap_tma"): lambda t, pb: dgrad.tap_tma_usable(t[0], t[1], pb),
     ("input_grad", "tap_tma_splitk"): lambda t, pb: dgrad.tap_tma_usable(t[0], t[1], pb),
+    ("input_grad", "tap_tma_streamk"): lambda t, pb: dgrad.tap_tma_usable(t[0], t[1], pb),
     ("weight_grad", "gemm1x1_tma"): lambda t, pb: gemm1x1.wgrad_tma_usable(t[0], t[1], pb),
     ("weight_grad", "gemm1x1"): lambda t, pb: gemm1x1.wgrad_accepts_layout(t[0], t[1]),
     ("weight_grad", "tap_tma"): lambda t, pb: wgrad.tap_tma_usable(t[0], t[1], pb),
@@ -132,8 +142,8 @@ LAYOUT_OK: Dict[Tuple[str, str], Callable[[tuple, Conv2dProblem], bool]] = {
 # timing those is tuning time spent for nothing (a 1x1 layer would otherwise time
 # five families). Split-K stays a candidate: for small M it fills the GPU better.
 SUPERSEDES: Dict[str, Tuple[str, ...]] = {
-    "gemm1x1_tma": ("tap_tma", "tap_tma_splitk", "implicit_tma", "implicit"),
-    "gemm1x1": ("tap_tma", "tap_tma_splitk", "implicit_tma", "implicit"),
+    "gemm1x1_tma": ("tap_tma", "tap_tma_splitk", "tap_tma_streamk", "implicit_tma", "implicit"),
+    "gemm1x1": ("tap_tma", "tap_tma_splitk", "tap_tma_streamk", "implicit_tma", "implicit"),
 }
 # A strided 1x1 (ResNet's downsampling) has no gemm1x1_tma: gemm1x1 reads its pixels by pointer,
 # so it supersedes only the implicit GEMM's pointer loads, and the TMA families are timed against it.
