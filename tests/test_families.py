@@ -1158,6 +1158,9 @@ def fake_gpu_router(monkeypatch, tmp_path):
     monkeypatch.setattr(router, "_device_name", lambda t: "Fake GPU")
     # these tests count the router's own work per call; a launch plan would skip it (on CUDA they are on)
     monkeypatch.setattr(plans, "ENABLED", False)
+    # and they time three candidates (_three_candidate_problem): tap_tma's stream-K family, a fourth
+    # on a small output, accepts nothing with stream-K off
+    monkeypatch.setattr(tc_configs, "STREAM_K", False)
     seen = {"times": [], "timed": 0, "checks": 0}
 
     def bench(fn, quantiles=None):
