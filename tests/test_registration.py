@@ -52,6 +52,28 @@ def test_opcheck(case):
     assert result and all(v == "SUCCESS" for v in result.values()), result
 
 
+@pytest.mark.parametrize("which", ["grad_input", "grad_weight"])
+def test_gradient_fake_impls_give_the_ops_strides(which):
+    """The gradient ops' fake impls allocate as the ops do, so a size-1 dim (one input channel,
+    channels_last) gets the real op's stride too: new_empty(...).contiguous(memory_format) kept
+    NCHW's for it, (9, 9, 3, 1) against the op's (9, 1, 3, 1)."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    dy = _t(2, 4, 5, 5, channels_last=True)
+    x, w = _t(2, 1, 5, 5, channels_last=True), _t(4, 1, 3, 3, channels_last=True)
+    conv = ([1, 1], [1, 1], [1, 1], 1)
+    if which == "grad_input":
+        call = lambda g, t: torch.ops.tritonconv.conv2d_grad_input(g, t, [2, 1, 5, 5], *conv)  # noqa: E731
+        other = w
+    else:
+        call = lambda g, t: torch.ops.tritonconv.conv2d_grad_weight(g, t, [4, 1, 3, 3], *conv)  # noqa: E731
+        other = x
+    real = call(dy, other)
+    with FakeTensorMode() as mode:
+        fake = call(mode.from_tensor(dy), mode.from_tensor(other))
+    assert fake.shape == real.shape and fake.stride() == real.stride() and fake.dtype == real.dtype
+
+
 class TinyNet(torch.nn.Module):
     """conv -> relu -> conv (grouped, strided) through the registered op."""
 

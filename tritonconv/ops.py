@@ -282,9 +282,10 @@ def _conv2d_grad_input(grad_output, weight, input_size, stride, padding, dilatio
 def _(grad_output, weight, input_size, stride, padding, dilation, groups):
     problem = spec.problem_from_shapes(input_size, tuple(weight.shape), stride, padding, dilation, groups)
     _check_grad_output(grad_output, problem)
-    return grad_output.new_empty(problem.input_shape).contiguous(
-        memory_format=_grad_input_format(grad_output, weight)
-    )
+    # as the op allocates it (alloc_output): a size-1 dim's stride then matches too, which
+    # new_empty(...).contiguous(memory_format) would leave as NCHW's
+    return torch.empty(problem.input_shape, dtype=grad_output.dtype, device=grad_output.device,
+                       memory_format=_grad_input_format(grad_output, weight))
 
 
 def _grad_input_setup_context(ctx, inputs, output):
@@ -339,9 +340,8 @@ def _conv2d_grad_weight(grad_output, input, weight_size, stride, padding, dilati
 def _(grad_output, input, weight_size, stride, padding, dilation, groups):
     problem = spec.problem_from_shapes(tuple(input.shape), weight_size, stride, padding, dilation, groups)
     _check_grad_output(grad_output, problem, allow_cropped=True)
-    return grad_output.new_empty(problem.weight_shape).contiguous(
-        memory_format=_grad_weight_format(grad_output, input)
-    )
+    return torch.empty(problem.weight_shape, dtype=grad_output.dtype, device=grad_output.device,
+                       memory_format=_grad_weight_format(grad_output, input))
 
 
 def _grad_weight_setup_context(ctx, inputs, output):
