@@ -417,6 +417,17 @@ def test_smallc_pad_copies_the_stem_and_hands_groups_to_the_gather(launched):
     assert launched == ["smallc"] and rel_err(y, F.conv2d(xg, wg, None, 1, 1, 1, 2)) < 1e-12
 
 
+def _assert_split_wgrad(launcher, dy, x, w, pb, conv_args, split_k):
+    """A wgrad launcher with ``split_k`` chunks: the same bits twice, and float64 autograd's
+    gradient (fp16 tolerance); ``conv_args`` are F.conv2d's after the weight."""
+    a = launcher(dy, x, pb, split_k=split_k)
+    b = launcher(dy, x, pb, split_k=split_k)
+    assert torch.equal(a, b)
+    wr = w.double().requires_grad_()
+    F.conv2d(x.double(), wr, None, *conv_args).backward(dy.double())
+    assert rel_err(a, wr.grad) < TOL[torch.float16]
+
+
 # the small-C wgrad's problems: smallc_pad's, and a grouped one it hands on to the general wgrad
 WGRAD_SMALLC = [pytest.param(p, "smallc_wgrad", id=f"smallc_pad-{i}") for i, p in enumerate(PROBLEMS["smallc_pad"])] + [
     pytest.param(PROBLEMS["smallc"][2], "wgrad", id="grouped-hands-on"),
@@ -459,12 +470,7 @@ def test_weight_grad_smallc_pad_split_is_correct_and_deterministic(split_k):
     w = torch.randn(16, 3, 7, 7, dtype=torch.float16, device=DEVICE)
     pb = spec.conv2d_problem(x, w, None, 2, 3)
     dy = torch.randn(pb.output_shape, dtype=torch.float16, device=DEVICE)
-    a = conv2d_wgrad_smallc_pad(dy, x, pb, split_k=split_k)
-    b = conv2d_wgrad_smallc_pad(dy, x, pb, split_k=split_k)
-    assert torch.equal(a, b)
-    wr = w.double().requires_grad_()
-    F.conv2d(x.double(), wr, None, 2, 3).backward(dy.double())
-    assert rel_err(a, wr.grad) < TOL[torch.float16]
+    _assert_split_wgrad(conv2d_wgrad_smallc_pad, dy, x, w, pb, (2, 3), split_k)
     assert choose_wgrad_split(pb, torch.device("cpu")) == 1  # 128 pixels: no chunk of 1024
 
 
@@ -553,13 +559,7 @@ def test_weight_grad_1x1_split_is_correct_and_deterministic(launcher, split_k):
     w = torch.randn(48, 16, 1, 1, dtype=torch.float16, device=DEVICE)
     pb = spec.conv2d_problem(x, w, None, 1, 0, 1, 2)
     dy = torch.randn(pb.output_shape, dtype=torch.float16, device=DEVICE).to(memory_format=torch.channels_last)
-    fn = getattr(gemm1x1, launcher)
-    a = fn(dy, x, pb, split_k=split_k)
-    b = fn(dy, x, pb, split_k=split_k)
-    assert torch.equal(a, b)
-    wr = w.double().requires_grad_()
-    F.conv2d(x.double(), wr, None, 1, 0, 1, 2).backward(dy.double())
-    assert rel_err(a, wr.grad) < TOL[torch.float16]
+    _assert_split_wgrad(getattr(gemm1x1, launcher), dy, x, w, pb, (1, 0, 1, 2), split_k)
 
 
 def test_pixel_stride():
@@ -880,12 +880,7 @@ def test_weight_grad_tap_tma_split_is_correct_and_deterministic(split_k):
     w = torch.randn(24, 16, 3, 3, dtype=torch.float16, device=DEVICE)
     pb = spec.conv2d_problem(x, w, None, 1, 1, 1, 1)
     dy = torch.randn(pb.output_shape, dtype=torch.float16, device=DEVICE).to(memory_format=torch.channels_last)
-    a = conv2d_wgrad_tap_tma(dy, x, pb, split_k=split_k)
-    b = conv2d_wgrad_tap_tma(dy, x, pb, split_k=split_k)
-    assert torch.equal(a, b)
-    wr = w.double().requires_grad_()
-    F.conv2d(x.double(), wr, None, 1, 1).backward(dy.double())
-    assert rel_err(a, wr.grad) < TOL[torch.float16]
+    _assert_split_wgrad(conv2d_wgrad_tap_tma, dy, x, w, pb, (1, 1), split_k)
 
 
 def test_routed_candidates_drop_what_cannot_run_or_is_superseded():
