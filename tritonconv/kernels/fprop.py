@@ -565,7 +565,7 @@ def fprop_tap_tma_kernel(
         total = (GROUPS * tiles_m * tl.cdiv(KG, BLOCK_N)).to(tl.int64) * steps
         pid = tl.program_id(0)
         it, end = stream_k_share(pid, total)
-        while it < end:
+        while it < end:  # backwards, last pair first (see _common)
             tile, k_lo, k_hi = stream_k_step(it, end, steps)
             g, pid_m, pid_n = tile_pid(tile, tiles_m * BLOCK_M, KG, BLOCK_M, BLOCK_N, GROUP_M)
             n0, p0, q0 = _tap_tma_origin(pid_m, tiles_h, tiles_w, BOX_N, BOX_H, BOX_W)
@@ -580,7 +580,7 @@ def fprop_tap_tma_kernel(
                 _tap_tma_store(acc, g, n0, p0, q0, pid_n, N, P, Q, KG, b_ptr, res_ptr, y_ptr,
                                syn, syk, syp, syq, srn, srk, srp, srq, alpha, HAS_BIAS, HAS_RESIDUAL, ACTIVATION,
                                BLOCK_M, BLOCK_N, BOX_H, BOX_W)
-            it += k_hi - k_lo
+            end -= k_hi - k_lo
     else:
         # -- program-id mapping: (split, group, spatial M-tile, N-tile), and this split's steps
         outer, pid_m, pid_n = tile_pid(tl.program_id(0), tiles_m * BLOCK_M, KG, BLOCK_M, BLOCK_N, GROUP_M)

@@ -408,7 +408,7 @@ def _gemm1x1_tma_stream_k(
     total = (GROUPS * tl.cdiv(M, BLOCK_M) * tl.cdiv(KG, BLOCK_N)).to(tl.int64) * steps
     pid = tl.program_id(0)
     it, end = stream_k_share(pid, total)
-    while it < end:
+    while it < end:  # backwards, last pair first (see _common)
         tile, k_lo, k_hi = stream_k_step(it, end, steps)
         g, pid_m, pid_n = tile_pid(tile, M, KG, BLOCK_M, BLOCK_N, GROUP_M)
         acc = _gemm1x1_tma_acc(g, pid_m, pid_n, k_lo, k_hi, a_desc, b_desc, CG, KG,
@@ -421,7 +421,7 @@ def _gemm1x1_tma_stream_k(
             _gemm1x1_store(acc, g, pid_m, pid_n, b_ptr, res_ptr, y_ptr, M, H, W, KG,
                            syn, syk, syh, syw, srn, srk, srh, srw, alpha,
                            HAS_BIAS, HAS_RESIDUAL, ACTIVATION, BLOCK_M, BLOCK_N)
-        it += k_hi - k_lo
+        end -= k_hi - k_lo
 
 
 _gemm1x1_tma_tuned = triton.autotune(
