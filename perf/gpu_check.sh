@@ -43,6 +43,10 @@
 # FAMILY_PRESETS=mobilenetv2,convnext_t adds a forward fp16 sweep of those presets after
 # ResNet-50's (issue 6: the depthwise, 1x1 and stem families' effect); it takes its share of
 # the budget from the later stages, so give the check more time (or pass a tuning cache) with it.
+# GPU_CHECK_STAGES=bf16,backward,e2e runs those steps only, in that order (after the environment;
+# keys: tests, streamk, diagnose, host, race, forward, families, backward, bf16, e2e; default all of
+# them in the order above), for a check that goes straight to what earlier ones left unmeasured.
+# GPU_CHECK_E2E_MODES (default infer,graph,train,folded) orders the end-to-end step's modes.
 # GPU_CHECK_DRY_RUN=1 swaps in the smoke preset and a tiny network: a check of this script's
 # plumbing on a machine without a GPU (everything then runs through Triton's interpreter).
 # Copy the results into the repository with: python perf/save_results.py OUTDIR
@@ -214,7 +218,7 @@ e2e() {
     # shellcheck disable=SC2086  # E2E_ARGS is a list of words
     # folded (BatchNorm folded, each provider's way) last: its fused epilogues tune anew
     $PY perf/resnet50.py --batch "$BATCH" --dtype "$FP16" --layout channels_last --csv "$CSV" \
-        --modes infer,graph,train,folded \
+        --modes "${GPU_CHECK_E2E_MODES:-infer,graph,train,folded}" \
         --run-id "$TRITONCONV_RUN_ID" --time-budget $((STAGE_S > 40 ? STAGE_S - 20 : STAGE_S * 2 / 3)) $E2E_ARGS
 }
 
@@ -244,13 +248,38 @@ export PRESET BATCH FP16 BF16 TESTS E2E_ARGS RACE_ARGS DIAG_LAYERS DIAG_DIR
 log "tritonconv GPU check: budget ${BUDGET}s, output $OUTDIR, run $TRITONCONV_RUN_ID, commit $TRITONCONV_COMMIT"
 log "tuning cache: $CACHE_DIR${TUNING_CACHE_TAR:+ (from $TUNING_CACHE_TAR)}; hints from stale choices: ${TRITONCONV_TUNE_HINTS:-0}"
 stage environment 100 60 env_info
-stage "tests (quick)" 18 110 quick_tests
+# One step of the check by its key (GPU_CHECK_STAGES).
+run_step() {
+    case $1 in
+        tests) stage "tests (quick)" 18 110 quick_tests ;;
+        streamk) streamk_smoke ;;
+        diagnose) stage "where the time goes" 10 60 diagnose ;;
+        host) stage "host cost" 5 30 host_cost ;;
+        race) stage "race check" 15 90 race_check ;;
+        forward) stage "forward fp16" 50 600 sweep --preset "$PRESET" --batch "$BATCH" --dtype "$FP16" \
+            --layout channels_last --modes forward ;;
+        families)
+            [ -n "${FAMILY_PRESETS:-}" ] && stage "forward fp16, $FAMILY_PRESETS" 40 600 sweep \
+                --preset "$FAMILY_PRESETS" --batch "$BATCH" --dtype "$FP16" --layout channels_last --modes forward ;;
+        backward) stage "backward fp16" 45 600 sweep --preset "$PRESET" --batch "$BATCH" --dtype "$FP16" \
+            --layout channels_last --modes grad_input,grad_weight,forward_backward --layers "$BACKWARD_LAYERS" ;;
+        bf16) stage "forward bf16" 30 600 sweep --preset "$PRESET" --batch "$BATCH" --dtype "$BF16" \
+            --layout channels_last --modes forward ;;
+        e2e) stage "end to end fp16" 100 600 e2e ;;
+        *) log "== unknown stage '$1' in GPU_CHECK_STAGES (known: $DEFAULT_STAGES)"
+           STAGES+=("$1 | unknown stage: skipped | 0") ;;
+    esac
+    return 0
+}
+
 # Stream-K's programs wait for each other's flags: if that misbehaves on this card (a test that
 # fails, or hangs until its timeout), the sweeps leave stream-K out rather than hang themselves.
 # (gemm1x1_tma's and tap_tma's: gemm1x1_tma's alone took 21-22 s on the H100 at 7d4db6f and
 # d080a04; tap_tma's compile a kernel per problem more, hence 100)
-if [ "$(left)" -gt 100 ]; then
+streamk_smoke() {
+    [ "$(left)" -gt 100 ] || return 0
     log "== [stream-K smoke] up to 100s"
+    local s
     s=$(date +%s)
     if timeout -k 5 100 $PY -m pytest tests/test_families.py -q -x -k stream_k -p no:cacheprovider >>"$LOG" 2>&1; then
         STAGES+=("stream-K smoke | ok | $(($(date +%s) - s))")
@@ -259,23 +288,17 @@ if [ "$(left)" -gt 100 ]; then
         STAGES+=("stream-K smoke | failed or hung: TRITONCONV_STREAM_K=0 for the rest | $(($(date +%s) - s))")
         log "== [stream-K smoke] failed or hung: stream-K configs off for the rest of the check"
     fi
-fi
-stage "where the time goes" 10 60 diagnose
-stage "host cost" 5 30 host_cost
-stage "race check" 15 90 race_check
-stage "forward fp16" 50 600 sweep --preset "$PRESET" --batch "$BATCH" --dtype "$FP16" --layout channels_last \
-    --modes forward
-if [ -n "${FAMILY_PRESETS:-}" ]; then
-    stage "forward fp16, $FAMILY_PRESETS" 40 600 sweep --preset "$FAMILY_PRESETS" --batch "$BATCH" \
-        --dtype "$FP16" --layout channels_last --modes forward
-fi
-# the backward before bf16: grad_weight and forward+backward (issue 6's bar) are measured nowhere
-# else, where bf16 runs the forward's kernels in another dtype
-stage "backward fp16" 45 600 sweep --preset "$PRESET" --batch "$BATCH" --dtype "$FP16" --layout channels_last \
-    --modes grad_input,grad_weight,forward_backward --layers "$BACKWARD_LAYERS"
-stage "forward bf16" 30 600 sweep --preset "$PRESET" --batch "$BATCH" --dtype "$BF16" --layout channels_last \
-    --modes forward
-stage "end to end fp16" 100 600 e2e
+}
+
+# The steps and their order. The backward before bf16: grad_weight and forward+backward (issue
+# 6's bar) are measured nowhere else, where bf16 runs the forward's kernels in another dtype.
+# Each stage takes its share of the time still left, e2e all of it: keep it last.
+DEFAULT_STAGES="tests,streamk,diagnose,host,race,forward,families,backward,bf16,e2e"
+IFS=, read -r -a STEPS <<<"${GPU_CHECK_STAGES:-$DEFAULT_STAGES}"
+log "stages: ${STEPS[*]}"
+for step in "${STEPS[@]}"; do
+    run_step "$step"
+done
 
 # report: rendered from the CSV; then the stage table; the summary is printed last
 if [ -s "$CSV" ]; then
