@@ -8,6 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 import triton
+import triton.language as tl
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
@@ -1505,6 +1506,57 @@ def test_tap_tma_stream_k(problem, programs, tap_tma_stream_k, launched):
     assert torch.equal(replayed, first)
     assert not any(int(f.abs().sum()) for f in _common._flag_buffers.values()), "flags left raised"
     plans.clear()
+
+
+@triton.jit
+def _stream_k_schedule_kernel(out_ptr, total, steps, MAX_SEGMENTS: tl.constexpr):
+    """Each program's stream-K segments, (tile, k_lo, k_hi) in the order the kernels walk them
+    (_common.stream_k_share and stream_k_step, as gemm1x1_tma's and tap_tma's loops use them)."""
+    pid = tl.program_id(0)
+    it, end = _common.stream_k_share(pid, total)
+    i = 0
+    while it < end:
+        tile, k_lo, k_hi = _common.stream_k_step(it, end, steps)
+        slot = out_ptr + (pid * MAX_SEGMENTS + i) * 3
+        tl.store(slot, tile)
+        tl.store(slot + 1, k_lo)
+        tl.store(slot + 2, k_hi)
+        end -= k_hi - k_lo
+        i += 1
+
+
+@pytest.mark.parametrize("tiles, steps, programs", [
+    (98, 36, 132),  # ResNet-50's layer3.1.conv2 at 128x128 tiles on an H100: cuts in most tiles
+    (64, 72, 132),  # layer4.1.conv2: every tile cut between two or three programs
+    (7, 5, 3), (4, 4, 16), (1, 9, 4), (10, 3, 10), (5, 7, 1),
+])
+def test_stream_k_schedule_never_waits_in_series(tiles, steps, programs):
+    """The order of a stream-K program's work: the partial tile it hands off comes first and the
+    tile it finishes (waiting for the others' partials) last, so no program waits for one that is
+    still waiting itself. With shares walked forwards, each program's first tile waited for the
+    previous program's last: on an H100 (aebf6ce) the shares then ran one after another, 8-17x
+    slower. Also: every (tile, step) pair is done once, each program hands off at most once, and
+    the programs a finisher waits for (stream_k_gather's range) are the ones that hand its tile off."""
+    total = tiles * steps
+    most = 2 + -(-total // programs) // steps + 1  # segments a share can touch
+    out = torch.full((programs, most, 3), -1, dtype=torch.int32, device=DEVICE)
+    _stream_k_schedule_kernel[(programs,)](out, total, steps, MAX_SEGMENTS=most)
+    done = torch.zeros(tiles, steps, dtype=torch.int32)
+    handed = {}  # tile -> the programs handing off a partial of it
+    for pid, segments in enumerate(out.cpu().tolist()):
+        segments = [tuple(seg) for seg in segments if seg[0] >= 0]
+        for i, (tile, k_lo, k_hi) in enumerate(segments):
+            assert 0 <= k_lo < k_hi <= steps
+            done[tile, k_lo:k_hi] += 1
+            if k_hi < steps:  # a hand-off: the program's first piece of work, before any wait
+                assert i == 0, f"program {pid} hands off tile {tile} after other work: {segments}"
+                handed.setdefault(tile, []).append(pid)
+            elif k_lo > 0:  # a finisher that waits: the program's last piece of work
+                assert i == len(segments) - 1, f"program {pid} waits for tile {tile} before its other work"
+                start = tile * steps
+                first = ((start + 1) * programs + total - 1) // total - 1  # as stream_k_gather computes it
+                assert sorted(handed.get(tile, [])) == list(range(first, pid))
+    assert torch.equal(done, torch.ones_like(done)), "a (tile, step) pair done twice or never"
 
 
 def test_tap_tma_stream_k_is_for_small_outputs(monkeypatch):
