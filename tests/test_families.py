@@ -1065,21 +1065,28 @@ def test_input_grad_tap_tma_splitk_takes_only_small_phases_with_long_reductions(
     assert not dgrad.accepts_tap_tma_splitk(problem(64, stride=2))  # phases of 64 to 256
 
 
-@pytest.mark.parametrize("stride,dilation,groups,launches", [
-    pytest.param(2, 1, 1, 1, id="stride-2"),  # 4 phases, one launch
-    pytest.param(3, 1, 2, 3, id="stride-3-grouped"),  # 9 phases, 4 + 4 + 1
-    pytest.param((2, 3), 1, 1, 2, id="stride-2x3"),  # 6 phases: 4 + 2
-    pytest.param((2, 3), 2, 1, 1, id="stride-2x3-dilated"),  # dilation 2 reaches only even rows: 3 phases
+@pytest.mark.parametrize("stride,dilation,groups,launches,per_group,layout", [
+    pytest.param(2, 1, 1, 1, (8, 8), "krsc", id="stride-2"),  # 4 phases, one launch
+    pytest.param(3, 1, 2, 3, (8, 8), "krsc", id="stride-3-grouped"),  # 9 phases, 4 + 4 + 1
+    pytest.param((2, 3), 1, 1, 2, (8, 8), "krsc", id="stride-2x3"),  # 6 phases: 4 + 2
+    pytest.param((2, 3), 2, 1, 1, (8, 8), "krsc", id="stride-2x3-dilated"),  # dilation 2: only even rows, 3 phases
+    # past one (64, 64) tile of the kernel's: C/groups = 72 puts a tile across the groups' border,
+    # K/groups = 70 a second, ragged k-block; and the weight in aten's KCRS as well
+    pytest.param(2, 1, 2, 1, (72, 70), "krsc", id="tiles-across-groups"),
+    pytest.param(1, 1, 1, 1, (72, 70), "kcrs", id="tiles-kcrs"),
 ])
-def test_phase_weights_are_the_flipped_transposed_taps(stride, dilation, groups, launches, monkeypatch):
+def test_phase_weights_are_the_flipped_transposed_taps(stride, dilation, groups, launches, per_group, layout,
+                                                       monkeypatch):
     """dgrad's per-phase weights, w_ab[g*C/g + c, k, t, u] = w[g*K/g + k, c, r(t), s(u)] with the
     phase's taps in reverse, four phases per launch of phase_weight_kernel, each a KRSC view of one
     buffer starting 16 bytes aligned."""
     from tritonconv import tuning
     from tritonconv.kernels import dgrad
 
-    C, K, R, S = 8 * groups, 8 * groups, 3, 4
+    (C, K), R, S = (n * groups for n in per_group), 3, 4
     w = torch.randn(K, C // groups, R, S, dtype=torch.float16, device=DEVICE)
+    if layout == "krsc":
+        w = w.to(memory_format=torch.channels_last)
     pb = spec.problem_from_shapes((1, C, 13, 14), tuple(w.shape), stride, 2, dilation, groups)
     reached = [ph for ph in dgrad._phases(pb) if ph.forward is not None]
     calls = []

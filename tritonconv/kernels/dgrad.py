@@ -52,7 +52,6 @@ from ._common import (
     mma,
     thread_setting,
     tile_pid,
-    unravel4,
 )
 from . import gemm1x1
 from . import fprop
@@ -308,6 +307,7 @@ def _phases(problem: Conv2dProblem) -> List[_Phase]:
     return phases
 
 
+PHASE_WEIGHT_TILE = (64, 64)  # phase_weight_kernel's (BLOCK_C, BLOCK_K)
 PHASES_PER_LAUNCH = 4  # phase_weight_kernel's slots, fixed by its signature: a stride-2 conv's phases in one launch
 
 
@@ -336,25 +336,43 @@ def phase_weight_kernel(
     # strides, in elements
     swk, swc, swr, sws,
     # meta-parameters
-    BLOCK: tl.constexpr,
+    BLOCK_C: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
-    """w_ab[g*C/g + c, k, t, u] = w[g*K/g + k, c, r0 + (NA-1-t)*step_h, s0 + (NB-1-u)*step_w]."""
+    """w_ab[g*C/g + c, k, t, u] = w[g*K/g + k, c, r0 + (NA-1-t)*step_h, s0 + (NB-1-u)*step_w].
+
+    A program moves one tap's (BLOCK_C, BLOCK_K) tile: read along c (contiguous in a KRSC
+    weight), written along k (contiguous in w_ab), Triton turning the tile round in shared
+    memory in between. Written one element per thread along k, as it was until 2026-11-27, it
+    read each element from its own 32-byte sector: 2.4M sector reads for a 512 x 512 3x3
+    weight, which the H100 check of d080a04 may have paid in layer4.1.conv2's dgrad (tap_tma's
+    0.057 ms against 0.034 for the same-sized forward; the transform itself was not timed)."""
     slot = tl.program_id(1)
     off = _slot(slot, off_0, off_1, off_2, off_3)
     NA = _slot(slot, na_0, na_1, na_2, na_3)
     NB = _slot(slot, nb_0, nb_1, nb_2, nb_3)
     r0 = _slot(slot, r0_0, r0_1, r0_2, r0_3)
     s0 = _slot(slot, s0_0, s0_1, s0_2, s0_3)
-    idx = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
-    mask = idx < C * KG * NA * NB
-    c, t, u, k = unravel4(idx, NA, NB, KG)
-    g = c // CG
+    # -- program -> (tap, group, c-block, k-block), a c-block inside one group; programs past this
+    # slot's taps have nothing to do
+    k_blocks = tl.cdiv(KG, BLOCK_K)
+    tiles = (C // CG) * tl.cdiv(CG, BLOCK_C) * k_blocks
+    pid = tl.program_id(0)
+    tap = pid // tiles
+    t = tap // tl.maximum(NB, 1)
+    u = tap - t * NB
+    gc = (pid % tiles) // k_blocks  # (group, c-block)
+    g = gc // tl.cdiv(CG, BLOCK_C)
+    offs_c = (gc - g * tl.cdiv(CG, BLOCK_C)) * BLOCK_C + tl.arange(0, BLOCK_C)  # within the group
+    offs_k = (pid % k_blocks) * BLOCK_K + tl.arange(0, BLOCK_K)
+    k_end = tl.where(tap < NA * NB, KG, 0)  # a program past the slot's taps writes nothing
+    mask = (offs_c < CG)[:, None] & (offs_k < k_end)[None, :]
     r = r0 + (NA - 1 - t) * step_h
     s = s0 + (NB - 1 - u) * step_w
     # int64: a large weight's strides times its indices can pass 2**31
-    src = (g * KG + k).to(tl.int64) * swk + (c - g * CG).to(tl.int64) * swc + r.to(tl.int64) * swr \
-        + s.to(tl.int64) * sws
-    tl.store(out_ptr + off + idx, tl.load(w_ptr + src, mask=mask), mask=mask)
+    src = (g * KG + offs_k).to(tl.int64)[None, :] * swk + offs_c.to(tl.int64)[:, None] * swc \
+        + r.to(tl.int64) * swr + s.to(tl.int64) * sws
+    dst = off + (((g * CG + offs_c).to(tl.int64)[:, None] * NA + t) * NB + u) * KG + offs_k[None, :]
+    tl.store(out_ptr + dst, tl.load(w_ptr + src, mask=mask), mask=mask)
 
 
 def _build_phase_weights(w: torch.Tensor, problem: Conv2dProblem, reached: List[_Phase]) -> List[torch.Tensor]:
@@ -371,7 +389,8 @@ def _build_phase_weights(w: torch.Tensor, problem: Conv2dProblem, reached: List[
              for ph, o, n in zip(reached, offsets, sizes)]
     if buf.numel() == 0:
         return views
-    block = 1024
+    block_c, block_k = PHASE_WEIGHT_TILE
+    tiles = pb.groups * triton.cdiv(pb.C_per_group, block_c) * triton.cdiv(pb.K_per_group, block_k)
     for i in range(0, len(reached), PHASES_PER_LAUNCH):
         chunk = range(i, min(i + PHASES_PER_LAUNCH, len(reached)))
         slots = []
@@ -379,9 +398,10 @@ def _build_phase_weights(w: torch.Tensor, problem: Conv2dProblem, reached: List[
             ph = reached[j]
             slots += [offsets[j], len(ph.taps_h), len(ph.taps_w), ph.taps_h.start, ph.taps_w.start]
         slots += [0] * 5 * (PHASES_PER_LAUNCH - len(chunk))
-        tuning.launch_direct(phase_weight_kernel, (triton.cdiv(max(sizes[j] for j in chunk), block), len(chunk)),
+        taps = max(len(reached[j].taps_h) * len(reached[j].taps_w) for j in chunk)
+        tuning.launch_direct(phase_weight_kernel, (taps * tiles, len(chunk)),
             w, buf, pb.C, pb.K_per_group, pb.C_per_group, *slots,
-            reached[0].taps_h.step, reached[0].taps_w.step, *w.stride(), BLOCK=block,
+            reached[0].taps_h.step, reached[0].taps_w.step, *w.stride(), BLOCK_C=block_c, BLOCK_K=block_k,
         )
     return views
 
