@@ -326,6 +326,13 @@ def _contiguous_strides(shape: Sequence[int]) -> Tuple[int, ...]:
     return torch.empty(tuple(shape), device="meta").stride()
 
 
+def _wgrad_partials_strides(split: int, weight_shape: Sequence[int]) -> Tuple[int, ...]:
+    """(split, k, c, r, s) strides of wgrad's split-K partials for a channels_last weight
+    (wgrad.wgrad_workspace: each split laid out KRSC, as the gradient)."""
+    K, C, R, S = weight_shape
+    return (K * R * S * C, R * S * C, 1, S * C, C)
+
+
 def _named(names: str, values: Sequence[int]) -> Dict[str, int]:
     return dict(zip(names.split(), values))
 
@@ -463,10 +470,10 @@ def _dgrad_launch(dtype: Dtype, config: triton.Config, *, problem: Dict[str, Any
 def _wgrad_launch(dtype: Dtype, config: triton.Config, *, problem: Dict[str, Any] = FPROP_PROBLEM,
                   split_k: int = 1):
     """wgrad_kernel's arguments as conv2d_wgrad passes them: split-K partials in fp32 (fp64),
-    or with no split the channels_last weight gradient itself."""
+    KRSC as the gradient, or with no split the channels_last weight gradient itself."""
     pb = problem_from_shapes(**problem)
     if split_k > 1:
-        out_ptr, out_s = _partials_ptr(dtype), _contiguous_strides((split_k, *pb.weight_shape))
+        out_ptr, out_s = _partials_ptr(dtype), _wgrad_partials_strides(split_k, pb.weight_shape)
     else:
         out_ptr, out_s = _ptr(dtype), (0, *_channels_last_strides(pb.weight_shape))
     args = dict(
@@ -491,7 +498,7 @@ def _wgrad_tap_tma_launch(dtype: Dtype, config: triton.Config, *, problem: Dict[
     boxes = _common.tap_tma_boxes(pb.N, pb.P, pb.Q)
     bn, bh, bw = _common.tap_tma_box(kw["BLOCK_K"], kw["BLOCK_W"], boxes)
     if split_k > 1:
-        out_ptr, out_s = _partials_ptr(dtype), _contiguous_strides((split_k, *pb.weight_shape))
+        out_ptr, out_s = _partials_ptr(dtype), _wgrad_partials_strides(split_k, pb.weight_shape)
     else:
         out_ptr, out_s = _ptr(dtype), (0, *_channels_last_strides(pb.weight_shape))
     args = dict(
@@ -642,7 +649,7 @@ def _smallc_wgrad_launch(dtype: Dtype, config: triton.Config, *, problem: Dict[s
         N=pb.N, H=pb.H, W=pb.W, P=pb.P, Q=pb.Q, R=pb.R, S=pb.S, C=pb.C, K=pb.K, SPLIT_K=split,
         stride_h=pb.stride_h, stride_w=pb.stride_w, pad_h=pb.pad_h, pad_w=pb.pad_w, dil_h=pb.dil_h, dil_w=pb.dil_w,
         **_named("sdyn sdyk sdyp sdyq", _channels_last_strides(pb.output_shape)),
-        **_named("sos sok soc sor sos_", _contiguous_strides((split, *pb.weight_shape))),
+        **_named("sos sok soc sor sos_", _wgrad_partials_strides(split, pb.weight_shape)),
     )
     return args, dict(ACC_DTYPE=dtype.acc, INPUT_PRECISION=dtype.input_precision, C_PITCH=smallc._pitch(pb.C))
 

@@ -198,15 +198,21 @@ def choose_split_k(problem: Conv2dProblem, device: torch.device) -> int:
 def wgrad_workspace(dy: torch.Tensor, problem: Conv2dProblem, memory_format, split_k: Optional[int],
                     pixels: int):
     """dw, the split count, and where a wgrad kernel stores: dw itself (no split) or fp32 (fp64)
-    partials (split, K, C/groups, R, S). Strides as (split, k, c, r, s), the split's 0 without
-    one. ``pixels``, the reduction's length, bounds the split."""
+    partials (split, K, C/groups, R, S), laid out per split as dw is (KRSC for a channels_last
+    dw: the kernels' tiles store rows of c contiguous, and ``sum_partials`` reads what it writes
+    in one order). Strides as (split, k, c, r, s), the split's 0 without one. ``pixels``, the
+    reduction's length, bounds the split."""
     pb = problem
     dw = alloc_output(pb.weight_shape, dy.dtype, dy.device, memory_format)
     split = max(1, int(split_k)) if split_k is not None else choose_split_k(pb, dy.device)
     split = min(split, max(1, pixels))
     if split == 1:
         return dw, split, dw, (0, *dw.stride())
-    out = alloc_partials((split, *pb.weight_shape), dy)
+    K, CG, R, S = pb.weight_shape
+    if memory_format == torch.channels_last:
+        out = alloc_partials((split, K, R, S, CG), dy).permute(0, 1, 4, 2, 3)
+    else:
+        out = alloc_partials((split, *pb.weight_shape), dy)
     return dw, split, out, out.stride()
 
 
@@ -253,10 +259,13 @@ def sum_partials(dst: torch.Tensor, partials: torch.Tensor) -> torch.Tensor:
     numel = dst.numel()
     if numel == 0:
         return dst
+    # in dst's memory order (its largest stride first), so that the kernel's consecutive
+    # elements are consecutive in dst, and in partials laid out as dst is (wgrad_workspace)
+    order = sorted(range(dst.dim()), key=lambda d: -dst.stride(d))
     pad = 4 - dst.dim()
-    sizes = (1,) * pad + tuple(dst.shape)
-    src_strides = (0,) * pad + tuple(partials.stride()[1:])
-    dst_strides = (0,) * pad + tuple(dst.stride())
+    sizes = (1,) * pad + tuple(dst.shape[d] for d in order)
+    src_strides = (0,) * pad + tuple(partials.stride(d + 1) for d in order)
+    dst_strides = (0,) * pad + tuple(dst.stride(d) for d in order)
     block = 256
     tuning.launch_direct(sum_partials_kernel, (triton.cdiv(numel, block),),
         partials, dst, partials.shape[0], numel, *sizes[1:], partials.stride(0), *src_strides, *dst_strides,
