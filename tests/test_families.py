@@ -419,14 +419,17 @@ def test_smallc_pad_copies_the_stem_and_hands_groups_to_the_gather(launched):
 
 
 def _assert_split_wgrad(launcher, dy, x, w, pb, conv_args, split_k):
-    """A wgrad launcher with ``split_k`` chunks: the same bits twice, and float64 autograd's
-    gradient (fp16 tolerance); ``conv_args`` are F.conv2d's after the weight."""
-    a = launcher(dy, x, pb, split_k=split_k)
-    b = launcher(dy, x, pb, split_k=split_k)
-    assert torch.equal(a, b)
+    """A wgrad launcher with ``split_k`` chunks, for a contiguous and a channels_last gradient
+    (whose partials are laid out KRSC, wgrad.wgrad_workspace): the same bits twice, the layout
+    asked for, and float64 autograd's gradient (fp16 tolerance); ``conv_args`` are F.conv2d's
+    after the weight."""
     wr = w.double().requires_grad_()
     F.conv2d(x.double(), wr, None, *conv_args).backward(dy.double())
-    assert rel_err(a, wr.grad) < TOL[torch.float16]
+    for fmt in (torch.contiguous_format, torch.channels_last):
+        a = launcher(dy, x, pb, memory_format=fmt, split_k=split_k)
+        b = launcher(dy, x, pb, memory_format=fmt, split_k=split_k)
+        assert torch.equal(a, b) and a.is_contiguous(memory_format=fmt)
+        assert rel_err(a, wr.grad) < TOL[torch.float16]
 
 
 # the small-C wgrad's problems: smallc_pad's, and a grouped one it hands on to the general wgrad
@@ -1070,10 +1073,10 @@ def test_input_grad_tap_tma_splitk_takes_only_small_phases_with_long_reductions(
     pytest.param(3, 1, 2, 3, (8, 8), "krsc", id="stride-3-grouped"),  # 9 phases, 4 + 4 + 1
     pytest.param((2, 3), 1, 1, 2, (8, 8), "krsc", id="stride-2x3"),  # 6 phases: 4 + 2
     pytest.param((2, 3), 2, 1, 1, (8, 8), "krsc", id="stride-2x3-dilated"),  # dilation 2: only even rows, 3 phases
-    # past one (64, 64) tile of the kernel's: C/groups = 72 puts a tile across the groups' border,
-    # K/groups = 70 a second, ragged k-block; and the weight in aten's KCRS as well
-    pytest.param(2, 1, 2, 1, (72, 70), "krsc", id="tiles-across-groups"),
-    pytest.param(1, 1, 1, 1, (72, 70), "kcrs", id="tiles-kcrs"),
+    # past one of the kernel's tiles (dgrad.PHASE_WEIGHT_TILE) in C/groups and K/groups: a second,
+    # ragged c-block and k-block in each group; and the weight in aten's KCRS as well
+    pytest.param(2, 1, 2, 1, "past-a-tile", "krsc", id="tiles-grouped"),
+    pytest.param(2, 1, 2, 1, "past-a-tile", "kcrs", id="tiles-grouped-kcrs"),
 ])
 def test_phase_weights_are_the_flipped_transposed_taps(stride, dilation, groups, launches, per_group, layout,
                                                        monkeypatch):
@@ -1083,6 +1086,8 @@ def test_phase_weights_are_the_flipped_transposed_taps(stride, dilation, groups,
     from tritonconv import tuning
     from tritonconv.kernels import dgrad
 
+    if per_group == "past-a-tile":
+        per_group = tuple(n + 6 for n in dgrad.PHASE_WEIGHT_TILE)
     (C, K), R, S = (n * groups for n in per_group), 3, 4
     w = torch.randn(K, C // groups, R, S, dtype=torch.float16, device=DEVICE)
     if layout == "krsc":
@@ -1518,16 +1523,18 @@ def test_tap_tma_stream_k(problem, programs, tap_tma_stream_k, launched):
 @triton.jit
 def _stream_k_schedule_kernel(out_ptr, total, steps, MAX_SEGMENTS: tl.constexpr):
     """Each program's stream-K segments, (tile, k_lo, k_hi) in the order the kernels walk them
-    (_common.stream_k_share and stream_k_step, as gemm1x1_tma's and tap_tma's loops use them)."""
+    (_common.stream_k_share and stream_k_step, in the loop gemm1x1_tma's and tap_tma's kernels
+    have: a copy of it, so this checks the helpers, not those loops), the first MAX_SEGMENTS."""
     pid = tl.program_id(0)
     it, end = _common.stream_k_share(pid, total)
     i = 0
     while it < end:
         tile, k_lo, k_hi = _common.stream_k_step(it, end, steps)
         slot = out_ptr + (pid * MAX_SEGMENTS + i) * 3
-        tl.store(slot, tile)
-        tl.store(slot + 1, k_lo)
-        tl.store(slot + 2, k_hi)
+        kept = i < MAX_SEGMENTS
+        tl.store(slot, tile, mask=kept)
+        tl.store(slot + 1, k_lo, mask=kept)
+        tl.store(slot + 2, k_hi, mask=kept)
         end -= k_hi - k_lo
         i += 1
 

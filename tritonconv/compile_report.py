@@ -326,13 +326,6 @@ def _contiguous_strides(shape: Sequence[int]) -> Tuple[int, ...]:
     return torch.empty(tuple(shape), device="meta").stride()
 
 
-def _wgrad_partials_strides(split: int, weight_shape: Sequence[int]) -> Tuple[int, ...]:
-    """(split, k, c, r, s) strides of wgrad's split-K partials for a channels_last weight
-    (wgrad.wgrad_workspace: each split laid out KRSC, as the gradient)."""
-    K, C, R, S = weight_shape
-    return (K * R * S * C, R * S * C, 1, S * C, C)
-
-
 def _named(names: str, values: Sequence[int]) -> Dict[str, int]:
     return dict(zip(names.split(), values))
 
@@ -473,7 +466,7 @@ def _wgrad_launch(dtype: Dtype, config: triton.Config, *, problem: Dict[str, Any
     KRSC as the gradient, or with no split the channels_last weight gradient itself."""
     pb = problem_from_shapes(**problem)
     if split_k > 1:
-        out_ptr, out_s = _partials_ptr(dtype), _wgrad_partials_strides(split_k, pb.weight_shape)
+        out_ptr, out_s = _partials_ptr(dtype), wgrad.partials_strides(split_k, pb.weight_shape)
     else:
         out_ptr, out_s = _ptr(dtype), (0, *_channels_last_strides(pb.weight_shape))
     args = dict(
@@ -498,7 +491,7 @@ def _wgrad_tap_tma_launch(dtype: Dtype, config: triton.Config, *, problem: Dict[
     boxes = _common.tap_tma_boxes(pb.N, pb.P, pb.Q)
     bn, bh, bw = _common.tap_tma_box(kw["BLOCK_K"], kw["BLOCK_W"], boxes)
     if split_k > 1:
-        out_ptr, out_s = _partials_ptr(dtype), _wgrad_partials_strides(split_k, pb.weight_shape)
+        out_ptr, out_s = _partials_ptr(dtype), wgrad.partials_strides(split_k, pb.weight_shape)
     else:
         out_ptr, out_s = _ptr(dtype), (0, *_channels_last_strides(pb.weight_shape))
     args = dict(
@@ -649,7 +642,7 @@ def _smallc_wgrad_launch(dtype: Dtype, config: triton.Config, *, problem: Dict[s
         N=pb.N, H=pb.H, W=pb.W, P=pb.P, Q=pb.Q, R=pb.R, S=pb.S, C=pb.C, K=pb.K, SPLIT_K=split,
         stride_h=pb.stride_h, stride_w=pb.stride_w, pad_h=pb.pad_h, pad_w=pb.pad_w, dil_h=pb.dil_h, dil_w=pb.dil_w,
         **_named("sdyn sdyk sdyp sdyq", _channels_last_strides(pb.output_shape)),
-        **_named("sos sok soc sor sos_", _wgrad_partials_strides(split, pb.weight_shape)),
+        **_named("sos sok soc sor sos_", wgrad.partials_strides(split, pb.weight_shape)),
     )
     return args, dict(ACC_DTYPE=dtype.acc, INPUT_PRECISION=dtype.input_precision, C_PITCH=smallc._pitch(pb.C))
 

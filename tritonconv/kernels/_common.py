@@ -351,7 +351,8 @@ def sm_count(device: torch.device) -> int:
 # per program is enough. The finisher only ever waits for programs with smaller ids, which
 # are launched first (and all of them fit at once: P <= SMs), so it never waits for a program
 # that cannot run; the interpreter runs programs in id order, so there every partial is ready
-# when needed.
+# when needed. The launchers keep P <= total (no empty share): an empty program between a
+# tile's first and last would never hand off the partial its finisher waits for.
 
 
 @triton.jit

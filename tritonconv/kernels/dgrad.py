@@ -307,7 +307,7 @@ def _phases(problem: Conv2dProblem) -> List[_Phase]:
     return phases
 
 
-PHASE_WEIGHT_TILE = (64, 64)  # phase_weight_kernel's (BLOCK_C, BLOCK_K)
+PHASE_WEIGHT_TILE = (64, 64)  # phase_weight_kernel's (BLOCK_C, BLOCK_KG)
 PHASES_PER_LAUNCH = 4  # phase_weight_kernel's slots, fixed by its signature: a stride-2 conv's phases in one launch
 
 
@@ -336,36 +336,36 @@ def phase_weight_kernel(
     # strides, in elements
     swk, swc, swr, sws,
     # meta-parameters
-    BLOCK_C: tl.constexpr, BLOCK_K: tl.constexpr,
+    BLOCK_C: tl.constexpr, BLOCK_KG: tl.constexpr,
 ):
     """w_ab[g*C/g + c, k, t, u] = w[g*K/g + k, c, r0 + (NA-1-t)*step_h, s0 + (NB-1-u)*step_w].
 
-    A program moves one tap's (BLOCK_C, BLOCK_K) tile: read along c (contiguous in a KRSC
-    weight), written along k (contiguous in w_ab), Triton turning the tile round in shared
-    memory in between. Written one element per thread along k, as it was until 2026-11-27, it
-    read each element from its own 32-byte sector: 2.4M sector reads for a 512 x 512 3x3
-    weight, which the H100 check of d080a04 may have paid in layer4.1.conv2's dgrad (tap_tma's
-    0.057 ms against 0.034 for the same-sized forward; the transform itself was not timed)."""
+    A program moves one tap's (BLOCK_C, BLOCK_KG) tile of one group: read along c (contiguous in
+    a KRSC weight), written along k (contiguous in w_ab), Triton turning the tile round in shared
+    memory in between (one element per thread along k would read each from its own sector)."""
     slot = tl.program_id(1)
     off = _slot(slot, off_0, off_1, off_2, off_3)
     NA = _slot(slot, na_0, na_1, na_2, na_3)
     NB = _slot(slot, nb_0, nb_1, nb_2, nb_3)
     r0 = _slot(slot, r0_0, r0_1, r0_2, r0_3)
     s0 = _slot(slot, s0_0, s0_1, s0_2, s0_3)
-    # -- program -> (tap, group, c-block, k-block), a c-block inside one group; programs past this
-    # slot's taps have nothing to do
-    k_blocks = tl.cdiv(KG, BLOCK_K)
-    tiles = (C // CG) * tl.cdiv(CG, BLOCK_C) * k_blocks
+
+    # -- program-id mapping: (tap, group, c-block, k-block); programs past this slot's taps
+    # (a launch's slots differ in taps) have nothing to do
+    c_blocks = tl.cdiv(CG, BLOCK_C)
+    k_blocks = tl.cdiv(KG, BLOCK_KG)
+    tiles = (C // CG) * c_blocks * k_blocks
     pid = tl.program_id(0)
     tap = pid // tiles
     t = tap // tl.maximum(NB, 1)
     u = tap - t * NB
-    gc = (pid % tiles) // k_blocks  # (group, c-block)
-    g = gc // tl.cdiv(CG, BLOCK_C)
-    offs_c = (gc - g * tl.cdiv(CG, BLOCK_C)) * BLOCK_C + tl.arange(0, BLOCK_C)  # within the group
-    offs_k = (pid % k_blocks) * BLOCK_K + tl.arange(0, BLOCK_K)
-    k_end = tl.where(tap < NA * NB, KG, 0)  # a program past the slot's taps writes nothing
+    g = (pid % tiles) // (c_blocks * k_blocks)
+    offs_c = (pid % (c_blocks * k_blocks)) // k_blocks * BLOCK_C + tl.arange(0, BLOCK_C)  # within group g
+    offs_k = (pid % k_blocks) * BLOCK_KG + tl.arange(0, BLOCK_KG)
+    k_end = tl.where(tap < NA * NB, KG, 0)
     mask = (offs_c < CG)[:, None] & (offs_k < k_end)[None, :]
+
+    # -- the tile: from tap (r, s) of w, to tap (t, u) of w_ab
     r = r0 + (NA - 1 - t) * step_h
     s = s0 + (NB - 1 - u) * step_w
     # int64: a large weight's strides times its indices can pass 2**31
@@ -389,8 +389,8 @@ def _build_phase_weights(w: torch.Tensor, problem: Conv2dProblem, reached: List[
              for ph, o, n in zip(reached, offsets, sizes)]
     if buf.numel() == 0:
         return views
-    block_c, block_k = PHASE_WEIGHT_TILE
-    tiles = pb.groups * triton.cdiv(pb.C_per_group, block_c) * triton.cdiv(pb.K_per_group, block_k)
+    block_c, block_kg = PHASE_WEIGHT_TILE
+    tiles = pb.groups * triton.cdiv(pb.C_per_group, block_c) * triton.cdiv(pb.K_per_group, block_kg)
     for i in range(0, len(reached), PHASES_PER_LAUNCH):
         chunk = range(i, min(i + PHASES_PER_LAUNCH, len(reached)))
         slots = []
@@ -401,7 +401,7 @@ def _build_phase_weights(w: torch.Tensor, problem: Conv2dProblem, reached: List[
         taps = max(len(reached[j].taps_h) * len(reached[j].taps_w) for j in chunk)
         tuning.launch_direct(phase_weight_kernel, (taps * tiles, len(chunk)),
             w, buf, pb.C, pb.K_per_group, pb.C_per_group, *slots,
-            reached[0].taps_h.step, reached[0].taps_w.step, *w.stride(), BLOCK_C=block_c, BLOCK_K=block_k,
+            reached[0].taps_h.step, reached[0].taps_w.step, *w.stride(), BLOCK_C=block_c, BLOCK_KG=block_kg,
         )
     return views
 

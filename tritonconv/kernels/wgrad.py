@@ -59,7 +59,7 @@ from ._common import (
 
 __all__ = ["conv2d_wgrad", "conv2d_bias_grad", "conv2d_wgrad_tap_tma", "wgrad_kernel", "wgrad_tap_tma_kernel",
            "bias_grad_kernel", "choose_split_k", "wgrad_workspace", "finish_wgrad", "bias_grad_splits",
-           "sum_partials", "sum_partials_kernel",
+           "sum_partials", "sum_partials_kernel", "partials_strides",
            "accepts_tap_tma", "tap_tma_usable"]
 
 
@@ -208,12 +208,22 @@ def wgrad_workspace(dy: torch.Tensor, problem: Conv2dProblem, memory_format, spl
     split = min(split, max(1, pixels))
     if split == 1:
         return dw, split, dw, (0, *dw.stride())
-    K, CG, R, S = pb.weight_shape
-    if memory_format == torch.channels_last:
-        out = alloc_partials((split, K, R, S, CG), dy).permute(0, 1, 4, 2, 3)
-    else:
-        out = alloc_partials((split, *pb.weight_shape), dy)
+    out = _partials(split, pb.weight_shape, memory_format, lambda shape: alloc_partials(shape, dy))
     return dw, split, out, out.stride()
+
+
+def _partials(split: int, weight_shape, memory_format, alloc) -> torch.Tensor:
+    """(split, K, C/groups, R, S) partials from ``alloc(shape)``, each split laid out as a
+    gradient in ``memory_format`` is (KRSC for channels_last)."""
+    K, CG, R, S = weight_shape
+    if memory_format == torch.channels_last:
+        return alloc((split, K, R, S, CG)).permute(0, 1, 4, 2, 3)
+    return alloc((split, K, CG, R, S))
+
+
+def partials_strides(split: int, weight_shape, memory_format=torch.channels_last) -> tuple:
+    """The strides of the partials ``wgrad_workspace`` allocates (the compile report's launches)."""
+    return _partials(split, weight_shape, memory_format, lambda shape: torch.empty(shape, device="meta")).stride()
 
 
 @triton.jit
