@@ -263,8 +263,12 @@ run_step() {
         forward) stage "forward fp16" 50 600 sweep --preset "$PRESET" --batch "$BATCH" --dtype "$FP16" \
             --layout channels_last --modes forward ;;
         families)
-            [ -n "${FAMILY_PRESETS:-}" ] && stage "forward fp16, $FAMILY_PRESETS" 40 600 sweep \
-                --preset "$FAMILY_PRESETS" --batch "$BATCH" --dtype "$FP16" --layout channels_last --modes forward ;;
+            if [ -n "${FAMILY_PRESETS:-}" ]; then
+                stage "forward fp16, $FAMILY_PRESETS" 40 600 sweep \
+                    --preset "$FAMILY_PRESETS" --batch "$BATCH" --dtype "$FP16" --layout channels_last --modes forward
+            else
+                log "== [families] skipped: FAMILY_PRESETS is not set"
+            fi ;;
         backward) stage "backward fp16" 45 600 sweep --preset "$PRESET" --batch "$BATCH" --dtype "$FP16" \
             --layout channels_last --modes grad_input,grad_weight,forward_backward --layers "$BACKWARD_LAYERS" ;;
         bf16) stage "forward bf16" 30 600 sweep --preset "$PRESET" --batch "$BATCH" --dtype "$BF16" \
@@ -301,7 +305,8 @@ DEFAULT_STAGES="tests,streamk,diagnose,host,race,forward,families,backward,bf16,
 IFS=, read -r -a STEPS <<<"${GPU_CHECK_STAGES:-$DEFAULT_STAGES}"
 log "stages: ${STEPS[*]}"
 for step in "${STEPS[@]}"; do
-    run_step "$step"
+    step=${step//[[:space:]]/}
+    [ -n "$step" ] && run_step "$step"
 done
 
 # report: rendered from the CSV; then the stage table; the summary is printed last
