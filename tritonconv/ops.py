@@ -24,8 +24,9 @@ because every gradient op is itself differentiable.
 
 Going through the dispatcher costs more host time than the rest of a call with a launch plan:
 on a CPU of CI's kind, the kernel launch itself left out (``perf/host_cost.py``), a planned
-forward takes 16-17 us run directly, 26-32 us through the op without autograd and 49-52 us with
-it (the custom op's autograd layer). For a call that runs under no tracing, dispatch or function mode, functorch transform,
+forward took 16-17 us run directly, 26-32 us through the op without autograd and 49-52 us with
+it (the custom op's autograd layer) when first measured; the machine's figures vary from day to
+day (the README has a second set). For a call that runs under no tracing, dispatch or function mode, functorch transform,
 autocast or profiler, on plain tensors on a CPU or CUDA device, the dispatcher does nothing
 but that autograd. ``call`` runs such calls on the implementations directly (``direct_ok``), or,
 where autograd must record the call, through an ``autograd.Function`` with the op's own
