@@ -95,6 +95,7 @@ PROBLEMS = {
         # strided: boxes of the phase view (N, H/sh, sh, W/sw, sw*C)
         (2, 16, 10, 12, 24, 3, 3, 2, 1, 1, 1),  # ResNet's 3x3 stride 2: rows of phase 1 at shift -1
         (1, 32, 12, 9, 16, 3, 3, (3, 1), (2, 1), (1, 2), 2),  # stride 3 x 1, dilated, grouped: last group + phase 2
+        (1, 16, 12, 10, 16, 3, 3, 2, 3, 3, 1),  # dilation 3 at stride 2: each tap a phase and a row on (tap_phase_next)
         # small outputs: several images per box (_common.tap_tma_boxes)
         (5, 16, 3, 3, 24, 3, 3, 1, 1, 1, 1),  # 3x3 output: boxes of 4 images of 4x4, the second past image 4
         (3, 16, 4, 6, 8, 3, 3, 2, 1, 1, 1),  # 2x3 output at stride 2: boxes of 4 images of 2x8
@@ -1571,6 +1572,59 @@ def test_stream_k_schedule_never_waits_in_series(tiles, steps, programs):
                 first = ((start + 1) * programs + total - 1) // total - 1  # as stream_k_gather computes it
                 assert sorted(handed.get(tile, [])) == list(range(first, pid))
     assert torch.equal(done, torch.ones_like(done)), "a (tile, step) pair done twice or never"
+
+
+@triton.jit
+def _carried_steps_kernel(out_ptr, taps, dil, pad, stride, start, count, P, Q, tiles_h, tiles_w,
+                          BOX_N: tl.constexpr, BOX_H: tl.constexpr, BOX_W: tl.constexpr):
+    """Tap r's (shift, phase) carried from tap 0 (_common.tap_phase_next) beside tap_phase's, then
+    boxes start, start + 1, ...: their origins carried (_common.next_box) beside decoded, as the
+    tap-TMA loops decode their first step and carry the rest."""
+    shift, phase = _common.tap_phase(0, dil, pad, stride)
+    for r in range(0, taps):
+        want_shift, want_phase = _common.tap_phase(r, dil, pad, stride)
+        tl.store(out_ptr + 4 * r, shift)
+        tl.store(out_ptr + 4 * r + 1, phase)
+        tl.store(out_ptr + 4 * r + 2, want_shift)
+        tl.store(out_ptr + 4 * r + 3, want_phase)
+        shift, phase = _common.tap_phase_next(shift, phase, dil, stride, r < taps)
+    boxes = out_ptr + 4 * taps
+    n0 = (start // (tiles_h * tiles_w)) * BOX_N
+    p0 = ((start // tiles_w) % tiles_h) * BOX_H
+    q0 = (start % tiles_w) * BOX_W
+    for i in range(0, count):
+        t = start + i
+        tl.store(boxes + 6 * i, n0)
+        tl.store(boxes + 6 * i + 1, p0)
+        tl.store(boxes + 6 * i + 2, q0)
+        tl.store(boxes + 6 * i + 3, (t // (tiles_h * tiles_w)) * BOX_N)
+        tl.store(boxes + 6 * i + 4, ((t // tiles_w) % tiles_h) * BOX_H)
+        tl.store(boxes + 6 * i + 5, (t % tiles_w) * BOX_W)
+        n0, p0, q0 = _common.next_box(n0, p0, q0, P, Q, BOX_N, BOX_H, BOX_W)
+
+
+@pytest.mark.parametrize("dil, pad, stride", [
+    (1, 1, 1), (1, 0, 2), (1, 1, 2), (2, 2, 2), (3, 3, 2), (5, 4, 2), (1, 2, 3), (2, 1, 3), (7, 0, 3), (4, -3, 1),
+])
+@pytest.mark.parametrize("P, Q, box, start", [(7, 7, (2, 8, 8), 0), (9, 10, (1, 8, 8), 1), (3, 3, (4, 4, 4), 2),
+                                              (2, 3, (4, 2, 8), 0), (14, 14, (1, 1, 8), 5)])
+def test_carried_steps_match_decoded_steps(dil, pad, stride, P, Q, box, start):
+    """The tap-TMA loops decode their first step's tap and box and carry the rest from step to step
+    (the divisions they saved were a third of a step's instructions): every carried step must be the
+    one decoding would give, across dilations past the stride (the phase carrying into the shift),
+    negative padding (dgrad's forward convs), and boxes that pass an image's edge or several images."""
+    taps, count = 9, 40
+    bn, bh, bw = box
+    tiles_h, tiles_w = -(-P // bh), -(-Q // bw)
+    out = torch.full((4 * taps + 6 * count,), -99, dtype=torch.int32, device=DEVICE)
+    _carried_steps_kernel[(1,)](out, taps, dil, pad, stride, start, count, P, Q, tiles_h, tiles_w,
+                                BOX_N=bn, BOX_H=bh, BOX_W=bw)
+    got = out.cpu().tolist()
+    phases = [got[4 * r:4 * r + 4] for r in range(taps)]
+    assert all(carried == decoded for carried, decoded in ((v[:2], v[2:]) for v in phases)), phases
+    assert [v[2:] for v in phases] == [[(r * dil - pad) // stride, (r * dil - pad) % stride] for r in range(taps)]
+    boxes = [got[4 * taps + 6 * i:4 * taps + 6 * i + 6] for i in range(count)]
+    assert all(v[:3] == v[3:] for v in boxes), boxes
 
 
 def test_tap_tma_stream_k_is_for_small_outputs(monkeypatch):

@@ -36,7 +36,10 @@ __all__ = [
     "dense_view",
     "phase_view",
     "phase_view_fits",
+    "next_box",
     "tap_phase",
+    "tap_phase_next",
+    "next_tap_step",
     "thread_setting",
     "alloc_output",
     "alloc_partials",
@@ -209,6 +212,41 @@ def tap_phase(r, dil, pad, stride):
     lift = tl.cdiv(tl.maximum(pad, 0), stride)  # r*dil - pad + stride*lift >= 0
     offset = r * dil - pad + stride * lift
     return offset // stride - lift, offset % stride
+
+
+@triton.jit
+def next_box(n0, p0, q0, P, Q, BOX_N: tl.constexpr, BOX_H: tl.constexpr, BOX_W: tl.constexpr):
+    """The origin of the spatial box after the one at (n0, p0, q0), boxes in (n, p, q) order over
+    a (N, P, Q) output: along the row, then down, then on to the next images (a box starts
+    inside the output, so q0 < Q and p0 < P hold exactly for the boxes there are)."""
+    q0 += BOX_W
+    next_row = q0 >= Q
+    p0 += tl.where(next_row, BOX_H, 0)
+    next_images = p0 >= P
+    return n0 + tl.where(next_images, BOX_N, 0), tl.where(next_images, 0, p0), tl.where(next_row, 0, q0)
+
+
+@triton.jit
+def next_tap_step(c0, rs, r, s, CG, S, BLOCK_K: tl.constexpr):
+    """The reduction step after (tap (r, s), rs = r*S + s, channels c0..c0+BLOCK_K) in the
+    forward's order, channel blocks fastest, then s, then r: (c0, rs, r, s) of the next step,
+    carried instead of decoded from the step index (two integer divisions a step)."""
+    c0 += BLOCK_K
+    next_tap = c0 >= CG
+    s += next_tap.to(tl.int32)
+    next_row = s == S
+    return tl.where(next_tap, 0, c0), rs + next_tap.to(tl.int32), r + next_row.to(tl.int32), tl.where(next_row, 0, s)
+
+
+@triton.jit
+def tap_phase_next(shift, phase, dil, stride, go):
+    """``tap_phase`` of tap r + 1 from that of tap r, where ``go`` (else unchanged): the offset
+    r*dil - pad grows by dil = stride*(dil // stride) + dil % stride, so the phase carries
+    into the shift at most once. Divisions by the stride only, which Triton folds away where
+    it is 1 (a specialised argument); no division by anything in a reduction loop otherwise."""
+    phase = phase + tl.where(go, dil % stride, 0)
+    carry = phase >= stride
+    return shift + tl.where(go, dil // stride, 0) + carry.to(tl.int32), tl.where(carry, phase - stride, phase)
 
 
 @triton.jit

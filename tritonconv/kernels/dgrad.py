@@ -129,24 +129,48 @@ def dgrad_kernel(
     c_in = g * CG + offs_n
     w_cols = w_ptr + (g * KG).to(tl.int64) * swk + offs_n.to(tl.int64) * swc  # c within the group
 
-    # -- reduction loop over (valid r, valid s, k-block)
+    # -- reduction loop over (valid r, valid s, k-block). Tap (r, s) reads dy at (i + dp, j + dq):
+    # exact divisions, r and s were chosen so that these are multiples; each next tap of the
+    # phase moves them by -delta = -step * dil / stride. The step's tap and k-block are carried
+    # from step to step, no integer division in the loop (as the forward's loops).
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC_DTYPE)
     k_blocks = tl.cdiv(KG, BLOCK_K)
-    for it in range(0, num_r * num_s * k_blocks):
-        rs = it // k_blocks
-        k = (it - rs * k_blocks) * BLOCK_K + offs_k
-        r = r0 + (rs // num_s) * step_r
-        s = s0 + (rs % num_s) * step_s
-        # exact divisions: r and s were chosen so that these are multiples
-        p = i + (a_h + pad_h - r * dil_h) // stride_h
-        q = j + (a_w + pad_w - s * dil_w) // stride_w
+    dp0 = (a_h + pad_h - r0 * dil_h) // stride_h
+    dq0 = (a_w + pad_w - s0 * dil_w) // stride_w
+    delta_h = step_r * dil_h // stride_h
+    delta_w = step_s * dil_w // stride_w
+    dy_taps = dy_rows + i.to(tl.int64) * sdyp + j.to(tl.int64) * sdyq  # tap offsets added per step
+    k0 = 0
+    r = r0
+    s = s0
+    dp = dp0
+    dq = dq0
+    ts = 0  # s's index among the phase's num_s taps
+    for _ in range(0, num_r * num_s * k_blocks):
+        k = k0 + offs_k
+        p = i + dp
+        q = j + dq
         row_ok = mask_m & (p >= 0) & (p < P) & (q >= 0) & (q < Q)
         k_ok = k < KG
-        a_ptrs = (dy_rows + p.to(tl.int64) * sdyp + q.to(tl.int64) * sdyq)[:, None] + k.to(tl.int64)[None, :] * sdyk
+        a_ptrs = (dy_taps + dp.to(tl.int64) * sdyp + dq.to(tl.int64) * sdyq)[:, None] \
+            + k.to(tl.int64)[None, :] * sdyk
         a = tl.load(a_ptrs, mask=row_ok[:, None] & k_ok[None, :], other=0.0)
         b_ptrs = (w_cols + r.to(tl.int64) * swr + s.to(tl.int64) * sws)[None, :] + k.to(tl.int64)[:, None] * swk
         b = tl.load(b_ptrs, mask=k_ok[:, None] & mask_n[None, :], other=0.0)
         acc = mma(a, b, acc, INPUT_PRECISION, ACC_DTYPE)
+        # -- the next step: the next k-block, or the phase's next tap (s, then r)
+        k0 += BLOCK_K
+        next_tap = k0 >= KG
+        k0 = tl.where(next_tap, 0, k0)
+        ts += next_tap.to(tl.int32)
+        s += tl.where(next_tap, step_s, 0)
+        dq -= tl.where(next_tap, delta_w, 0)
+        next_row = ts == num_s
+        ts = tl.where(next_row, 0, ts)
+        s = tl.where(next_row, s0, s)
+        dq = tl.where(next_row, dq0, dq)
+        r += tl.where(next_row, step_r, 0)
+        dp -= tl.where(next_row, delta_h, 0)
 
     # -- epilogue: every pixel of the phase is written, zeros where no tap lands
     if HAS_BIAS:

@@ -50,6 +50,7 @@ from ._common import (
     phase_view_fits,
     sm_count,
     split_range,
+    next_box,
     tap_phase,
     tap_tma_box,
     tap_tma_boxes,
@@ -478,17 +479,20 @@ def wgrad_tap_tma_kernel(
     shift_w, phase_w = tap_phase(s, dil_w, pad_w, stride_w)
     c_col = phase_w * C + g * CG + pid_n * BLOCK_N
 
-    # -- reduction loop: two boxes per step, no addresses, no masks
+    # -- reduction loop: two boxes per step, no addresses, no masks. The first box's origin
+    # (n0, p0, q0) is decoded once and then carried from box to box (``next_box``), not
+    # decoded per step: three integer divisions a step, in the chain ahead of its TMA loads
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC_DTYPE)
-    for t in range(start, stop):
-        n0 = (t // (tiles_h * tiles_w)) * BOX_N
-        p0 = ((t // tiles_w) % tiles_h) * BOX_H
-        q0 = (t % tiles_w) * BOX_W
+    n0 = (start // (tiles_h * tiles_w)) * BOX_N
+    p0 = ((start // tiles_w) % tiles_h) * BOX_H
+    q0 = (start % tiles_w) * BOX_W
+    for _ in range(start, stop):
         a = dy_desc.load([n0, p0, q0, k_col]).reshape(BLOCK_K, BLOCK_M)
         b = x_desc.load([n0, p0 + shift_h, phase_h, q0 + shift_w, c_col]).reshape(BLOCK_K, BLOCK_N)
         acc = mma(a.T, b, acc, INPUT_PRECISION, ACC_DTYPE)
         if SYNC_MMA:
             acc = mma_barrier(acc)
+        n0, p0, q0 = next_box(n0, p0, q0, P, Q, BOX_N, BOX_H, BOX_W)
 
     # -- epilogue: this split's partial (or the gradient itself) for tap (r, s)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
