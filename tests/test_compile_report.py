@@ -137,6 +137,10 @@ def test_tma_descriptor_types_follow_the_config():
 EVERY_FAMILY = ("64x64x64 w4 s4", "64x64x64 w8 s4", "64x128x32 w4 s4", "128x64x64 w8 s4 stream-k", "32x64 w4 s2")
 
 
+# the families that still decode each step's indices with divisions (see smallc.py)
+DECODED_PER_STEP = {"smallc", "smallc_fused", "smallc_pad", "smallc_pad_fused", "smallc_wgrad"}
+
+
 @pytest.fixture(scope="module")
 def every_family_report():
     only = [arg for name in EVERY_FAMILY for arg in ("--only", name)]
@@ -167,6 +171,11 @@ def test_every_family_builds(every_family_report):
         assert r["status"] == "ok", (r["kernel"], r["reason"])
         if fam.uses_dot and cr.cuobjdump_tools():  # the SASS was read for writes to a wgmma's A registers in flight
             assert r["a_hazards"] == 0, r["kernel"]
+            # the reduction loops carry their step's tap, channels or pixels on from the last
+            # step's: no integer division in a step (they were a third of the tap-TMA step);
+            # but the small-C kernels, whose registers that cost more than the divisions saved
+            assert r["step_instructions"] > 0, r["kernel"]
+            assert r["step_divisions"] == 0 or r["kernel"] in DECODED_PER_STEP, (r["kernel"], r["step_divisions"])
     assert rc == 0
     if not cr.cuobjdump_tools():
         pytest.skip("no cuobjdump: the builds passed, but their SASS was not read for register hazards")
@@ -211,6 +220,18 @@ SASS_RS_LOOP = """
         /*20a0*/              @!P1 BRA 0x2000 ;
         /*20b0*/                   WARPGROUP.DEPBAR.LE gsb0, 0x0 ;
 """
+
+
+def test_sass_reader_counts_the_mma_loop_and_its_divisions():
+    """mma_loop_of reads one step of the innermost loop issuing MMAs: its instructions, and the
+    integer divisions among them (each starts with an I2F.RP); none without an MMA loop."""
+    assert cr.mma_loop_of(SASS_RS_LOOP) == (11, 0)
+    divided = SASS_RS_LOOP.replace("IADD3 R7, R7, 0x1, RZ ;", "I2F.RP R20, R18 ;")
+    assert cr.mma_loop_of(divided) == (11, 1)
+    assert cr.mma_loop_of(SASS_RS_LOOP.replace("HGMMA", "IMAD")) is None
+    hmma = "\n".join(f"        /*{0x100 + 16 * i:04x}*/  {t} ;" for i, t in enumerate(
+        ["LDSM.16.M88.4 R4, [R2]", "I2F.U32.RP R9, R8", "HMMA.16816.F32 R12, R4, R8, R12", "@P0 BRA 0x100"]))
+    assert cr.mma_loop_of(hmma) == (4, 1)
 
 
 def test_sass_reader_finds_writes_to_a_registers_of_a_wgmma_in_flight():

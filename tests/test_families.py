@@ -1576,10 +1576,11 @@ def test_stream_k_schedule_never_waits_in_series(tiles, steps, programs):
 
 @triton.jit
 def _carried_steps_kernel(out_ptr, taps, dil, pad, stride, start, count, P, Q, tiles_h, tiles_w,
-                          BOX_N: tl.constexpr, BOX_H: tl.constexpr, BOX_W: tl.constexpr):
+                          BOX_N: tl.constexpr, BOX_H: tl.constexpr, BOX_W: tl.constexpr, STEP: tl.constexpr):
     """Tap r's (shift, phase) carried from tap 0 (_common.tap_phase_next) beside tap_phase's, then
-    boxes start, start + 1, ...: their origins carried (_common.next_box) beside decoded, as the
-    tap-TMA loops decode their first step and carry the rest."""
+    boxes start, start + 1, ...: their origins carried (_common.next_box) beside decoded, then the
+    pixels of STEP-pixel steps from pixel ``start`` (_common.unravel3_next, the wgrad loops'),
+    as the loops decode their first step and carry the rest."""
     shift, phase = _common.tap_phase(0, dil, pad, stride)
     for r in range(0, taps):
         want_shift, want_phase = _common.tap_phase(r, dil, pad, stride)
@@ -1601,6 +1602,20 @@ def _carried_steps_kernel(out_ptr, taps, dil, pad, stride, start, count, P, Q, t
         tl.store(boxes + 6 * i + 4, ((t // tiles_w) % tiles_h) * BOX_H)
         tl.store(boxes + 6 * i + 5, (t % tiles_w) * BOX_W)
         n0, p0, q0 = _common.next_box(n0, p0, q0, P, Q, BOX_N, BOX_H, BOX_W)
+    pixels = boxes + 6 * count
+    offs = tl.arange(0, STEP)
+    n, p, q = _common.unravel3(start + offs, P, Q)
+    step_n, step_p, step_q = _common.unravel3(STEP, P, Q)
+    for i in range(0, count):
+        want_n, want_p, want_q = _common.unravel3(start + i * STEP + offs, P, Q)
+        row = pixels + i * 6 * STEP + offs
+        tl.store(row, n)
+        tl.store(row + STEP, p)
+        tl.store(row + 2 * STEP, q)
+        tl.store(row + 3 * STEP, want_n)
+        tl.store(row + 4 * STEP, want_p)
+        tl.store(row + 5 * STEP, want_q)
+        n, p, q = _common.unravel3_next(n, p, q, step_n, step_p, step_q, P, Q)
 
 
 @pytest.mark.parametrize("dil, pad, stride", [
@@ -1612,19 +1627,23 @@ def test_carried_steps_match_decoded_steps(dil, pad, stride, P, Q, box, start):
     """The tap-TMA loops decode their first step's tap and box and carry the rest from step to step
     (the divisions they saved were a third of a step's instructions): every carried step must be the
     one decoding would give, across dilations past the stride (the phase carrying into the shift),
-    negative padding (dgrad's forward convs), and boxes that pass an image's edge or several images."""
-    taps, count = 9, 40
+    negative padding (dgrad's forward convs), boxes that pass an image's edge or several images, and
+    pixel steps longer or shorter than a row or an image (16 pixels of 3x3 to 14x14 images)."""
+    taps, count, step = 9, 40, 16
     bn, bh, bw = box
     tiles_h, tiles_w = -(-P // bh), -(-Q // bw)
-    out = torch.full((4 * taps + 6 * count,), -99, dtype=torch.int32, device=DEVICE)
+    out = torch.full((4 * taps + 6 * count + 6 * count * step,), -99, dtype=torch.int32, device=DEVICE)
     _carried_steps_kernel[(1,)](out, taps, dil, pad, stride, start, count, P, Q, tiles_h, tiles_w,
-                                BOX_N=bn, BOX_H=bh, BOX_W=bw)
+                                BOX_N=bn, BOX_H=bh, BOX_W=bw, STEP=step)
     got = out.cpu().tolist()
     phases = [got[4 * r:4 * r + 4] for r in range(taps)]
     assert all(carried == decoded for carried, decoded in ((v[:2], v[2:]) for v in phases)), phases
     assert [v[2:] for v in phases] == [[(r * dil - pad) // stride, (r * dil - pad) % stride] for r in range(taps)]
     boxes = [got[4 * taps + 6 * i:4 * taps + 6 * i + 6] for i in range(count)]
     assert all(v[:3] == v[3:] for v in boxes), boxes
+    pixels = torch.tensor(got[4 * taps + 6 * count:]).view(count, 6, step)
+    assert torch.equal(pixels[:, :3], pixels[:, 3:]), pixels
+    assert pixels[-1, 3, -1] == (start + count * step - 1) // (P * Q)  # the walk passed several images
 
 
 def test_tap_tma_stream_k_is_for_small_outputs(monkeypatch):

@@ -943,7 +943,8 @@ def ptxas_stats(ptx: str, capability: int, explicit_ptxas: Optional[str] = None)
                 "spill_stores": int(spill.group(1)),
                 "spill_loads": int(spill.group(2)),
                 "ptxas": ptxas,
-                "sass": _disassemble(os.path.join(tmp, "kernel.cubin"), ptxas) if "wgmma" in ptx else None,
+                "sass": _disassemble(os.path.join(tmp, "kernel.cubin"), ptxas)
+                if "wgmma" in ptx or "mma.sync" in ptx else None,
             }
     raise RuntimeError(f"{NO_PTXAS} for this PTX: " + "; ".join(errors))
 
@@ -1010,20 +1011,44 @@ def _written_registers(text: str) -> List[int]:
     return list(range(int(m.group(1)), int(m.group(1)) + width))
 
 
+def _sass_loops(sass: str) -> List[List[Tuple[int, str]]]:
+    """Each loop of ``sass`` as its (address, instruction) list, predicates stripped. A loop closes
+    with a predicated branch back; an unconditional one back is the return from an out-of-line
+    wait loop into the middle of the code."""
+    instrs = [(int(m.group(1), 16), m.group(2)) for m in _SASS_INSTR.finditer(sass)]
+    index = {addr: i for i, (addr, _) in enumerate(instrs)}
+    loops = []
+    for i, (addr, text) in enumerate(instrs):
+        branch = re.match(r"@!?P[T0-9]+\s+BRA\s+(0x[0-9a-f]+)", text)
+        target = int(branch.group(1), 16) if branch else None
+        if target is not None and target < addr and target in index:
+            loops.append([(at, _SASS_PREDICATE.sub("", t)) for at, t in instrs[index[target]: i + 1]])
+    return loops
+
+
+# An integer division or remainder by a value not known at compile time: the reciprocal
+# sequence nvcc and Triton emit for it starts with one I2F.RP (I2F.U32.RP for unsigned)
+_SASS_DIVISION = re.compile(r"^I2F(\.\w+)*\.RP\b")
+
+
+def mma_loop_of(sass: str) -> Optional[Tuple[int, int]]:
+    """(instructions, integer divisions) of one step of the reduction: the innermost loop that
+    issues tensor-core MMAs (HGMMA, HMMA), where the kernel spends its time; None without one.
+    What the loop does besides the MMAs (index arithmetic, waits, barriers) is issued by every
+    warp in every step: the tap-TMA steps took ~150 instructions of which 40 were two divisions,
+    until they carried their tap from step to step (_common.tap_phase_next)."""
+    bodies = [body for body in _sass_loops(sass) if any(t.startswith(("HGMMA", "HMMA")) for _, t in body)]
+    if not bodies:
+        return None
+    body = min(bodies, key=len)
+    return len(body), sum(bool(_SASS_DIVISION.match(t)) for _, t in body)
+
+
 def wgmma_register_hazards(sass: str) -> List[str]:
     """Instructions ("0x21a0 LDSM.16.M88.4 R100, [...]") that write the A registers of an HGMMA
     still in flight, in any loop of ``sass``; [] where there are none."""
-    instrs = [(int(m.group(1), 16), m.group(2)) for m in _SASS_INSTR.finditer(sass)]
-    index = {addr: i for i, (addr, _) in enumerate(instrs)}
     found: List[str] = []
-    for i, (addr, text) in enumerate(instrs):
-        # a loop closes with a predicated branch back; an unconditional one back is the return
-        # from an out-of-line wait loop into the middle of the code
-        branch = re.match(r"@!?P[T0-9]+\s+BRA\s+(0x[0-9a-f]+)", text)
-        target = int(branch.group(1), 16) if branch else None
-        if target is None or target >= addr or target not in index:
-            continue
-        body = [(at, _SASS_PREDICATE.sub("", t)) for at, t in instrs[index[target]: i + 1]]
+    for body in _sass_loops(sass):
         if not any(t.startswith("HGMMA") for _, t in body):
             continue
         in_flight: List[set] = []
@@ -1209,7 +1234,9 @@ def compile_one(family, config: triton.Config, dtype: str, arch: str, ptxas: Opt
         across the next one, see mma_async_of; None without wgmma), mma_a
         (where the wgmmas read A: "smem" / "regs" / "both", see wgmma_a_of), a_hazards
         (writes to the A registers of a wgmma in flight, in the SASS; see
-        wgmma_register_hazards; None without wgmma or without cuobjdump),
+        wgmma_register_hazards; None without wgmma or without cuobjdump), step_instructions and
+        step_divisions (SASS instructions and integer divisions in one step of the MMA loop, see
+        mma_loop_of; None without tensor-core MMAs or without cuobjdump),
         launchable (False when the runtime pruner removes it), ok (every check
         passed), status ("ok" / "FAIL" / "pruned"), reason (why not ok, and why
         pruned), error (compiler or ptxas message), compile_s.
@@ -1226,7 +1253,7 @@ def compile_one(family, config: triton.Config, dtype: str, arch: str, ptxas: Opt
         shared_bytes=None,
         shared_estimate=_shared_estimate(config, dt, ar),
         shared_limit=ar.shared_limit, tensor_core=None, mma_instr=None, tma_loads=None, mma_async=None, mma_a=None,
-        a_hazards=None,
+        a_hazards=None, step_instructions=None, step_divisions=None,
         launchable=True, ok=False, status="FAIL", reason=None, error=None, compile_s=None,
     )
     pruned = _runtime_pruned(fam, config, dt, ar)
@@ -1246,7 +1273,9 @@ def compile_one(family, config: triton.Config, dtype: str, arch: str, ptxas: Opt
         rec["tma_loads"], rec["mma_async"], rec["mma_a"] = tma_loads_of(ptx), mma_async_of(ptx), wgmma_a_of(ptx)
         stats = ptxas_stats(ptx, ar.capability, ptxas)
         if stats.get("sass") is not None:
-            rec["a_hazards"] = len(wgmma_register_hazards(stats["sass"]))
+            if "wgmma" in ptx:
+                rec["a_hazards"] = len(wgmma_register_hazards(stats["sass"]))
+            rec["step_instructions"], rec["step_divisions"] = mma_loop_of(stats["sass"]) or (None, None)
         rec["registers"] = stats["registers"]
         rec["spill_stores"], rec["spill_loads"] = stats["spill_stores"], stats["spill_loads"]
         rec["spills"] = stats["spill_stores"] + stats["spill_loads"]
@@ -1428,7 +1457,7 @@ _COLUMNS = (
     ("kernel", "kernel"), ("arch", "arch"), ("dtype", "dtype"), ("config", "config"),
     ("registers", "regs"), ("spills", "spills"), ("shared_bytes", "shared"), ("tensor_core", "tc"),
     ("tma_loads", "tma"), ("mma_async", "async"), ("mma_a", "A from"), ("a_hazards", "A hazards"),
-    ("status", "status"), ("reason", "reason"),
+    ("step_instructions", "step instr"), ("step_divisions", "step div"), ("status", "status"), ("reason", "reason"),
 )
 
 

@@ -40,6 +40,8 @@ __all__ = [
     "tap_phase",
     "tap_phase_next",
     "next_tap_step",
+    "unravel3",
+    "unravel3_next",
     "thread_setting",
     "alloc_output",
     "alloc_partials",
@@ -224,6 +226,26 @@ def next_box(n0, p0, q0, P, Q, BOX_N: tl.constexpr, BOX_H: tl.constexpr, BOX_W: 
     p0 += tl.where(next_row, BOX_H, 0)
     next_images = p0 >= P
     return n0 + tl.where(next_images, BOX_N, 0), tl.where(next_images, 0, p0), tl.where(next_row, 0, q0)
+
+
+@triton.jit
+def unravel3(kk, D1, D2):
+    """Flat indices ``kk`` into a row-major (D0, D1, D2) array as (i0, i1, i2): an (N, P, Q)
+    output's pixels (n, p, q) in the wgrad kernels, a flattened (R, S, C) reduction's (r, s, c)."""
+    return kk // (D1 * D2), (kk // D2) % D1, kk % D2
+
+
+@triton.jit
+def unravel3_next(i0, i1, i2, step0, step1, step2, D1, D2):
+    """``unravel3(kk + step)`` from (i0, i1, i2) = ``unravel3(kk)`` and (step0, step1, step2) =
+    ``unravel3(step)`` (worked out once, before the loop): added with carries, i2 + step2 passes
+    D2 at most once and so does i1. Decoding every step took three integer divisions per element
+    (the wgrad and small-C loops)."""
+    i2 += step2
+    carry2 = i2 >= D2
+    i1 += step1 + carry2.to(tl.int32)
+    carry1 = i1 >= D1
+    return i0 + step0 + carry1.to(tl.int32), tl.where(carry1, i1 - D1, i1), tl.where(carry2, i2 - D2, i2)
 
 
 @triton.jit

@@ -56,6 +56,8 @@ from ._common import (
     tap_tma_boxes,
     tile_pid,
     unravel4,
+    unravel3,
+    unravel3_next,
 )
 
 __all__ = ["conv2d_wgrad", "conv2d_bias_grad", "conv2d_wgrad_tap_tma", "wgrad_kernel", "wgrad_tap_tma_kernel",
@@ -113,13 +115,12 @@ def wgrad_kernel(
     dy_cols = dy_ptr + k_out.to(tl.int64) * sdyk
     x_cols = x_ptr + c_in.to(tl.int64) * sxc
 
-    # -- reduction loop over output pixels (n, p, q)
+    # -- reduction loop over output pixels (n, p, q), decoded for the first step and carried on
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC_DTYPE)
+    n, p, q = unravel3(start + offs_k, P, Q)
+    step_n, step_p, step_q = unravel3(BLOCK_K, P, Q)
     for k0 in range(start, stop, BLOCK_K):
         kk = k0 + offs_k
-        q = kk % Q
-        p = (kk // Q) % P
-        n = kk // (P * Q)
         k_ok = kk < stop
         h = p * stride_h - pad_h + r * dil_h
         w = q * stride_w - pad_w + s * dil_w
@@ -129,6 +130,7 @@ def wgrad_kernel(
         x_off = n.to(tl.int64) * sxn + h.to(tl.int64) * sxh + w.to(tl.int64) * sxw
         b = tl.load(x_off[:, None] + x_cols[None, :], mask=pix_ok[:, None] & mask_n[None, :], other=0.0)
         acc = mma(a, b, acc, INPUT_PRECISION, ACC_DTYPE)
+        n, p, q = unravel3_next(n, p, q, step_n, step_p, step_q, P, Q)
 
     # -- epilogue: this split's partial (or the gradient itself) for tap (r, s)
     out = out_ptr + split.to(tl.int64) * sos + r * sor + s * sos_
