@@ -686,6 +686,40 @@ def test_input_grad_tap_tma_as_a_forward_conv(problem, dtype, launched):
     assert rel_err(dx, xr.grad) < TOL[dtype]
 
 
+@pytest.mark.parametrize("problem", [
+    pytest.param((2, 16, 9, 10, 24, 3, 3, 1, 1, 1, 1), id="3x3"),
+    pytest.param((1, 32, 7, 7, 16, 3, 3, 1, 2, 2, 2), id="dilated-grouped"),  # tiles past a group's rows
+    pytest.param((1, 16, 7, 9, 16, 3, 5, 1, (1, 2), (2, 1), 1), id="3x5-uneven"),
+    pytest.param((1, 16, 6, 6, 8, 3, 3, 1, 3, 1, 1), id="pad-past-kernel"),  # a negative forward padding
+    pytest.param((2, 24, 6, 6, 24, 3, 3, 1, 0, 1, 3), id="8-channels-per-group"),  # BLOCK_K past them
+])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.float32])
+def test_input_grad_reads_a_krsc_weight_in_place_at_stride_1(problem, dtype, launched):
+    """At stride 1 the tap_tma dgrad reads a KRSC weight in place, its taps flipped (W_FLIPPED), where
+    it otherwise builds the flipped, group-transposed copy: the same products in the same order, so
+    the same bits as from the copy (an NCHW weight, which has no in-place read), and dx right."""
+    from tritonconv.kernels import dgrad
+
+    N, C, H, W, K, R, S, stride, padding, dilation, groups = problem
+    torch.manual_seed(11)
+    w = torch.randn(K, C // groups, R, S, dtype=dtype, device=DEVICE)
+    krsc = w.to(memory_format=torch.channels_last)
+    args = (stride, padding, dilation, groups)
+    pb = spec.conv2d_problem(torch.empty(N, C, H, W, dtype=dtype, device=DEVICE), w, None, *args)
+    dy = torch.randn(pb.output_shape, dtype=dtype, device=DEVICE).to(memory_format=torch.channels_last)
+    phases = dgrad._phases(pb)
+    assert dgrad._weight_in_place(dy, krsc, pb, phases, "") == TMA
+    assert not dgrad._weight_in_place(dy, w, pb, phases, "")  # KCRS: no (C, R*S*K/groups) rows
+    with router.force("tap_tma"):
+        in_place = router.input_grad(dy, krsc, pb, memory_format=torch.channels_last)
+        copied = router.input_grad(dy, w, pb, memory_format=torch.channels_last)
+    assert launched == ([_expected("fprop_tap_tma")] * 2 if TMA else ["dgrad"] * 2)
+    assert torch.equal(in_place, copied)
+    x = torch.zeros(N, C, H, W, dtype=torch.float64, device=DEVICE, requires_grad=True)
+    F.conv2d(x, w.double(), None, *args).backward(dy.double())
+    assert rel_err(in_place, x.grad) < TOL[dtype]
+
+
 @pytest.mark.parametrize("problem,kernels", [
     pytest.param((2, 32, 6, 6, 64, 1, 1, 1, 0, 1, 1), ["gemm1x1_tma"], id="1x1"),
     pytest.param((1, 32, 8, 6, 16, 1, 1, 2, 0, 1, 1), ["gemm1x1_tma"], id="1x1-stride-2"),  # 3 phases zero

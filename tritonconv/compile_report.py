@@ -49,7 +49,7 @@ epilogue is registered twice (see FAMILIES).
 
 Families: fprop, fprop_fused, fprop_splitk, fprop_tma, fprop_tma_fused, fprop_tma_splitk,
 fprop_tap_tma, fprop_tap_tma_fused, fprop_tap_tma_s2, fprop_tap_tma_small, fprop_tap_tma_splitk,
-fprop_tap_tma_streamk (fprop.py;
+fprop_tap_tma_streamk, fprop_tap_tma_dgrad (fprop.py;
 TMA on sm_90 only); dgrad, dgrad_s2 (dgrad.py); wgrad, wgrad_splitk, wgrad_tap_tma, wgrad_tap_tma_s2 (wgrad.py; TMA on sm_90 only); gemm1x1, gemm1x1_fused, gemm1x1_dgrad, gemm1x1_tma (with persistent-
 grid variants), gemm1x1_wgrad, gemm1x1_wgrad_splitk, gemm1x1_wgrad_tma
 (gemm1x1.py; TMA on sm_90 only); smallc, smallc_fused, smallc_pad, smallc_pad_fused, smallc_wgrad (smallc.py);
@@ -409,11 +409,12 @@ def _fprop_tma_launch(dtype: Dtype, config: triton.Config, **kw):
 
 def _fprop_tap_tma_launch(dtype: Dtype, config: triton.Config, *, problem: Dict[str, Any] = FPROP_PROBLEM,
                           residual: bool = False, activation: str = "none", split_k: int = 1,
-                          stream_k: bool = False):
+                          stream_k: bool = False, weight_flipped: bool = False):
     """fprop_tap_tma_kernel's arguments as conv2d_fprop_tap_tma passes them, with bias: boxes of
     x's phase view [BOX_N, BOX_H, 1, BOX_W, BLOCK_K] (_common.tap_tma_boxes for the problem), the
-    weight's tiles [BLOCK_N, BLOCK_K]
-    (fprop._set_tap_tma_blocks); split-K's or stream-K's fp32 scratch and stream-K's flags."""
+    weight's tiles [BLOCK_N, BLOCK_K] ([BLOCK_K, BLOCK_N] of a stride-1 dgrad's weight read in
+    place, ``weight_flipped``) (fprop._set_tap_tma_blocks); split-K's or stream-K's fp32 scratch
+    and stream-K's flags."""
     pb = problem_from_shapes(**problem)
     kw = config.kwargs
     y_s = _channels_last_strides(pb.output_shape)
@@ -422,7 +423,8 @@ def _fprop_tap_tma_launch(dtype: Dtype, config: triton.Config, *, problem: Dict[
     box = f"{box_n}, {box_h}, 1, {box_w}, {kw['BLOCK_K']}"
     args = dict(
         x_desc=f"tensordesc<{dtype.triton_ty}[{box}]>",
-        w_desc=f"tensordesc<{dtype.triton_ty}[{kw['BLOCK_N']}, {kw['BLOCK_K']}]>",
+        w_desc=(f"tensordesc<{dtype.triton_ty}[{kw['BLOCK_K']}, {kw['BLOCK_N']}]>" if weight_flipped
+                else f"tensordesc<{dtype.triton_ty}[{kw['BLOCK_N']}, {kw['BLOCK_K']}]>"),
         b_ptr=_ptr(dtype), res_ptr=_ptr(dtype), y_ptr=_ptr(dtype),
         ws_ptr="*fp32" if stream_k else _partials_ptr(dtype) if split_k > 1 else _ptr(dtype),
         flags_ptr="*i32" if stream_k else _ptr(dtype),
@@ -434,7 +436,8 @@ def _fprop_tap_tma_launch(dtype: Dtype, config: triton.Config, *, problem: Dict[
         alpha=0.01,
     )
     return args, dict(_epilogue(dtype, residual, activation), INPUT_PRECISION=dtype.input_precision,
-                      PARTIAL=split_k > 1, K_ALIGN=fprop.k_align(pb.C_per_group), BOXES=boxes)
+                      PARTIAL=split_k > 1, K_ALIGN=fprop.k_align(pb.C_per_group), BOXES=boxes,
+                      W_FLIPPED=weight_flipped)
 
 
 def tap_tma_streamk_tile_configs() -> List[triton.Config]:
@@ -754,6 +757,12 @@ FAMILIES: List[KernelFamily] = [
     KernelFamily("fprop_tap_tma_streamk", fprop.fprop_tap_tma_kernel, tap_tma_streamk_tile_configs,
                  _p(_fprop_tap_tma_launch, problem=SMALL_OUTPUT_PROBLEM, stream_k=True),
                  _prune_of(fprop._fprop_tap_tma_streamk_tuned), dtypes=("fp16", "bf16", "fp32"), archs=("sm_90",),
+                 uses_tma=True),
+    # a stride-1 dgrad as tap_tma's forward of dy, the weight read in place (dgrad._weight_in_place):
+    # ResNet-50's last 3x3 at batch 32, its dy 7x7 like the forward's output
+    KernelFamily("fprop_tap_tma_dgrad", fprop.fprop_tap_tma_kernel, tap_tma_tile_configs,
+                 _p(_fprop_tap_tma_launch, problem=SMALL_OUTPUT_PROBLEM, weight_flipped=True),
+                 _prune_of(fprop._fprop_tap_tma_tuned), dtypes=("fp16", "bf16", "fp32"), archs=("sm_90",),
                  uses_tma=True),
     # input gradient (dgrad.py): stride 1, and stride 2 (4 phases, taps stepping by 2)
     KernelFamily("dgrad", dgrad.dgrad_kernel, gemm_tile_configs, _dgrad_launch, _prune_of(dgrad._dgrad_tuned)),

@@ -258,7 +258,11 @@ def conv2d_dgrad(
 # tap reaches (a 1x1 stride-2 conv's odd rows) is zero (or conv_transpose2d's
 # bias). The padding may be negative (a box starting inside dy): TMA does not
 # mind. Building the w_ab is one copy of the weight per call, small next to the
-# activations.
+# activations; at stride 1 with a KRSC weight there is none: w_00 is w with its taps
+# flipped and each tap's (K/groups, C/groups) block transposed, so the kernel reads w
+# in place, a [BLOCK_K, BLOCK_N] tile of tap (R-1-r, S-1-s) where the forward reads a
+# [BLOCK_N, BLOCK_K] one of tap (r, s) (fprop_tap_tma_kernel's W_FLIPPED,
+# ``_weight_in_place``): one launch less, and no 2 * weight bytes through memory.
 #
 # Each phase runs on the forward kernel that suits it (``_phase_forward``): the 1x1
 # GEMM where the phase is a plain 1x1 conv (a 1x1 conv's dgrad, the one-tap phases
@@ -595,12 +599,26 @@ def conv2d_dgrad_tap_tma_streamk(dy: torch.Tensor, w: torch.Tensor, problem: Con
     return conv2d_dgrad_tap_tma(dy, w, problem, bias, memory_format, variant="streamk")
 
 
+def _weight_in_place(dy: torch.Tensor, w: torch.Tensor, problem: Conv2dProblem, phases: List[_Phase],
+                     variant: str) -> bool:
+    """Whether the dgrad's forward conv reads w in place, its taps flipped (fprop_tap_tma_kernel's
+    W_FLIPPED), instead of a flipped copy (``_phase_weights``): at stride 1 (one phase, every tap),
+    on a tap-TMA launcher (not the 1x1 GEMM), with w KRSC and 16-byte aligned as TMA wants it."""
+    pb = problem
+    if pb.stride_h != 1 or pb.stride_w != 1 or len(phases) != 1 or phases[0].forward is None:
+        return False
+    forward = phases[0].forward
+    return (_phase_forward(forward, variant) is not gemm1x1.conv2d_fprop_1x1_tma
+            and fprop.input_tma_usable(dy, w, forward, flipped=True))
+
+
 def conv2d_dgrad_tap_tma(dy: torch.Tensor, w: torch.Tensor, problem: Conv2dProblem,
                          bias: Optional[torch.Tensor] = None,
                          memory_format: torch.memory_format = torch.contiguous_format,
                          variant: str = "") -> torch.Tensor:
     """dgrad as forward convs of dy, one launch per stride phase of dx (``_phases``), each on the
-    kernel that suits it (``_phase_forward``, tap_tma's split-K or stream-K launch with ``variant``);
+    kernel that suits it (``_phase_forward``, tap_tma's split-K or stream-K launch with ``variant``),
+    at stride 1 reading w in place (``_weight_in_place``), else flipped copies of it;
     ``conv2d_dgrad`` where the layouts don't allow TMA (``tap_tma_usable``).
 
     Args/Returns: as ``conv2d_dgrad``.
@@ -613,6 +631,10 @@ def conv2d_dgrad_tap_tma(dy: torch.Tensor, w: torch.Tensor, problem: Conv2dProbl
     if dx.numel() == 0:
         return dx
     phases = _phases(pb)
+    if _weight_in_place(dy, w, pb, phases, variant):
+        for phase, out in _reached(dx, pb, phases, bias):  # the one phase: dx itself
+            _phase_forward(phase.forward, variant)(dy, w, bias, phase.forward, out=out, weight_flipped=True)
+        return dx
     if _cacheable(w):  # the cache's lookup is host work a launch plan must redo for each call
         weights = iter(plans.derive(lambda w: _phase_weights(w, pb, phases), w))
     else:  # kernels into new tensors: the plan records and replays them

@@ -232,19 +232,24 @@ _fprop_tuned = triton.autotune(
 # --------------------------------------------------------------------------- Hopper: TMA weight loads
 
 
-def weight_tma_usable(w: torch.Tensor, problem: Conv2dProblem) -> bool:
+def weight_tma_usable(w: torch.Tensor, problem: Conv2dProblem, flipped: bool = False) -> bool:
     """The weight as a TMA-loadable (K, R*S*C/groups) row-major matrix: a KRSC (channels_last)
     weight on sm_90+ (or Triton's interpreter), its base and every tap's first column 16-byte
-    aligned (a TMA box starts 16-byte aligned in its inner dimension), hence C/groups * elem % 16 == 0."""
+    aligned (a TMA box starts 16-byte aligned in its inner dimension), hence C/groups * elem % 16 == 0.
+    ``flipped``: w is instead a stride-1 dgrad's conv weight, (C, K/groups, R, S) in this forward's
+    terms (fprop_tap_tma_kernel's W_FLIPPED), as a (C, R*S*K/groups) row-major matrix."""
     pb = problem
     if TensorDescriptor is None or w.dtype not in TMA_DTYPES or pb.K == 0 or pb.C_per_group == 0:
         return False
     if w.is_cuda and torch.cuda.get_device_capability(w.device)[0] < 9:
         return False
-    krsc = (pb.R * pb.S * pb.C_per_group, 1, pb.S * pb.C_per_group, pb.C_per_group)
+    rows, inner = (pb.C, pb.K_per_group) if flipped else (pb.K, pb.C_per_group)
+    if tuple(w.shape) != (rows, inner, pb.R, pb.S):
+        return False
+    krsc = (pb.R * pb.S * inner, 1, pb.S * inner, inner)
     if any(size > 1 and st != want for size, st, want in zip(w.shape, w.stride(), krsc)):
         return False
-    return pb.C_per_group * w.element_size() % 16 == 0 and w.data_ptr() % 16 == 0
+    return inner * w.element_size() % 16 == 0 and w.data_ptr() % 16 == 0
 
 
 def _set_weight_tma_block(nargs):
@@ -431,12 +436,12 @@ def accepts_tap_tma(problem: Conv2dProblem) -> bool:
     return phase_view_fits(problem) and tap_tma_steps(problem) >= TAP_TMA_MIN_STEPS
 
 
-def input_tma_usable(x: torch.Tensor, w: torch.Tensor, problem: Conv2dProblem) -> bool:
+def input_tma_usable(x: torch.Tensor, w: torch.Tensor, problem: Conv2dProblem, flipped: bool = False) -> bool:
     """Both operands TMA-loadable: NHWC-contiguous x (its channel blocks then start 16-byte
-    aligned, as C/groups is), a KRSC weight (``weight_tma_usable``), and the spatially tiled M
-    within int32 for the largest tile."""
+    aligned, as C/groups is), a KRSC weight (``weight_tma_usable``, ``flipped`` as there), and
+    the spatially tiled M within int32 for the largest tile."""
     pb = problem
-    if not accepts_tap_tma(pb) or x.dtype not in TMA_DTYPES or not weight_tma_usable(w, pb):
+    if not accepts_tap_tma(pb) or x.dtype not in TMA_DTYPES or not weight_tma_usable(w, pb, flipped):
         return False
     if not x.is_contiguous(memory_format=torch.channels_last) or x.data_ptr() % 16:
         return False
@@ -464,10 +469,10 @@ def _tap_tma_origin(pid_m, tiles_h, tiles_w, BOX_N: tl.constexpr, BOX_H: tl.cons
 @triton.jit
 def _tap_tma_acc(
     x_desc, w_desc, g, n0, p0, q0, pid_n, k_lo, k_hi,
-    C, S, CG, KG, stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
+    C, R, S, CG, KG, stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
     ACC_DTYPE: tl.constexpr, INPUT_PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, EVEN_K: tl.constexpr,
-    SYNC_MMA: tl.constexpr,
+    SYNC_MMA: tl.constexpr, W_FLIPPED: tl.constexpr,
 ):
     """Reduction steps [k_lo, k_hi) of one output tile: (r, s, c-block), c-block fastest, as in
     fprop_kernel, from a TMA box of x per step and a TMA tile of w.
@@ -496,7 +501,14 @@ def _tap_tma_acc(
         # without the mask A goes from shared memory to the MMA with no select in registers.
         if not EVEN_K:
             a = tl.where((c0 + offs_k < CG)[None, :], a, tl.zeros_like(a))
-        b = w_desc.load([g * KG + pid_n * BLOCK_N, rs * CG + c0]).T
+        if W_FLIPPED:
+            # a stride-1 dgrad's conv of dy (dgrad.py): w is the conv's own KRSC weight, (C, K/groups,
+            # R, S) in this forward's terms, read in place: the flipped tap's [BLOCK_K, BLOCK_N] tile,
+            # rows this step's channels of dy (past them, the next group's or TMA's zeros, against A's
+            # zero columns), columns dx's channels (past them, the next tap's: masked outputs)
+            b = w_desc.load([g * CG + c0, (R * S - 1 - rs) * KG + pid_n * BLOCK_N])
+        else:
+            b = w_desc.load([g * KG + pid_n * BLOCK_N, rs * CG + c0]).T
         acc = mma(a, b, acc, INPUT_PRECISION, ACC_DTYPE)
         if SYNC_MMA:
             acc = mma_barrier(acc)
@@ -544,7 +556,8 @@ def _tap_tma_store(
 def fprop_tap_tma_kernel(
     # descriptors and pointers
     x_desc,  # x as an (N, H/sh, sh, W/sw, sw*C) phase view of NHWC: [BOX_N, BOX_H, 1, BOX_W, BLOCK_K] boxes
-    w_desc,  # w as a (K, R*S*C/groups) row-major matrix (KRSC): [BLOCK_N, BLOCK_K] tiles
+    w_desc,  # w as a (K, R*S*C/groups) row-major matrix (KRSC): [BLOCK_N, BLOCK_K] tiles; with W_FLIPPED,
+             # a stride-1 dgrad's weight as a (C, R*S*K/groups) one: [BLOCK_K, BLOCK_N] tiles
     b_ptr,  # (K,); unused unless HAS_BIAS
     res_ptr,  # (N, K, P, Q), any strides; unused unless HAS_RESIDUAL
     y_ptr,  # (N, K, P, Q), any strides
@@ -570,6 +583,7 @@ def fprop_tap_tma_kernel(
     BOXES: tl.constexpr = 0,  # _common.tap_tma_boxes(N, P, Q): the box per BLOCK_M; 0: one image, BLOCK_W wide
     SYNC_MMA: tl.constexpr = False,  # finish each step's wgmmas before the next (configs.WGMMA_RS_HAZARD)
     STREAM_K: tl.constexpr = False,  # at most one program per SM, sharing out (tile, step) pairs evenly
+    W_FLIPPED: tl.constexpr = False,  # w_desc is a stride-1 dgrad's weight, its taps flipped (see _tap_tma_acc)
 ):
     # the box, decoded as _common.tap_tma_box does for the descriptor's pre-hook and the grid
     AT: tl.constexpr = 8 * ((BLOCK_M >= 32) + (BLOCK_M >= 64) + (BLOCK_M >= 128) + (BLOCK_M >= 256))
@@ -597,9 +611,9 @@ def fprop_tap_tma_kernel(
             tile, k_lo, k_hi = stream_k_step(it, end, steps)
             g, pid_m, pid_n = tile_pid(tile, tiles_m * BLOCK_M, KG, BLOCK_M, BLOCK_N, GROUP_M)
             n0, p0, q0 = _tap_tma_origin(pid_m, tiles_h, tiles_w, BOX_N, BOX_H, BOX_W)
-            acc = _tap_tma_acc(x_desc, w_desc, g, n0, p0, q0, pid_n, k_lo, k_hi, C, S, CG, KG,
+            acc = _tap_tma_acc(x_desc, w_desc, g, n0, p0, q0, pid_n, k_lo, k_hi, C, R, S, CG, KG,
                                stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
-                               ACC_DTYPE, INPUT_PRECISION, BLOCK_M, BLOCK_N, BLOCK_K, EVEN_K, SYNC_MMA)
+                               ACC_DTYPE, INPUT_PRECISION, BLOCK_M, BLOCK_N, BLOCK_K, EVEN_K, SYNC_MMA, W_FLIPPED)
             if k_hi < steps:
                 stream_k_hand_off(acc, ws_ptr, flags_ptr, pid, BLOCK_M, BLOCK_N)
             else:
@@ -616,9 +630,9 @@ def fprop_tap_tma_kernel(
         g = outer % GROUPS
         n0, p0, q0 = _tap_tma_origin(pid_m, tiles_h, tiles_w, BOX_N, BOX_H, BOX_W)
         start, stop = split_range(split, steps, SPLIT_K, 1)
-        acc = _tap_tma_acc(x_desc, w_desc, g, n0, p0, q0, pid_n, start, stop, C, S, CG, KG,
+        acc = _tap_tma_acc(x_desc, w_desc, g, n0, p0, q0, pid_n, start, stop, C, R, S, CG, KG,
                            stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
-                           ACC_DTYPE, INPUT_PRECISION, BLOCK_M, BLOCK_N, BLOCK_K, EVEN_K, SYNC_MMA)
+                           ACC_DTYPE, INPUT_PRECISION, BLOCK_M, BLOCK_N, BLOCK_K, EVEN_K, SYNC_MMA, W_FLIPPED)
         if PARTIAL:
             # split-K: raw partial sums by pixel index m = (n*P + p)*Q + q, as splitk_reduce_kernel reads them
             n, p, q, mask_m = _tap_tma_rows(n0, p0, q0, N, P, Q, BLOCK_M, BOX_H, BOX_W)
@@ -640,10 +654,12 @@ def k_align(cg: int) -> int:
 
 
 def _set_tap_tma_blocks(nargs):
-    """Autotune pre-hook: the input box is the config's spatial tile, the weight tile (BLOCK_N, BLOCK_K)."""
+    """Autotune pre-hook: the input box is the config's spatial tile, the weight tile (BLOCK_N, BLOCK_K)
+    ((BLOCK_K, BLOCK_N) for a dgrad's flipped weight)."""
     box_n, box_h, box_w = tap_tma_box(nargs["BLOCK_M"], nargs["BLOCK_W"], nargs.get("BOXES", 0))
     nargs["x_desc"].block_shape = [box_n, box_h, 1, box_w, nargs["BLOCK_K"]]
-    nargs["w_desc"].block_shape = [nargs["BLOCK_N"], nargs["BLOCK_K"]]
+    w_tile = [nargs["BLOCK_N"], nargs["BLOCK_K"]]
+    nargs["w_desc"].block_shape = w_tile[::-1] if nargs.get("W_FLIPPED") else w_tile
     if nargs.get("STREAM_K"):
         # the partial-tile scratch: a slot per program (the launcher passes an empty tensor)
         partials = nargs["ws_ptr"]
@@ -668,7 +684,7 @@ def tap_tma_streamk_configs(interpreter=None):
 
 
 _TAP_TMA_KEY = ["N", "P", "Q", "R", "S", "CG", "KG", "GROUPS", "SPLIT_K", "stride_h", "stride_w", "pad_h", "pad_w",
-                "dil_h", "dil_w", "syk", "HAS_RESIDUAL", "ACTIVATION"]
+                "dil_h", "dil_w", "syk", "HAS_RESIDUAL", "ACTIVATION", "W_FLIPPED"]
 _TAP_TMA_PRUNE = configs.SpatialTilePruneHook(
     m_fn=lambda a: a["N"] * a["P"] * a["Q"], n_fn=lambda a: a["KG"], k_fn=lambda a: a["CG"],
     tensor_arg="y_ptr", span="BLOCK_M", k_align_arg="K_ALIGN", gathered=False,
@@ -686,18 +702,24 @@ _fprop_tap_tma_streamk_tuned = triton.autotune(
 
 
 def conv2d_fprop_tap_tma(x, w, bias, problem: Conv2dProblem, out=None, activation="none", alpha=0.01,
-                         residual=None, split_k: int = 1, stream_k: bool = False) -> torch.Tensor:
+                         residual=None, split_k: int = 1, stream_k: bool = False,
+                         weight_flipped: bool = False) -> torch.Tensor:
     """The forward with TMA loads of both operands (Hopper); where they can't apply
     (``input_tma_usable``), the implicit GEMM (``conv2d_fprop``, split the same way, its weight
     by TMA where ``weight_tma_usable``).
 
     Args/Returns: as ``conv2d_fprop``, ``split_k`` included; with ``stream_k``, the stream-K grid
-    (``_common.stream_k_share``; ``split_k`` is then 1).
+    (``_common.stream_k_share``; ``split_k`` is then 1). With ``weight_flipped``, w is a stride-1
+    dgrad's conv weight, (C, K/groups, R, S) for this forward of dy, read in place with its taps
+    flipped (fprop_tap_tma_kernel's W_FLIPPED); the caller checks ``input_tma_usable(..., flipped=True)``,
+    there is no fallback for it.
     """
     pb = problem
     split = max(1, int(split_k))
     assert split == 1 or not stream_k, "stream-K shares out the whole reduction: no split with it"
-    if not input_tma_usable(x, w, pb):
+    if not input_tma_usable(x, w, pb, weight_flipped):
+        if weight_flipped:
+            raise ValueError("a flipped dgrad weight needs TMA loads of both operands (input_tma_usable)")
         return conv2d_fprop(x, w, bias, pb, out, activation, alpha, residual, split_k=split,
                             weight_tma=weight_tma_usable(w, pb))
     fw = prepare_forward(x, w, bias, residual, pb, out, activation)
@@ -707,7 +729,9 @@ def conv2d_fprop_tap_tma(x, w, bias, problem: Conv2dProblem, out=None, activatio
     M = pb.N * pb.P * pb.Q
     ws = alloc_partials((split, M, pb.K), x) if split > 1 else None
     x_desc = TensorDescriptor.from_tensor(phase_view(x, pb.stride_h, pb.stride_w), [1, 8, 1, TAP_TMA_BLOCK_W, 16])
-    w_desc = TensorDescriptor.from_tensor(dense_view(w, (pb.K, pb.R * pb.S * pb.C_per_group)), [16, 16])
+    w_rows = pb.C if weight_flipped else pb.K
+    w_cols = pb.R * pb.S * (pb.K_per_group if weight_flipped else pb.C_per_group)
+    w_desc = TensorDescriptor.from_tensor(dense_view(w, (w_rows, w_cols)), [16, 16])
     KG = pb.K_per_group
 
     boxes = tap_tma_boxes(pb.N, pb.P, pb.Q)
@@ -737,7 +761,7 @@ def conv2d_fprop_tap_tma(x, w, bias, problem: Conv2dProblem, out=None, activatio
         pb.stride_h, pb.stride_w, pb.pad_h, pb.pad_w, pb.dil_h, pb.dil_w,
         *out.stride(), *fw.res_strides, float(alpha),
         **fw.epilogue, INPUT_PRECISION=input_precision_for(x), PARTIAL=split > 1,
-        K_ALIGN=k_align(pb.C_per_group), BOXES=boxes,
+        K_ALIGN=k_align(pb.C_per_group), BOXES=boxes, W_FLIPPED=weight_flipped,
     )
     if split > 1:
         _reduce_partials(ws, fw, out, pb, M, split, alpha)
@@ -745,16 +769,16 @@ def conv2d_fprop_tap_tma(x, w, bias, problem: Conv2dProblem, out=None, activatio
 
 
 def conv2d_fprop_tap_tma_splitk(x, w, bias, problem: Conv2dProblem, out=None, activation="none", alpha=0.01,
-                                residual=None) -> torch.Tensor:
+                                residual=None, weight_flipped: bool = False) -> torch.Tensor:
     """The split-K forward with TMA boxes of the input per tap (``conv2d_fprop_tap_tma`` with
     ``choose_split_k`` chunks): for small outputs with long reductions, where tap_tma's tiles
     alone would leave SMs idle (ResNet-50's 7x7 layers at batch 32: 64 tiles of 128x128 for
     132 SMs). Where the input can't be TMA-loaded, the split-K implicit GEMM.
 
-    Args/Returns: as ``conv2d_fprop``.
+    Args/Returns: as ``conv2d_fprop``; ``weight_flipped`` as for ``conv2d_fprop_tap_tma``.
     """
     return conv2d_fprop_tap_tma(x, w, bias, problem, out, activation, alpha, residual,
-                                split_k=choose_split_k(problem, x.device))
+                                split_k=choose_split_k(problem, x.device), weight_flipped=weight_flipped)
 
 
 # Stream-K pays where one program per tile leaves SMs idle for the whole reduction: ResNet-50's
@@ -772,12 +796,13 @@ def accepts_tap_tma_streamk(problem: Conv2dProblem) -> bool:
     return configs.STREAM_K and accepts_tap_tma(pb) and pb.N * pb.P * pb.Q <= TAP_TMA_STREAMK_MAX_PIXELS
 
 def conv2d_fprop_tap_tma_streamk(x, w, bias, problem: Conv2dProblem, out=None, activation="none", alpha=0.01,
-                                 residual=None) -> torch.Tensor:
+                                 residual=None, weight_flipped: bool = False) -> torch.Tensor:
     """tap_tma on a stream-K grid (``conv2d_fprop_tap_tma`` with ``stream_k``): one program per
     SM, each taking an equal share of all (tile, reduction step) pairs, a tile cut between
     programs summed by its last one in program order (deterministic), with no workspace pass
     as split-K's. Where the input can't be TMA-loaded, the implicit GEMM.
 
-    Args/Returns: as ``conv2d_fprop``.
+    Args/Returns: as ``conv2d_fprop``; ``weight_flipped`` as for ``conv2d_fprop_tap_tma``.
     """
-    return conv2d_fprop_tap_tma(x, w, bias, problem, out, activation, alpha, residual, stream_k=True)
+    return conv2d_fprop_tap_tma(x, w, bias, problem, out, activation, alpha, residual, stream_k=True,
+                                weight_flipped=weight_flipped)
