@@ -708,7 +708,7 @@ def test_input_grad_reads_a_krsc_weight_in_place_at_stride_1(problem, dtype, lau
     pb = spec.conv2d_problem(torch.empty(N, C, H, W, dtype=dtype, device=DEVICE), w, None, *args)
     dy = torch.randn(pb.output_shape, dtype=dtype, device=DEVICE).to(memory_format=torch.channels_last)
     phases = dgrad._phases(pb)
-    assert dgrad._weight_in_place(dy, krsc, pb, phases, "") == TMA
+    assert dgrad._weight_in_place(dy, krsc, pb, phases, "") == (TMA and dtype == torch.float16)  # 16-bit only
     assert not dgrad._weight_in_place(dy, w, pb, phases, "")  # KCRS: no (C, R*S*K/groups) rows
     with router.force("tap_tma"):
         in_place = router.input_grad(dy, krsc, pb, memory_format=torch.channels_last)
@@ -1609,38 +1609,67 @@ def test_stream_k_schedule_never_waits_in_series(tiles, steps, programs):
 
 
 @triton.jit
-def _carried_steps_kernel(out_ptr, taps, dil, pad, stride, start, count, P, Q, tiles_h, tiles_w,
+def _carried_steps_kernel(out_ptr, R, S, CG, dil_h, pad_h, stride_h, dil_w, pad_w, stride_w, start, steps,
+                          P, Q, tiles_h, tiles_w, BLOCK_K: tl.constexpr,
                           BOX_N: tl.constexpr, BOX_H: tl.constexpr, BOX_W: tl.constexpr, STEP: tl.constexpr):
-    """Tap r's (shift, phase) carried from tap 0 (_common.tap_phase_next) beside tap_phase's, then
-    boxes start, start + 1, ...: their origins carried (_common.next_box) beside decoded, then the
-    pixels of STEP-pixel steps from pixel ``start`` (_common.unravel3_next, the wgrad loops'),
-    as the loops decode their first step and carry the rest."""
-    shift, phase = _common.tap_phase(0, dil, pad, stride)
-    for r in range(0, taps):
-        want_shift, want_phase = _common.tap_phase(r, dil, pad, stride)
-        tl.store(out_ptr + 4 * r, shift)
-        tl.store(out_ptr + 4 * r + 1, phase)
-        tl.store(out_ptr + 4 * r + 2, want_shift)
-        tl.store(out_ptr + 4 * r + 3, want_phase)
-        shift, phase = _common.tap_phase_next(shift, phase, dil, stride, r < taps)
-    boxes = out_ptr + 4 * taps
+    """Three walks, each carried as the kernels carry it and decoded beside it, from step ``start``:
+    the tap-TMA reduction's steps (tap, channel block and the phase view's (shift, phase) of the
+    tap's row and column: _common.next_tap_step and tap_phase_next, as in fprop._tap_tma_acc), the
+    spatial boxes (_common.next_box, wgrad_tap_tma_kernel's) and STEP-pixel steps
+    (_common.unravel3_next, wgrad_kernel's). Row i of each walk: carried values, then decoded."""
+    # -- 1: reduction steps, (rs, c0, shift_h, phase_h, shift_w, phase_w)
+    c_blocks = tl.cdiv(CG, BLOCK_K)
+    rs = start // c_blocks
+    c0 = (start - rs * c_blocks) * BLOCK_K
+    r = rs // S
+    s = rs - r * S
+    shift_h, phase_h = _common.tap_phase(r, dil_h, pad_h, stride_h)
+    shift_w, phase_w = _common.tap_phase(s, dil_w, pad_w, stride_w)
+    row_shift_w, row_phase_w = _common.tap_phase(0, dil_w, pad_w, stride_w)
+    dil_qh, dil_rh = dil_h // stride_h, dil_h % stride_h
+    dil_qw, dil_rw = dil_w // stride_w, dil_w % stride_w
+    for it in range(start, steps):
+        want_rs = it // c_blocks
+        want_h, want_ph = _common.tap_phase(want_rs // S, dil_h, pad_h, stride_h)
+        want_w, want_pw = _common.tap_phase(want_rs % S, dil_w, pad_w, stride_w)
+        row = out_ptr + 12 * (it - start)
+        tl.store(row + 0, rs)
+        tl.store(row + 1, c0)
+        tl.store(row + 2, shift_h)
+        tl.store(row + 3, phase_h)
+        tl.store(row + 4, shift_w)
+        tl.store(row + 5, phase_w)
+        tl.store(row + 6, want_rs)
+        tl.store(row + 7, (it - want_rs * c_blocks) * BLOCK_K)
+        tl.store(row + 8, want_h)
+        tl.store(row + 9, want_ph)
+        tl.store(row + 10, want_w)
+        tl.store(row + 11, want_pw)
+        c0, rs, r, s, next_tap, next_row = _common.next_tap_step(c0, rs, r, s, CG, S, BLOCK_K)
+        shift_w, phase_w = _common.tap_phase_next(shift_w, phase_w, dil_qw, dil_rw, stride_w, next_tap)
+        shift_w = tl.where(next_row, row_shift_w, shift_w)
+        phase_w = tl.where(next_row, row_phase_w, phase_w)
+        shift_h, phase_h = _common.tap_phase_next(shift_h, phase_h, dil_qh, dil_rh, stride_h, next_row)
+    # -- 2: boxes start, start + 1, ... (as many as steps - start), (n0, p0, q0)
+    boxes = out_ptr + 12 * (steps - start)
     n0 = (start // (tiles_h * tiles_w)) * BOX_N
     p0 = ((start // tiles_w) % tiles_h) * BOX_H
     q0 = (start % tiles_w) * BOX_W
-    for i in range(0, count):
-        t = start + i
-        tl.store(boxes + 6 * i, n0)
-        tl.store(boxes + 6 * i + 1, p0)
-        tl.store(boxes + 6 * i + 2, q0)
-        tl.store(boxes + 6 * i + 3, (t // (tiles_h * tiles_w)) * BOX_N)
-        tl.store(boxes + 6 * i + 4, ((t // tiles_w) % tiles_h) * BOX_H)
-        tl.store(boxes + 6 * i + 5, (t % tiles_w) * BOX_W)
+    for t in range(start, steps):
+        row = boxes + 6 * (t - start)
+        tl.store(row, n0)
+        tl.store(row + 1, p0)
+        tl.store(row + 2, q0)
+        tl.store(row + 3, (t // (tiles_h * tiles_w)) * BOX_N)
+        tl.store(row + 4, ((t // tiles_w) % tiles_h) * BOX_H)
+        tl.store(row + 5, (t % tiles_w) * BOX_W)
         n0, p0, q0 = _common.next_box(n0, p0, q0, P, Q, BOX_N, BOX_H, BOX_W)
-    pixels = boxes + 6 * count
+    # -- 3: STEP pixels a step from pixel ``start``, (n, p, q) of each
+    pixels = boxes + 6 * (steps - start)
     offs = tl.arange(0, STEP)
     n, p, q = _common.unravel3(start + offs, P, Q)
     step_n, step_p, step_q = _common.unravel3(STEP, P, Q)
-    for i in range(0, count):
+    for i in range(0, steps - start):
         want_n, want_p, want_q = _common.unravel3(start + i * STEP + offs, P, Q)
         row = pixels + i * 6 * STEP + offs
         tl.store(row, n)
@@ -1652,32 +1681,46 @@ def _carried_steps_kernel(out_ptr, taps, dil, pad, stride, start, count, P, Q, t
         n, p, q = _common.unravel3_next(n, p, q, step_n, step_p, step_q, P, Q)
 
 
-@pytest.mark.parametrize("dil, pad, stride", [
-    (1, 1, 1), (1, 0, 2), (1, 1, 2), (2, 2, 2), (3, 3, 2), (5, 4, 2), (1, 2, 3), (2, 1, 3), (7, 0, 3), (4, -3, 1),
-])
-@pytest.mark.parametrize("P, Q, box, start", [(7, 7, (2, 8, 8), 0), (9, 10, (1, 8, 8), 1), (3, 3, (4, 4, 4), 2),
-                                              (2, 3, (4, 2, 8), 0), (14, 14, (1, 1, 8), 5)])
-def test_carried_steps_match_decoded_steps(dil, pad, stride, P, Q, box, start):
-    """The tap-TMA loops decode their first step's tap and box and carry the rest from step to step
-    (the divisions they saved were a third of a step's instructions): every carried step must be the
-    one decoding would give, across dilations past the stride (the phase carrying into the shift),
-    negative padding (dgrad's forward convs), boxes that pass an image's edge or several images, and
-    pixel steps longer or shorter than a row or an image (16 pixels of 3x3 to 14x14 images)."""
-    taps, count, step = 9, 40, 16
-    bn, bh, bw = box
+# Each case: a kernel (R, S), channels per group against BLOCK_K = 16, the rows' and the columns'
+# (dilation, padding, stride), the step the walks start at, an output (P, Q) and its box
+CARRIED_STEPS = [
+    pytest.param((3, 3), 48, (1, 1, 1), (1, 1, 1), 0, (7, 7), (2, 8, 8), id="3x3-three-blocks"),
+    pytest.param((3, 3), 40, (3, 3, 2), (1, 0, 2), 5, (9, 10), (1, 8, 8), id="dilation-past-stride-mid-tap"),
+    pytest.param((5, 4), 24, (2, 2, 2), (5, 4, 2), 7, (3, 3), (4, 4, 4), id="uneven-blocks"),
+    pytest.param((3, 5), 16, (1, 2, 3), (2, 1, 3), 2, (2, 3), (4, 2, 8), id="stride-3"),
+    pytest.param((7, 7), 8, (7, 0, 3), (4, -3, 1), 11, (14, 14), (1, 1, 8), id="negative-padding"),
+    pytest.param((3, 3), 33, (2, 1, 1), (1, 1, 2), 4, (12, 13), (2, 8, 8), id="33-channels"),
+]
+
+
+@pytest.mark.parametrize("taps, CG, rows, cols, start, out, box", CARRIED_STEPS)
+def test_carried_steps_match_decoded_steps(taps, CG, rows, cols, start, out, box):
+    """The loops decode their first step's tap, channel block, box or pixels and carry the rest from
+    step to step (the divisions that saved were a third of a tap-TMA step's instructions): every
+    carried step must be the one decoding gives, from a start inside a tap (split-K's and stream-K's
+    chunks), with several channel blocks per tap and a last one short of BLOCK_K, dilations past the
+    stride (the phase carrying into the shift), negative padding (dgrad's forward convs), boxes past
+    an image's edge or over several images, and 16-pixel steps longer or shorter than a row or an image."""
+    (R, S), (P, Q), (bn, bh, bw), step = taps, out, box, 16
+    steps = R * S * -(-CG // 16)
     tiles_h, tiles_w = -(-P // bh), -(-Q // bw)
-    out = torch.full((4 * taps + 6 * count + 6 * count * step,), -99, dtype=torch.int32, device=DEVICE)
-    _carried_steps_kernel[(1,)](out, taps, dil, pad, stride, start, count, P, Q, tiles_h, tiles_w,
-                                BOX_N=bn, BOX_H=bh, BOX_W=bw, STEP=step)
-    got = out.cpu().tolist()
-    phases = [got[4 * r:4 * r + 4] for r in range(taps)]
-    assert all(carried == decoded for carried, decoded in ((v[:2], v[2:]) for v in phases)), phases
-    assert [v[2:] for v in phases] == [[(r * dil - pad) // stride, (r * dil - pad) % stride] for r in range(taps)]
-    boxes = [got[4 * taps + 6 * i:4 * taps + 6 * i + 6] for i in range(count)]
-    assert all(v[:3] == v[3:] for v in boxes), boxes
-    pixels = torch.tensor(got[4 * taps + 6 * count:]).view(count, 6, step)
-    assert torch.equal(pixels[:, :3], pixels[:, 3:]), pixels
-    assert pixels[-1, 3, -1] == (start + count * step - 1) // (P * Q)  # the walk passed several images
+    n = steps - start
+    buf = torch.full((12 * n + 6 * n + 6 * n * step,), -99, dtype=torch.int32, device=DEVICE)
+    _carried_steps_kernel[(1,)](buf, R, S, CG, *rows, *cols, start, steps, P, Q, tiles_h, tiles_w,
+                                BLOCK_K=16, BOX_N=bn, BOX_H=bh, BOX_W=bw, STEP=step)
+    got = buf.cpu()
+    walk = got[:12 * n].view(n, 2, 6)
+    assert torch.equal(walk[:, 0], walk[:, 1]), walk
+    assert walk[-1, 1, 0] == R * S - 1  # to the last tap
+    assert bool((walk[:, 1, 1] > 0).any()) == (CG > 16)  # and channel blocks past the first where a tap has them
+    dil_h, pad_h, stride_h = rows
+    assert [divmod(int(rs) // S * dil_h - pad_h, stride_h) for rs in walk[:, 1, 0]] == \
+        [(int(v[2]), int(v[3])) for v in walk[:, 1]]  # the decoded reference is tap_phase's floor division
+    boxes = got[12 * n:18 * n].view(n, 2, 3)
+    assert torch.equal(boxes[:, 0], boxes[:, 1]), boxes
+    pixels = got[18 * n:].view(n, 2, 3, step)
+    assert torch.equal(pixels[:, 0], pixels[:, 1]), pixels
+    assert pixels[-1, 0, 0, -1] >= 2  # the carried walk crossed into a third image
 
 
 def test_tap_tma_stream_k_is_for_small_outputs(monkeypatch):

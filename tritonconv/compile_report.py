@@ -22,7 +22,10 @@ failing anything: ``tma`` counts the TMA copies in the PTX (a pipelined loop
 issues its first stages before the loop, so the count grows with num_stages),
 and ``async`` says whether a wgmma stays in flight while the next is issued;
 ``A from`` says whether the wgmmas read A from shared memory as loaded or
-from registers (a shared-to-register copy per step first).
+from registers (a shared-to-register copy per step first). From the SASS:
+``step instr`` and ``step div``, the instructions of one step of the innermost
+MMA loop and the integer divisions among them (``mma_loop_of``), and
+``A hazards``, writes to the A registers of a wgmma in flight (these fail).
 
 Configs a family's runtime pruner (``configs.prune_gemm_configs``,
 ``configs.prune_direct_configs``) removes on that arch, for that dtype and
@@ -760,9 +763,10 @@ FAMILIES: List[KernelFamily] = [
                  uses_tma=True),
     # a stride-1 dgrad as tap_tma's forward of dy, the weight read in place (dgrad._weight_in_place):
     # ResNet-50's last 3x3 at batch 32, its dy 7x7 like the forward's output
+    # (16-bit only, as dgrad._weight_in_place takes it: a float32 build reorders B in registers)
     KernelFamily("fprop_tap_tma_dgrad", fprop.fprop_tap_tma_kernel, tap_tma_tile_configs,
                  _p(_fprop_tap_tma_launch, problem=SMALL_OUTPUT_PROBLEM, weight_flipped=True),
-                 _prune_of(fprop._fprop_tap_tma_tuned), dtypes=("fp16", "bf16", "fp32"), archs=("sm_90",),
+                 _prune_of(fprop._fprop_tap_tma_tuned), dtypes=("fp16", "bf16"), archs=("sm_90",),
                  uses_tma=True),
     # input gradient (dgrad.py): stride 1, and stride 2 (4 phases, taps stepping by 2)
     KernelFamily("dgrad", dgrad.dgrad_kernel, gemm_tile_configs, _dgrad_launch, _prune_of(dgrad._dgrad_tuned)),
@@ -1036,7 +1040,9 @@ def _sass_loops(sass: str) -> List[List[Tuple[int, str]]]:
 
 
 # An integer division or remainder by a value not known at compile time: the reciprocal
-# sequence nvcc and Triton emit for it starts with one I2F.RP (I2F.U32.RP for unsigned)
+# sequence nvcc and Triton emit for it starts with one I2F.RP (I2F.U32.RP for unsigned); a
+# division and a remainder by the same value share one. A 64-bit division is a call to a
+# subroutine instead, which this does not count (the kernels' loops have none).
 _SASS_DIVISION = re.compile(r"^I2F(\.\w+)*\.RP\b")
 
 
@@ -1044,8 +1050,8 @@ def mma_loop_of(sass: str) -> Optional[Tuple[int, int]]:
     """(instructions, integer divisions) of one step of the reduction: the innermost loop that
     issues tensor-core MMAs (HGMMA, HMMA), where the kernel spends its time; None without one.
     What the loop does besides the MMAs (index arithmetic, waits, barriers) is issued by every
-    warp in every step: the tap-TMA steps took ~150 instructions of which 40 were two divisions,
-    until they carried their tap from step to step (_common.tap_phase_next)."""
+    warp in every step: a tap-TMA step took 152 instructions (Triton 3.9) of which 40 were two
+    divisions, until the loop carried its tap from step to step (_common.next_tap_step)."""
     bodies = [body for body in _sass_loops(sass) if any(t.startswith(("HGMMA", "HMMA")) for _, t in body)]
     if not bodies:
         return None

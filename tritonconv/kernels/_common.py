@@ -230,8 +230,8 @@ def next_box(n0, p0, q0, P, Q, BOX_N: tl.constexpr, BOX_H: tl.constexpr, BOX_W: 
 
 @triton.jit
 def unravel3(kk, D1, D2):
-    """Flat indices ``kk`` into a row-major (D0, D1, D2) array as (i0, i1, i2): an (N, P, Q)
-    output's pixels (n, p, q) in the wgrad kernels, a flattened (R, S, C) reduction's (r, s, c)."""
+    """Flat indices ``kk`` into a row-major (D0, D1, D2) array as (i0, i1, i2) (wgrad_kernel's
+    output pixels (n, p, q), decoded for its first reduction step)."""
     return kk // (D1 * D2), (kk // D2) % D1, kk % D2
 
 
@@ -240,7 +240,7 @@ def unravel3_next(i0, i1, i2, step0, step1, step2, D1, D2):
     """``unravel3(kk + step)`` from (i0, i1, i2) = ``unravel3(kk)`` and (step0, step1, step2) =
     ``unravel3(step)`` (worked out once, before the loop): added with carries, i2 + step2 passes
     D2 at most once and so does i1. Decoding every step took three integer divisions per element
-    (the wgrad and small-C loops)."""
+    (wgrad_kernel's loop)."""
     i2 += step2
     carry2 = i2 >= D2
     i1 += step1 + carry2.to(tl.int32)
@@ -252,23 +252,24 @@ def unravel3_next(i0, i1, i2, step0, step1, step2, D1, D2):
 def next_tap_step(c0, rs, r, s, CG, S, BLOCK_K: tl.constexpr):
     """The reduction step after (tap (r, s), rs = r*S + s, channels c0..c0+BLOCK_K) in the
     forward's order, channel blocks fastest, then s, then r: (c0, rs, r, s) of the next step,
-    carried instead of decoded from the step index (two integer divisions a step)."""
+    carried instead of decoded from the step index (two integer divisions a step), and whether
+    it moved to the next tap (``next_tap``) and to the next row of taps (``next_row``)."""
     c0 += BLOCK_K
     next_tap = c0 >= CG
     s += next_tap.to(tl.int32)
     next_row = s == S
-    return tl.where(next_tap, 0, c0), rs + next_tap.to(tl.int32), r + next_row.to(tl.int32), tl.where(next_row, 0, s)
+    return (tl.where(next_tap, 0, c0), rs + next_tap.to(tl.int32), r + next_row.to(tl.int32),
+            tl.where(next_row, 0, s), next_tap, next_row)
 
 
 @triton.jit
-def tap_phase_next(shift, phase, dil, stride, go):
-    """``tap_phase`` of tap r + 1 from that of tap r, where ``go`` (else unchanged): the offset
-    r*dil - pad grows by dil = stride*(dil // stride) + dil % stride, so the phase carries
-    into the shift at most once. Divisions by the stride only, which Triton folds away where
-    it is 1 (a specialised argument); no division by anything in a reduction loop otherwise."""
-    phase = phase + tl.where(go, dil % stride, 0)
+def tap_phase_next(shift, phase, dil_q, dil_r, stride, go):
+    """``tap_phase`` of tap r + 1 from that of tap r, where ``go`` (else unchanged), with
+    (dil_q, dil_r) = divmod(dil, stride) worked out before the loop: the offset r*dil - pad
+    grows by stride*dil_q + dil_r, so the phase carries into the shift at most once."""
+    phase = phase + tl.where(go, dil_r, 0)
     carry = phase >= stride
-    return shift + tl.where(go, dil // stride, 0) + carry.to(tl.int32), tl.where(carry, phase - stride, phase)
+    return shift + tl.where(go, dil_q, 0) + carry.to(tl.int32), tl.where(carry, phase - stride, phase)
 
 
 @triton.jit

@@ -269,7 +269,8 @@ def conv2d_dgrad(
 # of a 3x3 stride-2 one), the tap_tma kernel where it takes the phase (``fprop.accepts_tap_tma``,
 # ``fprop.input_tma_usable``), the implicit GEMM with a TMA weight otherwise; in the
 # tap_tma_splitk family, tap_tma's split-K where ``fprop.accepts_splitk`` takes the phase. All
-# of them store into a strided view and load A and B by TMA or fall back by themselves.
+# of them store into a strided view and load A and B by TMA or fall back by themselves; the
+# in-place weight goes only where tap_tma takes it (``_weight_in_place``), with no fallback.
 #
 # An unpadded 1x1 conv in one group has a dgrad family of its own (``conv2d_dgrad_1x1``): its
 # one reached phase is the pointer 1x1 GEMM on dy with w read transposed in place, no w_ab.
@@ -603,9 +604,14 @@ def _weight_in_place(dy: torch.Tensor, w: torch.Tensor, problem: Conv2dProblem, 
                      variant: str) -> bool:
     """Whether the dgrad's forward conv reads w in place, its taps flipped (fprop_tap_tma_kernel's
     W_FLIPPED), instead of a flipped copy (``_phase_weights``): at stride 1 (one phase, every tap),
-    on a tap-TMA launcher (not the 1x1 GEMM), with w KRSC and 16-byte aligned as TMA wants it."""
+    on a tap-TMA launcher (not the 1x1 GEMM), with w KRSC and 16-byte aligned as TMA wants it, in
+    a 16-bit dtype. The in-place tile is N-major; the wgmma takes that from shared memory for
+    16-bit types only: a float32 (TF32) build turns it round in registers and loses its pipelining
+    (compile report, fprop_tap_tma_dgrad fp32: no wgmma left in flight, 82 -> 119 registers)."""
     pb = problem
     if pb.stride_h != 1 or pb.stride_w != 1 or len(phases) != 1 or phases[0].forward is None:
+        return False
+    if w.element_size() != 2:
         return False
     forward = phases[0].forward
     return (_phase_forward(forward, variant) is not gemm1x1.conv2d_fprop_1x1_tma

@@ -145,7 +145,7 @@ def smallc_fprop_kernel(
         w_cols = w_ptr + k_out.to(tl.int64) * swk
 
     # -- reduction over the flattened (r, s, c), decoded per step. Carried from step to step
-    # instead (_common.unravel3_next, as the wgrad loops do) it saved 11 of 169 sm_90 instructions
+    # instead (_common.unravel3_next, as wgrad_kernel's pixels are) it saved 11 of 169 sm_90 instructions
     # a step on Triton 3.6 but took 9 more registers per thread: the stem's 128x64x32 w8 tile
     # would fit 2 programs per SM instead of 3, and its few steps lean on the others' to hide latency
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC_DTYPE)
