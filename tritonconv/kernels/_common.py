@@ -39,6 +39,7 @@ __all__ = [
     "next_box",
     "tap_phase",
     "tap_phase_next",
+    "tap_step_of",
     "next_tap_step",
     "unravel3",
     "unravel3_next",
@@ -246,6 +247,16 @@ def unravel3_next(i0, i1, i2, step0, step1, step2, D1, D2):
     i1 += step1 + carry2.to(tl.int32)
     carry1 = i1 >= D1
     return i0 + step0 + carry1.to(tl.int32), tl.where(carry1, i1 - D1, i1), tl.where(carry2, i2 - D2, i2)
+
+
+@triton.jit
+def tap_step_of(it, CG, S, BLOCK_K: tl.constexpr):
+    """(c0, rs, r, s) of reduction step ``it`` in the forward's order (channel blocks of BLOCK_K
+    fastest, then s, then r; rs = r*S + s): the first step of a loop that ``next_tap_step`` carries on."""
+    c_blocks = tl.cdiv(CG, BLOCK_K)
+    rs = it // c_blocks
+    r = rs // S
+    return (it - rs * c_blocks) * BLOCK_K, rs, r, rs - r * S
 
 
 @triton.jit

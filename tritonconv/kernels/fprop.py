@@ -69,6 +69,7 @@ from ._common import (
     split_range,
     tap_phase,
     tap_phase_next,
+    tap_step_of,
     next_tap_step,
     tile_pid,
 )
@@ -143,10 +144,7 @@ def fprop_kernel(
     start, stop = split_range(split, total, SPLIT_K, 1)
     # the first step's tap (r, s) and channel block c0, decoded once; each step carries them
     # on to the next (as _tap_tma_acc does: no integer division in the loop)
-    rs = start // c_blocks
-    c0 = (start - rs * c_blocks) * BLOCK_K
-    r = rs // S
-    s = rs - r * S
+    c0, rs, r, s = tap_step_of(start, CG, S, BLOCK_K)
     for _ in range(start, stop):
         c = c0 + offs_k
         h = h0 + r * dil_h
@@ -486,12 +484,8 @@ def _tap_tma_acc(
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC_DTYPE)
     # -- the first step's tap (r, s) and channel block c0; then only carries. int32: a stream-K
     # share's bounds come as int64, but a tile's steps are few, and 32-bit divisions are cheaper
-    c_blocks = tl.cdiv(CG, BLOCK_K)
     k_lo = k_lo.to(tl.int32)
-    rs = k_lo // c_blocks
-    c0 = (k_lo - rs * c_blocks) * BLOCK_K
-    r = rs // S
-    s = rs - r * S
+    c0, rs, r, s = tap_step_of(k_lo, CG, S, BLOCK_K)
     shift_h, phase_h = tap_phase(r, dil_h, pad_h, stride_h)
     shift_w, phase_w = tap_phase(s, dil_w, pad_w, stride_w)
     row_shift_w, row_phase_w = tap_phase(0, dil_w, pad_w, stride_w)  # where each row of taps starts
