@@ -25,7 +25,9 @@
 #   4b. forward sweep      the same as 3 in bf16, without Inductor
 #   5. end to end          perf/resnet50.py: eager inference, inference from a CUDA graph, a
 #                          training step, and eager inference with BatchNorm folded (each
-#                          provider's way), all convs tritonconv vs cuDNN, fp16
+#                          provider's way), all convs tritonconv vs cuDNN, fp16; after each
+#                          eager row a host profile of its step (issue time, cProfile by own
+#                          time: perf/resnet50.py --profile), appended to summary.md
 #   6. report              OUTDIR/summary.md, details.md, plot.png from OUTDIR/results.csv
 # plus OUTDIR/gpu_check.log (every stage's output) and OUTDIR/tuning-cache.tar.gz (the
 # tuning choices made, reusable with TRITONCONV_CACHE_DIR). That is 8 files.
@@ -219,7 +221,8 @@ e2e() {
     # folded (BatchNorm folded, each provider's way) last: its fused epilogues tune anew
     $PY perf/resnet50.py --batch "$BATCH" --dtype "$FP16" --layout channels_last --csv "$CSV" \
         --modes "${GPU_CHECK_E2E_MODES:-infer,graph,train,folded}" \
-        --run-id "$TRITONCONV_RUN_ID" --time-budget $((STAGE_S > 40 ? STAGE_S - 20 : STAGE_S * 2 / 3)) $E2E_ARGS
+        --run-id "$TRITONCONV_RUN_ID" --time-budget $((STAGE_S > 40 ? STAGE_S - 20 : STAGE_S * 2 / 3)) \
+        --profile "$DIAG_DIR" --profile-top 15 $E2E_ARGS
 }
 
 export PY OUTDIR CSV BUDGET TRITONCONV_CACHE_DIR
@@ -242,7 +245,7 @@ DIAG_DIR="${TMPDIR:-/tmp}/tritonconv-diagnose-$$"
 if [ "${GPU_CHECK_DRY_RUN:-0}" = 1 ]; then
     PRESET=smoke BATCH=2 FP16=fp32 TESTS=tests/test_bench.py BACKWARD_LAYERS="3x3,1x1/2" DIAG_LAYERS="1x1/2"
     BF16_PROVIDERS=tritonconv,im2col,unfold
-    E2E_ARGS="--tiny --image 32 --reps 1" RACE_ARGS="--batch 1 --cases gemm1x1_tma"
+    E2E_ARGS="--tiny --image 32 --reps 1 --profile-steps 1" RACE_ARGS="--batch 1 --cases gemm1x1_tma"
     [ -n "${FAMILY_PRESETS:-}" ] && FAMILY_PRESETS=smoke
     torch_cuda=$($PY -c "import torch; print(int(torch.cuda.is_available()))" 2>/dev/null || echo 0)
     [ "$torch_cuda" = 1 ] || export TRITON_INTERPRET=1
@@ -334,6 +337,11 @@ if [ -s "$DIAG_DIR/diagnose.md" ]; then
 fi
 if [ -s "$DIAG_DIR/host_cost.md" ]; then
     { echo; echo "## Host time per call (perf/host_cost.py)"; echo; cat "$DIAG_DIR/host_cost.md"; } >>"$OUTDIR/summary.md"
+fi
+if [ -s "$DIAG_DIR/e2e_profile.md" ]; then
+    # the end-to-end stage's host profiles (perf/resnet50.py --profile): issue time per step and
+    # where it goes, per eager mode and provider
+    { echo; echo "# Host profiles of the end-to-end steps"; echo; sed 's/^## /### /' "$DIAG_DIR/e2e_profile.md"; } >>"$OUTDIR/summary.md"
 fi
 {
     echo

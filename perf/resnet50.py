@@ -25,6 +25,11 @@ that tunes the backward kernels too, last: a time budget that runs out spares th
   what a user of each gets without torch.compile. Opt-in (not in the default ``--modes``):
   its fused epilogues are new autotuning keys.
 
+With ``--profile DIR``, each eager row (train, infer, folded) is followed by a host profile of
+the same step: the host time to issue one step (the steps issued back to back, no
+synchronisation: where it is as long as the median step, the step is host-bound), and the
+functions that take that time (cProfile, by own time), appended to ``DIR/e2e_profile.md``.
+
 Each is timed with ``triton.testing.do_bench``. Before timing, the tritonconv
 model runs once under a dispatch mode that counts aten convolutions (it must
 see none), and every provider's outputs (loss and gradients for ``train``) are
@@ -230,6 +235,56 @@ def _time(fn, device: str, warmup_ms: float, rep_ms: float, reps: int) -> Tuple[
     return mid, times[0], times[-1]
 
 
+def _profile(fn, device: str, args, title: str, median_ms: float, top: int = 25) -> None:
+    """Append to ``args.profile``/e2e_profile.md the host time to issue one step of ``fn`` and a
+    cProfile of ``args.profile_steps`` steps, by own time (see the module's doc)."""
+    import cProfile
+    import io
+    import pstats
+
+    steps = max(1, getattr(args, "profile_steps", 10))
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    sync()
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        fn()
+    issued_ms = (time.perf_counter() - t0) * 1e3 / steps
+    sync()
+    prof = cProfile.Profile()
+    prof.enable()
+    for _ in range(steps):
+        fn()
+    prof.disable()
+    sync()
+    text = io.StringIO()
+    stats = pstats.Stats(prof, stream=text)
+    calls, total = stats.total_calls, stats.total_tt  # type: ignore[attr-defined]
+    rows = sorted(stats.stats.items(), key=lambda kv: kv[1][2], reverse=True)[:top]  # type: ignore[attr-defined]
+    out = Path(args.profile)
+    out.mkdir(parents=True, exist_ok=True)
+    lines = [f"## {title}", "",
+             f"Host time to issue one step: {issued_ms:.3f} ms (median step {median_ms:.3f} ms: "
+             f"{'host-bound' if issued_ms >= 0.9 * median_ms else 'the device is the bound'}); "
+             f"under cProfile, {steps} steps: {calls} calls, {total * 1e3 / steps:.3f} ms a step "
+             f"(cProfile's own cost included).", "",
+             "| own ms / step | total ms / step | calls / step | function |", "| --- | --- | --- | --- |"]
+    for (file, line, name), (_, ncalls, tottime, cumtime, _) in rows:
+        where = name if file == "~" else f"{_short_path(file)}:{line}({name})"
+        lines.append(f"| {tottime * 1e3 / steps:.3f} | {cumtime * 1e3 / steps:.3f} | {ncalls / steps:g} | "
+                     f"`{where.replace('|', '/')}` |")
+    with open(out / "e2e_profile.md", "a") as f:
+        f.write("\n".join(lines) + "\n\n")
+
+
+def _short_path(file: str) -> str:
+    """A profiled function's file, from its package on (tritonconv/..., torch/..., triton/...)."""
+    parts = Path(file).parts
+    for i in range(len(parts) - 1, -1, -1):
+        if parts[i] in ("tritonconv", "torch", "triton", "perf"):
+            return "/".join(parts[i:])
+    return parts[-1] if parts else file
+
+
 def _precompile(args, device: str, mode: str) -> None:
     """Compile (in parallel) and so speed up tuning of every tritonconv kernel a ``mode``
     ("forward" or "forward_backward") runs, through the ResNet-50 preset, whose layers are
@@ -266,6 +321,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--reps", type=int, default=2, help="timed steps without CUDA")
     p.add_argument("--workers", type=int, default=0)
     p.add_argument("--no-precompile", action="store_true")
+    p.add_argument("--profile", default="", metavar="DIR",
+                   help="after each eager row, profile the host side of its step into DIR/e2e_profile.md")
+    p.add_argument("--profile-steps", type=int, default=10)
+    p.add_argument("--profile-top", type=int, default=25, help="functions per profile")
     p.add_argument("--tiny", action="store_true", help="a tiny ResNet (for the CPU interpreter): blocks 1,1,1,1, "
                    "width 8, 10 classes; use with --image 32 --batch 2")
     args = p.parse_args(list(argv) if argv is not None else None)
@@ -423,6 +482,8 @@ def _measure(row, model, provider, mode, x, target, reference, baseline_err, arg
             row["rel_err"] = _rel(first[0], reference[0])
         del first
         median, p20, p80 = _time(fn, device, args.warmup_ms, args.rep_ms, args.reps)
+        if getattr(args, "profile", "") and mode != "graph":
+            _profile(fn, device, args, f"{mode} ({_MODES[mode][1]}), {provider}", median, getattr(args, "profile_top", 25))
         if provider == "tritonconv":
             # a key without a launch plan takes the full path on every call (some 10x the host
             # time): eager rows are host-bound, so say how many there are and why

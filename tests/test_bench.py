@@ -475,6 +475,29 @@ def test_e2e_training_check_can_fail(wrong, monkeypatch):
         assert row["rel_err"] < 1e-6 and row["status"] == "error: aten convolutions ran in the tritonconv run"
 
 
+def test_e2e_profile_reports_issue_time_and_where_it_goes(tmp_path):
+    """perf/resnet50.py --profile: per eager row, the host time to issue a step and the profiled
+    functions by own time, the step's own function among them, appended to DIR/e2e_profile.md."""
+    import types
+
+    e2e = _perf_resnet50()
+
+    def step():
+        return torch.ones(64).cumsum(0).sum()
+
+    args = types.SimpleNamespace(profile=str(tmp_path / "prof"), profile_steps=3)
+    e2e._profile(step, "cpu", args, "train (training step), tritonconv", 1e6, top=5)
+    e2e._profile(step, "cpu", args, "infer (inference), cudnn", 1e-9, top=5)
+    text = (tmp_path / "prof" / "e2e_profile.md").read_text()
+    first, second = text.split("## ")[1:]
+    assert first.startswith("train (training step), tritonconv") and "the device is the bound" in first
+    assert second.startswith("infer (inference), cudnn") and "host-bound" in second
+    rows = [line for line in first.splitlines() if line.startswith("| ") and not line.startswith("| own")
+            and not line.startswith("| ---")]
+    assert len(rows) == 5
+    assert any("(step)" in line and line.split(" | ")[2] == "1" for line in rows), rows  # 1 call a step
+
+
 @pytest.mark.parametrize("provider", ["tritonconv", "aten"])
 def test_e2e_folded_mode_folds_batchnorm_each_providers_way(provider, monkeypatch):
     """perf/resnet50.py's folded mode: tritonconv's convert(fuse=True) leaves no BatchNorm and
