@@ -43,7 +43,8 @@
 # still run, untimed, wherever the kernel's pruning keeps them (tuning.py, "Hints"), so the minutes
 # go to measuring; the summary's "Tuning cost" table counts them. TRITONCONV_TUNE_HINTS=0 retunes.
 # FAMILY_PRESETS=mobilenetv2,convnext_t adds a forward fp16 sweep of those presets after
-# ResNet-50's (issue 6: the depthwise, 1x1 and stem families' effect); it takes its share of
+# ResNet-50's (issue 6: the depthwise, 1x1 and stem families' effect), against cuDNN only (issue 6's
+# bar; FAMILY_PROVIDERS=tritonconv,cudnn,inductor,... adds others); it takes its share of
 # the budget from the later stages, so give the check more time (or pass a tuning cache) with it.
 # GPU_CHECK_STAGES=bf16,backward,e2e runs those steps only, in that order (after the environment;
 # keys: tests, streamk, diagnose, host, race, forward, families, backward, bf16, e2e; default all of
@@ -246,7 +247,7 @@ if [ "${GPU_CHECK_DRY_RUN:-0}" = 1 ]; then
     PRESET=smoke BATCH=2 FP16=fp32 TESTS=tests/test_bench.py BACKWARD_LAYERS="3x3,1x1/2" DIAG_LAYERS="1x1/2"
     BF16_PROVIDERS=tritonconv,im2col,unfold
     E2E_ARGS="--tiny --image 32 --reps 1 --profile-steps 1" RACE_ARGS="--batch 1 --cases gemm1x1_tma"
-    [ -n "${FAMILY_PRESETS:-}" ] && FAMILY_PRESETS=smoke
+    [ -n "${FAMILY_PRESETS:-}" ] && FAMILY_PRESETS=smoke && FAMILY_PROVIDERS=${FAMILY_PROVIDERS:-tritonconv,im2col}
     torch_cuda=$($PY -c "import torch; print(int(torch.cuda.is_available()))" 2>/dev/null || echo 0)
     [ "$torch_cuda" = 1 ] || export TRITON_INTERPRET=1
 fi
@@ -268,7 +269,8 @@ run_step() {
         families)
             if [ -n "${FAMILY_PRESETS:-}" ]; then
                 stage "forward fp16, $FAMILY_PRESETS" 40 600 sweep \
-                    --preset "$FAMILY_PRESETS" --batch "$BATCH" --dtype "$FP16" --layout channels_last --modes forward
+                    --preset "$FAMILY_PRESETS" --batch "$BATCH" --dtype "$FP16" --layout channels_last --modes forward \
+                    --providers "${FAMILY_PROVIDERS:-tritonconv,cudnn}"
             else
                 log "== [families] skipped: FAMILY_PRESETS is not set"
             fi ;;
