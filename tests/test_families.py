@@ -567,6 +567,53 @@ def test_weight_grad_1x1_split_is_correct_and_deterministic(launcher, split_k):
     _assert_split_wgrad(getattr(gemm1x1, launcher), dy, x, w, pb, (1, 0, 1, 2), split_k)
 
 
+@pytest.mark.parametrize("family", ["gemm1x1", "gemm1x1_tma"])
+@pytest.mark.parametrize("residual_layout,flat", [("channels_last", True), ("nchw", False), ("per-channel", True)])
+def test_1x1_kernels_take_flat_pixel_rows_where_every_tensor_has_them(family, residual_layout, flat, monkeypatch):
+    """Where x, y and the residual all have flat pixels (pixel m at m times the W stride), the 1x1
+    kernels index them without dividing m by W and H*W (FLAT_ROWS); one tensor that has not
+    (an NCHW residual beside channels_last x and y) keeps the division for all. Both are right."""
+    from tritonconv.kernels import gemm1x1
+
+    decided = []
+    real = gemm1x1.flat_rows
+    monkeypatch.setattr(gemm1x1, "flat_rows", lambda *a: decided.append(real(*a)) or decided[-1])
+    torch.manual_seed(5)
+    x = torch.randn(2, 16, 5, 7, dtype=torch.float16, device=DEVICE).to(memory_format=torch.channels_last)
+    w = torch.randn(24, 16, 1, 1, dtype=torch.float16, device=DEVICE).to(memory_format=torch.channels_last)
+    b = torch.randn(24, dtype=torch.float16, device=DEVICE)
+    residual = {"channels_last": torch.randn(2, 24, 5, 7, dtype=torch.float16, device=DEVICE).to(
+                    memory_format=torch.channels_last),
+                "nchw": torch.randn(2, 24, 5, 7, dtype=torch.float16, device=DEVICE),
+                "per-channel": torch.randn(1, 24, 1, 1, dtype=torch.float16, device=DEVICE)}[residual_layout]
+    with router.force(family):
+        y = tritonconv.conv2d(x, w, b, activation="relu", residual=residual)
+    assert decided == [flat]
+    ref = F.relu(F.conv2d(x.double(), w.double(), b.double()) + residual.double())
+    assert rel_err(y, ref) < TOL[torch.float16]
+
+
+def test_flat_rows():
+    from tritonconv.kernels._common import prepare_forward
+    from tritonconv.kernels.gemm1x1 import flat_rows
+
+    x = torch.empty(2, 3, 4, 5)
+    w = torch.empty(6, 3, 1, 1)
+    pb = spec.conv2d_problem(x, w, None, 1, 0, 1, 1)
+    cl = x.to(memory_format=torch.channels_last)
+    plain = prepare_forward(cl, w, None, None, pb, None, "none")
+    assert flat_rows(cl, plain.out, plain)  # channels_last: pixel m at m * C
+    assert not flat_rows(x, plain.out, plain)  # NCHW: images C*H*W apart
+    assert flat_rows(x[:1], plain.out[:1], plain)  # one NCHW image: pixel m at m
+    assert not flat_rows(cl[:, :, ::2, ::2], plain.out, plain)  # a strided 1x1's view of x
+    assert not flat_rows(cl[:, :, :1, :1], plain.out, plain)  # pixels at 60, not at x's W stride
+    assert flat_rows(None, plain.out, plain)  # the TMA kernel reads x through its descriptor
+    nchw_res = prepare_forward(cl, w, None, torch.empty(2, 6, 4, 5), pb, None, "none")
+    assert not flat_rows(cl, nchw_res.out, nchw_res)
+    # without a residual, the launchers pass x as a stand-in with zero strides: not looked at
+    assert not plain.epilogue["HAS_RESIDUAL"] and flat_rows(cl, plain.out, plain)
+
+
 def test_pixel_stride():
     from tritonconv.kernels.gemm1x1 import pixel_stride
 

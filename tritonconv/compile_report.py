@@ -528,7 +528,8 @@ def _gemm1x1_launch(dtype: Dtype, config: triton.Config, *, problem: Dict[str, A
         **_named("srn srk srh srw", y_s if residual else (0, 0, 0, 0)),
         alpha=0.01,
     )
-    return args, dict(_epilogue(dtype, residual, activation), INPUT_PRECISION=dtype.input_precision)
+    # channels_last x, y and residual: flat pixels (gemm1x1.flat_rows)
+    return args, dict(_epilogue(dtype, residual, activation), INPUT_PRECISION=dtype.input_precision, FLAT_ROWS=True)
 
 
 def _gemm1x1_dgrad_launch(dtype: Dtype, config: triton.Config, *, problem: Dict[str, Any] = GEMM1X1_PROBLEM):
@@ -562,7 +563,7 @@ def _gemm1x1_tma_launch(dtype: Dtype, config: triton.Config, *, problem: Dict[st
         **_named("syn syk syh syw", y_s), srn=0, srk=0, srh=0, srw=0,
         alpha=0.01,
     )
-    return args, dict(_epilogue(dtype, False, "none"), INPUT_PRECISION=dtype.input_precision)
+    return args, dict(_epilogue(dtype, False, "none"), INPUT_PRECISION=dtype.input_precision, FLAT_ROWS=True)
 
 
 def _wgrad_1x1_out(dtype: Dtype, pb, split_k: int) -> Tuple[str, Tuple[int, int, int]]:

@@ -62,6 +62,7 @@ __all__ = [
     "ACTIVATIONS",
     "activation_code",
     "apply_activation",
+    "pixel_rows",
     "conv_epilogue",
     "ForwardLaunch",
     "prepare_forward",
@@ -571,6 +572,20 @@ def apply_activation(z, ACTIVATION: tl.constexpr, alpha):
     elif ACTIVATION == 7:
         z = 1.0 / (1.0 + tl.exp(-z))
     return z
+
+
+@triton.jit
+def pixel_rows(offs_m, H, W, sxn, sxh, sxw, syn, syh, syw, srn, srh, srw, FLAT: tl.constexpr):
+    """The int64 offsets of pixels ``offs_m`` (m = (n * H + h) * W + w) in three tensors, with
+    strides (sn, sh, sw) each. FLAT: the launcher found every one flat (``gemm1x1.flat_rows``),
+    so the offset is m * sw, with no divisions by W and H * W."""
+    if FLAT:
+        m = offs_m.to(tl.int64)
+        return m * sxw, m * syw, m * srw
+    w_ = (offs_m % W).to(tl.int64)
+    h_ = ((offs_m // W) % H).to(tl.int64)
+    n_ = (offs_m // (H * W)).to(tl.int64)
+    return n_ * sxn + h_ * sxh + w_ * sxw, n_ * syn + h_ * syh + w_ * syw, n_ * srn + h_ * srh + w_ * srw
 
 
 @triton.jit

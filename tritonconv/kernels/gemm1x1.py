@@ -3,7 +3,8 @@
     ==========  ======================  =====================================
     GEMM        conv                    index decomposition
     ==========  ======================  =====================================
-    M           N * P * Q pixels        m -> (n, p, q), once per tile
+    M           N * P * Q pixels        m -> (n, p, q), once per tile; none
+                                        where the pixels are flat (FLAT_ROWS)
     N_gemm      K / groups              j -> k = g * K/groups + j
     K_gemm      C / groups              c, walked by pointer increments
     A[m, c]     x[n, c, s_h*p, s_w*q]   (stride 1: P, Q = H, W)
@@ -15,6 +16,10 @@ With P = H and Q = W every output pixel reads exactly its own input pixel, so
 the pixel offsets are computed once per tile and the reduction loop only
 advances two pointers by BLOCK_K channels: the same inner loop as a dense
 matmul. NHWC input and KRSC weight make both operands contiguous along c.
+Where every tensor's pixels are flat (``flat_rows``: pixel m at offset m * the W
+stride, as in any channels_last tensor), even that decomposition goes: its
+divisions by W and H*W took a third of the 1x1 tile's instructions outside the
+loop (sm_90 SASS, Triton 3.6), and a 1x1 layer's reduction is only a few steps.
 
 A stride s (ResNet's downsampling 1x1, stride 2) only thins the pixels: output
 pixel (p, q) reads input pixel (s*p, s*q), so the pointer kernel runs the same
@@ -50,6 +55,7 @@ from ._common import (
     mma,
     persistent_programs,
     prepare_forward,
+    pixel_rows,
     split_range,
     stream_k_flags,
     stream_k_gather,
@@ -62,7 +68,8 @@ from .wgrad import conv2d_wgrad, finish_wgrad, wgrad_workspace
 
 __all__ = ["accepts", "accepts_dgrad", "accepts_strided", "conv2d_fprop_1x1", "conv2d_fprop_1x1_tma",
            "conv2d_wgrad_1x1", "conv2d_wgrad_1x1_tma", "dgrad_1x1_phase", "gemm1x1_fprop_kernel",
-           "gemm1x1_tma_kernel", "gemm1x1_wgrad_kernel", "gemm1x1_wgrad_tma_kernel", "pixel_stride", "tma_usable",
+           "flat_rows", "gemm1x1_tma_kernel", "gemm1x1_wgrad_kernel", "gemm1x1_wgrad_tma_kernel", "pixel_stride",
+           "tma_usable",
            "wgrad_accepts_layout", "wgrad_tma_usable"]
 
 
@@ -106,6 +113,7 @@ def gemm1x1_fprop_kernel(
     HAS_BIAS: tl.constexpr, HAS_RESIDUAL: tl.constexpr, ACTIVATION: tl.constexpr,
     ACC_DTYPE: tl.constexpr, INPUT_PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
+    FLAT_ROWS: tl.constexpr = False,  # x, y and the residual have flat pixels (flat_rows): m * their W stride
 ):
     # -- program-id mapping: (group, M-tile, N-tile)
     g, pid_m, pid_n = tile_pid(tl.program_id(0), M, KG, BLOCK_M, BLOCK_N, GROUP_M)
@@ -116,12 +124,9 @@ def gemm1x1_fprop_kernel(
     offs_k = tl.arange(0, BLOCK_K)
     mask_m = offs_m < M
     mask_n = offs_n < KG
-    w_ = (offs_m % W).to(tl.int64)
-    h_ = ((offs_m // W) % H).to(tl.int64)
-    n_ = (offs_m // (H * W)).to(tl.int64)
+    x_rows, y_rows, r_rows = pixel_rows(offs_m, H, W, sxn, sxh, sxw, syn, syh, syw, srn, srh, srw, FLAT_ROWS)
     k_out = g * KG + offs_n
-    a_ptrs = (x_ptr + n_ * sxn + h_ * sxh + w_ * sxw + (g * CG).to(tl.int64) * sxc)[:, None] \
-        + offs_k.to(tl.int64)[None, :] * sxc
+    a_ptrs = (x_ptr + x_rows + (g * CG).to(tl.int64) * sxc)[:, None] + offs_k.to(tl.int64)[None, :] * sxc
     b_ptrs = (w_ptr + k_out.to(tl.int64) * swk)[None, :] + offs_k.to(tl.int64)[:, None] * swc
 
     # -- reduction loop: a dense matmul's
@@ -135,8 +140,6 @@ def gemm1x1_fprop_kernel(
         b_ptrs += BLOCK_K * swc
 
     # -- epilogue
-    y_rows = n_ * syn + h_ * syh + w_ * syw
-    r_rows = n_ * srn + h_ * srh + w_ * srw
     conv_epilogue(acc, b_ptr, res_ptr, y_ptr, y_rows, r_rows, k_out, syk, srk, mask_m, mask_n, alpha,
                   HAS_BIAS, HAS_RESIDUAL, ACTIVATION)
 
@@ -247,9 +250,17 @@ def _fprop_1x1(x: torch.Tensor, w: torch.Tensor, bias: Optional[torch.Tensor], p
         x_read, w, fw.bias, fw.residual, out,
         M, pb.P, pb.Q, CG, KG, pb.groups,
         *x_read.stride(), w.stride(0), w.stride(1), *out.stride(), *fw.res_strides, float(alpha),
-        **fw.epilogue, INPUT_PRECISION=input_precision_for(x),
+        **fw.epilogue, INPUT_PRECISION=input_precision_for(x), FLAT_ROWS=flat_rows(x_read, out, fw),
     )
     return out
+
+
+def flat_rows(x: Optional[torch.Tensor], out: torch.Tensor, fw) -> bool:
+    """Whether pixel m = (n, h, w) of ``x`` (None: not indexed by pixels), of ``out`` and of the
+    residual (``fw``'s, where the epilogue adds one) is at m times the tensor's W stride, so
+    that the kernels can take m * stride for n * sn + h * sh + w * sw (FLAT_ROWS)."""
+    tensors = (x, out, fw.residual if fw.epilogue["HAS_RESIDUAL"] else None)
+    return all(t is None or pixel_stride(t) == t.stride(3) for t in tensors)
 
 
 # --------------------------------------------------------------------------- Hopper: TMA loads
@@ -314,15 +325,13 @@ def _gemm1x1_store(
     syn, syk, syh, syw, srn, srk, srh, srw,
     alpha,
     HAS_BIAS: tl.constexpr, HAS_RESIDUAL: tl.constexpr, ACTIVATION: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, FLAT_ROWS: tl.constexpr,
 ):
-    """The epilogue of one output tile: pixel rows back to (n, h, w), then conv_epilogue."""
+    """The epilogue of one output tile: pixel rows to offsets (pixel_rows), then conv_epilogue."""
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    w_ = (offs_m % W).to(tl.int64)
-    h_ = ((offs_m // W) % H).to(tl.int64)
-    n_ = (offs_m // (H * W)).to(tl.int64)
-    conv_epilogue(acc, b_ptr, res_ptr, y_ptr, n_ * syn + h_ * syh + w_ * syw, n_ * srn + h_ * srh + w_ * srw,
+    _, y_rows, r_rows = pixel_rows(offs_m, H, W, 0, 0, 0, syn, syh, syw, srn, srh, srw, FLAT_ROWS)
+    conv_epilogue(acc, b_ptr, res_ptr, y_ptr, y_rows, r_rows,
                   g * KG + offs_n, syk, srk, offs_m < M, offs_n < KG, alpha, HAS_BIAS, HAS_RESIDUAL, ACTIVATION)
 
 
@@ -335,6 +344,7 @@ def _gemm1x1_tma_tile(
     HAS_BIAS: tl.constexpr, HAS_RESIDUAL: tl.constexpr, ACTIVATION: tl.constexpr,
     ACC_DTYPE: tl.constexpr, INPUT_PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
+    FLAT_ROWS: tl.constexpr,
 ):
     """One (group, M-tile, N-tile) output tile of gemm1x1_tma_kernel, its whole reduction."""
     g, pid_m, pid_n = tile_pid(tile, M, KG, BLOCK_M, BLOCK_N, GROUP_M)
@@ -342,7 +352,7 @@ def _gemm1x1_tma_tile(
                            ACC_DTYPE, INPUT_PRECISION, BLOCK_M, BLOCK_N, BLOCK_K)
     _gemm1x1_store(acc, g, pid_m, pid_n, b_ptr, res_ptr, y_ptr, M, H, W, KG,
                    syn, syk, syh, syw, srn, srk, srh, srw, alpha,
-                   HAS_BIAS, HAS_RESIDUAL, ACTIVATION, BLOCK_M, BLOCK_N)
+                   HAS_BIAS, HAS_RESIDUAL, ACTIVATION, BLOCK_M, BLOCK_N, FLAT_ROWS)
 
 
 @triton.jit
@@ -368,12 +378,13 @@ def gemm1x1_tma_kernel(
     PERSISTENT: tl.constexpr,  # a grid of at most one program per SM, each looping over tiles
     STREAM_K: tl.constexpr,  # a grid of at most one program per SM sharing out (tile, step) pairs evenly
     FLATTEN: tl.constexpr,  # PERSISTENT: flatten the tile loop, so the next tile's loads overlap this epilogue
+    FLAT_ROWS: tl.constexpr = False,  # y and the residual have flat pixels (flat_rows): m * their W stride
 ):
     if STREAM_K:
         _gemm1x1_tma_stream_k(a_desc, b_desc, b_ptr, res_ptr, y_ptr, partials_ptr, flags_ptr,
                               M, H, W, CG, KG, GROUPS, syn, syk, syh, syw, srn, srk, srh, srw, alpha,
                               HAS_BIAS, HAS_RESIDUAL, ACTIVATION, ACC_DTYPE, INPUT_PRECISION,
-                              BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M)
+                              BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M, FLAT_ROWS)
     elif PERSISTENT:
         # program p computes tiles p, p + programs, ...: consecutive programs still
         # take consecutive tiles, so the GROUP_M ordering keeps its L2 reuse
@@ -382,12 +393,12 @@ def gemm1x1_tma_kernel(
             _gemm1x1_tma_tile(tile, a_desc, b_desc, b_ptr, res_ptr, y_ptr, M, H, W, CG, KG,
                               syn, syk, syh, syw, srn, srk, srh, srw, alpha,
                               HAS_BIAS, HAS_RESIDUAL, ACTIVATION, ACC_DTYPE, INPUT_PRECISION,
-                              BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M)
+                              BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M, FLAT_ROWS)
     else:
         _gemm1x1_tma_tile(tl.program_id(0), a_desc, b_desc, b_ptr, res_ptr, y_ptr, M, H, W, CG, KG,
                           syn, syk, syh, syw, srn, srk, srh, srw, alpha,
                           HAS_BIAS, HAS_RESIDUAL, ACTIVATION, ACC_DTYPE, INPUT_PRECISION,
-                          BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M)
+                          BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M, FLAT_ROWS)
 
 
 # Stream-K: _common.stream_k_share and its helpers say how the work is shared out and summed.
@@ -402,6 +413,7 @@ def _gemm1x1_tma_stream_k(
     HAS_BIAS: tl.constexpr, HAS_RESIDUAL: tl.constexpr, ACTIVATION: tl.constexpr,
     ACC_DTYPE: tl.constexpr, INPUT_PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
+    FLAT_ROWS: tl.constexpr,
 ):
     steps = tl.cdiv(CG, BLOCK_K)
     # int64: tiles * steps * programs can pass 2**31 for a large layer
@@ -420,7 +432,7 @@ def _gemm1x1_tma_stream_k(
                 acc = stream_k_gather(acc, partials_ptr, flags_ptr, tile, steps, total, BLOCK_M, BLOCK_N)
             _gemm1x1_store(acc, g, pid_m, pid_n, b_ptr, res_ptr, y_ptr, M, H, W, KG,
                            syn, syk, syh, syw, srn, srk, srh, srw, alpha,
-                           HAS_BIAS, HAS_RESIDUAL, ACTIVATION, BLOCK_M, BLOCK_N)
+                           HAS_BIAS, HAS_RESIDUAL, ACTIVATION, BLOCK_M, BLOCK_N, FLAT_ROWS)
         end -= k_hi - k_lo
 
 
@@ -472,7 +484,7 @@ def conv2d_fprop_1x1_tma(x, w, bias, problem: Conv2dProblem, out=None, activatio
     tuning.launch(_gemm1x1_tma_tuned, "gemm1x1_tma", x.device, grid,
         a_desc, b_desc, fw.bias, fw.residual, out, partials, flags,
         M, pb.H, pb.W, CG, KG, pb.groups, *out.stride(), *fw.res_strides, float(alpha),
-        **fw.epilogue, INPUT_PRECISION=input_precision_for(x),
+        **fw.epilogue, INPUT_PRECISION=input_precision_for(x), FLAT_ROWS=flat_rows(None, out, fw),
     )
     return out
 
