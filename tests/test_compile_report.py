@@ -229,6 +229,11 @@ def test_sass_reader_counts_the_mma_loop_and_its_divisions():
     divided = SASS_RS_LOOP.replace("IADD3 R7, R7, 0x1, RZ ;", "I2F.RP R20, R18 ;")
     assert cr.mma_loop_of(divided) == (11, 1)
     assert cr.mma_loop_of(SASS_RS_LOOP.replace("HGMMA", "IMAD")) is None
+    # outside the loop: the one instruction after it; a division before the loop counts there
+    assert cr.outside_mma_loop(SASS_RS_LOOP) == (1, 0)
+    before = "        /*1ff0*/                   I2F.U32.RP R20, R18 ;\n"
+    assert cr.outside_mma_loop(before + divided) == (2, 1)
+    assert cr.outside_mma_loop(SASS_RS_LOOP.replace("HGMMA", "IMAD")) is None
     hmma = "\n".join(f"        /*{0x100 + 16 * i:04x}*/  {t} ;" for i, t in enumerate(
         ["LDSM.16.M88.4 R4, [R2]", "I2F.U32.RP R9, R8", "HMMA.16816.F32 R12, R4, R8, R12", "@P0 BRA 0x100"]))
     assert cr.mma_loop_of(hmma) == (4, 1)

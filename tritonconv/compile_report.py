@@ -24,8 +24,11 @@ and ``async`` says whether a wgmma stays in flight while the next is issued;
 ``A from`` says whether the wgmmas read A from shared memory as loaded or
 from registers (a shared-to-register copy per step first). From the SASS:
 ``step instr`` and ``step div``, the instructions of one step of the innermost
-MMA loop and the integer divisions among them (``mma_loop_of``), and
-``A hazards``, writes to the A registers of a wgmma in flight (these fail).
+MMA loop and the integer divisions among them (``mma_loop_of``); ``other instr``
+and ``other div``, the same outside that loop (``outside_mma_loop``: what a tile
+costs besides its steps, which counts where a reduction is a few steps long, as a
+1x1 layer's is); and ``A hazards``, writes to the A registers of a wgmma in
+flight (these fail).
 
 Configs a family's runtime pruner (``configs.prune_gemm_configs``,
 ``configs.prune_direct_configs``) removes on that arch, for that dtype and
@@ -1060,6 +1063,21 @@ def mma_loop_of(sass: str) -> Optional[Tuple[int, int]]:
     return len(body), sum(bool(_SASS_DIVISION.match(t)) for _, t in body)
 
 
+def outside_mma_loop(sass: str) -> Optional[Tuple[int, int]]:
+    """(instructions, integer divisions) of the kernel outside the loop ``mma_loop_of`` reads: the
+    tile's setup, the pipeline's first and last stages, the epilogue (once per tile, where a
+    program computes one), counted as written, not as run; None without an MMA loop. The 1x1
+    GEMM's 128x128x64 tile had 1348 of them (sm_90, Triton 3.6) against 124 a step, and 4 steps on a 256-channel
+    layer, until its pixel rows stopped dividing by W and H*W (gemm1x1.flat_rows): 774."""
+    bodies = [body for body in _sass_loops(sass) if any(t.startswith(("HGMMA", "HMMA")) for _, t in body)]
+    if not bodies:
+        return None
+    inside = {at for at, _ in min(bodies, key=len)}
+    outside = [_SASS_PREDICATE.sub("", t) for at, t in
+               ((int(m.group(1), 16), m.group(2)) for m in _SASS_INSTR.finditer(sass)) if at not in inside]
+    return len(outside), sum(bool(_SASS_DIVISION.match(t)) for t in outside)
+
+
 def wgmma_register_hazards(sass: str) -> List[str]:
     """Instructions ("0x21a0 LDSM.16.M88.4 R100, [...]") that write the A registers of an HGMMA
     still in flight, in any loop of ``sass``; [] where there are none."""
@@ -1252,7 +1270,8 @@ def compile_one(family, config: triton.Config, dtype: str, arch: str, ptxas: Opt
         (writes to the A registers of a wgmma in flight, in the SASS; see
         wgmma_register_hazards; None without wgmma or without cuobjdump), step_instructions and
         step_divisions (SASS instructions and integer divisions in one step of the MMA loop, see
-        mma_loop_of; None without tensor-core MMAs or without cuobjdump),
+        mma_loop_of; None without tensor-core MMAs or without cuobjdump), other_instructions and
+        other_divisions (the same outside that loop, see outside_mma_loop),
         launchable (False when the runtime pruner removes it), ok (every check
         passed), status ("ok" / "FAIL" / "pruned"), reason (why not ok, and why
         pruned), error (compiler or ptxas message), compile_s.
@@ -1269,8 +1288,8 @@ def compile_one(family, config: triton.Config, dtype: str, arch: str, ptxas: Opt
         shared_bytes=None,
         shared_estimate=_shared_estimate(config, dt, ar),
         shared_limit=ar.shared_limit, tensor_core=None, mma_instr=None, tma_loads=None, mma_async=None, mma_a=None,
-        a_hazards=None, step_instructions=None, step_divisions=None,
-        launchable=True, ok=False, status="FAIL", reason=None, error=None, compile_s=None,
+        a_hazards=None, step_instructions=None, step_divisions=None, other_instructions=None,
+        other_divisions=None, launchable=True, ok=False, status="FAIL", reason=None, error=None, compile_s=None,
     )
     pruned = _runtime_pruned(fam, config, dt, ar)
     rec["launchable"] = pruned is None
@@ -1292,6 +1311,7 @@ def compile_one(family, config: triton.Config, dtype: str, arch: str, ptxas: Opt
             if "wgmma" in ptx:
                 rec["a_hazards"] = len(wgmma_register_hazards(stats["sass"]))
             rec["step_instructions"], rec["step_divisions"] = mma_loop_of(stats["sass"]) or (None, None)
+            rec["other_instructions"], rec["other_divisions"] = outside_mma_loop(stats["sass"]) or (None, None)
         rec["registers"] = stats["registers"]
         rec["spill_stores"], rec["spill_loads"] = stats["spill_stores"], stats["spill_loads"]
         rec["spills"] = stats["spill_stores"] + stats["spill_loads"]
@@ -1473,7 +1493,8 @@ _COLUMNS = (
     ("kernel", "kernel"), ("arch", "arch"), ("dtype", "dtype"), ("config", "config"),
     ("registers", "regs"), ("spills", "spills"), ("shared_bytes", "shared"), ("tensor_core", "tc"),
     ("tma_loads", "tma"), ("mma_async", "async"), ("mma_a", "A from"), ("a_hazards", "A hazards"),
-    ("step_instructions", "step instr"), ("step_divisions", "step div"), ("status", "status"), ("reason", "reason"),
+    ("step_instructions", "step instr"), ("step_divisions", "step div"),
+    ("other_instructions", "other instr"), ("other_divisions", "other div"), ("status", "status"), ("reason", "reason"),
 )
 
 
