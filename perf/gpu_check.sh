@@ -343,7 +343,7 @@ fi
 if [ -s "$DIAG_DIR/e2e_profile.md" ]; then
     # the end-to-end stage's host profiles (perf/resnet50.py --profile): issue time per step and
     # where it goes, per eager mode and provider
-    { echo; echo "# Host profiles of the end-to-end steps"; echo; sed 's/^## /### /' "$DIAG_DIR/e2e_profile.md"; } >>"$OUTDIR/summary.md"
+    { echo; echo "## Host profiles of the end-to-end steps"; echo; sed 's/^## /### /' "$DIAG_DIR/e2e_profile.md"; } >>"$OUTDIR/summary.md"
 fi
 {
     echo

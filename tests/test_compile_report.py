@@ -234,6 +234,10 @@ def test_sass_reader_counts_the_mma_loop_and_its_divisions():
     before = "        /*1ff0*/                   I2F.U32.RP R20, R18 ;\n"
     assert cr.outside_mma_loop(before + divided) == (2, 1)
     assert cr.outside_mma_loop(SASS_RS_LOOP.replace("HGMMA", "IMAD")) is None
+    # a persistent kernel's tile loop around the MMA loop: the innermost is the step, the rest outside
+    nested = ("        /*1ff0*/                   IMAD R3, R3, 0x2, RZ ;\n" + SASS_RS_LOOP
+              + "        /*20c0*/              @!P2 BRA 0x1ff0 ;\n")
+    assert cr.mma_loop_of(nested) == (11, 0) and cr.outside_mma_loop(nested) == (3, 0)
     hmma = "\n".join(f"        /*{0x100 + 16 * i:04x}*/  {t} ;" for i, t in enumerate(
         ["LDSM.16.M88.4 R4, [R2]", "I2F.U32.RP R9, R8", "HMMA.16816.F32 R12, R4, R8, R12", "@P0 BRA 0x100"]))
     assert cr.mma_loop_of(hmma) == (4, 1)

@@ -569,10 +569,12 @@ def test_weight_grad_1x1_split_is_correct_and_deterministic(launcher, split_k):
 
 @pytest.mark.parametrize("family", ["gemm1x1", "gemm1x1_tma"])
 @pytest.mark.parametrize("residual_layout,flat", [("channels_last", True), ("nchw", False), ("per-channel", True)])
-def test_1x1_kernels_take_flat_pixel_rows_where_every_tensor_has_them(family, residual_layout, flat, monkeypatch):
+def test_1x1_kernels_take_flat_pixel_rows_where_every_tensor_has_them(family, residual_layout, flat, monkeypatch,
+                                                                      launched):
     """Where x, y and the residual all have flat pixels (pixel m at m times the W stride), the 1x1
     kernels index them without dividing m by W and H*W (FLAT_ROWS); one tensor that has not
-    (an NCHW residual beside channels_last x and y) keeps the division for all. Both are right."""
+    (an NCHW residual beside channels_last x and y) keeps the division for all. Both are right,
+    on the kernel forced (the TMA one where it runs)."""
     from tritonconv.kernels import gemm1x1
 
     decided = []
@@ -589,11 +591,14 @@ def test_1x1_kernels_take_flat_pixel_rows_where_every_tensor_has_them(family, re
     with router.force(family):
         y = tritonconv.conv2d(x, w, b, activation="relu", residual=residual)
     assert decided == [flat]
+    assert launched == [_expected(family)]
     ref = F.relu(F.conv2d(x.double(), w.double(), b.double()) + residual.double())
     assert rel_err(y, ref) < TOL[torch.float16]
 
 
 def test_flat_rows():
+    """flat_rows: pixel m of x, y and the residual (where the epilogue adds one) at m times the
+    tensor's W stride, for every pixel; never where one tensor's pixels are laid out otherwise."""
     from tritonconv.kernels._common import prepare_forward
     from tritonconv.kernels.gemm1x1 import flat_rows
 
@@ -610,8 +615,12 @@ def test_flat_rows():
     assert flat_rows(None, plain.out, plain)  # the TMA kernel reads x through its descriptor
     nchw_res = prepare_forward(cl, w, None, torch.empty(2, 6, 4, 5), pb, None, "none")
     assert not flat_rows(cl, nchw_res.out, nchw_res)
-    # without a residual, the launchers pass x as a stand-in with zero strides: not looked at
-    assert not plain.epilogue["HAS_RESIDUAL"] and flat_rows(cl, plain.out, plain)
+    per_image = torch.empty(1, 6, 4, 5).to(memory_format=torch.channels_last).expand(2, 6, 4, 5)
+    batch_res = prepare_forward(cl, w, None, per_image, pb, None, "none")
+    assert not flat_rows(cl, batch_res.out, batch_res)  # every image the same: m * 6 misses it
+    # without a residual, the launchers pass x as a stand-in: not looked at, NCHW as it may be
+    from_nchw = prepare_forward(x, w, None, None, pb, plain.out, "none")
+    assert not from_nchw.epilogue["HAS_RESIDUAL"] and flat_rows(cl, from_nchw.out, from_nchw)
 
 
 def test_pixel_stride():
@@ -1496,6 +1505,26 @@ def _pin_gemm1x1_tma(monkeypatch, variant: str, **grid) -> None:
                         num_stages=base.num_stages, pre_hook=gemm1x1._set_tma_blocks)
     monkeypatch.setattr(gemm1x1._gemm1x1_tma_tuned, "configs", [cfg])
     monkeypatch.setattr(gemm1x1._gemm1x1_tma_tuned, "cache", {})
+
+
+@pytest.mark.parametrize("variant,grid", [("STREAM_K", dict(PERSISTENT=False)), ("FLATTEN", dict(PERSISTENT=True))])
+@pytest.mark.parametrize("residual_layout", ["channels_last", "nchw"])
+def test_gemm1x1_tma_grids_store_flat_and_divided_rows(variant, grid, residual_layout, monkeypatch, launched):
+    """gemm1x1_tma's stream-K and persistent grids share the plain grid's epilogue: flat pixel
+    rows with a channels_last residual, rows divided by W and H*W with an NCHW one; both right."""
+    _pin_gemm1x1_tma(monkeypatch, variant, **grid)
+    torch.manual_seed(6)
+    x = torch.randn(2, 64, 7, 7, device=DEVICE).half().to(memory_format=torch.channels_last)
+    w = (torch.randn(48, 64, 1, 1, device=DEVICE) / 8).half().to(memory_format=torch.channels_last)
+    b = torch.randn(48, device=DEVICE).half()
+    residual = torch.randn(2, 48, 7, 7, device=DEVICE).half()
+    if residual_layout == "channels_last":
+        residual = residual.to(memory_format=torch.channels_last)
+    with router.force("gemm1x1_tma"), plans.enabled_as(False):
+        y = tritonconv.conv2d(x, w, b, activation="relu", residual=residual)
+    assert launched == [_expected("gemm1x1_tma")]
+    ref = F.relu(F.conv2d(x.double(), w.double(), b.double()) + residual.double())
+    assert rel_err(y, ref) < TOL[torch.float16]
 
 
 @pytest.fixture

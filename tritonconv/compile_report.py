@@ -1056,11 +1056,16 @@ def mma_loop_of(sass: str) -> Optional[Tuple[int, int]]:
     What the loop does besides the MMAs (index arithmetic, waits, barriers) is issued by every
     warp in every step: a tap-TMA step took 152 instructions (Triton 3.9) of which 40 were two
     divisions, until the loop carried its tap from step to step (_common.next_tap_step)."""
-    bodies = [body for body in _sass_loops(sass) if any(t.startswith(("HGMMA", "HMMA")) for _, t in body)]
-    if not bodies:
+    body = _mma_loop_body(sass)
+    if body is None:
         return None
-    body = min(bodies, key=len)
     return len(body), sum(bool(_SASS_DIVISION.match(t)) for _, t in body)
+
+
+def _mma_loop_body(sass: str) -> Optional[List[Tuple[int, str]]]:
+    """The innermost loop of ``sass`` that issues tensor-core MMAs (HGMMA, HMMA), or None."""
+    bodies = [body for body in _sass_loops(sass) if any(t.startswith(("HGMMA", "HMMA")) for _, t in body)]
+    return min(bodies, key=len) if bodies else None
 
 
 def outside_mma_loop(sass: str) -> Optional[Tuple[int, int]]:
@@ -1069,10 +1074,10 @@ def outside_mma_loop(sass: str) -> Optional[Tuple[int, int]]:
     program computes one), counted as written, not as run; None without an MMA loop. The 1x1
     GEMM's 128x128x64 tile had 1348 of them (sm_90, Triton 3.6) against 124 a step, and 4 steps on a 256-channel
     layer, until its pixel rows stopped dividing by W and H*W (gemm1x1.flat_rows): 774."""
-    bodies = [body for body in _sass_loops(sass) if any(t.startswith(("HGMMA", "HMMA")) for _, t in body)]
-    if not bodies:
+    body = _mma_loop_body(sass)
+    if body is None:
         return None
-    inside = {at for at, _ in min(bodies, key=len)}
+    inside = {at for at, _ in body}
     outside = [_SASS_PREDICATE.sub("", t) for at, t in
                ((int(m.group(1), 16), m.group(2)) for m in _SASS_INSTR.finditer(sass)) if at not in inside]
     return len(outside), sum(bool(_SASS_DIVISION.match(t)) for t in outside)
