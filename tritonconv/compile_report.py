@@ -544,7 +544,9 @@ def _gemm1x1_dgrad_launch(dtype: Dtype, config: triton.Config, *, problem: Dict[
         dtype, config, problem=dict(input_shape=pb.output_shape, weight_shape=(pb.C, pb.K, 1, 1), stride=1, padding=0))
     w_s = _channels_last_strides(pb.weight_shape)
     args.update(swk=w_s[1], swc=w_s[0])
-    return args, dict(constexprs, HAS_BIAS=False)
+    # rows divided by W and H*W (FLAT_ROWS off), as a strided conv's dgrad stores them into dx's
+    # phase view dx[:, :, ::s, ::s] (gemm1x1.flat_rows): the other families compile the flat rows
+    return args, dict(constexprs, HAS_BIAS=False, FLAT_ROWS=False)
 
 
 def _gemm1x1_tma_launch(dtype: Dtype, config: triton.Config, *, problem: Dict[str, Any] = GEMM1X1_PROBLEM):
