@@ -602,8 +602,8 @@ def test_flat_rows():
     from tritonconv.kernels._common import prepare_forward
     from tritonconv.kernels.gemm1x1 import flat_rows
 
-    x = torch.empty(2, 3, 4, 5)
-    w = torch.empty(6, 3, 1, 1)
+    x = torch.empty(2, 3, 4, 5, device=DEVICE)
+    w = torch.empty(6, 3, 1, 1, device=DEVICE)
     pb = spec.conv2d_problem(x, w, None, 1, 0, 1, 1)
     cl = x.to(memory_format=torch.channels_last)
     plain = prepare_forward(cl, w, None, None, pb, None, "none")
@@ -613,9 +613,9 @@ def test_flat_rows():
     assert not flat_rows(cl[:, :, ::2, ::2], plain.out, plain)  # a strided 1x1's view of x
     assert not flat_rows(cl[:, :, :1, :1], plain.out, plain)  # pixels at 60, not at x's W stride
     assert flat_rows(None, plain.out, plain)  # the TMA kernel reads x through its descriptor
-    nchw_res = prepare_forward(cl, w, None, torch.empty(2, 6, 4, 5), pb, None, "none")
+    nchw_res = prepare_forward(cl, w, None, torch.empty(2, 6, 4, 5, device=DEVICE), pb, None, "none")
     assert not flat_rows(cl, nchw_res.out, nchw_res)
-    per_image = torch.empty(1, 6, 4, 5).to(memory_format=torch.channels_last).expand(2, 6, 4, 5)
+    per_image = torch.empty(1, 6, 4, 5, device=DEVICE).to(memory_format=torch.channels_last).expand(2, 6, 4, 5)
     batch_res = prepare_forward(cl, w, None, per_image, pb, None, "none")
     assert not flat_rows(cl, batch_res.out, batch_res)  # every image the same: m * 6 misses it
     # without a residual, the launchers pass x as a stand-in: not looked at, NCHW as it may be
