@@ -217,6 +217,9 @@ race_check() {
 host_cost() {
     # host time per call by route (the op, tritonconv.functional, autograd, a training step)
     mkdir -p "$DIAG_DIR" && $PY perf/host_cost.py --calls 1000 >"$DIAG_DIR/host_cost.md"
+    # and through Triton's own launcher, for the unrolled one's saving (plans.py, "_unroll")
+    { echo; echo "Through Triton's launcher (TRITONCONV_DIRECT_LAUNCH=0):"; echo
+      TRITONCONV_DIRECT_LAUNCH=0 $PY perf/host_cost.py --calls 1000; } >>"$DIAG_DIR/host_cost.md"
 }
 
 e2e() {

@@ -71,7 +71,9 @@ def main(argv=None) -> int:
             if type(plan) is plans.Plan:
                 plan.launches = tuple(s if type(s) is plans._Derive else (_NoLaunch,) + s[1:] for s in plan.launches)
     print(f"tritonconv {tritonconv.__version__}, torch {torch.__version__}, {device}"
-          f"{'' if cuda else ' (interpreter; launches stubbed)'}; plans: {plans.stats()}")
+          f"{'' if cuda else ' (interpreter; launches stubbed)'}; plans: {plans.stats()}"
+          + (f"; launches: {plans.launch_forms()} (unrolled: Triton 3.6's launcher bypassed, "
+             f"TRITONCONV_DIRECT_LAUNCH={'1' if plans.DIRECT else '0'})" if cuda else ""))
     print(f"| route | host us per call |\n| --- | --- |")
     for name, fn in routes:
         for _ in range(100):

@@ -501,8 +501,11 @@ def _measure(row, model, provider, mode, x, target, reference, baseline_err, arg
 
             why = "; ".join(f"{n}x {reason[:80]}" for reason, n in plans.reasons().items())
             stats = plans.stats()
+            forms = plans.launch_forms()
             row["note"] += (f"; launch plans (process so far): {stats['plans']} keys planned, "
-                            f"{stats['unplannable']} not" + (f" ({why})" if why else ""))
+                            f"{stats['unplannable']} not" + (f" ({why})" if why else "")
+                            + (f"; {forms['unrolled']} of their {sum(forms.values())} launches unrolled"
+                               if sum(forms.values()) else ""))
     finally:
         torch.backends.cudnn.benchmark = old_bench
     # a mismatch: farther from float64 than the dtype's tolerance and than twice the

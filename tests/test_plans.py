@@ -5,6 +5,7 @@ through JITFunction.run; on CUDA through the compiled kernels."""
 
 from __future__ import annotations
 
+import functools
 import warnings
 
 import pytest
@@ -584,6 +585,185 @@ def test_compiled_replay_passes_the_addresses_of_the_interpreted_views(case, mon
                 assert v_c == v_i or (v_c is None and v_i is None)
     assert False not in placed
     assert placed.count(True) >= 3  # x, w and the output at least
+
+
+class PyCUtensorMap:
+    """Stands in for Triton 3.6's encoded TMA descriptor (``_unroll`` knows it by its type's name)."""
+
+    def __init__(self, address, meta):
+        self.key = (address, meta)
+
+    def __eq__(self, other):
+        return type(other) is PyCUtensorMap and other.key == self.key
+
+    __hash__ = None
+
+
+def _encode(arg, metadata):
+    """Triton 3.6's make_tensordesc_arg, with a stand-in for the map it encodes through the driver."""
+    if metadata is None:  # a descriptor the kernel did not lower to TMA: pointer, shape, strides...
+        return [arg.base, *arg.shape, *arg.strides, arg.padding == "nan", *arg.shape, *arg.strides]
+    return [PyCUtensorMap(arg.base.data_ptr(), metadata), *arg.shape, *arg.strides]
+
+
+# A launcher module of Triton 3.6's shape, for a Triton that is not 3.6 (CI's): the C launcher's
+# leading argument format, the descriptor wrapper as a closure named ``inner`` over the C launcher,
+# the descriptors' positions and their metadata, and CudaLauncher.__call__'s signature.
+_LAUNCHER_36 = """
+_BASE_ARGS_FORMAT = "iiiKKppOOOOOO"
+_BASE_ARGS_FORMAT_LEN = len(_BASE_ARGS_FORMAT)
+
+
+def wrap_handle_tensordesc(launcher, signature, tensordesc_meta):
+    tensordesc_indices = {i for i, sig in enumerate(signature.values()) if sig.startswith("tensordesc")}
+    if not tensordesc_indices:
+        return launcher
+
+    def inner(*args):
+        expanded, k = list(args[:_BASE_ARGS_FORMAT_LEN]), 0
+        for i, arg in enumerate(args[_BASE_ARGS_FORMAT_LEN:]):
+            if i in tensordesc_indices:
+                expanded += make_tensordesc_arg(arg, tensordesc_meta[k])
+                k += 1
+            else:
+                expanded.append(arg)
+        return launcher(*expanded)
+
+    return inner
+
+
+class CudaLauncher:
+    def __call__(self, gridX, gridY, gridZ, stream, function, *args):
+        self.launch(gridX, gridY, gridZ, stream, function, self.launch_cooperative_grid, self.launch_pdl, None,
+                    None, *args)
+"""
+
+
+def _launcher_36(monkeypatch, c_launch, signature, metas):
+    """A CudaLauncher of Triton 3.6's shape around ``c_launch``: Triton's own where 3.6 is
+    installed (the GPU machine's), its make_tensordesc_arg swapped for ``_encode``; else one built
+    from ``_LAUNCHER_36``."""
+    import sys
+    import types
+
+    try:
+        from triton.backends.nvidia import driver as module
+    except ImportError:  # pragma: no cover
+        module = None
+    if getattr(module, "_BASE_ARGS_FORMAT", None) != "iiiKKppOOOOOO":
+        module = sys.modules.get("tritonconv_test_launcher_36")
+        if module is None:
+            module = types.ModuleType("tritonconv_test_launcher_36")
+            exec(compile(_LAUNCHER_36, "<launcher 3.6>", "exec"), module.__dict__)
+            monkeypatch.setitem(sys.modules, module.__name__, module)
+    monkeypatch.setattr(module, "make_tensordesc_arg", _encode, raising=False)
+    launcher = object.__new__(module.CudaLauncher)
+    launcher.__dict__.update(launch=module.wrap_handle_tensordesc(c_launch, signature, metas), num_ctas=1,
+                             global_scratch_size=0, global_scratch_align=1, profile_scratch_size=0,
+                             profile_scratch_align=1, launch_cooperative_grid=False, launch_pdl=False)
+    return launcher
+
+
+def _append(into, i, *args):
+    into.append((i, args))
+
+
+def _captured_launches(case, monkeypatch):
+    """A case's plan (interpreted) and, per launch, the argument values a compiled replay passes."""
+    direction, family, tensors, call = _call_for(case)
+    with router.force(family):
+        call(tensors[0], tensors[1])
+    (plan,) = _plans_of(direction, family)
+    assert isinstance(plan, plans.Plan), plan.why
+    captured = _Captured()
+    twin = plans.Plan(tuple(step if type(step) is plans._Derive else ((captured, 7, ("packed",)),) + step[1:]
+                            for step in plan.launches),
+                      plan.new, plan.out, plan.device, plan.family, None, (), False)
+    stream = type("Active", (), {"get_current_stream": lambda self, index: 0})()
+    monkeypatch.setattr(plans, "driver", type("Driver", (), {"active": stream})())
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: plan.device.index)
+    twin.replay(tensors[:2] + tensors[2:])
+    steps = [step for step in plan.launches if type(step) is not plans._Derive]
+    assert len(captured.calls) == len(steps)
+    return plan, tensors, list(zip(steps, captured.calls))
+
+
+@pytest.mark.skipif(DEVICE.type == "cuda", reason="the compiled plans on a GPU check their own unrolling")
+@pytest.mark.parametrize("case", COMPILED_CASES, ids=_case_id)
+def test_an_unrolled_launch_passes_what_triton_3_6_s_launcher_passes(case, monkeypatch):
+    """Where Triton's launcher has 3.6's shape, a plan keeps each launch as the C launcher's own
+    argument list (``_Direct``) and fills in pointers and encoded descriptors per replay: the C
+    launcher must get what Triton's CudaLauncher and descriptor wrapper would give it, replay
+    after replay, with each descriptor encoded once per address."""
+    plan, tensors, launches = _captured_launches(case, monkeypatch)
+    got, steps, directs, n_desc = [], [], [], 0
+    pending = iter(enumerate(launches))
+    for step in plan.launches:
+        if type(step) is plans._Derive:  # torch work before a launch (a padded copy): replayed as it is
+            steps.append(step)
+            continue
+        i, ((_, grid, values, fills), vals) = next(pending)
+        descs = [pos for pos, v in enumerate(vals) if plans._is_descriptor(v)]
+        n_desc += len(descs)
+        signature = {f"a{pos}": "tensordesc<fp16[16, 16]>" if pos in descs else "i32" for pos in range(len(vals))}
+        metas = [None if k % 3 == 2 else ("tma", i, k) for k in range(len(descs))]  # lowered to TMA or not
+        # a partial, not a Python function: it stands in for the compiled C launcher
+        launcher = _launcher_36(monkeypatch, functools.partial(_append, got, i), signature, metas)
+        compiled = type("Compiled", (), {"run": launcher, "function": 7 + i, "packed_metadata": ("packed", i)})()
+        pointers = {pos for pos, _, template in fills if template is None}
+        call_values = [plans._Address(v) if pos in pointers else v for pos, v in enumerate(vals)]
+        direct = plans._unroll(compiled, grid, call_values, list(fills))
+        assert isinstance(direct, plans._Direct), "Triton 3.6's launcher not unrolled"
+        directs.append(direct)
+        steps.append(((launcher, 7 + i, ("packed", i)), grid, values, fills))  # Triton's path
+        steps.append((direct, grid, values, fills))  # then the unrolled one, into the same tensors
+    both = plans.Plan(tuple(steps), plan.new, plan.out, plan.device, plan.family, None, (), False)
+    xs = torch.zeros(tensors[0].numel() * 3, dtype=tensors[0].dtype)
+    for offset in (0, 16, 0):  # the input at two addresses, then the first again (its maps cached)
+        got.clear()
+        x2 = xs[offset:].as_strided(tensors[0].shape, tensors[0].stride())
+        x2.copy_(tensors[0])
+        both.replay((x2,) + tuple(tensors[1:]))
+        assert [i for i, _ in got] == [i for i in range(len(launches)) for _ in range(2)]
+        for (_, theirs), (_, mine) in zip(got[0::2], got[1::2]):
+            assert len(mine) == len(theirs)
+            for a, b in zip(mine, theirs):
+                b = b.data_ptr() if isinstance(b, plans._Address) else b
+                assert a == b or (a is None and b is None), (a, b)
+    encoded = [len(maps.maps) for direct in directs for _, _, maps in direct.slots if maps is not None]
+    assert bool(encoded) == (n_desc > 0)
+    assert all(1 <= n <= 3 for n in encoded)  # one map per address met, three replays
+
+
+def test_a_launcher_not_of_triton_3_6_s_shape_is_not_unrolled(monkeypatch):
+    """Another Triton's launcher (another leading argument format, a wrapper that passes something
+    else) keeps Triton's path: ``_unroll`` gives None rather than a guess."""
+    _, _, launches = _captured_launches(FORWARD_CASES[0], monkeypatch)
+    (_, grid, _, fills), vals = launches[0]
+    pointers = {pos for pos, _, template in fills if template is None}
+    call_values = [plans._Address(v) if pos in pointers else v for pos, v in enumerate(vals)]
+    descs = [pos for pos, v in enumerate(vals) if plans._is_descriptor(v)]
+    signature = {f"a{pos}": "tensordesc<fp16[16, 16]>" if pos in descs else "i32" for pos in range(len(vals))}
+
+    def compiled_with(launcher):
+        return type("Compiled", (), {"run": launcher, "function": 7, "packed_metadata": ("packed",)})()
+
+    launcher = _launcher_36(monkeypatch, functools.partial(_append, [], 0), signature, [("tma", k) for k in range(len(descs))])
+    assert isinstance(plans._unroll(compiled_with(launcher), grid, call_values, list(fills)), plans._Direct)
+    launcher.global_scratch_size = 256  # a kernel with scratch: CudaLauncher allocates it per launch
+    assert plans._unroll(compiled_with(launcher), grid, call_values, list(fills)) is None
+    launcher.global_scratch_size = 0
+    module = __import__("inspect").getmodule(type(launcher))
+    monkeypatch.setattr(module, "_BASE_ARGS_FORMAT", "iiiKKppOOOOOOOO")  # 3.9 leads with more
+    assert plans._unroll(compiled_with(launcher), grid, call_values, list(fills)) is None
+    monkeypatch.setattr(module, "_BASE_ARGS_FORMAT", "iiiKKppOOOOOO")
+    if descs:  # a wrapper that passes each descriptor's pointer after its map: not what was unrolled
+        real = module.make_tensordesc_arg
+        monkeypatch.setattr(module, "make_tensordesc_arg", lambda arg, meta: real(arg, meta) + [arg.base])
+        launcher = _launcher_36(monkeypatch, functools.partial(_append, [], 0), signature, [("tma", k) for k in range(len(descs))])
+        monkeypatch.setattr(plans, "_launcher_parts", lambda compiled, real=plans._launcher_parts: (
+            lambda parts: parts[:3] + (_encode,) + parts[4:])(real(compiled)))
+        assert plans._unroll(compiled_with(launcher), grid, call_values, list(fills)) is None
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.float32, torch.float64])

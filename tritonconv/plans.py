@@ -17,6 +17,8 @@ allocates a fresh output (and scratch), works out each argument's address in the
 (compiled launchers take a pointer as an int, and read a descriptor's base only for its address),
 and hands the compiled kernels their arguments directly (``CompiledKernel.run``, the call
 ``JITFunction.run`` ends with in Triton 3.6 to 3.9), which costs a few microseconds a launch.
+With Triton 3.6's launcher, a plan goes one step further and calls the C launcher itself, its
+TMA descriptors encoded once per address (``_unroll``, below).
 Under the interpreter, which reads tensors through their views, the views themselves are rebuilt.
 
 A plan is trusted only after it has proved itself: right after the recorded call, it runs
@@ -57,9 +59,13 @@ from .kernels import _common
 from .kernels._common import INTERPRETER
 
 __all__ = ["ENABLED", "DIFFERS", "enabled_as", "tensor_key", "lookup", "known", "why", "discard", "same_bits",
-           "forget", "discard_where", "recording", "is_recording", "record", "derive", "build", "clear", "stats", "reasons", "Plan"]
+           "forget", "discard_where", "recording", "is_recording", "record", "derive", "build", "clear", "stats", "reasons",
+           "launch_forms", "Plan"]
 
 ENABLED = os.environ.get("TRITONCONV_PLANS", "0" if INTERPRETER else "1") != "0"
+# Triton 3.6's launcher unrolled per compiled launch (``_Direct``); TRITONCONV_DIRECT_LAUNCH=0
+# keeps Triton's own launcher (to compare the two)
+DIRECT = os.environ.get("TRITONCONV_DIRECT_LAUNCH", "1") != "0"
 # the check a new plan fails when its replay's bits differ from the call's (see ``build``)
 DIFFERS = "the replay's output differs from the call's"
 
@@ -161,6 +167,18 @@ def stats() -> Dict[str, int]:
     """How many keys have a plan, and how many were found not plannable."""
     bad = sum(1 for p in _plans.values() if type(p) is _Unplannable)
     return {"plans": len(_plans) - bad, "unplannable": bad}
+
+
+def launch_forms() -> Dict[str, int]:
+    """The compiled launches of the plans kept, by how a replay issues them: ``unrolled``, with
+    Triton 3.6's launcher unrolled (``_Direct``), or ``triton``, through Triton's launcher."""
+    counts = {"unrolled": 0, "triton": 0}
+    for p in list(_plans.values()):
+        if type(p) is Plan and not p.interpreted:
+            for step in p.launches:
+                if type(step) is not _Derive:
+                    counts["unrolled" if type(step[0]) is _Direct else "triton"] += 1
+    return counts
 
 
 def reasons() -> Dict[str, int]:
@@ -370,6 +388,155 @@ def _with_base(template: Any, base: Any) -> Any:
     return desc
 
 
+# ----------------------------------------------------------------- Triton 3.6's launcher, unrolled
+#
+# On the H100 (Triton 3.6) a tritonconv training step of ResNet-50 made 223 launches and spent
+# 44 ms on the host, cuDNN's 23 (perf/results/2026-11-27_H100_e2a622a/NOTES.md). Per launch,
+# Triton's CudaLauncher.__call__ builds two closures and asks each for a scratch buffer, and for
+# a kernel with TMA descriptors its wrapper (``inner``) walks every argument again, calling
+# ``make_tensordesc_arg`` for each descriptor, which encodes a fresh CUtensorMap
+# (``fill_tma_descriptor``) and expands it with the shape and strides. Under cProfile that
+# wrapper alone took 2.4 ms of a step for 111 launches, besides 1.7 ms in the encoding.
+#
+# None of it changes between replays but the addresses. So where the launcher has exactly
+# Triton 3.6's shape, a plan keeps the C launcher's whole argument list per launch, and a replay
+# writes into it the grid's stream, each pointer, and each descriptor's CUtensorMap, encoded once
+# per base address (``_DescMaps``; a training loop's caching allocator hands the same addresses
+# out step after step). The list is checked once, when the plan is made, against what Triton's
+# own wrapper builds from the same call (``_unroll``): any difference, or a launcher of another
+# shape (Triton 3.9's), keeps Triton's path, as does TRITONCONV_DIRECT_LAUNCH=0.
+
+_DESC_MAPS = 64  # encoded descriptors kept per descriptor argument (addresses met)
+
+
+class _DescMaps:
+    """One descriptor argument's CUtensorMaps by base address: Triton's ``make_tensordesc_arg``
+    of the template on that base, whose first entry (the map) is all that depends on it."""
+
+    __slots__ = ("template", "meta", "make", "maps")
+
+    def __init__(self, template: Any, meta: Any, make: Callable):
+        self.template, self.meta, self.make, self.maps = template, meta, make, {}
+
+    def get(self, address: int) -> Any:
+        tma_map = self.maps.get(address)
+        if tma_map is None:
+            if len(self.maps) >= _DESC_MAPS:
+                self.maps.clear()
+            tma_map = self.maps[address] = self.make(_with_base(self.template, _Address(address)), self.meta)[0]
+        return tma_map
+
+
+class _Direct:
+    """A compiled launch as the C launcher takes it: ``args`` with the stream (index 3) and each
+    ``slots`` entry, (index, source, _DescMaps or None for a pointer), filled in per replay."""
+
+    __slots__ = ("launch", "args", "slots")
+
+    def __init__(self, launch: Callable, args: list, slots: tuple):
+        self.launch, self.args, self.slots = launch, args, slots
+
+
+# Triton 3.6's CudaLauncher: the C launcher's leading arguments (grid, stream, function,
+# cooperative, pdl, global and profile scratch, kernel metadata, launch metadata, two hooks)
+_BASE_FORMAT_36 = "iiiKKppOOOOOO"
+_WRAPPER_CELLS_36 = ("launcher", "tensordesc_indices", "tensordesc_meta")
+
+
+def _launcher_parts(compiled: Any) -> Optional[tuple]:
+    """(C launch, descriptor positions, their metadata, make_tensordesc_arg, the launcher object)
+    where ``compiled.run`` is Triton 3.6's CudaLauncher with no scratch to allocate; else None."""
+    launcher = compiled.run  # the CudaLauncher itself (a CompiledKernel makes one per kernel)
+    module = inspect.getmodule(type(launcher))
+    if module is None or getattr(module, "_BASE_ARGS_FORMAT", None) != _BASE_FORMAT_36:
+        return None
+    if getattr(launcher, "global_scratch_size", 1) or getattr(launcher, "profile_scratch_size", 1):
+        return None
+    params = tuple(inspect.signature(type(launcher).__call__).parameters)
+    if params != ("self", "gridX", "gridY", "gridZ", "stream", "function", "args"):
+        return None
+    launch = launcher.launch
+    if not inspect.isfunction(launch):  # no descriptor: the C launcher itself
+        return launch, frozenset(), (), None, launcher
+    code = launch.__code__
+    make = getattr(module, "make_tensordesc_arg", None)
+    if (code.co_name != "inner" or code.co_freevars != tuple(sorted(_WRAPPER_CELLS_36)) or make is None
+            or tuple(inspect.signature(make).parameters) != ("arg", "metadata")):
+        return None
+    cells = {name: cell.cell_contents for name, cell in zip(code.co_freevars, launch.__closure__)}
+    return cells["launcher"], frozenset(cells["tensordesc_indices"]), tuple(cells["tensordesc_meta"]), make, launcher
+
+
+def _unroll(compiled: Any, grid: tuple, call_values: list, fills: list) -> Optional[_Direct]:
+    """The ``_Direct`` form of a compiled launch whose argument values were ``call_values`` (the
+    recorded call's, tensors included) and whose ``fills`` name the per-call ones; None where the
+    launcher is not Triton 3.6's, or where the unrolled list differs from what its wrapper passes
+    the C launcher for the recorded call."""
+    parts = _launcher_parts(compiled)
+    if parts is None:
+        return None
+    c_launch, desc_positions, desc_meta, make, launcher = parts
+    head = [grid[0], grid[1], grid[2], None, compiled.function, launcher.launch_cooperative_grid,
+            launcher.launch_pdl, None, None, compiled.packed_metadata, None, None, None]
+    filled = {pos: (src, template) for pos, src, template in fills}
+    args, slots, expected_ptrs = list(head), [], {}
+    k = 0  # descriptors so far
+    for pos, value in enumerate(call_values):
+        if pos in desc_positions:
+            src, template = filled.get(pos, (None, None))
+            if template is None:
+                return None
+            meta = desc_meta[k] if k < len(desc_meta) else None
+            k += 1
+            expanded = list(make(_with_base(template, _Address(value.base.data_ptr())), meta))
+            expected_ptrs[len(args)] = value.base.data_ptr()
+            slots.append((len(args), src, None if meta is None else _DescMaps(template, meta, make)))
+            expanded[0] = None
+            args.extend(expanded)
+        elif pos in filled:
+            src, template = filled[pos]
+            if template is not None:
+                return None
+            expected_ptrs[len(args)] = value.data_ptr()
+            slots.append((len(args), src, None))
+            args.append(None)
+        else:
+            args.append(value)
+    # what Triton's wrapper hands the C launcher for the recorded call, through a twin of it
+    # whose launcher records instead of launching
+    seen = []
+    if desc_positions:
+        twin_cells = dict(launcher=lambda *a: seen.append(a), tensordesc_indices=set(desc_positions),
+                          tensordesc_meta=list(desc_meta))
+        code = launcher.launch.__code__
+        twin = type(launcher.launch)(code, launcher.launch.__globals__, code.co_name, None,
+                                     tuple(_cell(twin_cells[name]) for name in code.co_freevars))
+        twin(*head[:3], 0, *head[4:], *call_values)
+    else:
+        seen.append(tuple(head[:3]) + (0,) + tuple(head[4:]) + tuple(call_values))
+    (passed,) = seen
+    if len(passed) != len(args):
+        return None
+    for i, (mine, theirs) in enumerate(zip(args, passed)):
+        if i == 3:
+            continue
+        if i in expected_ptrs:
+            ptr = theirs if isinstance(theirs, int) else getattr(theirs, "data_ptr", lambda: None)()
+            if ptr is None:  # a descriptor's map: of the same kind as the ones the slot encodes
+                ok = type(theirs).__name__ == "PyCUtensorMap"
+            else:
+                ok = ptr == expected_ptrs[i]
+        else:
+            ok = mine is theirs or (type(mine) is type(theirs) and mine == theirs)
+        if not ok:
+            return None
+    return _Direct(c_launch, args, tuple(slots))
+
+
+def _cell(value: Any):
+    return (lambda: value).__closure__[0]
+
+
 class Plan:
     """A validated record of one call's launches; ``replay`` repeats them for new tensors."""
 
@@ -416,6 +583,15 @@ class Plan:
                 step.run(spaces)
                 continue
             runner, grid, values, fills = step
+            if type(runner) is _Direct:
+                args = runner.args.copy()
+                args[3] = stream
+                for index, ((kind, root), _, _, delta), maps in runner.slots:
+                    base = spaces[kind][root]
+                    address = base.data_ptr() + delta * base.element_size()
+                    args[index] = address if maps is None else maps.get(address)
+                runner.launch(*args)
+                continue
             vals = list(values)
             for pos, src, template in fills:
                 if interpreted:
@@ -492,6 +668,7 @@ def _make(launches, inputs, out, family, timings) -> Plan:
             grid = grid(bound)
         grid = tuple(grid) + (1,) * (3 - len(grid))
         values, fills = list(bound.values()), []
+        call_values = list(values)
         for pos, v in enumerate(values):
             if isinstance(v, torch.Tensor):
                 fills.append((pos, roots.source(v), None))
@@ -508,6 +685,12 @@ def _make(launches, inputs, out, family, timings) -> Plan:
             if compiled is None or not hasattr(compiled, "packed_metadata"):
                 raise _NotPlannable("no compiled kernel")
             runner = (compiled.run, compiled.function, compiled.packed_metadata)
+            try:
+                direct = _unroll(compiled, grid, call_values, fills) if DIRECT else None
+            except Exception:  # anything unexpected in Triton's launcher: keep Triton's path
+                direct = None
+            if direct is not None:
+                runner = direct
         recorded.append((runner, grid, tuple(values), tuple(fills)))
         kernels.append(_kernel_name(fn))
         if config_of is not None:
