@@ -228,7 +228,7 @@ e2e() {
     $PY perf/resnet50.py --batch "$BATCH" --dtype "$FP16" --layout channels_last --csv "$CSV" \
         --modes "${GPU_CHECK_E2E_MODES:-infer,graph,train,folded}" \
         --run-id "$TRITONCONV_RUN_ID" --time-budget $((STAGE_S > 40 ? STAGE_S - 20 : STAGE_S * 2 / 3)) \
-        --profile "$DIAG_DIR" --profile-top 15 $E2E_ARGS
+        --profile "$DIAG_DIR" --profile-top 30 $E2E_ARGS
 }
 
 export PY OUTDIR CSV BUDGET TRITONCONV_CACHE_DIR

@@ -6,6 +6,9 @@ through JITFunction.run; on CUDA through the compiled kernels."""
 from __future__ import annotations
 
 import functools
+import inspect
+import sys
+import types
 import warnings
 
 import pytest
@@ -639,28 +642,27 @@ class CudaLauncher:
 """
 
 
-def _launcher_36(monkeypatch, c_launch, signature, metas):
+def _launcher_36(monkeypatch, c_launch, signature, metas, source=None):
     """A CudaLauncher of Triton 3.6's shape around ``c_launch``: Triton's own where 3.6 is
-    installed (the GPU machine's), its make_tensordesc_arg swapped for ``_encode``; else one built
-    from ``_LAUNCHER_36``."""
-    import sys
-    import types
-
+    installed (the GPU machine's), its make_tensordesc_arg swapped for ``_encode``; else, or
+    where ``source`` is given, one built from ``_LAUNCHER_36`` (or ``source``)."""
     try:
         from triton.backends.nvidia import driver as module
     except ImportError:  # pragma: no cover
         module = None
-    if getattr(module, "_BASE_ARGS_FORMAT", None) != "iiiKKppOOOOOO":
-        module = sys.modules.get("tritonconv_test_launcher_36")
+    if source is not None or getattr(module, "_BASE_ARGS_FORMAT", None) != "iiiKKppOOOOOO":
+        source = source or _LAUNCHER_36
+        name = f"tritonconv_test_launcher_36_{abs(hash(source))}"
+        module = sys.modules.get(name)
         if module is None:
-            module = types.ModuleType("tritonconv_test_launcher_36")
-            exec(compile(_LAUNCHER_36, "<launcher 3.6>", "exec"), module.__dict__)
-            monkeypatch.setitem(sys.modules, module.__name__, module)
+            module = types.ModuleType(name)
+            exec(compile(source, f"<{name}>", "exec"), module.__dict__)
+            monkeypatch.setitem(sys.modules, name, module)
     monkeypatch.setattr(module, "make_tensordesc_arg", _encode, raising=False)
     launcher = object.__new__(module.CudaLauncher)
     launcher.__dict__.update(launch=module.wrap_handle_tensordesc(c_launch, signature, metas), num_ctas=1,
                              global_scratch_size=0, global_scratch_align=1, profile_scratch_size=0,
-                             profile_scratch_align=1, launch_cooperative_grid=False, launch_pdl=False)
+                             profile_scratch_align=1, launch_cooperative_grid="coop", launch_pdl="pdl")
     return launcher
 
 
@@ -688,6 +690,24 @@ def _captured_launches(case, monkeypatch):
     return plan, tensors, list(zip(steps, captured.calls))
 
 
+def _unroll_all(plan, launches, got, monkeypatch, source=None):
+    """Per launch of ``plan``: Triton 3.6's launcher around a recording C launcher, its ``_unroll``ed
+    twin (None where not unrolled) and its number of descriptors."""
+    pairs = []
+    for i, ((_, grid, values, fills), vals) in enumerate(launches):
+        descs = [pos for pos, v in enumerate(vals) if plans._is_descriptor(v)]
+        signature = {f"a{pos}": "tensordesc<fp16[16, 16]>" if pos in descs else "i32" for pos in range(len(vals))}
+        # where a launch has several descriptors, every second one not lowered to TMA
+        metas = [None if k % 2 else ("tma", i, k) for k in range(len(descs))]
+        # a partial, not a Python function: it stands in for the compiled C launcher
+        launcher = _launcher_36(monkeypatch, functools.partial(_append, got, i), signature, metas, source)
+        compiled = type("Compiled", (), {"run": launcher, "function": 7 + i, "packed_metadata": ("packed", i)})()
+        pointers = {pos for pos, _, template in fills if template is None}
+        call_values = [plans._Address(v) if pos in pointers else v for pos, v in enumerate(vals)]
+        pairs.append((launcher, plans._unroll(compiled, grid, call_values, list(fills)), len(descs)))
+    return pairs
+
+
 @pytest.mark.skipif(DEVICE.type == "cuda", reason="the compiled plans on a GPU check their own unrolling")
 @pytest.mark.parametrize("case", COMPILED_CASES, ids=_case_id)
 def test_an_unrolled_launch_passes_what_triton_3_6_s_launcher_passes(case, monkeypatch):
@@ -696,30 +716,23 @@ def test_an_unrolled_launch_passes_what_triton_3_6_s_launcher_passes(case, monke
     launcher must get what Triton's CudaLauncher and descriptor wrapper would give it, replay
     after replay, with each descriptor encoded once per address."""
     plan, tensors, launches = _captured_launches(case, monkeypatch)
-    got, steps, directs, n_desc = [], [], [], 0
-    pending = iter(enumerate(launches))
+    got, steps = [], []
+    pairs = iter(_unroll_all(plan, launches, got, monkeypatch))
+    directs = []
     for step in plan.launches:
         if type(step) is plans._Derive:  # torch work before a launch (a padded copy): replayed as it is
             steps.append(step)
             continue
-        i, ((_, grid, values, fills), vals) = next(pending)
-        descs = [pos for pos, v in enumerate(vals) if plans._is_descriptor(v)]
-        n_desc += len(descs)
-        signature = {f"a{pos}": "tensordesc<fp16[16, 16]>" if pos in descs else "i32" for pos in range(len(vals))}
-        metas = [None if k % 3 == 2 else ("tma", i, k) for k in range(len(descs))]  # lowered to TMA or not
-        # a partial, not a Python function: it stands in for the compiled C launcher
-        launcher = _launcher_36(monkeypatch, functools.partial(_append, got, i), signature, metas)
-        compiled = type("Compiled", (), {"run": launcher, "function": 7 + i, "packed_metadata": ("packed", i)})()
-        pointers = {pos for pos, _, template in fills if template is None}
-        call_values = [plans._Address(v) if pos in pointers else v for pos, v in enumerate(vals)]
-        direct = plans._unroll(compiled, grid, call_values, list(fills))
+        launcher, direct, _ = next(pairs)
         assert isinstance(direct, plans._Direct), "Triton 3.6's launcher not unrolled"
         directs.append(direct)
-        steps.append(((launcher, 7 + i, ("packed", i)), grid, values, fills))  # Triton's path
+        _, grid, values, fills = step
+        steps.append(((launcher, direct.args[4], direct.args[9]), grid, values, fills))  # Triton's path
         steps.append((direct, grid, values, fills))  # then the unrolled one, into the same tensors
     both = plans.Plan(tuple(steps), plan.new, plan.out, plan.device, plan.family, None, (), False)
     xs = torch.zeros(tensors[0].numel() * 3, dtype=tensors[0].dtype)
-    for offset in (0, 16, 0):  # the input at two addresses, then the first again (its maps cached)
+
+    def replay(offset):
         got.clear()
         x2 = xs[offset:].as_strided(tensors[0].shape, tensors[0].stride())
         x2.copy_(tensors[0])
@@ -730,40 +743,51 @@ def test_an_unrolled_launch_passes_what_triton_3_6_s_launcher_passes(case, monke
             for a, b in zip(mine, theirs):
                 b = b.data_ptr() if isinstance(b, plans._Address) else b
                 assert a == b or (a is None and b is None), (a, b)
-    encoded = [len(maps.maps) for direct in directs for _, _, maps in direct.slots if maps is not None]
-    assert bool(encoded) == (n_desc > 0)
-    assert all(1 <= n <= 3 for n in encoded)  # one map per address met, three replays
+
+    for offset in (0, 16, 0):  # the input at two addresses, then the first again
+        replay(offset)
+    input_maps = [(src[0], maps) for direct in directs for _, src, maps in direct.slots
+                  if maps is not None and src[0][0] == plans._IN]
+    # one map per address met: x moved once, the weight never
+    assert sorted({(root, len(maps.maps)) for root, maps in input_maps}) == sorted(
+        {(root, 2 if root == (plans._IN, 0) else 1) for root, _ in input_maps})
+    for _, maps in input_maps:  # met again: from the cache, not encoded anew
+        maps.make = None
+    replay(16)
+    n_desc = sum(n for _, _, n in _unroll_all(plan, launches, [], monkeypatch))
+    lowered = sum(maps is not None for direct in directs for _, _, maps in direct.slots)
+    assert (lowered > 0) == (n_desc > 0)
 
 
+# Triton 3.6's launcher with what another Triton might change: the leading arguments' order, or a
+# wrapper that passes one more argument than it expands
+_LAUNCHER_PDL_FIRST = _LAUNCHER_36.replace("self.launch_cooperative_grid, self.launch_pdl",
+                                           "self.launch_pdl, self.launch_cooperative_grid")
+_LAUNCHER_ONE_MORE = _LAUNCHER_36.replace("return launcher(*expanded)", "return launcher(*expanded, None)")
+
+
+@pytest.mark.skipif(DEVICE.type == "cuda", reason="the compiled plans on a GPU check their own unrolling")
 def test_a_launcher_not_of_triton_3_6_s_shape_is_not_unrolled(monkeypatch):
-    """Another Triton's launcher (another leading argument format, a wrapper that passes something
-    else) keeps Triton's path: ``_unroll`` gives None rather than a guess."""
-    _, _, launches = _captured_launches(FORWARD_CASES[0], monkeypatch)
-    (_, grid, _, fills), vals = launches[0]
+    """Another Triton's launcher (other leading arguments, a wrapper that passes something else, a
+    kernel with scratch to allocate) keeps Triton's path: ``_unroll`` gives None, not a guess."""
+    case = next(c for c in FORWARD_CASES if c[0] == "gemm1x1_tma")  # two TMA descriptors
+    plan, _, launches = _captured_launches(case, monkeypatch)
+    (((_, grid, _, fills), vals),) = launches
+    (launcher, direct, n_desc), = _unroll_all(plan, launches, [], monkeypatch)
+    assert isinstance(direct, plans._Direct) and n_desc == 2
+    for source in (_LAUNCHER_PDL_FIRST, _LAUNCHER_ONE_MORE):
+        assert source != _LAUNCHER_36
+        ((_, direct, _),) = _unroll_all(plan, launches, [], monkeypatch, source)
+        assert direct is None
     pointers = {pos for pos, _, template in fills if template is None}
     call_values = [plans._Address(v) if pos in pointers else v for pos, v in enumerate(vals)]
-    descs = [pos for pos, v in enumerate(vals) if plans._is_descriptor(v)]
-    signature = {f"a{pos}": "tensordesc<fp16[16, 16]>" if pos in descs else "i32" for pos in range(len(vals))}
-
-    def compiled_with(launcher):
-        return type("Compiled", (), {"run": launcher, "function": 7, "packed_metadata": ("packed",)})()
-
-    launcher = _launcher_36(monkeypatch, functools.partial(_append, [], 0), signature, [("tma", k) for k in range(len(descs))])
-    assert isinstance(plans._unroll(compiled_with(launcher), grid, call_values, list(fills)), plans._Direct)
-    launcher.global_scratch_size = 256  # a kernel with scratch: CudaLauncher allocates it per launch
-    assert plans._unroll(compiled_with(launcher), grid, call_values, list(fills)) is None
+    compiled = type("Compiled", (), {"run": launcher, "function": 7, "packed_metadata": ("packed",)})()
+    launcher.global_scratch_size = 256  # CudaLauncher would allocate it per launch
+    assert plans._unroll(compiled, grid, call_values, list(fills)) is None
     launcher.global_scratch_size = 0
-    module = __import__("inspect").getmodule(type(launcher))
-    monkeypatch.setattr(module, "_BASE_ARGS_FORMAT", "iiiKKppOOOOOOOO")  # 3.9 leads with more
-    assert plans._unroll(compiled_with(launcher), grid, call_values, list(fills)) is None
-    monkeypatch.setattr(module, "_BASE_ARGS_FORMAT", "iiiKKppOOOOOO")
-    if descs:  # a wrapper that passes each descriptor's pointer after its map: not what was unrolled
-        real = module.make_tensordesc_arg
-        monkeypatch.setattr(module, "make_tensordesc_arg", lambda arg, meta: real(arg, meta) + [arg.base])
-        launcher = _launcher_36(monkeypatch, functools.partial(_append, [], 0), signature, [("tma", k) for k in range(len(descs))])
-        monkeypatch.setattr(plans, "_launcher_parts", lambda compiled, real=plans._launcher_parts: (
-            lambda parts: parts[:3] + (_encode,) + parts[4:])(real(compiled)))
-        assert plans._unroll(compiled_with(launcher), grid, call_values, list(fills)) is None
+    module = inspect.getmodule(type(launcher))
+    monkeypatch.setattr(module, "_BASE_ARGS_FORMAT", "iiiKKppOOOOOOO")  # not 3.6's leading arguments
+    assert plans._unroll(compiled, grid, call_values, list(fills)) is None
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.float32, torch.float64])

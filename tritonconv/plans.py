@@ -59,8 +59,8 @@ from .kernels import _common
 from .kernels._common import INTERPRETER
 
 __all__ = ["ENABLED", "DIFFERS", "enabled_as", "tensor_key", "lookup", "known", "why", "discard", "same_bits",
-           "forget", "discard_where", "recording", "is_recording", "record", "derive", "build", "clear", "stats", "reasons",
-           "launch_forms", "Plan"]
+           "forget", "discard_where", "recording", "is_recording", "record", "derive", "build", "clear", "stats",
+           "reasons", "launch_forms", "Plan"]
 
 ENABLED = os.environ.get("TRITONCONV_PLANS", "0" if INTERPRETER else "1") != "0"
 # Triton 3.6's launcher unrolled per compiled launch (``_Direct``); TRITONCONV_DIRECT_LAUNCH=0
@@ -403,10 +403,11 @@ def _with_base(template: Any, base: Any) -> Any:
 # writes into it the grid's stream, each pointer, and each descriptor's CUtensorMap, encoded once
 # per base address (``_DescMaps``; a training loop's caching allocator hands the same addresses
 # out step after step). The list is checked once, when the plan is made, against what Triton's
-# own wrapper builds from the same call (``_unroll``): any difference, or a launcher of another
-# shape (Triton 3.9's), keeps Triton's path, as does TRITONCONV_DIRECT_LAUNCH=0.
+# own CudaLauncher and wrapper pass for the same call (``_unroll``): any difference, or a
+# launcher of another shape (Triton 3.9's), keeps Triton's path, as does a plan whose unrolled
+# replay fails ``build``'s check (it is made again without), and TRITONCONV_DIRECT_LAUNCH=0.
 
-_DESC_MAPS = 64  # encoded descriptors kept per descriptor argument (addresses met)
+_MAPS_KEPT = 64  # encoded descriptors kept per descriptor argument (addresses met)
 
 
 class _DescMaps:
@@ -421,7 +422,7 @@ class _DescMaps:
     def get(self, address: int) -> Any:
         tma_map = self.maps.get(address)
         if tma_map is None:
-            if len(self.maps) >= _DESC_MAPS:
+            if len(self.maps) >= _MAPS_KEPT:
                 self.maps.clear()
             tma_map = self.maps[address] = self.make(_with_base(self.template, _Address(address)), self.meta)[0]
         return tma_map
@@ -502,30 +503,31 @@ def _unroll(compiled: Any, grid: tuple, call_values: list, fills: list) -> Optio
             args.append(None)
         else:
             args.append(value)
-    # what Triton's wrapper hands the C launcher for the recorded call, through a twin of it
-    # whose launcher records instead of launching
+    # what Triton's CudaLauncher and its wrapper hand the C launcher for the recorded call: the
+    # launcher's own __call__ on a copy whose C launcher records instead of launching
     seen = []
-    if desc_positions:
-        twin_cells = dict(launcher=lambda *a: seen.append(a), tensordesc_indices=set(desc_positions),
-                          tensordesc_meta=list(desc_meta))
+    probe = object.__new__(type(launcher))
+    probe.__dict__.update(launcher.__dict__)
+    probe.launch = lambda *a: seen.append(a)
+    if desc_positions:  # the wrapper itself, around the recorder: a twin of its closure
         code = launcher.launch.__code__
-        twin = type(launcher.launch)(code, launcher.launch.__globals__, code.co_name, None,
-                                     tuple(_cell(twin_cells[name]) for name in code.co_freevars))
-        twin(*head[:3], 0, *head[4:], *call_values)
-    else:
-        seen.append(tuple(head[:3]) + (0,) + tuple(head[4:]) + tuple(call_values))
+        cells = dict(launcher=probe.launch, tensordesc_indices=set(desc_positions), tensordesc_meta=list(desc_meta))
+        probe.launch = type(launcher.launch)(code, launcher.launch.__globals__, code.co_name, None,
+                                             tuple(_cell(cells[name]) for name in code.co_freevars))
+    type(launcher).__call__(probe, grid[0], grid[1], grid[2], 0, compiled.function, compiled.packed_metadata,
+                            None, None, None, *call_values)
     (passed,) = seen
-    if len(passed) != len(args):
+    if len(passed) != len(args) or passed[3] != 0:
         return None
+    slot_maps = {index: maps for index, _, maps in slots}
     for i, (mine, theirs) in enumerate(zip(args, passed)):
         if i == 3:
-            continue
-        if i in expected_ptrs:
-            ptr = theirs if isinstance(theirs, int) else getattr(theirs, "data_ptr", lambda: None)()
-            if ptr is None:  # a descriptor's map: of the same kind as the ones the slot encodes
-                ok = type(theirs).__name__ == "PyCUtensorMap"
-            else:
-                ok = ptr == expected_ptrs[i]
+            continue  # the stream: the replay's
+        if i in slot_maps and slot_maps[i] is not None:  # a descriptor's map, encoded per address
+            ok = type(theirs).__name__ == "PyCUtensorMap"
+        elif i in slot_maps:  # a pointer
+            ptr = theirs if type(theirs) is int else getattr(theirs, "data_ptr", lambda: None)()
+            ok = ptr == expected_ptrs[i]
         else:
             ok = mine is theirs or (type(mine) is type(theirs) and mine == theirs)
         if not ok:
@@ -534,6 +536,7 @@ def _unroll(compiled: Any, grid: tuple, call_values: list, fills: list) -> Optio
 
 
 def _cell(value: Any):
+    """A closure cell holding ``value`` (for a function made from another's code)."""
     return (lambda: value).__closure__[0]
 
 
@@ -624,22 +627,29 @@ def build(key: tuple, launches: List[tuple], inputs: Sequence[Optional[torch.Ten
           family: str, timings: Optional[Dict[str, float]] = None) -> Optional[Plan]:
     """Make, check and remember the plan for ``key`` from a recorded call; None (and the key
     remembered as not plannable) where it can't be made or fails its check. Never raises."""
-    try:
-        plan = _make(launches, inputs, out, family, timings)
-        replayed = plan.replay(inputs, poison=True)
-        if replayed is None:
-            raise _NotPlannable("a launch hook is set or another device is current")
-        if not same_bits(out, replayed):
-            raise _NotPlannable(DIFFERS)
-    except Exception as err:  # any failure: this key keeps the full path
-        why = str(err) if isinstance(err, _NotPlannable) else f"{type(err).__name__}: {str(err)[:160]}"
-        _keep(key, _Unplannable(why))
-        return None
-    _keep(key, plan)
-    return plan
+    why = ""
+    for unroll in (True, False) if DIRECT else (False,):
+        plan = None
+        try:
+            plan = _make(launches, inputs, out, family, timings, unroll)
+            replayed = plan.replay(inputs, poison=True)
+            if replayed is None:
+                raise _NotPlannable("a launch hook is set or another device is current")
+            if not same_bits(out, replayed):
+                raise _NotPlannable(DIFFERS)
+        except Exception as err:  # any failure: this key keeps the full path
+            why = str(err) if isinstance(err, _NotPlannable) else f"{type(err).__name__}: {str(err)[:160]}"
+            if plan is not None and any(type(step) is not _Derive and type(step[0]) is _Direct
+                                        for step in plan.launches):
+                continue  # once more, through Triton's own launcher
+            break
+        _keep(key, plan)
+        return plan
+    _keep(key, _Unplannable(why))
+    return None
 
 
-def _make(launches, inputs, out, family, timings) -> Plan:
+def _make(launches, inputs, out, family, timings, unroll: bool = False) -> Plan:
     if not isinstance(out, torch.Tensor) or not launches:
         raise _NotPlannable("no tensor output or no launches")
     roots = _Roots(inputs)
@@ -686,7 +696,7 @@ def _make(launches, inputs, out, family, timings) -> Plan:
                 raise _NotPlannable("no compiled kernel")
             runner = (compiled.run, compiled.function, compiled.packed_metadata)
             try:
-                direct = _unroll(compiled, grid, call_values, fills) if DIRECT else None
+                direct = _unroll(compiled, grid, call_values, fills) if unroll else None
             except Exception:  # anything unexpected in Triton's launcher: keep Triton's path
                 direct = None
             if direct is not None:
