@@ -24,8 +24,9 @@
 #   4. backward sweep      grad_input, grad_weight, forward_backward on six ResNet-50 layers, fp16
 #   4b. forward sweep      the same as 3 in bf16, without Inductor
 #   5. end to end          perf/resnet50.py: eager inference, inference from a CUDA graph, a
-#                          training step, and eager inference with BatchNorm folded (each
-#                          provider's way), all convs tritonconv vs cuDNN, fp16; after each
+#                          training step, that step from a CUDA graph, and eager inference with
+#                          BatchNorm folded (each provider's way), all convs tritonconv vs
+#                          cuDNN, fp16; after each
 #                          eager row a host profile of its step (issue time, cProfile by own
 #                          time: perf/resnet50.py --profile), appended to summary.md
 #   6. report              OUTDIR/summary.md, details.md, plot.png from OUTDIR/results.csv
@@ -49,7 +50,7 @@
 # GPU_CHECK_STAGES=bf16,backward,e2e runs those steps only, in that order (after the environment;
 # keys: tests, streamk, diagnose, host, race, forward, families, backward, bf16, e2e; default all of
 # them in the order above), for a check that goes straight to what earlier ones left unmeasured.
-# GPU_CHECK_E2E_MODES (default infer,graph,train,folded) orders the end-to-end step's modes.
+# GPU_CHECK_E2E_MODES (default infer,graph,train,train_graph,folded) orders the end-to-end step's modes.
 # GPU_CHECK_DRY_RUN=1 swaps in the smoke preset and a tiny network: a check of this script's
 # plumbing on a machine without a GPU (everything then runs through Triton's interpreter).
 # Copy the results into the repository with: python perf/save_results.py OUTDIR
@@ -226,7 +227,7 @@ e2e() {
     # shellcheck disable=SC2086  # E2E_ARGS is a list of words
     # folded (BatchNorm folded, each provider's way) last: its fused epilogues tune anew
     $PY perf/resnet50.py --batch "$BATCH" --dtype "$FP16" --layout channels_last --csv "$CSV" \
-        --modes "${GPU_CHECK_E2E_MODES:-infer,graph,train,folded}" \
+        --modes "${GPU_CHECK_E2E_MODES:-infer,graph,train,train_graph,folded}" \
         --run-id "$TRITONCONV_RUN_ID" --time-budget $((STAGE_S > 40 ? STAGE_S - 20 : STAGE_S * 2 / 3)) \
         --profile "$DIAG_DIR" --profile-top 30 $E2E_ARGS
 }

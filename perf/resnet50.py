@@ -17,6 +17,10 @@ that tunes the backward kernels too, last: a time budget that runs out spares th
   dispatcher, and launch plans replay their kernels);
 - ``graph`` (mode forward_cudagraph): the same forward captured once in a CUDA
   graph and replayed, which takes the host out: what is left is the kernels.
+- ``train_graph`` (mode forward_backward_cudagraph): the training step captured in a CUDA graph
+  and replayed: its kernels without the host, which bounds eager training steps on a slow host
+  (``torch.compile(mode="reduce-overhead")`` gives a model the same). Its rel_err is of a graph
+  captured with BN in eval mode (see ``_reference_step``), the timed one is in training mode.
 - ``folded`` (mode forward_bn_folded): eager inference again, each model with its BatchNorms
   folded into the convs as its own tools do it for inference: tritonconv's
   ``convert(fuse=True)`` (BN folded, and the residual add and ReLU in the conv's epilogue: one
@@ -169,20 +173,18 @@ def _infer_fn(model: nn.Module, x: torch.Tensor):
     return infer
 
 
-def _graphed_fn(model: nn.Module, x: torch.Tensor):
-    """``_infer_fn`` captured in a CUDA graph (after warm-up runs on a side stream, which also tune),
-    replayed into the same output tensor."""
-    static_x = x.clone()
-    infer = _infer_fn(model, static_x)
+def _graphed_fn(fn):
+    """``fn`` (no arguments, returns tensors) captured in a CUDA graph after warm-up runs on a side
+    stream (which also tune), replayed into the same output tensors."""
     side = torch.cuda.Stream()
     side.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(side):
         for _ in range(3):
-            infer()
+            fn()
     torch.cuda.current_stream().wait_stream(side)
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
-        out = infer()
+        out = fn()
 
     def replay():
         graph.replay()
@@ -313,7 +315,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--providers", default="cudnn,tritonconv", help="comma-separated: cudnn,tritonconv")
     p.add_argument("--modes", default="infer,graph,train",
                    help="comma-separated: train (forward+backward), infer (eval forward, no_grad), "
-                        "graph (infer captured in a CUDA graph; CUDA only), folded (infer with BatchNorm "
+                        "graph (infer captured in a CUDA graph; CUDA only), train_graph (train captured "
+                        "in a CUDA graph; CUDA only, not by default), folded (infer with BatchNorm "
                         "folded, each provider's way; not by default)")
     p.add_argument("--out", default="perf/out")
     p.add_argument("--csv", default="", help="CSV to append to (default OUT/results.csv)")
@@ -386,26 +389,26 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             row.update(kernel="resnet_tiny_e2e" if args.tiny else "resnet50_e2e", provider=provider,
                        mode=csv_mode, preset="resnet50", layer="network", count=1, N=args.batch, C=3,
                        H=args.image, W=args.image, K=num_classes,
-                       dtype=args.dtype, layout=args.layout, flops=flops * (3 if mode == "train" else 1),
+                       dtype=args.dtype, layout=args.layout, flops=flops * (3 if mode in _TRAIN else 1),
                        timestamp=sweep.utc_timestamp(), note=f"{what}; {len(convs)} convs; "
                        + ("pooling, fc" if mode == "folded" and provider == "tritonconv"
                           else "ReLU, adds, pooling, fc" if mode == "folded" else "BN, ReLU, pooling, fc")
-                       + (", loss" if mode == "train" else "") + " from PyTorch"
-                       + ("; rel_err of the step with BN in eval mode" if mode == "train" else ""))
+                       + (", loss" if mode in _TRAIN else "") + " from PyTorch"
+                       + ("; rel_err of the step with BN in eval mode" if mode in _TRAIN else ""))
             if info.interpreter:
                 row["note"] += f"; {sweep.INTERPRETER_LABEL}"
             if deadline is not None and time.monotonic() > deadline:
                 row["status"] = "skipped: time budget"
-            elif mode == "graph" and device != "cuda":
+            elif mode in _GRAPHED and device != "cuda":
                 row["status"] = "unsupported: CUDA graphs need a GPU"
             else:
                 try:
-                    kernels = "forward_backward" if mode == "train" else "forward"
+                    kernels = "forward_backward" if mode in _TRAIN else "forward"
                     if provider == "tritonconv" and not precompiled & {kernels, "forward_backward"}:
                         _precompile(args, device, kernels)
                         precompiled.add(kernels)
                     if reference is None:
-                        reference = (_reference_step(model, x, target) if mode == "train"
+                        reference = (_reference_step(model, x, target) if mode in _TRAIN
                                      else _reference_infer(model, x))
                     baseline_err = _measure(row, model, provider, mode, x, target, reference, baseline_err,
                                             args, device)
@@ -432,9 +435,14 @@ _MODES = {
     "train": ("forward_backward", "training step"),
     "infer": ("forward", "inference, eager, no_grad"),
     "graph": ("forward_cudagraph", "inference replayed from a CUDA graph"),
+    "train_graph": ("forward_backward_cudagraph", "training step replayed from a CUDA graph"),
     "folded": ("forward_bn_folded", "inference, eager, no_grad, BatchNorm folded into the convs "
                "(tritonconv: convert(fuse=True), residual and ReLU in the epilogue; cuDNN: torch.fx fuse)"),
 }
+
+
+_TRAIN = ("train", "train_graph")  # the modes that time a training step
+_GRAPHED = ("graph", "train_graph")  # the modes replayed from a CUDA graph
 
 
 def _fold(net: nn.Module, provider: str) -> nn.Module:
@@ -462,8 +470,8 @@ def _measure(row, model, provider, mode, x, target, reference, baseline_err, arg
     old_bench = torch.backends.cudnn.benchmark
     torch.backends.cudnn.benchmark = provider == "cudnn"
     try:
-        fn = _step_fn(net, x, target) if mode == "train" else _infer_fn(net, x)
-        if mode == "train":
+        fn = _step_fn(net, x, target) if mode in _TRAIN else _infer_fn(net, x)
+        if mode in _TRAIN:
             net.eval()  # the check's BN mode (see _reference_step), before any step moves its statistics
             first = fn()  # tunes / picks algorithms
             net.train()
@@ -476,9 +484,15 @@ def _measure(row, model, provider, mode, x, target, reference, baseline_err, arg
             aten_convs = counter.count
             row["note"] += f"; aten convolutions in a tritonconv run: {aten_convs}"
         if mode == "graph":
-            fn = _graphed_fn(net, x)
+            fn = _graphed_fn(_infer_fn(net, x.clone()))
             first = fn()
-        if mode == "train":
+        elif mode == "train_graph":
+            static_x = x.clone()
+            net.eval()  # a graph of the checked step first (BN as in _reference_step), then the timed one
+            first = _graphed_fn(_step_fn(net, static_x, target))()
+            net.train()
+            fn = _graphed_fn(_step_fn(net, static_x, target))
+        if mode in _TRAIN:
             # the loss, and all parameter gradients as one vector (per-tensor errors of
             # BatchNorm's tiny gradients say more about conditioning than about convs)
             flat = [torch.cat([g.detach().double().flatten() for g in grads]) for grads in
@@ -488,7 +502,7 @@ def _measure(row, model, provider, mode, x, target, reference, baseline_err, arg
             row["rel_err"] = _rel(first[0], reference[0])
         del first
         median, p20, p80 = _time(fn, device, args.warmup_ms, args.rep_ms, args.reps)
-        if getattr(args, "profile", "") and mode != "graph":
+        if getattr(args, "profile", "") and mode not in _GRAPHED:
             try:
                 _profile(fn, device, args, f"{mode} ({_MODES[mode][1]}), {provider}", median,
                          getattr(args, "profile_top", 25))

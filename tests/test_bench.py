@@ -532,6 +532,35 @@ def test_e2e_folded_mode_folds_batchnorm_each_providers_way(provider, monkeypatc
     assert row["status"] == "ok" and row["rel_err"] < 1e-4, row
 
 
+@pytest.mark.parametrize("provider", ["tritonconv", "aten"])
+def test_e2e_graphed_training_step(provider, tmp_path):
+    """perf/resnet50.py's train_graph mode: on a GPU, the training step replayed from a CUDA graph
+    whose gradients (from a graph of the step with BN in eval mode) match float64; without one,
+    a row that says graphs need a GPU, in the CSV mode the report shows."""
+    import types
+
+    e2e = _perf_resnet50()
+    if not CUDA:
+        out = tmp_path / "out"
+        assert e2e.main(["--tiny", "--image", "16", "--batch", "1", "--dtype", "fp32", "--modes", "train_graph",
+                         "--providers", "cudnn" if provider == "aten" else provider, "--out", str(out),
+                         "--no-precompile"]) == 0
+        (row,) = list(csv.DictReader(open(out / "results.csv")))
+        assert (row["mode"], row["status"]) == ("forward_backward_cudagraph", "unsupported: CUDA graphs need a GPU")
+        return
+    provider = "cudnn" if provider == "aten" else provider
+    torch.manual_seed(5)
+    model = e2e.ResNet((1, 1, 1, 1), 8, 10).cuda().train()
+    x, target = torch.randn(2, 3, 32, 32, device="cuda"), torch.randint(0, 10, (2,), device="cuda")
+    reference = e2e._reference_step(model, x, target)
+    row = {"note": "", "flops": 1}
+    args = types.SimpleNamespace(dtype="fp32", warmup_ms=1, rep_ms=5, reps=1)
+    with torch.backends.cudnn.flags(allow_tf32=False):
+        e2e._measure(row, model, provider, "train_graph", x, target, reference, 0.0, args, "cuda")
+    assert row["status"] == "ok", row
+    assert row["rel_err"] < 5e-3 and row["median_ms"] > 0, row
+
+
 def test_resnet50_preset_is_every_conv_of_the_e2e_model():
     module = _perf_resnet50()
     convs = module.conv_layers(module.resnet50())

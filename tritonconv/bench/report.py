@@ -272,8 +272,9 @@ def _e2e(rows) -> List[str]:
     if not e2e:
         return []
     lines = ["## End to end", "", "A whole network, every conv from the provider: a training step (forward_backward), "
+             "that step replayed from a CUDA graph (forward_backward_cudagraph: no host time), "
              "eager inference under no_grad (forward), that inference replayed from a CUDA graph "
-             "(forward_cudagraph: no host time), and eager inference with BatchNorm folded into the convs, "
+             "(forward_cudagraph), and eager inference with BatchNorm folded into the convs, "
              "each provider's way (forward_bn_folded).", ""]
     by_case: Dict[Tuple, Dict[str, Dict]] = defaultdict(dict)
     for r in e2e:
