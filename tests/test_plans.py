@@ -702,10 +702,14 @@ def _unroll_all(plan, launches, got, monkeypatch, source=None):
         # a partial, not a Python function: it stands in for the compiled C launcher
         launcher = _launcher_36(monkeypatch, functools.partial(_append, got, i), signature, metas, source)
         compiled = type("Compiled", (), {"run": launcher, "function": 7 + i, "packed_metadata": ("packed", i)})()
-        pointers = {pos for pos, _, template in fills if template is None}
-        call_values = [plans._Address(v) if pos in pointers else v for pos, v in enumerate(vals)]
-        pairs.append((launcher, plans._unroll(compiled, grid, call_values, list(fills)), len(descs)))
+        pairs.append((launcher, plans._unroll(compiled, grid, _call_values(vals, fills), list(fills)), len(descs)))
     return pairs
+
+
+def _call_values(vals, fills):
+    """A compiled replay's values as the recorded call had them: its pointers as things with a data_ptr()."""
+    pointers = {pos for pos, _, template in fills if template is None}
+    return [plans._Address(v) if pos in pointers else v for pos, v in enumerate(vals)]
 
 
 @pytest.mark.skipif(DEVICE.type == "cuda", reason="the compiled plans on a GPU check their own unrolling")
@@ -717,7 +721,8 @@ def test_an_unrolled_launch_passes_what_triton_3_6_s_launcher_passes(case, monke
     after replay, with each descriptor encoded once per address."""
     plan, tensors, launches = _captured_launches(case, monkeypatch)
     got, steps = [], []
-    pairs = iter(_unroll_all(plan, launches, got, monkeypatch))
+    unrolled = _unroll_all(plan, launches, got, monkeypatch)
+    pairs = iter(unrolled)
     directs = []
     for step in plan.launches:
         if type(step) is plans._Derive:  # torch work before a launch (a padded copy): replayed as it is
@@ -754,7 +759,7 @@ def test_an_unrolled_launch_passes_what_triton_3_6_s_launcher_passes(case, monke
     for _, maps in input_maps:  # met again: from the cache, not encoded anew
         maps.make = None
     replay(16)
-    n_desc = sum(n for _, _, n in _unroll_all(plan, launches, [], monkeypatch))
+    n_desc = sum(n for _, _, n in unrolled)
     lowered = sum(maps is not None for direct in directs for _, _, maps in direct.slots)
     assert (lowered > 0) == (n_desc > 0)
 
@@ -779,8 +784,7 @@ def test_a_launcher_not_of_triton_3_6_s_shape_is_not_unrolled(monkeypatch):
         assert source != _LAUNCHER_36
         ((_, direct, _),) = _unroll_all(plan, launches, [], monkeypatch, source)
         assert direct is None
-    pointers = {pos for pos, _, template in fills if template is None}
-    call_values = [plans._Address(v) if pos in pointers else v for pos, v in enumerate(vals)]
+    call_values = _call_values(vals, fills)
     compiled = type("Compiled", (), {"run": launcher, "function": 7, "packed_metadata": ("packed",)})()
     launcher.global_scratch_size = 256  # CudaLauncher would allocate it per launch
     assert plans._unroll(compiled, grid, call_values, list(fills)) is None
