@@ -897,3 +897,44 @@ def test_property_replays_match_the_reference_call_after_call(problem_calls, see
         rx, rw = torch.autograd.grad(F.conv2d(xr, wr, None, stride, pad, 1, groups), (xr, wr), dy.double())
         assert rel_err(gx, rx) < tol(dtype) and rel_err(gw, rw) < tol(dtype)
     assert plans.stats()["plans"] >= 1
+
+
+def test_a_call_met_before_skips_validation_and_routing(monkeypatch):
+    """The op layer keys a call by its op, arguments and tensors (``ops._memo``); met again, the
+    call replays the plan the router chose for it without building and checking the problem or
+    routing it. Other arguments are another key: validated, and refused where wrong."""
+    from tritonconv import ops
+
+    x = _randn((2, 8, 9, 9), torch.float32)
+    w = _randn((16, 8, 3, 3), torch.float32, scale=0.1)
+    b = _randn((16,), torch.float32)
+    args = ([1, 1], [1, 1], [1, 1], 1)
+    y = tritonconv.functional.conv2d(x, w, b, 1, 1)
+    dy = torch.randn_like(y)
+    torch.ops.tritonconv.conv2d_grad_input(dy, w, list(x.shape), *args)
+    torch.ops.tritonconv.conv2d_grad_weight(dy, x, list(w.shape), *args)
+    assert len(plans.memo) == 3 and plans.stats()["plans"] == 3
+
+    def full_path(*a, **k):
+        raise AssertionError("the full path ran for a call met before")
+
+    for name in ("_problem", "_check_grad_output"):
+        monkeypatch.setattr(ops, name, full_path)
+    monkeypatch.setattr(spec, "problem_from_shapes", full_path)
+    monkeypatch.setattr(router, "_route", full_path)
+    x2, w2, b2, dy2 = torch.randn_like(x), torch.randn_like(w) * 0.1, torch.randn_like(b), torch.randn_like(dy)
+    assert_matches(tritonconv.functional.conv2d(x2, w2, b2, 1, 1),
+                   F.conv2d(x2.double(), w2.double(), b2.double(), 1, 1), torch.float32)
+    assert_matches(torch.ops.tritonconv.conv2d_grad_input(dy2, w2, list(x.shape), *args),
+                   torch.nn.grad.conv2d_input(x.shape, w2.double(), dy2.double(), 1, 1), torch.float32)
+    assert_matches(torch.ops.tritonconv.conv2d_grad_weight(dy2, x2, list(w.shape), *args),
+                   torch.nn.grad.conv2d_weight(x2.double(), w.shape, dy2.double(), 1, 1), torch.float32)
+    monkeypatch.undo()
+
+    # the same tensors with other arguments: validated as any new call
+    with pytest.raises(spec.ConvValueError):
+        tritonconv.functional.conv2d(x, w, b, 1, 1, 1, 3)  # 8 channels in 3 groups
+    with pytest.raises(spec.ConvValueError):
+        torch.ops.tritonconv.conv2d_grad_input(dy, w, [2, 8, 7, 7], *args)  # dy is not that input's output
+    assert_matches(tritonconv.functional.conv2d(x, w, b, 1, 0), F.conv2d(x.double(), w.double(), b.double(), 1, 0),
+                   torch.float32)

@@ -18,7 +18,10 @@ allocates a fresh output (and scratch), works out each argument's address in the
 and hands the compiled kernels their arguments directly (``CompiledKernel.run``, the call
 ``JITFunction.run`` ends with in Triton 3.6 to 3.9), which costs a few microseconds a launch.
 With Triton 3.6's launcher, a plan goes one step further and calls the C launcher itself, its
-TMA descriptors encoded once per address (``_unroll``, below).
+TMA descriptors encoded once per address (``_unroll``, below). A plan key holds the validated
+problem, so making one costs the validation it saves; the op layer (``ops._memo``) keys a call
+by its op, its other arguments and its tensors instead, and ``memo`` maps that key to the plan
+key of the call's first time (``remember``): a call met before skips the problem and the routing.
 Under the interpreter, which reads tensors through their views, the views themselves are rebuilt.
 
 A plan is trusted only after it has proved itself: right after the recorded call, it runs
@@ -59,8 +62,8 @@ from .kernels import _common
 from .kernels._common import INTERPRETER
 
 __all__ = ["ENABLED", "DIFFERS", "enabled_as", "tensor_key", "lookup", "known", "why", "discard", "same_bits",
-           "forget", "discard_where", "recording", "is_recording", "record", "derive", "build", "clear", "stats",
-           "reasons", "launch_forms", "Plan"]
+           "forget", "memo", "remember", "discard_where", "recording", "is_recording", "record", "derive", "build",
+           "clear", "stats", "reasons", "launch_forms", "Plan"]
 
 ENABLED = os.environ.get("TRITONCONV_PLANS", "0" if INTERPRETER else "1") != "0"
 # Triton 3.6's launcher unrolled per compiled launch (``_Direct``); TRITONCONV_DIRECT_LAUNCH=0
@@ -83,6 +86,8 @@ _plans: Dict[tuple, Any] = {}  # key -> Plan, or _Unplannable; least recently us
 # shapes (images of every size) would keep one per shape and layer for good: past MAX_PLANS
 # keys the least recently used is dropped (met again, it records its plan anew).
 MAX_PLANS = 4096
+# a caller's own key for a call -> the call's plan key (``remember``, ``kernels.router.planned``)
+memo: Dict[tuple, tuple] = {}
 _local = threading.local()
 _signatures: Dict[Any, Tuple[Tuple[str, Any], ...]] = {}
 
@@ -159,8 +164,18 @@ def _keep(key: tuple, entry: Any) -> None:
             break
 
 
+def remember(caller_key: tuple, key: tuple) -> None:
+    """``memo[caller_key] = key``: a caller's own key for a call (one it can make for less than
+    the plan key, which the caller's key must determine) and the call's plan key. Past MAX_PLANS
+    entries the memo starts afresh."""
+    if len(memo) >= MAX_PLANS:
+        memo.clear()
+    memo[caller_key] = key
+
+
 def clear() -> None:
     _plans.clear()
+    memo.clear()
 
 
 def stats() -> Dict[str, int]:

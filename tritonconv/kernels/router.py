@@ -279,8 +279,45 @@ def _device_name(t: torch.Tensor) -> str:
     return torch.cuda.get_device_name(t.device)
 
 
+def call_state(lead: torch.Tensor) -> tuple:
+    """What besides the problem, the tensors and the variant can change a call's launches: the
+    forced family, whether tuning is on, and the precision (an fp32 call's kernels take TF32 or
+    not from cuDNN's allow_tf32 as it is at the call, and a plan replays the recorded call's
+    kernels). Part of every plan's key."""
+    return getattr(_forced, "name", None), configs.TUNE, input_precision_for(lead)
+
+
+def planned(memo: tuple, tensors: tuple) -> Optional[torch.Tensor]:
+    """The output of the plan that the call with caller key ``memo`` was routed to, on ``tensors``
+    (the tensors that call gave the router), or None: no such call yet, no plan, or it can't run
+    now. ``memo`` must determine the plan key, ``call_state`` included: the op layer's is the op,
+    its other arguments and ``plans.tensor_key(tensors)``. What this skips, the problem's
+    validation and the routing, depends on nothing else."""
+    plan_key = plans.memo.get(memo)
+    return None if plan_key is None else replay(plan_key, tensors)
+
+
+def replay(plan_key: tuple, tensors: tuple) -> Optional[torch.Tensor]:
+    """The output of ``plan_key``'s plan on ``tensors``, or None where it has none or it can't run
+    now (the caller takes the full path, which also records a plan where there is none)."""
+    plan = plans.lookup(plan_key)
+    if plan is None:
+        return None
+    try:
+        out = plan.replay(tensors)
+    except Exception as err:  # never fail a call for its shortcut: the full path decides
+        plans.forget(plan_key, f"replay failed: {type(err).__name__}: {str(err)[:160]}")
+        return None
+    if out is not None:
+        if _records:
+            _record(plan_key[0], plan.family, plan.timings)
+        if plan.configs and tuning.config_recording():
+            tuning.note_configs(plan.configs)
+    return out
+
+
 def _route(table, direction: str, problem: Conv2dProblem, tensors: tuple, variant: str,
-           run: Callable[[Callable], torch.Tensor], scalars: tuple = ()):
+           run: Callable[[Callable], torch.Tensor], scalars: tuple = (), memo: Optional[tuple] = None):
     """Run ``problem`` on the family of ``table`` chosen for it; ``variant`` is what else, beyond
     the problem and the tensors' layouts, can change which family is fastest (the epilogue, the
     output's memory format), so it is part of the remembered choice's key. ``scalars`` are the
@@ -288,33 +325,23 @@ def _route(table, direction: str, problem: Conv2dProblem, tensors: tuple, varian
     per value, as it replays the recorded call's.
 
     A call whose key has a launch plan (``plans``) replays it and skips the rest; the first call
-    with a key records one, on the family chosen for it."""
+    with a key records one, on the family chosen for it. ``memo``, the caller's own key for the
+    call, is remembered with the plan key (``planned``)."""
     lead = tensors[0]
     if lead.is_cuda and lead.get_device() != torch.cuda.current_device():
         # Triton launches on the current device (and times there), and no device guard set it
         # as aten's ops have one: run the call with the tensors' device current, as F.conv2d does
         with torch.cuda.device(lead.device):
-            return _route(table, direction, problem, tensors, variant, run, scalars)
+            return _route(table, direction, problem, tensors, variant, run, scalars, memo)
     forced = getattr(_forced, "name", None)
     plan_key = None
     if plans.ENABLED:
-        # the precision too: an fp32 call's kernels take TF32 or not from cuDNN's allow_tf32 as it
-        # is at the call, and a plan replays the recorded call's kernels
-        plan_key = (direction, problem, variant, forced, configs.TUNE, input_precision_for(tensors[0]), scalars,
-                    plans.tensor_key(tensors))
-        plan = plans.lookup(plan_key)
-        if plan is not None:
-            try:
-                out = plan.replay(tensors)
-            except Exception as err:  # never fail a call for its shortcut: the full path decides
-                plans.forget(plan_key, f"replay failed: {type(err).__name__}: {str(err)[:160]}")
-                out = None
-            if out is not None:
-                if _records:
-                    _record(direction, plan.family, plan.timings)
-                if plan.configs and tuning.config_recording():
-                    tuning.note_configs(plan.configs)
-                return out
+        plan_key = (direction, problem, variant) + call_state(tensors[0]) + (scalars, plans.tensor_key(tensors))
+        if memo is not None:
+            plans.remember(memo, plan_key)
+        out = replay(plan_key, tensors)
+        if out is not None:
+            return out
     pinned = forced in table and table[forced][0](problem)
     timed = _on_gpu(tensors[0]) and not pinned
     drop_key = (direction, problem, _layout_key(*tensors), variant)
@@ -426,28 +453,31 @@ def _dense(bias: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
     return bias if bias is None or bias.stride() == (1,) else bias.contiguous()
 
 
-def forward(x, w, bias, problem: Conv2dProblem, activation="none", alpha=0.01, residual=None) -> torch.Tensor:
-    """conv2d forward (with the fused epilogue) on the best family for ``problem``."""
+def forward(x, w, bias, problem: Conv2dProblem, activation="none", alpha=0.01, residual=None,
+            memo: Optional[tuple] = None) -> torch.Tensor:
+    """conv2d forward (with the fused epilogue) on the best family for ``problem`` (``memo``: see ``_route``)."""
     bias = _dense(bias)
     return _route(
         FORWARD, "forward", problem, (x, w, bias, residual), activation,
         lambda launch: launch(x, w, bias, problem, activation=activation, alpha=alpha, residual=residual),
-        (alpha,),
+        (alpha,), memo,
     )
 
 
-def input_grad(dy, w, problem: Conv2dProblem, bias=None, memory_format=torch.contiguous_format) -> torch.Tensor:
-    """dgrad (and conv_transpose2d's forward) on the best family for ``problem``."""
+def input_grad(dy, w, problem: Conv2dProblem, bias=None, memory_format=torch.contiguous_format,
+               memo: Optional[tuple] = None) -> torch.Tensor:
+    """dgrad (and conv_transpose2d's forward) on the best family for ``problem`` (``memo``: see ``_route``)."""
     bias = _dense(bias)
     return _route(
         INPUT_GRAD, "input_grad", problem, (dy, w, bias), str(memory_format),
-        lambda launch: launch(dy, w, problem, bias=bias, memory_format=memory_format),
+        lambda launch: launch(dy, w, problem, bias=bias, memory_format=memory_format), memo=memo,
     )
 
 
-def weight_grad(dy, x, problem: Conv2dProblem, memory_format=torch.contiguous_format) -> torch.Tensor:
-    """wgrad on the best family for ``problem`` (every family is deterministic)."""
+def weight_grad(dy, x, problem: Conv2dProblem, memory_format=torch.contiguous_format,
+                memo: Optional[tuple] = None) -> torch.Tensor:
+    """wgrad on the best family for ``problem`` (every family is deterministic; ``memo``: see ``_route``)."""
     return _route(
         WEIGHT_GRAD, "weight_grad", problem, (dy, x), str(memory_format),
-        lambda launch: launch(dy, x, problem, memory_format=memory_format),
+        lambda launch: launch(dy, x, problem, memory_format=memory_format), memo=memo,
     )
