@@ -1211,12 +1211,19 @@ def runtime_configs(family: KernelFamily, dtype: Dtype, arch: Arch) -> List[trit
 
 def as_launched(family: KernelFamily, config: triton.Config, dtype: Dtype, arch: Arch) -> triton.Config:
     """``config`` as the runtime launches it on ``arch``: a tap-TMA tile with the wgmma register
-    hazard of this Triton (configs.register_a_hazard) with SYNC_MMA, anything else as it is."""
-    if not isinstance(family.prune, tc_configs.SpatialTilePruneHook):
+    hazard of this Triton (configs.register_a_hazard) with SYNC_MMA; a tile its kernel lists as
+    ``uncapped`` with that register limit below sm_90 (configs.register_cap); anything else as it is."""
+    prune = family.prune
+    if isinstance(prune, tc_configs.SpatialTilePruneHook):
+        args, constexprs = family.launch_fn(dtype, config)
+        if prune.register_a_hazard(config, dtype.elem_bytes, arch.capability, {**args, **constexprs}):
+            return tc_configs.synced(config)
         return config
-    args, constexprs = family.launch_fn(dtype, config)
-    if family.prune.register_a_hazard(config, dtype.elem_bytes, arch.capability, {**args, **constexprs}):
-        return tc_configs.synced(config)
+    if isinstance(prune, tc_configs.GemmPruneHook) and "BLOCK_K" in config.kwargs:
+        cap = tc_configs.register_cap(_tile_key(config)[:5], dtype.elem_bytes, arch.capability, prune.uncapped)
+        if cap is not None and getattr(config, "maxnreg", None) != cap:
+            return triton.Config(dict(config.kwargs), num_warps=config.num_warps, num_stages=config.num_stages,
+                                 maxnreg=cap, pre_hook=config.pre_hook)
     return config
 
 

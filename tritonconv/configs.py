@@ -292,8 +292,10 @@ def acc_per_thread(bm: int, bn: int, num_warps: int) -> int:
 MAX_ACC_HEAVY_EPILOGUE = 64
 # below sm_90 mma.sync holds its A and B fragments in registers too: next to an implicit GEMM's gather
 # addressing, 128 sit at 255 registers and spill in dgrad, wgrad and split-K fprop (a plain GEMM, the
-# 1x1 family, has room: about 240 registers);
+# 1x1 family, has room with Triton 3.9: 238-251 registers; with Triton 3.6 and its ptxas, its 128x256
+# and 256x128 16-bit tiles sit at 255 and spill 20-56 B, so there the plain GEMMs take the same limit);
 MAX_ACC_MMA_SYNC = 64
+PLAIN_GEMM_ACC_LIMITED = tuple(int(v) for v in triton.__version__.split(".")[:2] if v.isdigit()) < (3, 9)
 # fp64 takes two registers per value, and 32 values per thread already spill with 64-deep K tiles.
 MAX_ACC_FP64 = 16
 # wgrad gathers both operands per element (dy and x along the pixel axis), so the x tile's BLOCK_K x
@@ -303,6 +305,21 @@ MAX_BLOCK_N_BOTH_GATHERED = 128
 # The TMA wgrad (wgrad_tap_tma) feeds wgmma dy's box transposed: its 256x128x64 tile spilled
 # 536 B on sm_90, 128x256x64 did not (compile report). Its hook passes this as max_block_m.
 MAX_BLOCK_M_TRANSPOSED_A = 128
+
+
+# Below sm_90, ptxas holds some tiles to fewer registers than one CTA per SM would have, so that
+# another CTA fits beside it, and spills doing so: with Triton 3.9 and its ptxas 12.9 for sm_80,
+# 13 of the 948 configs the compile report builds spilled 8-48 B at 128 registers (80 for a 4-warp
+# 1x1 tile), in fprop_kernel, wgrad_kernel and gemm1x1_fprop_kernel. Allowed UNCAPPED_MAXNREG
+# (PTX .maxnreg) they take 97-156 and spill nothing; their neighbours at 128 spill nothing as they
+# are. So each of those kernels' prune hooks lists its spilling tiles as ``uncapped``, (BLOCK_M,
+# BLOCK_N, BLOCK_K, warps, stages, element bytes) each, and launches them with that limit below
+# sm_90 only: sm_90's builds are left as they were timed. Whether two CTAs with a spill or one
+# without is faster on an A100 is not measured (no A100 here); the report's standard is no spill.
+# With Triton 3.6 and its ptxas, sm_80 has three spilling configs left (fp32: wgrad's 64x64x64 w4
+# s4, 40-48 B whatever the limit, and smallc_fused's 128x64x32 w8 s4, 16 B), not chased: CI builds
+# with Triton 3.9, and the GPU machine with Triton 3.6 is an H100.
+UNCAPPED_MAXNREG = 255
 
 
 def pruned_because(bm: int, bn: int, bk: int, num_warps: int, num_stages: int, elem_bytes: int, shared_limit: int,
@@ -326,8 +343,10 @@ def pruned_because(bm: int, bn: int, bk: int, num_warps: int, num_stages: int, e
         return f"fp64 accumulator {acc} values/thread > {MAX_ACC_FP64}"
     if heavy_epilogue and acc > MAX_ACC_HEAVY_EPILOGUE:
         return f"accumulator {acc} values/thread > {MAX_ACC_HEAVY_EPILOGUE} with a residual or activation epilogue"
-    if gathered and capability is not None and capability < 90 and acc > MAX_ACC_MMA_SYNC:
-        return f"accumulator {acc} values/thread > {MAX_ACC_MMA_SYNC} below sm_90 (mma.sync)"
+    if ((gathered or PLAIN_GEMM_ACC_LIMITED) and capability is not None and capability < 90
+            and acc > MAX_ACC_MMA_SYNC):
+        return (f"accumulator {acc} values/thread > {MAX_ACC_MMA_SYNC} below sm_90 (mma.sync"
+                + ("" if gathered else f"; a plain GEMM's on Triton {triton.__version__}") + ")")
     wgmma_only = elem_bytes == 2 and capability is not None and capability >= 90 and (gemm_m is None or gemm_m >= 64)
     if wgmma_only and (bm < 64 or num_warps < 4):
         return "no wgmma (needs BLOCK_M >= 64 and 4 warps) for a 16-bit type on sm_90+"
@@ -346,6 +365,7 @@ def prune_gemm_configs(
     gathered: bool = True,
     max_block_n: Optional[int] = None,
     max_block_m: Optional[int] = None,
+    uncapped: Tuple[Tuple[int, int, int, int, int, int], ...] = (),
 ) -> List[triton.Config]:
     """Drop configs that cannot pay off for a (gemm_m, gemm_n, gemm_k) problem.
 
@@ -363,6 +383,8 @@ def prune_gemm_configs(
         max_block_n: the widest BLOCK_N kept, for a kernel whose B operand is
             gathered per element too (wgrad: MAX_BLOCK_N_BOTH_GATHERED).
         max_block_m: the tallest BLOCK_M kept (wgrad_tap_tma: MAX_BLOCK_M_TRANSPOSED_A).
+        uncapped: tiles (BLOCK_M, BLOCK_N, BLOCK_K, warps, stages, element bytes)
+            launched with maxnreg = UNCAPPED_MAXNREG below sm_90 (``register_cap``).
 
     Removes, in order of reasoning:
       * tiles wider than the problem in M, N or K (beyond the next power of two,
@@ -375,9 +397,10 @@ def prune_gemm_configs(
         accumulator values per thread, which spill;
       * with a heavy epilogue, tiles with more than MAX_ACC_HEAVY_EPILOGUE
         accumulator values per thread, which spill once the residual is live;
-      * below sm_90, for a gathering kernel, tiles with more than
-        MAX_ACC_MMA_SYNC accumulator values per thread, which spill beside
-        mma.sync's register operands and the gather's addresses;
+      * below sm_90, for a gathering kernel (for any before Triton 3.9:
+        PLAIN_GEMM_ACC_LIMITED), tiles with more than MAX_ACC_MMA_SYNC
+        accumulator values per thread, which spill beside mma.sync's register
+        operands and the gather's addresses;
       * for 16-bit dtypes on sm_90+, tiles that cannot use wgmma (BLOCK_M < 64
         or fewer than 4 warps), unless the problem's M is below 64 so that
         clamping makes a small BLOCK_M unavoidable.
@@ -407,12 +430,23 @@ def prune_gemm_configs(
             continue
         seen.add((sig, variant))
         kwargs = dict(cfg.kwargs, BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk)
-        kept.append(triton.Config(kwargs, num_warps=cfg.num_warps, num_stages=cfg.num_stages, pre_hook=cfg.pre_hook))
+        kept.append(triton.Config(kwargs, num_warps=cfg.num_warps, num_stages=cfg.num_stages, pre_hook=cfg.pre_hook,
+                                  maxnreg=register_cap(sig, elem_bytes, capability, uncapped)))
     if not kept:
         first = configs[0]
         kwargs = dict(first.kwargs, BLOCK_M=min(64, m_cap), BLOCK_N=min(32, n_cap), BLOCK_K=16)
         kept = [triton.Config(kwargs, num_warps=4, num_stages=2, pre_hook=first.pre_hook)]
     return kept
+
+
+def register_cap(tile: Tuple[int, int, int, int, int], elem_bytes: int, capability: Optional[int],
+                 uncapped: Tuple[Tuple[int, int, int, int, int, int], ...]) -> Optional[int]:
+    """The maxnreg a tile (BLOCK_M, BLOCK_N, BLOCK_K, warps, stages) launches with: UNCAPPED_MAXNREG
+    below sm_90 where the kernel lists it as ``uncapped`` (for this element size), else None
+    (ptxas chooses)."""
+    if capability is not None and capability < 90 and tuple(tile) + (elem_bytes,) in uncapped:
+        return UNCAPPED_MAXNREG
+    return None
 
 
 # fp64 tap loads and accumulators take two registers per value: at 16 values per thread a 7x7
@@ -499,9 +533,10 @@ class GemmPruneHook:
     """
 
     def __init__(self, m_fn, n_fn, k_fn, tensor_arg: str, gathered: bool = True, max_block_n: Optional[int] = None,
-                 max_block_m: Optional[int] = None):
+                 max_block_m: Optional[int] = None, uncapped: Tuple[Tuple[int, int, int, int, int, int], ...] = ()):
         self.m_fn, self.n_fn, self.k_fn, self.tensor_arg = m_fn, n_fn, k_fn, tensor_arg
         self.rules = dict(gathered=gathered, max_block_n=max_block_n, max_block_m=max_block_m)
+        self.uncapped = tuple(uncapped)
 
     def gemm_sizes(self, args: Dict) -> Tuple[int, int, int]:
         """(M, N, K) of the GEMM a launch with these named arguments computes."""
@@ -514,7 +549,7 @@ class GemmPruneHook:
         limit = max_shared_memory(t.device.index or 0) if t.is_cuda else 1 << 30
         return tuned(prune_gemm_configs(configs, *self.gemm_sizes(args), t.element_size(), limit,
                                         capability=device_capability(t), heavy_epilogue=heavy_epilogue(args),
-                                        **self.rules))
+                                        uncapped=self.uncapped, **self.rules))
 
 
 def spatial_tile_configs(row_tiles: Sequence[Tuple[int, int, int, int, int]], span: str,
@@ -625,21 +660,24 @@ class DirectPruneHook:
 
 
 def gemm_prune_hook(m_fn, n_fn, k_fn, tensor_arg: str, gathered: bool = True,
-                    max_block_n: Optional[int] = None, max_block_m: Optional[int] = None) -> GemmPruneHook:
+                    max_block_n: Optional[int] = None, max_block_m: Optional[int] = None,
+                    uncapped: Tuple[Tuple[int, int, int, int, int, int], ...] = ()) -> GemmPruneHook:
     """Build an ``early_config_prune`` for @triton.autotune from GEMM-size functions (see GemmPruneHook)."""
-    return GemmPruneHook(m_fn, n_fn, k_fn, tensor_arg, gathered, max_block_n, max_block_m)
+    return GemmPruneHook(m_fn, n_fn, k_fn, tensor_arg, gathered, max_block_n, max_block_m, uncapped)
 
 
 def config_name(config: triton.Config) -> str:
     """'128x256x64 w8 s3' (BLOCK_M x BLOCK_N x BLOCK_K, warps, stages); '64x32 w4 s2' without a BLOCK_K;
     ' persistent' appended for a persistent-grid variant, ' stream-k' for a stream-K one, ' rows'
-    for a one-row tap-TMA tile, ' sync' for one whose steps wait for their wgmmas (SYNC_MMA)."""
+    for a one-row tap-TMA tile, ' sync' for one whose steps wait for their wgmmas (SYNC_MMA),
+    ' maxnreg 255' for one launched with that register limit (``register_cap``)."""
     kw = config.kwargs
     dims = [kw["BLOCK_M"], kw["BLOCK_N"]] + ([kw["BLOCK_K"]] if "BLOCK_K" in kw else [])
     name = f"{'x'.join(map(str, dims))} w{config.num_warps} s{config.num_stages}"
     return (name + (" persistent" if kw.get("PERSISTENT") else "") + (" flat" if kw.get("FLATTEN") else "")
             + (" stream-k" if kw.get("STREAM_K") else "")
-            + (" rows" if kw.get("BLOCK_W", 0) > SPATIAL_TILE_WIDTH else "") + (" sync" if kw.get("SYNC_MMA") else ""))
+            + (" rows" if kw.get("BLOCK_W", 0) > SPATIAL_TILE_WIDTH else "") + (" sync" if kw.get("SYNC_MMA") else "")
+            + (f" maxnreg {config.maxnreg}" if getattr(config, "maxnreg", None) else ""))
 
 
 # How long the autotuner times each candidate config: triton.testing.do_bench's own defaults (25
