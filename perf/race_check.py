@@ -54,6 +54,13 @@ from pathlib import Path
 CASES = [  # most telling first: a budget may stop the list
     # tap_tma on a stream-K grid, new after d080a04: programs wait for each other's partial tiles
     ("tap_tma_streamk fwd, 3x3 C512 7x7 (stream-K grid)", "fprop_tap_tma_streamk", "layer4.1.conv2", True, True),
+    # what the sync costs where one program or two share an SM: ResNet-50's 3x3s on 14x14 and 7x7
+    # outputs run 8-wide tiles, all synced on Triton 3.6, at 0.70-0.84x cuDNN (e2a622a); the C64
+    # 56x56 pair below, with several programs per SM to hide each step's wait, paid 0-6 %
+    ("tap_tma fwd, 3x3 C512 7x7 (72 steps)", "fprop_tap_tma", "layer4.1.conv2", True, True),
+    ("tap_tma fwd, 3x3 C512 7x7 (72 steps), rule off", "fprop_tap_tma", "layer4.1.conv2", True, False),
+    ("tap_tma fwd, 3x3 C256 14x14 (36 steps)", "fprop_tap_tma", "layer3.1.conv2", True, True),
+    ("tap_tma fwd, 3x3 C256 14x14 (36 steps), rule off", "fprop_tap_tma", "layer3.1.conv2", True, False),
     # short reductions go to tap_tma again since the 1x1 C256 14x14 cases below confirmed the
     # cause (283a32b): ResNet's downsampling 1x1s, where the router now times it (84cd0fb saw the
     # 8-step one go wrong, before the rule)
@@ -72,9 +79,7 @@ CASES = [  # most telling first: a budget may stop the list
     # 2026-11-26 saw no failure there (N=8, padding 1), and failures from N=16 (two per SM)
     ("tap_tma fwd, 1x1 C256 14x14 (4 steps), N=8, rule off", "fprop_tap_tma", "layer3.0.conv3", False, False, 8),
     ("gemm1x1_tma fwd, C256 14x14 (4 steps)", "gemm1x1_tma", "layer3.0.conv3", True, True),
-    ("tap_tma fwd, 3x3 C256 14x14 (36 steps)", "fprop_tap_tma", "layer3.1.conv2", True, True),
     ("implicit_tma fwd, 1x1/2 C512 (8 steps)", "fprop_tma", "layer3.0.downsample.0", True, True),
-    ("tap_tma fwd, 3x3 C512 7x7 (72 steps)", "fprop_tap_tma", "layer4.1.conv2", True, True),
     ("tap_tma_splitk fwd, 3x3 C512 7x7 (72 steps in chunks)", "fprop_tap_tma_splitk", "layer4.1.conv2", True, True),
     ("gemm1x1_tma fwd, C64 56x56 (1 step)", "gemm1x1_tma", "layer1.0.conv3", True, True),
     ("tap_tma wgrad, 3x3 C64 56x56, rule off", "wgrad_tap_tma", "layer1.0.conv2", True, False),
