@@ -938,3 +938,26 @@ def test_a_call_met_before_skips_validation_and_routing(monkeypatch):
         torch.ops.tritonconv.conv2d_grad_input(dy, w, [2, 8, 7, 7], *args)  # dy is not that input's output
     assert_matches(tritonconv.functional.conv2d(x, w, b, 1, 0), F.conv2d(x.double(), w.double(), b.double(), 1, 0),
                    torch.float32)
+
+
+def test_fused_calls_met_before_replay_with_their_own_epilogue():
+    """The fused op's memo key holds its activation and slope; a residual is one of its tensors.
+    An unbatched input and a strided bias take the full path (no memo key), every call right."""
+    x = _randn((2, 8, 9, 9), torch.float32)
+    w = _randn((16, 8, 3, 3), torch.float32, scale=0.1)
+    b = _randn((16,), torch.float32)
+    res = _randn((2, 16, 9, 9), torch.float32)
+    for act, slope in (("relu", 0.01), ("relu", 0.01), ("leaky_relu", 0.2), ("leaky_relu", 0.2), ("leaky_relu", 0.3)):
+        x2, res2 = torch.randn_like(x), torch.randn_like(res)
+        out = tritonconv.conv2d(x2, w, b, 1, 1, activation=act, residual=res2, negative_slope=slope)
+        z = F.conv2d(x2.double(), w.double(), b.double(), 1, 1) + res2.double()
+        assert_matches(out, F.relu(z) if act == "relu" else F.leaky_relu(z, slope), torch.float32)
+    assert len(plans.memo) == 3
+    strided_b = _randn((32,), torch.float32)[::2]
+    for _ in range(2):
+        x3 = torch.randn(8, 9, 9, device=DEVICE)
+        assert_matches(tritonconv.conv2d(x3, w, b, 1, 1), F.conv2d(x3.double(), w.double(), b.double(), 1, 1),
+                       torch.float32)
+        assert_matches(tritonconv.conv2d(x, w, strided_b, 1, 1),
+                       F.conv2d(x.double(), w.double(), strided_b.double(), 1, 1), torch.float32)
+    assert len(plans.memo) == 3, "no memo key for an unbatched input or a strided bias"
