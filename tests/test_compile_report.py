@@ -354,14 +354,23 @@ def test_heavy_epilogue_drops_tiles_with_128_accumulators_per_thread():
     assert all(tc.acc_per_thread(c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.num_warps) <= 64 for c in heavy)
 
 
+@pytest.mark.skipif(tc.PLAIN_GEMM_ACC_LIMITED, reason="before Triton 3.9 the plain GEMMs' 128 spill on sm_80")
 def test_sm_80_keeps_128_accumulators_per_thread_for_plain_gemms_only():
-    """...and only with a Triton whose ptxas fits them (3.9: 238-251 registers; 3.6: 255 and a spill)."""
     configs = cr.gemm_tile_configs()
     big = {"128x256x64 w8 s3", "256x128x64 w8 s3"}
     implicit = tc.prune_gemm_configs(configs, BIG, BIG, BIG, 2, 163 * 1024, capability=80)
     plain = tc.prune_gemm_configs(configs, BIG, BIG, BIG, 2, 163 * 1024, capability=80, gathered=False)
-    assert not big & _names(implicit)
-    assert not big & _names(plain) if tc.PLAIN_GEMM_ACC_LIMITED else big <= _names(plain)
+    assert not big & _names(implicit) and big <= _names(plain)
+
+
+@pytest.mark.skipif(not tc.PLAIN_GEMM_ACC_LIMITED, reason="Triton 3.9's ptxas fits the plain GEMMs' 128")
+def test_sm_80_keeps_64_accumulators_per_thread_before_triton_3_9():
+    """With Triton 3.6's ptxas the 1x1 family's 128x256 and 256x128 16-bit tiles sat at 255
+    registers and spilled on sm_80: there every GEMM keeps 64 accumulators a thread at most."""
+    configs = cr.gemm_tile_configs()
+    plain = tc.prune_gemm_configs(configs, BIG, BIG, BIG, 2, 163 * 1024, capability=80, gathered=False)
+    assert not {"128x256x64 w8 s3", "256x128x64 w8 s3"} & _names(plain)
+    assert all(tc.acc_per_thread(c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.num_warps) <= 64 for c in plain)
 
 
 def test_listed_tiles_launch_uncapped_below_sm_90_only():
@@ -369,7 +378,7 @@ def test_listed_tiles_launch_uncapped_below_sm_90_only():
     element size only; on sm_90, and every other tile, ptxas chooses. The compile report builds
     them as the runtime launches them (``as_launched``)."""
     configs = cr.gemm_tile_configs()
-    uncapped = ((64, 128, 64, 8, 4, 2),)
+    uncapped = (tc.UncappedTile(64, 128, 64, 8, 4, 2),)
 
     def capped(capability, elem_bytes):
         kept = tc.prune_gemm_configs(configs, BIG, BIG, BIG, elem_bytes, 163 * 1024, capability=capability,

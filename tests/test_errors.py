@@ -132,11 +132,16 @@ BAD_ARGS = {
 }
 
 
+# with launch plans on (CUDA's default) a call is keyed before it is validated (ops._memo): the
+# same errors must come out
+@pytest.mark.parametrize("planned", [False, True], ids=["plans_as_default", "plans_on"])
 @pytest.mark.parametrize("entry", list(ENTRY_POINTS))
 @pytest.mark.parametrize("name", list(BAD_ARGS))
-def test_bad_arguments(name, entry, no_launch):
+def test_bad_arguments(name, entry, planned, no_launch):
+    from tritonconv import plans
+
     build, exc, pattern = BAD_ARGS[name]
-    with pytest.raises(exc, match=pattern) as info:
+    with plans.enabled_as(planned or plans.ENABLED), pytest.raises(exc, match=pattern) as info:
         ENTRY_POINTS[entry](**build())
     assert isinstance(info.value, RuntimeError), "PyTorch callers catch RuntimeError: keep subclassing it"
 

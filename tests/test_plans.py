@@ -899,15 +899,16 @@ def test_property_replays_match_the_reference_call_after_call(problem_calls, see
     assert plans.stats()["plans"] >= 1
 
 
-def test_a_call_met_before_skips_validation_and_routing(monkeypatch):
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_a_call_met_before_skips_validation_and_routing(dtype, monkeypatch):
     """The op layer keys a call by its op, arguments and tensors (``ops._memo``); met again, the
     call replays the plan the router chose for it without building and checking the problem or
     routing it. Other arguments are another key: validated, and refused where wrong."""
     from tritonconv import ops
 
-    x = _randn((2, 8, 9, 9), torch.float32)
-    w = _randn((16, 8, 3, 3), torch.float32, scale=0.1)
-    b = _randn((16,), torch.float32)
+    x = _randn((2, 8, 9, 9), dtype)
+    w = _randn((16, 8, 3, 3), dtype, scale=0.1)
+    b = _randn((16,), dtype)
     args = ([1, 1], [1, 1], [1, 1], 1)
     y = tritonconv.functional.conv2d(x, w, b, 1, 1)
     dy = torch.randn_like(y)
@@ -923,12 +924,12 @@ def test_a_call_met_before_skips_validation_and_routing(monkeypatch):
     monkeypatch.setattr(spec, "problem_from_shapes", full_path)
     monkeypatch.setattr(router, "_route", full_path)
     x2, w2, b2, dy2 = torch.randn_like(x), torch.randn_like(w) * 0.1, torch.randn_like(b), torch.randn_like(dy)
-    assert_matches(tritonconv.functional.conv2d(x2, w2, b2, 1, 1),
-                   F.conv2d(x2.double(), w2.double(), b2.double(), 1, 1), torch.float32)
+    x64, w64, dy64 = x2.double(), w2.double(), dy2.double()
+    assert_matches(tritonconv.functional.conv2d(x2, w2, b2, 1, 1), F.conv2d(x64, w64, b2.double(), 1, 1), dtype)
     assert_matches(torch.ops.tritonconv.conv2d_grad_input(dy2, w2, list(x.shape), *args),
-                   torch.nn.grad.conv2d_input(x.shape, w2.double(), dy2.double(), 1, 1), torch.float32)
+                   torch.nn.grad.conv2d_input(x.shape, w64, dy64, 1, 1), dtype)
     assert_matches(torch.ops.tritonconv.conv2d_grad_weight(dy2, x2, list(w.shape), *args),
-                   torch.nn.grad.conv2d_weight(x2.double(), w.shape, dy2.double(), 1, 1), torch.float32)
+                   torch.nn.grad.conv2d_weight(x64, w.shape, dy64, 1, 1), dtype)
     monkeypatch.undo()
 
     # the same tensors with other arguments: validated as any new call
@@ -936,28 +937,63 @@ def test_a_call_met_before_skips_validation_and_routing(monkeypatch):
         tritonconv.functional.conv2d(x, w, b, 1, 1, 1, 3)  # 8 channels in 3 groups
     with pytest.raises(spec.ConvValueError):
         torch.ops.tritonconv.conv2d_grad_input(dy, w, [2, 8, 7, 7], *args)  # dy is not that input's output
-    assert_matches(tritonconv.functional.conv2d(x, w, b, 1, 0), F.conv2d(x.double(), w.double(), b.double(), 1, 0),
-                   torch.float32)
+    assert_matches(tritonconv.functional.conv2d(x, w, b, 1, 0),
+                   F.conv2d(x.double(), w.double(), b.double(), 1, 0), dtype)
 
 
-def test_fused_calls_met_before_replay_with_their_own_epilogue():
+def test_tangents_are_refused_or_carried_after_a_call_met_before():
+    """Inside a forward-mode AD level the memo is not used: the op still refuses tangents it has
+    no formula for, and tritonconv.functional still computes the jvp."""
+    import torch.autograd.forward_ad as fwAD
+
+    x = _randn((2, 8, 9, 9), torch.float32)
+    w = _randn((16, 8, 3, 3), torch.float32, scale=0.1)
+    tritonconv.functional.conv2d(x, w, None, 1, 1)
+    torch.ops.tritonconv.conv2d(x, w, None, [1, 1], [1, 1], [1, 1], 1)
+    assert plans.memo
+    t = torch.randn_like(x)
+    with fwAD.dual_level():
+        dual = fwAD.make_dual(x, t)
+        with pytest.raises(NotImplementedError, match="forward-mode AD"):
+            torch.ops.tritonconv.conv2d(dual, w, None, [1, 1], [1, 1], [1, 1], 1)
+        out = tritonconv.functional.conv2d(dual, w, None, 1, 1)
+        primal, tangent = fwAD.unpack_dual(out)
+    assert_matches(primal, F.conv2d(x.double(), w.double(), None, 1, 1), torch.float32)
+    assert_matches(tangent, F.conv2d(t.double(), w.double(), None, 1, 1), torch.float32)
+
+
+def test_fused_calls_met_before_replay_with_their_own_epilogue(monkeypatch):
     """The fused op's memo key holds its activation and slope; a residual is one of its tensors.
-    An unbatched input and a strided bias take the full path (no memo key), every call right."""
+    A call met before replays without the problem being built again."""
+    from tritonconv import ops
+
     x = _randn((2, 8, 9, 9), torch.float32)
     w = _randn((16, 8, 3, 3), torch.float32, scale=0.1)
     b = _randn((16,), torch.float32)
     res = _randn((2, 16, 9, 9), torch.float32)
-    for act, slope in (("relu", 0.01), ("relu", 0.01), ("leaky_relu", 0.2), ("leaky_relu", 0.2), ("leaky_relu", 0.3)):
-        x2, res2 = torch.randn_like(x), torch.randn_like(res)
-        out = tritonconv.conv2d(x2, w, b, 1, 1, activation=act, residual=res2, negative_slope=slope)
-        z = F.conv2d(x2.double(), w.double(), b.double(), 1, 1) + res2.double()
-        assert_matches(out, F.relu(z) if act == "relu" else F.leaky_relu(z, slope), torch.float32)
+    epilogues = (("relu", 0.01), ("leaky_relu", 0.2), ("leaky_relu", 0.3))
+    for first in (True, False):
+        if not first:  # every epilogue met before: no problem is built
+            monkeypatch.setattr(ops, "_problem", lambda *a: pytest.fail("the full path ran for a call met before"))
+        for act, slope in epilogues:
+            x2, res2 = torch.randn_like(x), torch.randn_like(res)
+            out = tritonconv.conv2d(x2, w, b, 1, 1, activation=act, residual=res2, negative_slope=slope)
+            z = F.conv2d(x2.double(), w.double(), b.double(), 1, 1) + res2.double()
+            assert_matches(out, F.relu(z) if act == "relu" else F.leaky_relu(z, slope), torch.float32)
     assert len(plans.memo) == 3
+
+
+def test_unbatched_inputs_and_strided_biases_take_the_full_path():
+    """The router batches a 3-D input and makes a strided bias dense before keying its plan: the
+    op layer makes no memo key for them (``ops._as_routed``), and every call is right."""
+    w = _randn((16, 8, 3, 3), torch.float32, scale=0.1)
+    b = _randn((16,), torch.float32)
     strided_b = _randn((32,), torch.float32)[::2]
+    x = _randn((2, 8, 9, 9), torch.float32)
     for _ in range(2):
         x3 = torch.randn(8, 9, 9, device=DEVICE)
         assert_matches(tritonconv.conv2d(x3, w, b, 1, 1), F.conv2d(x3.double(), w.double(), b.double(), 1, 1),
                        torch.float32)
         assert_matches(tritonconv.conv2d(x, w, strided_b, 1, 1),
                        F.conv2d(x.double(), w.double(), strided_b.double(), 1, 1), torch.float32)
-    assert len(plans.memo) == 3, "no memo key for an unbatched input or a strided bias"
+    assert not plans.memo

@@ -1222,8 +1222,7 @@ def as_launched(family: KernelFamily, config: triton.Config, dtype: Dtype, arch:
     if isinstance(prune, tc_configs.GemmPruneHook) and "BLOCK_K" in config.kwargs:
         cap = tc_configs.register_cap(_tile_key(config)[:5], dtype.elem_bytes, arch.capability, prune.uncapped)
         if cap is not None and getattr(config, "maxnreg", None) != cap:
-            return triton.Config(dict(config.kwargs), num_warps=config.num_warps, num_stages=config.num_stages,
-                                 maxnreg=cap, pre_hook=config.pre_hook)
+            return tc_configs.with_maxnreg(config, cap)
     return config
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import functools
 import os
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 import torch
 import triton
@@ -27,6 +27,10 @@ __all__ = [
     "depthwise_configs",
     "prune_gemm_configs",
     "pruned_because",
+    "UNCAPPED_TILES",
+    "UncappedTile",
+    "register_cap",
+    "with_maxnreg",
     "gemm_prune_hook",
     "heavy_epilogue",
     "prune_direct_configs",
@@ -282,6 +286,11 @@ def shared_bytes(bm: int, bn: int, bk: int, stages: int, elem_bytes: int, capabi
     return (bm * bk + bk * bn) * elem_bytes * buffers
 
 
+# (major, minor) of the Triton in use: some rules below hold for the versions measured (3.6 on the
+# GPU machine, 3.9 in CI) and are assumed for those between
+TRITON_VERSION = tuple(int(v) for v in triton.__version__.split(".")[:2] if v.isdigit())
+
+
 def acc_per_thread(bm: int, bn: int, num_warps: int) -> int:
     """Accumulator values each thread holds: the tile spread over 32 * num_warps threads."""
     return bm * bn // (32 * num_warps)
@@ -293,9 +302,10 @@ MAX_ACC_HEAVY_EPILOGUE = 64
 # below sm_90 mma.sync holds its A and B fragments in registers too: next to an implicit GEMM's gather
 # addressing, 128 sit at 255 registers and spill in dgrad, wgrad and split-K fprop (a plain GEMM, the
 # 1x1 family, has room with Triton 3.9: 238-251 registers; with Triton 3.6 and its ptxas, its 128x256
-# and 256x128 16-bit tiles sit at 255 and spill 20-56 B, so there the plain GEMMs take the same limit);
+# and 256x128 16-bit tiles sit at 255 and spill 20-56 B, so before 3.9, 3.7 and 3.8 unmeasured, the
+# plain GEMMs take the same limit);
 MAX_ACC_MMA_SYNC = 64
-PLAIN_GEMM_ACC_LIMITED = tuple(int(v) for v in triton.__version__.split(".")[:2] if v.isdigit()) < (3, 9)
+PLAIN_GEMM_ACC_LIMITED = TRITON_VERSION < (3, 9)
 # fp64 takes two registers per value, and 32 values per thread already spill with 64-deep K tiles.
 MAX_ACC_FP64 = 16
 # wgrad gathers both operands per element (dy and x along the pixel axis), so the x tile's BLOCK_K x
@@ -314,12 +324,37 @@ MAX_BLOCK_M_TRANSPOSED_A = 128
 # (PTX .maxnreg) they take 97-156 and spill nothing; their neighbours at 128 spill nothing as they
 # are. So each of those kernels' prune hooks lists its spilling tiles as ``uncapped``, (BLOCK_M,
 # BLOCK_N, BLOCK_K, warps, stages, element bytes) each, and launches them with that limit below
-# sm_90 only: sm_90's builds are left as they were timed. Whether two CTAs with a spill or one
-# without is faster on an A100 is not measured (no A100 here); the report's standard is no spill.
-# With Triton 3.6 and its ptxas, sm_80 has three spilling configs left (fp32: wgrad's 64x64x64 w4
-# s4, 40-48 B whatever the limit, and smallc_fused's 128x64x32 w8 s4, 16 B), not chased: CI builds
-# with Triton 3.9, and the GPU machine with Triton 3.6 is an H100.
+# sm_90 only: sm_90's builds are left as they were timed. A listed tile takes the limit whatever
+# its epilogue or split (fprop's fp32 128x64x32 spilled with the fused epilogue only; without it
+# the limit takes it from 128 registers to 152). Whether one CTA without a spill beats two with
+# one on an A100 is not measured (no A100 here); the report's standard is no spill. The lists
+# come from Triton 3.9's ptxas and serve every Triton. With Triton 3.6's, sm_80 has three spilling
+# configs left, all fp32 (wgrad's and wgrad_splitk's 64x64x64 w4 s4, 40-48 B whatever the limit;
+# smallc_fused's 128x64x32 w8 s4, 16 B), not chased: CI builds with Triton 3.9, and the GPU
+# machine with Triton 3.6 is an H100.
 UNCAPPED_MAXNREG = 255
+
+
+class UncappedTile(NamedTuple):
+    """A tile that launches with maxnreg = UNCAPPED_MAXNREG below sm_90, for one element size."""
+
+    block_m: int
+    block_n: int
+    block_k: int
+    num_warps: int
+    num_stages: int
+    elem_bytes: int
+
+
+# by kernel: each one's prune hook takes its list as ``uncapped``
+UNCAPPED_TILES: Dict[str, Tuple[UncappedTile, ...]] = {
+    # fp32 128x64x32 with a fused epilogue, fp32 128x32x64 storing split-K partials
+    "fprop_kernel": (UncappedTile(128, 64, 32, 8, 4, 4), UncappedTile(128, 32, 64, 8, 4, 4)),
+    "wgrad_kernel": (UncappedTile(64, 128, 64, 8, 4, 2), UncappedTile(128, 32, 64, 8, 4, 4)),
+    # the 4-warp tile with a fused epilogue; the 8-warp ones as dgrad's (the weight read transposed)
+    "gemm1x1_fprop_kernel": (UncappedTile(64, 64, 16, 4, 4, 2), UncappedTile(128, 64, 64, 8, 4, 2),
+                             UncappedTile(128, 32, 64, 8, 4, 4)),
+}
 
 
 def pruned_because(bm: int, bn: int, bk: int, num_warps: int, num_stages: int, elem_bytes: int, shared_limit: int,
@@ -365,7 +400,7 @@ def prune_gemm_configs(
     gathered: bool = True,
     max_block_n: Optional[int] = None,
     max_block_m: Optional[int] = None,
-    uncapped: Tuple[Tuple[int, int, int, int, int, int], ...] = (),
+    uncapped: Tuple[UncappedTile, ...] = (),
 ) -> List[triton.Config]:
     """Drop configs that cannot pay off for a (gemm_m, gemm_n, gemm_k) problem.
 
@@ -383,8 +418,8 @@ def prune_gemm_configs(
         max_block_n: the widest BLOCK_N kept, for a kernel whose B operand is
             gathered per element too (wgrad: MAX_BLOCK_N_BOTH_GATHERED).
         max_block_m: the tallest BLOCK_M kept (wgrad_tap_tma: MAX_BLOCK_M_TRANSPOSED_A).
-        uncapped: tiles (BLOCK_M, BLOCK_N, BLOCK_K, warps, stages, element bytes)
-            launched with maxnreg = UNCAPPED_MAXNREG below sm_90 (``register_cap``).
+        uncapped: tiles launched with maxnreg = UNCAPPED_MAXNREG below sm_90
+            (``register_cap``; ``UNCAPPED_TILES``).
 
     Removes, in order of reasoning:
       * tiles wider than the problem in M, N or K (beyond the next power of two,
@@ -440,13 +475,19 @@ def prune_gemm_configs(
 
 
 def register_cap(tile: Tuple[int, int, int, int, int], elem_bytes: int, capability: Optional[int],
-                 uncapped: Tuple[Tuple[int, int, int, int, int, int], ...]) -> Optional[int]:
+                 uncapped: Tuple[UncappedTile, ...]) -> Optional[int]:
     """The maxnreg a tile (BLOCK_M, BLOCK_N, BLOCK_K, warps, stages) launches with: UNCAPPED_MAXNREG
-    below sm_90 where the kernel lists it as ``uncapped`` (for this element size), else None
-    (ptxas chooses)."""
-    if capability is not None and capability < 90 and tuple(tile) + (elem_bytes,) in uncapped:
+    below sm_90 where the kernel lists it as ``uncapped`` for this element size, else None (ptxas
+    chooses)."""
+    if capability is not None and capability < 90 and UncappedTile(*tile, elem_bytes) in uncapped:
         return UNCAPPED_MAXNREG
     return None
+
+
+def with_maxnreg(cfg: triton.Config, maxnreg: Optional[int]) -> triton.Config:
+    """``cfg`` with that register limit (None: ptxas chooses), everything else kept."""
+    return triton.Config(dict(cfg.kwargs), num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+                         num_ctas=getattr(cfg, "num_ctas", 1), maxnreg=maxnreg, pre_hook=cfg.pre_hook)
 
 
 # fp64 tap loads and accumulators take two registers per value: at 16 values per thread a 7x7
@@ -533,7 +574,7 @@ class GemmPruneHook:
     """
 
     def __init__(self, m_fn, n_fn, k_fn, tensor_arg: str, gathered: bool = True, max_block_n: Optional[int] = None,
-                 max_block_m: Optional[int] = None, uncapped: Tuple[Tuple[int, int, int, int, int, int], ...] = ()):
+                 max_block_m: Optional[int] = None, uncapped: Tuple[UncappedTile, ...] = ()):
         self.m_fn, self.n_fn, self.k_fn, self.tensor_arg = m_fn, n_fn, k_fn, tensor_arg
         self.rules = dict(gathered=gathered, max_block_n=max_block_n, max_block_m=max_block_m)
         self.uncapped = tuple(uncapped)
@@ -582,7 +623,7 @@ def row_efficiency(width: int, tile: int) -> float:
 # more than one k16 wgmma per step as SYNC_MMA: each step waits for its own wgmmas
 # (_common.mma_barrier), which the SASS check finds clean. The loads stay pipelined; what is
 # lost is the overlap of one step's wgmmas with the next step's start.
-WGMMA_RS_HAZARD = tuple(int(v) for v in triton.__version__.split(".")[:2] if v.isdigit()) < (3, 9)
+WGMMA_RS_HAZARD = TRITON_VERSION < (3, 9)
 
 
 def register_a_hazard(cfg: triton.Config, span: str, elem_bytes: int, capability: Optional[int],
@@ -661,7 +702,7 @@ class DirectPruneHook:
 
 def gemm_prune_hook(m_fn, n_fn, k_fn, tensor_arg: str, gathered: bool = True,
                     max_block_n: Optional[int] = None, max_block_m: Optional[int] = None,
-                    uncapped: Tuple[Tuple[int, int, int, int, int, int], ...] = ()) -> GemmPruneHook:
+                    uncapped: Tuple[UncappedTile, ...] = ()) -> GemmPruneHook:
     """Build an ``early_config_prune`` for @triton.autotune from GEMM-size functions (see GemmPruneHook)."""
     return GemmPruneHook(m_fn, n_fn, k_fn, tensor_arg, gathered, max_block_n, max_block_m, uncapped)
 

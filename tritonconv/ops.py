@@ -66,13 +66,16 @@ _CONV_ARGS = "SymInt[2] stride, SymInt[2] padding, SymInt[2] dilation, SymInt gr
 
 def _memo(op_name: str, tensors: tuple, *args) -> Optional[tuple]:
     """The op layer's key for a call of ``op_name`` that gives the router ``tensors`` as they are
-    (``router.planned``): the op, its other arguments ``args`` and what the plan key holds of the
+    (``router.replay_memo``): the op, its other arguments ``args`` and what the plan key holds of the
     tensors and the call's state. None where the call must take the full path: plans off,
-    forward-mode AD tangents to refuse (``_refuse_tangents``), or an argument of a kind the
-    schema does not give (ints, lists of ints, the fused op's activation and slope), which the
+    forward-mode AD tangents to refuse (``_refuse_tangents``), a tensor not strided, or an argument
+    of a kind the schema does not give (ints, lists of ints, the fused op's activation and slope), which the
     full path's validation words."""
     if not plans.ENABLED or forward_ad._current_level >= 0:
         return None
+    for t in tensors:
+        if t is not None and t.layout is not torch.strided:  # no strides to key: the full path refuses it
+            return None
     values = []
     for v in args:
         if type(v) is int or type(v) is str:
@@ -84,6 +87,13 @@ def _memo(op_name: str, tensors: tuple, *args) -> Optional[tuple]:
         else:
             return None
     return (op_name, tuple(values), plans.tensor_key(tensors)) + router.call_state(tensors[0])
+
+
+def _as_routed(input: torch.Tensor, bias: Optional[torch.Tensor]) -> bool:
+    """Whether ``router.forward`` takes a forward's input and bias as they are, so that the memo's
+    tensors are the router's: a batched input (``spec.as_batched`` leaves it) and a bias that
+    ``router._dense`` leaves (dense: stride 1)."""
+    return input.dim() == 4 and (bias is None or (bias.layout is torch.strided and bias.stride() == (1,)))
 
 
 def _problem(input, weight, bias, stride, padding, dilation, groups) -> spec.Conv2dProblem:
@@ -239,17 +249,17 @@ def _refuse_tangents(*tensors) -> None:
 
 
 def _conv2d(input, weight, bias, stride, padding, dilation, groups):
-    memo = None
-    if input.dim() == 4 and (bias is None or bias.stride() == (1,)):  # the router's tensors as they are
+    memo_key = None
+    if _as_routed(input, bias):
         tensors = (input, weight, bias, None)
-        memo = _memo("conv2d", tensors, stride, padding, dilation, groups)
-        if memo is not None:
-            out = router.planned(memo, tensors)
+        memo_key = _memo("conv2d", tensors, stride, padding, dilation, groups)
+        if memo_key is not None:
+            out = router.replay_memo(memo_key, tensors)
             if out is not None:
                 return out
     _refuse_tangents(input, weight, bias)
     problem = _problem(input, weight, bias, stride, padding, dilation, groups)
-    return _unbatch_like(router.forward(spec.as_batched(input), weight, bias, problem, memo=memo), input)
+    return _unbatch_like(router.forward(spec.as_batched(input), weight, bias, problem, memo_key=memo_key), input)
 
 
 @conv2d.register_fake
@@ -304,16 +314,16 @@ def conv2d_grad_input(grad_output, weight, input_size, stride, padding, dilation
 
 def _conv2d_grad_input(grad_output, weight, input_size, stride, padding, dilation, groups):
     tensors = (grad_output, weight, None)
-    memo = _memo("conv2d_grad_input", tensors, input_size, stride, padding, dilation, groups)
-    if memo is not None:
-        out = router.planned(memo, tensors)
+    memo_key = _memo("conv2d_grad_input", tensors, input_size, stride, padding, dilation, groups)
+    if memo_key is not None:
+        out = router.replay_memo(memo_key, tensors)
         if out is not None:
             return out
     _refuse_tangents(grad_output, weight)
     problem = spec.problem_from_shapes(input_size, tuple(weight.shape), stride, padding, dilation, groups)
     _check_grad_output(grad_output, problem)
     return router.input_grad(grad_output, weight, problem, memory_format=_grad_input_format(grad_output, weight),
-                             memo=memo)
+                             memo_key=memo_key)
 
 
 @conv2d_grad_input.register_fake
@@ -369,16 +379,16 @@ def conv2d_grad_weight(grad_output, input, weight_size, stride, padding, dilatio
 
 def _conv2d_grad_weight(grad_output, input, weight_size, stride, padding, dilation, groups):
     tensors = (grad_output, input)
-    memo = _memo("conv2d_grad_weight", tensors, weight_size, stride, padding, dilation, groups)
-    if memo is not None:
-        out = router.planned(memo, tensors)
+    memo_key = _memo("conv2d_grad_weight", tensors, weight_size, stride, padding, dilation, groups)
+    if memo_key is not None:
+        out = router.replay_memo(memo_key, tensors)
         if out is not None:
             return out
     _refuse_tangents(grad_output, input)
     problem = spec.problem_from_shapes(tuple(input.shape), weight_size, stride, padding, dilation, groups)
     problem = _check_grad_output(grad_output, problem, allow_cropped=True)
     return router.weight_grad(grad_output, input, problem, memory_format=_grad_weight_format(grad_output, input),
-                              memo=memo)
+                              memo_key=memo_key)
 
 
 @conv2d_grad_weight.register_fake
@@ -563,19 +573,19 @@ def conv2d_fused(input, weight, bias=None, stride=(1, 1), padding=(0, 0), dilati
 
 
 def _conv2d_fused(input, weight, bias, stride, padding, dilation, groups, activation, alpha, residual):
-    memo = None
-    if input.dim() == 4 and (bias is None or bias.stride() == (1,)):  # the router's tensors as they are
+    memo_key = None
+    if _as_routed(input, bias):
         tensors = (input, weight, bias, residual)
-        memo = _memo("conv2d_fused", tensors, stride, padding, dilation, groups, activation, alpha)
-        if memo is not None:
-            out = router.planned(memo, tensors)
+        memo_key = _memo("conv2d_fused", tensors, stride, padding, dilation, groups, activation, alpha)
+        if memo_key is not None:
+            out = router.replay_memo(memo_key, tensors)
             if out is not None:
                 return out
     _refuse_tangents(input, weight, bias, residual)
     problem = _problem(input, weight, bias, stride, padding, dilation, groups)
     _check_fused(input, problem, activation, residual)
     out = router.forward(spec.as_batched(input), weight, bias, problem, activation=activation, alpha=alpha,
-                         residual=spec.as_batched(residual) if residual is not None else None, memo=memo)
+                         residual=spec.as_batched(residual) if residual is not None else None, memo_key=memo_key)
     return _unbatch_like(out, input)
 
 

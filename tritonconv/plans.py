@@ -86,7 +86,8 @@ _plans: Dict[tuple, Any] = {}  # key -> Plan, or _Unplannable; least recently us
 # shapes (images of every size) would keep one per shape and layer for good: past MAX_PLANS
 # keys the least recently used is dropped (met again, it records its plan anew).
 MAX_PLANS = 4096
-# a caller's own key for a call -> the call's plan key (``remember``, ``kernels.router.planned``)
+# a caller's own key for a call (its memo key) -> the call's plan key (``remember``,
+# ``kernels.router.replay_memo``)
 memo: Dict[tuple, tuple] = {}
 _local = threading.local()
 _signatures: Dict[Any, Tuple[Tuple[str, Any], ...]] = {}
@@ -164,13 +165,13 @@ def _keep(key: tuple, entry: Any) -> None:
             break
 
 
-def remember(caller_key: tuple, key: tuple) -> None:
-    """``memo[caller_key] = key``: a caller's own key for a call (one it can make for less than
-    the plan key, which the caller's key must determine) and the call's plan key. Past MAX_PLANS
-    entries the memo starts afresh."""
+def remember(memo_key: tuple, key: tuple) -> None:
+    """``memo[memo_key] = key``: a caller's own key for a call (one it can make for less than the
+    plan key, which it must determine) and the call's plan key. Past MAX_PLANS entries the memo
+    starts afresh."""
     if len(memo) >= MAX_PLANS:
         memo.clear()
-    memo[caller_key] = key
+    memo[memo_key] = key
 
 
 def clear() -> None:

@@ -214,14 +214,9 @@ _FPROP_KEY = ["M", "H", "W", "CG", "KG", "GROUPS", "SPLIT_K", "R", "S", "stride_
               "sxc", "syk", "HAS_RESIDUAL", "ACTIVATION"]  # the epilogue changes what the pruner keeps
 
 
-# the tiles that spill below sm_90 at ptxas's own register target (configs.UNCAPPED_MAXNREG):
-# fp32 128x64x32 with a fused epilogue, fp32 128x32x64 storing split-K partials
-_FPROP_UNCAPPED = ((128, 64, 32, 8, 4, 4), (128, 32, 64, 8, 4, 4))
-
-
 def _fprop_prune_hook():
     return configs.gemm_prune_hook(m_fn=lambda a: a["M"], n_fn=lambda a: a["KG"], k_fn=lambda a: a["CG"],
-                                   tensor_arg="x_ptr", uncapped=_FPROP_UNCAPPED)
+                                   tensor_arg="x_ptr", uncapped=configs.UNCAPPED_TILES["fprop_kernel"])
 
 
 _fprop_tuned = triton.autotune(

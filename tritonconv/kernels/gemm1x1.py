@@ -157,9 +157,7 @@ def _fprop_autotuner():
             "early_config_prune": configs.gemm_prune_hook(
                 m_fn=lambda a: a["M"], n_fn=lambda a: a["KG"], k_fn=lambda a: a["CG"], tensor_arg="x_ptr",
                 gathered=False,
-                # spilling below sm_90 at ptxas's own register target (configs.UNCAPPED_MAXNREG): the
-                # 4-warp tile with a fused epilogue, the 8-warp ones as dgrad's (the weight read transposed)
-                uncapped=((64, 64, 16, 4, 4, 2), (128, 64, 64, 8, 4, 2), (128, 32, 64, 8, 4, 4)),
+                uncapped=configs.UNCAPPED_TILES["gemm1x1_fprop_kernel"],
             )
         },
     )(gemm1x1_fprop_kernel)

@@ -287,13 +287,14 @@ def call_state(lead: torch.Tensor) -> tuple:
     return getattr(_forced, "name", None), configs.TUNE, input_precision_for(lead)
 
 
-def planned(memo: tuple, tensors: tuple) -> Optional[torch.Tensor]:
-    """The output of the plan that the call with caller key ``memo`` was routed to, on ``tensors``
-    (the tensors that call gave the router), or None: no such call yet, no plan, or it can't run
-    now. ``memo`` must determine the plan key, ``call_state`` included: the op layer's is the op,
-    its other arguments and ``plans.tensor_key(tensors)``. What this skips, the problem's
-    validation and the routing, depends on nothing else."""
-    plan_key = plans.memo.get(memo)
+def replay_memo(memo_key: tuple, tensors: tuple) -> Optional[torch.Tensor]:
+    """``replay`` of the plan that the call with caller key ``memo_key`` was routed to, on
+    ``tensors`` (the tensors that call gave the router), or None: no such call yet, no plan, or it
+    can't run now. ``memo_key`` must determine the plan key, ``call_state`` included: the op
+    layer's (``ops._memo``) is the op, its other arguments and ``plans.tensor_key`` of strided
+    tensors; what the problem's validation and the routing decide, which this skips, depends on
+    nothing else."""
+    plan_key = plans.memo.get(memo_key)
     return None if plan_key is None else replay(plan_key, tensors)
 
 
@@ -317,7 +318,7 @@ def replay(plan_key: tuple, tensors: tuple) -> Optional[torch.Tensor]:
 
 
 def _route(table, direction: str, problem: Conv2dProblem, tensors: tuple, variant: str,
-           run: Callable[[Callable], torch.Tensor], scalars: tuple = (), memo: Optional[tuple] = None):
+           run: Callable[[Callable], torch.Tensor], scalars: tuple = (), memo_key: Optional[tuple] = None):
     """Run ``problem`` on the family of ``table`` chosen for it; ``variant`` is what else, beyond
     the problem and the tensors' layouts, can change which family is fastest (the epilogue, the
     output's memory format), so it is part of the remembered choice's key. ``scalars`` are the
@@ -325,20 +326,20 @@ def _route(table, direction: str, problem: Conv2dProblem, tensors: tuple, varian
     per value, as it replays the recorded call's.
 
     A call whose key has a launch plan (``plans``) replays it and skips the rest; the first call
-    with a key records one, on the family chosen for it. ``memo``, the caller's own key for the
-    call, is remembered with the plan key (``planned``)."""
+    with a key records one, on the family chosen for it. ``memo_key``, the caller's own key for
+    the call, is remembered with the plan key (``replay_memo``)."""
     lead = tensors[0]
     if lead.is_cuda and lead.get_device() != torch.cuda.current_device():
         # Triton launches on the current device (and times there), and no device guard set it
         # as aten's ops have one: run the call with the tensors' device current, as F.conv2d does
         with torch.cuda.device(lead.device):
-            return _route(table, direction, problem, tensors, variant, run, scalars, memo)
+            return _route(table, direction, problem, tensors, variant, run, scalars, memo_key)
     forced = getattr(_forced, "name", None)
     plan_key = None
     if plans.ENABLED:
         plan_key = (direction, problem, variant) + call_state(tensors[0]) + (scalars, plans.tensor_key(tensors))
-        if memo is not None:
-            plans.remember(memo, plan_key)
+        if memo_key is not None:
+            plans.remember(memo_key, plan_key)
         out = replay(plan_key, tensors)
         if out is not None:
             return out
@@ -454,30 +455,30 @@ def _dense(bias: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
 
 
 def forward(x, w, bias, problem: Conv2dProblem, activation="none", alpha=0.01, residual=None,
-            memo: Optional[tuple] = None) -> torch.Tensor:
-    """conv2d forward (with the fused epilogue) on the best family for ``problem`` (``memo``: see ``_route``)."""
+            memo_key: Optional[tuple] = None) -> torch.Tensor:
+    """conv2d forward (with the fused epilogue) on the best family for ``problem`` (``memo_key``: see ``_route``)."""
     bias = _dense(bias)
     return _route(
         FORWARD, "forward", problem, (x, w, bias, residual), activation,
         lambda launch: launch(x, w, bias, problem, activation=activation, alpha=alpha, residual=residual),
-        (alpha,), memo,
+        (alpha,), memo_key,
     )
 
 
 def input_grad(dy, w, problem: Conv2dProblem, bias=None, memory_format=torch.contiguous_format,
-               memo: Optional[tuple] = None) -> torch.Tensor:
-    """dgrad (and conv_transpose2d's forward) on the best family for ``problem`` (``memo``: see ``_route``)."""
+               memo_key: Optional[tuple] = None) -> torch.Tensor:
+    """dgrad (and conv_transpose2d's forward) on the best family for ``problem`` (``memo_key``: see ``_route``)."""
     bias = _dense(bias)
     return _route(
         INPUT_GRAD, "input_grad", problem, (dy, w, bias), str(memory_format),
-        lambda launch: launch(dy, w, problem, bias=bias, memory_format=memory_format), memo=memo,
+        lambda launch: launch(dy, w, problem, bias=bias, memory_format=memory_format), memo_key=memo_key,
     )
 
 
 def weight_grad(dy, x, problem: Conv2dProblem, memory_format=torch.contiguous_format,
-                memo: Optional[tuple] = None) -> torch.Tensor:
-    """wgrad on the best family for ``problem`` (every family is deterministic; ``memo``: see ``_route``)."""
+                memo_key: Optional[tuple] = None) -> torch.Tensor:
+    """wgrad on the best family for ``problem`` (every family is deterministic; ``memo_key``: see ``_route``)."""
     return _route(
         WEIGHT_GRAD, "weight_grad", problem, (dy, x), str(memory_format),
-        lambda launch: launch(dy, x, problem, memory_format=memory_format), memo=memo,
+        lambda launch: launch(dy, x, problem, memory_format=memory_format), memo_key=memo_key,
     )

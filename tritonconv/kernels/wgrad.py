@@ -147,8 +147,7 @@ _wgrad_tuned = triton.autotune(
             m_fn=lambda a: a["KG"], n_fn=lambda a: a["CG"],
             k_fn=lambda a: triton.cdiv(a["N"] * a["P"] * a["Q"], a["SPLIT_K"]), tensor_arg="dy_ptr",
             max_block_n=configs.MAX_BLOCK_N_BOTH_GATHERED,
-            # spilling below sm_90 at ptxas's own register target (configs.UNCAPPED_MAXNREG)
-            uncapped=((64, 128, 64, 8, 4, 2), (128, 32, 64, 8, 4, 4)),
+            uncapped=configs.UNCAPPED_TILES["wgrad_kernel"],
         )
     },
 )(wgrad_kernel)
