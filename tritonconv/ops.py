@@ -66,11 +66,11 @@ _CONV_ARGS = "SymInt[2] stride, SymInt[2] padding, SymInt[2] dilation, SymInt gr
 
 def _memo(op_name: str, tensors: tuple, *args) -> Optional[tuple]:
     """The op layer's key for a call of ``op_name`` that gives the router ``tensors`` as they are
-    (``router.replay_memo``): the op, its other arguments ``args`` and what the plan key holds of the
-    tensors and the call's state. None where the call must take the full path: plans off,
-    forward-mode AD tangents to refuse (``_refuse_tangents``), a tensor not strided, or an argument
-    of a kind the schema does not give (ints, lists of ints, the fused op's activation and slope), which the
-    full path's validation words."""
+    (``router.replay_memo``): the op, its other arguments ``args`` and what the plan key holds of
+    the tensors and the call's state. None where the call must take the full path: plans off,
+    forward-mode AD tangents to refuse (``_refuse_tangents``), a tensor not strided, or an
+    argument of a kind the schema does not give (it gives ints, lists of ints, and the fused op's
+    activation and slope), which the full path's validation words."""
     if not plans.ENABLED or forward_ad._current_level >= 0:
         return None
     for t in tensors:
