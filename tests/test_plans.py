@@ -997,3 +997,22 @@ def test_unbatched_inputs_and_strided_biases_take_the_full_path():
         assert_matches(tritonconv.conv2d(x, w, strided_b, 1, 1),
                        F.conv2d(x.double(), w.double(), strided_b.double(), 1, 1), torch.float32)
     assert not plans.memo
+
+
+def test_a_transposed_conv_met_before_skips_its_problem(monkeypatch):
+    """conv_transpose2d keys its calls too: met again, a call replays without building the
+    transposed problem; another output_padding is another key, validated as any new call."""
+    from tritonconv import ops
+
+    x = _randn((2, 8, 5, 5), torch.float32)
+    w = _randn((8, 4, 3, 3), torch.float32, scale=0.2)
+    b = _randn((4,), torch.float32)
+    tritonconv.conv_transpose2d(x, w, b, stride=2, padding=1, output_padding=1)
+    assert len(plans.memo) == 1
+    monkeypatch.setattr(ops, "_transpose_problem", lambda *a: pytest.fail("the full path ran for a call met before"))
+    x2 = torch.randn_like(x)
+    assert_matches(tritonconv.conv_transpose2d(x2, w, b, stride=2, padding=1, output_padding=1),
+                   F.conv_transpose2d(x2.double(), w.double(), b.double(), 2, 1, 1), torch.float32)
+    monkeypatch.undo()
+    with pytest.raises(ValueError):
+        tritonconv.conv_transpose2d(x, w, b, stride=2, padding=1, output_padding=2)  # not below the stride

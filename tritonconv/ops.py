@@ -90,9 +90,9 @@ def _memo(op_name: str, tensors: tuple, *args) -> Optional[tuple]:
 
 
 def _as_routed(input: torch.Tensor, bias: Optional[torch.Tensor]) -> bool:
-    """Whether ``router.forward`` takes a forward's input and bias as they are, so that the memo's
-    tensors are the router's: a batched input (``spec.as_batched`` leaves it) and a bias that
-    ``router._dense`` leaves (dense: stride 1)."""
+    """Whether the router takes a forward's (or conv_transpose2d's) input and bias as they are, so
+    that the memo's tensors are the router's: a batched input (``spec.as_batched`` leaves it) and
+    a bias that ``router._dense`` leaves (dense: stride 1)."""
     return input.dim() == 4 and (bias is None or (bias.layout is torch.strided and bias.stride() == (1,)))
 
 
@@ -471,10 +471,19 @@ def conv_transpose2d(input, weight, bias=None, stride=(1, 1), padding=(0, 0), ou
 
 
 def _conv_transpose2d(input, weight, bias, stride, padding, output_padding, groups, dilation):
+    memo_key = None
+    if _as_routed(input, bias):  # router.input_grad densifies a bias as router.forward does
+        tensors = (input, weight, bias)
+        memo_key = _memo("conv_transpose2d", tensors, stride, padding, output_padding, groups, dilation)
+        if memo_key is not None:
+            out = router.replay_memo(memo_key, tensors)
+            if out is not None:
+                return out
     _refuse_tangents(input, weight, bias)
     problem = _transpose_problem(input, weight, bias, stride, padding, output_padding, groups, dilation)
     x = spec.as_batched(input)
-    out = router.input_grad(x, weight, problem, bias=bias, memory_format=spec.output_memory_format(x, weight))
+    out = router.input_grad(x, weight, problem, bias=bias, memory_format=spec.output_memory_format(x, weight),
+                            memo_key=memo_key)
     return _unbatch_like(out, input)
 
 
