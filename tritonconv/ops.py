@@ -96,6 +96,14 @@ def _as_routed(input: torch.Tensor, bias: Optional[torch.Tensor]) -> bool:
     return input.dim() == 4 and (bias is None or (bias.layout is torch.strided and bias.stride() == (1,)))
 
 
+def _replayed(op_name: str, tensors: tuple, *args) -> tuple:
+    """(memo key, output) of a call of ``op_name`` whose router tensors are ``tensors``: the output
+    of the plan a call with the same memo key was routed to (``_memo``, ``router.replay_memo``), or
+    None where the full path must run, which then takes the key (None where there is none)."""
+    memo_key = _memo(op_name, tensors, *args)
+    return memo_key, (None if memo_key is None else router.replay_memo(memo_key, tensors))
+
+
 def _problem(input, weight, bias, stride, padding, dilation, groups) -> spec.Conv2dProblem:
     return spec.conv2d_problem(spec.as_batched(input), weight, bias, stride, padding, dilation, groups)
 
@@ -249,14 +257,11 @@ def _refuse_tangents(*tensors) -> None:
 
 
 def _conv2d(input, weight, bias, stride, padding, dilation, groups):
-    memo_key = None
+    memo_key = out = None
     if _as_routed(input, bias):
-        tensors = (input, weight, bias, None)
-        memo_key = _memo("conv2d", tensors, stride, padding, dilation, groups)
-        if memo_key is not None:
-            out = router.replay_memo(memo_key, tensors)
-            if out is not None:
-                return out
+        memo_key, out = _replayed("conv2d", (input, weight, bias, None), stride, padding, dilation, groups)
+    if out is not None:
+        return out
     _refuse_tangents(input, weight, bias)
     problem = _problem(input, weight, bias, stride, padding, dilation, groups)
     return _unbatch_like(router.forward(spec.as_batched(input), weight, bias, problem, memo_key=memo_key), input)
@@ -313,12 +318,10 @@ def conv2d_grad_input(grad_output, weight, input_size, stride, padding, dilation
 
 
 def _conv2d_grad_input(grad_output, weight, input_size, stride, padding, dilation, groups):
-    tensors = (grad_output, weight, None)
-    memo_key = _memo("conv2d_grad_input", tensors, input_size, stride, padding, dilation, groups)
-    if memo_key is not None:
-        out = router.replay_memo(memo_key, tensors)
-        if out is not None:
-            return out
+    memo_key, out = _replayed("conv2d_grad_input", (grad_output, weight, None), input_size, stride, padding,
+                              dilation, groups)
+    if out is not None:
+        return out
     _refuse_tangents(grad_output, weight)
     problem = spec.problem_from_shapes(input_size, tuple(weight.shape), stride, padding, dilation, groups)
     _check_grad_output(grad_output, problem)
@@ -378,12 +381,10 @@ def conv2d_grad_weight(grad_output, input, weight_size, stride, padding, dilatio
 
 
 def _conv2d_grad_weight(grad_output, input, weight_size, stride, padding, dilation, groups):
-    tensors = (grad_output, input)
-    memo_key = _memo("conv2d_grad_weight", tensors, weight_size, stride, padding, dilation, groups)
-    if memo_key is not None:
-        out = router.replay_memo(memo_key, tensors)
-        if out is not None:
-            return out
+    memo_key, out = _replayed("conv2d_grad_weight", (grad_output, input), weight_size, stride, padding,
+                              dilation, groups)
+    if out is not None:
+        return out
     _refuse_tangents(grad_output, input)
     problem = spec.problem_from_shapes(tuple(input.shape), weight_size, stride, padding, dilation, groups)
     problem = _check_grad_output(grad_output, problem, allow_cropped=True)
@@ -471,14 +472,12 @@ def conv_transpose2d(input, weight, bias=None, stride=(1, 1), padding=(0, 0), ou
 
 
 def _conv_transpose2d(input, weight, bias, stride, padding, output_padding, groups, dilation):
-    memo_key = None
+    memo_key = out = None
     if _as_routed(input, bias):  # router.input_grad densifies a bias as router.forward does
-        tensors = (input, weight, bias)
-        memo_key = _memo("conv_transpose2d", tensors, stride, padding, output_padding, groups, dilation)
-        if memo_key is not None:
-            out = router.replay_memo(memo_key, tensors)
-            if out is not None:
-                return out
+        memo_key, out = _replayed("conv_transpose2d", (input, weight, bias), stride, padding, output_padding,
+                                  groups, dilation)
+    if out is not None:
+        return out
     _refuse_tangents(input, weight, bias)
     problem = _transpose_problem(input, weight, bias, stride, padding, output_padding, groups, dilation)
     x = spec.as_batched(input)
@@ -582,14 +581,12 @@ def conv2d_fused(input, weight, bias=None, stride=(1, 1), padding=(0, 0), dilati
 
 
 def _conv2d_fused(input, weight, bias, stride, padding, dilation, groups, activation, alpha, residual):
-    memo_key = None
+    memo_key = out = None
     if _as_routed(input, bias):
-        tensors = (input, weight, bias, residual)
-        memo_key = _memo("conv2d_fused", tensors, stride, padding, dilation, groups, activation, alpha)
-        if memo_key is not None:
-            out = router.replay_memo(memo_key, tensors)
-            if out is not None:
-                return out
+        memo_key, out = _replayed("conv2d_fused", (input, weight, bias, residual), stride, padding, dilation,
+                                  groups, activation, alpha)
+    if out is not None:
+        return out
     _refuse_tangents(input, weight, bias, residual)
     problem = _problem(input, weight, bias, stride, padding, dilation, groups)
     _check_fused(input, problem, activation, residual)
