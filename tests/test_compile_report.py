@@ -150,11 +150,13 @@ def every_family_report():
 def test_every_family_builds(every_family_report):
     rc, records = every_family_report
     # every family once, the tap-TMA ones twice ("64x64x64 w4 s4" names a one-row tile of theirs too),
-    # gemm1x1_tma twice (a stream-K tile too), tap_tma's stream-K grid once
+    # gemm1x1_tma twice (a stream-K tile too), tap_tma's stream-K grid once, the depthwise forward
+    # and dgrad twice (the tile as a patch too)
     counts = {name: sum(r["kernel"] == name for r in records) for name in {r["kernel"] for r in records}}
     assert sorted(counts) == sorted(f.name for f in cr.FAMILIES)
     twice = {name for name in counts if name.startswith("fprop_tap_tma") and name != "fprop_tap_tma_streamk"}
-    assert all(n == (2 if name in twice | {"gemm1x1_tma"} else 1) for name, n in counts.items()), counts
+    twice |= {"gemm1x1_tma"} | {name for name in counts if name.startswith(("depthwise_fprop", "depthwise_dgrad"))}
+    assert all(n == (2 if name in twice else 1) for name, n in counts.items()), counts
     for r in records:
         fam = cr._family(r["kernel"])
         assert r["error"] is None, (r["kernel"], r["error"])

@@ -202,6 +202,71 @@ def test_depthwise_conv_transpose2d_with_bias():
     assert rel_err(y, F.conv_transpose2d(x, w, b, 2, 1, 0, 6)) < 1e-12
 
 
+@pytest.fixture
+def depthwise_patches(monkeypatch):
+    """The depthwise forward's and dgrad's autotuners holding only a patch tile (TILE_W > 0): the
+    interpreter's tile as a 4 x 8 patch, or the smallest compiled patch tile."""
+    if INTERPRETER:
+        (cfg,) = configs.depthwise_configs(interpreter=True, patches=True)
+        cfg = triton.Config({**cfg.kwargs, "TILE_W": configs.DEPTHWISE_PATCH_WIDTH}, num_warps=cfg.num_warps,
+                            num_stages=cfg.num_stages)
+    else:
+        cfg = min((c for c in configs.depthwise_configs(patches=True) if c.kwargs["TILE_W"]),
+                  key=lambda c: c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"])
+    for tuned in (depthwise._fprop_tuned, depthwise._dgrad_tuned):
+        monkeypatch.setattr(tuned, "configs", [cfg])
+        monkeypatch.setattr(tuned, "cache", {})
+    return cfg
+
+
+@pytest.mark.parametrize("case", range(len(PROBLEMS["depthwise"])))
+def test_depthwise_patches(case, depthwise_patches):
+    """Patch tiles (depthwise.pixel_tile): pixels past the image's bottom or right edge in the
+    last patches of a row or column, computed and not stored; forward with its epilogue, and the
+    input gradient, which tiles the input's pixels."""
+    N, C, H, W, K, R, S, stride, padding, dilation, groups = PROBLEMS["depthwise"][case]
+    torch.manual_seed(11)
+    x = torch.randn(N, C, H, W, device=DEVICE).to(memory_format=torch.channels_last).requires_grad_()
+    w = torch.randn(K, 1, R, S, device=DEVICE, requires_grad=True)
+    b = torch.randn(K, device=DEVICE)
+    args = (stride, padding, dilation, groups)
+    with router.force("depthwise"), plans.enabled_as(False):
+        y = tritonconv.conv2d(x, w, b, *args, activation="relu")
+        gy = torch.randn_like(y)
+        (gx,) = torch.autograd.grad(y, (x,), gy)
+    xr, wr = x.detach().double().requires_grad_(), w.detach().double()
+    ref = F.relu(F.conv2d(xr, wr, b.double(), *args))
+    (gxr,) = torch.autograd.grad(ref, (xr,), gy.double())
+    assert rel_err(y, ref) < TOL[torch.float32]
+    assert rel_err(gx, gxr) < TOL[torch.float32]
+
+
+def test_depthwise_patches_are_dropped_where_they_pad_or_spill(monkeypatch):
+    """The forward's prune hook: a patch tile only where it pads the image by at most
+    MAX_PATCH_WASTE, and for kernels of at most DEPTHWISE_PATCH_MAX_S taps a row."""
+    compiled = configs.depthwise_configs(interpreter=False, patches=True)
+    flat = [c for c in compiled if not c.kwargs["TILE_W"]]
+    assert len(flat) == len(configs.DEPTHWISE_TILES) and compiled[:len(flat)] == flat
+    assert configs.patch_waste(64, 8, 56, 56) == 0 and configs.patch_waste(64, 0, 7, 7) == 0
+    assert configs.patch_waste(64, 8, 14, 14) == pytest.approx(1 - 196 / 256)
+    monkeypatch.setattr(configs, "TUNE", True)  # every surviving config, not the smallest alone
+    hook = depthwise._fprop_tuned.early_config_prune
+    x = torch.empty(1, dtype=torch.float16)
+
+    def kept(P, Q, S):
+        return {c.kwargs["TILE_W"] for c in hook(compiled, dict(x_ptr=x, P=P, Q=Q), S=S)}
+
+    assert kept(56, 56, 3) == {0, configs.DEPTHWISE_PATCH_WIDTH}
+    assert kept(112, 112, 5) == {0, configs.DEPTHWISE_PATCH_WIDTH}
+    assert kept(14, 14, 3) == {0}  # 8 x 8 patches: 23 % padding
+    assert kept(56, 56, 9) == {0}  # past 7 taps a row, no patch (configs.DEPTHWISE_PATCH_MAX_S_SM90_16BIT)
+    # 7 taps a row: patches spill below sm_90, and in fp32 (configs.max_patch_taps)
+    assert configs.direct_pruned_because(64, 32, 4, 2, tile_w=8, taps_per_row=7, capability=90) is None
+    assert "7 taps a row" in configs.direct_pruned_because(64, 32, 4, 2, tile_w=8, taps_per_row=7, capability=80)
+    assert "7 taps a row" in configs.direct_pruned_because(64, 32, 4, 4, tile_w=8, taps_per_row=7, capability=90)
+    assert configs.direct_pruned_because(64, 32, 4, 4, tile_w=0, taps_per_row=7, capability=80) is None
+
+
 @pytest.mark.parametrize("split_k", [1, 3, 8])
 def test_depthwise_wgrad_split_is_deterministic(split_k):
     torch.manual_seed(3)

@@ -25,6 +25,7 @@ __all__ = [
     "gemm_configs",
     "persistent_gemm_configs",
     "depthwise_configs",
+    "patch_waste",
     "prune_gemm_configs",
     "pruned_because",
     "UNCAPPED_TILES",
@@ -242,17 +243,56 @@ DEPTHWISE_TILES: Tuple[Tuple[int, int, int], ...] = (
     (8, 256, 8),
 )
 DEPTHWISE_STAGES = 2
+# The forward and dgrad also take each tile of 32 pixels or more as a patch, TILE_W pixels wide
+# (depthwise.pixel_tile): the taps re-read fewer pixels (the halo's) than with a flat tile that
+# spans part of one row, but a patch pads an image whose sides it does not divide.
+DEPTHWISE_PATCH_WIDTH = 8
+DEPTHWISE_PATCH_MIN_PIXELS = 32
+# Patches are for kernels of up to 5 taps a row, and of 7 (ConvNeXt's 7x7) on sm_90 in 16-bit.
+# With 7 taps, ptxas builds a patch at 139-148 registers without spilling on sm_90 in fp16 and
+# bf16 (Triton 3.6 and 3.9), but below sm_90 (Triton 3.9) it holds most at 80 registers with 16 B
+# spilled, and a register limit does not help: at 120 or 128, 8-104 B spill, at 255 it takes 159
+# (the compile report; the flat tiles build at 111-187 without spilling). In fp32 on sm_90, Triton
+# 3.9 spills 8 B in one. Past 7 taps a row no patch was built.
+DEPTHWISE_PATCH_MAX_S = 5
+DEPTHWISE_PATCH_MAX_S_SM90_16BIT = 7
 # Under the interpreter: a narrow channel block, since the tests' depthwise layers have few channels.
 DEPTHWISE_INTERPRETER_CONFIG = dict(BLOCK_M=32, BLOCK_N=16)
 
 
 def depthwise_configs(tiles: Sequence[Tuple[int, int, int]] = DEPTHWISE_TILES, *,
-                      interpreter: Optional[bool] = None, **extra) -> List[triton.Config]:
-    """Configs for the depthwise direct kernels; ``extra`` adds fixed meta-parameters."""
+                      interpreter: Optional[bool] = None, patches: bool = False, **extra) -> List[triton.Config]:
+    """Configs for the depthwise direct kernels; ``extra`` adds fixed meta-parameters. With
+    ``patches`` (the kernels with a TILE_W), each tile flat (TILE_W = 0) and, from
+    DEPTHWISE_PATCH_MIN_PIXELS up, as a patch DEPTHWISE_PATCH_WIDTH wide as well."""
     if INTERPRETER if interpreter is None else interpreter:
-        return [triton.Config({**DEPTHWISE_INTERPRETER_CONFIG, **extra}, num_warps=4, num_stages=1)]
-    return [triton.Config({"BLOCK_M": m, "BLOCK_N": c, **extra}, num_warps=w, num_stages=DEPTHWISE_STAGES)
-            for m, c, w in tiles]
+        flat = dict(TILE_W=0) if patches else {}
+        return [triton.Config({**DEPTHWISE_INTERPRETER_CONFIG, **flat, **extra}, num_warps=4, num_stages=1)]
+
+    def listed(m, c, w, **tile_w):
+        return triton.Config({"BLOCK_M": m, "BLOCK_N": c, **tile_w, **extra}, num_warps=w,
+                             num_stages=DEPTHWISE_STAGES)
+
+    if not patches:
+        return [listed(*tile) for tile in tiles]
+    # the flat tiles first: TRITONCONV_TUNE=0 takes the first of the smallest
+    return ([listed(*tile, TILE_W=0) for tile in tiles]
+            + [listed(*tile, TILE_W=DEPTHWISE_PATCH_WIDTH) for tile in tiles if tile[0] >= DEPTHWISE_PATCH_MIN_PIXELS])
+
+
+def patch_waste(block_m: int, tile_w: int, height: int, width: int) -> float:
+    """The fraction of a depthwise launch's pixel slots that fall outside a height x width image
+    (``depthwise.pixel_tile``): 0 for a flat tile (TILE_W = 0), whose only padding is the last tile's."""
+    if tile_w == 0 or height * width == 0:
+        return 0.0
+    tile_h = block_m // tile_w
+    slots = -(-height // tile_h) * tile_h * -(-width // tile_w) * tile_w
+    return 1 - height * width / slots
+
+
+# A patch that pads the image by more than this is dropped: a flat tile of the same size does the
+# same work with almost none (14 x 14 in 8 x 8 patches: 23 % of the slots padding).
+MAX_PATCH_WASTE = 0.125
 
 
 @functools.lru_cache(maxsize=None)
@@ -495,21 +535,35 @@ def with_maxnreg(cfg: triton.Config, maxnreg: Optional[int]) -> triton.Config:
 MAX_DIRECT_ACC_FP64 = 8
 
 
-def direct_pruned_because(bm: int, bn: int, num_warps: int, elem_bytes: int) -> Optional[str]:
+def max_patch_taps(elem_bytes: int, capability: Optional[int]) -> int:
+    """The most taps a row a depthwise kernel may unroll over a patch tile (DEPTHWISE_PATCH_MAX_S);
+    without a capability (the interpreter) as on sm_90."""
+    sm90 = capability is None or capability >= 90
+    return DEPTHWISE_PATCH_MAX_S_SM90_16BIT if sm90 and elem_bytes == 2 else DEPTHWISE_PATCH_MAX_S
+
+
+def direct_pruned_because(bm: int, bn: int, num_warps: int, elem_bytes: int, tile_w: int = 0,
+                          taps_per_row: int = 1, capability: Optional[int] = None) -> Optional[str]:
     """Why ``prune_direct_configs`` drops a depthwise tile, or None when it keeps it."""
     acc = acc_per_thread(bm, bn, num_warps)
     if elem_bytes >= 8 and acc > MAX_DIRECT_ACC_FP64:
         return f"fp64 accumulator {acc} values/thread > {MAX_DIRECT_ACC_FP64}"
+    if tile_w and taps_per_row > max_patch_taps(elem_bytes, capability):
+        return f"a patch with {taps_per_row} taps a row > {max_patch_taps(elem_bytes, capability)}"
     return None
 
 
-def prune_direct_configs(configs: List[triton.Config], elem_bytes: int) -> List[triton.Config]:
+def prune_direct_configs(configs: List[triton.Config], elem_bytes: int, taps_per_row: int = 1,
+                         capability: Optional[int] = None) -> List[triton.Config]:
     """Drop the depthwise direct kernels' tiles that spill: for fp64, more than
-    MAX_DIRECT_ACC_FP64 accumulator values per thread. Keeps the first config if none survives."""
+    MAX_DIRECT_ACC_FP64 accumulator values per thread; patches (TILE_W) for kernels of more taps
+    a row (``taps_per_row``, the S the kernel unrolls) than ``max_patch_taps``. Keeps the first
+    config if none survives."""
     if len(configs) <= 1:
         return configs
     kept = [c for c in configs
-            if not direct_pruned_because(c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.num_warps, elem_bytes)]
+            if not direct_pruned_because(c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.num_warps, elem_bytes,
+                                         c.kwargs.get("TILE_W", 0), taps_per_row, capability)]
     return kept or configs[:1]
 
 
@@ -691,13 +745,21 @@ class SpatialTilePruneHook(GemmPruneHook):
 
 class DirectPruneHook:
     """An ``early_config_prune`` for the depthwise direct kernels: ``prune_direct_configs``
-    for the element size of the argument ``tensor_arg``."""
+    for the element size of the argument ``tensor_arg``, and without the patches (TILE_W > 0) that
+    pad the image of sides ``extent_args`` by more than MAX_PATCH_WASTE."""
 
-    def __init__(self, tensor_arg: str):
+    def __init__(self, tensor_arg: str, extent_args: Optional[Tuple[str, str]] = None):
         self.tensor_arg = tensor_arg
+        self.extent_args = extent_args
 
     def __call__(self, configs: List[triton.Config], named_args: Dict, **kwargs) -> List[triton.Config]:
-        return tuned(prune_direct_configs(configs, {**named_args, **kwargs}[self.tensor_arg].element_size()))
+        args = {**named_args, **kwargs}
+        if self.extent_args is not None:
+            height, width = (int(args[a]) for a in self.extent_args)
+            configs = [c for c in configs if patch_waste(c.kwargs["BLOCK_M"], c.kwargs.get("TILE_W", 0),
+                                                         height, width) <= MAX_PATCH_WASTE] or configs[:1]
+        t = args[self.tensor_arg]
+        return tuned(prune_direct_configs(configs, t.element_size(), int(args.get("S", 1)), device_capability(t)))
 
 
 def gemm_prune_hook(m_fn, n_fn, k_fn, tensor_arg: str, gathered: bool = True,
@@ -711,6 +773,7 @@ def config_name(config: triton.Config) -> str:
     """'128x256x64 w8 s3' (BLOCK_M x BLOCK_N x BLOCK_K, warps, stages); '64x32 w4 s2' without a BLOCK_K;
     ' persistent' appended for a persistent-grid variant, ' stream-k' for a stream-K one, ' rows'
     for a one-row tap-TMA tile, ' sync' for one whose steps wait for their wgmmas (SYNC_MMA),
+    ' patch 8x8' for a depthwise tile that is a patch of 8 rows by 8 columns (TILE_W),
     ' maxnreg 255' for one launched with that register limit (``register_cap``)."""
     kw = config.kwargs
     dims = [kw["BLOCK_M"], kw["BLOCK_N"]] + ([kw["BLOCK_K"]] if "BLOCK_K" in kw else [])
@@ -718,6 +781,7 @@ def config_name(config: triton.Config) -> str:
     return (name + (" persistent" if kw.get("PERSISTENT") else "") + (" flat" if kw.get("FLATTEN") else "")
             + (" stream-k" if kw.get("STREAM_K") else "")
             + (" rows" if kw.get("BLOCK_W", 0) > SPATIAL_TILE_WIDTH else "") + (" sync" if kw.get("SYNC_MMA") else "")
+            + (f" patch {kw['BLOCK_M'] // kw['TILE_W']}x{kw['TILE_W']}" if kw.get("TILE_W") else "")
             + (f" maxnreg {config.maxnreg}" if getattr(config, "maxnreg", None) else ""))
 
 

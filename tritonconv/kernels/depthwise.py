@@ -13,7 +13,12 @@ per pixel row.
     wgrad     dw[k, 0, r, s] = sum_{n,p,q} dy[n, k, p, q] * x[n, k // mult, h, w], split over (n, p, q)
               in SPLIT chunks with fixed-order partial sums (deterministic)
 
-mult = K / C is the channel multiplier. Only a row of taps is unrolled: with
+mult = K / C is the channel multiplier. The forward's and dgrad's pixel tiles
+(``pixel_tile``) are runs of the flat (n, p, q) order or 2-D patches of one
+image (TILE_W, configs.DEPTHWISE_PATCH_WIDTH): every tap re-reads the tile
+shifted, from L1 or L2, and a patch's shifted copies overlap more than a run's
+(at stride 1, a 3x3 on an 8 x 8 patch reads 100 pixels for 64 outputs; on a
+run of 32 pixels, 102 for 32). Only a row of taps is unrolled: with
 all R*S unrolled the compiler hoists every tap's load ahead of the first
 multiply, and a 7x7 kernel then spills kilobytes per thread on sm_90 (the
 compile report). The family takes kernels up to MAX_TAPS taps (7x7 and 9x9
@@ -75,6 +80,35 @@ def is_packed(w: torch.Tensor) -> bool:
 
 
 @triton.jit
+def pixel_tile(pid, M, P, Q, BLOCK_M: tl.constexpr, TILE_W: tl.constexpr):
+    """The output pixels (n, p, q) of program ``pid`` and their mask, over M = N*P*Q pixels.
+
+    TILE_W == 0: BLOCK_M consecutive pixels of the flat (n, p, q) order, a row or less of a wide
+    image. Otherwise a patch of one image, BLOCK_M // TILE_W rows by TILE_W columns, the patches
+    in (n, row of patches, column of patches) order: an R x S kernel's taps then read the patch
+    and its halo, (BLOCK_M // TILE_W + R - 1) x (TILE_W + S - 1) pixels at stride 1, where a
+    flat tile shorter than a row reads R rows of BLOCK_M + S - 1 pixels (about 1.5 against 3.2
+    pixels read a pixel written for a 3x3 on 8x8 and 32 x 1).
+    """
+    if TILE_W == 0:
+        offs_m = pid * BLOCK_M + tl.arange(0, BLOCK_M)
+        q = offs_m % Q
+        p = (offs_m // Q) % P
+        n = offs_m // (P * Q)
+        mask_m = offs_m < M
+    else:
+        TILE_H: tl.constexpr = BLOCK_M // TILE_W
+        tiles_q = tl.cdiv(Q, TILE_W)
+        tiles_p = tl.cdiv(P, TILE_H)
+        i = tl.arange(0, BLOCK_M)
+        q = (pid % tiles_q) * TILE_W + i % TILE_W
+        p = (pid // tiles_q % tiles_p) * TILE_H + i // TILE_W
+        n = pid // (tiles_q * tiles_p)  # one image: a scalar
+        mask_m = (p < P) & (q < Q)
+    return n.to(tl.int64), p, q, mask_m
+
+
+@triton.jit
 def depthwise_fprop_kernel(
     # pointers
     x_ptr,  # (N, C, H, W), any strides
@@ -95,18 +129,14 @@ def depthwise_fprop_kernel(
     # meta-parameters
     R: tl.constexpr, S: tl.constexpr,
     HAS_BIAS: tl.constexpr, HAS_RESIDUAL: tl.constexpr, ACTIVATION: tl.constexpr, ACC_DTYPE: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, TILE_W: tl.constexpr,
 ):
     # -- program ids: (pixel tile, channel tile)
     pid_m = tl.program_id(0)
     pid_n = tl.program_id(1)
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    n, p, q, mask_m = pixel_tile(pid_m, M, P, Q, BLOCK_M, TILE_W)
     k_out = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    mask_m = offs_m < M
     mask_n = k_out < K
-    q = offs_m % Q
-    p = (offs_m // Q) % P
-    n = (offs_m // (P * Q)).to(tl.int64)
     h0 = p * stride_h - pad_h
     w0 = q * stride_w - pad_w
     x_cols = (k_out // MULT).to(tl.int64) * sxc
@@ -144,17 +174,14 @@ def depthwise_dgrad_kernel(
     sdxn, sdxc, sdxh, sdxw,
     R: tl.constexpr, S: tl.constexpr,
     HAS_BIAS: tl.constexpr, ACC_DTYPE: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, TILE_W: tl.constexpr,
 ):
+    # -- program ids: (input pixel tile, channel tile)
     pid_m = tl.program_id(0)
     pid_n = tl.program_id(1)
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    n, h_, w_, mask_m = pixel_tile(pid_m, M, H, W, BLOCK_M, TILE_W)
     c = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    mask_m = offs_m < M
     mask_n = c < C
-    w_ = offs_m % W
-    h_ = (offs_m // W) % H
-    n = (offs_m // (H * W)).to(tl.int64)
 
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC_DTYPE)
     for j in range(0, MULT):
@@ -232,12 +259,14 @@ def depthwise_wgrad_kernel(
 # image size are different kernels and must not share a tuning result.
 _KEY = ["M", "H", "W", "P", "Q", "MULT", "R", "S", "stride_h", "stride_w", "dil_h", "dil_w"]
 _fprop_tuned = triton.autotune(
-    configs=configs.depthwise_configs(), key=_KEY + ["K", "sxc", "syk"], do_bench=configs.capture_safe_bench,
-    prune_configs_by={"early_config_prune": configs.DirectPruneHook("x_ptr")},
+    configs=configs.depthwise_configs(patches=True), key=_KEY + ["K", "sxc", "syk"],
+    do_bench=configs.capture_safe_bench,
+    prune_configs_by={"early_config_prune": configs.DirectPruneHook("x_ptr", ("P", "Q"))},
 )(depthwise_fprop_kernel)
 _dgrad_tuned = triton.autotune(
-    configs=configs.depthwise_configs(), key=_KEY + ["C", "sdyk", "sdxc"], do_bench=configs.capture_safe_bench,
-    prune_configs_by={"early_config_prune": configs.DirectPruneHook("dy_ptr")},
+    configs=configs.depthwise_configs(patches=True), key=_KEY + ["C", "sdyk", "sdxc"],
+    do_bench=configs.capture_safe_bench,
+    prune_configs_by={"early_config_prune": configs.DirectPruneHook("dy_ptr", ("H", "W"))},
 )(depthwise_dgrad_kernel)
 _wgrad_tuned = triton.autotune(
     configs=configs.depthwise_configs(),
@@ -247,8 +276,16 @@ _wgrad_tuned = triton.autotune(
 )(depthwise_wgrad_kernel)
 
 
-def _grid2(rows: int, cols: int):
-    return lambda meta: (triton.cdiv(rows, meta["BLOCK_M"]), triton.cdiv(cols, meta["BLOCK_N"]))
+def _pixel_grid(N: int, P: int, Q: int, cols: int):
+    """(pixel tiles, channel tiles): ``pixel_tile``'s flat tiles or patches, per config."""
+    def grid(meta):
+        tile_w = meta["TILE_W"]
+        if tile_w == 0:
+            tiles = triton.cdiv(N * P * Q, meta["BLOCK_M"])
+        else:
+            tiles = N * triton.cdiv(P, meta["BLOCK_M"] // tile_w) * triton.cdiv(Q, tile_w)
+        return tiles, triton.cdiv(cols, meta["BLOCK_N"])
+    return grid
 
 
 def conv2d_fprop_depthwise(
@@ -276,7 +313,7 @@ def conv2d_fprop_depthwise(
     if out.numel() == 0:
         return out
     M = pb.N * pb.P * pb.Q
-    tuning.launch(_fprop_tuned, "depthwise_fprop", x.device, _grid2(M, pb.K),
+    tuning.launch(_fprop_tuned, "depthwise_fprop", x.device, _pixel_grid(pb.N, pb.P, pb.Q, pb.K),
         x, w, fw.bias, fw.residual, out,
         M, pb.H, pb.W, pb.P, pb.Q, pb.K, pb.K // pb.C,
         pb.stride_h, pb.stride_w, pb.pad_h, pb.pad_w, pb.dil_h, pb.dil_w,
@@ -300,7 +337,7 @@ def conv2d_dgrad_depthwise(
     if dx.numel() == 0:
         return dx
     M = pb.N * pb.H * pb.W
-    tuning.launch(_dgrad_tuned, "depthwise_dgrad", dy.device, _grid2(M, pb.C),
+    tuning.launch(_dgrad_tuned, "depthwise_dgrad", dy.device, _pixel_grid(pb.N, pb.H, pb.W, pb.C),
         dy, w, bias if bias is not None else w, dx,
         M, pb.H, pb.W, pb.P, pb.Q, pb.C, pb.K // pb.C,
         pb.stride_h, pb.stride_w, pb.pad_h, pb.pad_w, pb.dil_h, pb.dil_w,
