@@ -47,6 +47,8 @@
 # ResNet-50's (issue 6: the depthwise, 1x1 and stem families' effect), against cuDNN only (issue 6's
 # bar; FAMILY_PROVIDERS=tritonconv,cudnn,inductor,... adds others); it takes its share of
 # the budget from the later stages, so give the check more time (or pass a tuning cache) with it.
+# FAMILY_LAYERS="features.3.conv.1.0 (depthwise),..." sweeps those layers of the presets only
+# (their names as `tritonconv bench --list` prints them).
 # GPU_CHECK_STAGES=bf16,backward,e2e runs those steps only, in that order (after the environment;
 # keys: tests, streamk, diagnose, host, race, forward, families, backward, bf16, e2e; default all of
 # them in the order above), for a check that goes straight to what earlier ones left unmeasured.
@@ -276,7 +278,7 @@ run_step() {
             if [ -n "${FAMILY_PRESETS:-}" ]; then
                 stage "forward fp16, $FAMILY_PRESETS" 40 600 sweep \
                     --preset "$FAMILY_PRESETS" --batch "$BATCH" --dtype "$FP16" --layout channels_last --modes forward \
-                    --providers "${FAMILY_PROVIDERS:-tritonconv,cudnn}"
+                    --providers "${FAMILY_PROVIDERS:-tritonconv,cudnn}" --layers "${FAMILY_LAYERS:-}"
             else
                 log "== [families] skipped: FAMILY_PRESETS is not set"
             fi ;;
