@@ -695,8 +695,10 @@ def _depthwise_dgrad_launch(dtype: Dtype, config: triton.Config, *, problem: Dic
     pb = problem_from_shapes(**problem)
     args = dict(
         dy_ptr=_ptr(dtype), w_ptr=_ptr(dtype), b_ptr=_ptr(dtype), dx_ptr=_ptr(dtype),
-        M=pb.N * pb.H * pb.W, H=pb.H, W=pb.W, P=pb.P, Q=pb.Q, C=pb.C, MULT=pb.K // pb.C,
+        M=pb.N * triton.cdiv(pb.H, pb.stride_h) * triton.cdiv(pb.W, pb.stride_w), H=pb.H, W=pb.W, P=pb.P, Q=pb.Q, C=pb.C,
+        MULT=pb.K // pb.C, HP=triton.cdiv(pb.H, pb.stride_h), WP=triton.cdiv(pb.W, pb.stride_w),
         stride_h=pb.stride_h, stride_w=pb.stride_w, pad_h=pb.pad_h, pad_w=pb.pad_w, dil_h=pb.dil_h, dil_w=pb.dil_w,
+        step_r=pb.stride_h // math.gcd(pb.stride_h, pb.dil_h),
         **_named("sdyn sdyk sdyp sdyq", _channels_last_strides(pb.output_shape)),
         **_named("swk swr sws", _depthwise_weight_strides(pb)),
         **_named("sdxn sdxc sdxh sdxw", _channels_last_strides(pb.input_shape)),

@@ -23,6 +23,7 @@ __all__ = [
     "TensorDescriptor",
     "grouped_pid",
     "tile_pid",
+    "first_tap",
     "split_range",
     "sm_count",
     "stream_k_share",
@@ -94,6 +95,18 @@ def grouped_pid(pid, num_pid_m, num_pid_n, GROUP_M: tl.constexpr):
     pid_m = first_m + ((pid % width) % band_rows)
     pid_n = (pid % width) // band_rows
     return pid_m, pid_n
+
+
+@triton.jit
+def first_tap(phase, pad, dil, stride, step, taps):
+    """The first kernel tap that reaches stride phase ``phase`` of a dgrad's output (dx): the
+    smallest t < step with (phase + pad - t*dil) % stride == 0, or ``taps`` if none is < taps.
+    The others are t + step, t + 2*step, ... (step = stride / gcd(stride, dil))."""
+    first = taps
+    for t in range(0, step):
+        hit = ((phase + pad - t * dil) % stride == 0) & (first == taps) & (t < taps)
+        first = tl.where(hit, t, first)
+    return first
 
 
 @triton.jit

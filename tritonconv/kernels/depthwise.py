@@ -9,7 +9,8 @@ per pixel row.
 
     forward   y[n, k, p, q]  = sum_{r,s} x[n, k // mult, p*sh - ph + r*dh, q*sw - pw + s*dw] * w[k, 0, r, s]
     dgrad     dx[n, c, h, w] = sum_{j < mult} sum_{r,s: tap lands} dy[n, c*mult + j, p, q] * w[c*mult + j, 0, r, s]
-                               with p = (h + ph - r*dh) / sh when that division is exact (likewise q)
+                               with p = (h + ph - r*dh) / sh when that division is exact (likewise q),
+                               per stride phase (h mod sh, w mod sw): its rows r that land, only
     wgrad     dw[k, 0, r, s] = sum_{n,p,q} dy[n, k, p, q] * x[n, k // mult, h, w], split over (n, p, q)
               in SPLIT chunks with fixed-order partial sums (deterministic)
 
@@ -27,6 +28,7 @@ included); larger ones use the general implicit GEMM.
 
 from __future__ import annotations
 
+import math
 from typing import Optional
 
 import torch
@@ -41,6 +43,7 @@ from ._common import (
     alloc_partials,
     check_device,
     conv_epilogue,
+    first_tap,
     prepare_forward,
     sm_count,
     split_range,
@@ -167,8 +170,10 @@ def depthwise_dgrad_kernel(
     w_ptr,  # (K, 1, R, S), any strides
     b_ptr,  # (C,); unused unless HAS_BIAS (conv_transpose2d)
     dx_ptr,  # (N, C, H, W), any strides
-    M, H, W, P, Q, C, MULT,
+    M, H, W, P, Q, C, MULT,  # M = N * HP * WP: the pixels of one stride phase
+    HP, WP,  # pixels per stride phase along h and w: cdiv(H, stride_h), cdiv(W, stride_w)
     stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
+    step_r,  # the kernel rows a phase receives from are r0, r0 + step_r, ...: stride_h / gcd(stride_h, dil_h)
     sdyn, sdyk, sdyp, sdyq,
     swk, swr, sws,
     sdxn, sdxc, sdxh, sdxw,
@@ -176,26 +181,36 @@ def depthwise_dgrad_kernel(
     HAS_BIAS: tl.constexpr, ACC_DTYPE: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, TILE_W: tl.constexpr,
 ):
-    # -- program ids: (input pixel tile, channel tile)
+    # -- program ids: (pixel tile of one stride phase, channel tile, phase). The pixels of phase
+    # (a_h, a_w) are h = a_h + i*stride_h, w = a_w + j*stride_w, and a tap (r, s) reaches either
+    # all of them or none (dgrad.py): a phase loops over the kernel rows that reach it only, and
+    # a column that does not is masked off whole, where a tile of mixed phases would go through
+    # every tap for a stride_h*stride_w-th of its pixels. At stride 1 there is one phase.
     pid_m = tl.program_id(0)
     pid_n = tl.program_id(1)
-    n, h_, w_, mask_m = pixel_tile(pid_m, M, H, W, BLOCK_M, TILE_W)
+    phase = tl.program_id(2)
+    a_h = phase // stride_w
+    a_w = phase % stride_w
+    n, i, j_, mask_m = pixel_tile(pid_m, M, HP, WP, BLOCK_M, TILE_W)
+    h_ = a_h + i * stride_h
+    w_ = a_w + j_ * stride_w
+    mask_m = mask_m & (h_ < H) & (w_ < W)
     c = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     mask_n = c < C
+    r0 = first_tap(a_h, pad_h, dil_h, stride_h, step_r, R)
 
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC_DTYPE)
     for j in range(0, MULT):
         k = c * MULT + j
         dy_cols = k.to(tl.int64) * sdyk
         w_rows = w_ptr + k.to(tl.int64) * swk
-        for r in range(R):
+        for r in range(r0, R, step_r):
+            p = (h_ + pad_h - r * dil_h) // stride_h  # exact: row r reaches this phase
             for s in tl.static_range(S):
-                ph = h_ + pad_h - r * dil_h
                 pw = w_ + pad_w - s * dil_w
-                p = ph // stride_h
                 q = pw // stride_w
-                # the tap lands on an output position: in range and an exact multiple of the stride
-                ok = mask_m & (ph >= 0) & (pw >= 0) & (p * stride_h == ph) & (q * stride_w == pw) & (p < P) & (q < Q)
+                # q * stride_w == pw holds for the whole phase or for none of it
+                ok = mask_m & (p >= 0) & (p < P) & (pw >= 0) & (q * stride_w == pw) & (q < Q)
                 rows = n * sdyn + p.to(tl.int64) * sdyp + q.to(tl.int64) * sdyq
                 dyv = tl.load(dy_ptr + rows[:, None] + dy_cols[None, :], mask=ok[:, None] & mask_n[None, :], other=0.0)
                 wv = tl.load(w_rows + r * swr + s * sws, mask=mask_n, other=0.0)
@@ -266,7 +281,7 @@ _fprop_tuned = triton.autotune(
 _dgrad_tuned = triton.autotune(
     configs=configs.depthwise_configs(patches=True), key=_KEY + ["C", "sdyk", "sdxc"],
     do_bench=configs.capture_safe_bench,
-    prune_configs_by={"early_config_prune": configs.DirectPruneHook("dy_ptr", ("H", "W"))},
+    prune_configs_by={"early_config_prune": configs.DirectPruneHook("dy_ptr", ("HP", "WP"))},
 )(depthwise_dgrad_kernel)
 _wgrad_tuned = triton.autotune(
     configs=configs.depthwise_configs(),
@@ -276,15 +291,15 @@ _wgrad_tuned = triton.autotune(
 )(depthwise_wgrad_kernel)
 
 
-def _pixel_grid(N: int, P: int, Q: int, cols: int):
-    """(pixel tiles, channel tiles): ``pixel_tile``'s flat tiles or patches, per config."""
+def _pixel_grid(N: int, P: int, Q: int, cols: int, phases: int = 1):
+    """(pixel tiles, channel tiles, phases): ``pixel_tile``'s flat tiles or patches, per config."""
     def grid(meta):
         tile_w = meta["TILE_W"]
         if tile_w == 0:
             tiles = triton.cdiv(N * P * Q, meta["BLOCK_M"])
         else:
             tiles = N * triton.cdiv(P, meta["BLOCK_M"] // tile_w) * triton.cdiv(Q, tile_w)
-        return tiles, triton.cdiv(cols, meta["BLOCK_N"])
+        return tiles, triton.cdiv(cols, meta["BLOCK_N"]), phases
     return grid
 
 
@@ -336,11 +351,12 @@ def conv2d_dgrad_depthwise(
     dx = alloc_output(pb.input_shape, dy.dtype, dy.device, memory_format)
     if dx.numel() == 0:
         return dx
-    M = pb.N * pb.H * pb.W
-    tuning.launch(_dgrad_tuned, "depthwise_dgrad", dy.device, _pixel_grid(pb.N, pb.H, pb.W, pb.C),
+    HP, WP = triton.cdiv(pb.H, pb.stride_h), triton.cdiv(pb.W, pb.stride_w)
+    tuning.launch(_dgrad_tuned, "depthwise_dgrad", dy.device,
+        _pixel_grid(pb.N, HP, WP, pb.C, pb.stride_h * pb.stride_w),
         dy, w, bias if bias is not None else w, dx,
-        M, pb.H, pb.W, pb.P, pb.Q, pb.C, pb.K // pb.C,
-        pb.stride_h, pb.stride_w, pb.pad_h, pb.pad_w, pb.dil_h, pb.dil_w,
+        pb.N * HP * WP, pb.H, pb.W, pb.P, pb.Q, pb.C, pb.K // pb.C, HP, WP,
+        pb.stride_h, pb.stride_w, pb.pad_h, pb.pad_w, pb.dil_h, pb.dil_w, pb.stride_h // math.gcd(pb.stride_h, pb.dil_h),
         *dy.stride(), w.stride(0), w.stride(2), w.stride(3), *dx.stride(),
         R=pb.R, S=pb.S, HAS_BIAS=bias is not None, ACC_DTYPE=acc_dtype_for(dy.dtype),
     )

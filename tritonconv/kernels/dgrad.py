@@ -48,6 +48,7 @@ from ._common import (
     check_device,
     check_pixel_count,
     content_state,
+    first_tap,
     input_precision_for,
     mma,
     thread_setting,
@@ -62,16 +63,6 @@ __all__ = ["accepts_tap_tma", "accepts_tap_tma_splitk", "accepts_tap_tma_streamk
            "conv2d_dgrad_tap_tma_splitk", "conv2d_dgrad_tap_tma_streamk",
            "tap_tma_usable", "conv2d_dgrad", "conv2d_dgrad_1x1", "dgrad_kernel",
            "phase_fill_kernel", "phase_weight_kernel", "cached_phase_weights", "forget_phase_weights"]
-
-
-@triton.jit
-def _first_tap(phase, pad, dil, stride, step, taps):
-    """Smallest tap t < step with (phase + pad - t*dil) % stride == 0, or `taps` if none is < taps."""
-    first = taps
-    for t in range(0, step):
-        hit = ((phase + pad - t * dil) % stride == 0) & (first == taps) & (t < taps)
-        first = tl.where(hit, t, first)
-    return first
 
 
 @triton.jit
@@ -109,8 +100,8 @@ def dgrad_kernel(
     a_w = phase % stride_w
 
     # -- the taps this phase receives from: r = r0 + i*step_r < R (likewise s)
-    r0 = _first_tap(a_h, pad_h, dil_h, stride_h, step_r, R)
-    s0 = _first_tap(a_w, pad_w, dil_w, stride_w, step_s, S)
+    r0 = first_tap(a_h, pad_h, dil_h, stride_h, step_r, R)
+    s0 = first_tap(a_w, pad_w, dil_w, stride_w, step_s, S)
     num_r = tl.cdiv(R - r0, step_r)
     num_s = tl.cdiv(S - s0, step_s)
 
