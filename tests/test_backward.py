@@ -98,6 +98,24 @@ def test_unbatched_and_same_padding_gradients():
     assert rel_err(got[1], ref[1]) < 1e-12
 
 
+def test_grouped_weight_gradient_of_an_unbatched_channels_last_input():
+    """Found by a randomized run of test_conv2d's property test with gradients: an unbatched input
+    channels_last as seen batched (strides (4, 1, 8, 4) for (1, 4, 1, 2)), groups=2, a 1x2 kernel.
+    There PyTorch's CPU conv2d (torch 2.11 and 2.13) gives a wrong weight gradient, so the
+    reference is the sum itself: dw[k, c, 0, s] = dy[k] * x[2k + c, 0, s]."""
+    torch.manual_seed(0)
+    x = torch.randn(4, 1, 2, device=DEVICE)[None].to(memory_format=torch.channels_last)[0].requires_grad_()
+    w = torch.randn(2, 2, 1, 2, device=DEVICE).to(memory_format=torch.channels_last).requires_grad_()
+    y = tritonconv.conv2d(x, w, None, 1, "valid", 1, 2)
+    gy = torch.randn_like(y)
+    gx, gw = torch.autograd.grad(y, (x, w), gy)
+    xd, gyd = x.detach().double(), gy.double()
+    ref_w = torch.stack([gyd[k, 0, 0] * xd[2 * k:2 * k + 2] for k in range(2)])  # (K, C/groups, 1, S)
+    ref_x = torch.stack([gyd[c // 2, 0, 0] * w.detach().double()[c // 2, c % 2] for c in range(4)])  # (C, 1, S)
+    assert rel_err(gw, ref_w) < GRAD_TOL[torch.float32]
+    assert rel_err(gx, ref_x) < GRAD_TOL[torch.float32]
+
+
 def test_gradcheck_small_float64():
     torch.manual_seed(4)
     x = torch.randn(1, 2, 4, 4, dtype=torch.float64, device=DEVICE, requires_grad=True)
