@@ -335,7 +335,7 @@ def test_subset_covers_every_family_within_a_ci_budget():
     core, so the task count bounds a 2-core CI run to a few minutes."""
     tasks = cr._tasks(["sm_90"], list(cr.SUBSET_DTYPES), cr.FAMILIES, True, [])
     assert {t[0] for t in tasks} == {f.name for f in cr.FAMILIES}
-    assert len(tasks) <= 215  # 207 with the 36 families of this writing
+    assert len(tasks) <= 225  # 216 with the 37 families of this writing
 
 
 # The runtime pruner (configs.prune_gemm_configs), whose rules come from the report's numbers.
@@ -494,6 +494,17 @@ def test_depthwise_fp64_keeps_tiles_that_fit():
     assert tc.prune_direct_configs(configs, 4) == configs
     kept = tc.prune_direct_configs(configs, 8)
     assert kept and all(tc.acc_per_thread(c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.num_warps) <= 8 for c in kept)
+
+
+def test_depthwise_patches_the_report_drops_as_the_runtime_does():
+    """A 7x7 patch launches on sm_90 in 16-bit only (configs.max_patch_taps); a 3x3 patch anywhere."""
+    fam7, fam3 = cr._family("depthwise_fprop_7x7"), cr._family("depthwise_fprop")
+    patch = next(c for c in cr.depthwise_patch_configs() if c.kwargs["TILE_W"])
+    dt, arch = cr.DTYPES, cr.ARCHS
+    assert cr._runtime_pruned(fam7, patch, dt["fp16"], arch["sm_90"]) is None
+    assert "7 taps a row" in cr._runtime_pruned(fam7, patch, dt["fp16"], arch["sm_80"])
+    assert "7 taps a row" in cr._runtime_pruned(fam7, patch, dt["fp32"], arch["sm_90"])
+    assert cr._runtime_pruned(fam3, patch, dt["fp32"], arch["sm_80"]) is None
 
 
 def test_one_config_mode_keeps_the_smallest_surviving_tile(monkeypatch):

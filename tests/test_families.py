@@ -202,17 +202,18 @@ def test_depthwise_conv_transpose2d_with_bias():
     assert rel_err(y, F.conv_transpose2d(x, w, b, 2, 1, 0, 6)) < 1e-12
 
 
-@pytest.fixture
-def depthwise_patches(monkeypatch):
-    """The depthwise forward's and dgrad's autotuners holding only a patch tile (TILE_W > 0): the
-    interpreter's tile as a 4 x 8 patch, or the smallest compiled patch tile."""
+@pytest.fixture(params=[32, 64], ids=["4x8", "8x8"])
+def depthwise_patches(monkeypatch, request):
+    """The depthwise forward's and dgrad's autotuners holding only a patch tile (TILE_W > 0) of
+    ``request.param`` pixels: the interpreter's tile made that patch, or the compiled patch tile
+    of that many pixels with the fewest channels."""
     if INTERPRETER:
         (cfg,) = configs.depthwise_configs(interpreter=True, patches=True)
-        cfg = triton.Config({**cfg.kwargs, "TILE_W": configs.DEPTHWISE_PATCH_WIDTH}, num_warps=cfg.num_warps,
-                            num_stages=cfg.num_stages)
+        cfg = triton.Config({**cfg.kwargs, "BLOCK_M": request.param, "TILE_W": configs.DEPTHWISE_PATCH_WIDTH},
+                            num_warps=cfg.num_warps, num_stages=cfg.num_stages)
     else:
-        cfg = min((c for c in configs.depthwise_configs(patches=True) if c.kwargs["TILE_W"]),
-                  key=lambda c: c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"])
+        cfg = min((c for c in configs.depthwise_configs(patches=True)
+                   if c.kwargs["TILE_W"] and c.kwargs["BLOCK_M"] == request.param), key=lambda c: c.kwargs["BLOCK_N"])
     for tuned in (depthwise._fprop_tuned, depthwise._dgrad_tuned):
         monkeypatch.setattr(tuned, "configs", [cfg])
         monkeypatch.setattr(tuned, "cache", {})
@@ -241,6 +242,19 @@ def test_depthwise_patches(case, depthwise_patches):
     assert rel_err(gx, gxr) < TOL[torch.float32]
 
 
+def test_depthwise_patches_with_a_bias_in_conv_transpose2d(depthwise_patches):
+    """conv_transpose2d on the depthwise dgrad adds the bias in its epilogue: on a patch tile, at
+    stride 2 (four phases, a 4x4 kernel's two rows each)."""
+    torch.manual_seed(12)
+    x = torch.randn(2, 6, 5, 7, device=DEVICE)
+    w = torch.randn(6, 1, 4, 4, device=DEVICE)
+    b = torch.randn(6, device=DEVICE)
+    with router.force("depthwise"), plans.enabled_as(False):
+        y = tritonconv.conv_transpose2d(x, w, b, 2, 1, 1, 6)
+    ref = F.conv_transpose2d(x.double(), w.double(), b.double(), 2, 1, 1, 6)
+    assert rel_err(y, ref) < TOL[torch.float32]
+
+
 def test_depthwise_patches_are_dropped_where_they_pad_or_spill(monkeypatch):
     """The forward's prune hook: a patch tile only where it pads the image by at most
     MAX_PATCH_WASTE, and for kernels of at most DEPTHWISE_PATCH_MAX_S taps a row."""
@@ -250,16 +264,21 @@ def test_depthwise_patches_are_dropped_where_they_pad_or_spill(monkeypatch):
     assert configs.patch_waste(64, 8, 56, 56) == 0 and configs.patch_waste(64, 0, 7, 7) == 0
     assert configs.patch_waste(64, 8, 14, 14) == pytest.approx(1 - 196 / 256)
     monkeypatch.setattr(configs, "TUNE", True)  # every surviving config, not the smallest alone
-    hook = depthwise._fprop_tuned.early_config_prune
     x = torch.empty(1, dtype=torch.float16)
 
-    def kept(P, Q, S):
-        return {c.kwargs["TILE_W"] for c in hook(compiled, dict(x_ptr=x, P=P, Q=Q), S=S)}
+    def kept(P, Q, S, dgrad=False):
+        # the dgrad's image is a stride phase of dx, HP x WP; the forward's its output, P x Q
+        if dgrad:
+            return {c.kwargs["TILE_W"]
+                    for c in depthwise._dgrad_tuned.early_config_prune(compiled, dict(dy_ptr=x, HP=P, WP=Q), S=S)}
+        return {c.kwargs["TILE_W"] for c in depthwise._fprop_tuned.early_config_prune(compiled, dict(x_ptr=x, P=P, Q=Q), S=S)}
 
     assert kept(56, 56, 3) == {0, configs.DEPTHWISE_PATCH_WIDTH}
     assert kept(112, 112, 5) == {0, configs.DEPTHWISE_PATCH_WIDTH}
     assert kept(14, 14, 3) == {0}  # 8 x 8 patches: 23 % padding
     assert kept(56, 56, 9) == {0}  # past 7 taps a row, no patch (configs.DEPTHWISE_PATCH_MAX_S_SM90_16BIT)
+    assert kept(56, 56, 3, dgrad=True) == {0, configs.DEPTHWISE_PATCH_WIDTH}
+    assert kept(14, 14, 3, dgrad=True) == {0} and kept(56, 56, 9, dgrad=True) == {0}
     # 7 taps a row: patches spill below sm_90, and in fp32 (configs.max_patch_taps)
     assert configs.direct_pruned_because(64, 32, 4, 2, tile_w=8, taps_per_row=7, capability=90) is None
     assert "7 taps a row" in configs.direct_pruned_because(64, 32, 4, 2, tile_w=8, taps_per_row=7, capability=80)

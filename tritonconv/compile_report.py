@@ -59,7 +59,7 @@ fprop_tap_tma_streamk, fprop_tap_tma_dgrad (fprop.py;
 TMA on sm_90 only); dgrad, dgrad_s2 (dgrad.py); wgrad, wgrad_splitk, wgrad_tap_tma, wgrad_tap_tma_s2 (wgrad.py; TMA on sm_90 only); gemm1x1, gemm1x1_fused, gemm1x1_dgrad, gemm1x1_tma (with persistent-
 grid variants), gemm1x1_wgrad, gemm1x1_wgrad_splitk, gemm1x1_wgrad_tma
 (gemm1x1.py; TMA on sm_90 only); smallc, smallc_fused, smallc_pad, smallc_pad_fused, smallc_wgrad (smallc.py);
-depthwise_{fprop,dgrad,wgrad} and their _7x7 variants (depthwise.py).
+depthwise_{fprop,dgrad,wgrad}, their _7x7 variants, and depthwise_dgrad_s2 (depthwise.py).
 
 Usage::
 
@@ -374,6 +374,10 @@ DEPTHWISE_PROBLEM = dict(input_shape=(32, 144, 56, 56), weight_shape=(144, 1, 3,
                          groups=144)
 DEPTHWISE_7X7_PROBLEM = dict(input_shape=(32, 96, 56, 56), weight_shape=(96, 1, 7, 7), stride=1, padding=3,
                              groups=96)
+# MobileNetV2's first stride-2 depthwise (features.2): its dgrad runs four stride phases, where a
+# stride of 1 folds the phase arithmetic away.
+DEPTHWISE_S2_PROBLEM = dict(input_shape=(32, 96, 112, 112), weight_shape=(96, 1, 3, 3), stride=2, padding=1,
+                            groups=96)
 DEPTHWISE_SPLIT = 4
 
 
@@ -834,6 +838,9 @@ FAMILIES: List[KernelFamily] = [
     KernelFamily("depthwise_dgrad_7x7", depthwise.depthwise_dgrad_kernel, depthwise_patch_configs,
                  _p(_depthwise_dgrad_launch, problem=DEPTHWISE_7X7_PROBLEM), _prune_of(depthwise._dgrad_tuned),
                  uses_dot=False),
+    KernelFamily("depthwise_dgrad_s2", depthwise.depthwise_dgrad_kernel, depthwise_patch_configs,
+                 _p(_depthwise_dgrad_launch, problem=DEPTHWISE_S2_PROBLEM), _prune_of(depthwise._dgrad_tuned),
+                 uses_dot=False),
     KernelFamily("depthwise_wgrad", depthwise.depthwise_wgrad_kernel, depthwise_tile_configs,
                  _depthwise_wgrad_launch, uses_dot=False),
     KernelFamily("depthwise_wgrad_7x7", depthwise.depthwise_wgrad_kernel, depthwise_tile_configs,
@@ -1202,6 +1209,7 @@ def runtime_configs(family: KernelFamily, dtype: Dtype, arch: Arch) -> List[trit
     if family.prune is None:
         return configs
     if isinstance(family.prune, tc_configs.DirectPruneHook):
+        # not the patch-waste rule (configs.MAX_PATCH_WASTE): it depends on the layer's image size
         _, constexprs = family.launch_fn(dtype, configs[0])
         return tc_configs.prune_direct_configs(configs, dtype.elem_bytes, constexprs.get("S", 1), arch.capability)
     first = configs[0]

@@ -246,6 +246,9 @@ DEPTHWISE_STAGES = 2
 # The forward and dgrad also take each tile of 32 pixels or more as a patch, TILE_W pixels wide
 # (depthwise.pixel_tile): the taps re-read fewer pixels (the halo's) than with a flat tile that
 # spans part of one row, but a patch pads an image whose sides it does not divide.
+# (8 wide as the tap-TMA kernels' spatial tiles are, BLOCK_W. The tiles of 8 and 16 pixels are
+# the channel-wide ones, 8x256 and 16x128: as patches they would be one or two rows of 8, close to
+# a run's shape, and not worth a config each.)
 DEPTHWISE_PATCH_WIDTH = 8
 DEPTHWISE_PATCH_MIN_PIXELS = 32
 # Patches are for kernels of up to 5 taps a row, and of 7 (ConvNeXt's 7x7) on sm_90 in 16-bit.
@@ -280,18 +283,26 @@ def depthwise_configs(tiles: Sequence[Tuple[int, int, int]] = DEPTHWISE_TILES, *
             + [listed(*tile, TILE_W=DEPTHWISE_PATCH_WIDTH) for tile in tiles if tile[0] >= DEPTHWISE_PATCH_MIN_PIXELS])
 
 
+def pixel_tiles(images: int, height: int, width: int, block_m: int, tile_w: int) -> int:
+    """How many pixel tiles of BLOCK_M pixels ``depthwise.pixel_tile`` cuts ``images`` height x
+    width images into: flat runs (TILE_W = 0), or patches of block_m // tile_w rows by tile_w."""
+    if tile_w == 0:
+        return triton.cdiv(images * height * width, block_m)
+    return images * triton.cdiv(height, block_m // tile_w) * triton.cdiv(width, tile_w)
+
+
 def patch_waste(block_m: int, tile_w: int, height: int, width: int) -> float:
     """The fraction of a depthwise launch's pixel slots that fall outside a height x width image
     (``depthwise.pixel_tile``): 0 for a flat tile (TILE_W = 0), whose only padding is the last tile's."""
     if tile_w == 0 or height * width == 0:
         return 0.0
-    tile_h = block_m // tile_w
-    slots = -(-height // tile_h) * tile_h * -(-width // tile_w) * tile_w
-    return 1 - height * width / slots
+    return 1 - height * width / (pixel_tiles(1, height, width, block_m, tile_w) * block_m)
 
 
 # A patch that pads the image by more than this is dropped: a flat tile of the same size does the
-# same work with almost none (14 x 14 in 8 x 8 patches: 23 % of the slots padding).
+# same work with almost none (14 x 14 in 8 x 8 patches: 23 % of the slots padding). For the
+# dgrad the image is a stride phase of dx, cdiv(H, stride_h) x cdiv(W, stride_w): the rows and
+# columns some phases lack at an odd H or W are not counted.
 MAX_PATCH_WASTE = 0.125
 
 
@@ -537,7 +548,8 @@ MAX_DIRECT_ACC_FP64 = 8
 
 def max_patch_taps(elem_bytes: int, capability: Optional[int]) -> int:
     """The most taps a row a depthwise kernel may unroll over a patch tile (DEPTHWISE_PATCH_MAX_S);
-    without a capability (the interpreter) as on sm_90."""
+    without a capability (the interpreter) as on sm_90. Measured on sm_80 and sm_90 only: newer
+    GPUs are taken for sm_90."""
     sm90 = capability is None or capability >= 90
     return DEPTHWISE_PATCH_MAX_S_SM90_16BIT if sm90 and elem_bytes == 2 else DEPTHWISE_PATCH_MAX_S
 
@@ -744,9 +756,10 @@ class SpatialTilePruneHook(GemmPruneHook):
 
 
 class DirectPruneHook:
-    """An ``early_config_prune`` for the depthwise direct kernels: ``prune_direct_configs``
-    for the element size of the argument ``tensor_arg``, and without the patches (TILE_W > 0) that
-    pad the image of sides ``extent_args`` by more than MAX_PATCH_WASTE."""
+    """An ``early_config_prune`` for the depthwise direct kernels: ``prune_direct_configs`` for
+    the element size and device of the argument ``tensor_arg`` and the launch's S (taps a row),
+    and without the patches (TILE_W > 0) that pad the image of sides ``extent_args`` by more than
+    MAX_PATCH_WASTE."""
 
     def __init__(self, tensor_arg: str, extent_args: Optional[Tuple[str, str]] = None):
         self.tensor_arg = tensor_arg

@@ -10,16 +10,17 @@ per pixel row.
     forward   y[n, k, p, q]  = sum_{r,s} x[n, k // mult, p*sh - ph + r*dh, q*sw - pw + s*dw] * w[k, 0, r, s]
     dgrad     dx[n, c, h, w] = sum_{j < mult} sum_{r,s: tap lands} dy[n, c*mult + j, p, q] * w[c*mult + j, 0, r, s]
                                with p = (h + ph - r*dh) / sh when that division is exact (likewise q),
-                               per stride phase (h mod sh, w mod sw): its rows r that land, only
+                               one stride phase (h mod sh, w mod sw) a program, which loops over the
+                               kernel rows r that land on it and no others
     wgrad     dw[k, 0, r, s] = sum_{n,p,q} dy[n, k, p, q] * x[n, k // mult, h, w], split over (n, p, q)
               in SPLIT chunks with fixed-order partial sums (deterministic)
 
 mult = K / C is the channel multiplier. The forward's and dgrad's pixel tiles
-(``pixel_tile``) are runs of the flat (n, p, q) order or 2-D patches of one
-image (TILE_W, configs.DEPTHWISE_PATCH_WIDTH): every tap re-reads the tile
-shifted, from L1 or L2, and a patch's shifted copies overlap more than a run's
-(at stride 1, a 3x3 on an 8 x 8 patch reads 100 pixels for 64 outputs; on a
-run of 32 pixels, 102 for 32). Only a row of taps is unrolled: with
+(``pixel_tile``) are runs of the flat pixel order or 2-D patches of one image
+(TILE_W, configs.DEPTHWISE_PATCH_WIDTH): every tap re-reads the tile shifted,
+from L1 or L2, and a patch's shifted copies overlap more than a run's (at
+stride 1, a 3x3 on an 8 x 8 patch reads 100 pixels for 64 outputs; on a run
+of 32 pixels, 102 for 32). Only a row of taps is unrolled: with
 all R*S unrolled the compiler hoists every tap's load ahead of the first
 multiply, and a 7x7 kernel then spills kilobytes per thread on sm_90 (the
 compile report). The family takes kernels up to MAX_TAPS taps (7x7 and 9x9
@@ -42,6 +43,7 @@ from ._common import (
     alloc_output,
     alloc_partials,
     check_device,
+    check_pixel_count,
     conv_epilogue,
     first_tap,
     prepare_forward,
@@ -84,14 +86,18 @@ def is_packed(w: torch.Tensor) -> bool:
 
 @triton.jit
 def pixel_tile(pid, M, P, Q, BLOCK_M: tl.constexpr, TILE_W: tl.constexpr):
-    """The output pixels (n, p, q) of program ``pid`` and their mask, over M = N*P*Q pixels.
+    """The pixels (n, p, q) of program ``pid`` and their mask, over M = N*P*Q pixels of N
+    P x Q images (the forward's output; for the dgrad, one stride phase of dx).
 
     TILE_W == 0: BLOCK_M consecutive pixels of the flat (n, p, q) order, a row or less of a wide
     image. Otherwise a patch of one image, BLOCK_M // TILE_W rows by TILE_W columns, the patches
     in (n, row of patches, column of patches) order: an R x S kernel's taps then read the patch
     and its halo, (BLOCK_M // TILE_W + R - 1) x (TILE_W + S - 1) pixels at stride 1, where a
-    flat tile shorter than a row reads R rows of BLOCK_M + S - 1 pixels (about 1.5 against 3.2
-    pixels read a pixel written for a 3x3 on 8x8 and 32 x 1).
+    flat tile shorter than a row reads R rows of BLOCK_M + S - 1 pixels (about 1.6 against 3.2
+    pixels read a pixel written for a 3x3 on 8x8 and 32 x 1). A patch's n is never past the
+    last image only because the grid (``_pixel_grid``) has exactly N * cdiv(P, BLOCK_M // TILE_W)
+    * cdiv(Q, TILE_W) programs; M serves the flat tiles alone. n comes back int64: n times the
+    image stride can pass 2**31.
     """
     if TILE_W == 0:
         offs_m = pid * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -182,18 +188,19 @@ def depthwise_dgrad_kernel(
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, TILE_W: tl.constexpr,
 ):
     # -- program ids: (pixel tile of one stride phase, channel tile, phase). The pixels of phase
-    # (a_h, a_w) are h = a_h + i*stride_h, w = a_w + j*stride_w, and a tap (r, s) reaches either
-    # all of them or none (dgrad.py): a phase loops over the kernel rows that reach it only, and
-    # a column that does not is masked off whole, where a tile of mixed phases would go through
-    # every tap for a stride_h*stride_w-th of its pixels. At stride 1 there is one phase.
+    # (a_h, a_w) are h = a_h + ih*stride_h, w = a_w + iw*stride_w, and whether a tap (r, s) lands
+    # on a multiple of the stride is the same for all of them (dgrad.py): a phase loops over the
+    # kernel rows that land only, where a tile of mixed phases would go through every row for a
+    # stride_h-th of its pixels. Columns that do not land are still unrolled, their loads masked
+    # off for every pixel. At stride 1 there is one phase.
     pid_m = tl.program_id(0)
     pid_n = tl.program_id(1)
     phase = tl.program_id(2)
     a_h = phase // stride_w
     a_w = phase % stride_w
-    n, i, j_, mask_m = pixel_tile(pid_m, M, HP, WP, BLOCK_M, TILE_W)
-    h_ = a_h + i * stride_h
-    w_ = a_w + j_ * stride_w
+    n, ih, iw, mask_m = pixel_tile(pid_m, M, HP, WP, BLOCK_M, TILE_W)
+    h_ = a_h + ih * stride_h
+    w_ = a_w + iw * stride_w
     mask_m = mask_m & (h_ < H) & (w_ < W)
     c = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     mask_n = c < C
@@ -291,15 +298,12 @@ _wgrad_tuned = triton.autotune(
 )(depthwise_wgrad_kernel)
 
 
-def _pixel_grid(N: int, P: int, Q: int, cols: int, phases: int = 1):
-    """(pixel tiles, channel tiles, phases): ``pixel_tile``'s flat tiles or patches, per config."""
+def _pixel_grid(N: int, P: int, Q: int, channels: int, phases: int = 1):
+    """(pixel tiles, channel tiles, phases): ``pixel_tile``'s flat tiles or patches, per config;
+    exactly as many patches as the images hold (``pixel_tile`` relies on it)."""
     def grid(meta):
-        tile_w = meta["TILE_W"]
-        if tile_w == 0:
-            tiles = triton.cdiv(N * P * Q, meta["BLOCK_M"])
-        else:
-            tiles = N * triton.cdiv(P, meta["BLOCK_M"] // tile_w) * triton.cdiv(Q, tile_w)
-        return tiles, triton.cdiv(cols, meta["BLOCK_N"]), phases
+        return (configs.pixel_tiles(N, P, Q, meta["BLOCK_M"], meta["TILE_W"]),
+                triton.cdiv(channels, meta["BLOCK_N"]), phases)
     return grid
 
 
@@ -352,6 +356,7 @@ def conv2d_dgrad_depthwise(
     if dx.numel() == 0:
         return dx
     HP, WP = triton.cdiv(pb.H, pb.stride_h), triton.cdiv(pb.W, pb.stride_w)
+    check_pixel_count(pb.N * HP * WP, "input, per stride phase,")
     tuning.launch(_dgrad_tuned, "depthwise_dgrad", dy.device,
         _pixel_grid(pb.N, HP, WP, pb.C, pb.stride_h * pb.stride_w),
         dy, w, bias if bias is not None else w, dx,
