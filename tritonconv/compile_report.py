@@ -89,7 +89,6 @@ import glob
 import inspect
 import io
 import json as _json
-import math
 import os
 import re
 import shutil
@@ -467,10 +466,8 @@ def _dgrad_launch(dtype: Dtype, config: triton.Config, *, problem: Dict[str, Any
     args = dict(
         dy_ptr=_ptr(dtype), w_ptr=_ptr(dtype), b_ptr=_ptr(dtype), dx_ptr=_ptr(dtype),
         N=pb.N, H=pb.H, W=pb.W, P=pb.P, Q=pb.Q, R=pb.R, S=pb.S,
-        CG=pb.C_per_group, KG=pb.K_per_group, GROUPS=pb.groups,
-        HP=triton.cdiv(pb.H, pb.stride_h), WP=triton.cdiv(pb.W, pb.stride_w),
+        CG=pb.C_per_group, KG=pb.K_per_group, GROUPS=pb.groups, **_common.stride_phases(pb)._asdict(),
         stride_h=pb.stride_h, stride_w=pb.stride_w, pad_h=pb.pad_h, pad_w=pb.pad_w, dil_h=pb.dil_h, dil_w=pb.dil_w,
-        step_r=pb.stride_h // math.gcd(pb.stride_h, pb.dil_h), step_s=pb.stride_w // math.gcd(pb.stride_w, pb.dil_w),
         **_named("sdyn sdyk sdyp sdyq", _channels_last_strides(pb.output_shape)),
         **_named("swk swc swr sws", _channels_last_strides(pb.weight_shape)),
         **_named("sdxn sdxc sdxh sdxw", _channels_last_strides(pb.input_shape)),
@@ -697,12 +694,12 @@ def _depthwise_fprop_launch(dtype: Dtype, config: triton.Config, *, problem: Dic
 def _depthwise_dgrad_launch(dtype: Dtype, config: triton.Config, *, problem: Dict[str, Any] = DEPTHWISE_PROBLEM):
     """depthwise_dgrad_kernel's arguments as conv2d_dgrad_depthwise passes them in a backward (no bias)."""
     pb = problem_from_shapes(**problem)
+    HP, WP, step_r, _ = _common.stride_phases(pb)
     args = dict(
         dy_ptr=_ptr(dtype), w_ptr=_ptr(dtype), b_ptr=_ptr(dtype), dx_ptr=_ptr(dtype),
-        M=pb.N * triton.cdiv(pb.H, pb.stride_h) * triton.cdiv(pb.W, pb.stride_w), H=pb.H, W=pb.W, P=pb.P, Q=pb.Q, C=pb.C,
-        MULT=pb.K // pb.C, HP=triton.cdiv(pb.H, pb.stride_h), WP=triton.cdiv(pb.W, pb.stride_w),
+        M=pb.N * HP * WP, H=pb.H, W=pb.W, P=pb.P, Q=pb.Q, C=pb.C, MULT=pb.K // pb.C, HP=HP, WP=WP,
         stride_h=pb.stride_h, stride_w=pb.stride_w, pad_h=pb.pad_h, pad_w=pb.pad_w, dil_h=pb.dil_h, dil_w=pb.dil_w,
-        step_r=pb.stride_h // math.gcd(pb.stride_h, pb.dil_h),
+        step_r=step_r,
         **_named("sdyn sdyk sdyp sdyq", _channels_last_strides(pb.output_shape)),
         **_named("swk swr sws", _depthwise_weight_strides(pb)),
         **_named("sdxn sdxc sdxh sdxw", _channels_last_strides(pb.input_shape)),

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import math
 import threading
 from typing import Dict, NamedTuple, Optional, Tuple
 
@@ -48,6 +49,8 @@ __all__ = [
     "alloc_output",
     "alloc_partials",
     "check_pixel_count",
+    "StridePhases",
+    "stride_phases",
     "MAX_PIXELS",
     "acc_dtype_for",
     "input_precision_for",
@@ -347,6 +350,24 @@ def check_pixel_count(count: int, what: str) -> None:
     """Refuse a problem whose pixel count would overflow the kernels' int32 pixel indices."""
     if count >= MAX_PIXELS:
         raise ValueError(f"conv2d {what} has {count} pixels; tritonconv supports fewer than {MAX_PIXELS}")
+
+
+class StridePhases(NamedTuple):
+    """A dgrad's stride phases (h mod stride_h, w mod stride_w) of dx: HP x WP pixels each, and
+    the steps between the kernel rows (columns) that reach one (``first_tap``)."""
+    HP: int
+    WP: int
+    step_r: int
+    step_s: int
+
+
+def stride_phases(problem: Conv2dProblem) -> StridePhases:
+    """``problem``'s stride phases, its per-phase pixel count checked (``check_pixel_count``)."""
+    pb = problem
+    HP, WP = triton.cdiv(pb.H, pb.stride_h), triton.cdiv(pb.W, pb.stride_w)
+    check_pixel_count(pb.N * HP * WP, "input, per stride phase,")
+    return StridePhases(HP, WP, pb.stride_h // math.gcd(pb.stride_h, pb.dil_h),
+                        pb.stride_w // math.gcd(pb.stride_w, pb.dil_w))
 
 
 def alloc_partials(shape, like: torch.Tensor) -> torch.Tensor:

@@ -29,7 +29,6 @@ included); larger ones use the general implicit GEMM.
 
 from __future__ import annotations
 
-import math
 from typing import Optional
 
 import torch
@@ -43,12 +42,12 @@ from ._common import (
     alloc_output,
     alloc_partials,
     check_device,
-    check_pixel_count,
     conv_epilogue,
     first_tap,
     prepare_forward,
     sm_count,
     split_range,
+    stride_phases,
 )
 from .wgrad import sum_partials
 
@@ -355,13 +354,12 @@ def conv2d_dgrad_depthwise(
     dx = alloc_output(pb.input_shape, dy.dtype, dy.device, memory_format)
     if dx.numel() == 0:
         return dx
-    HP, WP = triton.cdiv(pb.H, pb.stride_h), triton.cdiv(pb.W, pb.stride_w)
-    check_pixel_count(pb.N * HP * WP, "input, per stride phase,")
+    HP, WP, step_r, _ = stride_phases(pb)
     tuning.launch(_dgrad_tuned, "depthwise_dgrad", dy.device,
         _pixel_grid(pb.N, HP, WP, pb.C, pb.stride_h * pb.stride_w),
         dy, w, bias if bias is not None else w, dx,
         pb.N * HP * WP, pb.H, pb.W, pb.P, pb.Q, pb.C, pb.K // pb.C, HP, WP,
-        pb.stride_h, pb.stride_w, pb.pad_h, pb.pad_w, pb.dil_h, pb.dil_w, pb.stride_h // math.gcd(pb.stride_h, pb.dil_h),
+        pb.stride_h, pb.stride_w, pb.pad_h, pb.pad_w, pb.dil_h, pb.dil_w, step_r,
         *dy.stride(), w.stride(0), w.stride(2), w.stride(3), *dx.stride(),
         R=pb.R, S=pb.S, HAS_BIAS=bias is not None, ACC_DTYPE=acc_dtype_for(dy.dtype),
     )

@@ -46,11 +46,11 @@ from ._common import (
     acc_dtype_for,
     alloc_output,
     check_device,
-    check_pixel_count,
     content_state,
     first_tap,
     input_precision_for,
     mma,
+    stride_phases,
     thread_setting,
     tile_pid,
 )
@@ -209,11 +209,8 @@ def conv2d_dgrad(
     dx = alloc_output(pb.input_shape, dy.dtype, dy.device, memory_format)
     if dx.numel() == 0:
         return dx
-    HP, WP = triton.cdiv(pb.H, pb.stride_h), triton.cdiv(pb.W, pb.stride_w)
+    HP, WP, step_r, step_s = stride_phases(pb)
     M = pb.N * HP * WP
-    check_pixel_count(M, "input, per stride phase,")
-    step_r = pb.stride_h // math.gcd(pb.stride_h, pb.dil_h)
-    step_s = pb.stride_w // math.gcd(pb.stride_w, pb.dil_w)
     CG, KG = pb.C_per_group, pb.K_per_group
 
     def grid(meta):
