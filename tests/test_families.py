@@ -59,6 +59,14 @@ PROBLEMS = {
         (1, 5, 7, 6, 9, 3, 2, 1, (2, 0), 2, 1),  # pitch 8, dilated
         (1, 8, 6, 9, 17, 2, 3, (1, 2), (0, 1), 1, 1),  # already a pitch: copied all the same
     ],
+    "smallc_rows": [  # the padded copies, one kernel row a step: BLOCK_K = S*C_PITCH to a power of two
+        (2, 3, 15, 15, 8, 7, 7, 2, 3, 1, 1),  # the RGB stem: rows of 28 columns in 32
+        (1, 3, 13, 11, 6, 3, 3, 2, 1, 1, 1),  # MobileNetV2's stem: 12 in 16
+        (1, 3, 12, 12, 5, 4, 4, 4, 0, 1, 1),  # ConvNeXt's patchify stem: 16, no padding
+        (1, 1, 9, 8, 5, 3, 1, 1, (1, 0), 1, 1),  # one tap a row: 4 columns in 16
+        (1, 5, 7, 9, 9, 3, 2, (1, 2), (2, 1), (2, 3), 1),  # pitch 8, dilated: taps 3 pixels apart
+        (1, 8, 6, 9, 17, 2, 3, (1, 2), (0, 1), 1, 1),  # already a pitch
+    ],
     "gemm1x1": [
         (2, 17, 7, 7, 33, 1, 1, 1, 0, 1, 1),
         (1, 12, 5, 6, 9, 1, 1, 1, 0, 1, 3),
@@ -323,7 +331,8 @@ def test_router_prefers_the_specialised_family():
     assert first((1, 32, 8, 8), (32, 1, 3, 3), 1, 1, 1, 32) == "depthwise"
     assert first((1, 3, 32, 32), (16, 3, 7, 7), 2, 3, 1, 1) == "smallc"  # untimed, no copy of x
     pb = spec.problem_from_shapes((1, 3, 32, 32), (16, 3, 7, 7), 2, 3, 1, 1)
-    assert router.candidates(router.FORWARD, pb)[:2] == ["smallc", "smallc_pad"]  # both timed on a GPU
+    # all timed on a GPU
+    assert router.candidates(router.FORWARD, pb)[:3] == ["smallc", "smallc_pad", "smallc_rows"]
     pb = spec.problem_from_shapes((1, 6, 32, 32), (16, 3, 7, 7), 2, 3, 1, 2)
     assert "smallc_pad" not in router.candidates(router.FORWARD, pb)  # grouped: no padded copy
     assert first((1, 64, 8, 8), (128, 64, 1, 1), 1, 0, 1, 1) == "gemm1x1_tma"
@@ -500,6 +509,43 @@ def test_smallc_pad_copies_the_stem_and_hands_groups_to_the_gather(launched):
     pbg = spec.conv2d_problem(xg, wg, None, 1, 1, 1, 2)
     assert not smallc.accepts_pad(pbg) and smallc.accepts_pad(pb)
     y = smallc.conv2d_fprop_smallc_pad(xg, wg, None, pbg)
+    assert launched == ["smallc"] and rel_err(y, F.conv2d(xg, wg, None, 1, 1, 1, 2)) < 1e-12
+
+
+def test_smallc_rows_steps_a_kernel_row_and_hands_wide_rows_to_the_gather(launched):
+    """The rows kernel's BLOCK_K is one kernel row (S taps of C_PITCH channels, to a power of two,
+    at least 16), each width with its own autotuner, where the precompile finds it; kernel rows
+    past MAX_ROW_BLOCK_K columns, and groups, go to the gather."""
+    from tritonconv.bench import precompile
+    from tritonconv.kernels import smallc
+
+    assert [smallc.row_block_k(S, 4) for S in (1, 3, 4, 7, 8, 9, 16)] == [16, 16, 16, 32, 32, 64, 64]
+    assert smallc.row_block_k(2, 8) == 16 and smallc.row_block_k(5, 8) == 64
+    found = precompile.autotuners().values()
+    assert all(any(t is tuned for t in found) for tuned in smallc.ROWS_TUNED.values())
+    assert all(c.kwargs["BLOCK_K"] == bk for bk, tuned in smallc.ROWS_TUNED.items() for c in tuned.configs)
+
+    torch.manual_seed(9)
+    x = torch.randn(1, 3, 9, 21, dtype=torch.float64, device=DEVICE)
+    w = torch.randn(4, 3, 1, 17, dtype=torch.float64, device=DEVICE)  # 17 taps a row: 68 columns
+    pb = spec.conv2d_problem(x, w, None, 1, (0, 2))
+    assert smallc.accepts_pad(pb) and not smallc.accepts_rows(pb)
+    y = smallc.conv2d_fprop_smallc_rows(x, w, None, pb)
+    assert launched == ["smallc"] and rel_err(y, F.conv2d(x, w, None, 1, (0, 2))) < 1e-12
+
+    launched.clear()
+    w = w[:, :, :, :16]  # 16 taps: 64 columns, the widest row step
+    pb = spec.conv2d_problem(x, w, None, 1, (0, 2))
+    with router.force("smallc_rows"):
+        y = tritonconv.conv2d(x, w, None, 1, (0, 2))
+    assert launched == ["smallc_rows_k64"] and rel_err(y, F.conv2d(x, w, None, 1, (0, 2))) < 1e-12
+
+    launched.clear()
+    xg, wg = torch.randn(1, 6, 7, 7, dtype=torch.float64, device=DEVICE), torch.randn(4, 3, 3, 3, dtype=torch.float64,
+                                                                                        device=DEVICE)
+    pbg = spec.conv2d_problem(xg, wg, None, 1, 1, 1, 2)
+    assert not smallc.accepts_rows(pbg)
+    y = smallc.conv2d_fprop_smallc_rows(xg, wg, None, pbg)
     assert launched == ["smallc"] and rel_err(y, F.conv2d(xg, wg, None, 1, 1, 1, 2)) < 1e-12
 
 

@@ -57,6 +57,7 @@ FORWARD_CASES = [
     ("tap_tma", 2, 16, 8, 8, 16, 3, 1, 1, 1, torch.float16, True),
     ("splitk", 1, 64, 4, 4, 16, 3, 1, 1, 1, torch.float32, False),
     ("smallc", 2, 3, 11, 11, 8, 3, 2, 1, 1, torch.float32, False),
+    ("smallc_rows", 2, 3, 11, 11, 8, 7, 2, 3, 1, torch.float32, True),  # padded copies (derive steps)
     ("gemm1x1", 2, 16, 6, 6, 8, 1, 1, 0, 1, torch.float32, False),
     ("gemm1x1", 2, 16, 6, 6, 8, 1, 2, 0, 1, torch.float32, True),  # strided: x's view is every other pixel
     ("gemm1x1_tma", 2, 16, 6, 6, 16, 1, 1, 0, 1, torch.float16, True),
@@ -514,8 +515,9 @@ def _call_for(case):
     return "forward", family, (x, w, None, None), lambda x, w: torch.ops.tritonconv.conv2d(x, w, None, *args)
 
 
-# derive steps: smallc_pad's padded copies of x and w, dgrad tap_tma's phase weights
+# derive steps: smallc_pad's and smallc_rows' padded copies of x and w, dgrad tap_tma's phase weights
 COMPILED_CASES = FORWARD_CASES + [("smallc_pad", 2, 3, 11, 11, 8, 3, 2, 1, 1, torch.float32, True),
+                                  ("smallc_rows", 2, 3, 11, 11, 8, 3, 2, 1, 1, torch.float16, True),
                                   "dgrad tap_tma, stride 2", "dgrad tap_tma, 1x1 stride 2",
                                   "dgrad gemm1x1, 1x1 stride 2"]
 

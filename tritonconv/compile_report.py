@@ -58,7 +58,8 @@ fprop_tap_tma, fprop_tap_tma_fused, fprop_tap_tma_s2, fprop_tap_tma_small, fprop
 fprop_tap_tma_streamk, fprop_tap_tma_dgrad (fprop.py;
 TMA on sm_90 only); dgrad, dgrad_s2 (dgrad.py); wgrad, wgrad_splitk, wgrad_tap_tma, wgrad_tap_tma_s2 (wgrad.py; TMA on sm_90 only); gemm1x1, gemm1x1_fused, gemm1x1_dgrad, gemm1x1_tma (with persistent-
 grid variants), gemm1x1_wgrad, gemm1x1_wgrad_splitk, gemm1x1_wgrad_tma
-(gemm1x1.py; TMA on sm_90 only); smallc, smallc_fused, smallc_pad, smallc_pad_fused, smallc_wgrad (smallc.py);
+(gemm1x1.py; TMA on sm_90 only); smallc, smallc_fused, smallc_pad, smallc_pad_fused, smallc_rows, smallc_rows_fused,
+smallc_rows_3x3, smallc_wgrad (smallc.py);
 depthwise_{fprop,dgrad,wgrad}, their _7x7 variants, and depthwise_dgrad_s2 (depthwise.py).
 
 Usage::
@@ -247,6 +248,12 @@ def smallc_tile_configs() -> List[triton.Config]:
     return tc_configs.gemm_configs(tc_configs.SMALLC_TILES, interpreter=False)
 
 
+def smallc_row_tile_configs(problem: Dict[str, Any]) -> List[triton.Config]:
+    """The rows kernel's compiled config list for ``problem``'s kernel rows (configs.smallc_row_configs)."""
+    pb = problem_from_shapes(**problem)
+    return tc_configs.smallc_row_configs(smallc.row_block_k(pb.S, smallc._pitch(pb.C)), interpreter=False)
+
+
 def smallc_wgrad_tile_configs() -> List[triton.Config]:
     """The small-C wgrad's compiled config list (configs.SMALLC_WGRAD_TILES)."""
     return tc_configs.gemm_configs(tc_configs.SMALLC_WGRAD_TILES, interpreter=False)
@@ -368,6 +375,8 @@ WGRAD_SPLITK = 4
 GEMM1X1_PROBLEM = dict(input_shape=(32, 256, 56, 56), weight_shape=(64, 256, 1, 1), stride=1, padding=0)
 # The RGB stem: 3 -> 64, 7x7, stride 2, at 224x224.
 SMALLC_PROBLEM = dict(input_shape=(32, 3, 224, 224), weight_shape=(64, 3, 7, 7), stride=2, padding=3)
+# MobileNetV2's stem (3x3/2, 32 channels): the rows kernel's steps are 16 columns wide there, 32 on the 7x7
+SMALLC_3X3_PROBLEM = dict(input_shape=(32, 3, 224, 224), weight_shape=(32, 3, 3, 3), stride=2, padding=1)
 # MobileNetV2's 3x3 depthwise at 144 channels, 56x56, and ConvNeXt-T's 7x7 depthwise at 96 channels.
 DEPTHWISE_PROBLEM = dict(input_shape=(32, 144, 56, 56), weight_shape=(144, 1, 3, 3), stride=1, padding=1,
                          groups=144)
@@ -649,6 +658,25 @@ def _smallc_pad_launch(dtype: Dtype, config: triton.Config, *, problem: Dict[str
     return args, dict(constexprs, C_PITCH=pitch)
 
 
+def _smallc_rows_launch(dtype: Dtype, config: triton.Config, *, problem: Dict[str, Any] = SMALLC_PROBLEM,
+                        residual: bool = False, activation: str = "none"):
+    """smallc_rows_kernel's arguments as conv2d_fprop_smallc_rows passes them, with bias: x and w
+    copied with their channels padded to the pitch, dense NHWC / KRSC."""
+    pb = problem_from_shapes(**problem)
+    ptr = _ptr(dtype)
+    y_s = _channels_last_strides(pb.output_shape)
+    args = dict(
+        x_ptr=ptr, w_ptr=ptr, b_ptr=ptr, res_ptr=ptr, y_ptr=ptr,
+        M=pb.N * pb.P * pb.Q, H=pb.H, W=pb.W, P=pb.P, Q=pb.Q, R=pb.R, S=pb.S, K=pb.K,
+        stride_h=pb.stride_h, stride_w=pb.stride_w, pad_h=pb.pad_h, pad_w=pb.pad_w, dil_h=pb.dil_h, dil_w=pb.dil_w,
+        **_named("syn syk syp syq", y_s),
+        **_named("srn srk srp srq", y_s if residual else (0, 0, 0, 0)),
+        alpha=0.01,
+    )
+    return args, dict(_epilogue(dtype, residual, activation), INPUT_PRECISION=dtype.input_precision,
+                      C_PITCH=smallc._pitch(pb.C))
+
+
 def _smallc_wgrad_launch(dtype: Dtype, config: triton.Config, *, problem: Dict[str, Any] = SMALLC_PROBLEM):
     """smallc_wgrad_kernel's arguments as conv2d_wgrad_smallc_pad passes them on the stem: x copied
     with its channels padded to the pitch (dense NHWC), fp32 (fp64) partials of the split the
@@ -822,6 +850,14 @@ FAMILIES: List[KernelFamily] = [
                  _prune_of(smallc._smallc_pad_tuned)),
     KernelFamily("smallc_pad_fused", smallc.smallc_fprop_kernel, smallc_tile_configs,
                  _p(_smallc_pad_launch, **_GELU), _prune_of(smallc._smallc_pad_tuned)),
+    # one kernel row a step on the padded copies (smallc_rows_kernel), its BLOCK_K set by the row:
+    # 28 columns in 32 on the 7x7 stem, 12 in 16 on the 3x3
+    KernelFamily("smallc_rows", smallc.smallc_rows_kernel, _p(smallc_row_tile_configs, SMALLC_PROBLEM),
+                 _smallc_rows_launch, _prune_of(smallc.ROWS_TUNED[32])),
+    KernelFamily("smallc_rows_fused", smallc.smallc_rows_kernel, _p(smallc_row_tile_configs, SMALLC_PROBLEM),
+                 _p(_smallc_rows_launch, **_GELU), _prune_of(smallc.ROWS_TUNED[32])),
+    KernelFamily("smallc_rows_3x3", smallc.smallc_rows_kernel, _p(smallc_row_tile_configs, SMALLC_3X3_PROBLEM),
+                 _p(_smallc_rows_launch, problem=SMALLC_3X3_PROBLEM), _prune_of(smallc.ROWS_TUNED[16])),
     KernelFamily("smallc_wgrad", smallc.smallc_wgrad_kernel, smallc_wgrad_tile_configs, _smallc_wgrad_launch,
                  _prune_of(smallc._smallc_wgrad_tuned)),
     # depthwise direct kernels (depthwise.py): no tl.dot; fprop and dgrad prune fp64 tiles

@@ -20,9 +20,11 @@ from .kernels._common import INTERPRETER
 __all__ = [
     "GEMM_TILES",
     "SMALLC_TILES",
+    "SMALLC_ROW_TILES",
     "SMALLC_WGRAD_TILES",
     "DEPTHWISE_TILES",
     "gemm_configs",
+    "smallc_row_configs",
     "persistent_gemm_configs",
     "depthwise_configs",
     "patch_waste",
@@ -102,6 +104,31 @@ SMALLC_TILES: Tuple[Tuple[int, int, int, int, int], ...] = (
     (128, 32, 32, 8, 4),
     (64, 32, 32, 4, 5),
 )
+
+# The small-C rows kernel (smallc.smallc_rows_kernel) takes one kernel row per reduction step, so
+# its BLOCK_K is not a choice: the row's S*C_PITCH columns rounded up to a power of two
+# (smallc.row_block_k: 32 for a 7x7 RGB stem, 16 for 3x3 and 4x4). Its A tile costs one address
+# per pixel a step rather than one per element, so it can afford the wider tiles
+# SMALLC_TILES avoids; the output is narrow (32-96 channels on the stems), so BLOCK_N <= 128.
+SMALLC_ROW_TILES: Tuple[Tuple[int, int, int, int], ...] = (
+    (128, 64, 4, 4),
+    (128, 64, 8, 4),
+    (256, 64, 8, 3),
+    (64, 64, 4, 4),
+    (128, 32, 4, 4),
+    (256, 32, 8, 4),
+    (128, 128, 8, 3),
+    (64, 32, 4, 5),
+)
+
+
+def smallc_row_configs(block_k: int, tiles: Sequence[Tuple[int, int, int, int]] = SMALLC_ROW_TILES, *,
+                       interpreter: Optional[bool] = None) -> List[triton.Config]:
+    """The rows kernel's configs for rows of ``block_k`` columns (the interpreter's single config
+    with that BLOCK_K under the interpreter)."""
+    return gemm_configs([(bm, bn, block_k, warps, stages) for bm, bn, warps, stages in tiles],
+                        interpreter=interpreter, BLOCK_K=block_k)
+
 
 # The small-C wgrad (smallc.py): M is K (64 for the stem), N the flattened taps (R*S*C_PITCH,
 # 196 for a 7x7 RGB stem), so the tiles are wide in N and short in M; its reduction is split

@@ -6,6 +6,7 @@
     forward     depthwise  (direct, no tl.dot)                   groups == C, R*S <= 81
                 smallc     (flattened R*S*C reduction)           C/groups <= 8
                 smallc_pad (smallc on channel-padded copies)     C <= 8, groups == 1
+                smallc_rows (the padded copies, one kernel row a step) as smallc_pad, S*C_PITCH <= 64
                 gemm1x1_tma  (plain GEMM, TMA loads, sm_90)      1x1, stride 1, no padding, NHWC
                 gemm1x1    (plain GEMM; at stride s, every s-th pixel)  1x1, no padding
                 splitk     (implicit GEMM, reduction split; TMA weight on sm_90) N*P*Q <= 4096, R*S*C/g >= 512
@@ -90,6 +91,7 @@ FORWARD: Dict[str, Tuple[Callable, Callable]] = {
     # the gather first: untimed (tests, the interpreter) the stem runs without a copy of x
     "smallc": (smallc.accepts, smallc.conv2d_fprop_smallc),
     "smallc_pad": (smallc.accepts_pad, smallc.conv2d_fprop_smallc_pad),
+    "smallc_rows": (smallc.accepts_rows, smallc.conv2d_fprop_smallc_rows),
     "gemm1x1_tma": (gemm1x1.accepts, gemm1x1.conv2d_fprop_1x1_tma),
     "gemm1x1": (gemm1x1.accepts_strided, gemm1x1.conv2d_fprop_1x1),
     "splitk": (accepts_splitk, conv2d_fprop_splitk),

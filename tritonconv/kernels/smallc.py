@@ -25,6 +25,22 @@ C_PITCH channels (8 bytes for fp16 RGB), which cp.async can pipeline; the weight
 is contiguous along kk. It costs one copy of x (C_PITCH/C times its size) and
 C_PITCH/C more MMA work; the router times it against the gather on the GPU.
 
+Rows variant (``smallc_rows``, on the same padded copies). Decoding kk per element costs the
+padded variant about 170 instructions a step (128x64x32 tile, 8 warps, sm_90): each of a
+thread's 16 A elements gets its own (r, s, c), h, w, bounds check and address. The rows kernel
+orders the reduction by kernel row instead: one step is one row r, its BLOCK_K columns that
+row's (s, c), S*C_PITCH of them rounded up to a power of two (``row_block_k``: 28 in 32 for a 7x7
+RGB stem, 12 in 16 for a 3x3)::
+
+    A[m, (r, j)] = xp[n, h0 + r*dil_h, w0 + s*dil_w, c]     j = s*C_PITCH + c, c fastest
+                 = (xp + pixel m's row r)[s*dil_w*C_PITCH + c]
+
+What depends on j alone (the column's offset within the row, whether w0 + s*dil_w lies in the
+image) is computed once per tile, and a step only moves each pixel's row pointer and checks
+h: 114 instructions a step for the same tile, no division (the compile report). Against the
+padded variant's flattened BLOCK_K, a row pads its own tail: a 7x7 takes 7 steps of 32 both
+ways; a 3x3 takes 3 steps of 16 for 2 of 32.
+
 Weight gradient (``smallc_pad`` in the router's grad_weight table), on the same padded copy of x:
 
     ==========  ===========================  ==========================================
@@ -71,7 +87,8 @@ from ._common import (
     tile_pid,
 )
 
-__all__ = ["conv2d_fprop_smallc", "conv2d_fprop_smallc_pad", "conv2d_wgrad_smallc_pad", "smallc_fprop_kernel",
+__all__ = ["conv2d_fprop_smallc", "conv2d_fprop_smallc_pad", "conv2d_fprop_smallc_rows",
+           "smallc_rows_kernel", "accepts_rows", "row_block_k", "ROWS_TUNED", "conv2d_wgrad_smallc_pad", "smallc_fprop_kernel",
            "smallc_wgrad_kernel", "accepts", "accepts_pad", "choose_wgrad_split", "MAX_C", "MAX_WGRAD_SPLIT"]
 
 MAX_C = 8
@@ -280,6 +297,162 @@ def conv2d_fprop_smallc_pad(
     xp, wp = plans.derive(lambda x, w: (_padded(x, pitch), _padded(w, pitch)), x, w)
     _launch(_smallc_pad_tuned, "smallc_pad", xp.permute(0, 3, 1, 2), wp.permute(0, 3, 1, 2), fw, pb, pitch, 1,
             alpha, INPUT_PRECISION=input_precision_for(x), C_PITCH=pitch)
+    return fw.out
+
+
+@triton.jit
+def smallc_rows_kernel(
+    # pointers
+    x_ptr,  # (N, H, W, C_PITCH) dense, the channels past C zero
+    w_ptr,  # (K, R, S, C_PITCH) dense, the channels past C zero
+    b_ptr,  # (K,); unused unless HAS_BIAS
+    res_ptr,  # (N, K, P, Q); unused unless HAS_RESIDUAL
+    y_ptr,  # (N, K, P, Q), any strides
+    # problem sizes
+    M, H, W, P, Q, R, S, K,
+    # conv parameters
+    stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
+    # strides, in elements
+    syn, syk, syp, syq,
+    srn, srk, srp, srq,
+    alpha: tl.float64,  # leaky_relu slope; fp64, so that an fp64 conv gets it unrounded
+    # meta-parameters
+    HAS_BIAS: tl.constexpr, HAS_RESIDUAL: tl.constexpr, ACTIVATION: tl.constexpr,
+    ACC_DTYPE: tl.constexpr, INPUT_PRECISION: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
+    C_PITCH: tl.constexpr,
+):
+    # -- program-id mapping: (M-tile, N-tile)
+    _, pid_m, pid_n = tile_pid(tl.program_id(0), M, K, BLOCK_M, BLOCK_N, GROUP_M)
+
+    # -- pixel setup, once per tile
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_k = tl.arange(0, BLOCK_K)
+    mask_m = offs_m < M
+    mask_n = offs_n < K
+    q = offs_m % Q
+    p = (offs_m // Q) % P
+    n = (offs_m // (P * Q)).to(tl.int64)
+    h0 = p * stride_h - pad_h
+    w0 = q * stride_w - pad_w
+
+    # -- column setup, once per tile: a step is one kernel row, its columns kk -> (s, c), c fastest.
+    # What depends on the column alone (the tap's offset from the pixel's leftmost one, whether
+    # that input column lies in the image) is the same in every row, so the loop only moves each
+    # pixel's row pointer and checks the row. The pitch is a constexpr, so each C_PITCH run of
+    # columns is one aligned vector of a pixel's channels (8 bytes of fp16 RGB).
+    SC = S * C_PITCH
+    s = offs_k // C_PITCH
+    c = offs_k % C_PITCH
+    w_in = w0[:, None] + (s * dil_w)[None, :]
+    col_ok = mask_m[:, None] & (offs_k < SC)[None, :] & (w_in >= 0) & (w_in < W)
+    a_cols = (s * dil_w) * C_PITCH + c
+    x_pix = x_ptr + n * H * W * C_PITCH + w0 * C_PITCH  # the pixel's leftmost tap in input row 0
+    w_cols = w_ptr + offs_n.to(tl.int64) * (R * SC)
+    b_ok = (offs_k < SC)[:, None] & mask_n[None, :]
+
+    # -- reduction over the kernel rows
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC_DTYPE)
+    for r in range(0, R):
+        h = h0 + r * dil_h
+        x_row = x_pix + h * (W * C_PITCH)  # within one image: int32 (accepts_pad)
+        a = tl.load(x_row[:, None] + a_cols[None, :], mask=col_ok & ((h >= 0) & (h < H))[:, None], other=0.0)
+        b = tl.load(w_cols[None, :] + (r * SC + offs_k)[:, None], mask=b_ok, other=0.0)
+        acc = mma(a, b, acc, INPUT_PRECISION, ACC_DTYPE)
+
+    # -- epilogue
+    y_rows = n * syn + p.to(tl.int64) * syp + q.to(tl.int64) * syq
+    r_rows = n * srn + p.to(tl.int64) * srp + q.to(tl.int64) * srq
+    conv_epilogue(acc, b_ptr, res_ptr, y_ptr, y_rows, r_rows, offs_n, syk, srk, mask_m, mask_n, alpha,
+                  HAS_BIAS, HAS_RESIDUAL, ACTIVATION)
+
+
+# A rows step's BLOCK_K is one kernel row's S*C_PITCH columns rounded up to a power of two; past
+# this the tile is mostly one row's padding and the A tile's registers grow with it.
+MAX_ROW_BLOCK_K = 64
+
+
+def row_block_k(S: int, pitch: int) -> int:
+    """The rows kernel's BLOCK_K for kernel rows of S taps of ``pitch`` channels: at least 16,
+    tl.dot's smallest K."""
+    return max(16, triton.next_power_of_2(S * pitch))
+
+
+def accepts_rows(problem: Conv2dProblem) -> bool:
+    """The rows kernel: what the padded variant takes, with kernel rows of at most
+    MAX_ROW_BLOCK_K padded columns (up to 16 taps at a pitch of 4, 8 at 8)."""
+    return accepts_pad(problem) and row_block_k(problem.S, _pitch(problem.C)) <= MAX_ROW_BLOCK_K
+
+
+_ROWS_KEY = ["M", "H", "W", "K", "R", "S", "stride_h", "stride_w", "dil_h", "dil_w", "syk", "HAS_RESIDUAL",
+             "ACTIVATION", "C_PITCH"]
+
+
+def _rows_autotuned(block_k: int):
+    return triton.autotune(
+        configs=configs.smallc_row_configs(block_k),
+        key=_ROWS_KEY,
+        do_bench=configs.capture_safe_bench,
+        prune_configs_by={
+            "early_config_prune": configs.gemm_prune_hook(
+                m_fn=lambda a: a["M"], n_fn=lambda a: a["K"], k_fn=lambda a: a["R"] * block_k, tensor_arg="x_ptr",
+            )
+        },
+    )(smallc_rows_kernel)
+
+
+# One autotuner (and tuning-cache file) per row width, BLOCK_K being set by the problem
+# (configs.smallc_row_configs); module attributes, where the precompile finds autotuners.
+_smallc_rows16_tuned = _rows_autotuned(16)
+_smallc_rows32_tuned = _rows_autotuned(32)
+_smallc_rows64_tuned = _rows_autotuned(MAX_ROW_BLOCK_K)
+ROWS_TUNED = {16: _smallc_rows16_tuned, 32: _smallc_rows32_tuned, MAX_ROW_BLOCK_K: _smallc_rows64_tuned}
+
+
+def conv2d_fprop_smallc_rows(
+    x: torch.Tensor,
+    w: torch.Tensor,
+    bias: Optional[torch.Tensor],
+    problem: Conv2dProblem,
+    out: Optional[torch.Tensor] = None,
+    activation: str = "none",
+    alpha: float = 0.01,
+    residual: Optional[torch.Tensor] = None,
+) -> torch.Tensor:
+    """Launch the rows kernel on channel-padded copies of x and w (see the module docstring); the
+    same contract as ``fprop.conv2d_fprop``. Problems it does not take (``accepts_rows``) go to
+    the gather.
+
+    Args:
+        x, w, bias, problem, out, activation, alpha, residual: as for ``conv2d_fprop``.
+
+    Returns:
+        y (N, K, P, Q) in x's dtype.
+    """
+    pb = problem
+    if not accepts_rows(pb):
+        return conv2d_fprop_smallc(x, w, bias, pb, out, activation, alpha, residual)
+    fw = prepare_forward(x, w, bias, residual, pb, out, activation)
+    if fw.out.numel() == 0:
+        return fw.out
+    pitch = _pitch(pb.C)
+    block_k = row_block_k(pb.S, pitch)
+    # (N, H, W, C_PITCH) and (K, R, S, C_PITCH), dense, the extra channels zero: torch work a
+    # launch plan reruns per call
+    xp, wp = plans.derive(lambda x, w: (_padded(x, pitch), _padded(w, pitch)), x, w)
+    M = pb.N * pb.P * pb.Q
+
+    def grid(m):
+        return (triton.cdiv(M, m["BLOCK_M"]) * triton.cdiv(pb.K, m["BLOCK_N"]),)
+
+    tuning.launch(ROWS_TUNED[block_k], f"smallc_rows_k{block_k}", x.device, grid,
+        xp, wp, fw.bias, fw.residual, fw.out,
+        M, pb.H, pb.W, pb.P, pb.Q, pb.R, pb.S, pb.K,
+        pb.stride_h, pb.stride_w, pb.pad_h, pb.pad_w, pb.dil_h, pb.dil_w,
+        *fw.out.stride(), *fw.res_strides, float(alpha), **fw.epilogue,
+        INPUT_PRECISION=input_precision_for(x), C_PITCH=pitch,
+    )
     return fw.out
 
 
