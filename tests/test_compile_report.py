@@ -493,9 +493,28 @@ def test_prune_hook_reads_a_tma_descriptor_tensor():
 
 def test_depthwise_fp64_keeps_tiles_that_fit():
     configs = cr.depthwise_tile_configs()
-    assert tc.prune_direct_configs(configs, 4) == configs
+    acc = {id(c): tc.acc_per_thread(c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.num_warps) for c in configs}
+    # 16-bit keeps the wide tile (32 values a thread) for 3x3 kernels only; 32-bit never
+    assert tc.prune_direct_configs(configs, 2, taps_per_row=3) == configs
+    assert tc.prune_direct_configs(configs, 2, taps_per_row=5) == [c for c in configs if acc[id(c)] <= 16]
+    assert tc.prune_direct_configs(configs, 4) == [c for c in configs if acc[id(c)] <= 16] != configs
     kept = tc.prune_direct_configs(configs, 8)
-    assert kept and all(tc.acc_per_thread(c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.num_warps) <= 8 for c in kept)
+    assert kept and all(acc[id(c)] <= 8 for c in kept)
+
+
+def test_depthwise_unrolled_rows_are_for_small_kernels():
+    """The forward's unrolled kernel rows (UNROLL_R): candidates for kernels of at most
+    DEPTHWISE_UNROLL_MAX_TAPS taps; the dgrad's configs have none (its kernel has no UNROLL_R)."""
+    fprop, dgrad = cr.depthwise_fprop_configs(), cr.depthwise_patch_configs()
+    unrolled = [c for c in fprop if c.kwargs["UNROLL_R"]]
+    assert len(unrolled) == 2 * len(tc.DEPTHWISE_UNROLL_TILES) and fprop[len(dgrad):] == unrolled
+    assert [tc.config_name(c) for c in fprop[:len(dgrad)]] == [tc.config_name(c) for c in dgrad]  # looped first
+    assert all("UNROLL_R" not in c.kwargs for c in dgrad)
+    assert all(" unrolled" in tc.config_name(c) for c in unrolled)
+    assert tc.prune_direct_configs(fprop, 2, 3, 90, taps=9) == fprop
+    kept = tc.prune_direct_configs(fprop, 2, 5, 90, taps=25)
+    assert kept and not any(c.kwargs["UNROLL_R"] for c in kept)
+    assert "unrolled with 25 taps" in tc.direct_pruned_because(64, 32, 4, 2, 0, 5, 90, unrolled=True, taps=25)
 
 
 def test_depthwise_patches_the_report_drops_as_the_runtime_does():

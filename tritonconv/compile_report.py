@@ -265,8 +265,13 @@ def depthwise_tile_configs() -> List[triton.Config]:
 
 
 def depthwise_patch_configs() -> List[triton.Config]:
-    """The depthwise forward's and dgrad's: each tile flat, and as a patch (TILE_W)."""
+    """The depthwise dgrad's: each tile flat, and as a patch (TILE_W)."""
     return tc_configs.depthwise_configs(interpreter=False, patches=True)
+
+
+def depthwise_fprop_configs() -> List[triton.Config]:
+    """The depthwise forward's: the dgrad's, then some with the kernel rows unrolled (UNROLL_R)."""
+    return tc_configs.depthwise_configs(interpreter=False, patches=True, unrolled=True)
 
 
 _FLOAT_TYPES = {"float64": "fp64", "fp64": "fp64", "float32": "fp32", "fp32": "fp32", "float16": "fp16",
@@ -861,9 +866,9 @@ FAMILIES: List[KernelFamily] = [
     KernelFamily("smallc_wgrad", smallc.smallc_wgrad_kernel, smallc_wgrad_tile_configs, _smallc_wgrad_launch,
                  _prune_of(smallc._smallc_wgrad_tuned)),
     # depthwise direct kernels (depthwise.py): no tl.dot; fprop and dgrad prune fp64 tiles
-    KernelFamily("depthwise_fprop", depthwise.depthwise_fprop_kernel, depthwise_patch_configs,
+    KernelFamily("depthwise_fprop", depthwise.depthwise_fprop_kernel, depthwise_fprop_configs,
                  _depthwise_fprop_launch, _prune_of(depthwise._fprop_tuned), uses_dot=False),
-    KernelFamily("depthwise_fprop_7x7", depthwise.depthwise_fprop_kernel, depthwise_patch_configs,
+    KernelFamily("depthwise_fprop_7x7", depthwise.depthwise_fprop_kernel, depthwise_fprop_configs,
                  _p(_depthwise_fprop_launch, problem=DEPTHWISE_7X7_PROBLEM), _prune_of(depthwise._fprop_tuned),
                  uses_dot=False),
     KernelFamily("depthwise_dgrad", depthwise.depthwise_dgrad_kernel, depthwise_patch_configs,
@@ -894,7 +899,7 @@ def _tile_key(config: triton.Config) -> Tuple:
     kw = config.kwargs
     return (kw["BLOCK_M"], kw["BLOCK_N"], kw.get("BLOCK_K"), config.num_warps, config.num_stages,
             bool(kw.get("PERSISTENT", False)), kw.get("BLOCK_W"), bool(kw.get("STREAM_K", False)),
-            bool(kw.get("FLATTEN", False)), kw.get("TILE_W"))
+            bool(kw.get("FLATTEN", False)), kw.get("TILE_W"), bool(kw.get("UNROLL_R", False)))
 
 
 def _tile_volume(tile: Tuple) -> int:
@@ -1244,7 +1249,9 @@ def runtime_configs(family: KernelFamily, dtype: Dtype, arch: Arch) -> List[trit
     if isinstance(family.prune, tc_configs.DirectPruneHook):
         # not the patch-waste rule (configs.MAX_PATCH_WASTE): it depends on the layer's image size
         _, constexprs = family.launch_fn(dtype, configs[0])
-        return tc_configs.prune_direct_configs(configs, dtype.elem_bytes, constexprs.get("S", 1), arch.capability)
+        S = constexprs.get("S", 1)
+        return tc_configs.prune_direct_configs(configs, dtype.elem_bytes, S, arch.capability,
+                                               taps=constexprs.get("R", 1) * S)
     first = configs[0]
     args, constexprs = family.launch_fn(dtype, first)
     m, n, k = family.prune.gemm_sizes({**args, **constexprs, **first.kwargs})
@@ -1284,8 +1291,10 @@ def _runtime_pruned(family: KernelFamily, config: triton.Config, dtype: Dtype, a
     kw = config.kwargs
     if isinstance(family.prune, tc_configs.DirectPruneHook):
         _, constexprs = family.launch_fn(dtype, config)
+        S = constexprs.get("S", 1)
         why = tc_configs.direct_pruned_because(kw["BLOCK_M"], kw["BLOCK_N"], config.num_warps, dtype.elem_bytes,
-                                               kw.get("TILE_W", 0), constexprs.get("S", 1), arch.capability)
+                                               kw.get("TILE_W", 0), S, arch.capability, kw.get("UNROLL_R", False),
+                                               constexprs.get("R", 1) * S)
         return f"runtime pruner: {why or 'drops it (configs.prune_direct_configs)'}"
     _, constexprs = family.launch_fn(dtype, config)
     why = tc_configs.pruned_because(kw["BLOCK_M"], kw["BLOCK_N"], kw["BLOCK_K"], config.num_warps, config.num_stages,

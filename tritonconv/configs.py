@@ -259,6 +259,12 @@ def persistent_gemm_configs(tiles: Sequence[Tuple[int, int, int, int, int]] = GE
 # them: at 16 values per thread a 7x7 kernel builds without spilling in
 # 16/32-bit, at 32 it spills, hence 8 warps for the 64x64 and 128x32 tiles.
 # fp64 needs 8 values per thread: the last tile (prune_direct_configs).
+# One tile holds 32 values a thread, for 3x3 kernels in 16-bit only (DEPTHWISE_WIDE_MAX_S): what a
+# tile costs besides its taps (the pixel decode, the epilogue) and each tap's weights are then
+# shared by twice the outputs. The 3x3 forward's SASS (sm_90, fp16, the compile report's
+# MobileNetV2 layer), instructions per output value, taps + the rest: 64x32 w4 as a patch 9 x 4.25
+# + 15.75 = 54, 128x32 w4 as a patch 9 x 3.75 + 11.0 = 44.75. It builds at 136-168 registers in
+# fp16 and bf16 on sm_80 and sm_90; in fp32 on sm_80 and for 7x7 kernels it spills.
 DEPTHWISE_TILES: Tuple[Tuple[int, int, int], ...] = (
     (32, 64, 4),
     (64, 32, 4),
@@ -268,8 +274,18 @@ DEPTHWISE_TILES: Tuple[Tuple[int, int, int], ...] = (
     (32, 128, 8),
     (8, 256, 4),
     (8, 256, 8),
+    (128, 32, 4),
 )
 DEPTHWISE_STAGES = 2
+DEPTHWISE_WIDE_MAX_S = 3
+# The forward may also unroll the kernel rows (UNROLL_R), not only each row's taps: every tap's
+# loads are then issued before the first multiply, R*S of them in flight a thread instead of S,
+# and the weights and addresses of all taps are set up once (the 3x3 forward, as above: 64x32 w4
+# as a patch 50.5 instructions a value at 122 registers, 128x32 w4 41.0 at 190). For kernels of
+# at most DEPTHWISE_UNROLL_MAX_TAPS taps (a 7x7 unrolled would hold 49 taps' loads); these tiles,
+# flat and as patches, are candidates beside the looped ones, for the GPU to time.
+DEPTHWISE_UNROLL_TILES: Tuple[Tuple[int, int, int], ...] = ((64, 32, 4), (128, 32, 4))
+DEPTHWISE_UNROLL_MAX_TAPS = 9
 # The forward and dgrad also take each tile of 32 pixels or more as a patch, TILE_W pixels wide
 # (depthwise.pixel_tile): the taps re-read fewer pixels (the halo's) than with a flat tile that
 # spans part of one row, but a patch pads an image whose sides it does not divide.
@@ -291,10 +307,15 @@ DEPTHWISE_INTERPRETER_CONFIG = dict(BLOCK_M=32, BLOCK_N=16)
 
 
 def depthwise_configs(tiles: Sequence[Tuple[int, int, int]] = DEPTHWISE_TILES, *,
-                      interpreter: Optional[bool] = None, patches: bool = False, **extra) -> List[triton.Config]:
+                      interpreter: Optional[bool] = None, patches: bool = False, unrolled: bool = False,
+                      **extra) -> List[triton.Config]:
     """Configs for the depthwise direct kernels; ``extra`` adds fixed meta-parameters. With
     ``patches`` (the kernels with a TILE_W), each tile flat (TILE_W = 0) and, from
-    DEPTHWISE_PATCH_MIN_PIXELS up, as a patch DEPTHWISE_PATCH_WIDTH wide as well."""
+    DEPTHWISE_PATCH_MIN_PIXELS up, as a patch DEPTHWISE_PATCH_WIDTH wide as well. With
+    ``unrolled`` (the forward, which has UNROLL_R), those with the kernel rows looped, then
+    DEPTHWISE_UNROLL_TILES with them unrolled, flat and as patches."""
+    if unrolled:
+        extra = dict(extra, UNROLL_R=False)
     if INTERPRETER if interpreter is None else interpreter:
         flat = dict(TILE_W=0) if patches else {}
         return [triton.Config({**DEPTHWISE_INTERPRETER_CONFIG, **flat, **extra}, num_warps=4, num_stages=1)]
@@ -306,8 +327,12 @@ def depthwise_configs(tiles: Sequence[Tuple[int, int, int]] = DEPTHWISE_TILES, *
     if not patches:
         return [listed(*tile) for tile in tiles]
     # the flat tiles first: TRITONCONV_TUNE=0 takes the first of the smallest
-    return ([listed(*tile, TILE_W=0) for tile in tiles]
-            + [listed(*tile, TILE_W=DEPTHWISE_PATCH_WIDTH) for tile in tiles if tile[0] >= DEPTHWISE_PATCH_MIN_PIXELS])
+    found = ([listed(*tile, TILE_W=0) for tile in tiles]
+             + [listed(*tile, TILE_W=DEPTHWISE_PATCH_WIDTH) for tile in tiles if tile[0] >= DEPTHWISE_PATCH_MIN_PIXELS])
+    if unrolled:
+        found += [triton.Config({**c.kwargs, "UNROLL_R": True}, num_warps=c.num_warps, num_stages=c.num_stages)
+                  for c in depthwise_configs(DEPTHWISE_UNROLL_TILES, interpreter=False, patches=True, **extra)]
+    return found
 
 
 def pixel_tiles(images: int, height: int, width: int, block_m: int, tile_w: int) -> int:
@@ -571,6 +596,8 @@ def with_maxnreg(cfg: triton.Config, maxnreg: Optional[int]) -> triton.Config:
 # fp64 tap loads and accumulators take two registers per value: at 16 values per thread a 7x7
 # depthwise kernel spills (compile report), at 8 it does not.
 MAX_DIRECT_ACC_FP64 = 8
+# ... and past this many in 16-bit for kernels of more than DEPTHWISE_WIDE_MAX_S taps a row, or in 32-bit
+MAX_DIRECT_ACC = 16
 
 
 def max_patch_taps(elem_bytes: int, capability: Optional[int]) -> int:
@@ -582,27 +609,37 @@ def max_patch_taps(elem_bytes: int, capability: Optional[int]) -> int:
 
 
 def direct_pruned_because(bm: int, bn: int, num_warps: int, elem_bytes: int, tile_w: int = 0,
-                          taps_per_row: int = 1, capability: Optional[int] = None) -> Optional[str]:
+                          taps_per_row: int = 1, capability: Optional[int] = None, unrolled: bool = False,
+                          taps: int = 1) -> Optional[str]:
     """Why ``prune_direct_configs`` drops a depthwise tile, or None when it keeps it."""
     acc = acc_per_thread(bm, bn, num_warps)
     if elem_bytes >= 8 and acc > MAX_DIRECT_ACC_FP64:
         return f"fp64 accumulator {acc} values/thread > {MAX_DIRECT_ACC_FP64}"
+    if acc > MAX_DIRECT_ACC and (elem_bytes != 2 or taps_per_row > DEPTHWISE_WIDE_MAX_S):
+        return (f"accumulator {acc} values/thread > {MAX_DIRECT_ACC} with {elem_bytes}-byte elements and "
+                f"{taps_per_row} taps a row (only 16-bit, up to {DEPTHWISE_WIDE_MAX_S})")
     if tile_w and taps_per_row > max_patch_taps(elem_bytes, capability):
         return f"a patch with {taps_per_row} taps a row > {max_patch_taps(elem_bytes, capability)}"
+    if unrolled and taps > DEPTHWISE_UNROLL_MAX_TAPS:
+        return f"kernel rows unrolled with {taps} taps > {DEPTHWISE_UNROLL_MAX_TAPS}"
     return None
 
 
 def prune_direct_configs(configs: List[triton.Config], elem_bytes: int, taps_per_row: int = 1,
-                         capability: Optional[int] = None) -> List[triton.Config]:
+                         capability: Optional[int] = None, taps: Optional[int] = None) -> List[triton.Config]:
     """Drop the depthwise direct kernels' tiles that spill: for fp64, more than
-    MAX_DIRECT_ACC_FP64 accumulator values per thread; patches (TILE_W) for kernels of more taps
-    a row (``taps_per_row``, the S the kernel unrolls) than ``max_patch_taps``. Keeps the first
-    config if none survives."""
+    MAX_DIRECT_ACC_FP64 accumulator values per thread; more than MAX_DIRECT_ACC but in 16-bit for
+    kernels of at most DEPTHWISE_WIDE_MAX_S taps a row; patches (TILE_W) for kernels of more taps
+    a row (``taps_per_row``, the S the kernel unrolls) than ``max_patch_taps``; the forward's
+    unrolled kernel rows (UNROLL_R) for kernels of more than DEPTHWISE_UNROLL_MAX_TAPS ``taps``
+    (R*S; S without it). Keeps the first config if none survives."""
     if len(configs) <= 1:
         return configs
+    taps = taps_per_row if taps is None else taps
     kept = [c for c in configs
             if not direct_pruned_because(c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.num_warps, elem_bytes,
-                                         c.kwargs.get("TILE_W", 0), taps_per_row, capability)]
+                                         c.kwargs.get("TILE_W", 0), taps_per_row, capability,
+                                         c.kwargs.get("UNROLL_R", False), taps)]
     return kept or configs[:1]
 
 
@@ -799,7 +836,9 @@ class DirectPruneHook:
             configs = [c for c in configs if patch_waste(c.kwargs["BLOCK_M"], c.kwargs.get("TILE_W", 0),
                                                          height, width) <= MAX_PATCH_WASTE] or configs[:1]
         t = args[self.tensor_arg]
-        return tuned(prune_direct_configs(configs, t.element_size(), int(args.get("S", 1)), device_capability(t)))
+        S = int(args.get("S", 1))
+        return tuned(prune_direct_configs(configs, t.element_size(), S, device_capability(t),
+                                          taps=int(args.get("R", 1)) * S))
 
 
 def gemm_prune_hook(m_fn, n_fn, k_fn, tensor_arg: str, gathered: bool = True,
@@ -813,7 +852,8 @@ def config_name(config: triton.Config) -> str:
     """'128x256x64 w8 s3' (BLOCK_M x BLOCK_N x BLOCK_K, warps, stages); '64x32 w4 s2' without a BLOCK_K;
     ' persistent' appended for a persistent-grid variant, ' stream-k' for a stream-K one, ' rows'
     for a one-row tap-TMA tile, ' sync' for one whose steps wait for their wgmmas (SYNC_MMA),
-    ' patch 8x8' for a depthwise tile that is a patch of 8 rows by 8 columns (TILE_W),
+    ' patch 8x8' for a depthwise tile that is a patch of 8 rows by 8 columns (TILE_W), ' unrolled'
+    for one whose kernel rows are unrolled (UNROLL_R),
     ' maxnreg 255' for one launched with that register limit (``register_cap``)."""
     kw = config.kwargs
     dims = [kw["BLOCK_M"], kw["BLOCK_N"]] + ([kw["BLOCK_K"]] if "BLOCK_K" in kw else [])
@@ -822,6 +862,7 @@ def config_name(config: triton.Config) -> str:
             + (" stream-k" if kw.get("STREAM_K") else "")
             + (" rows" if kw.get("BLOCK_W", 0) > SPATIAL_TILE_WIDTH else "") + (" sync" if kw.get("SYNC_MMA") else "")
             + (f" patch {kw['BLOCK_M'] // kw['TILE_W']}x{kw['TILE_W']}" if kw.get("TILE_W") else "")
+            + (" unrolled" if kw.get("UNROLL_R") else "")
             + (f" maxnreg {config.maxnreg}" if getattr(config, "maxnreg", None) else ""))
 
 

@@ -24,7 +24,9 @@ of 32 pixels, 102 for 32). Only a row of taps is unrolled: with
 all R*S unrolled the compiler hoists every tap's load ahead of the first
 multiply, and a 7x7 kernel then spills kilobytes per thread on sm_90 (the
 compile report). The family takes kernels up to MAX_TAPS taps (7x7 and 9x9
-included); larger ones use the general implicit GEMM.
+included); larger ones use the general implicit GEMM. The forward also has tiles with the
+kernel rows unrolled (UNROLL_R, for kernels of at most configs.DEPTHWISE_UNROLL_MAX_TAPS taps):
+a 3x3's nine taps' loads are then all in flight at once, the autotuner choosing.
 """
 
 from __future__ import annotations
@@ -117,6 +119,23 @@ def pixel_tile(pid, M, P, Q, BLOCK_M: tl.constexpr, TILE_W: tl.constexpr):
 
 
 @triton.jit
+def _fprop_row(acc, r, x_pix, x_cols, w_rows, h0, w0, mask_m, mask_n, H, W, dil_h, dil_w, sxh, sxw, swr, sws,
+               S: tl.constexpr, ACC_DTYPE: tl.constexpr):
+    """acc plus kernel row r's S taps (unrolled) on the forward's (pixels x channels) tile."""
+    h = h0 + r * dil_h
+    row_ok = mask_m & (h >= 0) & (h < H)
+    x_row = x_pix + h.to(tl.int64) * sxh
+    for s in tl.static_range(S):
+        w = w0 + s * dil_w
+        ok = row_ok & (w >= 0) & (w < W)
+        xv = tl.load((x_row + w.to(tl.int64) * sxw)[:, None] + x_cols[None, :], mask=ok[:, None] & mask_n[None, :],
+                     other=0.0)
+        wv = tl.load(w_rows + r * swr + s * sws, mask=mask_n, other=0.0)
+        acc += xv.to(ACC_DTYPE) * wv.to(ACC_DTYPE)[None, :]
+    return acc
+
+
+@triton.jit
 def depthwise_fprop_kernel(
     # pointers
     x_ptr,  # (N, C, H, W), any strides
@@ -138,6 +157,7 @@ def depthwise_fprop_kernel(
     R: tl.constexpr, S: tl.constexpr,
     HAS_BIAS: tl.constexpr, HAS_RESIDUAL: tl.constexpr, ACTIVATION: tl.constexpr, ACC_DTYPE: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, TILE_W: tl.constexpr,
+    UNROLL_R: tl.constexpr = False,  # the kernel rows unrolled too (configs.DEPTHWISE_UNROLL_TILES)
 ):
     # -- program ids: (pixel tile, channel tile)
     pid_m = tl.program_id(0)
@@ -147,20 +167,20 @@ def depthwise_fprop_kernel(
     mask_n = k_out < K
     h0 = p * stride_h - pad_h
     w0 = q * stride_w - pad_w
+    x_pix = x_ptr + n * sxn
     x_cols = (k_out // MULT).to(tl.int64) * sxc
     w_rows = w_ptr + k_out.to(tl.int64) * swk
 
-    # -- the taps: kernel rows in a loop, each row's S taps unrolled
+    # -- the taps: each row's S taps unrolled, the kernel rows in a loop or unrolled as well
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC_DTYPE)
-    for r in range(R):
-        for s in tl.static_range(S):
-            h = h0 + r * dil_h
-            w = w0 + s * dil_w
-            ok = mask_m & (h >= 0) & (h < H) & (w >= 0) & (w < W)
-            rows = n * sxn + h.to(tl.int64) * sxh + w.to(tl.int64) * sxw
-            xv = tl.load(x_ptr + rows[:, None] + x_cols[None, :], mask=ok[:, None] & mask_n[None, :], other=0.0)
-            wv = tl.load(w_rows + r * swr + s * sws, mask=mask_n, other=0.0)
-            acc += xv.to(ACC_DTYPE) * wv.to(ACC_DTYPE)[None, :]
+    if UNROLL_R:
+        for r in tl.static_range(R):
+            acc = _fprop_row(acc, r, x_pix, x_cols, w_rows, h0, w0, mask_m, mask_n, H, W, dil_h, dil_w, sxh, sxw,
+                             swr, sws, S, ACC_DTYPE)
+    else:
+        for r in range(R):
+            acc = _fprop_row(acc, r, x_pix, x_cols, w_rows, h0, w0, mask_m, mask_n, H, W, dil_h, dil_w, sxh, sxw,
+                             swr, sws, S, ACC_DTYPE)
 
     # -- epilogue
     y_rows = n * syn + p.to(tl.int64) * syp + q.to(tl.int64) * syq
@@ -280,7 +300,7 @@ def depthwise_wgrad_kernel(
 # image size are different kernels and must not share a tuning result.
 _KEY = ["M", "H", "W", "P", "Q", "MULT", "R", "S", "stride_h", "stride_w", "dil_h", "dil_w"]
 _fprop_tuned = triton.autotune(
-    configs=configs.depthwise_configs(patches=True), key=_KEY + ["K", "sxc", "syk"],
+    configs=configs.depthwise_configs(patches=True, unrolled=True), key=_KEY + ["K", "sxc", "syk"],
     do_bench=configs.capture_safe_bench,
     prune_configs_by={"early_config_prune": configs.DirectPruneHook("x_ptr", ("P", "Q"))},
 )(depthwise_fprop_kernel)
