@@ -494,9 +494,13 @@ def test_prune_hook_reads_a_tma_descriptor_tensor():
 def test_depthwise_fp64_keeps_tiles_that_fit():
     configs = cr.depthwise_tile_configs()
     acc = {id(c): tc.acc_per_thread(c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.num_warps) for c in configs}
-    # 16-bit keeps the wide tile (32 values a thread) for 3x3 kernels only; 32-bit never
-    assert tc.prune_direct_configs(configs, 2, taps_per_row=3) == configs
-    assert tc.prune_direct_configs(configs, 2, taps_per_row=5) == [c for c in configs if acc[id(c)] <= 16]
+    # 16-bit keeps the wide tile (32 values a thread) for kernels of up to 5 taps a row (7 as a
+    # patch on sm_90: configs.max_patch_taps); 32-bit never
+    assert tc.prune_direct_configs(configs, 2, taps_per_row=5) == configs
+    assert tc.prune_direct_configs(configs, 2, taps_per_row=7) == [c for c in configs if acc[id(c)] <= 16]
+    assert tc.direct_pruned_because(128, 32, 4, 2, tile_w=8, taps_per_row=7, capability=90) is None
+    assert "32 values/thread" in tc.direct_pruned_because(128, 32, 4, 2, tile_w=8, taps_per_row=7, capability=80)
+    assert "32 values/thread" in tc.direct_pruned_because(128, 32, 4, 2, tile_w=0, taps_per_row=7, capability=90)
     assert tc.prune_direct_configs(configs, 4) == [c for c in configs if acc[id(c)] <= 16] != configs
     kept = tc.prune_direct_configs(configs, 8)
     assert kept and all(acc[id(c)] <= 8 for c in kept)

@@ -259,12 +259,15 @@ def persistent_gemm_configs(tiles: Sequence[Tuple[int, int, int, int, int]] = GE
 # them: at 16 values per thread a 7x7 kernel builds without spilling in
 # 16/32-bit, at 32 it spills, hence 8 warps for the 64x64 and 128x32 tiles.
 # fp64 needs 8 values per thread: the last tile (prune_direct_configs).
-# One tile holds 32 values a thread, for 3x3 kernels in 16-bit only (DEPTHWISE_WIDE_MAX_S): what a
-# tile costs besides its taps (the pixel decode, the epilogue) and each tap's weights are then
-# shared by twice the outputs. The 3x3 forward's SASS (sm_90, fp16, the compile report's
-# MobileNetV2 layer), instructions per output value, taps + the rest: 64x32 w4 as a patch 9 x 4.25
-# + 15.75 = 54, 128x32 w4 as a patch 9 x 3.75 + 11.0 = 44.75. It builds at 136-168 registers in
-# fp16 and bf16 on sm_80 and sm_90; in fp32 on sm_80 and for 7x7 kernels it spills.
+# One tile holds 32 values a thread, in 16-bit only: what a tile costs besides its taps (the pixel
+# decode, the epilogue) and each tap's weights are then shared by twice the outputs. The
+# forward's SASS (sm_90, fp16, the compile report's layers), instructions per output value, taps
+# + the rest: 3x3, 64x32 w4 as a patch 9 x 4.25 + 15.75 = 54, 128x32 w4 as a patch 9 x 3.75 + 11.0
+# = 44.75; 7x7, 49 x 4.11 + 17.75 = 219 and 49 x 3.52 + 11.09 = 184. It builds without spilling
+# in fp16 and bf16 for 3x3 and 5x5 kernels on sm_80 and sm_90, flat and as a patch (136-232
+# registers, forward and dgrad, Triton 3.9 and 3.6 on sm_90), and for 7x7 as a patch on sm_90
+# (194); a 7x7 flat spills, and so does fp32 on sm_80. Hence up to DEPTHWISE_WIDE_MAX_S taps a
+# row, or as a patch up to ``max_patch_taps``.
 DEPTHWISE_TILES: Tuple[Tuple[int, int, int], ...] = (
     (32, 64, 4),
     (64, 32, 4),
@@ -277,7 +280,7 @@ DEPTHWISE_TILES: Tuple[Tuple[int, int, int], ...] = (
     (128, 32, 4),
 )
 DEPTHWISE_STAGES = 2
-DEPTHWISE_WIDE_MAX_S = 3
+DEPTHWISE_WIDE_MAX_S = 5
 # The forward may also unroll the kernel rows (UNROLL_R), not only each row's taps: every tap's
 # loads are then issued before the first multiply, R*S of them in flight a thread instead of S,
 # and the weights and addresses of all taps are set up once (the 3x3 forward, as above: 64x32 w4
@@ -596,7 +599,8 @@ def with_maxnreg(cfg: triton.Config, maxnreg: Optional[int]) -> triton.Config:
 # fp64 tap loads and accumulators take two registers per value: at 16 values per thread a 7x7
 # depthwise kernel spills (compile report), at 8 it does not.
 MAX_DIRECT_ACC_FP64 = 8
-# ... and past this many in 16-bit for kernels of more than DEPTHWISE_WIDE_MAX_S taps a row, or in 32-bit
+# ... and past this many in 32-bit, or in 16-bit for kernels of more than DEPTHWISE_WIDE_MAX_S taps a
+# row (more than max_patch_taps as a patch)
 MAX_DIRECT_ACC = 16
 
 
@@ -615,9 +619,10 @@ def direct_pruned_because(bm: int, bn: int, num_warps: int, elem_bytes: int, til
     acc = acc_per_thread(bm, bn, num_warps)
     if elem_bytes >= 8 and acc > MAX_DIRECT_ACC_FP64:
         return f"fp64 accumulator {acc} values/thread > {MAX_DIRECT_ACC_FP64}"
-    if acc > MAX_DIRECT_ACC and (elem_bytes != 2 or taps_per_row > DEPTHWISE_WIDE_MAX_S):
+    wide_taps = max_patch_taps(elem_bytes, capability) if tile_w else DEPTHWISE_WIDE_MAX_S
+    if acc > MAX_DIRECT_ACC and (elem_bytes != 2 or taps_per_row > wide_taps):
         return (f"accumulator {acc} values/thread > {MAX_DIRECT_ACC} with {elem_bytes}-byte elements and "
-                f"{taps_per_row} taps a row (only 16-bit, up to {DEPTHWISE_WIDE_MAX_S})")
+                f"{taps_per_row} taps a row (only 16-bit, up to {wide_taps})")
     if tile_w and taps_per_row > max_patch_taps(elem_bytes, capability):
         return f"a patch with {taps_per_row} taps a row > {max_patch_taps(elem_bytes, capability)}"
     if unrolled and taps > DEPTHWISE_UNROLL_MAX_TAPS:
@@ -629,7 +634,7 @@ def prune_direct_configs(configs: List[triton.Config], elem_bytes: int, taps_per
                          capability: Optional[int] = None, taps: Optional[int] = None) -> List[triton.Config]:
     """Drop the depthwise direct kernels' tiles that spill: for fp64, more than
     MAX_DIRECT_ACC_FP64 accumulator values per thread; more than MAX_DIRECT_ACC but in 16-bit for
-    kernels of at most DEPTHWISE_WIDE_MAX_S taps a row; patches (TILE_W) for kernels of more taps
+    kernels of at most DEPTHWISE_WIDE_MAX_S taps a row (``max_patch_taps`` as a patch); patches (TILE_W) for kernels of more taps
     a row (``taps_per_row``, the S the kernel unrolls) than ``max_patch_taps``; the forward's
     unrolled kernel rows (UNROLL_R) for kernels of more than DEPTHWISE_UNROLL_MAX_TAPS ``taps``
     (R*S; S without it). Keeps the first config if none survives."""
