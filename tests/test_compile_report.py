@@ -491,19 +491,38 @@ def test_prune_hook_reads_a_tma_descriptor_tensor():
                         for c in kept), "the descriptor's fp64 element size must reach the pruner"
 
 
-def test_depthwise_fp64_keeps_tiles_that_fit():
-    configs = cr.depthwise_tile_configs()
+def test_depthwise_pruner_keeps_tiles_that_fit():
+    """The depthwise forward's and dgrad's pruner, by element size and taps a row."""
+    configs = cr.depthwise_patch_configs()
     acc = {id(c): tc.acc_per_thread(c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.num_warps) for c in configs}
-    # 16-bit keeps the wide tile (32 values a thread) for kernels of up to 5 taps a row (7 as a
-    # patch on sm_90: configs.max_patch_taps); 32-bit never
-    assert tc.prune_direct_configs(configs, 2, taps_per_row=5) == configs
-    assert tc.prune_direct_configs(configs, 2, taps_per_row=7) == [c for c in configs if acc[id(c)] <= 16]
+    assert any(n > 16 for n in acc.values())
+    # 16-bit keeps the wide tile (32 values a thread) for kernels of up to 5 taps a row, 7 as a
+    # patch on sm_90 (configs.max_patch_taps); 32-bit never
+    assert tc.prune_direct_configs(configs, 2, taps_per_row=5, capability=90) == configs
+    assert tc.prune_direct_configs(configs, 2, taps_per_row=7, capability=90) == [
+        c for c in configs if acc[id(c)] <= 16 or c.kwargs["TILE_W"]]
     assert tc.direct_pruned_because(128, 32, 4, 2, tile_w=8, taps_per_row=7, capability=90) is None
     assert "32 values/thread" in tc.direct_pruned_because(128, 32, 4, 2, tile_w=8, taps_per_row=7, capability=80)
     assert "32 values/thread" in tc.direct_pruned_because(128, 32, 4, 2, tile_w=0, taps_per_row=7, capability=90)
-    assert tc.prune_direct_configs(configs, 4) == [c for c in configs if acc[id(c)] <= 16] != configs
+    assert tc.prune_direct_configs(configs, 4, capability=90) == [c for c in configs if acc[id(c)] <= 16]
     kept = tc.prune_direct_configs(configs, 8)
     assert kept and all(acc[id(c)] <= 8 for c in kept)
+
+
+def test_a_fixed_block_k_survives_the_pruner():
+    """The small-C rows kernel's BLOCK_K is one kernel row (smallc.row_block_k): the pruner neither
+    clamps it nor, where no tile fits, falls back to a tile of another (which would skip the
+    row's last columns)."""
+    configs = tc.smallc_row_configs(64, interpreter=False)
+    kept = tc.prune_gemm_configs(configs, 4096, 64, 64, 8, 100_000, capability=80, fixed_block_k=64)
+    assert len(kept) == 1 and kept[0].kwargs["BLOCK_K"] == 64  # fp64: every tile too big, the fallback
+    assert tc.prune_gemm_configs(configs, 4096, 64, 64, 8, 100_000, capability=80)[0].kwargs["BLOCK_K"] == 16
+    kept = tc.prune_gemm_configs(tc.smallc_row_configs(32, interpreter=False), 4096, 64, 16, 2, 1 << 30,
+                                 fixed_block_k=32)
+    assert kept and all(c.kwargs["BLOCK_K"] == 32 for c in kept)  # a 1-row kernel: K = 16 < BLOCK_K
+    from tritonconv.kernels import smallc
+
+    assert all(tuned.early_config_prune.rules["fixed_block_k"] == bk for bk, tuned in smallc.ROWS_TUNED.items())
 
 
 def test_depthwise_unrolled_rows_are_for_small_kernels():
@@ -519,6 +538,8 @@ def test_depthwise_unrolled_rows_are_for_small_kernels():
     kept = tc.prune_direct_configs(fprop, 2, 5, 90, taps=25)
     assert kept and not any(c.kwargs["UNROLL_R"] for c in kept)
     assert "unrolled with 25 taps" in tc.direct_pruned_because(64, 32, 4, 2, 0, 5, 90, unrolled=True, taps=25)
+    with pytest.raises(ValueError, match="patches"):
+        tc.depthwise_configs(interpreter=False, unrolled=True)
 
 
 def test_depthwise_patches_the_report_drops_as_the_runtime_does():

@@ -66,6 +66,7 @@ PROBLEMS = {
         (1, 1, 9, 8, 5, 3, 1, 1, (1, 0), 1, 1),  # one tap a row: 4 columns in 16
         (1, 5, 7, 9, 9, 3, 2, (1, 2), (2, 1), (2, 3), 1),  # pitch 8, dilated: taps 3 pixels apart
         (1, 8, 6, 9, 17, 2, 3, (1, 2), (0, 1), 1, 1),  # already a pitch
+        (1, 3, 9, 9, 70, 3, 3, 2, 1, 1, 1),  # 70 output channels: several column tiles
     ],
     "gemm1x1": [
         (2, 17, 7, 7, 33, 1, 1, 1, 0, 1, 1),

@@ -107,9 +107,10 @@ SMALLC_TILES: Tuple[Tuple[int, int, int, int, int], ...] = (
 
 # The small-C rows kernel (smallc.smallc_rows_kernel) takes one kernel row per reduction step, so
 # its BLOCK_K is not a choice: the row's S*C_PITCH columns rounded up to a power of two
-# (smallc.row_block_k: 32 for a 7x7 RGB stem, 16 for 3x3 and 4x4). Its A tile costs one address
-# per pixel a step rather than one per element, so it can afford the wider tiles
-# SMALLC_TILES avoids; the output is narrow (32-96 channels on the stems), so BLOCK_N <= 128.
+# (smallc.row_block_k: 32 for a 7x7 RGB stem, 16 for 3x3 and 4x4). Its A tile decodes no column
+# in the loop (a step adds each pixel's row pointer to offsets set up once), so its index tensors
+# are few and it can afford the wider tiles SMALLC_TILES avoids; the output is narrow (32-96
+# channels on the stems), so BLOCK_N <= 128.
 SMALLC_ROW_TILES: Tuple[Tuple[int, int, int, int], ...] = (
     (128, 64, 4, 4),
     (128, 64, 8, 4),
@@ -258,9 +259,11 @@ def persistent_gemm_configs(tiles: Sequence[Tuple[int, int, int, int, int]] = GE
 # compiler keeps one kernel row of tap loads (S of them) in flight next to
 # them: at 16 values per thread a 7x7 kernel builds without spilling in
 # 16/32-bit, at 32 it spills, hence 8 warps for the 64x64 and 128x32 tiles.
-# fp64 needs 8 values per thread: the last tile (prune_direct_configs).
-# One tile holds 32 values a thread, in 16-bit only: what a tile costs besides its taps (the pixel
-# decode, the epilogue) and each tap's weights are then shared by twice the outputs. The
+# fp64 needs 8 values per thread: the 8x256 tile at 8 warps (prune_direct_configs).
+# One tile, the last, holds 32 values a thread, in 16-bit only (the wgrad, whose loop unrolls no
+# taps, takes it in every dtype: it builds without spilling in all four on sm_80 and sm_90): what
+# a tile costs besides its taps (the pixel decode, the epilogue) and each tap's weights are then
+# shared by twice the outputs. The
 # forward's SASS (sm_90, fp16, the compile report's layers), instructions per output value, taps
 # + the rest: 3x3, 64x32 w4 as a patch 9 x 4.25 + 15.75 = 54, 128x32 w4 as a patch 9 x 3.75 + 11.0
 # = 44.75; 7x7, 49 x 4.11 + 17.75 = 219 and 49 x 3.52 + 11.09 = 184. It builds without spilling
@@ -317,6 +320,8 @@ def depthwise_configs(tiles: Sequence[Tuple[int, int, int]] = DEPTHWISE_TILES, *
     DEPTHWISE_PATCH_MIN_PIXELS up, as a patch DEPTHWISE_PATCH_WIDTH wide as well. With
     ``unrolled`` (the forward, which has UNROLL_R), those with the kernel rows looped, then
     DEPTHWISE_UNROLL_TILES with them unrolled, flat and as patches."""
+    if unrolled and not patches:
+        raise ValueError("the unrolled tiles are the forward's, whose kernel takes patches: pass patches=True too")
     if unrolled:
         extra = dict(extra, UNROLL_R=False)
     if INTERPRETER if interpreter is None else interpreter:
@@ -507,6 +512,7 @@ def prune_gemm_configs(
     max_block_n: Optional[int] = None,
     max_block_m: Optional[int] = None,
     uncapped: Tuple[UncappedTile, ...] = (),
+    fixed_block_k: Optional[int] = None,
 ) -> List[triton.Config]:
     """Drop configs that cannot pay off for a (gemm_m, gemm_n, gemm_k) problem.
 
@@ -526,6 +532,9 @@ def prune_gemm_configs(
         max_block_m: the tallest BLOCK_M kept (wgrad_tap_tma: MAX_BLOCK_M_TRANSPOSED_A).
         uncapped: tiles launched with maxnreg = UNCAPPED_MAXNREG below sm_90
             (``register_cap``; ``UNCAPPED_TILES``).
+        fixed_block_k: for a kernel whose BLOCK_K the problem sets (smallc_rows: one kernel
+            row a step), that BLOCK_K, kept as it is: neither clamped nor replaced by the
+            fallback tile's.
 
     Removes, in order of reasoning:
       * tiles wider than the problem in M, N or K (beyond the next power of two,
@@ -559,7 +568,7 @@ def prune_gemm_configs(
         # clamp tile sizes to the problem, then drop duplicates the clamping creates
         bm = min(cfg.kwargs["BLOCK_M"], m_cap)
         bn = min(cfg.kwargs["BLOCK_N"], n_cap)
-        bk = min(cfg.kwargs["BLOCK_K"], k_cap)
+        bk = fixed_block_k or min(cfg.kwargs["BLOCK_K"], k_cap)
         sig = (bm, bn, bk, cfg.num_warps, cfg.num_stages)
         # other meta-parameters (e.g. PERSISTENT) make a different kernel of the same tile
         variant = tuple(sorted((k, v) for k, v in cfg.kwargs.items() if k not in ("BLOCK_M", "BLOCK_N", "BLOCK_K")))
@@ -575,7 +584,7 @@ def prune_gemm_configs(
                                   maxnreg=register_cap(sig, elem_bytes, capability, uncapped)))
     if not kept:
         first = configs[0]
-        kwargs = dict(first.kwargs, BLOCK_M=min(64, m_cap), BLOCK_N=min(32, n_cap), BLOCK_K=16)
+        kwargs = dict(first.kwargs, BLOCK_M=min(64, m_cap), BLOCK_N=min(32, n_cap), BLOCK_K=fixed_block_k or 16)
         kept = [triton.Config(kwargs, num_warps=4, num_stages=2, pre_hook=first.pre_hook)]
     return kept
 
@@ -702,16 +711,18 @@ class GemmPruneHook:
     GEMM's M, N and K; ``tensor_arg`` names an argument whose dtype sets the element
     size and whose device sets the shared-memory limit and compute capability (for a
     TMA descriptor, those of the tensor it describes). The epilogue flags come from the launch's constexpr kwargs (``heavy_epilogue``).
-    ``gathered``, ``max_block_n`` and ``max_block_m`` describe the kernel's operands (see
-    ``prune_gemm_configs``); ``rules`` holds them as keyword arguments.
+    ``gathered``, ``max_block_n``, ``max_block_m`` and ``fixed_block_k`` describe the kernel's
+    operands (see ``prune_gemm_configs``); ``rules`` holds them as keyword arguments.
     Under the interpreter (CPU tensors) there is a single config, returned untouched.
     The compile report reuses ``gemm_sizes`` and ``rules`` so that it prunes as the runtime does.
     """
 
     def __init__(self, m_fn, n_fn, k_fn, tensor_arg: str, gathered: bool = True, max_block_n: Optional[int] = None,
-                 max_block_m: Optional[int] = None, uncapped: Tuple[UncappedTile, ...] = ()):
+                 max_block_m: Optional[int] = None, uncapped: Tuple[UncappedTile, ...] = (),
+                 fixed_block_k: Optional[int] = None):
         self.m_fn, self.n_fn, self.k_fn, self.tensor_arg = m_fn, n_fn, k_fn, tensor_arg
-        self.rules = dict(gathered=gathered, max_block_n=max_block_n, max_block_m=max_block_m)
+        self.rules = dict(gathered=gathered, max_block_n=max_block_n, max_block_m=max_block_m,
+                          fixed_block_k=fixed_block_k)
         self.uncapped = tuple(uncapped)
 
     def gemm_sizes(self, args: Dict) -> Tuple[int, int, int]:
@@ -848,9 +859,9 @@ class DirectPruneHook:
 
 def gemm_prune_hook(m_fn, n_fn, k_fn, tensor_arg: str, gathered: bool = True,
                     max_block_n: Optional[int] = None, max_block_m: Optional[int] = None,
-                    uncapped: Tuple[UncappedTile, ...] = ()) -> GemmPruneHook:
+                    uncapped: Tuple[UncappedTile, ...] = (), fixed_block_k: Optional[int] = None) -> GemmPruneHook:
     """Build an ``early_config_prune`` for @triton.autotune from GEMM-size functions (see GemmPruneHook)."""
-    return GemmPruneHook(m_fn, n_fn, k_fn, tensor_arg, gathered, max_block_n, max_block_m, uncapped)
+    return GemmPruneHook(m_fn, n_fn, k_fn, tensor_arg, gathered, max_block_n, max_block_m, uncapped, fixed_block_k)
 
 
 def config_name(config: triton.Config) -> str:

@@ -6,7 +6,7 @@
     forward     depthwise  (direct, no tl.dot)                   groups == C, R*S <= 81
                 smallc     (flattened R*S*C reduction)           C/groups <= 8
                 smallc_pad (smallc on channel-padded copies)     C <= 8, groups == 1
-                smallc_rows (the padded copies, one kernel row a step) as smallc_pad, S*C_PITCH <= 64
+                smallc_rows (smallc_pad, a kernel row a step)    C <= 8, groups == 1, S*C_PITCH <= 64
                 gemm1x1_tma  (plain GEMM, TMA loads, sm_90)      1x1, stride 1, no padding, NHWC
                 gemm1x1    (plain GEMM; at stride s, every s-th pixel)  1x1, no padding
                 splitk     (implicit GEMM, reduction split; TMA weight on sm_90) N*P*Q <= 4096, R*S*C/g >= 512

@@ -9,6 +9,7 @@
     A[m, kk]    x[n, c, h, w]                h = p*stride_h - pad_h + r*dil_h  (0 outside)
     B[kk, j]    w[k, c, r, s]
     padded      K_gemm = R*S*C_PITCH          A[m, kk] = xp[n, h, w, c], B[kk, j] = wp[k, r, s, c]
+    rows        K_gemm = R x SC, SC=S*C_PITCH  step r, column kk -> (s, c) once per tile
     ==========  ===========================  ==========================================
 
 The general kernel walks (tap, channel block): with C = 3 and BLOCK_K = 16 each
@@ -26,7 +27,7 @@ is contiguous along kk. It costs one copy of x (C_PITCH/C times its size) and
 C_PITCH/C more MMA work; the router times it against the gather on the GPU.
 
 Rows variant (``smallc_rows``, on the same padded copies). Decoding kk per element costs the
-padded variant about 170 instructions a step (128x64x32 tile, 8 warps, sm_90): each of a
+padded variant 171 SASS instructions a step (128x64x32 tile, 8 warps, sm_90, Triton 3.9): each of a
 thread's 16 A elements gets its own (r, s, c), h, w, bounds check and address. The rows kernel
 orders the reduction by kernel row instead: one step is one row r, its BLOCK_K columns that
 row's (s, c), S*C_PITCH of them rounded up to a power of two (``row_block_k``: 28 in 32 for a 7x7
@@ -87,9 +88,9 @@ from ._common import (
     tile_pid,
 )
 
-__all__ = ["conv2d_fprop_smallc", "conv2d_fprop_smallc_pad", "conv2d_fprop_smallc_rows",
-           "smallc_rows_kernel", "accepts_rows", "row_block_k", "ROWS_TUNED", "conv2d_wgrad_smallc_pad", "smallc_fprop_kernel",
-           "smallc_wgrad_kernel", "accepts", "accepts_pad", "choose_wgrad_split", "MAX_C", "MAX_WGRAD_SPLIT"]
+__all__ = ["conv2d_fprop_smallc", "conv2d_fprop_smallc_pad", "conv2d_fprop_smallc_rows", "conv2d_wgrad_smallc_pad",
+           "smallc_fprop_kernel", "smallc_rows_kernel", "smallc_wgrad_kernel", "accepts", "accepts_pad",
+           "accepts_rows", "row_block_k", "choose_wgrad_split", "MAX_C", "MAX_WGRAD_SPLIT", "ROWS_TUNED"]
 
 MAX_C = 8
 
@@ -390,6 +391,8 @@ _ROWS_KEY = ["M", "H", "W", "K", "R", "S", "stride_h", "stride_w", "dil_h", "dil
 
 
 def _rows_autotuned(block_k: int):
+    """The rows kernel autotuned for rows of ``block_k`` columns: its configs all have that BLOCK_K,
+    and the pruner keeps it (a narrower one would skip the row's last columns)."""
     return triton.autotune(
         configs=configs.smallc_row_configs(block_k),
         key=_ROWS_KEY,
@@ -397,6 +400,7 @@ def _rows_autotuned(block_k: int):
         prune_configs_by={
             "early_config_prune": configs.gemm_prune_hook(
                 m_fn=lambda a: a["M"], n_fn=lambda a: a["K"], k_fn=lambda a: a["R"] * block_k, tensor_arg="x_ptr",
+                fixed_block_k=block_k,
             )
         },
     )(smallc_rows_kernel)
