@@ -1299,7 +1299,8 @@ def _runtime_pruned(family: KernelFamily, config: triton.Config, dtype: Dtype, a
     _, constexprs = family.launch_fn(dtype, config)
     why = tc_configs.pruned_because(kw["BLOCK_M"], kw["BLOCK_N"], kw["BLOCK_K"], config.num_warps, config.num_stages,
                                     dtype.elem_bytes, arch.shared_limit, arch.capability,
-                                    tc_configs.heavy_epilogue(constexprs), **family.prune.rules)
+                                    tc_configs.heavy_epilogue(constexprs),
+                                    **{k: v for k, v in family.prune.rules.items() if k != "fixed_block_k"})
     return f"runtime pruner: {why or 'drops it (configs.prune_gemm_configs)'}"
 
 
