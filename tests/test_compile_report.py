@@ -525,21 +525,31 @@ def test_a_fixed_block_k_survives_the_pruner():
     assert all(tuned.early_config_prune.rules["fixed_block_k"] == bk for bk, tuned in smallc.ROWS_TUNED.items())
 
 
-def test_depthwise_unrolled_rows_are_for_small_kernels():
-    """The forward's unrolled kernel rows (UNROLL_R): candidates for kernels of at most
-    DEPTHWISE_UNROLL_MAX_TAPS taps; the dgrad's configs have none (its kernel has no UNROLL_R)."""
-    fprop, dgrad = cr.depthwise_fprop_configs(), cr.depthwise_patch_configs()
-    unrolled = [c for c in fprop if c.kwargs["UNROLL_R"]]
-    assert len(unrolled) == 2 * len(tc.DEPTHWISE_UNROLL_TILES) and fprop[len(dgrad):] == unrolled
-    assert [tc.config_name(c) for c in fprop[:len(dgrad)]] == [tc.config_name(c) for c in dgrad]  # looped first
-    assert all("UNROLL_R" not in c.kwargs for c in dgrad)
+def test_depthwise_unrolled_rows_are_for_small_kernels(monkeypatch):
+    """The forward's and dgrad's unrolled kernel rows (UNROLL_R): candidates for kernels of at most
+    DEPTHWISE_UNROLL_MAX_TAPS taps, and for the dgrad at a row stride of 1 only."""
+    from tritonconv.kernels import depthwise
+
+    both, looped = cr.depthwise_unrolled_configs(), cr.depthwise_patch_configs()
+    unrolled = [c for c in both if c.kwargs["UNROLL_R"]]
+    assert len(unrolled) == 2 * len(tc.DEPTHWISE_UNROLL_TILES) and both[len(looped):] == unrolled
+    assert [tc.config_name(c) for c in both[:len(looped)]] == [tc.config_name(c) for c in looped]  # looped first
     assert all(" unrolled" in tc.config_name(c) for c in unrolled)
-    assert tc.prune_direct_configs(fprop, 2, 3, 90, taps=9) == fprop
-    kept = tc.prune_direct_configs(fprop, 2, 5, 90, taps=25)
+    assert tc.prune_direct_configs(both, 2, 3, 90, taps=9) == both
+    kept = tc.prune_direct_configs(both, 2, 5, 90, taps=25)
     assert kept and not any(c.kwargs["UNROLL_R"] for c in kept)
     assert "unrolled with 25 taps" in tc.direct_pruned_because(64, 32, 4, 2, 0, 5, 90, unrolled=True, taps=25)
     with pytest.raises(ValueError, match="patches"):
         tc.depthwise_configs(interpreter=False, unrolled=True)
+    # the runtime's hooks: the forward takes every kernel row, a dgrad's phases at stride 2 do not
+    monkeypatch.setattr(tc, "TUNE", True)  # every config the rules keep, not the tests' one
+    x = torch.empty(1, dtype=torch.float16)
+    for stride_h in (1, 2):
+        for tuned in (depthwise._fprop_tuned, depthwise._dgrad_tuned):
+            args = dict(x_ptr=x, dy_ptr=x, P=56, Q=56, HP=56, WP=56, stride_h=stride_h)
+            kept = tuned.early_config_prune(both, args, R=3, S=3)
+            expect = stride_h == 1 or tuned is depthwise._fprop_tuned
+            assert any(c.kwargs["UNROLL_R"] for c in kept) == expect, (tuned.fn.__name__, stride_h)
 
 
 def test_depthwise_patches_the_report_drops_as_the_runtime_does():

@@ -253,10 +253,11 @@ def test_depthwise_patches(case, depthwise_patches):
 
 @pytest.mark.parametrize("tile_w", [0, configs.DEPTHWISE_PATCH_WIDTH], ids=["flat", "patch"])
 @pytest.mark.parametrize("case", range(len(PROBLEMS["depthwise"])))
-def test_depthwise_forward_with_its_kernel_rows_unrolled(case, tile_w, monkeypatch):
-    """The forward's UNROLL_R tiles (configs.DEPTHWISE_UNROLL_TILES), flat and as a patch, with
-    the epilogue: the same sums as the looped rows. (The 7x7 case unrolls 49 taps, which the
-    runtime's pruner would not launch; the arithmetic is the same.)"""
+def test_depthwise_kernel_rows_unrolled(case, tile_w, monkeypatch):
+    """The forward's and dgrad's UNROLL_R tiles (configs.DEPTHWISE_UNROLL_TILES), flat and as a
+    patch, the forward with its epilogue: the same sums as the looped rows. (The 7x7 case unrolls
+    49 taps, and the strided dgrads branch over rows, which the runtime's pruner would not
+    launch; the arithmetic is the same.)"""
     if INTERPRETER:
         (cfg,) = configs.depthwise_configs(interpreter=True, patches=True, unrolled=True)
         cfg = triton.Config({**cfg.kwargs, "TILE_W": tile_w, "UNROLL_R": True}, num_warps=cfg.num_warps,
@@ -264,18 +265,24 @@ def test_depthwise_forward_with_its_kernel_rows_unrolled(case, tile_w, monkeypat
     else:
         cfg = next(c for c in configs.depthwise_configs(patches=True, unrolled=True)
                    if c.kwargs["UNROLL_R"] and c.kwargs["TILE_W"] == tile_w)
-    monkeypatch.setattr(depthwise._fprop_tuned, "configs", [cfg])
-    monkeypatch.setattr(depthwise._fprop_tuned, "cache", {})
+    for tuned in (depthwise._fprop_tuned, depthwise._dgrad_tuned):
+        monkeypatch.setattr(tuned, "configs", [cfg])
+        monkeypatch.setattr(tuned, "cache", {})
     N, C, H, W, K, R, S, stride, padding, dilation, groups = PROBLEMS["depthwise"][case]
     torch.manual_seed(13)
-    x = torch.randn(N, C, H, W, device=DEVICE).to(memory_format=torch.channels_last)
+    x = torch.randn(N, C, H, W, device=DEVICE).to(memory_format=torch.channels_last).requires_grad_()
     w = torch.randn(K, 1, R, S, device=DEVICE)
     b = torch.randn(K, device=DEVICE)
     args = (stride, padding, dilation, groups)
     with router.force("depthwise"), plans.enabled_as(False):
         y = tritonconv.conv2d(x, w, b, *args, activation="relu")
-    ref = F.relu(F.conv2d(x.double(), w.double(), b.double(), *args))
+        gy = torch.randn_like(y)
+        (gx,) = torch.autograd.grad(y, (x,), gy)
+    xr = x.detach().double().requires_grad_()
+    ref = F.relu(F.conv2d(xr, w.double(), b.double(), *args))
+    (gxr,) = torch.autograd.grad(ref, (xr,), gy.double())
     assert rel_err(y, ref) < TOL[torch.float32]
+    assert rel_err(gx, gxr) < TOL[torch.float32]
 
 
 def test_depthwise_patches_with_a_bias_in_conv_transpose2d(depthwise_patches):

@@ -265,12 +265,13 @@ def depthwise_tile_configs() -> List[triton.Config]:
 
 
 def depthwise_patch_configs() -> List[triton.Config]:
-    """The depthwise dgrad's: each tile flat, and as a patch (TILE_W)."""
+    """Each depthwise tile flat, and as a patch (TILE_W)."""
     return tc_configs.depthwise_configs(interpreter=False, patches=True)
 
 
-def depthwise_fprop_configs() -> List[triton.Config]:
-    """The depthwise forward's: the dgrad's, then some with the kernel rows unrolled (UNROLL_R)."""
+def depthwise_unrolled_configs() -> List[triton.Config]:
+    """The depthwise forward's and dgrad's: ``depthwise_patch_configs``, then some with the kernel
+    rows unrolled (UNROLL_R)."""
     return tc_configs.depthwise_configs(interpreter=False, patches=True, unrolled=True)
 
 
@@ -866,17 +867,17 @@ FAMILIES: List[KernelFamily] = [
     KernelFamily("smallc_wgrad", smallc.smallc_wgrad_kernel, smallc_wgrad_tile_configs, _smallc_wgrad_launch,
                  _prune_of(smallc._smallc_wgrad_tuned)),
     # depthwise direct kernels (depthwise.py): no tl.dot; fprop and dgrad prune fp64 tiles
-    KernelFamily("depthwise_fprop", depthwise.depthwise_fprop_kernel, depthwise_fprop_configs,
+    KernelFamily("depthwise_fprop", depthwise.depthwise_fprop_kernel, depthwise_unrolled_configs,
                  _depthwise_fprop_launch, _prune_of(depthwise._fprop_tuned), uses_dot=False),
-    KernelFamily("depthwise_fprop_7x7", depthwise.depthwise_fprop_kernel, depthwise_fprop_configs,
+    KernelFamily("depthwise_fprop_7x7", depthwise.depthwise_fprop_kernel, depthwise_unrolled_configs,
                  _p(_depthwise_fprop_launch, problem=DEPTHWISE_7X7_PROBLEM), _prune_of(depthwise._fprop_tuned),
                  uses_dot=False),
-    KernelFamily("depthwise_dgrad", depthwise.depthwise_dgrad_kernel, depthwise_patch_configs,
+    KernelFamily("depthwise_dgrad", depthwise.depthwise_dgrad_kernel, depthwise_unrolled_configs,
                  _depthwise_dgrad_launch, _prune_of(depthwise._dgrad_tuned), uses_dot=False),
-    KernelFamily("depthwise_dgrad_7x7", depthwise.depthwise_dgrad_kernel, depthwise_patch_configs,
+    KernelFamily("depthwise_dgrad_7x7", depthwise.depthwise_dgrad_kernel, depthwise_unrolled_configs,
                  _p(_depthwise_dgrad_launch, problem=DEPTHWISE_7X7_PROBLEM), _prune_of(depthwise._dgrad_tuned),
                  uses_dot=False),
-    KernelFamily("depthwise_dgrad_s2", depthwise.depthwise_dgrad_kernel, depthwise_patch_configs,
+    KernelFamily("depthwise_dgrad_s2", depthwise.depthwise_dgrad_kernel, depthwise_unrolled_configs,
                  _p(_depthwise_dgrad_launch, problem=DEPTHWISE_S2_PROBLEM), _prune_of(depthwise._dgrad_tuned),
                  uses_dot=False),
     KernelFamily("depthwise_wgrad", depthwise.depthwise_wgrad_kernel, depthwise_tile_configs,
@@ -1248,10 +1249,11 @@ def runtime_configs(family: KernelFamily, dtype: Dtype, arch: Arch) -> List[trit
         return configs
     if isinstance(family.prune, tc_configs.DirectPruneHook):
         # not the patch-waste rule (configs.MAX_PATCH_WASTE): it depends on the layer's image size
-        _, constexprs = family.launch_fn(dtype, configs[0])
+        args, constexprs = family.launch_fn(dtype, configs[0])
         S = constexprs.get("S", 1)
         return tc_configs.prune_direct_configs(configs, dtype.elem_bytes, S, arch.capability,
-                                               taps=constexprs.get("R", 1) * S)
+                                               taps=constexprs.get("R", 1) * S,
+                                               rows_skipped=family.prune.rows_skipped(args))
     first = configs[0]
     args, constexprs = family.launch_fn(dtype, first)
     m, n, k = family.prune.gemm_sizes({**args, **constexprs, **first.kwargs})
@@ -1290,11 +1292,11 @@ def _runtime_pruned(family: KernelFamily, config: triton.Config, dtype: Dtype, a
         return None
     kw = config.kwargs
     if isinstance(family.prune, tc_configs.DirectPruneHook):
-        _, constexprs = family.launch_fn(dtype, config)
+        args, constexprs = family.launch_fn(dtype, config)
         S = constexprs.get("S", 1)
         why = tc_configs.direct_pruned_because(kw["BLOCK_M"], kw["BLOCK_N"], config.num_warps, dtype.elem_bytes,
                                                kw.get("TILE_W", 0), S, arch.capability, kw.get("UNROLL_R", False),
-                                               constexprs.get("R", 1) * S)
+                                               constexprs.get("R", 1) * S, family.prune.rows_skipped(args))
         return f"runtime pruner: {why or 'drops it (configs.prune_direct_configs)'}"
     _, constexprs = family.launch_fn(dtype, config)
     why = tc_configs.pruned_because(kw["BLOCK_M"], kw["BLOCK_N"], kw["BLOCK_K"], config.num_warps, config.num_stages,

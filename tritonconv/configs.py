@@ -284,12 +284,17 @@ DEPTHWISE_TILES: Tuple[Tuple[int, int, int], ...] = (
 )
 DEPTHWISE_STAGES = 2
 DEPTHWISE_WIDE_MAX_S = 5
-# The forward may also unroll the kernel rows (UNROLL_R), not only each row's taps: every tap's
-# loads are then issued before the first multiply, R*S of them in flight a thread instead of S,
-# and the weights and addresses of all taps are set up once (the 3x3 forward, as above: 64x32 w4
-# as a patch 50.5 instructions a value at 122 registers, 128x32 w4 41.0 at 190). For kernels of
-# at most DEPTHWISE_UNROLL_MAX_TAPS taps (a 7x7 unrolled would hold 49 taps' loads); these tiles,
-# flat and as patches, are candidates beside the looped ones, for the GPU to time.
+# The forward and dgrad may also unroll the kernel rows (UNROLL_R), not only each row's taps:
+# every tap's loads are then issued before the first multiply, R*S of them in flight a thread
+# instead of S, and the weights and addresses of all taps are set up once (the 3x3 forward, as
+# above: 64x32 w4 as a patch 50.5 instructions a value at 122 registers, 128x32 w4 41.0 at 190;
+# the 3x3 dgrad at stride 1, 64x32 w4 as a patch: 800 instructions a tile against 842 looped, at
+# 124 registers against 72). For kernels of at most DEPTHWISE_UNROLL_MAX_TAPS taps (a 7x7
+# unrolled would hold 49 taps' loads), and for the dgrad at a row stride of 1 only: its stride
+# phases take some rows each, each unrolled row then behind a branch, and nothing is hoisted.
+# On sm_90 only: on sm_80 ptxas builds the dgrad's 64x32 patch in bf16 at 64 registers with 32 B
+# spilled (Triton 3.9), and nothing says hoisting pays there.
+# These tiles, flat and as patches, are candidates beside the looped ones, for the GPU to time.
 DEPTHWISE_UNROLL_TILES: Tuple[Tuple[int, int, int], ...] = ((64, 32, 4), (128, 32, 4))
 DEPTHWISE_UNROLL_MAX_TAPS = 9
 # The forward and dgrad also take each tile of 32 pixels or more as a patch, TILE_W pixels wide
@@ -318,10 +323,11 @@ def depthwise_configs(tiles: Sequence[Tuple[int, int, int]] = DEPTHWISE_TILES, *
     """Configs for the depthwise direct kernels; ``extra`` adds fixed meta-parameters. With
     ``patches`` (the kernels with a TILE_W), each tile flat (TILE_W = 0) and, from
     DEPTHWISE_PATCH_MIN_PIXELS up, as a patch DEPTHWISE_PATCH_WIDTH wide as well. With
-    ``unrolled`` (the forward, which has UNROLL_R), those with the kernel rows looped, then
-    DEPTHWISE_UNROLL_TILES with them unrolled, flat and as patches."""
+    ``unrolled`` (the forward and dgrad, which have UNROLL_R), those with the kernel rows looped,
+    then DEPTHWISE_UNROLL_TILES with them unrolled, flat and as patches."""
     if unrolled and not patches:
-        raise ValueError("the unrolled tiles are the forward's, whose kernel takes patches: pass patches=True too")
+        raise ValueError("the unrolled tiles are the forward's and dgrad's, whose kernels take patches: "
+                         "pass patches=True too")
     if unrolled:
         extra = dict(extra, UNROLL_R=False)
     if INTERPRETER if interpreter is None else interpreter:
@@ -623,7 +629,7 @@ def max_patch_taps(elem_bytes: int, capability: Optional[int]) -> int:
 
 def direct_pruned_because(bm: int, bn: int, num_warps: int, elem_bytes: int, tile_w: int = 0,
                           taps_per_row: int = 1, capability: Optional[int] = None, unrolled: bool = False,
-                          taps: int = 1) -> Optional[str]:
+                          taps: int = 1, rows_skipped: bool = False) -> Optional[str]:
     """Why ``prune_direct_configs`` drops a depthwise tile, or None when it keeps it."""
     acc = acc_per_thread(bm, bn, num_warps)
     if elem_bytes >= 8 and acc > MAX_DIRECT_ACC_FP64:
@@ -636,24 +642,30 @@ def direct_pruned_because(bm: int, bn: int, num_warps: int, elem_bytes: int, til
         return f"a patch with {taps_per_row} taps a row > {max_patch_taps(elem_bytes, capability)}"
     if unrolled and taps > DEPTHWISE_UNROLL_MAX_TAPS:
         return f"kernel rows unrolled with {taps} taps > {DEPTHWISE_UNROLL_MAX_TAPS}"
+    if unrolled and rows_skipped:
+        return "kernel rows unrolled where a stride phase skips some (a branch each: no load is hoisted)"
+    if unrolled and capability is not None and capability < 90:
+        return "kernel rows unrolled below sm_90 (the dgrad's 64x32 patch spills in bf16 on sm_80)"
     return None
 
 
 def prune_direct_configs(configs: List[triton.Config], elem_bytes: int, taps_per_row: int = 1,
-                         capability: Optional[int] = None, taps: Optional[int] = None) -> List[triton.Config]:
+                         capability: Optional[int] = None, taps: Optional[int] = None,
+                         rows_skipped: bool = False) -> List[triton.Config]:
     """Drop the depthwise direct kernels' tiles that spill: for fp64, more than
     MAX_DIRECT_ACC_FP64 accumulator values per thread; more than MAX_DIRECT_ACC but in 16-bit for
     kernels of at most DEPTHWISE_WIDE_MAX_S taps a row (``max_patch_taps`` as a patch); patches (TILE_W) for kernels of more taps
     a row (``taps_per_row``, the S the kernel unrolls) than ``max_patch_taps``; the forward's
     unrolled kernel rows (UNROLL_R) for kernels of more than DEPTHWISE_UNROLL_MAX_TAPS ``taps``
-    (R*S; S without it). Keeps the first config if none survives."""
+    (R*S; S without it), and where ``rows_skipped`` (a dgrad at a row stride above 1, whose stride
+    phases take some kernel rows each). Keeps the first config if none survives."""
     if len(configs) <= 1:
         return configs
     taps = taps_per_row if taps is None else taps
     kept = [c for c in configs
             if not direct_pruned_because(c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.num_warps, elem_bytes,
                                          c.kwargs.get("TILE_W", 0), taps_per_row, capability,
-                                         c.kwargs.get("UNROLL_R", False), taps)]
+                                         c.kwargs.get("UNROLL_R", False), taps, rows_skipped)]
     return kept or configs[:1]
 
 
@@ -837,13 +849,19 @@ class SpatialTilePruneHook(GemmPruneHook):
 
 class DirectPruneHook:
     """An ``early_config_prune`` for the depthwise direct kernels: ``prune_direct_configs`` for
-    the element size and device of the argument ``tensor_arg`` and the launch's S (taps a row),
-    and without the patches (TILE_W > 0) that pad the image of sides ``extent_args`` by more than
-    MAX_PATCH_WASTE."""
+    the element size and device of the argument ``tensor_arg`` and the launch's R and S, and
+    without the patches (TILE_W > 0) that pad the image of sides ``extent_args`` by more than
+    MAX_PATCH_WASTE. ``phased``: the kernel runs stride phases (the dgrad), which skip kernel rows
+    where the launch's stride_h is above 1."""
 
-    def __init__(self, tensor_arg: str, extent_args: Optional[Tuple[str, str]] = None):
+    def __init__(self, tensor_arg: str, extent_args: Optional[Tuple[str, str]] = None, phased: bool = False):
         self.tensor_arg = tensor_arg
         self.extent_args = extent_args
+        self.phased = phased
+
+    def rows_skipped(self, args: Dict) -> bool:
+        """Whether a launch with these named arguments skips kernel rows in some program."""
+        return self.phased and int(args.get("stride_h", 1)) > 1
 
     def __call__(self, configs: List[triton.Config], named_args: Dict, **kwargs) -> List[triton.Config]:
         args = {**named_args, **kwargs}
@@ -854,7 +872,7 @@ class DirectPruneHook:
         t = args[self.tensor_arg]
         S = int(args.get("S", 1))
         return tuned(prune_direct_configs(configs, t.element_size(), S, device_capability(t),
-                                          taps=int(args.get("R", 1)) * S))
+                                          taps=int(args.get("R", 1)) * S, rows_skipped=self.rows_skipped(args)))
 
 
 def gemm_prune_hook(m_fn, n_fn, k_fn, tensor_arg: str, gathered: bool = True,

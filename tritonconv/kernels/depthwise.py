@@ -24,9 +24,10 @@ of 32 pixels, 102 for 32). Only a row of taps is unrolled: with
 all R*S unrolled the compiler hoists every tap's load ahead of the first
 multiply, and a 7x7 kernel then spills kilobytes per thread on sm_90 (the
 compile report). The family takes kernels up to MAX_TAPS taps (7x7 and 9x9
-included); larger ones use the general implicit GEMM. The forward also has tiles with the
-kernel rows unrolled (UNROLL_R, for kernels of at most configs.DEPTHWISE_UNROLL_MAX_TAPS taps):
-a 3x3's nine taps' loads are then all in flight at once, the autotuner choosing.
+included); larger ones use the general implicit GEMM. The forward and the dgrad also have tiles
+with the kernel rows unrolled (UNROLL_R, for kernels of at most configs.DEPTHWISE_UNROLL_MAX_TAPS
+taps, the dgrad at stride 1): a 3x3's nine taps' loads are then all in flight at once, the
+autotuner choosing.
 """
 
 from __future__ import annotations
@@ -190,6 +191,26 @@ def depthwise_fprop_kernel(
 
 
 @triton.jit
+def _dgrad_row(acc, r, dy_pix, dy_cols, w_rows, h_, w_, mask_m, mask_n, P, Q, stride_h, stride_w, pad_h, pad_w,
+               dil_h, dil_w, sdyp, sdyq, swr, sws, S: tl.constexpr, ACC_DTYPE: tl.constexpr):
+    """acc plus kernel row r's S taps (unrolled) on the dgrad's tile of one stride phase, r a row
+    that reaches the phase."""
+    p = (h_ + pad_h - r * dil_h) // stride_h  # exact: row r reaches this phase
+    row_ok = mask_m & (p >= 0) & (p < P)
+    dy_row = dy_pix + p.to(tl.int64) * sdyp
+    for s in tl.static_range(S):
+        pw = w_ + pad_w - s * dil_w
+        q = pw // stride_w
+        # q * stride_w == pw holds for the whole phase or for none of it
+        ok = row_ok & (pw >= 0) & (q * stride_w == pw) & (q < Q)
+        dyv = tl.load((dy_row + q.to(tl.int64) * sdyq)[:, None] + dy_cols[None, :], mask=ok[:, None] & mask_n[None, :],
+                      other=0.0)
+        wv = tl.load(w_rows + r * swr + s * sws, mask=mask_n, other=0.0)
+        acc += dyv.to(ACC_DTYPE) * wv.to(ACC_DTYPE)[None, :]
+    return acc
+
+
+@triton.jit
 def depthwise_dgrad_kernel(
     dy_ptr,  # (N, K, P, Q), any strides
     w_ptr,  # (K, 1, R, S), any strides
@@ -205,6 +226,7 @@ def depthwise_dgrad_kernel(
     R: tl.constexpr, S: tl.constexpr,
     HAS_BIAS: tl.constexpr, ACC_DTYPE: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, TILE_W: tl.constexpr,
+    UNROLL_R: tl.constexpr = False,  # the kernel rows unrolled too, as the forward's
 ):
     # -- program ids: (pixel tile of one stride phase, channel tile, phase). The pixels of phase
     # (a_h, a_w) are h = a_h + ih*stride_h, w = a_w + iw*stride_w, and whether a tap (r, s) lands
@@ -226,21 +248,22 @@ def depthwise_dgrad_kernel(
     r0 = first_tap(a_h, pad_h, dil_h, stride_h, step_r, R)
 
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC_DTYPE)
+    dy_pix = dy_ptr + n * sdyn
     for j in range(0, MULT):
         k = c * MULT + j
         dy_cols = k.to(tl.int64) * sdyk
         w_rows = w_ptr + k.to(tl.int64) * swk
-        for r in range(r0, R, step_r):
-            p = (h_ + pad_h - r * dil_h) // stride_h  # exact: row r reaches this phase
-            for s in tl.static_range(S):
-                pw = w_ + pad_w - s * dil_w
-                q = pw // stride_w
-                # q * stride_w == pw holds for the whole phase or for none of it
-                ok = mask_m & (p >= 0) & (p < P) & (pw >= 0) & (q * stride_w == pw) & (q < Q)
-                rows = n * sdyn + p.to(tl.int64) * sdyp + q.to(tl.int64) * sdyq
-                dyv = tl.load(dy_ptr + rows[:, None] + dy_cols[None, :], mask=ok[:, None] & mask_n[None, :], other=0.0)
-                wv = tl.load(w_rows + r * swr + s * sws, mask=mask_n, other=0.0)
-                acc += dyv.to(ACC_DTYPE) * wv.to(ACC_DTYPE)[None, :]
+        if UNROLL_R:
+            # every row, those that do not reach the phase skipped by a branch the whole program
+            # takes alike (at stride 1, where step_r specialises to 1, none: r0 folds to 0)
+            for r in tl.static_range(R):
+                if (r >= r0) & ((r - r0) % step_r == 0):
+                    acc = _dgrad_row(acc, r, dy_pix, dy_cols, w_rows, h_, w_, mask_m, mask_n, P, Q, stride_h,
+                                     stride_w, pad_h, pad_w, dil_h, dil_w, sdyp, sdyq, swr, sws, S, ACC_DTYPE)
+        else:
+            for r in range(r0, R, step_r):
+                acc = _dgrad_row(acc, r, dy_pix, dy_cols, w_rows, h_, w_, mask_m, mask_n, P, Q, stride_h, stride_w,
+                                 pad_h, pad_w, dil_h, dil_w, sdyp, sdyq, swr, sws, S, ACC_DTYPE)
 
     if HAS_BIAS:
         acc += tl.load(b_ptr + c, mask=mask_n, other=0.0).to(ACC_DTYPE)[None, :]
@@ -305,9 +328,9 @@ _fprop_tuned = triton.autotune(
     prune_configs_by={"early_config_prune": configs.DirectPruneHook("x_ptr", ("P", "Q"))},
 )(depthwise_fprop_kernel)
 _dgrad_tuned = triton.autotune(
-    configs=configs.depthwise_configs(patches=True), key=_KEY + ["C", "sdyk", "sdxc"],
+    configs=configs.depthwise_configs(patches=True, unrolled=True), key=_KEY + ["C", "sdyk", "sdxc"],
     do_bench=configs.capture_safe_bench,
-    prune_configs_by={"early_config_prune": configs.DirectPruneHook("dy_ptr", ("HP", "WP"))},
+    prune_configs_by={"early_config_prune": configs.DirectPruneHook("dy_ptr", ("HP", "WP"), phased=True)},
 )(depthwise_dgrad_kernel)
 _wgrad_tuned = triton.autotune(
     configs=configs.depthwise_configs(),
