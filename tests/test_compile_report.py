@@ -550,6 +550,16 @@ def test_depthwise_unrolled_rows_are_for_small_kernels(monkeypatch):
             kept = tuned.early_config_prune(both, args, R=3, S=3)
             expect = stride_h == 1 or tuned is depthwise._fprop_tuned
             assert any(c.kwargs["UNROLL_R"] for c in kept) == expect, (tuned.fn.__name__, stride_h)
+    # below sm_90 none; and the report says so as the runtime decides
+    assert "sm_90" in tc.direct_pruned_because(64, 32, 4, 2, 0, 3, 80, unrolled=True, taps=9)
+    assert tc.direct_pruned_because(64, 32, 4, 2, 0, 3, 90, unrolled=True, taps=9) is None
+    fp16, sm90, sm80 = cr.DTYPES["fp16"], cr.ARCHS["sm_90"], cr.ARCHS["sm_80"]
+    cfg = unrolled[0]
+    assert cr._runtime_pruned(cr._family("depthwise_dgrad"), cfg, fp16, sm90) is None
+    assert "stride phase" in cr._runtime_pruned(cr._family("depthwise_dgrad_s2"), cfg, fp16, sm90)
+    assert cr._runtime_pruned(cr._family("depthwise_fprop"), cfg, fp16, sm90) is None
+    for family in ("depthwise_fprop", "depthwise_dgrad"):
+        assert "sm_90" in cr._runtime_pruned(cr._family(family), cfg, fp16, sm80)
 
 
 def test_depthwise_patches_the_report_drops_as_the_runtime_does():

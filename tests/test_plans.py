@@ -515,9 +515,10 @@ def _call_for(case):
     return "forward", family, (x, w, None, None), lambda x, w: torch.ops.tritonconv.conv2d(x, w, None, *args)
 
 
-# derive steps: smallc_pad's (and FORWARD_CASES' smallc_rows') padded copies of x and w, dgrad
-# tap_tma's phase weights
+# derive steps: smallc_pad's and smallc_rows' padded copies of x and w (a 3x3 here, rows of 16
+# columns; FORWARD_CASES' 7x7 has 32), dgrad tap_tma's phase weights
 COMPILED_CASES = FORWARD_CASES + [("smallc_pad", 2, 3, 11, 11, 8, 3, 2, 1, 1, torch.float32, True),
+                                  ("smallc_rows", 2, 3, 11, 11, 8, 3, 1, 1, 1, torch.float16, True),
                                   "dgrad tap_tma, stride 2", "dgrad tap_tma, 1x1 stride 2",
                                   "dgrad gemm1x1, 1x1 stride 2"]
 

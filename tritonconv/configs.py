@@ -645,7 +645,7 @@ def direct_pruned_because(bm: int, bn: int, num_warps: int, elem_bytes: int, til
     if unrolled and rows_skipped:
         return "kernel rows unrolled where a stride phase skips some (a branch each: no load is hoisted)"
     if unrolled and capability is not None and capability < 90:
-        return "kernel rows unrolled below sm_90 (the dgrad's 64x32 patch spills in bf16 on sm_80)"
+        return "kernel rows unrolled: sm_90 and newer only (not timed below; a dgrad tile spills on sm_80)"
     return None
 
 
@@ -655,10 +655,11 @@ def prune_direct_configs(configs: List[triton.Config], elem_bytes: int, taps_per
     """Drop the depthwise direct kernels' tiles that spill: for fp64, more than
     MAX_DIRECT_ACC_FP64 accumulator values per thread; more than MAX_DIRECT_ACC but in 16-bit for
     kernels of at most DEPTHWISE_WIDE_MAX_S taps a row (``max_patch_taps`` as a patch); patches (TILE_W) for kernels of more taps
-    a row (``taps_per_row``, the S the kernel unrolls) than ``max_patch_taps``; the forward's
-    unrolled kernel rows (UNROLL_R) for kernels of more than DEPTHWISE_UNROLL_MAX_TAPS ``taps``
-    (R*S; S without it), and where ``rows_skipped`` (a dgrad at a row stride above 1, whose stride
-    phases take some kernel rows each). Keeps the first config if none survives."""
+    a row (``taps_per_row``, the S the kernel unrolls) than ``max_patch_taps``; the forward's and
+    dgrad's unrolled kernel rows (UNROLL_R) for kernels of more than DEPTHWISE_UNROLL_MAX_TAPS
+    ``taps`` (R*S; S without it), where ``rows_skipped`` (a dgrad at a row stride above 1, whose
+    stride phases take some kernel rows each), and below sm_90. Keeps the first config if none
+    survives."""
     if len(configs) <= 1:
         return configs
     taps = taps_per_row if taps is None else taps
@@ -860,7 +861,10 @@ class DirectPruneHook:
         self.phased = phased
 
     def rows_skipped(self, args: Dict) -> bool:
-        """Whether a launch with these named arguments skips kernel rows in some program."""
+        """Whether a launch with these named arguments may skip kernel rows in some program: a
+        row stride above 1 (with a dilation that is a multiple of it every row still reaches
+        every phase, but the kernel's branch is there all the same, so that case is counted
+        too)."""
         return self.phased and int(args.get("stride_h", 1)) > 1
 
     def __call__(self, configs: List[triton.Config], named_args: Dict, **kwargs) -> List[triton.Config]:

@@ -11,7 +11,8 @@ per pixel row.
     dgrad     dx[n, c, h, w] = sum_{j < mult} sum_{r,s: tap lands} dy[n, c*mult + j, p, q] * w[c*mult + j, 0, r, s]
                                with p = (h + ph - r*dh) / sh when that division is exact (likewise q),
                                one stride phase (h mod sh, w mod sw) a program, which loops over the
-                               kernel rows r that land on it and no others
+                               kernel rows r that land on it and no others (UNROLL_R: goes through
+                               every row, branching past those that do not land)
     wgrad     dw[k, 0, r, s] = sum_{n,p,q} dy[n, k, p, q] * x[n, k // mult, h, w], split over (n, p, q)
               in SPLIT chunks with fixed-order partial sums (deterministic)
 
