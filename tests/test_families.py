@@ -223,10 +223,34 @@ def depthwise_patches(monkeypatch, request):
     else:
         cfg = min((c for c in configs.depthwise_configs(patches=True)
                    if c.kwargs["TILE_W"] and c.kwargs["BLOCK_M"] == request.param), key=lambda c: c.kwargs["BLOCK_N"])
+    _pin_depthwise_tile(monkeypatch, cfg)
+    return cfg
+
+
+def _pin_depthwise_tile(monkeypatch, cfg):
+    """The depthwise forward's and dgrad's autotuners holding ``cfg`` alone, nothing cached."""
     for tuned in (depthwise._fprop_tuned, depthwise._dgrad_tuned):
         monkeypatch.setattr(tuned, "configs", [cfg])
         monkeypatch.setattr(tuned, "cache", {})
-    return cfg
+
+
+def _depthwise_forward_and_dgrad(problem, seed):
+    """The depthwise family's forward (with bias and ReLU) and input gradient on ``problem``,
+    fp32 channels_last, and their float64 references: (y, ref, gx, gx_ref)."""
+    N, C, H, W, K, R, S, stride, padding, dilation, groups = problem
+    torch.manual_seed(seed)
+    x = torch.randn(N, C, H, W, device=DEVICE).to(memory_format=torch.channels_last).requires_grad_()
+    w = torch.randn(K, 1, R, S, device=DEVICE)
+    b = torch.randn(K, device=DEVICE)
+    args = (stride, padding, dilation, groups)
+    with router.force("depthwise"), plans.enabled_as(False):
+        y = tritonconv.conv2d(x, w, b, *args, activation="relu")
+        gy = torch.randn_like(y)
+        (gx,) = torch.autograd.grad(y, (x,), gy)
+    xr = x.detach().double().requires_grad_()
+    ref = F.relu(F.conv2d(xr, w.double(), b.double(), *args))
+    (gxr,) = torch.autograd.grad(ref, (xr,), gy.double())
+    return y, ref, gx, gxr
 
 
 @pytest.mark.parametrize("case", range(len(PROBLEMS["depthwise"])))
@@ -234,19 +258,7 @@ def test_depthwise_patches(case, depthwise_patches):
     """Patch tiles (depthwise.pixel_tile): pixels past the image's bottom or right edge in the
     last patches of a row or column, computed and not stored; forward with its epilogue, and the
     input gradient, which tiles the input's pixels."""
-    N, C, H, W, K, R, S, stride, padding, dilation, groups = PROBLEMS["depthwise"][case]
-    torch.manual_seed(11)
-    x = torch.randn(N, C, H, W, device=DEVICE).to(memory_format=torch.channels_last).requires_grad_()
-    w = torch.randn(K, 1, R, S, device=DEVICE, requires_grad=True)
-    b = torch.randn(K, device=DEVICE)
-    args = (stride, padding, dilation, groups)
-    with router.force("depthwise"), plans.enabled_as(False):
-        y = tritonconv.conv2d(x, w, b, *args, activation="relu")
-        gy = torch.randn_like(y)
-        (gx,) = torch.autograd.grad(y, (x,), gy)
-    xr, wr = x.detach().double().requires_grad_(), w.detach().double()
-    ref = F.relu(F.conv2d(xr, wr, b.double(), *args))
-    (gxr,) = torch.autograd.grad(ref, (xr,), gy.double())
+    y, ref, gx, gxr = _depthwise_forward_and_dgrad(PROBLEMS["depthwise"][case], seed=11)
     assert rel_err(y, ref) < TOL[torch.float32]
     assert rel_err(gx, gxr) < TOL[torch.float32]
 
@@ -265,22 +277,8 @@ def test_depthwise_kernel_rows_unrolled(case, tile_w, monkeypatch):
     else:
         cfg = next(c for c in configs.depthwise_configs(patches=True, unrolled=True)
                    if c.kwargs["UNROLL_R"] and c.kwargs["TILE_W"] == tile_w)
-    for tuned in (depthwise._fprop_tuned, depthwise._dgrad_tuned):
-        monkeypatch.setattr(tuned, "configs", [cfg])
-        monkeypatch.setattr(tuned, "cache", {})
-    N, C, H, W, K, R, S, stride, padding, dilation, groups = PROBLEMS["depthwise"][case]
-    torch.manual_seed(13)
-    x = torch.randn(N, C, H, W, device=DEVICE).to(memory_format=torch.channels_last).requires_grad_()
-    w = torch.randn(K, 1, R, S, device=DEVICE)
-    b = torch.randn(K, device=DEVICE)
-    args = (stride, padding, dilation, groups)
-    with router.force("depthwise"), plans.enabled_as(False):
-        y = tritonconv.conv2d(x, w, b, *args, activation="relu")
-        gy = torch.randn_like(y)
-        (gx,) = torch.autograd.grad(y, (x,), gy)
-    xr = x.detach().double().requires_grad_()
-    ref = F.relu(F.conv2d(xr, w.double(), b.double(), *args))
-    (gxr,) = torch.autograd.grad(ref, (xr,), gy.double())
+    _pin_depthwise_tile(monkeypatch, cfg)
+    y, ref, gx, gxr = _depthwise_forward_and_dgrad(PROBLEMS["depthwise"][case], seed=13)
     assert rel_err(y, ref) < TOL[torch.float32]
     assert rel_err(gx, gxr) < TOL[torch.float32]
 
