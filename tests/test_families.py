@@ -960,6 +960,94 @@ def test_input_grad_phases_run_on_the_kernel_that_suits_them(problem, kernels, l
     assert rel_err(dx, xr.grad) < TOL[torch.float16]
 
 
+def _phase_count(problem) -> int:
+    """dx's stride phases for ``problem`` (N, C, H, W, K, R, S, stride, ...)."""
+    H, W, stride = problem[2], problem[3], problem[7]
+    sh, sw = (stride, stride) if isinstance(stride, int) else stride
+    return min(sh, H) * min(sw, W)
+
+
+@pytest.mark.parametrize("problem", [p for p in DGRAD_TAP_TMA if 1 < _phase_count(p.values[0]) <= 4])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_input_grad_tap_tma_phased_in_one_launch(problem, dtype, launched):
+    """tap_tma_phased: every stride phase of dx in one launch, w read in place, tap (t, u) of phase
+    (a, b) being w's tap (r_last - t*step_h, s_last - u*step_w); phases no tap reaches stored as
+    the bias. The same products in the same order as tap_tma's per-phase launches on the flipped
+    copies, so the same bits, and dx right against float64."""
+    from tritonconv.kernels import dgrad
+
+    N, C, H, W, K, R, S, stride, padding, dilation, groups = problem
+    torch.manual_seed(29)
+    w = torch.randn(K, C // groups, R, S, dtype=dtype, device=DEVICE).to(memory_format=torch.channels_last)
+    b = torch.randn(C, dtype=dtype, device=DEVICE)
+    args = (stride, padding, dilation, groups)
+    pb = spec.conv2d_problem(torch.empty(N, C, H, W, dtype=dtype, device=DEVICE), w, None, *args)
+    dy = torch.randn(pb.output_shape, dtype=dtype, device=DEVICE).to(memory_format=torch.channels_last)
+    assert dgrad.accepts_tap_tma_phased(pb) and "tap_tma_phased" in router.candidates(router.INPUT_GRAD, pb)
+    usable = dgrad.tap_tma_phased_usable(dy, w, pb)
+    assert usable == (TMA and (K // groups) * dy.element_size() % 16 == 0
+                      and (C // groups) * w.element_size() % 16 == 0)
+    with router.force("tap_tma_phased"):
+        phased = router.input_grad(dy, w, pb, bias=b, memory_format=torch.channels_last)
+    if usable:
+        assert launched == ["dgrad_phased"]
+    with router.force("tap_tma"):
+        per_phase = router.input_grad(dy, w, pb, bias=b, memory_format=torch.channels_last)
+    assert torch.equal(phased, per_phase)
+    x = torch.zeros(N, C, H, W, dtype=torch.float64, device=DEVICE, requires_grad=True)
+    F.conv2d(x, w.double(), None, *args).backward(dy.double())
+    assert phased.is_contiguous(memory_format=torch.channels_last)
+    assert rel_err(phased, x.grad + b.double()[None, :, None, None]) < TOL[dtype]
+
+
+@pytest.mark.parametrize("problem,dtype,layout,why", [
+    pytest.param((1, 16, 8, 8, 16, 3, 3, 2, 1, 1, 1), torch.float32, "channels_last", "fp32", id="fp32"),
+    pytest.param((1, 16, 8, 8, 16, 3, 3, 2, 1, 1, 1), torch.float16, "kcrs", "weight", id="kcrs-weight"),
+    pytest.param((1, 16, 9, 9, 16, 3, 3, 3, 1, 1, 1), torch.float16, "channels_last", "phases", id="stride-3"),
+])
+def test_input_grad_tap_tma_phased_hands_on_what_it_cannot_take(problem, dtype, layout, why, launched):
+    """The phased kernel reads a 16-bit KRSC w in place and has 4 phase slots: an fp32 (TF32) dgrad,
+    a KCRS weight and a stride-3 conv's 9 phases go to tap_tma's per-phase launches (its fallback),
+    and the router does not time the family on them."""
+    from tritonconv.kernels import dgrad
+
+    N, C, H, W, K, R, S, stride, padding, dilation, groups = problem
+    torch.manual_seed(30)
+    w = torch.randn(K, C // groups, R, S, dtype=dtype, device=DEVICE)
+    if layout == "channels_last":
+        w = w.to(memory_format=torch.channels_last)
+    args = (stride, padding, dilation, groups)
+    pb = spec.conv2d_problem(torch.empty(N, C, H, W, dtype=dtype, device=DEVICE), w, None, *args)
+    dy = torch.randn(pb.output_shape, dtype=dtype, device=DEVICE).to(memory_format=torch.channels_last)
+    assert dgrad.accepts_tap_tma_phased(pb) == (why != "phases")
+    assert not dgrad.tap_tma_phased_usable(dy, w, pb) or why == "phases"
+    assert "tap_tma_phased" not in router.routed_candidates(router.INPUT_GRAD, "input_grad", pb, (dy, w))
+    with router.force("tap_tma_phased"):
+        dx = router.input_grad(dy, w, pb, memory_format=torch.channels_last)
+    assert "dgrad_phased" not in launched and launched  # tap_tma's launches (or its own fallback's)
+    x = torch.zeros(N, C, H, W, dtype=torch.float64, device=DEVICE, requires_grad=True)
+    F.conv2d(x, w.double(), None, *args).backward(dy.double())
+    assert rel_err(dx, x.grad) < TOL[dtype]
+
+
+def test_input_grad_tap_tma_phased_slots():
+    """The slots of ResNet-50's 3x3 stride-2 dgrad: the 4-tap phase (1, 1) first, then the 2-tap
+    ones, the one-tap (0, 0) last; each with w's tap for its tap (0, 0) (the last one reaching it)
+    and the padding of its forward conv of dy; and a 1x1 stride-2's three tapless phases."""
+    from tritonconv.kernels import dgrad
+
+    pb = spec.problem_from_shapes((32, 128, 56, 56), (128, 128, 3, 3), stride=2, padding=1)
+    slots, sizes, dil_h, dil_w, w_tap_row, w_tap_col = dgrad._phased_slots(pb)
+    rows = [slots[i:i + 7] for i in range(0, len(slots), 7)]
+    # (a, b, na, nb, pad_h, pad_w, tap0): phase 1 takes taps 0 and 2, phase 0 tap 1 (w's 3x3 row-major)
+    assert rows == [(1, 1, 2, 2, 0, 0, 8), (0, 1, 1, 2, 0, 0, 5), (1, 0, 2, 1, 0, 0, 7), (0, 0, 1, 1, 0, 0, 4)]
+    assert sizes == ((28, 28),) * 4 and (dil_h, dil_w, w_tap_row, w_tap_col) == (1, 1, 6, 2)
+    down = spec.problem_from_shapes((1, 8, 7, 7), (8, 8, 1, 1), stride=2)
+    rows = [dgrad._phased_slots(down)[0][i:i + 7] for i in range(0, 28, 7)]
+    assert rows[0] == (0, 0, 1, 1, 0, 0, 0) and all(r[2:] == (0,) * 5 for r in rows[1:])
+    assert dgrad._phased_slots(down)[1] == ((4, 4), (4, 3), (3, 4), (3, 3))
+
+
 @pytest.mark.skipif(DEVICE != "cuda", reason="layer sizes: too slow for the interpreter, and the failure was the GPU's")
 @pytest.mark.parametrize("family,problem", [
     pytest.param("tap_tma", (32, 1024, 14, 14, 256, 1, 1, 1, 0, 1, 1), id="resnet50-layer3.1.conv1"),
@@ -971,6 +1059,9 @@ def test_input_grad_phases_run_on_the_kernel_that_suits_them(problem, kernels, l
     pytest.param("tap_tma_splitk", (32, 512, 14, 14, 512, 3, 3, 2, 1, 1, 1), id="splitk-resnet50-layer4.0.conv2"),
     pytest.param("tap_tma_streamk", (32, 512, 7, 7, 512, 3, 3, 1, 1, 1, 1), id="streamk-resnet50-layer4.1.conv2"),
     pytest.param("tap_tma_streamk", (32, 256, 28, 28, 256, 3, 3, 2, 1, 1, 1), id="streamk-resnet50-layer3.0.conv2"),
+    pytest.param("tap_tma_phased", (32, 128, 56, 56, 128, 3, 3, 2, 1, 1, 1), id="phased-resnet50-layer2.0.conv2"),
+    pytest.param("tap_tma_phased", (32, 512, 14, 14, 512, 3, 3, 2, 1, 1, 1), id="phased-resnet50-layer4.0.conv2"),
+    pytest.param("tap_tma_phased", (32, 256, 56, 56, 512, 1, 1, 2, 0, 1, 1), id="phased-resnet50-layer2.0.downsample"),
 ])
 def test_input_grad_tap_tma_at_layer_sizes(family, problem):
     """ResNet-50's 1x1 and strided dgrads through the tap_tma family (and the dgrad families that
@@ -1172,7 +1263,9 @@ def test_routed_candidates_drop_what_cannot_run_or_is_superseded():
         dy = torch.randn(pb.output_shape, dtype=torch.float16, device=DEVICE).to(memory_format=torch.channels_last)
         return router.routed_candidates(router.INPUT_GRAD, "input_grad", pb, (dy, w))
 
-    assert dgrad(w1) == dgrad(w1, 2) == ["gemm1x1"] + (["tap_tma"] if TMA else [])
+    assert dgrad(w1) == ["gemm1x1"] + (["tap_tma"] if TMA else [])
+    # strided, 16-bit, KRSC: every phase in one launch too (the three tapless ones stored as zeros)
+    assert dgrad(w1, 2) == ["gemm1x1"] + (["tap_tma", "tap_tma_phased"] if TMA else [])
     # (2048 pixels, 576-long phase reductions: tap_tma's split-K too)
     assert dgrad(w3, 1, 1) == (["tap_tma_splitk", "tap_tma", "tap_tma_streamk"] if TMA else []) + ["implicit"]
     with router.force("implicit"):
@@ -1248,7 +1341,7 @@ def test_input_grad_1x1_gemm_takes_only_what_it_computes():
     assert not gemm1x1.accepts_dgrad(problem(groups=2))
     big = spec.conv_transpose2d_problem(torch.empty(1, 8, 4, 4), torch.empty(8, 8, 1, 1), None, 2, 0, 2, 1, 3)
     assert (big.H, big.P) == (9, 4) and not gemm1x1.accepts_dgrad(big)
-    assert router.candidates(router.INPUT_GRAD, big) == ["tap_tma", "tap_tma_streamk", "implicit"]
+    assert router.candidates(router.INPUT_GRAD, big) == ["tap_tma", "tap_tma_streamk", "tap_tma_phased", "implicit"]
 
 
 def _forced_dgrad(family: str, problem, seed: int) -> spec.Conv2dProblem:

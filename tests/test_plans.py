@@ -428,12 +428,13 @@ def test_work_before_the_kernels_reruns_for_each_call(monkeypatch):
     assert rel_err(gx, ref) <= tol(torch.float16)
 
 
-@pytest.mark.parametrize("family", ["tap_tma", "gemm1x1"])
+@pytest.mark.parametrize("family", ["tap_tma", "gemm1x1", "tap_tma_phased"])
 @pytest.mark.parametrize("with_bias", [False, True])
 def test_unreached_phases_replay(with_bias, family, monkeypatch):
     """A 1x1 stride-2 dgrad (and conv_transpose2d, with its bias) leaves three of four phases of
     dx to a fill kernel: the plan replays it into a poisoned output, so the second call, with new
-    tensors, must come back right without the launcher. (gemm1x1 reads w transposed in place.)"""
+    tensors, must come back right without the launcher. (gemm1x1 reads w transposed in place;
+    tap_tma_phased stores the three phases from its one kernel, w read in place.)"""
     def call(x, w, b):
         return tritonconv.conv_transpose2d(x, w, b, 2, 0, 1) if with_bias else \
             torch.ops.tritonconv.conv2d_grad_input(x, w, [2, 32, 8, 8], [2, 2], [0, 0], [1, 1], 1)

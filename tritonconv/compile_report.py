@@ -56,7 +56,7 @@ epilogue is registered twice (see FAMILIES).
 Families: fprop, fprop_fused, fprop_splitk, fprop_tma, fprop_tma_fused, fprop_tma_splitk,
 fprop_tap_tma, fprop_tap_tma_fused, fprop_tap_tma_s2, fprop_tap_tma_small, fprop_tap_tma_splitk,
 fprop_tap_tma_streamk, fprop_tap_tma_dgrad (fprop.py;
-TMA on sm_90 only); dgrad, dgrad_s2 (dgrad.py); wgrad, wgrad_splitk, wgrad_tap_tma, wgrad_tap_tma_s2 (wgrad.py; TMA on sm_90 only); gemm1x1, gemm1x1_fused, gemm1x1_dgrad, gemm1x1_tma (with persistent-
+TMA on sm_90 only); dgrad_phased (TMA, sm_90 only), dgrad, dgrad_s2 (dgrad.py); wgrad, wgrad_splitk, wgrad_tap_tma, wgrad_tap_tma_s2 (wgrad.py; TMA on sm_90 only); gemm1x1, gemm1x1_fused, gemm1x1_dgrad, gemm1x1_tma (with persistent-
 grid variants), gemm1x1_wgrad, gemm1x1_wgrad_splitk, gemm1x1_wgrad_tma
 (gemm1x1.py; TMA on sm_90 only); smallc, smallc_fused, smallc_pad, smallc_pad_fused, smallc_rows, smallc_rows_fused,
 smallc_rows_3x3, smallc_wgrad (smallc.py);
@@ -70,7 +70,7 @@ Usage::
 The full report for sm_90 and sm_80 is about 3,200 compiles (3,193 at 43e1825; 1,500 took 12 to
 20 minutes on 2 cores with an empty Triton cache, TRITON_CACHE_DIR, and 4 with a warm one).
 ``--subset`` compiles the first, largest, smallest and median config of every
-family in fp16 and fp32, 230 compiles for sm_90 (195 took 160 s on 2 cores with an
+family in fp16 and fp32, 233 compiles for sm_90 (195 took 160 s on 2 cores with an
 empty Triton cache, 2026-11-26). CI compiles one config of every family for sm_90 in fp16
 (tests/test_compile_report.py::test_every_family_builds) and bounds the
 subset's size.
@@ -475,6 +475,29 @@ def tap_tma_streamk_tile_configs() -> List[triton.Config]:
             for c in fprop.tap_tma_streamk_configs(interpreter=False)]
 
 
+def _dgrad_phased_launch(dtype: Dtype, config: triton.Config, *, problem: Dict[str, Any] = STRIDE2_PROBLEM):
+    """dgrad_phased_kernel's arguments as conv2d_dgrad_tap_tma_phased passes them, with
+    conv_transpose2d's bias: boxes of dy [BOX_N, BOX_H, 1, BOX_W, BLOCK_K] for the widest phase
+    (_common.tap_tma_boxes), w's tiles [BLOCK_K, BLOCK_N] read in place, the phase slots."""
+    pb = problem_from_shapes(**problem)
+    kw = config.kwargs
+    slots, sizes, dil_h, dil_w, w_tap_row, w_tap_col = dgrad._phased_slots(pb)
+    boxes = _common.tap_tma_boxes(pb.N, max(p for p, _ in sizes), max(q for _, q in sizes))
+    box_n, box_h, box_w = _common.tap_tma_box(kw["BLOCK_M"], kw["BLOCK_W"], boxes)
+    fields = [f"{f}_{i}" for i in range(dgrad.PHASED_MAX_PHASES) for f in dgrad._PHASE_SLOT_FIELDS]
+    args = dict(
+        x_desc=f"tensordesc<{dtype.triton_ty}[{box_n}, {box_h}, 1, {box_w}, {kw['BLOCK_K']}]>",
+        w_desc=f"tensordesc<{dtype.triton_ty}[{kw['BLOCK_K']}, {kw['BLOCK_N']}]>",
+        b_ptr=_ptr(dtype), dx_ptr=_ptr(dtype),
+        N=pb.N, H=pb.H, W=pb.W, K=pb.K, CG=pb.C_per_group, KG=pb.K_per_group, GROUPS=pb.groups,
+        stride_h=pb.stride_h, stride_w=pb.stride_w, dil_h=dil_h, dil_w=dil_w, w_tap_row=w_tap_row,
+        w_tap_col=w_tap_col, **dict(zip(fields, slots)),
+        **_named("sxn sxc sxh sxw", _channels_last_strides(pb.input_shape)),
+    )
+    return args, dict(HAS_BIAS=True, ACC_DTYPE=dtype.acc, INPUT_PRECISION=dtype.input_precision,
+                      K_ALIGN=fprop.k_align(pb.K_per_group), BOXES=boxes)
+
+
 def _dgrad_launch(dtype: Dtype, config: triton.Config, *, problem: Dict[str, Any] = FPROP_PROBLEM):
     """dgrad_kernel's arguments as conv2d_dgrad passes them in a conv's backward (no bias)."""
     pb = problem_from_shapes(**problem)
@@ -816,6 +839,10 @@ FAMILIES: List[KernelFamily] = [
                  _p(_fprop_tap_tma_launch, problem=SMALL_OUTPUT_PROBLEM, weight_flipped=True),
                  _prune_of(fprop._fprop_tap_tma_tuned), dtypes=("fp16", "bf16"), archs=("sm_90",),
                  uses_tma=True),
+    # a strided dgrad's phases in one launch, w read in place (16-bit: dgrad.tap_tma_phased_usable):
+    # ResNet-50's layer2.0.conv2 (4 phases of 1, 2, 2 and 4 taps)
+    KernelFamily("dgrad_phased", dgrad.dgrad_phased_kernel, tap_tma_tile_configs, _dgrad_phased_launch,
+                 _prune_of(dgrad._dgrad_phased_tuned), dtypes=("fp16", "bf16"), archs=("sm_90",), uses_tma=True),
     # input gradient (dgrad.py): stride 1, and stride 2 (4 phases, taps stepping by 2)
     KernelFamily("dgrad", dgrad.dgrad_kernel, gemm_tile_configs, _dgrad_launch, _prune_of(dgrad._dgrad_tuned)),
     KernelFamily("dgrad_s2", dgrad.dgrad_kernel, gemm_tile_configs, _p(_dgrad_launch, problem=STRIDE2_PROBLEM),

@@ -817,16 +817,19 @@ class SpatialTilePruneHook(GemmPruneHook):
     ROW_MIN_EFFICIENCY of. Where the pruning clamps the span (BLOCK_M or BLOCK_K) below BLOCK_W,
     BLOCK_W follows it. On a Triton with the wgmma register hazard (WGMMA_RS_HAZARD), a kept
     tile that has it runs with SYNC_MMA (``synced``). The compile report prunes as for any GEMM:
-    a one-row tile can launch wherever rows are wide enough."""
+    a one-row tile can launch wherever rows are wide enough. ``row_fn``: the output's row width
+    from the launch's arguments, for a kernel with no ``Q``."""
 
-    def __init__(self, m_fn, n_fn, k_fn, tensor_arg: str, span: str, k_align_arg: Optional[str] = None, **rules):
+    def __init__(self, m_fn, n_fn, k_fn, tensor_arg: str, span: str, k_align_arg: Optional[str] = None,
+                 row_fn: Optional[Callable[[Dict], int]] = None, **rules):
         super().__init__(m_fn, n_fn, k_fn, tensor_arg, **rules)
         self.span = span
         self.k_align_arg = k_align_arg  # the kernel selects A's channels where BLOCK_K does not divide it
+        self.row_fn = row_fn or (lambda a: a["Q"])
 
     def __call__(self, configs: List[triton.Config], named_args: Dict, **kwargs) -> List[triton.Config]:
         args = {**named_args, **kwargs}
-        Q = args["Q"]
+        Q = self.row_fn(args)
         fit = [c for c in configs if c.kwargs["BLOCK_W"] <= SPATIAL_TILE_WIDTH
                or row_efficiency(Q, c.kwargs["BLOCK_W"]) >= ROW_MIN_EFFICIENCY]
         kept = super().__call__(fit or configs[:1], named_args, **kwargs)

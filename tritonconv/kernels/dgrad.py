@@ -28,6 +28,7 @@ layouts (k contiguous in both operands).
 
 from __future__ import annotations
 
+import functools
 import math
 import threading
 import weakref
@@ -47,20 +48,25 @@ from ._common import (
     alloc_output,
     check_device,
     content_state,
+    dense_view,
     first_tap,
     input_precision_for,
     mma,
+    phase_view,
     stride_phases,
+    tap_tma_box,
+    tap_tma_boxes,
     thread_setting,
     tile_pid,
 )
 from . import gemm1x1
 from . import fprop
 from .fprop import accepts_splitk, conv2d_fprop_tap_tma, conv2d_fprop_tap_tma_splitk, conv2d_fprop_tap_tma_streamk
-from .fprop import spatial_tiles_fit
+from .fprop import _tap_tma_acc, _tap_tma_origin, _tap_tma_store, spatial_tiles_fit
 
-__all__ = ["accepts_tap_tma", "accepts_tap_tma_splitk", "accepts_tap_tma_streamk", "conv2d_dgrad_tap_tma",
-           "conv2d_dgrad_tap_tma_splitk", "conv2d_dgrad_tap_tma_streamk",
+__all__ = ["accepts_tap_tma", "accepts_tap_tma_splitk", "accepts_tap_tma_streamk", "accepts_tap_tma_phased",
+           "conv2d_dgrad_tap_tma", "conv2d_dgrad_tap_tma_splitk", "conv2d_dgrad_tap_tma_streamk",
+           "conv2d_dgrad_tap_tma_phased", "tap_tma_phased_usable", "dgrad_phased_kernel",
            "tap_tma_usable", "conv2d_dgrad", "conv2d_dgrad_1x1", "dgrad_kernel",
            "phase_fill_kernel", "phase_weight_kernel", "cached_phase_weights", "forget_phase_weights"]
 
@@ -657,4 +663,203 @@ def conv2d_dgrad_1x1(dy: torch.Tensor, w: torch.Tensor, problem: Conv2dProblem,
         return dx
     for phase, out in _reached(dx, pb, _phases(pb), bias):  # phase (0, 0), dy's size (accepts_strided)
         gemm1x1.dgrad_1x1_phase(dy, w, bias, phase.forward, out)
+    return dx
+
+
+# --------------------------------------------------------------------------- Hopper: every stride phase in one launch
+#
+# tap_tma's dgrad above launches once per stride phase, after a launch that builds the phases'
+# weights: five launches for a 3x3 stride-2 conv, each phase's grid small (ResNet-50's
+# layer2.0.conv2 at batch 32: 196 tiles of 128x128 a phase for an H100's 132 SMs, a wave and a
+# half), the one-tap phase a reduction of two steps, and every launch its own ramp and tail
+# (0.65x cuDNN at the ninth H100 check, 0c9c62e). The phased kernel runs all the phases of a
+# conv with at most PHASED_MAX_PHASES of them (a stride of at most 2 each way, or 4 one way) as
+# one grid, the phases with the most taps first, and reads w in place as the stride-1 dgrad
+# does: phase (a, b)'s tap (t, u) of its forward conv of dy is w's tap
+# (r_last - t*step_h, s_last - u*step_w), with (r_last, s_last) the last tap reaching the phase,
+# which _tap_tma_acc's W_FLIPPED read takes as w_tap0 = r_last*S + s_last, w_tap_row = step_h*S
+# and w_tap_col = step_w. A phase no tap reaches runs no step and stores its zeros (or the
+# bias): no fill launch. 16-bit only, as the in-place read at stride 1 (``_weight_in_place``).
+
+PHASED_MAX_PHASES = 4  # dgrad_phased_kernel's phase slots (_slot)
+_PHASE_SLOT_FIELDS = ("a", "b", "na", "nb", "pad_h", "pad_w", "tap0")
+
+
+def accepts_tap_tma_phased(problem: Conv2dProblem) -> bool:
+    """Strided dgrads of at most PHASED_MAX_PHASES stride phases (at stride 1, tap_tma's one launch
+    is the same kernel)."""
+    pb = problem
+    phases = min(pb.stride_h, pb.H) * min(pb.stride_w, pb.W)
+    return (pb.stride_h, pb.stride_w) != (1, 1) and phases <= PHASED_MAX_PHASES
+
+
+def tap_tma_phased_usable(dy: torch.Tensor, w: torch.Tensor, problem: Conv2dProblem) -> bool:
+    """``tap_tma_usable``, with w read in place: a 16-bit KRSC weight whose (K, R*S*C/groups) rows
+    TMA can load (``fprop.weight_tma_usable``)."""
+    return (w.element_size() == 2 and tap_tma_usable(dy, w, problem)
+            and fprop.weight_tma_usable(w, problem))
+
+
+@functools.lru_cache(maxsize=256)  # host work per call otherwise: the launchers ask for every call
+def _phased_slots(problem: Conv2dProblem) -> Tuple[Tuple[int, ...], Tuple[Tuple[int, int], ...], int, int, int, int]:
+    """dgrad_phased_kernel's slot arguments for ``problem`` (``_PHASE_SLOT_FIELDS`` per slot, slot
+    after slot), the slots' (rows, columns) of dx, the phases' dilation in dy (delta_h, delta_w),
+    and w_tap_row, w_tap_col. Slots run longest reduction first; an unused one has no rows."""
+    pb = problem
+    phases = sorted(_phases(pb), key=lambda ph: -len(ph.taps_h) * len(ph.taps_w))
+    slots, sizes = [], []
+    for ph in phases:
+        fw = ph.forward
+        if fw is None:  # no tap: zeros (or the bias)
+            slots += [ph.a, ph.b, 0, 0, 0, 0, 0]
+        else:
+            tap0 = ph.taps_h[-1] * pb.S + ph.taps_w[-1]
+            slots += [ph.a, ph.b, len(ph.taps_h), len(ph.taps_w), fw.pad_h, fw.pad_w, tap0]
+        sizes.append((len(range(ph.a, pb.H, pb.stride_h)), len(range(ph.b, pb.W, pb.stride_w))))
+    for _ in range(PHASED_MAX_PHASES - len(phases)):
+        slots += [pb.H, pb.W, 0, 0, 0, 0, 0]
+        sizes.append((0, 0))
+    step_h = pb.stride_h // math.gcd(pb.stride_h, pb.dil_h)
+    step_w = pb.stride_w // math.gcd(pb.stride_w, pb.dil_w)
+    return (tuple(slots), tuple(sizes), pb.dil_h // math.gcd(pb.stride_h, pb.dil_h),
+            pb.dil_w // math.gcd(pb.stride_w, pb.dil_w), step_h * pb.S, step_w)
+
+
+@triton.jit
+def _phase_tiles(a, extent, stride, BOX: tl.constexpr):
+    """Boxes of BOX along one side of a stride phase of dx that starts at ``a`` (none past it)."""
+    return tl.cdiv(tl.cdiv(extent - a, stride), BOX)
+
+
+@triton.jit
+def dgrad_phased_kernel(
+    # descriptors and pointers
+    x_desc,  # dy as an (N, P, 1, Q, K) NHWC view (the phase view at stride 1): [BOX_N, BOX_H, 1, BOX_W, BLOCK_K] boxes
+    w_desc,  # w as the (K, R*S*C/groups) matrix of a KRSC weight, read in place: [BLOCK_K, BLOCK_N] tiles
+    b_ptr,  # (C,) conv_transpose2d's bias; unused unless HAS_BIAS
+    dx_ptr,  # (N, C, H, W), any strides
+    # sizes
+    N, H, W, K,
+    CG, KG, GROUPS,
+    # the conv: its stride; its phases' dilation in dy, and w's taps between a phase's neighbours
+    stride_h, stride_w, dil_h, dil_w, w_tap_row, w_tap_col,
+    # per phase slot (_phased_slots): dx's first row a and column b, taps na x nb, the forward
+    # conv of dy's padding, and w's tap for its tap (0, 0); a slot with a = H has no rows
+    a_0, b_0, na_0, nb_0, pad_h_0, pad_w_0, tap0_0,
+    a_1, b_1, na_1, nb_1, pad_h_1, pad_w_1, tap0_1,
+    a_2, b_2, na_2, nb_2, pad_h_2, pad_w_2, tap0_2,
+    a_3, b_3, na_3, nb_3, pad_h_3, pad_w_3, tap0_3,
+    # strides, in elements
+    sxn, sxc, sxh, sxw,
+    # meta-parameters
+    HAS_BIAS: tl.constexpr, ACC_DTYPE: tl.constexpr, INPUT_PRECISION: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
+    BLOCK_W: tl.constexpr,
+    K_ALIGN: tl.constexpr = 1,  # fprop.k_align(K/groups): EVEN_K where BLOCK_K divides it
+    BOXES: tl.constexpr = 0,  # _common.tap_tma_boxes(N, the widest phase's rows and columns)
+    SYNC_MMA: tl.constexpr = False,  # as fprop_tap_tma_kernel's
+):
+    """dx of every stride phase, one grid: each program a tile of one phase's forward conv of dy
+    (fprop_tap_tma_kernel's loop and epilogue), the phases' tiles one after another by slot."""
+    # the box, decoded as fprop_tap_tma_kernel does
+    AT: tl.constexpr = 8 * ((BLOCK_M >= 32) + (BLOCK_M >= 64) + (BLOCK_M >= 128) + (BLOCK_M >= 256))
+    OWN: tl.constexpr = (BOXES == 0 or BLOCK_W == BLOCK_M or BLOCK_M < 16 or BLOCK_M > 256
+                         or (BLOCK_M & (BLOCK_M - 1)) != 0)
+    BOX_W: tl.constexpr = BLOCK_W if OWN else 1 << ((BOXES >> AT) & 15)
+    BOX_H: tl.constexpr = BLOCK_M // BLOCK_W if OWN else 1 << ((BOXES >> (AT + 4)) & 15)
+    BOX_N: tl.constexpr = BLOCK_M // (BOX_H * BOX_W)
+    EVEN_K: tl.constexpr = K_ALIGN % BLOCK_K == 0
+
+    # -- the slot: where the program id falls among the slots' tiles
+    per_box = tl.cdiv(N, BOX_N) * GROUPS * tl.cdiv(CG, BLOCK_N)  # tiles per box position in a phase
+    end_0 = per_box * _phase_tiles(a_0, H, stride_h, BOX_H) * _phase_tiles(b_0, W, stride_w, BOX_W)
+    end_1 = end_0 + per_box * _phase_tiles(a_1, H, stride_h, BOX_H) * _phase_tiles(b_1, W, stride_w, BOX_W)
+    end_2 = end_1 + per_box * _phase_tiles(a_2, H, stride_h, BOX_H) * _phase_tiles(b_2, W, stride_w, BOX_W)
+    pid = tl.program_id(0)
+    slot = (pid >= end_0).to(tl.int32) + (pid >= end_1).to(tl.int32) + (pid >= end_2).to(tl.int32)
+    a = _slot(slot, a_0, a_1, a_2, a_3)
+    b = _slot(slot, b_0, b_1, b_2, b_3)
+    na = _slot(slot, na_0, na_1, na_2, na_3)
+    nb = _slot(slot, nb_0, nb_1, nb_2, nb_3)
+    pad_h = _slot(slot, pad_h_0, pad_h_1, pad_h_2, pad_h_3)
+    pad_w = _slot(slot, pad_w_0, pad_w_1, pad_w_2, pad_w_3)
+    tap0 = _slot(slot, tap0_0, tap0_1, tap0_2, tap0_3)
+
+    # -- the tile within the phase: (group, spatial M-tile, N-tile), as fprop_tap_tma_kernel's
+    P = tl.cdiv(H - a, stride_h)
+    Q = tl.cdiv(W - b, stride_w)
+    tiles_h = tl.cdiv(P, BOX_H)
+    tiles_w = tl.cdiv(Q, BOX_W)
+    tiles_m = tl.cdiv(N, BOX_N) * tiles_h * tiles_w
+    g, pid_m, pid_n = tile_pid(pid - _slot(slot, 0, end_0, end_1, end_2), tiles_m * BLOCK_M, CG,
+                               BLOCK_M, BLOCK_N, GROUP_M)
+    n0, p0, q0 = _tap_tma_origin(pid_m, tiles_h, tiles_w, BOX_N, BOX_H, BOX_W)
+    steps = na * nb * tl.cdiv(KG, BLOCK_K)  # none in a phase no tap reaches
+    acc = _tap_tma_acc(x_desc, w_desc, g, n0, p0, q0, pid_n, steps * 0, steps, K, na, tl.maximum(nb, 1), KG, CG,
+                       1, 1, pad_h, pad_w, dil_h, dil_w, tap0, w_tap_row, w_tap_col,
+                       ACC_DTYPE, INPUT_PRECISION, BLOCK_M, BLOCK_N, BLOCK_K, EVEN_K, SYNC_MMA, True)
+    # -- the phase's pixels of dx: rows a, a + stride_h, ..., columns b, b + stride_w, ...
+    _tap_tma_store(acc, g, n0, p0, q0, pid_n, N, P, Q, CG, b_ptr, dx_ptr, dx_ptr + a * sxh + b * sxw,
+                   sxn, sxc, sxh * stride_h, sxw * stride_w, 0, 0, 0, 0, 0.0,
+                   HAS_BIAS, False, 0, BLOCK_M, BLOCK_N, BOX_H, BOX_W)
+
+
+def _set_phased_blocks(nargs):
+    """Autotune pre-hook: dy's box is the config's spatial tile, w's tile (BLOCK_K, BLOCK_N)."""
+    box_n, box_h, box_w = tap_tma_box(nargs["BLOCK_M"], nargs["BLOCK_W"], nargs.get("BOXES", 0))
+    nargs["x_desc"].block_shape = [box_n, box_h, 1, box_w, nargs["BLOCK_K"]]
+    nargs["w_desc"].block_shape = [nargs["BLOCK_K"], nargs["BLOCK_N"]]
+
+
+def phased_configs(interpreter=None):
+    """tap_tma's tiles (configs.spatial_tile_configs), with the pre-hook that shapes the boxes."""
+    return [triton.Config(c.kwargs, num_warps=c.num_warps, num_stages=c.num_stages, pre_hook=_set_phased_blocks)
+            for c in configs.spatial_tile_configs(configs.TAP_TMA_ROW_TILES, "BLOCK_M", interpreter)]
+
+
+_PHASED_KEY = (["N", "H", "W", "CG", "KG", "GROUPS", "stride_h", "stride_w", "dil_h", "dil_w", "sxc", "HAS_BIAS"]
+               + [f"{field}_{i}" for i in range(PHASED_MAX_PHASES) for field in _PHASE_SLOT_FIELDS[2:6]])
+_dgrad_phased_tuned = triton.autotune(
+    configs=phased_configs(), key=_PHASED_KEY, do_bench=configs.capture_safe_bench,
+    prune_configs_by={"early_config_prune": configs.SpatialTilePruneHook(
+        m_fn=lambda a: a["N"] * a["H"] * a["W"], n_fn=lambda a: a["CG"], k_fn=lambda a: a["KG"],
+        tensor_arg="dx_ptr", span="BLOCK_M", k_align_arg="K_ALIGN", gathered=False,
+        row_fn=lambda a: triton.cdiv(a["W"], a["stride_w"]),
+    )},
+)(dgrad_phased_kernel)
+
+
+def conv2d_dgrad_tap_tma_phased(dy: torch.Tensor, w: torch.Tensor, problem: Conv2dProblem,
+                                bias: Optional[torch.Tensor] = None,
+                                memory_format: torch.memory_format = torch.contiguous_format) -> torch.Tensor:
+    """A strided dgrad's stride phases in one launch, w read in place (dgrad_phased_kernel);
+    ``conv2d_dgrad_tap_tma`` where the tensors don't allow it (``tap_tma_phased_usable``) or the
+    problem has more phases than the kernel's slots.
+
+    Args/Returns: as ``conv2d_dgrad``.
+    """
+    pb = problem
+    if not (accepts_tap_tma_phased(pb) and tap_tma_phased_usable(dy, w, pb)):
+        return conv2d_dgrad_tap_tma(dy, w, pb, bias, memory_format)
+    check_device(dy, w, bias)
+    dx = alloc_output(pb.input_shape, dy.dtype, dy.device, memory_format)
+    if dx.numel() == 0:
+        return dx
+    slots, sizes, dil_h, dil_w, w_tap_row, w_tap_col = _phased_slots(pb)
+    x_desc = TensorDescriptor.from_tensor(phase_view(dy, 1, 1), [1, 8, 1, fprop.TAP_TMA_BLOCK_W, 16])
+    w_desc = TensorDescriptor.from_tensor(dense_view(w, (pb.K, pb.R * pb.S * pb.C_per_group)), [16, 16])
+    boxes = tap_tma_boxes(pb.N, max(p for p, _ in sizes), max(q for _, q in sizes))  # phase (0, 0)'s
+
+    def grid(meta):
+        bn, bh, bw = tap_tma_box(meta["BLOCK_M"], meta["BLOCK_W"], boxes)
+        boxed = sum(triton.cdiv(p, bh) * triton.cdiv(q, bw) for p, q in sizes)
+        return (triton.cdiv(pb.N, bn) * boxed * pb.groups * triton.cdiv(pb.C_per_group, meta["BLOCK_N"]),)
+
+    tuning.launch(_dgrad_phased_tuned, "dgrad_phased", dy.device, grid,
+        x_desc, w_desc, bias if bias is not None else dx, dx,
+        pb.N, pb.H, pb.W, pb.K, pb.C_per_group, pb.K_per_group, pb.groups,
+        pb.stride_h, pb.stride_w, dil_h, dil_w, w_tap_row, w_tap_col, *slots, *dx.stride(),
+        HAS_BIAS=bias is not None, ACC_DTYPE=acc_dtype_for(dy.dtype), INPUT_PRECISION=input_precision_for(dy),
+        K_ALIGN=fprop.k_align(pb.K_per_group), BOXES=boxes,
+    )
     return dx

@@ -467,13 +467,15 @@ def _tap_tma_origin(pid_m, tiles_h, tiles_w, BOX_N: tl.constexpr, BOX_H: tl.cons
 @triton.jit
 def _tap_tma_acc(
     x_desc, w_desc, g, n0, p0, q0, pid_n, k_lo, k_hi,
-    C, R, S, CG, KG, stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
+    C, R, S, CG, KG, stride_h, stride_w, pad_h, pad_w, dil_h, dil_w, w_tap0, w_tap_row, w_tap_col,
     ACC_DTYPE: tl.constexpr, INPUT_PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, EVEN_K: tl.constexpr,
     SYNC_MMA: tl.constexpr, W_FLIPPED: tl.constexpr,
 ):
     """Reduction steps [k_lo, k_hi) of one output tile: (r, s, c-block), c-block fastest, as in
-    fprop_kernel, from a TMA box of x per step and a TMA tile of w.
+    fprop_kernel, from a TMA box of x per step and a TMA tile of w. With W_FLIPPED, tap (r, s)
+    reads w's tap w_tap0 - r*w_tap_row - s*w_tap_col: a stride-1 dgrad's flipped taps
+    (R*S - 1, S, 1), or one stride phase's (dgrad.py's phased kernel).
 
     The step's tap and channel block are decoded once, before the loop, and then carried from
     step to step (``next_tap_step``, ``tap_phase_next``): decoding them in every step took two
@@ -501,11 +503,11 @@ def _tap_tma_acc(
         if not EVEN_K:
             a = tl.where((c0 + offs_k < CG)[None, :], a, tl.zeros_like(a))
         if W_FLIPPED:
-            # a stride-1 dgrad's conv of dy (dgrad.py): w is the conv's own KRSC weight, (C, K/groups,
-            # R, S) in this forward's terms, read in place: the flipped tap's [BLOCK_K, BLOCK_N] tile,
+            # a dgrad's conv of dy (dgrad.py): w is the conv's own KRSC weight, (C, K/groups, R, S) in
+            # this forward's terms, read in place: the flipped tap's [BLOCK_K, BLOCK_N] tile,
             # rows this step's channels of dy (past them, the next group's or TMA's zeros, against A's
             # zero columns), columns dx's channels (past them, the next tap's: masked outputs)
-            b = w_desc.load([g * CG + c0, (R * S - 1 - rs) * KG + pid_n * BLOCK_N])
+            b = w_desc.load([g * CG + c0, (w_tap0 - r * w_tap_row - s * w_tap_col) * KG + pid_n * BLOCK_N])
         else:
             b = w_desc.load([g * KG + pid_n * BLOCK_N, rs * CG + c0]).T
         acc = mma(a, b, acc, INPUT_PRECISION, ACC_DTYPE)
@@ -605,7 +607,7 @@ def fprop_tap_tma_kernel(
             g, pid_m, pid_n = tile_pid(tile, tiles_m * BLOCK_M, KG, BLOCK_M, BLOCK_N, GROUP_M)
             n0, p0, q0 = _tap_tma_origin(pid_m, tiles_h, tiles_w, BOX_N, BOX_H, BOX_W)
             acc = _tap_tma_acc(x_desc, w_desc, g, n0, p0, q0, pid_n, k_lo, k_hi, C, R, S, CG, KG,
-                               stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
+                               stride_h, stride_w, pad_h, pad_w, dil_h, dil_w, R * S - 1, S, 1,
                                ACC_DTYPE, INPUT_PRECISION, BLOCK_M, BLOCK_N, BLOCK_K, EVEN_K, SYNC_MMA, W_FLIPPED)
             if k_hi < steps:
                 stream_k_hand_off(acc, ws_ptr, flags_ptr, pid, BLOCK_M, BLOCK_N)
@@ -624,7 +626,7 @@ def fprop_tap_tma_kernel(
         n0, p0, q0 = _tap_tma_origin(pid_m, tiles_h, tiles_w, BOX_N, BOX_H, BOX_W)
         start, stop = split_range(split, steps, SPLIT_K, 1)
         acc = _tap_tma_acc(x_desc, w_desc, g, n0, p0, q0, pid_n, start, stop, C, R, S, CG, KG,
-                           stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
+                           stride_h, stride_w, pad_h, pad_w, dil_h, dil_w, R * S - 1, S, 1,
                            ACC_DTYPE, INPUT_PRECISION, BLOCK_M, BLOCK_N, BLOCK_K, EVEN_K, SYNC_MMA, W_FLIPPED)
         if PARTIAL:
             # split-K: raw partial sums by pixel index m = (n*P + p)*Q + q, as splitk_reduce_kernel reads them

@@ -20,6 +20,7 @@
                 tap_tma_splitk (tap_tma, phases split as splitk's) a phase splitk takes, not a 1x1 one; NHWC dy
                 tap_tma    (per stride phase, a forward conv of dy on gemm1x1_tma, tap_tma or implicit_tma; sm_90) everything; NHWC dy
                 tap_tma_streamk (tap_tma, phases on its stream-K grid) a phase stream-K takes, as forward; NHWC dy
+                tap_tma_phased (every phase in one launch, w in place) stride > 1, <= 4 phases; NHWC dy, KRSC w, 16-bit
                 implicit   (phase-decomposed dgrad)              everything
     grad_weight depthwise
                 smallc_pad (flattened R*S*C_PITCH columns, padded x) C <= 8, groups == 1
@@ -109,6 +110,7 @@ INPUT_GRAD: Dict[str, Tuple[Callable, Callable]] = {
     "tap_tma": (dgrad.accepts_tap_tma, dgrad.conv2d_dgrad_tap_tma),
     # after tap_tma, as in FORWARD: never the untimed choice
     "tap_tma_streamk": (dgrad.accepts_tap_tma_streamk, dgrad.conv2d_dgrad_tap_tma_streamk),
+    "tap_tma_phased": (dgrad.accepts_tap_tma_phased, dgrad.conv2d_dgrad_tap_tma_phased),
     "implicit": (lambda pb: True, conv2d_dgrad),
 }
 WEIGHT_GRAD: Dict[str, Tuple[Callable, Callable]] = {
@@ -134,6 +136,7 @@ LAYOUT_OK: Dict[Tuple[str, str], Callable[[tuple, Conv2dProblem], bool]] = {
     ("input_grad", "tap_tma"): lambda t, pb: dgrad.tap_tma_usable(t[0], t[1], pb),
     ("input_grad", "tap_tma_splitk"): lambda t, pb: dgrad.tap_tma_usable(t[0], t[1], pb),
     ("input_grad", "tap_tma_streamk"): lambda t, pb: dgrad.tap_tma_usable(t[0], t[1], pb),
+    ("input_grad", "tap_tma_phased"): lambda t, pb: dgrad.tap_tma_phased_usable(t[0], t[1], pb),
     ("weight_grad", "gemm1x1_tma"): lambda t, pb: gemm1x1.wgrad_tma_usable(t[0], t[1], pb),
     ("weight_grad", "gemm1x1"): lambda t, pb: gemm1x1.wgrad_accepts_layout(t[0], t[1]),
     ("weight_grad", "tap_tma"): lambda t, pb: wgrad.tap_tma_usable(t[0], t[1], pb),
