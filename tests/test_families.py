@@ -1030,6 +1030,31 @@ def test_input_grad_tap_tma_phased_hands_on_what_it_cannot_take(problem, dtype, 
     assert rel_err(dx, x.grad) < TOL[dtype]
 
 
+@pytest.mark.parametrize("stride,padding,output_padding,dilation,groups", [
+    pytest.param(2, 1, 1, 1, 1, id="stride-2-output-padding"),  # dx one row and column past the phases of dy
+    pytest.param(2, 0, 1, 3, 1, id="dilation-3"),  # every phase reached, taps 3 rows apart in dx
+    pytest.param((2, 1), (1, 0), (1, 0), (1, 2), 2, id="2x1-grouped"),  # two phases, two groups
+])
+def test_conv_transpose2d_on_tap_tma_phased(stride, padding, output_padding, dilation, groups, launched):
+    """conv_transpose2d is the dgrad: its phases (output_padding's extra rows among them) and its
+    bias from the one phased launch."""
+    torch.manual_seed(31)
+    x = torch.randn(2, 16, 5, 4, dtype=torch.float16, device=DEVICE).to(memory_format=torch.channels_last)
+    w = torch.randn(16, 32 // groups, 3, 3, dtype=torch.float16, device=DEVICE).to(memory_format=torch.channels_last)
+    b = torch.randn(32, dtype=torch.float16, device=DEVICE)
+    with router.force("tap_tma_phased"):
+        y = tritonconv.conv_transpose2d(x, w, b, stride, padding, output_padding, groups, dilation)
+    ref = F.conv_transpose2d(x.double(), w.double(), b.double(), stride, padding, output_padding, groups, dilation)
+    assert launched == [_expected_phased()]
+    assert y.shape == ref.shape and rel_err(y, ref) < TOL[torch.float16]
+
+
+def _expected_phased() -> str:
+    """The kernel tap_tma_phased runs: its own where TMA is (sm_90, the interpreter), else the
+    implicit dgrad (tap_tma's dgrad falls back to it)."""
+    return "dgrad_phased" if TMA else "dgrad"
+
+
 def test_input_grad_tap_tma_phased_slots():
     """The slots of ResNet-50's 3x3 stride-2 dgrad: the 4-tap phase (1, 1) first, then the 2-tap
     ones, the one-tap (0, 0) last; each with w's tap for its tap (0, 0) (the last one reaching it)
