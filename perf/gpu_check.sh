@@ -21,7 +21,7 @@
 #      ResNet-50 layers, three calls each (same bits? right? kernel time), as rows of results.csv
 #      (kernel race_check) that the report renders into summary.md
 #   3. forward sweep       ResNet-50 batch 32, fp16, channels_last, every provider
-#   4. backward sweep      grad_input, grad_weight, forward_backward on six ResNet-50 layers, fp16
+#   4. backward sweep      grad_input, grad_weight, forward_backward on seven ResNet-50 layers, fp16
 #   4b. forward sweep      the same as 3 in bf16, without Inductor
 #   5. end to end          perf/resnet50.py: eager inference, inference from a CUDA graph, a
 #                          training step, that step from a CUDA graph, and eager inference with
@@ -247,7 +247,9 @@ PRESET=resnet50 BATCH=32 FP16=fp16 BF16=bf16 E2E_ARGS="" RACE_ARGS="${RACE_ARGS:
 # bf16 against cuDNN (issue 6's bar) without Inductor, whose autotuning took 100 of the fp16
 # forward's 138 s at aebf6ce: the bf16 stage then fits in what the check leaves it
 BF16_PROVIDERS=tritonconv,cudnn,im2col,unfold
-BACKWARD_LAYERS="conv1,layer1.0.conv2,layer2.0.conv2,layer2.0.downsample.0,layer3.1.conv1,layer4.1.conv2"
+# layer4.0.conv2: a 3x3 stride-2 dgrad of four 7x7 phases, tap_tma_phased's case with its smallest
+# grids per phase (a launch of 56 tiles of 128x128 each where tap_tma launches per phase)
+BACKWARD_LAYERS="conv1,layer1.0.conv2,layer2.0.conv2,layer2.0.downsample.0,layer3.1.conv1,layer4.0.conv2,layer4.1.conv2"
 # layer3.0.conv3: gemm1x1_tma timed bimodal in the sweep of 2026-11-26 (p20 0.016, median 0.038 ms)
 DIAG_LAYERS="layer1.0.conv2,layer3.0.conv3,layer3.1.conv1"
 DIAG_DIR="${TMPDIR:-/tmp}/tritonconv-diagnose-$$"
