@@ -151,8 +151,8 @@ def every_family_report():
 
 def test_every_family_builds(every_family_report):
     rc, records = every_family_report
-    # every family once, the tap-TMA ones twice ("64x64x64 w4 s4" names a one-row tile of theirs too,
-    # as of the phased dgrad, which has their tiles),
+    # every family once, the tap-TMA families and dgrad_phased twice ("64x64x64 w4 s4" also names one
+    # of their one-row tiles),
     # gemm1x1_tma twice (a stream-K tile too), tap_tma's stream-K grid once, the depthwise forward
     # and dgrad twice (the tile as a patch too)
     counts = {name: sum(r["kernel"] == name for r in records) for name in {r["kernel"] for r in records}}

@@ -967,13 +967,21 @@ def _phase_count(problem) -> int:
     return min(sh, H) * min(sw, W)
 
 
-@pytest.mark.parametrize("problem", [p for p in DGRAD_TAP_TMA if 1 < _phase_count(p.values[0]) <= 4])
+# beyond DGRAD_TAP_TMA's: dx's channels past one column tile (the interpreter's BLOCK_N is 32), so a
+# phase's tiles run over pid_n and GROUP_M's bands as well
+DGRAD_PHASED = [p for p in DGRAD_TAP_TMA if 1 < _phase_count(p.values[0]) <= 4] + [
+    pytest.param((3, 72, 13, 11, 24, 3, 3, 2, 1, 1, 1), id="72-channels-odd-image"),
+]
+
+
+@pytest.mark.parametrize("problem", DGRAD_PHASED)
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_input_grad_tap_tma_phased_in_one_launch(problem, dtype, launched):
     """tap_tma_phased: every stride phase of dx in one launch, w read in place, tap (t, u) of phase
     (a, b) being w's tap (r_last - t*step_h, s_last - u*step_w); phases no tap reaches stored as
-    the bias. The same products in the same order as tap_tma's per-phase launches on the flipped
-    copies, so the same bits, and dx right against float64."""
+    the bias. The same products as tap_tma's per-phase launches on the flipped copies, in the same
+    order where both run the same tiles, as the interpreter's one config does: the same bits
+    there (on a GPU each launch tunes its own tiles); dx right against float64."""
     from tritonconv.kernels import dgrad
 
     N, C, H, W, K, R, S, stride, padding, dilation, groups = problem
@@ -991,13 +999,32 @@ def test_input_grad_tap_tma_phased_in_one_launch(problem, dtype, launched):
         phased = router.input_grad(dy, w, pb, bias=b, memory_format=torch.channels_last)
     if usable:
         assert launched == ["dgrad_phased"]
-    with router.force("tap_tma"):
-        per_phase = router.input_grad(dy, w, pb, bias=b, memory_format=torch.channels_last)
-    assert torch.equal(phased, per_phase)
+    if DEVICE == "cpu":
+        with router.force("tap_tma"):
+            per_phase = router.input_grad(dy, w, pb, bias=b, memory_format=torch.channels_last)
+        assert torch.equal(phased, per_phase)
     x = torch.zeros(N, C, H, W, dtype=torch.float64, device=DEVICE, requires_grad=True)
     F.conv2d(x, w.double(), None, *args).backward(dy.double())
     assert phased.is_contiguous(memory_format=torch.channels_last)
     assert rel_err(phased, x.grad + b.double()[None, :, None, None]) < TOL[dtype]
+
+
+@pytest.mark.parametrize("memory_format", [torch.contiguous_format, torch.channels_last])
+@pytest.mark.parametrize("with_bias", [False, True])
+def test_input_grad_tap_tma_phased_into_either_layout(memory_format, with_bias, launched):
+    """dx in the layout asked for (NCHW: a phase's rows and columns strided by the stride times
+    W and 1), with and without conv_transpose2d's bias."""
+    from tritonconv.kernels import dgrad
+
+    x, w, args, pb = _nhwc_fp16((2, 48, 9, 10, 32, 3, 3, 2, 1, 1, 1), seed=32)
+    dy = torch.randn(pb.output_shape, dtype=torch.float16, device=DEVICE).to(memory_format=torch.channels_last)
+    b = torch.randn(pb.C, dtype=torch.float16, device=DEVICE) if with_bias else None
+    dx = dgrad.conv2d_dgrad_tap_tma_phased(dy, w, pb, b, memory_format)
+    assert launched == [_expected_phased()] and dx.is_contiguous(memory_format=memory_format)
+    xr = x.double().requires_grad_()
+    F.conv2d(xr, w.double(), None, *args).backward(dy.double())
+    ref = xr.grad + (b.double()[None, :, None, None] if with_bias else 0)
+    assert rel_err(dx, ref) < TOL[torch.float16]
 
 
 @pytest.mark.parametrize("problem,dtype,layout,why", [
@@ -1007,8 +1034,8 @@ def test_input_grad_tap_tma_phased_in_one_launch(problem, dtype, launched):
 ])
 def test_input_grad_tap_tma_phased_hands_on_what_it_cannot_take(problem, dtype, layout, why, launched):
     """The phased kernel reads a 16-bit KRSC w in place and has 4 phase slots: an fp32 (TF32) dgrad,
-    a KCRS weight and a stride-3 conv's 9 phases go to tap_tma's per-phase launches (its fallback),
-    and the router does not time the family on them."""
+    a KCRS weight and a stride-3 conv's 9 phases go to tap_tma's per-phase launches (the launcher's
+    fallback, called directly: the router does not even make the family a candidate for them)."""
     from tritonconv.kernels import dgrad
 
     N, C, H, W, K, R, S, stride, padding, dilation, groups = problem
@@ -1022,8 +1049,7 @@ def test_input_grad_tap_tma_phased_hands_on_what_it_cannot_take(problem, dtype, 
     assert dgrad.accepts_tap_tma_phased(pb) == (why != "phases")
     assert not dgrad.tap_tma_phased_usable(dy, w, pb) or why == "phases"
     assert "tap_tma_phased" not in router.routed_candidates(router.INPUT_GRAD, "input_grad", pb, (dy, w))
-    with router.force("tap_tma_phased"):
-        dx = router.input_grad(dy, w, pb, memory_format=torch.channels_last)
+    dx = dgrad.conv2d_dgrad_tap_tma_phased(dy, w, pb, memory_format=torch.channels_last)
     assert "dgrad_phased" not in launched and launched  # tap_tma's launches (or its own fallback's)
     x = torch.zeros(N, C, H, W, dtype=torch.float64, device=DEVICE, requires_grad=True)
     F.conv2d(x, w.double(), None, *args).backward(dy.double())

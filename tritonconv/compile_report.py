@@ -485,14 +485,15 @@ def _dgrad_phased_launch(dtype: Dtype, config: triton.Config, *, problem: Dict[s
     boxes = _common.tap_tma_boxes(pb.N, max(p for p, _ in sizes), max(q for _, q in sizes))
     box_n, box_h, box_w = _common.tap_tma_box(kw["BLOCK_M"], kw["BLOCK_W"], boxes)
     fields = [f"{f}_{i}" for i in range(dgrad.PHASED_MAX_PHASES) for f in dgrad._PHASE_SLOT_FIELDS]
+    dx_s = _channels_last_strides(pb.input_shape)
     args = dict(
-        x_desc=f"tensordesc<{dtype.triton_ty}[{box_n}, {box_h}, 1, {box_w}, {kw['BLOCK_K']}]>",
+        dy_desc=f"tensordesc<{dtype.triton_ty}[{box_n}, {box_h}, 1, {box_w}, {kw['BLOCK_K']}]>",
         w_desc=f"tensordesc<{dtype.triton_ty}[{kw['BLOCK_K']}, {kw['BLOCK_N']}]>",
         b_ptr=_ptr(dtype), dx_ptr=_ptr(dtype),
         N=pb.N, H=pb.H, W=pb.W, K=pb.K, CG=pb.C_per_group, KG=pb.K_per_group, GROUPS=pb.groups,
         stride_h=pb.stride_h, stride_w=pb.stride_w, dil_h=dil_h, dil_w=dil_w, w_tap_row=w_tap_row,
         w_tap_col=w_tap_col, **dict(zip(fields, slots)),
-        **_named("sxn sxc sxh sxw", _channels_last_strides(pb.input_shape)),
+        **_named("sdxn sdxc sdxh sdxw", dx_s), sdx_ph=dx_s[2] * pb.stride_h, sdx_pw=dx_s[3] * pb.stride_w,
     )
     return args, dict(HAS_BIAS=True, ACC_DTYPE=dtype.acc, INPUT_PRECISION=dtype.input_precision,
                       K_ALIGN=fprop.k_align(pb.K_per_group), BOXES=boxes)

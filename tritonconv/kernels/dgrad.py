@@ -673,7 +673,7 @@ def conv2d_dgrad_1x1(dy: torch.Tensor, w: torch.Tensor, problem: Conv2dProblem,
 # layer2.0.conv2 at batch 32: 196 tiles of 128x128 a phase for an H100's 132 SMs, a wave and a
 # half), the one-tap phase a reduction of two steps, and every launch its own ramp and tail
 # (0.65x cuDNN at the ninth H100 check, 0c9c62e). The phased kernel runs all the phases of a
-# conv with at most PHASED_MAX_PHASES of them (a stride of at most 2 each way, or 4 one way) as
+# conv with at most PHASED_MAX_PHASES of them (a stride of at most 2 each way, or up to 4 one way) as
 # one grid, the phases with the most taps first, and reads w in place as the stride-1 dgrad
 # does: phase (a, b)'s tap (t, u) of its forward conv of dy is w's tap
 # (r_last - t*step_h, s_last - u*step_w), with (r_last, s_last) the last tap reaching the phase,
@@ -683,6 +683,9 @@ def conv2d_dgrad_1x1(dy: torch.Tensor, w: torch.Tensor, problem: Conv2dProblem,
 
 PHASED_MAX_PHASES = 4  # dgrad_phased_kernel's phase slots (_slot)
 _PHASE_SLOT_FIELDS = ("a", "b", "na", "nb", "pad_h", "pad_w", "tap0")
+# the slot fields the autotune key holds: the taps and paddings shape each phase's work; a and b
+# follow from them and the stride (the phases' order), tap0 only says where w's taps are read
+_PHASE_TUNING_FIELDS = ("na", "nb", "pad_h", "pad_w")
 
 
 def accepts_tap_tma_phased(problem: Conv2dProblem) -> bool:
@@ -734,11 +737,11 @@ def _phase_tiles(a, extent, stride, BOX: tl.constexpr):
 @triton.jit
 def dgrad_phased_kernel(
     # descriptors and pointers
-    x_desc,  # dy as an (N, P, 1, Q, K) NHWC view (the phase view at stride 1): [BOX_N, BOX_H, 1, BOX_W, BLOCK_K] boxes
+    dy_desc,  # dy as an (N, P, 1, Q, K) NHWC view (the phase view at stride 1): [BOX_N, BOX_H, 1, BOX_W, BLOCK_K] boxes
     w_desc,  # w as the (K, R*S*C/groups) matrix of a KRSC weight, read in place: [BLOCK_K, BLOCK_N] tiles
     b_ptr,  # (C,) conv_transpose2d's bias; unused unless HAS_BIAS
     dx_ptr,  # (N, C, H, W), any strides
-    # sizes
+    # sizes: dx's N, H, W; dy's channels K; per group, dx's channels CG and dy's KG (the reduction)
     N, H, W, K,
     CG, KG, GROUPS,
     # the conv: its stride; its phases' dilation in dy, and w's taps between a phase's neighbours
@@ -749,8 +752,8 @@ def dgrad_phased_kernel(
     a_1, b_1, na_1, nb_1, pad_h_1, pad_w_1, tap0_1,
     a_2, b_2, na_2, nb_2, pad_h_2, pad_w_2, tap0_2,
     a_3, b_3, na_3, nb_3, pad_h_3, pad_w_3, tap0_3,
-    # strides, in elements
-    sxn, sxc, sxh, sxw,
+    # strides, in elements: dx's, and a phase's rows and columns in dx (stride_h * sdxh, stride_w * sdxw)
+    sdxn, sdxc, sdxh, sdxw, sdx_ph, sdx_pw,
     # meta-parameters
     HAS_BIAS: tl.constexpr, ACC_DTYPE: tl.constexpr, INPUT_PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
@@ -761,7 +764,7 @@ def dgrad_phased_kernel(
 ):
     """dx of every stride phase, one grid: each program a tile of one phase's forward conv of dy
     (fprop_tap_tma_kernel's loop and epilogue), the phases' tiles one after another by slot."""
-    # the box, decoded as fprop_tap_tma_kernel does
+    # the box, decoded as fprop_tap_tma_kernel does (see there; _common.tap_tma_box on the host)
     AT: tl.constexpr = 8 * ((BLOCK_M >= 32) + (BLOCK_M >= 64) + (BLOCK_M >= 128) + (BLOCK_M >= 256))
     OWN: tl.constexpr = (BOXES == 0 or BLOCK_W == BLOCK_M or BLOCK_M < 16 or BLOCK_M > 256
                          or (BLOCK_M & (BLOCK_M - 1)) != 0)
@@ -795,32 +798,31 @@ def dgrad_phased_kernel(
                                BLOCK_M, BLOCK_N, GROUP_M)
     n0, p0, q0 = _tap_tma_origin(pid_m, tiles_h, tiles_w, BOX_N, BOX_H, BOX_W)
     steps = na * nb * tl.cdiv(KG, BLOCK_K)  # none in a phase no tap reaches
-    acc = _tap_tma_acc(x_desc, w_desc, g, n0, p0, q0, pid_n, steps * 0, steps, K, na, tl.maximum(nb, 1), KG, CG,
+    # the phase's forward conv of dy: stride 1, taps na x nb (its first step a tensor, as _tap_tma_acc
+    # takes it; S at least 1, which tap_step_of divides by, for a tapless phase's empty loop)
+    acc = _tap_tma_acc(dy_desc, w_desc, g, n0, p0, q0, pid_n, steps * 0, steps, K, na, tl.maximum(nb, 1), KG, CG,
                        1, 1, pad_h, pad_w, dil_h, dil_w, tap0, w_tap_row, w_tap_col,
                        ACC_DTYPE, INPUT_PRECISION, BLOCK_M, BLOCK_N, BLOCK_K, EVEN_K, SYNC_MMA, True)
     # -- the phase's pixels of dx: rows a, a + stride_h, ..., columns b, b + stride_w, ...
-    _tap_tma_store(acc, g, n0, p0, q0, pid_n, N, P, Q, CG, b_ptr, dx_ptr, dx_ptr + a * sxh + b * sxw,
-                   sxn, sxc, sxh * stride_h, sxw * stride_w, 0, 0, 0, 0, 0.0,
+    first = a.to(tl.int64) * sdxh + b.to(tl.int64) * sdxw
+    _tap_tma_store(acc, g, n0, p0, q0, pid_n, N, P, Q, CG, b_ptr, dx_ptr, dx_ptr + first,
+                   sdxn, sdxc, sdx_ph, sdx_pw, 0, 0, 0, 0, 0.0,
                    HAS_BIAS, False, 0, BLOCK_M, BLOCK_N, BOX_H, BOX_W)
 
 
 def _set_phased_blocks(nargs):
-    """Autotune pre-hook: dy's box is the config's spatial tile, w's tile (BLOCK_K, BLOCK_N)."""
+    """Autotune pre-hook: dy's box is the config's spatial tile, w's tile (BLOCK_K, BLOCK_N) (as
+    fprop's for a flipped weight, under this kernel's argument names)."""
     box_n, box_h, box_w = tap_tma_box(nargs["BLOCK_M"], nargs["BLOCK_W"], nargs.get("BOXES", 0))
-    nargs["x_desc"].block_shape = [box_n, box_h, 1, box_w, nargs["BLOCK_K"]]
+    nargs["dy_desc"].block_shape = [box_n, box_h, 1, box_w, nargs["BLOCK_K"]]
     nargs["w_desc"].block_shape = [nargs["BLOCK_K"], nargs["BLOCK_N"]]
 
 
-def phased_configs(interpreter=None):
-    """tap_tma's tiles (configs.spatial_tile_configs), with the pre-hook that shapes the boxes."""
-    return [triton.Config(c.kwargs, num_warps=c.num_warps, num_stages=c.num_stages, pre_hook=_set_phased_blocks)
-            for c in configs.spatial_tile_configs(configs.TAP_TMA_ROW_TILES, "BLOCK_M", interpreter)]
-
-
-_PHASED_KEY = (["N", "H", "W", "CG", "KG", "GROUPS", "stride_h", "stride_w", "dil_h", "dil_w", "sxc", "HAS_BIAS"]
-               + [f"{field}_{i}" for i in range(PHASED_MAX_PHASES) for field in _PHASE_SLOT_FIELDS[2:6]])
+# fprop_tap_tma_kernel's key in this kernel's terms (its bias, in the key as the epilogue it is)
+_PHASED_KEY = (["N", "H", "W", "CG", "KG", "GROUPS", "stride_h", "stride_w", "dil_h", "dil_w", "sdxc", "HAS_BIAS"]
+               + [f"{field}_{i}" for i in range(PHASED_MAX_PHASES) for field in _PHASE_TUNING_FIELDS])
 _dgrad_phased_tuned = triton.autotune(
-    configs=phased_configs(), key=_PHASED_KEY, do_bench=configs.capture_safe_bench,
+    configs=fprop.tap_tma_configs(pre_hook=_set_phased_blocks), key=_PHASED_KEY, do_bench=configs.capture_safe_bench,
     prune_configs_by={"early_config_prune": configs.SpatialTilePruneHook(
         m_fn=lambda a: a["N"] * a["H"] * a["W"], n_fn=lambda a: a["CG"], k_fn=lambda a: a["KG"],
         tensor_arg="dx_ptr", span="BLOCK_M", k_align_arg="K_ALIGN", gathered=False,
@@ -846,7 +848,7 @@ def conv2d_dgrad_tap_tma_phased(dy: torch.Tensor, w: torch.Tensor, problem: Conv
     if dx.numel() == 0:
         return dx
     slots, sizes, dil_h, dil_w, w_tap_row, w_tap_col = _phased_slots(pb)
-    x_desc = TensorDescriptor.from_tensor(phase_view(dy, 1, 1), [1, 8, 1, fprop.TAP_TMA_BLOCK_W, 16])
+    dy_desc = TensorDescriptor.from_tensor(phase_view(dy, 1, 1), [1, 8, 1, fprop.TAP_TMA_BLOCK_W, 16])
     w_desc = TensorDescriptor.from_tensor(dense_view(w, (pb.K, pb.R * pb.S * pb.C_per_group)), [16, 16])
     boxes = tap_tma_boxes(pb.N, max(p for p, _ in sizes), max(q for _, q in sizes))  # phase (0, 0)'s
 
@@ -855,10 +857,12 @@ def conv2d_dgrad_tap_tma_phased(dy: torch.Tensor, w: torch.Tensor, problem: Conv
         boxed = sum(triton.cdiv(p, bh) * triton.cdiv(q, bw) for p, q in sizes)
         return (triton.cdiv(pb.N, bn) * boxed * pb.groups * triton.cdiv(pb.C_per_group, meta["BLOCK_N"]),)
 
+    sdx = dx.stride()
     tuning.launch(_dgrad_phased_tuned, "dgrad_phased", dy.device, grid,
-        x_desc, w_desc, bias if bias is not None else dx, dx,
+        dy_desc, w_desc, bias if bias is not None else dx, dx,
         pb.N, pb.H, pb.W, pb.K, pb.C_per_group, pb.K_per_group, pb.groups,
-        pb.stride_h, pb.stride_w, dil_h, dil_w, w_tap_row, w_tap_col, *slots, *dx.stride(),
+        pb.stride_h, pb.stride_w, dil_h, dil_w, w_tap_row, w_tap_col, *slots,
+        *sdx, sdx[2] * pb.stride_h, sdx[3] * pb.stride_w,
         HAS_BIAS=bias is not None, ACC_DTYPE=acc_dtype_for(dy.dtype), INPUT_PRECISION=input_precision_for(dy),
         K_ALIGN=fprop.k_align(pb.K_per_group), BOXES=boxes,
     )

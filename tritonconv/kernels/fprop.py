@@ -663,10 +663,12 @@ def _set_tap_tma_blocks(nargs):
             partials.resize_(need)
 
 
-def tap_tma_configs(interpreter=None):
+def tap_tma_configs(interpreter=None, pre_hook=None):
     """8-wide spatial tiles, and one-row tiles (configs.TAP_TMA_ROW_TILES, compiled only), each
-    with the pre-hook that shapes the descriptors' boxes."""
-    return [triton.Config(c.kwargs, num_warps=c.num_warps, num_stages=c.num_stages, pre_hook=_set_tap_tma_blocks)
+    with the pre-hook that shapes the descriptors' boxes (``pre_hook``: another kernel's, for
+    its own argument names; dgrad's phased kernel)."""
+    return [triton.Config(c.kwargs, num_warps=c.num_warps, num_stages=c.num_stages,
+                          pre_hook=pre_hook or _set_tap_tma_blocks)
             for c in configs.spatial_tile_configs(configs.TAP_TMA_ROW_TILES, "BLOCK_M", interpreter)]
 
 
