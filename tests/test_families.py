@@ -509,6 +509,7 @@ def test_tap_tma_prune_keeps_row_tiles_for_wide_rows_only(monkeypatch):
 
     assert widths(56) == {8, 64}  # 56 of 64 pixels used; of 128, too few
     assert widths(112) == {8, 64, 128} and widths(28) == {8}
+    assert widths(224) == {8, 64, 128, 256}  # VGG-16's first rows: 224 of 256 pixels used
     assert configs.row_efficiency(56, 64) == 0.875 and configs.row_efficiency(100, 64) == 100 / 128
 
     dy = torch.empty(1, 64, 14, 14).to(memory_format=torch.channels_last)

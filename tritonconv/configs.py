@@ -152,6 +152,12 @@ SMALLC_WGRAD_TILES: Tuple[Tuple[int, int, int, int, int], ...] = (
 # ROW_MIN_EFFICIENCY of their tiles (SpatialTilePruneHook). These are big tiles of GEMM_TILES;
 # wgrad's include BLOCK_K = 32 and 16, which suit rows of 28 and 14 pixels.
 TAP_TMA_ROW_TILES: Tuple[Tuple[int, int, int, int, int], ...] = (
+    # rows of 112 to 256 pixels and more (VGG-16's 224 and 112, decoders' large images: the
+    # largest 3x3 layers, issue 6's 60 %-of-peak bar): GEMM_TILES' two largest, A from shared
+    # memory and the wgmmas left in flight with Triton 3.6 as with 3.9, 154 to 189 registers and
+    # 144 KiB of shared memory in 16-bit (compile report, sm_90; fp32's 288 KiB is pruned)
+    (128, 256, 64, 8, 3),
+    (256, 128, 64, 8, 3),
     (128, 128, 64, 8, 3),
     (128, 64, 64, 8, 4),
     (64, 128, 64, 8, 4),
@@ -161,6 +167,12 @@ TAP_TMA_ROW_TILES: Tuple[Tuple[int, int, int, int, int], ...] = (
     (64, 64, 64, 4, 4),
 )
 WGRAD_TAP_TMA_ROW_TILES: Tuple[Tuple[int, int, int, int, int], ...] = (
+    # rows of 112 to 256 pixels and more (VGG-16's 224 and 112, decoders' large images: the
+    # largest 3x3 layers, issue 6's 60 %-of-peak bar): GEMM_TILES' two largest, A from shared
+    # memory and the wgmmas left in flight with Triton 3.6 as with 3.9, 154 to 189 registers and
+    # 144 KiB of shared memory in 16-bit (compile report, sm_90; fp32's 288 KiB is pruned)
+    (128, 256, 64, 8, 3),
+    (256, 128, 64, 8, 3),
     (128, 128, 64, 8, 3),
     (128, 64, 64, 8, 4),
     (128, 128, 32, 8, 4),
