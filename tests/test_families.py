@@ -342,6 +342,35 @@ def test_depthwise_wgrad_split_is_deterministic(split_k):
     assert rel_err(a, wr.grad) < TOL[torch.float32]
 
 
+@pytest.mark.parametrize("R,S,taps16,taps32", [
+    pytest.param(3, 3, 9, 9, id="3x3-one-group"),  # every tap in one program: dy read once
+    pytest.param(5, 5, 5, 4, id="5x5"),  # a row each in 16-bit; in fp32 groups of 4 across rows
+    pytest.param(7, 7, 7, 4, id="7x7"),  # ConvNeXt's; fp32: 13 groups, the last one tap and 3 padding
+    pytest.param(2, 3, 6, 6, id="2x3"),
+    pytest.param(1, 11, 9, 4, id="1x11-last-group-padded"),  # 16-bit: taps 9 and 10, then 7 past the kernel
+    pytest.param(2, 10, 9, 4, id="2x10-groups-across-rows"),
+])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.float32])
+@pytest.mark.parametrize("split_k", [1, 3])
+def test_depthwise_wgrad_sums_a_group_of_taps_a_program(R, S, taps16, taps32, dtype, split_k):
+    """The depthwise wgrad sums a group of taps per program, dy loaded once for them
+    (depthwise.wgrad_taps: the kernel up to 9 taps; past that a row in 16-bit, else 9, and 4 in
+    wider types, groups running across rows and the last one padded): every tap's dw right,
+    stride, dilation and channel multiplier 2 included, none written past the kernel."""
+    taps = depthwise.wgrad_taps(R, S, torch.empty(0, dtype=dtype).element_size())
+    assert taps == (taps16 if dtype == torch.float16 else taps32)
+    torch.manual_seed(33)
+    x = torch.randn(2, 6, 13, 14, device=DEVICE, dtype=dtype)
+    w = torch.randn(12, 1, R, S, device=DEVICE, dtype=dtype)
+    args = ((2, 1), (R // 2, S // 2), (1, 2), 6)
+    pb = spec.conv2d_problem(x, w, None, *args)
+    dy = torch.randn(pb.output_shape, device=DEVICE, dtype=dtype)
+    dw = depthwise.conv2d_wgrad_depthwise(dy, x, pb, split_k=split_k)
+    xr, wr = x.double(), w.double().requires_grad_()
+    F.conv2d(xr, wr, None, *args).backward(dy.double())
+    assert rel_err(dw, wr.grad) < TOL[dtype]
+
+
 def test_tma_path_is_taken_where_the_layout_allows():
     from tritonconv.kernels import gemm1x1
 

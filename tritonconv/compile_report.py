@@ -70,7 +70,7 @@ Usage::
 The full report for sm_90 and sm_80 is about 3,200 compiles (3,193 at 43e1825; 1,500 took 12 to
 20 minutes on 2 cores with an empty Triton cache, TRITON_CACHE_DIR, and 4 with a warm one).
 ``--subset`` compiles the first, largest, smallest and median config of every
-family in fp16 and fp32, 233 compiles for sm_90 (195 took 160 s on 2 cores with an
+family in fp16 and fp32, 237 compiles for sm_90 (195 took 160 s on 2 cores with an
 empty Triton cache, 2026-11-26). CI compiles one config of every family for sm_90 in fp16
 (tests/test_compile_report.py::test_every_family_builds) and bounds the
 subset's size.
@@ -260,8 +260,8 @@ def smallc_wgrad_tile_configs() -> List[triton.Config]:
 
 
 def depthwise_tile_configs() -> List[triton.Config]:
-    """The depthwise wgrad's compiled config list (configs.DEPTHWISE_TILES)."""
-    return tc_configs.depthwise_configs(interpreter=False)
+    """The depthwise wgrad's compiled config list (configs.DEPTHWISE_WGRAD_TILES)."""
+    return tc_configs.depthwise_configs(tc_configs.DEPTHWISE_WGRAD_TILES, interpreter=False)
 
 
 def depthwise_patch_configs() -> List[triton.Config]:
@@ -777,7 +777,7 @@ def _depthwise_wgrad_launch(dtype: Dtype, config: triton.Config, *, problem: Dic
         **_named("sxn sxc sxh sxw", _channels_last_strides(pb.input_shape)),
         **_named("sos sok sor sos_", _contiguous_strides((split, pb.K, pb.R, pb.S))),
     )
-    return args, dict(S=pb.S, ACC_DTYPE=dtype.acc)
+    return args, dict(R=pb.R, S=pb.S, TAPS=depthwise.wgrad_taps(pb.R, pb.S, dtype.elem_bytes), ACC_DTYPE=dtype.acc)
 
 
 def _prune_of(tuned) -> Any:
@@ -909,9 +909,10 @@ FAMILIES: List[KernelFamily] = [
                  _p(_depthwise_dgrad_launch, problem=DEPTHWISE_S2_PROBLEM), _prune_of(depthwise._dgrad_tuned),
                  uses_dot=False),
     KernelFamily("depthwise_wgrad", depthwise.depthwise_wgrad_kernel, depthwise_tile_configs,
-                 _depthwise_wgrad_launch, uses_dot=False),
+                 _depthwise_wgrad_launch, _prune_of(depthwise._wgrad_tuned), uses_dot=False),
     KernelFamily("depthwise_wgrad_7x7", depthwise.depthwise_wgrad_kernel, depthwise_tile_configs,
-                 _p(_depthwise_wgrad_launch, problem=DEPTHWISE_7X7_PROBLEM), uses_dot=False),
+                 _p(_depthwise_wgrad_launch, problem=DEPTHWISE_7X7_PROBLEM), _prune_of(depthwise._wgrad_tuned),
+                 uses_dot=False),
 ]
 
 # ----------------------------------------------------------------------------
@@ -1275,6 +1276,10 @@ def runtime_configs(family: KernelFamily, dtype: Dtype, arch: Arch) -> List[trit
     configs = family.configs_fn()
     if family.prune is None:
         return configs
+    if isinstance(family.prune, tc_configs.WgradTapsPruneHook):
+        _, constexprs = family.launch_fn(dtype, configs[0])
+        return [c for c in configs if not tc_configs.wgrad_pruned_because(
+            c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.num_warps, dtype.elem_bytes, constexprs["TAPS"])] or configs[:1]
     if isinstance(family.prune, tc_configs.DirectPruneHook):
         # not the patch-waste rule (configs.MAX_PATCH_WASTE): it depends on the layer's image size
         args, constexprs = family.launch_fn(dtype, configs[0])
@@ -1319,6 +1324,11 @@ def _runtime_pruned(family: KernelFamily, config: triton.Config, dtype: Dtype, a
     if _tile_key(config) in {_tile_key(c) for c in runtime_configs(family, dtype, arch)}:
         return None
     kw = config.kwargs
+    if isinstance(family.prune, tc_configs.WgradTapsPruneHook):
+        _, constexprs = family.launch_fn(dtype, config)
+        why = tc_configs.wgrad_pruned_because(kw["BLOCK_M"], kw["BLOCK_N"], config.num_warps, dtype.elem_bytes,
+                                              constexprs["TAPS"])
+        return f"runtime pruner: {why or 'drops it (configs.WgradTapsPruneHook)'}"
     if isinstance(family.prune, tc_configs.DirectPruneHook):
         args, constexprs = family.launch_fn(dtype, config)
         S = constexprs.get("S", 1)

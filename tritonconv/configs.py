@@ -23,6 +23,7 @@ __all__ = [
     "SMALLC_ROW_TILES",
     "SMALLC_WGRAD_TILES",
     "DEPTHWISE_TILES",
+    "DEPTHWISE_WGRAD_TILES",
     "gemm_configs",
     "smallc_row_configs",
     "persistent_gemm_configs",
@@ -40,7 +41,8 @@ __all__ = [
     "DirectPruneHook",
     "TUNE",
     "tuned",
-    "untuned_prune_hook",
+    "WgradTapsPruneHook",
+    "wgrad_pruned_because",
     "shared_bytes",
     "acc_per_thread",
     "max_shared_memory",
@@ -295,6 +297,20 @@ DEPTHWISE_TILES: Tuple[Tuple[int, int, int], ...] = (
     (128, 32, 4),
 )
 DEPTHWISE_STAGES = 2
+# The depthwise wgrad (depthwise.depthwise_wgrad_kernel) keeps an accumulator tile per tap of its
+# group, up to depthwise.WGRAD_MAX_TAPS (a 3x3's nine): tiles of at most 8 values a thread, where
+# DEPTHWISE_TILES hold 16 to 32.
+DEPTHWISE_WGRAD_TILES: Tuple[Tuple[int, int, int], ...] = (
+    (16, 64, 4),
+    (8, 128, 4),
+    (32, 64, 8),
+    (16, 128, 8),
+    (8, 256, 8),
+    (16, 32, 4),
+    # 4 values a thread: fp64's (MAX_WGRAD_ACC_FP64)
+    (8, 64, 4),
+    (16, 64, 8),
+)
 DEPTHWISE_WIDE_MAX_S = 5
 # The forward and dgrad may also unroll the kernel rows (UNROLL_R), not only each row's taps:
 # every tap's loads are then issued before the first multiply, R*S of them in flight a thread
@@ -723,10 +739,34 @@ def tuned(kept: List[triton.Config]) -> List[triton.Config]:
     return kept if TUNE or len(kept) <= 1 else [min(kept, key=_tile_volume)]
 
 
-def untuned_prune_hook(configs: List[triton.Config], named_args: Dict, **kwargs) -> List[triton.Config]:
-    """An ``early_config_prune`` with no rules of its own, for kernels whose every config builds
-    (the depthwise wgrad): only ``tuned``."""
-    return tuned(configs)
+# The depthwise wgrad keeps an accumulator tile per tap of its group (depthwise.wgrad_taps, up to
+# 9): in fp64, two registers a value and a tap's loads as wide, 9 taps of 8 values a thread spill
+# (compile report, sm_80 and sm_90, Triton 3.6 and 3.9) and of 4 do not.
+MAX_WGRAD_ACC_FP64 = 36
+
+
+def wgrad_pruned_because(bm: int, bn: int, num_warps: int, elem_bytes: int, taps: int) -> Optional[str]:
+    """Why ``WgradTapsPruneHook`` drops a depthwise wgrad tile summing ``taps`` taps, or None."""
+    acc = acc_per_thread(bm, bn, num_warps) * taps
+    if elem_bytes >= 8 and acc > MAX_WGRAD_ACC_FP64:
+        return f"fp64 accumulators {acc} values/thread ({taps} taps) > {MAX_WGRAD_ACC_FP64}"
+    return None
+
+
+class WgradTapsPruneHook:
+    """An ``early_config_prune`` for the depthwise wgrad: ``wgrad_pruned_because`` for the element
+    size of the argument ``tensor_arg`` and the launch's TAPS (the first config if none survives),
+    then ``tuned``."""
+
+    def __init__(self, tensor_arg: str):
+        self.tensor_arg = tensor_arg
+
+    def __call__(self, configs: List[triton.Config], named_args: Dict, **kwargs) -> List[triton.Config]:
+        args = {**named_args, **kwargs}
+        elem_bytes, taps = args[self.tensor_arg].element_size(), int(args.get("TAPS", 1))
+        kept = [c for c in configs
+                if not wgrad_pruned_because(c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.num_warps, elem_bytes, taps)]
+        return tuned(kept or configs[:1])
 
 
 class GemmPruneHook:

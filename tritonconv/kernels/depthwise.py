@@ -14,7 +14,8 @@ per pixel row.
                                kernel rows r that land on it and no others (UNROLL_R: goes through
                                every row, branching past those that do not land)
     wgrad     dw[k, 0, r, s] = sum_{n,p,q} dy[n, k, p, q] * x[n, k // mult, h, w], split over (n, p, q)
-              in SPLIT chunks with fixed-order partial sums (deterministic)
+              in SPLIT chunks with fixed-order partial sums (deterministic), a program summing a
+              group of taps (``wgrad_taps``: a 3x3's nine) from one load of dy per pixel block
 
 mult = K / C is the channel multiplier. The forward's and dgrad's pixel tiles
 (``pixel_tile``) are runs of the flat pixel order or 2-D patches of one image
@@ -274,6 +275,22 @@ def depthwise_dgrad_kernel(
 
 
 @triton.jit
+def _wgrad_tap(x_img, h0, w0, m_ok, x_cols, mask_n, t, H, W, dil_h, dil_w, sxh, sxw,
+               R: tl.constexpr, S: tl.constexpr, ACC_DTYPE: tl.constexpr):
+    """x at kernel tap t (flat, r*S + s) for pixels whose tap (0, 0) reads input row h0 and column
+    w0 of the images at x_img: zero past the image, and for a t past the kernel's taps (a last
+    group's padding)."""
+    r = t // S
+    h = h0 + r * dil_h
+    w = w0 + (t - r * S) * dil_w
+    # a tap past the kernel's reads no row (a scalar bound: the interpreter cannot & a scalar mask)
+    ok = m_ok & (h >= 0) & (h < tl.where(t < R * S, H, 0)) & (w >= 0) & (w < W)
+    xv = tl.load((x_img + h.to(tl.int64) * sxh + w.to(tl.int64) * sxw)[:, None] + x_cols[None, :],
+                 mask=ok[:, None] & mask_n[None, :], other=0.0)
+    return xv.to(ACC_DTYPE)
+
+
+@triton.jit
 def depthwise_wgrad_kernel(
     dy_ptr,  # (N, K, P, Q), any strides
     x_ptr,  # (N, C, H, W), any strides
@@ -283,16 +300,19 @@ def depthwise_wgrad_kernel(
     sdyn, sdyk, sdyp, sdyq,
     sxn, sxc, sxh, sxw,
     sos, sok, sor, sos_,
-    S: tl.constexpr,
+    R: tl.constexpr, S: tl.constexpr,
+    TAPS: tl.constexpr,  # taps a program sums (wgrad_taps): consecutive in r*S + s order
     ACC_DTYPE: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
-    # -- program ids: (split * taps, channel tile)
+    """dw partial sums over one split of the (n, p, q) pixels, for one group of TAPS taps and a
+    tile of channels: each pixel block's dy is loaded once for all the group's taps (an
+    accumulator each, a tuple), and its index arithmetic done once."""
+    # -- program ids: (split * tap groups, channel tile)
     pid = tl.program_id(0)
-    rs = pid % (tl.num_programs(0) // SPLIT)
-    split = pid // (tl.num_programs(0) // SPLIT)
-    r = rs // S
-    s = rs % S
+    groups = tl.num_programs(0) // SPLIT
+    t0 = (pid % groups) * TAPS
+    split = pid // groups
     k = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
     mask_n = k < K
     dy_cols = k.to(tl.int64) * sdyk
@@ -300,24 +320,47 @@ def depthwise_wgrad_kernel(
 
     NPQ = N * P * Q
     start, stop = split_range(split, NPQ, SPLIT, BLOCK_M)
-    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC_DTYPE)
+    accs = (tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC_DTYPE),) * TAPS
     for m0 in range(start, stop, BLOCK_M):
         m = m0 + tl.arange(0, BLOCK_M)
         q = m % Q
         p = (m // Q) % P
         n = (m // (P * Q)).to(tl.int64)
-        h = p * stride_h - pad_h + r * dil_h
-        w = q * stride_w - pad_w + s * dil_w
         m_ok = m < stop
-        ok = m_ok & (h >= 0) & (h < H) & (w >= 0) & (w < W)
-        dy_rows = n * sdyn + p.to(tl.int64) * sdyp + q.to(tl.int64) * sdyq
-        x_rows = n * sxn + h.to(tl.int64) * sxh + w.to(tl.int64) * sxw
-        dyv = tl.load(dy_ptr + dy_rows[:, None] + dy_cols[None, :], mask=m_ok[:, None] & mask_n[None, :], other=0.0)
-        xv = tl.load(x_ptr + x_rows[:, None] + x_cols[None, :], mask=ok[:, None] & mask_n[None, :], other=0.0)
-        acc += dyv.to(ACC_DTYPE) * xv.to(ACC_DTYPE)
-    total = tl.sum(acc, axis=0)
-    ptrs = out_ptr + split.to(tl.int64) * sos + r * sor + s * sos_ + k.to(tl.int64) * sok
-    tl.store(ptrs, total.to(out_ptr.dtype.element_ty), mask=mask_n)
+        dyv = tl.load(dy_ptr + (n * sdyn + p.to(tl.int64) * sdyp + q.to(tl.int64) * sdyq)[:, None] + dy_cols[None, :],
+                      mask=m_ok[:, None] & mask_n[None, :], other=0.0).to(ACC_DTYPE)
+        x_img = x_ptr + n * sxn
+        h0 = p * stride_h - pad_h
+        w0 = q * stride_w - pad_w
+        summed = ()
+        for i in tl.static_range(TAPS):
+            xv = _wgrad_tap(x_img, h0, w0, m_ok, x_cols, mask_n, t0 + i, H, W, dil_h, dil_w, sxh, sxw, R, S,
+                            ACC_DTYPE)
+            summed = summed + (accs[i] + dyv * xv,)
+        accs = summed
+    for i in tl.static_range(TAPS):
+        t = t0 + i
+        r = t // S
+        ptrs = out_ptr + split.to(tl.int64) * sos + r * sor + (t - r * S) * sos_ + k.to(tl.int64) * sok
+        tl.store(ptrs, tl.sum(accs[i], axis=0).to(out_ptr.dtype.element_ty), mask=k < tl.where(t < R * S, K, 0))
+
+
+def wgrad_taps(R: int, S: int, elem_bytes: int = 2) -> int:
+    """The taps a depthwise wgrad program sums (depthwise_wgrad_kernel's TAPS): the whole kernel
+    up to WGRAD_MAX_TAPS taps (a 3x3's nine); past that, in 16-bit, a kernel row (5, 7 or 9 for
+    the larger square kernels) or else WGRAD_MAX_TAPS, and in wider types WGRAD_WIDE_TAPS (groups
+    then run across kernel rows, the last one padded). Each tap holds an accumulator tile."""
+    if R * S <= WGRAD_MAX_TAPS:
+        return R * S
+    if elem_bytes > 2:
+        return WGRAD_WIDE_TAPS
+    return S if S <= WGRAD_MAX_TAPS else WGRAD_MAX_TAPS
+
+
+WGRAD_MAX_TAPS = 9
+# fp32 and fp64 past 3x3: a 7x7's row of 7 accumulators spilled a few bytes in one tile or another
+# on sm_90 (Triton 3.6 and 3.9, the compile report), 4 taps in none
+WGRAD_WIDE_TAPS = 4
 
 
 # R and S are constexprs (the taps are unrolled): a 3x3 and a 7x7 layer of the same
@@ -334,10 +377,10 @@ _dgrad_tuned = triton.autotune(
     prune_configs_by={"early_config_prune": configs.DirectPruneHook("dy_ptr", ("HP", "WP"), phased=True)},
 )(depthwise_dgrad_kernel)
 _wgrad_tuned = triton.autotune(
-    configs=configs.depthwise_configs(),
-    key=["N", "H", "W", "P", "Q", "K", "MULT", "SPLIT", "S", "stride_h", "stride_w", "sdyk", "sxc"],
+    configs=configs.depthwise_configs(configs.DEPTHWISE_WGRAD_TILES),
+    key=["N", "H", "W", "P", "Q", "K", "MULT", "SPLIT", "R", "S", "TAPS", "stride_h", "stride_w", "sdyk", "sxc"],
     do_bench=configs.capture_safe_bench,
-    prune_configs_by={"early_config_prune": configs.untuned_prune_hook},
+    prune_configs_by={"early_config_prune": configs.WgradTapsPruneHook("dy_ptr")},
 )(depthwise_wgrad_kernel)
 
 
@@ -426,9 +469,12 @@ def conv2d_wgrad_depthwise(
         return dw
     if npq == 0:
         return dw.zero_()
+    taps = wgrad_taps(pb.R, pb.S, dy.element_size())
+    groups = triton.cdiv(pb.R * pb.S, taps)
     if split_k is None:
-        # R*S*K/64 programs without a split: thin layers need the reduction cut to fill the GPU
-        programs = pb.R * pb.S * triton.cdiv(pb.K, 64)
+        # a program per tap group and 64 channels without a split (3 for MobileNetV2's 144-channel
+        # 3x3): the reduction is cut to fill the GPU twice, in chunks of 2048 pixels or more
+        programs = groups * triton.cdiv(pb.K, 64)
         split_k = min(triton.cdiv(2 * sm_count(dy.device), programs), 64, max(1, npq // 2048))
     split = max(1, min(int(split_k), npq))
     if split == 1:
@@ -437,14 +483,14 @@ def conv2d_wgrad_depthwise(
         out = alloc_partials((split, pb.K, pb.R, pb.S), dy)
         strides = out.stride()
     def grid(meta):
-        return (split * pb.R * pb.S, triton.cdiv(pb.K, meta["BLOCK_N"]))
+        return (split * groups, triton.cdiv(pb.K, meta["BLOCK_N"]))
 
     tuning.launch(_wgrad_tuned, "depthwise_wgrad", dy.device, grid,
         dy, x, out,
         pb.N, pb.H, pb.W, pb.P, pb.Q, pb.K, pb.K // pb.C, split,
         pb.stride_h, pb.stride_w, pb.pad_h, pb.pad_w, pb.dil_h, pb.dil_w,
         *dy.stride(), *x.stride(), *strides,
-        S=pb.S, ACC_DTYPE=acc_dtype_for(dy.dtype),
+        R=pb.R, S=pb.S, TAPS=taps, ACC_DTYPE=acc_dtype_for(dy.dtype),
     )
     if split > 1:
         sum_partials(dw.select(1, 0), out)  # (K, R, S) from (split, K, R, S), in a fixed order
