@@ -473,9 +473,12 @@ def conv2d_wgrad_depthwise(
     groups = triton.cdiv(pb.R * pb.S, taps)
     if split_k is None:
         # a program per tap group and 64 channels without a split (3 for MobileNetV2's 144-channel
-        # 3x3): the reduction is cut to fill the GPU twice, in chunks of 2048 pixels or more
+        # 3x3, 1 for its 32-channel one): the reduction is cut to fill the GPU twice, in up to 128
+        # chunks of 128 pixels or more (each pixel taps times the work it was when a program
+        # summed one tap, in up to 64 chunks of 2048 or more: MobileNetV2's last 3x3s, 1568 pixels
+        # at batch 32, still get 12 chunks)
         programs = groups * triton.cdiv(pb.K, 64)
-        split_k = min(triton.cdiv(2 * sm_count(dy.device), programs), 64, max(1, npq // 2048))
+        split_k = min(triton.cdiv(2 * sm_count(dy.device), programs), 128, max(1, npq // 128))
     split = max(1, min(int(split_k), npq))
     if split == 1:
         out, strides = dw, (0, dw.stride(0), dw.stride(2), dw.stride(3))
