@@ -283,6 +283,36 @@ def test_depthwise_kernel_rows_unrolled(case, tile_w, monkeypatch):
     assert rel_err(gx, gxr) < TOL[torch.float32]
 
 
+@pytest.mark.parametrize("rows,width", [(4, 8), (2, 16), (8, 4)], ids=["4x8", "2x16", "8x4"])
+@pytest.mark.parametrize("case", range(len(PROBLEMS["depthwise"])))
+def test_depthwise_forward_reusing_input_rows(case, rows, width, monkeypatch):
+    """The forward's REUSE_ROWS tiles (configs.DEPTHWISE_REUSE_TILES): a patch's input rows loaded
+    once and summed into each output row whose taps read them, the rows' taps resolved from the
+    row stride and dilation: the same sums as the patch tiles', with bias, residual and GELU, at
+    strides 1 to 3, dilation 2, channel multiplier 2 and a 7x7 (which the runtime's pruner would
+    not launch; the arithmetic is the same), patches past the image's edges included."""
+    N, C, H, W, K, R, S, stride, padding, dilation, groups = PROBLEMS["depthwise"][case]
+    if INTERPRETER:
+        (cfg,) = configs.depthwise_configs(interpreter=True, patches=True, unrolled=True, reuse=True)
+        cfg = triton.Config({**cfg.kwargs, "BLOCK_M": rows * width, "TILE_W": width, "REUSE_ROWS": True},
+                            num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+    else:
+        cfg = next(c for c in configs.depthwise_configs(patches=True, unrolled=True, reuse=True)
+                   if c.kwargs["REUSE_ROWS"] and c.kwargs["BLOCK_M"] // c.kwargs["TILE_W"] == rows)
+    monkeypatch.setattr(depthwise._fprop_tuned, "configs", [cfg])
+    monkeypatch.setattr(depthwise._fprop_tuned, "cache", {})
+    torch.manual_seed(14)
+    x = torch.randn(N, C, H, W, device=DEVICE).to(memory_format=torch.channels_last)
+    w = torch.randn(K, 1, R, S, device=DEVICE)
+    b = torch.randn(K, device=DEVICE)
+    args = (stride, padding, dilation, groups)
+    res = torch.randn_like(F.conv2d(x, w, None, *args))
+    with router.force("depthwise"), plans.enabled_as(False):
+        y = tritonconv.conv2d(x, w, b, *args, activation="gelu", residual=res)
+    ref = F.gelu(F.conv2d(x.double(), w.double(), b.double(), *args) + res.double())
+    assert y.is_contiguous(memory_format=torch.channels_last) and rel_err(y, ref) < TOL[torch.float32]
+
+
 def test_depthwise_patches_with_a_bias_in_conv_transpose2d(depthwise_patches):
     """conv_transpose2d on the depthwise dgrad adds the bias in its epilogue: on a patch tile, at
     stride 2 (four phases, a 4x4 kernel's two rows each)."""

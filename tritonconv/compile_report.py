@@ -60,7 +60,7 @@ TMA on sm_90 only); dgrad_phased (TMA, sm_90 only), dgrad, dgrad_s2 (dgrad.py); 
 grid variants), gemm1x1_wgrad, gemm1x1_wgrad_splitk, gemm1x1_wgrad_tma
 (gemm1x1.py; TMA on sm_90 only); smallc, smallc_fused, smallc_pad, smallc_pad_fused, smallc_rows, smallc_rows_fused,
 smallc_rows_3x3, smallc_wgrad (smallc.py);
-depthwise_{fprop,dgrad,wgrad}, their _7x7 variants, and depthwise_dgrad_s2 (depthwise.py).
+depthwise_{fprop,dgrad,wgrad}, their _7x7 variants, and depthwise_fprop_s2 and depthwise_dgrad_s2 (depthwise.py).
 
 Usage::
 
@@ -70,7 +70,7 @@ Usage::
 The full report for sm_90 and sm_80 is about 3,200 compiles (3,193 at 43e1825; 1,500 took 12 to
 20 minutes on 2 cores with an empty Triton cache, TRITON_CACHE_DIR, and 4 with a warm one).
 ``--subset`` compiles the first, largest, smallest and median config of every
-family in fp16 and fp32, 237 compiles for sm_90 (195 took 160 s on 2 cores with an
+family in fp16 and fp32, 245 compiles for sm_90 (195 took 160 s on 2 cores with an
 empty Triton cache, 2026-11-26). CI compiles one config of every family for sm_90 in fp16
 (tests/test_compile_report.py::test_every_family_builds) and bounds the
 subset's size.
@@ -273,6 +273,12 @@ def depthwise_unrolled_configs() -> List[triton.Config]:
     """The depthwise forward's and dgrad's: ``depthwise_patch_configs``, then some with the kernel
     rows unrolled (UNROLL_R)."""
     return tc_configs.depthwise_configs(interpreter=False, patches=True, unrolled=True)
+
+
+def depthwise_fprop_configs() -> List[triton.Config]:
+    """The depthwise forward's: ``depthwise_unrolled_configs``, then those reusing a patch's input
+    rows (REUSE_ROWS)."""
+    return tc_configs.depthwise_configs(interpreter=False, patches=True, unrolled=True, reuse=True)
 
 
 _FLOAT_TYPES = {"float64": "fp64", "fp64": "fp64", "float32": "fp32", "fp32": "fp32", "float16": "fp16",
@@ -746,7 +752,7 @@ def _depthwise_fprop_launch(dtype: Dtype, config: triton.Config, *, problem: Dic
         **_named("srn srk srp srq", y_s if residual else (0, 0, 0, 0)),
         alpha=0.01,
     )
-    return args, dict(_epilogue(dtype, residual, activation), R=pb.R, S=pb.S)
+    return args, dict(_epilogue(dtype, residual, activation), R=pb.R, S=pb.S, STRIDE_H=pb.stride_h, DIL_H=pb.dil_h)
 
 
 def _depthwise_dgrad_launch(dtype: Dtype, config: triton.Config, *, problem: Dict[str, Any] = DEPTHWISE_PROBLEM):
@@ -895,8 +901,14 @@ FAMILIES: List[KernelFamily] = [
     KernelFamily("smallc_wgrad", smallc.smallc_wgrad_kernel, smallc_wgrad_tile_configs, _smallc_wgrad_launch,
                  _prune_of(smallc._smallc_wgrad_tuned)),
     # depthwise direct kernels (depthwise.py): no tl.dot; fprop and dgrad prune fp64 tiles
-    KernelFamily("depthwise_fprop", depthwise.depthwise_fprop_kernel, depthwise_unrolled_configs,
+    KernelFamily("depthwise_fprop", depthwise.depthwise_fprop_kernel, depthwise_fprop_configs,
                  _depthwise_fprop_launch, _prune_of(depthwise._fprop_tuned), uses_dot=False),
+    # MobileNetV2's stride-2 3x3 (the tiles reusing input rows then read 9 input rows for 4 output rows)
+    KernelFamily("depthwise_fprop_s2", depthwise.depthwise_fprop_kernel, depthwise_fprop_configs,
+                 _p(_depthwise_fprop_launch, problem=DEPTHWISE_S2_PROBLEM), _prune_of(depthwise._fprop_tuned),
+                 uses_dot=False),
+    # (not the tiles reusing input rows: the pruner keeps them to 3x3 and smaller, and a 7x7's spill
+    # kilobytes and take ptxas 20 s each)
     KernelFamily("depthwise_fprop_7x7", depthwise.depthwise_fprop_kernel, depthwise_unrolled_configs,
                  _p(_depthwise_fprop_launch, problem=DEPTHWISE_7X7_PROBLEM), _prune_of(depthwise._fprop_tuned),
                  uses_dot=False),
@@ -929,7 +941,8 @@ def _tile_key(config: triton.Config) -> Tuple:
     kw = config.kwargs
     return (kw["BLOCK_M"], kw["BLOCK_N"], kw.get("BLOCK_K"), config.num_warps, config.num_stages,
             bool(kw.get("PERSISTENT", False)), kw.get("BLOCK_W"), bool(kw.get("STREAM_K", False)),
-            bool(kw.get("FLATTEN", False)), kw.get("TILE_W"), bool(kw.get("UNROLL_R", False)))
+            bool(kw.get("FLATTEN", False)), kw.get("TILE_W"), bool(kw.get("UNROLL_R", False)),
+            bool(kw.get("REUSE_ROWS", False)))
 
 
 def _tile_volume(tile: Tuple) -> int:
@@ -1286,7 +1299,8 @@ def runtime_configs(family: KernelFamily, dtype: Dtype, arch: Arch) -> List[trit
         S = constexprs.get("S", 1)
         return tc_configs.prune_direct_configs(configs, dtype.elem_bytes, S, arch.capability,
                                                taps=constexprs.get("R", 1) * S,
-                                               rows_skipped=family.prune.rows_skipped(args))
+                                               rows_skipped=family.prune.rows_skipped(args),
+                                               row_step=family.prune.row_step(args))
     first = configs[0]
     args, constexprs = family.launch_fn(dtype, first)
     m, n, k = family.prune.gemm_sizes({**args, **constexprs, **first.kwargs})
@@ -1334,7 +1348,8 @@ def _runtime_pruned(family: KernelFamily, config: triton.Config, dtype: Dtype, a
         S = constexprs.get("S", 1)
         why = tc_configs.direct_pruned_because(kw["BLOCK_M"], kw["BLOCK_N"], config.num_warps, dtype.elem_bytes,
                                                kw.get("TILE_W", 0), S, arch.capability, kw.get("UNROLL_R", False),
-                                               constexprs.get("R", 1) * S, family.prune.rows_skipped(args))
+                                               constexprs.get("R", 1) * S, family.prune.rows_skipped(args),
+                                               kw.get("REUSE_ROWS", False), family.prune.row_step(args))
         return f"runtime pruner: {why or 'drops it (configs.prune_direct_configs)'}"
     _, constexprs = family.launch_fn(dtype, config)
     why = tc_configs.pruned_because(kw["BLOCK_M"], kw["BLOCK_N"], kw["BLOCK_K"], config.num_warps, config.num_stages,

@@ -325,6 +325,23 @@ DEPTHWISE_WIDE_MAX_S = 5
 # These tiles, flat and as patches, are candidates beside the looped ones, for the GPU to time.
 DEPTHWISE_UNROLL_TILES: Tuple[Tuple[int, int, int], ...] = ((64, 32, 4), (128, 32, 4))
 DEPTHWISE_UNROLL_MAX_TAPS = 9
+# The forward may also reuse a patch's input rows across its output rows (REUSE_ROWS,
+# depthwise._fprop_rows_reused): each input row's S shifts loaded and converted once and
+# multiplied into every output row whose taps read it, an accumulator per output row. sm_90 SASS,
+# 3x3 at stride 1, fp16 (whole kernel, instructions an output value): 4x16 patches of 64 channels
+# at 4 warps 31.5 (172 registers), 8x16 25.8 (252), 8x8 33.5 (127), where the best tile above
+# takes 41.0 and the patch tiles 45 to 54. Kernels of at most DEPTHWISE_UNROLL_MAX_TAPS taps (a
+# 7x7's 49 weight vectors and loads spill kilobytes), 16-bit (32 values a thread: MAX_DIRECT_ACC).
+# A patch reads (rows - 1)*stride_h + (R - 1)*dil_h + 1 input rows; past DEPTHWISE_REUSE_MAX_ROWS
+# (an 8-row patch's 17 at stride 2) its tiles spill. (BLOCK_M, BLOCK_N, warps, TILE_W): patches
+# of BLOCK_M // TILE_W rows by TILE_W columns.
+DEPTHWISE_REUSE_MAX_ROWS = 10
+DEPTHWISE_REUSE_TILES: Tuple[Tuple[int, int, int, int], ...] = (
+    (64, 64, 4, 16),
+    (128, 64, 4, 16),
+    (64, 128, 8, 16),
+    (64, 64, 4, 8),
+)
 # The forward and dgrad also take each tile of 32 pixels or more as a patch, TILE_W pixels wide
 # (depthwise.pixel_tile): the taps re-read fewer pixels (the halo's) than with a flat tile that
 # spans part of one row, but a patch pads an image whose sides it does not divide.
@@ -347,17 +364,22 @@ DEPTHWISE_INTERPRETER_CONFIG = dict(BLOCK_M=32, BLOCK_N=16)
 
 def depthwise_configs(tiles: Sequence[Tuple[int, int, int]] = DEPTHWISE_TILES, *,
                       interpreter: Optional[bool] = None, patches: bool = False, unrolled: bool = False,
-                      **extra) -> List[triton.Config]:
+                      reuse: bool = False, **extra) -> List[triton.Config]:
     """Configs for the depthwise direct kernels; ``extra`` adds fixed meta-parameters. With
     ``patches`` (the kernels with a TILE_W), each tile flat (TILE_W = 0) and, from
     DEPTHWISE_PATCH_MIN_PIXELS up, as a patch DEPTHWISE_PATCH_WIDTH wide as well. With
     ``unrolled`` (the forward and dgrad, which have UNROLL_R), those with the kernel rows looped,
-    then DEPTHWISE_UNROLL_TILES with them unrolled, flat and as patches."""
+    then DEPTHWISE_UNROLL_TILES with them unrolled, flat and as patches. With ``reuse`` (the
+    forward, REUSE_ROWS), DEPTHWISE_REUSE_TILES after them."""
     if unrolled and not patches:
         raise ValueError("the unrolled tiles are the forward's and dgrad's, whose kernels take patches: "
                          "pass patches=True too")
+    if reuse and not unrolled:
+        raise ValueError("the row-reusing tiles are the forward's, whose kernel unrolls rows: pass unrolled=True too")
     if unrolled:
         extra = dict(extra, UNROLL_R=False)
+    if reuse:
+        extra = dict(extra, REUSE_ROWS=False)
     if INTERPRETER if interpreter is None else interpreter:
         flat = dict(TILE_W=0) if patches else {}
         return [triton.Config({**DEPTHWISE_INTERPRETER_CONFIG, **flat, **extra}, num_warps=4, num_stages=1)]
@@ -374,6 +396,9 @@ def depthwise_configs(tiles: Sequence[Tuple[int, int, int]] = DEPTHWISE_TILES, *
     if unrolled:
         found += [triton.Config({**c.kwargs, "UNROLL_R": True}, num_warps=c.num_warps, num_stages=c.num_stages)
                   for c in depthwise_configs(DEPTHWISE_UNROLL_TILES, interpreter=False, patches=True, **extra)]
+    if reuse:
+        found += [triton.Config({"BLOCK_M": m, "BLOCK_N": c, "TILE_W": tw, **extra, "REUSE_ROWS": True},
+                                num_warps=w, num_stages=DEPTHWISE_STAGES) for m, c, w, tw in DEPTHWISE_REUSE_TILES]
     return found
 
 
@@ -657,9 +682,19 @@ def max_patch_taps(elem_bytes: int, capability: Optional[int]) -> int:
 
 def direct_pruned_because(bm: int, bn: int, num_warps: int, elem_bytes: int, tile_w: int = 0,
                           taps_per_row: int = 1, capability: Optional[int] = None, unrolled: bool = False,
-                          taps: int = 1, rows_skipped: bool = False) -> Optional[str]:
-    """Why ``prune_direct_configs`` drops a depthwise tile, or None when it keeps it."""
+                          taps: int = 1, rows_skipped: bool = False, reuse: bool = False,
+                          row_step: Tuple[int, int] = (1, 1)) -> Optional[str]:
+    """Why ``prune_direct_configs`` drops a depthwise tile, or None when it keeps it. ``row_step``:
+    the conv's (stride_h, dil_h), which set the input rows a REUSE_ROWS patch reads."""
     acc = acc_per_thread(bm, bn, num_warps)
+    if reuse:
+        if taps > DEPTHWISE_UNROLL_MAX_TAPS:
+            return f"input rows reused with {taps} taps > {DEPTHWISE_UNROLL_MAX_TAPS} (their weights and loads spill)"
+        rows = (bm // tile_w - 1) * row_step[0] + (taps // taps_per_row - 1) * row_step[1] + 1
+        if rows > DEPTHWISE_REUSE_MAX_ROWS:
+            return f"input rows reused: {rows} input rows > {DEPTHWISE_REUSE_MAX_ROWS}"
+        if capability is not None and capability < 90:
+            return "input rows reused: sm_90 and newer only (not timed below)"
     if elem_bytes >= 8 and acc > MAX_DIRECT_ACC_FP64:
         return f"fp64 accumulator {acc} values/thread > {MAX_DIRECT_ACC_FP64}"
     wide_taps = max_patch_taps(elem_bytes, capability) if tile_w else DEPTHWISE_WIDE_MAX_S
@@ -679,7 +714,7 @@ def direct_pruned_because(bm: int, bn: int, num_warps: int, elem_bytes: int, til
 
 def prune_direct_configs(configs: List[triton.Config], elem_bytes: int, taps_per_row: int = 1,
                          capability: Optional[int] = None, taps: Optional[int] = None,
-                         rows_skipped: bool = False) -> List[triton.Config]:
+                         rows_skipped: bool = False, row_step: Tuple[int, int] = (1, 1)) -> List[triton.Config]:
     """Drop the depthwise direct kernels' tiles that spill: for fp64, more than
     MAX_DIRECT_ACC_FP64 accumulator values per thread; more than MAX_DIRECT_ACC but in 16-bit for
     kernels of at most DEPTHWISE_WIDE_MAX_S taps a row (``max_patch_taps`` as a patch); patches (TILE_W) for kernels of more taps
@@ -694,7 +729,8 @@ def prune_direct_configs(configs: List[triton.Config], elem_bytes: int, taps_per
     kept = [c for c in configs
             if not direct_pruned_because(c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.num_warps, elem_bytes,
                                          c.kwargs.get("TILE_W", 0), taps_per_row, capability,
-                                         c.kwargs.get("UNROLL_R", False), taps, rows_skipped)]
+                                         c.kwargs.get("UNROLL_R", False), taps, rows_skipped,
+                                         c.kwargs.get("REUSE_ROWS", False), row_step)]
     return kept or configs[:1]
 
 
@@ -915,6 +951,11 @@ class DirectPruneHook:
         self.extent_args = extent_args
         self.phased = phased
 
+    @staticmethod
+    def row_step(args: Dict) -> Tuple[int, int]:
+        """(stride_h, dil_h) of a launch with these named arguments."""
+        return int(args.get("stride_h", 1)), int(args.get("dil_h", 1))
+
     def rows_skipped(self, args: Dict) -> bool:
         """Whether a launch with these named arguments may skip kernel rows in some program: a
         row stride above 1 (with a dilation that is a multiple of it every row still reaches
@@ -931,7 +972,8 @@ class DirectPruneHook:
         t = args[self.tensor_arg]
         S = int(args.get("S", 1))
         return tuned(prune_direct_configs(configs, t.element_size(), S, device_capability(t),
-                                          taps=int(args.get("R", 1)) * S, rows_skipped=self.rows_skipped(args)))
+                                          taps=int(args.get("R", 1)) * S, rows_skipped=self.rows_skipped(args),
+                                          row_step=self.row_step(args)))
 
 
 def gemm_prune_hook(m_fn, n_fn, k_fn, tensor_arg: str, gathered: bool = True,
@@ -946,7 +988,8 @@ def config_name(config: triton.Config) -> str:
     ' persistent' appended for a persistent-grid variant, ' stream-k' for a stream-K one, ' rows'
     for a one-row tap-TMA tile, ' sync' for one whose steps wait for their wgmmas (SYNC_MMA),
     ' patch 8x8' for a depthwise tile that is a patch of 8 rows by 8 columns (TILE_W), ' unrolled'
-    for one whose kernel rows are unrolled (UNROLL_R),
+    for one whose kernel rows are unrolled (UNROLL_R), ' reuse' for one that reuses its input rows
+    across its output rows (REUSE_ROWS),
     ' maxnreg 255' for one launched with that register limit (``register_cap``)."""
     kw = config.kwargs
     dims = [kw["BLOCK_M"], kw["BLOCK_N"]] + ([kw["BLOCK_K"]] if "BLOCK_K" in kw else [])
@@ -955,7 +998,7 @@ def config_name(config: triton.Config) -> str:
             + (" stream-k" if kw.get("STREAM_K") else "")
             + (" rows" if kw.get("BLOCK_W", 0) > SPATIAL_TILE_WIDTH else "") + (" sync" if kw.get("SYNC_MMA") else "")
             + (f" patch {kw['BLOCK_M'] // kw['TILE_W']}x{kw['TILE_W']}" if kw.get("TILE_W") else "")
-            + (" unrolled" if kw.get("UNROLL_R") else "")
+            + (" unrolled" if kw.get("UNROLL_R") else "") + (" reuse" if kw.get("REUSE_ROWS") else "")
             + (f" maxnreg {config.maxnreg}" if getattr(config, "maxnreg", None) else ""))
 
 

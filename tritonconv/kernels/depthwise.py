@@ -139,6 +139,57 @@ def _fprop_row(acc, r, x_pix, x_cols, w_rows, h0, w0, mask_m, mask_n, H, W, dil_
 
 
 @triton.jit
+def _fprop_rows_reused(x_ptr, w_ptr, b_ptr, res_ptr, y_ptr, pid_m, k_out, mask_n, H, W, P, Q, MULT, pad_h,
+                       stride_w, pad_w, dil_w, sxn, sxc, sxh, sxw, swk, swr, sws, syn, syk, syp, syq,
+                       srn, srk, srp, srq, alpha,
+                       R: tl.constexpr, S: tl.constexpr, STRIDE_H: tl.constexpr, DIL_H: tl.constexpr,
+                       HAS_BIAS: tl.constexpr, HAS_RESIDUAL: tl.constexpr, ACTIVATION: tl.constexpr,
+                       ACC_DTYPE: tl.constexpr, TILE_H: tl.constexpr, TILE_W: tl.constexpr, BLOCK_N: tl.constexpr):
+    """The forward on a patch of TILE_H output rows by TILE_W columns (REUSE_ROWS), each input row
+    the patch reads loaded once per kernel column and used for every output row whose taps read
+    it: an accumulator per output row (a tuple), the rows' taps resolved at compile time from the
+    row stride and dilation (STRIDE_H, DIL_H). A 3x3 at stride 1 on 4 output rows loads 6 input
+    rows' 3 shifts, 4.5 loads and conversions an output value where the patch takes 9."""
+    tiles_q = tl.cdiv(Q, TILE_W)
+    tiles_p = tl.cdiv(P, TILE_H)
+    q = (pid_m % tiles_q) * TILE_W + tl.arange(0, TILE_W)
+    p0 = (pid_m // tiles_q % tiles_p) * TILE_H
+    n = (pid_m // (tiles_q * tiles_p)).to(tl.int64)  # exactly N * tiles_p * tiles_q programs (_pixel_grid)
+    mask_q = q < Q
+    x_pix = x_ptr + n * sxn
+    x_cols = (k_out // MULT).to(tl.int64) * sxc
+    w_rows = w_ptr + k_out.to(tl.int64) * swk
+    w0 = q * stride_w - pad_w
+    IN_ROWS: tl.constexpr = (TILE_H - 1) * STRIDE_H + (R - 1) * DIL_H + 1
+    accs = (tl.zeros((TILE_W, BLOCK_N), dtype=ACC_DTYPE),) * TILE_H
+    for i in tl.static_range(IN_ROWS):
+        h = p0 * STRIDE_H - pad_h + i
+        # the row's bound folded into the columns' (a scalar mask the interpreter cannot & in)
+        w_end = tl.where(h >= 0, tl.where(h < H, W, 0), 0)
+        x_row = x_pix + h.to(tl.int64) * sxh
+        for s in tl.static_range(S):
+            w = w0 + s * dil_w
+            ok = mask_q & (w >= 0) & (w < w_end)
+            xv = tl.load((x_row + w.to(tl.int64) * sxw)[:, None] + x_cols[None, :],
+                         mask=ok[:, None] & mask_n[None, :], other=0.0).to(ACC_DTYPE)
+            summed = ()
+            for j in tl.static_range(TILE_H):
+                # output row p0 + j reads input row i through kernel row r = (i - j*STRIDE_H) / DIL_H
+                if (i >= j * STRIDE_H) and ((i - j * STRIDE_H) % DIL_H == 0) and ((i - j * STRIDE_H) // DIL_H < R):
+                    wv = tl.load(w_rows + ((i - j * STRIDE_H) // DIL_H) * swr + s * sws, mask=mask_n, other=0.0)
+                    summed = summed + (accs[j] + xv * wv.to(ACC_DTYPE)[None, :],)
+                else:
+                    summed = summed + (accs[j],)
+            accs = summed
+    for j in tl.static_range(TILE_H):
+        p = p0 + j
+        y_rows = n * syn + p.to(tl.int64) * syp + q.to(tl.int64) * syq
+        r_rows = n * srn + p.to(tl.int64) * srp + q.to(tl.int64) * srq
+        conv_epilogue(accs[j], b_ptr, res_ptr, y_ptr, y_rows, r_rows, k_out, syk, srk, q < tl.where(p < P, Q, 0),
+                      mask_n, alpha, HAS_BIAS, HAS_RESIDUAL, ACTIVATION)
+
+
+@triton.jit
 def depthwise_fprop_kernel(
     # pointers
     x_ptr,  # (N, C, H, W), any strides
@@ -161,13 +212,21 @@ def depthwise_fprop_kernel(
     HAS_BIAS: tl.constexpr, HAS_RESIDUAL: tl.constexpr, ACTIVATION: tl.constexpr, ACC_DTYPE: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, TILE_W: tl.constexpr,
     UNROLL_R: tl.constexpr = False,  # the kernel rows unrolled too (configs.DEPTHWISE_UNROLL_TILES)
+    REUSE_ROWS: tl.constexpr = False,  # a patch's input rows loaded once for its output rows (_fprop_rows_reused)
+    STRIDE_H: tl.constexpr = 1, DIL_H: tl.constexpr = 1,  # stride_h and dil_h, for REUSE_ROWS
 ):
     # -- program ids: (pixel tile, channel tile)
     pid_m = tl.program_id(0)
     pid_n = tl.program_id(1)
-    n, p, q, mask_m = pixel_tile(pid_m, M, P, Q, BLOCK_M, TILE_W)
     k_out = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     mask_n = k_out < K
+    if REUSE_ROWS:
+        _fprop_rows_reused(x_ptr, w_ptr, b_ptr, res_ptr, y_ptr, pid_m, k_out, mask_n, H, W, P, Q, MULT, pad_h,
+                           stride_w, pad_w, dil_w, sxn, sxc, sxh, sxw, swk, swr, sws, syn, syk, syp, syq,
+                           srn, srk, srp, srq, alpha, R, S, STRIDE_H, DIL_H, HAS_BIAS, HAS_RESIDUAL, ACTIVATION,
+                           ACC_DTYPE, BLOCK_M // TILE_W, TILE_W, BLOCK_N)
+        return
+    n, p, q, mask_m = pixel_tile(pid_m, M, P, Q, BLOCK_M, TILE_W)
     h0 = p * stride_h - pad_h
     w0 = q * stride_w - pad_w
     x_pix = x_ptr + n * sxn
@@ -367,7 +426,7 @@ WGRAD_WIDE_TAPS = 4
 # image size are different kernels and must not share a tuning result.
 _KEY = ["M", "H", "W", "P", "Q", "MULT", "R", "S", "stride_h", "stride_w", "dil_h", "dil_w"]
 _fprop_tuned = triton.autotune(
-    configs=configs.depthwise_configs(patches=True, unrolled=True), key=_KEY + ["K", "sxc", "syk"],
+    configs=configs.depthwise_configs(patches=True, unrolled=True, reuse=True), key=_KEY + ["K", "sxc", "syk"],
     do_bench=configs.capture_safe_bench,
     prune_configs_by={"early_config_prune": configs.DirectPruneHook("x_ptr", ("P", "Q"))},
 )(depthwise_fprop_kernel)
@@ -423,7 +482,7 @@ def conv2d_fprop_depthwise(
         M, pb.H, pb.W, pb.P, pb.Q, pb.K, pb.K // pb.C,
         pb.stride_h, pb.stride_w, pb.pad_h, pb.pad_w, pb.dil_h, pb.dil_w,
         *x.stride(), w.stride(0), w.stride(2), w.stride(3), *out.stride(), *fw.res_strides, float(alpha),
-        R=pb.R, S=pb.S, **fw.epilogue,
+        R=pb.R, S=pb.S, STRIDE_H=pb.stride_h, DIL_H=pb.dil_h, **fw.epilogue,
     )
     return out
 
