@@ -285,12 +285,14 @@ def test_depthwise_kernel_rows_unrolled(case, tile_w, monkeypatch):
 
 @pytest.mark.parametrize("rows,width", [(4, 8), (2, 16), (8, 4)], ids=["4x8", "2x16", "8x4"])
 @pytest.mark.parametrize("case", range(len(PROBLEMS["depthwise"])))
-def test_depthwise_forward_reusing_input_rows(case, rows, width, monkeypatch):
-    """The forward's REUSE_ROWS tiles (configs.DEPTHWISE_REUSE_TILES): a patch's input rows loaded
-    once and summed into each output row whose taps read them, the rows' taps resolved from the
-    row stride and dilation: the same sums as the patch tiles', with bias, residual and GELU, at
-    strides 1 to 3, dilation 2, channel multiplier 2 and a 7x7 (which the runtime's pruner would
-    not launch; the arithmetic is the same), patches past the image's edges included."""
+def test_depthwise_reusing_input_rows(case, rows, width, monkeypatch):
+    """The REUSE_ROWS tiles (configs.DEPTHWISE_REUSE_TILES): a patch's input rows loaded once and
+    summed into each output row whose taps read them, the rows' taps resolved from the row stride
+    and dilation: the forward with bias, residual and GELU, at strides 1 to 3, dilation 2, channel
+    multiplier 2 and a 7x7 (which the runtime's pruner would not launch; the arithmetic is the
+    same), patches past the image's edges included; and the input gradient, which reuses rows
+    at stride 1 with one channel a group (the forward conv of dy, w flipped) and elsewhere runs
+    the tile as a patch."""
     N, C, H, W, K, R, S, stride, padding, dilation, groups = PROBLEMS["depthwise"][case]
     if INTERPRETER:
         (cfg,) = configs.depthwise_configs(interpreter=True, patches=True, unrolled=True, reuse=True)
@@ -299,8 +301,7 @@ def test_depthwise_forward_reusing_input_rows(case, rows, width, monkeypatch):
     else:
         cfg = next(c for c in configs.depthwise_configs(patches=True, unrolled=True, reuse=True)
                    if c.kwargs["REUSE_ROWS"] and c.kwargs["BLOCK_M"] // c.kwargs["TILE_W"] == rows)
-    monkeypatch.setattr(depthwise._fprop_tuned, "configs", [cfg])
-    monkeypatch.setattr(depthwise._fprop_tuned, "cache", {})
+    _pin_depthwise_tile(monkeypatch, cfg)
     torch.manual_seed(14)
     x = torch.randn(N, C, H, W, device=DEVICE).to(memory_format=torch.channels_last)
     w = torch.randn(K, 1, R, S, device=DEVICE)
@@ -311,6 +312,29 @@ def test_depthwise_forward_reusing_input_rows(case, rows, width, monkeypatch):
         y = tritonconv.conv2d(x, w, b, *args, activation="gelu", residual=res)
     ref = F.gelu(F.conv2d(x.double(), w.double(), b.double(), *args) + res.double())
     assert y.is_contiguous(memory_format=torch.channels_last) and rel_err(y, ref) < TOL[torch.float32]
+    _, _, gx, gxr = _depthwise_forward_and_dgrad(PROBLEMS["depthwise"][case], seed=15)
+    assert rel_err(gx, gxr) < TOL[torch.float32]
+
+
+def test_depthwise_conv_transpose2d_reusing_rows_with_a_bias(monkeypatch):
+    """conv_transpose2d at stride 1 on the depthwise dgrad's REUSE_ROWS tile: its bias from the
+    forward's epilogue the tile borrows, a padding past the kernel's (negative in the forward of
+    dy) and a dilation."""
+    (cfg,) = configs.depthwise_configs(interpreter=True, patches=True, unrolled=True, reuse=True) if INTERPRETER \
+        else [next(c for c in configs.depthwise_configs(patches=True, unrolled=True, reuse=True) if c.kwargs["REUSE_ROWS"])]
+    if INTERPRETER:
+        cfg = triton.Config({**cfg.kwargs, "BLOCK_M": 32, "TILE_W": 8, "REUSE_ROWS": True}, num_warps=cfg.num_warps,
+                            num_stages=cfg.num_stages)
+    _pin_depthwise_tile(monkeypatch, cfg)
+    torch.manual_seed(16)
+    x = torch.randn(2, 6, 7, 9, device=DEVICE)
+    w = torch.randn(6, 1, 3, 3, device=DEVICE)
+    b = torch.randn(6, device=DEVICE)
+    for padding, dilation in [(1, 1), (3, 1), (1, 2)]:
+        with router.force("depthwise"), plans.enabled_as(False):
+            y = tritonconv.conv_transpose2d(x, w, b, 1, padding, 0, 6, dilation)
+        ref = F.conv_transpose2d(x.double(), w.double(), b.double(), 1, padding, 0, 6, dilation)
+        assert y.shape == ref.shape and rel_err(y, ref) < TOL[torch.float32]
 
 
 def test_depthwise_patches_with_a_bias_in_conv_transpose2d(depthwise_patches):

@@ -275,9 +275,9 @@ def depthwise_unrolled_configs() -> List[triton.Config]:
     return tc_configs.depthwise_configs(interpreter=False, patches=True, unrolled=True)
 
 
-def depthwise_fprop_configs() -> List[triton.Config]:
-    """The depthwise forward's: ``depthwise_unrolled_configs``, then those reusing a patch's input
-    rows (REUSE_ROWS)."""
+def depthwise_reuse_configs() -> List[triton.Config]:
+    """The depthwise forward's and dgrad's: ``depthwise_unrolled_configs``, then those reusing a
+    patch's input rows (REUSE_ROWS)."""
     return tc_configs.depthwise_configs(interpreter=False, patches=True, unrolled=True, reuse=True)
 
 
@@ -768,7 +768,8 @@ def _depthwise_dgrad_launch(dtype: Dtype, config: triton.Config, *, problem: Dic
         **_named("swk swr sws", _depthwise_weight_strides(pb)),
         **_named("sdxn sdxc sdxh sdxw", _channels_last_strides(pb.input_shape)),
     )
-    return args, dict(R=pb.R, S=pb.S, HAS_BIAS=False, ACC_DTYPE=dtype.acc)
+    return args, dict(R=pb.R, S=pb.S, HAS_BIAS=False, ACC_DTYPE=dtype.acc, DIL_H=pb.dil_h,
+                      UNIT_PHASE=pb.stride_h == pb.stride_w == 1 and pb.K == pb.C)
 
 
 def _depthwise_wgrad_launch(dtype: Dtype, config: triton.Config, *, problem: Dict[str, Any] = DEPTHWISE_PROBLEM,
@@ -901,10 +902,10 @@ FAMILIES: List[KernelFamily] = [
     KernelFamily("smallc_wgrad", smallc.smallc_wgrad_kernel, smallc_wgrad_tile_configs, _smallc_wgrad_launch,
                  _prune_of(smallc._smallc_wgrad_tuned)),
     # depthwise direct kernels (depthwise.py): no tl.dot; fprop and dgrad prune fp64 tiles
-    KernelFamily("depthwise_fprop", depthwise.depthwise_fprop_kernel, depthwise_fprop_configs,
+    KernelFamily("depthwise_fprop", depthwise.depthwise_fprop_kernel, depthwise_reuse_configs,
                  _depthwise_fprop_launch, _prune_of(depthwise._fprop_tuned), uses_dot=False),
     # MobileNetV2's stride-2 3x3 (the tiles reusing input rows then read 9 input rows for 4 output rows)
-    KernelFamily("depthwise_fprop_s2", depthwise.depthwise_fprop_kernel, depthwise_fprop_configs,
+    KernelFamily("depthwise_fprop_s2", depthwise.depthwise_fprop_kernel, depthwise_reuse_configs,
                  _p(_depthwise_fprop_launch, problem=DEPTHWISE_S2_PROBLEM), _prune_of(depthwise._fprop_tuned),
                  uses_dot=False),
     # (not the tiles reusing input rows: the pruner keeps them to 3x3 and smaller, and a 7x7's spill
@@ -912,12 +913,12 @@ FAMILIES: List[KernelFamily] = [
     KernelFamily("depthwise_fprop_7x7", depthwise.depthwise_fprop_kernel, depthwise_unrolled_configs,
                  _p(_depthwise_fprop_launch, problem=DEPTHWISE_7X7_PROBLEM), _prune_of(depthwise._fprop_tuned),
                  uses_dot=False),
-    KernelFamily("depthwise_dgrad", depthwise.depthwise_dgrad_kernel, depthwise_unrolled_configs,
+    KernelFamily("depthwise_dgrad", depthwise.depthwise_dgrad_kernel, depthwise_reuse_configs,
                  _depthwise_dgrad_launch, _prune_of(depthwise._dgrad_tuned), uses_dot=False),
     KernelFamily("depthwise_dgrad_7x7", depthwise.depthwise_dgrad_kernel, depthwise_unrolled_configs,
                  _p(_depthwise_dgrad_launch, problem=DEPTHWISE_7X7_PROBLEM), _prune_of(depthwise._dgrad_tuned),
                  uses_dot=False),
-    KernelFamily("depthwise_dgrad_s2", depthwise.depthwise_dgrad_kernel, depthwise_unrolled_configs,
+    KernelFamily("depthwise_dgrad_s2", depthwise.depthwise_dgrad_kernel, depthwise_reuse_configs,
                  _p(_depthwise_dgrad_launch, problem=DEPTHWISE_S2_PROBLEM), _prune_of(depthwise._dgrad_tuned),
                  uses_dot=False),
     KernelFamily("depthwise_wgrad", depthwise.depthwise_wgrad_kernel, depthwise_tile_configs,
@@ -1300,7 +1301,9 @@ def runtime_configs(family: KernelFamily, dtype: Dtype, arch: Arch) -> List[trit
         return tc_configs.prune_direct_configs(configs, dtype.elem_bytes, S, arch.capability,
                                                taps=constexprs.get("R", 1) * S,
                                                rows_skipped=family.prune.rows_skipped(args),
-                                               row_step=family.prune.row_step(args))
+                                               row_step=family.prune.row_step(args),
+                                               reuse_ok=family.prune.reuse_ok(args),
+                                               strided_bf16=family.prune.strided_bf16(args, dtype.name == "bf16"))
     first = configs[0]
     args, constexprs = family.launch_fn(dtype, first)
     m, n, k = family.prune.gemm_sizes({**args, **constexprs, **first.kwargs})
@@ -1349,7 +1352,9 @@ def _runtime_pruned(family: KernelFamily, config: triton.Config, dtype: Dtype, a
         why = tc_configs.direct_pruned_because(kw["BLOCK_M"], kw["BLOCK_N"], config.num_warps, dtype.elem_bytes,
                                                kw.get("TILE_W", 0), S, arch.capability, kw.get("UNROLL_R", False),
                                                constexprs.get("R", 1) * S, family.prune.rows_skipped(args),
-                                               kw.get("REUSE_ROWS", False), family.prune.row_step(args))
+                                               kw.get("REUSE_ROWS", False), family.prune.row_step(args),
+                                               family.prune.reuse_ok(args),
+                                               family.prune.strided_bf16(args, dtype.name == "bf16"))
         return f"runtime pruner: {why or 'drops it (configs.prune_direct_configs)'}"
     _, constexprs = family.launch_fn(dtype, config)
     why = tc_configs.pruned_because(kw["BLOCK_M"], kw["BLOCK_N"], kw["BLOCK_K"], config.num_warps, config.num_stages,

@@ -325,20 +325,22 @@ DEPTHWISE_WIDE_MAX_S = 5
 # These tiles, flat and as patches, are candidates beside the looped ones, for the GPU to time.
 DEPTHWISE_UNROLL_TILES: Tuple[Tuple[int, int, int], ...] = ((64, 32, 4), (128, 32, 4))
 DEPTHWISE_UNROLL_MAX_TAPS = 9
-# The forward may also reuse a patch's input rows across its output rows (REUSE_ROWS,
-# depthwise._fprop_rows_reused): each input row's S shifts loaded and converted once and
-# multiplied into every output row whose taps read it, an accumulator per output row. sm_90 SASS,
-# 3x3 at stride 1, fp16 (whole kernel, instructions an output value): 4x16 patches of 64 channels
-# at 4 warps 31.5 (172 registers), 8x16 25.8 (252), 8x8 33.5 (127), where the best tile above
-# takes 41.0 and the patch tiles 45 to 54. Kernels of at most DEPTHWISE_UNROLL_MAX_TAPS taps (a
-# 7x7's 49 weight vectors and loads spill kilobytes), 16-bit (32 values a thread: MAX_DIRECT_ACC).
+# The forward and the stride-1 dgrad (its forward conv of dy, w flipped) may also reuse a patch's
+# input rows across its output rows (REUSE_ROWS, depthwise._fprop_rows_reused): each input row's S
+# shifts loaded and converted once and multiplied into every output row whose taps read it, an
+# accumulator per output row. sm_90 SASS, 3x3 at stride 1, fp16, whole kernel, instructions an
+# output value: forward 31.5 for 4x16 patches of 64 channels at 4 warps (172 registers), 33.5 for
+# 8x16 at 8 warps and for 8x8; dgrad 29.8 and 31.5; where the best tile above takes 41.0 and the
+# patch tiles 45 to 54. (An 8x16 patch at 4 warps, 32 values a thread, took 25.8 at 252 registers
+# and spilled in the bf16 dgrad.) Kernels of at most DEPTHWISE_UNROLL_MAX_TAPS taps (a 7x7's 49
+# weight vectors and loads spill kilobytes), 16-bit (32 values a thread: MAX_DIRECT_ACC), sm_90.
 # A patch reads (rows - 1)*stride_h + (R - 1)*dil_h + 1 input rows; past DEPTHWISE_REUSE_MAX_ROWS
 # (an 8-row patch's 17 at stride 2) its tiles spill. (BLOCK_M, BLOCK_N, warps, TILE_W): patches
 # of BLOCK_M // TILE_W rows by TILE_W columns.
 DEPTHWISE_REUSE_MAX_ROWS = 10
 DEPTHWISE_REUSE_TILES: Tuple[Tuple[int, int, int, int], ...] = (
     (64, 64, 4, 16),
-    (128, 64, 4, 16),
+    (128, 64, 8, 16),
     (64, 128, 8, 16),
     (64, 64, 4, 8),
 )
@@ -369,13 +371,14 @@ def depthwise_configs(tiles: Sequence[Tuple[int, int, int]] = DEPTHWISE_TILES, *
     ``patches`` (the kernels with a TILE_W), each tile flat (TILE_W = 0) and, from
     DEPTHWISE_PATCH_MIN_PIXELS up, as a patch DEPTHWISE_PATCH_WIDTH wide as well. With
     ``unrolled`` (the forward and dgrad, which have UNROLL_R), those with the kernel rows looped,
-    then DEPTHWISE_UNROLL_TILES with them unrolled, flat and as patches. With ``reuse`` (the
-    forward, REUSE_ROWS), DEPTHWISE_REUSE_TILES after them."""
+    then DEPTHWISE_UNROLL_TILES with them unrolled, flat and as patches. With ``reuse`` (REUSE_ROWS,
+    the forward and the stride-1 dgrad), DEPTHWISE_REUSE_TILES after them."""
     if unrolled and not patches:
         raise ValueError("the unrolled tiles are the forward's and dgrad's, whose kernels take patches: "
                          "pass patches=True too")
     if reuse and not unrolled:
-        raise ValueError("the row-reusing tiles are the forward's, whose kernel unrolls rows: pass unrolled=True too")
+        raise ValueError("the row-reusing tiles are the forward's and dgrad's, whose kernels unroll rows: "
+                         "pass unrolled=True too")
     if unrolled:
         extra = dict(extra, UNROLL_R=False)
     if reuse:
@@ -683,11 +686,20 @@ def max_patch_taps(elem_bytes: int, capability: Optional[int]) -> int:
 def direct_pruned_because(bm: int, bn: int, num_warps: int, elem_bytes: int, tile_w: int = 0,
                           taps_per_row: int = 1, capability: Optional[int] = None, unrolled: bool = False,
                           taps: int = 1, rows_skipped: bool = False, reuse: bool = False,
-                          row_step: Tuple[int, int] = (1, 1)) -> Optional[str]:
+                          row_step: Tuple[int, int] = (1, 1), reuse_ok: bool = True,
+                          strided_bf16: bool = False) -> Optional[str]:
     """Why ``prune_direct_configs`` drops a depthwise tile, or None when it keeps it. ``row_step``:
-    the conv's (stride_h, dil_h), which set the input rows a REUSE_ROWS patch reads."""
+    the conv's (stride_h, dil_h), which set the input rows a REUSE_ROWS patch reads; ``reuse_ok``:
+    whether the kernel reuses rows for the launch at all (the dgrad: at stride 1, one channel a
+    group; elsewhere its REUSE_ROWS tiles are patches like the others, and not timed twice);
+    ``strided_bf16``: a bf16 forward at a row stride above 1."""
     acc = acc_per_thread(bm, bn, num_warps)
+    if strided_bf16 and tile_w and not unrolled and not reuse:
+        # ptxas settles these at 80 registers and spills 16 bytes (sm_90, Triton 3.9; fp16 does not)
+        return "a looped patch in a strided bf16 forward (spills at ptxas's 80 registers)"
     if reuse:
+        if not reuse_ok:
+            return "input rows reused: the dgrad's at stride 1 with one channel a group only"
         if taps > DEPTHWISE_UNROLL_MAX_TAPS:
             return f"input rows reused with {taps} taps > {DEPTHWISE_UNROLL_MAX_TAPS} (their weights and loads spill)"
         rows = (bm // tile_w - 1) * row_step[0] + (taps // taps_per_row - 1) * row_step[1] + 1
@@ -714,7 +726,8 @@ def direct_pruned_because(bm: int, bn: int, num_warps: int, elem_bytes: int, til
 
 def prune_direct_configs(configs: List[triton.Config], elem_bytes: int, taps_per_row: int = 1,
                          capability: Optional[int] = None, taps: Optional[int] = None,
-                         rows_skipped: bool = False, row_step: Tuple[int, int] = (1, 1)) -> List[triton.Config]:
+                         rows_skipped: bool = False, row_step: Tuple[int, int] = (1, 1),
+                         reuse_ok: bool = True, strided_bf16: bool = False) -> List[triton.Config]:
     """Drop the depthwise direct kernels' tiles that spill: for fp64, more than
     MAX_DIRECT_ACC_FP64 accumulator values per thread; more than MAX_DIRECT_ACC but in 16-bit for
     kernels of at most DEPTHWISE_WIDE_MAX_S taps a row (``max_patch_taps`` as a patch); patches (TILE_W) for kernels of more taps
@@ -730,7 +743,7 @@ def prune_direct_configs(configs: List[triton.Config], elem_bytes: int, taps_per
             if not direct_pruned_because(c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.num_warps, elem_bytes,
                                          c.kwargs.get("TILE_W", 0), taps_per_row, capability,
                                          c.kwargs.get("UNROLL_R", False), taps, rows_skipped,
-                                         c.kwargs.get("REUSE_ROWS", False), row_step)]
+                                         c.kwargs.get("REUSE_ROWS", False), row_step, reuse_ok, strided_bf16)]
     return kept or configs[:1]
 
 
@@ -956,6 +969,16 @@ class DirectPruneHook:
         """(stride_h, dil_h) of a launch with these named arguments."""
         return int(args.get("stride_h", 1)), int(args.get("dil_h", 1))
 
+    def reuse_ok(self, args: Dict) -> bool:
+        """Whether the kernel reuses input rows (REUSE_ROWS) for a launch with these named
+        arguments: the forward always, the dgrad at stride 1 with one channel a group."""
+        return not self.phased or (int(args.get("stride_h", 1)) == int(args.get("stride_w", 1)) == 1
+                                   and int(args.get("MULT", 1)) == 1)
+
+    def strided_bf16(self, args: Dict, bf16: bool) -> bool:
+        """A bf16 forward launch (not the dgrad's phases) at a row stride above 1."""
+        return bf16 and not self.phased and int(args.get("stride_h", 1)) > 1
+
     def rows_skipped(self, args: Dict) -> bool:
         """Whether a launch with these named arguments may skip kernel rows in some program: a
         row stride above 1 (with a dilation that is a multiple of it every row still reaches
@@ -973,7 +996,8 @@ class DirectPruneHook:
         S = int(args.get("S", 1))
         return tuned(prune_direct_configs(configs, t.element_size(), S, device_capability(t),
                                           taps=int(args.get("R", 1)) * S, rows_skipped=self.rows_skipped(args),
-                                          row_step=self.row_step(args)))
+                                          row_step=self.row_step(args), reuse_ok=self.reuse_ok(args),
+                                          strided_bf16=self.strided_bf16(args, t.dtype == torch.bfloat16)))
 
 
 def gemm_prune_hook(m_fn, n_fn, k_fn, tensor_arg: str, gathered: bool = True,

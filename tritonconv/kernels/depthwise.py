@@ -288,6 +288,9 @@ def depthwise_dgrad_kernel(
     HAS_BIAS: tl.constexpr, ACC_DTYPE: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, TILE_W: tl.constexpr,
     UNROLL_R: tl.constexpr = False,  # the kernel rows unrolled too, as the forward's
+    REUSE_ROWS: tl.constexpr = False,  # as the forward's, where UNIT_PHASE (else the patch it is)
+    DIL_H: tl.constexpr = 1,  # dil_h, for REUSE_ROWS
+    UNIT_PHASE: tl.constexpr = False,  # stride 1 both ways and one channel a group (MULT == 1)
 ):
     # -- program ids: (pixel tile of one stride phase, channel tile, phase). The pixels of phase
     # (a_h, a_w) are h = a_h + ih*stride_h, w = a_w + iw*stride_w, and whether a tap (r, s) lands
@@ -298,6 +301,16 @@ def depthwise_dgrad_kernel(
     pid_m = tl.program_id(0)
     pid_n = tl.program_id(1)
     phase = tl.program_id(2)
+    if REUSE_ROWS and UNIT_PHASE:
+        # at stride 1 with one channel a group, dx is the forward conv of dy with w's taps flipped
+        # (dgrad.py): the forward's row-reusing patch, reading w backwards from its last tap, with
+        # padding dil*(R-1) - pad (negative past the kernel: a read starting inside dy)
+        c = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+        _fprop_rows_reused(dy_ptr, w_ptr + (R - 1) * swr + (S - 1) * sws, b_ptr, dx_ptr, dx_ptr, pid_m, c, c < C,
+                           P, Q, H, W, 1, dil_h * (R - 1) - pad_h, 1, dil_w * (S - 1) - pad_w, dil_w,
+                           sdyn, sdyk, sdyp, sdyq, swk, -swr, -sws, sdxn, sdxc, sdxh, sdxw, 0, 0, 0, 0, 0.0,
+                           R, S, 1, DIL_H, HAS_BIAS, False, 0, ACC_DTYPE, BLOCK_M // TILE_W, TILE_W, BLOCK_N)
+        return
     a_h = phase // stride_w
     a_w = phase % stride_w
     n, ih, iw, mask_m = pixel_tile(pid_m, M, HP, WP, BLOCK_M, TILE_W)
@@ -431,7 +444,7 @@ _fprop_tuned = triton.autotune(
     prune_configs_by={"early_config_prune": configs.DirectPruneHook("x_ptr", ("P", "Q"))},
 )(depthwise_fprop_kernel)
 _dgrad_tuned = triton.autotune(
-    configs=configs.depthwise_configs(patches=True, unrolled=True), key=_KEY + ["C", "sdyk", "sdxc"],
+    configs=configs.depthwise_configs(patches=True, unrolled=True, reuse=True), key=_KEY + ["C", "sdyk", "sdxc"],
     do_bench=configs.capture_safe_bench,
     prune_configs_by={"early_config_prune": configs.DirectPruneHook("dy_ptr", ("HP", "WP"), phased=True)},
 )(depthwise_dgrad_kernel)
@@ -508,6 +521,7 @@ def conv2d_dgrad_depthwise(
         pb.stride_h, pb.stride_w, pb.pad_h, pb.pad_w, pb.dil_h, pb.dil_w, step_r,
         *dy.stride(), w.stride(0), w.stride(2), w.stride(3), *dx.stride(),
         R=pb.R, S=pb.S, HAS_BIAS=bias is not None, ACC_DTYPE=acc_dtype_for(dy.dtype),
+        DIL_H=pb.dil_h, UNIT_PHASE=pb.stride_h == pb.stride_w == 1 and pb.K == pb.C,
     )
     return dx
 
