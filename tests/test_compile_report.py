@@ -339,7 +339,7 @@ def test_subset_covers_every_family_within_a_ci_budget():
     core, so the task count bounds a 2-core CI run to a few minutes."""
     tasks = cr._tasks(["sm_90"], list(cr.SUBSET_DTYPES), cr.FAMILIES, True, [])
     assert {t[0] for t in tasks} == {f.name for f in cr.FAMILIES}
-    assert len(tasks) <= 250  # 245 with the 43 families of this writing
+    assert len(tasks) <= 260  # 249 with the 43 families of this writing
 
 
 # The runtime pruner (configs.prune_gemm_configs), whose rules come from the report's numbers.

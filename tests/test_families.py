@@ -283,8 +283,28 @@ def test_depthwise_kernel_rows_unrolled(case, tile_w, monkeypatch):
     assert rel_err(gx, gxr) < TOL[torch.float32]
 
 
+# the depthwise problems, and stride-1 ones with one channel a group whose flipped taps a symmetric
+# kernel would hide: R != S, uneven padding and dilation, a padding past the kernel
+DEPTHWISE_REUSE_PROBLEMS = PROBLEMS["depthwise"] + [
+    (2, 4, 9, 11, 4, 2, 5, 1, (0, 4), (2, 1), 4),
+    (1, 6, 7, 8, 6, 3, 1, 1, (4, 0), (1, 3), 6),
+]
+
+
+def _reuse_tile(rows: int, width: int) -> triton.Config:
+    """A REUSE_ROWS patch of ``rows`` x ``width`` pixels: the interpreter's channel block, or 64
+    channels at 4 warps compiled."""
+    if INTERPRETER:
+        (cfg,) = configs.depthwise_configs(interpreter=True, patches=True, unrolled=True, reuse=True)
+        kwargs, warps, stages = cfg.kwargs, cfg.num_warps, cfg.num_stages
+    else:
+        kwargs, warps, stages = dict(BLOCK_N=64, UNROLL_R=False), 4, configs.DEPTHWISE_STAGES
+    return triton.Config({**kwargs, "BLOCK_M": rows * width, "TILE_W": width, "REUSE_ROWS": True},
+                         num_warps=warps, num_stages=stages)
+
+
 @pytest.mark.parametrize("rows,width", [(4, 8), (2, 16), (8, 4)], ids=["4x8", "2x16", "8x4"])
-@pytest.mark.parametrize("case", range(len(PROBLEMS["depthwise"])))
+@pytest.mark.parametrize("case", range(len(PROBLEMS["depthwise"]) + 2))
 def test_depthwise_reusing_input_rows(case, rows, width, monkeypatch):
     """The REUSE_ROWS tiles (configs.DEPTHWISE_REUSE_TILES): a patch's input rows loaded once and
     summed into each output row whose taps read them, the rows' taps resolved from the row stride
@@ -293,15 +313,8 @@ def test_depthwise_reusing_input_rows(case, rows, width, monkeypatch):
     same), patches past the image's edges included; and the input gradient, which reuses rows
     at stride 1 with one channel a group (the forward conv of dy, w flipped) and elsewhere runs
     the tile as a patch."""
-    N, C, H, W, K, R, S, stride, padding, dilation, groups = PROBLEMS["depthwise"][case]
-    if INTERPRETER:
-        (cfg,) = configs.depthwise_configs(interpreter=True, patches=True, unrolled=True, reuse=True)
-        cfg = triton.Config({**cfg.kwargs, "BLOCK_M": rows * width, "TILE_W": width, "REUSE_ROWS": True},
-                            num_warps=cfg.num_warps, num_stages=cfg.num_stages)
-    else:
-        cfg = next(c for c in configs.depthwise_configs(patches=True, unrolled=True, reuse=True)
-                   if c.kwargs["REUSE_ROWS"] and c.kwargs["BLOCK_M"] // c.kwargs["TILE_W"] == rows)
-    _pin_depthwise_tile(monkeypatch, cfg)
+    N, C, H, W, K, R, S, stride, padding, dilation, groups = DEPTHWISE_REUSE_PROBLEMS[case]
+    _pin_depthwise_tile(monkeypatch, _reuse_tile(rows, width))
     torch.manual_seed(14)
     x = torch.randn(N, C, H, W, device=DEVICE).to(memory_format=torch.channels_last)
     w = torch.randn(K, 1, R, S, device=DEVICE)
@@ -312,20 +325,54 @@ def test_depthwise_reusing_input_rows(case, rows, width, monkeypatch):
         y = tritonconv.conv2d(x, w, b, *args, activation="gelu", residual=res)
     ref = F.gelu(F.conv2d(x.double(), w.double(), b.double(), *args) + res.double())
     assert y.is_contiguous(memory_format=torch.channels_last) and rel_err(y, ref) < TOL[torch.float32]
-    _, _, gx, gxr = _depthwise_forward_and_dgrad(PROBLEMS["depthwise"][case], seed=15)
+    _, _, gx, gxr = _depthwise_forward_and_dgrad(DEPTHWISE_REUSE_PROBLEMS[case], seed=15)
     assert rel_err(gx, gxr) < TOL[torch.float32]
+    if (stride, groups) == (1, C):  # the dgrad reused rows: into NCHW dx as well
+        torch.manual_seed(17)
+        w = torch.randn(K, 1, R, S, device=DEVICE)
+        pb = spec.problem_from_shapes((N, C, H, W), (K, 1, R, S), stride, padding, dilation, groups)
+        dy = torch.randn(pb.output_shape, device=DEVICE)
+        with router.force("depthwise"):
+            dx = router.input_grad(dy, w, pb, memory_format=torch.contiguous_format)
+        ref = torch.nn.grad.conv2d_input((N, C, H, W), w.double(), dy.double(), stride, padding, dilation, groups)
+        assert dx.is_contiguous() and rel_err(dx, ref) < TOL[torch.float32]
+
+
+def test_depthwise_reuse_and_wgrad_tap_pruning():
+    """Where the pruner times the REUSE_ROWS tiles: 16-bit kernels of at most 9 taps on sm_90, a
+    patch reading at most DEPTHWISE_REUSE_MAX_ROWS input rows, the dgrad only where its launcher
+    says UNIT_PHASE; looped patches not in a strided bf16 forward; and the wgrad's fp64 tiles of
+    at most MAX_WGRAD_ACC_FP64 accumulator values a thread over the group's taps."""
+    why = configs.direct_pruned_because
+    assert why(64, 64, 4, 2, tile_w=16, taps_per_row=3, capability=90, taps=9, reuse=True) is None
+    assert "9" in why(64, 64, 4, 2, tile_w=16, taps_per_row=5, capability=90, taps=25, reuse=True)
+    assert "sm_90" in why(64, 64, 4, 2, tile_w=16, taps_per_row=3, capability=80, taps=9, reuse=True)
+    assert why(64, 64, 4, 4, tile_w=16, taps_per_row=3, capability=90, taps=9, reuse=True) is not None  # fp32
+    # an 8-row patch: 10 input rows at stride 1, 17 at stride 2
+    assert why(128, 64, 8, 2, tile_w=16, taps_per_row=3, capability=90, taps=9, reuse=True) is None
+    assert "17 input rows" in why(128, 64, 8, 2, tile_w=16, taps_per_row=3, capability=90, taps=9, reuse=True,
+                                  row_step=(2, 1))
+    assert "dgrad" in why(64, 64, 4, 2, tile_w=16, taps_per_row=3, capability=90, taps=9, reuse=True, reuse_ok=False)
+    assert "bf16" in why(64, 32, 4, 2, tile_w=8, taps_per_row=3, capability=90, taps=9, strided_bf16=True)
+    assert why(64, 32, 4, 2, tile_w=0, taps_per_row=3, capability=90, taps=9, strided_bf16=True) is None
+    hook = depthwise._dgrad_tuned.early_config_prune
+    assert hook.reuse_ok(dict(UNIT_PHASE=True)) and not hook.reuse_ok(dict(UNIT_PHASE=False))
+    assert depthwise._fprop_tuned.early_config_prune.reuse_ok({})
+    assert configs.wgrad_pruned_because(16, 64, 4, 8, taps=9) is not None  # 8 a thread x 9 taps in fp64
+    assert configs.wgrad_pruned_because(8, 64, 4, 8, taps=9) is None  # 4 x 9 = MAX_WGRAD_ACC_FP64
+    assert configs.wgrad_pruned_because(16, 64, 4, 4, taps=9) is None  # fp32
+    x = torch.empty(1, dtype=torch.float64)
+    kept = depthwise._wgrad_tuned.early_config_prune(
+        configs.depthwise_configs(configs.DEPTHWISE_WGRAD_TILES, interpreter=False), dict(dy_ptr=x), TAPS=9)
+    assert kept and all(configs.acc_per_thread(c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.num_warps) <= 4
+                        for c in kept)
 
 
 def test_depthwise_conv_transpose2d_reusing_rows_with_a_bias(monkeypatch):
     """conv_transpose2d at stride 1 on the depthwise dgrad's REUSE_ROWS tile: its bias from the
     forward's epilogue the tile borrows, a padding past the kernel's (negative in the forward of
     dy) and a dilation."""
-    (cfg,) = configs.depthwise_configs(interpreter=True, patches=True, unrolled=True, reuse=True) if INTERPRETER \
-        else [next(c for c in configs.depthwise_configs(patches=True, unrolled=True, reuse=True) if c.kwargs["REUSE_ROWS"])]
-    if INTERPRETER:
-        cfg = triton.Config({**cfg.kwargs, "BLOCK_M": 32, "TILE_W": 8, "REUSE_ROWS": True}, num_warps=cfg.num_warps,
-                            num_stages=cfg.num_stages)
-    _pin_depthwise_tile(monkeypatch, cfg)
+    _pin_depthwise_tile(monkeypatch, _reuse_tile(4, 8))
     torch.manual_seed(16)
     x = torch.randn(2, 6, 7, 9, device=DEVICE)
     w = torch.randn(6, 1, 3, 3, device=DEVICE)

@@ -70,7 +70,7 @@ Usage::
 The full report for sm_90 and sm_80 is about 3,200 compiles (3,193 at 43e1825; 1,500 took 12 to
 20 minutes on 2 cores with an empty Triton cache, TRITON_CACHE_DIR, and 4 with a warm one).
 ``--subset`` compiles the first, largest, smallest and median config of every
-family in fp16 and fp32, 245 compiles for sm_90 (195 took 160 s on 2 cores with an
+family in fp16 and fp32, 249 compiles for sm_90 (195 took 160 s on 2 cores with an
 empty Triton cache, 2026-11-26). CI compiles one config of every family for sm_90 in fp16
 (tests/test_compile_report.py::test_every_family_builds) and bounds the
 subset's size.
@@ -1302,7 +1302,7 @@ def runtime_configs(family: KernelFamily, dtype: Dtype, arch: Arch) -> List[trit
                                                taps=constexprs.get("R", 1) * S,
                                                rows_skipped=family.prune.rows_skipped(args),
                                                row_step=family.prune.row_step(args),
-                                               reuse_ok=family.prune.reuse_ok(args),
+                                               reuse_ok=family.prune.reuse_ok({**args, **constexprs}),
                                                strided_bf16=family.prune.strided_bf16(args, dtype.name == "bf16"))
     first = configs[0]
     args, constexprs = family.launch_fn(dtype, first)
@@ -1353,7 +1353,7 @@ def _runtime_pruned(family: KernelFamily, config: triton.Config, dtype: Dtype, a
                                                kw.get("TILE_W", 0), S, arch.capability, kw.get("UNROLL_R", False),
                                                constexprs.get("R", 1) * S, family.prune.rows_skipped(args),
                                                kw.get("REUSE_ROWS", False), family.prune.row_step(args),
-                                               family.prune.reuse_ok(args),
+                                               family.prune.reuse_ok({**args, **constexprs}),
                                                family.prune.strided_bf16(args, dtype.name == "bf16"))
         return f"runtime pruner: {why or 'drops it (configs.prune_direct_configs)'}"
     _, constexprs = family.launch_fn(dtype, config)

@@ -306,8 +306,8 @@ DEPTHWISE_WGRAD_TILES: Tuple[Tuple[int, int, int], ...] = (
     (32, 64, 8),
     (16, 128, 8),
     (8, 256, 8),
+    # 4 values a thread, the tiles fp64 keeps (MAX_WGRAD_ACC_FP64)
     (16, 32, 4),
-    # 4 values a thread: fp64's (MAX_WGRAD_ACC_FP64)
     (8, 64, 4),
     (16, 64, 8),
 )
@@ -331,12 +331,13 @@ DEPTHWISE_UNROLL_MAX_TAPS = 9
 # accumulator per output row. sm_90 SASS, 3x3 at stride 1, fp16, whole kernel, instructions an
 # output value: forward 31.5 for 4x16 patches of 64 channels at 4 warps (172 registers), 33.5 for
 # 8x16 at 8 warps and for 8x8; dgrad 29.8 and 31.5; where the best tile above takes 41.0 and the
-# patch tiles 45 to 54. (An 8x16 patch at 4 warps, 32 values a thread, took 25.8 at 252 registers
-# and spilled in the bf16 dgrad.) Kernels of at most DEPTHWISE_UNROLL_MAX_TAPS taps (a 7x7's 49
-# weight vectors and loads spill kilobytes), 16-bit (32 values a thread: MAX_DIRECT_ACC), sm_90.
-# A patch reads (rows - 1)*stride_h + (R - 1)*dil_h + 1 input rows; past DEPTHWISE_REUSE_MAX_ROWS
-# (an 8-row patch's 17 at stride 2) its tiles spill. (BLOCK_M, BLOCK_N, warps, TILE_W): patches
-# of BLOCK_M // TILE_W rows by TILE_W columns.
+# patch tiles 45 to 54. (An 8x16 patch of 64 channels at 4 warps, 64 values a thread, took 25.8
+# at 252 registers and spilled in the bf16 dgrad.) Kernels of at most DEPTHWISE_UNROLL_MAX_TAPS
+# taps (a 7x7's 49 weight vectors and loads spill kilobytes), 16-bit (32 values a thread and
+# more: MAX_DIRECT_ACC), sm_90. A patch reads (rows - 1)*stride_h + (R - 1)*dil_h + 1 input rows;
+# past DEPTHWISE_REUSE_MAX_ROWS (an 8-row patch's 17 at stride 2, where that 4-warp 8x16 tile
+# spilled 72 bytes) the reuse is not timed: such a patch holds more rows' loads than it saves.
+# (BLOCK_M, BLOCK_N, warps, TILE_W): patches of BLOCK_M // TILE_W rows by TILE_W columns.
 DEPTHWISE_REUSE_MAX_ROWS = 10
 DEPTHWISE_REUSE_TILES: Tuple[Tuple[int, int, int, int], ...] = (
     (64, 64, 4, 16),
@@ -734,8 +735,11 @@ def prune_direct_configs(configs: List[triton.Config], elem_bytes: int, taps_per
     a row (``taps_per_row``, the S the kernel unrolls) than ``max_patch_taps``; the forward's and
     dgrad's unrolled kernel rows (UNROLL_R) for kernels of more than DEPTHWISE_UNROLL_MAX_TAPS
     ``taps`` (R*S; S without it), where ``rows_skipped`` (a dgrad at a row stride above 1, whose
-    stride phases take some kernel rows each), and below sm_90. Keeps the first config if none
-    survives."""
+    stride phases take some kernel rows each), and below sm_90; the REUSE_ROWS tiles where the
+    kernel would not reuse rows (``reuse_ok``), for kernels of more than DEPTHWISE_UNROLL_MAX_TAPS
+    taps, patches reading more than DEPTHWISE_REUSE_MAX_ROWS input rows (``row_step``), and below
+    sm_90; looped patches in a strided bf16 forward (``strided_bf16``). Keeps the first config if
+    none survives."""
     if len(configs) <= 1:
         return configs
     taps = taps_per_row if taps is None else taps
@@ -971,9 +975,8 @@ class DirectPruneHook:
 
     def reuse_ok(self, args: Dict) -> bool:
         """Whether the kernel reuses input rows (REUSE_ROWS) for a launch with these named
-        arguments: the forward always, the dgrad at stride 1 with one channel a group."""
-        return not self.phased or (int(args.get("stride_h", 1)) == int(args.get("stride_w", 1)) == 1
-                                   and int(args.get("MULT", 1)) == 1)
+        arguments: the forward always, the dgrad where its launcher says UNIT_PHASE."""
+        return not self.phased or bool(args.get("UNIT_PHASE", False))
 
     def strided_bf16(self, args: Dict, bf16: bool) -> bool:
         """A bf16 forward launch (not the dgrad's phases) at a row stride above 1."""

@@ -12,7 +12,9 @@ per pixel row.
                                with p = (h + ph - r*dh) / sh when that division is exact (likewise q),
                                one stride phase (h mod sh, w mod sw) a program, which loops over the
                                kernel rows r that land on it and no others (UNROLL_R: goes through
-                               every row, branching past those that do not land)
+                               every row, branching past those that do not land); at stride 1 with
+                               one channel a group, the forward conv of dy with w's taps flipped,
+                               which REUSE_ROWS tiles run as the forward's
     wgrad     dw[k, 0, r, s] = sum_{n,p,q} dy[n, k, p, q] * x[n, k // mult, h, w], split over (n, p, q)
               in SPLIT chunks with fixed-order partial sums (deterministic), a program summing a
               group of taps (``wgrad_taps``: a 3x3's nine) from one load of dy per pixel block
@@ -29,7 +31,8 @@ compile report). The family takes kernels up to MAX_TAPS taps (7x7 and 9x9
 included); larger ones use the general implicit GEMM. The forward and the dgrad also have tiles
 with the kernel rows unrolled (UNROLL_R, for kernels of at most configs.DEPTHWISE_UNROLL_MAX_TAPS
 taps, the dgrad at stride 1): a 3x3's nine taps' loads are then all in flight at once, the
-autotuner choosing.
+autotuner choosing. The forward's REUSE_ROWS tiles (``_fprop_rows_reused``) load a patch's input
+rows once for all its output rows, an accumulator per output row.
 """
 
 from __future__ import annotations
@@ -139,12 +142,17 @@ def _fprop_row(acc, r, x_pix, x_cols, w_rows, h0, w0, mask_m, mask_n, H, W, dil_
 
 
 @triton.jit
-def _fprop_rows_reused(x_ptr, w_ptr, b_ptr, res_ptr, y_ptr, pid_m, k_out, mask_n, H, W, P, Q, MULT, pad_h,
-                       stride_w, pad_w, dil_w, sxn, sxc, sxh, sxw, swk, swr, sws, syn, syk, syp, syq,
-                       srn, srk, srp, srq, alpha,
-                       R: tl.constexpr, S: tl.constexpr, STRIDE_H: tl.constexpr, DIL_H: tl.constexpr,
-                       HAS_BIAS: tl.constexpr, HAS_RESIDUAL: tl.constexpr, ACTIVATION: tl.constexpr,
-                       ACC_DTYPE: tl.constexpr, TILE_H: tl.constexpr, TILE_W: tl.constexpr, BLOCK_N: tl.constexpr):
+def _fprop_rows_reused(
+    x_ptr, w_ptr, b_ptr, res_ptr, y_ptr,  # as depthwise_fprop_kernel's (w_ptr at tap (0, 0))
+    pid_m, k_out, mask_n,  # the program's patch, its output channels and which exist
+    H, W, P, Q, MULT,  # x's rows and columns, y's, the channel multiplier
+    pad_h, stride_w, pad_w, dil_w,  # the conv, but for STRIDE_H and DIL_H
+    sxn, sxc, sxh, sxw, swk, swr, sws, syn, syk, syp, syq, srn, srk, srp, srq,  # strides, in elements
+    alpha,
+    R: tl.constexpr, S: tl.constexpr, STRIDE_H: tl.constexpr, DIL_H: tl.constexpr,
+    HAS_BIAS: tl.constexpr, HAS_RESIDUAL: tl.constexpr, ACTIVATION: tl.constexpr,
+    ACC_DTYPE: tl.constexpr, TILE_H: tl.constexpr, TILE_W: tl.constexpr, BLOCK_N: tl.constexpr,
+):
     """The forward on a patch of TILE_H output rows by TILE_W columns (REUSE_ROWS), each input row
     the patch reads loaded once per kernel column and used for every output row whose taps read
     it: an accumulator per output row (a tuple), the rows' taps resolved at compile time from the
@@ -211,9 +219,9 @@ def depthwise_fprop_kernel(
     R: tl.constexpr, S: tl.constexpr,
     HAS_BIAS: tl.constexpr, HAS_RESIDUAL: tl.constexpr, ACTIVATION: tl.constexpr, ACC_DTYPE: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, TILE_W: tl.constexpr,
+    STRIDE_H: tl.constexpr, DIL_H: tl.constexpr,  # stride_h and dil_h, for REUSE_ROWS
     UNROLL_R: tl.constexpr = False,  # the kernel rows unrolled too (configs.DEPTHWISE_UNROLL_TILES)
     REUSE_ROWS: tl.constexpr = False,  # a patch's input rows loaded once for its output rows (_fprop_rows_reused)
-    STRIDE_H: tl.constexpr = 1, DIL_H: tl.constexpr = 1,  # stride_h and dil_h, for REUSE_ROWS
 ):
     # -- program ids: (pixel tile, channel tile)
     pid_m = tl.program_id(0)
@@ -287,10 +295,10 @@ def depthwise_dgrad_kernel(
     R: tl.constexpr, S: tl.constexpr,
     HAS_BIAS: tl.constexpr, ACC_DTYPE: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, TILE_W: tl.constexpr,
+    DIL_H: tl.constexpr,  # dil_h, for REUSE_ROWS
+    UNIT_PHASE: tl.constexpr,  # stride 1 both ways and one channel a group (MULT == 1): REUSE_ROWS applies
     UNROLL_R: tl.constexpr = False,  # the kernel rows unrolled too, as the forward's
     REUSE_ROWS: tl.constexpr = False,  # as the forward's, where UNIT_PHASE (else the patch it is)
-    DIL_H: tl.constexpr = 1,  # dil_h, for REUSE_ROWS
-    UNIT_PHASE: tl.constexpr = False,  # stride 1 both ways and one channel a group (MULT == 1)
 ):
     # -- program ids: (pixel tile of one stride phase, channel tile, phase). The pixels of phase
     # (a_h, a_w) are h = a_h + ih*stride_h, w = a_w + iw*stride_w, and whether a tap (r, s) lands
@@ -306,10 +314,14 @@ def depthwise_dgrad_kernel(
         # (dgrad.py): the forward's row-reusing patch, reading w backwards from its last tap, with
         # padding dil*(R-1) - pad (negative past the kernel: a read starting inside dy)
         c = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-        _fprop_rows_reused(dy_ptr, w_ptr + (R - 1) * swr + (S - 1) * sws, b_ptr, dx_ptr, dx_ptr, pid_m, c, c < C,
-                           P, Q, H, W, 1, dil_h * (R - 1) - pad_h, 1, dil_w * (S - 1) - pad_w, dil_w,
-                           sdyn, sdyk, sdyp, sdyq, swk, -swr, -sws, sdxn, sdxc, sdxh, sdxw, 0, 0, 0, 0, 0.0,
-                           R, S, 1, DIL_H, HAS_BIAS, False, 0, ACC_DTYPE, BLOCK_M // TILE_W, TILE_W, BLOCK_N)
+        _fprop_rows_reused(
+            x_ptr=dy_ptr, w_ptr=w_ptr + (R - 1) * swr + (S - 1) * sws, b_ptr=b_ptr, res_ptr=dx_ptr, y_ptr=dx_ptr,
+            pid_m=pid_m, k_out=c, mask_n=c < C, H=P, W=Q, P=H, Q=W, MULT=1,
+            pad_h=dil_h * (R - 1) - pad_h, stride_w=1, pad_w=dil_w * (S - 1) - pad_w, dil_w=dil_w,
+            sxn=sdyn, sxc=sdyk, sxh=sdyp, sxw=sdyq, swk=swk, swr=-swr, sws=-sws,
+            syn=sdxn, syk=sdxc, syp=sdxh, syq=sdxw, srn=0, srk=0, srp=0, srq=0, alpha=0.0,
+            R=R, S=S, STRIDE_H=1, DIL_H=DIL_H, HAS_BIAS=HAS_BIAS, HAS_RESIDUAL=False, ACTIVATION=0,
+            ACC_DTYPE=ACC_DTYPE, TILE_H=BLOCK_M // TILE_W, TILE_W=TILE_W, BLOCK_N=BLOCK_N)
         return
     a_h = phase // stride_w
     a_w = phase % stride_w
@@ -417,6 +429,12 @@ def depthwise_wgrad_kernel(
         tl.store(ptrs, tl.sum(accs[i], axis=0).to(out_ptr.dtype.element_ty), mask=k < tl.where(t < R * S, K, 0))
 
 
+WGRAD_MAX_TAPS = 9
+# fp32 and fp64 past 3x3: a 7x7's row of 7 accumulators spilled a few bytes in one tile or another
+# on sm_90 (Triton 3.6 and 3.9, the compile report), 4 taps in none
+WGRAD_WIDE_TAPS = 4
+
+
 def wgrad_taps(R: int, S: int, elem_bytes: int = 2) -> int:
     """The taps a depthwise wgrad program sums (depthwise_wgrad_kernel's TAPS): the whole kernel
     up to WGRAD_MAX_TAPS taps (a 3x3's nine); past that, in 16-bit, a kernel row (5, 7 or 9 for
@@ -427,12 +445,6 @@ def wgrad_taps(R: int, S: int, elem_bytes: int = 2) -> int:
     if elem_bytes > 2:
         return WGRAD_WIDE_TAPS
     return S if S <= WGRAD_MAX_TAPS else WGRAD_MAX_TAPS
-
-
-WGRAD_MAX_TAPS = 9
-# fp32 and fp64 past 3x3: a 7x7's row of 7 accumulators spilled a few bytes in one tile or another
-# on sm_90 (Triton 3.6 and 3.9, the compile report), 4 taps in none
-WGRAD_WIDE_TAPS = 4
 
 
 # R and S are constexprs (the taps are unrolled): a 3x3 and a 7x7 layer of the same
