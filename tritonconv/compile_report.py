@@ -769,7 +769,7 @@ def _depthwise_dgrad_launch(dtype: Dtype, config: triton.Config, *, problem: Dic
         **_named("sdxn sdxc sdxh sdxw", _channels_last_strides(pb.input_shape)),
     )
     return args, dict(R=pb.R, S=pb.S, HAS_BIAS=False, ACC_DTYPE=dtype.acc, DIL_H=pb.dil_h,
-                      UNIT_PHASE=pb.stride_h == pb.stride_w == 1 and pb.K == pb.C)
+                      UNIT_PHASE=depthwise.unit_phase(pb))
 
 
 def _depthwise_wgrad_launch(dtype: Dtype, config: triton.Config, *, problem: Dict[str, Any] = DEPTHWISE_PROBLEM,

@@ -512,6 +512,12 @@ def conv2d_fprop_depthwise(
     return out
 
 
+def unit_phase(problem: Conv2dProblem) -> bool:
+    """depthwise_dgrad_kernel's UNIT_PHASE: stride 1 both ways and one channel a group, where the
+    dgrad is the forward conv of dy with w's taps flipped (its REUSE_ROWS tiles reuse rows)."""
+    return problem.stride_h == problem.stride_w == 1 and problem.K == problem.C
+
+
 def conv2d_dgrad_depthwise(
     dy: torch.Tensor,
     w: torch.Tensor,
@@ -533,7 +539,7 @@ def conv2d_dgrad_depthwise(
         pb.stride_h, pb.stride_w, pb.pad_h, pb.pad_w, pb.dil_h, pb.dil_w, step_r,
         *dy.stride(), w.stride(0), w.stride(2), w.stride(3), *dx.stride(),
         R=pb.R, S=pb.S, HAS_BIAS=bias is not None, ACC_DTYPE=acc_dtype_for(dy.dtype),
-        DIL_H=pb.dil_h, UNIT_PHASE=pb.stride_h == pb.stride_w == 1 and pb.K == pb.C,
+        DIL_H=pb.dil_h, UNIT_PHASE=unit_phase(pb),
     )
     return dx
 
