@@ -1452,6 +1452,19 @@ def test_routed_candidates_drop_what_cannot_run_or_is_superseded():
     assert dgrad(w3, 1, 1) == (["tap_tma_splitk", "tap_tma", "tap_tma_streamk"] if TMA else []) + ["implicit"]
     with router.force("implicit"):
         assert fwd(x, w1) == ["implicit"]
+    # depthwise: the direct kernels supersede smallc and the implicit GEMM in every direction,
+    # until they are dropped for the problem (then the others are timed again)
+    xd = torch.randn(2, 32, 8, 8, dtype=torch.float16, device=DEVICE).to(memory_format=torch.channels_last)
+    wd = torch.randn(32, 1, 3, 3, dtype=torch.float16, device=DEVICE)
+    pb = spec.conv2d_problem(xd, wd, None, 2, 1, 1, 32)
+    dy = torch.randn(pb.output_shape, dtype=torch.float16, device=DEVICE).to(memory_format=torch.channels_last)
+    for table, direction, tensors in [(router.FORWARD, "forward", (xd, wd, None, None)),
+                                      (router.INPUT_GRAD, "input_grad", (dy, wd)),
+                                      (router.WEIGHT_GRAD, "weight_grad", (dy, xd))]:
+        assert router.routed_candidates(table, direction, pb, tensors) == ["depthwise"]
+        others = router.routed_candidates(table, direction, pb, tensors, dropped={"depthwise"})
+        assert "depthwise" not in others and "implicit" in others
+    assert "smallc" in router.routed_candidates(router.FORWARD, "forward", pb, (xd, wd, None, None), {"depthwise"})
 
 
 # dgrad of unpadded 1x1 convs on the 1x1 GEMM, w read transposed in place:

@@ -379,6 +379,23 @@ def test_a_family_that_is_not_deterministic_is_dropped(monkeypatch):
     assert_matches(y, ref, torch.float32)
 
 
+def test_a_dropped_family_supersedes_nothing(monkeypatch):
+    """The depthwise kernels supersede the others that take a depthwise layer
+    (``router.SUPERSEDES_DEPTHWISE``): dropped for not being deterministic, they leave those to
+    answer, rather than no family at all."""
+    x, w = _randn((2, 8, 7, 7), torch.float32, True), _randn((8, 1, 3, 3), torch.float32)
+    args = ([1, 1], [1, 1], [1, 1], 8)
+    pb = spec.conv2d_problem(x, w, None, *args)
+    assert router.routed_candidates(router.FORWARD, "forward", pb, (x, w, None, None)) == ["depthwise"]
+    _unstable(monkeypatch, router.FORWARD, "depthwise")
+    with pytest.warns(router.UnstableKernelWarning, match="depthwise kernels gave different results"):
+        with router.recording() as ran:
+            y = torch.ops.tritonconv.conv2d(x, w, None, *args)
+    assert_matches(y, F.conv2d(x.double(), w.double(), None, *args), torch.float32)
+    assert ran == [("forward", "smallc")]
+    assert list(router.dropped().values()) == [{"depthwise"}]
+
+
 def test_a_forced_family_that_is_not_deterministic_raises(monkeypatch):
     """Forced, the family stays (it is what the caller asked for), so each call checks it again
     and raises rather than answer."""

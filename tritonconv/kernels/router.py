@@ -58,7 +58,7 @@ import os
 import sys
 import threading
 import warnings
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Callable, Collection, Dict, List, Optional, Tuple
 
 import torch
 
@@ -84,7 +84,7 @@ from .wgrad import conv2d_wgrad
 
 __all__ = ["forward", "input_grad", "weight_grad", "candidates", "routed_candidates", "force", "recording",
            "FORWARD", "INPUT_GRAD", "WEIGHT_GRAD", "LAYOUT_OK", "SUPERSEDES", "SUPERSEDES_STRIDED",
-           "SUPERSEDES_INPUT_GRAD", "UnstableKernelWarning", "dropped"]
+           "SUPERSEDES_INPUT_GRAD", "SUPERSEDES_DEPTHWISE", "UnstableKernelWarning", "dropped"]
 
 # name -> (accepts(problem), launcher), most specialised first
 FORWARD: Dict[str, Tuple[Callable, Callable]] = {
@@ -156,6 +156,14 @@ SUPERSEDES_STRIDED: Dict[str, Tuple[str, ...]] = {"gemm1x1": ("implicit",)}
 # A 1x1 dgrad on gemm1x1 reads w transposed in place, by pointer; tap_tma's runs gemm1x1_tma on a
 # transposed copy of w (a launch of its own): either can be faster, so both are timed.
 SUPERSEDES_INPUT_GRAD: Dict[str, Tuple[str, ...]] = {"gemm1x1": ("implicit",)}
+# The depthwise direct kernels, in every direction, against the other families that take a
+# depthwise layer: smallc (one channel a group is a small C) and the implicit GEMM (a grouped GEMM
+# whose N is the channel multiplier, one column of a tile's 16 or more; its dgrad and wgrad are
+# the same grouped GEMM). Every depthwise forward a GPU check timed (H100, fp16, N = 32: MobileNetV2's
+# nine, ConvNeXt-T's first 7x7) went to the direct kernel, 4.4x to 31x faster than smallc and 14x
+# to 84x faster than the implicit GEMM; their tuning took the check's time (its families stage
+# ran out on ConvNeXt-T).
+SUPERSEDES_DEPTHWISE: Dict[str, Tuple[str, ...]] = {"depthwise": ("smallc", "implicit")}
 
 _forced = threading.local()
 _choice: Dict[tuple, str] = {}
@@ -257,19 +265,23 @@ def _load_choices(device: str) -> None:
             _choice.setdefault((direction, problem, layout, variant, device), name)
 
 
-def routed_candidates(table, direction: str, problem: Conv2dProblem, tensors: tuple) -> List[str]:
+def routed_candidates(table, direction: str, problem: Conv2dProblem, tensors: tuple,
+                      dropped: Collection[str] = ()) -> List[str]:
     """The families ``_route`` chooses among for these tensors: ``candidates``, less those whose
-    layout the tensors lack (``LAYOUT_OK``) and those a remaining family supersedes (``SUPERSEDES``;
-    ``SUPERSEDES_STRIDED`` for a strided 1x1, ``SUPERSEDES_INPUT_GRAD`` for dgrad). A forced family
-    stays alone (and falls back by itself)."""
+    layout the tensors lack (``LAYOUT_OK``), those ``dropped`` for the problem (not deterministic
+    there), and those a remaining family supersedes (``SUPERSEDES``; ``SUPERSEDES_STRIDED`` for a
+    strided 1x1, ``SUPERSEDES_INPUT_GRAD`` for dgrad; ``SUPERSEDES_DEPTHWISE``): a dropped family
+    supersedes nothing. A forced family stays alone (and falls back by itself)."""
     names = candidates(table, problem)
     if getattr(_forced, "name", None) in names:
         return names
-    names = [n for n in names if LAYOUT_OK.get((direction, n), lambda t, pb: True)(tensors, problem)]
+    names = [n for n in names if n not in dropped
+             and LAYOUT_OK.get((direction, n), lambda t, pb: True)(tensors, problem)]
     if direction == "input_grad":
         supersedes = SUPERSEDES_INPUT_GRAD
     else:
         supersedes = SUPERSEDES if gemm1x1.accepts(problem) else SUPERSEDES_STRIDED
+    supersedes = {**supersedes, **SUPERSEDES_DEPTHWISE}
     superseded = {d for n in names for d in supersedes.get(n, ())}
     return [n for n in names if n not in superseded]
 
@@ -362,7 +374,7 @@ def _route(table, direction: str, problem: Conv2dProblem, tensors: tuple, varian
         if name is not None and name not in _dropped.get(drop_key, ()):
             return _run_trusted(plan_key, tensors, run, table, direction, problem, variant, key, name,
                                 _timings.get(key), scalars)
-    names = [n for n in routed_candidates(table, direction, problem, tensors) if n not in _dropped.get(drop_key, ())]
+    names = routed_candidates(table, direction, problem, tensors, _dropped.get(drop_key, ()))
     if not names:
         raise RuntimeError(f"tritonconv: no kernel family left for {direction} of {problem}: "
                            f"{sorted(_dropped[drop_key])} gave different results for identical calls")
