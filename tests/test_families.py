@@ -1428,13 +1428,16 @@ def test_routed_candidates_drop_what_cannot_run_or_is_superseded():
     # 1x1: the plain GEMMs supersede the implicit families (and a 64-long reduction is no split-K's)
     assert fwd(x, w1) == tma + ["gemm1x1"]
     assert fwd(x.contiguous(), w1) == ["gemm1x1"]  # NCHW: no TMA view of x
-    # 3x3: M = 2048 with a 576-long reduction, so split-K is timed too
-    # (and 2048 output pixels: few tiles for a GPU's SMs, so tap_tma's stream-K grid too)
-    assert fwd(x, w3, 1, 1) == ["splitk"] + (["tap_tma_splitk", "tap_tma", "tap_tma_streamk", "implicit_tma"]
-                                             if TMA else []) + ["implicit"]
+    # 3x3: M = 2048 with a 576-long reduction, so split-K is timed too (and 2048 output pixels:
+    # few tiles for a GPU's SMs, so tap_tma's stream-K grid would be too); in 16-bit the TMA
+    # families supersede the pointer ones the GPU checks never saw win (SUPERSEDES_TIMED_16BIT)
+    assert fwd(x, w3, 1, 1) == (["tap_tma_splitk", "tap_tma", "implicit_tma"] if TMA else ["splitk", "implicit"])
+    x32, w32 = x.float(), w3.float()
+    assert fwd(x32, w32, 1, 1) == ["splitk"] + (["tap_tma_splitk", "tap_tma", "tap_tma_streamk", "implicit_tma"]
+                                                if TMA else []) + ["implicit"]
     assert fwd(x, w3.contiguous(), 2, 1) == ["splitk", "implicit"]  # stride 2, NCHW weight: no TMA family
     # a strided 1x1 has no TMA GEMM: the pointer GEMM replaces the implicit one only, the TMA families stay
-    assert fwd(x, w1, 2) == ["gemm1x1"] + (["tap_tma", "tap_tma_streamk", "implicit_tma"] if TMA else [])
+    assert fwd(x, w1, 2) == ["gemm1x1"] + (["tap_tma", "implicit_tma"] if TMA else [])
     pb = spec.conv2d_problem(x, w1, None, 1, 0, 1, 1)
     dy = torch.randn(pb.output_shape, dtype=torch.float16, device=DEVICE).to(memory_format=torch.channels_last)
     assert router.routed_candidates(router.WEIGHT_GRAD, "weight_grad", pb, (dy, x)) == tma + ["gemm1x1"]
@@ -1449,7 +1452,12 @@ def test_routed_candidates_drop_what_cannot_run_or_is_superseded():
     # strided, 16-bit, KRSC: every phase in one launch too (the three tapless ones stored as zeros)
     assert dgrad(w1, 2) == ["gemm1x1"] + (["tap_tma", "tap_tma_phased"] if TMA else [])
     # (2048 pixels, 576-long phase reductions: tap_tma's split-K too)
-    assert dgrad(w3, 1, 1) == (["tap_tma_splitk", "tap_tma", "tap_tma_streamk"] if TMA else []) + ["implicit"]
+    assert dgrad(w3, 1, 1) == (["tap_tma_splitk", "tap_tma"] if TMA else []) + ["implicit"]
+    # the wgrad of a 3x3: tap_tma's TMA boxes, not the implicit GEMM, in 16-bit
+    pb = spec.conv2d_problem(x, w3, None, 1, 1, 1, 1)
+    dy = torch.randn(pb.output_shape, dtype=torch.float16, device=DEVICE).to(memory_format=torch.channels_last)
+    assert router.routed_candidates(router.WEIGHT_GRAD, "weight_grad", pb, (dy, x)) == (["tap_tma"] if TMA
+                                                                                         else ["implicit"])
     with router.force("implicit"):
         assert fwd(x, w1) == ["implicit"]
     # depthwise: the direct kernels supersede smallc and the implicit GEMM in every direction,

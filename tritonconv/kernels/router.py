@@ -84,7 +84,8 @@ from .wgrad import conv2d_wgrad
 
 __all__ = ["forward", "input_grad", "weight_grad", "candidates", "routed_candidates", "force", "recording",
            "FORWARD", "INPUT_GRAD", "WEIGHT_GRAD", "LAYOUT_OK", "SUPERSEDES", "SUPERSEDES_STRIDED",
-           "SUPERSEDES_INPUT_GRAD", "SUPERSEDES_DEPTHWISE", "UnstableKernelWarning", "dropped"]
+           "SUPERSEDES_INPUT_GRAD", "SUPERSEDES_DEPTHWISE", "SUPERSEDES_TIMED_16BIT",
+           "UnstableKernelWarning", "dropped"]
 
 # name -> (accepts(problem), launcher), most specialised first
 FORWARD: Dict[str, Tuple[Callable, Callable]] = {
@@ -164,6 +165,18 @@ SUPERSEDES_INPUT_GRAD: Dict[str, Tuple[str, ...]] = {"gemm1x1": ("implicit",)}
 # to 84x faster than the implicit GEMM; their tuning took the check's time (its families stage
 # ran out on ConvNeXt-T).
 SUPERSEDES_DEPTHWISE: Dict[str, Tuple[str, ...]] = {"depthwise": ("smallc", "implicit")}
+# In 16-bit, what the GPU checks found where one family took every layer another was timed on:
+# ResNet-50 at N = 32, H100, fp16 (and bf16 on some layers), channels_last, the eight checks since
+# the first (perf/results/, 2026-11-26 and 27; summary.md's router table): the forward's splitk
+# lost all 34 layer timings to the TMA families (geometric mean 1.60x to 2.04x the fastest), the
+# forward's implicit GEMM all 64 (1.20x to 5.07x), tap_tma_streamk all 17 forward and 2 dgrad
+# ones (1.19x to 13x), the wgrad's implicit GEMM all 14 (1.88x to 3.11x). Where the family named
+# first is a candidate, the others are not timed (``force`` still runs them).
+SUPERSEDES_TIMED_16BIT: Dict[str, Dict[str, Tuple[str, ...]]] = {
+    "forward": {"tap_tma_splitk": ("splitk",), "tap_tma": ("tap_tma_streamk",), "implicit_tma": ("implicit",)},
+    "input_grad": {"tap_tma": ("tap_tma_streamk",)},
+    "weight_grad": {"tap_tma": ("implicit",)},
+}
 
 _forced = threading.local()
 _choice: Dict[tuple, str] = {}
@@ -270,8 +283,8 @@ def routed_candidates(table, direction: str, problem: Conv2dProblem, tensors: tu
     """The families ``_route`` chooses among for these tensors: ``candidates``, less those whose
     layout the tensors lack (``LAYOUT_OK``), those ``dropped`` for the problem (not deterministic
     there), and those a remaining family supersedes (``SUPERSEDES``; ``SUPERSEDES_STRIDED`` for a
-    strided 1x1, ``SUPERSEDES_INPUT_GRAD`` for dgrad; ``SUPERSEDES_DEPTHWISE``): a dropped family
-    supersedes nothing. A forced family stays alone (and falls back by itself)."""
+    strided 1x1, ``SUPERSEDES_INPUT_GRAD`` for dgrad; ``SUPERSEDES_DEPTHWISE``; in 16-bit,
+    ``SUPERSEDES_TIMED_16BIT``): a dropped family supersedes nothing. A forced family stays alone (and falls back by itself)."""
     names = candidates(table, problem)
     if getattr(_forced, "name", None) in names:
         return names
@@ -281,8 +294,9 @@ def routed_candidates(table, direction: str, problem: Conv2dProblem, tensors: tu
         supersedes = SUPERSEDES_INPUT_GRAD
     else:
         supersedes = SUPERSEDES if gemm1x1.accepts(problem) else SUPERSEDES_STRIDED
-    supersedes = {**supersedes, **SUPERSEDES_DEPTHWISE}
-    superseded = {d for n in names for d in supersedes.get(n, ())}
+    tables = (supersedes, SUPERSEDES_DEPTHWISE) + (
+        (SUPERSEDES_TIMED_16BIT.get(direction, {}),) if tensors[0].element_size() == 2 else ())
+    superseded = {d for n in names for table in tables for d in table.get(n, ())}
     return [n for n in names if n not in superseded]
 
 
