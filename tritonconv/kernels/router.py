@@ -35,7 +35,10 @@ problem on a GPU, the router times every candidate once per problem key (the
 shape, dtype and layouts) and remembers the fastest, in memory and in the
 tuning cache on disk (``tuning.save_choice``), so a later process on the same
 GPU model goes straight to it; under Triton's interpreter, which cannot time anything, the most specialised family runs.
-``force(name)`` pins a family, for tests and experiments. A family whose
+A family another one supersedes for the problem is not timed beside it (``SUPERSEDES`` and
+the tables after it: a plain GEMM over the implicit ones for a 1x1, the depthwise kernels over
+the GEMMs that also take a depthwise layer, and in 16-bit the TMA families over those the GPU
+checks never saw win beside them). ``force(name)`` pins a family, for tests and experiments. A family whose
 launcher needs a layout (TMA's 16-byte rows, pixel-linear strides) is a
 candidate only for tensors that have it (``LAYOUT_OK``); forced, it checks
 the layout itself and hands other tensors on to the next family.
