@@ -55,6 +55,18 @@ TARGETS = [
      {"cudnn": 1.0, "inductor": 1.3}),
 ]
 
+# Issue 6's bars, per preset, in fp16 and in bf16, channels_last, batch 32 (an H100's): the
+# forward's and forward+backward's geometric-mean speedup over cuDNN, the lowest layer's (any mode
+# measured), and the share of the measured tensor-core peak on the largest 3x3 layers (one group, at
+# least LARGEST_3X3_MIN_C input channels: not an RGB stem; within LARGEST_3X3_SHARE of the preset's
+# largest 3x3 FLOP count: VGG-16's 3.7 GFLOP an image, every one of ResNet-50's)
+BAR_PRESETS = ("resnet50", "mobilenetv2", "convnext_t")
+BAR_DTYPES = ("fp16", "bf16")
+BAR_LAYOUT, BAR_N = "channels_last", 32
+BAR_FORWARD, BAR_FORWARD_BACKWARD, BAR_LOWEST_LAYER, BAR_PCT_PEAK = 1.0, 0.9, 0.7, 60.0
+LARGEST_3X3_SHARE, LARGEST_3X3_MIN_C = 0.8, 16
+BAR_MODES = ("forward", "grad_input", "grad_weight", "forward_backward")
+
 SHAPE_FIELDS = ("N", "C", "H", "W", "K", "R", "S", "stride_h", "stride_w", "pad_h", "pad_w", "dil_h", "dil_w",
                 "groups")
 NUMERIC = ("count", "median_ms", "p20_ms", "p80_ms", "host_us", "flops", "tflops", "peak_tflops", "pct_peak",
@@ -217,6 +229,69 @@ def _targets(groups) -> List[str]:
     return lines + [""]
 
 
+def _partial(verdict: str, measured: int, layers: int) -> str:
+    return verdict + (f" (on {measured} of {layers} layers)" if measured < layers else "")
+
+
+def _largest_3x3(rows, key) -> Tuple[List[dict], int]:
+    """tritonconv's rows of group ``key`` for its largest dense 3x3 layers (LARGEST_3X3_SHARE of the
+    largest's FLOPs), those measured, and how many such layers the group has."""
+    dense = [r for r in _conv_rows(rows) if _group_key(r) == key and r.get("provider") == "tritonconv"
+             and r.get("R") == 3 and r.get("S") == 3 and r.get("groups") == 1
+             and (r.get("C") or 0) >= LARGEST_3X3_MIN_C and r.get("flops")]
+    if not dense:
+        return [], 0
+    top = max(r["flops"] for r in dense)
+    largest = [r for r in dense if r["flops"] >= LARGEST_3X3_SHARE * top]
+    return [r for r in largest if _ok(r) and r.get("pct_peak")], len(largest)
+
+
+def _bars(rows, groups) -> List[str]:
+    """Issue 6's bars, where this run measured them (BAR_PRESETS and the rest above)."""
+    body, unmeasured = [], []
+    for preset in BAR_PRESETS:
+        for dtype in BAR_DTYPES:
+            def cudnn(mode):
+                return groups.get((preset, BAR_N, mode, dtype, BAR_LAYOUT), {}).get("cudnn")
+
+            found = False
+            for mode, goal in (("forward", BAR_FORWARD), ("forward_backward", BAR_FORWARD_BACKWARD)):
+                e = cudnn(mode)
+                if e and e["ratios"]:
+                    g = geomean(e["ratios"].values())
+                    body.append((f"{mode} vs cudnn, geomean", preset, dtype, _fmt_x(g), f">= {goal:.1f}x",
+                                 _partial("met" if g >= goal else "not met", len(e["ratios"]), e["layers"])))
+                    found = True
+            worst = min(((ratio, layer, mode) for mode in BAR_MODES for e in [cudnn(mode)] if e
+                         for layer, ratio in e["ratios"].items()), default=None)
+            if worst is not None:
+                ratio, layer, mode = worst
+                body.append(("lowest layer vs cudnn", preset, dtype, f"{_fmt_x(ratio)} ({layer}, {mode})",
+                             f">= {BAR_LOWEST_LAYER:.1f}x", "met" if ratio >= BAR_LOWEST_LAYER else "not met"))
+                found = True
+            if not found:
+                unmeasured.append(f"{preset} {dtype}")
+    for key in sorted(groups, key=lambda k: tuple(map(str, k))):
+        preset, n, mode, dtype, layout = key
+        if (n, mode, layout) != (BAR_N, "forward", BAR_LAYOUT) or dtype not in BAR_DTYPES:
+            continue
+        measured, layers = _largest_3x3(rows, key)
+        if measured:
+            low = min(measured, key=lambda r: r["pct_peak"])
+            met = all(r["pct_peak"] >= BAR_PCT_PEAK for r in measured)
+            body.append(("% of peak, largest 3x3 layers (lowest)", preset, dtype,
+                         f"{low['pct_peak']:.0f} % ({low['layer']})", f">= {BAR_PCT_PEAK:.0f} %",
+                         _partial("met" if met else "not met", len(measured), layers)))
+    lines = ["## Issue 6's bars", "",
+             f"Against cuDNN, {BAR_LAYOUT}, batch {BAR_N}: the forward and forward+backward geometric means per "
+             "preset, the lowest layer in any mode measured, and tritonconv's share of the measured matmul peak "
+             f"on each preset's largest 3x3 layers (within {LARGEST_3X3_SHARE:.0%} of its largest 3x3's FLOPs).", ""]
+    lines += _table(("bar", "preset", "dtype", "measured", "target", "verdict"), body) if body else ["Nothing measured."]
+    if unmeasured:
+        lines += ["", "Not measured here: " + ", ".join(unmeasured) + "."]
+    return lines + [""]
+
+
 def _per_group(groups, providers) -> List[str]:
     lines = ["## Geometric-mean speedup of tritonconv, per preset", "",
              "provider median / tritonconv median, geometric mean over layers where both ran "
@@ -337,6 +412,7 @@ def render_markdown(rows) -> str:
     groups = speedups(rows)
     providers = _providers_in(_conv_rows(rows))
     lines += _targets(groups)
+    lines += _bars(rows, groups)
     lines += _per_group(groups, providers)
     lines += _per_mode(groups, providers)
     lines += _network_time(rows)
