@@ -169,12 +169,13 @@ SUPERSEDES_INPUT_GRAD: Dict[str, Tuple[str, ...]] = {"gemm1x1": ("implicit",)}
 # ran out on ConvNeXt-T).
 SUPERSEDES_DEPTHWISE: Dict[str, Tuple[str, ...]] = {"depthwise": ("smallc", "implicit")}
 # In 16-bit, what the GPU checks found where one family took every layer another was timed on:
-# ResNet-50 at N = 32, H100, fp16 (and bf16 on some layers), channels_last, the eight checks since
-# the first (perf/results/, 2026-11-26 and 27; summary.md's router table): the forward's splitk
-# lost all 34 layer timings to the TMA families (geometric mean 1.60x to 2.04x the fastest), the
-# forward's implicit GEMM all 64 (1.20x to 5.07x), tap_tma_streamk all 17 forward and 2 dgrad
-# ones (1.19x to 13x), the wgrad's implicit GEMM all 14 (1.88x to 3.11x). Where the family named
-# first is a candidate, the others are not timed (``force`` still runs them).
+# ResNet-50 at N = 32, H100, fp16 (and bf16 on some layers), channels_last, the eight checks
+# since the first (perf/results/, 2026-11-26 and 27; summary.md's router table, the forward,
+# grad_input and grad_weight sweeps): the forward's splitk lost all 34 layer timings to the TMA
+# families (geometric mean 1.60x to 2.04x the fastest), the forward's implicit GEMM all 64
+# (1.20x to 5.07x), tap_tma_streamk all 17 forward and 2 dgrad ones (1.19x to 13x), the wgrad's
+# implicit GEMM all 14 (1.88x to 3.11x). Where the family named first is a candidate, the others
+# are not timed (``force`` still runs them).
 SUPERSEDES_TIMED_16BIT: Dict[str, Dict[str, Tuple[str, ...]]] = {
     "forward": {"tap_tma_splitk": ("splitk",), "tap_tma": ("tap_tma_streamk",), "implicit_tma": ("implicit",)},
     "input_grad": {"tap_tma": ("tap_tma_streamk",)},
