@@ -263,36 +263,45 @@ def test_report_geomeans_targets_and_run_selection(tmp_path):
 
 def test_report_states_issue_6s_bars(tmp_path):
     """summary.md's bars: forward and forward+backward geomeans over cuDNN per preset and dtype,
-    the lowest layer over every mode, and the share of peak on the largest dense 3x3 layers (an RGB
-    stem, however many FLOPs, is not one); what was not measured is said."""
-    tc = dict(flops=100.0, pct_peak=65.0)
+    the lowest layer over every mode, and the forward's share of peak on the largest dense 3x3
+    layers (not an RGB stem, nor a grouped layer, however many FLOPs; not a preset outside the
+    bars'), each with how many layers it stands on; and which bars the run did not measure."""
     rows = [
-        _row("tritonconv", "a", 1.0, **tc), _row("cudnn", "a", 1.2),
+        _row("tritonconv", "a", 1.0, flops=100.0, pct_peak=65.0), _row("cudnn", "a", 1.2),
         _row("tritonconv", "b", 2.0, flops=90.0, pct_peak=55.0), _row("cudnn", "b", 1.5),
         _row("tritonconv", "c", 1.0, R=1, S=1, flops=200.0, pct_peak=70.0), _row("cudnn", "c", 1.1),
         _row("tritonconv", "stem", 1.0, C=3, flops=1000.0, pct_peak=5.0), _row("cudnn", "stem", 1.0),
+        _row("tritonconv", "grouped", 1.0, groups=2, flops=1000.0, pct_peak=6.0), _row("cudnn", "grouped", 1.0),
+        _row("tritonconv", "e", 1.0, flops=95.0, pct_peak=1.0, status="error: wrong result"),  # not counted
+        _row("cudnn", "e", 1.0),
         _row("tritonconv", "d", 1.0, mode="grad_input"), _row("cudnn", "d", 0.6, mode="grad_input"),
         _row("tritonconv", "a", 1.0, mode="forward_backward"), _row("cudnn", "a", 0.95, mode="forward_backward"),
         _row("tritonconv", "x", 1.0, preset="mobilenetv2", dtype="bf16", groups=64),
         _row("cudnn", "x", 1.3, preset="mobilenetv2", dtype="bf16", groups=64),
         _row("tritonconv", "y", 1.0, preset="mobilenetv2", dtype="bf16", status="skipped: time budget"),
         _row("cudnn", "y", 1.0, preset="mobilenetv2", dtype="bf16", status="skipped: time budget"),
+        _row("tritonconv", "r", 1.0, preset="resnet18", flops=100.0, pct_peak=10.0), _row("cudnn", "r", 0.1,
+                                                                                       preset="resnet18"),
     ]
     summary = report.render(_write_csv(tmp_path / "results.csv", rows), tmp_path)["summary"].read_text()
     bars = {tuple(c.strip() for c in line.strip("|").split("|")[:3]): line for line in summary.splitlines()
             if line.startswith("| ") and ("vs cudnn" in line or "% of peak" in line)}
     forward = bars[("forward vs cudnn, geomean", "resnet50", "fp16")]
-    assert f"{(1.2 * 0.75 * 1.1 * 1.0) ** 0.25:.2f}x" in forward and "| not met |" in forward
+    assert f"{(1.2 * 0.75 * 1.1 * 1.0 * 1.0) ** 0.2:.2f}x" in forward and "| not met (on 5 of 6 layers) |" in forward
     assert "| met |" in bars[("forward_backward vs cudnn, geomean", "resnet50", "fp16")]
     lowest = bars[("lowest layer vs cudnn", "resnet50", "fp16")]
-    assert "0.60x (d, grad_input)" in lowest and "not met" in lowest
+    assert "0.60x (d, grad_input)" in lowest and "not met (on 7 of 8 layers)" in lowest
     peak = bars[("% of peak, largest 3x3 layers (lowest)", "resnet50", "fp16")]
-    assert "55 % (b)" in peak and "| not met |" in peak  # a and b; not c (1x1), not the stem
+    assert "55 % (b)" in peak and "| not met (on 2 of 3 layers) |" in peak  # a, b, e; not c, the stem, grouped
     mbv2 = bars[("forward vs cudnn, geomean", "mobilenetv2", "bf16")]
-    assert "1.30x" in mbv2 and "met (on 1 of 2 layers)" in mbv2 and "not met" not in mbv2
+    assert "1.30x" in mbv2 and "| met (on 1 of 2 layers) |" in mbv2
     assert "1.30x (x, forward)" in bars[("lowest layer vs cudnn", "mobilenetv2", "bf16")]
     assert ("% of peak, largest 3x3 layers (lowest)", "mobilenetv2", "bf16") not in bars
-    assert "Not measured here: resnet50 bf16, mobilenetv2 fp16, convnext_t fp16, convnext_t bf16." in summary
+    assert not any(key[1] == "resnet18" for key in bars)
+    assert ("Not measured here: forward vs cudnn, geomean: resnet50 bf16, mobilenetv2 fp16, convnext_t fp16, "
+            "convnext_t bf16; forward_backward vs cudnn, geomean: resnet50 bf16, mobilenetv2 fp16, mobilenetv2 bf16, "
+            "convnext_t fp16, convnext_t bf16; lowest layer vs cudnn: resnet50 bf16, mobilenetv2 fp16, "
+            "convnext_t fp16, convnext_t bf16.") in summary
 
 
 class _TimedRouter:

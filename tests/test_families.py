@@ -1429,15 +1429,20 @@ def test_routed_candidates_drop_what_cannot_run_or_is_superseded():
     assert fwd(x, w1) == tma + ["gemm1x1"]
     assert fwd(x.contiguous(), w1) == ["gemm1x1"]  # NCHW: no TMA view of x
     # 3x3: M = 2048 with a 576-long reduction, so split-K is timed too (and 2048 output pixels:
-    # few tiles for a GPU's SMs, so tap_tma's stream-K grid would be too); in 16-bit the TMA
-    # families supersede the pointer ones the GPU checks never saw win (SUPERSEDES_TIMED_16BIT)
-    assert fwd(x, w3, 1, 1) == (["tap_tma_splitk", "tap_tma", "implicit_tma"] if TMA else ["splitk", "implicit"])
+    # few tiles for a GPU's SMs, so tap_tma's stream-K grid would be too); in 16-bit, from
+    # TIMED_MIN_PIXELS, the GPU checks' pairwise winners supersede (SUPERSEDES_TIMED_16BIT)
+    assert router.TIMED_MIN_PIXELS <= 2048
+    assert fwd(x, w3, 1, 1) == ["splitk"] + (["tap_tma_splitk", "tap_tma", "implicit_tma"] if TMA else ["implicit"])
     x32, w32 = x.float(), w3.float()
     assert fwd(x32, w32, 1, 1) == ["splitk"] + (["tap_tma_splitk", "tap_tma", "tap_tma_streamk", "implicit_tma"]
                                                 if TMA else []) + ["implicit"]
+    # fewer pixels than the checks measured: everything timed (split-K and stream-K are for these)
+    assert fwd(x[:8], w3, 1, 1) == ["splitk"] + (["tap_tma_splitk", "tap_tma", "tap_tma_streamk", "implicit_tma"]
+                                                 if TMA else []) + ["implicit"]
     assert fwd(x, w3.contiguous(), 2, 1) == ["splitk", "implicit"]  # stride 2, NCHW weight: no TMA family
     # a strided 1x1 has no TMA GEMM: the pointer GEMM replaces the implicit one only, the TMA families stay
-    assert fwd(x, w1, 2) == ["gemm1x1"] + (["tap_tma", "implicit_tma"] if TMA else [])
+    # (512 output pixels: stream-K's too)
+    assert fwd(x, w1, 2) == ["gemm1x1"] + (["tap_tma", "tap_tma_streamk", "implicit_tma"] if TMA else [])
     pb = spec.conv2d_problem(x, w1, None, 1, 0, 1, 1)
     dy = torch.randn(pb.output_shape, dtype=torch.float16, device=DEVICE).to(memory_format=torch.channels_last)
     assert router.routed_candidates(router.WEIGHT_GRAD, "weight_grad", pb, (dy, x)) == tma + ["gemm1x1"]
@@ -1452,7 +1457,7 @@ def test_routed_candidates_drop_what_cannot_run_or_is_superseded():
     # strided, 16-bit, KRSC: every phase in one launch too (the three tapless ones stored as zeros)
     assert dgrad(w1, 2) == ["gemm1x1"] + (["tap_tma", "tap_tma_phased"] if TMA else [])
     # (2048 pixels, 576-long phase reductions: tap_tma's split-K too)
-    assert dgrad(w3, 1, 1) == (["tap_tma_splitk", "tap_tma"] if TMA else []) + ["implicit"]
+    assert dgrad(w3, 1, 1) == (["tap_tma_splitk", "tap_tma", "tap_tma_streamk"] if TMA else []) + ["implicit"]
     # the wgrad of a 3x3: tap_tma's TMA boxes, not the implicit GEMM, in 16-bit
     pb = spec.conv2d_problem(x, w3, None, 1, 1, 1, 1)
     dy = torch.randn(pb.output_shape, dtype=torch.float16, device=DEVICE).to(memory_format=torch.channels_last)
@@ -1460,19 +1465,21 @@ def test_routed_candidates_drop_what_cannot_run_or_is_superseded():
                                                                                          else ["implicit"])
     with router.force("implicit"):
         assert fwd(x, w1) == ["implicit"]
-    # depthwise: the direct kernels supersede smallc and the implicit GEMM in every direction,
-    # until they are dropped for the problem (then the others are timed again)
+    # depthwise, one channel a group: the direct forward supersedes smallc and the implicit GEMM,
+    # until it is dropped for the problem (then they are timed again); the backward, never timed
+    # on a GPU, times both; a channel multiplier of 2 too
     xd = torch.randn(2, 32, 8, 8, dtype=torch.float16, device=DEVICE).to(memory_format=torch.channels_last)
     wd = torch.randn(32, 1, 3, 3, dtype=torch.float16, device=DEVICE)
     pb = spec.conv2d_problem(xd, wd, None, 2, 1, 1, 32)
     dy = torch.randn(pb.output_shape, dtype=torch.float16, device=DEVICE).to(memory_format=torch.channels_last)
-    for table, direction, tensors in [(router.FORWARD, "forward", (xd, wd, None, None)),
-                                      (router.INPUT_GRAD, "input_grad", (dy, wd)),
-                                      (router.WEIGHT_GRAD, "weight_grad", (dy, xd))]:
-        assert router.routed_candidates(table, direction, pb, tensors) == ["depthwise"]
-        others = router.routed_candidates(table, direction, pb, tensors, dropped={"depthwise"})
-        assert "depthwise" not in others and "implicit" in others
-    assert "smallc" in router.routed_candidates(router.FORWARD, "forward", pb, (xd, wd, None, None), {"depthwise"})
+    assert router.routed_candidates(router.FORWARD, "forward", pb, (xd, wd, None, None)) == ["depthwise"]
+    others = router.routed_candidates(router.FORWARD, "forward", pb, (xd, wd, None, None), dropped={"depthwise"})
+    assert others[:1] == ["smallc"] and "implicit" in others
+    assert router.routed_candidates(router.INPUT_GRAD, "input_grad", pb, (dy, wd)) == ["depthwise", "implicit"]
+    assert router.routed_candidates(router.WEIGHT_GRAD, "weight_grad", pb, (dy, xd)) == ["depthwise", "implicit"]
+    w2 = torch.randn(64, 1, 3, 3, dtype=torch.float16, device=DEVICE)
+    pb2 = spec.conv2d_problem(xd, w2, None, 2, 1, 1, 32)
+    assert router.routed_candidates(router.FORWARD, "forward", pb2, (xd, w2, None, None))[:2] == ["depthwise", "smallc"]
 
 
 # dgrad of unpadded 1x1 convs on the 1x1 GEMM, w read transposed in place:

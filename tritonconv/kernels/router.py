@@ -36,12 +36,12 @@ shape, dtype and layouts) and remembers the fastest, in memory and in the
 tuning cache on disk (``tuning.save_choice``), so a later process on the same
 GPU model goes straight to it; under Triton's interpreter, which cannot time anything, the most specialised family runs.
 A family another one supersedes for the problem is not timed beside it (``SUPERSEDES`` and
-the tables after it: a plain GEMM over the implicit ones for a 1x1, the depthwise kernels over
-the GEMMs that also take a depthwise layer, and in 16-bit the TMA families over those the GPU
-checks never saw win beside them). ``force(name)`` pins a family, for tests and experiments. A family whose
-launcher needs a layout (TMA's 16-byte rows, pixel-linear strides) is a
-candidate only for tensors that have it (``LAYOUT_OK``); forced, it checks
-the layout itself and hands other tensors on to the next family.
+the tables after it: a plain GEMM over the implicit ones for a 1x1; where the GPU checks timed
+two side by side and one always won, the other, within what they measured). ``force(name)``
+pins a family, for tests and experiments. A family whose launcher needs a layout (TMA's
+16-byte rows, pixel-linear strides) is a candidate only for tensors that have it
+(``LAYOUT_OK``); forced, it checks the layout itself and hands other tensors on to the next
+family.
 
 Every family is deterministic, so the same call twice gives the same bits. Where the first
 call of a key fails its launch plan's check (``plans.build`` replays the kernels and
@@ -87,7 +87,7 @@ from .wgrad import conv2d_wgrad
 
 __all__ = ["forward", "input_grad", "weight_grad", "candidates", "routed_candidates", "force", "recording",
            "FORWARD", "INPUT_GRAD", "WEIGHT_GRAD", "LAYOUT_OK", "SUPERSEDES", "SUPERSEDES_STRIDED",
-           "SUPERSEDES_INPUT_GRAD", "SUPERSEDES_DEPTHWISE", "SUPERSEDES_TIMED_16BIT",
+           "SUPERSEDES_INPUT_GRAD", "SUPERSEDES_DEPTHWISE", "SUPERSEDES_TIMED_16BIT", "TIMED_MIN_PIXELS",
            "UnstableKernelWarning", "dropped"]
 
 # name -> (accepts(problem), launcher), most specialised first
@@ -160,27 +160,28 @@ SUPERSEDES_STRIDED: Dict[str, Tuple[str, ...]] = {"gemm1x1": ("implicit",)}
 # A 1x1 dgrad on gemm1x1 reads w transposed in place, by pointer; tap_tma's runs gemm1x1_tma on a
 # transposed copy of w (a launch of its own): either can be faster, so both are timed.
 SUPERSEDES_INPUT_GRAD: Dict[str, Tuple[str, ...]] = {"gemm1x1": ("implicit",)}
-# The depthwise direct kernels, in every direction, against the other families that take a
-# depthwise layer: smallc (one channel a group is a small C) and the implicit GEMM (a grouped GEMM
-# whose N is the channel multiplier, one column of a tile's 16 or more; its dgrad and wgrad are
-# the same grouped GEMM). Every depthwise forward a GPU check timed (H100, fp16, N = 32: MobileNetV2's
-# nine, ConvNeXt-T's first 7x7) went to the direct kernel, 4.4x to 31x faster than smallc and 14x
-# to 84x faster than the implicit GEMM; their tuning took the check's time (its families stage
-# ran out on ConvNeXt-T).
+# Where the GPU checks timed two families side by side and one was faster every time, the other
+# is not timed beside it, within what was measured (perf/results/, H100, channels_last, N = 32,
+# the checks of 2026-11-26 and 27 after the first, whose router timed the host as well; one
+# layer, dtype and check a comparison; details.md's families column):
+# - the depthwise forward with one channel a group (MobileNetV2's, ConvNeXt-T's 7x7): the direct
+#   kernel against smallc (one channel a group is a small C) and the implicit GEMM (a grouped GEMM
+#   of one column a group), 10 of 10 each, 15x to 31x and 34x to 84x faster. (The dgrad and wgrad
+#   of a depthwise layer were never timed on a GPU: there both are still timed.)
 SUPERSEDES_DEPTHWISE: Dict[str, Tuple[str, ...]] = {"depthwise": ("smallc", "implicit")}
-# In 16-bit, what the GPU checks found where one family took every layer another was timed on:
-# ResNet-50 at N = 32, H100, fp16 (and bf16 on some layers), channels_last, the eight checks
-# since the first (perf/results/, 2026-11-26 and 27; summary.md's router table, the forward,
-# grad_input and grad_weight sweeps): the forward's splitk lost all 34 layer timings to the TMA
-# families (geometric mean 1.60x to 2.04x the fastest), the forward's implicit GEMM all 64
-# (1.20x to 5.07x), tap_tma_streamk all 17 forward and 2 dgrad ones (1.19x to 13x), the wgrad's
-# implicit GEMM all 14 (1.88x to 3.11x). Where the family named first is a candidate, the others
-# are not timed (``force`` still runs them).
+# - in 16-bit, on the layers swept (1,568 output pixels and more: TIMED_MIN_PIXELS): the
+#   forward's implicit_tma against the implicit GEMM (58 of 58, 1.02x to 2.1x), tap_tma against its
+#   stream-K grid (18 of 18, 1.05x to 26x), gemm1x1 and gemm1x1_tma against splitk (19 of 19 and 14
+#   of 14, 1.3x to 4.3x); the wgrad's tap_tma against the implicit GEMM (12 of 12, 1.6x to 2.4x).
+#   Not splitk against tap_tma_splitk (14 of 15) nor any dgrad pair: each lost somewhere.
 SUPERSEDES_TIMED_16BIT: Dict[str, Dict[str, Tuple[str, ...]]] = {
-    "forward": {"tap_tma_splitk": ("splitk",), "tap_tma": ("tap_tma_streamk",), "implicit_tma": ("implicit",)},
-    "input_grad": {"tap_tma": ("tap_tma_streamk",)},
+    "forward": {"implicit_tma": ("implicit",), "tap_tma": ("tap_tma_streamk",), "gemm1x1": ("splitk",),
+                "gemm1x1_tma": ("splitk",)},
     "weight_grad": {"tap_tma": ("implicit",)},
 }
+# Fewer output pixels than the layers measured: fewer tiles than SMs, where split-K and stream-K
+# are for; there every family is timed.
+TIMED_MIN_PIXELS = 1568
 
 _forced = threading.local()
 _choice: Dict[tuple, str] = {}
@@ -287,20 +288,25 @@ def routed_candidates(table, direction: str, problem: Conv2dProblem, tensors: tu
     """The families ``_route`` chooses among for these tensors: ``candidates``, less those whose
     layout the tensors lack (``LAYOUT_OK``), those ``dropped`` for the problem (not deterministic
     there), and those a remaining family supersedes (``SUPERSEDES``; ``SUPERSEDES_STRIDED`` for a
-    strided 1x1, ``SUPERSEDES_INPUT_GRAD`` for dgrad; ``SUPERSEDES_DEPTHWISE``; in 16-bit,
-    ``SUPERSEDES_TIMED_16BIT``): a dropped family supersedes nothing. A forced family stays alone (and falls back by itself)."""
+    strided 1x1, ``SUPERSEDES_INPUT_GRAD`` for dgrad; ``SUPERSEDES_DEPTHWISE`` for a depthwise
+    forward with one channel a group; ``SUPERSEDES_TIMED_16BIT`` in 16-bit from
+    ``TIMED_MIN_PIXELS`` output pixels): a dropped family supersedes nothing. A forced family
+    stays alone (and falls back by itself)."""
     names = candidates(table, problem)
     if getattr(_forced, "name", None) in names:
         return names
     names = [n for n in names if n not in dropped
              and LAYOUT_OK.get((direction, n), lambda t, pb: True)(tensors, problem)]
     if direction == "input_grad":
-        supersedes = SUPERSEDES_INPUT_GRAD
+        tables = [SUPERSEDES_INPUT_GRAD]
     else:
-        supersedes = SUPERSEDES if gemm1x1.accepts(problem) else SUPERSEDES_STRIDED
-    tables = (supersedes, SUPERSEDES_DEPTHWISE) + (
-        (SUPERSEDES_TIMED_16BIT.get(direction, {}),) if tensors[0].element_size() == 2 else ())
-    superseded = {d for n in names for table in tables for d in table.get(n, ())}
+        tables = [SUPERSEDES if gemm1x1.accepts(problem) else SUPERSEDES_STRIDED]
+    pb = problem
+    if direction == "forward" and pb.groups == pb.C == pb.K:
+        tables.append(SUPERSEDES_DEPTHWISE)
+    if tensors[0].element_size() == 2 and pb.N * pb.P * pb.Q >= TIMED_MIN_PIXELS:
+        tables.append(SUPERSEDES_TIMED_16BIT.get(direction, {}))
+    superseded = {d for n in names for t in tables for d in t.get(n, ())}
     return [n for n in names if n not in superseded]
 
 
