@@ -102,7 +102,8 @@ FORWARD: Dict[str, Tuple[Callable, Callable]] = {
     "splitk": (accepts_splitk, conv2d_fprop_splitk),
     "tap_tma_splitk": (lambda pb: accepts_splitk(pb) and accepts_tap_tma(pb), conv2d_fprop_tap_tma_splitk),
     "tap_tma": (accepts_tap_tma, conv2d_fprop_tap_tma),
-    # after tap_tma, which accepts all it does: never the untimed choice (tests, the interpreter); timed on a GPU
+    # after tap_tma, which accepts all it does: never the untimed choice (tests, the interpreter); timed
+    # on a GPU, but not in 16-bit from TIMED_MIN_PIXELS output pixels (SUPERSEDES_TIMED_16BIT)
     "tap_tma_streamk": (accepts_tap_tma_streamk, conv2d_fprop_tap_tma_streamk),
     "implicit_tma": (lambda pb: True, conv2d_fprop_tma),
     "implicit": (lambda pb: True, conv2d_fprop),
