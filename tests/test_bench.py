@@ -269,6 +269,7 @@ def test_report_states_issue_6s_bars(tmp_path):
     rows = [
         _row("tritonconv", "a", 1.0, flops=100.0, pct_peak=65.0), _row("cudnn", "a", 1.2),
         _row("tritonconv", "b", 2.0, flops=90.0, pct_peak=55.0), _row("cudnn", "b", 1.5),
+        _row("tritonconv", "z", 1.0, preset="vgg16", flops=90.0, pct_peak=0.0), _row("cudnn", "z", 1.0, preset="vgg16"),
         _row("tritonconv", "c", 1.0, R=1, S=1, flops=200.0, pct_peak=70.0), _row("cudnn", "c", 1.1),
         _row("tritonconv", "stem", 1.0, C=3, flops=1000.0, pct_peak=5.0), _row("cudnn", "stem", 1.0),
         _row("tritonconv", "grouped", 1.0, groups=2, flops=1000.0, pct_peak=6.0), _row("cudnn", "grouped", 1.0),
@@ -298,10 +299,12 @@ def test_report_states_issue_6s_bars(tmp_path):
     assert "1.30x (x, forward)" in bars[("lowest layer vs cudnn", "mobilenetv2", "bf16")]
     assert ("% of peak, largest 3x3 layers (lowest)", "mobilenetv2", "bf16") not in bars
     assert not any(key[1] == "resnet18" for key in bars)
+    assert "0 % (z)" in bars[("% of peak, largest 3x3 layers (lowest)", "vgg16", "fp16")]  # a 0 % is a measurement
     assert ("Not measured here: forward vs cudnn, geomean: resnet50 bf16, mobilenetv2 fp16, convnext_t fp16, "
             "convnext_t bf16; forward_backward vs cudnn, geomean: resnet50 bf16, mobilenetv2 fp16, mobilenetv2 bf16, "
             "convnext_t fp16, convnext_t bf16; lowest layer vs cudnn: resnet50 bf16, mobilenetv2 fp16, "
-            "convnext_t fp16, convnext_t bf16.") in summary
+            "convnext_t fp16, convnext_t bf16; % of peak, largest 3x3 layers (lowest): resnet50 bf16, "
+            "vgg16 bf16.") in summary
 
 
 class _TimedRouter:

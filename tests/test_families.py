@@ -1436,9 +1436,17 @@ def test_routed_candidates_drop_what_cannot_run_or_is_superseded():
     x32, w32 = x.float(), w3.float()
     assert fwd(x32, w32, 1, 1) == ["splitk"] + (["tap_tma_splitk", "tap_tma", "tap_tma_streamk", "implicit_tma"]
                                                 if TMA else []) + ["implicit"]
-    # fewer pixels than the checks measured: everything timed (split-K and stream-K are for these)
+    # fewer pixels than the checks measured: everything timed (split-K and stream-K are for these);
+    # the bound is the smallest layer measured, 7x7 at batch 32
     assert fwd(x[:8], w3, 1, 1) == ["splitk"] + (["tap_tma_splitk", "tap_tma", "tap_tma_streamk", "implicit_tma"]
                                                  if TMA else []) + ["implicit"]
+    at_bound = torch.randn(32, 64, 7, 7, dtype=torch.float16, device=DEVICE).to(memory_format=torch.channels_last)
+    below = torch.randn(1, 64, 1, 1567, dtype=torch.float16, device=DEVICE).to(memory_format=torch.channels_last)
+    assert "implicit" not in fwd(at_bound, w3, 1, 1) and "implicit" in fwd(below, w3, 1, 1)
+    # a 1x1 with a long reduction at 7x7: the 1x1 GEMMs, not splitk, in 16-bit
+    x7 = torch.randn(32, 512, 7, 7, dtype=torch.float16, device=DEVICE).to(memory_format=torch.channels_last)
+    w7 = torch.randn(128, 512, 1, 1, dtype=torch.float16, device=DEVICE).to(memory_format=torch.channels_last)
+    assert fwd(x7, w7) == tma + ["gemm1x1"] and fwd(x7.float(), w7.float()) == tma + ["gemm1x1", "splitk"]
     assert fwd(x, w3.contiguous(), 2, 1) == ["splitk", "implicit"]  # stride 2, NCHW weight: no TMA family
     # a strided 1x1 has no TMA GEMM: the pointer GEMM replaces the implicit one only, the TMA families stay
     # (512 output pixels: stream-K's too)

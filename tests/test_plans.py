@@ -380,9 +380,9 @@ def test_a_family_that_is_not_deterministic_is_dropped(monkeypatch):
 
 
 def test_a_dropped_family_supersedes_nothing(monkeypatch):
-    """The depthwise kernels supersede the others that take a depthwise layer
-    (``router.SUPERSEDES_DEPTHWISE``): dropped for not being deterministic, they leave those to
-    answer, rather than no family at all."""
+    """The depthwise forward supersedes the others that take a depthwise layer with one channel a
+    group (``router.SUPERSEDES_DEPTHWISE``): dropped for not being deterministic, it leaves those
+    to answer, rather than no family at all."""
     x, w = _randn((2, 8, 7, 7), torch.float32, True), _randn((8, 1, 3, 3), torch.float32)
     args = ([1, 1], [1, 1], [1, 1], 8)
     pb = spec.conv2d_problem(x, w, None, *args)

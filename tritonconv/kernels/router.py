@@ -162,9 +162,12 @@ SUPERSEDES_STRIDED: Dict[str, Tuple[str, ...]] = {"gemm1x1": ("implicit",)}
 # transposed copy of w (a launch of its own): either can be faster, so both are timed.
 SUPERSEDES_INPUT_GRAD: Dict[str, Tuple[str, ...]] = {"gemm1x1": ("implicit",)}
 # Where the GPU checks timed two families side by side and one was faster every time, the other
-# is not timed beside it, within what was measured (perf/results/, H100, channels_last, N = 32,
-# the checks of 2026-11-26 and 27 after the first, whose router timed the host as well; one
-# layer, dtype and check a comparison; details.md's families column):
+# is not timed beside it (perf/results/, H100, channels_last, N = 32, the checks of 2026-11-26 and
+# 27 after the first, whose router timed the host as well; one layer, dtype and check a
+# comparison; details.md's families column). The comparisons are fp16 but two bf16 ones; the
+# rules take bf16 too (the same kernels), and layers larger than those measured (the losers there
+# are the pointer-load twins of the winners, and split-K and stream-K, which exist for layers of
+# few tiles); not smaller ones (TIMED_MIN_PIXELS):
 # - the depthwise forward with one channel a group (MobileNetV2's, ConvNeXt-T's 7x7): the direct
 #   kernel against smallc (one channel a group is a small C) and the implicit GEMM (a grouped GEMM
 #   of one column a group), 10 of 10 each, 15x to 31x and 34x to 84x faster. (The dgrad and wgrad
