@@ -37,7 +37,8 @@ tuning cache on disk (``tuning.save_choice``), so a later process on the same
 GPU model goes straight to it; under Triton's interpreter, which cannot time anything, the most specialised family runs.
 A family another one supersedes for the problem is not timed beside it (``SUPERSEDES`` and
 the tables after it: a plain GEMM over the implicit ones for a 1x1; where the GPU checks timed
-two side by side and one always won, the other, within what they measured). ``force(name)``
+two side by side and one always won, the other, on problems like those measured: the tables'
+comments say which). ``force(name)``
 pins a family, for tests and experiments. A family whose launcher needs a layout (TMA's
 16-byte rows, pixel-linear strides) is a candidate only for tensors that have it
 (``LAYOUT_OK``); forced, it checks the layout itself and hands other tensors on to the next
