@@ -305,6 +305,11 @@ def test_report_states_issue_6s_bars(tmp_path):
             "convnext_t fp16, convnext_t bf16; lowest layer vs cudnn: resnet50 bf16, mobilenetv2 fp16, "
             "convnext_t fp16, convnext_t bf16; % of peak, largest 3x3 layers (lowest): resnet50 bf16, "
             "vgg16 bf16.") in summary
+    # a sweep of none of the bars' presets says so in a line
+    other = report.render(_write_csv(tmp_path / "other.csv", [r for r in rows if r["preset"] == "resnet18"]),
+                          tmp_path / "other")["summary"].read_text()
+    assert "None measured here: they are for resnet50, mobilenetv2, convnext_t" in other
+    assert "Not measured here" not in other and "| bar |" not in other
 
 
 class _TimedRouter:

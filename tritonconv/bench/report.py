@@ -295,8 +295,11 @@ def _bars(rows, groups) -> List[str]:
              "forward+backward geometric means, the lowest layer in any mode measured, and the forward's "
              "share of the measured matmul peak on each preset's largest dense 3x3 layers (within "
              f"{LARGEST_3X3_SHARE:.0%} of its largest 3x3's FLOPs).", ""]
-    header = ("bar", "preset", "dtype", "measured", "target", "verdict")
-    lines += _table(header, body) if body else ["Nothing measured."]
+    if not body:  # a sweep of other presets, batches or layouts (the interpreter's smoke preset)
+        return lines[:2] + [f"None measured here: they are for {', '.join(BAR_PRESETS)} (and the peak's for "
+                            f"{', '.join(BAR_PEAK_PRESETS)}) at batch {BAR_N}, {BAR_LAYOUT}, "
+                            f"{' or '.join(BAR_DTYPES)}.", ""]
+    lines += _table(("bar", "preset", "dtype", "measured", "target", "verdict"), body)
     if any(unmeasured.values()):
         lines += ["", "Not measured here: " + "; ".join(f"{what}: {', '.join(which)}"
                                                    for what, which in unmeasured.items() if which) + "."]
