@@ -211,6 +211,10 @@ def _environment(rows) -> List[str]:
             f"- run `{first.get('run_id')}`, {span}; timer: {first.get('timer')}"]
 
 
+def _partial(verdict: str, measured: int, layers: int) -> str:
+    return verdict + (f" (on {measured} of {layers} layers)" if measured < layers else "")
+
+
 def _targets(groups) -> List[str]:
     lines = ["## Targets", ""]
     body = []
@@ -222,16 +226,10 @@ def _targets(groups) -> List[str]:
             if g is None:
                 verdict = "not measured"
             else:
-                verdict = "met" if g >= goal else "not met"
-                if e["ratios"] and len(e["ratios"]) < e["layers"]:
-                    verdict += f" (on {len(e['ratios'])} of {e['layers']} layers)"
+                verdict = _partial("met" if g >= goal else "not met", len(e["ratios"]), e["layers"])
             body.append((what, f"vs {provider}", _fmt_x(g), f"{goal:.1f}x", verdict))
     lines += _table(("case", "speedup of tritonconv", "geomean", "target", "verdict"), body)
     return lines + [""]
-
-
-def _partial(verdict: str, measured: int, layers: int) -> str:
-    return verdict + (f" (on {measured} of {layers} layers)" if measured < layers else "")
 
 
 def _largest_3x3(rows, key) -> Tuple[List[dict], int]:
@@ -268,9 +266,9 @@ def _bars(rows, groups) -> List[str]:
                     continue
                 body.append((what, preset, dtype, _fmt_x(g), f">= {goal:.1f}x",
                              _partial("met" if g >= goal else "not met", len(e["ratios"]), e["layers"])))
-            entries = [e for e in map(cudnn, BAR_MODES) if e]
-            worst = min(((ratio, layer, mode) for mode in BAR_MODES for e in [cudnn(mode)] if e
-                         for layer, ratio in e["ratios"].items()), default=None)
+            entries = {mode: e for mode in BAR_MODES for e in [cudnn(mode)] if e}
+            worst = min(((ratio, layer, mode) for mode, e in entries.items() for layer, ratio in e["ratios"].items()),
+                        default=None)
             if worst is None:
                 unmeasured["lowest layer vs cudnn"].append(f"{preset} {dtype}")
                 continue
@@ -278,7 +276,8 @@ def _bars(rows, groups) -> List[str]:
             body.append(("lowest layer vs cudnn", preset, dtype, f"{_fmt_x(ratio)} ({layer}, {mode})",
                          f">= {BAR_LOWEST_LAYER:.1f}x",
                          _partial("met" if ratio >= BAR_LOWEST_LAYER else "not met",
-                                  sum(len(e["ratios"]) for e in entries), sum(e["layers"] for e in entries))))
+                                  sum(len(e["ratios"]) for e in entries.values()),
+                                  sum(e["layers"] for e in entries.values()))))
     for preset in BAR_PEAK_PRESETS:
         for dtype in BAR_DTYPES:
             what = "% of peak, largest 3x3 layers (lowest)"
