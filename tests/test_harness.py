@@ -1,0 +1,39 @@
+"""The test harness's own machinery (tests/conftest.py), where it changes how kernels run."""
+
+import threading
+
+import pytest
+import torch
+import triton
+import triton.language as tl
+
+import tritonconv
+from conftest import DEVICE
+
+
+@triton.jit
+def _doubles_kernel(out_ptr, n, FAIL: tl.constexpr):
+    tl.static_assert(not FAIL, "the kernel's own assertion")
+    offs = tl.arange(0, 16)
+    tl.store(out_ptr + offs, offs.to(tl.float32) * 2, mask=offs < n)
+
+
+@pytest.mark.skipif(not tritonconv.INTERPRETER, reason="the interpreter's launch only")
+def test_an_interpreted_launch_runs_on_a_thread_of_its_own_and_reports_back():
+    """conftest's workaround for CPython's frame-chunk thrashing: the launch leaves the caller's
+    thread, its stores and its errors come back."""
+    from triton.runtime.interpreter import GridExecutor
+
+    assert getattr(GridExecutor.__call__, "on_a_fresh_thread", False)
+    threads = []
+    _doubles_kernel.add_pre_run_hook(lambda *args, **kwargs: threads.append(threading.current_thread()))
+    try:
+        out = torch.full((16,), float("nan"), device=DEVICE)
+        with torch.no_grad():
+            _doubles_kernel[(1,)](out, 10, FAIL=False)
+        assert threads and threads[0] is not threading.current_thread()
+        assert torch.equal(out[:10], torch.arange(10, dtype=torch.float32) * 2) and out[10:].isnan().all()
+        with pytest.raises(Exception, match="the kernel's own assertion"):
+            _doubles_kernel[(1,)](out, 10, FAIL=True)
+    finally:
+        _doubles_kernel.pre_run_hooks.clear()
