@@ -218,8 +218,9 @@ race_check() {
 }
 
 host_cost() {
-    # host time per call by route (the op, tritonconv.functional, autograd, a training step)
-    mkdir -p "$DIAG_DIR" && $PY perf/host_cost.py --calls 1000 >"$DIAG_DIR/host_cost.md"
+    # host time per call by route (the op, tritonconv.functional, autograd, a training step), and
+    # its spread over the caller's stack depth (CPython 3.12's frame chunks: host_cost.py's doc)
+    mkdir -p "$DIAG_DIR" && $PY perf/host_cost.py --calls 1000 --depths 160 --depth-step 4 >"$DIAG_DIR/host_cost.md"
     # and through Triton's own launcher, for the unrolled one's saving (plans.py, "_unroll")
     { echo; echo "Through Triton's launcher (TRITONCONV_DIRECT_LAUNCH=0):"; echo
       TRITONCONV_DIRECT_LAUNCH=0 $PY perf/host_cost.py --calls 1000; } >>"$DIAG_DIR/host_cost.md"

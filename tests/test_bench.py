@@ -486,6 +486,33 @@ def test_race_check_script_writes_csv_rows_and_their_markdown(tmp_path, monkeypa
     assert (tmp_path / "race_check.md").read_text().strip() == "\n".join(report.render_race(rows)).strip()
 
 
+def test_host_cost_script_times_each_route_and_its_spread_over_stack_depth(monkeypatch, capsys):
+    """perf/host_cost.py (the GPU check's host stage): a row per route, and with --depths a row per
+    route of its fewest, median and most us over the depths, each depth that many frames deeper."""
+    import traceback
+
+    monkeypatch.setenv("TRITONCONV_TUNE", "0")  # the script sets both for itself: keep them to this test
+    spec = importlib.util.spec_from_file_location("perf_host_cost", ROOT / "perf" / "host_cost.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    depths = []
+    for depth in (0, 7):
+        module._at_depth(depth, lambda: depths.append(len(traceback.extract_stack())), 1)
+    assert depths[1] - depths[0] == 7
+    from tritonconv import plans
+
+    with plans.enabled_as(True):  # read when tritonconv is imported: the script's own setting comes too late here
+        assert module.main(["--calls", "3", "--depths", "5", "--depth-step", "2", "--depth-calls", "2"]) == 0
+    out = capsys.readouterr().out
+    routes = re.findall(r"^\| ((?:torch|tritonconv|training)[^|]*) \| ([0-9.]+) \|$", out, re.M)
+    assert len(routes) == 5 and all(float(us) > 0 for _, us in routes)
+    spread = re.findall(r"^\| ([^|]+) \| ([0-9.]+) \| ([0-9.]+) \| ([0-9.]+) \| (\d+) \| (\d+) of 3 \|$", out, re.M)
+    assert [r[0] for r in spread] == [r[0] for r in routes]
+    for _, fewest, median, most, at, _ in spread:
+        assert 0 < float(fewest) <= float(median) <= float(most) and int(at) in (0, 2, 4)
+    assert "from 0 to 4 extra Python frames deep, in steps of 2" in out
+
+
 # --------------------------------------------------------------------------- presets
 
 
