@@ -486,6 +486,16 @@ def test_race_check_script_writes_csv_rows_and_their_markdown(tmp_path, monkeypa
     assert (tmp_path / "race_check.md").read_text().strip() == "\n".join(report.render_race(rows)).strip()
 
 
+def _touch_fresh_pages(pages: int = 1024) -> None:
+    """Map fresh anonymous memory and write a byte a page: a minor page fault each (malloc might
+    hand back pages touched before)."""
+    import mmap
+
+    with mmap.mmap(-1, pages * mmap.PAGESIZE) as memory:
+        for page in range(pages):
+            memory[page * mmap.PAGESIZE] = 1
+
+
 def test_host_cost_script_times_each_route_and_its_spread_over_stack_depth(monkeypatch, capsys):
     """perf/host_cost.py (the GPU check's host stage): a row per route, and with --depths a row per
     route of its fewest, median and most us over the depths, each depth that many frames deeper."""
@@ -499,6 +509,8 @@ def test_host_cost_script_times_each_route_and_its_spread_over_stack_depth(monke
     for depth in (0, 7):
         module._at_depth(depth, lambda: depths.append(len(traceback.extract_stack())), 1)
     assert depths[1] - depths[0] == 7
+    _, faults = module._at_depth(0, _touch_fresh_pages, 2)
+    assert faults >= 512
     from tritonconv import plans
 
     with plans.enabled_as(True):  # read when tritonconv is imported: the script's own setting comes too late here
@@ -506,9 +518,10 @@ def test_host_cost_script_times_each_route_and_its_spread_over_stack_depth(monke
     out = capsys.readouterr().out
     routes = re.findall(r"^\| ((?:torch|tritonconv|training)[^|]*) \| ([0-9.]+) \|$", out, re.M)
     assert len(routes) == 5 and all(float(us) > 0 for _, us in routes)
-    spread = re.findall(r"^\| ([^|]+) \| ([0-9.]+) \| ([0-9.]+) \| ([0-9.]+) \| (\d+) \| (\d+) of 3 \|$", out, re.M)
+    spread = re.findall(r"^\| ([^|]+) \| ([0-9.]+) \| ([0-9.]+) \| ([0-9.]+) \| (\d+) \| ([0-9.]+) \| (\d+) of 3 \|$",
+                        out, re.M)
     assert [r[0] for r in spread] == [r[0] for r in routes]
-    for _, fewest, median, most, at, _ in spread:
+    for _, fewest, median, most, at, _, _ in spread:
         assert 0 < float(fewest) <= float(median) <= float(most) and int(at) in (0, 2, 4)
     assert "from 0 to 4 extra Python frames deep, in steps of 2" in out
 
@@ -574,6 +587,11 @@ def test_e2e_profile_reports_issue_time_and_where_it_goes(tmp_path):
             and not line.startswith("| ---")]
     assert len(rows) == 5
     assert any("(step)" in line and line.split(" | ")[2] == "1" for line in rows), rows  # 1 call a step
+
+    e2e._profile(_touch_fresh_pages, "cpu", args, "train, faulting", 1.0, top=5)
+    faults = [int(n) for n in re.findall(r"Minor page faults a step \(median, every thread\): (\d+)",
+                                         (tmp_path / "prof" / "e2e_profile.md").read_text())]
+    assert len(faults) == 3 and faults[2] >= 512 and faults[2] > faults[0]
 
 
 @pytest.mark.parametrize("provider", ["tritonconv", "aten"])
