@@ -16,7 +16,7 @@
 #   2b. where the time goes: perf/diagnose.py on two ResNet-50 layers (kernel, graph, host time per
 #      family, launch plans on and off); its table is appended to summary.md
 #   2c. host cost: perf/host_cost.py, host time per call by route (op, functional, autograd, a
-#      training step), appended to summary.md
+#      training step) and its spread over the caller's stack depth, appended to summary.md
 #   2d. race check (up to 90 s): perf/race_check.py, every tile config of the TMA families pinned in turn on
 #      ResNet-50 layers, three calls each (same bits? right? kernel time), as rows of results.csv
 #      (kernel race_check) that the report renders into summary.md

@@ -88,7 +88,7 @@ def main(argv=None) -> int:
           f"{'' if cuda else ' (interpreter; launches stubbed)'}; plans: {plans.stats()}"
           + (f"; launches: {plans.launch_forms()} (unrolled: Triton 3.6's launcher bypassed, "
              f"TRITONCONV_DIRECT_LAUNCH={'1' if plans.DIRECT else '0'})" if cuda else ""))
-    print(f"| route | host us per call |\n| --- | --- |")
+    print(f"\n| route | host us per call |\n| --- | --- |")
     for name, fn in routes:
         for _ in range(100):
             fn()
