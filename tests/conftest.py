@@ -16,6 +16,7 @@ Helpers (import them with ``from conftest import ...``):
 
 from __future__ import annotations
 
+import ctypes
 import functools
 import os
 import sys
@@ -54,17 +55,23 @@ DEVICE = torch.device("cuda" if CUDA else "cpu")
 def _interpret_on_a_fresh_thread(call):
     """Triton's interpreted launch (``GridExecutor.__call__``), run on a thread of its own.
 
-    CPython 3.11 and 3.12 keep a thread's Python frames in 16 KiB chunks, and free a chunk
-    as soon as the frame that opened it returns (python/cpython#142183, fixed in 3.13 and 3.14
-    by keeping one spare chunk). When the interpreter's hot calls (a tl op, the semantic layer,
-    numpy) go back and forth across a chunk's edge, every call maps and unmaps 16 KiB. Where the
-    edge falls depends on how deep the launch is called: under pytest and hypothesis one
-    launch of the depthwise dgrad made 1.37 million mmap/munmap pairs and took 22 s, the same
-    launch 4 s from a plain test (Python 3.11.7, Triton 3.9). On a new thread the launch starts
-    at the bottom of a fresh chunk, far from its edge. The whole suite: 12 min 5 s -> 10 min 18 s.
+    CPython 3.11 and 3.12 keep a thread's Python frames in 16 KiB chunks and free a chunk as
+    soon as the frame that opened it returns (python/cpython#142183; 3.13 and 3.14 releases
+    since March 2026 keep one spare). When the interpreter's hot calls (a tl op, the semantic
+    layer, numpy) go back and forth across a chunk's edge, every call maps and unmaps 16 KiB.
+    Where the edge falls depends on how deep the launch is called: under pytest and hypothesis
+    one launch of the depthwise dgrad made 1.37 million mmap/munmap pairs and took 22 s, the
+    same launch 4 s from a plain test (Python 3.11.7, Triton 3.9). A new thread's frames start
+    in its first chunk, which CPython never frees, and a launch's frames stay inside it. The
+    whole suite, one run each on this 2-core machine: 12 min 5 s before, 10 min 18 s after.
 
-    The caller's grad and inference modes go with it (both are per thread in torch); the
-    launch's exception, if any, is raised in the caller."""
+    The caller's grad and inference modes go with it (torch keeps both per thread; the launch
+    copies storages, whose checks read them). Nothing else per thread matters here: autocast,
+    dispatch and function modes and functorch's transforms are already suspended or unwrapped
+    inside the custom ops that launch, and tritonconv's own thread-local settings are read on
+    the caller's side. The launch's exception, if any, is raised in the caller; an exception
+    that interrupts the wait (pytest-timeout's signal, Ctrl-C) is raised in the launch too, so
+    that it stops before the next test's launch patches the same interpreter."""
     @functools.wraps(call)
     def run(self, *args, **kwargs):
         grad, inference = torch.is_grad_enabled(), torch.is_inference_mode_enabled()
@@ -77,9 +84,14 @@ def _interpret_on_a_fresh_thread(call):
             except BaseException as exc:  # noqa: BLE001  (handed to the caller's thread)
                 outcome["error"] = exc
 
-        worker = threading.Thread(target=launch, name="triton-interpreter")
+        worker = threading.Thread(target=launch, name="triton-interpreter", daemon=True)
         worker.start()
-        worker.join()
+        try:
+            worker.join()
+        except BaseException as exc:
+            ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(worker.ident), ctypes.py_object(type(exc)))
+            worker.join()
+            raise
         if "error" in outcome:
             raise outcome.pop("error")
         return outcome.get("value")

@@ -21,18 +21,22 @@ def _doubles_kernel(out_ptr, n, FAIL: tl.constexpr):
 @pytest.mark.skipif(not tritonconv.INTERPRETER, reason="the interpreter's launch only")
 def test_an_interpreted_launch_runs_on_a_thread_of_its_own_and_reports_back():
     """conftest's workaround for CPython's frame-chunk thrashing: the launch leaves the caller's
-    thread, its stores and its errors come back."""
+    thread, with the caller's grad and inference modes; its stores and its errors come back."""
     from triton.runtime.interpreter import GridExecutor
 
     assert getattr(GridExecutor.__call__, "on_a_fresh_thread", False)
-    threads = []
-    _doubles_kernel.add_pre_run_hook(lambda *args, **kwargs: threads.append(threading.current_thread()))
+    seen = []
+    _doubles_kernel.add_pre_run_hook(lambda *args, **kwargs: seen.append(
+        (threading.current_thread(), torch.is_grad_enabled(), torch.is_inference_mode_enabled())))
     try:
-        out = torch.full((16,), float("nan"), device=DEVICE)
-        with torch.no_grad():
-            _doubles_kernel[(1,)](out, 10, FAIL=False)
-        assert threads and threads[0] is not threading.current_thread()
-        assert torch.equal(out[:10], torch.arange(10, dtype=torch.float32) * 2) and out[10:].isnan().all()
+        for mode, grad, inference in ((torch.no_grad, False, False), (torch.enable_grad, True, False),
+                                      (torch.inference_mode, False, True)):
+            out = torch.full((16,), float("nan"), device=DEVICE)
+            with mode():
+                _doubles_kernel[(1,)](out, 10, FAIL=False)
+            thread, *modes = seen.pop()
+            assert thread is not threading.current_thread() and modes == [grad, inference], mode
+            assert torch.equal(out[:10], torch.arange(10, dtype=torch.float32) * 2) and out[10:].isnan().all()
         with pytest.raises(Exception, match="the kernel's own assertion"):
             _doubles_kernel[(1,)](out, 10, FAIL=True)
     finally:
