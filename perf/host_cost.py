@@ -19,13 +19,16 @@ are real and only issued (the GPU runs behind), so the numbers include Triton's 
 
 ``--depths N`` times each route again from 0 to N-1 extra Python frames deep (every
 ``--depth-step``-th): CPython 3.11 and 3.12 keep a thread's frames in 16 KiB chunks and free a
-chunk when the frame that opened it returns (python/cpython#142183, fixed in 3.13 and 3.14), so
-a call whose frames go back and forth across a chunk's edge maps and unmaps 16 KiB each time.
-Where the edge falls depends on how deep the caller is (a model's modules, autograd's thread):
-the spread across depths shows what the host pays for it. On this project's CPU machine
-(Python 3.11.7, launches stubbed), a one-conv training step took 119 us at its best depth and
-up to 309 at the worst, over a band of about 15 frames in 150, with 5 to 12 minor page faults a
-call there (none elsewhere): each fault is a chunk mapped anew.
+chunk when the frame that opened it returns (python/cpython#142183; 3.13 and 3.14 releases since
+March 2026 keep one spare), so a call whose frames go back and forth across a chunk's edge maps
+and unmaps 16 KiB each time, a minor page fault each (the table counts them). Where the edge
+falls depends on how deep the caller is (a model's modules): the spread across depths shows
+what the host pays for it. The sweep moves the caller's thread only; on CUDA autograd runs the
+backward on a thread of its own, at a depth nothing here changes (perf/resnet50.py's profile
+counts a step's faults on every thread). ``--calls 1000 --depths 160 --depth-step 4`` on this
+project's CPU machine (Python 3.11.7, launches stubbed): the one-conv training step 118.9 us at
+its best depth, 231.3 at its worst (1.9x, 10 faults a call there), 3 of 40 depths 1.3x or more;
+``tritonconv.functional.conv2d`` with autograd 28.9 -> 121.3 us (4.2x, 12 faults a call).
 """
 
 from __future__ import annotations
@@ -103,7 +106,7 @@ def main(argv=None) -> int:
         depths = range(0, args.depths, max(1, args.depth_step))
         print(f"\nThe same routes from 0 to {depths[-1]} extra Python frames deep, in steps of {depths.step} "
               f"({args.depth_calls} calls each; Python {sys.version.split()[0]}): host us per call\n")
-        print("| route | fewest | median | most | at depth | its minor faults a call | depths 1.3x the fewest or more |\n"
+        print("| route | fewest | median | most | slowest at depth | its minor faults a call | depths 1.3x the fewest or more |\n"
               "| --- | --- | --- | --- | --- | --- | --- |")
         for name, fn in routes:
             measured = [_at_depth(depth, fn, args.depth_calls) for depth in depths]

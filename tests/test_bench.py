@@ -502,6 +502,7 @@ def test_host_cost_script_times_each_route_and_its_spread_over_stack_depth(monke
     import traceback
 
     monkeypatch.setenv("TRITONCONV_TUNE", "0")  # the script sets both for itself: keep them to this test
+    monkeypatch.setenv("TRITONCONV_PLANS", "1")
     spec = importlib.util.spec_from_file_location("perf_host_cost", ROOT / "perf" / "host_cost.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
