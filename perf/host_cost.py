@@ -126,20 +126,14 @@ def _at_depth(depth: int, fn, calls: int):
     A frame chunk mapped anew faults once: a call that thrashes faults every time."""
     if depth > 0:
         return _at_depth(depth - 1, fn, calls)
-    faults = _minor_faults()
+    from tritonconv.bench.timing import minor_faults  # after main() has set up the environment
+
+    faults = minor_faults()
     start = time.perf_counter()
     for _ in range(calls):
         fn()
     took = (time.perf_counter() - start) / calls * 1e6
-    return took, (_minor_faults() - faults) / calls
-
-
-def _minor_faults() -> int:
-    try:
-        import resource
-    except ImportError:  # not on Windows
-        return 0
-    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    return took, (minor_faults() - faults) / calls
 
 
 class _NoLaunch:

@@ -245,16 +245,18 @@ def _profile(fn, device: str, args, title: str, median_ms: float, top: int = 25)
     import io
     import pstats
 
+    from tritonconv.bench.timing import minor_faults
+
     steps = max(1, getattr(args, "profile_steps", 10))
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
     issue, faults = [], []
     for _ in range(steps):  # each step from an idle device: its launches never wait for queue space
         sync()
-        f0 = _minor_faults()
+        f0 = minor_faults()
         t0 = time.perf_counter()
         fn()
         issue.append((time.perf_counter() - t0) * 1e3)
-        faults.append(_minor_faults() - f0)
+        faults.append(minor_faults() - f0)
     sync()
     issued_ms = sorted(issue)[len(issue) // 2]
     step_faults = sorted(faults)[len(faults) // 2]
@@ -284,15 +286,6 @@ def _profile(fn, device: str, args, title: str, median_ms: float, top: int = 25)
                      f"`{where.replace('|', '/')}` |")
     with open(out / "e2e_profile.md", "a") as f:
         f.write("\n".join(lines) + "\n\n")
-
-
-def _minor_faults() -> int:
-    """The process's minor page faults so far (every thread), or 0 where resource is missing."""
-    try:
-        import resource
-    except ImportError:  # not on Windows
-        return 0
-    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 
 
 def _short_path(file: str) -> str:
