@@ -511,6 +511,47 @@ def test_depthwise_pruner_keeps_tiles_that_fit():
     assert kept and all(acc[id(c)] <= 8 for c in kept)
 
 
+def test_depthwise_pruner_fp16_forward_below_sm90(monkeypatch):
+    """On a Triton whose sm_80 builds spill them (FP16_FORWARD_SPILLS: before 3.9), an fp16
+    forward below sm_90 drops the looped patches at a row stride above 1 and the looped flat
+    tile of 32 values a thread at stride 1; the dgrad, sm_90, bf16 (its own rule) and a Triton
+    without the spills keep theirs. The runtime's hook and the report decide alike."""
+    from tritonconv.kernels import depthwise
+
+    why = tc.direct_pruned_because
+    assert "strided fp16" in why(64, 32, 4, 2, tile_w=8, taps_per_row=3, capability=80, taps=9, row_step=(2, 1),
+                                 fp16_below_sm90=True)
+    assert why(64, 32, 4, 2, tile_w=8, taps_per_row=3, capability=80, taps=9, fp16_below_sm90=True) is None
+    assert "32 values/thread" in why(128, 32, 4, 2, taps_per_row=3, capability=80, taps=9, fp16_below_sm90=True)
+    assert why(128, 32, 4, 2, taps_per_row=3, capability=80, taps=9, row_step=(2, 1), fp16_below_sm90=True) is None
+    assert why(64, 32, 4, 2, taps_per_row=3, capability=80, taps=9, fp16_below_sm90=True) is None  # 16 a thread
+    assert why(128, 32, 4, 2, taps_per_row=3, capability=80, taps=9, unrolled=False, reuse=False) is None
+    monkeypatch.setattr(tc, "TUNE", True)
+    x16 = torch.empty(1, dtype=torch.float16)
+    monkeypatch.setattr(tc, "device_capability", lambda t: 80)
+    configs = cr.depthwise_unrolled_configs()
+    for spills in (True, False):
+        monkeypatch.setattr(tc, "FP16_FORWARD_SPILLS", spills)
+        for stride_h in (1, 2):
+            args = dict(x_ptr=x16, dy_ptr=x16, P=56, Q=56, HP=56, WP=56, stride_h=stride_h)
+            fwd = depthwise._fprop_tuned.early_config_prune(configs, args, R=3, S=3)
+            dgrad = depthwise._dgrad_tuned.early_config_prune(configs, args, R=3, S=3)
+            wide_flat = [c for c in fwd if not c.kwargs["TILE_W"]
+                         and tc.acc_per_thread(c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.num_warps) > 16]
+            patches = [c for c in fwd if c.kwargs["TILE_W"]]
+            assert bool(wide_flat) == (not spills or stride_h > 1), (spills, stride_h)
+            assert bool(patches) == (not spills or stride_h == 1), (spills, stride_h)
+            assert any(c.kwargs["TILE_W"] for c in dgrad) and any(
+                tc.acc_per_thread(c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.num_warps) > 16 for c in dgrad)
+    monkeypatch.setattr(tc, "FP16_FORWARD_SPILLS", True)
+    fp16, bf16, sm80, sm90 = cr.DTYPES["fp16"], cr.DTYPES["bf16"], cr.ARCHS["sm_80"], cr.ARCHS["sm_90"]
+    wide = next(c for c in configs if not c.kwargs["TILE_W"] and not c.kwargs["UNROLL_R"]
+                and tc.acc_per_thread(c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.num_warps) > 16)
+    assert "fp16 forward" in cr._runtime_pruned(cr._family("depthwise_fprop"), wide, fp16, sm80)
+    assert cr._runtime_pruned(cr._family("depthwise_fprop"), wide, fp16, sm90) is None
+    assert cr._runtime_pruned(cr._family("depthwise_fprop"), wide, bf16, sm80) is None
+
+
 def test_a_fixed_block_k_survives_the_pruner():
     """The small-C rows kernel's BLOCK_K is one kernel row (smallc.row_block_k): the pruner neither
     clamps it nor, where no tile fits, falls back to a tile of another (which would skip the

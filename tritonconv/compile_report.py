@@ -1303,7 +1303,9 @@ def runtime_configs(family: KernelFamily, dtype: Dtype, arch: Arch) -> List[trit
                                                rows_skipped=family.prune.rows_skipped(args),
                                                row_step=family.prune.row_step(args),
                                                reuse_ok=family.prune.reuse_ok({**args, **constexprs}),
-                                               strided_bf16=family.prune.strided_bf16(args, dtype.name == "bf16"))
+                                               strided_bf16=family.prune.strided_bf16(args, dtype.name == "bf16"),
+                                               fp16_below_sm90=family.prune.fp16_below_sm90(dtype.name == "fp16",
+                                                                                             arch.capability))
     first = configs[0]
     args, constexprs = family.launch_fn(dtype, first)
     m, n, k = family.prune.gemm_sizes({**args, **constexprs, **first.kwargs})
@@ -1354,7 +1356,8 @@ def _runtime_pruned(family: KernelFamily, config: triton.Config, dtype: Dtype, a
                                                constexprs.get("R", 1) * S, family.prune.rows_skipped(args),
                                                kw.get("REUSE_ROWS", False), family.prune.row_step(args),
                                                family.prune.reuse_ok({**args, **constexprs}),
-                                               family.prune.strided_bf16(args, dtype.name == "bf16"))
+                                               family.prune.strided_bf16(args, dtype.name == "bf16"),
+                                               family.prune.fp16_below_sm90(dtype.name == "fp16", arch.capability))
         return f"runtime pruner: {why or 'drops it (configs.prune_direct_configs)'}"
     _, constexprs = family.launch_fn(dtype, config)
     why = tc_configs.pruned_because(kw["BLOCK_M"], kw["BLOCK_N"], kw["BLOCK_K"], config.num_warps, config.num_stages,

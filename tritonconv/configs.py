@@ -674,6 +674,12 @@ MAX_DIRECT_ACC_FP64 = 8
 # ... and past this many in 32-bit, or in 16-bit for kernels of more than DEPTHWISE_WIDE_MAX_S taps a
 # row (more than max_patch_taps as a patch)
 MAX_DIRECT_ACC = 16
+# Triton before 3.9 (3.6, the GPU machine's) builds two kinds of the depthwise forward's looped
+# tiles with spills below sm_90 in fp16 (compile report, sm_80, Triton 3.6.0 and its ptxas): the
+# patches of a strided forward, at 80 registers with 8 B spilled (as bf16's everywhere:
+# ``strided_bf16``), and at stride 1 the flat tile of 32 values a thread (128x32 at 4 warps: 168
+# registers, 8 B). Triton 3.9 builds both without spilling on sm_80, and 3.6 on sm_90.
+FP16_FORWARD_SPILLS = TRITON_VERSION < (3, 9)
 
 
 def max_patch_taps(elem_bytes: int, capability: Optional[int]) -> int:
@@ -688,16 +694,24 @@ def direct_pruned_because(bm: int, bn: int, num_warps: int, elem_bytes: int, til
                           taps_per_row: int = 1, capability: Optional[int] = None, unrolled: bool = False,
                           taps: int = 1, rows_skipped: bool = False, reuse: bool = False,
                           row_step: Tuple[int, int] = (1, 1), reuse_ok: bool = True,
-                          strided_bf16: bool = False) -> Optional[str]:
+                          strided_bf16: bool = False, fp16_below_sm90: bool = False) -> Optional[str]:
     """Why ``prune_direct_configs`` drops a depthwise tile, or None when it keeps it. ``row_step``:
     the conv's (stride_h, dil_h), which set the input rows a REUSE_ROWS patch reads; ``reuse_ok``:
     whether the kernel reuses rows for the launch at all (the dgrad: at stride 1, one channel a
     group; elsewhere its REUSE_ROWS tiles are patches like the others, and not timed twice);
-    ``strided_bf16``: a bf16 forward at a row stride above 1."""
+    ``strided_bf16``: a bf16 forward at a row stride above 1; ``fp16_below_sm90``: an fp16
+    forward below sm_90 on a Triton that spills its looped tiles there (FP16_FORWARD_SPILLS)."""
     acc = acc_per_thread(bm, bn, num_warps)
-    if strided_bf16 and tile_w and not unrolled and not reuse:
+    looped = not unrolled and not reuse
+    if strided_bf16 and tile_w and looped:
         # ptxas settles these at 80 registers and spills 16 bytes (sm_90, Triton 3.9; fp16 does not)
         return "a looped patch in a strided bf16 forward (spills at ptxas's 80 registers)"
+    if fp16_below_sm90 and looped and row_step[0] > 1 and tile_w:
+        return (f"Triton {triton.__version__} below sm_90: a looped patch in a strided fp16 forward "
+                "(spills at ptxas's 80 registers)")
+    if fp16_below_sm90 and looped and row_step[0] == 1 and not tile_w and acc > MAX_DIRECT_ACC:
+        return (f"Triton {triton.__version__} below sm_90: a looped flat tile of {acc} values/thread "
+                f"> {MAX_DIRECT_ACC} in a stride-1 fp16 forward (spills)")
     if reuse:
         if not reuse_ok:
             return "input rows reused: the dgrad's at stride 1 with one channel a group only"
@@ -728,7 +742,8 @@ def direct_pruned_because(bm: int, bn: int, num_warps: int, elem_bytes: int, til
 def prune_direct_configs(configs: List[triton.Config], elem_bytes: int, taps_per_row: int = 1,
                          capability: Optional[int] = None, taps: Optional[int] = None,
                          rows_skipped: bool = False, row_step: Tuple[int, int] = (1, 1),
-                         reuse_ok: bool = True, strided_bf16: bool = False) -> List[triton.Config]:
+                         reuse_ok: bool = True, strided_bf16: bool = False,
+                         fp16_below_sm90: bool = False) -> List[triton.Config]:
     """Drop the depthwise direct kernels' tiles that spill: for fp64, more than
     MAX_DIRECT_ACC_FP64 accumulator values per thread; more than MAX_DIRECT_ACC but in 16-bit for
     kernels of at most DEPTHWISE_WIDE_MAX_S taps a row (``max_patch_taps`` as a patch); patches (TILE_W) for kernels of more taps
@@ -738,8 +753,9 @@ def prune_direct_configs(configs: List[triton.Config], elem_bytes: int, taps_per
     stride phases take some kernel rows each), and below sm_90; the REUSE_ROWS tiles where the
     kernel would not reuse rows (``reuse_ok``), for kernels of more than DEPTHWISE_UNROLL_MAX_TAPS
     taps, patches reading more than DEPTHWISE_REUSE_MAX_ROWS input rows (``row_step``), and below
-    sm_90; looped patches in a strided bf16 forward (``strided_bf16``). Keeps the first config if
-    none survives."""
+    sm_90; looped patches in a strided bf16 forward (``strided_bf16``), and with
+    ``fp16_below_sm90`` (FP16_FORWARD_SPILLS) in a strided fp16 one, with the looped flat tiles of
+    more than MAX_DIRECT_ACC values a thread at stride 1. Keeps the first config if none survives."""
     if len(configs) <= 1:
         return configs
     taps = taps_per_row if taps is None else taps
@@ -747,7 +763,8 @@ def prune_direct_configs(configs: List[triton.Config], elem_bytes: int, taps_per
             if not direct_pruned_because(c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.num_warps, elem_bytes,
                                          c.kwargs.get("TILE_W", 0), taps_per_row, capability,
                                          c.kwargs.get("UNROLL_R", False), taps, rows_skipped,
-                                         c.kwargs.get("REUSE_ROWS", False), row_step, reuse_ok, strided_bf16)]
+                                         c.kwargs.get("REUSE_ROWS", False), row_step, reuse_ok, strided_bf16,
+                                         fp16_below_sm90)]
     return kept or configs[:1]
 
 
@@ -982,6 +999,11 @@ class DirectPruneHook:
         """A bf16 forward launch (not the dgrad's phases) at a row stride above 1."""
         return bf16 and not self.phased and int(args.get("stride_h", 1)) > 1
 
+    def fp16_below_sm90(self, fp16: bool, capability: Optional[int]) -> bool:
+        """An fp16 forward launch (not the dgrad's) below sm_90 on a Triton whose builds of the
+        looped tiles spill there (FP16_FORWARD_SPILLS)."""
+        return FP16_FORWARD_SPILLS and fp16 and not self.phased and capability is not None and capability < 90
+
     def rows_skipped(self, args: Dict) -> bool:
         """Whether a launch with these named arguments may skip kernel rows in some program: a
         row stride above 1 (with a dilation that is a multiple of it every row still reaches
@@ -1000,7 +1022,9 @@ class DirectPruneHook:
         return tuned(prune_direct_configs(configs, t.element_size(), S, device_capability(t),
                                           taps=int(args.get("R", 1)) * S, rows_skipped=self.rows_skipped(args),
                                           row_step=self.row_step(args), reuse_ok=self.reuse_ok(args),
-                                          strided_bf16=self.strided_bf16(args, t.dtype == torch.bfloat16)))
+                                          strided_bf16=self.strided_bf16(args, t.dtype == torch.bfloat16),
+                                          fp16_below_sm90=self.fp16_below_sm90(t.dtype == torch.float16,
+                                                                               device_capability(t))))
 
 
 def gemm_prune_hook(m_fn, n_fn, k_fn, tensor_arg: str, gathered: bool = True,
