@@ -63,6 +63,7 @@ __all__ = [
     "TAP_TMA_SPANS",
     "tap_tma_boxes",
     "tap_tma_box",
+    "tap_tma_box_of",
     "ACTIVATIONS",
     "activation_code",
     "apply_activation",
@@ -727,11 +728,19 @@ def tap_tma_boxes(N: int, P: int, Q: int) -> int:
 
 def tap_tma_box(span: int, block_w: int, boxes: int = 0):
     """(BOX_N, BOX_H, BOX_W): images, rows and columns of a tap-TMA kernel's box for a config's
-    span and BLOCK_W and a ``tap_tma_boxes`` code, decoded as the kernels do. Without a code
-    (0), for one-row tiles (BLOCK_W = span) and spans the code has no entry for: one image's
-    span // BLOCK_W rows of BLOCK_W."""
-    if boxes == 0 or block_w == span or span not in TAP_TMA_SPANS:
+    span and BLOCK_W and a ``tap_tma_boxes`` code. Without a code (0), for one-row tiles
+    (BLOCK_W = span) and spans the code has no entry for: one image's span // BLOCK_W rows of
+    BLOCK_W. The launchers' pre-hooks and grids call it, and the kernels too, as
+    ``tap_tma_box_of``: hence no global in here (a constexpr function may read none), and
+    TAP_TMA_SPANS's entries written as what they are, the powers of two from 16 to 256, the
+    span 2**(i + 4) at entry i."""
+    if boxes == 0 or block_w == span or span < 16 or span > 256 or (span & (span - 1)) != 0:
         return 1, span // block_w, block_w
-    at = 8 * TAP_TMA_SPANS.index(span)
+    at = 8 * (span.bit_length() - 5)
     box_w, box_h = 1 << ((boxes >> at) & 15), 1 << ((boxes >> (at + 4)) & 15)
     return span // (box_w * box_h), box_h, box_w
+
+
+# in a kernel: BOX: tl.constexpr = tap_tma_box_of(BLOCK_M, BLOCK_W, BOXES), then BOX[0] .. BOX[2]
+tap_tma_box_of = triton.constexpr_function(tap_tma_box)
+assert TAP_TMA_SPANS == tuple(16 << i for i in range(5)), "tap_tma_box decodes these spans by their bits"

@@ -55,6 +55,7 @@ from ._common import (
     phase_view,
     stride_phases,
     tap_tma_box,
+    tap_tma_box_of,
     tap_tma_boxes,
     thread_setting,
     tile_pid,
@@ -764,13 +765,11 @@ def dgrad_phased_kernel(
 ):
     """dx of every stride phase, one grid: each program a tile of one phase's forward conv of dy
     (fprop_tap_tma_kernel's loop and epilogue), the phases' tiles one after another by slot."""
-    # the box, decoded as fprop_tap_tma_kernel does (see there; _common.tap_tma_box on the host)
-    AT: tl.constexpr = 8 * ((BLOCK_M >= 32) + (BLOCK_M >= 64) + (BLOCK_M >= 128) + (BLOCK_M >= 256))
-    OWN: tl.constexpr = (BOXES == 0 or BLOCK_W == BLOCK_M or BLOCK_M < 16 or BLOCK_M > 256
-                         or (BLOCK_M & (BLOCK_M - 1)) != 0)
-    BOX_W: tl.constexpr = BLOCK_W if OWN else 1 << ((BOXES >> AT) & 15)
-    BOX_H: tl.constexpr = BLOCK_M // BLOCK_W if OWN else 1 << ((BOXES >> (AT + 4)) & 15)
-    BOX_N: tl.constexpr = BLOCK_M // (BOX_H * BOX_W)
+    # the box, as the descriptor's pre-hook and the grid take it
+    BOX: tl.constexpr = tap_tma_box_of(BLOCK_M, BLOCK_W, BOXES)
+    BOX_N: tl.constexpr = BOX[0]
+    BOX_H: tl.constexpr = BOX[1]
+    BOX_W: tl.constexpr = BOX[2]
     EVEN_K: tl.constexpr = K_ALIGN % BLOCK_K == 0
 
     # -- the slot: where the program id falls among the slots' tiles

@@ -65,6 +65,7 @@ from ._common import (
     stream_k_share,
     stream_k_step,
     tap_tma_box,
+    tap_tma_box_of,
     tap_tma_boxes,
     split_range,
     tap_phase,
@@ -580,15 +581,11 @@ def fprop_tap_tma_kernel(
     STREAM_K: tl.constexpr = False,  # at most one program per SM, sharing out (tile, step) pairs evenly
     W_FLIPPED: tl.constexpr = False,  # w_desc is a stride-1 dgrad's weight, its taps flipped (see _tap_tma_acc)
 ):
-    # the box, decoded as _common.tap_tma_box does for the descriptor's pre-hook and the grid
-    AT: tl.constexpr = 8 * ((BLOCK_M >= 32) + (BLOCK_M >= 64) + (BLOCK_M >= 128) + (BLOCK_M >= 256))
-    # a span _common.TAP_TMA_SPANS has no entry for (below 16, above 256, not a power of two) keeps
-    # the one-image box, as tap_tma_box decodes it
-    OWN: tl.constexpr = (BOXES == 0 or BLOCK_W == BLOCK_M or BLOCK_M < 16 or BLOCK_M > 256
-                         or (BLOCK_M & (BLOCK_M - 1)) != 0)
-    BOX_W: tl.constexpr = BLOCK_W if OWN else 1 << ((BOXES >> AT) & 15)
-    BOX_H: tl.constexpr = BLOCK_M // BLOCK_W if OWN else 1 << ((BOXES >> (AT + 4)) & 15)
-    BOX_N: tl.constexpr = BLOCK_M // (BOX_H * BOX_W)
+    # the box, as the descriptor's pre-hook and the grid take it
+    BOX: tl.constexpr = tap_tma_box_of(BLOCK_M, BLOCK_W, BOXES)
+    BOX_N: tl.constexpr = BOX[0]
+    BOX_H: tl.constexpr = BOX[1]
+    BOX_W: tl.constexpr = BOX[2]
     EVEN_K: tl.constexpr = K_ALIGN % BLOCK_K == 0
 
     # -- tiles: (group, spatial M-tile, N-tile); an M-tile is the box at (n0, p0, q0)

@@ -53,6 +53,7 @@ from ._common import (
     next_box,
     tap_phase,
     tap_tma_box,
+    tap_tma_box_of,
     tap_tma_boxes,
     tile_pid,
     unravel4,
@@ -460,15 +461,11 @@ def wgrad_tap_tma_kernel(
     BOXES: tl.constexpr = 0,  # _common.tap_tma_boxes(N, P, Q): the box per BLOCK_K; 0: one image, BLOCK_W wide
     SYNC_MMA: tl.constexpr = False,  # finish each step's wgmmas before the next (configs.WGMMA_RS_HAZARD)
 ):
-    # the box, decoded as _common.tap_tma_box does for the descriptors' pre-hook
-    AT: tl.constexpr = 8 * ((BLOCK_K >= 32) + (BLOCK_K >= 64) + (BLOCK_K >= 128) + (BLOCK_K >= 256))
-    # a span _common.TAP_TMA_SPANS has no entry for (below 16, above 256, not a power of two) keeps
-    # the one-image box, as tap_tma_box decodes it
-    OWN: tl.constexpr = (BOXES == 0 or BLOCK_W == BLOCK_K or BLOCK_K < 16 or BLOCK_K > 256
-                         or (BLOCK_K & (BLOCK_K - 1)) != 0)
-    BOX_W: tl.constexpr = BLOCK_W if OWN else 1 << ((BOXES >> AT) & 15)
-    BOX_H: tl.constexpr = BLOCK_K // BLOCK_W if OWN else 1 << ((BOXES >> (AT + 4)) & 15)
-    BOX_N: tl.constexpr = BLOCK_K // (BOX_H * BOX_W)
+    # the box, as the descriptors' pre-hook takes it
+    BOX: tl.constexpr = tap_tma_box_of(BLOCK_K, BLOCK_W, BOXES)
+    BOX_N: tl.constexpr = BOX[0]
+    BOX_H: tl.constexpr = BOX[1]
+    BOX_W: tl.constexpr = BOX[2]
 
     # -- program-id mapping: (split, group, tap, M-tile, N-tile)
     split, g, r, s, pid_m, pid_n = wgrad_pid(tl.program_id(0), KG, CG, GROUPS, R, S, BLOCK_M, BLOCK_N, GROUP_M)
