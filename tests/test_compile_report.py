@@ -384,7 +384,7 @@ def test_listed_tiles_launch_uncapped_below_sm_90_only():
     element size only; on sm_90, and every other tile, ptxas chooses. The compile report builds
     them as the runtime launches them (``as_launched``)."""
     configs = cr.gemm_tile_configs()
-    uncapped = (tc.UncappedTile(64, 128, 64, 8, 4, 2),)
+    uncapped = (tc.TileKey(64, 128, 64, 8, 4, 2),)
 
     def capped(capability, elem_bytes):
         kept = tc.prune_gemm_configs(configs, BIG, BIG, BIG, elem_bytes, 163 * 1024, capability=capability,
@@ -399,6 +399,37 @@ def test_listed_tiles_launch_uncapped_below_sm_90_only():
     assert cr.as_launched(wgrad, tile, cr.DTYPES["fp16"], cr.ARCHS["sm_80"]).maxnreg == tc.UNCAPPED_MAXNREG
     assert getattr(cr.as_launched(wgrad, tile, cr.DTYPES["fp16"], cr.ARCHS["sm_90"]), "maxnreg", None) is None
     assert getattr(cr.as_launched(wgrad, tile, cr.DTYPES["fp32"], cr.ARCHS["sm_80"]), "maxnreg", None) is None
+
+
+def test_listed_spilling_tiles_are_dropped_below_sm_90_only():
+    """A kernel's ``spilling`` tiles (configs.SPILLING_TILES: fp32 tiles Triton 3.6 spills on
+    sm_80 at any register limit) are dropped on sm_80, for their element size only; the runtime's
+    hooks carry the lists, which only a Triton before 3.9 fills, and the report prunes alike."""
+    configs = cr.gemm_tile_configs()
+    spilling = (tc.TileKey(64, 64, 64, 4, 4, 4),)
+
+    def kept(capability, elem_bytes):
+        return _names(tc.prune_gemm_configs(configs, BIG, BIG, BIG, elem_bytes, 163 * 1024, capability=capability,
+                                            spilling=spilling))
+
+    assert "64x64x64 w4 s4" in _names(configs)
+    assert "64x64x64 w4 s4" not in kept(80, 4)
+    assert "64x64x64 w4 s4" in kept(90, 4) and "64x64x64 w4 s4" in kept(80, 2) and "64x64x64 w4 s4" in kept(None, 4)
+    assert "SPILLING_TILES" in tc.pruned_because(64, 64, 64, 4, 4, 4, 1 << 30, 80, spilling=spilling)
+
+    from tritonconv.kernels import smallc, wgrad
+
+    assert bool(tc.SPILLING_TILES) == (tc.TRITON_VERSION < (3, 9))
+    assert wgrad._wgrad_tuned.early_config_prune.rules["spilling"] == tc.SPILLING_TILES.get("wgrad_kernel", ())
+    for tuned in (smallc._smallc_tuned, smallc._smallc_pad_tuned):
+        assert tuned.early_config_prune.rules["spilling"] == tc.SPILLING_TILES.get("smallc_fprop_kernel", ())
+    fp32, sm80, sm90 = cr.DTYPES["fp32"], cr.ARCHS["sm_80"], cr.ARCHS["sm_90"]
+    for name in ("wgrad", "wgrad_splitk"):
+        family = cr._family(name)
+        tile = next(c for c in family.configs_fn() if cr.config_name(c) == "64x64x64 w4 s4")
+        why = cr._runtime_pruned(family, tile, fp32, sm80)
+        assert (why is not None and "SPILLING_TILES" in why) == (tc.TRITON_VERSION < (3, 9)), (name, why)
+        assert cr._runtime_pruned(family, tile, fp32, sm90) is None
 
 
 def test_an_uncapped_tile_builds_without_spills_on_sm_80():

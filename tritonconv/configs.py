@@ -32,7 +32,8 @@ __all__ = [
     "prune_gemm_configs",
     "pruned_because",
     "UNCAPPED_TILES",
-    "UncappedTile",
+    "SPILLING_TILES",
+    "TileKey",
     "register_cap",
     "with_maxnreg",
     "gemm_prune_hook",
@@ -503,14 +504,13 @@ MAX_BLOCK_M_TRANSPOSED_A = 128
 # the limit takes it from 128 registers to 152). Whether one CTA without a spill beats two with
 # one on an A100 is not measured (no A100 here); the report's standard is no spill. The lists
 # come from Triton 3.9's ptxas and serve every Triton. With Triton 3.6's, sm_80 has three spilling
-# configs left, all fp32 (wgrad's and wgrad_splitk's 64x64x64 w4 s4, 40-48 B whatever the limit;
-# smallc_fused's 128x64x32 w8 s4, 16 B), not chased: CI builds with Triton 3.9, and the GPU
-# machine with Triton 3.6 is an H100.
+# configs left, all fp32, whatever the limit: SPILLING_TILES drops them there.
 UNCAPPED_MAXNREG = 255
 
 
-class UncappedTile(NamedTuple):
-    """A tile that launches with maxnreg = UNCAPPED_MAXNREG below sm_90, for one element size."""
+class TileKey(NamedTuple):
+    """A tile (BLOCK_M, BLOCK_N, BLOCK_K, warps, stages) for one element size, as the rules below
+    sm_90 list them (UNCAPPED_TILES, SPILLING_TILES)."""
 
     block_m: int
     block_n: int
@@ -521,20 +521,29 @@ class UncappedTile(NamedTuple):
 
 
 # by kernel: each one's prune hook takes its list as ``uncapped``
-UNCAPPED_TILES: Dict[str, Tuple[UncappedTile, ...]] = {
+UNCAPPED_TILES: Dict[str, Tuple[TileKey, ...]] = {
     # fp32 128x64x32 with a fused epilogue, fp32 128x32x64 storing split-K partials
-    "fprop_kernel": (UncappedTile(128, 64, 32, 8, 4, 4), UncappedTile(128, 32, 64, 8, 4, 4)),
-    "wgrad_kernel": (UncappedTile(64, 128, 64, 8, 4, 2), UncappedTile(128, 32, 64, 8, 4, 4)),
+    "fprop_kernel": (TileKey(128, 64, 32, 8, 4, 4), TileKey(128, 32, 64, 8, 4, 4)),
+    "wgrad_kernel": (TileKey(64, 128, 64, 8, 4, 2), TileKey(128, 32, 64, 8, 4, 4)),
     # the 4-warp tile with a fused epilogue; the 8-warp ones as dgrad's (the weight read transposed)
-    "gemm1x1_fprop_kernel": (UncappedTile(64, 64, 16, 4, 4, 2), UncappedTile(128, 64, 64, 8, 4, 2),
-                             UncappedTile(128, 32, 64, 8, 4, 4)),
+    "gemm1x1_fprop_kernel": (TileKey(64, 64, 16, 4, 4, 2), TileKey(128, 64, 64, 8, 4, 2),
+                             TileKey(128, 32, 64, 8, 4, 4)),
 }
+# by kernel: tiles that spill below sm_90 whatever their register limit, dropped there. Before
+# Triton 3.9 (compile report, sm_80, Triton 3.6.0 and its ptxas; 3.9 builds all three clean):
+# fp32 64x64x64 w4 s4 in wgrad_kernel (168 registers, 48 B, as wgrad and as wgrad_splitk;
+# 40-48 B at every limit), fp32 128x64x32 w8 s4 in smallc_fprop_kernel (128 registers, 16 B
+# with a fused epilogue; without one it builds clean, dropped all the same).
+SPILLING_TILES: Dict[str, Tuple[TileKey, ...]] = {
+    "wgrad_kernel": (TileKey(64, 64, 64, 4, 4, 4),),
+    "smallc_fprop_kernel": (TileKey(128, 64, 32, 8, 4, 4),),
+} if TRITON_VERSION < (3, 9) else {}
 
 
 def pruned_because(bm: int, bn: int, bk: int, num_warps: int, num_stages: int, elem_bytes: int, shared_limit: int,
                    capability: Optional[int] = None, heavy_epilogue: bool = False, gathered: bool = True,
                    gemm_m: Optional[int] = None, max_block_n: Optional[int] = None,
-                   max_block_m: Optional[int] = None) -> Optional[str]:
+                   max_block_m: Optional[int] = None, spilling: Tuple[TileKey, ...] = ()) -> Optional[str]:
     """Why ``prune_gemm_configs`` drops a tile (already clamped to the problem), or None when it keeps it.
 
     The arguments are those of ``prune_gemm_configs``; ``gemm_m`` None means
@@ -547,6 +556,8 @@ def pruned_because(bm: int, bn: int, bk: int, num_warps: int, num_stages: int, e
         return f"BLOCK_N {bn} > {max_block_n}: a gathered B tile's addresses spill beside the accumulator"
     if max_block_m is not None and bm > max_block_m:
         return f"BLOCK_M {bm} > {max_block_m}: the transposed A tile spills beside the accumulator"
+    if capability is not None and capability < 90 and TileKey(bm, bn, bk, num_warps, num_stages, elem_bytes) in spilling:
+        return f"spills below sm_90 with Triton {triton.__version__} whatever its register limit (SPILLING_TILES)"
     acc = acc_per_thread(bm, bn, num_warps)
     if elem_bytes >= 8 and acc > MAX_ACC_FP64:
         return f"fp64 accumulator {acc} values/thread > {MAX_ACC_FP64}"
@@ -574,8 +585,9 @@ def prune_gemm_configs(
     gathered: bool = True,
     max_block_n: Optional[int] = None,
     max_block_m: Optional[int] = None,
-    uncapped: Tuple[UncappedTile, ...] = (),
+    uncapped: Tuple[TileKey, ...] = (),
     fixed_block_k: Optional[int] = None,
+    spilling: Tuple[TileKey, ...] = (),
 ) -> List[triton.Config]:
     """Drop configs that cannot pay off for a (gemm_m, gemm_n, gemm_k) problem.
 
@@ -598,11 +610,13 @@ def prune_gemm_configs(
         fixed_block_k: for a kernel whose BLOCK_K the problem sets (smallc_rows: one kernel
             row a step), that BLOCK_K, kept as it is: neither clamped nor replaced by the
             fallback tile's.
+        spilling: tiles dropped below sm_90 (``SPILLING_TILES``).
 
     Removes, in order of reasoning:
       * tiles wider than the problem in M, N or K (beyond the next power of two,
         and at least 16 for tl.dot): they only compute masked-out zeros, so
         they are clamped to the problem and the duplicates this makes dropped;
+      * below sm_90, the kernel's ``spilling`` tiles;
       * configs whose pipelined tiles exceed the device's shared memory
         (``shared_bytes``, which counts the buffers Triton allocates on that arch);
       * tiles wider than ``max_block_n`` or taller than ``max_block_m``, when given;
@@ -639,7 +653,7 @@ def prune_gemm_configs(
         stages = cfg.num_stages + (1 if cfg.kwargs.get("FLATTEN") else 0)
         if (sig, variant) in seen or pruned_because(bm, bn, bk, cfg.num_warps, stages, elem_bytes, shared_limit,
                                                      capability, heavy_epilogue, gathered, gemm_m, max_block_n,
-                                                     max_block_m):
+                                                     max_block_m, spilling):
             continue
         seen.add((sig, variant))
         kwargs = dict(cfg.kwargs, BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk)
@@ -653,11 +667,11 @@ def prune_gemm_configs(
 
 
 def register_cap(tile: Tuple[int, int, int, int, int], elem_bytes: int, capability: Optional[int],
-                 uncapped: Tuple[UncappedTile, ...]) -> Optional[int]:
+                 uncapped: Tuple[TileKey, ...]) -> Optional[int]:
     """The maxnreg a tile (BLOCK_M, BLOCK_N, BLOCK_K, warps, stages) launches with: UNCAPPED_MAXNREG
     below sm_90 where the kernel lists it as ``uncapped`` for this element size, else None (ptxas
     chooses)."""
-    if capability is not None and capability < 90 and UncappedTile(*tile, elem_bytes) in uncapped:
+    if capability is not None and capability < 90 and TileKey(*tile, elem_bytes) in uncapped:
         return UNCAPPED_MAXNREG
     return None
 
@@ -853,11 +867,11 @@ class GemmPruneHook:
     """
 
     def __init__(self, m_fn, n_fn, k_fn, tensor_arg: str, gathered: bool = True, max_block_n: Optional[int] = None,
-                 max_block_m: Optional[int] = None, uncapped: Tuple[UncappedTile, ...] = (),
-                 fixed_block_k: Optional[int] = None):
+                 max_block_m: Optional[int] = None, uncapped: Tuple[TileKey, ...] = (),
+                 fixed_block_k: Optional[int] = None, spilling: Tuple[TileKey, ...] = ()):
         self.m_fn, self.n_fn, self.k_fn, self.tensor_arg = m_fn, n_fn, k_fn, tensor_arg
         self.rules = dict(gathered=gathered, max_block_n=max_block_n, max_block_m=max_block_m,
-                          fixed_block_k=fixed_block_k)
+                          fixed_block_k=fixed_block_k, spilling=tuple(spilling))
         self.uncapped = tuple(uncapped)
 
     def gemm_sizes(self, args: Dict) -> Tuple[int, int, int]:
@@ -1029,9 +1043,11 @@ class DirectPruneHook:
 
 def gemm_prune_hook(m_fn, n_fn, k_fn, tensor_arg: str, gathered: bool = True,
                     max_block_n: Optional[int] = None, max_block_m: Optional[int] = None,
-                    uncapped: Tuple[UncappedTile, ...] = (), fixed_block_k: Optional[int] = None) -> GemmPruneHook:
+                    uncapped: Tuple[TileKey, ...] = (), fixed_block_k: Optional[int] = None,
+                    spilling: Tuple[TileKey, ...] = ()) -> GemmPruneHook:
     """Build an ``early_config_prune`` for @triton.autotune from GEMM-size functions (see GemmPruneHook)."""
-    return GemmPruneHook(m_fn, n_fn, k_fn, tensor_arg, gathered, max_block_n, max_block_m, uncapped, fixed_block_k)
+    return GemmPruneHook(m_fn, n_fn, k_fn, tensor_arg, gathered, max_block_n, max_block_m, uncapped, fixed_block_k,
+                         spilling)
 
 
 def config_name(config: triton.Config) -> str:

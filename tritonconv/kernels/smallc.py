@@ -206,7 +206,7 @@ def _autotuned(key):
         prune_configs_by={
             "early_config_prune": configs.gemm_prune_hook(
                 m_fn=lambda a: a["M"], n_fn=lambda a: a["KG"], k_fn=lambda a: a["R"] * a["S"] * a["CG"],
-                tensor_arg="x_ptr",
+                tensor_arg="x_ptr", spilling=configs.SPILLING_TILES.get("smallc_fprop_kernel", ()),
             )
         },
     )(smallc_fprop_kernel)

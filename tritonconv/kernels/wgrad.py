@@ -149,6 +149,7 @@ _wgrad_tuned = triton.autotune(
             k_fn=lambda a: triton.cdiv(a["N"] * a["P"] * a["Q"], a["SPLIT_K"]), tensor_arg="dy_ptr",
             max_block_n=configs.MAX_BLOCK_N_BOTH_GATHERED,
             uncapped=configs.UNCAPPED_TILES["wgrad_kernel"],
+            spilling=configs.SPILLING_TILES.get("wgrad_kernel", ()),
         )
     },
 )(wgrad_kernel)
