@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from conftest import DispatchedOps
 import tritonconv
 from tritonconv import spec
+from tritonconv.kernels import router
 from tritonconv.kernels.wgrad import conv2d_bias_grad, conv2d_wgrad
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
@@ -131,6 +132,29 @@ def test_double_backward_gradgradcheck():
     w = torch.randn(2, 2, 2, 2, dtype=torch.float64, device=DEVICE, requires_grad=True)
     fn = lambda x, w: torch.ops.tritonconv.conv2d(x, w, None, [2, 2], [1, 1], [1, 1], 1)  # noqa: E731
     assert torch.autograd.gradgradcheck(fn, (x, w), eps=1e-6, atol=1e-8, fast_mode=True)
+
+
+ALL_FAMILIES = sorted(set(router.FORWARD) | set(router.INPUT_GRAD) | set(router.WEIGHT_GRAD))
+
+
+@pytest.mark.filterwarnings("error::RuntimeWarning")  # the interpreter's integer division by zero
+@pytest.mark.parametrize("family", [None, *ALL_FAMILIES])
+@pytest.mark.parametrize("R,padding,groups", [(3, 1, 1), (3, 1, 2), (1, 0, 2)], ids=["3x3", "3x3-groups2", "1x1-groups2"])
+def test_zero_input_channels_forward_and_backward(R, padding, groups, family):
+    """C = 0, routed or forced onto each family: the forward is the bias, and the backward gives
+    dx and dw empty and db the sum of dy; no division by the empty channel count on the host
+    (the wgrad's split) nor in a kernel (the reduction's first step)."""
+    torch.manual_seed(0)
+    x = torch.randn(2, 0, 5, 6, device=DEVICE).to(memory_format=torch.channels_last).requires_grad_()
+    w = torch.randn(4, 0, R, R, device=DEVICE, requires_grad=True)
+    b = torch.randn(4, device=DEVICE, requires_grad=True)
+    dy = torch.randn(2, 4, 5, 6, device=DEVICE)
+    with router.force(family):
+        y = tritonconv.conv2d(x, w, b, padding=padding, groups=groups)
+        y.backward(dy)
+    assert rel_err(y, b.detach().view(1, -1, 1, 1).expand(2, 4, 5, 6)) == 0
+    assert x.grad.shape == x.shape and w.grad.shape == w.shape
+    assert rel_err(b.grad, dy.sum((0, 2, 3))) < GRAD_TOL[torch.float32]
 
 
 @pytest.mark.parametrize("split_k", [1, 2, 3, 7])

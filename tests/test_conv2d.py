@@ -313,6 +313,22 @@ def test_batch_zero(entry, channels_last):
     assert out.dtype == x.dtype and out.device == x.device
 
 
+def test_batch_zero_on_every_forward_launcher():
+    """N = 0 straight to each forward family's launcher (the router returns before them): the
+    empty output, and no division by the empty problem's tile count (split-K's choice did)."""
+    for C, groups in ((64, 1), (8, 8)):  # a reduction long enough for split-K; a depthwise layer
+        x = torch.randn(0, C, 6, 6, device=DEVICE)
+        w = torch.randn(8, C // groups, 3, 3, device=DEVICE)
+        pb = spec.conv2d_problem(x, w, None, 1, 1, 1, groups)
+        ran = []
+        for name, (accepts, launcher) in router.FORWARD.items():
+            if accepts(pb):
+                out = launcher(x, w, None, pb)
+                assert out.shape == (0, 8, 6, 6), name
+                ran.append(name)
+        assert ("splitk" in ran) == (groups == 1) and ("depthwise" in ran) == (groups == C), ran
+
+
 ZERO_CHANNELS = {
     f"{name}-{'bias' if bias else 'no_bias'}": Case(2, 0, 5, 6, 4, R, S, padding=pad, groups=groups, bias=bias)
     for name, R, S, pad, groups in [("3x3", 3, 3, 1, 1), ("3x3_groups2", 3, 3, 1, 2), ("1x1", 1, 1, 0, 1)]

@@ -271,7 +271,7 @@ def unravel3_next(i0, i1, i2, step0, step1, step2, D1, D2):
 def tap_step_of(it, CG, S, BLOCK_K: tl.constexpr):
     """(c0, rs, r, s) of reduction step ``it`` in the forward's order (channel blocks of BLOCK_K
     fastest, then s, then r; rs = r*S + s): the first step of a loop that ``next_tap_step`` carries on."""
-    c_blocks = tl.cdiv(CG, BLOCK_K)
+    c_blocks = tl.maximum(tl.cdiv(CG, BLOCK_K), 1)  # C/groups = 0: no step, and no division by 0
     rs = it // c_blocks
     r = rs // S
     return (it - rs * c_blocks) * BLOCK_K, rs, r, rs - r * S

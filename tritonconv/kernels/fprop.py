@@ -276,7 +276,7 @@ def choose_split_k(problem: Conv2dProblem, device: torch.device) -> int:
     and no chunk shorter than 4 reduction steps of 64 channels."""
     pb = problem
     sms = sm_count(device)
-    tiles = pb.groups * triton.cdiv(pb.N * pb.P * pb.Q, 64) * triton.cdiv(pb.K_per_group, 64)
+    tiles = max(1, pb.groups * triton.cdiv(pb.N * pb.P * pb.Q, 64) * triton.cdiv(pb.K_per_group, 64))  # N = 0: 1
     steps = pb.R * pb.S * triton.cdiv(pb.C_per_group, 64)
     return max(2, min(triton.cdiv(2 * sms, tiles), 16, steps // 4))
 

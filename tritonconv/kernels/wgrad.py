@@ -197,6 +197,8 @@ def choose_split_k(problem: Conv2dProblem, device: torch.device) -> int:
     pb = problem
     npq = pb.N * pb.P * pb.Q
     tiles = pb.groups * pb.R * pb.S * triton.cdiv(pb.K_per_group, 64) * triton.cdiv(pb.C_per_group, 64)
+    if tiles == 0:  # C = 0: dw is empty
+        return 1
     want = triton.cdiv(2 * sm_count(device), tiles)
     return max(1, min(want, 32, npq // 1024))
 
