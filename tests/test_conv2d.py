@@ -24,14 +24,14 @@ import torch
 import torch.nn.functional as F
 import triton
 import triton.language as tl
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, given
 from hypothesis import strategies as st
 
 import tritonconv
 from tritonconv import reference, spec
 from tritonconv.kernels import router
 from tritonconv.kernels._common import mma
-from conftest import CUDA, DEVICE, DTYPES, assert_matches, rel_err, tol
+from conftest import CUDA, DEVICE, DTYPES, assert_matches, property_settings, rel_err, tol
 
 IntPair = Union[int, Tuple[int, int]]
 
@@ -607,10 +607,7 @@ def conv_problems(draw):
     return case
 
 
-@settings(
-    max_examples=40, deadline=None, derandomize=True, database=None,
-    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
-)
+@property_settings(40, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(
     case=conv_problems(),
     unbatched=st.booleans(),

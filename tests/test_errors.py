@@ -18,14 +18,14 @@ import textwrap
 import pytest
 import torch
 import torch.nn.functional as F
-from hypothesis import HealthCheck, event, given, settings
+from hypothesis import HealthCheck, event, given
 from hypothesis import strategies as st
 
 from triton.runtime.interpreter import InterpretedFunction
 from triton.runtime.jit import JITFunction
 
 import tritonconv
-from conftest import CUDA, DEVICE, rel_err
+from conftest import CUDA, DEVICE, property_settings, rel_err
 
 
 def _launch_sentinel(*args, **kwargs):
@@ -391,8 +391,7 @@ def _outcome(fn):
 
 @pytest.mark.parametrize("mutation", MUTATIONS)
 @given(data=st.data())
-@settings(max_examples=15, deadline=None, derandomize=True, database=None,
-          suppress_health_check=[HealthCheck.too_slow])
+@property_settings(15, suppress_health_check=[HealthCheck.too_slow])
 def test_property_rejects_exactly_what_pytorch_rejects(mutation, data):
     """On random valid argument sets, unchanged or with one change that may break them, tritonconv
     raises a RuntimeError exactly where PyTorch raises, and otherwise returns PyTorch's result.

@@ -9,13 +9,15 @@ import torch
 import torch.nn.functional as F
 import triton
 import triton.language as tl
-from hypothesis import HealthCheck, event, given, settings
+from hypothesis import HealthCheck, event, given
 from hypothesis import strategies as st
 
 import tritonconv
 from tritonconv import configs, plans, spec
 from tritonconv.kernels._common import INTERPRETER
 from tritonconv.kernels import _common, depthwise, fprop, router
+
+from conftest import property_settings
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 # TMA kernels run on sm_90+ and in the interpreter; elsewhere their launchers fall back
@@ -1925,8 +1927,7 @@ def conv_problems_with_tma_rows(draw):
     return draw(st.integers(1, 2)), Cg * groups, H, W, Kg * groups, R, S, stride, padding, dilation, groups
 
 
-@settings(max_examples=40, deadline=None, derandomize=True, database=None,
-          suppress_health_check=[HealthCheck.too_slow])
+@property_settings(40, suppress_health_check=[HealthCheck.too_slow])
 @given(
     problem=conv_problems_with_tma_rows(),
     dtype=st.sampled_from([torch.float16, torch.float32, torch.bfloat16]),

@@ -41,3 +41,16 @@ def test_an_interpreted_launch_runs_on_a_thread_of_its_own_and_reports_back():
             _doubles_kernel[(1,)](out, 10, FAIL=True)
     finally:
         _doubles_kernel.pre_run_hooks.clear()
+
+
+def test_property_settings_fixed_by_default_and_scaled_at_random_with_fuzz(monkeypatch):
+    """The property tests' settings: each one's examples, the same every run; with
+    TRITONCONV_FUZZ = f, f times as many, drawn at random."""
+    import conftest
+
+    monkeypatch.setattr(conftest, "FUZZ", 0.0)
+    fixed = conftest.property_settings(40)
+    assert fixed.max_examples == 40 and fixed.derandomize and fixed.deadline is None and fixed.database is None
+    monkeypatch.setattr(conftest, "FUZZ", 2.5)
+    fuzz = conftest.property_settings(40)
+    assert fuzz.max_examples == 100 and not fuzz.derandomize

@@ -14,10 +14,10 @@ import warnings
 import pytest
 import torch
 import torch.nn.functional as F
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, given
 from hypothesis import strategies as st
 
-from conftest import DEVICE, assert_matches, rel_err, tol
+from conftest import DEVICE, assert_matches, property_settings, rel_err, tol
 import tritonconv
 from tritonconv import plans, spec
 from tritonconv.kernels import router
@@ -883,8 +883,7 @@ def call_sequences(draw):
     return (N, C, H, W, K, R, stride, pad, groups), calls
 
 
-@settings(max_examples=25, deadline=None, derandomize=True, database=None,
-          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@property_settings(25, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(problem_calls=call_sequences(), seed=st.integers(0, 2**31 - 1))
 def test_property_replays_match_the_reference_call_after_call(problem_calls, seed):
     """Every call of a sequence on one problem, with plans on, against float64 F.conv2d, then
