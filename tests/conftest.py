@@ -149,7 +149,7 @@ def assert_matches(out: torch.Tensor, ref: torch.Tensor, dtype: torch.dtype) -> 
 # The property tests (hypothesis) draw the same examples every run, so that CI's time and verdict
 # are fixed. A longer hunt, e.g. before a release: TRITONCONV_FUZZ=10 python -m pytest -k property
 # draws ten times each test's examples at random (another seed each run; pytest's
-# --hypothesis-seed=N repeats one). One such run found the zero-channel crashes fixed in 434be32.
+# --hypothesis-seed=N repeats one).
 FUZZ = float(os.environ.get("TRITONCONV_FUZZ", "0") or 0)
 
 
