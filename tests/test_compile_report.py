@@ -278,8 +278,8 @@ def test_sass_reader_finds_writes_to_a_registers_of_a_wgmma_in_flight():
 @pytest.mark.parametrize("hazard", [True, False])
 def test_tap_tma_register_a_tiles_wait_for_their_wgmmas_where_triton_has_the_hazard(hazard, monkeypatch):
     """Before Triton 3.9 (configs.WGMMA_RS_HAZARD) a tap-TMA tile whose A goes through registers
-    with several k16 wgmmas per step runs with SYNC_MMA; one-row tiles (A from shared memory),
-    one wgmma per step, other types and other archs stay as they are."""
+    with several wgmmas per step (k16 in 16-bit, k8 in tf32) runs with SYNC_MMA; one-row tiles (A
+    from shared memory), one wgmma per step, fp64 and other archs stay as they are."""
     monkeypatch.setattr(tc, "WGMMA_RS_HAZARD", hazard)
 
     def cfg(bm, bk, bw, stages=3, **extra):
@@ -293,7 +293,9 @@ def test_tap_tma_register_a_tiles_wait_for_their_wgmmas_where_triton_has_the_haz
     assert why(cfg(128, 64, 8, SYNC_MMA=True), "BLOCK_M", 2, 90) is None  # already waits
     assert why(cfg(128, 16, 8), "BLOCK_M", 2, 90) is None  # one wgmma per step
     assert why(cfg(128, 64, 128), "BLOCK_M", 2, 90) is None  # one-row tile
-    assert why(cfg(128, 64, 8), "BLOCK_M", 4, 90) is None  # tf32: none in the SASS of 3.6
+    assert (why(cfg(128, 64, 8), "BLOCK_M", 4, 90) is not None) is hazard  # tf32: k8 wgmmas, 8 a step
+    assert why(cfg(128, 8, 8), "BLOCK_M", 4, 90) is None  # tf32, one k8 wgmma per step
+    assert why(cfg(128, 64, 8), "BLOCK_M", 8, 90) is None  # fp64: no wgmma
     assert why(cfg(128, 64, 8), "BLOCK_M", 2, 80) is None  # no wgmma
     assert why(cfg(128, 64, 8), "BLOCK_M", 2, None) is None  # interpreter
     assert why(cfg(128, 64, 8, stages=1), "BLOCK_M", 2, 90) is None  # nothing in flight

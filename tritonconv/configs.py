@@ -915,9 +915,12 @@ def row_efficiency(width: int, tile: int) -> float:
 # 32 or 64 and 16-bit data (every 3.6 failure seen on the H100 among them); with Triton 3.9, none.
 # Which of those configs ptxas happens to allocate safely depends on the epilogue and the
 # problem, so before 3.9 the tap-TMA pruners run every tile whose A goes through registers with
-# more than one k16 wgmma per step as SYNC_MMA: each step waits for its own wgmmas
+# more than one wgmma per step as SYNC_MMA: each step waits for its own wgmmas
 # (_common.mma_barrier), which the SASS check finds clean. The loads stay pipelined; what is
-# lost is the overlap of one step's wgmmas with the next step's start.
+# lost is the overlap of one step's wgmmas with the next step's start. tf32 (its wgmmas k8) was
+# exempt, no tf32 tile having had the hazard, until the full sm_90 report of 3d7bf87 on Triton 3.6
+# found it in four of the stream-K kernel's fp32 tiles (3 to 7 writes each): now a tf32 tile with
+# more than one k8 wgmma per step waits too.
 WGMMA_RS_HAZARD = TRITON_VERSION < (3, 9)
 
 
@@ -926,18 +929,19 @@ def register_a_hazard(cfg: triton.Config, span: str, elem_bytes: int, capability
     """Why ``cfg`` of a tap-TMA kernel would leave wgmmas reading registers in flight into the
     next step on this Triton (see WGMMA_RS_HAZARD, which ``hazard`` overrides), or None. A goes
     through registers in every spatial tile narrower than its span (the box's reshape), and in a
-    one-row tile too where the kernel selects A's channels (``a_selected``). The exemptions are
-    what the Triton 3.6 SASS showed, not a proof: one k16 wgmma per step (BLOCK_K = 16) waits
-    for itself, and no tf32 tile had the hazard; the compile report checks every build."""
+    one-row tile too where the kernel selects A's channels (``a_selected``). The exemption is
+    what the Triton 3.6 SASS showed, not a proof: one wgmma per step (BLOCK_K = 16 in 16-bit, 8
+    in tf32, the wgmma's k) waits for itself; the compile report checks every build."""
     hazard = WGMMA_RS_HAZARD if hazard is None else hazard
-    if not hazard or capability is None or capability < 90 or elem_bytes != 2:
+    if not hazard or capability is None or capability < 90 or elem_bytes not in (2, 4):
         return None
     kw = cfg.kwargs
     if kw["BLOCK_W"] >= kw[span] and not a_selected:
         return None  # one-row tile: A straight from shared memory
-    if kw["BLOCK_K"] <= 16 or cfg.num_stages <= 1 or kw.get("SYNC_MMA"):
+    mma_k = 32 // elem_bytes  # k16 wgmmas in 16-bit, k8 in tf32
+    if kw["BLOCK_K"] <= mma_k or cfg.num_stages <= 1 or kw.get("SYNC_MMA"):
         return None
-    return (f"Triton {triton.__version__}: A through registers with {kw['BLOCK_K'] // 16} wgmmas per step in "
+    return (f"Triton {triton.__version__}: A through registers with {kw['BLOCK_K'] // mma_k} wgmmas per step in "
             "flight (triton#9433)")
 
 
