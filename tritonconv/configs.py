@@ -918,7 +918,7 @@ def row_efficiency(width: int, tile: int) -> float:
 # more than one wgmma per step as SYNC_MMA: each step waits for its own wgmmas
 # (_common.mma_barrier), which the SASS check finds clean. The loads stay pipelined; what is
 # lost is the overlap of one step's wgmmas with the next step's start. tf32 (its wgmmas k8) was
-# exempt, no tf32 tile having had the hazard, until the full sm_90 report of 3d7bf87 on Triton 3.6
+# exempt, no tf32 tile having had the hazard, until the full sm_90 report of ada6b98 on Triton 3.6
 # found it in four of the stream-K kernel's fp32 tiles (3 to 7 writes each): now a tf32 tile with
 # more than one k8 wgmma per step waits too.
 WGMMA_RS_HAZARD = TRITON_VERSION < (3, 9)
