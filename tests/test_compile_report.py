@@ -558,7 +558,7 @@ def test_depthwise_pruner_fp16_forward_below_sm90(monkeypatch):
     assert "32 values/thread" in why(128, 32, 4, 2, taps_per_row=3, capability=80, taps=9, fp16_below_sm90=True)
     assert why(128, 32, 4, 2, taps_per_row=3, capability=80, taps=9, row_step=(2, 1), fp16_below_sm90=True) is None
     assert why(64, 32, 4, 2, taps_per_row=3, capability=80, taps=9, fp16_below_sm90=True) is None  # 16 a thread
-    assert why(128, 32, 4, 2, taps_per_row=3, capability=80, taps=9, unrolled=False, reuse=False) is None
+    assert why(128, 32, 4, 2, taps_per_row=3, capability=80, taps=9) is None  # without the flag: kept
     monkeypatch.setattr(tc, "TUNE", True)
     x16 = torch.empty(1, dtype=torch.float16)
     monkeypatch.setattr(tc, "device_capability", lambda t: 80)

@@ -1037,12 +1037,12 @@ class DirectPruneHook:
                                                          height, width) <= MAX_PATCH_WASTE] or configs[:1]
         t = args[self.tensor_arg]
         S = int(args.get("S", 1))
-        return tuned(prune_direct_configs(configs, t.element_size(), S, device_capability(t),
+        capability = device_capability(t)
+        return tuned(prune_direct_configs(configs, t.element_size(), S, capability,
                                           taps=int(args.get("R", 1)) * S, rows_skipped=self.rows_skipped(args),
                                           row_step=self.row_step(args), reuse_ok=self.reuse_ok(args),
                                           strided_bf16=self.strided_bf16(args, t.dtype == torch.bfloat16),
-                                          fp16_below_sm90=self.fp16_below_sm90(t.dtype == torch.float16,
-                                                                               device_capability(t))))
+                                          fp16_below_sm90=self.fp16_below_sm90(t.dtype == torch.float16, capability)))
 
 
 def gemm_prune_hook(m_fn, n_fn, k_fn, tensor_arg: str, gathered: bool = True,
