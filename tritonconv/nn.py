@@ -36,8 +36,12 @@ class Conv2d(torch.nn.Conv2d):
 
     activation: Optional[str] = None
     negative_slope: float = 0.01
+    # TorchScript reads these once, when it compiles the module (class defaults included)
+    __constants__ = list(torch.nn.Conv2d.__constants__) + ["activation", "negative_slope"]
 
     def forward(self, input: torch.Tensor, residual: Optional[torch.Tensor] = None) -> torch.Tensor:
+        if torch.jit.is_scripting():
+            return self._scripted_forward(input, residual)
         padding = self.padding
         if self.padding_mode != "zeros":
             input = F.pad(input, self._reversed_padding_repeated_twice, mode=self.padding_mode)
@@ -49,12 +53,41 @@ class Conv2d(torch.nn.Conv2d):
             if torch.broadcast_shapes(residual.shape, out_shape) != out_shape:
                 # the add would broadcast the conv's output itself: not an epilogue
                 y = functional.conv2d(input, weight, self.bias, *args) + residual
-                return _torch_activation(y, self.activation, self.negative_slope)
+                return _activation(y, "none" if self.activation is None else self.activation, self.negative_slope)
         # a residual that broadcasts to the output is expanded by functional.conv2d
         return functional.conv2d(
             input, weight, self.bias, *args,
             activation=self.activation, residual=residual, negative_slope=self.negative_slope,
         )
+
+    def _scripted_forward(self, input: torch.Tensor, residual: Optional[torch.Tensor]) -> torch.Tensor:
+        """``forward`` as TorchScript compiles it (``torch.jit.script``; eager calls never come here):
+        the registered ops, called the way ``functional.conv2d`` calls them, with the weight as it
+        is (no packed copy is kept: the kernels take any strides, some families only a KRSC weight)."""
+        pads = self._reversed_padding_repeated_twice  # (left, right, top, bottom), string padding resolved
+        padding = [pads[2], pads[0]]
+        if self.padding_mode != "zeros":
+            input = F.pad(input, pads, mode=self.padding_mode)
+            padding = [0, 0]
+        elif pads[1] != pads[0] or pads[3] != pads[2]:
+            # 'same' with an even effective kernel: the extra row / column goes at the bottom / right
+            input = F.pad(input, [0, pads[1] - pads[0], 0, pads[3] - pads[2]])
+        activation = "none"
+        if self.activation is not None:  # a constant: TorchScript compiles one branch
+            activation = self.activation
+        if residual is None and activation == "none":
+            return torch.ops.tritonconv.conv2d(input, self.weight, self.bias, self.stride, padding, self.dilation,
+                                               self.groups)
+        if residual is not None:
+            out_shape = _scripted_output_shape(input, self.weight, self.stride, padding, self.dilation)
+            if not _broadcasts_to(residual.shape, out_shape):
+                # the add would broadcast the conv's output itself: not an epilogue
+                y = torch.ops.tritonconv.conv2d(input, self.weight, self.bias, self.stride, padding, self.dilation,
+                                                self.groups) + residual
+                return _activation(y, activation, self.negative_slope)
+            residual = residual.expand(out_shape)
+        return torch.ops.tritonconv.conv2d_fused(input, self.weight, self.bias, self.stride, padding, self.dilation,
+                                                 self.groups, activation, float(self.negative_slope), residual)
 
     def __getstate__(self):
         # the packed weight is the module's cache, not its state: torch.save, pickle and deepcopy
@@ -123,6 +156,9 @@ class ConvTranspose2d(torch.nn.ConvTranspose2d):
         output_padding = self._output_padding(
             input, output_size, self.stride, self.padding, self.kernel_size, 2, self.dilation
         )
+        if torch.jit.is_scripting():  # TorchScript: the registered op, nothing kept between calls
+            return torch.ops.tritonconv.conv_transpose2d(input, self.weight, self.bias, self.stride, self.padding,
+                                                         output_padding, self.groups, self.dilation)
         # Where the weight cannot change under the call (inference), the kernels keep what they
         # build from it until its version moves; in training they rebuild it per step.
         w = self.weight
@@ -172,14 +208,46 @@ def _output_shape(input, weight, args) -> Tuple[int, ...]:
     return pb.output_shape if input.dim() == 4 else pb.output_shape[1:]
 
 
-def _torch_activation(y: torch.Tensor, activation: Optional[str], slope: float) -> torch.Tensor:
-    """The epilogue's activations in plain PyTorch, for the unfused fallback."""
-    if activation is None or activation == "none":
+def _scripted_output_shape(input: torch.Tensor, weight: torch.Tensor, stride: List[int], padding: List[int],
+                           dilation: List[int]) -> List[int]:
+    """The conv's output size, in TorchScript (``_output_shape`` validates the problem too)."""
+    shape: List[int] = [input.shape[0]] if input.dim() == 4 else []
+    shape.append(weight.shape[0])
+    for i in range(2):
+        size = input.shape[input.dim() - 2 + i] + 2 * padding[i] - dilation[i] * (weight.shape[2 + i] - 1) - 1
+        shape.append(size // stride[i] + 1)
+    return shape
+
+
+def _broadcasts_to(shape: List[int], target: List[int]) -> bool:
+    """Whether ``torch.broadcast_shapes(shape, target) == target`` (in TorchScript)."""
+    if len(shape) > len(target):
+        return False
+    for i in range(1, len(shape) + 1):
+        if shape[-i] != 1 and shape[-i] != target[-i]:
+            return False
+    return True
+
+
+def _activation(y: torch.Tensor, activation: str, slope: float) -> torch.Tensor:
+    """The epilogue's activations in plain PyTorch, for the unfused fallback (TorchScript's too)."""
+    if activation == "none":
         return y
-    return {
-        "relu": F.relu, "silu": F.silu, "gelu": F.gelu, "gelu_tanh": lambda t: F.gelu(t, approximate="tanh"),
-        "leaky_relu": lambda t: F.leaky_relu(t, slope), "hardswish": F.hardswish, "sigmoid": torch.sigmoid,
-    }[activation](y)
+    if activation == "relu":
+        return F.relu(y)
+    if activation == "silu":
+        return F.silu(y)
+    if activation == "gelu":
+        return F.gelu(y)
+    if activation == "gelu_tanh":
+        return F.gelu(y, approximate="tanh")
+    if activation == "leaky_relu":
+        return F.leaky_relu(y, slope)
+    if activation == "hardswish":
+        return F.hardswish(y)
+    if activation == "sigmoid":
+        return torch.sigmoid(y)
+    raise ValueError("unknown activation " + activation)
 
 
 _SWAPS = {torch.nn.Conv2d: Conv2d, torch.nn.ConvTranspose2d: ConvTranspose2d}
