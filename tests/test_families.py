@@ -2324,3 +2324,56 @@ def test_gemm1x1_tma_flattened_persistent_loop(monkeypatch, launched):
         y = torch.ops.tritonconv.conv2d(x, w, None, [1, 1], [0, 0], [1, 1], 1)
     assert launched == ["gemm1x1_tma"]
     assert rel_err(y, F.conv2d(x.double(), w.double())) < TOL[torch.float16]
+
+
+# Offsets past int32 from strides that fit it: a batch stride of 2**30 + 64 elements (an int32
+# argument, which Triton does not widen) puts image 2 past 2**31, where n * stride wraps unless
+# the kernel widens n first (the interpreter wraps int32 as a GPU does). The storage is 4 GiB of
+# fp16 that nothing touches but the three images (torch.empty maps it, the OS backs what is
+# written). Input-side only: an output as large would take the interpreter hours to compute.
+_WIDE_BATCH_STRIDE = 2**30 + 64
+_WIDE_PROBLEMS = [  # (C, K, kernel size, stride, padding, groups)
+    (8, 16, 3, 1, 1, 1), (8, 16, 1, 1, 0, 1), (8, 16, 3, 2, 1, 1), (8, 16, 1, 2, 0, 1), (8, 8, 3, 1, 1, 8),
+    (8, 16, 3, 1, 1, 2),
+]
+# what must have run among the families forced: every kernel that takes a strided input
+# by pointer (the TMA kernels want NHWC-contiguous input, and hand such views on)
+_WIDE_KERNELS = {
+    "forward": {"fprop", "fprop_tma", "depthwise_fprop", "smallc", "smallc_pad", "smallc_rows_k16", "gemm1x1"},
+    "grad_input": {"dgrad", "gemm1x1_dgrad", "depthwise_dgrad"},
+    "grad_weight": {"wgrad", "depthwise_wgrad", "smallc_wgrad"},
+}
+
+
+@pytest.mark.parametrize("direction", list(_WIDE_KERNELS))
+@pytest.mark.parametrize("channels_last", [True, False], ids=["nhwc", "nchw"])
+def test_batch_stride_past_int32_on_every_family(direction, channels_last, launched):
+    N, H, W = 3, 6, 6
+    store = torch.empty(2 * _WIDE_BATCH_STRIDE + 2 * 16 * H * W, dtype=torch.float16, device=DEVICE)
+
+    def view(C, P, Q, offset):  # (N, C, P, Q) at ``offset`` in each image's slot of the storage
+        strides = (_WIDE_BATCH_STRIDE, 1, Q * C, C) if channels_last else (_WIDE_BATCH_STRIDE, P * Q, Q, 1)
+        t = store.as_strided((N, C, P, Q), strides, offset)
+        t.copy_(torch.randn(N, C, P, Q, device=DEVICE, dtype=torch.float16))
+        return t
+
+    table = {"forward": router.FORWARD, "grad_input": router.INPUT_GRAD, "grad_weight": router.WEIGHT_GRAD}[direction]
+    for C, K, ks, stride, pad, groups in _WIDE_PROBLEMS:
+        x = view(C, H, W, 0)
+        w = torch.randn(K, C // groups, ks, ks, device=DEVICE, dtype=torch.float16) / (C // groups * ks * ks) ** 0.5
+        args = ([stride] * 2, [pad] * 2, [1, 1], groups)
+        x64, w64 = x.double().requires_grad_(), w.double().requires_grad_()
+        ref = F.conv2d(x64, w64, None, *args)
+        dy = view(K, ref.shape[2], ref.shape[3], 16 * H * W)  # the second half of each image's slot
+        ref_dx, ref_dw = torch.autograd.grad(ref, (x64, w64), dy.double())
+        problem = spec.conv2d_problem(x, w, None, *args)
+        for family in router.candidates(table, problem):
+            with router.force(family):
+                if direction == "forward":
+                    out, expected = torch.ops.tritonconv.conv2d(x, w, None, *args), ref
+                elif direction == "grad_input":
+                    out, expected = torch.ops.tritonconv.conv2d_grad_input(dy, w, list(x.shape), *args), ref_dx
+                else:
+                    out, expected = torch.ops.tritonconv.conv2d_grad_weight(dy, x, list(w.shape), *args), ref_dw
+            assert rel_err(out, expected) < TOL[torch.float16], (family, C, K, ks, stride, groups)
+    assert _WIDE_KERNELS[direction] <= set(launched), sorted(set(launched))
