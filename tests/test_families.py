@@ -2330,7 +2330,8 @@ def test_gemm1x1_tma_flattened_persistent_loop(monkeypatch, launched):
 # argument, which Triton does not widen) puts image 2 past 2**31, where n * stride wraps unless
 # the kernel widens n first (the interpreter wraps int32 as a GPU does). The storage is 4 GiB of
 # fp16 that nothing touches but the three images (torch.empty maps it, the OS backs what is
-# written). Input-side only: an output as large would take the interpreter hours to compute.
+# written). Inputs (and a fused residual) only: an output as large would take the interpreter
+# hours to compute.
 _WIDE_BATCH_STRIDE = 2**30 + 64
 _WIDE_PROBLEMS = [  # (C, K, kernel size, stride, padding, groups)
     (8, 16, 3, 1, 1, 1), (8, 16, 1, 1, 0, 1), (8, 16, 3, 2, 1, 1), (8, 16, 1, 2, 0, 1), (8, 8, 3, 1, 1, 8),
@@ -2371,6 +2372,9 @@ def test_batch_stride_past_int32_on_every_family(direction, channels_last, launc
             with router.force(family):
                 if direction == "forward":
                     out, expected = torch.ops.tritonconv.conv2d(x, w, None, *args), ref
+                    # a residual with the same batch stride: the fused epilogue's loads
+                    fused = torch.ops.tritonconv.conv2d_fused(x, w, None, *args, "none", 0.0, dy)
+                    assert rel_err(fused, ref + dy.double()) < TOL[torch.float16], (family, C, K, ks, stride, groups)
                 elif direction == "grad_input":
                     out, expected = torch.ops.tritonconv.conv2d_grad_input(dy, w, list(x.shape), *args), ref_dx
                 else:
