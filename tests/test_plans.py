@@ -1036,3 +1036,50 @@ def test_a_transposed_conv_met_before_skips_its_problem(monkeypatch):
     monkeypatch.undo()
     with pytest.raises(ValueError):
         tritonconv.conv_transpose2d(x, w, b, stride=2, padding=1, output_padding=2)  # not below the stride
+
+
+def test_threads_calling_at_once_each_get_their_own_results():
+    """Threads running convs at once (a server's workers): each call's output and gradients are
+    its own, on first calls (recorded, autotuned) and replays alike. Triton's Autotuner keeps a
+    call on itself between statements, and its interpreter patches triton.language for the kernel
+    it runs: without ``_common.LAUNCH_LOCK`` the interpreted threads fail here."""
+    import threading
+
+    old_interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-5)  # switch threads often: interleave inside the launch paths
+    problems = [((2, 8, 7, 7), (16, 8, 3, 3), 1, 1, 1), ((1, 4, 9, 9), (8, 4, 1, 1), 1, 0, 1),
+                ((2, 8, 8, 8), (8, 1, 3, 3), 1, 1, 8), ((1, 3, 10, 10), (8, 3, 3, 3), 2, 1, 1)]
+    failures = []
+
+    def worker(index):
+        g = torch.Generator(device=DEVICE).manual_seed(index)
+        try:
+            for rep in range(3):
+                for xs, ws, stride, pad, groups in problems:
+                    x = torch.randn(xs, generator=g, device=DEVICE, dtype=torch.float64)
+                    if (rep + index) % 2:
+                        x = x.to(memory_format=torch.channels_last)
+                    w = torch.randn(ws, generator=g, device=DEVICE, dtype=torch.float64)
+                    xg, wg = x.clone().requires_grad_(), w.clone().requires_grad_()
+                    y = tritonconv.conv2d(xg, wg, None, stride, pad, 1, groups)
+                    dy = torch.randn(y.shape, generator=g, device=DEVICE, dtype=torch.float64)
+                    dx, dw = torch.autograd.grad(y, (xg, wg), dy)
+                    xr, wr = x.clone().requires_grad_(), w.clone().requires_grad_()
+                    ref = F.conv2d(xr, wr, None, stride, pad, 1, groups)
+                    ref_dx, ref_dw = torch.autograd.grad(ref, (xr, wr), dy)
+                    for name, out, want in (("y", y, ref), ("dx", dx, ref_dx), ("dw", dw, ref_dw)):
+                        if not rel_err(out, want) <= tol(torch.float64):
+                            failures.append((index, rep, xs, name, rel_err(out, want)))
+        except Exception as err:  # noqa: BLE001  (reported by the test's thread)
+            failures.append((index, f"{type(err).__name__}: {err}"))
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(3)]
+    try:
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        sys.setswitchinterval(old_interval)
+    assert not failures, failures[:5]
+    assert plans.stats()["plans"] >= 3 * len(problems), plans.stats()  # the replays were planned

@@ -620,7 +620,8 @@ class Plan:
                     base = _Address(arg)
                 vals[pos] = arg if template is None else _with_base(template, base)
             if interpreted:
-                runner.run(*vals, grid=grid, warmup=False)
+                with _common.LAUNCH_LOCK:  # Triton's interpreter runs one kernel at a time
+                    runner.run(*vals, grid=grid, warmup=False)
             else:
                 run, function, packed = runner
                 run(grid[0], grid[1], grid[2], stream, function, packed, None, None, None, *vals)

@@ -71,7 +71,7 @@ import warnings
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Set, Tuple
 
-from .kernels._common import INTERPRETER
+from .kernels._common import INTERPRETER, LAUNCH_LOCK
 from . import plans
 
 __all__ = [
@@ -770,7 +770,13 @@ def recording_configs():
 
 
 def launch(autotuner: Any, kernel: str, device: Any, grid: Any, *args: Any, **kwargs: Any) -> None:
-    """Launch an autotuned kernel with the persistent cache around it (load once, save new choices)."""
+    """Launch an autotuned kernel with the persistent cache around it (load once, save new choices),
+    one thread at a time (``_common.LAUNCH_LOCK``: the autotuner keeps the call on itself)."""
+    with LAUNCH_LOCK:
+        _launch(autotuner, kernel, device, grid, *args, **kwargs)
+
+
+def _launch(autotuner: Any, kernel: str, device: Any, grid: Any, *args: Any, **kwargs: Any) -> None:
     size_before = before_launch(autotuner, kernel, device)
     hinted = None
     if size_before >= 0 and _hints and not _intercepting:
@@ -799,8 +805,9 @@ def launch(autotuner: Any, kernel: str, device: Any, grid: Any, *args: Any, **kw
 
 def launch_direct(fn: Any, grid: Any, *args: Any, **kwargs: Any) -> None:
     """Launch a jitted kernel that has no autotuner (``fn[grid](*args, **kwargs)``), so that a
-    launch plan (``plans``) records it too."""
-    compiled = fn[grid](*args, **kwargs)
+    launch plan (``plans``) records it too. Under the interpreter, one thread at a time (``LAUNCH_LOCK``)."""
+    with LAUNCH_LOCK if INTERPRETER else contextlib.nullcontext():
+        compiled = fn[grid](*args, **kwargs)
     if plans.is_recording():
         plans.record(fn, grid, args, kwargs, compiled)
 

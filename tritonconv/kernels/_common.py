@@ -84,6 +84,20 @@ def _probe():
 # re-reading the environment, so we agree with Triton even if it changed later.
 INTERPRETER: bool = type(_probe).__name__ == "InterpretedFunction"
 
+# Held around a launch that keeps state outside the call while it runs, so that threads
+# launching at once do not see each other's (``tuning.launch``, ``tuning.launch_direct`` and an
+# interpreted plan's replay):
+# - Triton's Autotuner keeps the call's arguments on itself (``nargs``, which the config's
+#   pre-hook reads to shape the TMA descriptors, then sets to None) and its choice
+#   (``best_config``, which ``tuning.launch`` reads after). Another thread can run in between
+#   (the C launch releases the GIL), and would have the hook shape its own descriptors with the
+#   other call's tile, or find ``nargs`` gone.
+# - Triton's interpreter patches triton.language for the kernel it runs: two interpreted
+#   launches at once fail ("Did you forget to add @triton.jit ?"), so under it every launch holds it.
+# Re-entrant: a launcher's ``derive`` step may launch. A planned replay on a GPU, which touches
+# no such state, runs without it.
+LAUNCH_LOCK = threading.RLock()
+
 
 @triton.jit
 def grouped_pid(pid, num_pid_m, num_pid_n, GROUP_M: tl.constexpr):
