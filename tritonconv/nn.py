@@ -214,8 +214,8 @@ def _scripted_output_shape(input: torch.Tensor, weight: torch.Tensor, stride: Li
     shape: List[int] = [input.shape[0]] if input.dim() == 4 else []
     shape.append(weight.shape[0])
     for i in range(2):
-        size = input.shape[input.dim() - 2 + i] + 2 * padding[i] - dilation[i] * (weight.shape[2 + i] - 1) - 1
-        shape.append(size // stride[i] + 1)
+        shape.append(spec._out_size(input.shape[input.dim() - 2 + i], padding[i], padding[i], weight.shape[2 + i],
+                                    stride[i], dilation[i]))
     return shape
 
 
