@@ -1133,7 +1133,9 @@ def kernel_time(call: Callable[[], Any], calls: int = 20, reps: int = 10) -> flo
             call()
         torch.cuda.current_stream().wait_stream(stream)
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
+        # thread_local: another thread's allocations and synchronisations meanwhile (a server's
+        # other workers) neither fail nor break this capture, as the default "global" mode makes them
+        with torch.cuda.graph(graph, capture_error_mode="thread_local"):
             for _ in range(calls):
                 call()
         graph.replay()
