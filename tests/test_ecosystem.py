@@ -3,6 +3,7 @@ CUDA graphs, and DistributedDataParallel."""
 
 from __future__ import annotations
 
+import copy
 import os
 
 import pytest
@@ -73,6 +74,46 @@ def test_compile_fullgraph_and_export_of_a_converted_model():
         assert any("tritonconv.conv2d" in t for t in targets), targets
         assert not any("aten.convolution" in t or "aten.conv2d" in t for t in targets), targets
         assert rel_err(exported.module()(x), expected) < FP32_VS_ATEN
+
+
+class _Residual(nn.Module):
+    def __init__(self, channels):
+        super().__init__()
+        self.conv, self.bn = nn.Conv2d(channels, channels, 3, padding=1, bias=False), nn.BatchNorm2d(channels)
+
+    def forward(self, x):
+        return F.relu(self.bn(self.conv(x)) + x)
+
+
+@pytest.mark.parametrize("fuse", [False, True], ids=["converted", "fused"])
+def test_exported_program_decomposes_to_aten_convolutions(fuse):
+    """``ops.aten_decompositions``: an exported converted model (a fused one too: BN folded, the
+    activation in the epilogue) rewritten onto aten's convs computes what the model computes,
+    with no tritonconv op left (what torch.onnx.export and AOTInductor need)."""
+    torch.manual_seed(3)
+    net = nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.SiLU(),
+        nn.Conv2d(8, 8, 3, stride=2, padding=1, groups=2), nn.LeakyReLU(0.2),
+        nn.ConvTranspose2d(8, 4, 2, stride=2), nn.Conv2d(4, 4, 1), _Residual(4),
+    ).to(DEVICE, torch.float64).eval()
+    for m in net.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5), m.running_var.uniform_(0.5, 2.0)
+    x = torch.randn(2, 3, 8, 8, device=DEVICE, dtype=torch.float64)
+    with torch.no_grad():
+        expected = net(x)
+        model = tritonconv.convert(copy.deepcopy(net), fuse=fuse)
+        exported = torch.export.export(model, (x,))
+        ours = {str(n.target) for n in exported.graph.nodes if n.op == "call_function" and "tritonconv" in str(n.target)}
+        assert ("tritonconv.conv2d_fused.default" in ours) == fuse, ours
+        if fuse:  # the residual block's add and ReLU went into its conv's epilogue
+            assert not any(n.target in (torch.ops.aten.add.Tensor, torch.ops.aten.relu.default)
+                           for n in exported.graph.nodes), exported.graph
+        decomposed = exported.run_decompositions(tritonconv.ops.aten_decompositions())
+        targets = {str(n.target) for n in decomposed.graph.nodes if n.op == "call_function"}
+        assert not any("tritonconv" in t for t in targets), targets
+        assert {"aten.conv2d.default", "aten.conv_transpose2d.input"} <= targets, targets
+        assert rel_err(decomposed.module()(x), expected) < 1e-12
 
 
 def test_compile_fullgraph_of_a_converted_model_with_backward():

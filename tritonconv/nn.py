@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch.multiprocessing.reductions import StorageWeakRef
 
 from . import functional, spec
+from .ops import torch_activation
 from .kernels import depthwise, dgrad
 from .kernels._common import INTERPRETER, content_state
 
@@ -53,7 +54,8 @@ class Conv2d(torch.nn.Conv2d):
             if torch.broadcast_shapes(residual.shape, out_shape) != out_shape:
                 # the add would broadcast the conv's output itself: not an epilogue
                 y = functional.conv2d(input, weight, self.bias, *args) + residual
-                return _activation(y, "none" if self.activation is None else self.activation, self.negative_slope)
+                activation = "none" if self.activation is None else self.activation
+                return torch_activation(y, activation, self.negative_slope)
         # a residual that broadcasts to the output is expanded by functional.conv2d
         return functional.conv2d(
             input, weight, self.bias, *args,
@@ -84,7 +86,7 @@ class Conv2d(torch.nn.Conv2d):
                 # the add would broadcast the conv's output itself: not an epilogue
                 y = torch.ops.tritonconv.conv2d(input, self.weight, self.bias, self.stride, padding, self.dilation,
                                                 self.groups) + residual
-                return _activation(y, activation, self.negative_slope)
+                return torch_activation(y, activation, self.negative_slope)
             residual = residual.expand(out_shape)
         return torch.ops.tritonconv.conv2d_fused(input, self.weight, self.bias, self.stride, padding, self.dilation,
                                                  self.groups, activation, float(self.negative_slope), residual)
@@ -227,27 +229,6 @@ def _broadcasts_to(shape: List[int], target: List[int]) -> bool:
         if shape[-i] != 1 and shape[-i] != target[-i]:
             return False
     return True
-
-
-def _activation(y: torch.Tensor, activation: str, slope: float) -> torch.Tensor:
-    """The epilogue's activations in plain PyTorch, for the unfused fallback (TorchScript's too)."""
-    if activation == "none":
-        return y
-    if activation == "relu":
-        return F.relu(y)
-    if activation == "silu":
-        return F.silu(y)
-    if activation == "gelu":
-        return F.gelu(y)
-    if activation == "gelu_tanh":
-        return F.gelu(y, approximate="tanh")
-    if activation == "leaky_relu":
-        return F.leaky_relu(y, slope)
-    if activation == "hardswish":
-        return F.hardswish(y)
-    if activation == "sigmoid":
-        return torch.sigmoid(y)
-    raise ValueError("unknown activation " + activation)
 
 
 _SWAPS = {torch.nn.Conv2d: Conv2d, torch.nn.ConvTranspose2d: ConvTranspose2d}

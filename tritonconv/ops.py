@@ -59,6 +59,8 @@ __all__ = [
     "conv2d_grad_input",
     "conv2d_grad_weight",
     "conv2d_grad_bias",
+    "aten_decompositions",
+    "torch_activation",
 ]
 
 _CONV_ARGS = "SymInt[2] stride, SymInt[2] padding, SymInt[2] dilation, SymInt groups"
@@ -1008,3 +1010,59 @@ def _register_autocast(opname: str, device_type: str) -> None:
 for _name in _AUTOCAST_OPS:
     for _device in ("cuda", "cpu"):
         _register_autocast(_name, _device)
+
+
+# --------------------------------------------------------------------------- decompositions
+
+
+def torch_activation(y: torch.Tensor, activation: str, slope: float) -> torch.Tensor:
+    """The epilogue's activations in plain PyTorch: for ``aten_decompositions``, and for the
+    modules' unfused fallback (TorchScript compiles it too)."""
+    if activation == "none":
+        return y
+    if activation == "relu":
+        return torch.nn.functional.relu(y)
+    if activation == "silu":
+        return torch.nn.functional.silu(y)
+    if activation == "gelu":
+        return torch.nn.functional.gelu(y)
+    if activation == "gelu_tanh":
+        return torch.nn.functional.gelu(y, approximate="tanh")
+    if activation == "leaky_relu":
+        return torch.nn.functional.leaky_relu(y, slope)
+    if activation == "hardswish":
+        return torch.nn.functional.hardswish(y)
+    if activation == "sigmoid":
+        return torch.sigmoid(y)
+    raise ValueError("unknown activation " + activation)
+
+
+def _aten_conv2d(input, weight, bias=None, stride=(1, 1), padding=(0, 0), dilation=(1, 1), groups=1):
+    return torch.ops.aten.conv2d.default(input, weight, bias, stride, padding, dilation, groups)
+
+
+def _aten_conv2d_fused(input, weight, bias=None, stride=(1, 1), padding=(0, 0), dilation=(1, 1), groups=1,
+                       activation="none", alpha=0.01, residual=None):
+    y = torch.ops.aten.conv2d.default(input, weight, bias, stride, padding, dilation, groups)
+    return torch_activation(y if residual is None else y + residual, activation, alpha)
+
+
+def _aten_conv_transpose2d(input, weight, bias=None, stride=(1, 1), padding=(0, 0), output_padding=(0, 0),
+                           groups=1, dilation=(1, 1)):
+    return torch.ops.aten.conv_transpose2d.input(input, weight, bias, stride, padding, output_padding, groups,
+                                                 dilation)
+
+
+def aten_decompositions() -> dict:
+    """``torch.ops.tritonconv``'s forward ops written as aten's (``conv2d``, ``conv2d_fused``'s conv,
+    add and activation, ``conv_transpose2d``), for ``ExportedProgram.run_decompositions``: a
+    program exported from a converted model then has aten convolutions only, for what takes
+    those and not Python custom ops (``torch.onnx.export``, AOTInductor, ExecuTorch)::
+
+        ep = torch.export.export(tritonconv.convert(model).eval(), (x,))
+        ep = ep.run_decompositions(tritonconv.ops.aten_decompositions())
+
+    The backward ops (``conv2d_grad_*``) stay: an exported training graph keeps them."""
+    ops = torch.ops.tritonconv
+    return {ops.conv2d.default: _aten_conv2d, ops.conv2d_fused.default: _aten_conv2d_fused,
+            ops.conv_transpose2d.default: _aten_conv_transpose2d}
