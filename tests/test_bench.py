@@ -1067,6 +1067,11 @@ def test_a_hint_keeps_the_sync_the_tap_tma_pruner_adds(monkeypatch, device):
         tuning._hints[id(tuner)] = {key: tuning.decode_config(tuning.encode_config(synced))}
         hinted = tuning.hinted_config(tuner, args, kwargs)
         assert hinted.kwargs.get("SYNC_MMA") is True and hinted.pre_hook is synced.pre_hook
+        # the transposed form the pruner offers beside it is a choice a hint can name too
+        swapped = next(c for c in kept if c.kwargs.get("TRANSPOSED"))
+        tuning._hints[id(tuner)] = {key: tuning.decode_config(tuning.encode_config(swapped))}
+        hinted = tuning.hinted_config(tuner, args, kwargs)
+        assert hinted.kwargs.get("TRANSPOSED") is True and not hinted.kwargs.get("SYNC_MMA")
     finally:
         tuning._hints.pop(id(tuner), None)
 

@@ -300,6 +300,11 @@ def test_tap_tma_register_a_tiles_wait_for_their_wgmmas_where_triton_has_the_haz
     assert why(cfg(128, 64, 8), "BLOCK_M", 2, None) is None  # interpreter
     assert why(cfg(128, 64, 8, stages=1), "BLOCK_M", 2, 90) is None  # nothing in flight
     assert tc.config_name(tc.synced(cfg(128, 64, 8))) == "128x128x64 w8 s3 sync"
+    # transposed, the input box is the wgmma's B operand, from shared memory; unless A's channels
+    # are selected in registers
+    assert why(cfg(128, 64, 8, TRANSPOSED=True), "BLOCK_M", 2, 90) is None
+    assert (why(cfg(128, 64, 8, TRANSPOSED=True), "BLOCK_M", 2, 90, a_selected=True) is not None) is hazard
+    assert tc.config_name(tc.transposed(cfg(128, 64, 8))) == "128x128x64 w8 s3 transposed"
 
 
 def test_tap_tma_prune_hook_syncs_the_register_a_tiles(monkeypatch):
@@ -318,10 +323,17 @@ def test_tap_tma_prune_hook_syncs_the_register_a_tiles(monkeypatch):
     assert "128x128x64 w8 s3 sync" in names and "128x64x16 w4 s4" in names  # one k16 wgmma: as it is
     assert "64x128x64 w8 s4 rows" in names  # 56-wide rows, A from shared memory: as it is
     assert all(tc.register_a_hazard(c, "BLOCK_M", 2, 90) is None for c in kept)
-    # channels BLOCK_K does not divide: a one-row tile selects A in registers, and waits too
-    assert "64x128x64 w8 s4 rows sync" in [tc.config_name(c) for c in hook(configs, {**args, "K_ALIGN": 8})]
+    # beside each synced tile, its transposed form, where BLOCK_N can be the wgmma's M
+    synced = [n[:-len(" sync")] for n in names if n.endswith(" sync")]
+    assert synced and sorted(n[:-len(" transposed")] for n in names if n.endswith(" transposed")) == sorted(
+        n for n in synced if int(n.split("x")[1]) >= tc.TRANSPOSED_MIN_BLOCK_N)
+    assert "128x32x64 w8 s4 sync" in names and "128x32x64 w8 s4 transposed" not in names
+    # channels BLOCK_K does not divide: a one-row tile selects A in registers, and waits too; so
+    # would a transposed one, which is then not offered
+    selected = [tc.config_name(c) for c in hook(configs, {**args, "K_ALIGN": 8})]
+    assert "64x128x64 w8 s4 rows sync" in selected and not any("transposed" in n for n in selected)
     monkeypatch.setattr(tc, "WGMMA_RS_HAZARD", False)
-    assert not any(c.kwargs.get("SYNC_MMA") for c in hook(configs, args))
+    assert not any(c.kwargs.get("SYNC_MMA") or c.kwargs.get("TRANSPOSED") for c in hook(configs, args))
 
 
 def test_tma_family_without_tma_copies_fails():

@@ -2381,3 +2381,65 @@ def test_batch_stride_past_int32_on_every_family(direction, channels_last, launc
                     out, expected = torch.ops.tritonconv.conv2d_grad_weight(dy, x, list(w.shape), *args), ref_dw
             assert rel_err(out, expected) < TOL[torch.float16], (family, C, K, ks, stride, groups)
     assert _WIDE_KERNELS[direction] <= set(launched), sorted(set(launched))
+
+
+def _pin_tap_tma_tiles(monkeypatch, **extra) -> None:
+    """The tap-TMA forward (plain and stream-K) and phased dgrad autotuners holding one config
+    each, their first listed (the interpreter's tile on CPU) with ``extra`` meta-parameters set."""
+    from tritonconv.kernels import dgrad
+
+    for tuner in (fprop._fprop_tap_tma_tuned, fprop._fprop_tap_tma_streamk_tuned, dgrad._dgrad_phased_tuned):
+        base = tuner.configs[0]
+        pinned = triton.Config({**base.kwargs, **extra}, num_warps=base.num_warps, num_stages=base.num_stages,
+                               pre_hook=base.pre_hook)
+        monkeypatch.setattr(tuner, "configs", [pinned])
+        monkeypatch.setattr(tuner, "cache", {})
+
+
+# (family forced, direction, problem (N, C, H, W, K, R, S, stride, padding, dilation, groups), kernels launched)
+_TRANSPOSED_CASES = [
+    ("tap_tma", "forward", (2, 32, 6, 6, 24, 3, 3, 1, 1, 1, 1), ["fprop_tap_tma"]),
+    ("tap_tma", "forward", (1, 48, 8, 8, 32, 3, 3, 2, 1, 1, 2), ["fprop_tap_tma"]),  # stride 2, grouped
+    ("tap_tma", "forward", (2, 24, 5, 7, 40, 3, 3, 1, 1, 1, 1), ["fprop_tap_tma"]),  # channels BLOCK_K does not divide
+    ("tap_tma_splitk", "forward", (1, 64, 4, 4, 32, 3, 3, 1, 1, 1, 1), ["fprop_tap_tma"]),
+    ("tap_tma_streamk", "forward", (2, 32, 6, 6, 24, 3, 3, 1, 1, 1, 1), ["fprop_tap_tma_streamk"]),
+    ("tap_tma", "grad_input", (2, 24, 6, 6, 32, 3, 3, 1, 1, 1, 1), ["fprop_tap_tma"]),  # the flipped weight in place
+    ("tap_tma_phased", "grad_input", (1, 16, 8, 8, 24, 3, 3, 2, 1, 1, 1), ["dgrad_phased"]),
+]
+
+
+@pytest.mark.parametrize("family,direction,problem,kernels", _TRANSPOSED_CASES)
+def test_tap_tma_transposed_tiles(family, direction, problem, kernels, monkeypatch, launched):
+    """TRANSPOSED (configs.TRANSPOSED_MIN_BLOCK_N): each step computes the tile's transpose, w's
+    tile times the input box transposed, transposed back once for the epilogue. Every tap-TMA
+    launcher that runs _tap_tma_acc, against float64, with a fused epilogue where the direction
+    has one, and the same bits on a second call."""
+    monkeypatch.setattr(configs, "STREAM_K", True)
+    _pin_tap_tma_tiles(monkeypatch, TRANSPOSED=True)
+    N, C, H, W, K, R, S, stride, padding, dilation, groups = problem
+    x = torch.randn(N, C, H, W, device=DEVICE).half().to(memory_format=torch.channels_last)
+    w = (torch.randn(K, C // groups, R, S, device=DEVICE) / (C // groups * R * S) ** 0.5).half().to(
+        memory_format=torch.channels_last)
+    args = ([stride] * 2, [padding] * 2, [dilation] * 2, groups)
+    ref = F.conv2d(x.double(), w.double(), None, *args)
+    if direction == "forward":
+        b = torch.randn(K, device=DEVICE).half()
+        r = torch.randn(ref.shape, device=DEVICE).half().to(memory_format=torch.channels_last)
+
+        def call():
+            return tritonconv.conv2d(x, w, b, *args, activation="relu", residual=r)
+
+        expected = F.relu(ref + b.double()[:, None, None] + r.double())
+    else:
+        dy = torch.randn(ref.shape, device=DEVICE).half().to(memory_format=torch.channels_last)
+
+        def call():
+            return torch.ops.tritonconv.conv2d_grad_input(dy, w, list(x.shape), *args)
+
+        xr = x.double().requires_grad_()
+        (expected,) = torch.autograd.grad(F.conv2d(xr, w.double(), None, *args), xr, dy.double())
+    with router.force(family), plans.enabled_as(False):
+        first, again = call(), call()
+    assert launched[:len(kernels)] == kernels and len(launched) == 2 * len(kernels), launched
+    assert rel_err(first, expected) < TOL[torch.float16]
+    assert torch.equal(first, again)

@@ -1323,17 +1323,22 @@ def as_launched(family: KernelFamily, config: triton.Config, dtype: Dtype, arch:
     """``config`` as the runtime launches it on ``arch``: a tap-TMA tile with the wgmma register
     hazard of this Triton (configs.register_a_hazard) with SYNC_MMA; a tile its kernel lists as
     ``uncapped`` with that register limit below sm_90 (configs.register_cap); anything else as it is."""
+    return launched_forms(family, config, dtype, arch)[0]
+
+
+def launched_forms(family: KernelFamily, config: triton.Config, dtype: Dtype, arch: Arch) -> List[triton.Config]:
+    """``as_launched``'s config first, then any other form the runtime's pruner launches the tile in
+    beside it: a tap-TMA tile synced for the register hazard is offered transposed too, where its
+    kernel takes TRANSPOSED (configs.SpatialTilePruneHook.launched)."""
     prune = family.prune
     if isinstance(prune, tc_configs.SpatialTilePruneHook):
         args, constexprs = family.launch_fn(dtype, config)
-        if prune.register_a_hazard(config, dtype.elem_bytes, arch.capability, {**args, **constexprs}):
-            return tc_configs.synced(config)
-        return config
+        return prune.launched(config, dtype.elem_bytes, arch.capability, {**args, **constexprs})
     if isinstance(prune, tc_configs.GemmPruneHook) and "BLOCK_K" in config.kwargs:
         cap = tc_configs.register_cap(_tile_key(config)[:5], dtype.elem_bytes, arch.capability, prune.uncapped)
         if cap is not None and getattr(config, "maxnreg", None) != cap:
-            return tc_configs.with_maxnreg(config, cap)
-    return config
+            return [tc_configs.with_maxnreg(config, cap)]
+    return [config]
 
 
 def _runtime_pruned(family: KernelFamily, config: triton.Config, dtype: Dtype, arch: Arch) -> Optional[str]:
@@ -1530,6 +1535,8 @@ def _tasks(archs, dtypes, families, subset, only):
                     continue
                 for cfg in fam_configs:
                     tasks.append((fam.name, _tile_key(cfg), dict(cfg.kwargs), dtype, arch))
+                    for form in launched_forms(fam, cfg, DTYPES[dtype], ARCHS[arch])[1:]:  # transposed
+                        tasks.append((fam.name, _tile_key(form), dict(form.kwargs), dtype, arch))
     return tasks
 
 

@@ -923,6 +923,19 @@ def row_efficiency(width: int, tile: int) -> float:
 # more than one k8 wgmma per step waits too.
 WGMMA_RS_HAZARD = TRITON_VERSION < (3, 9)
 
+# Where a spatial tile would wait so (a Triton with the hazard), the tap-TMA pruners also offer it
+# TRANSPOSED (fprop._tap_tma_acc): the step computes the tile's transpose, w's tile times the
+# input box transposed, so the box is the wgmma's B operand, read from shared memory as TMA wrote
+# it (Triton folds the box's reshape into the shared-memory view there, which it does not for an
+# A operand), and the weight tile A. Both operands come from shared memory: no ldmatrix, nothing
+# in registers for a later step to overwrite, and the wgmmas stay in flight. Triton 3.6's PTX for
+# 64x64x64 w4 s4 in fp16, per step: TMA wait, four wgmmas, wait_group 1 (synced: TMA wait,
+# ldmatrix, TMA wait, four wgmmas, wait_group 0); sm_90 SASS 97 instructions a step against 111,
+# 58 registers against 74, 64 KiB of shared memory against 56 (the compile report). The epilogue
+# transposes the accumulator once, through shared memory. The weight tile, now the wgmma's M,
+# needs BLOCK_N >= TRANSPOSED_MIN_BLOCK_N. Not timed on a GPU yet: the autotuner times both.
+TRANSPOSED_MIN_BLOCK_N = 64  # a wgmma's M: 64 rows a warpgroup
+
 
 def register_a_hazard(cfg: triton.Config, span: str, elem_bytes: int, capability: Optional[int],
                       a_selected: bool = False, hazard: Optional[bool] = None) -> Optional[str]:
@@ -938,6 +951,8 @@ def register_a_hazard(cfg: triton.Config, span: str, elem_bytes: int, capability
     kw = cfg.kwargs
     if kw["BLOCK_W"] >= kw[span] and not a_selected:
         return None  # one-row tile: A straight from shared memory
+    if kw.get("TRANSPOSED") and not a_selected:
+        return None  # the input is the wgmma's B operand: both operands from shared memory
     mma_k = 32 // elem_bytes  # k16 wgmmas in 16-bit, k8 in tf32
     if kw["BLOCK_K"] <= mma_k or cfg.num_stages <= 1 or kw.get("SYNC_MMA"):
         return None
@@ -951,21 +966,30 @@ def synced(cfg: triton.Config) -> triton.Config:
                          pre_hook=cfg.pre_hook)
 
 
+def transposed(cfg: triton.Config) -> triton.Config:
+    """``cfg`` run TRANSPOSED (see TRANSPOSED_MIN_BLOCK_N)."""
+    return triton.Config({**cfg.kwargs, "TRANSPOSED": True}, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+                         pre_hook=cfg.pre_hook)
+
+
 class SpatialTilePruneHook(GemmPruneHook):
     """``GemmPruneHook`` for the tap-TMA kernels, after dropping one-row configs (BLOCK_W wider
     than SPATIAL_TILE_WIDTH) whose tiles the output's rows (the argument ``Q``) fill less than
     ROW_MIN_EFFICIENCY of. Where the pruning clamps the span (BLOCK_M or BLOCK_K) below BLOCK_W,
     BLOCK_W follows it. On a Triton with the wgmma register hazard (WGMMA_RS_HAZARD), a kept
-    tile that has it runs with SYNC_MMA (``synced``). The compile report prunes as for any GEMM:
+    tile that has it runs with SYNC_MMA (``synced``), and, for a kernel that takes TRANSPOSED
+    (``transposable``) where BLOCK_N is at least TRANSPOSED_MIN_BLOCK_N, also transposed, the
+    autotuner choosing. The compile report prunes as for any GEMM:
     a one-row tile can launch wherever rows are wide enough. ``row_fn``: the output's row width
     from the launch's arguments, for a kernel with no ``Q``."""
 
     def __init__(self, m_fn, n_fn, k_fn, tensor_arg: str, span: str, k_align_arg: Optional[str] = None,
-                 row_fn: Optional[Callable[[Dict], int]] = None, **rules):
+                 row_fn: Optional[Callable[[Dict], int]] = None, transposable: bool = False, **rules):
         super().__init__(m_fn, n_fn, k_fn, tensor_arg, **rules)
         self.span = span
         self.k_align_arg = k_align_arg  # the kernel selects A's channels where BLOCK_K does not divide it
         self.row_fn = row_fn or (lambda a: a["Q"])
+        self.transposable = transposable
 
     def __call__(self, configs: List[triton.Config], named_args: Dict, **kwargs) -> List[triton.Config]:
         args = {**named_args, **kwargs}
@@ -982,7 +1006,20 @@ class SpatialTilePruneHook(GemmPruneHook):
         t = args[self.tensor_arg]
         t = getattr(t, "base", t)
         capability = device_capability(t) if isinstance(t, torch.Tensor) else None
-        return [synced(c) if self.register_a_hazard(c, t.element_size(), capability, args) else c for c in kept]
+        return [form for c in kept for form in self.launched(c, t.element_size(), capability, args)]
+
+    def launched(self, cfg: triton.Config, elem_bytes: int, capability: Optional[int],
+                 args: Dict) -> List[triton.Config]:
+        """How a kept ``cfg`` is launched: as it is, or, where it has the register hazard, synced,
+        and transposed too where this kernel takes it and BLOCK_N allows."""
+        if not self.register_a_hazard(cfg, elem_bytes, capability, args):
+            return [cfg]
+        forms = [synced(cfg)]
+        if self.transposable and cfg.kwargs["BLOCK_N"] >= TRANSPOSED_MIN_BLOCK_N:
+            swapped = transposed(cfg)
+            if not self.register_a_hazard(swapped, elem_bytes, capability, args):
+                forms.append(swapped)
+        return forms
 
     def register_a_hazard(self, cfg: triton.Config, elem_bytes: int, capability: Optional[int],
                           args: Dict) -> Optional[str]:
@@ -1058,6 +1095,7 @@ def config_name(config: triton.Config) -> str:
     """'128x256x64 w8 s3' (BLOCK_M x BLOCK_N x BLOCK_K, warps, stages); '64x32 w4 s2' without a BLOCK_K;
     ' persistent' appended for a persistent-grid variant, ' stream-k' for a stream-K one, ' rows'
     for a one-row tap-TMA tile, ' sync' for one whose steps wait for their wgmmas (SYNC_MMA),
+    ' transposed' for one that computes the tile's transpose (TRANSPOSED),
     ' patch 8x8' for a depthwise tile that is a patch of 8 rows by 8 columns (TILE_W), ' unrolled'
     for one whose kernel rows are unrolled (UNROLL_R), ' reuse' for one that reuses its input rows
     across its output rows (REUSE_ROWS),
@@ -1068,6 +1106,7 @@ def config_name(config: triton.Config) -> str:
     return (name + (" persistent" if kw.get("PERSISTENT") else "") + (" flat" if kw.get("FLATTEN") else "")
             + (" stream-k" if kw.get("STREAM_K") else "")
             + (" rows" if kw.get("BLOCK_W", 0) > SPATIAL_TILE_WIDTH else "") + (" sync" if kw.get("SYNC_MMA") else "")
+            + (" transposed" if kw.get("TRANSPOSED") else "")
             + (f" patch {kw['BLOCK_M'] // kw['TILE_W']}x{kw['TILE_W']}" if kw.get("TILE_W") else "")
             + (" unrolled" if kw.get("UNROLL_R") else "") + (" reuse" if kw.get("REUSE_ROWS") else "")
             + (f" maxnreg {config.maxnreg}" if getattr(config, "maxnreg", None) else ""))

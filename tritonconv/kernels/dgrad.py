@@ -762,6 +762,7 @@ def dgrad_phased_kernel(
     K_ALIGN: tl.constexpr = 1,  # fprop.k_align(K/groups): EVEN_K where BLOCK_K divides it
     BOXES: tl.constexpr = 0,  # _common.tap_tma_boxes(N, the widest phase's rows and columns)
     SYNC_MMA: tl.constexpr = False,  # as fprop_tap_tma_kernel's
+    TRANSPOSED: tl.constexpr = False,  # as fprop_tap_tma_kernel's
 ):
     """dx of every stride phase, one grid: each program a tile of one phase's forward conv of dy
     (fprop_tap_tma_kernel's loop and epilogue), the phases' tiles one after another by slot."""
@@ -801,7 +802,7 @@ def dgrad_phased_kernel(
     # takes it; S at least 1, which tap_step_of divides by, for a tapless phase's empty loop)
     acc = _tap_tma_acc(dy_desc, w_desc, g, n0, p0, q0, pid_n, steps * 0, steps, K, na, tl.maximum(nb, 1), KG, CG,
                        1, 1, pad_h, pad_w, dil_h, dil_w, tap0, w_tap_row, w_tap_col,
-                       ACC_DTYPE, INPUT_PRECISION, BLOCK_M, BLOCK_N, BLOCK_K, EVEN_K, SYNC_MMA, True)
+                       ACC_DTYPE, INPUT_PRECISION, BLOCK_M, BLOCK_N, BLOCK_K, EVEN_K, SYNC_MMA, True, TRANSPOSED)
     # -- the phase's pixels of dx: rows a, a + stride_h, ..., columns b, b + stride_w, ...
     first = a.to(tl.int64) * sdxh + b.to(tl.int64) * sdxw
     _tap_tma_store(acc, g, n0, p0, q0, pid_n, N, P, Q, CG, b_ptr, dx_ptr, dx_ptr + first,
@@ -825,7 +826,7 @@ _dgrad_phased_tuned = triton.autotune(
     prune_configs_by={"early_config_prune": configs.SpatialTilePruneHook(
         m_fn=lambda a: a["N"] * a["H"] * a["W"], n_fn=lambda a: a["CG"], k_fn=lambda a: a["KG"],
         tensor_arg="dx_ptr", span="BLOCK_M", k_align_arg="K_ALIGN", gathered=False,
-        row_fn=lambda a: triton.cdiv(a["W"], a["stride_w"]),
+        row_fn=lambda a: triton.cdiv(a["W"], a["stride_w"]), transposable=True,
     )},
 )(dgrad_phased_kernel)
 

@@ -471,12 +471,15 @@ def _tap_tma_acc(
     C, R, S, CG, KG, stride_h, stride_w, pad_h, pad_w, dil_h, dil_w, w_tap0, w_tap_row, w_tap_col,
     ACC_DTYPE: tl.constexpr, INPUT_PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, EVEN_K: tl.constexpr,
-    SYNC_MMA: tl.constexpr, W_FLIPPED: tl.constexpr,
+    SYNC_MMA: tl.constexpr, W_FLIPPED: tl.constexpr, TRANSPOSED: tl.constexpr = False,
 ):
     """Reduction steps [k_lo, k_hi) of one output tile: (r, s, c-block), c-block fastest, as in
     fprop_kernel, from a TMA box of x per step and a TMA tile of w. With W_FLIPPED, tap (r, s)
     reads w's tap w_tap0 - r*w_tap_row - s*w_tap_col: a stride-1 dgrad's flipped taps
-    (R*S - 1, S, 1), or one stride phase's (dgrad.py's phased kernel).
+    (R*S - 1, S, 1), or one stride phase's (dgrad.py's phased kernel). With TRANSPOSED, each step
+    computes acc^T += w's tile times the box transposed, and the tile is transposed once at the
+    end: the box is then the wgmma's B operand, which the wgmma reads from shared memory as TMA
+    wrote it; as A it goes through registers (configs.TRANSPOSED_MIN_BLOCK_N says why it matters).
 
     The step's tap and channel block are decoded once, before the loop, and then carried from
     step to step (``next_tap_step``, ``tap_phase_next``): decoding them in every step took two
@@ -484,7 +487,10 @@ def _tap_tma_acc(
     64x64x64 w4 s4 step's 152 sm_90 SASS instructions on Triton 3.9 (51 of 162 on 3.6), all
     in one dependent chain ahead of the step's TMA loads."""
     offs_k = tl.arange(0, BLOCK_K)
-    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC_DTYPE)
+    if TRANSPOSED:
+        acc = tl.zeros((BLOCK_N, BLOCK_M), dtype=ACC_DTYPE)
+    else:
+        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC_DTYPE)
     # -- the first step's tap (r, s) and channel block c0; then only carries. int32: a stream-K
     # share's bounds come as int64, but a tile's steps are few, and 32-bit divisions are cheaper
     k_lo = k_lo.to(tl.int32)
@@ -511,7 +517,10 @@ def _tap_tma_acc(
             b = w_desc.load([g * CG + c0, (w_tap0 - r * w_tap_row - s * w_tap_col) * KG + pid_n * BLOCK_N])
         else:
             b = w_desc.load([g * KG + pid_n * BLOCK_N, rs * CG + c0]).T
-        acc = mma(a, b, acc, INPUT_PRECISION, ACC_DTYPE)
+        if TRANSPOSED:
+            acc = mma(b.T, a.T, acc, INPUT_PRECISION, ACC_DTYPE)
+        else:
+            acc = mma(a, b, acc, INPUT_PRECISION, ACC_DTYPE)
         if SYNC_MMA:
             acc = mma_barrier(acc)
         # -- the next step: the next channel block, or the next tap's first (s, then r)
@@ -520,6 +529,8 @@ def _tap_tma_acc(
         shift_w = tl.where(next_row, row_shift_w, shift_w)
         phase_w = tl.where(next_row, row_phase_w, phase_w)
         shift_h, phase_h = tap_phase_next(shift_h, phase_h, dil_qh, dil_rh, stride_h, next_row)
+    if TRANSPOSED:
+        acc = acc.T
     return acc
 
 
@@ -580,6 +591,7 @@ def fprop_tap_tma_kernel(
     SYNC_MMA: tl.constexpr = False,  # finish each step's wgmmas before the next (configs.WGMMA_RS_HAZARD)
     STREAM_K: tl.constexpr = False,  # at most one program per SM, sharing out (tile, step) pairs evenly
     W_FLIPPED: tl.constexpr = False,  # w_desc is a stride-1 dgrad's weight, its taps flipped (see _tap_tma_acc)
+    TRANSPOSED: tl.constexpr = False,  # each step the tile's transpose, w times the box: see _tap_tma_acc
 ):
     # the box, as the descriptor's pre-hook and the grid take it
     BOX: tl.constexpr = tap_tma_box_of(BLOCK_M, BLOCK_W, BOXES)
@@ -605,7 +617,8 @@ def fprop_tap_tma_kernel(
             n0, p0, q0 = _tap_tma_origin(pid_m, tiles_h, tiles_w, BOX_N, BOX_H, BOX_W)
             acc = _tap_tma_acc(x_desc, w_desc, g, n0, p0, q0, pid_n, k_lo, k_hi, C, R, S, CG, KG,
                                stride_h, stride_w, pad_h, pad_w, dil_h, dil_w, R * S - 1, S, 1,
-                               ACC_DTYPE, INPUT_PRECISION, BLOCK_M, BLOCK_N, BLOCK_K, EVEN_K, SYNC_MMA, W_FLIPPED)
+                               ACC_DTYPE, INPUT_PRECISION, BLOCK_M, BLOCK_N, BLOCK_K, EVEN_K, SYNC_MMA, W_FLIPPED,
+                               TRANSPOSED)
             if k_hi < steps:
                 stream_k_hand_off(acc, ws_ptr, flags_ptr, pid, BLOCK_M, BLOCK_N)
             else:
@@ -624,7 +637,8 @@ def fprop_tap_tma_kernel(
         start, stop = split_range(split, steps, SPLIT_K, 1)
         acc = _tap_tma_acc(x_desc, w_desc, g, n0, p0, q0, pid_n, start, stop, C, R, S, CG, KG,
                            stride_h, stride_w, pad_h, pad_w, dil_h, dil_w, R * S - 1, S, 1,
-                           ACC_DTYPE, INPUT_PRECISION, BLOCK_M, BLOCK_N, BLOCK_K, EVEN_K, SYNC_MMA, W_FLIPPED)
+                           ACC_DTYPE, INPUT_PRECISION, BLOCK_M, BLOCK_N, BLOCK_K, EVEN_K, SYNC_MMA, W_FLIPPED,
+                           TRANSPOSED)
         if PARTIAL:
             # split-K: raw partial sums by pixel index m = (n*P + p)*Q + q, as splitk_reduce_kernel reads them
             n, p, q, mask_m = _tap_tma_rows(n0, p0, q0, N, P, Q, BLOCK_M, BOX_H, BOX_W)
@@ -681,7 +695,7 @@ _TAP_TMA_KEY = ["N", "P", "Q", "R", "S", "CG", "KG", "GROUPS", "SPLIT_K", "strid
                 "dil_h", "dil_w", "syk", "HAS_RESIDUAL", "ACTIVATION", "W_FLIPPED"]
 _TAP_TMA_PRUNE = configs.SpatialTilePruneHook(
     m_fn=lambda a: a["N"] * a["P"] * a["Q"], n_fn=lambda a: a["KG"], k_fn=lambda a: a["CG"],
-    tensor_arg="y_ptr", span="BLOCK_M", k_align_arg="K_ALIGN", gathered=False,
+    tensor_arg="y_ptr", span="BLOCK_M", k_align_arg="K_ALIGN", gathered=False, transposable=True,
 )
 
 _fprop_tap_tma_tuned = triton.autotune(
