@@ -154,11 +154,22 @@ def main(argv=None) -> int:
         hit = "BLOCK_W" in c.kwargs and configs.register_a_hazard(c, state["span"], 2, cap, hazard=hazard)
         return configs.config_name(configs.synced(c) if hit else c)
 
+    def forms_of(c):
+        """The names the pruner runs a kept config under (configs.SpatialTilePruneHook.launched): as
+        ``launched_name`` says, and beside a tile it syncs, transposed, where the kernel takes that
+        (the tap-TMA forward and dgrad, whose span is BLOCK_M) and BLOCK_N allows. The pruner then
+        calls this hook again on those forms, each of which runs as it is named."""
+        names = [launched_name(c)]
+        if (names[0] != configs.config_name(c) and state["span"] == "BLOCK_M"
+                and c.kwargs["BLOCK_N"] >= configs.TRANSPOSED_MIN_BLOCK_N):
+            names.append(configs.config_name(configs.transposed(c)))
+        return names
+
     def tuned(kept):
         if pinned["seen"] is not None:  # listing: what the pruner keeps for this problem
-            pinned["seen"].extend(launched_name(c) for c in kept)
+            pinned["seen"].extend(name for c in kept for name in forms_of(c))
             flagged.update(configs.config_name(c) for c in kept if launched_name(c, rs_rule) != configs.config_name(c))
-        return [c for c in kept if launched_name(c) == pinned["name"]] or real_tuned(kept)
+        return [c for c in kept if pinned["name"] in forms_of(c)] or real_tuned(kept)
 
     configs.tuned = tuned
     info = sweep.run_info(args.run_id)

@@ -424,16 +424,17 @@ def test_race_check_rows_share_the_csv_and_render_their_own_section(tmp_path):
         _race_row("c, rule off", "128x128x64 w8 s3", "differs: three calls gave different bits", 0.010,
                   same=False, counted=False, remark="declined by the router; run as is here"),
         _race_row("c, rule on", "128x128x64 w8 s3 sync", "ok", 0.012),
+        _race_row("c, rule on", "128x128x64 w8 s3 transposed", "ok", 0.009),
         _race_row("c, rule on", "64x64x16 w4 s4", "wrong: rel_err above 1e-2", 0.020),
         _race_row("c, rule on", "64x32x32 w4 s5", "error: CompilationError: out of\nresources | smem", ""),
         _race_row("d", "-", "skipped: time budget", ""),
         _row("tritonconv", "a", 1.0), _row("cudnn", "a", 1.5),
     ]
-    for r in rows[:5]:
+    for r in rows[:6]:
         r["timer"] = "configs.kernel_time"
     path = _write_csv(tmp_path / "results.csv", rows)
     selected = report.select_rows(report.load_rows(path))
-    assert sum(r["kernel"] == report.RACE_KERNEL for r in selected) == 5  # one per config, none merged
+    assert sum(r["kernel"] == report.RACE_KERNEL for r in selected) == 6  # one per config, none merged
     groups = report.speedups(selected)
     assert groups[("resnet50", 32, "forward", "fp16", "channels_last")]["cudnn"]["ratios"] == {"a": pytest.approx(1.5)}
     summary = report.render(path, tmp_path)["summary"].read_text()
@@ -445,7 +446,7 @@ def test_race_check_rows_share_the_csv_and_render_their_own_section(tmp_path):
     # a wrong or racing config the runtime runs counts; an error (the autotuner skips it) and a
     # config only run with the rule off do not
     assert "1 config(s) run as the runtime runs them" in section and ": c, rule on 64x64x16 w4 s4" in section
-    assert "| c | 128x128x64 w8 s3 | 0.0100 | 0.0120 | 1.20x |" in section
+    assert "| c | 128x128x64 w8 s3 | 0.0100 | 0.0120 | 0.0090 | 1.20x | 0.75x |" in section
     assert "Every measurement ran (status ok)." in summary  # the race rows stay out of Status
     assert "## End to end" not in summary
     assert "race_check" not in (tmp_path / "details.md").read_text()

@@ -1006,7 +1006,9 @@ class SpatialTilePruneHook(GemmPruneHook):
         t = args[self.tensor_arg]
         t = getattr(t, "base", t)
         capability = device_capability(t) if isinstance(t, torch.Tensor) else None
-        return [form for c in kept for form in self.launched(c, t.element_size(), capability, args)]
+        forms = [form for c in kept for form in self.launched(c, t.element_size(), capability, args)]
+        # TRITONCONV_TUNE=0: the one tile kept, as it is first launched (synced), untimed
+        return forms if len(forms) == len(kept) else tuned(forms)
 
     def launched(self, cfg: triton.Config, elem_bytes: int, capability: Optional[int],
                  args: Dict) -> List[triton.Config]:

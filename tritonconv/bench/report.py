@@ -508,17 +508,29 @@ def render_race(rows) -> List[str]:
         if f["counted"] and status.split(":")[0] in ("differs", "wrong"):
             bad.append(f"{f['case']} {f['config']}")
         if isinstance(ms, float) and ms > 0 and f["config"]:
-            synced = f["config"].endswith(" sync")
-            timed[(_race_case_base(f["case"]), f["config"].replace(" sync", ""))][synced] = ms
+            form = "sync" if f["config"].endswith(" sync") else "transposed" if f["config"].endswith(
+                " transposed") else "as is"
+            base = f["config"].removesuffix(" sync").removesuffix(" transposed")
+            timed[(_race_case_base(f["case"]), base)][form] = ms
     lines += _table(("case", "config", "rel_err (worst of 3)", "same bits", "ms", "note"), body)
     lines += ["", f"{len(bad)} config(s) run as the runtime runs them (register-hazard rule on) gave different bits "
               "or a wrong result" + (": " + ", ".join(bad) if bad else ".")]
-    paired = [(case, cfg, t[False], t[True]) for (case, cfg), t in timed.items() if len(t) == 2]
+    paired = [(case, cfg, t) for (case, cfg), t in timed.items() if "sync" in t and len(t) >= 2]
     if paired:
+        def ms_of(t, form):
+            return f"{t[form]:.4f}" if form in t else ""
+
+        def ratio(num, den):
+            return f"{num / den:.2f}x" if num and den else ""
+
         lines += ["", "What the sync costs (configs.WGMMA_RS_HAZARD): the same tile unsynced (rule off: timing only, "
-                  "it may race) and synced (as the runtime runs it on this Triton).", ""]
-        lines += _table(("case", "config", "ms unsynced", "ms synced", "synced / unsynced"),
-                        [(case, cfg, f"{off:.4f}", f"{on:.4f}", f"{on / off:.2f}x") for case, cfg, off, on in paired])
+                  "it may race), synced (as the runtime runs it on this Triton), and transposed (the form the "
+                  "pruner offers beside the synced one, configs.TRANSPOSED_MIN_BLOCK_N; no wait, no race).", ""]
+        lines += _table(("case", "config", "ms unsynced", "ms synced", "ms transposed", "synced / unsynced",
+                         "transposed / synced"),
+                        [(case, cfg, ms_of(t, "as is"), ms_of(t, "sync"), ms_of(t, "transposed"),
+                          ratio(t["sync"], t.get("as is")), ratio(t.get("transposed"), t["sync"]))
+                         for case, cfg, t in paired])
     return lines + [""]
 
 
