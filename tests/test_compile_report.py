@@ -332,6 +332,13 @@ def test_tap_tma_prune_hook_syncs_the_register_a_tiles(monkeypatch):
     # would a transposed one, which is then not offered
     selected = [tc.config_name(c) for c in hook(configs, {**args, "K_ALIGN": 8})]
     assert "64x128x64 w8 s4 rows sync" in selected and not any("transposed" in n for n in selected)
+    # TRITONCONV_TUNE=0: one config, untimed, whatever forms its tile has (the synced one)
+    monkeypatch.setattr(tc, "TUNE", False)
+    wide = [c for c in configs if c.kwargs["BLOCK_N"] >= tc.TRANSPOSED_MIN_BLOCK_N and c.kwargs["BLOCK_K"] > 16
+            and c.kwargs["BLOCK_W"] == tc.SPATIAL_TILE_WIDTH]
+    (only,) = hook(wide, args)
+    assert only.kwargs.get("SYNC_MMA") and not only.kwargs.get("TRANSPOSED")
+    monkeypatch.setattr(tc, "TUNE", True)
     monkeypatch.setattr(tc, "WGMMA_RS_HAZARD", False)
     assert not any(c.kwargs.get("SYNC_MMA") or c.kwargs.get("TRANSPOSED") for c in hook(configs, args))
 
