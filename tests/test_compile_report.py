@@ -156,6 +156,14 @@ def test_every_family_builds(every_family_report):
     # of their one-row tiles),
     # gemm1x1_tma twice (a stream-K tile too), tap_tma's stream-K grid once, the depthwise forward
     # and dgrad twice (the tile as a patch too)
+    # where this Triton syncs the 8-wide tiles, the pruner also launches them transposed, and so
+    # does the report: those records are checked apart
+    swapped = [r for r in records if r["config"].endswith(" transposed")]
+    assert bool(swapped) == tc.WGMMA_RS_HAZARD
+    for r in swapped:
+        assert r["kernel"].startswith("fprop_tap_tma") or r["kernel"] == "dgrad_phased", r["kernel"]
+        assert (r["mma_a"], r["mma_async"], r["a_hazards"]) == ("smem", True, 0), r
+    records = [r for r in records if r not in swapped]
     counts = {name: sum(r["kernel"] == name for r in records) for name in {r["kernel"] for r in records}}
     assert sorted(counts) == sorted(f.name for f in cr.FAMILIES)
     twice = {name for name in counts if name.startswith("fprop_tap_tma") and name != "fprop_tap_tma_streamk"}
@@ -360,7 +368,10 @@ def test_subset_covers_every_family_within_a_ci_budget():
     core, so the task count bounds a 2-core CI run to a few minutes."""
     tasks = cr._tasks(["sm_90"], list(cr.SUBSET_DTYPES), cr.FAMILIES, True, [])
     assert {t[0] for t in tasks} == {f.name for f in cr.FAMILIES}
-    assert len(tasks) <= 260  # 249 with the 43 families of this writing
+    base = [t for t in tasks if not t[2].get("TRANSPOSED")]
+    assert len(base) <= 260  # 249 with the 43 families of this writing
+    # the transposed forms of the tiles a Triton before 3.9 syncs (none on CI's Triton): 30 on 3.6
+    assert len(tasks) - len(base) <= (40 if tc.WGMMA_RS_HAZARD else 0)
 
 
 # The runtime pruner (configs.prune_gemm_configs), whose rules come from the report's numbers.
