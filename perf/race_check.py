@@ -140,8 +140,14 @@ def main(argv=None) -> int:
         # the weight gradient for the case's dy (below), in place of the forward
         "wgrad_tap_tma": lambda x, w, b, pb: wgrad.conv2d_wgrad_tap_tma(state["dy"], x, pb),
     }
-    spans = {"wgrad_tap_tma": "BLOCK_K"}  # the tap-TMA kernels' pixel span, for the hazard rule
-    state = {"dy": None, "span": "BLOCK_M"}
+    # the tap-TMA kernels' pruners (configs.SpatialTilePruneHook): their pixel span, for the hazard
+    # rule, and the forms they launch a tile in; the other kernels have no such rule
+    tap_prune = fprop._fprop_tap_tma_tuned.early_config_prune
+    hooks = {"fprop_tap_tma": tap_prune, "fprop_tap_tma_splitk": tap_prune,
+             "fprop_tap_tma_streamk": fprop._fprop_tap_tma_streamk_tuned.early_config_prune,
+             "wgrad_tap_tma": wgrad._wgrad_tap_tma_tuned.early_config_prune}
+    state = {"dy": None, "hook": None}
+    cap = 90 if device == "cuda" else None
     real_tuned, rs_rule = configs.tuned, configs.WGMMA_RS_HAZARD
     pinned = {"name": None, "seen": None}
     flagged = set()  # configs the register-hazard rule syncs on this Triton (listed with it off)
@@ -150,20 +156,20 @@ def main(argv=None) -> int:
         """The config's name as the tap-TMA pruner runs it after this hook: " sync" added where the
         register-hazard rule (``hazard``: this Triton's, or forced) makes its steps wait. The cases'
         channel counts are multiples of 64, so no one-row tile selects A (K_ALIGN) here."""
-        cap = 90 if device == "cuda" else None
-        hit = "BLOCK_W" in c.kwargs and configs.register_a_hazard(c, state["span"], 2, cap, hazard=hazard)
+        hook = state["hook"]
+        hit = hook is not None and configs.register_a_hazard(c, hook.span, 2, cap, hazard=hazard)
         return configs.config_name(configs.synced(c) if hit else c)
 
     def forms_of(c):
-        """The names the pruner runs a kept config under (configs.SpatialTilePruneHook.launched): as
-        ``launched_name`` says, and beside a tile it syncs, transposed, where the kernel takes that
-        (the tap-TMA forward and dgrad, whose span is BLOCK_M) and BLOCK_N allows. The pruner then
-        calls this hook again on those forms, each of which runs as it is named."""
-        names = [launched_name(c)]
-        if (names[0] != configs.config_name(c) and state["span"] == "BLOCK_M"
-                and c.kwargs["BLOCK_N"] >= configs.TRANSPOSED_MIN_BLOCK_N):
-            names.append(configs.config_name(configs.transposed(c)))
-        return names
+        """The names the pruner runs a kept config under: its forms (configs.SpatialTilePruneHook.launched:
+        as it is, or synced, and beside a synced tile transposed where the kernel takes it). The pruner
+        then calls this hook again on those forms, each of which runs as it is named. The cases'
+        channel counts are multiples of 64 (K_ALIGN)."""
+        hook = state["hook"]
+        if hook is None:
+            return [configs.config_name(c)]
+        args = {hook.k_align_arg: 64} if hook.k_align_arg else {}
+        return [configs.config_name(form) for form in hook.launched(c, 2, cap, args)]
 
     def tuned(kept):
         if pinned["seen"] is not None:  # listing: what the pruner keeps for this problem
@@ -221,7 +227,7 @@ def main(argv=None) -> int:
                     memory_format=torch.channels_last)
                 ref = torch.nn.grad.conv2d_weight(x.double(), pb.weight_shape, state["dy"].double(), stride, padding,
                                                   dilation, groups)
-            state["span"] = spans.get(kernel, "BLOCK_M")
+            state["hook"] = hooks.get(kernel)
             launch = launchers[kernel]
             configs.WGMMA_RS_HAZARD = rs_rule if rule else False
             pinned["seen"], pinned["name"] = [], None
