@@ -351,6 +351,38 @@ def test_tap_tma_prune_hook_syncs_the_register_a_tiles(monkeypatch):
     assert not any(c.kwargs.get("SYNC_MMA") or c.kwargs.get("TRANSPOSED") for c in hook(configs, args))
 
 
+def test_tap_tma_pruner_offers_rotated_forms_only_when_asked(monkeypatch):
+    """configs.ROTATED_FORMS: beside every form the tap-TMA forward's pruner launches a tile in,
+    the same rotated, after the tile's other forms (TRITONCONV_TUNE=0 keeps an unrotated one); not for a split-K
+    launch, a stream-K tile or a kernel without ROTATE (wgrad's); with the switch off, none."""
+    from tritonconv.kernels import fprop, wgrad
+
+    monkeypatch.setattr(tc, "TUNE", True)
+    monkeypatch.setattr(tc, "device_capability", lambda t: 90)
+    monkeypatch.setattr(tc, "max_shared_memory", lambda index: 227 * 1024)
+    y = torch.empty(0, dtype=torch.float16)
+    args = dict(y_ptr=y, N=32, P=7, Q=7, KG=512, CG=512, K_ALIGN=64, SPLIT_K=1)
+    configs = fprop.tap_tma_configs(interpreter=False)
+    hook = fprop._fprop_tap_tma_tuned.early_config_prune
+    for hazard in (True, False):
+        monkeypatch.setattr(tc, "WGMMA_RS_HAZARD", hazard)
+        monkeypatch.setattr(tc, "ROTATED_FORMS", False)
+        plain = [tc.config_name(c) for c in hook(configs, args)]
+        assert plain and not any(n.endswith(" rotated") for n in plain)
+        monkeypatch.setattr(tc, "ROTATED_FORMS", True)
+        names = [tc.config_name(c) for c in hook(configs, args)]
+        assert sorted(names) == sorted(plain + [n + " rotated" for n in plain]) and names[0] == plain[0]
+        assert [tc.config_name(c) for c in hook(configs, {**args, "SPLIT_K": 3})] == plain
+        streamk = fprop._fprop_tap_tma_streamk_tuned
+        assert not any(c.kwargs.get("ROTATE") for c in streamk.early_config_prune(streamk.configs, args))
+    wgrad_hook = wgrad._wgrad_tap_tma_tuned.early_config_prune
+    assert not wgrad_hook.rotatable
+    monkeypatch.setattr(tc, "TUNE", False)
+    (only,) = hook(configs, args)
+    assert not only.kwargs.get("ROTATE")
+    assert tc.config_name(tc.rotated(tc.transposed(configs[0]))).endswith(" transposed rotated")
+
+
 def test_tma_family_without_tma_copies_fails():
     """A tensor-descriptor family whose PTX came out with plain loads is a failure, not a silent slowdown."""
     fam, plain = cr._family("fprop_tap_tma"), cr._family("fprop")

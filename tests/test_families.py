@@ -2385,12 +2385,14 @@ def test_batch_stride_past_int32_on_every_family(direction, channels_last, launc
 
 def _pin_tap_tma_tiles(monkeypatch, **extra) -> None:
     """The tap-TMA forward (plain and stream-K) and phased dgrad autotuners holding one config
-    each, their first listed (the interpreter's tile on CPU) with ``extra`` meta-parameters set."""
+    each, their first listed (the interpreter's tile on CPU) with ``extra`` meta-parameters set
+    (and none of the forms an earlier pin in the test set)."""
     from tritonconv.kernels import dgrad
 
     for tuner in (fprop._fprop_tap_tma_tuned, fprop._fprop_tap_tma_streamk_tuned, dgrad._dgrad_phased_tuned):
         base = tuner.configs[0]
-        pinned = triton.Config({**base.kwargs, **extra}, num_warps=base.num_warps, num_stages=base.num_stages,
+        kwargs = {k: v for k, v in base.kwargs.items() if k not in ("SYNC_MMA", "TRANSPOSED", "ROTATE")}
+        pinned = triton.Config({**kwargs, **extra}, num_warps=base.num_warps, num_stages=base.num_stages,
                                pre_hook=base.pre_hook)
         monkeypatch.setattr(tuner, "configs", [pinned])
         monkeypatch.setattr(tuner, "cache", {})
@@ -2408,38 +2410,84 @@ _TRANSPOSED_CASES = [
 ]
 
 
-@pytest.mark.parametrize("family,direction,problem,kernels", _TRANSPOSED_CASES)
-def test_tap_tma_transposed_tiles(family, direction, problem, kernels, monkeypatch, launched):
-    """TRANSPOSED (configs.TRANSPOSED_MIN_BLOCK_N): each step computes the tile's transpose, w's
-    tile times the input box transposed, transposed back once for the epilogue. Every tap-TMA
-    launcher that runs _tap_tma_acc, against float64, with a fused epilogue where the direction
-    has one, and the same bits on a second call."""
+def _pinned_tap_tma_case(family, direction, problem, kernels, launched, monkeypatch, dtype=torch.float16,
+                         **extra):
+    """The tap-TMA launchers' tiles pinned with ``extra`` (``_pin_tap_tma_tiles``), ``family``
+    forced: two calls' results (launch plans off) and float64's, with a fused epilogue in the
+    forward; the launched kernels checked."""
     monkeypatch.setattr(configs, "STREAM_K", True)
-    _pin_tap_tma_tiles(monkeypatch, TRANSPOSED=True)
+    _pin_tap_tma_tiles(monkeypatch, **extra)
     N, C, H, W, K, R, S, stride, padding, dilation, groups = problem
-    x = torch.randn(N, C, H, W, device=DEVICE).half().to(memory_format=torch.channels_last)
-    w = (torch.randn(K, C // groups, R, S, device=DEVICE) / (C // groups * R * S) ** 0.5).half().to(
-        memory_format=torch.channels_last)
+    gen = torch.Generator(device=DEVICE).manual_seed(11)
+    x = torch.randn(N, C, H, W, device=DEVICE, generator=gen).to(dtype).to(memory_format=torch.channels_last)
+    w = (torch.randn(K, C // groups, R, S, device=DEVICE, generator=gen) / (C // groups * R * S) ** 0.5).to(
+        dtype).to(memory_format=torch.channels_last)
     args = ([stride] * 2, [padding] * 2, [dilation] * 2, groups)
     ref = F.conv2d(x.double(), w.double(), None, *args)
     if direction == "forward":
-        b = torch.randn(K, device=DEVICE).half()
-        r = torch.randn(ref.shape, device=DEVICE).half().to(memory_format=torch.channels_last)
+        b = torch.randn(K, device=DEVICE, generator=gen).to(dtype)
+        r = torch.randn(ref.shape, device=DEVICE, generator=gen).to(dtype).to(memory_format=torch.channels_last)
 
         def call():
             return tritonconv.conv2d(x, w, b, *args, activation="relu", residual=r)
 
         expected = F.relu(ref + b.double()[:, None, None] + r.double())
     else:
-        dy = torch.randn(ref.shape, device=DEVICE).half().to(memory_format=torch.channels_last)
+        dy = torch.randn(ref.shape, device=DEVICE, generator=gen).to(dtype).to(memory_format=torch.channels_last)
 
         def call():
             return torch.ops.tritonconv.conv2d_grad_input(dy, w, list(x.shape), *args)
 
         xr = x.double().requires_grad_()
         (expected,) = torch.autograd.grad(F.conv2d(xr, w.double(), None, *args), xr, dy.double())
+    del launched[:]
     with router.force(family), plans.enabled_as(False):
         first, again = call(), call()
     assert launched[:len(kernels)] == kernels and len(launched) == 2 * len(kernels), launched
+    return first, again, expected
+
+
+@pytest.mark.parametrize("family,direction,problem,kernels", _TRANSPOSED_CASES)
+def test_tap_tma_transposed_tiles(family, direction, problem, kernels, monkeypatch, launched):
+    """TRANSPOSED (configs.TRANSPOSED_MIN_BLOCK_N): each step computes the tile's transpose, w's
+    tile times the input box transposed, transposed back once for the epilogue. Every tap-TMA
+    launcher that runs _tap_tma_acc, against float64, with a fused epilogue where the direction
+    has one, and the same bits on a second call."""
+    first, again, expected = _pinned_tap_tma_case(family, direction, problem, kernels, launched, monkeypatch,
+                                                  TRANSPOSED=True)
     assert rel_err(first, expected) < TOL[torch.float16]
     assert torch.equal(first, again)
+
+
+# (family forced, direction, problem, kernels launched, whether the launch rotates: split-K and
+# stream-K launches take no ROTATE). Each rotating problem has two M-tiles at least (the
+# interpreter's 64-pixel span): the second starts half-way through the reduction
+_ROTATED_CASES = [
+    ("tap_tma", "forward", (2, 32, 6, 6, 24, 3, 3, 1, 1, 1, 1), ["fprop_tap_tma"], True),
+    ("tap_tma", "forward", (2, 48, 16, 16, 32, 3, 3, 2, 1, 1, 2), ["fprop_tap_tma"], True),  # stride 2, grouped
+    ("tap_tma", "forward", (2, 24, 5, 7, 40, 3, 3, 1, 1, 1, 1), ["fprop_tap_tma"], True),  # an uneven channel block
+    ("tap_tma", "forward", (2, 16, 9, 9, 16, 3, 2, 1, 2, 2, 1), ["fprop_tap_tma"], True),  # dilated, 3x2 taps
+    ("tap_tma", "grad_input", (2, 24, 6, 6, 32, 3, 3, 1, 1, 1, 1), ["fprop_tap_tma"], True),  # w flipped in place
+    ("tap_tma_splitk", "forward", (1, 64, 4, 4, 32, 3, 3, 1, 1, 1, 1), ["fprop_tap_tma"], False),
+    ("tap_tma_streamk", "forward", (2, 32, 6, 6, 24, 3, 3, 1, 1, 1, 1), ["fprop_tap_tma_streamk"], False),
+]
+
+
+@pytest.mark.parametrize("transposed", [False, True], ids=["", "transposed"])
+@pytest.mark.parametrize("family,direction,problem,kernels,rotates", _ROTATED_CASES)
+def test_tap_tma_rotated_tiles(family, direction, problem, kernels, rotates, transposed, monkeypatch, launched):
+    """ROTATE (configs.ROTATED_FORMS): each M-tile's reduction starts at its own step and wraps
+    round past the last tap. Against float64 and the same bits on a second call, in fp16; in
+    float32 (the forward: the dgrad reads w in place in 16-bit only), other bits than the same
+    tile unrotated, whose sums run in another order (the rotation took effect; 16-bit outputs
+    round most such differences away), except where the launch takes no rotation (split-K,
+    stream-K): there the unrotated bits."""
+    form = {"TRANSPOSED": True} if transposed else {}
+    first, again, expected = _pinned_tap_tma_case(family, direction, problem, kernels, launched, monkeypatch,
+                                                  ROTATE=True, **form)
+    assert rel_err(first, expected) < TOL[torch.float16]
+    assert torch.equal(first, again)
+    if direction == "forward":
+        wide = [_pinned_tap_tma_case(family, direction, problem, kernels, launched, monkeypatch, torch.float32,
+                                     **rotate, **form)[0] for rotate in ({"ROTATE": True}, {})]
+        assert torch.equal(*wide) is not rotates

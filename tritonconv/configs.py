@@ -938,6 +938,23 @@ WGMMA_RS_HAZARD = TRITON_VERSION < (3, 9)
 # (perf/results/2026-11-28_H200_67e2351).
 TRANSPOSED_MIN_BLOCK_N = 64  # a wgmma's M: 64 rows a warpgroup
 
+# The programs of a tap-TMA forward all walk the reduction in one order, tap by tap: those of an
+# N-tile ask for the same weight tile at about the same time, step after step. Where the weight
+# is not in L2 (a model reads each layer's weight once a pass; the sweeps flush L2 before each
+# call), every step's tile is one fetch from HBM that all of them wait for, and a few pipeline
+# stages of 0.2-0.3 us steps may not cover its latency. A hypothesis, not a measurement: on the
+# H200 of 2026-11-28 (Triton 3.6, fp16), layer4.1.conv2's forward at batch 32 (72 steps, a 4.7 MB
+# weight) took 0.0216 ms on its best tile replayed from a CUDA graph, L2 warm (the race check),
+# and 0.028 ms in the sweep, L2 flushed; cuDNN 0.022 flushed. ROTATE (fprop._tap_tma_acc) starts
+# M-tile m's reduction at step m * steps // tiles_m and wraps round past the last tap, so the
+# programs fetch different tiles at once and each finds most of its tiles already brought into
+# L2 by the M-tile ahead of it. The sum's terms stay the same, their order differs from tile to
+# tile (fixed for each: same bits from call to call). Until a GPU has timed it, the tap-TMA
+# pruner offers rotated forms only with TRITONCONV_ROTATE=1 (perf/race_check.py's rotated cases
+# set it): beside each form it launches a tile in, the same rotated, where the launch is neither
+# split-K nor stream-K.
+ROTATED_FORMS = os.environ.get("TRITONCONV_ROTATE", "0") == "1"
+
 
 def register_a_hazard(cfg: triton.Config, span: str, elem_bytes: int, capability: Optional[int],
                       a_selected: bool = False, hazard: Optional[bool] = None) -> Optional[str]:
@@ -974,6 +991,12 @@ def transposed(cfg: triton.Config) -> triton.Config:
                          pre_hook=cfg.pre_hook)
 
 
+def rotated(cfg: triton.Config) -> triton.Config:
+    """``cfg`` run with ROTATE (see ROTATED_FORMS)."""
+    return triton.Config({**cfg.kwargs, "ROTATE": True}, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+                         pre_hook=cfg.pre_hook)
+
+
 class SpatialTilePruneHook(GemmPruneHook):
     """``GemmPruneHook`` for the tap-TMA kernels, after dropping one-row configs (BLOCK_W wider
     than SPATIAL_TILE_WIDTH) whose tiles the output's rows (the argument ``Q``) fill less than
@@ -981,17 +1004,21 @@ class SpatialTilePruneHook(GemmPruneHook):
     BLOCK_W follows it. On a Triton with the wgmma register hazard (WGMMA_RS_HAZARD), a kept
     tile that has it runs with SYNC_MMA (``synced``), and, for a kernel that takes TRANSPOSED
     (``transposable``) where BLOCK_N is at least TRANSPOSED_MIN_BLOCK_N, also transposed, the
-    autotuner choosing. The compile report prunes as for any GEMM:
+    autotuner choosing. With ROTATED_FORMS, for a kernel that takes ROTATE (``rotatable``), each
+    of those forms rotated too, where the launch is neither split-K nor stream-K. The compile
+    report prunes as for any GEMM:
     a one-row tile can launch wherever rows are wide enough. ``row_fn``: the output's row width
     from the launch's arguments, for a kernel with no ``Q``."""
 
     def __init__(self, m_fn, n_fn, k_fn, tensor_arg: str, span: str, k_align_arg: Optional[str] = None,
-                 row_fn: Optional[Callable[[Dict], int]] = None, transposable: bool = False, **rules):
+                 row_fn: Optional[Callable[[Dict], int]] = None, transposable: bool = False,
+                 rotatable: bool = False, **rules):
         super().__init__(m_fn, n_fn, k_fn, tensor_arg, **rules)
         self.span = span
         self.k_align_arg = k_align_arg  # the kernel selects A's channels where BLOCK_K does not divide it
         self.row_fn = row_fn or (lambda a: a["Q"])
         self.transposable = transposable
+        self.rotatable = rotatable
 
     def __call__(self, configs: List[triton.Config], named_args: Dict, **kwargs) -> List[triton.Config]:
         args = {**named_args, **kwargs}
@@ -1003,7 +1030,7 @@ class SpatialTilePruneHook(GemmPruneHook):
                 triton.Config({**c.kwargs, "BLOCK_W": c.kwargs[self.span]}, num_warps=c.num_warps,
                               num_stages=c.num_stages, pre_hook=c.pre_hook)
                 for c in kept]
-        if not WGMMA_RS_HAZARD or len(configs) <= 1:
+        if not (WGMMA_RS_HAZARD or self.rotates_launch(args)) or len(configs) <= 1:
             return kept
         t = args[self.tensor_arg]
         t = getattr(t, "base", t)
@@ -1012,17 +1039,25 @@ class SpatialTilePruneHook(GemmPruneHook):
         # TRITONCONV_TUNE=0: the one tile kept, as it is first launched (synced), untimed
         return forms if len(forms) == len(kept) else tuned(forms)
 
+    def rotates_launch(self, args: Dict) -> bool:
+        """Whether rotated forms are offered for a launch with these named arguments (ROTATED_FORMS)."""
+        return ROTATED_FORMS and self.rotatable and int(args.get("SPLIT_K", 1)) == 1
+
     def launched(self, cfg: triton.Config, elem_bytes: int, capability: Optional[int],
                  args: Dict) -> List[triton.Config]:
         """How a kept ``cfg`` is launched: as it is, or, where it has the register hazard, synced,
-        and transposed too where this kernel takes it and BLOCK_N allows."""
+        and transposed too where this kernel takes it and BLOCK_N allows; with ROTATED_FORMS, each
+        of those rotated too, after them, where the kernel and the launch take it."""
         if not self.register_a_hazard(cfg, elem_bytes, capability, args):
-            return [cfg]
-        forms = [synced(cfg)]
-        if self.transposable and cfg.kwargs["BLOCK_N"] >= TRANSPOSED_MIN_BLOCK_N:
-            swapped = transposed(cfg)
-            if not self.register_a_hazard(swapped, elem_bytes, capability, args):
-                forms.append(swapped)
+            forms = [cfg]
+        else:
+            forms = [synced(cfg)]
+            if self.transposable and cfg.kwargs["BLOCK_N"] >= TRANSPOSED_MIN_BLOCK_N:
+                swapped = transposed(cfg)
+                if not self.register_a_hazard(swapped, elem_bytes, capability, args):
+                    forms.append(swapped)
+        if self.rotates_launch(args) and not cfg.kwargs.get("STREAM_K"):
+            forms += [rotated(form) for form in forms]
         return forms
 
     def register_a_hazard(self, cfg: triton.Config, elem_bytes: int, capability: Optional[int],
@@ -1099,7 +1134,8 @@ def config_name(config: triton.Config) -> str:
     """'128x256x64 w8 s3' (BLOCK_M x BLOCK_N x BLOCK_K, warps, stages); '64x32 w4 s2' without a BLOCK_K;
     ' persistent' appended for a persistent-grid variant, ' stream-k' for a stream-K one, ' rows'
     for a one-row tap-TMA tile, ' sync' for one whose steps wait for their wgmmas (SYNC_MMA),
-    ' transposed' for one that computes the tile's transpose (TRANSPOSED),
+    ' transposed' for one that computes the tile's transpose (TRANSPOSED), ' rotated' for one whose
+    M-tiles start their reductions at different steps (ROTATE),
     ' patch 8x8' for a depthwise tile that is a patch of 8 rows by 8 columns (TILE_W), ' unrolled'
     for one whose kernel rows are unrolled (UNROLL_R), ' reuse' for one that reuses its input rows
     across its output rows (REUSE_ROWS),
@@ -1110,7 +1146,7 @@ def config_name(config: triton.Config) -> str:
     return (name + (" persistent" if kw.get("PERSISTENT") else "") + (" flat" if kw.get("FLATTEN") else "")
             + (" stream-k" if kw.get("STREAM_K") else "")
             + (" rows" if kw.get("BLOCK_W", 0) > SPATIAL_TILE_WIDTH else "") + (" sync" if kw.get("SYNC_MMA") else "")
-            + (" transposed" if kw.get("TRANSPOSED") else "")
+            + (" transposed" if kw.get("TRANSPOSED") else "") + (" rotated" if kw.get("ROTATE") else "")
             + (f" patch {kw['BLOCK_M'] // kw['TILE_W']}x{kw['TILE_W']}" if kw.get("TILE_W") else "")
             + (" unrolled" if kw.get("UNROLL_R") else "") + (" reuse" if kw.get("REUSE_ROWS") else "")
             + (f" maxnreg {config.maxnreg}" if getattr(config, "maxnreg", None) else ""))

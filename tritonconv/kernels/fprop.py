@@ -472,6 +472,7 @@ def _tap_tma_acc(
     ACC_DTYPE: tl.constexpr, INPUT_PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, EVEN_K: tl.constexpr,
     SYNC_MMA: tl.constexpr, W_FLIPPED: tl.constexpr, TRANSPOSED: tl.constexpr = False,
+    rot=0, ROTATE: tl.constexpr = False,
 ):
     """Reduction steps [k_lo, k_hi) of one output tile: (r, s, c-block), c-block fastest, as in
     fprop_kernel, from a TMA box of x per step and a TMA tile of w. With W_FLIPPED, tap (r, s)
@@ -480,6 +481,8 @@ def _tap_tma_acc(
     computes acc^T += w's tile times the box transposed, and the tile is transposed once at the
     end: the box is then the wgmma's B operand, which the wgmma reads from shared memory as TMA
     wrote it; as A it goes through registers (configs.TRANSPOSED_MIN_BLOCK_N says why it matters).
+    With ROTATE, the steps [0, k_hi - k_lo) of the whole reduction start at step ``rot`` and wrap
+    round past the last tap to the first (configs.ROTATED_FORMS says why).
 
     The step's tap and channel block are decoded once, before the loop, and then carried from
     step to step (``next_tap_step``, ``tap_phase_next``): decoding them in every step took two
@@ -494,10 +497,11 @@ def _tap_tma_acc(
     # -- the first step's tap (r, s) and channel block c0; then only carries. int32: a stream-K
     # share's bounds come as int64, but a tile's steps are few, and 32-bit divisions are cheaper
     k_lo = k_lo.to(tl.int32)
-    c0, rs, r, s = tap_step_of(k_lo, CG, S, BLOCK_K)
+    c0, rs, r, s = tap_step_of(k_lo + rot, CG, S, BLOCK_K)
     shift_h, phase_h = tap_phase(r, dil_h, pad_h, stride_h)
     shift_w, phase_w = tap_phase(s, dil_w, pad_w, stride_w)
     row_shift_w, row_phase_w = tap_phase(0, dil_w, pad_w, stride_w)  # where each row of taps starts
+    top_shift_h, top_phase_h = tap_phase(0, dil_h, pad_h, stride_h)  # the first row's (ROTATE's wrap)
     dil_qh, dil_rh = dil_h // stride_h, dil_h % stride_h  # a tap's step in the phase view
     dil_qw, dil_rw = dil_w // stride_w, dil_w % stride_w
     for _ in range(k_lo, k_hi):
@@ -529,6 +533,13 @@ def _tap_tma_acc(
         shift_w = tl.where(next_row, row_shift_w, shift_w)
         phase_w = tl.where(next_row, row_phase_w, phase_w)
         shift_h, phase_h = tap_phase_next(shift_h, phase_h, dil_qh, dil_rh, stride_h, next_row)
+        if ROTATE:
+            # past the last row of taps, a rotated reduction goes on from the first
+            wrap = r == R
+            r = tl.where(wrap, 0, r)
+            rs = tl.where(wrap, 0, rs)
+            shift_h = tl.where(wrap, top_shift_h, shift_h)
+            phase_h = tl.where(wrap, top_phase_h, phase_h)
     if TRANSPOSED:
         acc = acc.T
     return acc
@@ -592,6 +603,7 @@ def fprop_tap_tma_kernel(
     STREAM_K: tl.constexpr = False,  # at most one program per SM, sharing out (tile, step) pairs evenly
     W_FLIPPED: tl.constexpr = False,  # w_desc is a stride-1 dgrad's weight, its taps flipped (see _tap_tma_acc)
     TRANSPOSED: tl.constexpr = False,  # each step the tile's transpose, w times the box: see _tap_tma_acc
+    ROTATE: tl.constexpr = False,  # without split-K or stream-K, each M-tile's reduction starts elsewhere
 ):
     # the box, as the descriptor's pre-hook and the grid take it
     BOX: tl.constexpr = tap_tma_box_of(BLOCK_M, BLOCK_W, BOXES)
@@ -635,10 +647,15 @@ def fprop_tap_tma_kernel(
         g = outer % GROUPS
         n0, p0, q0 = _tap_tma_origin(pid_m, tiles_h, tiles_w, BOX_N, BOX_H, BOX_W)
         start, stop = split_range(split, steps, SPLIT_K, 1)
+        # ROTATE: the M-tiles' first steps spread evenly over the reduction (configs.ROTATED_FORMS)
+        ROTATED: tl.constexpr = ROTATE and not PARTIAL
+        rot = 0
+        if ROTATED:
+            rot = ((pid_m.to(tl.int64) * steps) // tiles_m).to(tl.int32)
         acc = _tap_tma_acc(x_desc, w_desc, g, n0, p0, q0, pid_n, start, stop, C, R, S, CG, KG,
                            stride_h, stride_w, pad_h, pad_w, dil_h, dil_w, R * S - 1, S, 1,
                            ACC_DTYPE, INPUT_PRECISION, BLOCK_M, BLOCK_N, BLOCK_K, EVEN_K, SYNC_MMA, W_FLIPPED,
-                           TRANSPOSED)
+                           TRANSPOSED, rot, ROTATED)
         if PARTIAL:
             # split-K: raw partial sums by pixel index m = (n*P + p)*Q + q, as splitk_reduce_kernel reads them
             n, p, q, mask_m = _tap_tma_rows(n0, p0, q0, N, P, Q, BLOCK_M, BOX_H, BOX_W)
@@ -695,7 +712,7 @@ _TAP_TMA_KEY = ["N", "P", "Q", "R", "S", "CG", "KG", "GROUPS", "SPLIT_K", "strid
                 "dil_h", "dil_w", "syk", "HAS_RESIDUAL", "ACTIVATION", "W_FLIPPED"]
 _TAP_TMA_PRUNE = configs.SpatialTilePruneHook(
     m_fn=lambda a: a["N"] * a["P"] * a["Q"], n_fn=lambda a: a["KG"], k_fn=lambda a: a["CG"],
-    tensor_arg="y_ptr", span="BLOCK_M", k_align_arg="K_ALIGN", gathered=False, transposable=True,
+    tensor_arg="y_ptr", span="BLOCK_M", k_align_arg="K_ALIGN", gathered=False, transposable=True, rotatable=True,
 )
 
 _fprop_tap_tma_tuned = triton.autotune(
