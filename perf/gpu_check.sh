@@ -244,7 +244,8 @@ export -f sweep env_info quick_tests diagnose race_check host_cost e2e
 FIRST_TESTS="tests/test_plans.py tests/test_families.py tests/test_conv2d.py tests/test_backward.py"
 TESTS="$FIRST_TESTS $(cd "$ROOT" && ls tests/test_*.py | grep -v -x -F -e tests/test_families.py \
     -e tests/test_conv2d.py -e tests/test_backward.py -e tests/test_plans.py | tr '\n' ' ')"
-PRESET=resnet50 BATCH=32 FP16=fp16 BF16=bf16 E2E_ARGS="" RACE_ARGS="${RACE_ARGS:-}"  # RACE_ARGS="--cases 1,2" picks cases
+# RACE_ARGS="--cases 1,2" picks cases; RACE_CAP_S (default 90) caps the race stage's seconds
+PRESET=resnet50 BATCH=32 FP16=fp16 BF16=bf16 E2E_ARGS="" RACE_ARGS="${RACE_ARGS:-}"
 # bf16 against cuDNN (issue 6's bar) without Inductor, whose autotuning took 100 of the fp16
 # forward's 138 s at aebf6ce: the bf16 stage then fits in what the check leaves it
 BF16_PROVIDERS=tritonconv,cudnn,im2col,unfold
@@ -274,7 +275,7 @@ run_step() {
         streamk) streamk_smoke ;;
         diagnose) stage "where the time goes" 10 60 diagnose ;;
         host) stage "host cost" 5 30 host_cost ;;
-        race) stage "race check" 15 90 race_check ;;
+        race) stage "race check" 15 "${RACE_CAP_S:-90}" race_check ;;
         forward) stage "forward fp16" 50 600 sweep --preset "$PRESET" --batch "$BATCH" --dtype "$FP16" \
             --layout channels_last --modes forward ;;
         families)

@@ -16,8 +16,14 @@ reports per config:
 - ``same bits``: whether the three outputs are bitwise equal (every family is deterministic:
   a difference is a race);
 - ``ms``: on a GPU, the config's kernel time (``configs.kernel_time``: a CUDA graph of its
-  launches, outputs not poisoned). Where a case runs with the rule off and on, a second table
-  sets each synced tile's time beside the same tile's unsynced one: what the sync costs.
+  launches, outputs not poisoned), which finds the operands in L2; and ``flushed ms``, its time
+  with L2 flushed before each call (``bench.timing.device_bench``, as the sweeps time). Where a
+  case runs with the rule off and on, a second table sets each synced tile's time beside the same
+  tile's unsynced one: what the sync costs. A case that offers the rotated forms too
+  (configs.ROTATED_FORMS) gets each form's times beside its rotated twin's in a third.
+
+Each case ends with a row of cuDNN's times for the same convolution (``cudnn.benchmark`` on; its
+result checked against float64 too, its bits not compared): the baseline under the same two timers.
 
 The cases include the short reductions of 2026-11-26's failure (a 1x1 at stride 1, which the
 router leaves to the plain GEMMs, forced through the kernel directly), to test its diagnosis: the
@@ -46,12 +52,29 @@ import os
 import sys
 import time
 from pathlib import Path
+from typing import NamedTuple, Optional, Tuple
 
-# (name, what runs, ResNet-50 layer, whether the router can run it: it leaves an unpadded 1x1 at
-# stride 1 to the plain GEMMs, but the kernel can be launched directly; whether the wgmma
-# register-hazard rule is on (configs.WGMMA_RS_HAZARD: on Triton < 3.9 it syncs the tiles that
-# need it; off, the tiles run as they did on 2026-11-26); optionally a batch of its own)
-CASES = [  # most telling first: a budget may stop the list
+
+class Case(NamedTuple):
+    name: str
+    kernel: str  # what runs: a key of main()'s launchers
+    layer: str  # the ResNet-50 layer
+    # whether the router can run it: it leaves an unpadded 1x1 at stride 1 to the plain GEMMs, but
+    # the kernel can be launched directly
+    routable: bool = True
+    # whether the wgmma register-hazard rule is on (configs.WGMMA_RS_HAZARD: on Triton < 3.9 it
+    # syncs the tiles that need it; off, the tiles run as they did on 2026-11-26)
+    rule: bool = True
+    batch: Optional[int] = None  # a batch of its own (default --batch)
+    rotate: bool = False  # the rotated forms too (configs.ROTATED_FORMS), each after its twin
+    tiles: Tuple[str, ...] = ()  # only the forms of these tiles (names start with one), () all
+
+
+# layer4.1.conv2's best tiles on the H200 of 2026-11-28 (forward and dgrad), for the cases that
+# time each tile twice over
+LAYER4_TILES = ("64x128x64 w8 s4", "128x128x64 w8 s3", "128x64x64 w8 s4", "64x64x64 w4 s4")
+
+CASES = [Case(*case) for case in [  # most telling first: a budget may stop the list
     # tap_tma on a stream-K grid, new after d080a04: programs wait for each other's partial tiles
     ("tap_tma_streamk fwd, 3x3 C512 7x7 (stream-K grid)", "fprop_tap_tma_streamk", "layer4.1.conv2", True, True),
     # what the sync costs where one program or two share an SM: ResNet-50's 3x3s on 14x14 and 7x7
@@ -83,7 +106,73 @@ CASES = [  # most telling first: a budget may stop the list
     ("tap_tma_splitk fwd, 3x3 C512 7x7 (72 steps in chunks)", "fprop_tap_tma_splitk", "layer4.1.conv2", True, True),
     ("gemm1x1_tma fwd, C64 56x56 (1 step)", "gemm1x1_tma", "layer1.0.conv3", True, True),
     ("tap_tma wgrad, 3x3 C64 56x56, rule off", "wgrad_tap_tma", "layer1.0.conv2", True, False),
+]] + [
+    # the sweeps' tap_tma forward of layer4.1.conv2 took 0.028 ms with L2 flushed, its tile's kernel
+    # time 0.0216 ms, cuDNN 0.022 flushed (H200, 2026-11-28): do the programs wait on cold weights
+    # fetched in lockstep? Each tile as the pruner launches it and rotated, under both timers
+    Case("tap_tma fwd, 3x3 C512 7x7 (72 steps), rotated", "fprop_tap_tma", "layer4.1.conv2", rotate=True,
+         tiles=LAYER4_TILES),
+    # its dgrad, a stride-1 forward of dy, took 0.040 ms flushed against cuDNN's 0.021: the
+    # flipped weight read in place (the runtime's way) against the forward's kernel on a flipped
+    # copy of w (KRSC), tile for tile
+    Case("tap_tma dgrad, 3x3 C512 7x7 (w flipped in place), rotated", "dgrad_tap_tma", "layer4.1.conv2",
+         rotate=True, tiles=LAYER4_TILES),
+    Case("tap_tma dgrad, 3x3 C512 7x7 (w flipped copy)", "dgrad_tap_tma_copy", "layer4.1.conv2",
+         tiles=LAYER4_TILES),
 ]
+
+
+class Pinner:
+    """``configs.tuned`` while the race check runs, which every pruner calls with the configs it
+    keeps: with ``seen`` a list, it lists there the forms the case's pruner (``hook``) launches the
+    kept tiles in (those of ``tiles`` only, where given) and lets the real ``tuned`` choose; with
+    ``name`` set, it keeps that form alone; with ``every``, every form of ``tiles`` (to precompile
+    them all at once). ``flagged``: the listed configs the register-hazard rule syncs on this
+    Triton (``rs_rule``), for the cases that run with the rule off."""
+
+    def __init__(self, configs, real_tuned, capability: Optional[int], rs_rule: bool):
+        self.configs, self.real_tuned, self.capability, self.rs_rule = configs, real_tuned, capability, rs_rule
+        self.hook = None  # the case's configs.SpatialTilePruneHook (None: a kernel without forms)
+        self.tiles: Tuple[str, ...] = ()
+        self.name: Optional[str] = None
+        self.seen: Optional[list] = None
+        self.every = False
+        self.flagged: set = set()
+
+    def launched_name(self, c, hazard=None) -> str:
+        """The config's name as the tap-TMA pruner runs it after this hook: " sync" added where the
+        register-hazard rule (``hazard``: this Triton's, or forced) makes its steps wait. The cases'
+        channel counts are multiples of 64, so no one-row tile selects A (K_ALIGN) here."""
+        cf = self.configs
+        hit = self.hook is not None and cf.register_a_hazard(c, self.hook.span, 2, self.capability, hazard=hazard)
+        return cf.config_name(cf.synced(c) if hit else c)
+
+    def forms_of(self, c) -> list:
+        """The names the pruner runs a kept config under: its forms (configs.SpatialTilePruneHook.launched:
+        as it is, or synced, and beside a synced tile transposed where the kernel takes it; with
+        configs.ROTATED_FORMS, each rotated too). The pruner then calls this hook again on those
+        forms. The cases' channel counts are multiples of 64 (K_ALIGN)."""
+        cf, hook = self.configs, self.hook
+        if hook is None:
+            return [cf.config_name(c)]
+        args = {hook.k_align_arg: 64} if hook.k_align_arg else {}
+        return [cf.config_name(form) for form in hook.launched(c, 2, self.capability, args)]
+
+    def wanted(self, name: str) -> bool:
+        return not self.tiles or name.startswith(self.tiles)
+
+    def __call__(self, kept):
+        cf = self.configs
+        if self.every:  # the tiles of ``tiles``, then (called again on those) their forms
+            return [c for c in kept if any(self.wanted(name) for name in self.forms_of(c))] or kept[:1]
+        if self.seen is not None:  # listing: what the pruner keeps for this problem
+            self.seen.extend(name for c in kept for name in self.forms_of(c) if self.wanted(name))
+            self.flagged.update(cf.config_name(c) for c in kept
+                                if self.launched_name(c, self.rs_rule) != cf.config_name(c))
+        # the pinned form itself where the pruner offers its forms; before, the tile it is a form of
+        # (a form's own forms may name another: its rotated twin)
+        exact = [c for c in kept if cf.config_name(c) == self.name]
+        return exact or [c for c in kept if self.name in self.forms_of(c)] or self.real_tuned(kept)
 
 
 def _args(argv):
@@ -117,8 +206,8 @@ def main(argv=None) -> int:
     import triton
 
     from tritonconv import configs, plans
-    from tritonconv.bench import precompile, presets, report, sweep
-    from tritonconv.kernels import _common, fprop, gemm1x1, wgrad
+    from tritonconv.bench import precompile, presets, report, sweep, timing
+    from tritonconv.kernels import _common, dgrad, fprop, gemm1x1, wgrad
 
     device = "cuda" if torch.cuda.is_available() and not _common.INTERPRETER else "cpu"
     if device == "cpu" and not _common.INTERPRETER:
@@ -137,63 +226,44 @@ def main(argv=None) -> int:
         "fprop_tap_tma_streamk": fprop.conv2d_fprop_tap_tma_streamk,
         "fprop_tma": fprop.conv2d_fprop_tma,
         "gemm1x1_tma": gemm1x1.conv2d_fprop_1x1_tma,
-        # the weight gradient for the case's dy (below), in place of the forward
+        # the gradients for the case's dy (below), in place of the forward: the weight's, and the
+        # input's, a stride-1 dgrad as the runtime runs it on tap_tma (w flipped in place), or as
+        # the forward's kernel on a flipped copy of w (the forward conv of dy, dgrad._phases)
         "wgrad_tap_tma": lambda x, w, b, pb: wgrad.conv2d_wgrad_tap_tma(state["dy"], x, pb),
+        "dgrad_tap_tma": lambda x, w, b, pb: dgrad.conv2d_dgrad_tap_tma(state["dy"], w, pb,
+                                                                         memory_format=torch.channels_last),
+        "dgrad_tap_tma_copy": lambda x, w, b, pb: fprop.conv2d_fprop_tap_tma(state["dy"], state["w_flipped"], None,
+                                                                              dgrad._phases(pb)[0].forward),
     }
     # the tap-TMA kernels' pruners (configs.SpatialTilePruneHook): their pixel span, for the hazard
     # rule, and the forms they launch a tile in; the other kernels have no such rule
     tap_prune = fprop._fprop_tap_tma_tuned.early_config_prune
     hooks = {"fprop_tap_tma": tap_prune, "fprop_tap_tma_splitk": tap_prune,
              "fprop_tap_tma_streamk": fprop._fprop_tap_tma_streamk_tuned.early_config_prune,
-             "wgrad_tap_tma": wgrad._wgrad_tap_tma_tuned.early_config_prune}
-    state = {"dy": None, "hook": None}
-    cap = 90 if device == "cuda" else None
-    real_tuned, rs_rule = configs.tuned, configs.WGMMA_RS_HAZARD
-    pinned = {"name": None, "seen": None}
-    flagged = set()  # configs the register-hazard rule syncs on this Triton (listed with it off)
-
-    def launched_name(c, hazard=None):
-        """The config's name as the tap-TMA pruner runs it after this hook: " sync" added where the
-        register-hazard rule (``hazard``: this Triton's, or forced) makes its steps wait. The cases'
-        channel counts are multiples of 64, so no one-row tile selects A (K_ALIGN) here."""
-        hook = state["hook"]
-        hit = hook is not None and configs.register_a_hazard(c, hook.span, 2, cap, hazard=hazard)
-        return configs.config_name(configs.synced(c) if hit else c)
-
-    def forms_of(c):
-        """The names the pruner runs a kept config under: its forms (configs.SpatialTilePruneHook.launched:
-        as it is, or synced, and beside a synced tile transposed where the kernel takes it). The pruner
-        then calls this hook again on those forms, each of which runs as it is named. The cases'
-        channel counts are multiples of 64 (K_ALIGN)."""
-        hook = state["hook"]
-        if hook is None:
-            return [configs.config_name(c)]
-        args = {hook.k_align_arg: 64} if hook.k_align_arg else {}
-        return [configs.config_name(form) for form in hook.launched(c, 2, cap, args)]
-
-    def tuned(kept):
-        if pinned["seen"] is not None:  # listing: what the pruner keeps for this problem
-            pinned["seen"].extend(name for c in kept for name in forms_of(c))
-            flagged.update(configs.config_name(c) for c in kept if launched_name(c, rs_rule) != configs.config_name(c))
-        return [c for c in kept if pinned["name"] in forms_of(c)] or real_tuned(kept)
-
-    configs.tuned = tuned
+             "wgrad_tap_tma": wgrad._wgrad_tap_tma_tuned.early_config_prune,
+             "dgrad_tap_tma": tap_prune, "dgrad_tap_tma_copy": tap_prune}
+    state = {"dy": None, "w_flipped": None}
+    real_tuned, rs_rule, rotate_rule = configs.tuned, configs.WGMMA_RS_HAZARD, configs.ROTATED_FORMS
+    pinned = Pinner(configs, real_tuned, 90 if device == "cuda" else None, rs_rule)
+    configs.tuned = pinned
     info = sweep.run_info(args.run_id)
     sink = sweep.CsvSink(Path(args.csv) if args.csv else out_dir / "race_check.csv")
     bad, start = [], time.perf_counter()
 
-    def add_row(name, kernel, layer, pb, cfg, status, rel_err=None, same=None, ms=None, remark="", counted=False):
+    def add_row(name, kernel, layer, pb, cfg, status, rel_err=None, same=None, ms=None, remark="", counted=False,
+                flushed=None):
         """One config's row, appended to the CSV at once (a run cut off by its caller's timeout keeps
         its rows), and the markdown rendered again from all rows so far."""
-        row = {**info.base_row(), "kernel": report.RACE_KERNEL, "provider": "tritonconv",
-               "mode": "grad_weight" if kernel.startswith("wgrad") else "forward", "preset": "resnet50",
+        mode = "grad_weight" if kernel.startswith("wgrad") else "grad_input" if kernel.startswith("dgrad") else "forward"
+        row = {**info.base_row(), "kernel": report.RACE_KERNEL,
+               "provider": "cudnn" if cfg == report.RACE_BASELINE else "tritonconv", "mode": mode, "preset": "resnet50",
                "layer": layer, "N": pb.N, "C": pb.C, "H": pb.H, "W": pb.W, "K": pb.K, "R": pb.R, "S": pb.S,
                "P": pb.P, "Q": pb.Q, "stride_h": pb.stride_h, "stride_w": pb.stride_w, "pad_h": pb.pad_h,
                "pad_w": pb.pad_w, "dil_h": pb.dil_h, "dil_w": pb.dil_w, "groups": pb.groups, "dtype": "fp16",
                "layout": "channels_last", "status": status, "median_ms": ms, "rel_err": rel_err,
                "timer": "configs.kernel_time (CUDA graph of 20 calls, median of 10 replays)" if device == "cuda"
                else f"none ({sweep.INTERPRETER_LABEL})",
-               "note": report.race_note(name, cfg, same, counted, remark), "timestamp": sweep.utc_timestamp()}
+               "note": report.race_note(name, cfg, same, counted, remark, flushed), "timestamp": sweep.utc_timestamp()}
         sink.write(row)
         (out_dir / "race_check.md").write_text("\n".join(report.render_race(written())) + "\n")
 
@@ -205,10 +275,28 @@ def main(argv=None) -> int:
     def out_of_time() -> bool:
         return bool(args.time_budget) and time.perf_counter() - start > args.time_budget
 
+    def timed(call, remarks):
+        """(kernel time, time with L2 flushed) of ``call`` on a GPU, outputs not poisoned; (None, None)
+        elsewhere, or where the timing fails (said in ``remarks``)."""
+        if device != "cuda":
+            return None, None
+        _common.set_poison_outputs(False)
+        try:
+            return configs.kernel_time(call), timing.device_bench(call, warmup_ms=10, rep_ms=50).median_ms
+        except Exception as timing_err:
+            remarks.append(f"timing failed: {type(timing_err).__name__}")
+            return None, None
+        finally:
+            _common.set_poison_outputs(True)
+
+    def worst_error(outs, ref):
+        """The worst rel_err of ``outs`` against float64's ``ref``, a NaN worst of all."""
+        return max((((o.double() - ref).norm() / ref.norm()).item() for o in outs), key=lambda e: (math.isnan(e), e))
+
     try:
-        for name, kernel, layer_name, routable, rule, *batch in picked:
+        for name, kernel, layer_name, routable, rule, batch, rotate, tiles in picked:
             layer = layers[layer_name]
-            pb = layer.problem(batch[0] if batch else args.batch)
+            pb = layer.problem(batch or args.batch)
             if out_of_time():
                 add_row(name, kernel, layer_name, pb, "-", "skipped: time budget")
                 continue
@@ -222,26 +310,44 @@ def main(argv=None) -> int:
             w = (torch.randn(pb.weight_shape, generator=gen, device=device) / (pb.C_per_group * pb.R * pb.S) ** 0.5
                  ).half().contiguous(memory_format=torch.channels_last)
             ref = F.conv2d(x.double(), w.double(), None, stride, padding, dilation, groups)
-            if kernel.startswith("wgrad"):
-                state["dy"] = torch.randn(ref.shape, generator=gen, device=device).half().contiguous(
+            # cuDNN's run of the same gradient or forward (aten's on the CPU), for the baseline row
+            cudnn = lambda: F.conv2d(x, w, None, stride, padding, dilation, groups)  # noqa: E731
+            if kernel.startswith(("wgrad", "dgrad")):
+                dy = state["dy"] = torch.randn(ref.shape, generator=gen, device=device).half().contiguous(
                     memory_format=torch.channels_last)
-                ref = torch.nn.grad.conv2d_weight(x.double(), pb.weight_shape, state["dy"].double(), stride, padding,
-                                                  dilation, groups)
-            state["hook"] = hooks.get(kernel)
+                wanted_grad = [kernel.startswith("dgrad"), kernel.startswith("wgrad"), False]
+                grads = torch.ops.aten.convolution_backward
+                ref = grads(dy.double(), x.double(), w.double(), None, stride, padding, dilation, False, [0, 0],
+                            groups, wanted_grad)[wanted_grad.index(True)]
+                cudnn = lambda: grads(dy, x, w, None, stride, padding, dilation, False, [0, 0],  # noqa: E731
+                                      groups, wanted_grad)[wanted_grad.index(True)]
+                # w's taps flipped and its two channel axes swapped, KRSC: the forward weight of dy's conv
+                state["w_flipped"] = w.flip(2, 3).transpose(0, 1).contiguous(memory_format=torch.channels_last)
+            pinned.hook, pinned.tiles = hooks.get(kernel), tiles
             launch = launchers[kernel]
             configs.WGMMA_RS_HAZARD = rs_rule if rule else False
-            pinned["seen"], pinned["name"] = [], None
-            flagged.clear()
+            configs.ROTATED_FORMS = rotate
+            pinned.seen, pinned.name = [], None
+            pinned.flagged.clear()
             for t in autotuners:
                 t.cache.clear()
             launch(x, w, None, pb)  # lists the configs kept (and runs the smallest)
             # a kernel with one config (the interpreter's) is never pruned: it runs that one
-            names, pinned["seen"] = list(dict.fromkeys(pinned["seen"])) or ["(its only config)"], None
+            names, pinned.seen = list(dict.fromkeys(pinned.seen)) or ["(its only config)"], None
+            # every form built at once, on all cores (pinned one by one, each would compile alone)
+            for t in autotuners:
+                t.cache.clear()
+            pinned.every = True
+            try:
+                built = precompile.precompile([lambda: launch(x, w, None, pb)])
+            finally:
+                pinned.every = False
+            print(f"{name}: precompiled {built.compiles} configs in {built.seconds:.1f} s ({built.mode})", flush=True)
             for cfg in names:
                 if out_of_time():
                     add_row(name, kernel, layer_name, pb, cfg, "skipped: time budget")
                     continue
-                pinned["name"] = cfg
+                pinned.name = cfg
                 for t in autotuners:
                     t.cache.clear()
                 try:
@@ -251,23 +357,13 @@ def main(argv=None) -> int:
                 except Exception as err:  # a config that fails to build or launch is a row
                     add_row(name, kernel, layer_name, pb, cfg, f"error: {precompile.error_text(err)}")
                     continue
-                # the worst of the three, a NaN worst of all
-                err = max((((o.double() - ref).norm() / ref.norm()).item() for o in outs),
-                          key=lambda e: (math.isnan(e), e))
+                err = worst_error(outs, ref)
                 same = all(plans.same_bits(outs[0], o) for o in outs[1:])
                 remarks = [] if routable else ["left to another family by the router"]
-                if cfg in flagged and not rule:
+                if cfg in pinned.flagged and not rule:
                     remarks.append(f"run as is here, synced on Triton {triton.__version__} "
                                    "(register hazard, triton#9433)")
-                ms = None
-                if device == "cuda":  # its kernels' time, without the poisoning fill of each output
-                    _common.set_poison_outputs(False)
-                    try:
-                        ms = configs.kernel_time(lambda: launch(x, w, None, pb))
-                    except Exception as timing_err:
-                        remarks.append(f"timing failed: {type(timing_err).__name__}")
-                    finally:
-                        _common.set_poison_outputs(True)
+                ms, flushed = timed(lambda: launch(x, w, None, pb), remarks)
                 status = "ok" if same and err <= 1e-2 else (
                     "differs: three calls gave different bits" if not same else "wrong: rel_err above 1e-2")
                 # counted in the verdict where the runtime would run this: the rule on, and the router
@@ -275,10 +371,24 @@ def main(argv=None) -> int:
                 counted = bool(rule and (routable or rs_rule))
                 if counted and status != "ok":
                     bad.append((name, cfg))
-                add_row(name, kernel, layer_name, pb, cfg, status, err, same, ms, "; ".join(remarks), counted)
+                add_row(name, kernel, layer_name, pb, cfg, status, err, same, ms, "; ".join(remarks), counted,
+                        flushed)
                 print(f"{name} | {cfg} | {err:.1e} | same bits: {same}", flush=True)
+            if out_of_time():
+                continue
+            # the baseline: cuDNN under the same timers (aten on the CPU, untimed)
+            torch.backends.cudnn.benchmark = True
+            remarks = [] if device == "cuda" else ["aten on the CPU, not cuDNN"]
+            try:
+                err = worst_error([cudnn()], ref)
+                ms, flushed = timed(cudnn, remarks)
+            except Exception as err_:
+                add_row(name, kernel, layer_name, pb, report.RACE_BASELINE, f"error: {precompile.error_text(err_)}")
+                continue
+            add_row(name, kernel, layer_name, pb, report.RACE_BASELINE, "ok" if err <= 1e-2 else
+                    "wrong: rel_err above 1e-2", err, None, ms, "; ".join(remarks), False, flushed)
     finally:
-        configs.tuned, configs.WGMMA_RS_HAZARD = real_tuned, rs_rule
+        configs.tuned, configs.WGMMA_RS_HAZARD, configs.ROTATED_FORMS = real_tuned, rs_rule, rotate_rule
     print("\n".join(report.render_race(written())))
     return 1 if bad else 0
 

@@ -410,11 +410,11 @@ print("ok")
     assert (precompile.compiled_kernels() is None) == tritonconv.INTERPRETER  # the interpreter compiles nothing
 
 
-def _race_row(case, config, status, ms, same=True, counted=True, remark=""):
+def _race_row(case, config, status, ms, same=True, counted=True, remark="", flushed=None):
     ran = status == "ok" or status.startswith(("differs", "wrong"))
     return _row("tritonconv", "layer3.0.conv3", ms, kernel=report.RACE_KERNEL, p20_ms="", p80_ms="",
                 status=status, rel_err=(2e-4 if status == "ok" else 2e-2) if ran else "",
-                note=report.race_note(case, config, same if ran else None, counted, remark))
+                note=report.race_note(case, config, same if ran else None, counted, remark, flushed))
 
 
 def test_race_check_rows_share_the_csv_and_render_their_own_section(tmp_path):
@@ -428,20 +428,34 @@ def test_race_check_rows_share_the_csv_and_render_their_own_section(tmp_path):
         _race_row("c, rule on", "64x64x16 w4 s4", "wrong: rel_err above 1e-2", 0.020),
         _race_row("c, rule on", "64x32x32 w4 s5", "error: CompilationError: out of\nresources | smem", ""),
         _race_row("d", "-", "skipped: time budget", ""),
+        # a case with rotated forms, and its cuDNN row
+        _race_row("e", "64x128x64 w8 s4 transposed", "ok", 0.0216, flushed=0.0280),
+        _race_row("e", "64x128x64 w8 s4 transposed rotated", "ok", 0.0220, flushed=0.0231),
+        _race_row("e", "128x128x64 w8 s3 transposed rotated", "ok", 0.0250, flushed=0.0260),  # its twin not run
+        _race_row("e", report.RACE_BASELINE, "ok", 0.0190, same=None, counted=False, flushed=0.0220),
         _row("tritonconv", "a", 1.0), _row("cudnn", "a", 1.5),
     ]
-    for r in rows[:6]:
+    race = len(rows) - 2
+    for r in rows[:race]:
         r["timer"] = "configs.kernel_time"
     path = _write_csv(tmp_path / "results.csv", rows)
     selected = report.select_rows(report.load_rows(path))
-    assert sum(r["kernel"] == report.RACE_KERNEL for r in selected) == 6  # one per config, none merged
+    assert sum(r["kernel"] == report.RACE_KERNEL for r in selected) == race  # one per config, none merged
     groups = report.speedups(selected)
     assert groups[("resnet50", 32, "forward", "fp16", "channels_last")]["cudnn"]["ratios"] == {"a": pytest.approx(1.5)}
     summary = report.render(path, tmp_path)["summary"].read_text()
     section = summary.split("## Race check")[1].split("\n## ")[0]
-    assert "| c, rule off | 128x128x64 w8 s3 | 2.0e-02 | **no** | 0.0100 | declined by the router; run as is here |" \
+    assert "| c, rule off | 128x128x64 w8 s3 | 2.0e-02 | **no** | 0.0100 |  | declined by the router; run as is here |" \
         in section
     assert "| c, rule on | 64x32x32 w4 s5 | error: CompilationError: out of resources / smem |" in section
+    assert "| e | 64x128x64 w8 s4 transposed rotated | 2.0e-04 | yes | 0.0220 | 0.0231 |  |" in section
+    assert "| e | cuDNN | 2.0e-04 |  | 0.0190 | 0.0220 |  |" in section
+    # each form beside its rotated twin, under both timers, and the case's cuDNN row flushed over
+    # the better of the two (a form whose twin did not run has no row)
+    rotation = section.split("What rotation does")[1]
+    assert "| e | 64x128x64 w8 s4 transposed | 0.0216 | 0.0220 | 1.02x | 0.0280 | 0.0231 | 0.82x | 0.0220 | 0.95x |" \
+        in rotation
+    assert "128x128x64 w8 s3" not in rotation
     assert "timer: do_bench\n" in summary  # the sweep's timer, not the race check's
     # a wrong or racing config the runtime runs counts; an error (the autotuner skips it) and a
     # config only run with the rule off do not
@@ -457,8 +471,12 @@ def test_race_note_round_trips():
                             True, "declined by the router; timing failed: RuntimeError")
     assert report.race_fields({"note": note}) == {
         "case": "tap_tma fwd, 1x1 C256 14x14 (4 steps), rule off", "config": "128x128x64 w8 s3 sync",
-        "same_bits": False, "counted": True, "remark": "declined by the router; timing failed: RuntimeError"}
+        "same_bits": False, "counted": True, "flushed_ms": None,
+        "remark": "declined by the router; timing failed: RuntimeError"}
     assert report.race_fields({"note": report.race_note("d", "-", None, False)})["same_bits"] is None
+    flushed = report.race_note("e", "64x64x64 w4 s4 rotated", True, True, "a remark", flushed_ms=0.02814)
+    assert report.race_fields({"note": flushed})["flushed_ms"] == pytest.approx(0.0281)
+    assert report.race_fields({"note": flushed})["remark"] == "a remark"
 
 
 @pytest.mark.skipif(CUDA, reason="the GPU check runs perf/race_check.py as a stage of its own, every config timed")
@@ -485,6 +503,43 @@ def test_race_check_script_writes_csv_rows_and_their_markdown(tmp_path, monkeypa
     fields = report.race_fields(row)
     assert fields["case"] == module.CASES[case][0] and fields["same_bits"] is True and fields["counted"]
     assert (tmp_path / "race_check.md").read_text().strip() == "\n".join(report.render_race(rows)).strip()
+
+
+def test_race_check_pins_each_form_the_pruner_lists_rotated_ones_included(monkeypatch):
+    """perf/race_check.py's Pinner on the tap-TMA forward's real pruner, its compiled configs, as on
+    an sm_90 with Triton 3.6's hazard rule and the rotated forms asked for: the listing holds each
+    form of the case's tiles only (synced, transposed and both rotated), pinning a form then
+    leaves exactly that one to launch, its rotated twin too, and precompiling leaves them all."""
+    from tritonconv import configs as tc
+    from tritonconv.kernels import fprop
+
+    spec = importlib.util.spec_from_file_location("perf_race_check", ROOT / "perf" / "race_check.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    monkeypatch.setattr(tc, "TUNE", False)  # as the script runs: the real tuned keeps one config
+    monkeypatch.setattr(tc, "WGMMA_RS_HAZARD", True)
+    monkeypatch.setattr(tc, "ROTATED_FORMS", True)
+    monkeypatch.setattr(tc, "device_capability", lambda t: 90)
+    monkeypatch.setattr(tc, "max_shared_memory", lambda index: 227 * 1024)
+    pinner = module.Pinner(tc, tc.tuned, 90, True)
+    monkeypatch.setattr(tc, "tuned", pinner)
+    hook = fprop._fprop_tap_tma_tuned.early_config_prune
+    pinner.hook, pinner.tiles = hook, module.LAYER4_TILES
+    configs = fprop.tap_tma_configs(interpreter=False)
+    args = dict(y_ptr=torch.empty(0, dtype=torch.float16), N=32, P=7, Q=7, KG=512, CG=512, K_ALIGN=64, SPLIT_K=1)
+    pinner.seen = []
+    hook(configs, args)
+    names, pinner.seen = list(dict.fromkeys(pinner.seen)), None
+    assert all(n.startswith(module.LAYER4_TILES) for n in names)
+    expected = {f"{tile} {form}" for tile in module.LAYER4_TILES
+                for form in ("sync", "transposed", "sync rotated", "transposed rotated")}
+    assert set(names) == expected, sorted(set(names) ^ expected)
+    for name in names:
+        pinner.name = name
+        assert [tc.config_name(c) for c in hook(configs, args)] == [name]
+    # to precompile a case: all those forms at once
+    pinner.name, pinner.every = None, True
+    assert sorted(tc.config_name(c) for c in hook(configs, args)) == sorted(expected)
 
 
 def _touch_fresh_pages(pages: int = 1024) -> None:

@@ -441,8 +441,17 @@ def render_markdown(rows) -> str:
     return "\n".join(lines) + "\n"
 
 
-def race_note(case: str, config: str, same_bits: Optional[bool], counted: bool, remark: str = "") -> str:
-    """A race-check row's note: "case: ...; config: ...; same bits: yes; counted; <remark>"."""
+# a race-check row's time with L2 flushed before each call (bench.timing.device_bench), beside
+# its kernel time from a CUDA graph's replays, which find the operands in L2 (median_ms)
+RACE_FLUSHED = "flushed ms"
+# the race check's baseline row per case (the config field): cuDNN through PyTorch, its times only
+RACE_BASELINE = "cuDNN"
+
+
+def race_note(case: str, config: str, same_bits: Optional[bool], counted: bool, remark: str = "",
+              flushed_ms: Optional[float] = None) -> str:
+    """A race-check row's note: "case: ...; config: ...; same bits: yes; counted; flushed ms: 0.0281;
+    <remark>"."""
     if "; " in case or "; " in config:
         raise ValueError(f"a race-check case or config may not contain '; ' (the note's separator): "
                          f"{case!r}, {config!r}")
@@ -451,12 +460,16 @@ def race_note(case: str, config: str, same_bits: Optional[bool], counted: bool, 
         parts.append(f"same bits: {'yes' if same_bits else 'no'}")
     if counted:
         parts.append(RACE_COUNTED)
+    if flushed_ms is not None:
+        parts.append(f"{RACE_FLUSHED}: {flushed_ms:.4f}")
     return "; ".join(parts + ([remark] if remark else []))
 
 
 def race_fields(row: Dict[str, Any]) -> Dict[str, Any]:
-    """{case, config, same_bits (True/False/None), counted, remark} from a race-check row's note."""
-    out: Dict[str, Any] = {"case": None, "config": None, "same_bits": None, "counted": False, "remark": ""}
+    """{case, config, same_bits (True/False/None), counted, flushed_ms (None where not timed so),
+    remark} from a race-check row's note."""
+    out: Dict[str, Any] = {"case": None, "config": None, "same_bits": None, "counted": False, "flushed_ms": None,
+                           "remark": ""}
     remark = []
     for part in str(row.get("note") or "").split("; "):
         key, sep, value = part.partition(": ")
@@ -464,6 +477,8 @@ def race_fields(row: Dict[str, Any]) -> Dict[str, Any]:
             out[key] = value
         elif sep and key == "same bits":
             out["same_bits"] = value == "yes"
+        elif sep and key == RACE_FLUSHED:
+            out["flushed_ms"] = float(value)
         elif part == RACE_COUNTED:
             out["counted"] = True
         elif part:
@@ -496,23 +511,29 @@ def render_race(rows) -> List[str]:
              f"{first.get('gpu')}; torch {first.get('torch')}, triton {first.get('triton')}; ResNet-50 layers at "
              f"N={'/'.join(map(str, batches)) or '?'} (a case names its own), {first.get('dtype')}, "
              f"{first.get('layout')}; launch plans off; ms: {first.get('timer')}.", ""]
-    body, bad, timed = [], [], defaultdict(dict)
+    body, bad, timed, turned, baseline = [], [], defaultdict(dict), defaultdict(dict), {}
     for r in race:
         f = race_fields(r)
         status = str(r.get("status") or "")
         same = {True: "yes", False: "**no**", None: ""}[f["same_bits"]]
         err = f"{r['rel_err']:.1e}" if isinstance(r.get("rel_err"), float) else (status if status != "ok" else "")
-        ms = r.get("median_ms")
-        body.append((f["case"], f["config"], _cell_text(err), same,
-                     f"{ms:.4f}" if isinstance(ms, float) else "", _cell_text(f["remark"])))
+        ms, flushed = r.get("median_ms"), f["flushed_ms"]
+        body.append((f["case"], f["config"], _cell_text(err), same, f"{ms:.4f}" if isinstance(ms, float) else "",
+                     f"{flushed:.4f}" if flushed is not None else "", _cell_text(f["remark"])))
         if f["counted"] and status.split(":")[0] in ("differs", "wrong"):
             bad.append(f"{f['case']} {f['config']}")
+        if f["config"] == RACE_BASELINE:
+            baseline[f["case"]] = (ms, flushed)
+            continue
         if isinstance(ms, float) and ms > 0 and f["config"]:
-            form = "sync" if f["config"].endswith(" sync") else "transposed" if f["config"].endswith(
-                " transposed") else "as is"
-            base = f["config"].removesuffix(" sync").removesuffix(" transposed")
+            config = f["config"].removesuffix(" rotated")
+            turned[(f["case"], config)][config != f["config"]] = (ms, flushed)
+            if config != f["config"]:
+                continue
+            form = "sync" if config.endswith(" sync") else "transposed" if config.endswith(" transposed") else "as is"
+            base = config.removesuffix(" sync").removesuffix(" transposed")
             timed[(_race_case_base(f["case"]), base)][form] = ms
-    lines += _table(("case", "config", "rel_err (worst of 3)", "same bits", "ms", "note"), body)
+    lines += _table(("case", "config", "rel_err (worst of 3)", "same bits", "ms", RACE_FLUSHED, "note"), body)
     lines += ["", f"{len(bad)} config(s) run as the runtime runs them (register-hazard rule on) gave different bits "
               "or a wrong result" + (": " + ", ".join(bad) if bad else ".")]
     paired = [(case, cfg, t) for (case, cfg), t in timed.items() if "sync" in t and len(t) >= 2]
@@ -531,7 +552,36 @@ def render_race(rows) -> List[str]:
                         [(case, cfg, ms_of(t, "as is"), ms_of(t, "sync"), ms_of(t, "transposed"),
                           ratio(t["sync"], t.get("as is")), ratio(t.get("transposed"), t["sync"]))
                          for case, cfg, t in paired])
+    lines += _race_rotation(turned, baseline)
     return lines + [""]
+
+
+def _race_rotation(turned: Dict[Tuple[str, str], Dict[bool, Tuple]], baseline: Dict[str, Tuple]) -> List[str]:
+    """The race check's table of each tile form beside itself rotated (configs.ROTATED_FORMS):
+    kernel times (L2 warm) and times with L2 flushed, and the case's cuDNN row where it has one."""
+    pairs = [(case, config, t) for (case, config), t in turned.items() if len(t) == 2]
+    if not pairs:
+        return []
+
+    def cell(value):
+        return f"{value:.4f}" if isinstance(value, float) else ""
+
+    def ratio(num, den):
+        return f"{num / den:.2f}x" if isinstance(num, float) and isinstance(den, float) and den > 0 else ""
+
+    rows = []
+    for case, config, t in pairs:
+        (ms, flushed), (ms_r, flushed_r) = t[False], t[True]
+        base_ms, base_flushed = baseline.get(case, (None, None))
+        rows.append((case, config, cell(ms), cell(ms_r), ratio(ms_r, ms), cell(flushed), cell(flushed_r),
+                     ratio(flushed_r, flushed), cell(base_flushed), ratio(base_flushed, min(
+                         (v for v in (flushed, flushed_r) if isinstance(v, float)), default=None))))
+    return ["", "What rotation does (configs.ROTATED_FORMS): each tile form beside itself rotated, its kernel "
+            "time (a CUDA graph's replays: the operands stay in L2) and its time with L2 flushed before "
+            "each call (as the sweeps time); the last columns: the case's cuDNN row flushed, and its "
+            "time over the better of the two forms' (above 1: the tile is ahead).", ""] + _table(
+        ("case", "config", "ms", "ms rotated", "rotated / not", f"{RACE_FLUSHED}", f"{RACE_FLUSHED} rotated",
+         "rotated / not, flushed", f"cuDNN {RACE_FLUSHED}", "cuDNN / better form, flushed"), rows)
 
 
 def families_of(row: Optional[Dict[str, Any]]) -> str:
