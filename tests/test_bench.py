@@ -540,6 +540,22 @@ def test_race_check_pins_each_form_the_pruner_lists_rotated_ones_included(monkey
     # to precompile a case: all those forms at once
     pinner.name, pinner.every = None, True
     assert sorted(tc.config_name(c) for c in hook(configs, args)) == sorted(expected)
+    # the 1x1 GEMM's pruner: its tiles as they are and rotated, no span, no hazard rule
+    gemm = next(c for c in module.CASES if c.kernel == "gemm1x1_tma" and c.rotate)
+    from tritonconv.kernels import gemm1x1
+
+    pinner.hook, pinner.tiles, pinner.every, pinner.seen = gemm1x1._gemm1x1_tma_tuned.early_config_prune, \
+        gemm.tiles, False, []
+    pinner.flagged.clear()
+    gemm_configs = tc.persistent_gemm_configs(stream_k=True, flatten=True, interpreter=False)
+    gemm_args = dict(y_ptr=args["y_ptr"], M=1568, CG=2048, KG=512)
+    pinner.hook(gemm_configs, gemm_args)
+    names, pinner.seen = list(dict.fromkeys(pinner.seen)), None
+    assert set(gemm.tiles) <= set(names) and {n + " rotated" for n in gemm.tiles} <= set(names)
+    assert not pinner.flagged
+    for name in names:
+        pinner.name = name
+        assert [tc.config_name(c) for c in pinner.hook(gemm_configs, gemm_args)] == [name]
 
 
 def _touch_fresh_pages(pages: int = 1024) -> None:

@@ -352,10 +352,11 @@ def test_tap_tma_prune_hook_syncs_the_register_a_tiles(monkeypatch):
 
 
 def test_tap_tma_pruner_offers_rotated_forms_only_when_asked(monkeypatch):
-    """configs.ROTATED_FORMS: beside every form the tap-TMA forward's pruner launches a tile in,
-    the same rotated, after the tile's other forms (TRITONCONV_TUNE=0 keeps an unrotated one); not for a split-K
-    launch, a stream-K tile or a kernel without ROTATE (wgrad's); with the switch off, none."""
-    from tritonconv.kernels import fprop, wgrad
+    """configs.ROTATED_FORMS: beside every form the tap-TMA forward's and gemm1x1_tma's pruners
+    launch a tile in, the same rotated, after the tile's other forms (TRITONCONV_TUNE=0 keeps an
+    unrotated one); not for a split-K launch, a stream-K tile or a kernel without ROTATE (wgrad's);
+    with the switch off, none."""
+    from tritonconv.kernels import fprop, gemm1x1, wgrad
 
     monkeypatch.setattr(tc, "TUNE", True)
     monkeypatch.setattr(tc, "device_capability", lambda t: 90)
@@ -377,8 +378,21 @@ def test_tap_tma_pruner_offers_rotated_forms_only_when_asked(monkeypatch):
         assert not any(c.kwargs.get("ROTATE") for c in streamk.early_config_prune(streamk.configs, args))
     wgrad_hook = wgrad._wgrad_tap_tma_tuned.early_config_prune
     assert not wgrad_hook.rotatable
+    # the 1x1 GEMM on TMA: every kept tile rotated too, but its stream-K ones
+    gemm_prune = gemm1x1._gemm1x1_tma_tuned.early_config_prune
+    gemm_configs = tc.persistent_gemm_configs(stream_k=True, flatten=True, interpreter=False)
+    gemm_args = dict(y_ptr=y, M=1568, CG=2048, KG=512)
+    monkeypatch.setattr(tc, "ROTATED_FORMS", False)
+    plain = [tc.config_name(c) for c in gemm_prune(gemm_configs, gemm_args)]
+    rotated = [n for n in plain if "stream-k" not in n]
+    assert rotated and len(rotated) < len(plain) and not any(n.endswith(" rotated") for n in plain)
+    monkeypatch.setattr(tc, "ROTATED_FORMS", True)
+    names = [tc.config_name(c) for c in gemm_prune(gemm_configs, gemm_args)]
+    assert sorted(names) == sorted(plain + [n + " rotated" for n in rotated])
     monkeypatch.setattr(tc, "TUNE", False)
     (only,) = hook(configs, args)
+    assert not only.kwargs.get("ROTATE")
+    (only,) = gemm_prune(gemm_configs, gemm_args)
     assert not only.kwargs.get("ROTATE")
     assert tc.config_name(tc.rotated(tc.transposed(configs[0]))).endswith(" transposed rotated")
 

@@ -2491,3 +2491,41 @@ def test_tap_tma_rotated_tiles(family, direction, problem, kernels, rotates, tra
         wide = [_pinned_tap_tma_case(family, direction, problem, kernels, launched, monkeypatch, torch.float32,
                                      **rotate, **form)[0] for rotate in ({"ROTATE": True}, {})]
         assert torch.equal(*wide) is not rotates
+
+
+@pytest.mark.parametrize("problem", [
+    (2, 48, 7, 7, 40, 1, 1, 1, 0, 1, 1),  # 98 pixels: two M-tiles, 3 steps of 16 channels
+    (2, 80, 7, 7, 32, 1, 1, 1, 0, 1, 2),  # grouped: 40 channels a group, 3 steps, the last uneven
+])
+def test_gemm1x1_tma_rotated_tiles(problem, monkeypatch, launched):
+    """ROTATE on the 1x1 GEMM's TMA kernel (configs.ROTATED_FORMS): against float64 with a fused
+    epilogue and the same bits on a second call in fp16; in float32, other bits than the same
+    tile unrotated (the rotation took effect)."""
+    from tritonconv.kernels import gemm1x1
+
+    N, C, H, W, K, R, S, stride, padding, dilation, groups = problem
+
+    def run(dtype, **extra):
+        base = gemm1x1._gemm1x1_tma_tuned.configs[0]
+        kwargs = {k: v for k, v in base.kwargs.items() if k != "ROTATE"}
+        monkeypatch.setattr(gemm1x1._gemm1x1_tma_tuned, "configs", [triton.Config(
+            {**kwargs, **extra}, num_warps=base.num_warps, num_stages=base.num_stages, pre_hook=base.pre_hook)])
+        monkeypatch.setattr(gemm1x1._gemm1x1_tma_tuned, "cache", {})
+        gen = torch.Generator(device=DEVICE).manual_seed(5)
+        x = torch.randn(N, C, H, W, device=DEVICE, generator=gen).to(dtype).to(memory_format=torch.channels_last)
+        w = (torch.randn(K, C // groups, 1, 1, device=DEVICE, generator=gen) / (C // groups) ** 0.5).to(
+            dtype).to(memory_format=torch.channels_last)
+        b = torch.randn(K, device=DEVICE, generator=gen).to(dtype)
+        del launched[:]
+        with router.force("gemm1x1_tma"), plans.enabled_as(False):
+            outs = [tritonconv.conv2d(x, w, b, 1, 0, 1, groups, activation="relu") for _ in range(2)]
+        assert launched == [_expected("gemm1x1_tma")] * 2, launched
+        expected = F.relu(F.conv2d(x.double(), w.double(), b.double(), 1, 0, 1, groups))
+        return outs, expected
+
+    (first, again), expected = run(torch.float16, ROTATE=True)
+    assert rel_err(first, expected) < TOL[torch.float16]
+    assert torch.equal(first, again)
+    if TMA:
+        rotated, plain = run(torch.float32, ROTATE=True)[0][0], run(torch.float32)[0][0]
+        assert not torch.equal(rotated, plain)

@@ -1329,16 +1329,18 @@ def as_launched(family: KernelFamily, config: triton.Config, dtype: Dtype, arch:
 def launched_forms(family: KernelFamily, config: triton.Config, dtype: Dtype, arch: Arch) -> List[triton.Config]:
     """``as_launched``'s config first, then any other form the runtime's pruner launches the tile in
     beside it: a tap-TMA tile synced for the register hazard is offered transposed too, where its
-    kernel takes TRANSPOSED (configs.SpatialTilePruneHook.launched)."""
+    kernel takes TRANSPOSED (configs.SpatialTilePruneHook.launched); with configs.ROTATED_FORMS,
+    the forms of the tap-TMA forward and of gemm1x1_tma rotated too."""
     prune = family.prune
     if isinstance(prune, tc_configs.SpatialTilePruneHook):
         args, constexprs = family.launch_fn(dtype, config)
         return prune.launched(config, dtype.elem_bytes, arch.capability, {**args, **constexprs})
+    forms = prune.launched(config) if isinstance(prune, tc_configs.RotatablePruneHook) else [config]
     if isinstance(prune, tc_configs.GemmPruneHook) and "BLOCK_K" in config.kwargs:
         cap = tc_configs.register_cap(_tile_key(config)[:5], dtype.elem_bytes, arch.capability, prune.uncapped)
         if cap is not None and getattr(config, "maxnreg", None) != cap:
-            return [tc_configs.with_maxnreg(config, cap)]
-    return [config]
+            return [tc_configs.with_maxnreg(form, cap) for form in forms]
+    return forms
 
 
 def _runtime_pruned(family: KernelFamily, config: triton.Config, dtype: Dtype, arch: Arch) -> Optional[str]:

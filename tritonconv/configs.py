@@ -949,10 +949,12 @@ TRANSPOSED_MIN_BLOCK_N = 64  # a wgmma's M: 64 rows a warpgroup
 # M-tile m's reduction at step m * steps // tiles_m and wraps round past the last tap, so the
 # programs fetch different tiles at once and each finds most of its tiles already brought into
 # L2 by the M-tile ahead of it. The sum's terms stay the same, their order differs from tile to
-# tile (fixed for each: same bits from call to call). Until a GPU has timed it, the tap-TMA
-# pruner offers rotated forms only with TRITONCONV_ROTATE=1 (perf/race_check.py's rotated cases
-# set it): beside each form it launches a tile in, the same rotated, where the launch is neither
-# split-K nor stream-K.
+# tile (fixed for each: same bits from call to call). The 1x1 GEMM on TMA (gemm1x1.py) rotates
+# the same way, where its layers are long reductions over few M-tiles (layer4.1.conv1: 32 steps,
+# 52 tiles of 128x128). Until a GPU has timed it, the pruners of the tap-TMA forward and of
+# gemm1x1_tma offer rotated forms only with TRITONCONV_ROTATE=1 (perf/race_check.py's rotated
+# cases set it): beside each form they launch a tile in, the same rotated, where the launch is
+# neither split-K nor stream-K.
 ROTATED_FORMS = os.environ.get("TRITONCONV_ROTATE", "0") == "1"
 
 
@@ -1065,6 +1067,27 @@ class SpatialTilePruneHook(GemmPruneHook):
         """``register_a_hazard`` for this kernel's span and the launch's channel alignment."""
         selected = self.k_align_arg is not None and int(args.get(self.k_align_arg, 1)) % cfg.kwargs["BLOCK_K"] != 0
         return register_a_hazard(cfg, self.span, elem_bytes, capability, selected)
+
+
+class RotatablePruneHook(GemmPruneHook):
+    """``GemmPruneHook`` for a GEMM kernel that takes ROTATE (gemm1x1_tma): with ROTATED_FORMS,
+    beside each kept tile that is not stream-K, the same rotated (``launched``), the autotuner
+    choosing; TRITONCONV_TUNE=0 keeps an unrotated one."""
+
+    k_align_arg = None  # as SpatialTilePruneHook's: this kernel never selects A's channels
+
+    def __call__(self, configs: List[triton.Config], named_args: Dict, **kwargs) -> List[triton.Config]:
+        kept = super().__call__(configs, named_args, **kwargs)
+        if not ROTATED_FORMS or len(configs) <= 1:
+            return kept
+        forms = [form for c in kept for form in self.launched(c)]
+        return forms if len(forms) == len(kept) else tuned(forms)
+
+    def launched(self, cfg: triton.Config, elem_bytes: int = 2, capability: Optional[int] = None,
+                 args: Optional[Dict] = None) -> List[triton.Config]:
+        """How a kept ``cfg`` is launched: as it is, and with ROTATED_FORMS rotated too, unless
+        stream-K (the other arguments: as SpatialTilePruneHook.launched's, unused)."""
+        return [cfg, rotated(cfg)] if ROTATED_FORMS and not cfg.kwargs.get("STREAM_K") else [cfg]
 
 
 class DirectPruneHook:

@@ -308,14 +308,20 @@ def _gemm1x1_tma_acc(
     g, pid_m, pid_n, k_lo, k_hi, a_desc, b_desc, CG, KG,
     ACC_DTYPE: tl.constexpr, INPUT_PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    rot=0, ROTATE: tl.constexpr = False,
 ):
-    """Reduction steps [k_lo, k_hi) (of BLOCK_K channels) of one output tile, from TMA tiles.
+    """Reduction steps [k_lo, k_hi) (of BLOCK_K channels) of one output tile, from TMA tiles;
+    with ROTATE, from step k_lo + rot on, wrapping round at k_hi (configs.ROTATED_FORMS).
 
     Out-of-bounds reads are zero-filled; columns past this group's C/groups in A meet zero rows
     of B (B's width is C/groups), and rows of B past this group's K/groups only feed
     masked-out columns."""
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC_DTYPE)
-    for c0 in range(k_lo * BLOCK_K, k_hi * BLOCK_K, BLOCK_K):
+    for k in range(k_lo * BLOCK_K, k_hi * BLOCK_K, BLOCK_K):
+        c0 = k
+        if ROTATE:
+            c0 = k + rot * BLOCK_K
+            c0 = tl.where(c0 >= k_hi * BLOCK_K, c0 - (k_hi - k_lo) * BLOCK_K, c0)
         a = a_desc.load([pid_m * BLOCK_M, g * CG + c0])
         b = b_desc.load([g * KG + pid_n * BLOCK_N, c0])
         acc = mma(a, b.T, acc, INPUT_PRECISION, ACC_DTYPE)
@@ -348,12 +354,17 @@ def _gemm1x1_tma_tile(
     HAS_BIAS: tl.constexpr, HAS_RESIDUAL: tl.constexpr, ACTIVATION: tl.constexpr,
     ACC_DTYPE: tl.constexpr, INPUT_PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
-    FLAT_ROWS: tl.constexpr,
+    FLAT_ROWS: tl.constexpr, ROTATE: tl.constexpr,
 ):
-    """One (group, M-tile, N-tile) output tile of gemm1x1_tma_kernel, its whole reduction."""
+    """One (group, M-tile, N-tile) output tile of gemm1x1_tma_kernel, its whole reduction; with
+    ROTATE, M-tile m's starts at step m * steps // M-tiles (configs.ROTATED_FORMS)."""
     g, pid_m, pid_n = tile_pid(tile, M, KG, BLOCK_M, BLOCK_N, GROUP_M)
-    acc = _gemm1x1_tma_acc(g, pid_m, pid_n, 0, tl.cdiv(CG, BLOCK_K), a_desc, b_desc, CG, KG,
-                           ACC_DTYPE, INPUT_PRECISION, BLOCK_M, BLOCK_N, BLOCK_K)
+    steps = tl.cdiv(CG, BLOCK_K)
+    rot = 0
+    if ROTATE:
+        rot = ((pid_m.to(tl.int64) * steps) // tl.cdiv(M, BLOCK_M)).to(tl.int32)
+    acc = _gemm1x1_tma_acc(g, pid_m, pid_n, 0, steps, a_desc, b_desc, CG, KG,
+                           ACC_DTYPE, INPUT_PRECISION, BLOCK_M, BLOCK_N, BLOCK_K, rot, ROTATE)
     _gemm1x1_store(acc, g, pid_m, pid_n, b_ptr, res_ptr, y_ptr, M, H, W, KG,
                    syn, syk, syh, syw, srn, srk, srh, srw, alpha,
                    HAS_BIAS, HAS_RESIDUAL, ACTIVATION, BLOCK_M, BLOCK_N, FLAT_ROWS)
@@ -383,6 +394,7 @@ def gemm1x1_tma_kernel(
     STREAM_K: tl.constexpr,  # a grid of at most one program per SM sharing out (tile, step) pairs evenly
     FLATTEN: tl.constexpr,  # PERSISTENT: flatten the tile loop, so the next tile's loads overlap this epilogue
     FLAT_ROWS: tl.constexpr = False,  # y and the residual have flat pixels (flat_rows): m * their W stride
+    ROTATE: tl.constexpr = False,  # not STREAM_K: each M-tile's reduction starts elsewhere (configs.ROTATED_FORMS)
 ):
     if STREAM_K:
         _gemm1x1_tma_stream_k(a_desc, b_desc, b_ptr, res_ptr, y_ptr, partials_ptr, flags_ptr,
@@ -397,12 +409,12 @@ def gemm1x1_tma_kernel(
             _gemm1x1_tma_tile(tile, a_desc, b_desc, b_ptr, res_ptr, y_ptr, M, H, W, CG, KG,
                               syn, syk, syh, syw, srn, srk, srh, srw, alpha,
                               HAS_BIAS, HAS_RESIDUAL, ACTIVATION, ACC_DTYPE, INPUT_PRECISION,
-                              BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M, FLAT_ROWS)
+                              BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M, FLAT_ROWS, ROTATE)
     else:
         _gemm1x1_tma_tile(tl.program_id(0), a_desc, b_desc, b_ptr, res_ptr, y_ptr, M, H, W, CG, KG,
                           syn, syk, syh, syw, srn, srk, srh, srw, alpha,
                           HAS_BIAS, HAS_RESIDUAL, ACTIVATION, ACC_DTYPE, INPUT_PRECISION,
-                          BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M, FLAT_ROWS)
+                          BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M, FLAT_ROWS, ROTATE)
 
 
 # Stream-K: _common.stream_k_share and its helpers say how the work is shared out and summed.
@@ -446,7 +458,7 @@ _gemm1x1_tma_tuned = triton.autotune(
     key=["M", "H", "W", "CG", "KG", "GROUPS", "syk", "HAS_RESIDUAL", "ACTIVATION", "FLAT_ROWS"],
     do_bench=configs.capture_safe_bench,
     prune_configs_by={
-        "early_config_prune": configs.gemm_prune_hook(
+        "early_config_prune": configs.RotatablePruneHook(
             m_fn=lambda a: a["M"], n_fn=lambda a: a["KG"], k_fn=lambda a: a["CG"], tensor_arg="y_ptr", gathered=False
         )
     },
