@@ -1016,8 +1016,17 @@ def _ptxas_candidates(capability: int, explicit: Optional[str] = None) -> List[s
 _PTXAS_GOOD: Dict[int, str] = {}  # per process: the ptxas that last worked for a capability
 
 
+# ptxas's warning when it makes each wgmma of a loop wait for the one before (C7510, C7515): the
+# tensor cores then idle between them, as if the kernel synced every k16 slice. Triton 3.9's
+# builds of the tap-TMA forward's 8-wide tiles with A in registers, unsynced, have it in 8 of
+# 13 sm_90 fp16 configs (its transposed forms in none); Triton 3.6's in one, a one-row tile.
+_PTXAS_SERIALIZED = re.compile(r"wgmma\.mma_async instructions are serialized due to (.*?)(?: in the function|$)",
+                               re.MULTILINE)
+
+
 def ptxas_stats(ptx: str, capability: int, explicit_ptxas: Optional[str] = None) -> Dict[str, int]:
-    """Registers and spill bytes from ``ptxas -v`` on ``ptx``.
+    """Registers and spill bytes from ``ptxas -v`` on ``ptx``, and ptxas's reason where it
+    serialized the wgmmas (``wgmma_serialized``, else None).
 
     The flags match the ones Triton 3.9 assembles with (-lineinfo,
     --regAllocOptLevel=2), so the counts are those of the cubin it built.
@@ -1053,7 +1062,9 @@ def ptxas_stats(ptx: str, capability: int, explicit_ptxas: Optional[str] = None)
                 errors.append(f"{ptxas}: could not parse -v output")
                 continue
             _PTXAS_GOOD[capability] = ptxas
+            serial = _PTXAS_SERIALIZED.search(log)
             return {
+                "wgmma_serialized": serial.group(1).strip() if serial else None,
                 "registers": int(regs.group(1)),
                 "spill_stores": int(spill.group(1)),
                 "spill_loads": int(spill.group(2)),
@@ -1412,7 +1423,9 @@ def compile_one(family, config: triton.Config, dtype: str, arch: str, ptxas: Opt
         across the next one, see mma_async_of; None without wgmma), mma_a
         (where the wgmmas read A: "smem" / "regs" / "both", see wgmma_a_of), a_hazards
         (writes to the A registers of a wgmma in flight, in the SASS; see
-        wgmma_register_hazards; None without wgmma or without cuobjdump), step_instructions and
+        wgmma_register_hazards; None without wgmma or without cuobjdump), serialized (ptxas made
+        each wgmma wait for the one before, its reason in serialized_reason: reported, not a
+        failure, the runtime's autotuner weighing it; None without wgmma), step_instructions and
         step_divisions (SASS instructions and integer divisions in one step of the MMA loop, see
         mma_loop_of; None without tensor-core MMAs or without cuobjdump), other_instructions and
         other_divisions (the same outside that loop, see outside_mma_loop),
@@ -1432,7 +1445,8 @@ def compile_one(family, config: triton.Config, dtype: str, arch: str, ptxas: Opt
         shared_bytes=None,
         shared_estimate=_shared_estimate(config, dt, ar),
         shared_limit=ar.shared_limit, tensor_core=None, mma_instr=None, tma_loads=None, mma_async=None, mma_a=None,
-        a_hazards=None, step_instructions=None, step_divisions=None, other_instructions=None,
+        a_hazards=None, serialized=None, serialized_reason=None, step_instructions=None, step_divisions=None,
+        other_instructions=None,
         other_divisions=None, launchable=True, ok=False, status="FAIL", reason=None, error=None, compile_s=None,
     )
     pruned = _runtime_pruned(fam, config, dt, ar)
@@ -1457,6 +1471,9 @@ def compile_one(family, config: triton.Config, dtype: str, arch: str, ptxas: Opt
             rec["step_instructions"], rec["step_divisions"] = mma_loop_of(stats["sass"]) or (None, None)
             rec["other_instructions"], rec["other_divisions"] = outside_mma_loop(stats["sass"]) or (None, None)
         rec["registers"] = stats["registers"]
+        if "wgmma" in ptx:
+            rec["serialized"] = stats.get("wgmma_serialized") is not None
+            rec["serialized_reason"] = stats.get("wgmma_serialized")
         rec["spill_stores"], rec["spill_loads"] = stats["spill_stores"], stats["spill_loads"]
         rec["spills"] = stats["spill_stores"] + stats["spill_loads"]
     except Exception as exc:  # one bad config must not stop the report
@@ -1639,6 +1656,7 @@ _COLUMNS = (
     ("kernel", "kernel"), ("arch", "arch"), ("dtype", "dtype"), ("config", "config"),
     ("registers", "regs"), ("spills", "spills"), ("shared_bytes", "shared"), ("tensor_core", "tc"),
     ("tma_loads", "tma"), ("mma_async", "async"), ("mma_a", "A from"), ("a_hazards", "A hazards"),
+    ("serialized", "serial"),
     ("step_instructions", "step instr"), ("step_divisions", "step div"),
     ("other_instructions", "other instr"), ("other_divisions", "other div"), ("status", "status"), ("reason", "reason"),
 )
@@ -1659,8 +1677,10 @@ def _summary(records: Sequence[Dict[str, Any]], elapsed: float, jobs: int) -> st
     n_ok = sum(r["status"] == "ok" for r in records)
     n_pruned = sum(r["status"] == "pruned" for r in records)
     n_fail = len(failures(records))
+    n_serial = sum(bool(r.get("serialized")) and r.get("launchable", True) for r in records)
     return (f"{len(records)} compiled in {elapsed:.0f} s on {jobs} worker(s): {n_ok} ok, {n_fail} FAIL, "
-            f"{n_pruned} pruned by the runtime (not launchable on that arch)")
+            f"{n_pruned} pruned by the runtime (not launchable on that arch)"
+            + (f"; {n_serial} launchable with their wgmmas serialized by ptxas (serial)" if n_serial else ""))
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

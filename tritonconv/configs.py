@@ -936,6 +936,14 @@ WGMMA_RS_HAZARD = TRITON_VERSION < (3, 9)
 # needs BLOCK_N >= TRANSPOSED_MIN_BLOCK_N. The autotuner times both: on an H200 (Triton 3.6, fp16,
 # layer4.1.conv2 at batch 32) the transposed tiles took 0.63-0.91x the synced ones' kernel time
 # (perf/results/2026-11-28_H200_67e2351).
+# Triton 3.9 has no register hazard, and its builds of those tiles wait all the same: ptxas
+# serializes their wgmmas ("non wgmma instructions defining accumulator registers of a wgmma
+# between start and end of the pipeline stage"), each k16 slice waiting for the one before, in 8
+# of the 13 8-wide fp16 tiles on sm_90 (the compile report's serial column), worse than SYNC_MMA's
+# one wait a step; none of their transposed forms. So the tap-TMA pruners offer the transposed
+# form beside every tile whose A would go through registers with several wgmmas a step, on any
+# Triton (beside the synced one before 3.9, beside the tile as it is from 3.9), the autotuner
+# choosing. Timed on the H200 with Triton 3.6 only; on 3.9 an inference from the SASS.
 TRANSPOSED_MIN_BLOCK_N = 64  # a wgmma's M: 64 rows a warpgroup
 
 # The programs of a tap-TMA forward all walk the reduction in one order, tap by tap: those of an
@@ -1032,7 +1040,7 @@ class SpatialTilePruneHook(GemmPruneHook):
                 triton.Config({**c.kwargs, "BLOCK_W": c.kwargs[self.span]}, num_warps=c.num_warps,
                               num_stages=c.num_stages, pre_hook=c.pre_hook)
                 for c in kept]
-        if not (WGMMA_RS_HAZARD or self.rotates_launch(args)) or len(configs) <= 1:
+        if len(configs) <= 1:
             return kept
         t = args[self.tensor_arg]
         t = getattr(t, "base", t)
@@ -1047,26 +1055,27 @@ class SpatialTilePruneHook(GemmPruneHook):
 
     def launched(self, cfg: triton.Config, elem_bytes: int, capability: Optional[int],
                  args: Dict) -> List[triton.Config]:
-        """How a kept ``cfg`` is launched: as it is, or, where it has the register hazard, synced,
-        and transposed too where this kernel takes it and BLOCK_N allows; with ROTATED_FORMS, each
-        of those rotated too, after them, where the kernel and the launch take it."""
-        if not self.register_a_hazard(cfg, elem_bytes, capability, args):
-            forms = [cfg]
-        else:
-            forms = [synced(cfg)]
-            if self.transposable and cfg.kwargs["BLOCK_N"] >= TRANSPOSED_MIN_BLOCK_N:
-                swapped = transposed(cfg)
-                if not self.register_a_hazard(swapped, elem_bytes, capability, args):
-                    forms.append(swapped)
+        """How a kept ``cfg`` is launched: as it is, or, where it has the register hazard, synced;
+        where its A would go through registers with several wgmmas a step (the hazard's tiles,
+        on any Triton: see TRANSPOSED_MIN_BLOCK_N), transposed too where this kernel takes it and
+        BLOCK_N allows; with ROTATED_FORMS, each of those rotated too, after them, where the
+        kernel and the launch take it."""
+        forms = [synced(cfg)] if self.register_a_hazard(cfg, elem_bytes, capability, args) else [cfg]
+        if (self.transposable and cfg.kwargs["BLOCK_N"] >= TRANSPOSED_MIN_BLOCK_N
+                and self.register_a_hazard(cfg, elem_bytes, capability, args, hazard=True)):
+            swapped = transposed(cfg)
+            if not self.register_a_hazard(swapped, elem_bytes, capability, args, hazard=True):
+                forms.append(swapped)
         if self.rotates_launch(args) and not cfg.kwargs.get("STREAM_K"):
             forms += [rotated(form) for form in forms]
         return forms
 
     def register_a_hazard(self, cfg: triton.Config, elem_bytes: int, capability: Optional[int],
-                          args: Dict) -> Optional[str]:
-        """``register_a_hazard`` for this kernel's span and the launch's channel alignment."""
+                          args: Dict, hazard: Optional[bool] = None) -> Optional[str]:
+        """``register_a_hazard`` for this kernel's span and the launch's channel alignment
+        (``hazard``: as there, this Triton's rule by default)."""
         selected = self.k_align_arg is not None and int(args.get(self.k_align_arg, 1)) % cfg.kwargs["BLOCK_K"] != 0
-        return register_a_hazard(cfg, self.span, elem_bytes, capability, selected)
+        return register_a_hazard(cfg, self.span, elem_bytes, capability, selected, hazard=hazard)
 
 
 class RotatablePruneHook(GemmPruneHook):
