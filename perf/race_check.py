@@ -119,6 +119,12 @@ CASES = [Case(*case) for case in [  # most telling first: a budget may stop the 
          rotate=True, tiles=LAYER4_TILES),
     Case("tap_tma dgrad, 3x3 C512 7x7 (w flipped copy)", "dgrad_tap_tma_copy", "layer4.1.conv2",
          tiles=LAYER4_TILES),
+    # the lowest forward layer on the H200 (0.69x): layer4.0.conv2, the same GEMM at stride 2 (x's
+    # phase view, 6.4 MB of it cold), which the router gave to split-K (1.02x ahead of tap_tma)
+    Case("tap_tma fwd, 3x3/2 C512 14x14 (72 steps), rotated", "fprop_tap_tma", "layer4.0.conv2", rotate=True,
+         tiles=LAYER4_TILES),
+    Case("tap_tma_splitk fwd, 3x3/2 C512 14x14 (72 steps in chunks)", "fprop_tap_tma_splitk", "layer4.0.conv2",
+         tiles=LAYER4_TILES),
     # the 1x1 GEMM's long reduction over few M-tiles, 0.77x cuDNN on the H200: rotated the same way
     Case("gemm1x1_tma fwd, C2048 7x7 (32 steps), rotated", "gemm1x1_tma", "layer4.1.conv1", rotate=True,
          tiles=("64x64x64 w4 s4", "128x128x64 w8 s3", "64x128x64 w8 s4")),
