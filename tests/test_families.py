@@ -2532,3 +2532,31 @@ def test_gemm1x1_tma_rotated_tiles(problem, monkeypatch, launched):
     if TMA:
         rotated, plain = run(torch.float32, ROTATE=True)[0][0], run(torch.float32)[0][0]
         assert not torch.equal(rotated, plain)
+
+
+def test_split_k_forwards_never_run_an_empty_chunk():
+    """The split-K forwards tell the compiler their reduction loop runs (tl.assume in fprop.py:
+    where it might not, ptxas serialized their wgmmas, _common.split_steps): so no chunk may be
+    empty. The launchers cut at most as many chunks as the reduction has steps at the largest
+    BLOCK_K of any config (fprop.split_chunks), and split_steps' even cut then leaves none empty
+    at any BLOCK_K up to that. A split asked beyond that still gives the float64 result."""
+    from tritonconv.kernels import fprop
+
+    assert all(c.kwargs["BLOCK_K"] <= configs.MAX_BLOCK_K for tuned in (
+        fprop._fprop_tuned, fprop._fprop_tma_tuned, fprop._fprop_tap_tma_tuned) for c in tuned.configs)
+    assert all(c.kwargs["BLOCK_K"] <= configs.MAX_BLOCK_K for c in fprop.tap_tma_configs(interpreter=False))
+    pb = spec.problem_from_shapes((1, 48, 5, 5), (16, 24, 3, 3), (1, 1), (1, 1), (1, 1), 2)
+    fewest = 9 * triton.cdiv(24, configs.MAX_BLOCK_K)  # 9 taps of one channel block at BLOCK_K 64
+    assert fprop.split_chunks(100, pb) == fewest and fprop.split_chunks(0, pb) == 1 and fprop.split_chunks(4, pb) == 4
+    # split_steps' cut, as the kernels compute it: every step once, no chunk empty
+    for steps in range(fewest, 200):
+        for split in range(1, fewest + 1):
+            bounds = [(i * steps // split, (i + 1) * steps // split) for i in range(split)]
+            assert all(stop > start for start, stop in bounds) and bounds[0][0] == 0 and bounds[-1][1] == steps
+            assert all(bounds[i][1] == bounds[i + 1][0] for i in range(split - 1))
+    x = torch.randn(1, 48, 5, 5, device=DEVICE).half().to(memory_format=torch.channels_last)
+    w = (torch.randn(16, 24, 3, 3, device=DEVICE) / 14).half().to(memory_format=torch.channels_last)
+    ref = F.conv2d(x.double(), w.double(), None, 1, 1, 1, 2)
+    for launch in (fprop.conv2d_fprop, fprop.conv2d_fprop_tap_tma):
+        out = launch(x, w, None, pb, split_k=100)
+        assert rel_err(out, ref) < TOL[torch.float16]

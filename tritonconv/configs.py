@@ -227,6 +227,11 @@ STREAM_K_TILES: Tuple[Tuple[int, int, int, int, int], ...] = (
     (128, 64, 64, 8, 4),
     (64, 128, 64, 8, 4),
 )
+# The largest BLOCK_K of any GEMM-like config (the interpreter's too): a split-K forward cuts its
+# reduction into no more chunks than it has steps at this BLOCK_K (fprop.split_chunks).
+MAX_BLOCK_K = max([t[2] for t in GEMM_TILES + TAP_TMA_ROW_TILES + STREAM_K_TILES]
+                  + [INTERPRETER_CONFIG["BLOCK_K"]])
+
 # A persistent loop can also be flattened (tl.range(..., flatten=True)): the software pipeliner
 # then overlaps the next tile's first loads with this tile's epilogue, which matters where the
 # reduction is a few steps long (1x1 layers with 64-256 input channels). It costs about one more

@@ -26,6 +26,7 @@ __all__ = [
     "tile_pid",
     "first_tap",
     "split_range",
+    "split_steps",
     "sm_count",
     "stream_k_share",
     "stream_k_step",
@@ -190,6 +191,19 @@ def mma_barrier(acc):
     from registers that the next step rewrites (configs.WGMMA_RS_HAZARD). No instruction is
     emitted for it; CUDA only (the interpreter has no inline asm)."""
     return tl.inline_asm_elementwise("", "=f,0", [acc], dtype=tl.float32, is_pure=False, pack=1)
+
+
+@triton.jit
+def split_steps(split, steps, SPLIT):
+    """[start, stop) of chunk ``split`` when ``steps`` reduction steps are cut into SPLIT chunks
+    as even as can be (their lengths differ by one at most): every step in exactly one chunk, and
+    none empty where SPLIT <= steps, which the forward launchers ensure (fprop.split_chunks), so that
+    their kernels can tell the compiler the reduction loop runs (``tl.assume``). Where it might
+    run no step, LLVM lays out the path around it past the loop, zeroing the accumulator's
+    registers there, and ptxas counts that as a write inside the wgmmas' pipeline stage: it
+    serialized every wgmma of the split-K forwards' larger tiles (Triton 3.6, sm_90, fp16: 15 of
+    their configs; the compile report's serial column), each k16 slice waiting for the one before."""
+    return ((split.to(tl.int64) * steps) // SPLIT).to(tl.int32), (((split + 1).to(tl.int64) * steps) // SPLIT).to(tl.int32)
 
 
 @triton.jit

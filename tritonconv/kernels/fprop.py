@@ -67,7 +67,7 @@ from ._common import (
     tap_tma_box,
     tap_tma_box_of,
     tap_tma_boxes,
-    split_range,
+    split_steps,
     tap_phase,
     tap_phase_next,
     tap_step_of,
@@ -142,7 +142,8 @@ def fprop_kernel(
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC_DTYPE)
     c_blocks = tl.cdiv(CG, BLOCK_K)
     total = R * S * c_blocks
-    start, stop = split_range(split, total, SPLIT_K, 1)
+    start, stop = split_steps(split, total, SPLIT_K)
+    tl.assume(stop > start)  # split_chunks: no chunk is empty (split_steps says why it matters)
     # the first step's tap (r, s) and channel block c0, decoded once; each step carries them
     # on to the next (as _tap_tma_acc does: no integer division in the loop)
     c0, rs, r, s = tap_step_of(start, CG, S, BLOCK_K)
@@ -271,6 +272,14 @@ def accepts_splitk(problem: Conv2dProblem) -> bool:
     return pb.N * pb.P * pb.Q <= 4096 and pb.R * pb.S * pb.C_per_group >= 512
 
 
+def split_chunks(split_k: int, problem: Conv2dProblem) -> int:
+    """``split_k`` as the forward kernels run it: at least 1, and no more chunks than the
+    reduction has steps at the largest BLOCK_K of any config (MAX_BLOCK_K), so that none is empty
+    whatever config runs (_common.split_steps)."""
+    pb = problem
+    return max(1, min(int(split_k), pb.R * pb.S * triton.cdiv(pb.C_per_group, configs.MAX_BLOCK_K)))
+
+
 def choose_split_k(problem: Conv2dProblem, device: torch.device) -> int:
     """Chunks of the forward reduction: enough programs to fill the GPU twice, at least 2, at most 16,
     and no chunk shorter than 4 reduction steps of 64 channels."""
@@ -321,7 +330,7 @@ def conv2d_fprop(
         return out
     M = pb.N * pb.P * pb.Q  # checked by prepare_forward
     KG, CG = pb.K_per_group, pb.C_per_group
-    split = max(1, int(split_k))
+    split = split_chunks(split_k, pb)
     ws = None
     if split > 1:
         ws = alloc_partials((split, M, pb.K), x)
@@ -646,7 +655,8 @@ def fprop_tap_tma_kernel(
         split = outer // GROUPS
         g = outer % GROUPS
         n0, p0, q0 = _tap_tma_origin(pid_m, tiles_h, tiles_w, BOX_N, BOX_H, BOX_W)
-        start, stop = split_range(split, steps, SPLIT_K, 1)
+        start, stop = split_steps(split, steps, SPLIT_K)
+        tl.assume(stop > start)  # split_chunks: no chunk is empty (split_steps says why it matters)
         # ROTATE: the M-tiles' first steps spread evenly over the reduction (configs.ROTATED_FORMS)
         ROTATED: tl.constexpr = ROTATE and not PARTIAL
         rot = 0
@@ -740,7 +750,7 @@ def conv2d_fprop_tap_tma(x, w, bias, problem: Conv2dProblem, out=None, activatio
     there is no fallback for it.
     """
     pb = problem
-    split = max(1, int(split_k))
+    split = split_chunks(split_k, pb)
     assert split == 1 or not stream_k, "stream-K shares out the whole reduction: no split with it"
     if not input_tma_usable(x, w, pb, weight_flipped):
         if weight_flipped:
