@@ -2535,11 +2535,12 @@ def test_gemm1x1_tma_rotated_tiles(problem, monkeypatch, launched):
 
 
 def test_split_k_forwards_never_run_an_empty_chunk():
-    """The split-K forwards tell the compiler their reduction loop runs (tl.assume in fprop.py:
-    where it might not, ptxas serialized their wgmmas, _common.split_steps): so no chunk may be
-    empty. The launchers cut at most as many chunks as the reduction has steps at the largest
-    BLOCK_K of any config (fprop.split_chunks), and split_steps' even cut then leaves none empty
-    at any BLOCK_K up to that. A split asked beyond that still gives the float64 result."""
+    """The forward kernels run at least one reduction step and tell the compiler so (fprop.py;
+    where the loop might run none, ptxas serialized their wgmmas: _common.split_steps): an empty
+    chunk would then sum a step of the next one. The launchers cut at most as many chunks as the
+    reduction has steps at the largest BLOCK_K of any config (fprop.split_chunks), and
+    split_steps' even cut leaves none empty at any BLOCK_K up to that. A split asked beyond that
+    still gives the float64 result."""
     from tritonconv.kernels import fprop
 
     assert all(c.kwargs["BLOCK_K"] <= configs.MAX_BLOCK_K for tuned in (

@@ -197,12 +197,14 @@ def mma_barrier(acc):
 def split_steps(split, steps, SPLIT):
     """[start, stop) of chunk ``split`` when ``steps`` reduction steps are cut into SPLIT chunks
     as even as can be (their lengths differ by one at most): every step in exactly one chunk, and
-    none empty where SPLIT <= steps, which the forward launchers ensure (fprop.split_chunks), so that
-    their kernels can tell the compiler the reduction loop runs (``tl.assume``). Where it might
-    run no step, LLVM lays out the path around it past the loop, zeroing the accumulator's
-    registers there, and ptxas counts that as a write inside the wgmmas' pipeline stage: it
-    serialized every wgmma of the split-K forwards' larger tiles (Triton 3.6, sm_90, fp16: 15 of
-    their configs; the compile report's serial column), each k16 slice waiting for the one before."""
+    none empty where SPLIT <= steps, which the forward launchers ensure (fprop.split_chunks). Their
+    kernels then run at least one step (``stop = max(stop, start + 1)``: a step more only where
+    the reduction has none, C/groups = 0, whose loads are all masked) and tell the compiler so
+    (``tl.assume``). Where the loop might run no step, LLVM lays out the path around it past the
+    loop, zeroing the accumulator's registers there, and ptxas counts that as a write inside the
+    wgmmas' pipeline stage: it serialized every wgmma of 17 forward configs on Triton 3.6 (sm_90,
+    fp16, the split-K ones and the implicit GEMM's and tap_tma's 128x256 tiles; the compile
+    report's serial column), each k16 slice waiting for the one before."""
     return ((split.to(tl.int64) * steps) // SPLIT).to(tl.int32), (((split + 1).to(tl.int64) * steps) // SPLIT).to(tl.int32)
 
 

@@ -143,7 +143,11 @@ def fprop_kernel(
     c_blocks = tl.cdiv(CG, BLOCK_K)
     total = R * S * c_blocks
     start, stop = split_steps(split, total, SPLIT_K)
-    tl.assume(stop > start)  # split_chunks: no chunk is empty (split_steps says why it matters)
+    # at least one step, and the compiler told so (split_steps says why it matters):
+    # split_chunks leaves no chunk empty, but for C/groups = 0, whose one step loads nothing
+    # (c_ok: zeros, as is the empty sum)
+    stop = tl.maximum(stop, start + 1)
+    tl.assume(stop > start)
     # the first step's tap (r, s) and channel block c0, decoded once; each step carries them
     # on to the next (as _tap_tma_acc does: no integer division in the loop)
     c0, rs, r, s = tap_step_of(start, CG, S, BLOCK_K)
@@ -656,7 +660,10 @@ def fprop_tap_tma_kernel(
         g = outer % GROUPS
         n0, p0, q0 = _tap_tma_origin(pid_m, tiles_h, tiles_w, BOX_N, BOX_H, BOX_W)
         start, stop = split_steps(split, steps, SPLIT_K)
-        tl.assume(stop > start)  # split_chunks: no chunk is empty (split_steps says why it matters)
+        # at least one step, and the compiler told so (split_steps says why it matters):
+        # split_chunks leaves no chunk empty, and C/groups is at least 1 here (input_tma_usable)
+        stop = tl.maximum(stop, start + 1)
+        tl.assume(stop > start)
         # ROTATE: the M-tiles' first steps spread evenly over the reduction (configs.ROTATED_FORMS)
         ROTATED: tl.constexpr = ROTATE and not PARTIAL
         rot = 0
