@@ -131,9 +131,12 @@ def gemm1x1_fprop_kernel(
     a_ptrs = (x_ptr + x_rows + (g * CG).to(tl.int64) * sxc)[:, None] + offs_k.to(tl.int64)[None, :] * sxc
     b_ptrs = (w_ptr + k_out.to(tl.int64) * swk)[None, :] + offs_k.to(tl.int64)[:, None] * swc
 
-    # -- reduction loop: a dense matmul's
+    # -- reduction loop: a dense matmul's, at least one step, and the compiler told so
+    # (_common.split_steps says why it matters): for C/groups = 0 one of masked loads
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC_DTYPE)
-    for c0 in range(0, CG, BLOCK_K):
+    c_end = tl.maximum(CG, 1)
+    tl.assume(c_end > 0)
+    for c0 in range(0, c_end, BLOCK_K):
         c_ok = offs_k < CG - c0
         a = tl.load(a_ptrs, mask=mask_m[:, None] & c_ok[None, :], other=0.0)
         b = tl.load(b_ptrs, mask=c_ok[:, None] & mask_n[None, :], other=0.0)
@@ -359,7 +362,10 @@ def _gemm1x1_tma_tile(
     """One (group, M-tile, N-tile) output tile of gemm1x1_tma_kernel, its whole reduction; with
     ROTATE, M-tile m's starts at step m * steps // M-tiles (configs.ROTATED_FORMS)."""
     g, pid_m, pid_n = tile_pid(tile, M, KG, BLOCK_M, BLOCK_N, GROUP_M)
-    steps = tl.cdiv(CG, BLOCK_K)
+    # at least one step, and the compiler told so (_common.split_steps says why it matters): for
+    # C/groups = 0 one step past the channels, which TMA fills with zeros
+    steps = tl.maximum(tl.cdiv(CG, BLOCK_K), 1)
+    tl.assume(steps > 0)
     rot = 0
     if ROTATE:
         rot = ((pid_m.to(tl.int64) * steps) // tl.cdiv(M, BLOCK_M)).to(tl.int32)
