@@ -589,9 +589,12 @@ def gemm1x1_wgrad_kernel(
     a_ptrs = dy_ptr + k_out.to(tl.int64)[:, None] * sdyk + pix[None, :] * sdym
     b_ptrs = x_ptr + pix[:, None] * sxm + (g * CG + offs_n).to(tl.int64)[None, :] * sxc
 
-    # -- reduction loop: a dense matmul's
+    # -- reduction loop: a dense matmul's, at least one step, and the compiler told so
+    # (_common.split_steps says why it matters): an empty chunk's one step loads nothing (k_ok)
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC_DTYPE)
-    for k0 in range(start, stop, BLOCK_K):
+    end = tl.maximum(stop, start + 1)
+    tl.assume(end > start)
+    for k0 in range(start, end, BLOCK_K):
         k_ok = offs_k < stop - k0
         a = tl.load(a_ptrs, mask=mask_m[:, None] & k_ok[None, :], other=0.0)
         b = tl.load(b_ptrs, mask=k_ok[:, None] & mask_n[None, :], other=0.0)

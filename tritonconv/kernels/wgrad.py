@@ -120,7 +120,11 @@ def wgrad_kernel(
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC_DTYPE)
     n, p, q = unravel3(start + offs_k, P, Q)
     step_n, step_p, step_q = unravel3(BLOCK_K, P, Q)
-    for k0 in range(start, stop, BLOCK_K):
+    # at least one step, and the compiler told so (_common.split_steps says why it matters): an
+    # empty chunk's one step loads nothing (k_ok)
+    end = tl.maximum(stop, start + 1)
+    tl.assume(end > start)
+    for k0 in range(start, end, BLOCK_K):
         kk = k0 + offs_k
         k_ok = kk < stop
         h = p * stride_h - pad_h + r * dil_h
