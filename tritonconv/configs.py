@@ -941,14 +941,12 @@ WGMMA_RS_HAZARD = TRITON_VERSION < (3, 9)
 # needs BLOCK_N >= TRANSPOSED_MIN_BLOCK_N. The autotuner times both: on an H200 (Triton 3.6, fp16,
 # layer4.1.conv2 at batch 32) the transposed tiles took 0.63-0.91x the synced ones' kernel time
 # (perf/results/2026-11-28_H200_67e2351).
-# Triton 3.9 has no register hazard, and its builds of those tiles wait all the same: ptxas
-# serializes their wgmmas ("non wgmma instructions defining accumulator registers of a wgmma
-# between start and end of the pipeline stage"), each k16 slice waiting for the one before, in 8
-# of the 13 8-wide fp16 tiles on sm_90 (the compile report's serial column), worse than SYNC_MMA's
-# one wait a step; none of their transposed forms. So the tap-TMA pruners offer the transposed
-# form beside every tile whose A would go through registers with several wgmmas a step, on any
-# Triton (beside the synced one before 3.9, beside the tile as it is from 3.9), the autotuner
-# choosing. Timed on the H200 with Triton 3.6 only; on 3.9 an inference from the SASS.
+# Triton 3.9 has no register hazard. Its ptxas did serialize those tiles' wgmmas (8 of the 13
+# 8-wide fp16 tiles on sm_90, each k16 slice waiting for the one before), but for another cause,
+# since fixed (a loop that might run no step: _common.split_steps); now none. The transposed forms
+# stay on offer beside them from 3.9 too: on the H200 (Triton 3.6, layer4.1.conv2) the best
+# transposed tile beat the best unsynced one, 0.0216 against 0.0258 ms of kernel time (no ldmatrix,
+# both operands from shared memory). The autotuner chooses, at up to 8 more configs a layer.
 TRANSPOSED_MIN_BLOCK_N = 64  # a wgmma's M: 64 rows a warpgroup
 
 # The programs of a tap-TMA forward all walk the reduction in one order, tap by tap: those of an

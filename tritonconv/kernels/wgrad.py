@@ -493,7 +493,11 @@ def wgrad_tap_tma_kernel(
     n0 = (start // (tiles_h * tiles_w)) * BOX_N
     p0 = ((start // tiles_w) % tiles_h) * BOX_H
     q0 = (start % tiles_w) * BOX_W
-    for _ in range(start, stop):
+    # at least one step, and the compiler told so (_common.split_steps says why it matters): an
+    # empty chunk lies past the last image, and its one step's boxes are TMA's zeros
+    end = tl.maximum(stop, start + 1)
+    tl.assume(end > start)
+    for _ in range(start, end):
         a = dy_desc.load([n0, p0, q0, k_col]).reshape(BLOCK_K, BLOCK_M)
         b = x_desc.load([n0, p0 + shift_h, phase_h, q0 + shift_w, c_col]).reshape(BLOCK_K, BLOCK_N)
         acc = mma(a.T, b, acc, INPUT_PRECISION, ACC_DTYPE)
