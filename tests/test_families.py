@@ -1160,6 +1160,32 @@ def test_input_grad_tap_tma_phased_into_either_layout(memory_format, with_bias, 
     assert rel_err(dx, ref) < TOL[torch.float16]
 
 
+@pytest.mark.parametrize("problem", [
+    pytest.param((2, 16, 8, 8, 24, 1, 1, 2, 0, 1, 1), id="1x1-stride-2"),  # 3 of 4 phases reached by no tap
+    pytest.param((1, 32, 10, 9, 16, 3, 3, 2, 2, 2, 2), id="stride-2-dilation-2"),  # phases a=1, two groups
+])
+def test_input_grad_tap_tma_phased_phases_no_tap_reaches_hold_the_bias(problem, launched):
+    """A phase no tap reaches runs one step of the phased kernel on boxes out of both operands'
+    bounds: its pixels are exactly the bias even where dy holds inf and w NaN (a box read in bounds,
+    either one, would give NaN there); the phases taps reach are NaN, as float64's."""
+    from tritonconv.kernels import dgrad
+
+    x, w, args, pb = _nhwc_fp16(problem, seed=33)
+    dy = torch.full(pb.output_shape, float("inf"), dtype=torch.float16, device=DEVICE)
+    dy = dy.to(memory_format=torch.channels_last)
+    w = torch.full_like(w, float("nan"))
+    b = torch.randn(pb.C, dtype=torch.float16, device=DEVICE)
+    dx = dgrad.conv2d_dgrad_tap_tma_phased(dy, w, pb, b, torch.channels_last)
+    assert launched == [_expected_phased()]
+    # which pixels of dx a tap reaches: float64's dx of ones is positive there, zero elsewhere
+    xr = x.double().requires_grad_()
+    F.conv2d(xr, torch.ones_like(w, dtype=torch.float64), None, *args).backward(torch.ones_like(dy, dtype=torch.float64))
+    reached = xr.grad != 0
+    assert 0 < reached.sum() < reached.numel()
+    assert dx[reached].isnan().all()
+    assert torch.equal(dx.masked_select(~reached), b[None, :, None, None].expand_as(dx).masked_select(~reached))
+
+
 @pytest.mark.parametrize("problem,dtype,layout,why", [
     pytest.param((1, 16, 8, 8, 16, 3, 3, 2, 1, 1, 1), torch.float32, "channels_last", "fp32", id="fp32"),
     pytest.param((1, 16, 8, 8, 16, 3, 3, 2, 1, 1, 1), torch.float16, "kcrs", "weight", id="kcrs-weight"),
@@ -1217,7 +1243,8 @@ def _expected_phased() -> str:
 def test_input_grad_tap_tma_phased_slots():
     """The slots of ResNet-50's 3x3 stride-2 dgrad: the 4-tap phase (1, 1) first, then the 2-tap
     ones, the one-tap (0, 0) last; each with w's tap for its tap (0, 0) (the last one reaching it)
-    and the padding of its forward conv of dy; and a 1x1 stride-2's three tapless phases."""
+    and the padding of its forward conv of dy; and a 1x1 stride-2's three tapless phases, whose one
+    step reads dy from its row P on and w's tap R*S: past both."""
     from tritonconv.kernels import dgrad
 
     pb = spec.problem_from_shapes((32, 128, 56, 56), (128, 128, 3, 3), stride=2, padding=1)
@@ -1228,7 +1255,7 @@ def test_input_grad_tap_tma_phased_slots():
     assert sizes == ((28, 28),) * 4 and (dil_h, dil_w, w_tap_row, w_tap_col) == (1, 1, 6, 2)
     down = spec.problem_from_shapes((1, 8, 7, 7), (8, 8, 1, 1), stride=2)
     rows = [dgrad._phased_slots(down)[0][i:i + 7] for i in range(0, 28, 7)]
-    assert rows[0] == (0, 0, 1, 1, 0, 0, 0) and all(r[2:] == (0,) * 5 for r in rows[1:])
+    assert rows[0] == (0, 0, 1, 1, 0, 0, 0) and all(r[2:] == (0, 0, -4, 0, 1) for r in rows[1:])
     assert dgrad._phased_slots(down)[1] == ((4, 4), (4, 3), (3, 4), (3, 3))
 
 

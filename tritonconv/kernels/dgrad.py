@@ -679,8 +679,13 @@ def conv2d_dgrad_1x1(dy: torch.Tensor, w: torch.Tensor, problem: Conv2dProblem,
 # does: phase (a, b)'s tap (t, u) of its forward conv of dy is w's tap
 # (r_last - t*step_h, s_last - u*step_w), with (r_last, s_last) the last tap reaching the phase,
 # which _tap_tma_acc's W_FLIPPED read takes as w_tap0 = r_last*S + s_last, w_tap_row = step_h*S
-# and w_tap_col = step_w. A phase no tap reaches runs no step and stores its zeros (or the
-# bias): no fill launch. 16-bit only, as the in-place read at stride 1 (``_weight_in_place``).
+# and w_tap_col = step_w. A phase no tap reaches stores its zeros (or the bias): no fill launch.
+# It runs one step on boxes out of both operands' bounds, which TMA fills with zeros (dy's rows
+# past its last, w's tap R*S): a loop that might run no step has LLVM zero the accumulator
+# after it, and ptxas then serialized every wgmma of the kernel (8 of its 27 sm_90 fp16 configs
+# on Triton 3.9, 2 on 3.6: the compile report's `serial` column). Zeros from both operands, not
+# one: 0 * inf is NaN, and a phase no tap reaches is zero whatever dy and w hold. 16-bit only,
+# as the in-place read at stride 1 (``_weight_in_place``).
 
 PHASED_MAX_PHASES = 4  # dgrad_phased_kernel's phase slots (_slot)
 _PHASE_SLOT_FIELDS = ("a", "b", "na", "nb", "pad_h", "pad_w", "tap0")
@@ -714,8 +719,8 @@ def _phased_slots(problem: Conv2dProblem) -> Tuple[Tuple[int, ...], Tuple[Tuple[
     slots, sizes = [], []
     for ph in phases:
         fw = ph.forward
-        if fw is None:  # no tap: zeros (or the bias)
-            slots += [ph.a, ph.b, 0, 0, 0, 0, 0]
+        if fw is None:  # no tap: one step of zeros (or the bias), dy's rows from P on, w's tap R*S
+            slots += [ph.a, ph.b, 0, 0, -pb.P, 0, pb.R * pb.S]
         else:
             tap0 = ph.taps_h[-1] * pb.S + ph.taps_w[-1]
             slots += [ph.a, ph.b, len(ph.taps_h), len(ph.taps_w), fw.pad_h, fw.pad_w, tap0]
@@ -797,9 +802,11 @@ def dgrad_phased_kernel(
     g, pid_m, pid_n = tile_pid(pid - _slot(slot, 0, end_0, end_1, end_2), tiles_m * BLOCK_M, CG,
                                BLOCK_M, BLOCK_N, GROUP_M)
     n0, p0, q0 = _tap_tma_origin(pid_m, tiles_h, tiles_w, BOX_N, BOX_H, BOX_W)
-    steps = na * nb * tl.cdiv(KG, BLOCK_K)  # none in a phase no tap reaches
+    # at least one step: a phase no tap reaches runs one on boxes past both operands (_phased_slots)
+    steps = tl.maximum(na * nb * tl.cdiv(KG, BLOCK_K), 1)
+    tl.assume(steps > 0)
     # the phase's forward conv of dy: stride 1, taps na x nb (its first step a tensor, as _tap_tma_acc
-    # takes it; S at least 1, which tap_step_of divides by, for a tapless phase's empty loop)
+    # takes it; S at least 1, which tap_step_of divides by, for a tapless phase's step)
     acc = _tap_tma_acc(dy_desc, w_desc, g, n0, p0, q0, pid_n, steps * 0, steps, K, na, tl.maximum(nb, 1), KG, CG,
                        1, 1, pad_h, pad_w, dil_h, dil_w, tap0, w_tap_row, w_tap_col,
                        ACC_DTYPE, INPUT_PRECISION, BLOCK_M, BLOCK_N, BLOCK_K, EVEN_K, SYNC_MMA, True, TRANSPOSED)
