@@ -1072,6 +1072,67 @@ def test_input_grad_reads_a_krsc_weight_in_place_at_stride_1(problem, dtype, lau
     assert rel_err(in_place, x.grad) < TOL[dtype]
 
 
+@pytest.mark.parametrize("problem", [
+    pytest.param((2, 16, 9, 10, 24, 3, 3, 1, 1, 1, 1), id="3x3"),
+    pytest.param((1, 32, 7, 7, 16, 3, 3, 1, 2, 2, 2), id="dilated-grouped"),
+])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_input_grad_tap_tma_copy_reads_a_flipped_copy(problem, dtype, launched, monkeypatch):
+    """tap_tma_copy: the stride-1 dgrad from a flipped copy of w where tap_tma reads it in place,
+    a candidate beside it; the same products in the same order (the same bits in the interpreter's
+    one config), one copy of w built per call (no cache block open), and dx right."""
+    from tritonconv.kernels import dgrad
+
+    N, C, H, W, K, R, S, stride, padding, dilation, groups = problem
+    torch.manual_seed(12)
+    w = torch.randn(K, C // groups, R, S, dtype=dtype, device=DEVICE).to(memory_format=torch.channels_last)
+    args = (stride, padding, dilation, groups)
+    pb = spec.conv2d_problem(torch.empty(N, C, H, W, dtype=dtype, device=DEVICE), w, None, *args)
+    dy = torch.randn(pb.output_shape, dtype=dtype, device=DEVICE).to(memory_format=torch.channels_last)
+    assert dgrad.accepts_tap_tma_copy(pb) and dgrad.tap_tma_copy_usable(dy, w, pb) == TMA
+    routed = router.routed_candidates(router.INPUT_GRAD, "input_grad", pb, (dy, w))
+    assert ("tap_tma_copy" in routed) == TMA
+    if TMA:  # after tap_tma: the in-place read stays the untimed choice
+        assert routed.index("tap_tma") < routed.index("tap_tma_copy")
+    builds = []
+    real = dgrad._build_phase_weights
+    monkeypatch.setattr(dgrad, "_build_phase_weights", lambda *a: builds.append(a[0]) or real(*a))
+    with router.force("tap_tma"):
+        in_place = router.input_grad(dy, w, pb, memory_format=torch.channels_last)
+    assert not builds
+    with router.force("tap_tma_copy"):
+        copied = router.input_grad(dy, w, pb, memory_format=torch.channels_last)
+    assert len(builds) == (1 if TMA else 0) and all(b is w for b in builds)
+    assert launched == ([_expected("fprop_tap_tma")] * 2 if TMA else ["dgrad"] * 2)
+    assert torch.equal(in_place, copied)
+    x = torch.zeros(N, C, H, W, dtype=torch.float64, device=DEVICE, requires_grad=True)
+    F.conv2d(x, w.double(), None, *args).backward(dy.double())
+    assert rel_err(copied, x.grad) < TOL[dtype]
+
+
+@pytest.mark.parametrize("problem,dtype,layout", [
+    pytest.param((1, 16, 8, 8, 16, 3, 3, 2, 1, 1, 1), torch.float16, "channels_last", id="stride-2"),
+    pytest.param((1, 16, 8, 8, 16, 1, 1, 1, 0, 1, 1), torch.float16, "channels_last", id="1x1"),
+    pytest.param((1, 16, 8, 8, 16, 3, 3, 1, 1, 1, 1), torch.float32, "channels_last", id="fp32"),
+    pytest.param((1, 16, 8, 8, 16, 3, 3, 1, 1, 1, 1), torch.float16, "kcrs", id="kcrs-weight"),
+])
+def test_input_grad_tap_tma_copy_only_where_tap_tma_reads_in_place(problem, dtype, layout):
+    """Where tap_tma's dgrad copies w anyway (a strided conv's phases, a 1x1 conv's transposed copy
+    for the 1x1 GEMM, a float32 or KCRS weight), tap_tma_copy would be the same launches: the
+    router does not time it there."""
+    from tritonconv.kernels import dgrad
+
+    N, C, H, W, K, R, S, stride, padding, dilation, groups = problem
+    w = torch.randn(K, C // groups, R, S, dtype=dtype, device=DEVICE)
+    if layout == "channels_last":
+        w = w.to(memory_format=torch.channels_last)
+    pb = spec.conv2d_problem(torch.empty(N, C, H, W, dtype=dtype, device=DEVICE), w, None,
+                             stride, padding, dilation, groups)
+    dy = torch.randn(pb.output_shape, dtype=dtype, device=DEVICE).to(memory_format=torch.channels_last)
+    assert not dgrad.tap_tma_copy_usable(dy, w, pb)
+    assert "tap_tma_copy" not in router.routed_candidates(router.INPUT_GRAD, "input_grad", pb, (dy, w))
+
+
 @pytest.mark.parametrize("problem,kernels", [
     pytest.param((2, 32, 6, 6, 64, 1, 1, 1, 0, 1, 1), ["gemm1x1_tma"], id="1x1"),
     pytest.param((1, 32, 8, 6, 16, 1, 1, 2, 0, 1, 1), ["gemm1x1_tma"], id="1x1-stride-2"),  # 3 phases zero
@@ -1493,8 +1554,10 @@ def test_routed_candidates_drop_what_cannot_run_or_is_superseded():
     assert dgrad(w1) == ["gemm1x1"] + (["tap_tma"] if TMA else [])
     # strided, 16-bit, KRSC: every phase in one launch too (the three tapless ones stored as zeros)
     assert dgrad(w1, 2) == ["gemm1x1"] + (["tap_tma", "tap_tma_phased"] if TMA else [])
-    # (2048 pixels, 576-long phase reductions: tap_tma's split-K too)
-    assert dgrad(w3, 1, 1) == (["tap_tma_splitk", "tap_tma", "tap_tma_streamk"] if TMA else []) + ["implicit"]
+    # (2048 pixels, 576-long phase reductions: tap_tma's split-K too; w read in place by tap_tma, so
+    # its flipped copy is timed beside it)
+    assert dgrad(w3, 1, 1) == (["tap_tma_splitk", "tap_tma", "tap_tma_streamk", "tap_tma_copy"] if TMA
+                               else []) + ["implicit"]
     # the wgrad of a 3x3: tap_tma's TMA boxes, not the implicit GEMM, in 16-bit
     pb = spec.conv2d_problem(x, w3, None, 1, 1, 1, 1)
     dy = torch.randn(pb.output_shape, dtype=torch.float16, device=DEVICE).to(memory_format=torch.channels_last)

@@ -477,6 +477,26 @@ def test_unreached_phases_replay(with_bias, family, monkeypatch):
     assert rel_err(y, reference(x2, w2, b2)) <= tol(torch.float16)
 
 
+def test_flipped_copy_replays_from_the_new_weight(monkeypatch):
+    """tap_tma_copy builds a flipped copy of w each call (no cache block open) and runs the forward
+    kernel on it: the plan replays both, so a call with a new weight reads its copy, not the first."""
+    def grad_input(dy, w):
+        with router.force("tap_tma_copy"):
+            return torch.ops.tritonconv.conv2d_grad_input(dy, w, [2, 16, 6, 6], [1, 1], [1, 1], [1, 1], 1)
+
+    dy = _randn((2, 16, 6, 6), torch.float16, True)
+    grad_input(dy, _randn((16, 16, 3, 3), torch.float16, True, scale=0.1))
+    (plan,) = _plans_of("input_grad", "tap_tma_copy")
+    assert isinstance(plan, plans.Plan), plan.why
+    tma = DEVICE.type == "cpu" or torch.cuda.get_device_capability()[0] >= 9  # else the implicit dgrad, no copy
+    assert _kernels_of(plan) == (["phase_weight_kernel", "fprop_tap_tma_kernel"] if tma else ["dgrad_kernel"])
+    _forbid(monkeypatch, router.INPUT_GRAD, "tap_tma_copy")
+    dy2, w2 = torch.randn_like(dy), _randn((16, 16, 3, 3), torch.float16, True, scale=0.1)
+    gx = grad_input(dy2, w2)
+    ref = torch.nn.grad.conv2d_input((2, 16, 6, 6), w2.double(), dy2.double(), 1, 1, 1, 1)
+    assert rel_err(gx, ref) <= tol(torch.float16)
+
+
 def test_kernels_inside_a_derive_step_are_its_own(monkeypatch):
     """With the phase-weight cache on (tritonconv.nn.ConvTranspose2d in inference) dgrad tap_tma
     takes its phase weights from a derive step, which on a cache miss launches their kernels

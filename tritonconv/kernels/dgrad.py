@@ -616,11 +616,11 @@ def _weight_in_place(dy: torch.Tensor, w: torch.Tensor, problem: Conv2dProblem, 
 def conv2d_dgrad_tap_tma(dy: torch.Tensor, w: torch.Tensor, problem: Conv2dProblem,
                          bias: Optional[torch.Tensor] = None,
                          memory_format: torch.memory_format = torch.contiguous_format,
-                         variant: str = "") -> torch.Tensor:
+                         variant: str = "", in_place: bool = True) -> torch.Tensor:
     """dgrad as forward convs of dy, one launch per stride phase of dx (``_phases``), each on the
     kernel that suits it (``_phase_forward``, tap_tma's split-K or stream-K launch with ``variant``),
-    at stride 1 reading w in place (``_weight_in_place``), else flipped copies of it;
-    ``conv2d_dgrad`` where the layouts don't allow TMA (``tap_tma_usable``).
+    at stride 1 reading w in place (``_weight_in_place``) unless ``in_place`` is False, else
+    flipped copies of it; ``conv2d_dgrad`` where the layouts don't allow TMA (``tap_tma_usable``).
 
     Args/Returns: as ``conv2d_dgrad``.
     """
@@ -632,7 +632,7 @@ def conv2d_dgrad_tap_tma(dy: torch.Tensor, w: torch.Tensor, problem: Conv2dProbl
     if dx.numel() == 0:
         return dx
     phases = _phases(pb)
-    if _weight_in_place(dy, w, pb, phases, variant):
+    if in_place and _weight_in_place(dy, w, pb, phases, variant):
         for phase, out in _reached(dx, pb, phases, bias):  # the one phase: dx itself
             _phase_forward(phase.forward, variant)(dy, w, bias, phase.forward, out=out, weight_flipped=True)
         return dx
@@ -643,6 +643,40 @@ def conv2d_dgrad_tap_tma(dy: torch.Tensor, w: torch.Tensor, problem: Conv2dProbl
     for phase, out in _reached(dx, pb, phases, bias):
         _phase_forward(phase.forward, variant)(dy, next(weights), bias, phase.forward, out=out)
     return dx
+
+
+# The stride-1 dgrad has two ways to its weight: in place, its taps flipped (W_FLIPPED), or from a
+# flipped copy (``_phase_weights``), which the forward's own loop reads as it reads a conv's weight.
+# Their builds are alike (the compile report: within 3 sm_90 SASS instructions a step), but at
+# BLOCK_N 128 the in-place [BLOCK_K, BLOCK_N] tile takes two TMA copies a stage (64 columns each,
+# the 128-byte swizzle's width) where the forward's takes one. On an H200 (Triton 3.6, fp16,
+# channels_last, N=32) layer4.1.conv2's dgrad on tap_tma took 0.040 ms against 0.028 for the same
+# GEMM's forward (perf/results/2026-11-28_H200_7785cad_backward). So the copy is a family of its
+# own, timed beside the in-place read, its copy inside each timed call (the cache keeps it only in
+# ``cached_phase_weights`` blocks): one more launch and 2 * weight bytes through memory a call,
+# which training pays once a step.
+
+
+def accepts_tap_tma_copy(problem: Conv2dProblem) -> bool:
+    """Stride-1 dgrads whose conv has a tap (every one: ``spec.py`` rejects an empty kernel): the
+    problems where ``conv2d_dgrad_tap_tma`` may read w in place (``tap_tma_copy_usable``)."""
+    return problem.stride_h == 1 and problem.stride_w == 1
+
+
+def tap_tma_copy_usable(dy: torch.Tensor, w: torch.Tensor, problem: Conv2dProblem) -> bool:
+    """Where tap_tma's dgrad reads w in place (``_weight_in_place``); elsewhere it copies w
+    anyway, and this family would be the same launches."""
+    return tap_tma_usable(dy, w, problem) and _weight_in_place(dy, w, problem, _phases(problem), "")
+
+
+def conv2d_dgrad_tap_tma_copy(dy: torch.Tensor, w: torch.Tensor, problem: Conv2dProblem,
+                              bias: Optional[torch.Tensor] = None,
+                              memory_format: torch.memory_format = torch.contiguous_format) -> torch.Tensor:
+    """``conv2d_dgrad_tap_tma`` from a flipped copy of w where it would read w in place.
+
+    Args/Returns: as ``conv2d_dgrad``.
+    """
+    return conv2d_dgrad_tap_tma(dy, w, problem, bias, memory_format, in_place=False)
 
 
 def conv2d_dgrad_1x1(dy: torch.Tensor, w: torch.Tensor, problem: Conv2dProblem,

@@ -117,6 +117,8 @@ INPUT_GRAD: Dict[str, Tuple[Callable, Callable]] = {
     # after tap_tma, as in FORWARD: never the untimed choice
     "tap_tma_streamk": (dgrad.accepts_tap_tma_streamk, dgrad.conv2d_dgrad_tap_tma_streamk),
     "tap_tma_phased": (dgrad.accepts_tap_tma_phased, dgrad.conv2d_dgrad_tap_tma_phased),
+    # after tap_tma: the in-place read stays the untimed choice
+    "tap_tma_copy": (dgrad.accepts_tap_tma_copy, dgrad.conv2d_dgrad_tap_tma_copy),
     "implicit": (lambda pb: True, conv2d_dgrad),
 }
 WEIGHT_GRAD: Dict[str, Tuple[Callable, Callable]] = {
@@ -143,6 +145,7 @@ LAYOUT_OK: Dict[Tuple[str, str], Callable[[tuple, Conv2dProblem], bool]] = {
     ("input_grad", "tap_tma_splitk"): lambda t, pb: dgrad.tap_tma_usable(t[0], t[1], pb),
     ("input_grad", "tap_tma_streamk"): lambda t, pb: dgrad.tap_tma_usable(t[0], t[1], pb),
     ("input_grad", "tap_tma_phased"): lambda t, pb: dgrad.tap_tma_phased_usable(t[0], t[1], pb),
+    ("input_grad", "tap_tma_copy"): lambda t, pb: dgrad.tap_tma_copy_usable(t[0], t[1], pb),
     ("weight_grad", "gemm1x1_tma"): lambda t, pb: gemm1x1.wgrad_tma_usable(t[0], t[1], pb),
     ("weight_grad", "gemm1x1"): lambda t, pb: gemm1x1.wgrad_accepts_layout(t[0], t[1]),
     ("weight_grad", "tap_tma"): lambda t, pb: wgrad.tap_tma_usable(t[0], t[1], pb),
