@@ -415,6 +415,19 @@ def test_tma_family_without_tma_copies_fails():
     assert cr.check_built(fam, {**built, "tma_loads": 8}, dt, sm90) == []
 
 
+def test_serialized_wgmmas_fail():
+    """A config whose wgmmas ptxas serialized (each waiting for the one before) is a failure: none
+    is left on Triton 3.6 or 3.9, and the cause each time was a loop that might run no step."""
+    fam = cr._family("fprop_tap_tma")
+    built = dict(spills=0, spill_stores=0, spill_loads=0, shared_bytes=65536, tensor_core="wgmma",
+                 tma_loads=8, mma_async=True, a_hazards=0, serialized=False, serialized_reason=None)
+    dt, sm90 = cr.DTYPES["fp16"], cr.ARCHS["sm_90"]
+    assert cr.check_built(fam, built, dt, sm90) == []
+    why = "non wgmma instructions defining accumulator registers of a wgmma between start and end of the pipeline stage"
+    problems = cr.check_built(fam, {**built, "serialized": True, "serialized_reason": why}, dt, sm90)
+    assert problems == [f"ptxas serialized the wgmmas ({why})"]
+
+
 def test_subset_covers_every_family_within_a_ci_budget():
     """``--subset --arch sm_90`` compiles a few configs of every family: about a second each on one
     core, so the task count bounds a 2-core CI run to a few minutes."""

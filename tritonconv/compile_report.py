@@ -28,7 +28,8 @@ MMA loop and the integer divisions among them (``mma_loop_of``); ``other instr``
 and ``other div``, the same outside that loop (``outside_mma_loop``: what a tile
 costs besides its steps, which counts where a reduction is a few steps long, as a
 1x1 layer's is); and ``A hazards``, writes to the A registers of a wgmma in
-flight (these fail).
+flight (these fail). ``serial`` says where ptxas serialized the wgmmas, each
+waiting for the one before (from its warning; this fails too).
 
 Configs a family's runtime pruner (``configs.prune_gemm_configs``,
 ``configs.prune_direct_configs``) removes on that arch, for that dtype and
@@ -1399,6 +1400,11 @@ def check_built(fam: KernelFamily, rec: Dict[str, Any], dtype: Dtype, arch: Arch
         problems.append("no TMA copies (cp.async.bulk.tensor) in a tensor-descriptor kernel")
     if rec.get("a_hazards"):
         problems.append(f"{rec['a_hazards']} write(s) to the A registers of a wgmma in flight (triton#9433)")
+    if rec.get("serialized"):
+        # each k16 slice waiting for the one before: the tile's MMAs at a fraction of their rate. Once
+        # 33 sm_90 fp16 configs on Triton 3.6 and 70 on 3.9, each time a loop that might run no step
+        # (_common.split_steps); none since, so one is a regression
+        problems.append(f"ptxas serialized the wgmmas ({rec['serialized_reason']})")
     return problems
 
 
@@ -1424,8 +1430,8 @@ def compile_one(family, config: triton.Config, dtype: str, arch: str, ptxas: Opt
         (where the wgmmas read A: "smem" / "regs" / "both", see wgmma_a_of), a_hazards
         (writes to the A registers of a wgmma in flight, in the SASS; see
         wgmma_register_hazards; None without wgmma or without cuobjdump), serialized (ptxas made
-        each wgmma wait for the one before, its reason in serialized_reason: reported, not a
-        failure, the runtime's autotuner weighing it; None without wgmma), step_instructions and
+        each wgmma wait for the one before, its reason in serialized_reason: a failure; None
+        without wgmma), step_instructions and
         step_divisions (SASS instructions and integer divisions in one step of the MMA loop, see
         mma_loop_of; None without tensor-core MMAs or without cuobjdump), other_instructions and
         other_divisions (the same outside that loop, see outside_mma_loop),
