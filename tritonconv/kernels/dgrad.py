@@ -658,8 +658,8 @@ def conv2d_dgrad_tap_tma(dy: torch.Tensor, w: torch.Tensor, problem: Conv2dProbl
 
 
 def accepts_tap_tma_copy(problem: Conv2dProblem) -> bool:
-    """Stride-1 dgrads whose conv has a tap (every one: ``spec.py`` rejects an empty kernel): the
-    problems where ``conv2d_dgrad_tap_tma`` may read w in place (``tap_tma_copy_usable``)."""
+    """Stride-1 dgrads, where ``conv2d_dgrad_tap_tma`` may read w in place (whether it does, for
+    these tensors, is ``tap_tma_copy_usable``'s question)."""
     return problem.stride_h == 1 and problem.stride_w == 1
 
 
