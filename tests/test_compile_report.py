@@ -415,6 +415,18 @@ def test_tma_family_without_tma_copies_fails():
     assert cr.check_built(fam, {**built, "tma_loads": 8}, dt, sm90) == []
 
 
+def test_ptxas_serialization_warning_is_read():
+    """ptxas's warning that it serialized a kernel's wgmmas gives the record's reason; its other
+    warnings none."""
+    why = "non wgmma instructions defining accumulator registers of a wgmma between start and end of the pipeline stage"
+    log = ("ptxas info    : Used 168 registers, used 1 barriers\n"
+           "ptxas /tmp/k.ptx, line 2114; warning : Potential Performance Loss: wgmma.mma_async instructions are "
+           f"serialized due to {why} in the function 'fprop_tap_tma_kernel'\n")
+    assert cr._PTXAS_SERIALIZED.search(log).group(1) == why
+    assert cr._PTXAS_SERIALIZED.search(log.replace(" in the function 'fprop_tap_tma_kernel'", "")).group(1) == why
+    assert cr._PTXAS_SERIALIZED.search("ptxas info    : Used 168 registers, used 1 barriers\n") is None
+
+
 def test_serialized_wgmmas_fail():
     """A config whose wgmmas ptxas serialized (each waiting for the one before) is a failure: none
     is left on Triton 3.6 or 3.9, and the cause each time was a loop that might run no step."""

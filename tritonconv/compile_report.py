@@ -1019,8 +1019,9 @@ _PTXAS_GOOD: Dict[int, str] = {}  # per process: the ptxas that last worked for 
 
 # ptxas's warning when it makes each wgmma of a loop wait for the one before (C7510, C7515): the
 # tensor cores then idle between them, as if the kernel synced every k16 slice. On sm_90 in fp16
-# it hit 33 launchable configs with Triton 3.6 and 70 with 3.9, mostly for one cause, a loop that
-# might run no step (_common.split_steps); after its fix, 2 and 8 remain (the phased dgrad's).
+# it hit 33 launchable configs with Triton 3.6 and 70 with 3.9, each for one cause, a loop that
+# might run no step (_common.split_steps); since those loops run at least one, none (check_built
+# fails one).
 _PTXAS_SERIALIZED = re.compile(r"wgmma\.mma_async instructions are serialized due to (.*?)(?: in the function|$)",
                                re.MULTILINE)
 
@@ -1401,9 +1402,9 @@ def check_built(fam: KernelFamily, rec: Dict[str, Any], dtype: Dtype, arch: Arch
     if rec.get("a_hazards"):
         problems.append(f"{rec['a_hazards']} write(s) to the A registers of a wgmma in flight (triton#9433)")
     if rec.get("serialized"):
-        # each k16 slice waiting for the one before: the tile's MMAs at a fraction of their rate. Once
-        # 33 sm_90 fp16 configs on Triton 3.6 and 70 on 3.9, each time a loop that might run no step
-        # (_common.split_steps); none since, so one is a regression
+        # each k16 slice waiting for the one before: the tile's MMAs at a fraction of their rate. Each
+        # one found so far (_PTXAS_SERIALIZED) came from a loop that might run no step; none is left
+        # on Triton 3.6 or 3.9, so one is a regression
         problems.append(f"ptxas serialized the wgmmas ({rec['serialized_reason']})")
     return problems
 

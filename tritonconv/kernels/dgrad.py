@@ -66,10 +66,12 @@ from .fprop import accepts_splitk, conv2d_fprop_tap_tma, conv2d_fprop_tap_tma_sp
 from .fprop import _tap_tma_acc, _tap_tma_origin, _tap_tma_store, spatial_tiles_fit
 
 __all__ = ["accepts_tap_tma", "accepts_tap_tma_splitk", "accepts_tap_tma_streamk", "accepts_tap_tma_phased",
-           "conv2d_dgrad_tap_tma", "conv2d_dgrad_tap_tma_splitk", "conv2d_dgrad_tap_tma_streamk",
-           "conv2d_dgrad_tap_tma_phased", "tap_tma_phased_usable", "dgrad_phased_kernel",
+           "accepts_tap_tma_copy", "conv2d_dgrad_tap_tma", "conv2d_dgrad_tap_tma_splitk",
+           "conv2d_dgrad_tap_tma_streamk", "conv2d_dgrad_tap_tma_phased", "conv2d_dgrad_tap_tma_copy",
+           "tap_tma_phased_usable", "tap_tma_copy_usable", "dgrad_phased_kernel",
            "tap_tma_usable", "conv2d_dgrad", "conv2d_dgrad_1x1", "dgrad_kernel",
-           "phase_fill_kernel", "phase_weight_kernel", "cached_phase_weights", "forget_phase_weights"]
+           "phase_fill_kernel", "phase_weight_kernel", "cached_phase_weights", "phase_weights_kept",
+           "forget_phase_weights"]
 
 
 @triton.jit
@@ -451,6 +453,13 @@ def cached_phase_weights():
     return thread_setting(_cache_phase_weights, "on", True)
 
 
+def phase_weights_kept() -> bool:
+    """Whether a ``cached_phase_weights`` block is open on this thread: the router times the dgrad
+    families apart there (a copy of w then costs nothing after the first call, where training pays
+    it every step), under a key of their own (``router.input_grad``)."""
+    return bool(getattr(_cache_phase_weights, "on", False))
+
+
 def forget_phase_weights(w: torch.Tensor) -> None:
     """Drop what the cache holds for ``w`` (a module leaving inference, or moving its weight)."""
     _phase_weight_cache.pop(id(w), None)
@@ -458,7 +467,7 @@ def forget_phase_weights(w: torch.Tensor) -> None:
 
 def _cacheable(w: torch.Tensor) -> bool:
     """Whether ``w``'s phase weights are kept: the block is open and ``content_state`` allows it."""
-    return getattr(_cache_phase_weights, "on", False) and content_state(w) is not None
+    return phase_weights_kept() and content_state(w) is not None
 
 
 def _phase_weights(w: torch.Tensor, problem: Conv2dProblem, phases: List[_Phase]) -> List[torch.Tensor]:
@@ -618,11 +627,14 @@ def conv2d_dgrad_tap_tma(dy: torch.Tensor, w: torch.Tensor, problem: Conv2dProbl
                          memory_format: torch.memory_format = torch.contiguous_format,
                          variant: str = "", in_place: bool = True) -> torch.Tensor:
     """dgrad as forward convs of dy, one launch per stride phase of dx (``_phases``), each on the
-    kernel that suits it (``_phase_forward``, tap_tma's split-K or stream-K launch with ``variant``),
-    at stride 1 reading w in place (``_weight_in_place``) unless ``in_place`` is False, else
-    flipped copies of it; ``conv2d_dgrad`` where the layouts don't allow TMA (``tap_tma_usable``).
+    kernel that suits it (``_phase_forward``), at stride 1 reading w in place (``_weight_in_place``),
+    else flipped copies of it; ``conv2d_dgrad`` where the layouts don't allow TMA (``tap_tma_usable``).
 
-    Args/Returns: as ``conv2d_dgrad``.
+    Args/Returns: as ``conv2d_dgrad``, and
+        variant: "" for tap_tma's own launch per phase, "splitk" or "streamk" for tap_tma's split-K
+            or stream-K launch on the phases that suit it (``_phase_forward``).
+        in_place: False for a flipped copy of w even where the kernel could read w in place
+            (the tap_tma_copy family).
     """
     pb = problem
     if not tap_tma_usable(dy, w, pb):
@@ -650,11 +662,13 @@ def conv2d_dgrad_tap_tma(dy: torch.Tensor, w: torch.Tensor, problem: Conv2dProbl
 # Their builds are alike (the compile report: within 3 sm_90 SASS instructions a step), but at
 # BLOCK_N 128 the in-place [BLOCK_K, BLOCK_N] tile takes two TMA copies a stage (64 columns each,
 # the 128-byte swizzle's width) where the forward's takes one. On an H200 (Triton 3.6, fp16,
-# channels_last, N=32) layer4.1.conv2's dgrad on tap_tma took 0.040 ms against 0.028 for the same
-# GEMM's forward (perf/results/2026-11-28_H200_7785cad_backward). So the copy is a family of its
-# own, timed beside the in-place read, its copy inside each timed call (the cache keeps it only in
-# ``cached_phase_weights`` blocks): one more launch and 2 * weight bytes through memory a call,
-# which training pays once a step.
+# channels_last, N=32) layer4.1.conv2's dgrad on tap_tma took 0.040 ms
+# (perf/results/2026-11-28_H200_7785cad_backward), and the same GEMM's forward 0.028 in the call
+# before (2026-11-28_H200_67e2351); the copy against the in-place read was never timed. So the
+# copy is a family of its own, timed beside the in-place read, its copy inside each timed call
+# (one more launch and 2 * weight bytes through memory, which training pays once a step), but
+# in a ``cached_phase_weights`` block, which keeps the copy: there the router chooses apart
+# (``phase_weights_kept``).
 
 
 def accepts_tap_tma_copy(problem: Conv2dProblem) -> bool:

@@ -21,6 +21,7 @@
                 tap_tma    (per stride phase, a forward conv of dy on gemm1x1_tma, tap_tma or implicit_tma; sm_90) everything; NHWC dy
                 tap_tma_streamk (tap_tma, phases on its stream-K grid) a phase stream-K takes, as forward; NHWC dy
                 tap_tma_phased (every phase in one launch, w in place) stride > 1, <= 4 phases; NHWC dy, KRSC w, 16-bit
+                tap_tma_copy (tap_tma on a flipped copy of w)     stride 1, where tap_tma reads w in place
                 implicit   (phase-decomposed dgrad)              everything
     grad_weight depthwise
                 smallc_pad (flattened R*S*C_PITCH columns, padded x) C <= 8, groups == 1
@@ -516,10 +517,13 @@ def forward(x, w, bias, problem: Conv2dProblem, activation="none", alpha=0.01, r
 
 def input_grad(dy, w, problem: Conv2dProblem, bias=None, memory_format=torch.contiguous_format,
                memo_key: Optional[tuple] = None) -> torch.Tensor:
-    """dgrad (and conv_transpose2d's forward) on the best family for ``problem`` (``memo_key``: see ``_route``)."""
+    """dgrad (and conv_transpose2d's forward) on the best family for ``problem`` (``memo_key``: see
+    ``_route``); chosen apart where the phase weights are kept (``dgrad.phase_weights_kept``: the
+    families that copy w pay for the copy once there, each call elsewhere)."""
     bias = _dense(bias)
+    variant = str(memory_format) + (", phase weights kept" if dgrad.phase_weights_kept() else "")
     return _route(
-        INPUT_GRAD, "input_grad", problem, (dy, w, bias), str(memory_format),
+        INPUT_GRAD, "input_grad", problem, (dy, w, bias), variant,
         lambda launch: launch(dy, w, problem, bias=bias, memory_format=memory_format), memo_key=memo_key,
     )
 

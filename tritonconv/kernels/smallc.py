@@ -353,10 +353,11 @@ def smallc_rows_kernel(
     w_cols = w_ptr + offs_n.to(tl.int64) * (R * SC)
     b_ok = (offs_k < SC)[:, None] & mask_n[None, :]
 
-    # -- reduction over the kernel rows, at least one (spec.py rejects an empty kernel); told to the
-    # compiler: a loop that might run no step has LLVM zero the accumulator after it, and ptxas then
-    # serialized the wgmmas of the fp32 128x128 tiles on Triton 3.6 (the compile report's `serial`)
+    # -- reduction over the kernel rows
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC_DTYPE)
+    # at least one (spec.py rejects an empty kernel), told to the compiler: a loop that might run no
+    # step has LLVM zero the accumulator after it, where ptxas then serialized the wgmmas (the fp32
+    # 128x128 tiles on Triton 3.6: the compile report's `serial`)
     tl.assume(R > 0)
     for r in range(0, R):
         h = h0 + r * dil_h
