@@ -217,6 +217,82 @@ def test_device_bench_times_the_device_when_the_host_is_slower_than_the_flush(sp
         assert res.median_ms > 0.05  # the failure the spin exists for
 
 
+class _FakeGraphCuda(_FakeCuda):
+    """_FakeCuda with CUDA graphs, for ``configs.kernel_time``: work issued while a graph captures
+    is recorded, not run; a replay runs it all as one launch (no host time between its kernels)."""
+
+    def __init__(self):
+        super().__init__()
+        self.capturing = None
+
+    def enqueue(self, us):
+        if self.capturing is not None:
+            self.capturing.append(us)
+            return self.gpu
+        return super().enqueue(us)
+
+    def is_available(self):
+        return True
+
+    def is_current_stream_capturing(self):
+        return self.capturing is not None
+
+    def Stream(self):
+        return SimpleNamespace(wait_stream=lambda other: None)
+
+    current_stream = Stream
+
+    def stream(self, stream):
+        return contextlib.nullcontext()
+
+    def CUDAGraph(self):
+        fake = self
+
+        class Graph(list):
+            def replay(self):
+                fake.enqueue(sum(self))
+
+        return Graph()
+
+    @contextlib.contextmanager
+    def graph(self, graph, capture_error_mode="global"):
+        self.capturing = graph
+        try:
+            yield
+        finally:
+            self.capturing = None
+
+    def Event(self, enable_timing=False):
+        event = super().Event(enable_timing)
+        event.synchronize = self.synchronize
+        return event
+
+
+def test_router_timer_empties_l2_before_each_call_and_takes_the_flushes_off():
+    """kernel_time(cold=True): a call that takes 30 us with L2 empty and 10 us after itself (its
+    operands in L2) is timed at 30 us, a flush of 100 us before each inside the graph and taken
+    off after; warm, back to back, 10 us. The host's 150 us a call shows in neither."""
+    from tritonconv import configs
+
+    gpu = _FakeGraphCuda()
+    l2 = {"warm": False}
+
+    def flush():
+        l2["warm"] = False
+        gpu.enqueue(100)
+
+    def call():
+        gpu.host += 150
+        gpu.enqueue(10 if l2["warm"] else 30)
+        l2["warm"] = True
+
+    assert configs.kernel_time(call, cold=True, cuda=gpu, flush=flush) == pytest.approx(0.030, abs=1e-6)
+    # (the replay's own launch, 2 us in this fake, shared by its 20 calls: the cold timer takes it off too)
+    assert configs.kernel_time(call, cold=False, cuda=gpu) == pytest.approx(0.0101, abs=1e-6)
+    # the router's family timings are the cold ones unless TRITONCONV_ROUTER_TIMING=warm
+    assert configs.ROUTER_COLD == (os.environ.get("TRITONCONV_ROUTER_TIMING", "cold") != "warm")
+
+
 def test_time_call_on_cuda_rows_uses_device_bench(monkeypatch):
     """The sweep's CUDA rows take device_bench's device time and host time."""
     seen = {}

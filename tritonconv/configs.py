@@ -1230,39 +1230,86 @@ def capture_safe_bench(kernel_call, quantiles):
     return driver.active.get_benchmarker()(kernel_call, warmup=max(1.0, rep / 5), rep=rep, quantiles=quantiles)
 
 
-def kernel_time(call: Callable[[], Any], calls: int = 20, reps: int = 10) -> float:
+# The router times the families with L2 emptied before each call (``kernel_time(cold=True)``), as
+# the autotuner (do_bench) times the tiles within a family and the sweeps time the layers: in a
+# model a layer's weight was last read a whole pass before (ResNet-50's weights, 50 MB in fp16,
+# are about an H100's L2), and the sweeps' numbers are what the families are chosen for. Timed
+# with its operands in L2 instead, as the router did until 2026-11-28, layer4.1.conv2's dgrad
+# took 0.026 ms on tap_tma (the router's ms, H200) and 0.040 ms in the same run's sweep; its
+# forward's best tile 0.0216 and 0.028 (perf/results/2026-11-28_H200_*): the families the router
+# weighed were not timed as they are measured. TRITONCONV_ROUTER_TIMING=warm (read at import)
+# keeps the operands in L2.
+ROUTER_COLD = os.environ.get("TRITONCONV_ROUTER_TIMING", "cold") != "warm"
+
+
+def _l2_flush() -> Callable[[], Any]:
+    """A call that empties L2 on the current device: do_bench's own, Triton's benchmark buffer zeroed."""
+    from triton.runtime import driver
+
+    active = driver.active
+    buffer = active.get_empty_cache_for_benchmark()
+    return lambda: active.clear_cache(buffer)
+
+
+def kernel_time(call: Callable[[], Any], calls: int = 20, reps: int = 10, cold: bool = False,
+                cuda: Any = None, flush: Optional[Callable[[], Any]] = None) -> float:
     """Milliseconds of GPU time per ``call()``, its host cost left out: ``calls`` calls captured
     into a CUDA graph, the graph replayed ``reps`` times, the median taken. The router compares
     kernel families with it: timed call by call, a family whose launcher costs more Python
     would lose on host time that a model run from a graph (or with launch plans) never pays.
-    Where the capture fails, the autotuner's benchmarker (``capture_safe_bench``) times it instead."""
-    if not torch.cuda.is_available():
+    With ``cold``, L2 is emptied before each call inside the graph (``flush``, by default
+    ``_l2_flush``), and the flushes' own time, from a graph of them alone replayed as often,
+    taken off (``ROUTER_COLD`` says why the router wants it). Where the capture fails, the
+    autotuner's benchmarker (``capture_safe_bench``, which flushes L2 too) times it instead.
+    ``cuda``: the ``torch.cuda`` module (tests pass a stand-in)."""
+    cuda = torch.cuda if cuda is None else cuda
+    if not cuda.is_available():
         return capture_safe_bench(call, quantiles=None)
-    if torch.cuda.is_current_stream_capturing():
+    if cuda.is_current_stream_capturing():
         return capture_safe_bench(call, quantiles=None)  # raises with the explanation
     try:
-        stream = torch.cuda.Stream()
-        stream.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(stream):
+        stream = cuda.Stream()
+        stream.wait_stream(cuda.current_stream())
+        with cuda.stream(stream):
             call()
-        torch.cuda.current_stream().wait_stream(stream)
-        graph = torch.cuda.CUDAGraph()
-        # thread_local: another thread's allocations and synchronisations meanwhile (a server's
-        # other workers) neither fail nor break this capture, as the default "global" mode makes them
-        with torch.cuda.graph(graph, capture_error_mode="thread_local"):
-            for _ in range(calls):
-                call()
-        graph.replay()
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        times = []
+        cuda.current_stream().wait_stream(stream)
+        if cold and flush is None:
+            flush = _l2_flush()
+        steps = [flush, call] if cold else [call]
+        graph = _graph_of(cuda, steps, calls)
+        flushes = _graph_of(cuda, [flush], calls) if cold else None
+        times, alone = [], []
         for _ in range(reps):
-            start.record()
-            graph.replay()
-            end.record()
-            end.synchronize()
-            times.append(start.elapsed_time(end) / calls)
-        del graph
-        return sorted(times)[len(times) // 2]
+            times.append(_replay_ms(cuda, graph))
+            if flushes is not None:
+                alone.append(_replay_ms(cuda, flushes))
+        del graph, flushes
+        total = sorted(times)[len(times) // 2] - (sorted(alone)[len(alone) // 2] if alone else 0.0)
+        return max(total / calls, 1e-6)  # a difference of two medians: never below zero
     except Exception:  # a family that can't be captured is timed the plain way
-        torch.cuda.synchronize()
+        cuda.synchronize()
         return capture_safe_bench(call, quantiles=None)
+
+
+def _graph_of(cuda: Any, steps: Sequence[Callable[[], Any]], calls: int) -> Any:
+    """A CUDA graph of ``steps``, in order, ``calls`` times over, replayed once (its first replay
+    loads what it needs)."""
+    graph = cuda.CUDAGraph()
+    # thread_local: another thread's allocations and synchronisations meanwhile (a server's
+    # other workers) neither fail nor break this capture, as the default "global" mode makes them
+    with cuda.graph(graph, capture_error_mode="thread_local"):
+        for _ in range(calls):
+            for step in steps:
+                step()
+    graph.replay()
+    return graph
+
+
+def _replay_ms(cuda: Any, graph: Any) -> float:
+    """Milliseconds of one replay of ``graph``, between two events."""
+    start, end = cuda.Event(enable_timing=True), cuda.Event(enable_timing=True)
+    start.record()
+    graph.replay()
+    end.record()
+    end.synchronize()
+    return start.elapsed_time(end)

@@ -33,7 +33,8 @@
 
 Each family autotunes its own tiles. When more than one family accepts a
 problem on a GPU, the router times every candidate once per problem key (the
-shape, dtype and layouts) and remembers the fastest, in memory and in the
+shape, dtype and layouts; ``configs.kernel_time``, from a CUDA graph with L2
+emptied before each call: ``configs.ROUTER_COLD``) and remembers the fastest, in memory and in the
 tuning cache on disk (``tuning.save_choice``), so a later process on the same
 GPU model goes straight to it; under Triton's interpreter, which cannot time anything, the most specialised family runs.
 A family another one supersedes for the problem is not timed beside it (``SUPERSEDES`` and
@@ -422,7 +423,7 @@ def _route(table, direction: str, problem: Conv2dProblem, tensors: tuple, varian
     for cand in names:
         launcher = table[cand][1]
         run(launcher)  # the family's own autotuning happens here, once
-        timings[cand] = configs.kernel_time(lambda: run(launcher))
+        timings[cand] = configs.kernel_time(lambda: run(launcher), cold=configs.ROUTER_COLD)
     name = min(timings, key=timings.get)
     _choice[key], _timings[key] = name, timings
     _save_choice(key, name)
