@@ -14,7 +14,8 @@ then the router's own choice, then cuDNN), on random channels_last inputs:
   and its 20th to 80th percentiles (the sweep found some layers bimodal, 2026-11-26);
 - ``loop``: 50 calls back to back between two events, per call (host and device overlap);
 - ``graph``: the same 50 calls replayed from a CUDA graph, per call, the median of 10 replays
-  (no host cost at all; ``configs.kernel_time``, the router's timer);
+  (no host cost at all; ``configs.kernel_time`` with the operands left in L2: the router's timer
+  flushes L2 before each call, ``configs.ROUTER_COLD``);
 - ``kernels``: the device time of the kernels one call launches (torch.profiler), and how many;
 - ``host_us``: Python time to issue one call (no synchronisation inside the timed loop);
   for the "functional" route, also where that time goes: the top functions of a cProfile of
@@ -101,7 +102,7 @@ def main(argv=None) -> int:
         host_us = (time.perf_counter() - t) / n * 1e6
         torch.cuda.synchronize()
         loop = e0.elapsed_time(e1) / n
-        graph = configs.kernel_time(fn, calls=n)  # the router's timer: a CUDA graph of n calls, replayed
+        graph = configs.kernel_time(fn, calls=n)  # a CUDA graph of n calls, replayed, operands in L2
         kernels = n_kernels = None
         try:
             from torch.profiler import ProfilerActivity, profile
