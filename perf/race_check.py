@@ -20,7 +20,9 @@ reports per config:
   with L2 flushed before each call (``bench.timing.device_bench``, as the sweeps time). Where a
   case runs with the rule off and on, a second table sets each synced tile's time beside the same
   tile's unsynced one: what the sync costs. A case that offers the rotated forms too
-  (configs.ROTATED_FORMS) gets each form's times beside its rotated twin's in a third.
+  (configs.ROTATED_FORMS) gets each form's times beside its rotated twin's in a third. A case
+  with ``stages`` times its tiles at deeper pipelines too (num_stages no config offers), each a
+  row of its own named by its stages.
 
 Each case ends with a row of cuDNN's times for the same convolution (``cudnn.benchmark`` on; its
 result checked against float64 too, its bits not compared): the baseline under the same two timers.
@@ -47,6 +49,7 @@ a wrong result.
 from __future__ import annotations
 
 import argparse
+import copy
 import math
 import os
 import sys
@@ -68,6 +71,9 @@ class Case(NamedTuple):
     batch: Optional[int] = None  # a batch of its own (default --batch)
     rotate: bool = False  # the rotated forms too (configs.ROTATED_FORMS), each after its twin
     tiles: Tuple[str, ...] = ()  # only the forms of these tiles (names start with one), () all
+    # these tiles at these pipeline depths too (num_stages), each beside its own: deeper than any
+    # config offers, timed here only
+    stages: Tuple[int, ...] = ()
 
 
 # layer4.1.conv2's best tiles on the H200 of 2026-11-28 (forward and dgrad), for the cases that
@@ -128,6 +134,14 @@ CASES = [Case(*case) for case in [  # most telling first: a budget may stop the 
     # the 1x1 GEMM's long reduction over few M-tiles, 0.77x cuDNN on the H200: rotated the same way
     Case("gemm1x1_tma fwd, C2048 7x7 (32 steps), rotated", "gemm1x1_tma", "layer4.1.conv1", rotate=True,
          tiles=("64x64x64 w4 s4", "128x128x64 w8 s3", "64x128x64 w8 s4")),
+    # the other answer to cold weights: a deeper pipeline, each step's loads issued further ahead
+    # (72 steps of about 0.3 us against a fetch from HBM; 3 or 4 stages offered). Its forward and
+    # its dgrad, each tile at 4, 5 and 6 stages (up to 192 KiB of 128x128x64 stages; past the
+    # shared memory, an error row)
+    Case("tap_tma fwd, 3x3 C512 7x7 (72 steps), deeper pipelines", "fprop_tap_tma", "layer4.1.conv2",
+         tiles=LAYER4_TILES, stages=(4, 5, 6)),
+    Case("tap_tma dgrad, 3x3 C512 7x7 (w flipped in place), deeper pipelines", "dgrad_tap_tma", "layer4.1.conv2",
+         tiles=LAYER4_TILES, stages=(4, 5, 6)),
 ]
 
 
@@ -143,6 +157,8 @@ class Pinner:
         self.configs, self.real_tuned, self.capability, self.rs_rule = configs, real_tuned, capability, rs_rule
         self.hook = None  # the case's configs.SpatialTilePruneHook (None: a kernel without forms)
         self.tiles: Tuple[str, ...] = ()
+        self.stages: Tuple[int, ...] = ()
+        self.staged: set = set()  # the names of the deeper tiles made so far, and of their forms
         self.name: Optional[str] = None
         self.seen: Optional[list] = None
         self.every = False
@@ -168,16 +184,37 @@ class Pinner:
         return [cf.config_name(form) for form in hook.launched(c, 2, self.capability, args)]
 
     def wanted(self, name: str) -> bool:
-        return not self.tiles or name.startswith(self.tiles)
+        return not self.tiles or name.startswith(self.tiles) or name in self.staged
+
+    def deeper(self, kept) -> list:
+        """The wanted tiles of ``kept`` (tiles, not their forms) at each depth of ``stages`` they do
+        not have; their names and their forms' go into ``staged``."""
+        cf, out = self.configs, []
+        for c in kept:
+            if any(c.kwargs.get(flag) for flag in ("SYNC_MMA", "TRANSPOSED", "ROTATE")) \
+                    or not self.wanted(cf.config_name(c)):
+                continue
+            for stages in self.stages:
+                if stages != c.num_stages:
+                    deep = copy.copy(c)
+                    deep.num_stages = stages
+                    self.staged.update([cf.config_name(deep), *self.forms_of(deep)])
+                    out.append(deep)
+        return out
 
     def __call__(self, kept):
         cf = self.configs
+        unique = {}  # a deeper tile made again from its own plain form (the pruner's second call): once
+        for c in kept + self.deeper(kept):
+            unique.setdefault(cf.config_name(c), c)
+        kept = list(unique.values())
         if self.every:  # the tiles of ``tiles``, then (called again on those) their forms
             return [c for c in kept if any(self.wanted(name) for name in self.forms_of(c))] or kept[:1]
         if self.seen is not None:  # listing: what the pruner keeps for this problem
             self.seen.extend(name for c in kept for name in self.forms_of(c) if self.wanted(name))
             self.flagged.update(cf.config_name(c) for c in kept
                                 if self.launched_name(c, self.rs_rule) != cf.config_name(c))
+            kept = [c for c in kept if cf.config_name(c) not in self.staged]  # the real tuned: offered ones
         # the pinned form itself where the pruner offers its forms; before, the tile it is a form of
         # (a form's own forms may name another: its rotated twin)
         exact = [c for c in kept if cf.config_name(c) == self.name]
@@ -305,7 +342,7 @@ def main(argv=None) -> int:
         return max((((o.double() - ref).norm() / ref.norm()).item() for o in outs), key=lambda e: (math.isnan(e), e))
 
     try:
-        for name, kernel, layer_name, routable, rule, batch, rotate, tiles in picked:
+        for name, kernel, layer_name, routable, rule, batch, rotate, tiles, stages in picked:
             layer = layers[layer_name]
             pb = layer.problem(batch or args.batch)
             if out_of_time():
@@ -334,7 +371,8 @@ def main(argv=None) -> int:
                                       groups, wanted_grad)[wanted_grad.index(True)]
                 # w's taps flipped and its two channel axes swapped, KRSC: the forward weight of dy's conv
                 state["w_flipped"] = w.flip(2, 3).transpose(0, 1).contiguous(memory_format=torch.channels_last)
-            pinned.hook, pinned.tiles = hooks.get(kernel), tiles
+            pinned.hook, pinned.tiles, pinned.stages = hooks.get(kernel), tiles, stages
+            pinned.staged.clear()
             launch = launchers[kernel]
             configs.WGMMA_RS_HAZARD = rs_rule if rule else False
             configs.ROTATED_FORMS = rotate

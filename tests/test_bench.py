@@ -616,6 +616,25 @@ def test_race_check_pins_each_form_the_pruner_lists_rotated_ones_included(monkey
     # to precompile a case: all those forms at once
     pinner.name, pinner.every = None, True
     assert sorted(tc.config_name(c) for c in hook(configs, args)) == sorted(expected)
+    # a case with deeper pipelines: each tile at 4, 5 and 6 stages too, in each of its forms, and
+    # pinning one runs that config at those stages; the real tuned never sees them
+    deep = next(c for c in module.CASES if c.stages)
+    monkeypatch.setattr(tc, "ROTATED_FORMS", False)
+    pinner.stages, pinner.every, pinner.seen = deep.stages, False, []
+    hook(configs, args)
+    names, pinner.seen = list(dict.fromkeys(pinner.seen)), None
+    tiles = {tile.rsplit(" s", 1)[0]: int(tile.rsplit(" s", 1)[1]) for tile in deep.tiles}
+    expected = {f"{tile} s{stages} {form}" for tile, own in tiles.items() for stages in {own, *deep.stages}
+                for form in ("sync", "transposed")}
+    assert set(names) == expected, sorted(set(names) ^ expected)
+    for name in names:
+        pinner.name = name
+        (pinned,) = hook(configs, args)
+        assert tc.config_name(pinned) == name and pinned.num_stages == int(name.split(" s")[1].split()[0])
+    pinner.name, pinner.every = None, True
+    assert sorted(tc.config_name(c) for c in hook(configs, args)) == sorted(expected)
+    pinner.every, pinner.stages = False, ()
+    monkeypatch.setattr(tc, "ROTATED_FORMS", True)
     # the 1x1 GEMM's pruner: its tiles as they are and rotated, no span, no hazard rule
     gemm = next(c for c in module.CASES if c.kernel == "gemm1x1_tma" and c.rotate)
     from tritonconv.kernels import gemm1x1
