@@ -268,7 +268,7 @@ class _FakeGraphCuda(_FakeCuda):
         return event
 
 
-def test_router_timer_empties_l2_before_each_call_and_takes_the_flushes_off():
+def test_router_timer_empties_l2_before_each_call_and_takes_the_flushes_off(monkeypatch):
     """kernel_time(cold=True): a call that takes 30 us with L2 empty and 10 us after itself (its
     operands in L2) is timed at 30 us, a flush of 100 us before each inside the graph and taken
     off after; warm, back to back, 10 us. The host's 150 us a call shows in neither."""
@@ -289,6 +289,16 @@ def test_router_timer_empties_l2_before_each_call_and_takes_the_flushes_off():
     assert configs.kernel_time(call, cold=True, cuda=gpu, flush=flush) == pytest.approx(0.030, abs=1e-6)
     # (the replay's own launch, 2 us in this fake, shared by its 20 calls: the cold timer takes it off too)
     assert configs.kernel_time(call, cold=False, cuda=gpu) == pytest.approx(0.0101, abs=1e-6)
+    # a flush that cannot be captured: timed warm, with a warning (once a process)
+    def broken():
+        raise RuntimeError("not capturable")
+
+    monkeypatch.setattr(configs, "_WARNED_WARM", False)
+    with pytest.warns(RuntimeWarning, match="with their operands in L2"):
+        assert configs.kernel_time(call, cold=True, cuda=gpu, flush=broken) == pytest.approx(0.0101, abs=1e-6)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert configs.kernel_time(call, cold=True, cuda=gpu, flush=broken) == pytest.approx(0.0101, abs=1e-6)
     # the router's family timings are the cold ones unless TRITONCONV_ROUTER_TIMING=warm
     assert configs.ROUTER_COLD == (os.environ.get("TRITONCONV_ROUTER_TIMING", "cold") != "warm")
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import os
+import warnings
 from typing import Any, Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 import torch
@@ -1259,9 +1260,10 @@ def kernel_time(call: Callable[[], Any], calls: int = 20, reps: int = 10, cold: 
     would lose on host time that a model run from a graph (or with launch plans) never pays.
     With ``cold``, L2 is emptied before each call inside the graph (``flush``, by default
     ``_l2_flush``), and the flushes' own time, from a graph of them alone replayed as often,
-    taken off (``ROUTER_COLD`` says why the router wants it). Where the capture fails, the
-    autotuner's benchmarker (``capture_safe_bench``, which flushes L2 too) times it instead.
-    ``cuda``: the ``torch.cuda`` module (tests pass a stand-in)."""
+    taken off (``ROUTER_COLD`` says why the router wants it); where that fails, it is timed warm,
+    with a warning (once a process). Where the capture fails, the autotuner's benchmarker
+    (``capture_safe_bench``, which flushes L2 too, but times the host where it is slower than the
+    flush) times it instead. ``cuda``: the ``torch.cuda`` module (tests pass a stand-in)."""
     cuda = torch.cuda if cuda is None else cuda
     if not cuda.is_available():
         return capture_safe_bench(call, quantiles=None)
@@ -1286,9 +1288,19 @@ def kernel_time(call: Callable[[], Any], calls: int = 20, reps: int = 10, cold: 
         del graph, flushes
         total = sorted(times)[len(times) // 2] - (sorted(alone)[len(alone) // 2] if alone else 0.0)
         return max(total / calls, 1e-6)  # a difference of two medians: never below zero
-    except Exception:  # a family that can't be captured is timed the plain way
+    except Exception as err:
         cuda.synchronize()
-        return capture_safe_bench(call, quantiles=None)
+        if cold:  # the flush's part (a family that cannot be captured fails warm too, and goes on below)
+            global _WARNED_WARM
+            if not _WARNED_WARM:
+                _WARNED_WARM = True
+                warnings.warn(f"tritonconv: timing kernel families with L2 emptied failed ({type(err).__name__}: "
+                              f"{err}); the router times them with their operands in L2", RuntimeWarning)
+            return kernel_time(call, calls, reps, cold=False, cuda=cuda)
+        return capture_safe_bench(call, quantiles=None)  # a family that can't be captured: the plain way
+
+
+_WARNED_WARM = False  # kernel_time's warning, said once a process
 
 
 def _graph_of(cuda: Any, steps: Sequence[Callable[[], Any]], calls: int) -> Any:
