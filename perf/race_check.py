@@ -136,8 +136,8 @@ CASES = [Case(*case) for case in [  # most telling first: a budget may stop the 
          tiles=("64x64x64 w4 s4", "128x128x64 w8 s3", "64x128x64 w8 s4")),
     # the other answer to cold weights: a deeper pipeline, each step's loads issued further ahead
     # (72 steps of about 0.3 us against a fetch from HBM; 3 or 4 stages offered). Its forward and
-    # its dgrad, each tile at 4, 5 and 6 stages (up to 192 KiB of 128x128x64 stages; past the
-    # shared memory, an error row)
+    # its dgrad, each tile at 4, 5 and 6 stages (all build for sm_90, 128x128x64 at 6 in 192 KiB of
+    # shared memory; a tile that failed to build or launch would be an error row)
     Case("tap_tma fwd, 3x3 C512 7x7 (72 steps), deeper pipelines", "fprop_tap_tma", "layer4.1.conv2",
          tiles=LAYER4_TILES, stages=(4, 5, 6)),
     Case("tap_tma dgrad, 3x3 C512 7x7 (w flipped in place), deeper pipelines", "dgrad_tap_tma", "layer4.1.conv2",
@@ -197,17 +197,20 @@ class Pinner:
             for stages in self.stages:
                 if stages != c.num_stages:
                     deep = copy.copy(c)
-                    deep.num_stages = stages
+                    deep.kwargs, deep.num_stages = dict(c.kwargs), stages
                     self.staged.update([cf.config_name(deep), *self.forms_of(deep)])
                     out.append(deep)
         return out
 
     def __call__(self, kept):
         cf = self.configs
-        unique = {}  # a deeper tile made again from its own plain form (the pruner's second call): once
-        for c in kept + self.deeper(kept):
-            unique.setdefault(cf.config_name(c), c)
-        kept = list(unique.values())
+        # a deeper tile is made again from its own plain form (the pruner's second call, where the
+        # tile runs as it is): once
+        kept, names = list(kept), {cf.config_name(c) for c in kept}
+        for deep in self.deeper(kept):
+            if cf.config_name(deep) not in names:
+                names.add(cf.config_name(deep))
+                kept.append(deep)
         if self.every:  # the tiles of ``tiles``, then (called again on those) their forms
             return [c for c in kept if any(self.wanted(name) for name in self.forms_of(c))] or kept[:1]
         if self.seen is not None:  # listing: what the pruner keeps for this problem

@@ -1835,8 +1835,12 @@ def fake_gpu_router(monkeypatch, tmp_path):
         return seen["times"].pop(0)
 
     monkeypatch.setattr(tc_configs, "capture_safe_bench", bench)
-    # the router times a candidate with kernel_time (a CUDA graph where CUDA is there): script it too
-    monkeypatch.setattr(tc_configs, "kernel_time", lambda call, *args, **kwargs: bench(call))
+    # the router times a candidate with kernel_time (a CUDA graph where CUDA is there): script it
+    # too, keeping what the router asked of it (its L2 flush a stand-in: there is no device)
+    seen["asked"] = []
+    monkeypatch.setattr(tc_configs, "l2_flush", lambda: "the route's flush")
+    monkeypatch.setattr(tc_configs, "kernel_time",
+                        lambda call, *args, **kwargs: seen["asked"].append(kwargs) or bench(call))
     real = router.routed_candidates
 
     def checked(*args):
@@ -1870,6 +1874,9 @@ def test_router_times_the_candidates_once_and_reuses_the_choice(fake_gpu_router,
         y2 = router.forward(x, w, None, pb)
     assert rec == [("forward", names[1])] * 2 and fake_gpu_router["checks"] == 1
     assert fake_gpu_router["timed"] == 3
+    # each timed as the sweeps time (configs.ROUTER_COLD), with the one flush of the route
+    flush = "the route's flush" if configs.ROUTER_COLD else None
+    assert fake_gpu_router["asked"] == [dict(cold=configs.ROUTER_COLD, flush=flush)] * 3
     assert len(launched) == 1 and torch.equal(y1, y2)
     assert rel_err(y2, F.conv2d(x.double(), w.double(), None, 1, 1)) < TOL[torch.float32]
 
@@ -1929,6 +1936,38 @@ def test_router_reports_what_each_candidate_took(fake_gpu_router, monkeypatch):
     with router.recording(timings=True) as cached:
         router.forward(x, w, None, pb)
     assert cached == [("forward", names[1], None)]
+
+
+def test_router_keeps_a_choice_timed_warm_where_cold_was_asked_in_memory_only(fake_gpu_router, monkeypatch):
+    """Where the L2 flush could not be captured (configs.WARM_FALLBACKS counts it), the candidates
+    were timed with their operands in L2: the choice serves this process, but is not saved for a
+    later one, which times them again."""
+    from tritonconv import tuning
+
+    x, w, pb, names = _three_candidate_problem()
+    timed_warm = configs.kernel_time  # the fixture's scripted timer
+
+    def falls_back(call, *args, **kwargs):
+        configs.WARM_FALLBACKS += 1
+        return timed_warm(call, *args, **kwargs)
+
+    monkeypatch.setattr(configs, "WARM_FALLBACKS", configs.WARM_FALLBACKS)
+    monkeypatch.setattr(configs, "kernel_time", falls_back)
+    fake_gpu_router.update(times=[3.0, 1.0, 2.0])
+    with router.recording() as rec:
+        router.forward(x, w, None, pb)
+        router.forward(x, w, None, pb)
+    assert rec == [("forward", names[1])] * 2 and fake_gpu_router["timed"] == 3
+    assert not tuning.cache_path(tuning.ROUTER, "Fake GPU").exists()
+    monkeypatch.setattr(router, "_choice", {})  # a new process
+    monkeypatch.setattr(router, "_timings", {})
+    tuning.reset_state()
+    monkeypatch.setattr(configs, "kernel_time", timed_warm)
+    fake_gpu_router.update(times=[1.0, 3.0, 2.0], timed=0)
+    with router.recording() as rec:
+        router.forward(x, w, None, pb)
+    assert rec == [("forward", names[0])] and fake_gpu_router["timed"] == 3
+    assert tuning.cache_path(tuning.ROUTER, "Fake GPU").exists()
 
 
 def test_router_choice_survives_the_process(fake_gpu_router, launched, monkeypatch):

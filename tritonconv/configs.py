@@ -1232,19 +1232,24 @@ def capture_safe_bench(kernel_call, quantiles):
 
 
 # The router times the families with L2 emptied before each call (``kernel_time(cold=True)``), as
-# the autotuner (do_bench) times the tiles within a family and the sweeps time the layers: in a
-# model a layer's weight was last read a whole pass before (ResNet-50's weights, 50 MB in fp16,
-# are about an H100's L2), and the sweeps' numbers are what the families are chosen for. Timed
-# with its operands in L2 instead, as the router did until 2026-11-28, layer4.1.conv2's dgrad
-# took 0.026 ms on tap_tma (the router's ms, H200) and 0.040 ms in the same run's sweep; its
-# forward's best tile 0.0216 and 0.028 (perf/results/2026-11-28_H200_*): the families the router
-# weighed were not timed as they are measured. TRITONCONV_ROUTER_TIMING=warm (read at import)
-# keeps the operands in L2.
+# the autotuner (do_bench) times the tiles within a family and the sweeps time the layers; the
+# sweeps' numbers are what the families are chosen for. The flush empties the activations too, as
+# the sweeps' does; in a model a layer's weight at least was last read a whole pass before
+# (ResNet-50's weights, 50 MB in fp16, are about an H100's L2). Timed with its operands in L2
+# instead, as the router did until 2026-11-28, layer4.1.conv2's dgrad took 0.026 ms on tap_tma
+# (the router's ms, H200) and 0.040 ms in the same run's sweep; its forward's best tile 0.0216
+# and 0.028 (perf/results/2026-11-28_H200_*): the families the router weighed were not timed as
+# they are measured. TRITONCONV_ROUTER_TIMING=warm (read at import) keeps the operands in L2.
 ROUTER_COLD = os.environ.get("TRITONCONV_ROUTER_TIMING", "cold") != "warm"
+# how many kernel_time calls asked for cold timing were timed warm, the flush failing: the router
+# does not keep a choice on disk that it made so
+WARM_FALLBACKS = 0
+_warned_warm = False
 
 
-def _l2_flush() -> Callable[[], Any]:
-    """A call that empties L2 on the current device: do_bench's own, Triton's benchmark buffer zeroed."""
+def l2_flush() -> Callable[[], Any]:
+    """A call that empties L2 on the current device: do_bench's own, Triton's benchmark buffer (256
+    MiB) zeroed. One for all the candidates of a choice (``router._route``): each timed alike."""
     from triton.runtime import driver
 
     active = driver.active
@@ -1258,49 +1263,53 @@ def kernel_time(call: Callable[[], Any], calls: int = 20, reps: int = 10, cold: 
     into a CUDA graph, the graph replayed ``reps`` times, the median taken. The router compares
     kernel families with it: timed call by call, a family whose launcher costs more Python
     would lose on host time that a model run from a graph (or with launch plans) never pays.
-    With ``cold``, L2 is emptied before each call inside the graph (``flush``, by default
-    ``_l2_flush``), and the flushes' own time, from a graph of them alone replayed as often,
-    taken off (``ROUTER_COLD`` says why the router wants it); where that fails, it is timed warm,
-    with a warning (once a process). Where the capture fails, the autotuner's benchmarker
-    (``capture_safe_bench``, which flushes L2 too, but times the host where it is slower than the
-    flush) times it instead. ``cuda``: the ``torch.cuda`` module (tests pass a stand-in)."""
+
+    With ``cold``, also a graph of ``flush(); call()`` pairs (``flush``: by default ``l2_flush``)
+    and one of the flushes alone, each rep replaying both: the median of the reps' differences,
+    but never below the warm time (where the flushes' jitter swamps a short call). Where the
+    flushes alone cannot be captured or run, the call is timed warm (``WARM_FALLBACKS``, and a
+    warning once a process). Where the call cannot be captured, the autotuner's benchmarker
+    (``capture_safe_bench``, which flushes L2 too, but times the host where it is slower than
+    the flush) times it instead. ``cuda``: the ``torch.cuda`` module (tests pass a stand-in)."""
+    global WARM_FALLBACKS, _warned_warm
     cuda = torch.cuda if cuda is None else cuda
     if not cuda.is_available():
         return capture_safe_bench(call, quantiles=None)
     if cuda.is_current_stream_capturing():
         return capture_safe_bench(call, quantiles=None)  # raises with the explanation
+    flushes = None
+    if cold:
+        try:
+            flush = l2_flush() if flush is None else flush
+            flushes = _graph_of(cuda, [flush], calls)
+        except Exception as err:
+            cuda.synchronize()
+            WARM_FALLBACKS += 1
+            if not _warned_warm:
+                _warned_warm = True
+                warnings.warn(f"tritonconv: a CUDA graph of L2 flushes failed ({type(err).__name__}: {err}); "
+                              "the router times kernel families with their operands in L2", RuntimeWarning)
     try:
         stream = cuda.Stream()
         stream.wait_stream(cuda.current_stream())
         with cuda.stream(stream):
             call()
         cuda.current_stream().wait_stream(stream)
-        if cold and flush is None:
-            flush = _l2_flush()
-        steps = [flush, call] if cold else [call]
-        graph = _graph_of(cuda, steps, calls)
-        flushes = _graph_of(cuda, [flush], calls) if cold else None
-        times, alone = [], []
+        warm = _graph_of(cuda, [call], calls)
+        chilled = _graph_of(cuda, [flush, call], calls) if flushes is not None else None
+        times, differences = [], []
         for _ in range(reps):
-            times.append(_replay_ms(cuda, graph))
-            if flushes is not None:
-                alone.append(_replay_ms(cuda, flushes))
-        del graph, flushes
-        total = sorted(times)[len(times) // 2] - (sorted(alone)[len(alone) // 2] if alone else 0.0)
-        return max(total / calls, 1e-6)  # a difference of two medians: never below zero
-    except Exception as err:
+            times.append(_replay_ms(cuda, warm))
+            if chilled is not None:
+                differences.append(_replay_ms(cuda, chilled) - _replay_ms(cuda, flushes))
+        del warm, chilled, flushes
+        warm_ms = sorted(times)[len(times) // 2] / calls
+        if not differences:
+            return warm_ms
+        return max(sorted(differences)[len(differences) // 2] / calls, warm_ms)
+    except Exception:  # a family that can't be captured is timed the plain way
         cuda.synchronize()
-        if cold:  # the flush's part (a family that cannot be captured fails warm too, and goes on below)
-            global _WARNED_WARM
-            if not _WARNED_WARM:
-                _WARNED_WARM = True
-                warnings.warn(f"tritonconv: timing kernel families with L2 emptied failed ({type(err).__name__}: "
-                              f"{err}); the router times them with their operands in L2", RuntimeWarning)
-            return kernel_time(call, calls, reps, cold=False, cuda=cuda)
-        return capture_safe_bench(call, quantiles=None)  # a family that can't be captured: the plain way
-
-
-_WARNED_WARM = False  # kernel_time's warning, said once a process
+        return capture_safe_bench(call, quantiles=None)
 
 
 def _graph_of(cuda: Any, steps: Sequence[Callable[[], Any]], calls: int) -> Any:

@@ -661,13 +661,15 @@ _router_loaded: Set[str] = set()
 @functools.lru_cache(maxsize=None)
 def router_signature() -> str:
     """A hash of the code a family choice was timed on: the kernels, their config spaces and
-    the problem's fields. Any change to them makes every saved choice stale."""
+    the problem's fields, and of the router's timer (``configs.ROUTER_COLD``). Any change to
+    them makes every saved choice stale."""
     from . import configs, spec
     from .kernels import router
 
     digest = hashlib.sha256()
     for path in sorted(Path(router.__file__).parent.glob("*.py")) + [Path(configs.__file__), Path(spec.__file__)]:
         digest.update(path.name.encode() + b"\0" + path.read_bytes())
+    digest.update(b"cold" if configs.ROUTER_COLD else b"warm")  # the timer the choices were made with
     return digest.hexdigest()[:32]
 
 

@@ -420,13 +420,18 @@ def _route(table, direction: str, problem: Conv2dProblem, tensors: tuple, varian
         return _run_trusted(plan_key, tensors, run, table, direction, problem, variant, key, names[0], None,
                             scalars)
     timings = {}
+    fallbacks = configs.WARM_FALLBACKS
+    # one L2 flush for every candidate (a 256 MiB buffer: allocated once, so all are timed alike)
+    flush = configs.l2_flush() if configs.ROUTER_COLD else None
     for cand in names:
         launcher = table[cand][1]
         run(launcher)  # the family's own autotuning happens here, once
-        timings[cand] = configs.kernel_time(lambda: run(launcher), cold=configs.ROUTER_COLD)
+        timings[cand] = configs.kernel_time(lambda: run(launcher), cold=configs.ROUTER_COLD, flush=flush)
+    del flush
     name = min(timings, key=timings.get)
     _choice[key], _timings[key] = name, timings
-    _save_choice(key, name)
+    if configs.WARM_FALLBACKS == fallbacks:  # a choice timed warm where cold was asked stays in memory
+        _save_choice(key, name)
     return _run_trusted(plan_key, tensors, run, table, direction, problem, variant, key, name, timings, scalars)
 
 
