@@ -320,8 +320,6 @@ def test_router_timer_empties_l2_before_each_call_and_takes_the_flushes_off(monk
         monkeypatch.setattr(configs, "_warned_warm", False)
         assert configs.kernel_time(uncapturable, cold=True, cuda=gpu, flush=flush) == 0.5
     assert benched == [uncapturable] and configs.WARM_FALLBACKS == fallbacks + 2
-    # the router's family timings are the cold ones unless TRITONCONV_ROUTER_TIMING=warm
-    assert configs.ROUTER_COLD == (os.environ.get("TRITONCONV_ROUTER_TIMING", "cold") != "warm")
 
 
 def test_time_call_on_cuda_rows_uses_device_bench(monkeypatch):
